@@ -1,0 +1,1 @@
+"""The papers' algorithms as plain Python/PyTorch: no Prefect, Hydra or MLflow imports here."""

@@ -1,0 +1,27 @@
+"""Shared fixtures: one Prefect test server per session, a throw-away MLflow store per test module."""
+from __future__ import annotations
+
+import pytest
+
+import tasks  # noqa: F401  (environment defaults before Prefect/MLflow import)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API for the whole session: its 15-27 s start-up is paid once."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        yield
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    """A SQLite MLflow store (artifacts beside it) that the module's flow runs write to."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def flow_overrides(mlflow_uri, tmp_path) -> list[str]:
+    """Overrides that keep a flow test's MLflow runs and files out of the project's folders."""
+    return [f"tracking.uri={mlflow_uri}", f"work_dir={tmp_path}"]
