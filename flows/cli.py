@@ -67,8 +67,12 @@ def run_flow(name: str, argv: list[str]) -> None:
         f"hydra.run.dir={PROJECT_ROOT}/outputs/{name}/${{now:%Y-%m-%d_%H-%M-%S}}",
         f"hydra.sweep.dir={PROJECT_ROOT}/outputs/{name}-sweep/${{now:%Y-%m-%d_%H-%M-%S}}",
     ]
-    given = {a.split("=", 1)[0] for a in argv}
-    sys.argv = [f"mlsys run {name}"] + [d for d in defaults if d.split("=", 1)[0] not in given] + argv
+    # Hydra's parser wants options first and all overrides together after them.
+    overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+    options = [a for a in argv if a not in overrides]
+    given = {a.split("=", 1)[0] for a in overrides}
+    defaults = [d for d in defaults if d.split("=", 1)[0] not in given]
+    sys.argv = [f"mlsys run {name}"] + options + overrides + defaults
     try:
         hydra.main(config_path=str(CONF_DIR), config_name=name, version_base="1.3")(job)()
     finally:

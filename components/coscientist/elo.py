@@ -1,0 +1,112 @@
+"""Elo ratings and the tournament's pairing rules.
+
+Elo (as in the paper and its reproductions): a new hypothesis starts at 1200; the expected score of
+A against B is E_A = 1 / (1 + 10^((R_B - R_A) / 400)); after a match R'_A = R_A + K (S_A - E_A).
+
+Pairing (paper: new and top-ranked hypotheses are prioritised; the proximity graph makes similar
+hypotheses meet; top-ranked pairs get multi-turn debates, the rest single-turn comparisons):
+  1. the first player is drawn with weight  w_new / (1 + matches)  +  w_top * [in the top k];
+  2. its opponent is drawn with weight  w_sim * similarity  +  w_close * closeness in Elo,
+     divided by (1 + times the pair already met), so repeated pairs are rarer;
+  3. the match is a debate when both players are in the top k by Elo and both have played at
+     least `debate_min_matches`, else a single-turn comparison.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+
+@dataclass
+class EloConfig:
+    initial: float = 1200.0  # the paper's starting rating for every new hypothesis
+    k_factor: float = 32.0  # reproductions use K = 24-32; larger moves faster, noisier
+    top_k: int = 4  # "top-ranked": pairs inside the top k get multi-turn debates
+    debate_min_matches: int = 2  # a debate only once both ratings have some evidence behind them
+    debate_turns: int = 3  # argument turns before the judge's verdict (one LLM call each)
+    w_new: float = 3.0  # first-player weight for having played few matches (new first)
+    w_top: float = 1.0  # first-player weight for being in the top k
+    w_similar: float = 2.0  # opponent weight for proximity (cosine similarity in [0, 1])
+    w_close: float = 1.0  # opponent weight for Elo closeness (informative matches)
+
+
+def expected_score(r_a: float, r_b: float) -> float:
+    """Probability that A beats B under Elo."""
+    return 1.0 / (1.0 + 10.0 ** ((r_b - r_a) / 400.0))
+
+
+def update_elo(r_a: float, r_b: float, score_a: float, k: float) -> tuple[float, float]:
+    """New (R_A, R_B) after a match that A scored `score_a` in (1 win, 0 loss, 0.5 draw)."""
+    if not 0.0 <= score_a <= 1.0:
+        raise ValueError(f"score_a must be in [0, 1], got {score_a}")
+    e_a = expected_score(r_a, r_b)
+    delta = k * (score_a - e_a)
+    return r_a + delta, r_b - delta
+
+
+@dataclass(frozen=True)
+class Player:
+    id: str
+    elo: float
+    matches: int
+
+
+@dataclass(frozen=True)
+class Pairing:
+    a: str
+    b: str
+    debate: bool
+
+
+def top_ids(players: Sequence[Player], k: int) -> set[str]:
+    ranked = sorted(players, key=lambda p: (-p.elo, p.id))
+    return {p.id for p in ranked[:k]}
+
+
+def _weighted_choice(rng: random.Random, items: Sequence, weights: Sequence[float]):
+    total = sum(weights)
+    if total <= 0:
+        return items[rng.randrange(len(items))]
+    return rng.choices(items, weights=weights, k=1)[0]
+
+
+def choose_pair(players: Sequence[Player], cfg: EloConfig, rng: random.Random,
+                similarity: Mapping[tuple[str, str], float] | None = None,
+                met: Mapping[tuple[str, str], int] | None = None,
+                busy_pairs: set[tuple[str, str]] = frozenset()) -> Pairing | None:
+    """Pick the next match, or None when fewer than two players (or every pair is in flight)."""
+    if len(players) < 2:
+        return None
+    similarity = similarity or {}
+    met = met or {}
+    top = top_ids(players, cfg.top_k)
+    first_weights = [cfg.w_new / (1.0 + p.matches) + (cfg.w_top if p.id in top else 0.0) for p in players]
+    order = list(players)
+    # Draw first players until one has a free opponent (pairs already in flight are skipped).
+    for _ in range(len(players)):
+        a = _weighted_choice(rng, order, first_weights)
+        opponents = [p for p in players if p.id != a.id and pair_key(a.id, p.id) not in busy_pairs]
+        if opponents:
+            break
+        i = order.index(a)
+        order.pop(i)
+        first_weights.pop(i)
+        if not order:
+            return None
+    else:
+        return None
+    weights = []
+    for p in opponents:
+        key = pair_key(a.id, p.id)
+        sim = max(0.0, similarity.get(key, 0.0))
+        closeness = math.exp(-abs(a.elo - p.elo) / 200.0)
+        weights.append((cfg.w_similar * sim + cfg.w_close * closeness + 1e-3) / (1.0 + met.get(key, 0)))
+    b = _weighted_choice(rng, opponents, weights)
+    debate = (a.id in top and b.id in top and min(a.matches, b.matches) >= cfg.debate_min_matches)
+    return Pairing(a.id, b.id, debate)
+
+
+def pair_key(x: str, y: str) -> tuple[str, str]:
+    return (x, y) if x <= y else (y, x)

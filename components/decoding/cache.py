@@ -1,0 +1,132 @@
+"""One KV-cache abstraction with rollback, over both model families the project decodes with.
+
+- Hugging Face causal LMs (SmolLM2 as LlamaForCausalLM, tiny random Llamas in tests): the cache is
+  a `DynamicCache`; rollback is `DynamicCache.crop(n)`.
+- The project's nanoGPT-style `GPT` (components/lm/model.py): the cache is a per-layer list of
+  (k, v) tensors [B, n_head, T, head_dim]; rollback slices T.
+
+A `SequenceRunner` is one model decoding one sequence: it remembers how many tokens of the sequence
+its cache already holds (`cached`), feeds only the rest, and rolls back when a speculative
+continuation is rejected. Both the draft and the target of every decoding method go through it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional, Sequence
+
+import torch
+
+
+class CausalLM:
+    """Adapter: `forward(ids [1, T], cache) -> (logits [1, T, V], cache)`, `crop(cache, n)`."""
+
+    name: str = "model"
+    max_context: int = 1 << 30
+    vocab_size: int = 0
+    device: torch.device = torch.device("cpu")
+
+    def forward(self, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def crop(self, cache: Any, length: int) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def cache_length(cache: Any) -> int:
+        raise NotImplementedError
+
+
+class HFCausalLM(CausalLM):
+    """A transformers `*ForCausalLM` whose cache is a `DynamicCache` (cropped in place)."""
+
+    def __init__(self, model, name: str = "hf"):
+        self.model = model.eval()
+        self.name = name
+        config = model.config
+        self.vocab_size = int(config.vocab_size)
+        self.max_context = int(getattr(config, "max_position_embeddings", 1 << 30) or (1 << 30))
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        return out.logits, out.past_key_values
+
+    def crop(self, cache: Any, length: int) -> Any:
+        if cache is not None:
+            cache.crop(length)
+        return cache
+
+    @staticmethod
+    def cache_length(cache: Any) -> int:
+        return 0 if cache is None else int(cache.get_seq_length())
+
+
+class GPTCausalLM(CausalLM):
+    """The project's `GPT`: learned positions, so `block_size` is a hard context limit."""
+
+    def __init__(self, model, name: str = "gpt"):
+        self.model = model.eval()
+        self.name = name
+        self.vocab_size = int(model.config.vocab_size)
+        self.max_context = int(model.config.block_size)
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        return self.model(ids, kv_cache=cache)
+
+    def crop(self, cache: Any, length: int) -> Any:
+        if not cache:
+            return cache
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in cache]
+
+    @staticmethod
+    def cache_length(cache: Any) -> int:
+        return 0 if not cache else int(cache[0][0].shape[2])
+
+
+def wrap_model(model, name: Optional[str] = None) -> CausalLM:
+    """Pick the adapter for a model object (already-wrapped adapters pass through)."""
+    if isinstance(model, CausalLM):
+        return model
+    if hasattr(model, "config") and hasattr(model.config, "block_size") and hasattr(model, "blocks"):
+        return GPTCausalLM(model, name or "gpt")
+    return HFCausalLM(model, name or getattr(model.config, "model_type", "hf"))
+
+
+class SequenceRunner:
+    """One model decoding one sequence, with a rollback-able KV cache and forward accounting."""
+
+    def __init__(self, model: CausalLM):
+        self.model = model
+        self.cache: Any = None
+        self.cached = 0  # tokens of the sequence whose keys/values the cache holds
+        self.forwards = 0  # forward passes (one per call, whatever the number of tokens)
+        self.forward_seconds = 0.0
+
+    def logits_for(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feed `tokens[cached:]` (at least one) and return their logits [n_fed, V]."""
+        if self.cached >= len(tokens):
+            raise ValueError(f"nothing to feed: cache holds {self.cached} of {len(tokens)} tokens")
+        if len(tokens) > self.model.max_context:
+            raise ValueError(f"{self.model.name}: {len(tokens)} tokens exceed its context of {self.model.max_context}")
+        new = torch.tensor([list(tokens[self.cached:])], dtype=torch.long, device=self.model.device)
+        start = time.perf_counter()
+        logits, self.cache = self.model.forward(new, self.cache)
+        self.forward_seconds += time.perf_counter() - start
+        self.forwards += 1
+        self.cached = len(tokens)
+        return logits[0]
+
+    def rollback(self, length: int) -> None:
+        """Forget every cached position from `length` on (rejected speculative tokens)."""
+        if length < self.cached:
+            self.cache = self.model.crop(self.cache, length)
+            self.cached = length
+
+    def check_consistent(self) -> None:
+        """The cache's own length must equal what the runner believes it holds."""
+        actual = self.model.cache_length(self.cache)
+        if actual != self.cached:
+            raise AssertionError(f"{self.model.name}: cache holds {actual} positions, runner expects {self.cached}")
