@@ -19,6 +19,7 @@ import importlib.machinery
 import os
 import sys
 import threading
+import warnings
 from types import ModuleType
 from typing import Optional
 
@@ -75,7 +76,11 @@ def import_dgl() -> ModuleType:
     """Import and return `dgl`, tolerating the missing graphbolt library (see the module doc)."""
     if "dgl" in sys.modules and _GRAPHBOLT in sys.modules:
         return sys.modules["dgl"]
-    with _lock:
+    # Without DGLBACKEND, DGL writes ~/.dgl/config.json on first import; this project always uses torch.
+    os.environ.setdefault("DGLBACKEND", "pytorch")
+    with _lock, warnings.catch_warnings():
+        # graphbolt imports torchdata.datapipes, which warns that it is deprecated: not our concern.
+        warnings.filterwarnings("ignore", message="(?s).*datapipes", category=UserWarning)
         finder = _GraphboltFinder()
         sys.meta_path.insert(0, finder)
         try:

@@ -23,6 +23,9 @@ from typing import Mapping, Sequence
 class EloConfig:
     initial: float = 1200.0  # the paper's starting rating for every new hypothesis
     k_factor: float = 32.0  # reproductions use K = 24-32; larger moves faster, noisier
+    k_min: float = 32.0  # K shrinks from k_factor towards this as a hypothesis plays (FIDE-style
+    #                      provisional ratings); equal to k_factor: the plain fixed-K Elo
+    k_halving_matches: float = 8.0  # matches after which K has come halfway down to k_min
     top_k: int = 4  # "top-ranked": pairs inside the top k get multi-turn debates
     debate_min_matches: int = 2  # a debate only once both ratings have some evidence behind them
     debate_turns: int = 3  # argument turns before the judge's verdict (one LLM call each)
@@ -37,13 +40,21 @@ def expected_score(r_a: float, r_b: float) -> float:
     return 1.0 / (1.0 + 10.0 ** ((r_b - r_a) / 400.0))
 
 
-def update_elo(r_a: float, r_b: float, score_a: float, k: float) -> tuple[float, float]:
-    """New (R_A, R_B) after a match that A scored `score_a` in (1 win, 0 loss, 0.5 draw)."""
+def update_elo(r_a: float, r_b: float, score_a: float, k: float, k_b: float | None = None) -> tuple[float, float]:
+    """New (R_A, R_B) after a match that A scored `score_a` in (1 win, 0 loss, 0.5 draw).
+
+    `k_b` (default `k`) lets each side move by its own K, as with provisional ratings."""
     if not 0.0 <= score_a <= 1.0:
         raise ValueError(f"score_a must be in [0, 1], got {score_a}")
     e_a = expected_score(r_a, r_b)
-    delta = k * (score_a - e_a)
-    return r_a + delta, r_b - delta
+    return r_a + k * (score_a - e_a), r_b - (k if k_b is None else k_b) * (score_a - e_a)
+
+
+def k_for(matches: int, cfg: EloConfig) -> float:
+    """K of a hypothesis that has played `matches`: k_factor when new, approaching k_min."""
+    if matches < 0:
+        raise ValueError(f"matches must be >= 0, got {matches}")
+    return cfg.k_min + (cfg.k_factor - cfg.k_min) / (1.0 + matches / cfg.k_halving_matches)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ continuation is rejected. Both the draft and the target of every decoding method
 """
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any, Optional, Sequence
 
@@ -46,15 +47,20 @@ class HFCausalLM(CausalLM):
         self.vocab_size = int(config.vocab_size)
         self.max_context = int(getattr(config, "max_position_embeddings", 1 << 30) or (1 << 30))
         self.device = next(model.parameters()).device
+        # transformers renamed `past_key_values` to `cache` (5.x); accept both generations.
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
-        return out.logits, out.past_key_values
+        out = self.model(input_ids=ids, use_cache=True, **{self._cache_kwarg: cache})
+        new_cache = out.get("cache", None)
+        return out.logits, new_cache if new_cache is not None else out.past_key_values
 
     def crop(self, cache: Any, length: int) -> Any:
         if cache is not None:
-            cache.crop(length)
+            remove = self.cache_length(cache) - length
+            if remove > 0:
+                cache.crop(-remove)  # a negative count removes that many positions in every version
         return cache
 
     @staticmethod

@@ -74,8 +74,9 @@ class EmbeddedLLM(LLM):
                 if deadline is not None and time.monotonic() > deadline:
                     raise LLMTimeoutError(f"embedded generation exceeded timeout_s={self.timeout_s} "
                                           f"after {len(generated)} tokens")
-                out = self._model(input_ids=input_ids, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                # `cache=` is transformers 5's name for the KV cache (was past_key_values).
+                out = self._model(input_ids=input_ids, cache=past, use_cache=True, logits_to_keep=1)
+                past = out.cache
                 logits = out.logits[0, -1].float()
                 if temperature > 0:
                     probs = torch.softmax(logits / temperature, dim=-1)

@@ -64,14 +64,12 @@ def select_files(spec: CorpusSpec) -> list[tuple[Path, str]]:
     for root_name in spec.roots:
         root = resolve_root(root_name)
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            if "__pycache__" in dirpath:
-                continue
+            # Other roots nested inside this one (the stdlib's own site-packages) are not walked twice.
+            dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", "site-packages", "dist-packages"))
             for filename in sorted(filenames):
                 if filename.endswith(extensions):
                     path = Path(dirpath) / filename
                     rel = f"{root_name}/{path.relative_to(root).as_posix()}"
-                    # The corpus cache (under the project) must never feed itself.
                     candidates.append((_rank(spec.seed, "pick", rel), path, rel))
     candidates.sort(key=lambda c: (c[0], c[2]))
     chosen, budget = [], spec.max_chars

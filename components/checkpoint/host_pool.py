@@ -1,0 +1,81 @@
+"""A pre-allocated, reused host buffer: a ring of byte regions with FIFO release and backpressure.
+
+DataStates keeps one host cache for the whole run instead of allocating per checkpoint (allocating
+and, on CUDA, pinning gigabytes each time is what makes naive async checkpointing slow). A
+checkpoint takes one contiguous region; regions are released in the order they were taken, once
+their bytes reached storage; when the ring is full, `allocate` blocks until the oldest region is
+released (backpressure: training can never outrun storage by more than the buffer).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from components.checkpoint.layout import CheckpointError
+
+
+@dataclass
+class Region:
+    offset: int
+    nbytes: int
+    released: bool = False
+
+
+class HostBufferPool:
+    def __init__(self, capacity_bytes: int, pin_memory: bool = False):
+        if capacity_bytes <= 0:
+            raise ValueError(f"host buffer capacity must be positive, got {capacity_bytes}")
+        self.capacity = int(capacity_bytes)
+        # Pinned memory lets device->host copies run asynchronously on a copy stream (CUDA only).
+        self.buffer = torch.empty(self.capacity, dtype=torch.uint8, pin_memory=pin_memory)
+        # Touch every page now, so the first checkpoint does not pay the page faults.
+        self.buffer.zero_()
+        self._live: deque[Region] = deque()
+        self._cond = threading.Condition()
+        self.wait_s = 0.0  # total time allocate() blocked on a full ring
+
+    def _fits(self, nbytes: int) -> int | None:
+        if not self._live:
+            return 0
+        head = self._live[-1].offset + self._live[-1].nbytes  # next free byte after the newest region
+        tail = self._live[0].offset  # first byte of the oldest live region
+        if head > tail:  # free: [head, capacity) and, after wrapping, [0, tail)
+            if head + nbytes <= self.capacity:
+                return head
+            return 0 if nbytes <= tail else None
+        if head < tail:  # wrapped: free only between the newest and the oldest region
+            return head if head + nbytes <= tail else None
+        return None  # head == tail: full
+
+    def allocate(self, nbytes: int, timeout: float | None = None) -> Region:
+        if nbytes > self.capacity:
+            raise CheckpointError(f"a checkpoint of {nbytes} bytes does not fit the host buffer of "
+                                  f"{self.capacity} bytes: raise host_buffer_bytes")
+        start = time.perf_counter()
+        with self._cond:
+            while (offset := self._fits(nbytes)) is None:
+                if not self._cond.wait(timeout):
+                    raise CheckpointError(f"host buffer still full after {timeout} s (flush stalled?)")
+            region = Region(offset, nbytes)
+            self._live.append(region)
+        self.wait_s += time.perf_counter() - start
+        return region
+
+    def release(self, region: Region) -> None:
+        with self._cond:
+            region.released = True
+            while self._live and self._live[0].released:  # FIFO: reclaim from the oldest end
+                self._live.popleft()
+            self._cond.notify_all()
+
+    def view(self, region: Region) -> torch.Tensor:
+        return self.buffer[region.offset:region.offset + region.nbytes]
+
+    @property
+    def bytes_in_use(self) -> int:
+        with self._cond:
+            return sum(r.nbytes for r in self._live)

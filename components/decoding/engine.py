@@ -1,0 +1,335 @@
+"""Autoregressive decoding, vanilla speculative decoding, PEARL and PEARL's two ablations.
+
+All speculative methods are one loop, `SpeculativeDecoder`, with two switches from the PEARL paper
+(arXiv 2408.11850; reference engine smart-lty/ParallelSpeculativeDecoding):
+
+- pre-verify  (PEARL's strategy 1): while the draft proposes γ tokens, the target runs over the
+  not-yet-cached end of the prefix; that pass already gives p for the FIRST draft token, which is
+  verified at once. Without it, the draft drafts alone while the target waits.
+- post-verify (strategy 2): while the target verifies a block of draft tokens, the draft already
+  drafts the next γ tokens after the block. If the whole block is accepted the target's last
+  distribution verifies the first new draft token (no bonus token) and the round repeats, so runs
+  of accepts extend the draft length without bound (the adaptive draft length). Without it, the
+  draft waits for the verdict and an all-accept earns the usual bonus token.
+
+vanilla SD = neither switch; PEARL = both; the ablations = one each.
+
+Every draft token gets the standard verdict with the target's exact conditional p and the q it was
+drawn from (accept with probability min(1, p/q), else resample from norm(max(p − q, 0))), so each
+emitted token is distributed as the warped target distribution: the output is lossless.
+The verdict's random numbers come from a generator reseeded from (seed, round), the scheme that
+lets two processes reach the same verdict without exchanging it; here one coordinator decides.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator, Optional, Sequence
+
+import torch
+
+from components.decoding.cache import CausalLM, SequenceRunner, wrap_model
+from components.decoding.sampling import (SamplingParams, accept_draft_token, residual_distribution, sample,
+                                          warp)
+from components.decoding.workers import InlinePair, ThreadPair
+
+METHODS = ("ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post")
+
+
+@dataclass
+class DecodeStats:
+    """What one generation cost: the figures the benchmark and the server report."""
+
+    method: str = "ar"
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    rounds: int = 0
+    target_forwards: int = 0
+    draft_forwards: int = 0
+    draft_tokens_verified: int = 0  # draft tokens that received a verdict
+    draft_tokens_accepted: int = 0
+    seconds: float = 0.0
+    target_seconds: float = 0.0  # summed time inside target forwards (overlaps draft time in PEARL)
+    draft_seconds: float = 0.0
+    finish_reason: str = "length"  # "stop" (EOS / stop condition) | "length"
+
+    @property
+    def acceptance_rate(self) -> float:
+        """α: fraction of verified draft tokens that the target accepted."""
+        return self.draft_tokens_accepted / self.draft_tokens_verified if self.draft_tokens_verified else 0.0
+
+    @property
+    def mean_accepted_tokens(self) -> float:
+        """MAT: tokens emitted per target forward pass (1.0 for autoregressive decoding)."""
+        return self.new_tokens / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "acceptance_rate": self.acceptance_rate,
+                "mean_accepted_tokens": self.mean_accepted_tokens, "tokens_per_second": self.tokens_per_second}
+
+
+class _Output:
+    """The committed continuation: applies max_new_tokens and the stop tokens as tokens arrive."""
+
+    def __init__(self, prompt: Sequence[int], max_new_tokens: int, stop_ids: Iterable[int]):
+        self.seq = list(prompt)
+        self.prompt_len = len(prompt)
+        self.max_new = max_new_tokens
+        self.stop_ids = set(stop_ids)
+        self.done = max_new_tokens <= 0
+        self.finish_reason = "length"
+
+    @property
+    def remaining(self) -> int:
+        return self.max_new - (len(self.seq) - self.prompt_len)
+
+    def commit(self, tokens: Sequence[int]) -> list[int]:
+        taken: list[int] = []
+        for tok in tokens:
+            if self.done:
+                break
+            taken.append(tok)
+            if tok in self.stop_ids:
+                self.done, self.finish_reason = True, "stop"
+            elif len(self.seq) + len(taken) - self.prompt_len >= self.max_new:
+                self.done = True
+        self.seq.extend(taken)
+        return taken
+
+
+class Decoder:
+    """`stream(prompt_ids, ...)` yields lists of newly committed tokens; `generate` collects them."""
+
+    method = "ar"
+
+    def __init__(self, target, draft=None):
+        self.target: CausalLM = wrap_model(target)
+        self.draft: Optional[CausalLM] = wrap_model(draft) if draft is not None else None
+        if self.draft is not None and self.draft.vocab_size != self.target.vocab_size:
+            raise ValueError(f"draft vocabulary ({self.draft.vocab_size}) differs from the target's "
+                             f"({self.target.vocab_size}): speculative decoding needs a shared tokenizer")
+
+    @property
+    def max_context(self) -> int:
+        limits = [self.target.max_context] + ([self.draft.max_context] if self.draft is not None else [])
+        return min(limits)
+
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams = SamplingParams(),
+               seed: int = 0, stop_ids: Iterable[int] = (), stats: Optional[DecodeStats] = None) -> Iterator[list[int]]:
+        raise NotImplementedError
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams = SamplingParams(),
+                 seed: int = 0, stop_ids: Iterable[int] = ()) -> tuple[list[int], DecodeStats]:
+        stats = DecodeStats(method=self.method)
+        tokens: list[int] = []
+        for chunk in self.stream(prompt_ids, max_new_tokens, params, seed, stop_ids, stats):
+            tokens.extend(chunk)
+        return tokens, stats
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def _check_prompt(prompt_ids: Sequence[int]) -> None:
+        if len(prompt_ids) == 0:
+            raise ValueError("the prompt must hold at least one token")
+
+
+class AutoregressiveDecoder(Decoder):
+    """The baseline: one target forward per token."""
+
+    method = "ar"
+
+    def stream(self, prompt_ids, max_new_tokens, params=SamplingParams(), seed=0, stop_ids=(), stats=None):
+        self._check_prompt(prompt_ids)
+        stats = stats if stats is not None else DecodeStats(method=self.method)
+        stats.prompt_tokens = len(prompt_ids)
+        out = _Output(prompt_ids, max_new_tokens, stop_ids)
+        target = SequenceRunner(self.target)
+        rng = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        try:
+            while not out.done:
+                p = warp(target.logits_for(out.seq)[-1], params)
+                stats.rounds += 1
+                chunk = out.commit([sample(p, rng)])
+                stats.new_tokens += len(chunk)
+                yield chunk
+        finally:
+            stats.seconds = time.perf_counter() - start
+            stats.target_forwards, stats.target_seconds = target.forwards, target.forward_seconds
+            stats.finish_reason = out.finish_reason
+
+
+class SpeculativeDecoder(Decoder):
+    """Vanilla SD / PEARL / the ablations, chosen by `pre_verify` and `post_verify`."""
+
+    def __init__(self, target, draft, gamma: int = 4, pre_verify: bool = True, post_verify: bool = True,
+                 parallel: bool = True, draft_threads: int = 1, target_threads: int = 1):
+        super().__init__(target, draft)
+        if self.draft is None:
+            raise ValueError("speculative decoding needs a draft model")
+        if gamma < 1:
+            raise ValueError(f"gamma (draft tokens per round) must be >= 1, got {gamma}")
+        self.gamma = gamma
+        self.pre_verify, self.post_verify = pre_verify, post_verify
+        self.method = {(False, False): "sd", (True, True): "pearl", (False, True): "pearl_no_pre",
+                       (True, False): "pearl_no_post"}[(pre_verify, post_verify)]
+        concurrent = parallel and (pre_verify or post_verify)
+        self.workers = ThreadPair(draft_threads, target_threads) if concurrent else InlinePair()
+
+    def close(self) -> None:
+        self.workers.close()
+
+    def _propose(self, draft: SequenceRunner, context: list[int], gamma: int, params: SamplingParams,
+                 rng: torch.Generator) -> tuple[list[int], list[torch.Tensor]]:
+        """The draft samples `gamma` tokens after `context`; returns them with the q each came from."""
+        context = list(context)
+        tokens, qs = [], []
+        for _ in range(gamma):
+            q = warp(draft.logits_for(context)[-1], params)
+            tok = sample(q, rng)
+            tokens.append(tok)
+            qs.append(q)
+            context.append(tok)
+        return tokens, qs
+
+    def _draft_budget(self, out: _Output, pending: int) -> int:
+        """γ, shortened near max_new_tokens and the context limit (γ never affects the output law)."""
+        room = self.max_context - len(out.seq) - pending - 1
+        return max(0, min(self.gamma, out.remaining - pending, room))
+
+    def stream(self, prompt_ids, max_new_tokens, params=SamplingParams(), seed=0, stop_ids=(), stats=None):
+        self._check_prompt(prompt_ids)
+        stats = stats if stats is not None else DecodeStats(method=self.method)
+        stats.prompt_tokens = len(prompt_ids)
+        out = _Output(prompt_ids, max_new_tokens, stop_ids)
+        target, draft = SequenceRunner(self.target), SequenceRunner(self.draft)
+        draft_rng = torch.Generator().manual_seed(seed)
+        verdict_rng = torch.Generator()
+        block: list[int] = []  # draft tokens after out.seq awaiting the target's verdict
+        block_q: list[torch.Tensor] = []
+        start = time.perf_counter()
+
+        def emit(tokens: list[int]) -> list[int]:
+            chunk = out.commit(tokens)
+            stats.new_tokens += len(chunk)
+            return chunk
+
+        def verdict(token: int, p: torch.Tensor, q: torch.Tensor) -> Optional[int]:
+            """None when the draft token stands, else the token resampled from the residual."""
+            stats.draft_tokens_verified += 1
+            if accept_draft_token(token, p, q, verdict_rng):
+                stats.draft_tokens_accepted += 1
+                return None
+            return sample(residual_distribution(p, q), verdict_rng)
+
+        try:
+            while not out.done:
+                stats.rounds += 1
+                verdict_rng.manual_seed(seed * 1_000_003 + stats.rounds)  # same reseed on every worker
+                if not block:
+                    gamma = self._draft_budget(out, 0)
+                    if gamma == 0:  # no room to draft (end of budget or context): one target step
+                        yield emit([sample(warp(target.logits_for(out.seq)[-1], params), verdict_rng)])
+                        continue
+                    seq = list(out.seq)
+                    if not self.pre_verify:  # the draft drafts alone; the target waits
+                        block, block_q = self._propose(draft, seq, gamma, params, draft_rng)
+                        continue
+                    # Pre-verify: the target's pass over the prefix end yields p for the first draft token.
+                    (drafted, qs), logits = self.workers.run(
+                        lambda: self._propose(draft, seq, gamma, params, draft_rng),
+                        lambda: target.logits_for(seq)[-1])
+                    resampled = verdict(drafted[0], warp(logits, params), qs[0])
+                    if resampled is None:
+                        yield emit([drafted[0]])
+                        block, block_q = drafted[1:], qs[1:]
+                    else:
+                        yield emit([resampled])
+                        draft.rollback(len(out.seq) - 1)
+                    continue
+
+                # Verify the block; with post-verify the draft drafts the next γ tokens meanwhile.
+                seq, pending, pending_q = list(out.seq), block, block_q
+                block, block_q = [], []
+                gamma = self._draft_budget(out, len(pending)) if self.post_verify else 0
+                if gamma > 0:
+                    (next_block, next_q), logits = self.workers.run(
+                        lambda: self._propose(draft, seq + pending, gamma, params, draft_rng),
+                        lambda: target.logits_for(seq + pending))
+                else:
+                    next_block, next_q = [], []
+                    logits = target.logits_for(seq + pending)
+                ps = warp(logits[-(len(pending) + 1):], params)  # p for each block token, then the next
+                accepted, resampled = 0, None
+                for i, tok in enumerate(pending):
+                    resampled = verdict(tok, ps[i], pending_q[i])
+                    if resampled is not None:
+                        break
+                    accepted += 1
+                if resampled is not None:  # first reject: keep the accepted prefix, roll both caches back
+                    yield emit(pending[:accepted] + [resampled])
+                    target.rollback(len(out.seq) - 1)
+                    draft.rollback(len(out.seq) - 1)
+                    continue
+                chunk = emit(pending)
+                if out.done:
+                    yield chunk
+                    break
+                if not next_block:  # vanilla SD / no post-verify: the bonus token from the last p
+                    yield chunk + emit([sample(ps[-1], verdict_rng)])
+                    continue
+                # Post-verify: the target's last p verifies the draft's first new token right away.
+                resampled = verdict(next_block[0], ps[-1], next_q[0])
+                if resampled is None:
+                    yield chunk + emit([next_block[0]])
+                    block, block_q = next_block[1:], next_q[1:]
+                else:
+                    yield chunk + emit([resampled])
+                    draft.rollback(len(out.seq) - 1)
+        finally:
+            stats.seconds = time.perf_counter() - start
+            stats.target_forwards, stats.target_seconds = target.forwards, target.forward_seconds
+            stats.draft_forwards, stats.draft_seconds = draft.forwards, draft.forward_seconds
+            stats.finish_reason = out.finish_reason
+
+
+def build_decoder(method: str, target, draft=None, gamma: int = 4, parallel: bool = True,
+                  draft_threads: int = 1, target_threads: int = 1) -> Decoder:
+    """The decoder for a method name in METHODS ("ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post")."""
+    if method not in METHODS:
+        raise ValueError(f"unknown decoding method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "ar":
+        return AutoregressiveDecoder(target)
+    pre, post = {"sd": (False, False), "pearl": (True, True), "pearl_no_pre": (False, True),
+                 "pearl_no_post": (True, False)}[method]
+    return SpeculativeDecoder(target, draft, gamma=gamma, pre_verify=pre, post_verify=post, parallel=parallel,
+                              draft_threads=draft_threads, target_threads=target_threads)
+
+
+def measure_cost_ratio(target, draft, prompt_ids: Sequence[int], steps: int = 6) -> dict[str, float]:
+    """Seconds per one-token forward of each model after `prompt_ids`, and c = t_target / t_draft.
+
+    PEARL sets γ ≈ c so that the draft's γ steps take as long as one target verification pass.
+    """
+    timings = {}
+    for name, model in (("target", wrap_model(target)), ("draft", wrap_model(draft))):
+        runner = SequenceRunner(model)
+        seq = list(prompt_ids)
+        runner.logits_for(seq)  # prefill, not timed
+        samples = []
+        for _ in range(steps):
+            seq.append(int(seq[-1]))
+            start = time.perf_counter()
+            runner.logits_for(seq)
+            samples.append(time.perf_counter() - start)
+        samples.sort()
+        timings[name] = samples[len(samples) // 2]
+    ratio = timings["target"] / max(timings["draft"], 1e-9)
+    return {"target_step_s": timings["target"], "draft_step_s": timings["draft"], "cost_ratio": ratio,
+            "gamma": max(1, round(ratio))}

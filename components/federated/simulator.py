@@ -1,0 +1,199 @@
+"""A deterministic discrete-event driver for the schedulers, in virtual time (no sleeps).
+
+Each `Assignment` becomes a `TrainJob` whose arrival time is `now + steps * step_time` from the
+speed model. Events are processed in time order; a group timer that falls strictly before the next
+arrival fires first (an arrival exactly at T_l is on time, as in `now > T_l` for lateness).
+
+Training is lazy and batched: when the next arrival needs its update, every job dispatched so far
+and not yet trained (all start from models that are already fixed) is handed to `trainer` at once.
+The flow's trainer fans these out as parallel Prefect tasks (threads or Dask workers); the results
+do not depend on how they were run, so the same seed gives the same run.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from components.federated.schedulers import Assignment, Scheduler
+from components.federated.speeds import ClientSpeeds
+
+
+class VirtualClock:
+    """The injectable clock of a simulated run: the simulator moves it, schedulers read it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class TrainJob:
+    """One client's local round: train `steps` steps from `weights` (global version `version`)."""
+
+    client: int
+    weights: dict
+    version: int
+    steps: int
+    seed: int
+    sent_at: float
+    arrival: float  # virtual time its update reaches the server (inf: never, the client crashed)
+    update: Optional[dict] = None
+
+
+Trainer = Callable[[Sequence[TrainJob]], list]
+Evaluator = Callable[[dict], dict]
+
+
+@dataclass
+class SimulationResult:
+    history: list[dict]  # one row per event that changed the global model: time, version, accuracy...
+    records: list  # the scheduler's AggregationRecords
+    weights: dict
+    summary: dict[str, float]
+    jobs_trained: int = 0
+    lost_jobs: int = 0  # updates of crashed clients that never arrived
+
+
+@dataclass
+class Simulator:
+    scheduler: Scheduler
+    clock: VirtualClock
+    speeds: ClientSpeeds
+    trainer: Trainer
+    evaluate: Evaluator
+    seed: int = 0
+    time_budget: float = math.inf  # stop at this virtual time
+    max_updates: Optional[int] = None  # stop after this many global updates
+    target_accuracy: Optional[float] = None  # for time_to_target in the summary
+    crash_at: dict[int, float] = field(default_factory=dict)  # client -> time after which it never returns
+    on_event: Optional[Callable[[dict], None]] = None  # called with each history row (live logging)
+
+    def run(self) -> SimulationResult:
+        self._heap: list[tuple[float, int, TrainJob]] = []
+        self._untrained: list[TrainJob] = []
+        self._rounds = [0] * self.scheduler.n_clients
+        self._waiting_since: dict[int, float] = {}
+        self._idle = 0.0
+        self._lost = 0
+        self._trained = 0
+        self._seq = 0
+        history: list[dict] = []
+        self.clock.now = 0.0
+        end = None
+        self._dispatch(self.scheduler.start())
+        while self.max_updates is None or self.scheduler.version < self.max_updates:
+            next_arrival = self._heap[0][0] if self._heap else math.inf
+            deadline = self.scheduler.next_deadline()
+            timer_first = deadline is not None and deadline < next_arrival
+            when = deadline if timer_first else next_arrival
+            if when == math.inf or when > self.time_budget:
+                end = self.time_budget if when != math.inf else self.clock.now  # budget reached / drained
+                break
+            self.clock.now = when
+            before = self.scheduler.version
+            if timer_first:
+                out = self.scheduler.on_timer()
+            else:
+                _, _, job = heapq.heappop(self._heap)
+                if job.update is None:
+                    self._train_pending()
+                self._waiting_since[job.client] = when
+                out = self.scheduler.on_arrival(job.client, job.update)
+            self._dispatch(out)
+            if self.scheduler.version != before:
+                row = self._history_row(before)
+                history.append(row)
+                if self.on_event is not None:
+                    self.on_event(row)
+        if end is None:
+            end = self.clock.now  # stopped by max_updates
+        summary = self._summary(history, end)
+        return SimulationResult(history, list(self.scheduler.records), self.scheduler.weights, summary,
+                                self._trained, self._lost)
+
+    # --- internals ----------------------------------------------------------------------------
+    def _dispatch(self, assignments: Sequence[Assignment]) -> None:
+        now = self.clock.now
+        for a in assignments:
+            self._idle += now - self._waiting_since.pop(a.client, now)
+            k = self._rounds[a.client]
+            self._rounds[a.client] += 1
+            rng = np.random.default_rng([self.seed, a.client, k, 1])
+            arrival = now + self.speeds.duration(a.client, a.steps, now, rng)
+            job_seed = int(np.random.SeedSequence([self.seed, a.client, k]).generate_state(1)[0])
+            if a.client in self.crash_at and arrival > self.crash_at[a.client]:
+                self._lost += 1  # the client dies during this round: its update never comes
+                continue
+            job = TrainJob(a.client, a.weights, a.version, a.steps, job_seed, now, arrival)
+            heapq.heappush(self._heap, (arrival, self._seq, job))
+            self._seq += 1
+            self._untrained.append(job)
+
+    def _train_pending(self) -> None:
+        batch = [j for j in self._untrained if j.arrival <= self.time_budget]
+        self._untrained = []
+        if not batch:
+            return
+        for job, update in zip(batch, self.trainer(batch)):
+            job.update = update
+        self._trained += len(batch)
+
+    def _history_row(self, version_before: int) -> dict:
+        new_records = self.scheduler.records[version_before - self.scheduler.version:] \
+            if self.scheduler.version > version_before else []
+        metrics = self.evaluate(self.scheduler.weights)
+        staleness = [s for r in new_records for s in r.staleness]
+        return {
+            "time": self.clock.now,
+            "version": self.scheduler.version,
+            **metrics,
+            "aggregated_updates": sum(len(r.clients) for r in new_records),
+            "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
+            "trigger": new_records[-1].trigger if new_records else "",
+        }
+
+    def _summary(self, history: list[dict], end: float) -> dict[str, float]:
+        records = self.scheduler.records
+        staleness = [s for r in records for s in r.staleness]
+        accuracies = [row["accuracy"] for row in history if "accuracy" in row]
+        ttt = math.inf
+        if self.target_accuracy is not None:
+            ttt = next((row["time"] for row in history if row.get("accuracy", 0) >= self.target_accuracy), math.inf)
+        # clients still waiting at the end were idle until then
+        idle = self._idle + sum(end - since for since in self._waiting_since.values() if since <= end)
+        alive = self.scheduler.n_clients - len([c for c, t in self.crash_at.items() if t < end])
+        return {
+            "top_accuracy": max(accuracies) if accuracies else 0.0,
+            "final_accuracy": accuracies[-1] if accuracies else 0.0,
+            "time_to_target": ttt,
+            "end_time": end,
+            "global_updates": float(self.scheduler.version),
+            "client_updates": float(self.scheduler.arrivals),
+            "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
+            "max_staleness": float(max(staleness)) if staleness else 0.0,
+            "mean_group_size": float(np.mean([len(r.clients) for r in records])) if records else 0.0,
+            "idle_fraction": idle / (max(alive, 1) * end) if end > 0 else 0.0,
+            "late_fraction": self.scheduler.late_arrivals / self.scheduler.arrivals if self.scheduler.arrivals else 0.0,
+        }
+
+
+class LocalTrainer:
+    """Runs jobs one after another in this process (tests, benchmarks); the flow fans them out instead."""
+
+    def __init__(self, train_fn: Callable[..., dict], client_data: Sequence[tuple[np.ndarray, np.ndarray]], **train_kwargs):
+        self.train_fn = train_fn
+        self.client_data = client_data
+        self.train_kwargs = train_kwargs
+
+    def __call__(self, jobs: Sequence[TrainJob]) -> list[dict]:
+        out = []
+        for job in jobs:
+            x, y = self.client_data[job.client]
+            out.append(self.train_fn(job.weights, x, y, job.steps, seed=job.seed, **self.train_kwargs))
+        return out

@@ -1,0 +1,1 @@
+"""Graph learning pieces for the gcn_train flow (PyTorch-Direct zero-copy feature loading on DGL)."""

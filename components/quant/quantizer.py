@@ -1,0 +1,324 @@
+"""Group-wise asymmetric quantization with the paper's range-aware choice of 4-bit groups.
+
+A weight W [out, in] is cut into groups of `group_size` consecutive weights along in_features.
+Every group gets a scale s and a zero point z and is stored as codes q with w ~ s * (q - z).
+
+Which groups get 4 bits (the paper's rule): rank groups by their range max(w) - min(w) (optionally
+weighted by calibration activations, or by the Hessian-weighted 2-bit error) and give the top
+`frac_high` of them 4 bits. The choice is constrained by ALIGNMENT: every tile of `tile_rows` output
+rows holds exactly k = round(frac_high * tile_rows * groups_per_row) 4-bit groups, so
+
+- every tile's packed 2-bit codes, 4-bit codes and zero points occupy the same number of int32
+  words, and tile t's data starts at t * (fixed stride): a kernel finds any tile with one multiply,
+  no per-row offset table or prefix sum (the alignment problem the paper describes for GPUs);
+- every tile carries identical work, so the tile-by-tile pipelined dequantization (and a GPU
+  thread block per tile) stays balanced;
+- within a tile the ranking is exact: the 4-bit groups are the k top-ranked groups of that tile.
+
+Scales are optionally quantized again ("second order"): per output row an fp16 base b and an 8-bit
+code c per group with s = (c + 1) * b / 256 (rounded up, so the range is never clipped).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from components.quant.packing import pack_bits, pack_codes
+from components.quant.spec import QuantSpec
+
+
+@dataclass
+class LayerLayout:
+    """Shapes and formats of one packed layer: enough to rebuild its empty buffers for loading."""
+
+    in_features: int
+    out_features: int
+    group_size: int
+    tile_rows: int
+    high_per_tile: int  # 4-bit groups in every tile (the alignment constraint)
+    bits_low: int
+    bits_high: int
+    scale_format: str
+    zero_format: str
+    has_bias: bool = False
+
+    @property
+    def groups_per_row(self) -> int:
+        return self.in_features // self.group_size
+
+    @property
+    def groups_per_tile(self) -> int:
+        return self.tile_rows * self.groups_per_row
+
+    @property
+    def low_per_tile(self) -> int:
+        return self.groups_per_tile - self.high_per_tile
+
+    @property
+    def n_tiles(self) -> int:
+        return self.out_features // self.tile_rows
+
+    @property
+    def has_map(self) -> bool:
+        """A precision map is stored only when a tile mixes both precisions."""
+        return 0 < self.high_per_tile < self.groups_per_tile
+
+    def buffer_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Every stored tensor of the layer: name -> (shape, dtype). The bit count sums these."""
+        T, g = self.n_tiles, self.group_size
+
+        def words(n_codes: int, bits: int) -> int:
+            return math.ceil(n_codes * bits / 32)
+
+        shapes = {
+            "codes_lo": ((T, words(self.low_per_tile * g, self.bits_low)), torch.int32),
+            "codes_hi": ((T, words(self.high_per_tile * g, self.bits_high)), torch.int32),
+        }
+        if self.scale_format == "u8":
+            shapes["scale_codes"] = ((self.out_features, self.groups_per_row), torch.uint8)
+            shapes["scale_base"] = ((self.out_features,), torch.float16)
+        else:
+            shapes["scales"] = ((self.out_features, self.groups_per_row), torch.float16)
+        if self.zero_format == "int":
+            shapes["zeros_lo"] = ((T, words(self.low_per_tile, self.bits_low)), torch.int32)
+            shapes["zeros_hi"] = ((T, words(self.high_per_tile, self.bits_high)), torch.int32)
+        else:
+            shapes["zeros"] = ((self.out_features, self.groups_per_row), torch.float16)
+        if self.has_map:
+            shapes["group_map"] = ((T, math.ceil(self.groups_per_tile / 8)), torch.uint8)
+        return shapes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+BIT_CATEGORIES = {"codes_lo": "codes", "codes_hi": "codes", "scale_codes": "scales", "scale_base": "scales",
+                  "scales": "scales", "zeros_lo": "zeros", "zeros_hi": "zeros", "zeros": "zeros",
+                  "group_map": "map", "bias": "bias"}
+
+
+def bits_breakdown(layout: LayerLayout) -> dict[str, int]:
+    """Exact stored bits of a packed layer by category (codes, scales, zeros, map, outliers, bias)."""
+    out = {"codes": 0, "scales": 0, "zeros": 0, "map": 0, "outliers": 0, "bias": 0}
+    for name, (shape, dtype) in layout.buffer_shapes().items():
+        out[BIT_CATEGORIES[name]] += math.prod(shape) * torch.empty((), dtype=dtype).element_size() * 8
+    if layout.has_bias:
+        out["bias"] = layout.out_features * 32  # kept in fp32
+    # No sparse outliers are kept in this scheme; the entry stays so the accounting names every part.
+    return out
+
+
+def effective_tile_rows(out_features: int, tile_rows: int) -> int:
+    """The tile height used for a layer: `tile_rows`, or its largest divisor of out_features."""
+    return math.gcd(out_features, tile_rows)
+
+
+def high_groups_per_tile(spec: QuantSpec, groups_per_tile: int) -> int:
+    return int(round(spec.frac_high * groups_per_tile))
+
+
+# --- choosing the 4-bit groups ----------------------------------------------------------------
+
+def group_scores(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Score [out, G] of every group; the highest-scored groups of each tile get bits_high.
+
+    `act_sq` is the mean of x**2 per input channel over calibration tokens (the Hessian diagonal
+    of the layer's least-squares objective, up to a factor of 2).
+    """
+    out_f, in_f = weight.shape
+    g = spec.group_size
+    groups = weight.float().reshape(out_f, in_f // g, g)
+    rng = groups.amax(-1) - groups.amin(-1)
+    if spec.score == "range":
+        return rng
+    if spec.score == "random":
+        gen = torch.Generator().manual_seed(spec.seed)
+        return torch.rand(rng.shape, generator=gen)
+    if act_sq is None:
+        raise ValueError(f"score={spec.score!r} needs calibration activations: set calibration.samples > 0 "
+                         "or use score=range")
+    act_sq = act_sq.float().reshape(1, in_f // g, g)
+    if spec.score == "range_act":
+        return rng * act_sq.sqrt().mean(-1)  # range times the group's RMS input
+    # hessian_error: sum_j H_jj (w_j - Q_low(w_j))**2, the expected output error of the 2-bit group.
+    scale, zero = minmax_params(groups, spec.bits_low)
+    err = (fake_quant(groups, scale, zero, spec.bits_low) - groups) ** 2
+    return (err * act_sq).sum(-1)
+
+
+def select_high_groups(scores: torch.Tensor, high_per_tile: int, tile_rows: int) -> torch.Tensor:
+    """bool [out, G]: the `high_per_tile` top-scored groups of every tile of `tile_rows` rows."""
+    out_f, n_groups = scores.shape
+    tiles = scores.reshape(out_f // tile_rows, tile_rows * n_groups)
+    mask = torch.zeros_like(tiles, dtype=torch.bool)
+    if high_per_tile:
+        top = tiles.topk(high_per_tile, dim=1).indices
+        mask.scatter_(1, top, True)
+    return mask.reshape(out_f, n_groups)
+
+
+# --- fitting scales and zero points --------------------------------------------------------------
+
+def minmax_params(groups: torch.Tensor, bits: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest asymmetric parameters: scale = range / (2**bits - 1), real zero = -min / scale."""
+    qmax = (2 ** torch.as_tensor(bits)) - 1
+    lo, hi = groups.amin(-1), groups.amax(-1)
+    scale = ((hi - lo) / qmax).clamp(min=1e-8)
+    return scale, -lo / scale
+
+
+def fake_quant(groups: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Quantize-dequantize groups [..., g] with an integer zero point (used to score groups)."""
+    z = torch.round(zero).unsqueeze(-1)
+    q = torch.clamp(torch.round(groups / scale.unsqueeze(-1)) + z, 0, 2 ** bits - 1)
+    return (q - z) * scale.unsqueeze(-1)
+
+
+def encode_scales(scale: torch.Tensor, fmt: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Stored form of the scales [out, G] and the scales the kernels will actually use."""
+    if fmt == "fp16":
+        stored = scale.to(torch.float16)
+        return {"scales": stored}, stored.float()
+    # Second order: fp16 row base, rounded up so that every code's scale >= the wanted scale.
+    base = (scale.amax(1) * (1 + 2.0 ** -10)).to(torch.float16)
+    base_f = base.float().clamp(min=1e-8)
+    codes = torch.clamp(torch.ceil(scale / base_f[:, None] * 256) - 1, 0, 255).to(torch.uint8)
+    return {"scale_codes": codes, "scale_base": base}, decode_u8_scales(codes, base)
+
+
+def decode_u8_scales(codes: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    return (codes.float() + 1) * (base.float()[:, None] / 256)
+
+
+def hqq_params(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """HQQ's half-quadratic fit of (scale, real zero) for groups [N, g] (the pip `hqq` package, CPU)."""
+    try:
+        from hqq.core.quantize import Quantizer
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("method=hqq needs the `hqq` package: pip install -c constraints.txt hqq==0.2.8.post1") from exc
+    if groups.shape[0] == 0:
+        return groups.new_zeros(0), groups.new_zeros(0)
+    _, meta = Quantizer.quantize(groups.float().contiguous(), nbits=bits, group_size=groups.shape[1], axis=1,
+                                 optimize=True, round_zero=False, bitpack=False, device="cpu")
+    return meta["scale"].reshape(-1).float(), meta["zero"].reshape(-1).float()
+
+
+# --- the whole layer -----------------------------------------------------------------------------
+
+@dataclass
+class PackedWeight:
+    layout: LayerLayout
+    tensors: dict[str, torch.Tensor]
+    bias: torch.Tensor | None = None
+
+    def bits(self) -> dict[str, int]:
+        return bits_breakdown(self.layout)
+
+    def bits_per_weight(self) -> float:
+        return sum(self.bits().values()) / (self.layout.in_features * self.layout.out_features)
+
+
+def layout_for(weight_shape: tuple[int, int], spec: QuantSpec, has_bias: bool = False) -> LayerLayout:
+    out_f, in_f = weight_shape
+    if in_f % spec.group_size:
+        raise ValueError(f"in_features={in_f} is not a multiple of group_size={spec.group_size}")
+    rows = effective_tile_rows(out_f, spec.tile_rows)
+    per_tile = rows * (in_f // spec.group_size)
+    return LayerLayout(in_f, out_f, spec.group_size, rows, high_groups_per_tile(spec, per_tile), spec.bits_low,
+                       spec.bits_high, spec.scale_format, spec.zero_format, has_bias)
+
+
+def quantize_weight(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | None = None,
+                    hessian: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> PackedWeight:
+    """Quantize W [out, in] under `spec` and pack it (see the module docstring for the layout)."""
+    if not spec.quantizes:
+        raise ValueError("spec.method='none' keeps the fp32 weight: nothing to pack")
+    W = weight.detach().float()
+    layout = layout_for(tuple(W.shape), spec, bias is not None)
+    high = select_high_groups(group_scores(W, spec, act_sq), layout.high_per_tile, layout.tile_rows)
+    bits = torch.where(high, spec.bits_high, spec.bits_low)
+    if spec.method == "gptq":
+        from components.quant.gptq import gptq_quantize
+
+        if hessian is None:
+            raise ValueError("method=gptq needs the calibration Hessian: set calibration.samples > 0")
+        codes, scale_store, zero = gptq_quantize(W, bits, spec, hessian)
+    else:
+        codes, scale_store, zero = _fit_groups(W, bits, spec)
+    return PackedWeight(layout, pack_layer(codes, zero, high, scale_store, layout), bias)
+
+
+def _fit_groups(W: torch.Tensor, bits: torch.Tensor, spec: QuantSpec):
+    """Codes [out, G, g], stored scale tensors and zero [out, G] for round-to-nearest or HQQ."""
+    out_f, in_f = W.shape
+    groups = W.reshape(out_f, in_f // spec.group_size, spec.group_size)
+    if spec.method == "hqq":
+        scale = torch.empty(bits.shape)
+        zero = torch.empty(bits.shape)
+        for b in (spec.bits_low, spec.bits_high):
+            sel = bits == b
+            scale[sel], zero[sel] = hqq_params(groups[sel], b)
+    else:
+        scale, zero = minmax_params(groups, bits)
+    store, scale_used = encode_scales(scale, spec.scale_format)
+    if spec.method == "rtn" and spec.zero_format == "int":
+        lo = groups.amin(-1)  # the zero is refit to the stored scale so that min maps to a code
+        zero = -lo / scale_used
+    zero = _store_zero(zero, bits, spec.zero_format)
+    codes = quantize_codes(groups, scale_used, zero, bits)
+    return codes, store, zero
+
+
+def _store_zero(zero: torch.Tensor, bits: torch.Tensor, fmt: str) -> torch.Tensor:
+    qmax = (2 ** bits) - 1
+    if fmt == "int":
+        return torch.clamp(torch.round(zero), torch.zeros_like(qmax), qmax).float()
+    return zero.to(torch.float16).float()
+
+
+def quantize_codes(groups: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Integer codes of groups [..., g] given the scale and zero the kernels will use."""
+    qmax = ((2 ** bits) - 1).unsqueeze(-1)
+    q = torch.round(groups / scale.unsqueeze(-1) + zero.unsqueeze(-1))
+    return torch.minimum(torch.clamp(q, min=0), qmax).to(torch.uint8)
+
+
+def tile_order(high: torch.Tensor, layout: LayerLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (row-major within the tile) of the low and high groups of every tile, ascending."""
+    flat = high.reshape(layout.n_tiles, layout.groups_per_tile)
+    order = torch.sort(flat.to(torch.int8), dim=1, stable=True).indices
+    return order[:, : layout.low_per_tile], order[:, layout.low_per_tile:]
+
+
+def pack_layer(codes: torch.Tensor, zero: torch.Tensor, high: torch.Tensor, scale_store: dict,
+               layout: LayerLayout) -> dict[str, torch.Tensor]:
+    """Split every tile into its 2-bit and 4-bit groups and pack each run into int32 words."""
+    T, n_g, g = layout.n_tiles, layout.groups_per_tile, layout.group_size
+    pos_lo, pos_hi = tile_order(high, layout)
+    tile_codes = codes.reshape(T, n_g, g)
+    tile_zero = zero.reshape(T, n_g)
+
+    def pick(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if values.dim() == 3:
+            return values.gather(1, pos.unsqueeze(-1).expand(-1, -1, g)).reshape(T, -1)
+        return values.gather(1, pos)
+
+    tensors = {
+        "codes_lo": pack_codes(pick(tile_codes, pos_lo), layout.bits_low),
+        "codes_hi": pack_codes(pick(tile_codes, pos_hi), layout.bits_high),
+        **scale_store,
+    }
+    if layout.zero_format == "int":
+        tensors["zeros_lo"] = pack_codes(pick(tile_zero, pos_lo).to(torch.uint8), layout.bits_low)
+        tensors["zeros_hi"] = pack_codes(pick(tile_zero, pos_hi).to(torch.uint8), layout.bits_high)
+    else:
+        tensors["zeros"] = zero.to(torch.float16)
+    if layout.has_map:
+        tensors["group_map"] = pack_bits(high.reshape(T, n_g))
+    expected = layout.buffer_shapes()
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != expected[name][0] or tensor.dtype != expected[name][1]:
+            raise AssertionError(f"packed {name} is {tuple(tensor.shape)} {tensor.dtype}, layout says {expected[name]}")
+    return tensors

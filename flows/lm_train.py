@@ -1,0 +1,87 @@
+"""`lm_train`: train a causal LM on on-machine text with DataStates lazy async checkpointing.
+
+prepare corpus -> train (lazy async checkpoint every k steps; `resume=latest` continues bit-for-bit)
+-> evaluate validation loss / perplexity and a text sample -> log everything and register the model
+in MLflow (the `serve` and `quantize` flows load it by name).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from components.lm.corpus import CorpusSpec
+from components.lm.training import TrainSettings
+from flows.platform import FlowConfig, system_flow
+from tasks.lm_train import evaluate_model, prepare_corpus, train_model
+from tasks.tracking import Tracker
+
+
+@dataclass
+class LMModelConfig:
+    """conf/model/*.yaml: our GPT (kind=gpt) or SmolLM2-135M fine-tuning (kind=smollm2)."""
+
+    kind: str = "gpt"  # gpt: components.lm.model.GPT from scratch; smollm2: the packaged SmolLM2-135M
+    vocab_size: int = 49152  # SmolLM2's tokenizer: the draft shares the target's vocabulary
+    block_size: int = 256  # longest context the draft is trained for
+    n_layer: int = 4  # ~4x fewer layers-per-token cost than the 30-layer target
+    n_head: int = 4  # head_dim 64
+    n_embd: int = 256  # tied embedding dominates the 16M parameters
+    dropout: float = 0.0  # few-epoch training: no dropout needed
+    bias: bool = False  # no biases (nanoGPT: slightly better, faster)
+    tie_embeddings: bool = True  # lm_head = wte: half the parameters
+    dtype: str = "float32"  # smollm2 only: weights' dtype for fine-tuning
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1  # k: checkpoint every k iterations (lazy async makes k=1 cheap)
+    keep_last: int = 2  # committed checkpoints kept; older ones are deleted after each commit
+    buffer_slots: int = 2  # host buffer = this many checkpoints (more: absorbs slower storage)
+    host_buffer_mb: Optional[int] = None  # explicit host buffer size; None: buffer_slots x checkpoint size
+    flush_threads: int = 2  # threads streaming host pieces to the file (I/O, not compute)
+    fsync: bool = True  # durability: fsync shard, state, vote, COMMIT and directory
+    checksum: bool = False  # CRC32 of every piece, verified at load (costs CPU time in the background)
+    dir: Optional[str] = None  # None: <work_dir>/lm_train/checkpoints/<run_name>
+
+
+@dataclass
+class LMTrainConfig(FlowConfig):
+    model: LMModelConfig = field(default_factory=LMModelConfig)
+    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run_name: str = "draft"  # model -> <work_dir>/lm_train/<run_name>/, checkpoints -> lm_train/checkpoints/<run_name>/
+    resume: Optional[str] = None  # 'latest' (newest committed checkpoint of run_name) or a checkpoint folder
+    registered_name: Optional[str] = None  # MLflow registry name; None: lm-draft (gpt) / lm-smollm2-ft (smollm2)
+    log_every: int = 10  # training metrics to MLflow every this many steps
+    sample_prompt: str = "def fibonacci(n):"  # greedy sample logged as text after training
+    sample_tokens: int = 48  # length of that sample
+
+
+def registered_name_for(cfg: LMTrainConfig) -> str:
+    if cfg.registered_name:
+        return cfg.registered_name
+    return "lm-draft" if cfg.model.kind == "gpt" else "lm-smollm2-ft"
+
+
+@system_flow(name="lm_train", config=LMTrainConfig, order=10, summary_metric="val_perplexity",
+             demo=["corpus.max_chars=400000", "corpus.val_fraction=0.1", "train.iters=30", "train.batch_size=4", "train.block_size=64",
+                   "train.warmup_iters=5", "train.eval_every=30", "train.eval_batches=2", "model.n_layer=2",
+                   "model.n_embd=64", "model.n_head=2", "model.block_size=64", "run_name=demo", "sample_tokens=16"])
+def lm_train(cfg: LMTrainConfig, tracker: Tracker) -> dict[str, float]:
+    """Train a causal LM with DataStates lazy async checkpointing; register it in MLflow."""
+    corpus = prepare_corpus(cfg.corpus, str(cfg.work_path("lm_train", "corpus")))
+    tracker.log_params({f"corpus_{k}": v for k, v in corpus.items() if k != "folder"})
+    run_dir = cfg.work_path("lm_train", cfg.run_name)  # the model files only: logged as the MLflow model
+    ckpt_dir = cfg.checkpoint.dir or str(cfg.work_path("lm_train", "checkpoints", cfg.run_name))
+    trained = train_model(cfg, corpus["folder"], str(run_dir), ckpt_dir, tracker)
+    tracker.log_metrics({f"ckpt_{k}": v for k, v in trained["checkpoints"].items()})
+    tracker.set_tags({"resumed_from": trained["resumed_from"], "checkpoint_dir": trained["checkpoint_dir"]})
+    evaluated = evaluate_model(cfg, trained["model_dir"], corpus["folder"])
+    tracker.log_metrics({**evaluated["metrics"], "parameters": evaluated["parameters"]}, step=cfg.train.iters)
+    tracker.log_text(evaluated["sample"], "samples/greedy.txt")
+    tracker.log_dict({"corpus": corpus, "train": trained, "eval": evaluated}, "summary.json")
+    version = tracker.log_model_dir(trained["model_dir"], "model", registered_name=registered_name_for(cfg))
+    tracker.set_tags({"registered_model": f"{registered_name_for(cfg)}/{version}"})
+    return {**evaluated["metrics"], "start_step": float(trained["start_step"]),
+            "checkpoints": float(trained["checkpoints"]["count"])}

@@ -1,0 +1,25 @@
+"""Tiny random models for the decoding tests (fast; their text is noise, only exactness matters)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # The machine's two cores are shared: oversubscribed intra-op threads make tiny forwards ~15x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_gpt(vocab_size: int = 16, n_layer: int = 2, n_embd: int = 16, seed: int = 0, scale: float = 1.0):
+    from components.lm.model import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=128, n_layer=n_layer, n_head=2, n_embd=n_embd))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(scale)  # std 0.02 * scale: peaked enough that outputs depend on the context
+    return model.double().eval()

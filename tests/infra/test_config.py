@@ -1,0 +1,89 @@
+"""Every primary config composes, every config-group option instantiates, bad overrides name the key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from flows.platform import CONF_DIR, FlowConfig, compose, discover_flows, get_spec
+
+FLOWS = sorted(discover_flows())
+
+
+def _groups_of(flow: str) -> list[str]:
+    defaults = yaml.safe_load((CONF_DIR / f"{flow}.yaml").read_text()).get("defaults", [])
+    return [next(iter(d)) for d in defaults if isinstance(d, dict) and not next(iter(d)).startswith("override")]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _targets(node, path=""):
+    """Yield (path, node) for every config node that names a `_target_`."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield path, node
+        for key, value in node.items():
+            yield from _targets(value, f"{path}.{key}" if path else key)
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_primary_config_composes_to_its_typed_dataclass(flow):
+    cfg = compose(flow, get_spec(flow).demo_overrides)
+    assert isinstance(cfg, get_spec(flow).config_cls) and isinstance(cfg, FlowConfig)
+
+
+CASES = [(flow, group, option) for flow in FLOWS for group in _groups_of(flow) for option in _options(group)]
+
+
+@pytest.mark.parametrize("flow,group,option", CASES, ids=[f"{f}-{g}={o}" for f, g, o in CASES])
+def test_every_group_option_composes_and_instantiates(flow, group, option, tmp_path):
+    from dataclasses import asdict
+
+    from hydra.utils import instantiate
+
+    cfg = compose(flow, get_spec(flow).demo_overrides + [f"{group}={option}", f"work_dir={tmp_path}"])
+    node = asdict(cfg)
+    for key in group.split("/"):
+        node = node[key]
+    for path, target_node in _targets(node):
+        built = instantiate(target_node)
+        assert built is not None, f"{flow}: {group}={option} ({path}) instantiated to None"
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_unknown_key_fails_naming_it(flow):
+    with pytest.raises((ConfigCompositionException, HydraException, OmegaConfBaseException)) as err:
+        compose(flow, ["no_such_key_xyz=1"])
+    assert "no_such_key_xyz" in str(err.value) + str(err.value.__cause__)
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises(Exception) as err:
+        compose(FLOWS[0], ["seed=not-a-number"])
+    text = str(err.value) + str(err.value.__cause__)
+    assert "seed" in text
+
+
+def test_unknown_group_option_fails_naming_it():
+    with pytest.raises(Exception) as err:
+        compose(FLOWS[0], ["runner=no_such_runner"])
+    assert "no_such_runner" in str(err.value)
+
+
+def test_unknown_flow_is_named():
+    with pytest.raises(KeyError, match="no_such_flow"):
+        get_spec("no_such_flow")
+
+
+def test_components_import_no_orchestrator():
+    root = Path(__file__).resolve().parents[2] / "components"
+    offenders = [str(p) for p in root.rglob("*.py")
+                 if any(line.strip().startswith(("import prefect", "from prefect", "import mlflow", "from mlflow",
+                                                  "import hydra", "from hydra"))
+                        for line in p.read_text().splitlines())]
+    assert offenders == []
