@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from components.checkpoint.layout import CheckpointError
+from components.checkpoint.layout import CheckpointError, align
 
 
 @dataclass
@@ -52,6 +52,7 @@ class HostBufferPool:
         return None  # head == tail: full
 
     def allocate(self, nbytes: int, timeout: float | None = None) -> Region:
+        nbytes = align(max(nbytes, 1))  # every region starts aligned, so any dtype can view it
         if nbytes > self.capacity:
             raise CheckpointError(f"a checkpoint of {nbytes} bytes does not fit the host buffer of "
                                   f"{self.capacity} bytes: raise host_buffer_bytes")

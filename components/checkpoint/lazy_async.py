@@ -100,7 +100,7 @@ class LazyAsyncCheckpointer:
                  buffer_slots: int = 2, flush_threads: int = 2, chunk_bytes: int = 64 << 20,
                  fsync: bool = True, checksum: bool = False, rank: Optional[int] = None,
                  world_size: Optional[int] = None, commit_timeout_s: float = 600.0,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, session: Optional[str] = None):
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         if buffer_slots < 1 or flush_threads < 1 or chunk_bytes < layout.ALIGN:
@@ -115,7 +115,7 @@ class LazyAsyncCheckpointer:
         self.commit_timeout_s = commit_timeout_s
         self.rank, self.world_size = _rank_and_world(rank, world_size)
         self.use_cuda = (device or "").startswith("cuda") and torch.cuda.is_available()
-        self.session = _agree_on_session(self.world_size)
+        self.session = session or _agree_on_session(self.world_size)
         self.records: list[CheckpointRecord] = []
         self.pool: Optional[HostBufferPool] = None
         self._error: Optional[BaseException] = None
@@ -411,10 +411,13 @@ def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple[int
 
 def _agree_on_session(world_size: int) -> str:
     """One id per run, the same on every rank: names this run's temporary folders."""
+    import torch.distributed as dist
+
     session = uuid.uuid4().hex[:12]
     if world_size > 1:
-        import torch.distributed as dist
-
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("world_size > 1 needs torch.distributed initialised, or an explicit session id "
+                             "shared by all ranks")
         box = [session]
         dist.broadcast_object_list(box, src=0)
         session = box[0]

@@ -26,7 +26,11 @@ END_OF_PLAN = "<END_OF_PLAN>"
 JOIN = "join"
 _TASK_LINE = re.compile(r"^\s*(\d+)\s*[.:)]\s*(.*)$")
 _CALL = re.compile(r"^([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
-_REF = re.compile(r"\$\{?(\d+)\}?")
+_REF = re.compile(r"\$(?:\{(\d+)\}|(\d+))")  # $N or ${N}; a lone "}" after $N is not part of it
+
+
+def _ref_index(match: re.Match) -> int:
+    return int(match.group(1) or match.group(2))
 _THOUGHT = re.compile(r"^\s*Thought\s*:\s*(.*)$", re.IGNORECASE)
 
 
@@ -62,7 +66,7 @@ class Task:
 def references(value: Any) -> set[int]:
     """Every `$N` / `${N}` inside a (nested) argument value."""
     if isinstance(value, str):
-        return {int(n) for n in _REF.findall(value)}
+        return {_ref_index(m) for m in _REF.finditer(value)}
     if isinstance(value, (list, tuple, set)):
         return set().union(*(references(v) for v in value)) if value else set()
     if isinstance(value, dict):
@@ -75,9 +79,9 @@ def substitute(value: Any, observations: dict[int, Any], render=str) -> Any:
     (numbers stay numbers), an embedded one becomes `render(observation)`."""
     if isinstance(value, str):
         whole = _REF.fullmatch(value.strip())
-        if whole and int(whole.group(1)) in observations:
-            return observations[int(whole.group(1))]
-        return _REF.sub(lambda m: render(observations[int(m.group(1))]) if int(m.group(1)) in observations
+        if whole and _ref_index(whole) in observations:
+            return observations[_ref_index(whole)]
+        return _REF.sub(lambda m: render(observations[_ref_index(m)]) if _ref_index(m) in observations
                         else m.group(0), value)
     if isinstance(value, list):
         return [substitute(v, observations, render) for v in value]

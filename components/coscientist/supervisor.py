@@ -65,13 +65,12 @@ class SupervisorConfig:
     evolution_pool: int = 4  # parents are drawn from this many top-rated hypotheses
     existing_in_prompt: int = 8  # hypotheses shown to Generation so it does not repeat them
     max_consecutive_failures: int = 5  # agent calls raising in a row before the run stops with an error
-    seed: int = 0
 
 
 class Supervisor:
     def __init__(self, state: TournamentState, agents: AgentSuite, proximity: Proximity, budget: Budget,
                  cfg: SupervisorConfig | None = None, elo: EloConfig | None = None, submit: Submit | None = None,
-                 on_commit: Callable[[Work, AgentResult, dict], None] | None = None):
+                 on_commit: Callable[[Work, AgentResult, dict], None] | None = None, seed: int = 0):
         self.state, self.agents, self.proximity, self.budget = state, agents, proximity, budget
         self.cfg = cfg or SupervisorConfig()
         self.elo = elo or EloConfig()
@@ -84,6 +83,7 @@ class Supervisor:
             submit = lambda work: self._own_pool.submit(self.agents.run, work)  # noqa: E731
         self.submit = submit
         self.on_commit = on_commit
+        self.seed = seed  # with the persisted task counter, seeds every scheduling draw (resumable)
         self._sim_cache: tuple[tuple[str, ...], np.ndarray] | None = None
 
     # ------------------------------------------------------------------ the loop
@@ -146,7 +146,7 @@ class Supervisor:
         left = self.remaining_calls(inflight)
         if left < 1:
             return None
-        rng = random.Random(f"{self.cfg.seed}-{self.state.get_meta('seq', '0')}")
+        rng = random.Random(f"{self.seed}-{self.state.get_meta('seq', '0')}")
         hyps = self.state.hypotheses()
         feedback = self.state.latest_feedback()
 

@@ -178,3 +178,13 @@ def _section(text: str, start: str, end: str) -> str:
     i += len(start)
     j = text.find(end, i)
     return text[i: j if j >= 0 else len(text)]
+
+
+_SCRIPT_PLAYER = SyntheticLLM(SyntheticScience(seed=0), judge_noise=0.2, malformed_rate=0.05, restate_rate=0.2)
+
+
+def script(messages: Messages) -> str:
+    """`llm=scripted llm.script=components.coscientist.synthetic.script`: the synthetic task's
+    answers through the shared scripted backend (plumbing demos and tests; not model output)."""
+    prompt = messages[-1]["content"]
+    return _SCRIPT_PLAYER.respond(prompt, _SCRIPT_PLAYER._rng(prompt))

@@ -116,7 +116,8 @@ class KnowledgeBase:
                   if any(re.search(rf"\b{re.escape(w)}", q) for w in ATTRIBUTES[a][1])]
         if len(wanted) >= 1:
             attr = wanted[0]
-            return ToolResult(value=entity.attributes[attr], text=f"{entity.name} {_statement(attr, entity.attributes[attr])}")
+            value, unit = entity.attributes[attr], ATTRIBUTES[attr][0]
+            return ToolResult(value=value, text=f"{entity.name} {_label(attr)}: {_fmt(attr, value)}{' ' + unit if unit else ''}")
         return ToolResult(value=entity.name, text=entity.describe())
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+from components.decoding import engine
 from components.decoding.cache import SequenceRunner, wrap_model
 from components.decoding.engine import METHODS, AutoregressiveDecoder, build_decoder, measure_cost_ratio
 from components.decoding.models import layer_skip_draft, tiny_llama
@@ -26,7 +27,7 @@ def llama_pair():
 
 
 @pytest.mark.parametrize("method", SPECULATIVE)
-@pytest.mark.parametrize("gamma", [1, 3, 6])
+@pytest.mark.parametrize("gamma", [1, 4])
 def test_greedy_speculative_equals_autoregressive(llama_pair, method, gamma):
     target, draft = llama_pair
     reference = AutoregressiveDecoder(target)
@@ -34,10 +35,10 @@ def test_greedy_speculative_equals_autoregressive(llama_pair, method, gamma):
     try:
         accepted = 0
         for prompt in PROMPTS:
-            expected, _ = reference.generate(prompt, 40)
-            got, st = decoder.generate(prompt, 40)
+            expected, _ = reference.generate(prompt, 32)
+            got, st = decoder.generate(prompt, 32)
             assert got == expected, f"{method} γ={gamma} diverged from AR on prompt {prompt}"
-            assert st.new_tokens == 40 and st.target_forwards < 40 + 1
+            assert st.new_tokens == 32 and st.target_forwards <= 32
             accepted += st.draft_tokens_accepted
         assert accepted > 0  # the layer-skip draft does get tokens accepted: the verify path is exercised
     finally:
@@ -162,8 +163,8 @@ def _chi_square_p(samples, law):
 SAMPLES = 1500
 
 
-@pytest.mark.parametrize("method", ["sd", "pearl"])
-def test_sampled_output_follows_the_target_distribution(method):
+@pytest.mark.parametrize("method", ["pearl"])
+def test_sampled_output_follows_the_target_distribution(method, monkeypatch):
     target = tiny_gpt(vocab_size=16, n_layer=2, seed=0, scale=12)
     draft = tiny_gpt(vocab_size=16, n_layer=1, seed=5, scale=12)
     params = SamplingParams(temperature=1.0, top_p=0.95)
@@ -178,19 +179,18 @@ def test_sampled_output_follows_the_target_distribution(method):
         accepted += st.draft_tokens_accepted
     assert 0.1 < accepted / verified < 0.95  # rejections (residual sampling) really happen
     assert _chi_square_p(samples, law) > 1e-3
-    # Negative control: the draft's own samples fail the same test, so the test can tell laws apart.
-    draft_only = AutoregressiveDecoder(draft)
-    draft_samples = [tuple(draft_only.generate(prompt, 2, params, seed=s)[0]) for s in range(SAMPLES)]
-    draft_samples = [s for s in draft_samples if s in law]
-    assert _chi_square_p(draft_samples, law) < 1e-3
+    # Negative control: the classic bug (resample a rejected position from p instead of the
+    # residual) fails the same test, so the test can tell the laws apart.
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "residual_distribution", lambda p, q: p)
+        buggy = [tuple(decoder.generate(prompt, 2, params, seed=s)[0]) for s in range(SAMPLES)]
+    assert _chi_square_p(buggy, law) < 1e-3
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["pearl_no_pre", "pearl_no_post"])
-def test_sampled_output_follows_the_target_distribution_ablations(method):
-    test_sampled_output_follows_the_target_distribution.__wrapped__(method) if hasattr(
-        test_sampled_output_follows_the_target_distribution, "__wrapped__") else \
-        test_sampled_output_follows_the_target_distribution(method)
+@pytest.mark.parametrize("method", ["sd", "pearl_no_pre", "pearl_no_post"])
+def test_sampled_output_follows_the_target_distribution_other_methods(method, monkeypatch):
+    test_sampled_output_follows_the_target_distribution(method, monkeypatch)
 
 
 def test_cost_ratio_and_unknown_method(llama_pair):

@@ -1,0 +1,220 @@
+"""LLMCompiler (planner -> Task Fetching Unit -> joiner, with replanning) and the ReAct baseline.
+
+Both agents take the same LLM, the same tool descriptions and the same `submit(tool, args, kwargs)`
+executor, so a comparison between them differs only in how calls are planned and scheduled:
+LLMCompiler writes the whole plan in one (streamed) LLM call and runs independent calls in
+parallel; ReAct asks the LLM for one action at a time and waits for each observation.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+from components.compiler.fetching import Submit, TaskFetchingUnit, TaskRecord
+from components.compiler.plan import END_OF_PLAN, StreamingPlanParser, Task, iter_tasks, parse_call
+from components.compiler.prompts import joiner_messages, planner_messages, react_messages, scratchpad
+from components.llm.base import LLM
+from components.tools.base import ToolResult
+
+_FINISH = re.compile(r"\b(Finish|Replan)\s*\((.*)\)", re.DOTALL | re.IGNORECASE)
+
+
+@dataclass
+class AgentResult:
+    question: str
+    method: str  # "llmcompiler" | "react"
+    answer: str | None  # None: no answer (out of steps / replans)
+    latency_s: float = 0.0
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tool_calls: int = 0
+    replans: int = 0
+    errors: list[str] = field(default_factory=list)  # malformed plan lines / actions, failed tools
+    trace: list[dict] = field(default_factory=list)  # per round (compiler) or per step (react)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve(handle: Any) -> ToolResult:
+    """The ToolResult behind whatever `submit` returned (a future or the result itself)."""
+    try:
+        result = handle.result() if hasattr(handle, "result") else handle
+    except Exception as err:  # a failed call is an observation the agent reads
+        return ToolResult(error=f"{type(err).__name__}: {err}")
+    return result if isinstance(result, ToolResult) else ToolResult(value=result, text=str(result))
+
+
+def parse_final(text: str) -> tuple[str, str] | None:
+    """('finish' | 'replan', argument) from `Finish(...)` / `Replan(...)`, or None."""
+    m = _FINISH.search(text)
+    if not m:
+        return None
+    arg = m.group(2).strip()
+    if len(arg) >= 2 and arg[0] == arg[-1] and arg[0] in "\"'":
+        arg = arg[1:-1]
+    return m.group(1).lower(), arg.strip()
+
+
+class _UsageDelta:
+    def __init__(self, llm: LLM) -> None:
+        self.llm, self.start = llm, dict(llm.usage.as_dict())
+
+    def fill(self, result: AgentResult) -> None:
+        now = self.llm.usage.as_dict()
+        result.llm_calls = int(now["calls"] - self.start["calls"])
+        result.prompt_tokens = int(now["prompt_tokens"] - self.start["prompt_tokens"])
+        result.completion_tokens = int(now["completion_tokens"] - self.start["completion_tokens"])
+
+
+class LLMCompiler:
+    """Plan (streamed) -> dispatch ready tasks in parallel -> join: Finish or Replan (up to max_replans)."""
+
+    def __init__(self, llm: LLM, tools: dict[str, str], submit: Submit, max_replans: int = 1,
+                 planner_max_tokens: int = 320, joiner_max_tokens: int = 96, temperature: float = 0.0) -> None:
+        if max_replans < 0:
+            raise ValueError(f"max_replans must be >= 0, got {max_replans}")
+        self.llm, self.tools, self.submit = llm, tools, submit  # tools: name -> description
+        self.max_replans = max_replans
+        self.planner_max_tokens, self.joiner_max_tokens = planner_max_tokens, joiner_max_tokens
+        self.temperature = temperature
+
+    def run(self, question: str) -> AgentResult:
+        start, usage = time.perf_counter(), _UsageDelta(self.llm)
+        result = AgentResult(question, "llmcompiler", None)
+        done: dict[int, ToolResult] = {}  # every round's results: later plans may use their $N
+        steps: list[tuple[str, str]] = []  # (executed call, observation) for the joiner
+        context = ""
+        for round_no in range(self.max_replans + 1):
+            parser = StreamingPlanParser(self.tools, known=done.keys(), strict=False)
+            plan_text: list[str] = []
+            messages = planner_messages(question, list(self.tools.values()), context)
+            fetcher = TaskFetchingUnit(self.submit)
+            records = fetcher.run(self._plan_stream(messages, parser, plan_text), known=done)
+            round_steps = [(_render_call(r), str(r.result)) for r in records.values()
+                           if not r.task.is_join and r.result is not None]
+            steps += round_steps
+            done.update({i: r.result for i, r in records.items() if r.result is not None})
+            errors = [str(e) for e in parser.errors]
+            if fetcher.plan_error is not None:
+                errors.append(f"planner failed: {type(fetcher.plan_error).__name__}: {fetcher.plan_error}")
+            errors += [f"task {i} failed: {r.result.error}" for i, r in records.items()
+                       if r.result is not None and not r.result.ok]
+            result.errors += errors
+            result.tool_calls += sum(1 for r in records.values() if r.call_args or r.call_kwargs)
+            join_messages = joiner_messages(question, steps + [("Plan errors", "; ".join(errors))] if errors else steps)
+            joined = self.llm.chat(join_messages, max_tokens=self.joiner_max_tokens, temperature=self.temperature)
+            decision = parse_final(joined.text)
+            result.trace.append({
+                "round": round_no, "plan": "".join(plan_text), "errors": errors, "joiner": joined.text,
+                "tasks": [_record_dict(r) for r in records.values()],
+            })
+            if decision is None:  # no Finish/Replan: take the joiner's text as its answer
+                result.errors.append(f"joiner wrote neither Finish(...) nor Replan(...): {joined.text[:200]!r}")
+                result.answer = _strip_thought(joined.text)
+                break
+            kind, argument = decision
+            if kind == "finish":
+                result.answer = argument
+                break
+            if round_no == self.max_replans:
+                result.errors.append(f"joiner asked to replan with no replans left: {argument}")
+                break
+            result.replans += 1
+            context = scratchpad(round_steps) + f"\nReplan because: {argument}"
+        result.latency_s = time.perf_counter() - start
+        usage.fill(result)
+        return result
+
+    def _plan_stream(self, messages, parser: StreamingPlanParser, plan_text: list[str]) -> Iterator[Task]:
+        stream = self.llm.stream_chat(messages, max_tokens=self.planner_max_tokens, temperature=self.temperature,
+                                      stop=[END_OF_PLAN, "\nQuestion:"])
+
+        def recorded() -> Iterator[str]:
+            for piece in stream:
+                plan_text.append(piece)
+                yield piece
+
+        try:
+            yield from iter_tasks(recorded(), parser)
+        finally:
+            stream.close()  # join() seen: stop generating (and account the usage)
+
+
+class ReActAgent:
+    """Thought / Action / Observation, one tool call per LLM call, on the same tools and executor."""
+
+    def __init__(self, llm: LLM, tools: dict[str, str], submit: Submit, max_steps: int = 8,
+                 step_max_tokens: int = 96, temperature: float = 0.0) -> None:
+        self.llm, self.tools, self.submit = llm, tools, submit
+        self.max_steps, self.step_max_tokens, self.temperature = max_steps, step_max_tokens, temperature
+
+    def run(self, question: str) -> AgentResult:
+        start, usage = time.perf_counter(), _UsageDelta(self.llm)
+        result = AgentResult(question, "react", None)
+        trajectory = ""
+        for step in range(self.max_steps):
+            messages = react_messages(question, list(self.tools.values()), trajectory)
+            text = self.llm.chat(messages, max_tokens=self.step_max_tokens, temperature=self.temperature,
+                                 stop=["Observation:", "\nQuestion:"]).text.strip()
+            trajectory += text + "\n"
+            final = parse_final(text)
+            action = _action_line(text)
+            if final is not None and (action is None or _FINISH.search(action)):
+                result.answer = final[1]
+                result.trace.append({"step": step, "llm": text, "finish": final[1]})
+                break
+            observation = self._act(action, result)
+            trajectory += f"Observation: {observation}\n"
+            result.trace.append({"step": step, "llm": text, "observation": observation})
+        else:
+            result.errors.append(f"no Finish(...) within max_steps={self.max_steps}")
+        result.latency_s = time.perf_counter() - start
+        usage.fill(result)
+        return result
+
+    def _act(self, action: str | None, result: AgentResult) -> str:
+        if action is None:
+            result.errors.append("no 'Action:' line")
+            return "Invalid: write 'Action: tool(arguments)' or 'Action: Finish(answer)'."
+        try:
+            tool, args, kwargs = parse_call(action)
+        except ValueError as err:
+            result.errors.append(f"malformed action {action!r}: {err}")
+            return f"Invalid action {action!r}: {err}"
+        if tool not in self.tools:
+            result.errors.append(f"unknown tool {tool!r}")
+            return f"Invalid action: unknown tool {tool!r}; use one of {', '.join(self.tools)} or Finish."
+        result.tool_calls += 1
+        observed = resolve(self.submit(tool, args, kwargs))
+        if not observed.ok:
+            result.errors.append(f"{tool} failed: {observed.error}")
+        return str(observed)
+
+
+def _action_line(text: str) -> str | None:
+    m = re.search(r"Action\s*\d*\s*:\s*(.+)", text)
+    return m.group(1).strip() if m else None
+
+
+def _strip_thought(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if not ln.lower().startswith("thought")]
+    return " ".join(lines).strip()
+
+
+def _render_call(record: TaskRecord) -> str:
+    """The call as executed (with $N replaced), which a small model reads more easily."""
+    t = record.task
+    if not (record.call_args or record.call_kwargs):
+        return t.render()
+    return Task(t.idx, t.tool, record.call_args, record.call_kwargs).render()
+
+
+def _record_dict(r: TaskRecord) -> dict:
+    return {"idx": r.task.idx, "tool": r.task.tool, "args": list(r.task.args), "deps": list(r.task.deps),
+            "call_args": [str(a) for a in r.call_args], "parsed_at": r.parsed_at, "dispatched_at": r.dispatched_at,
+            "finished_at": r.finished_at, "observation": None if r.result is None else str(r.result),
+            "ok": None if r.result is None else r.result.ok}

@@ -1,0 +1,173 @@
+"""ParallelQA-style questions written for this project over the invented knowledge base, and scoring.
+
+Each question needs several independent lookups plus arithmetic (or a comparison done in the
+sandboxed Python tool), like the paper's ParallelQA; a few need a chain (find the city, then look
+it up) to exercise dependencies. Every question carries its reference plan in the plan grammar
+(used only by the scripted oracle that isolates the executor) and its answer computed from the
+knowledge base. Scoring follows the paper: numbers within ±10%, else normalized string match.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from components.tools.knowledge_base import KnowledgeBase
+
+
+@dataclass(frozen=True)
+class Question:
+    qid: str
+    template: str
+    text: str
+    answer: float | str
+    plan: tuple[str, ...]  # reference plan lines (without numbers), last one join()
+    lookups: int  # independent searches
+    parallel: bool  # True when at least two calls can run at once
+    distractors: tuple[str, ...] = ()  # wrong candidates named in the question (text answers)
+
+
+def _q(qid, template, text, answer, plan, lookups, parallel=True, distractors=()) -> Question:
+    return Question(qid, template, text, answer, tuple(plan) + ("join()",), lookups, parallel, tuple(distractors))
+
+
+def _search(attr_words: str, name: str) -> str:
+    return f'search("{attr_words} of {name}")'
+
+
+# Every question built in this process, by text: lets the scripted oracle (llm.script) find the
+# reference plan of a question it is asked, whatever knowledge-base seed built it.
+REGISTRY: dict[str, Question] = {}
+
+
+def build_questions(kb: KnowledgeBase, per_template: int = 6, seed: int = 0) -> list[Question]:
+    """10 templates x `per_template` questions (60 by default), deterministic for a seed."""
+    questions = _build(kb, per_template, seed)
+    REGISTRY.update({q.text: q for q in questions})
+    return questions
+
+
+def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
+    rng = random.Random(seed)
+    cities, mountains = kb.of_kind("city"), kb.of_kind("mountain")
+    rivers, companies = kb.of_kind("river"), kb.of_kind("company")
+    out: list[Question] = []
+
+    def pick(pool, k):
+        return rng.sample(pool, k)
+
+    for i in range(per_template):
+        a, b = pick(cities, 2)
+        pa, pb = a.attributes["population"], b.attributes["population"]
+        out.append(_q(f"sum_population-{i}", "sum_population",
+                      f"What is the combined population of {a.name} and {b.name}?", pa + pb,
+                      [_search("population", a.name), _search("population", b.name), 'calculate("$1 + $2")'], 2))
+    for i in range(per_template):
+        a, b = sorted(pick(mountains, 2), key=lambda m: -m.attributes["height_m"])
+        out.append(_q(f"height_difference-{i}", "height_difference",
+                      f"How many meters taller is {a.name} than {b.name}?",
+                      a.attributes["height_m"] - b.attributes["height_m"],
+                      [_search("height", a.name), _search("height", b.name), 'calculate("$1 - $2")'], 2))
+    for i in range(per_template):
+        a, b = pick(cities, 2)
+        out.append(_q(f"area_ratio-{i}", "area_ratio",
+                      f"How many times the area of {b.name} is the area of {a.name}?",
+                      a.attributes["area_km2"] / b.attributes["area_km2"],
+                      [_search("area", a.name), _search("area", b.name), 'calculate("$1 / $2")'], 2))
+    for i in range(per_template):
+        trio = pick(cities, 3)
+        names = [c.name for c in trio]
+        out.append(_q(f"mean_elevation-{i}", "mean_elevation",
+                      f"What is the average elevation in meters of {names[0]}, {names[1]} and {names[2]}?",
+                      sum(c.attributes["elevation_m"] for c in trio) / 3,
+                      [_search("elevation", n) for n in names] + ['calculate("($1 + $2 + $3) / 3")'], 3))
+    for i in range(per_template):
+        four = pick(companies, 4)
+        names = [c.name for c in four]
+        out.append(_q(f"total_employees-{i}", "total_employees",
+                      f"How many employees do {names[0]}, {names[1]}, {names[2]} and {names[3]} have in total?",
+                      sum(c.attributes["employees"] for c in four),
+                      [_search("employees", n) for n in names] + ['calculate("$1 + $2 + $3 + $4")'], 4))
+    for i in range(per_template):
+        trio = pick(rivers, 3)
+        names = [r.name for r in trio]
+        longest = max(trio, key=lambda r: r.attributes["length_km"]).name
+        mapping = ", ".join(f"'{n}': ${k}" for k, n in enumerate(names, 1))
+        out.append(_q(f"longest_river-{i}", "longest_river",
+                      f"Which river is the longest: {names[0]}, {names[1]} or {names[2]}?", longest,
+                      [_search("length", n) for n in names]
+                      + [f'python("d = {{{mapping}}}; print(max(d, key=d.get))")'], 3,
+                      distractors=[n for n in names if n != longest]))
+    for i in range(per_template):
+        a, b = pick(companies, 2)
+        ya, yb = a.attributes["founded"], b.attributes["founded"]
+        out.append(_q(f"founding_gap-{i}", "founding_gap",
+                      f"How many years apart were {a.name} and {b.name} founded?", abs(ya - yb),
+                      [_search("founding year", a.name), _search("founding year", b.name),
+                       'calculate("abs($1 - $2)")'], 2))
+    for i in range(per_template):
+        (a,) = pick(cities, 1)
+        out.append(_q(f"population_density-{i}", "population_density",
+                      f"What is the population density of {a.name} in people per square kilometer?",
+                      a.attributes["population"] / a.attributes["area_km2"],
+                      [_search("population", a.name), _search("area", a.name), 'calculate("$1 / $2")'], 2))
+    for i in range(per_template):
+        trio = pick(companies, 3)
+        names = [c.name for c in trio]
+        out.append(_q(f"total_revenue-{i}", "total_revenue",
+                      f"What is the total revenue in million USD of {names[0]}, {names[1]} and {names[2]}?",
+                      sum(c.attributes["revenue_musd"] for c in trio),
+                      [_search("revenue", n) for n in names] + ['calculate("$1 + $2 + $3")'], 3))
+    for i in range(per_template):
+        (c,) = pick(companies, 1)
+        hq = kb.get(c.attributes["headquarters"])
+        out.append(_q(f"headquarters_population-{i}", "headquarters_population",
+                      f"What is the population of the city where {c.name} is headquartered?",
+                      hq.attributes["population"],
+                      [_search("headquarters", c.name), 'search("population of $1")'], 1, parallel=False))
+    return out
+
+
+def reference_plan_text(question: Question, start: int = 1) -> str:
+    """The reference plan in the planner's grammar, numbered from `start`."""
+    return "\n".join(f"{start + i}. {line}" for i, line in enumerate(question.plan)) + "<END_OF_PLAN>"
+
+
+# ------------------------------------------------------------------ scoring
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def first_number(text: str) -> float | None:
+    m = _NUMBER.search(text)
+    if not m:
+        return None
+    try:
+        return float(m.group(0).replace(",", ""))
+    except ValueError:
+        return None
+
+
+def normalize(text: str) -> str:
+    text = _ARTICLES.sub(" ", str(text).lower())
+    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text).split())
+
+
+def is_correct(answer: str | None, gold: float | str, tolerance: float = 0.10,
+               distractors: tuple[str, ...] = ()) -> bool:
+    """Numeric gold: the answer's first number is within ±10%. Text gold: normalized match, or the
+    gold name inside the answer ('It is the X River.') with none of the wrong candidates."""
+    if answer is None:
+        return False
+    if isinstance(gold, (int, float)):
+        value = first_number(answer)
+        if value is None:
+            return False
+        return abs(value - gold) <= tolerance * abs(gold) if gold else abs(value) <= tolerance
+    a, g = normalize(answer), normalize(gold)
+    if not g:
+        return False
+    if a == g:
+        return True
+    contains = lambda name: re.search(rf"\b{re.escape(normalize(name))}\b", a) is not None  # noqa: E731
+    return contains(gold) and not any(contains(d) for d in distractors)

@@ -1,0 +1,1 @@
+"""An OpenAI-compatible HTTP server over the project's decoders (AR / vanilla SD / PEARL)."""

@@ -1,0 +1,256 @@
+"""LazyAsyncCheckpointer: bitwise restore, exact continuation, crash safety, errors, retention, 2 ranks."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.checkpoint import (CheckpointError, LazyAsyncCheckpointer, latest_checkpoint, list_checkpoints,
+                                   load_checkpoint)
+from components.checkpoint.host_pool import HostBufferPool
+from components.checkpoint.layout import COMMIT_FILE, state_name
+from components.lm.training import capture_state, restore_state, train_loop
+from tests.checkpoint import _tiny
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _train(model, optimizer, scheduler, gen, start, stop, ckpt=None, every=0):
+    train_loop(model, optimizer, scheduler, _tiny.InMemoryCorpus(), _tiny.settings(8), data_generator=gen,
+               start_step=start, stop_step=stop, checkpointer=ckpt, checkpoint_every=every)
+
+
+def test_restore_is_bitwise_and_training_continues_exactly(tmp_path):
+    # Uninterrupted reference run: 8 steps, no checkpointer.
+    ref = _tiny.fresh()
+    _train(*ref, 0, 8)
+    reference = _tiny.flat_state(ref[0], ref[1])
+
+    # Checkpointed run, stopped after step 5 (checkpoints every step, copied lazily).
+    model, optimizer, scheduler, gen = _tiny.fresh()
+    with LazyAsyncCheckpointer(tmp_path, keep_last=2, checksum=True) as ckpt:
+        ckpt.attach(optimizer)
+        _train(model, optimizer, scheduler, gen, 0, 5, ckpt, every=1)
+        ckpt.wait()
+        at_5 = _tiny.flat_state(model, optimizer)
+        rng_at_5 = torch.get_rng_state().clone()
+        data_at_5 = gen.get_state().clone()
+        lr_at_5 = scheduler.get_last_lr()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004", "step_00000005"]
+
+    # A fresh process-like start: new objects, different RNG, then restore.
+    torch.manual_seed(1234)
+    m2, o2, s2, g2 = _tiny.fresh(seed=7)
+    state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert restore_state(state, m2, o2, s2, g2) == 5
+    _tiny.assert_bitwise_equal(at_5, _tiny.flat_state(m2, o2))
+    assert torch.equal(torch.get_rng_state(), rng_at_5)
+    assert torch.equal(g2.get_state(), data_at_5)
+    assert s2.get_last_lr() == lr_at_5
+    _train(m2, o2, s2, g2, 5, 8)
+    _tiny.assert_bitwise_equal(reference, _tiny.flat_state(m2, o2))
+
+
+def test_lazy_copy_waits_before_the_optimizer_mutates_state(tmp_path):
+    """The snapshot holds the values of the requested step even though the copy runs afterwards."""
+    model, optimizer, scheduler, gen = _tiny.fresh()
+    _train(model, optimizer, scheduler, gen, 0, 2)
+    with LazyAsyncCheckpointer(tmp_path, chunk_bytes=256) as ckpt:  # many small pieces: a slow copy
+        ckpt.attach(optimizer)
+        expected = _tiny.flat_state(model, optimizer)
+        ckpt.save(2, capture_state(2, model, optimizer, scheduler, gen))
+        _train(model, optimizer, scheduler, gen, 2, 4)  # steps mutate parameters in place
+        ckpt.wait()
+    saved = load_checkpoint(tmp_path / "step_00000002")
+    m2, o2, _, _ = _tiny.fresh()
+    m2.load_state_dict(saved["model"])
+    o2.load_state_dict(saved["optimizer"])
+    _tiny.assert_bitwise_equal(expected, _tiny.flat_state(m2, o2))
+    assert ckpt.records[0].wait_blocked_s >= 0 and ckpt.records[0].durable_s > 0
+
+
+def test_host_pool_is_a_fifo_ring_with_backpressure():
+    pool = HostBufferPool(1000)
+    a, b = pool.allocate(400), pool.allocate(400)
+    assert (a.offset, b.offset) == (0, 448)  # contiguous, 64-byte aligned
+    got = []
+    t = threading.Thread(target=lambda: got.append(pool.allocate(300)))
+    t.start()
+    t.join(0.2)
+    assert t.is_alive() and not got  # full: blocks (backpressure)
+    pool.release(b)  # not the oldest: nothing reclaimed yet
+    t.join(0.2)
+    assert t.is_alive()
+    pool.release(a)
+    t.join(5)
+    assert got and got[0].offset == 0
+    with pytest.raises(CheckpointError, match="does not fit"):
+        pool.allocate(2000)
+
+
+def test_torn_and_uncommitted_checkpoints_are_never_picked(tmp_path):
+    model, optimizer, scheduler, gen = _tiny.fresh()
+    with LazyAsyncCheckpointer(tmp_path, keep_last=5) as ckpt:
+        ckpt.attach(optimizer)
+        _train(model, optimizer, scheduler, gen, 0, 3, ckpt, every=1)
+    good = latest_checkpoint(tmp_path)
+    assert good.name == "step_00000003"
+    # A later step without COMMIT, one with a truncated shard, and a temporary folder: all ignored.
+    for name in ("step_00000009", "step_00000008", "step_00000010.tmp-abc"):
+        (tmp_path / name).mkdir()
+    for f in good.iterdir():
+        (tmp_path / "step_00000008" / f.name).write_bytes(f.read_bytes())
+        (tmp_path / "step_00000010.tmp-abc" / f.name).write_bytes(f.read_bytes())
+    shard = next((tmp_path / "step_00000008").glob("*.shard"))
+    shard.write_bytes(shard.read_bytes()[:-10])
+    assert latest_checkpoint(tmp_path) == good
+    with pytest.raises(CheckpointError, match="not a committed checkpoint"):
+        load_checkpoint(tmp_path / "step_00000008")
+
+
+def test_keep_last_retention(tmp_path):
+    model, optimizer, scheduler, gen = _tiny.fresh()
+    with LazyAsyncCheckpointer(tmp_path, keep_last=2) as ckpt:
+        ckpt.attach(optimizer)
+        _train(model, optimizer, scheduler, gen, 0, 6, ckpt, every=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006"]
+
+
+def test_hostile_state_file_is_refused(tmp_path):
+    import pickle
+
+    model, optimizer, scheduler, gen = _tiny.fresh()
+    with LazyAsyncCheckpointer(tmp_path, fsync=False) as ckpt:
+        ckpt.save(1, capture_state(1, model, optimizer, scheduler, gen))
+    path = latest_checkpoint(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    payload = pickle.dumps(Evil())
+    (path / state_name(0)).write_bytes(payload)
+    commit = json.loads((path / COMMIT_FILE).read_text())
+    commit["votes"][0]["state_bytes"] = len(payload)
+    (path / COMMIT_FILE).write_text(json.dumps(commit))
+    with pytest.raises(CheckpointError, match="not allowed"):
+        load_checkpoint(path)
+
+
+def test_unwritable_target_gives_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="is not writable"):
+        LazyAsyncCheckpointer(blocker / "checkpoints")
+    if os.geteuid() != 0:  # root ignores permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(CheckpointError, match="is not writable"):
+            LazyAsyncCheckpointer(ro)
+
+
+_FULL_DISK_CHILD = textwrap.dedent("""
+    import json, resource, signal, sys
+    from components.checkpoint import CheckpointError, LazyAsyncCheckpointer, list_checkpoints, load_checkpoint
+    from components.lm.training import capture_state, train_loop
+    from tests.checkpoint import _tiny
+    folder = sys.argv[1]
+    model, optimizer, scheduler, gen = _tiny.fresh()
+    ckpt = LazyAsyncCheckpointer(folder, keep_last=3)
+    ckpt.attach(optimizer)
+    train_loop(model, optimizer, scheduler, _tiny.InMemoryCorpus(), _tiny.settings(8), data_generator=gen,
+               stop_step=2, checkpointer=ckpt, checkpoint_every=1)
+    ckpt.wait()
+    before = [p.name for p in list_checkpoints(folder)]
+    # The "disk" fills up: no file may grow beyond 4 kB (EFBIG instead of SIGXFSZ).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+    ckpt.save(3, capture_state(3, model, optimizer, scheduler, gen))
+    try:
+        ckpt.wait()
+        error = None
+    except CheckpointError as exc:
+        error = str(exc)
+    after = [p.name for p in list_checkpoints(folder)]
+    loads = all(load_checkpoint(p)["step"] > 0 for p in list_checkpoints(folder))
+    print(json.dumps({"before": before, "after": after, "error": error, "loads": loads}))
+""")
+
+
+def test_full_disk_gives_clear_error_and_keeps_previous_checkpoints(tmp_path):
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK_CHILD, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["before"] == ["step_00000001", "step_00000002"]
+    assert result["after"] == result["before"] and result["loads"]
+    assert result["error"] and "step 3" in result["error"] and str(tmp_path) in result["error"]
+    assert "File too large" in result["error"]
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # the torn attempt was cleaned up
+
+
+def test_commit_needs_every_rank(tmp_path):
+    """Rank 0 of 2 alone: its shard is written but the checkpoint never counts."""
+    model, optimizer, scheduler, gen = _tiny.fresh()
+    ckpt = LazyAsyncCheckpointer(tmp_path, rank=0, world_size=2, commit_timeout_s=0.5, session="solo")
+    ckpt.save(1, capture_state(1, model, optimizer, scheduler, gen))
+    with pytest.raises(CheckpointError, match="missing"):
+        ckpt.wait()
+    assert list_checkpoints(tmp_path) == []
+
+
+def _reference_states(iters: int, n_embd: int) -> dict[int, dict]:
+    model, optimizer, scheduler, gen = _tiny.fresh(iters, n_embd)
+    states = {}
+    for step in range(iters):
+        train_loop(model, optimizer, scheduler, _tiny.InMemoryCorpus(), _tiny.settings(iters), data_generator=gen,
+                   start_step=step, stop_step=step + 1)
+        states[step + 1] = _tiny.flat_state(model, optimizer)
+    return states
+
+
+def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
+    iters, n_embd = 60, 96
+    rng = random.Random(0)
+    folder = tmp_path / "ckpt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    child = [sys.executable, str(ROOT / "tests/checkpoint/_crash_child.py"), str(folder), str(iters), str(n_embd)]
+    reference = _reference_states(iters, n_embd)
+    torn_seen, restored_steps = 0, []
+    for kill in range(4):
+        proc = subprocess.Popen(child + ["0" if kill == 0 else "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "started", proc.stderr.read()
+        time.sleep(rng.uniform(0.3, 1.2))  # somewhere in training: mid-copy, mid-flush or mid-commit
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        torn_seen += any(".tmp-" in p.name for p in folder.iterdir())
+        latest = latest_checkpoint(folder)
+        assert latest is not None
+        state = load_checkpoint(latest)  # checksums verified
+        step = state["step"]
+        m, o, s, g = _tiny.fresh(iters, n_embd)
+        restore_state(state, m, o, s, g)
+        _tiny.assert_bitwise_equal(reference[step], _tiny.flat_state(m, o))
+        restored_steps.append(step)
+    assert restored_steps == sorted(restored_steps)
+    assert torn_seen >= 1, "no kill landed while a checkpoint was in flight"
+    # Resume after the last crash and finish: identical to training that never crashed.
+    done = tmp_path / "done"
+    subprocess.run(child + ["1", str(done)], cwd=ROOT, env=env, check=True, timeout=300, capture_output=True)
+    final = load_checkpoint(latest_checkpoint(folder))
+    assert final["step"] == iters
+    m, o, s, g = _tiny.fresh(iters, n_embd)
+    restore_state(final, m, o, s, g)
+    _tiny.assert_bitwise_equal(reference[iters], _tiny.flat_state(m, o))
