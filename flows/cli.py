@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "deployments":
         serve_deployments()
     elif command == "server":
-        subprocess.run([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", *rest], check=False)
+        # The UI is off for the temporary per-process servers (start-up cost); on for this one.
+        env = {**os.environ, "PREFECT_UI_ENABLED": "true"}
+        subprocess.run([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", *rest],
+                       check=False, env=env)
     elif command == "ui":
         store = PROJECT_ROOT / "mlflow"
         store.mkdir(exist_ok=True)
