@@ -328,9 +328,11 @@ class LazyAsyncCheckpointer:
         if self.checksum:
             vote["shard_crc"] = {str(k): v for k, v in sorted(job.crc.items())}
             vote["state_crc"] = zlib.crc32(job.skeleton)
-        layout.write_durable(job.tmp_dir / layout.vote_name(self.rank), json.dumps(vote).encode())
-        if self.fsync:
+        if self.fsync:  # shard and state entries are durable before this rank votes
             layout.fsync_dir(job.tmp_dir)
+        # The vote goes last. Rank 0 may rename the folder as soon as it sees the vote, so the
+        # directory entry of the vote is made durable by rank 0's fsync of the folder (_commit).
+        layout.write_durable(job.tmp_dir / layout.vote_name(self.rank), json.dumps(vote).encode())
 
     def _commit(self, job: _Job) -> None:
         """Rank 0: wait for every rank's vote, then COMMIT and rename atomically (two-phase)."""
@@ -345,6 +347,8 @@ class LazyAsyncCheckpointer:
         commit = {"step": job.step, "world_size": self.world_size, "session": self.session,
                   "votes": [json.loads(v.read_text()) for v in votes], "committed_at": time.time()}
         layout.write_durable(job.tmp_dir / layout.COMMIT_FILE, json.dumps(commit).encode())
+        if self.fsync:  # every vote and the COMMIT marker are durable before the rename publishes them
+            layout.fsync_dir(job.tmp_dir)
         if job.final_dir.exists():  # a checkpoint of this step from an earlier run: replace it
             stale = job.final_dir.with_name(job.final_dir.name + f".old-{self.session}")
             job.final_dir.rename(stale)

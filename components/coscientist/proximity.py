@@ -54,7 +54,7 @@ class MiniLMEmbedder:
 
 
 class TfidfEmbedder:
-    """TF-IDF over word uni- and bigrams; the vocabulary is refitted on every text seen so far so
+    """TF-IDF over words (unigrams: a restatement reorders words); the vocabulary is refitted on every text seen so far so
     vectors of old and new hypotheses share one space (fine at the tens-to-hundreds of texts here)."""
 
     name = "tfidf"
@@ -66,7 +66,7 @@ class TfidfEmbedder:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.corpus.extend(texts)
-        vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(self.corpus)
+        vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english").fit(self.corpus)
         return vectorizer.transform(list(texts)).toarray().astype(np.float32)
 
 

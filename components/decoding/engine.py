@@ -115,8 +115,8 @@ class Decoder:
 
     @property
     def max_context(self) -> int:
-        limits = [self.target.max_context] + ([self.draft.max_context] if self.draft is not None else [])
-        return min(limits)
+        """The target's context: past the draft's (shorter) context, decoding continues without drafting."""
+        return self.target.max_context
 
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams = SamplingParams(),
                seed: int = 0, stop_ids: Iterable[int] = (), stats: Optional[DecodeStats] = None) -> Iterator[list[int]]:
@@ -200,7 +200,7 @@ class SpeculativeDecoder(Decoder):
 
     def _draft_budget(self, out: _Output, pending: int) -> int:
         """γ, shortened near max_new_tokens and the context limit (γ never affects the output law)."""
-        room = self.max_context - len(out.seq) - pending - 1
+        room = min(self.draft.max_context, self.target.max_context) - len(out.seq) - pending - 1
         return max(0, min(self.gamma, out.remaining - pending, room))
 
     def stream(self, prompt_ids, max_new_tokens, params=SamplingParams(), seed=0, stop_ids=(), stats=None):
@@ -312,24 +312,35 @@ def build_decoder(method: str, target, draft=None, gamma: int = 4, parallel: boo
                               draft_threads=draft_threads, target_threads=target_threads)
 
 
-def measure_cost_ratio(target, draft, prompt_ids: Sequence[int], steps: int = 6) -> dict[str, float]:
-    """Seconds per one-token forward of each model after `prompt_ids`, and c = t_target / t_draft.
-
-    PEARL sets γ ≈ c so that the draft's γ steps take as long as one target verification pass.
-    """
-    timings = {}
-    for name, model in (("target", wrap_model(target)), ("draft", wrap_model(draft))):
-        runner = SequenceRunner(model)
+def step_seconds(model, prompt_ids: Sequence[int], steps: int = 5, threads: Optional[int] = None) -> float:
+    """Median seconds of a one-token forward after `prompt_ids` (after an untimed prefill + step)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        runner = SequenceRunner(wrap_model(model))
         seq = list(prompt_ids)
-        runner.logits_for(seq)  # prefill, not timed
+        runner.logits_for(seq)
+        seq.append(seq[-1])
+        runner.logits_for(seq)  # first incremental step pays one-off allocations: not timed
         samples = []
         for _ in range(steps):
-            seq.append(int(seq[-1]))
+            seq.append(seq[-1])
             start = time.perf_counter()
             runner.logits_for(seq)
             samples.append(time.perf_counter() - start)
         samples.sort()
-        timings[name] = samples[len(samples) // 2]
-    ratio = timings["target"] / max(timings["draft"], 1e-9)
-    return {"target_step_s": timings["target"], "draft_step_s": timings["draft"], "cost_ratio": ratio,
-            "gamma": max(1, round(ratio))}
+        return samples[len(samples) // 2]
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure_cost_ratio(target, draft, prompt_ids: Sequence[int], steps: int = 5) -> dict[str, float]:
+    """Seconds per one-token forward of each model and c = t_target / t_draft.
+
+    PEARL sets γ ≈ c so that the draft's γ steps take as long as one target verification pass.
+    """
+    t_target = step_seconds(target, prompt_ids, steps)
+    t_draft = step_seconds(draft, prompt_ids, steps)
+    ratio = t_target / max(t_draft, 1e-9)
+    return {"target_step_s": t_target, "draft_step_s": t_draft, "cost_ratio": ratio, "gamma": max(1, round(ratio))}

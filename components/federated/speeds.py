@@ -37,7 +37,7 @@ class ClientSpeeds:
 
 
 def sample_step_times(kind: str, n_clients: int, mean: float = 1.0, seed: int = 0,
-                      sigma_ratio: float = 0.3, floor_ratio: float = 0.05) -> np.ndarray:
+                      sigma_ratio: float = 0.3, floor_ratio: float = 0.1) -> np.ndarray:
     """Per-client seconds per step with mean `mean`; kept above `floor_ratio * mean` (no free clients)."""
     rng = np.random.default_rng(seed)
     if kind == "homogeneous":

@@ -7,8 +7,9 @@ centroid plus strong noise. A node's own features therefore classify it only wea
 its neighbours (what a GCN does) removes much of the noise. An MLP on the same features is the
 baseline a GNN must beat.
 
-Everything is generated in chunks of rows with a per-chunk random stream (`seed`, chunk number), so
-a multi-GB feature table is never held in RAM and the result does not depend on the chunk size.
+Everything is generated in chunks of rows with a per-chunk random stream (`seed`, purpose, chunk
+number), so a multi-GB feature table is never held in RAM; the same spec (chunk size included)
+always gives the same arrays.
 The output folder holds plain arrays (nanoGPT style: write once, memory-map to train):
 
     features.npy  float32 [num_nodes, feat_dim]  (the big one; opened with mmap)
@@ -70,9 +71,8 @@ class SyntheticGraphSpec:
             raise ValueError("invalid synthetic graph spec: " + "; ".join(problems))
 
     def content_key(self) -> str:
-        """A hash of everything that changes the generated arrays (not chunk_rows, which does not)."""
-        fields = {k: v for k, v in asdict(self).items() if k != "chunk_rows"}
-        fields["format_version"] = FORMAT_VERSION
+        """A hash of everything that changes the generated arrays (chunk_rows does: one stream per chunk)."""
+        fields = dict(asdict(self), format_version=FORMAT_VERSION)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -81,7 +81,7 @@ class SyntheticGraphSpec:
 
 
 def _rng(seed: int, stream: str, chunk: int = 0) -> np.random.Generator:
-    """An independent random stream per (seed, purpose, chunk): results do not depend on chunking."""
+    """An independent random stream per (seed, purpose, chunk)."""
     return np.random.default_rng([seed, int(hashlib.md5(stream.encode()).hexdigest()[:8], 16), chunk])
 
 

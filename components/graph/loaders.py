@@ -191,8 +191,9 @@ class ZeroCopyFeatureLoader(FeatureLoader):
         self.align_rows = align_rows
         self.prefetch = prefetch
         n_buffers = 2 if prefetch else 1
-        self._buffers = [AlignedRowBuffer(self.features.shape[1], self.features.dtype, self.device, align_rows)
-                         for _ in range(n_buffers)]
+        capacity = self.max_input_rows()
+        self._buffers = [AlignedRowBuffer(self.features.shape[1], self.features.dtype, self.device, align_rows,
+                                          capacity_rows=capacity) for _ in range(n_buffers)]
         self._gather = self._cpu_gather
         self._stream = None
         if self.device.type == "cuda":
@@ -201,6 +202,19 @@ class ZeroCopyFeatureLoader(FeatureLoader):
             self._uva = UvaFeatureTable(self.features, self.device)  # pins + maps the host table once
             self._stream = torch.cuda.Stream(self.device)
             self._gather = self._uva_gather
+
+    def max_input_rows(self) -> int:
+        """Rows a batch can need at most: seeds x prod(1 + fanout), capped by the node count.
+
+        Buffers are allocated once at this size, so no batch ever reallocates them; with a full
+        neighbourhood (-1) in the fanouts there is no useful bound and buffers grow on demand.
+        """
+        if any(f < 0 for f in self.batches.fanouts):
+            return 0
+        rows = self.batches.batch_size
+        for f in self.batches.fanouts:
+            rows *= 1 + f
+        return min(rows, self.features.shape[0])
 
     def _cpu_gather(self, input_nodes: torch.Tensor, out: torch.Tensor) -> None:
         torch.index_select(self.features, 0, input_nodes, out=out)

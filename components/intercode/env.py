@@ -161,7 +161,7 @@ class SqlEnv(InterCodeEnv):
 
     def run_query(self, query: str, workspace: Workspace) -> dict:
         request = json.dumps({"db": f"/data/{self.task.db}.sqlite", "query": query, "max_rows": self.max_rows})
-        result = self.sandbox.run_python(SQL_RUNNER, stdin=request, workspace=workspace)
+        result = self.sandbox.run_python(SQL_RUNNER, stdin=request, workspace=workspace, site=False)
         if result.killed_reason or result.returncode != 0:
             reason = result.killed_reason or result.stderr.strip().splitlines()[-1:] or [result.describe()]
             return {"ok": False, "error": f"query stopped: {reason if isinstance(reason, str) else reason[0]}"}

@@ -273,8 +273,8 @@ BASH_TASKS: list[Task] = [
          "cut -d' ' -f1 /testbed/var/log/access.log | sort | uniq -c | sort -rn | head -n 1 | awk '{print $2}'"),
         ("hard", "Save the ERROR lines of /testbed/var/log/app.log into /testbed/var/log/errors.log.",
          "grep ' ERROR ' /testbed/var/log/app.log > /testbed/var/log/errors.log"),
-        ("hard", "Print the names of the products in /testbed/srv/data/inventory.csv with a stock (third column) below 5.",
-         "awk -F, 'NR > 1 && $3 < 5 {print $2}' /testbed/srv/data/inventory.csv"),
+        ("hard", "Print the names of the products in /testbed/srv/data/inventory.csv with a stock (third column) below 15.",
+         "awk -F, 'NR > 1 && $3 < 15 {print $2}' /testbed/srv/data/inventory.csv"),
         ("hard", "Create /testbed/srv/www/sitemap.txt listing the HTML files under /testbed/srv/www as paths relative to "
                  "that folder (like ./about.html), sorted.",
          "cd /testbed/srv/www && find . -name '*.html' | sort > sitemap.txt"),
@@ -282,3 +282,34 @@ BASH_TASKS: list[Task] = [
 ]
 
 TASK_SETS: dict[str, list[Task]] = {"sql": SQL_TASKS, "bash": BASH_TASKS}
+
+
+def select_tasks(tasks: list[Task], limit: int | None = None, task_ids: list[str] | None = None,
+                 seed: int = 0) -> list[int]:
+    """Indices of the tasks to run: the named ids, else `limit` tasks spread evenly over the hardness
+    levels (round-robin, seeded order within a level), else all."""
+    import random
+
+    if task_ids:
+        index = {t.id: i for i, t in enumerate(tasks)}
+        unknown = [t for t in task_ids if t not in index]
+        if unknown:
+            raise KeyError(f"unknown task ids {unknown}; ids look like {tasks[0].id!r}")
+        return [index[t] for t in task_ids]
+    if limit is None or limit >= len(tasks):
+        return list(range(len(tasks)))
+    if limit < 1:
+        raise ValueError(f"tasks_per_env must be at least 1, got {limit}")
+    levels: dict[str, list[int]] = {}
+    for i, t in enumerate(tasks):
+        levels.setdefault(t.hardness, []).append(i)
+    rng = random.Random(seed)
+    for members in levels.values():
+        rng.shuffle(members)
+    order = [levels[h] for h in sorted(levels)]
+    chosen: list[int] = []
+    while len(chosen) < limit:
+        for members in order:
+            if members and len(chosen) < limit:
+                chosen.append(members.pop(0))
+    return sorted(chosen)

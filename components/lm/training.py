@@ -50,7 +50,8 @@ class TrainSettings:
 
 def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Logits of our GPT (returns (logits, cache)) or a transformers causal LM (returns .logits)."""
-    if isinstance(model, GPT):
+    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    if isinstance(inner, GPT):
         return model(input_ids, use_cache=False)[0]
     return model(input_ids=input_ids, use_cache=False).logits
 

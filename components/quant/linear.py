@@ -161,7 +161,7 @@ class QuantLinear(nn.Module):
         mode = self.resolve_mode(x2.shape[0])
         with torch.no_grad():
             if mode == "naive":
-                y = x2 @ self.dequantize().t()
+                y = self.forward_naive(x2)
             elif mode == "pipelined":
                 y = self.forward_pipelined(x2)
             else:
@@ -169,6 +169,10 @@ class QuantLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def forward_naive(self, x2: torch.Tensor) -> torch.Tensor:
+        """Dequantize the whole weight, then one matmul."""
+        return x2 @ self.dequantize().t()
 
     def forward_pipelined(self, x2: torch.Tensor) -> torch.Tensor:
         """Dequantize chunk i+1 on the worker thread while chunk i multiplies on this one."""

@@ -201,12 +201,13 @@ class Sandbox:
         return self._run(argv, stdin, workspace, cwd, env or {}, {})
 
     def run_python(self, code: str, stdin: Optional[str] = None, workspace: Optional[Workspace] = None,
-                   args: Sequence[str] = (), env: Optional[dict[str, str]] = None) -> SandboxResult:
-        """Run Python source with this project's interpreter (-I: no user site, no PYTHON* vars)."""
+                   args: Sequence[str] = (), env: Optional[dict[str, str]] = None, site: bool = True) -> SandboxResult:
+        """Run Python source with this project's interpreter (-I: no user site, no PYTHON* vars;
+        `site=False` adds -S: no site-packages, a faster start for standard-library-only code)."""
         if not isinstance(code, str):
             raise SandboxError(f"code must be a str, got {type(code).__name__}")
         files = {"/sandbox_code/main.py": code}
-        argv = [self._python(), "-I", "/sandbox_code/main.py", *args]
+        argv = [self._python(), "-I", *([] if site else ["-S"]), "/sandbox_code/main.py", *args]
         return self._run(argv, stdin, workspace, None, env or {}, files)
 
     # ----------------------------------------------------------------- internals

@@ -1,0 +1,302 @@
+"""Agent policies for the InterCode environments, after the paper's experiments.
+
+- `GoldReplay`: executes the gold solution and submits (no LLM): the sanity check that the
+  environment and reward give 1 for a correct episode.
+- `TryAgain(n)`: each turn the model writes one command; it is executed and scored (upstream calls
+  submit after every action), and the output and reward go back to the model; the episode ends at
+  reward 1 or after n turns; its score is the best reward seen. `SingleTurn` is TryAgain(1).
+- `ReAct`: Thought / Action / Observation with actions `execute[code]` and `submit`; the reward is
+  only known on submit (no reward feedback), as in the paper's ReAct runs.
+- `PlanAndSolve`: the model first writes a numbered plan; each step then becomes one command,
+  executed and scored like TryAgain; the score is the best reward over the steps.
+
+A turn whose response holds no code is an invalid action (the model is told how to format code);
+so is an action that fails to execute. Every policy returns an `Episode` with the whole trajectory.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from components.intercode.env import SKIP, SUBMIT, InterCodeEnv
+from components.llm.base import LLM
+
+SETTINGS = {"sql": "SQLite database", "bash": "Bourne-again shell (bash) in a Linux sandbox"}
+OBSERVATION_CHARS = 1000  # what the model sees of one output: upstream truncates to ~1000 chars
+SQL_START = re.compile(r"^\s*(select|with|show|desc|describe|pragma|insert|update|delete|create|drop)\b", re.I)
+
+
+@dataclass
+class Turn:
+    action: str
+    observation: str
+    reward: Optional[float]  # None where the policy gets no reward feedback (ReAct before submit)
+    valid: bool  # code was found and executed without error
+    thought: Optional[str] = None
+
+
+@dataclass
+class Episode:
+    task_id: str
+    env: str
+    hardness: str
+    query: str
+    policy: str
+    turns: list[Turn] = field(default_factory=list)
+    reward: float = 0.0
+    plan: Optional[list[str]] = None
+    llm_calls: int = 0
+    completion_tokens: int = 0
+    wall_seconds: float = 0.0
+    error: Optional[str] = None
+
+    @property
+    def success(self) -> bool:
+        return self.reward == 1.0
+
+    @property
+    def invalid_fraction(self) -> float:
+        return sum(not t.valid for t in self.turns) / len(self.turns) if self.turns else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "success": self.success, "n_turns": len(self.turns),
+                "invalid_fraction": self.invalid_fraction}
+
+
+def extract_code(text: str, language: str) -> Optional[str]:
+    """The command in a model response: a fenced block first; else a bare line that looks like code."""
+    fenced = re.findall(r"```[ \t]*([A-Za-z]*)[ \t]*\n?(.*?)```", text, re.S)
+    for tag, body in fenced:
+        if body.strip() and tag.lower() in ("", language, "sh", "shell", "sqlite", "mysql"):
+            return body.strip()
+    if fenced and fenced[0][1].strip():
+        return fenced[0][1].strip()
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if language == "sql" and SQL_START.match(first):
+        return text.strip().split("\n\n")[0].strip()
+    if language == "bash" and first and not first.endswith((".", ":", "?")) and len(first.split()) <= 30:
+        return first.strip("`")
+    return None
+
+
+def _clip(observation: str) -> str:
+    observation = observation if observation.strip() else "No output"
+    return observation if len(observation) <= OBSERVATION_CHARS else observation[:OBSERVATION_CHARS] + " ..."
+
+
+class Policy:
+    name = "policy"
+
+    def run(self, env: InterCodeEnv, index: int) -> Episode:
+        query, info = env.reset(index)
+        task = env.tasks[index]
+        episode = Episode(task.id, env.language, task.hardness, query, self.name)
+        start = time.monotonic()
+        llm: Optional[LLM] = getattr(self, "llm", None)
+        calls0 = llm.usage.calls if llm else 0
+        tokens0 = llm.usage.completion_tokens if llm else 0
+        try:
+            self._play(env, episode)
+        except Exception as err:  # an LLM timeout or backend failure ends this episode, not the run
+            episode.error = f"{type(err).__name__}: {err}"
+        finally:
+            if llm is not None:
+                episode.llm_calls = llm.usage.calls - calls0
+                episode.completion_tokens = llm.usage.completion_tokens - tokens0
+            episode.wall_seconds = time.monotonic() - start
+        return episode
+
+    def _play(self, env: InterCodeEnv, episode: Episode) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _act(env: InterCodeEnv, code: str, score: bool) -> Turn:
+        observation, _, _, _, info = env.step(code)
+        reward = env.evaluate()[0] if score else None
+        return Turn(code, observation, reward, bool(info.get("action_executed")))
+
+
+class GoldReplay(Policy):
+    name = "gold"
+
+    def _play(self, env: InterCodeEnv, episode: Episode) -> None:
+        episode.turns.append(self._act(env, env.task.gold, score=False))
+        _, episode.reward, _, _, _ = env.step(SUBMIT)
+
+
+class TryAgain(Policy):
+    """Up to `max_turns` commands, each executed and scored, with output and reward fed back."""
+
+    def __init__(self, llm: LLM, max_turns: int = 10, max_tokens: int = 256):
+        self.llm, self.max_turns, self.max_tokens = llm, max_turns, max_tokens
+        self.name = "single_turn" if max_turns == 1 else f"try_again_{max_turns}"
+
+    def system_prompt(self, language: str) -> str:
+        lang = language.upper()
+        explore = ("Use SELECT name FROM sqlite_master WHERE type='table' (or SHOW TABLES) and "
+                   "PRAGMA table_info(<table>) (or DESCRIBE <table>) to learn the schema."
+                   if language == "sql" else "The files of the task are under /testbed.")
+        return (f"You are a {lang} code generator helping me answer a question using {lang}. "
+                f"Interact with a {SETTINGS[language]} using {lang} commands to come up with the answer.\n"
+                f"Answer with one {lang} command only, formatted as:\n```{language}\nYour {lang} code here\n```\n"
+                f"{explore}\nAfter each command you get its output and a reward between 0 and 1 that says how "
+                f"close your command is to the correct answer. Try to reach a reward of 1.")
+
+    def _play(self, env: InterCodeEnv, episode: Episode) -> None:
+        lang = env.language
+        messages = [{"role": "system", "content": self.system_prompt(lang)},
+                    {"role": "user", "content": f'Query: "{episode.query}"'}]
+        for _ in range(self.max_turns):
+            response = self.llm.chat(messages, max_tokens=self.max_tokens).text
+            code = extract_code(response, lang)
+            if code is None or code.strip() in (SUBMIT, SKIP):
+                turn = Turn(response.strip(), "", 0.0, False)
+                feedback = (f"No {lang.upper()} code was found in your last response. Your response should be a "
+                            f"{lang.upper()} command formatted as:\n```{lang}\nYour code here\n```")
+            else:
+                turn = self._act(env, code, score=True)
+                feedback = (f"Output: {_clip(turn.observation)}\nReward: {turn.reward:.2f}\n"
+                            f'Here is the query again: "{episode.query}"\nTry something different to get a reward of 1.')
+            episode.turns.append(turn)
+            episode.reward = max(episode.reward, turn.reward or 0.0)
+            if episode.reward == 1.0:
+                break
+            messages += [{"role": "assistant", "content": response}, {"role": "user", "content": feedback}]
+        env.step(SUBMIT)
+
+
+def SingleTurn(llm: LLM, max_tokens: int = 256) -> TryAgain:  # noqa: N802 - a policy constructor
+    return TryAgain(llm, max_turns=1, max_tokens=max_tokens)
+
+
+REACT_DEMOS = {
+    "sql": """Question: What are the names and grades of the high schoolers?
+Thought 1: I should find out which tables exist.
+Action 1: execute[SELECT name FROM sqlite_master WHERE type = 'table']
+Observation 1: [('friend',), ('highschooler',), ('likes',)]
+Thought 2: I should look at the columns of highschooler.
+Action 2: execute[PRAGMA table_info(highschooler)]
+Observation 2: [(0, 'id', 'INTEGER', 0, None, 1), (1, 'name', 'TEXT', 0, None, 0), (2, 'grade', 'INTEGER', 0, None, 0)]
+Thought 3: I can select name and grade now.
+Action 3: execute[SELECT name, grade FROM highschooler]
+Observation 3: [('John', 12), ('Haley', 10)]
+Thought 4: This answers the question.
+Action 4: submit
+""",
+    "bash": """Question: Count all the lines of all php files in the /testbed directory recursively
+Thought 1: I should find the php files and count their lines together.
+Action 1: execute[find /testbed -name "*.php" -type f -exec cat {} + | wc -l]
+Observation 1: 2
+Thought 2: The output is the total number of lines. I can submit.
+Action 2: submit
+""",
+}
+
+
+class ReAct(Policy):
+    """Interleaved Thought / Action / Observation; `execute[code]` or `submit`; no reward feedback."""
+
+    def __init__(self, llm: LLM, max_turns: int = 10, max_tokens: int = 200):
+        self.llm, self.max_turns, self.max_tokens = llm, max_turns, max_tokens
+        self.name = "react"
+
+    def _play(self, env: InterCodeEnv, episode: Episode) -> None:
+        lang = env.language
+        system = (f"Interact with a {SETTINGS[lang]} using {lang.upper()} queries to answer a question.\n"
+                  "Use interleaving Thought, Action, Observation steps. Thought can reason about the current "
+                  f"situation, and Action can be two types:\n(1) execute[code], which executes {lang.upper()} code\n"
+                  "(2) submit, which indicates that the previous observation is the answer\n"
+                  f"Here is an example.\n{REACT_DEMOS[lang]}")
+        transcript = f"Question: {episode.query}\n"
+        for step in range(1, self.max_turns + 1):
+            prompt = transcript + f"Thought {step}:"
+            response = self.llm.chat([{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+                                     max_tokens=self.max_tokens, stop=[f"\nObservation {step}:", "\nObservation:"]).text
+            thought, action = self._parse(response, step)
+            if action == SUBMIT:
+                break
+            if action is None:
+                turn = Turn(response.strip(), "", None, False, thought)
+                observation = "Invalid action: use execute[<code>] or submit"
+            else:
+                turn = self._act(env, action, score=False)
+                turn.thought = thought
+                observation = _clip(turn.observation)
+            episode.turns.append(turn)
+            transcript += (f"Thought {step}: {thought}\nAction {step}: "
+                           f"{'execute[' + action + ']' if action else response.strip()}\n"
+                           f"Observation {step}: {observation}\n")
+        _, episode.reward, _, _, _ = env.step(SUBMIT)
+
+    @staticmethod
+    def _parse(response: str, step: int) -> tuple[str, Optional[str]]:
+        thought = re.split(r"\n?Action\s*\d*\s*:", response, maxsplit=1)[0].strip()
+        match = re.search(r"Action\s*\d*\s*:\s*(.*)", response, re.S)
+        if not match:
+            return thought, None
+        action = match.group(1).strip()
+        if action.lower().startswith(SUBMIT):
+            return thought, SUBMIT
+        exec_match = re.match(r"execute\s*\[(.*)\]", action, re.S)
+        if exec_match and exec_match.group(1).strip():
+            return thought, exec_match.group(1).strip()
+        return thought, None
+
+
+class PlanAndSolve(Policy):
+    """A numbered plan first, then one command per step (executed and scored), best reward kept."""
+
+    def __init__(self, llm: LLM, max_steps: int = 5, max_tokens: int = 256):
+        self.llm, self.max_steps, self.max_tokens = llm, max_steps, max_tokens
+        self.name = "plan_solve"
+
+    def _play(self, env: InterCodeEnv, episode: Episode) -> None:
+        lang = env.language
+        messages = [{"role": "system", "content":
+                     "For the following question, first understand the problem and devise a plan to solve it, "
+                     f"then carry out the plan step by step. The plan is a short numbered list of {lang.upper()} "
+                     f"commands to run against a {SETTINGS[lang]}. Write only the numbered plan."},
+                    {"role": "user", "content": f"Question: {episode.query}"}]
+        plan_text = self.llm.chat(messages, max_tokens=self.max_tokens).text
+        plan = [s.strip() for s in re.findall(r"^\s*\d+[.)]\s*(.+)$", plan_text, re.M)][: self.max_steps]
+        episode.plan = plan or [plan_text.strip() or "answer the question"]
+        messages += [{"role": "assistant", "content": plan_text},
+                     {"role": "user", "content": f"Now execute your plan. For each step answer with one "
+                                                 f"{lang.upper()} command only, as ```{lang}\ncode\n```."}]
+        observation = None
+        for step in episode.plan:
+            prompt = (f"Observation: {_clip(observation)}\n" if observation is not None else "") + f"Step: {step}"
+            messages.append({"role": "user", "content": prompt})
+            response = self.llm.chat(messages, max_tokens=self.max_tokens).text
+            messages.append({"role": "assistant", "content": response})
+            code = extract_code(response, lang)
+            if code is None or code.strip() in (SUBMIT, SKIP):
+                turn = Turn(response.strip(), "", 0.0, False)
+                observation = f"No {lang.upper()} code was found in your last response."
+            else:
+                turn = self._act(env, code, score=True)
+                observation = turn.observation
+            episode.turns.append(turn)
+            episode.reward = max(episode.reward, turn.reward or 0.0)
+            if episode.reward == 1.0:
+                break
+        env.step(SUBMIT)
+
+
+def build_policy(name: str, llm: Optional[LLM], max_turns: int = 10, max_tokens: int = 256) -> Policy:
+    """'gold' | 'single_turn' | 'try_again' | 'react' | 'plan_solve'."""
+    if name == "gold":
+        return GoldReplay()
+    if llm is None:
+        raise ValueError(f"policy {name!r} needs an LLM")
+    builders = {
+        "single_turn": lambda: SingleTurn(llm, max_tokens),
+        "try_again": lambda: TryAgain(llm, max_turns, max_tokens),
+        "react": lambda: ReAct(llm, max_turns, max_tokens),
+        "plan_solve": lambda: PlanAndSolve(llm, max_steps=max_turns, max_tokens=max_tokens),
+    }
+    if name not in builders:
+        raise ValueError(f"unknown policy {name!r}; choose from gold, {', '.join(builders)}")
+    return builders[name]()

@@ -1,0 +1,51 @@
+"""`decode_bench`: AR, vanilla SD (each γ), PEARL, its two ablations and HF assisted generation,
+side by side on the same prompts with the same total cores; tokens/s, speedups, α, MAT, forwards,
+and the Leviathan bound for the measured α and c."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from flows.serve import ServeModelsConfig
+from flows.platform import FlowConfig, system_flow
+from tasks.serve import benchmark_decoding, resolve_models
+from tasks.tracking import Tracker
+
+
+@dataclass
+class DecodeBenchSettings:
+    code_prompts: int = 3  # code-completion prompts (components/decoding/prompts.py)
+    chat_prompts: int = 3  # chat prompts, through the chat template
+    max_new_tokens: int = 48  # long enough for several speculative rounds per prompt
+    pearl_gamma: Optional[int] = None  # None: round(c) measured before the run
+    sd_gammas: list[int] = field(default_factory=lambda: [2, 4, 6])  # SD is reported at its best γ
+    repeats: int = 2  # medians over repeats; methods rotate order each repeat
+    hf_assisted: bool = True  # transformers generate(assistant_model=draft) (HF drafts only)
+
+
+@dataclass
+class DecodeBenchConfig(FlowConfig):
+    models: ServeModelsConfig = field(default_factory=ServeModelsConfig)
+    bench: DecodeBenchSettings = field(default_factory=DecodeBenchSettings)
+    threads: Optional[int] = None  # total cores every method gets; None: torch's default
+
+
+@system_flow(name="decode_bench", config=DecodeBenchConfig, order=31, summary_metric="pearl_speedup_vs_ar",
+             demo=["models.target=tiny_random", "models.draft=layerskip", "models.draft_layers=1",
+                   "bench.code_prompts=1", "bench.chat_prompts=1", "bench.max_new_tokens=16",
+                   "bench.sd_gammas=[2,4]", "bench.repeats=1"])
+def decode_bench(cfg: DecodeBenchConfig, tracker: Tracker) -> dict[str, float]:
+    """Decoding benchmark: AR vs SD vs PEARL (+ ablations, HF assisted) with equal cores."""
+    import torch
+
+    from components.decoding.bench import summarize
+
+    models = resolve_models(cfg.models, str(cfg.work_path()), cfg.tracking.uri, cfg.torch_device())
+    tracker.set_tags({"draft_source": models.draft_source, "draft_location": models.draft_location})
+    threads = cfg.threads or torch.get_num_threads()
+    result = benchmark_decoding(models, cfg.bench, threads)
+    summary = summarize(result)
+    for i, name in enumerate(result["methods"]):
+        tracker.log_metrics({"tokens_per_s": result["methods"][name]["tokens_per_s"]}, step=i)
+    tracker.log_dict(result, "decode_bench.json")
+    return summary

@@ -1,0 +1,75 @@
+"""`serve`: an OpenAI-compatible endpoint decoding with PEARL parallel speculative decoding.
+
+resolve models (target: SmolLM2-135M / quantized / folder; draft: trained GPT from the folder or
+the MLflow registry, else a layer-skip draft) -> warm up (measure c = t_target/t_draft, γ = round(c))
+-> serve /v1/models, /v1/completions, /v1/chat/completions on 127.0.0.1 until stopped.
+`decoding=ar|sd|pearl|pearl_no_pre|pearl_no_post` picks the method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from flows.platform import FlowConfig, system_flow
+from tasks.serve import resolve_models, serve_endpoint, warm_up
+from tasks.tracking import Tracker
+
+
+@dataclass
+class ServeModelsConfig:
+    target: str = "smollm2"  # smollm2 (the packaged SmolLM2-135M-Instruct) | quantized | hf_folder | tiny_random
+    target_path: Optional[str] = None  # folder for quantized / hf_folder
+    dtype: str = "float32"  # the GGUF's weights are dequantized 4-bit ones; fp32 keeps greedy exact
+    draft: str = "auto"  # auto: trained draft folder, else MLflow `lm-draft`, else layerskip | gpt_folder | mlflow | layerskip | tiny_random | none
+    draft_path: Optional[str] = None  # gpt_folder: a folder written by GPT.save
+    draft_registered_name: str = "lm-draft"  # the lm_train flow registers the draft under this name
+    draft_layers: int = 8  # layerskip: first 8 of SmolLM2's 30 layers (+ shared lm_head): c ≈ 3, usable α
+    served_name: str = "SmolLM2-135M-Instruct"  # the `model` clients ask for (conf/llm/openai.yaml uses it)
+
+
+@dataclass
+class DecodingConfig:
+    """conf/decoding/*.yaml: which decoding method, and how it splits the cores."""
+
+    method: str = "pearl"  # ar | sd | pearl | pearl_no_pre | pearl_no_post
+    gamma: Optional[int] = None  # draft tokens per round; None: round(c) measured at warm-up (PEARL's rule)
+    max_gamma: int = 8  # cap on the measured γ: a long draft wastes work on every rejection
+    parallel: bool = True  # draft and target on two workers at once (PEARL); False: same outputs, one thread
+    threads: Optional[int] = None  # total torch threads; None: torch's default (the machine's cores)
+    draft_share: float = 0.5  # fraction of the threads the draft worker gets in parallel rounds
+
+
+@dataclass
+class ServeConfig(FlowConfig):
+    models: ServeModelsConfig = field(default_factory=ServeModelsConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    host: str = "127.0.0.1"  # loopback by default: expose deliberately (host=0.0.0.0) behind an API key
+    port: int = 8000  # 0: any free port
+    api_key_env: Optional[str] = "SERVE_API_KEY"  # the key is read from this variable (never a logged param); unset: no key
+    max_queue: int = 256  # requests admitted (decoding or waiting); more get 503 instead of crashing the server
+    default_max_tokens: int = 256  # for chat requests that give no max_tokens
+    duration_s: Optional[float] = None  # None: serve until stopped (deployment); a number: stop after it (tests, demo)
+    smoke_test: bool = True  # one chat request through the openai client right after start
+    smoke_prompt: str = "Write a Python function that reverses a string."
+    smoke_max_tokens: int = 32
+    load_test_requests: int = 0  # >0: that many concurrent loopback requests at start; p50/p99 to MLflow
+    load_test_max_tokens: int = 8
+    metrics_every_s: float = 60.0  # served counters to MLflow this often while serving
+
+
+@system_flow(name="serve", config=ServeConfig, order=30, summary_metric="served_mean_accepted_tokens",
+             demo=["models.target=tiny_random", "models.draft=layerskip", "models.draft_layers=1",
+                   "models.served_name=tiny-random", "port=0", "duration_s=0", "load_test_requests=20",
+                   "smoke_max_tokens=16"])
+def serve(cfg: ServeConfig, tracker: Tracker) -> dict[str, float]:
+    """OpenAI-compatible server decoding with PEARL (or AR / vanilla SD / the ablations)."""
+    models = resolve_models(cfg.models, str(cfg.work_path()), cfg.tracking.uri, cfg.torch_device(),
+                            need_draft=cfg.decoding.method != "ar")
+    tracker.set_tags({"draft_source": models.draft_source, "draft_location": models.draft_location})
+    ready = warm_up(models, cfg.decoding)
+    tracker.log_metrics(ready["info"])
+    try:
+        served = serve_endpoint(models, ready["decoder"], cfg, tracker)
+    finally:
+        ready["decoder"].close()
+    return {**served, "gamma": ready["info"]["gamma"]}

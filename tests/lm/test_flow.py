@@ -1,0 +1,47 @@
+"""lm_train end to end through Hydra + Prefect + MLflow on a tiny config, then resume=latest."""
+from __future__ import annotations
+
+import json
+
+from flows.platform import compose, get_spec, run
+
+TINY = ["corpus.roots=[stdlib]", "corpus.max_chars=200000", "corpus.val_fraction=0.2", "train.iters=6",
+        "train.batch_size=2", "train.block_size=32", "train.warmup_iters=2", "train.eval_every=6",
+        "train.eval_batches=1", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32",
+        "run_name=tiny", "sample_tokens=4", "log_every=2", "checkpoint.keep_last=2"]
+
+
+def test_flow_end_to_end_with_mlflow_and_resume(prefect_harness, flow_overrides, mlflow_uri, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    result = run(compose("lm_train", flow_overrides + TINY))
+    client = MlflowClient(mlflow_uri)
+    first = client.get_run(result["run_id"])
+    assert first.info.status == "FINISHED"
+    assert first.data.params["checkpoint.every"] == "1" and first.data.params["model.n_layer"] == "1"
+    assert first.data.metrics["checkpoints"] == 6 and first.data.metrics["start_step"] == 0
+    assert first.data.metrics["val_perplexity"] > 1
+    assert len(client.get_metric_history(result["run_id"], "train_loss")) == 3  # steps 2, 4, 6
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"model", "samples", "summary.json"} <= artifacts
+    assert {a.path for a in client.list_artifacts(result["run_id"], "model")} == {"model/config.json",
+                                                                                  "model/model.safetensors"}
+    versions = client.search_model_versions("name='lm-draft'")
+    assert [v.run_id for v in versions] == [result["run_id"]]
+    checkpoints = sorted(p.name for p in (tmp_path / "lm_train" / "checkpoints" / "tiny").iterdir())
+    assert checkpoints == ["step_00000005", "step_00000006"]
+
+    # resume=latest with a longer schedule continues from step 6.
+    resumed = run(compose("lm_train", flow_overrides + TINY + ["resume=latest", "train.iters=8"]))
+    second = client.get_run(resumed["run_id"])
+    assert second.data.metrics["start_step"] == 6 and second.data.metrics["checkpoints"] == 2
+    assert second.data.tags["resumed_from"].endswith("step_00000006")
+    summary = json.loads(client.download_artifacts(resumed["run_id"], "summary.json", str(tmp_path)) and
+                         (tmp_path / "summary.json").read_text())
+    assert summary["train"]["final_step"] == 8
+
+
+def test_demo_overrides_compose():
+    spec = get_spec("lm_train")
+    cfg = compose("lm_train", spec.demo_overrides)
+    assert cfg.train.iters <= 50 and cfg.model.n_layer <= 2

@@ -1,0 +1,51 @@
+"""The `serve` and `decode_bench` flows end to end (Hydra compose -> Prefect -> MLflow) on tiny models."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.platform import compose, get_spec, run
+
+TINY = ["models.target=tiny_random", "models.draft=layerskip", "models.draft_layers=1"]
+
+
+def test_serve_flow_serves_checks_itself_and_logs(prefect_harness, flow_overrides, mlflow_uri):
+    cfg = compose("serve", flow_overrides + TINY + ["models.served_name=tiny", "port=0", "duration_s=0",
+                                                    "load_test_requests=10", "smoke_max_tokens=8",
+                                                    "decoding=pearl", "decoding.gamma=3"])
+    assert cfg.host == "127.0.0.1" and cfg.decoding.method == "pearl"
+    result = run(cfg)
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    mlrun = client.get_run(result["run_id"])
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["decoding.method"] == "pearl" and mlrun.data.params["models.target"] == "tiny_random"
+    metrics = mlrun.data.metrics
+    assert metrics["load_errors"] == 0 and metrics["served_requests"] == 11  # smoke + load
+    assert metrics["gamma"] == 3 and metrics["load_p99_s"] >= metrics["load_p50_s"] > 0
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"load_test.json", "smoke"} <= artifacts
+    assert mlrun.data.tags["draft_source"] == "layerskip"
+
+
+def test_decode_bench_flow_logs_every_method(prefect_harness, flow_overrides, mlflow_uri):
+    result = run(compose("decode_bench", flow_overrides + get_spec("decode_bench").demo_overrides))
+    metrics = MlflowClient(tracking_uri=mlflow_uri).get_run(result["run_id"]).data.metrics
+    assert metrics["greedy_mismatches"] == 0  # every speculative method reproduced AR's greedy tokens
+    for key in ("ar_tokens_per_s", "pearl_speedup_vs_ar", "pearl_speedup_vs_sd", "leviathan_bound_sd_best_gamma",
+                "pearl_bound_vs_ar", "pearl_no_pre_speedup_vs_ar", "pearl_no_post_speedup_vs_ar",
+                "hf_assisted_speedup_vs_ar"):
+        assert key in metrics and metrics[key] > 0, key
+    path = MlflowClient(tracking_uri=mlflow_uri).download_artifacts(result["run_id"], "decode_bench.json")
+    methods = json.load(open(path))["methods"]
+    assert set(methods) >= {"ar", "sd_g2", "sd_g4", "pearl", "pearl_no_pre", "pearl_no_post", "hf_assisted"}
+    assert methods["pearl"]["target_forwards"] < methods["ar"]["target_forwards"] or \
+        methods["pearl"]["acceptance_rate"] == 0
+
+
+@pytest.mark.parametrize("bad, fragment", [(["decoding=beam"], "beam"), (["models.nonsense=1"], "nonsense"),
+                                           (["port=abc"], "port")])
+def test_bad_config_fails_at_composition(bad, fragment):
+    with pytest.raises(Exception, match=fragment):
+        compose("serve", bad)
