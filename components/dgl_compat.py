@@ -90,3 +90,17 @@ def import_dgl() -> ModuleType:
         finally:
             sys.meta_path.remove(finder)
     return sys.modules["dgl"]
+
+
+def dgl_supports_cuda() -> bool:
+    """Whether DGL graphs can move to a GPU here (the PyPI DGL 2.1.0 build cannot)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    dgl = import_dgl()
+    try:
+        dgl.graph(([0], [0])).to("cuda")
+    except Exception:  # noqa: BLE001 - DGL raises DGLError "Device API cuda is not enabled"
+        return False
+    return True

@@ -129,9 +129,7 @@ def federated(cfg: FederatedConfig, tracker: Tracker) -> dict[str, float]:
     if cfg.driver == "simulator":
         result = _run_simulator(cfg, federation, log_row)
     else:
-        from tasks.federated_flower import run_flower  # imported only when asked: Flower + Ray are heavy
-
-        result = run_flower(cfg, federation, log_row)
+        result = fed_tasks.run_flower(cfg, federation, log_row)
 
     summary = {k: v for k, v in result.summary.items()}
     records = [r.__dict__ for r in result.records]

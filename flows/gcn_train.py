@@ -63,10 +63,28 @@ class GcnTrainConfig(FlowConfig):
     progress: bool = True  # tqdm bar per epoch
 
 
+def training_device(cfg: GcnTrainConfig) -> str:
+    """cfg.device, except that DGL blocks can only live on a GPU with a CUDA build of DGL.
+
+    The PyPI DGL is CPU-only, so `auto` means CPU unless DGL can use the GPU; an explicit `cuda`
+    without it is refused (the GPU gather comparison is benchmarks/gcn_loader_cuda.py).
+    """
+    device = cfg.torch_device()
+    if device.startswith("cuda"):
+        from components.dgl_compat import dgl_supports_cuda
+
+        if not dgl_supports_cuda():
+            if cfg.device == "auto":
+                return "cpu"
+            raise ValueError(f"device={cfg.device!r} needs a CUDA build of DGL (the installed DGL is CPU-only); "
+                             "use device=cpu, or benchmarks/gcn_loader_cuda.py for the GPU gather comparison")
+    return device
+
+
 def _build(cfg: GcnTrainConfig, data, kind_cfg, seeds, batch_size, shuffle, max_batches=None):
     from tasks.gcn_train import make_loader
 
-    return make_loader(kind_cfg, data, seeds, cfg.fanouts, batch_size, seed=cfg.seed, device=cfg.torch_device(),
+    return make_loader(kind_cfg, data, seeds, cfg.fanouts, batch_size, seed=cfg.seed, device=training_device(cfg),
                        shuffle=shuffle, max_batches=max_batches, sampling_threads=cfg.sampling_threads)
 
 
@@ -75,8 +93,7 @@ def _train(cfg: GcnTrainConfig, tracker: Tracker, data, model, label: str, prefi
 
     from tasks.gcn_train import evaluate_model, train_one_epoch
 
-    device = cfg.torch_device()
-    model = model.to(device)
+    model = model.to(training_device(cfg))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_loader = _build(cfg, data, cfg.loader, data.train_idx, cfg.batch_size, True, cfg.max_batches_per_epoch)
     val_loader = _build(cfg, data, cfg.loader, data.val_idx, cfg.eval_batch_size, False)
@@ -117,7 +134,7 @@ def gcn_train(cfg: GcnTrainConfig, tracker: Tracker) -> dict[str, float]:
                             num_layers=len(cfg.fanouts))
     history, val_accuracy, test_accuracy = _train(cfg, tracker, data, model, "gnn", "")
     log_training_plots(tracker, history, val_accuracy, cfg.loader._target_.rsplit(".", 1)[-1])
-    summary = summarise(history) | {"test_accuracy": test_accuracy, "val_accuracy": val_accuracy[-1]}
+    summary = summarise(history) | {"test_accuracy": test_accuracy, "final_val_accuracy": val_accuracy[-1]}
 
     if cfg.mlp_baseline:
         torch.manual_seed(cfg.seed)

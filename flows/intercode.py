@@ -45,6 +45,7 @@ class InterCodeConfig(FlowConfig):
     task_ids: list[str] = field(default_factory=list)  # explicit task ids instead of tasks_per_env
     asset_dir: str = "intercode"  # databases + fixtures under work_dir, built once (deterministic)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    sql_server_url: Optional[str] = None  # SQLAlchemy URL of a dedicated database: SQL on a server, not SQLite
 
 
 @system_flow(name="intercode", config=InterCodeConfig,
@@ -67,7 +68,7 @@ def intercode(cfg: InterCodeConfig, tracker: Tracker) -> dict[str, float]:
             continue
         for index in select_tasks(TASK_SETS[kind], cfg.tasks_per_env, ids, cfg.seed):
             calls.append({"kind": kind, "index": index, "policy_cfg": cfg.ic_policy, "llm_cfg": cfg.llm,
-                          "asset_dir": asset_dir, "sandbox_cfg": cfg.sandbox})
+                          "asset_dir": asset_dir, "sandbox_cfg": cfg.sandbox, "sql_server_url": cfg.sql_server_url})
     if not calls:
         raise ValueError(f"no task selected: task_ids={cfg.task_ids} match none of envs={cfg.envs}")
     episodes = fan_out(run_episode, calls)

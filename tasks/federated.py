@@ -140,3 +140,25 @@ def curve_figure(history: Sequence[dict], title: str):
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
+
+
+def run_flower(cfg: Any, federation: Federation, on_event) -> Any:
+    """driver=flower: the configured scheduler over real Flower ClientApps (simulation engine)."""
+    from dataclasses import asdict
+
+    from components.federated import flower_driver
+
+    if cfg.flower.backend != "simulation":
+        raise ValueError(f"flower.backend={cfg.flower.backend!r} is not supported by the flow; use simulation "
+                         "(SuperLink + SuperNodes on loopback: see docs/flows/federated.md)")
+    clock = flower_driver.VirtualWallClock(cfg.flower.seconds_per_virtual_second)
+    scheduler = build_scheduler(cfg.fed_strategy, cfg.clients, federation.num_examples,
+                                federation.initial_weights, clock, cfg.client_weighting)
+    settings = flower_driver.FederationSettings(
+        data=asdict(cfg.fed_data), model=asdict(cfg.model), speed=asdict(cfg.fed_speed), n_clients=cfg.clients,
+        seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size,
+        seconds_per_virtual_second=cfg.flower.seconds_per_virtual_second,
+        crash_clients=list(cfg.crash_clients), crash_at=cfg.crash_at)
+    run = flower_driver.FlowerRun(scheduler, settings, federation.evaluate, max_updates=cfg.rounds,
+                                  target_accuracy=cfg.target_accuracy, timeout=cfg.flower.timeout, on_event=on_event)
+    return flower_driver.run_in_simulation(run)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from prefect import task
 
@@ -33,7 +33,8 @@ def sandbox_from(cfg: Any) -> Sandbox:
 
 
 @task(name="intercode-episode", task_run_name="{kind}-{index}-{policy_cfg.name}")
-def run_episode(kind: str, index: int, policy_cfg: Any, llm_cfg: Any, asset_dir: str, sandbox_cfg: Any) -> dict:
+def run_episode(kind: str, index: int, policy_cfg: Any, llm_cfg: Any, asset_dir: str, sandbox_cfg: Any,
+                sql_server_url: Optional[str] = None) -> dict:
     """One episode: a fresh environment (own sandbox identity), the policy, the trajectory as a dict.
     The LLM is built here from its config, so the task also runs on a Dask worker."""
     policy_values = _plain(policy_cfg)
@@ -43,7 +44,8 @@ def run_episode(kind: str, index: int, policy_cfg: Any, llm_cfg: Any, asset_dir:
 
         llm = build_llm(llm_cfg, base_dir=asset_dir)
     policy = build_policy(policy_values["name"], llm, policy_values["max_turns"], policy_values["max_tokens"])
-    env = make_env(kind, TASK_SETS[kind], Path(asset_dir), sandbox_from(sandbox_cfg))
+    server = {"server_url": sql_server_url} if kind == "sql" and sql_server_url else {}
+    env = make_env(kind, TASK_SETS[kind], Path(asset_dir), None if server else sandbox_from(sandbox_cfg), **server)
     try:
         return policy.run(env, index).as_dict()
     finally:

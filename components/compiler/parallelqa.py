@@ -41,8 +41,10 @@ REGISTRY: dict[str, Question] = {}
 
 
 def build_questions(kb: KnowledgeBase, per_template: int = 6, seed: int = 0) -> list[Question]:
-    """10 templates x `per_template` questions (60 by default), deterministic for a seed."""
-    questions = _build(kb, per_template, seed)
+    """10 templates x `per_template` questions (60 by default), deterministic for a seed, in
+    round-robin order over the templates (so the first 10 cover every template once)."""
+    built = _build(kb, per_template, seed)
+    questions = [built[t * per_template + i] for i in range(per_template) for t in range(len(built) // per_template)]
     REGISTRY.update({q.text: q for q in questions})
     return questions
 
@@ -53,43 +55,52 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
     rivers, companies = kb.of_kind("river"), kb.of_kind("company")
     out: list[Question] = []
 
-    def pick(pool, k):
-        return rng.sample(pool, k)
+    drawn: set[tuple] = set()
+
+    def pick(template, pool, k):
+        """k distinct entities, never the same set twice for the same template."""
+        for _ in range(1000):
+            chosen = rng.sample(pool, k)
+            key = (template, frozenset(e.name for e in chosen))
+            if key not in drawn:
+                drawn.add(key)
+                return chosen
+        raise ValueError(f"not enough entities for {per_template} distinct questions")
 
     for i in range(per_template):
-        a, b = pick(cities, 2)
+        a, b = pick("sum_population", cities, 2)
         pa, pb = a.attributes["population"], b.attributes["population"]
         out.append(_q(f"sum_population-{i}", "sum_population",
                       f"What is the combined population of {a.name} and {b.name}?", pa + pb,
                       [_search("population", a.name), _search("population", b.name), 'calculate("$1 + $2")'], 2))
     for i in range(per_template):
-        a, b = sorted(pick(mountains, 2), key=lambda m: -m.attributes["height_m"])
+        a, b = sorted(pick("height_difference", mountains, 2), key=lambda m: -m.attributes["height_m"])
         out.append(_q(f"height_difference-{i}", "height_difference",
                       f"How many meters taller is {a.name} than {b.name}?",
                       a.attributes["height_m"] - b.attributes["height_m"],
                       [_search("height", a.name), _search("height", b.name), 'calculate("$1 - $2")'], 2))
     for i in range(per_template):
-        a, b = pick(cities, 2)
+        a, b = pick("area_ratio", cities, 2)
         out.append(_q(f"area_ratio-{i}", "area_ratio",
                       f"How many times the area of {b.name} is the area of {a.name}?",
                       a.attributes["area_km2"] / b.attributes["area_km2"],
                       [_search("area", a.name), _search("area", b.name), 'calculate("$1 / $2")'], 2))
     for i in range(per_template):
-        trio = pick(cities, 3)
+        trio = pick("mean_elevation", cities, 3)
         names = [c.name for c in trio]
         out.append(_q(f"mean_elevation-{i}", "mean_elevation",
                       f"What is the average elevation in meters of {names[0]}, {names[1]} and {names[2]}?",
                       sum(c.attributes["elevation_m"] for c in trio) / 3,
                       [_search("elevation", n) for n in names] + ['calculate("($1 + $2 + $3) / 3")'], 3))
     for i in range(per_template):
-        four = pick(companies, 4)
+        four = pick("total_employees", companies, 4)
         names = [c.name for c in four]
         out.append(_q(f"total_employees-{i}", "total_employees",
                       f"How many employees do {names[0]}, {names[1]}, {names[2]} and {names[3]} have in total?",
                       sum(c.attributes["employees"] for c in four),
                       [_search("employees", n) for n in names] + ['calculate("$1 + $2 + $3 + $4")'], 4))
     for i in range(per_template):
-        trio = pick(rivers, 3)
+        trio = pick("longest_river", rivers, 3)
         names = [r.name for r in trio]
         longest = max(trio, key=lambda r: r.attributes["length_km"]).name
         mapping = ", ".join(f"'{n}': ${k}" for k, n in enumerate(names, 1))
@@ -99,27 +110,27 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
                       + [f'python("d = {{{mapping}}}; print(max(d, key=d.get))")'], 3,
                       distractors=[n for n in names if n != longest]))
     for i in range(per_template):
-        a, b = pick(companies, 2)
+        a, b = pick("founding_gap", companies, 2)
         ya, yb = a.attributes["founded"], b.attributes["founded"]
         out.append(_q(f"founding_gap-{i}", "founding_gap",
                       f"How many years apart were {a.name} and {b.name} founded?", abs(ya - yb),
                       [_search("founding year", a.name), _search("founding year", b.name),
                        'calculate("abs($1 - $2)")'], 2))
     for i in range(per_template):
-        (a,) = pick(cities, 1)
+        (a,) = pick("population_density", cities, 1)
         out.append(_q(f"population_density-{i}", "population_density",
                       f"What is the population density of {a.name} in people per square kilometer?",
                       a.attributes["population"] / a.attributes["area_km2"],
                       [_search("population", a.name), _search("area", a.name), 'calculate("$1 / $2")'], 2))
     for i in range(per_template):
-        trio = pick(companies, 3)
+        trio = pick("total_revenue", companies, 3)
         names = [c.name for c in trio]
         out.append(_q(f"total_revenue-{i}", "total_revenue",
                       f"What is the total revenue in million USD of {names[0]}, {names[1]} and {names[2]}?",
                       sum(c.attributes["revenue_musd"] for c in trio),
                       [_search("revenue", n) for n in names] + ['calculate("$1 + $2 + $3")'], 3))
     for i in range(per_template):
-        (c,) = pick(companies, 1)
+        (c,) = pick("headquarters_population", companies, 1)
         hq = kb.get(c.attributes["headquarters"])
         out.append(_q(f"headquarters_population-{i}", "headquarters_population",
                       f"What is the population of the city where {c.name} is headquartered?",

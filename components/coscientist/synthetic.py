@@ -40,7 +40,17 @@ TEMPLATES = [
     "HYPOTHESIS: We propose that {4}-supported {0}, used in {1} with {3} as additive at {2} temperature, "
     "improves conversion, which {5} measurements would confirm.",
     "HYPOTHESIS: Conversion increases when {3} is added to {0} on a {4} in {1}; run at {2} settings and read out with {5}.",
+    "HYPOTHESIS: Selectivity improves if the reaction runs in {1} at {2} temperature over {0} dispersed on a {4} "
+    "with {3}, as {5} would show.",
+    "HYPOTHESIS: The {3} additive stabilises {0} sites on a {4}, so in {1} at {2} temperature turnover rises; "
+    "{5} tracks it.",
+    "HYPOTHESIS: Run it {2}: {0} on {4} with {3}, dissolved in {1}, should beat the baseline when checked by {5}.",
 ]
+# A restatement says the same thing in other words: the surface changes, the content does not.
+REWORDINGS = [("raises yield", "increases the yield"), ("test it by", "this can be tested with"),
+              ("We propose that", "Our proposal is that"), ("improves conversion", "boosts conversion"),
+              ("Conversion increases", "Conversion goes up"), ("Selectivity improves", "Selectivity gets better"),
+              ("turnover rises", "turnover increases"), ("should beat", "ought to outperform")]
 _WORD_SLOT = {word: (slot, i) for slot, words in enumerate(OPTIONS) for i, word in enumerate(words)}
 _WORD_RX = re.compile(r"\b(" + "|".join(sorted(_WORD_SLOT, key=len, reverse=True)) + r")\b", re.I)
 
@@ -53,9 +63,16 @@ class SyntheticScience:
         self.slots = slots
         self.values = [[rng.gauss(0.0, 1.0) for _ in OPTIONS[s]] for s in range(slots)]
 
-    def render(self, choice: Sequence[int], template: int = 0) -> str:
+    def render(self, choice: Sequence[int], restated: bool = False) -> str:
+        """The hypothesis text; its phrasing follows from its content, so only a restatement
+        (`restated`: reworded framing, same content) says the same thing differently."""
         words = [OPTIONS[s][c] for s, c in enumerate(choice)]
-        return TEMPLATES[template % len(TEMPLATES)].format(*words)
+        template = int(hashlib.sha256(repr(tuple(choice)).encode()).hexdigest()[:8], 16) % len(TEMPLATES)
+        text = TEMPLATES[template].format(*words)
+        if restated:
+            for old, new in REWORDINGS:
+                text = text.replace(old, new)
+        return text
 
     def parse(self, text: str) -> tuple[int, ...] | None:
         found: dict[int, int] = {}
@@ -129,8 +146,8 @@ class SyntheticLLM(LLM):
         existing = _section(prompt, "Hypotheses already proposed (do not repeat them):", "Feedback from")
         shown = [c for c in (self.science.parse(line) for line in existing.splitlines()) if c]
         if shown and rng.random() < self.restate_rate:
-            return self.science.render(rng.choice(shown), template=rng.randrange(len(TEMPLATES)))
-        return self.science.render(self.science.random_choice(rng), template=rng.randrange(len(TEMPLATES)))
+            return self.science.render(rng.choice(shown), restated=True)
+        return self.science.render(self.science.random_choice(rng))
 
     def _evolution(self, prompt: str, rng: random.Random) -> str:
         parents_text = _section(prompt, "Parent hypotheses:", "Their reviews:")
@@ -143,7 +160,7 @@ class SyntheticLLM(LLM):
             child = list(parents[0])
             slot = rng.randrange(self.science.slots)
             child[slot] = rng.randrange(len(OPTIONS[slot]))
-        return self.science.render(child, template=rng.randrange(len(TEMPLATES)))
+        return self.science.render(child)
 
     def _reflection(self, prompt: str) -> str:
         text = _section(prompt, "Hypothesis:", "Answer in exactly")

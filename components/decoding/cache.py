@@ -123,7 +123,9 @@ class SequenceRunner:
         self.forward_seconds += time.perf_counter() - start
         self.forwards += 1
         self.cached = len(tokens)
-        return logits[0]
+        # Sampling and verdicts run on the CPU with CPU generators (also when the model is on a GPU):
+        # the rows are small ([n_fed, V]) and the verdict needs them on the host anyway.
+        return logits[0].float().cpu() if logits.device.type != "cpu" else logits[0]
 
     def rollback(self, length: int) -> None:
         """Forget every cached position from `length` on (rejected speculative tokens)."""

@@ -180,7 +180,8 @@ class SpeculativeDecoder(Decoder):
         self.method = {(False, False): "sd", (True, True): "pearl", (False, True): "pearl_no_pre",
                        (True, False): "pearl_no_post"}[(pre_verify, post_verify)]
         concurrent = parallel and (pre_verify or post_verify)
-        self.workers = ThreadPair(draft_threads, target_threads) if concurrent else InlinePair()
+        cuda = self.target.device.type == "cuda"
+        self.workers = ThreadPair(draft_threads, target_threads, cuda=cuda) if concurrent else InlinePair()
 
     def close(self) -> None:
         self.workers.close()

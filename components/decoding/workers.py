@@ -41,12 +41,12 @@ class ThreadPair(InlinePair):
 
     parallel = True
 
-    def __init__(self, draft_threads: int = 1, target_threads: int = 1):
+    def __init__(self, draft_threads: int = 1, target_threads: int = 1, cuda: bool = False):
         if draft_threads < 1 or target_threads < 1:
             raise ValueError(f"thread budgets must be >= 1, got draft={draft_threads} target={target_threads}")
         self.draft_threads, self.target_threads = draft_threads, target_threads
-        self._draft = ThreadPoolExecutor(1, "draft", initializer=torch.set_num_threads, initargs=(draft_threads,))
-        self._target = ThreadPoolExecutor(1, "target", initializer=torch.set_num_threads, initargs=(target_threads,))
+        self._draft = ThreadPoolExecutor(1, "draft", initializer=_init_worker, initargs=(draft_threads, cuda))
+        self._target = ThreadPoolExecutor(1, "target", initializer=_init_worker, initargs=(target_threads, cuda))
 
     def run(self, draft_job: Job, target_job: Job) -> tuple[Any, Any]:
         if draft_job is None or target_job is None:
@@ -59,6 +59,13 @@ class ThreadPair(InlinePair):
     def close(self) -> None:
         self._draft.shutdown(wait=True)
         self._target.shutdown(wait=True)
+
+
+def _init_worker(threads: int, cuda: bool) -> None:
+    """A worker's torch thread budget and, on a GPU, its own CUDA stream (so kernels can overlap)."""
+    torch.set_num_threads(threads)
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_stream(torch.cuda.Stream())  # the current stream is per thread
 
 
 def split_threads(total: int, draft_share: float = 0.5) -> tuple[int, int]:

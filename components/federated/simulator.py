@@ -107,13 +107,15 @@ class Simulator:
                 out = self.scheduler.on_arrival(job.client, job.update)
             self._dispatch(out)
             if self.scheduler.version != before:
-                row = self._history_row(before)
+                row = history_row(self.scheduler, before, when, self.evaluate)
                 history.append(row)
                 if self.on_event is not None:
                     self.on_event(row)
         if end is None:
             end = self.clock.now  # stopped by max_updates
-        summary = self._summary(history, end)
+        idle = self._idle + sum(end - since for since in self._waiting_since.values() if since <= end)
+        alive = self.scheduler.n_clients - len([c for c, t in self.crash_at.items() if t < end])
+        summary = summarize(self.scheduler, history, end, idle, alive, self.target_accuracy)
         return SimulationResult(history, list(self.scheduler.records), self.scheduler.weights, summary,
                                 self._trained, self._lost)
 
@@ -144,43 +146,47 @@ class Simulator:
             job.update = update
         self._trained += len(batch)
 
-    def _history_row(self, version_before: int) -> dict:
-        new_records = self.scheduler.records[version_before - self.scheduler.version:] \
-            if self.scheduler.version > version_before else []
-        metrics = self.evaluate(self.scheduler.weights)
-        staleness = [s for r in new_records for s in r.staleness]
-        return {
-            "time": self.clock.now,
-            "version": self.scheduler.version,
-            **metrics,
-            "aggregated_updates": sum(len(r.clients) for r in new_records),
-            "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
-            "trigger": new_records[-1].trigger if new_records else "",
-        }
 
-    def _summary(self, history: list[dict], end: float) -> dict[str, float]:
-        records = self.scheduler.records
-        staleness = [s for r in records for s in r.staleness]
-        accuracies = [row["accuracy"] for row in history if "accuracy" in row]
-        ttt = math.inf
-        if self.target_accuracy is not None:
-            ttt = next((row["time"] for row in history if row.get("accuracy", 0) >= self.target_accuracy), math.inf)
-        # clients still waiting at the end were idle until then
-        idle = self._idle + sum(end - since for since in self._waiting_since.values() if since <= end)
-        alive = self.scheduler.n_clients - len([c for c, t in self.crash_at.items() if t < end])
-        return {
-            "top_accuracy": max(accuracies) if accuracies else 0.0,
-            "final_accuracy": accuracies[-1] if accuracies else 0.0,
-            "time_to_target": ttt,
-            "end_time": end,
-            "global_updates": float(self.scheduler.version),
-            "client_updates": float(self.scheduler.arrivals),
-            "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
-            "max_staleness": float(max(staleness)) if staleness else 0.0,
-            "mean_group_size": float(np.mean([len(r.clients) for r in records])) if records else 0.0,
-            "idle_fraction": idle / (max(alive, 1) * end) if end > 0 else 0.0,
-            "late_fraction": self.scheduler.late_arrivals / self.scheduler.arrivals if self.scheduler.arrivals else 0.0,
-        }
+def history_row(scheduler: Scheduler, version_before: int, now: float, evaluate: Evaluator) -> dict:
+    """Evaluate the global model after an event that made `scheduler.version - version_before` updates."""
+    new_records = scheduler.records[version_before - scheduler.version:] if scheduler.version > version_before else []
+    staleness = [s for r in new_records for s in r.staleness]
+    return {
+        "time": now,
+        "version": scheduler.version,
+        **evaluate(scheduler.weights),
+        "aggregated_updates": sum(len(r.clients) for r in new_records),
+        "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
+        "trigger": new_records[-1].trigger if new_records else "",
+    }
+
+
+def summarize(scheduler: Scheduler, history: list[dict], end: float, idle: float, alive_clients: int,
+              target_accuracy: Optional[float] = None) -> dict[str, float]:
+    """The run's figures: accuracy, time to target, updates, staleness, idle and late fractions.
+
+    `idle` is the client-seconds spent waiting at the server (for a group, a round, or after the
+    last event); the idle fraction divides it by `alive_clients * end`.
+    """
+    records = scheduler.records
+    staleness = [s for r in records for s in r.staleness]
+    accuracies = [row["accuracy"] for row in history if "accuracy" in row]
+    ttt = math.inf
+    if target_accuracy is not None:
+        ttt = next((row["time"] for row in history if row.get("accuracy", 0) >= target_accuracy), math.inf)
+    return {
+        "top_accuracy": max(accuracies) if accuracies else 0.0,
+        "final_accuracy": accuracies[-1] if accuracies else 0.0,
+        "time_to_target": ttt,
+        "end_time": end,
+        "global_updates": float(scheduler.version),
+        "client_updates": float(scheduler.arrivals),
+        "mean_staleness": float(np.mean(staleness)) if staleness else 0.0,
+        "max_staleness": float(max(staleness)) if staleness else 0.0,
+        "mean_group_size": float(np.mean([len(r.clients) for r in records])) if records else 0.0,
+        "idle_fraction": idle / (max(alive_clients, 1) * end) if end > 0 else 0.0,
+        "late_fraction": scheduler.late_arrivals / scheduler.arrivals if scheduler.arrivals else 0.0,
+    }
 
 
 class LocalTrainer:

@@ -285,7 +285,13 @@ class BashEnv(InterCodeEnv):
 
 def make_env(kind: str, tasks: Sequence[Task], asset_dir: Path, sandbox: Optional[Sandbox] = None,
              **kwargs: Any) -> InterCodeEnv:
-    """`kind` 'sql' or 'bash'; assets as written by `components.intercode.assets.prepare`."""
+    """`kind` 'sql' or 'bash'; assets as written by `components.intercode.assets.prepare`.
+    `server_url` (SQL only): run on that database server instead of SQLite (see sql_server.py)."""
+    server_url = kwargs.pop("server_url", None)
+    if kind == "sql" and server_url:
+        from components.intercode.sql_server import ServerSqlEnv
+
+        return ServerSqlEnv(tasks, server_url, **kwargs)
     if kind == "sql":
         return SqlEnv(tasks, Path(asset_dir) / "databases", sandbox, **kwargs)
     if kind == "bash":

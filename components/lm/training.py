@@ -60,8 +60,8 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.op
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # foreach=False: the per-parameter loop keeps results identical across restarts and thread counts.
-    return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), foreach=False)
+    # The default (foreach) update is deterministic for a given thread count, so restores stay bitwise.
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LambdaLR:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from components.quant.quantizer import encode_scales, minmax_params
+from components.quant.quantizer import encode_mins, encode_scales, minmax_params
 from components.quant.spec import QuantSpec
 
 
@@ -32,6 +32,8 @@ def gptq_quantize(W: torch.Tensor, bits: torch.Tensor, spec: QuantSpec, hessian:
     # The second-order scale base of each row comes from the original weights' min/max scales.
     init_scale, _ = minmax_params(W.reshape(out_f, G, g), bits)
     store, _ = encode_scales(init_scale, spec.scale_format)
+    if spec.zero_format == "u8":  # the minima's per-row (lowest, step) also come from the original weights
+        store.update(encode_mins(W.reshape(out_f, G, g).amin(-1))[0])
     scale_used = torch.zeros(out_f, G)
     zero = torch.zeros(out_f, G)
     codes = torch.zeros(out_f, G, g, dtype=torch.uint8)
@@ -55,11 +57,10 @@ def gptq_quantize(W: torch.Tensor, bits: torch.Tensor, spec: QuantSpec, hessian:
             W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
             err1[:, i] = err
         W[:, b1:] -= err1 @ Hinv[b0:b1, b1:]
-    if spec.scale_format == "u8":
-        store = _store_u8(scale_used, store)
-    else:
-        store = {"scales": scale_used.to(torch.float16)}
-    return codes, store, zero
+    final = _store_u8(scale_used, store) if spec.scale_format == "u8" else {"scales": scale_used.to(torch.float16)}
+    if spec.zero_format == "u8":
+        final.update(encode_mins(-zero * scale_used, store["zero_base"])[0])
+    return codes, final, zero
 
 
 def _fit_group(block: torch.Tensor, bits: torch.Tensor, spec: QuantSpec, store: dict, gi: int):
@@ -71,7 +72,10 @@ def _fit_group(block: torch.Tensor, bits: torch.Tensor, spec: QuantSpec, store: 
         scale = (code + 1) * base / 256
     else:
         scale = scale.to(torch.float16).float()
-    zero = -block.amin(-1) / scale
+    group_min = block.amin(-1)
+    if spec.zero_format == "u8":
+        return scale, -encode_mins(group_min.unsqueeze(1), store["zero_base"])[1].squeeze(1) / scale
+    zero = -group_min / scale
     qmax = (2 ** bits - 1).float()
     if spec.zero_format == "int":
         zero = torch.minimum(torch.clamp(torch.round(zero), min=0), qmax)

@@ -20,7 +20,8 @@ from torch import nn
 
 from components.quant import fused_cpu
 from components.quant.packing import unpack_bits, unpack_codes
-from components.quant.quantizer import LayerLayout, PackedWeight, bits_breakdown, decode_u8_scales, tile_order
+from components.quant.quantizer import (LayerLayout, PackedWeight, bits_breakdown, decode_u8_mins, decode_u8_scales,
+                                        tile_order)
 
 MODES = ("auto", "naive", "pipelined", "fused")
 FUSED_MAX_ROWS = 8  # the fused kernel re-decodes codes per input row: above this a dequantize + GEMM wins
@@ -55,7 +56,9 @@ def unpack_layer(layout: LayerLayout, tensors: dict[str, torch.Tensor]):
         scale = decode_u8_scales(tensors["scale_codes"], tensors["scale_base"])
     else:
         scale = tensors["scales"].float()
-    if layout.zero_format == "int":
+    if layout.zero_format == "u8":
+        zero = -decode_u8_mins(tensors["zero_codes"], tensors["zero_base"]) / scale
+    elif layout.zero_format == "int":
         zero = torch.empty(T, n_g)
         zero.scatter_(1, pos_lo, unpack_codes(tensors["zeros_lo"], layout.bits_low, layout.low_per_tile).float())
         zero.scatter_(1, pos_hi, unpack_codes(tensors["zeros_hi"], layout.bits_high, layout.high_per_tile).float())

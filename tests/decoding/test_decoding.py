@@ -62,6 +62,16 @@ def test_greedy_equality_with_gpt_draft_and_stop_token(method):
         assert got == cut == expected[: expected.index(stop) + 1] and st.finish_reason == "stop"
 
 
+@pytest.mark.parametrize("method", ["sd", "pearl"])
+def test_decoding_past_the_drafts_context_continues_exactly(llama_pair, method):
+    """A GPT draft has a hard context (learned positions): past it the target decodes alone."""
+    target, _ = llama_pair
+    draft = tiny_gpt(vocab_size=64, n_layer=1, seed=2, scale=20, block_size=12)
+    expected, _ = AutoregressiveDecoder(target).generate(PROMPTS[2], 24)
+    got, st = build_decoder(method, target, draft, gamma=3, parallel=False).generate(PROMPTS[2], 24)
+    assert got == expected and st.draft_forwards > 0
+
+
 def test_threaded_and_inline_workers_give_identical_samples(llama_pair):
     target, draft = llama_pair
     params = SamplingParams(temperature=1.0, top_p=0.9)

@@ -148,3 +148,22 @@ def test_missing_assets_are_named(tmp_path):
         BashEnv(BASH_TASKS[:1], tmp_path)
     with pytest.raises(ValueError, match="unknown InterCode environment"):
         make_env("python", SQL_TASKS, tmp_path)
+
+
+def test_server_backend_through_sqlalchemy(tmp_path):
+    """The database-server path, exercised with SQLAlchemy's SQLite dialect (no server runs here)."""
+    env = make_env("sql", SQL_TASKS, tmp_path, server_url=f"sqlite:///{tmp_path / 'server.db'}")
+    try:
+        for index in (0, 21, 47):
+            env.reset(index)
+            env.step(SQL_TASKS[index].gold)
+            assert env.step("submit")[1] == 1.0
+        env.reset(0)
+        env.step("DROP TABLE students")
+        env.step("CREATE TABLE agent_scratch (x INTEGER)")
+        assert env.step("SELECT COUNT(*) FROM students")[0].startswith("Error executing query")
+        env.reset(0)  # reloaded; the agent's own table is gone
+        assert env.step("SELECT COUNT(*) FROM students")[0] == "[(40,)]"
+        assert "agent_scratch" not in env.step("SELECT name FROM sqlite_master")[0]
+    finally:
+        env.close()

@@ -1,0 +1,132 @@
+"""Decoding benchmark: AR vs vanilla SD (best γ) vs PEARL (+ its two ablations, HF assisted
+generation), same prompts, greedy, equal total cores; plus the 200-request loopback load test.
+
+    python -m benchmarks.decoding --quick                 # CPU, a few minutes
+    python -m benchmarks.decoding --full                  # what the README quotes
+    python -m benchmarks.decoding --full --device cuda    # the GPU path (when a GPU is lent)
+
+Options: --draft auto|layerskip|gpt_folder --draft-path DIR --draft-layers N --target smollm2|quantized
+--target-path DIR --threads N. Writes benchmarks/results/decoding.json + decoding.png, logs to MLflow.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from types import SimpleNamespace
+
+import torch
+
+from benchmarks.common import parse_mode, target, write_result
+
+
+def _own_args(argv):
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--target", default="smollm2")
+    parser.add_argument("--target-path", default=None)
+    parser.add_argument("--draft", default="auto", help="auto | layerskip | gpt_folder | mlflow")
+    parser.add_argument("--draft-path", default=None)
+    parser.add_argument("--draft-layers", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None, help="total cores for every method (default: all)")
+    parser.add_argument("--skip-load-test", action="store_true")
+    return parser.parse_known_args(argv)
+
+
+def load_test(requests: int = 200) -> dict:
+    """200 concurrent requests through the openai client against a loopback server (tiny models)."""
+    from components.decoding.engine import build_decoder
+    from components.decoding.models import layer_skip_draft, tiny_llama
+    from components.serving.app import create_app
+    from components.serving.loadtest import run_load
+    from components.serving.server import BackgroundServer
+    from components.serving.service import GenerationService
+    from components.serving.text import ByteCodec
+
+    model = tiny_llama(vocab_size=260, hidden=32, layers=2, dtype=torch.float32)
+    decoder = build_decoder("pearl", model, layer_skip_draft(model, 1), gamma=3)
+    service = GenerationService(decoder, ByteCodec(260), "tiny")
+    try:
+        with BackgroundServer(create_app(service, max_queue=requests + 56)) as server:
+            return run_load(server.base_url, "tiny", requests=requests, max_tokens=8)
+    finally:
+        decoder.close()
+
+
+def plot(methods: dict, summary: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(methods)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.bar(names, [methods[n]["tokens_per_s"] for n in names], color=["#888" if n == "ar" else "#3a7" for n in names])
+    ar = methods["ar"]["tokens_per_s"]
+    for bound, label, style in ((summary.get("leviathan_bound_sd_best_gamma"), "SD Leviathan bound", "--"),
+                                (summary.get("pearl_bound_vs_ar"), "PEARL perfect-overlap bound", ":")):
+        if bound:
+            ax.axhline(bound * ar, linestyle=style, color="k", label=f"{label} ({bound:.2f}x AR)")
+    ax.set_ylabel("tokens / s (median over repeats)")
+    ax.set_title("Greedy decoding, same prompts, equal total cores")
+    ax.legend(fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    return fig
+
+
+def main(argv=None) -> None:
+    own, rest = _own_args(sys.argv[1:] if argv is None else argv)
+    args = parse_mode(__doc__.splitlines()[0], rest)
+    from components.decoding.bench import compare_methods, summarize
+    from components.decoding.prompts import benchmark_prompts
+    from tasks.serve import _resolve_draft_source  # the same draft resolution as the flows
+
+    torch.manual_seed(0)
+    threads = own.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    if args.full:
+        size = dict(code=3, chat=3, max_new=64, gammas=[2, 3, 4, 6], repeats=3)
+    else:
+        size = dict(code=2, chat=2, max_new=32, gammas=[2, 4], repeats=1)
+    from components.decoding.models import load_draft, load_target
+    from components.serving.text import HFTextCodec
+    from components.lm.smollm2 import load_tokenizer
+    from tasks.environment import PROJECT_ROOT
+
+    models_cfg = SimpleNamespace(draft=own.draft, draft_path=own.draft_path, draft_registered_name="lm-draft")
+    draft_source, draft_path = _resolve_draft_source(models_cfg, PROJECT_ROOT / "data", args.tracking_uri)
+    tgt = load_target(own.target, own.target_path, "float32", own.device)
+    drf = load_draft(draft_source, tgt, draft_path, own.draft_layers, own.device)
+    codec = HFTextCodec(load_tokenizer())
+    prompts = benchmark_prompts(codec, size["code"], size["chat"])
+    print(f"target={own.target} draft={draft_source} {draft_path or own.draft_layers} threads={threads} "
+          f"device={own.device} prompts={len(prompts)} max_new={size['max_new']}")
+    result = compare_methods(tgt, drf, [ids for _, ids in prompts], max_new_tokens=size["max_new"], threads=threads,
+                             pearl_gamma=None, sd_gammas=size["gammas"], repeats=size["repeats"], eos=codec.eos_ids)
+    summary = summarize(result)
+    load = None if own.skip_load_test else load_test(200)
+    results = {
+        "setup": {"target": own.target, "draft": draft_source, "draft_location": draft_path or f"first {own.draft_layers} layers",
+                  "device": own.device, "threads_every_method": threads, "prompts": [k for k, _ in prompts],
+                  "max_new_tokens": size["max_new"], "greedy": True, "repeats": size["repeats"],
+                  "load_average_at_start": os.getloadavg()[0],
+                  "note": "shared machine (2 cores, ~9 engineers): absolute tokens/s are noisy; compare ratios "
+                          "within this run. PEARL's workers split the same cores that AR/SD use whole."},
+        "summary": summary, "methods": result["methods"], "costs": result["costs"], "load_test": load,
+    }
+    targets = [
+        target("pearl_speedup_vs_sd", summary["pearl_speedup_vs_sd"], 1.3, ">="),
+        target("pearl_speedup_vs_ar", summary["pearl_speedup_vs_ar"], 2.0, ">="),
+        target("greedy_mismatches_vs_ar", summary["greedy_mismatches"], 0, "<="),
+    ]
+    if load is not None:
+        targets.append(target("load_test_errors_200_concurrent", load["errors"], 0, "<="))
+    write_result("decoding", results, targets, figure=plot(result["methods"], summary), args=args, device=own.device)
+    for key in ("pearl_bound_vs_ar", "pearl_bound_vs_sd", "leviathan_bound_sd_best_gamma", "c", "sd_acceptance_rate",
+                "thread_scaling_target"):
+        if key in summary:
+            print(f"{key}: {summary[key]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Running both agents over ParallelQA questions and summarizing: shared by the flow and the benchmark.
+
+Methods alternate question by question (LLMCompiler then ReAct on the same question), so a slow
+moment of a shared machine hits both. Summary per method: accuracy, median/mean latency, LLM calls,
+tokens, tool calls, replan rate; and the speedup (ReAct median latency / LLMCompiler median).
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from components.compiler.agents import AgentResult, LLMCompiler, ReActAgent
+from components.compiler.fetching import Submit
+from components.compiler.parallelqa import Question, is_correct
+from components.llm.base import LLM
+
+METHODS = ("llmcompiler", "react")
+
+
+@dataclass
+class AgentSettings:
+    max_replans: int = 1  # extra planning rounds the joiner may ask for (0: replanning off)
+    planner_max_tokens: int = 320  # a 5-step plan is ~120 tokens; room for a Thought line
+    joiner_max_tokens: int = 96  # Thought + Finish(answer)
+    react_max_steps: int = 8  # the longest question needs 5 actions + Finish
+    react_step_max_tokens: int = 96  # one Thought + one Action
+    temperature: float = 0.0  # greedy: reproducible
+
+
+def build_agent(method: str, llm: LLM, tools: dict[str, str], submit: Submit, settings: AgentSettings):
+    if method == "llmcompiler":
+        return LLMCompiler(llm, tools, submit, max_replans=settings.max_replans,
+                           planner_max_tokens=settings.planner_max_tokens,
+                           joiner_max_tokens=settings.joiner_max_tokens, temperature=settings.temperature)
+    if method == "react":
+        return ReActAgent(llm, tools, submit, max_steps=settings.react_max_steps,
+                          step_max_tokens=settings.react_step_max_tokens, temperature=settings.temperature)
+    raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+
+
+def evaluate(questions: Iterable[Question], agents: dict[str, object],
+             on_result: Callable[[int, Question, AgentResult, bool], None] | None = None) -> list[dict]:
+    """Run every agent on every question (alternating); return one row per (question, method)."""
+    rows = []
+    for i, question in enumerate(questions):
+        for method, agent in agents.items():
+            result = agent.run(question.text)
+            correct = is_correct(result.answer, question.answer, distractors=question.distractors)
+            rows.append({"qid": question.qid, "template": question.template, "parallel": question.parallel,
+                         "lookups": question.lookups, "gold": question.answer, "correct": correct,
+                         **{k: v for k, v in result.as_dict().items() if k != "question"}})
+            if on_result:
+                on_result(i, question, result, correct)
+    return rows
+
+
+def summarize(rows: list[dict], parallel_only: bool = False) -> dict:
+    """Per-method figures and the ReAct/LLMCompiler latency ratio, from `evaluate` rows."""
+    rows = [r for r in rows if r["parallel"]] if parallel_only else rows
+    out: dict = {}
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method]
+        latencies = [r["latency_s"] for r in mine]
+        out[method] = {
+            "questions": len(mine),
+            "accuracy": sum(r["correct"] for r in mine) / len(mine),
+            "latency_median_s": statistics.median(latencies),
+            "latency_mean_s": statistics.fmean(latencies),
+            "llm_calls_mean": statistics.fmean(r["llm_calls"] for r in mine),
+            "prompt_tokens_mean": statistics.fmean(r["prompt_tokens"] for r in mine),
+            "completion_tokens_mean": statistics.fmean(r["completion_tokens"] for r in mine),
+            "tokens_mean": statistics.fmean(r["prompt_tokens"] + r["completion_tokens"] for r in mine),
+            "tool_calls_mean": statistics.fmean(r["tool_calls"] for r in mine),
+            "replan_rate": sum(r["replans"] > 0 for r in mine) / len(mine),
+            "answered_rate": sum(r["answer"] is not None for r in mine) / len(mine),
+        }
+    if "llmcompiler" in out and "react" in out:
+        out["speedup_median"] = out["react"]["latency_median_s"] / out["llmcompiler"]["latency_median_s"]
+        pairs = _paired(rows)
+        out["speedup_per_question_median"] = statistics.median(r / c for c, r in pairs) if pairs else float("nan")
+        out["accuracy_delta"] = out["llmcompiler"]["accuracy"] - out["react"]["accuracy"]
+        out["token_ratio"] = out["react"]["tokens_mean"] / max(out["llmcompiler"]["tokens_mean"], 1e-9)
+    return out
+
+
+def _paired(rows: list[dict]) -> list[tuple[float, float]]:
+    by_q: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_q.setdefault(r["qid"], {})[r["method"]] = r["latency_s"]
+    return [(v["llmcompiler"], v["react"]) for v in by_q.values()
+            if "llmcompiler" in v and "react" in v and v["llmcompiler"] > 0]

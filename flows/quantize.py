@@ -1,0 +1,181 @@
+"""`quantize`: range-aware mixed 2/4-bit weights with aligned packing (arXiv 2311.16442).
+
+load model -> held-out text -> calibrate (when a method needs activations or Hessians) ->
+quantize with the chosen method and the baselines side by side -> perplexity table ->
+save + reload check + register the quantized model (for `serve`) -> matvec / decode speed ->
+table, plots and JSON in MLflow.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from components.quant.linear import MODES
+from flows.platform import FlowConfig, system_flow
+from tasks.quantize import (calibration_stats, heldout_windows, load_model, method_spec, needs_calibration,
+                            quantize_and_evaluate, save_and_register, speed)
+from tasks.tracking import Tracker
+
+
+@dataclass
+class QuantMethodConfig:
+    """conf/quant_method/*.yaml: instantiated into components.quant.QuantSpec (see its field comments)."""
+
+    _target_: str = "components.quant.QuantSpec"
+    name: str = "mixed"
+    method: str = "rtn"
+    bits_low: int = 2
+    bits_high: int = 4
+    frac_high: float = 0.25
+    group_size: int = 64
+    tile_rows: int = 16
+    score: str = "range"
+    scale_format: str = "u8"
+    zero_format: str = "u8"
+    gptq_damp: float = 0.01
+    gptq_block: int = 128
+    seed: int = 0
+
+
+@dataclass
+class QuantEvalConfig:
+    context: int = 256  # tokens per perplexity window (non-overlapping windows, stated in every table)
+    windows: int = 16  # evaluation windows: 16 x 256 = ~4k predicted tokens of held-out docs
+    calibration_windows: int = 8  # calibration windows (a disjoint set of doc topics)
+    text_seed: int = 0  # which doc topics are held out
+
+
+@dataclass
+class QuantSpeedConfig:
+    matvec_repeats: int = 7  # medians over this many alternating passes
+    decode_tokens: int = 32  # greedy tokens for end-to-end tokens/s (0: skip)
+    bandwidth_mib: int = 512  # array summed to measure memory bandwidth (above the caches)
+
+
+@dataclass
+class QuantizeConfig(FlowConfig):
+    source: str = "smollm2"  # smollm2 | a model folder | a registered MLflow model name (lm-draft)
+    quant_method: QuantMethodConfig = field(default_factory=QuantMethodConfig)
+    baselines: list[str] = field(default_factory=lambda: ["fp32", "rtn4", "rtn2"])  # other quant_method options, side by side
+    include_lm_head: bool = False  # the (tied) output head stays dense: its embedding twin needs fp32 rows anyway
+    layers: Optional[str] = None  # regex on layer names to quantize only some (tiny demos); None: every projection
+    forward_mode: str = "auto"  # QuantLinear path: auto (fused for decode, dequant+GEMM for prefill) | naive | pipelined | fused
+    eval: QuantEvalConfig = field(default_factory=QuantEvalConfig)
+    speed: QuantSpeedConfig = field(default_factory=QuantSpeedConfig)
+    registered_name: Optional[str] = None  # None: smollm2-135m-<method name> or <source>-<method name>
+
+
+def registered_name_for(cfg: QuantizeConfig) -> str:
+    if cfg.registered_name:
+        return cfg.registered_name
+    stem = "smollm2-135m" if cfg.source == "smollm2" else re.sub(r"[^A-Za-z0-9_-]+", "-", cfg.source.rstrip("/").split("/")[-1])
+    return f"{stem}-{cfg.quant_method.name}"
+
+
+def _validate(cfg: QuantizeConfig) -> None:
+    if cfg.forward_mode not in MODES:
+        raise ValueError(f"forward_mode={cfg.forward_mode!r} is not one of {MODES}")
+    if cfg.layers:
+        re.compile(cfg.layers)
+
+
+@system_flow(name="quantize", config=QuantizeConfig, order=20, summary_metric="bits_per_weight",
+             demo=["eval.windows=2", "eval.context=128", "eval.calibration_windows=1", "layers=layers\\.[0-3]\\.",
+                   "speed.matvec_repeats=3", "speed.decode_tokens=4", "speed.bandwidth_mib=128"])
+def quantize(cfg: QuantizeConfig, tracker: Tracker) -> dict[str, float]:
+    """Quantize a causal LM to mixed 2/4 bits, compare with baselines, save and register it."""
+    from hydra.utils import instantiate
+
+    _validate(cfg)
+    main_spec = instantiate(cfg.quant_method)
+    specs = [method_spec(name) for name in cfg.baselines if name != main_spec.name] + [main_spec]
+    model, base = load_model(cfg.source, cfg.tracking.uri)
+    text = heldout_windows(base.get("tokenizer_dir"), cfg.eval.context, cfg.eval.windows,
+                           cfg.eval.calibration_windows, cfg.eval.text_seed)
+    tracker.set_tags({"model_source": base["source"], "heldout_text": text["source"],
+                      "note": "SmolLM2's packaged weights are Q4_1: its 'fp32' is the dequantized 4-bit model"})
+    need_act, need_hessian = (any(flags) for flags in zip(*(needs_calibration(s) for s in specs)))
+    calib = calibration_stats(model, text["calibration"], need_hessian, cfg.include_lm_head) if need_act else None
+
+    rows, main_model = [], None
+    for step, spec in enumerate(specs):
+        qmodel, row = quantize_and_evaluate(model, spec, calib, text["eval"], cfg.include_lm_head, cfg.layers,
+                                            cfg.forward_mode)
+        rows.append(row)
+        tracker.log_metrics({"perplexity": row["perplexity"], "bits_per_weight": row["bits_per_weight"]}, step=step)
+        if spec is main_spec:
+            main_model = qmodel
+        elif qmodel is not model:
+            del qmodel
+    table = {r["method"]: r for r in rows}
+    summary = _summary(table, main_spec.name)
+
+    name = registered_name_for(cfg)
+    saved = save_and_register(main_model, main_spec, base, str(cfg.work_path("quantize", name)), tracker, name,
+                              text["eval"][0], {"perplexity_table": rows, "context": cfg.eval.context})
+    timing = speed(model, main_model, text["eval"][0][:, :16], cfg.speed.decode_tokens,
+                   cfg.speed.matvec_repeats, cfg.speed.bandwidth_mib)
+    summary.update({k: v for k, v in saved.items() if isinstance(v, float)})
+    summary.update(_speed_summary(timing))
+    _log_results(tracker, rows, timing, cfg, main_spec.name)
+    tracker.set_tags({"registered_model": name, "registered_version": saved["registered_version"],
+                      "quantized_folder": saved["folder"]})
+    return summary
+
+
+def _summary(table: dict, main: str) -> dict[str, float]:
+    out = {"bits_per_weight": table[main]["bits_per_weight"], "perplexity": table[main]["perplexity"]}
+    if "fp32" in table and "rtn2" in table:
+        lost = table["rtn2"]["perplexity"] - table["fp32"]["perplexity"]
+        if lost > 0:
+            out["ppl_recovery_vs_rtn2"] = (table["rtn2"]["perplexity"] - table[main]["perplexity"]) / lost
+    return out
+
+
+def _speed_summary(timing: dict) -> dict[str, float]:
+    out = {"memory_gb_per_s": timing["memory_gb_per_s"]}
+    largest = max(timing["matvec"], key=lambda k: eval(k.replace("x", "*")))  # noqa: S307 - "576x1536" only
+    per = timing["matvec"][largest]
+    for method in ("naive", "pipelined", "fused"):
+        if method in per:
+            out[f"matvec_speedup_{method}_largest"] = per["fp32"]["seconds"] / per[method]["seconds"]
+    for label, tps in timing.get("decode_tokens_per_s", {}).items():
+        out[f"decode_tokens_per_s_{label}"] = tps
+    return out
+
+
+def _log_results(tracker: Tracker, rows: list[dict], timing: dict, cfg: QuantizeConfig, main: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tracker.log_dict({"perplexity": rows, "speed": timing, "context": cfg.eval.context}, "tables/quantize.json")
+    lines = [f"Perplexity on held-out CPython docs, context {cfg.eval.context} tokens, {rows[0]['tokens']} tokens.",
+             "SmolLM2's packaged weights are Q4_1, so its 'fp32' row is the dequantized 4-bit model.", "",
+             "| method | bits/weight | perplexity | model MB |", "|---|---|---|---|"]
+    lines += [f"| {r['method']}{' (saved)' if r['method'] == main else ''} | {r['bits_per_weight']:.3f} | "
+              f"{r['perplexity']:.3f} | {r['model_mb']:.1f} |" for r in rows]
+    tracker.log_text("\n".join(lines) + "\n", "tables/quantize.md")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    quantized = [r for r in rows if r["bits_per_weight"] < 32]
+    ax1.scatter([r["bits_per_weight"] for r in quantized], [r["perplexity"] for r in quantized])
+    for r in quantized:
+        ax1.annotate(r["method"], (r["bits_per_weight"], r["perplexity"]))
+    fp = [r["perplexity"] for r in rows if r["bits_per_weight"] >= 32]
+    if fp:
+        ax1.axhline(fp[0], ls="--", c="gray", label="fp32 (dequantized Q4_1)")
+        ax1.legend()
+    ax1.set(xlabel="bits / weight", ylabel=f"perplexity (context {cfg.eval.context})", title="accuracy vs size")
+    shapes = list(timing["matvec"])
+    methods = [m for m in ("fp32", "naive", "pipelined", "fused") if m in timing["matvec"][shapes[0]]]
+    for i, m in enumerate(methods):
+        ax2.bar([j + i * 0.2 for j in range(len(shapes))], [timing["matvec"][s][m]["seconds"] * 1e6 for s in shapes],
+                width=0.2, label=m)
+    ax2.set_xticks([j + 0.3 for j in range(len(shapes))], shapes)
+    ax2.set(ylabel="µs per matvec (median)", title="one-token matvec per layer shape")
+    ax2.legend()
+    fig.tight_layout()
+    tracker.log_figure(fig, "plots/quantize.png")
+    plt.close(fig)

@@ -1,0 +1,49 @@
+"""The `federated` flow end to end through Hydra compose + Prefect + MLflow, on a tiny config."""
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.platform import compose, run
+
+TINY = ["rounds=4", "clients=3", "fed_strategy.q_max=8", "fed_strategy.q_min=2", "model.width=4"]
+
+
+def test_flow_logs_accuracy_vs_time_to_mlflow(prefect_harness, flow_overrides, mlflow_uri):
+    result = run(compose("federated", flow_overrides + TINY))
+    assert result["metrics"]["global_updates"] == 4
+    assert 0.0 < result["metrics"]["top_accuracy"] <= 1.0
+    client = MlflowClient(mlflow_uri)
+    mlrun = client.get_run(result["run_id"])
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["fed_strategy.name"] == "fedcompass" and mlrun.data.params["clients"] == "3"
+    history = client.get_metric_history(result["run_id"], "accuracy")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    times = [m.value for m in client.get_metric_history(result["run_id"], "virtual_time")]
+    assert times == sorted(times) and times[0] > 0
+    assert mlrun.data.metrics["top_accuracy"] == pytest.approx(max(m.value for m in history))
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"], "federated")}
+    assert {"federated/history.json", "federated/aggregations.json", "federated/accuracy_vs_time.png"} <= artifacts
+    assert {a.path for a in client.list_artifacts(result["run_id"], "model")} >= {"model/weights.npz", "model/model.json"}
+    path = client.download_artifacts(result["run_id"], "federated/aggregations.json")
+    records = json.loads(open(path).read())
+    assert len(records) == 4 and all("staleness" in r for r in records)
+
+
+def test_wrong_keys_and_values_fail_with_their_name(flow_overrides):
+    with pytest.raises(Exception, match="q_maxx"):
+        compose("federated", flow_overrides + ["fed_strategy.q_maxx=3"])
+    with pytest.raises(Exception, match="fedprox"):
+        compose("federated", flow_overrides + ["fed_strategy=fedprox"])
+    cfg = compose("federated", flow_overrides + ["clients=3", "crash_clients=[7]"])
+    from flows.federated import _check
+
+    with pytest.raises(ValueError, match="crash_clients"):
+        _check(cfg)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedasync", "fedbuff", "fedcompass"])
+@pytest.mark.parametrize("speed", ["homogeneous", "normal", "exponential", "drifting"])
+def test_every_group_option_composes(flow_overrides, strategy, speed):
+    cfg = compose("federated", flow_overrides + [f"fed_strategy={strategy}", f"fed_speed={speed}", "fed_data=mnist1d"])
+    assert cfg.fed_strategy.name == strategy and cfg.fed_data.name == "mnist1d"

@@ -1,0 +1,57 @@
+"""End to end: the quantize flow through Hydra compose + Prefect + MLflow on a tiny GPT."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.lm.model import GPT, GPTConfig
+from components.quant import QuantLinear
+from components.quant.model import load_quantized
+from flows.platform import compose, run
+
+
+@pytest.fixture
+def tiny_gpt(tmp_path):
+    torch.manual_seed(0)
+    # SmolLM2's vocabulary (the flow tokenizes real text with it), a tiny body.
+    return GPT(GPTConfig(vocab_size=49152, block_size=64, n_layer=2, n_head=2, n_embd=64)).save(tmp_path / "gpt")
+
+
+def test_quantize_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri, tiny_gpt):
+    from mlflow.tracking import MlflowClient
+
+    cfg = compose("quantize", flow_overrides + [
+        f"source={tiny_gpt}", "baselines=[fp32,rtn2,rtn4]", "quant_method=gptq_mixed",
+        "eval.context=32", "eval.windows=2", "eval.calibration_windows=2",
+        "speed.matvec_repeats=2", "speed.decode_tokens=2", "speed.bandwidth_mib=16", "registered_name=test-gpt-mixed"])
+    result = run(cfg)
+    metrics = result["metrics"]
+    assert 2.0 < metrics["bits_per_weight"] <= 2.9
+    assert metrics["reload_max_abs_logit_diff"] == 0.0
+    run_ = MlflowClient(mlflow_uri).get_run(result["run_id"])
+    assert run_.data.params["quant_method.method"] == "gptq"
+    assert run_.data.params["eval.context"] == "32"
+    assert run_.data.metrics["perplexity"] > 1.0
+    assert run_.data.tags["registered_model"] == "test-gpt-mixed"
+    artifacts = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(result["run_id"], "tables")}
+    assert {"tables/quantize.json", "tables/quantize.md"} <= artifacts
+    table = json.loads(MlflowClient(mlflow_uri).download_artifacts(result["run_id"], "tables/quantize.json")
+                       and Path(MlflowClient(mlflow_uri).download_artifacts(result["run_id"], "tables/quantize.json")).read_text())
+    methods = [row["method"] for row in table["perplexity"]]
+    assert methods == ["fp32", "rtn2", "rtn4", "gptq_mixed"]
+    bits = {row["method"]: row["bits_per_weight"] for row in table["perplexity"]}
+    assert bits["rtn2"] < bits["gptq_mixed"] < bits["rtn4"] < bits["fp32"]
+    # the registered model loads back as a QuantLinear model (what `serve` does)
+    from tasks.tracking import load_registered_model_dir
+
+    folder = load_registered_model_dir("test-gpt-mixed", mlflow_uri)
+    model = load_quantized(folder)
+    assert any(isinstance(m, QuantLinear) for m in model.modules())
+
+
+def test_wrong_key_and_bad_method_fail_clearly(flow_overrides):
+    with pytest.raises(Exception, match="frac_hi"):
+        compose("quantize", flow_overrides + ["quant_method.frac_hi=0.3"])
+    with pytest.raises(Exception, match="no_such"):
+        compose("quantize", flow_overrides + ["quant_method=no_such"])
