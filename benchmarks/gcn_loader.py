@@ -11,7 +11,9 @@ medians. Then every model is evaluated with the same loader on the same test nod
 Methods: `dgl` (dgl.dataloading.DataLoader + NeighborSampler feature prefetch, num_workers=0: the
 standard path), `staged` (x[idx] temporary + copy into the batch), `zero_copy` (direct aligned gather
 into reused buffers, double-buffered by a worker thread), and two ablations: `zero_copy_inline`
-(same gather, no prefetch) and `zero_copy_unaligned` (prefetch, plain rows).
+(same gather, no prefetch), `zero_copy_unaligned` (prefetch, plain rows) and `zero_copy_1thread`
+(prefetch with one torch thread for the worker's gather, so it does not oversubscribe the cores).
+The epoch-time target uses the median of per-round paired ratios (zero_copy / dgl in the same round).
 
 A gather-only micro-benchmark replays the sampled index sets through the three gather styles to
 isolate the copy elimination and alignment from sampling and compute.
@@ -52,7 +54,7 @@ class Mode:
 
 QUICK = Mode(num_nodes=300_000, feat_dim=256, train_fraction=0.02, test_fraction=0.01, rounds=3,
              batch_size=1024, fanouts=(10, 10), gather_repeats=3)
-FULL = Mode(num_nodes=2_200_000, feat_dim=256, train_fraction=0.01, test_fraction=0.005, rounds=4,
+FULL = Mode(num_nodes=2_200_000, feat_dim=256, train_fraction=0.01, test_fraction=0.005, rounds=6,
             batch_size=1024, fanouts=(10, 10), gather_repeats=3)
 
 METHODS = {
@@ -61,6 +63,7 @@ METHODS = {
     "zero_copy": ("ZeroCopyFeatureLoader", {"align_rows": True, "prefetch": True}),
     "zero_copy_inline": ("ZeroCopyFeatureLoader", {"align_rows": True, "prefetch": False}),
     "zero_copy_unaligned": ("ZeroCopyFeatureLoader", {"align_rows": False, "prefetch": True}),
+    "zero_copy_1thread": ("ZeroCopyFeatureLoader", {"align_rows": True, "prefetch": True, "worker_threads": 1}),
 }
 
 
@@ -187,6 +190,16 @@ def run(mode: Mode) -> tuple[dict, list]:
         # compute is the same model on the same batches): on a CPU, compute and data share the cores.
         "overlap_bound_vs_dgl": m["dgl"]["compute_seconds"] / m["dgl"]["epoch_seconds"],
     }
+    # Paired per-round ratios: both epochs ran back to back in the same round, so slow phases of the
+    # shared machine hit both; the median of these is steadier than a ratio of medians.
+    def paired(a: str, b: str) -> float:
+        return statistics.median(x.epoch_seconds / y.epoch_seconds
+                                 for x, y in zip(runs[a]["epochs"][1:], runs[b]["epochs"][1:]))
+
+    results["paired_ratios"] = {f"{a}_vs_{b}": paired(a, b) for a, b in
+                                [("zero_copy", "dgl"), ("zero_copy", "staged"), ("staged", "dgl"),
+                                 ("zero_copy_inline", "dgl"), ("zero_copy_1thread", "dgl"),
+                                 ("zero_copy_unaligned", "zero_copy")]}
     # Replay the index sets of a few sampled batches through the gather styles.
     sampler_batches = runs["staged"]["loader"].batches
     index_sets = [sampler_batches.sample(99, i, s).input_nodes
@@ -196,7 +209,7 @@ def run(mode: Mode) -> tuple[dict, list]:
 
     targets = [
         target("feature_table_gb", data.feature_bytes / 1e9, 2.0, ">="),
-        target("epoch_time_zero_copy_vs_dgl", results["ratios"]["zero_copy_epoch_vs_dgl"], 0.55, "<="),
+        target("epoch_time_zero_copy_vs_dgl", results["paired_ratios"]["zero_copy_vs_dgl"], 0.55, "<="),
         target("data_stall_fraction_zero_copy", m["zero_copy"]["stall_fraction"], 0.10, "<"),
         target("accuracy_gap_zero_copy_vs_dgl", abs(m["zero_copy"]["test_accuracy"] - m["dgl"]["test_accuracy"]),
                0.02, "<="),

@@ -3,8 +3,8 @@
 1. Gold replay (no LLM) over every task of both environments: the sanity check that execution and
    reward give exactly 1 for correct solutions, plus the sandbox's cost per episode.
 2. LLM policies (single turn, try again, ReAct, Plan & Solve) with the configured model (default:
-   the embedded SmolLM2-135M-Instruct) on a hardness-stratified subset. Episodes are played
-   task-major (every policy on task 1, then task 2, ...) so machine load hits all policies alike.
+   the embedded SmolLM2-135M-Instruct) on a hardness-stratified subset. Episodes are interleaved
+   (round k: each policy on the k-th task of SQL then Bash) so load and budget hit all alike.
    A wall-clock budget bounds the run; episodes it leaves unplayed are counted, never invented.
 
 Reports success rate (reward exactly 1), mean reward, turns, invalid-action fraction, by hardness.
@@ -60,33 +60,40 @@ def gold_phase(asset_dir: Path) -> dict:
 
 
 def llm_phase(asset_dir: Path, llm, n_sql: int, n_bash: int, turns: int, max_tokens: int, budget_s: float) -> dict:
+    """Round k plays the k-th selected task of each environment with every policy, interleaved
+    policy by policy across the environments (sql/single, bash/single, sql/try_again, ...), so a
+    budget that runs out leaves every policy and environment equally short, not the last ones empty."""
     from components.intercode.env import make_env
     from components.intercode.metrics import summarize
     from components.intercode.policies import build_policy
     from components.intercode.tasksets import TASK_SETS, select_tasks
 
     start = time.monotonic()
-    results: dict = {}
-    for kind, count in (("sql", n_sql), ("bash", n_bash)):
-        env = make_env(kind, TASK_SETS[kind], asset_dir)
-        episodes: dict[str, list] = {p: [] for p in POLICIES}
-        unplayed = {p: 0 for p in POLICIES}
-        try:
-            for index in select_tasks(TASK_SETS[kind], count):
-                for name in POLICIES:  # task-major: every policy meets the same machine state
-                    if time.monotonic() - start > budget_s:
-                        unplayed[name] += 1
+    envs = {kind: make_env(kind, TASK_SETS[kind], asset_dir) for kind in ("sql", "bash")}
+    chosen = {"sql": select_tasks(TASK_SETS["sql"], n_sql), "bash": select_tasks(TASK_SETS["bash"], n_bash)}
+    episodes = {kind: {p: [] for p in POLICIES} for kind in envs}
+    unplayed = {kind: {p: 0 for p in POLICIES} for kind in envs}
+    try:
+        for round_ in range(max(n_sql, n_bash)):
+            for name in POLICIES:
+                for kind, env in envs.items():
+                    if round_ >= len(chosen[kind]):
                         continue
+                    if time.monotonic() - start > budget_s:
+                        unplayed[kind][name] += 1
+                        continue
+                    index = chosen[kind][round_]
                     episode = build_policy(name, llm, turns, max_tokens).run(env, index).as_dict()
-                    episodes[name].append(episode)
+                    episodes[kind][name].append(episode)
                     print(f"{kind} {TASK_SETS[kind][index].id} {name}: reward {episode['reward']:.2f}, "
                           f"{episode['n_turns']} turns, {episode['wall_seconds']:.0f} s"
                           f"{', error: ' + episode['error'] if episode['error'] else ''}", flush=True)
-        finally:
+    finally:
+        for env in envs.values():
             env.close()
-        results[kind] = {name: {**summarize(eps), "unplayed": unplayed[name],
-                                "trajectories": [_short(e) for e in eps]} for name, eps in episodes.items()}
-    return results
+    return {kind: {name: {**summarize(eps), "unplayed": unplayed[kind][name],
+                          "trajectories": [_short(e) for e in eps]} for name, eps in per_policy.items()}
+            for kind, per_policy in episodes.items()}
 
 
 def _short(episode: dict) -> dict:
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.llm import LLMConfig, build_llm
 
     sizes = {"n_sql": 8, "n_bash": 6, "turns": 3, "max_tokens": 128} if args.full else \
-        {"n_sql": 2, "n_bash": 2, "turns": 2, "max_tokens": 64}
+        {"n_sql": 2, "n_bash": 2, "turns": 2, "max_tokens": 48}
     budget = extra.budget_s if extra.budget_s is not None else (3600.0 if args.full else 900.0)
     asset_dir = assets.prepare(Path(tempfile.mkdtemp(prefix="intercode-bench-")))
     gold = gold_phase(asset_dir)

@@ -23,7 +23,8 @@ class CompileCallsConfig(FlowConfig):
 
 
 @system_flow(name="compile_calls", config=CompileCallsConfig,
-             demo=["questions=2", "agent.planner_max_tokens=160", "agent.react_max_steps=5",
+             # suite demo: one question with the embedded model, both methods, short generations
+             demo=["questions=1", "agent.planner_max_tokens=128", "agent.react_max_steps=4",
                    "agent.react_step_max_tokens=48", "agent.joiner_max_tokens=48", "agent.max_replans=0"],
              summary_metric="speedup", order=60)
 def compile_calls(cfg: CompileCallsConfig, tracker: Tracker) -> dict[str, float]:

@@ -14,7 +14,7 @@ from components.coscientist.state import TournamentState
 from components.coscientist.supervisor import Budget, Supervisor, SupervisorConfig
 from flows.platform import FlowConfig, system_flow
 from tasks.coscientist import AgentSpec, agent_suite, prefect_submit, write_report
-from tasks.llm import LLMConfig, log_llm_usage
+from tasks.llm import LLMConfig
 
 
 @dataclass
@@ -77,6 +77,7 @@ def coscientist(cfg: CoscientistConfig, tracker) -> dict[str, float]:
                      cfg.llm, str(cfg.work_path()))
     proximity = Proximity(cfg.proximity)
     submit = prefect_submit(spec, cfg.supervisor.max_parallel)
+    usage_before = agent_suite(spec).llm.usage.as_dict()  # the LLM is cached per process: log this run's share
     started = time.perf_counter()
 
     def log_progress(work, result, effect) -> None:
@@ -94,9 +95,12 @@ def coscientist(cfg: CoscientistConfig, tracker) -> dict[str, float]:
     finally:
         submit.close()
     wall = time.perf_counter() - started
-    write_report.submit(state, proximity, cfg.goal, summary, tracker, cfg.report_top).result()
-    if cfg.runner._target_.endswith("thread_runner"):
-        log_llm_usage(tracker, agent_suite(spec).llm)  # workers share this process's LLM
+    # Called, not submitted: the report reads the state file and reuses the loaded embedder, both of
+    # which live in this process (a Dask worker could have neither).
+    write_report(state, proximity, cfg.goal, summary, tracker, cfg.report_top)
+    if cfg.runner._target_.endswith("thread_runner"):  # workers share this process's LLM (Dask: their own)
+        usage = agent_suite(spec).llm.usage.as_dict()
+        tracker.log_metrics({f"llm.{k}": v - usage_before.get(k, 0) for k, v in usage.items()})
     ranking = supervisor.ranking()
     state.close()
     spent = summary["spent"]

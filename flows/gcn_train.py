@@ -33,6 +33,7 @@ class LoaderConfig:
     _target_: str = "components.graph.loaders.ZeroCopyFeatureLoader"
     align_rows: Optional[bool] = True  # zero_copy: 128-byte aligned rows in the batch buffers
     prefetch: Optional[bool] = True  # zero_copy: a worker gathers batch i+1 while batch i trains
+    worker_threads: Optional[int] = None  # zero_copy: torch threads of the prefetch gather (None: torch's)
     num_workers: Optional[int] = None  # dgl: sampling worker processes (0: in the training process)
 
 

@@ -50,12 +50,18 @@ class LMTrainConfig(FlowConfig):
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
     train: TrainSettings = field(default_factory=TrainSettings)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    run_name: str = "draft"  # model -> <work_dir>/lm_train/<run_name>/, checkpoints -> lm_train/checkpoints/<run_name>/
+    # model -> <work_dir>/lm_train/<run_name>/, checkpoints -> <work_dir>/lm_train/checkpoints/<run_name>/;
+    # None: "draft" for gpt (where the serve flow's PEARL draft is looked for), "smollm2_ft" for smollm2
+    run_name: Optional[str] = None
     resume: Optional[str] = None  # 'latest' (newest committed checkpoint of run_name) or a checkpoint folder
     registered_name: Optional[str] = None  # MLflow registry name; None: lm-draft (gpt) / lm-smollm2-ft (smollm2)
     log_every: int = 10  # training metrics to MLflow every this many steps
     sample_prompt: str = "def fibonacci(n):"  # greedy sample logged as text after training
     sample_tokens: int = 48  # length of that sample
+
+
+def run_name_for(cfg: LMTrainConfig) -> str:
+    return cfg.run_name or ("draft" if cfg.model.kind == "gpt" else "smollm2_ft")
 
 
 def registered_name_for(cfg: LMTrainConfig) -> str:
@@ -65,15 +71,15 @@ def registered_name_for(cfg: LMTrainConfig) -> str:
 
 
 @system_flow(name="lm_train", config=LMTrainConfig, order=10, summary_metric="val_perplexity",
-             demo=["corpus.max_chars=400000", "corpus.val_fraction=0.1", "train.iters=30", "train.batch_size=4", "train.block_size=64",
-                   "train.warmup_iters=5", "train.eval_every=30", "train.eval_batches=2", "model.n_layer=2",
+             demo=["corpus.max_chars=400000", "corpus.val_fraction=0.1", "train.iters=30", "train.batch_size=4",
+                   "train.block_size=64", "train.warmup_iters=5", "train.eval_every=30", "train.eval_batches=2", "model.n_layer=2",
                    "model.n_embd=64", "model.n_head=2", "model.block_size=64", "run_name=demo", "sample_tokens=16"])
 def lm_train(cfg: LMTrainConfig, tracker: Tracker) -> dict[str, float]:
     """Train a causal LM with DataStates lazy async checkpointing; register it in MLflow."""
     corpus = prepare_corpus(cfg.corpus, str(cfg.work_path("lm_train", "corpus")))
     tracker.log_params({f"corpus_{k}": v for k, v in corpus.items() if k != "folder"})
-    run_dir = cfg.work_path("lm_train", cfg.run_name)  # the model files only: logged as the MLflow model
-    ckpt_dir = cfg.checkpoint.dir or str(cfg.work_path("lm_train", "checkpoints", cfg.run_name))
+    run_dir = cfg.work_path("lm_train", run_name_for(cfg))  # the model files only: logged as the MLflow model
+    ckpt_dir = cfg.checkpoint.dir or str(cfg.work_path("lm_train", "checkpoints", run_name_for(cfg)))
     trained = train_model(cfg, corpus["folder"], str(run_dir), ckpt_dir, tracker)
     tracker.log_metrics({f"ckpt_{k}": v for k, v in trained["checkpoints"].items()})
     tracker.set_tags({"resumed_from": trained["resumed_from"], "checkpoint_dir": trained["checkpoint_dir"]})

@@ -130,6 +130,9 @@ def _summary(table: dict, main: str) -> dict[str, float]:
         lost = table["rtn2"]["perplexity"] - table["fp32"]["perplexity"]
         if lost > 0:
             out["ppl_recovery_vs_rtn2"] = (table["rtn2"]["perplexity"] - table[main]["perplexity"]) / lost
+            # the same on log-perplexity: a collapsed 2-bit baseline cannot inflate it
+            out["log_ppl_recovery_vs_rtn2"] = (table["rtn2"]["nll"] - table[main]["nll"]) / (
+                table["rtn2"]["nll"] - table["fp32"]["nll"])
     return out
 
 

@@ -31,6 +31,8 @@ class LLMConfig:
     # --- embedded (transformers, in-process) ---
     dtype: str = "float32"  # the weights are dequantized 4-bit ones; bf16 is ~1.4x faster on CPU but less exact
     device: str = "cpu"  # cpu | cuda | auto
+    threads: Optional[int] = None  # torch CPU threads (process-wide); None: torch's default (all cores)
+    prefix_cache_entries: int = 4  # KV caches of recent prompts kept: few-shot prefixes prefill once
     # --- openai-compatible endpoint ---
     base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1 (the `serve` flow); None: $base_url_env
     api_key: Optional[str] = None  # prefer the environment: keys do not belong in logged params
@@ -46,7 +48,8 @@ class LLMConfig:
     # --- scripted (tests and plumbing demos only; never presented as model output) ---
     responses: list[str] = field(default_factory=list)  # replayed in order
     script: Optional[str] = None  # or module.function(messages) -> str
-    delay_s: float = 0.0  # simulated seconds per scripted response
+    delay_s: float = 0.0  # simulated seconds per scripted response (time to first token)
+    token_delay_s: float = 0.0  # plus simulated seconds per word of it (decoding speed)
 
 
 def build_llm(llm_cfg: Any, base_dir: str | Path | None = None):

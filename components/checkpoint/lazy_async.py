@@ -292,14 +292,15 @@ class LazyAsyncCheckpointer:
                 job.remaining -= 1
                 last = job.remaining == 0
             if last:
+                # Every byte is in the file (page cache): the host region is free for the next
+                # checkpoint now, while this one is fsynced and committed.
+                self.pool.release(job.region)
                 self._commit_q.put(job)
 
     def _commit_loop(self) -> None:
         while (job := self._commit_q.get()) is not _STOP:
             try:
-                if not job.snapshot_done.is_set():
-                    job.snapshot_done.wait()
-                self.pool.release(job.region)  # bytes are in the file (page cache): reuse the buffer
+                job.snapshot_done.wait()
                 if job.error is None:
                     self._persist_and_vote(job)
                     if self.rank == 0:

@@ -24,13 +24,14 @@ class Example:
     thought: str = ""
 
 
+# Order matters for a small model, which copies the nearest example: the chain (rarest shape)
+# first, the most common shape (parallel lookups + arithmetic) last.
 EXAMPLES = [
     Example(
-        question="What is the combined population of Examplia and Samplestad?",
-        plan=['search("population of Examplia")', 'search("population of Samplestad")',
-              'calculate("$1 + $2")', "join()"],
-        observations=["Examplia population: 120,000 people", "Samplestad population: 80,500 people", "200500"],
-        values=["120000", "80500", "200500"], answer="200500", thought="The two populations can be looked up in parallel, then added."),
+        question="What is the population of the city where Acme Tools is headquartered?",
+        plan=['search("headquarters of Acme Tools")', 'search("population of $1")', "join()"],
+        observations=["Acme Tools headquarters: Examplia", "Examplia population: 120,000 people"],
+        values=["Examplia", "120000"], answer="120000", thought="The city must be found first; its population depends on it."),
     Example(
         question="Which river is the longest: Demo River, Mock River or Toy River?",
         plan=['search("length of Demo River")', 'search("length of Mock River")', 'search("length of Toy River")',
@@ -40,10 +41,11 @@ EXAMPLES = [
                       "Mock River"],
         values=["410", "1250", "95", "Mock River"], answer="Mock River"),
     Example(
-        question="What is the population of the city where Acme Tools is headquartered?",
-        plan=['search("headquarters of Acme Tools")', 'search("population of $1")', "join()"],
-        observations=["Acme Tools headquarters: Examplia", "Examplia population: 120,000 people"],
-        values=["Examplia", "120000"], answer="120000", thought="The city must be found first; its population depends on it."),
+        question="What is the combined population of Examplia and Samplestad?",
+        plan=['search("population of Examplia")', 'search("population of Samplestad")',
+              'calculate("$1 + $2")', "join()"],
+        observations=["Examplia population: 120,000 people", "Samplestad population: 80,500 people", "200500"],
+        values=["120000", "80500", "200500"], answer="200500", thought="The two populations can be looked up in parallel, then added."),
 ]
 
 PLANNER_SYSTEM = """Given a user query, create a plan to solve it with the utmost parallelizability. \
@@ -107,7 +109,7 @@ def scratchpad(steps: list[tuple[str, str]]) -> str:
 
 def joiner_messages(question: str, steps: list[tuple[str, str]], examples: list[Example] = EXAMPLES) -> Messages:
     messages: Messages = [{"role": "system", "content": JOINER_SYSTEM}]
-    for ex in examples[:2]:
+    for ex in examples[-2:]:  # the two most common shapes
         ex_steps = [(f"{i}. {call}", obs) for i, (call, obs) in enumerate(zip(ex.plan, ex.observations), 1)]
         messages += [{"role": "user", "content": f"Question: {ex.question}\n{scratchpad(ex_steps)}"},
                      {"role": "assistant", "content": f"Thought: The observations answer the question.\n"
@@ -138,6 +140,18 @@ def _react_text(example: Example) -> str:
     out = []
     for i, (call, obs) in enumerate(zip(example.plan, example.observations), 1):
         concrete = re.sub(r"\$(\d+)", lambda m: example.values[int(m.group(1)) - 1], call)
-        out.append(f"Thought: I need step {i}.\nAction: {concrete}\nObservation: {obs}")
+        out.append(f"Thought: {_react_thought(concrete)}\nAction: {concrete}\nObservation: {obs}")
     out.append(f"Thought: I have the answer.\nAction: Finish({example.answer})")
     return "\n".join(out)
+
+
+def _react_thought(call: str) -> str:
+    """A thought that says what the step is for (a small model copies 'I need step 1' forever)."""
+    import re
+
+    search = re.match(r'search\("(.*)"\)', call)
+    if search:
+        return f"I need the {search.group(1)}."
+    if call.startswith("calculate"):
+        return "I have all the numbers; now I calculate the result."
+    return "I have all the values; now I compare them."

@@ -21,6 +21,16 @@ from components.llm.base import LLM
 
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 KINDS = ("generate", "reflect", "rank", "evolve", "meta_review")
+# Generation's angles of attack (the paper's Generation explores literature, debates, assumptions
+# and research expansion): varying the angle keeps a deterministic model from repeating itself.
+GENERATION_APPROACHES = (
+    "a molecular or cellular mechanism nobody has tested yet",
+    "an intervention whose effect could be measured in an experiment",
+    "an assumption the field takes for granted that might be wrong",
+    "an analogy with a neighbouring field",
+    "a measurable biomarker or readout that would discriminate between explanations",
+    "a simple model system in which the effect could be isolated",
+)
 EVOLUTION_STRATEGIES = {
     "refine": "keep the core idea of the best parent and fix the weaknesses its review names.",
     "combine": "merge the strongest elements of the parents into one coherent hypothesis.",
@@ -151,6 +161,7 @@ class AgentSuite:
 
     def _generate(self, p: dict, result: AgentResult) -> None:
         text = self._ask(render("generation", goal=self.goal, constraints=self.constraints,
+                                approach=p.get("approach") or GENERATION_APPROACHES[0],
                                 prior_ideas=self.prior_ideas, existing=p.get("existing") or "none",
                                 feedback=p.get("feedback") or "none"), result)
         hypothesis = parse_hypothesis(text)

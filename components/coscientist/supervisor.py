@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from components.coscientist.agents import EVOLUTION_STRATEGIES, AgentResult, AgentSuite, Work
+from components.coscientist.agents import EVOLUTION_STRATEGIES, GENERATION_APPROACHES, AgentResult, AgentSuite, Work
 from components.coscientist.elo import EloConfig, Player, choose_pair, pair_key
 from components.coscientist.proximity import Proximity
 from components.coscientist.state import TournamentState
@@ -160,7 +160,7 @@ class Supervisor:
         generating = sum(1 for w in inflight if w.kind == "generate")
         produced = sum(1 for h in hyps if h["source"] == "generation")
         if produced + generating < self.cfg.initial_hypotheses:
-            return self._generate(hyps, feedback)
+            return self._generate(hyps, feedback, rng)
 
         # 3. Weighted choice among what can run now.
         active = [h for h in hyps if h["status"] == "active"]
@@ -178,17 +178,18 @@ class Supervisor:
             return None
         kind = rng.choices(kinds, weights=[options[k] for k in kinds], k=1)[0]
         if kind == "generate":
-            return self._generate(hyps, feedback)
+            return self._generate(hyps, feedback, rng)
         if kind == "rank":
             return self._rank(pairing, {h["id"]: h for h in active})
         if kind == "evolve":
             return self._evolve(ranked, rng, feedback)
         return self._meta_review()
 
-    def _generate(self, hyps: list[dict], feedback: str | None) -> Work:
+    def _generate(self, hyps: list[dict], feedback: str | None, rng: random.Random) -> Work:
         shown = [h["text"][:200] for h in hyps if h["status"] in ("new", "active")][-self.cfg.existing_in_prompt:]
         existing = "\n".join(f"- {t}" for t in shown) or "none"
-        return self.state.issue("generate", {"existing": existing, "feedback": feedback}, 1)
+        approach = rng.choice(GENERATION_APPROACHES)
+        return self.state.issue("generate", {"existing": existing, "feedback": feedback, "approach": approach}, 1)
 
     def _pairing(self, active: list[dict], inflight: list[Work], rng: random.Random, left: float):
         if len(active) < 2:

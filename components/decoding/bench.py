@@ -17,10 +17,28 @@ from components.decoding.engine import DecodeStats, build_decoder, measure_cost_
 from components.decoding.workers import split_threads
 
 
+def expected_tokens(alpha: float, gamma: int) -> float:
+    """Tokens per verification round with γ drafts accepted i.i.d. with probability α."""
+    return gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
 def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:
     """Expected SD speedup over AR (Leviathan et al.): (1 − α^{γ+1}) / ((1 − α)(γc + 1)), c = t_draft/t_target."""
-    tokens = gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
-    return tokens / (gamma * c + 1)
+    return expected_tokens(alpha, gamma) / (gamma * c + 1)
+
+
+def overlapped_speedup(alpha: float, gamma: int, c: float) -> float:
+    """The same rounds with draft and target fully overlapped (PEARL's ideal): round = max(γc, 1) target steps."""
+    return expected_tokens(alpha, gamma) / max(gamma * c, 1.0)
+
+
+def alpha_needed(speedup: float, c: float, model) -> float:
+    """Smallest α (to 0.01) for which some γ ≤ 16 reaches `speedup` under `model`; 1.0 if none."""
+    for step in range(0, 100):
+        alpha = step / 100
+        if max(model(alpha, g, c) for g in range(1, 17)) >= speedup:
+            return alpha
+    return 1.0
 
 
 def verify_seconds(model, prompt: Sequence[int], block: int, threads: int, steps: int = 3) -> float:
@@ -53,7 +71,7 @@ def _aggregate(runs: list[DecodeStats]) -> dict:
 
 def hf_assisted_generate(target, draft, prompt: Sequence[int], max_new: int, eos: Sequence[int]) -> DecodeStats:
     """transformers `generate(assistant_model=...)` (greedy; its adaptive +2/−1 draft length)."""
-    ids = torch.tensor([list(prompt)])
+    ids = torch.tensor([list(prompt)], device=next(target.parameters()).device)
     start = time.perf_counter()
     with torch.no_grad():
         out = target.generate(ids, assistant_model=draft, max_new_tokens=max_new, do_sample=False,
@@ -170,4 +188,7 @@ def summarize(result: dict) -> dict[str, float]:
         out["pearl_bound_vs_ar"] = pearl["mean_accepted_tokens"] * costs["target_step_s"] / round_s
         out["pearl_bound_vs_sd"] = out["pearl_bound_vs_ar"] / out["sd_speedup_vs_ar"]
         out["thread_scaling_target"] = costs["thread_scaling_target"]
+        # What the draft would have to reach at this c: α for SD 2x AR, and for ideal PEARL 2x AR.
+        out["alpha_needed_sd_2x_ar"] = alpha_needed(2.0, c, leviathan_speedup)
+        out["alpha_needed_pearl_ideal_2x_ar"] = alpha_needed(2.0, c, overlapped_speedup)
     return out

@@ -63,6 +63,10 @@ class ThreadPair(InlinePair):
 
 def _init_worker(threads: int, cuda: bool) -> None:
     """A worker's torch thread budget and, on a GPU, its own CUDA stream (so kernels can overlap)."""
+    # torch initialises a new thread's OpenMP budget lazily from the process-wide value on its first
+    # parallel call, which would undo a per-thread setting made before it: trigger that first.
+    torch.zeros(64).add_(1)
+    torch.get_num_threads()
     torch.set_num_threads(threads)
     if cuda and torch.cuda.is_available():
         torch.cuda.set_stream(torch.cuda.Stream())  # the current stream is per thread

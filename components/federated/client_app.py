@@ -2,7 +2,7 @@
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from components.federated.flower_driver import client_train, from_array_record, to_array_record
+from components.federated.flower_driver import client_train, client_warm_up, from_array_record, to_array_record
 
 app = ClientApp()
 
@@ -19,6 +19,13 @@ def train(msg: Message, context: Context) -> Message:
     if update["buffers"]:
         content["buffers"] = to_array_record(update["buffers"])
     return Message(content=content, reply_to=msg)
+
+
+
+@app.query()
+def warm_up(msg: Message, context: Context) -> Message:
+    samples = client_warm_up(dict(msg.content["config"]))
+    return Message(content=RecordDict({"metrics": MetricRecord({"num_examples": samples})}), reply_to=msg)
 
 
 __all__ = ["app"]

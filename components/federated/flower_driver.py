@@ -28,6 +28,7 @@ from components.federated.schedulers import Assignment, Scheduler
 from components.federated.simulator import SimulationResult, history_row, summarize
 
 TRAIN = "train"
+WARMUP = "query"  # before the clock starts: every ClientApp loads its data and model once
 
 
 # --- codec: numpy weight dicts <-> Flower records --------------------------------------------
@@ -65,21 +66,11 @@ def _client_side(settings_json: str):
     """Per process (Ray actor / SuperNode): dataset split, model spec and speeds, built once."""
     from types import SimpleNamespace
 
-    from components.federated import partitions, speeds
-    from components.federated import task as fl_task
+    from components.federated.federation import build_federation, build_speeds
 
     s = json.loads(settings_json)
-    data = SimpleNamespace(**s["data"])
-    dataset = fl_task.load_dataset(data.name, seed=s["seed"], test_fraction=data.test_fraction)
-    parts = partitions.make_partition(data.partition, dataset.y_train, s["n_clients"], s["seed"],
-                                      classes_per_client=data.classes_per_client, alpha=data.alpha,
-                                      alpha_clients=data.alpha_clients, alpha_classes=data.alpha_classes)
-    spec = fl_task.ModelSpec(s["model"]["kind"], dataset.input_shape, dataset.n_classes, s["model"]["width"])
-    sp = s["speed"]
-    client_speeds = speeds.make_speeds(sp["kind"], s["n_clients"], sp["mean"], s["seed"], sigma_ratio=sp["sigma_ratio"],
-                                       jitter=sp["jitter"], drift_time=sp["drift_time"],
-                                       drift_fraction=sp["drift_fraction"], drift_factor=sp["drift_factor"])
-    return [(dataset.x_train[p], dataset.y_train[p]) for p in parts], spec, client_speeds, s
+    fed = build_federation(SimpleNamespace(**s["data"]), SimpleNamespace(**s["model"]), s["n_clients"], s["seed"])
+    return fed.client_data, fed.spec, build_speeds(SimpleNamespace(**s["speed"]), s["n_clients"], s["seed"]), s
 
 
 def client_train(content_config: dict, weights: dict) -> dict:
@@ -146,6 +137,7 @@ def serve(grid, run: FlowerRun) -> SimulationResult:
         if len(nodes) < n:
             time.sleep(0.2)
     node_of = {c: nodes[c] for c in range(n)}
+    _warm_up(grid, node_of, run.settings.to_json(), deadline)
     in_flight: dict[str, int] = {}  # message id -> client
     rounds = [0] * n
     waiting_since: dict[int, float] = {}
@@ -206,6 +198,30 @@ def serve(grid, run: FlowerRun) -> SimulationResult:
     return run.result
 
 
+def _warm_up(grid, node_of: dict[int, int], settings_json: str, deadline: float) -> None:
+    """Have every ClientApp build its partition before the scheduler's clock starts: otherwise actor
+    start-up (seconds of imports) would be mistaken for slow training by the speed estimates."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    messages = [Message(content=RecordDict({"config": ConfigRecord({"client": c, "settings": settings_json})}),
+                        dst_node_id=node, message_type=WARMUP) for c, node in node_of.items()]
+    waiting = set(grid.push_messages(messages))
+    while waiting:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(waiting)} Flower clients did not answer the warm-up")
+        for reply in grid.pull_messages(list(waiting)):
+            waiting.discard(reply.metadata.reply_to_message_id)
+            if reply.has_error():
+                raise RuntimeError(f"a Flower client failed to start: {reply.error}")
+        time.sleep(0.05)
+
+
+def client_warm_up(content_config: dict) -> int:
+    """The ClientApp's answer to the warm-up: build (and cache) this process's client side."""
+    client_data, _, _, _ = _client_side(content_config["settings"])
+    return len(client_data[int(content_config["client"])][1])
+
+
 def run_in_simulation(run: FlowerRun, client_app_module: str = "components.federated.client_app") -> SimulationResult:
     """Run the loop in Flower's simulation engine (Ray): one SuperNode per client, ClientApps as actors."""
     import importlib
@@ -216,8 +232,10 @@ def run_in_simulation(run: FlowerRun, client_app_module: str = "components.feder
 
     client_app = importlib.import_module(client_app_module).app
     run_simulation(server_app=make_server_app(run), client_app=client_app, num_supernodes=run.scheduler.n_clients,
+                   # One Ray actor per client: clients mostly sleep out their emulated speed, so they
+                   # must not queue behind each other on the two real cores (that would change speeds).
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2, "include_dashboard": False}})
+                                   "init_args": {"num_cpus": run.scheduler.n_clients, "include_dashboard": False}})
     if run.result is None:
         raise RuntimeError("the Flower ServerApp ended without a result (see Flower's log above)")
     return run.result

@@ -186,10 +186,13 @@ class ZeroCopyFeatureLoader(FeatureLoader):
     name = "zero_copy"
 
     def __init__(self, data: GraphData, seeds: torch.Tensor, fanouts: Sequence[int], batch_size: int, *,
-                 align_rows: bool = True, prefetch: bool = True, **common):
+                 align_rows: bool = True, prefetch: bool = True, worker_threads: Optional[int] = None, **common):
         super().__init__(data, seeds, fanouts, batch_size, **common)
         self.align_rows = align_rows
         self.prefetch = prefetch
+        # torch intra-op threads of the prefetch worker's gather; None keeps torch's setting. On a
+        # small CPU, 1 leaves the other cores to the training step instead of oversubscribing them.
+        self.worker_threads = worker_threads
         n_buffers = 2 if prefetch else 1
         capacity = self.max_input_rows()
         self._buffers = [AlignedRowBuffer(self.features.shape[1], self.features.dtype, self.device, align_rows,
@@ -310,7 +313,13 @@ class PrefetchIterator(BatchIterator):
         return None
 
     def _run(self) -> None:
+        threads = self._loader.worker_threads
+        previous = torch.get_num_threads()
         try:
+            if threads:
+                # Sets this thread's OpenMP team size; torch also records it for threads created
+                # meanwhile, hence the restore below.
+                torch.set_num_threads(threads)
             for i, seeds in enumerate(self._seed_batches):
                 if self._stop.is_set():
                     return
@@ -326,6 +335,9 @@ class PrefetchIterator(BatchIterator):
             self._put(self._ready, _END)
         except BaseException as exc:  # handed to the consumer, never lost in the thread
             self._put(self._ready, _Failure(exc))
+        finally:
+            if threads:
+                torch.set_num_threads(previous)
 
     def __next__(self) -> Batch:
         if self._finished:

@@ -65,7 +65,7 @@ def pinned_copy(tensor: torch.Tensor, chunk_rows: int = 1 << 16) -> torch.Tensor
 
 class _CudaArray:
     def __init__(self, tensor: torch.Tensor):
-        typestr = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "<V2", torch.int64: "<i8"}[tensor.dtype]
+        typestr = {torch.float32: "<f4", torch.float16: "<f2", torch.int64: "<i8"}[tensor.dtype]
         self.__cuda_array_interface__ = {
             "data": (tensor.data_ptr(), False), "shape": tuple(tensor.shape),
             "strides": tuple(s * tensor.element_size() for s in tensor.stride()), "typestr": typestr, "version": 2,

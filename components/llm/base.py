@@ -237,12 +237,15 @@ class ScriptedLLM(LLM):
     model = "scripted"
 
     def __init__(self, responses: Script, *, cache=None, max_concurrency: int | None = None,
-                 delay_s: float = 0.0) -> None:
+                 delay_s: float = 0.0, token_delay_s: float = 0.0) -> None:
         super().__init__(cache=cache, max_concurrency=max_concurrency)
         self._responses = responses
         self._index = 0
         self._lock = threading.Lock()
-        self.delay_s = delay_s  # simulated generation time per response (benchmarks of plumbing)
+        # Simulated model speed for benchmarks of plumbing: `delay_s` per response (time to first
+        # token) plus `token_delay_s` per word of the response (decoding).
+        self.delay_s = delay_s
+        self.token_delay_s = token_delay_s
         self.requests: list[Messages] = []
 
     def _next_text(self, messages: Messages) -> str:
@@ -258,23 +261,26 @@ class ScriptedLLM(LLM):
 
     def _chat(self, messages: Messages, max_tokens: int, temperature: float, stop: Sequence[str] | None) -> Completion:
         text = self._next_text(messages)
-        if self.delay_s:
+        delay = self.delay_s + self.token_delay_s * len(cut_at_stop(text, stop)[0].split())
+        if delay:
             import time
 
-            time.sleep(self.delay_s)
+            time.sleep(delay)
         prompt_words = sum(len(m["content"].split()) for m in messages)
         return Completion(text, prompt_tokens=prompt_words, completion_tokens=len(text.split()), model="scripted")
 
     def _stream(self, messages, max_tokens, temperature, stop, stats) -> Iterator[str]:
-        """Line by line, with `delay_s` spread over the lines: lets tests see streaming order."""
+        """Line by line: `delay_s` before the first line, `token_delay_s` per word of each line, so
+        a consumer sees lines arrive as a decoding model would send them."""
         import time
 
         text = self._next_text(messages)
         stats.prompt_tokens = sum(len(m["content"].split()) for m in messages)
         stats.model = "scripted"
-        lines = text.splitlines(keepends=True) or [""]
-        for line in lines:
-            if self.delay_s:
-                time.sleep(self.delay_s / len(lines))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        for line in text.splitlines(keepends=True) or [""]:
+            if self.token_delay_s:
+                time.sleep(self.token_delay_s * len(line.split()))
             stats.completion_tokens += len(line.split())
             yield line

@@ -4,11 +4,18 @@ The weights load once per process (shared by every EmbeddedLLM, guarded by a loc
 a manual KV-cached loop, so streaming is real (one piece per token), stop sequences end generation
 early (the model does not waste time past a stop), and a deadline can be checked between tokens.
 Greedy by default; `temperature > 0` samples with a seeded generator.
+
+Prompt prefixes are cached: agent prompts repeat a long system prompt and few-shot examples (and
+ReAct re-sends its whole trajectory every step), and on a CPU the prefill of ~1000 prompt tokens
+costs more than decoding the answer. The KV cache of recent prompts is kept (a few entries, LRU)
+and a new prompt only prefills what follows its longest cached prefix.
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
+from collections import OrderedDict
 from typing import Iterator, Sequence
 
 from components.llm.base import LLM, Completion, LLMTimeoutError, Messages, cut_at_stop
@@ -28,12 +35,67 @@ def load_smollm2(dtype: str = "float32", device: str = "cpu"):
         return _MODELS[key]
 
 
+class PrefixCache:
+    """KV caches of recent prompts; `lookup` returns a private copy cropped to the longest shared prefix."""
+
+    def __init__(self, max_entries: int = 4, min_prefix: int = 16) -> None:
+        self.max_entries = max_entries  # ~45 MB each for 1000 tokens of SmolLM2-135M
+        self.min_prefix = min_prefix  # shorter shared prefixes are not worth a copy
+        self._entries: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.reused_tokens = 0
+
+    def lookup(self, ids: list[int]):
+        """(cache holding the first n tokens of `ids`, n), n < len(ids); (None, 0) on a miss."""
+        with self._lock:
+            best, best_len = None, 0
+            for key in self._entries:
+                n = _common_prefix(key, ids)
+                if n > best_len:
+                    best, best_len = key, n
+            n = min(best_len, len(ids) - 1)  # the last prompt token is always fed: it yields the logits
+            if best is None or n < self.min_prefix:
+                return None, 0
+            self._entries.move_to_end(best)
+            cache = copy.deepcopy(self._entries[best])
+            self.hits += 1
+            self.reused_tokens += n
+        extra = cache.get_seq_length() - n
+        if extra > 0:
+            cache.crop(-extra)  # transformers 5: a negative count removes that many trailing tokens
+        return cache, n
+
+    def store(self, ids: list[int], cache) -> None:
+        snapshot = copy.deepcopy(cache)  # generation goes on mutating the live one
+        key = tuple(ids)
+        with self._lock:
+            # An entry that is a prefix of this prompt is subsumed by it (ReAct's growing trajectory
+            # stays one entry instead of evicting the few-shot prefixes of the other prompts).
+            for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
+                del self._entries[old]
+            self._entries[key] = snapshot
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class EmbeddedLLM(LLM):
     name = "embedded"
 
     def __init__(self, model: str = "SmolLM2-135M-Instruct", dtype: str = "float32", device: str = "cpu",
                  timeout_s: float | None = None, seed: int = 0, *, cache=None,
-                 max_concurrency: int | None = 1) -> None:
+                 max_concurrency: int | None = 1, prefix_cache_entries: int = 4,
+                 threads: int | None = None) -> None:
         super().__init__(cache=cache, max_concurrency=max_concurrency)
         if model != "SmolLM2-135M-Instruct":
             raise ValueError(f"the embedded backend ships only SmolLM2-135M-Instruct, not {model!r}; "
@@ -42,7 +104,14 @@ class EmbeddedLLM(LLM):
         self.dtype, self.device = dtype, _resolve_device(device)
         self.timeout_s = timeout_s  # wall-clock budget of one request; None: unbounded
         self.seed = seed
+        if threads:
+            import torch
+
+            # Process-wide: on a busy CPU, torch's intra-op threads wait on each other at every op
+            # (measured here: 1 thread was ~20x faster than 2 with the machine oversubscribed).
+            torch.set_num_threads(threads)
         self._model, self._tokenizer = load_smollm2(self.dtype, self.device)
+        self.prefix_cache = PrefixCache(prefix_cache_entries) if prefix_cache_entries > 0 else None
 
     def cache_identity(self) -> dict:
         return {**super().cache_identity(), "dtype": self.dtype, "seed": self.seed}
@@ -67,16 +136,18 @@ class EmbeddedLLM(LLM):
         deadline = time.monotonic() + self.timeout_s if self.timeout_s else None
         generated: list[int] = []
         shown = ""  # text already yielded (decoded from all generated ids: multi-byte tokens stay whole)
-        input_ids = torch.tensor([prompt_ids], device=self.device)
-        past = None
+        past, reused = self.prefix_cache.lookup(prompt_ids) if self.prefix_cache else (None, 0)
+        input_ids = torch.tensor([prompt_ids[reused:]], device=self.device)
         with torch.inference_mode():
-            for _ in range(max_tokens):
+            for step in range(max_tokens):
                 if deadline is not None and time.monotonic() > deadline:
                     raise LLMTimeoutError(f"embedded generation exceeded timeout_s={self.timeout_s} "
                                           f"after {len(generated)} tokens")
                 # `cache=` is transformers 5's name for the KV cache (was past_key_values).
                 out = self._model(input_ids=input_ids, cache=past, use_cache=True, logits_to_keep=1)
                 past = out.cache
+                if step == 0 and self.prefix_cache is not None:
+                    self.prefix_cache.store(prompt_ids, past)  # holds exactly the prompt's KV here
                 logits = out.logits[0, -1].float()
                 if temperature > 0:
                     probs = torch.softmax(logits / temperature, dim=-1)

@@ -20,11 +20,13 @@ def _cache(cache_dir: str | None) -> ResponseCache | None:
 
 def embedded(*, model: str = "SmolLM2-135M-Instruct", dtype: str = "float32", device: str = "cpu",
              timeout_s: float | None = None, seed: int = 0, max_concurrency: int | None = 1,
-             cache_dir: str | None = None, **_other_backends: Any) -> LLM:
+             cache_dir: str | None = None, threads: int | None = None, prefix_cache_entries: int = 4,
+             **_other_backends: Any) -> LLM:
     from components.llm.embedded import EmbeddedLLM
 
     return EmbeddedLLM(model=model, dtype=dtype, device=device, timeout_s=timeout_s, seed=seed,
-                       cache=_cache(cache_dir), max_concurrency=max_concurrency)
+                       cache=_cache(cache_dir), max_concurrency=max_concurrency, threads=threads,
+                       prefix_cache_entries=prefix_cache_entries)
 
 
 def openai_compatible(*, model: str, base_url: str | None = None, api_key: str | None = None,
@@ -41,7 +43,7 @@ def openai_compatible(*, model: str, base_url: str | None = None, api_key: str |
 
 
 def scripted(*, responses: Sequence[str] = (), script: str | None = None, delay_s: float = 0.0,
-             max_concurrency: int | None = None, cache_dir: str | None = None, **_other_backends: Any) -> LLM:
+             token_delay_s: float = 0.0, max_concurrency: int | None = None, cache_dir: str | None = None, **_other_backends: Any) -> LLM:
     """Replays `responses` in order, or calls the function at dotted path `script` (messages -> str).
     For tests and plumbing demos only: never presented as model output."""
     if script and responses:
@@ -49,7 +51,8 @@ def scripted(*, responses: Sequence[str] = (), script: str | None = None, delay_
     if not script and not responses:
         raise ValueError("llm=scripted needs llm.responses=[...] or llm.script=module.function")
     source: Sequence[str] | Callable = resolve_callable(script) if script else list(responses)
-    return ScriptedLLM(source, cache=_cache(cache_dir), max_concurrency=max_concurrency, delay_s=delay_s)
+    return ScriptedLLM(source, cache=_cache(cache_dir), max_concurrency=max_concurrency, delay_s=delay_s,
+                       token_delay_s=token_delay_s)
 
 
 def resolve_callable(dotted: str) -> Callable:

@@ -122,7 +122,9 @@ class QuantLinear(nn.Module):
         s_lo, s_hi = scale_t.gather(1, pos_lo), scale_t.gather(1, pos_hi)
         self._meta = {
             "pos_lo": pos_lo.contiguous(), "pos_hi": pos_hi.contiguous(),
-            "pos_lo32": pos_lo.to(torch.int32).contiguous(), "pos_hi32": pos_hi.to(torch.int32).contiguous(),
+            # for the fused kernel: per tile, the rows then the group columns of its groups (no divisions)
+            "rc_lo": torch.cat([pos_lo // lay.groups_per_row, pos_lo % lay.groups_per_row], 1).to(torch.int32).contiguous(),
+            "rc_hi": torch.cat([pos_hi // lay.groups_per_row, pos_hi % lay.groups_per_row], 1).to(torch.int32).contiguous(),
             "s_lo": s_lo.contiguous(), "b_lo": (-s_lo * zero_t.gather(1, pos_lo)).contiguous(),
             "s_hi": s_hi.contiguous(), "b_hi": (-s_hi * zero_t.gather(1, pos_hi)).contiguous(),
         }
@@ -199,8 +201,8 @@ class QuantLinear(nn.Module):
             raise RuntimeError(f"fused CPU kernel unavailable: {fused_cpu.unavailable_reason()}")
         lay, m = self.layout, self._meta
         return kernel.fused_matmul(
-            x2.contiguous(), self.codes_lo, m["pos_lo32"], m["s_lo"], m["b_lo"],
-            self.codes_hi, m["pos_hi32"], m["s_hi"], m["b_hi"],
+            x2.contiguous(), self.codes_lo, m["rc_lo"], m["s_lo"], m["b_lo"],
+            self.codes_hi, m["rc_hi"], m["s_hi"], m["b_hi"],
             lay.tile_rows, lay.groups_per_row, lay.group_size, lay.bits_low, lay.bits_high)
 
     def extra_repr(self) -> str:

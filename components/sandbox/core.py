@@ -156,6 +156,11 @@ class Workspace:
     def close(self) -> None:
         shutil.rmtree(self._parent, ignore_errors=True)
 
+    def __del__(self) -> None:  # a safety net: callers should close() (or use `with`)
+        parent = getattr(self, "_parent", None)
+        if parent is not None:
+            shutil.rmtree(parent, ignore_errors=True)
+
     def __enter__(self) -> "Workspace":
         return self
 

@@ -12,7 +12,7 @@ from tests.checkpoint import _tiny
 ckpt_dir, iters, n_embd, resume = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 model, optimizer, scheduler, gen = _tiny.fresh(iters, n_embd)
 start = 0
-if resume:
+if resume and latest_checkpoint(ckpt_dir) is not None:  # killed before the first commit: start over
     start = restore_state(load_checkpoint(latest_checkpoint(ckpt_dir)), model, optimizer, scheduler, gen)
 ckpt = LazyAsyncCheckpointer(ckpt_dir, keep_last=3, checksum=True)
 ckpt.attach(optimizer)

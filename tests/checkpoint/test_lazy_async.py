@@ -235,7 +235,7 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
     reference = _reference_states(iters, n_embd)
     torn_seen, restored_steps = 0, []
     for kill in range(3):
-        proc = subprocess.Popen(child + ["0" if kill == 0 else "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(child + ["1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "started", proc.stderr.read()
         time.sleep(rng.uniform(0.1, 0.8))  # somewhere in training: mid-copy, mid-flush or mid-commit
@@ -243,14 +243,16 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
         proc.wait()
         torn_seen += any(".tmp-" in p.name for p in folder.iterdir())
         latest = latest_checkpoint(folder)
-        assert latest is not None
+        if latest is None:  # killed before the first commit: nothing may be listed
+            assert not restored_steps and not list_checkpoints(folder)
+            continue
         state = load_checkpoint(latest)  # checksums verified
         step = state["step"]
         m, o, s, g = _tiny.fresh(iters, n_embd)
         restore_state(state, m, o, s, g)
         _tiny.assert_bitwise_equal(reference[step], _tiny.flat_state(m, o))
         restored_steps.append(step)
-    assert restored_steps == sorted(restored_steps)
+    assert restored_steps and restored_steps == sorted(restored_steps)
     assert torn_seen >= 1, "no kill landed while a checkpoint was in flight"
     # Resume after the last crash and finish: identical to training that never crashed.
     done = tmp_path / "done"

@@ -1,8 +1,7 @@
 """`compile_calls` end to end through flows.platform.compose/run on a tiny config (scripted LLM: the
 flow's plumbing, not a model): MLflow params/metrics/artifacts, and every tool call a Prefect task run."""
 import json
-
-import pytest
+import time
 
 from flows.platform import compose, run
 
@@ -37,20 +36,16 @@ def test_compile_calls_flow_end_to_end(prefect_harness, flow_overrides, mlflow_u
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     flow_run_id = mlrun.data.tags["prefect.flow_run_id"]
-    with get_client(sync_client=True) as prefect_client:
-        task_runs = prefect_client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    tool_runs = [t for t in task_runs if t.task_key.startswith("tool-call") or t.name.split("-")[0] in
-                 ("search", "calculate", "python")]
     expected = sum(a["tool_calls"] for a in answers)
-    assert len(tool_runs) == expected and all(t.state.is_completed() for t in tool_runs)
-
-
-def test_wrong_keys_fail_at_composition(prefect_harness):
-    with pytest.raises(Exception, match="llm.modle"):
-        compose("compile_calls", ["llm.modle=x"])
-    with pytest.raises(Exception, match="agent.max_replan"):
-        compose("compile_calls", ["agent.max_replan=2"])
-    for option in ("embedded", "openai", "scripted"):  # every llm option composes into the one type
-        cfg = compose("compile_calls", [f"llm={option}"])
-        assert type(cfg.llm).__name__ == "LLMConfig" and cfg.llm._target_.endswith(
-            {"embedded": "embedded", "openai": "openai_compatible", "scripted": "scripted"}[option])
+    deadline = time.monotonic() + 60
+    while True:  # task-run states reach the API asynchronously: wait until they have all arrived
+        with get_client(sync_client=True) as prefect_client:
+            task_runs = prefect_client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        tool_runs = [t for t in task_runs if t.task_key.startswith("tool-call")]
+        if (len(tool_runs) >= expected and all(t.state and t.state.is_completed() for t in tool_runs)) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(tool_runs) == expected and {t.name for t in tool_runs} <= {"search", "calculate", "python"}
+    assert all(t.state.is_completed() for t in tool_runs)

@@ -211,3 +211,24 @@ def test_cost_ratio_and_unknown_method(llama_pair):
         build_decoder("beam", target, draft)
     with pytest.raises(ValueError, match="vocabulary"):
         build_decoder("sd", target, tiny_llama(vocab_size=32))
+
+
+def test_thread_pair_runs_draft_and_target_at_the_same_time_with_their_own_budgets():
+    import threading
+
+    from components.decoding.workers import ThreadPair
+
+    meeting = threading.Barrier(2, timeout=30)  # only passable if both jobs are running at once
+
+    def job():
+        meeting.wait()
+        torch.ones(256, 256) @ torch.ones(256, 256)  # a parallel kernel must not reset the budget
+        return threading.current_thread().name, torch.get_num_threads()
+
+    pair = ThreadPair(draft_threads=1, target_threads=2)
+    try:
+        (draft_name, draft_threads), (target_name, target_threads) = pair.run(job, job)
+    finally:
+        pair.close()
+    assert draft_name.startswith("draft") and target_name.startswith("target")
+    assert (draft_threads, target_threads) == (1, 2)

@@ -99,3 +99,11 @@ def test_local_training_learns_and_is_deterministic():
     assert fl_task.evaluate(trained, ds.x_test, ds.y_test, spec)[1] > fl_task.evaluate(w0, ds.x_test, ds.y_test, spec)[1] + 0.3
     with pytest.raises(ValueError, match="dataset"):
         fl_task.load_dataset("cifar10")
+
+
+def test_mnist1d_is_generated_offline_and_trains_a_1d_cnn():
+    ds = fl_task.load_dataset("mnist1d", seed=0)
+    assert ds.x_train.shape == (4000, 1, 40) and ds.x_test.shape == (1000, 1, 40) and ds.n_classes == 10
+    spec = fl_task.ModelSpec("cnn", ds.input_shape, ds.n_classes, width=4)
+    update = fl_task.local_train(fl_task.initial_weights(spec, 0), ds.x_train[:200], ds.y_train[:200], 3, spec)
+    assert update["delta"]["0.weight"].shape == (4, 1, 3) and np.isfinite(update["train_loss"])

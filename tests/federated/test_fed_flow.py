@@ -42,8 +42,10 @@ def test_wrong_keys_and_values_fail_with_their_name(flow_overrides):
         _check(cfg)
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedasync", "fedbuff", "fedcompass"])
-@pytest.mark.parametrize("speed", ["homogeneous", "normal", "exponential", "drifting"])
-def test_every_group_option_composes(flow_overrides, strategy, speed):
-    cfg = compose("federated", flow_overrides + [f"fed_strategy={strategy}", f"fed_speed={speed}", "fed_data=mnist1d"])
-    assert cfg.fed_strategy.name == strategy and cfg.fed_data.name == "mnist1d"
+@pytest.mark.parametrize("strategy,speed,data", [("fedavg", "homogeneous", "mnist1d"), ("fedasync", "normal", "digits"),
+                                                 ("fedbuff", "exponential", "mnist1d"), ("fedcompass", "drifting", "digits")])
+def test_every_group_option_composes(flow_overrides, strategy, speed, data):
+    cfg = compose("federated", flow_overrides + [f"fed_strategy={strategy}", f"fed_speed={speed}", f"fed_data={data}"])
+    assert (cfg.fed_strategy.name, cfg.fed_data.name) == (strategy, data)
+    assert cfg.fed_speed.kind == ("normal" if speed == "drifting" else speed)
+    assert (cfg.fed_speed.drift_time is not None) == (speed == "drifting")

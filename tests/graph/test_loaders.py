@@ -121,3 +121,16 @@ def test_unknown_loader_option_fails_clearly(small_graph):
         StagedFeatureLoader(small_graph, small_graph.train_idx, [5], 64, align_rows=True)
     with pytest.raises(ValueError, match="fanouts"):
         StagedFeatureLoader(small_graph, small_graph.train_idx, [0], 64)
+
+
+def test_worker_thread_limit_is_restored_after_the_epoch(small_graph):
+    g = small_graph
+    before = torch.get_num_threads()
+    loader = ZeroCopyFeatureLoader(g, g.train_idx, [5, 5], 256, max_batches=3, worker_threads=1)
+    with loader.epoch(0) as batches:
+        assert len(list(batches)) == 3
+    seen = []
+    probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    probe.start()
+    probe.join()
+    assert torch.get_num_threads() == before and seen == [before]  # threads made later are not limited

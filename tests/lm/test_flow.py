@@ -45,3 +45,15 @@ def test_demo_overrides_compose():
     spec = get_spec("lm_train")
     cfg = compose("lm_train", spec.demo_overrides)
     assert cfg.train.iters <= 50 and cfg.model.n_layer <= 2
+
+
+def test_wrong_key_or_model_kind_is_named():
+    import pytest
+
+    with pytest.raises(Exception, match="train.bogus"):
+        compose("lm_train", ["train.bogus=1"])
+    from tasks.lm_train import build_model
+
+    cfg = compose("lm_train", ["model.kind=rnn"])
+    with pytest.raises(ValueError, match="model.kind must be 'gpt' or 'smollm2', got 'rnn'"):
+        build_model(cfg.model)

@@ -9,6 +9,7 @@ SPECS = {
     "mixed_u8_int": QuantSpec(frac_high=0.25),
     "rtn2": QuantSpec(frac_high=0.0),
     "rtn4": QuantSpec(frac_high=1.0),
+    "mixed_int_zero": QuantSpec(frac_high=0.25, zero_format="int"),
     "mixed_fp16": QuantSpec(frac_high=0.3, scale_format="fp16", zero_format="fp16", tile_rows=8),
 }
 
@@ -59,7 +60,9 @@ def test_gptq_lowers_the_output_error_on_correlated_inputs():
         layer = QuantLinear.from_packed(quantize_weight(w, spec, hessian=hessian), mode="naive")
         return float((layer(x) - x @ w.t()).pow(2).mean())
 
-    assert out_err(QuantSpec(method="gptq", frac_high=0.25)) < out_err(QuantSpec(method="rtn", frac_high=0.25))
+    for zero_format in ("u8", "int"):
+        assert out_err(QuantSpec(method="gptq", frac_high=0.25, zero_format=zero_format)) < out_err(
+            QuantSpec(method="rtn", frac_high=0.25, zero_format=zero_format))
 
 
 def test_hqq_fits_if_installed():

@@ -33,6 +33,17 @@ def test_bits_per_weight_matches_a_hand_count():
     assert packed.bits_per_weight() == pytest.approx(2.8125)
 
 
+def test_bits_with_second_order_minima_match_a_hand_count():
+    # Same layer, zero_format=u8: an 8-bit minimum code per group replaces the packed integer zeros,
+    # plus an fp16 (lowest, step) pair per row.
+    spec = QuantSpec(group_size=64, tile_rows=16, frac_high=0.25, scale_format="u8", zero_format="u8")
+    packed = quantize_weight(llm_like_weight(32, 128), spec)
+    per_tile = 24 * 64 * 2 + 8 * 64 * 4 + 32 * 8 + 32 * 8 + 32  # codes, scale codes, min codes, map
+    per_row = 16 + 2 * 16  # scale base; min lowest + step
+    assert sum(packed.bits().values()) == 2 * per_tile + 32 * per_row
+    assert packed.bits()["zeros"] == 2 * 32 * 8 + 32 * 32
+
+
 def test_fp16_scales_and_zeros_are_counted_at_16_bits():
     spec = QuantSpec(frac_high=0.0, scale_format="fp16", zero_format="fp16")
     packed = quantize_weight(llm_like_weight(32, 128), spec)

@@ -1,0 +1,26 @@
+"""The Flower driver: FedCompass's scheduler over real ClientApps in Flower's simulation engine (Ray).
+
+Slow (Ray start-up): `pytest -m slow tests/federated/test_fed_flower.py`.
+"""
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.platform import compose, run
+
+
+@pytest.mark.slow
+def test_flower_driver_runs_compass_with_a_crashed_client(prefect_harness, flow_overrides, mlflow_uri):
+    # Client 0 crashes on its first message (its ClientApp raises): the server counts it lost and
+    # the two others keep the run going to 4 global updates.
+    overrides = flow_overrides + ["driver=flower", "rounds=4", "clients=3", "fed_strategy.q_max=8",
+                                  "fed_strategy.q_min=2", "model.width=4", "flower.seconds_per_virtual_second=0.02",
+                                  "crash_clients=[0]", "crash_at=0.0", "flower.timeout=300"]
+    result = run(compose("federated", overrides))
+    assert result["metrics"]["global_updates"] == 4
+    client = MlflowClient(mlflow_uri)
+    path = client.download_artifacts(result["run_id"], "federated/aggregations.json")
+    import json
+
+    records = json.loads(open(path).read())
+    assert len(records) == 4 and all(0 not in r["clients"] for r in records)
+    assert [m.step for m in client.get_metric_history(result["run_id"], "accuracy")] == [1, 2, 3, 4]
