@@ -5,8 +5,8 @@ and how wall time scales with parallel workers against a remote LLM.
   synthetic.py: a hypothesis picks one option per slot, its quality is a hidden sum) and a judge
   that picks the truly better hypothesis but is WRONG 20% of the time (also in debates). Kendall tau
   between the final Elo order and the true quality, vs the compute budget (LLM calls), for the
-  configured Elo (K 32 shrinking to 12 as a hypothesis plays) and the plain fixed K = 32, side by
-  side on the same seeds. Fixed pool of 12 hypotheses (generation then ranking only), so tau
+  configured Elo (K 32 shrinking to 8 as a hypothesis plays, debates for top-4 pairs), the plain
+  fixed K = 32, and single-turn comparisons only, side by side on the same seeds. Fixed pool of 12 hypotheses (generation then ranking only), so tau
   measures the tournament and nothing else.
 - Duplicates: the full loop (generate / review / rank / evolve / meta-review) where Generation
   restates an existing hypothesis 30% of the time; duplicate rate among the hypotheses that stay in
@@ -58,7 +58,9 @@ def kendall_tau(sup: Supervisor, science: SyntheticScience) -> float:
 
 
 def tau_vs_budget(budgets: list[int], seeds: int, proximity: Proximity) -> dict:
-    variants = {"elo_k32_to_12": EloConfig(), "elo_fixed_k32": EloConfig(k_factor=32, k_min=32)}
+    variants = {"configured": EloConfig(),  # K 32 -> 8, debates between top-4 pairs (the flow's defaults)
+                "fixed_k32": EloConfig(k_factor=32, k_min=32),  # the plain Elo rule of the reproductions
+                "single_turn_only": EloConfig(top_k=0)}  # no debates: every call is one verdict
     rank_only = SupervisorConfig(max_parallel=1, initial_hypotheses=POOL,
                                  weights=WorkWeights(generate=0, rank=1, evolve=0, meta_review=0))
     out: dict = {name: [] for name in variants}
@@ -255,8 +257,8 @@ def plot(results: dict):
 def main(argv=None) -> None:
     args = parse_mode(__doc__.split("\n")[0], argv)
     quick = not args.full
-    seeds = 4 if quick else 8
-    budgets = [48, 96, 168, 240, 360] if quick else [48, 96, 168, 240, 360, 480]
+    seeds = 6 if quick else 10
+    budgets = [48, 120, 240, 360] if quick else [48, 96, 168, 240, 360, 480]
     tracking_uri = args.tracking_uri or None
     started = time.perf_counter()
     tfidf = Proximity(ProximityConfig(backend="tfidf"))  # the ranking pool has no restatements: cheap backend
@@ -281,7 +283,7 @@ def main(argv=None) -> None:
     results["total_wall_s"] = time.perf_counter() - started
 
     moderate = POOL * MODERATE_CALLS_PER_HYPOTHESIS
-    row = next(r for r in results["ranking"]["elo_k32_to_12"] if r["budget_calls"] == moderate)
+    row = next(r for r in results["ranking"]["configured"] if r["budget_calls"] == moderate)
     comp = results["parallel"]["component"]
     top_w = max(comp["workers"])
     targets = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from itertools import product
@@ -65,17 +66,24 @@ def run_one(setting: dict) -> dict:
     return {**setting, "summary": summary, "curve": curve}
 
 
+def thin(curve: list, points: int = 150) -> list:
+    """At most `points` samples of an accuracy curve (FedAsync logs hundreds), keeping the last."""
+    step = max(1, math.ceil(len(curve) / points))
+    return curve[::step] + ([curve[-1]] if curve and (len(curve) - 1) % step else [])
+
+
 def median(values):
     finite = [v for v in values if v is not None]
     return statistics.median(finite) if finite else math.nan
 
 
-def ratio(a: float, b: float) -> float:
-    if math.isinf(a) and math.isinf(b):
-        return math.nan
-    if math.isinf(b):
-        return 0.0
-    return a / b if b > 0 else math.inf
+def ratio(compass: float, baseline: float) -> float:
+    """FedCompass's time to target over a baseline's. A baseline that never reaches the target within
+    the budget is censored at the budget, so the ratio is then an upper bound of the true one; runs
+    where neither reaches it are left out (nan); FedCompass alone missing it gives inf."""
+    if math.isinf(compass):
+        return math.nan if math.isinf(baseline) else math.inf
+    return compass / min(baseline, TIME_BUDGET)
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -88,7 +96,7 @@ def aggregate(runs: list[dict]) -> dict:
         if rows:
             entry = {k: median([row[k] for row in rows]) for k in keys}
             entry["reached_target"] = sum(math.isfinite(row["time_to_target"]) for row in rows) / len(rows)
-            table.setdefault(speed, {}).setdefault(f"m={m}", {})[method] = entry
+            table.setdefault(speed, {}).setdefault(f"m{m}", {})[method] = entry
     return table
 
 
@@ -132,20 +140,28 @@ def figure(runs: list[dict], table: dict):
     cells = [(s, k) for s in table for k in table[s]]
     for i, method in enumerate(METHODS):
         values = [table[s][k][method]["time_to_target"] for s, k in cells]
-        axes[1].bar([j + i * width for j in range(len(cells))], [v if math.isfinite(v) else 0 for v in values],
-                    width, label=method)
+        xs = [j + i * width for j in range(len(cells))]
+        bars = axes[1].bar(xs, [v if math.isfinite(v) else TIME_BUDGET for v in values], width, label=method)
+        for bar, v in zip(bars, values):
+            if not math.isfinite(v):  # median run never reached the target within the budget
+                bar.set_hatch("//")
+                bar.set_alpha(0.35)
     labels = [f"{s}\n{k}" for s, k in cells]
     axes[1].set_xticks([j + 1.5 * width for j in range(len(cells))], labels, fontsize=7)
-    axes[1].set(ylabel="median virtual time to target", title=f"time to {TARGET_ACCURACY:.0%} accuracy (lower is better)")
+    axes[1].set(ylabel="median virtual time to target", title=f"time to {TARGET_ACCURACY:.0%} accuracy (lower is better; hatched: not reached in budget)")
     axes[1].legend()
     fig.tight_layout()
     return fig
 
 
 def main(argv=None) -> None:
-    from benchmarks.common import parse_mode, target, write_result
+    from benchmarks.common import parse_mode
 
-    args = parse_mode(__doc__.split("\n")[0], argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rescore = "--rescore" in argv  # recompute tables/targets from the runs in the existing JSON
+    args = parse_mode(__doc__.split("\n")[0], [a for a in argv if a != "--rescore"])
+    if rescore:
+        return rescore_saved(args)
     if args.full:
         seeds, parts, speeds_, clients = SEEDS, PARTITIONS, SPEEDS, CLIENTS
     else:
@@ -157,6 +173,14 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         runs = list(pool.map(run_one, settings))
+    score(runs, args, dict(seeds=list(seeds), partitions=list(parts), speeds=list(speeds_), clients=list(clients)),
+          time.perf_counter() - started)
+
+
+def score(runs: list[dict], args, grid: dict, wall_seconds: float) -> None:
+    """Tables, paired ratios, targets, JSON + plot + MLflow from the finished runs."""
+    from benchmarks.common import target, write_result
+
     table = aggregate(runs)
     ratios = paired_ratios(runs, "exponential")
     exp_cells = [table["exponential"][k] for k in table.get("exponential", {})]
@@ -175,17 +199,50 @@ def main(argv=None) -> None:
                   "staleness": "polynomial (u+1)^-0.5", "fedbuff_buffer": BUFFER_SIZE,
                   "client_weighting": WEIGHTING, "lr": LR, "batch_size": BATCH, "lambda": 1.5,
                   "beta": 0.9, "time_budget_virtual_s": TIME_BUDGET, "target_accuracy": TARGET_ACCURACY,
-                  "seeds": list(seeds), "partitions": list(parts), "speeds": list(speeds_), "clients": list(clients),
+                  **grid, "ttt_ratio": "per setting FedCompass / baseline, baseline censored at the budget "
+                                       "when it never reaches the target (then an upper bound); median over settings",
                   "speed_mean_s_per_step": 1.0, "exponential_floor": "0.1 x mean",
                   "note": "virtual-time figures are deterministic; wall_seconds is noisy (shared 2-core machine)"},
         "table_medians": table,
         "exponential_paired": ratios,
         "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs],
-        "curves": {f"{r['method']}|{r['partition']}|{r['speed']}|m={r['clients']}|seed={r['seed']}": r["curve"]
-                   for r in runs if r["seed"] == 0},
-        "wall_seconds_total": time.perf_counter() - started,
+        "curves_seed0": {f"{r['method']}|{r['partition']}|{r['speed']}|m{r['clients']}": thin(r["curve"])
+                         for r in runs if r["seed"] == 0},
+        "wall_seconds_total": wall_seconds,
     }
-    write_result("federated", results, targets, figure=figure(runs, table), args=args)
+    write_result("federated", json_safe(results), targets, figure=figure(runs, table), args=args)
+
+
+def json_safe(obj):
+    """inf / nan (a target never reached) become null so the file is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def rescore_saved(args) -> None:
+    """Rebuild the runs (summaries + seed-0 curves) from benchmarks/results/federated.json and score again."""
+    import json
+
+    from benchmarks.common import RESULTS_DIR
+
+    saved = json.loads((RESULTS_DIR / "federated.json").read_text())
+    res = saved["results"]
+    curves = res.get("curves_seed0") or {k.replace("|m=", "|m").rsplit("|seed=", 1)[0]: v
+                                         for k, v in res.get("curves", {}).items() if k.endswith("|seed=0")}
+    runs = []
+    for r in res["runs"]:
+        r = dict(r)
+        r["summary"] = {k: (math.inf if v is None else v) for k, v in r["summary"].items()}
+        r["curve"] = curves.get(f"{r['method']}|{r['partition']}|{r['speed']}|m{r['clients']}", [])
+        runs.append(r)
+    args.full = saved["mode"] == "full"
+    grid = {k: res["setup"][k] for k in ("seeds", "partitions", "speeds", "clients")}
+    score(runs, args, grid, res["wall_seconds_total"])
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ from pathlib import Path
 from benchmarks.common import parse_mode, target, write_result
 
 PAPER_REFERENCE = {  # upstream trajectories (Spider dev / NL2Bash on MySQL / Docker): context, not targets
-    "sql": {"gpt-4 single turn": 0.091, "gpt-4 try again (10 turns)": 0.737, "gpt-3.5 react": 0.587,
-            "gpt-3.5 plan & solve": 0.491, "human": 0.867},
-    "bash": {"gpt-4 try again (10 turns)": 0.485, "gpt-3.5 react": 0.205},
+    "sql": {"gpt-4 single turn": 0.091, "gpt-4 try again 10 turns": 0.737, "gpt-3.5 react": 0.587,
+            "gpt-3.5 plan and solve": 0.491, "human": 0.867},
+    "bash": {"gpt-4 try again 10 turns": 0.485, "gpt-3.5 react": 0.205},
 }
 POLICIES = ["single_turn", "try_again", "react", "plan_solve"]
 
@@ -83,7 +83,13 @@ def llm_phase(asset_dir: Path, llm, n_sql: int, n_bash: int, turns: int, max_tok
                         unplayed[kind][name] += 1
                         continue
                     index = chosen[kind][round_]
-                    episode = build_policy(name, llm, turns, max_tokens).run(env, index).as_dict()
+                    try:
+                        episode = build_policy(name, llm, turns, max_tokens).run(env, index).as_dict()
+                    except KeyboardInterrupt:  # SIGINT/SIGTERM: stop playing, keep what was measured
+                        print("interrupted: the remaining episodes count as unplayed", flush=True)
+                        budget_s = -1.0
+                        unplayed[kind][name] += 1
+                        continue
                     episodes[kind][name].append(episode)
                     print(f"{kind} {TASK_SETS[kind][index].id} {name}: reward {episode['reward']:.2f}, "
                           f"{episode['n_turns']} turns, {episode['wall_seconds']:.0f} s"
@@ -126,6 +132,9 @@ def plot(results: dict):
 
 
 def main(argv: list[str] | None = None) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` ends the LLM phase gracefully
     extra, rest = own_args(list(sys.argv[1:] if argv is None else argv))
     args = parse_mode(__doc__.split("\n")[0], rest)
     from components.intercode import assets

@@ -7,7 +7,7 @@ from typing import Optional
 
 from components.compiler.evaluation import AgentSettings
 from flows.platform import FlowConfig, system_flow
-from tasks.compile_calls import ToolsConfig, prefect_submit, tool_descriptions
+from tasks.compile_calls import ToolsConfig, prefect_submit, tool_descriptions, warm_up
 from tasks.llm import LLMConfig, build_llm, log_llm_usage
 from tasks.tracking import Tracker
 
@@ -43,6 +43,7 @@ def compile_calls(cfg: CompileCallsConfig, tracker: Tracker) -> dict[str, float]
     llm = build_llm(cfg.llm, base_dir=cfg.work_path("compile_calls"))
     tools, submit = tool_descriptions(cfg.tools), prefect_submit(cfg.tools)
     agents = {m: build_agent(m, llm, tools, submit, cfg.agent) for m in cfg.methods}
+    warm_up(cfg.tools, calls=max(cfg.runner.max_workers, cfg.runner.n_workers))  # not measured
     tracker.log_dict({"questions": [asdict(q) for q in questions],
                       "knowledge_base": {e.name: e.attributes for e in kb.entities.values()}}, "inputs.json")
 

@@ -7,6 +7,7 @@ table, plots and JSON in MLflow.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Optional
@@ -138,11 +139,12 @@ def _summary(table: dict, main: str) -> dict[str, float]:
 
 def _speed_summary(timing: dict) -> dict[str, float]:
     out = {"memory_gb_per_s": timing["memory_gb_per_s"]}
-    largest = max(timing["matvec"], key=lambda k: eval(k.replace("x", "*")))  # noqa: S307 - "576x1536" only
-    per = timing["matvec"][largest]
-    for method in ("naive", "pipelined", "fused"):
-        if method in per:
-            out[f"matvec_speedup_{method}_largest"] = per["fp32"]["seconds"] / per[method]["seconds"]
+    if timing["matvec"]:  # no QuantLinear when the chosen method is fp32
+        largest = max(timing["matvec"], key=lambda k: math.prod(int(d) for d in k.split("x")))
+        per = timing["matvec"][largest]
+        for method in ("naive", "pipelined", "fused"):
+            if method in per:
+                out[f"matvec_speedup_{method}_largest"] = per["fp32"]["seconds"] / per[method]["seconds"]
     for label, tps in timing.get("decode_tokens_per_s", {}).items():
         out[f"decode_tokens_per_s_{label}"] = tps
     return out
@@ -172,7 +174,7 @@ def _log_results(tracker: Tracker, rows: list[dict], timing: dict, cfg: Quantize
         ax1.legend()
     ax1.set(xlabel="bits / weight", ylabel=f"perplexity (context {cfg.eval.context})", title="accuracy vs size")
     shapes = list(timing["matvec"])
-    methods = [m for m in ("fp32", "naive", "pipelined", "fused") if m in timing["matvec"][shapes[0]]]
+    methods = [m for m in ("fp32", "naive", "pipelined", "fused") if shapes and m in timing["matvec"][shapes[0]]]
     for i, m in enumerate(methods):
         ax2.bar([j + i * 0.2 for j in range(len(shapes))], [timing["matvec"][s][m]["seconds"] * 1e6 for s in shapes],
                 width=0.2, label=m)

@@ -81,9 +81,8 @@ def run_flower(cfg: Any, federation: Federation, on_event) -> Any:
 
     from components.federated import flower_driver
 
-    if cfg.flower.backend != "simulation":
-        raise ValueError(f"flower.backend={cfg.flower.backend!r} is not supported by the flow; use simulation "
-                         "(SuperLink + SuperNodes on loopback: see docs/flows/federated.md)")
+    if cfg.flower.backend not in ("simulation", "deployment"):
+        raise ValueError(f"flower.backend must be simulation or deployment, got {cfg.flower.backend!r}")
     clock = flower_driver.VirtualWallClock(cfg.flower.seconds_per_virtual_second)
     scheduler = build_scheduler(cfg.fed_strategy, cfg.clients, federation.num_examples,
                                 federation.initial_weights, clock, cfg.client_weighting)
@@ -92,6 +91,28 @@ def run_flower(cfg: Any, federation: Federation, on_event) -> Any:
         seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size,
         seconds_per_virtual_second=cfg.flower.seconds_per_virtual_second,
         crash_clients=list(cfg.crash_clients), crash_at=cfg.crash_at)
+    if cfg.flower.backend == "deployment":
+        return _run_loopback_deployment(cfg, settings, on_event)
     run = flower_driver.FlowerRun(scheduler, settings, federation.evaluate, max_updates=cfg.rounds,
                                   target_accuracy=cfg.target_accuracy, timeout=cfg.flower.timeout, on_event=on_event)
     return flower_driver.run_in_simulation(run)
+
+
+def _run_loopback_deployment(cfg: Any, settings, on_event) -> Any:
+    """flower.backend=deployment: SuperLink + one SuperNode per client on 127.0.0.1 (stopped afterwards)."""
+    import json
+    import math
+    from dataclasses import asdict
+
+    from components.federated.loopback import run_on_loopback
+    from components.federated.schedulers import AggregationRecord
+    from components.federated.simulator import SimulationResult
+
+    out = run_on_loopback(settings.to_json(), json.dumps(asdict(cfg.fed_strategy)), cfg.rounds, cfg.clients,
+                          cfg.target_accuracy, cfg.client_weighting, cfg.flower.timeout,
+                          workdir=str(cfg.work_path("federated", "loopback")))
+    for row in out["history"]:
+        on_event(row)  # logged after the run: the ServerApp ran in the SuperLink's process
+    summary = {k: (math.inf if v is None else v) for k, v in out["summary"].items()}
+    records = [AggregationRecord(**r) for r in out["records"]]
+    return SimulationResult(out["history"], records, out["weights"], summary, 0, out["lost"])

@@ -6,7 +6,7 @@ import shutil
 import statistics
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from prefect import get_run_logger, task
 

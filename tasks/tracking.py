@@ -46,6 +46,15 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): obj}
 
 
+_SECRET_KEY_PARTS = ("api_key", "apikey", "password", "secret", "token")
+
+
+def _is_secret(key: str) -> bool:
+    """Params are visible to everyone with the MLflow UI: never log credentials."""
+    last = key.rsplit(".", 1)[-1].lower()
+    return any(part in last for part in _SECRET_KEY_PARTS) and not last.endswith(("_tokens", "_env"))
+
+
 class Tracker:
     """Logs params, stepped metrics and artifacts to one MLflow run."""
 
@@ -78,7 +87,7 @@ class Tracker:
         from mlflow.entities import Param
 
         flat = flatten(dict(params))
-        batch = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in flat.items()]
+        batch = [Param(k, "***" if _is_secret(k) and v else str(v)[:_MAX_PARAM_CHARS]) for k, v in flat.items()]
         for start in range(0, len(batch), 100):  # MLflow accepts at most 100 params per batch
             self.client.log_batch(self.run_id, params=batch[start : start + 100])
 
@@ -134,7 +143,7 @@ class Tracker:
             pass  # already registered: add a version
         source = f"{self.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(registered_name, source=source, run_id=self.run_id)
-        return version.version
+        return str(version.version)
 
     def iter_metric_history(self, key: str) -> Iterator[tuple[int, float]]:
         for m in self.client.get_metric_history(self.run_id, key):
@@ -152,7 +161,7 @@ def load_registered_model_dir(name: str, tracking_uri: str | None = None, versio
     if not versions:
         raise LookupError(f"no registered model named {name!r} in the MLflow store at {uri}")
     chosen = max(versions, key=lambda v: int(v.version)) if version is None else next(
-        (v for v in versions if v.version == str(version)), None
+        (v for v in versions if str(v.version) == str(version)), None
     )
     if chosen is None:
         raise LookupError(f"model {name!r} has no version {version}; have {[v.version for v in versions]}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
-from components.compiler.fetching import Submit, TaskFetchingUnit, TaskRecord
+from components.compiler.fetching import Submit, TaskFetchingUnit, TaskRecord, resolve
 from components.compiler.plan import END_OF_PLAN, StreamingPlanParser, Task, iter_tasks, parse_call
 from components.compiler.prompts import joiner_messages, planner_messages, react_messages, scratchpad
 from components.llm.base import LLM
@@ -37,15 +37,6 @@ class AgentResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve(handle: Any) -> ToolResult:
-    """The ToolResult behind whatever `submit` returned (a future or the result itself)."""
-    try:
-        result = handle.result() if hasattr(handle, "result") else handle
-    except Exception as err:  # a failed call is an observation the agent reads
-        return ToolResult(error=f"{type(err).__name__}: {err}")
-    return result if isinstance(result, ToolResult) else ToolResult(value=result, text=str(result))
 
 
 def parse_final(text: str) -> tuple[str, str] | None:
@@ -104,7 +95,7 @@ class LLMCompiler:
             errors += [f"task {i} failed: {r.result.error}" for i, r in records.items()
                        if r.result is not None and not r.result.ok]
             result.errors += errors
-            result.tool_calls += sum(1 for r in records.values() if r.call_args or r.call_kwargs)
+            result.tool_calls += sum(r.submitted for r in records.values())
             join_messages = joiner_messages(question, steps + [("Plan errors", "; ".join(errors))] if errors else steps)
             joined = self.llm.chat(join_messages, max_tokens=self.joiner_max_tokens, temperature=self.temperature)
             decision = parse_final(joined.text)
@@ -124,7 +115,7 @@ class LLMCompiler:
                 result.errors.append(f"joiner asked to replan with no replans left: {argument}")
                 break
             result.replans += 1
-            context = scratchpad(round_steps) + f"\nReplan because: {argument}"
+            context = scratchpad(steps) + f"\nReplan because: {argument}"  # every round so far
         result.latency_s = time.perf_counter() - start
         usage.fill(result)
         return result
@@ -208,7 +199,7 @@ def _strip_thought(text: str) -> str:
 def _render_call(record: TaskRecord) -> str:
     """The call as executed (with $N replaced), which a small model reads more easily."""
     t = record.task
-    if not (record.call_args or record.call_kwargs):
+    if not record.submitted:
         return t.render()
     return Task(t.idx, t.tool, record.call_args, record.call_kwargs).render()
 

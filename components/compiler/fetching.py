@@ -47,7 +47,18 @@ class TaskRecord:
     finished_at: float | None = None
     call_args: tuple = ()  # after $N substitution
     call_kwargs: dict = field(default_factory=dict)
+    submitted: bool = False  # handed to `submit` (not a join, not skipped)
     result: ToolResult | None = None
+
+
+def resolve(handle: Any) -> ToolResult:
+    """The ToolResult behind whatever `submit` returned (a future or the result itself); a failed
+    call becomes an error observation the agent reads, not an exception."""
+    try:
+        result = handle.result() if hasattr(handle, "result") else handle
+    except Exception as err:
+        return ToolResult(error=f"{type(err).__name__}: {err}")
+    return result if isinstance(result, ToolResult) else ToolResult(value=result, text=str(result))
 
 
 def render_observation(value: Any) -> str:
@@ -88,10 +99,8 @@ class TaskFetchingUnit:
 
         def await_result(idx: int, handle: Any) -> None:
             try:
-                result = handle.result() if hasattr(handle, "result") else handle
-                if not isinstance(result, ToolResult):
-                    result = ToolResult(value=result, text=str(result))
-            except BaseException as err:  # a failed call is an observation, not a crash
+                result = resolve(handle)
+            except BaseException as err:  # e.g. a cancelled future: the loop must still hear back
                 result = ToolResult(error=f"{type(err).__name__}: {err}")
             events.put(("done", (idx, result)))
 
@@ -121,6 +130,7 @@ class TaskFetchingUnit:
                     self._finish(record, ToolResult(error=f"could not dispatch: {type(err).__name__}: {err}"),
                                  finished, now())
                     continue
+                record.submitted = True
                 in_flight += 1
                 threading.Thread(target=await_result, args=(idx, handle), daemon=True,
                                  name=f"await-task-{idx}").start()

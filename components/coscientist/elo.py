@@ -23,9 +23,9 @@ from typing import Mapping, Sequence
 class EloConfig:
     initial: float = 1200.0  # the paper's starting rating for every new hypothesis
     k_factor: float = 32.0  # reproductions use K = 24-32; larger moves faster, noisier
-    k_min: float = 12.0  # K shrinks from k_factor towards this as a hypothesis plays (FIDE-style
-    #                     provisional ratings); equal to k_factor: the plain fixed-K Elo
-    k_halving_matches: float = 8.0  # matches after which K has come halfway down to k_min
+    k_min: float = 8.0  # K shrinks from k_factor towards this as a hypothesis plays (FIDE-style
+    #                    provisional ratings: fast to place, stable once placed); = k_factor: plain fixed-K Elo
+    k_halving_matches: float = 4.0  # matches after which K has come halfway down to k_min
     top_k: int = 4  # "top-ranked": pairs inside the top k get multi-turn debates
     debate_min_matches: int = 2  # a debate only once both ratings have some evidence behind them
     debate_turns: int = 3  # argument turns before the judge's verdict (one LLM call each)

@@ -47,7 +47,7 @@ def plot_elo_history(state: TournamentState, highlight: list[str]):
     ax.set_xlabel("match")
     ax.set_ylabel("Elo")
     ax.set_title("Elo history (top hypotheses highlighted)")
-    if highlight:
+    if ax.get_legend_handles_labels()[0]:  # no matches yet: nothing to label
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig

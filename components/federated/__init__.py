@@ -6,5 +6,7 @@
 - `aggregators`: FedAvg and the staleness-weighted server step of FedAsync / FedBuff / FedCompass.
 - `schedulers`: `CompassScheduler` and the FedAvg / FedAsync / FedBuff servers, one event interface.
 - `simulator`: a deterministic discrete-event driver in virtual time.
-- `flower_driver`, `client_app`, `server_app`: the same schedulers over real Flower ClientApps.
+- `federation`: builds a run (data split, model, speeds, scheduler) from plain settings.
+- `flower_driver`, `client_app`, `server_app`: the same schedulers over real Flower ClientApps;
+  `loopback`: SuperLink + SuperNodes on 127.0.0.1 for the deployment mode.
 """

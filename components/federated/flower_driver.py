@@ -240,3 +240,21 @@ def run_in_simulation(run: FlowerRun, client_app_module: str = "components.feder
         raise RuntimeError("the Flower ServerApp ended without a result (see Flower's log above)")
     return run.result
 
+
+
+def flower_run_from_run_config(run_config: dict) -> FlowerRun:
+    """A deployment ServerApp's run, rebuilt from plain run-config values (JSON strings)."""
+    from types import SimpleNamespace
+
+    from components.federated.federation import build_federation, build_scheduler
+
+    settings = FederationSettings(**json.loads(run_config["settings"]))
+    strategy = SimpleNamespace(**json.loads(run_config["strategy"]))
+    fed = build_federation(SimpleNamespace(**settings.data), SimpleNamespace(**settings.model),
+                           settings.n_clients, settings.seed)
+    clock = VirtualWallClock(settings.seconds_per_virtual_second)
+    scheduler = build_scheduler(strategy, settings.n_clients, fed.num_examples, fed.initial_weights, clock,
+                                str(run_config.get("client-weighting", "equal")))
+    target = float(run_config.get("target-accuracy", -1.0))
+    return FlowerRun(scheduler, settings, fed.evaluate, max_updates=int(run_config["rounds"]),
+                     target_accuracy=target if target >= 0 else None, timeout=float(run_config.get("timeout", 600.0)))

@@ -66,16 +66,21 @@ class Episode:
 
 
 def extract_code(text: str, language: str) -> Optional[str]:
-    """The command in a model response: a fenced block first; else a bare line that looks like code."""
+    """The command in a model response: a fenced block first (one left open because the response
+    was cut at max_tokens counts up to the end); else a bare line that looks like code."""
     fenced = re.findall(r"```[ \t]*([A-Za-z]*)[ \t]*\n?(.*?)```", text, re.S)
     for tag, body in fenced:
         if body.strip() and tag.lower() in ("", language, "sh", "shell", "sqlite", "mysql"):
             return body.strip()
     if fenced and fenced[0][1].strip():
         return fenced[0][1].strip()
-    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    unterminated = re.search(r"```[ \t]*[A-Za-z]*[ \t]*\n(.+)$", text, re.S)
+    if unterminated and "```" not in unterminated.group(1) and unterminated.group(1).strip():
+        return unterminated.group(1).strip()
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip() and not line.strip().startswith("```")]
+    first = lines[0] if lines else ""
     if language == "sql" and SQL_START.match(first):
-        return text.strip().split("\n\n")[0].strip()
+        return re.sub(r"```[A-Za-z]*", "", text).strip().split("\n\n")[0].strip()  # up to a blank line
     if language == "bash" and first and not first.endswith((".", ":", "?")) and len(first.split()) <= 30:
         return first.strip("`")
     return None

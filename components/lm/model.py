@@ -219,6 +219,7 @@ class GPT(nn.Module):
             state.pop("lm_head.weight", None)  # shared with wte.weight; re-tied on load
         tmp = folder / (WEIGHTS_FILE + ".tmp")
         save_file(state, str(tmp), metadata={"format": "pt"})
+        tmp.chmod(0o644)  # readable by the serving and quantizing users too
         tmp.replace(folder / WEIGHTS_FILE)
         (folder / CONFIG_FILE).write_text(json.dumps({"model_type": "gpt", **asdict(self.config)}, indent=2))
         return folder

@@ -23,18 +23,18 @@ from components.lm.model import GPT, lm_loss
 
 @dataclass
 class TrainSettings:
-    iters: int = 2000  # optimizer steps; ~8M tokens at 16 x 256 for the draft
-    batch_size: int = 16  # sequences per step
-    block_size: int = 256  # tokens per sequence (<= the model's block_size)
+    iters: int = 300  # optimizer steps; ~0.3M tokens: what 2 shared CPU cores train in under an hour
+    batch_size: int = 8  # sequences per step
+    block_size: int = 128  # tokens per sequence (<= the model's block_size); drafts look ahead a few tokens
     lr: float = 1e-3  # peak AdamW learning rate: small models tolerate a high rate
     min_lr: float = 1e-4  # cosine floor (lr / 10, as Chinchilla)
-    warmup_iters: int = 100  # linear warm-up: keeps early Adam updates from blowing up
+    warmup_iters: int = 30  # linear warm-up (10% of the steps): keeps early Adam updates from blowing up
     weight_decay: float = 0.1  # on matrices only, not on norms/embeddings' biases
     beta1: float = 0.9
     beta2: float = 0.95  # shorter second-moment memory: steadier for small batches (nanoGPT)
     grad_clip: float = 1.0  # clip global grad norm: guards against rare loss spikes
-    eval_every: int = 200  # validation loss every this many steps (and at the end)
-    eval_batches: int = 8  # fixed validation windows per evaluation
+    eval_every: int = 100  # validation loss every this many steps (and at the end)
+    eval_batches: int = 4  # fixed validation windows per evaluation
     distill_alpha: float = 0.0  # weight of the KL to the teacher's logits (0: plain next-token loss)
     distill_temperature: float = 1.0  # softening of both distributions in the KL
 

@@ -134,3 +134,18 @@ def test_budget_and_state_validation(tmp_path):
     TournamentState(tmp_path / "s.sqlite", "goal one").close()
     with pytest.raises(ValueError, match="belongs to another goal"):
         TournamentState(tmp_path / "s.sqlite", "goal two")
+
+
+def test_report_lists_top_hypotheses_with_reviews_history_and_clusters(tmp_path):
+    from components.coscientist.report import build_report, elo_history
+
+    sup, state, _ = make(tmp_path, Budget(calls=40))
+    summary = sup.run()
+    report = build_report(state, sup.proximity, GOAL + " <script>", summary, top_n=3)
+    top = sup.ranking()[0]
+    assert report.ranking[0]["id"] == top["id"] and f"1. {top['id']}" in report.markdown
+    assert state.reviews()[top["id"]]["critique"] in report.markdown
+    assert "&lt;script&gt;" in report.html and "<script>" not in report.html  # goal text is escaped
+    assert sorted(sum(report.clusters, [])) == sorted(h["id"] for h in state.hypotheses(statuses=("active",)))
+    history = elo_history(state)
+    assert history[top["id"]][-1][1] == pytest.approx(top["elo"])  # the plot ends at the final rating

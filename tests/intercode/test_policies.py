@@ -91,3 +91,9 @@ def test_build_policy_names():
         build_policy("react", None)
     with pytest.raises(ValueError, match="unknown policy"):
         build_policy("reflexion", ScriptedLLM(["x"]))
+
+
+def test_extract_code_from_a_response_cut_at_max_tokens():
+    assert extract_code("```bash\nls /testbed/docs | sort", "bash") == "ls /testbed/docs | sort"
+    assert extract_code("```sql\nSELECT name\nFROM t", "sql") == "SELECT name\nFROM t"
+    assert extract_code("```bash\n", "bash") is None  # a bare fence is no command

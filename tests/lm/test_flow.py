@@ -8,7 +8,7 @@ from flows.platform import compose, get_spec, run
 TINY = ["corpus.roots=[stdlib]", "corpus.max_chars=200000", "corpus.val_fraction=0.2", "train.iters=6",
         "train.batch_size=2", "train.block_size=32", "train.warmup_iters=2", "train.eval_every=6",
         "train.eval_batches=1", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32",
-        "run_name=tiny", "sample_tokens=4", "log_every=2", "checkpoint.keep_last=2"]
+        "run_name=tiny", "sample_tokens=4", "log_every=2", "checkpoint.keep_last=2", "checkpoint.every=1"]
 
 
 def test_flow_end_to_end_with_mlflow_and_resume(prefect_harness, flow_overrides, mlflow_uri, tmp_path):

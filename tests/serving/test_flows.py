@@ -49,3 +49,18 @@ def test_decode_bench_flow_logs_every_method(prefect_harness, flow_overrides, ml
 def test_bad_config_fails_at_composition(bad, fragment):
     with pytest.raises(Exception, match=fragment):
         compose("serve", bad)
+
+
+@pytest.mark.parametrize("option", ["ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post"])
+def test_every_decoding_option_composes_and_builds(option):
+    from components.decoding.engine import build_decoder
+    from components.decoding.models import layer_skip_draft, tiny_llama
+
+    cfg = compose("serve", [f"decoding={option}"])
+    assert cfg.decoding.method == option
+    target = tiny_llama(vocab_size=32, layers=2)
+    decoder = build_decoder(cfg.decoding.method, target, layer_skip_draft(target, 1), gamma=2)
+    try:
+        assert decoder.method == option and len(decoder.generate([1, 2, 3], 4)[0]) == 4
+    finally:
+        decoder.close()
