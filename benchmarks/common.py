@@ -10,6 +10,7 @@ import json
 import operator
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -115,16 +116,21 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _metric_name(name: str) -> str:
+    """MLflow accepts letters, digits, _ - . space : / in metric names; map anything else to _."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
+
+
 def _log_to_mlflow(name: str, payload: dict, files: list[Path], tracking_uri: str | None) -> None:
     from tasks.tracking import close_run, flatten, open_run
 
     tracker = open_run(tracking_uri, "benchmarks", run_name=name, tags={"benchmark": name, "mode": payload["mode"]})
     try:
         tracker.log_params({"command": payload["command"], "machine": payload["machine"]})
-        numeric = {k: v for k, v in flatten(payload["results"]).items() if isinstance(v, (int, float))}
+        numeric = {_metric_name(k): v for k, v in flatten(payload["results"]).items() if isinstance(v, (int, float))}
         tracker.log_metrics(numeric)
-        tracker.log_metrics({f"target.{t['name']}": t["value"] for t in payload["targets"]})
-        tracker.set_tags({f"target_met.{t['name']}": t["met"] for t in payload["targets"]})
+        tracker.log_metrics({f"target.{_metric_name(t['name'])}": t["value"] for t in payload["targets"]})
+        tracker.set_tags({f"target_met.{_metric_name(t['name'])}": t["met"] for t in payload["targets"]})
         for path in files:
             tracker.log_artifact(path)
     finally:

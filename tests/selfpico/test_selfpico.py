@@ -91,7 +91,9 @@ def test_llm_feedback_retries_a_failing_value_with_its_error(sandbox):
     snippet = Snippet("fb", "print(sorted(values))\n")
     report = execute_snippet(snippet, LLMPredictor(llm), sandbox)
     assert report.coverage == 1.0 and report.retries == 1 and report.values == {"name#values": "[3, 1, 2]"}
-    assert "NameError" in llm.requests[1][-1]["content"] and "undefined_helper()" in llm.requests[1][-1]["content"]
+    retry = llm.requests[1]
+    assert retry[-2] == {"role": "assistant", "content": "undefined_helper()"}
+    assert "NameError" in retry[-1]["content"]
 
 
 def test_llm_feedback_stops_after_max_retries(sandbox):
@@ -128,3 +130,17 @@ def test_package_snippets_are_extracted_from_installed_source():
     assert snippets == package_function_snippets(["textwrap", "shlex"], count=5, seed=1)
     with pytest.raises(ValueError, match="no_such_module_xyz"):
         package_function_snippets(["no_such_module_xyz"], count=1)
+
+
+def test_parse_value_code_finds_python_in_prose_and_repairs_a_dropped_quote():
+    assert parse_value_code("You can use this:\n`[1, 2, 3]`") == "[1, 2, 3]"
+    assert parse_value_code('The quick brown fox"') == '"The quick brown fox"'
+    with pytest.raises(ValueError):
+        parse_value_code("You can use the filter function to do it.")
+
+
+def test_llm_prompt_is_few_shot_turns_ending_with_the_request():
+    messages = LLMPredictor(ScriptedLLM(["1"])).build_messages(PredictionRequest("name#rows", "print(rows)", "print(rows)"))
+    assert messages[0]["role"] == "system" and messages[-1]["role"] == "user"
+    assert [m["role"] for m in messages[1:-1]] == ["user", "assistant"] * 3
+    assert "`rows`" in messages[-1]["content"] and "print(rows)" in messages[-1]["content"]
