@@ -82,7 +82,7 @@ def _validate(cfg: QuantizeConfig) -> None:
 
 
 @system_flow(name="quantize", config=QuantizeConfig, order=20, summary_metric="bits_per_weight",
-             demo=["eval.windows=2", "eval.context=128", "eval.calibration_windows=1", "layers=layers\\.[0-3]\\.",
+             demo=["eval.windows=2", "eval.context=128", "eval.calibration_windows=1", "layers='layers\\.[0-3]\\.'",
                    "speed.matvec_repeats=3", "speed.decode_tokens=4", "speed.bandwidth_mib=128"])
 def quantize(cfg: QuantizeConfig, tracker: Tracker) -> dict[str, float]:
     """Quantize a causal LM to mixed 2/4 bits, compare with baselines, save and register it."""
