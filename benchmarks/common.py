@@ -11,9 +11,7 @@ import operator
 import os
 import platform
 import re
-import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -50,17 +48,6 @@ def target(name: str, value: float, goal: float, op: str) -> dict[str, Any]:
         raise ValueError(f"op must be one of {sorted(_OPS)}, got {op!r}")
     value = float(value)
     return {"name": name, "value": value, "goal": goal, "op": op, "met": bool(_OPS[op](value, goal))}
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def parse_mode(description: str, argv: Iterable[str] | None = None) -> argparse.Namespace:

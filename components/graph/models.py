@@ -15,7 +15,22 @@ from torch.nn import functional as F
 from components.dgl_compat import import_dgl
 
 
-class GCN(nn.Module):
+class _BlockLayers(nn.Module):
+    """One graph layer per sampled block; ReLU and dropout between layers, logits out."""
+
+    layers: nn.ModuleList
+    dropout: nn.Dropout
+
+    def forward(self, blocks: Sequence, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for i, (layer, block) in enumerate(zip(self.layers, blocks)):
+            h = layer(block, h)
+            if i < len(self.layers) - 1:
+                h = self.dropout(F.relu(h))
+        return h
+
+
+class GCN(_BlockLayers):
     """Kipf & Welling GCN (`GraphConv`, symmetric normalisation) over sampled blocks."""
 
     def __init__(self, in_feats: int, hidden: int, num_classes: int, num_layers: int = 2, dropout: float = 0.5):
@@ -27,16 +42,8 @@ class GCN(nn.Module):
         self.layers = nn.ModuleList(dglnn.GraphConv(a, b, allow_zero_in_degree=True) for a, b in zip(dims, dims[1:]))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, blocks: Sequence, x: torch.Tensor) -> torch.Tensor:
-        h = x
-        for i, (layer, block) in enumerate(zip(self.layers, blocks)):
-            h = layer(block, h)
-            if i < len(self.layers) - 1:
-                h = self.dropout(F.relu(h))
-        return h
 
-
-class GraphSAGE(nn.Module):
+class GraphSAGE(_BlockLayers):
     """GraphSAGE (`SAGEConv`): the node's own state concatenated with an aggregate of its neighbours'."""
 
     def __init__(self, in_feats: int, hidden: int, num_classes: int, num_layers: int = 2, dropout: float = 0.5,
@@ -46,14 +53,6 @@ class GraphSAGE(nn.Module):
         dims = [in_feats] + [hidden] * (num_layers - 1) + [num_classes]
         self.layers = nn.ModuleList(dglnn.SAGEConv(a, b, aggregator) for a, b in zip(dims, dims[1:]))
         self.dropout = nn.Dropout(dropout)
-
-    def forward(self, blocks: Sequence, x: torch.Tensor) -> torch.Tensor:
-        h = x
-        for i, (layer, block) in enumerate(zip(self.layers, blocks)):
-            h = layer(block, h)
-            if i < len(self.layers) - 1:
-                h = self.dropout(F.relu(h))
-        return h
 
 
 class FeatureMLP(nn.Module):
