@@ -226,6 +226,11 @@ class LazyAsyncCheckpointer:
             self._commit_q.put(_STOP)
             for _ in self._threads[2:]:
                 self._flush_q.put(_STOP)
+            # Join the stages: a daemon thread still inside a torch op when the interpreter exits
+            # aborts the process ("terminate called without an active exception").
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join(timeout=60)
 
     def __enter__(self) -> "LazyAsyncCheckpointer":
         return self

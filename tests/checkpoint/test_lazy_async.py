@@ -227,14 +227,18 @@ def _reference_states(iters: int, n_embd: int) -> dict[int, dict]:
 
 
 def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
-    iters, n_embd = 24, 192  # ~11 MB checkpoints: a flush is in flight most of the time
+    iters, n_embd = 60, 192  # ~11 MB checkpoints, one per step: long enough that no kill finds it done
     rng = random.Random(0)
     folder = tmp_path / "ckpt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     child = [sys.executable, str(ROOT / "tests/checkpoint/_crash_child.py"), str(folder), str(iters), str(n_embd)]
     reference = _reference_states(iters, n_embd)
     torn_seen, restored_steps = 0, []
-    for kill in range(3):
+    # At least 3 kills; more (up to 12) until one has landed mid-flush: on a quiet machine a flush
+    # is a small part of each step, so a fixed count of random kills could all miss it.
+    for kill in range(12):
+        if kill >= 3 and torn_seen:
+            break
         proc = subprocess.Popen(child + ["1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "started", proc.stderr.read()
