@@ -58,23 +58,25 @@ def build_root(spec: dict) -> None:
     root = spec["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
     mount("sandbox-root", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=755")
+    # The scratch tmpfs go first, the binds after: a project (and its venv) checked out under
+    # /tmp must stay visible, not be shadowed by the private /tmp mounted over it.
+    for scratch in ("/tmp", "/dev/shm"):
+        os.makedirs(root + scratch, exist_ok=True)
+        mount("sandbox-tmp", root + scratch, "tmpfs", MS_NOSUID | MS_NODEV,
+              f"size={spec['tmp_bytes']},mode=1777")
     for host, inside, writable in spec["binds"]:
         bind(host, root + inside, writable)
     for link, dest in spec["symlinks"]:
         os.symlink(dest, root + link)
     os.makedirs(root + "/proc")
     mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.makedirs(root + "/dev")
+    os.makedirs(root + "/dev", exist_ok=True)
     for node in DEV_NODES:
         if os.path.exists("/dev/" + node):
             bind("/dev/" + node, f"{root}/dev/{node}", True, devices=True)
     for i, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{i}", f"{root}/dev/{name}")
     os.symlink("/proc/self/fd", root + "/dev/fd")
-    for scratch in ("/tmp", "/dev/shm"):
-        os.makedirs(root + scratch, exist_ok=True)
-        mount("sandbox-tmp", root + scratch, "tmpfs", MS_NOSUID | MS_NODEV,
-              f"size={spec['tmp_bytes']},mode=1777")
     for inside, text in spec.get("files", {}).items():
         os.makedirs(os.path.dirname(root + inside), exist_ok=True)
         with open(root + inside, "w") as handle:
