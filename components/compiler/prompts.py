@@ -83,23 +83,31 @@ def _plan_text(example: Example) -> str:
     return "\n".join(lines) + END_OF_PLAN
 
 
+def _numbered(tool_descriptions: list[str]) -> str:
+    return "\n".join(f"{i}. {d}" for i, d in enumerate(tool_descriptions, 1))
+
+
+def _few_shot(system: str, examples: list[Example], render, user: str) -> Messages:
+    """System instructions, one user/assistant pair per example (`render` writes the answer), the request."""
+    messages: Messages = [{"role": "system", "content": system}]
+    for ex in examples:
+        messages += [{"role": "user", "content": f"Question: {ex.question}"},
+                     {"role": "assistant", "content": render(ex)}]
+    messages.append({"role": "user", "content": user})
+    return messages
+
+
 def planner_messages(question: str, tool_descriptions: list[str], context: str = "",
                      examples: list[Example] = EXAMPLES) -> Messages:
     """The planner's chat: system instructions, one user/assistant pair per example, the question.
     `context`: the previous rounds' plans, results and the joiner's reason, when replanning."""
-    tools = "\n".join(f"{i}. {d}" for i, d in enumerate(tool_descriptions, 1))
-    system = PLANNER_SYSTEM.format(n=len(tool_descriptions) + 1, tools=tools, join_n=len(tool_descriptions) + 1,
-                                   end=END_OF_PLAN)
-    messages: Messages = [{"role": "system", "content": system}]
-    for ex in examples:
-        messages += [{"role": "user", "content": f"Question: {ex.question}"},
-                     {"role": "assistant", "content": _plan_text(ex)}]
+    system = PLANNER_SYSTEM.format(n=len(tool_descriptions) + 1, tools=_numbered(tool_descriptions),
+                                   join_n=len(tool_descriptions) + 1, end=END_OF_PLAN)
     user = f"Question: {question}"
     if context:
         user += (f"\n\nPrevious attempts (their actions keep their IDs; number new actions after them "
                  f"and you may use their $ID outputs):\n{context}\nNow write a new plan.")
-    messages.append({"role": "user", "content": user})
-    return messages
+    return _few_shot(system, examples, _plan_text, user)
 
 
 def scratchpad(steps: list[tuple[str, str]]) -> str:
@@ -120,17 +128,9 @@ def joiner_messages(question: str, steps: list[tuple[str, str]], examples: list[
 
 def react_messages(question: str, tool_descriptions: list[str], trajectory: str,
                    examples: list[Example] = EXAMPLES) -> Messages:
-    tools = "\n".join(f"{i}. {d}" for i, d in enumerate(tool_descriptions, 1))
-    system = REACT_SYSTEM.format(tools=tools, finish_n=len(tool_descriptions) + 1)
-    messages: Messages = [{"role": "system", "content": system}]
-    for ex in examples:
-        messages += [{"role": "user", "content": f"Question: {ex.question}"},
-                     {"role": "assistant", "content": _react_text(ex)}]
-    user = f"Question: {question}"
-    if trajectory:
-        user += "\n" + trajectory
-    messages.append({"role": "user", "content": user})
-    return messages
+    system = REACT_SYSTEM.format(tools=_numbered(tool_descriptions), finish_n=len(tool_descriptions) + 1)
+    user = f"Question: {question}" + (f"\n{trajectory}" if trajectory else "")
+    return _few_shot(system, examples, _react_text, user)
 
 
 def _react_text(example: Example) -> str:
