@@ -8,13 +8,12 @@ beside it); `--llm-base-url` points it at any OpenAI-compatible endpoint instead
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
 from benchmarks.common import target, write_result
 from components.sandbox import Sandbox, SandboxLimits
-from components.selfpico.executor import execute_snippet
+from components.selfpico.executor import execute_snippet, summarize
 from components.selfpico.predictors import AsIsPredictor, LLMPredictor, NaivePredictor, RuleBasedPredictor
 from components.selfpico.snippets import package_function_snippets, written_snippets
 from flows.selfpico import DEFAULT_MODULES
@@ -42,25 +41,6 @@ def _build_llm(args):
     return factory.embedded(), "embedded SmolLM2-135M-Instruct (Q4_1 dequantized)"
 
 
-def _aggregate(reports: list[dict], n_snippets: int) -> dict:
-    errors = [e for r in reports for e in r["errors"]]
-    return {
-        "line_coverage": statistics.fmean(r["coverage"] for r in reports),
-        "line_coverage.written": statistics.fmean([r["coverage"] for r in reports if r["origin"] == "written"] or [0]),
-        "line_coverage.package": statistics.fmean([r["coverage"] for r in reports if r["origin"] != "written"] or [0]),
-        "predictor_calls_per_snippet": statistics.fmean(r["predictor_calls"] for r in reports),
-        "runs_per_snippet": statistics.fmean(r["runs"] for r in reports),
-        "wall_s_per_snippet": statistics.fmean(r["wall_seconds"] for r in reports),
-        "runtime_errors_found": len(errors),
-        "type_errors_found": sum(e["error_type"] == "TypeError" for e in errors),
-        "type_errors_on_lines_without_predictions": sum(e["error_type"] == "TypeError" and not e["involves_injected"]
-                                                         for e in errors),
-        "expected_errors_found": sum(any(e["error_type"] == r["expected_error"] for e in r["errors"])
-                                     for r in reports if r["expected_error"]),
-        "snippets": n_snippets,
-    }
-
-
 def main() -> None:
     args = _args()
     snippets = written_snippets() + package_function_snippets(DEFAULT_MODULES, 16 if args.quick else 60, seed=0)
@@ -86,8 +66,8 @@ def main() -> None:
         print(f"[{i + 1}/{len(snippets)}] {snippet.id}: " + ", ".join(
             f"{n}={reports[n][-1]['coverage']:.2f}" for n in predictors if reports[n] and reports[n][-1]["snippet_id"] == snippet.id),
             file=sys.stderr)
-    results = {name: _aggregate(rows, len(rows)) for name, rows in reports.items()}
-    on_subset = {name: _aggregate([r for r in rows if r["snippet_id"] in llm_subset_ids], len(llm_subset))
+    results = {name: summarize(rows) for name, rows in reports.items()}
+    on_subset = {name: summarize([r for r in rows if r["snippet_id"] in llm_subset_ids])
                  for name, rows in reports.items()}
     results["on_llm_subset"] = on_subset
     results["llm_model"] = llm_name

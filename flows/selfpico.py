@@ -1,10 +1,10 @@
 """`selfpico`: SelfPiCo partial code execution — predict undefined values, run snippets as far as possible."""
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
+from components.selfpico.executor import summarize
 from flows.platform import FlowConfig, system_flow
 from tasks.llm import LLMConfig
 from tasks.runners import fan_out
@@ -34,31 +34,6 @@ class SelfPicoConfig(FlowConfig):
     wall_seconds: float = 10.0  # sandbox limits per execution
     cpu_seconds: int = 5
     memory_mb: int = 1024
-
-
-def _summary(reports: list[dict]) -> dict[str, float]:
-    def mean_cov(rows):
-        return statistics.fmean(r["coverage"] for r in rows) if rows else 0.0
-
-    written = [r for r in reports if r["origin"] == "written"]
-    package = [r for r in reports if r["origin"] != "written"]
-    errors = [e for r in reports for e in r["errors"]]
-    expected = [r for r in reports if r["expected_error"]]
-    return {
-        "line_coverage": mean_cov(reports),
-        "line_coverage.written": mean_cov(written),
-        "line_coverage.package": mean_cov(package),
-        "fully_executed_fraction": sum(r["coverage"] == 1.0 for r in reports) / len(reports),
-        "runs_per_snippet": statistics.fmean(r["runs"] for r in reports),
-        "predictor_calls_per_snippet": statistics.fmean(r["predictor_calls"] for r in reports),
-        "runtime_errors_found": float(len(errors)),
-        "type_errors_found": float(sum(e["error_type"] == "TypeError" for e in errors)),
-        "type_errors_not_involving_predictions": float(
-            sum(e["error_type"] == "TypeError" and not e["involves_injected"] for e in errors)),
-        "expected_errors_found": float(sum(any(e["error_type"] == r["expected_error"] for e in r["errors"])
-                                           for r in expected)),
-        "snippets": float(len(reports)),
-    }
 
 
 def _coverage_figure(reports: list[dict], predictor: str):
@@ -99,6 +74,6 @@ def selfpico(cfg: SelfPicoConfig, tracker: Tracker) -> dict[str, float]:
     tracker.log_text(table, "selfpico/snippets.md")
     tracker.log_dict([{k: v for k, v in r.items() if k != "batch_llm_usage"} for r in reports], "selfpico/reports.json")
     tracker.log_figure(_coverage_figure(reports, predictor), "selfpico/coverage_hist.png")
-    summary = _summary(reports) | usage
+    summary = summarize(reports) | usage
     print(f"selfpico[{predictor}]: line coverage {summary['line_coverage']:.1%} over {len(reports)} snippets")
     return summary

@@ -144,3 +144,29 @@ def execute_snippet(snippet: Snippet, predictor: Predictor, sandbox, max_runs: i
 
 def _repredict(predictor: Predictor, key: str, snippet: Snippet, line: str, attempts) -> str | None:
     return predictor.predict(PredictionRequest(key, snippet.code, line, list(attempts)))
+
+
+def summarize(reports: list[dict]) -> dict[str, float]:
+    """Aggregate `SnippetReport.as_dict()` rows (plus `origin`, `expected_error`): the flow's metrics
+    and the benchmark's per-predictor figures."""
+    def mean(values) -> float:
+        values = list(values)
+        return sum(values) / len(values) if values else 0.0
+
+    errors = [e for r in reports for e in r["errors"]]
+    return {
+        "line_coverage": mean(r["coverage"] for r in reports),
+        "line_coverage.written": mean(r["coverage"] for r in reports if r["origin"] == "written"),
+        "line_coverage.package": mean(r["coverage"] for r in reports if r["origin"] != "written"),
+        "fully_executed_fraction": mean(r["coverage"] == 1.0 for r in reports),
+        "runs_per_snippet": mean(r["runs"] for r in reports),
+        "predictor_calls_per_snippet": mean(r["predictor_calls"] for r in reports),
+        "wall_s_per_snippet": mean(r["wall_seconds"] for r in reports),
+        "runtime_errors_found": float(len(errors)),
+        "type_errors_found": float(sum(e["error_type"] == "TypeError" for e in errors)),
+        "type_errors_not_involving_predictions": float(
+            sum(e["error_type"] == "TypeError" and not e["involves_injected"] for e in errors)),
+        "expected_errors_found": float(sum(any(e["error_type"] == r["expected_error"] for e in r["errors"])
+                                           for r in reports if r["expected_error"])),
+        "snippets": float(len(reports)),
+    }
