@@ -76,7 +76,8 @@ def train_model(cfg: Any, corpus_folder: str, run_dir: str, checkpoint_dir: str,
     """
     import torch
 
-    from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, load_checkpoint
+    from components.checkpoint import (LazyAsyncCheckpointer, latest_checkpoint, load_checkpoint,
+                                       set_aside_earlier_run)
     from components.lm.corpus import TokenCorpus
     from components.lm.training import (TrainSettings, build_optimizer, build_scheduler, restore_state,
                                         train_loop)
@@ -105,6 +106,10 @@ def train_model(cfg: Any, corpus_folder: str, run_dir: str, checkpoint_dir: str,
             start_step = restore_state(load_checkpoint(path), model, optimizer, scheduler, data_generator)
             resumed_from = str(path)
             logger.info("resumed from %s at step %d", path, start_step)
+    if resumed_from is None and cfg.checkpoint.every > 0:
+        aside = set_aside_earlier_run(ckpt_dir)
+        if aside is not None:
+            logger.warning("a fresh run: the earlier run's checkpoints in %s were moved to %s", ckpt_dir, aside)
 
     teacher = None
     if settings.distill_alpha > 0:
@@ -113,6 +118,11 @@ def train_model(cfg: Any, corpus_folder: str, run_dir: str, checkpoint_dir: str,
         teacher = smollm2.load_model(dtype="float32", device=device)
         for p in teacher.parameters():
             p.requires_grad_(False)
+        if settings.init_from_teacher and start_step == 0:  # a resumed run keeps its trained embedding
+            from components.lm.distill import init_from_teacher_embedding
+
+            kept = init_from_teacher_embedding(model, teacher)
+            logger.info("draft embedding initialised from SmolLM2's (PCA keeps %.1f%% of its energy)", 100 * kept)
 
     checkpointer = None
     if cfg.checkpoint.every > 0:

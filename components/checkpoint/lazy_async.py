@@ -464,6 +464,26 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def set_aside_earlier_run(directory: str | Path) -> Optional[Path]:
+    """Move the committed checkpoints of an earlier run out of `directory`; return where they went.
+
+    A fresh run must not share a folder with an earlier one: retention would delete the new,
+    lower-numbered checkpoints first, and `resume=latest` after a crash would pick the earlier
+    run's state. Nothing is deleted: the folder is renamed to `<name>.replaced-<UTC time>`.
+    """
+    directory = Path(directory)
+    if not list_checkpoints(directory):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = directory.with_name(f"{directory.name}.replaced-{stamp}")
+    suffix = 0
+    while aside.exists():  # two fresh runs in the same second
+        suffix += 1
+        aside = directory.with_name(f"{directory.name}.replaced-{stamp}-{suffix}")
+    directory.rename(aside)
+    return aside
+
+
 def latest_checkpoint(directory: str | Path) -> Optional[Path]:
     found = list_checkpoints(directory)
     return found[-1] if found else None

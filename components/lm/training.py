@@ -37,6 +37,7 @@ class TrainSettings:
     eval_batches: int = 4  # fixed validation windows per evaluation
     distill_alpha: float = 0.0  # weight of the KL to the teacher's logits (0: plain next-token loss)
     distill_temperature: float = 1.0  # softening of both distributions in the KL
+    init_from_teacher: bool = False  # start the draft's tied embedding from SmolLM2's (PCA-projected)
 
     def __post_init__(self) -> None:
         for name in ("iters", "batch_size", "block_size", "eval_every", "eval_batches"):
@@ -46,6 +47,8 @@ class TrainSettings:
             raise ValueError(f"train.distill_alpha must be in [0, 1], got {self.distill_alpha}")
         if self.distill_temperature <= 0:
             raise ValueError(f"train.distill_temperature must be positive, got {self.distill_temperature}")
+        if self.init_from_teacher and self.distill_alpha == 0:
+            raise ValueError("train.init_from_teacher needs the teacher: set train.distill_alpha > 0")
 
 
 def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from components.checkpoint import (CheckpointError, LazyAsyncCheckpointer, latest_checkpoint, list_checkpoints,
-                                   load_checkpoint)
+                                   load_checkpoint, set_aside_earlier_run)
 from components.checkpoint.host_pool import HostBufferPool
 from components.checkpoint.layout import COMMIT_FILE, state_name
 from components.lm.training import capture_state, restore_state, train_loop
@@ -124,6 +124,23 @@ def test_keep_last_retention(tmp_path):
         ckpt.attach(optimizer)
         _train(model, optimizer, scheduler, gen, 0, 6, ckpt, every=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006"]
+
+
+def test_a_fresh_run_sets_the_earlier_runs_checkpoints_aside(tmp_path):
+    folder = tmp_path / "run"
+    model, optimizer, scheduler, gen = _tiny.fresh()
+    with LazyAsyncCheckpointer(folder, keep_last=2) as ckpt:  # an earlier, longer run
+        ckpt.attach(optimizer)
+        _train(model, optimizer, scheduler, gen, 0, 6, ckpt, every=3)
+    aside = set_aside_earlier_run(folder)
+    assert aside is not None and [p.name for p in list_checkpoints(aside)] == ["step_00000003", "step_00000006"]
+    assert latest_checkpoint(folder) is None and set_aside_earlier_run(folder) is None
+    # The new run's step 2 is its latest: neither retention nor resume sees the earlier step 6.
+    model, optimizer, scheduler, gen = _tiny.fresh()
+    with LazyAsyncCheckpointer(folder, keep_last=2) as ckpt:
+        ckpt.attach(optimizer)
+        _train(model, optimizer, scheduler, gen, 0, 2, ckpt, every=2)
+    assert latest_checkpoint(folder).name == "step_00000002"
 
 
 def test_hostile_state_file_is_refused(tmp_path):

@@ -40,6 +40,13 @@ def test_flow_end_to_end_with_mlflow_and_resume(prefect_harness, flow_overrides,
                          (tmp_path / "summary.json").read_text())
     assert summary["train"]["final_step"] == 8
 
+    # A fresh run in the same folder sets the earlier run's checkpoints aside instead of mixing with them.
+    run(compose("lm_train", flow_overrides + TINY + ["train.iters=3"]))
+    folder = tmp_path / "lm_train" / "checkpoints"
+    assert sorted(p.name for p in (folder / "tiny").iterdir()) == ["step_00000002", "step_00000003"]
+    [aside] = folder.glob("tiny.replaced-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["step_00000007", "step_00000008"]
+
 
 def test_demo_overrides_compose():
     spec = get_spec("lm_train")
