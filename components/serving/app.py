@@ -171,22 +171,24 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
             raise APIError(503, f"server busy: {max_queue} requests already queued, retry later",
                            code="queue_full", kind="server_error")
         state["admitted"] += 1
+        release = _Release(state)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(sse(gen, rid, chat, include_usage), media_type="text/event-stream")
+            return _AdmittedStream(sse(gen, rid, chat, include_usage, release), release,
+                                   media_type="text/event-stream")
         try:
             loop = asyncio.get_running_loop()
             text, stats = await loop.run_in_executor(executor, service.complete, gen)
         finally:
-            state["admitted"] -= 1
+            release()
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": stats.finish_reason}
                   if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": stats.finish_reason})
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": service.model_name, "choices": [choice], "usage": _usage(stats),
                 "decoding": _decoding(stats)}
 
-    async def sse(gen: GenerationRequest, rid: str, chat: bool, include_usage: bool):
+    async def sse(gen: GenerationRequest, rid: str, chat: bool, include_usage: bool, release: "_Release"):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stats = DecodeStats(method=service.decoder.method)
@@ -233,10 +235,40 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
             yield "data: [DONE]\n\n"
         finally:
             cancelled["flag"] = True  # a client that went away stops the decode at the next round
-            state["admitted"] -= 1
+            release()
             await asyncio.shield(future)
 
     return app
+
+
+class _Release:
+    """Gives a request's admission back exactly once, whichever path finishes it first."""
+
+    def __init__(self, state: dict):
+        self._state, self._done = state, False
+
+    def __call__(self) -> None:
+        if not self._done:
+            self._done = True
+            self._state["admitted"] -= 1
+
+
+class _AdmittedStream(StreamingResponse):
+    """A streamed response that releases its admission even if its body never starts.
+
+    A client that disconnects before the first byte gets its response task cancelled before the
+    body generator runs, so the generator's own `finally` never does; this one always runs.
+    """
+
+    def __init__(self, content, release: _Release, **kwargs):
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _event(payload: dict) -> str:

@@ -94,3 +94,40 @@ def test_api_key_is_required(server):
     with pytest.raises(openai.AuthenticationError):
         intruder.models.list()
     assert httpx.get(server.base_url + "/models").status_code == 401
+
+
+def test_a_stream_dropped_before_its_first_byte_gives_its_admission_back():
+    """The client hangs up at once: the response task is cancelled before the body generator runs."""
+    import asyncio
+    import json
+
+    from components.serving.app import create_app
+    from tests.serving.conftest import tiny_service
+
+    service = tiny_service()
+    app = create_app(service, max_queue=4)
+    body = json.dumps({"model": MODEL, "prompt": "abc", "max_tokens": 64, "stream": True}).encode()
+
+    async def drop_one() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            await asyncio.sleep(0.05)  # the disconnect is noticed while the headers are on their way
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/completions", "raw_path": b"/v1/completions",
+                 "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        await app(scope, receive, send)
+
+    try:
+        for _ in range(6):  # more drops than the queue holds: a leak would end in 503s
+            asyncio.run(drop_one())
+        assert app.state.queue_state["admitted"] == 0
+    finally:
+        service.decoder.close()
