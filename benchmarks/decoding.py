@@ -34,6 +34,9 @@ def _own_args(argv):
     parser.add_argument("--draft-layers", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="total cores for every method (default: all)")
     parser.add_argument("--skip-load-test", action="store_true")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per kind (code, chat); default 1 quick, 3 full")
+    parser.add_argument("--max-new", type=int, default=None, help="tokens per prompt; default 24 quick, 64 full")
+    parser.add_argument("--repeats", type=int, default=None, help="default 2 quick, 3 full")
     return parser.parse_known_args(argv)
 
 
@@ -92,6 +95,10 @@ def main(argv=None) -> None:
         size = dict(code=3, chat=3, max_new=64, gammas=[2, 3, 4, 6], repeats=3)
     else:
         size = dict(code=1, chat=1, max_new=24, gammas=[2, 4], repeats=2)
+    if own.prompts:
+        size["code"] = size["chat"] = own.prompts
+    size["max_new"] = own.max_new or size["max_new"]
+    size["repeats"] = own.repeats or size["repeats"]
     from components.decoding.models import load_draft, load_target
     from components.serving.text import HFTextCodec
     from components.lm.smollm2 import load_tokenizer
@@ -114,8 +121,8 @@ def main(argv=None) -> None:
                   "device": own.device, "threads_every_method": threads, "prompts": [k for k, _ in prompts],
                   "max_new_tokens": size["max_new"], "greedy": True, "repeats": size["repeats"],
                   "load_average_at_start": os.getloadavg()[0], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                  "note": "shared machine (2 cores, ~9 engineers): absolute tokens/s are noisy; compare ratios "
-                          "within this run. PEARL's workers split the same cores that AR/SD use whole."},
+                  "note": "shared 2-core machine (see load_average_at_start): absolute tokens/s are noisy; compare "
+                          "ratios within this run. PEARL's workers split the same cores that AR/SD use whole."},
         "summary": summary, "methods": result["methods"], "costs": result["costs"], "load_test": load,
     }
     targets = [
