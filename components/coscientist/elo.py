@@ -26,11 +26,15 @@ class EloConfig:
     k_min: float = 8.0  # K shrinks from k_factor towards this as a hypothesis plays (FIDE-style
     #                    provisional ratings: fast to place, stable once placed); = k_factor: plain fixed-K Elo
     k_halving_matches: float = 4.0  # matches after which K has come halfway down to k_min
-    top_k: int = 4  # "top-ranked": pairs inside the top k get multi-turn debates
-    debate_min_matches: int = 2  # a debate only once both ratings have some evidence behind them
-    debate_turns: int = 3  # argument turns before the judge's verdict (one LLM call each)
+    # The four settings below were chosen on the benchmark's TUNING seeds only (benchmarks/coscientist.py,
+    # schedule_candidates); the tau it reports is measured on disjoint held-out seeds.
+    top_k: int = 2  # "top-ranked": the top pair's contest is debated; 4 spent half the ranking calls on debates
+    debate_min_matches: int = 8  # "top" means something only once ratings are established (after 2, mostly chance)
+    debate_turns: int = 2  # argument turns before the judge's verdict (one LLM call each); keep it even so
+    #                        both advocates speak equally often (an odd count gives hypothesis 1 the last word)
     w_new: float = 3.0  # first-player weight for having played few matches (new first)
-    w_top: float = 1.0  # first-player weight for being in the top k
+    w_top: float = 0.3  # first-player weight for being in the top k: prioritised, yet with 1.0 the top drew
+    #                     ~2.4x the matches of the bottom, which then stayed mis-ordered
     w_similar: float = 2.0  # opponent weight for proximity (cosine similarity in [0, 1])
     w_close: float = 1.0  # opponent weight for Elo closeness (informative matches)
 

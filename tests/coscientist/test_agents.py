@@ -1,7 +1,10 @@
 """Agent output parsing, and malformed output handled without crashing the tournament."""
+import re
+
 import pytest
 
 from components.coscientist.agents import AgentSuite, Work, parse_hypothesis, parse_review, parse_verdict, render
+from components.coscientist.elo import EloConfig
 from components.llm.base import ScriptedLLM
 
 
@@ -46,6 +49,17 @@ def test_debate_makes_turns_plus_one_calls_and_malformed_verdict_gives_no_winner
     result = suite.run(work)
     assert result.calls == 4 and result.malformed and result.output["winner"] is None
     assert "Advocate of 2: ARGUMENT: two" in llm.requests[2][0]["content"]  # the transcript reaches later turns
+
+
+def test_default_debate_gives_both_advocates_the_same_number_of_turns():
+    turns = EloConfig().debate_turns
+    llm = ScriptedLLM([f"ARGUMENT: point {i}" for i in range(turns)] + ["BETTER: 2"])
+    work = Work("rank", "rank-00002", {"a": "H1", "b": "H2", "text_a": "x", "text_b": "y", "debate": True,
+                                       "turns": turns}, estimated_calls=turns + 1)
+    result = AgentSuite(llm, "goal").run(work)
+    sides = [re.search(r"advocate of hypothesis (\d)", r[-1]["content"]).group(1) for r in llm.requests[:turns]]
+    assert sides.count("1") == sides.count("2") > 0  # neither side gets the last word for free
+    assert result.output["winner"] == "H2" and result.calls == turns + 1
 
 
 def test_empty_goal_and_unknown_work_kind_are_refused():

@@ -88,3 +88,25 @@ def test_pairs_in_flight_are_skipped_and_too_few_players_give_none():
     for _ in range(50):
         p = choose_pair(three, EloConfig(), rng, busy_pairs={pair_key("old1", "old2")})
         assert pair_key(p.a, p.b) != pair_key("old1", "old2")
+
+
+def test_default_schedule_debates_only_the_established_top_pair():
+    cfg = EloConfig()
+    rng = random.Random(5)
+    veterans = [Player(f"h{i}", 1400 - 30 * i, cfg.debate_min_matches) for i in range(6)]
+    for _ in range(300):
+        pairing = choose_pair(veterans, cfg, rng)
+        assert pairing.debate == ({pairing.a, pairing.b} == {"h0", "h1"})
+    # The top pair before it has the evidence behind it: single-turn comparisons only.
+    early = [Player(p.id, p.elo, cfg.debate_min_matches - 1) for p in veterans]
+    assert not any(choose_pair(early, cfg, rng).debate for _ in range(300))
+
+
+def test_default_top_priority_leaves_every_hypothesis_its_share_of_matches():
+    # Everyone has played the same: the top pair is preferred as first player, yet not starving the rest.
+    cfg = EloConfig()
+    players = [Player(f"h{i}", 1400 - 30 * i, 20) for i in range(8)]
+    rng = random.Random(6)
+    firsts = Counter(choose_pair(players, cfg, rng).a for _ in range(8000))
+    top, rest = min(firsts["h0"], firsts["h1"]), max(firsts[f"h{i}"] for i in range(2, 8))
+    assert 1.5 * rest < top < 4 * rest
