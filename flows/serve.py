@@ -19,6 +19,7 @@ from tasks.tracking import Tracker
 class ServeModelsConfig:
     target: str = "smollm2"  # smollm2 (the packaged SmolLM2-135M-Instruct) | quantized | hf_folder | tiny_random
     target_path: Optional[str] = None  # folder for quantized / hf_folder
+    target_registered_name: Optional[str] = None  # quantized / hf_folder without a path: this MLflow model (newest version)
     dtype: str = "float32"  # the GGUF's weights are dequantized 4-bit ones; fp32 keeps greedy exact
     draft: str = "auto"  # auto: trained draft folder, else MLflow `lm-draft`, else layerskip | gpt_folder | mlflow | layerskip | tiny_random | none
     draft_path: Optional[str] = None  # gpt_folder: a folder written by GPT.save

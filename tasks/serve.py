@@ -57,7 +57,13 @@ def resolve_models(models_cfg: Any, work_dir: str, tracking_uri: Optional[str], 
     from components.serving.text import ByteCodec, HFTextCodec
 
     logger = get_run_logger()
-    target = load_target(models_cfg.target, models_cfg.target_path, models_cfg.dtype, device)
+    target_path = models_cfg.target_path
+    if target_path is None and models_cfg.target_registered_name:
+        from tasks.tracking import load_registered_model_dir
+
+        target_path = str(load_registered_model_dir(models_cfg.target_registered_name, tracking_uri))
+        logger.info("target %s from MLflow model %s", target_path, models_cfg.target_registered_name)
+    target = load_target(models_cfg.target, target_path, models_cfg.dtype, device)
     draft_source, draft_path = ("none", None)
     if need_draft:
         draft_source, draft_path = _resolve_draft_source(models_cfg, Path(work_dir), tracking_uri)

@@ -64,3 +64,45 @@ def test_every_decoding_option_composes_and_builds(option):
         assert decoder.method == option and len(decoder.generate([1, 2, 3], 4)[0]) == 4
     finally:
         decoder.close()
+
+
+def test_serve_decodes_a_quantized_target_losslessly(prefect_harness, flow_overrides, mlflow_uri, tmp_path):
+    """The quantize flow's registered model as the served target, resolved by name; PEARL's greedy reply
+    equals AR on the same quantized model."""
+    import torch
+
+    from components.decoding.engine import build_decoder
+    from components.lm.model import GPT, GPTConfig
+    from components.lm.smollm2 import load_tokenizer
+    from components.quant import QuantLinear, QuantSpec
+    from components.quant.model import load_base_model, load_quantized, quantize_model, save_quantized
+    from components.serving.text import HFTextCodec
+    from tasks.tracking import close_run, open_run
+
+    torch.manual_seed(0)  # SmolLM2's vocabulary (the served tokenizer), a tiny body
+    gpt = GPT(GPTConfig(vocab_size=49152, block_size=128, n_layer=2, n_head=2, n_embd=64)).save(tmp_path / "gpt")
+    model, base = load_base_model(str(gpt))
+    spec = QuantSpec(method="rtn", frac_high=0.25, group_size=32)
+    quantize_model(model, spec, mode="naive")
+    folder = save_quantized(model, tmp_path / "quantized", spec, base)
+    tracker = open_run(mlflow_uri, "quantize")  # registered the way the quantize flow does it
+    tracker.log_model_dir(folder, "quantized_model", registered_name="tiny-quantized")
+    close_run(tracker)
+    prompt = "Write a Python function that reverses a string."
+    cfg = compose("serve", flow_overrides + [
+        "models.target=quantized", "models.target_registered_name=tiny-quantized", "models.draft=gpt_folder",
+        f"models.draft_path={gpt}", "models.served_name=tiny-quantized", "port=0", "duration_s=0",
+        f"smoke_prompt='{prompt}'", "smoke_max_tokens=12", "decoding=pearl", "decoding.gamma=2"])
+    result = run(cfg)
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    served = open(client.download_artifacts(result["run_id"], "smoke/reply.txt", str(tmp_path))).read()
+
+    target = load_quantized(folder)
+    assert any(isinstance(m, QuantLinear) for m in target.modules())
+    codec = HFTextCodec(load_tokenizer())
+    decoder = build_decoder("ar", target, None, gamma=1)
+    try:
+        ids, _ = decoder.generate(codec.chat_prompt([{"role": "user", "content": prompt}]), 12, stop_ids=codec.eos_ids)
+    finally:
+        decoder.close()
+    assert served == codec.decode(ids) and served
