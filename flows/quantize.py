@@ -32,6 +32,7 @@ class QuantMethodConfig:
     group_size: int = 64
     tile_rows: int = 16
     score: str = "range"
+    bit_budget: float = 0.0
     scale_format: str = "u8"
     zero_format: str = "u8"
     gptq_damp: float = 0.01
@@ -96,8 +97,9 @@ def quantize(cfg: QuantizeConfig, tracker: Tracker) -> dict[str, float]:
                            cfg.eval.calibration_windows, cfg.eval.text_seed)
     tracker.set_tags({"model_source": base["source"], "heldout_text": text["source"],
                       "note": "SmolLM2's packaged weights are Q4_1: its 'fp32' is the dequantized 4-bit model"})
-    need_act, need_hessian = (any(flags) for flags in zip(*(needs_calibration(s) for s in specs)))
-    calib = calibration_stats(model, text["calibration"], need_hessian, cfg.include_lm_head) if need_act else None
+    need_pass, need_hessian, need_fisher = (any(flags) for flags in zip(*(needs_calibration(s) for s in specs)))
+    calib = (calibration_stats(model, text["calibration"], need_hessian, need_fisher, cfg.include_lm_head)
+             if need_pass else None)
 
     rows, main_model = [], None
     for step, spec in enumerate(specs):

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from components.quant import QuantSpec
 from components.quant.evaluation import encode, python_docs_split, windows
 from components.quant.evaluation import perplexity as perplexity_of
-from components.quant.model import (calibrate, load_base_model, load_quantized, logits_of, model_bits,
+from components.quant.model import (calibrate, dequantized_once, load_base_model, load_quantized, logits_of, model_bits,
                                     quantize_model, save_quantized, set_mode, target_linears)
 from components.quant.speed import decode_tokens_per_s, matvec_latency, memory_bandwidth
 from tasks.environment import PROJECT_ROOT
@@ -38,10 +38,11 @@ def method_spec(name: str) -> QuantSpec:
     return instantiate(OmegaConf.load(path))
 
 
-def needs_calibration(spec: QuantSpec) -> tuple[bool, bool]:
-    """(activation statistics needed, Hessian needed)."""
-    hessian = spec.method == "gptq"
-    return spec.quantizes and (hessian or spec.score in ("range_act", "hessian_error")), hessian
+def needs_calibration(spec: QuantSpec) -> tuple[bool, bool, bool]:
+    """(a calibration pass needed, layer Hessians needed, the loss's Fisher diagonal needed)."""
+    hessian = spec.quantizes and spec.method == "gptq"
+    fisher = spec.quantizes and spec.score == "fisher"
+    return spec.quantizes and (hessian or fisher or spec.score in ("range_act", "hessian_error")), hessian, fisher
 
 
 @task(name="quantize-load-model", cache_policy=NO_CACHE, retries=1)
@@ -71,8 +72,8 @@ def heldout_windows(tokenizer_dir: str | None, context: int, eval_windows: int, 
 
 
 @task(name="quantize-calibrate", cache_policy=NO_CACHE)
-def calibration_stats(model, batches: list, hessian: bool, include_lm_head: bool) -> dict:
-    return calibrate(model, batches, list(target_linears(model, include_lm_head)), hessian=hessian)
+def calibration_stats(model, batches: list, hessian: bool, fisher: bool, include_lm_head: bool) -> dict:
+    return calibrate(model, batches, list(target_linears(model, include_lm_head)), hessian=hessian, fisher=fisher)
 
 
 @task(name="quantize-method", task_run_name="quantize-{spec.name}", cache_policy=NO_CACHE)
@@ -85,9 +86,8 @@ def quantize_and_evaluate(model, spec: QuantSpec, calibration: dict | None, eval
     layouts = quantize_model(qmodel, spec, calibration, mode=mode, include_lm_head=include_lm_head,
                              layer_filter=(lambda n: bool(pattern.search(n))) if pattern else None)
     quant_s = time.perf_counter() - start
-    set_mode(qmodel, "naive")  # evaluation feeds whole windows: dequantize once + GEMM is the fast path
-    ppl = perplexity_of(qmodel, eval_batches)
-    set_mode(qmodel, mode)
+    with dequantized_once(qmodel):  # evaluation feeds whole windows: dequantize once + GEMM is the fast path
+        ppl = perplexity_of(qmodel, eval_batches)
     bits = model_bits(qmodel)
     row = {"method": spec.name, "quantized_layers": len(layouts), "quantize_seconds": quant_s, **ppl,
            "bits_per_weight": bits["bits_per_weight"] if layouts else 32.0,

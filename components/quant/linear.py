@@ -90,6 +90,7 @@ class QuantLinear(nn.Module):
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(layout.out_features), requires_grad=False) if layout.has_bias else None
         self.register_load_state_dict_post_hook(_after_load)
+        self.dense_cache: torch.Tensor | None = None  # set by model.dequantized_once() for many-window evaluation
         self.prepare()
 
     @classmethod
@@ -177,7 +178,8 @@ class QuantLinear(nn.Module):
 
     def forward_naive(self, x2: torch.Tensor) -> torch.Tensor:
         """Dequantize the whole weight, then one matmul."""
-        return x2 @ self.dequantize().t()
+        weight = self.dense_cache if self.dense_cache is not None else self.dequantize()
+        return x2 @ weight.t()
 
     def forward_pipelined(self, x2: torch.Tensor) -> torch.Tensor:
         """Dequantize chunk i+1 on the worker thread while chunk i multiplies on this one."""
@@ -213,4 +215,5 @@ class QuantLinear(nn.Module):
 
 
 def _after_load(module: QuantLinear, _incompatible_keys) -> None:
+    module.dense_cache = None
     module.prepare()  # the decoded metadata must follow the freshly loaded packed buffers

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from components.quant.linear import QuantLinear
-from components.quant.quantizer import LayerLayout, quantize_weight
+from components.quant.quantizer import LayerLayout, layout_for, quantize_weight
 from components.quant.spec import QuantSpec
 
 FORMAT = "mixed-2-4-packed/v1"
@@ -78,34 +79,70 @@ def target_linears(model: nn.Module, include_lm_head: bool = False) -> dict[str,
             if isinstance(module, nn.Linear) and (include_lm_head or not name.endswith("lm_head"))}
 
 
-@torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], names: Iterable[str], hessian: bool) -> dict:
-    """Per layer: mean x**2 per input channel and (optionally) H = mean x x^T over calibration tokens."""
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], names: Iterable[str], hessian: bool,
+              fisher: bool = False) -> dict:
+    """Per layer: mean x**2 per input channel, optionally H = mean x x^T and the loss's Fisher diagonal.
+
+    One pass over the batches: with `fisher`, the activation hooks ride on the gradient pass's forward.
+    """
+    batches, names = list(batches), list(names)
     modules = dict(model.named_modules())
-    stats: dict[str, dict] = {}
-    hooks = []
+    sums: dict[str, dict] = {}
 
-    def hook_for(name: str) -> Callable:
-        def hook(_module, inputs, _output):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-            s = stats.setdefault(name, {"sq": torch.zeros(x.shape[1]), "n": 0,
-                                        "xx": torch.zeros(x.shape[1], x.shape[1]) if hessian else None})
-            s["sq"] += (x * x).sum(0)
-            s["n"] += x.shape[0]
-            if hessian:
-                s["xx"] += x.t() @ x
-        return hook
+    @torch.no_grad()
+    def accumulate(name: str, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        s = sums.setdefault(name, {"sq": torch.zeros(x.shape[1]), "n": 0,
+                                   "xx": torch.zeros(x.shape[1], x.shape[1]) if hessian else None})
+        s["sq"] += (x * x).sum(0)
+        s["n"] += x.shape[0]
+        if hessian:
+            s["xx"] += x.t() @ x
 
-    for name in names:
-        hooks.append(modules[name].register_forward_hook(hook_for(name)))
+    hooks = [modules[name].register_forward_hook(lambda _m, inputs, _o, name=name: accumulate(name, inputs[0]))
+             for name in names]
     try:
-        for ids in batches:
-            logits_of(model, ids)
+        if fisher:
+            grads = fisher_diagonal(model, batches, names)
+        else:
+            with torch.no_grad():
+                for ids in batches:
+                    logits_of(model, ids)
     finally:
         for h in hooks:
             h.remove()
-    return {name: {"act_sq": s["sq"] / max(1, s["n"]),
-                   "hessian": (s["xx"] / max(1, s["n"])) if hessian else None} for name, s in stats.items()}
+    return {name: {"act_sq": s["sq"] / max(1, s["n"]), "hessian": (s["xx"] / max(1, s["n"])) if hessian else None,
+                   **({"fisher": grads[name]} if fisher else {})} for name, s in sums.items()}
+
+
+def fisher_diagonal(model: nn.Module, batches: Iterable[torch.Tensor], names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Per layer: the empirical Fisher diagonal E[(dL/dW)**2] of the next-token loss, one gradient per window.
+
+    Only the named weights take gradients (the rest of the model is frozen for the pass and restored).
+    """
+    modules = dict(model.named_modules())
+    names = list(names)
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    weights = {name: modules[name].weight for name in names}
+    fisher = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
+    count = 0
+    try:
+        for w in weights.values():
+            w.requires_grad_(True)
+        with torch.enable_grad():
+            for ids in batches:
+                logits = logits_of(model, ids).float()
+                loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+                grads = torch.autograd.grad(loss, list(weights.values()))
+                for name, grad in zip(weights, grads):
+                    fisher[name] += grad.float() ** 2
+                count += 1
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(flags[id(p)])
+    return {name: f / max(1, count) for name, f in fisher.items()}
 
 
 # --- quantize / swap -----------------------------------------------------------------------------
@@ -115,6 +152,15 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def quantizable_linears(model: nn.Module, spec: QuantSpec, include_lm_head: bool = False,
+                        layer_filter: Callable[[str], bool] | None = None) -> dict[str, nn.Linear]:
+    """The target layers `quantize_model` will replace: filtered, in_features a multiple of the group, untied."""
+    tied = _tied_param_ids(model)
+    return {name: linear for name, linear in target_linears(model, include_lm_head).items()
+            if (layer_filter is None or layer_filter(name)) and not linear.in_features % spec.group_size
+            and id(linear.weight) not in tied}  # a weight tied to an embedding stays dense for the embedding's sake
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, spec: QuantSpec, calibration: dict | None = None, mode: str = "auto",
                    include_lm_head: bool = False, layer_filter: Callable[[str], bool] | None = None,
@@ -122,22 +168,19 @@ def quantize_model(model: nn.Module, spec: QuantSpec, calibration: dict | None =
     """Replace target nn.Linear layers by QuantLinear in place; returns the layouts by layer name.
 
     Layers whose in_features is not a multiple of the group size stay fp32 (reported by the caller
-    through `model_bits`). `layer_filter` restricts the layers (tiny demos).
+    through `model_bits`). `layer_filter` restricts the layers (tiny demos). With spec.bit_budget the
+    4-bit groups per tile of every layer come from one model-wide allocation (`allocation.py`).
     """
     if not spec.quantizes:
         return {}
-    tied = _tied_param_ids(model)
+    linears = quantizable_linears(model, spec, include_lm_head, layer_filter)
+    stats = {name: (calibration or {}).get(name, {}) for name in linears}
+    high_per_tile = _allocate(linears, stats, spec) if spec.bit_budget else {}
     layouts: dict[str, LayerLayout] = {}
-    for name, linear in target_linears(model, include_lm_head).items():
-        if layer_filter is not None and not layer_filter(name):
-            continue
-        if linear.in_features % spec.group_size:
-            continue
-        if id(linear.weight) in tied:
-            continue  # a weight tied to an embedding must stay dense for the embedding's sake
-        stats = (calibration or {}).get(name, {})
-        packed = quantize_weight(linear.weight, spec, act_sq=stats.get("act_sq"), hessian=stats.get("hessian"),
-                                 bias=linear.bias)
+    for name, linear in linears.items():
+        packed = quantize_weight(linear.weight, spec, act_sq=stats[name].get("act_sq"),
+                                 hessian=stats[name].get("hessian"), bias=linear.bias,
+                                 fisher=stats[name].get("fisher"), high_per_tile=high_per_tile.get(name))
         qlinear = QuantLinear.from_packed(packed, mode=mode)
         _set_module(model, name, qlinear)
         layouts[name] = packed.layout
@@ -146,11 +189,41 @@ def quantize_model(model: nn.Module, spec: QuantSpec, calibration: dict | None =
     return layouts
 
 
+def _allocate(linears: dict[str, nn.Linear], stats: dict[str, dict], spec: QuantSpec) -> dict[str, int]:
+    from components.quant.allocation import allocate_high_groups, fisher_gains
+
+    missing = [name for name in linears if stats[name].get("fisher") is None]
+    if missing:
+        raise ValueError(f"bit_budget allocation needs the Fisher diagonal of every layer (calibrate(..., fisher=True)); "
+                         f"missing for {missing[:3]}")
+    return allocate_high_groups({name: (layout_for(tuple(linear.weight.shape), spec, linear.bias is not None),
+                                        fisher_gains(linear.weight, stats[name]["fisher"], spec))
+                                 for name, linear in linears.items()}, spec.bit_budget)
+
+
 def _tied_param_ids(model: nn.Module) -> set[int]:
     seen: dict[int, int] = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         seen[id(p)] = seen.get(id(p), 0) + 1
     return {pid for pid, count in seen.items() if count > 1}
+
+
+@contextmanager
+def dequantized_once(model: nn.Module):
+    """Naive mode with each QuantLinear's weight dequantized once for the whole block, not per forward.
+
+    For evaluating many windows: the same numbers as `naive` (the same dequantized matrix, the same
+    matmul), without repeating the unpacking per window. The dense copies are dropped on exit.
+    """
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    modes = [m.mode for m in layers]
+    try:
+        for m in layers:
+            m.mode, m.dense_cache = "naive", m.dequantize()
+        yield model
+    finally:
+        for m, mode in zip(layers, modes):
+            m.mode, m.dense_cache = mode, None
 
 
 def set_mode(model: nn.Module, mode: str) -> None:

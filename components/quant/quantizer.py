@@ -5,7 +5,8 @@ Every group gets a scale s and a zero point z and is stored as codes q with w ~ 
 
 Which groups get 4 bits (the paper's rule): rank groups by their range max(w) - min(w) (optionally
 weighted by calibration activations, or by the Hessian-weighted 2-bit error) and give the top
-`frac_high` of them 4 bits. The choice is constrained by ALIGNMENT: every tile of `tile_rows` output
+`frac_high` of them 4 bits. With `score=fisher` and a `bit_budget`, the per-layer count comes from a
+model-wide allocation instead (`allocation.py`), the layer's tiles still alike. The choice is constrained by ALIGNMENT: every tile of `tile_rows` output
 rows holds exactly k = round(frac_high * tile_rows * groups_per_row) 4-bit groups, so
 
 - every tile's packed 2-bit codes, 4-bit codes and zero points occupy the same number of int32
@@ -20,8 +21,11 @@ code c per group with s = (c + 1) * b / 256 (rounded up, so the range is never c
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -125,11 +129,13 @@ def high_groups_per_tile(spec: QuantSpec, groups_per_tile: int) -> int:
 
 # --- choosing the 4-bit groups ----------------------------------------------------------------
 
-def group_scores(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | None = None) -> torch.Tensor:
+def group_scores(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | None = None,
+                 fisher: torch.Tensor | None = None) -> torch.Tensor:
     """Score [out, G] of every group; the highest-scored groups of each tile get bits_high.
 
     `act_sq` is the mean of x**2 per input channel over calibration tokens (the Hessian diagonal
-    of the layer's least-squares objective, up to a factor of 2).
+    of the layer's least-squares objective, up to a factor of 2). `fisher` [out, in] is the
+    diagonal Fisher of the model's loss w.r.t. this weight (see `allocation.py`).
     """
     out_f, in_f = weight.shape
     g = spec.group_size
@@ -140,6 +146,13 @@ def group_scores(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | N
     if spec.score == "random":
         gen = torch.Generator().manual_seed(spec.seed)
         return torch.rand(rng.shape, generator=gen)
+    if spec.score == "fisher":
+        if fisher is None:
+            raise ValueError("score='fisher' needs calibration gradients: set eval.calibration_windows > 0 in the "
+                             "quantize flow or use score=range")
+        from components.quant.allocation import fisher_gains
+
+        return fisher_gains(weight, fisher, spec)
     if act_sq is None:
         raise ValueError(f"score={spec.score!r} needs calibration activations: set eval.calibration_windows > 0 in the quantize flow "
                          "or use score=range")
@@ -215,17 +228,48 @@ def decode_u8_scales(codes: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     return (codes.float() + 1) * (base.float()[:, None] / 256)
 
 
+_DEFAULT_HQQ_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "hqq"
+
+
+def hqq_cache_dir() -> Path | None:
+    """Where HQQ fits are kept: $QUANT_HQQ_CACHE, the project's .cache/hqq by default, None if set empty."""
+    value = os.environ.get("QUANT_HQQ_CACHE")
+    if value == "":
+        return None
+    return Path(value) if value else _DEFAULT_HQQ_CACHE
+
+
 def hqq_params(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """HQQ's half-quadratic fit of (scale, real zero) for groups [N, g] (the pip `hqq` package, CPU)."""
+    """HQQ's half-quadratic fit of (scale, real zero) for groups [N, g] (the pip `hqq` package, CPU).
+
+    The fit is deterministic but slow on CPU (~5 s per million weights on one core), so results are
+    kept on disk keyed by a hash of the exact group values, bits and hqq version (QUANT_HQQ_CACHE;
+    an empty value disables the cache). A cached fit is the same numbers the fit would produce again.
+    """
     try:
+        import hqq
         from hqq.core.quantize import Quantizer
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("method=hqq needs the `hqq` package: pip install -c constraints.txt hqq==0.2.8.post1") from exc
     if groups.shape[0] == 0:
         return groups.new_zeros(0), groups.new_zeros(0)
-    _, meta = Quantizer.quantize(groups.float().contiguous(), nbits=bits, group_size=groups.shape[1], axis=1,
+    groups = groups.float().contiguous()
+    cache_file = None
+    if (cache := hqq_cache_dir()) is not None:
+        key = hashlib.sha256(groups.numpy().tobytes() + f"{tuple(groups.shape)}|{bits}|{hqq.__version__}".encode())
+        cache_file = cache / f"{key.hexdigest()[:32]}.pt"
+        if cache_file.exists():
+            cached = torch.load(cache_file)
+            return cached["scale"], cached["zero"]
+    _, meta = Quantizer.quantize(groups, nbits=bits, group_size=groups.shape[1], axis=1,
                                  optimize=True, round_zero=False, bitpack=False, device="cpu")
-    return meta["scale"].reshape(-1).float(), meta["zero"].reshape(-1).float()
+    scale, zero = meta["scale"].reshape(-1).float(), meta["zero"].reshape(-1).float()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        torch.save({"scale": scale, "zero": zero}, tmp)
+        tmp.rename(cache_file)  # atomic: a half-written fit is never read
+    return scale, zero
 
 
 # --- the whole layer -----------------------------------------------------------------------------
@@ -243,24 +287,34 @@ class PackedWeight:
         return sum(self.bits().values()) / (self.layout.in_features * self.layout.out_features)
 
 
-def layout_for(weight_shape: tuple[int, int], spec: QuantSpec, has_bias: bool = False) -> LayerLayout:
+def layout_for(weight_shape: tuple[int, int], spec: QuantSpec, has_bias: bool = False,
+               high_per_tile: int | None = None) -> LayerLayout:
+    """The layer's layout; `high_per_tile` overrides frac_high (a per-layer allocation)."""
     out_f, in_f = weight_shape
     if in_f % spec.group_size:
         raise ValueError(f"in_features={in_f} is not a multiple of group_size={spec.group_size}")
     rows = effective_tile_rows(out_f, spec.tile_rows)
     per_tile = rows * (in_f // spec.group_size)
-    return LayerLayout(in_f, out_f, spec.group_size, rows, high_groups_per_tile(spec, per_tile), spec.bits_low,
+    if high_per_tile is None:
+        high_per_tile = high_groups_per_tile(spec, per_tile)
+    elif not 0 <= high_per_tile <= per_tile:
+        raise ValueError(f"high_per_tile={high_per_tile} is outside [0, {per_tile}] groups per tile")
+    return LayerLayout(in_f, out_f, spec.group_size, rows, high_per_tile, spec.bits_low,
                        spec.bits_high, spec.scale_format, spec.zero_format, has_bias)
 
 
 def quantize_weight(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | None = None,
-                    hessian: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> PackedWeight:
-    """Quantize W [out, in] under `spec` and pack it (see the module docstring for the layout)."""
+                    hessian: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                    fisher: torch.Tensor | None = None, high_per_tile: int | None = None) -> PackedWeight:
+    """Quantize W [out, in] under `spec` and pack it (see the module docstring for the layout).
+
+    `high_per_tile` (from `allocation.allocate_high_groups`) overrides spec.frac_high for this layer.
+    """
     if not spec.quantizes:
         raise ValueError("spec.method='none' keeps the fp32 weight: nothing to pack")
     W = weight.detach().float()
-    layout = layout_for(tuple(W.shape), spec, bias is not None)
-    high = select_high_groups(group_scores(W, spec, act_sq), layout.high_per_tile, layout.tile_rows)
+    layout = layout_for(tuple(W.shape), spec, bias is not None, high_per_tile)
+    high = select_high_groups(group_scores(W, spec, act_sq, fisher), layout.high_per_tile, layout.tile_rows)
     bits = torch.where(high, spec.bits_high, spec.bits_low)
     if spec.method == "gptq":
         from components.quant.gptq import gptq_quantize

@@ -59,7 +59,7 @@ def matvec_latency(weights: list[torch.Tensor], layers: list[QuantLinear], repea
             start = time.perf_counter()
             calls[m]()
             samples[m].append((time.perf_counter() - start) / len(weights))
-    bits = layers[0].bits_per_weight()
+    bits = sum(layer.bits_per_weight() for layer in layers) / len(layers)  # per-layer allocations differ
     result = {}
     for m in methods:
         sec = statistics.median(samples[m])

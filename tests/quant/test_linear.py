@@ -72,3 +72,20 @@ def test_hqq_fits_if_installed():
     layer = QuantLinear.from_packed(quantize_weight(w, spec), mode="naive")
     rel = float((layer.dequantize() - w).norm() / w.norm())
     assert rel < 0.6  # a real fit, not garbage
+
+
+def test_hqq_fit_cache_returns_the_fresh_fit(tmp_path, monkeypatch):
+    pytest.importorskip("hqq")
+    from components.quant.quantizer import hqq_params
+
+    groups = llm_like_weight(32, 128).reshape(-1, 64)
+    monkeypatch.setenv("QUANT_HQQ_CACHE", "")
+    fresh = hqq_params(groups, 2)
+    monkeypatch.setenv("QUANT_HQQ_CACHE", str(tmp_path))
+    first, again = hqq_params(groups, 2), hqq_params(groups, 2)
+    assert len(list(tmp_path.glob("*.pt"))) == 1  # fitted once, then read back
+    for a, b, c in zip(fresh, first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(b, c, rtol=0, atol=0)
+    hqq_params(groups, 4)
+    assert len(list(tmp_path.glob("*.pt"))) == 2  # the bit width is part of the key

@@ -73,3 +73,22 @@ def test_transformers_llama_round_trip(tmp_path):
     loaded_auto = load_quantized(tmp_path / "q")
     out = loaded_auto.generate(ids, max_new_tokens=3, do_sample=False, min_new_tokens=3)
     assert out.shape == (1, 15)
+
+
+def test_dequantized_once_gives_the_naive_outputs_and_cleans_up(tiny_gpt_folder):
+    from components.quant.model import dequantized_once
+
+    model, _ = load_base_model(str(tiny_gpt_folder))
+    quantize_model(model, QuantSpec(frac_high=0.25), mode="auto")
+    ids = torch.randint(0, TINY.vocab_size, (1, 16), generator=torch.Generator().manual_seed(2))
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    for m in layers:
+        m.mode = "naive"
+    naive = model(ids, use_cache=False)[0]
+    for m in layers:
+        m.mode = "auto"
+    with dequantized_once(model):
+        assert all(m.mode == "naive" and m.dense_cache is not None for m in layers)
+        cached = model(ids, use_cache=False)[0]
+    torch.testing.assert_close(cached, naive, rtol=0, atol=0)
+    assert all(m.mode == "auto" and m.dense_cache is None for m in layers)
