@@ -18,7 +18,7 @@ class CompileCallsConfig(FlowConfig):
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     agent: AgentSettings = field(default_factory=AgentSettings)  # limits of both agents (reasons inline there)
     methods: list[str] = field(default_factory=lambda: ["llmcompiler", "react"])  # alternated per question
-    questions: int = 10  # first N of the 60 built-in questions (round-robin: 10 covers every template)
+    questions: int = 10  # first N of the 84 built-in questions (round-robin: 14 cover every template)
     question: Optional[str] = None  # ask this instead of the built-in set (no gold answer: not scored)
 
 

@@ -23,7 +23,7 @@ class AgentSettings:
     max_replans: int = 1  # extra planning rounds the joiner may ask for (0: replanning off)
     planner_max_tokens: int = 320  # a 5-step plan is ~120 tokens; room for a Thought line
     joiner_max_tokens: int = 96  # Thought + Finish(answer)
-    react_max_steps: int = 8  # the longest question needs 5 actions + Finish
+    react_max_steps: int = 10  # the longest question needs 7 actions + Finish: 2 to spare
     react_step_max_tokens: int = 96  # one Thought + one Action
     temperature: float = 0.0  # greedy: reproducible
 

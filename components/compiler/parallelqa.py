@@ -35,14 +35,28 @@ def _search(attr_words: str, name: str) -> str:
     return f'search("{attr_words} of {name}")'
 
 
+def _python_pick(names: list[str], best: str) -> str:
+    """The sandboxed-Python step that names the entity with the max/min looked-up value ($1..$n)."""
+    mapping = ", ".join(f"'{n}': ${k}" for k, n in enumerate(names, 1))
+    return f'python("d = {{{mapping}}}; print({best}(d, key=d.get))")'
+
+
+def _sum_of_results(n: int) -> str:
+    return " + ".join(f"${k}" for k in range(1, n + 1))
+
+
+def _calculate_mean(n: int) -> str:
+    return f'calculate("({_sum_of_results(n)}) / {n}")'
+
+
 # Every question built in this process, by text: lets the scripted oracle (llm.script) find the
 # reference plan of a question it is asked, whatever knowledge-base seed built it.
 REGISTRY: dict[str, Question] = {}
 
 
 def build_questions(kb: KnowledgeBase, per_template: int = 6, seed: int = 0) -> list[Question]:
-    """10 templates x `per_template` questions (60 by default), deterministic for a seed, in
-    round-robin order over the templates (so the first 10 cover every template once)."""
+    """14 templates x `per_template` questions (84 by default), deterministic for a seed, in
+    round-robin order over the templates (so the first 14 cover every template once)."""
     built = _build(kb, per_template, seed)
     questions = [built[t * per_template + i] for i in range(per_template) for t in range(len(built) // per_template)]
     REGISTRY.update({q.text: q for q in questions})
@@ -57,15 +71,28 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
 
     drawn: set[tuple] = set()
 
-    def pick(template, pool, k):
-        """k distinct entities, never the same set twice for the same template."""
+    def pick(template, pool, k, distinct: str | None = None):
+        """k distinct entities, never the same set twice for the same template; with `distinct`,
+        no two share that attribute's value (a max/min question must have one right answer)."""
         for _ in range(1000):
             chosen = rng.sample(pool, k)
             key = (template, frozenset(e.name for e in chosen))
+            if distinct and len({e.attributes[distinct] for e in chosen}) < k:
+                continue
             if key not in drawn:
                 drawn.add(key)
                 return chosen
         raise ValueError(f"not enough entities for {per_template} distinct questions")
+
+    def superlative(template, pool, k, attribute, words, best, question, distinct=False):
+        """'<question>: A, B or C?': k lookups of `attribute`, then a sandboxed max/min picks the name."""
+        for i in range(per_template):
+            chosen = pick(template, pool, k, distinct=attribute if distinct else None)
+            names = [e.name for e in chosen]
+            winner = (max if best == "max" else min)(chosen, key=lambda e: e.attributes[attribute]).name
+            out.append(_q(f"{template}-{i}", template, f"{question}: {', '.join(names[:-1])} or {names[-1]}?", winner,
+                          [_search(words, n) for n in names] + [_python_pick(names, best)], k,
+                          distractors=[n for n in names if n != winner]))
 
     for i in range(per_template):
         a, b = pick("sum_population", cities, 2)
@@ -91,7 +118,7 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
         out.append(_q(f"mean_elevation-{i}", "mean_elevation",
                       f"What is the average elevation in meters of {names[0]}, {names[1]} and {names[2]}?",
                       sum(c.attributes["elevation_m"] for c in trio) / 3,
-                      [_search("elevation", n) for n in names] + ['calculate("($1 + $2 + $3) / 3")'], 3))
+                      [_search("elevation", n) for n in names] + [_calculate_mean(3)], 3))
     for i in range(per_template):
         four = pick("total_employees", companies, 4)
         names = [c.name for c in four]
@@ -99,16 +126,7 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
                       f"How many employees do {names[0]}, {names[1]}, {names[2]} and {names[3]} have in total?",
                       sum(c.attributes["employees"] for c in four),
                       [_search("employees", n) for n in names] + ['calculate("$1 + $2 + $3 + $4")'], 4))
-    for i in range(per_template):
-        trio = pick("longest_river", rivers, 3)
-        names = [r.name for r in trio]
-        longest = max(trio, key=lambda r: r.attributes["length_km"]).name
-        mapping = ", ".join(f"'{n}': ${k}" for k, n in enumerate(names, 1))
-        out.append(_q(f"longest_river-{i}", "longest_river",
-                      f"Which river is the longest: {names[0]}, {names[1]} or {names[2]}?", longest,
-                      [_search("length", n) for n in names]
-                      + [f'python("d = {{{mapping}}}; print(max(d, key=d.get))")'], 3,
-                      distractors=[n for n in names if n != longest]))
+    superlative("longest_river", rivers, 3, "length_km", "length", "max", "Which river is the longest")
     for i in range(per_template):
         a, b = pick("founding_gap", companies, 2)
         ya, yb = a.attributes["founded"], b.attributes["founded"]
@@ -129,6 +147,27 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
                       f"What is the total revenue in million USD of {names[0]}, {names[1]} and {names[2]}?",
                       sum(c.attributes["revenue_musd"] for c in trio),
                       [_search("revenue", n) for n in names] + ['calculate("$1 + $2 + $3")'], 3))
+    # Wider fan-out (5-6 independent lookups, like the paper's Movie Recommendation with its 8
+    # parallel searches): where planning once instead of once per call matters most.
+    superlative("most_employees", companies, 5, "employees", "employees", "max",
+                "Which company has the most employees", distinct=True)
+    for i in range(per_template):
+        six = pick("mean_height", mountains, 6)
+        names = [m.name for m in six]
+        out.append(_q(f"mean_height-{i}", "mean_height",
+                      f"What is the average height in meters of {', '.join(names[:-1])} and {names[-1]}?",
+                      sum(m.attributes["height_m"] for m in six) / 6,
+                      [_search("height", n) for n in names] + [_calculate_mean(6)], 6))
+    superlative("oldest_city", cities, 5, "founded", "founding year", "min", "Which city was founded first",
+                distinct=True)
+    for i in range(per_template):
+        six = pick("total_discharge", rivers, 6)
+        names = [r.name for r in six]
+        out.append(_q(f"total_discharge-{i}", "total_discharge",
+                      f"What is the total discharge in m3/s of {', '.join(names[:-1])} and {names[-1]}?",
+                      sum(r.attributes["discharge_m3s"] for r in six),
+                      [_search("discharge", n) for n in names]
+                      + [f'calculate("{_sum_of_results(6)}")'], 6))
     for i in range(per_template):
         (c,) = pick("headquarters_population", companies, 1)
         hq = kb.get(c.attributes["headquarters"])

@@ -10,9 +10,13 @@ model output.
 from __future__ import annotations
 
 import re
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 from components.compiler.parallelqa import REGISTRY, Question
 from components.compiler.prompts import JOINER_SYSTEM, PLANNER_SYSTEM, REACT_SYSTEM
+from components.llm.base import Completion, ScriptedLLM, cut_at_stop
 
 _PLANNER, _JOINER, _REACT = (s.split("\n")[0][:40] for s in (PLANNER_SYSTEM, JOINER_SYSTEM, REACT_SYSTEM))
 _OBS = re.compile(r"^Observation:\s*(.*)$", re.MULTILINE)
@@ -71,3 +75,75 @@ def _react_step(question: Question | None, user: str) -> str:
         return f"Thought: I have the answer.\nAction: Finish({values[-1] if values else 'unknown'})"
     call = re.sub(r"[$](\d+)", lambda m: values[int(m.group(1)) - 1], calls[step])
     return f"Thought: I need step {step + 1}.\nAction: {call}"
+
+
+@dataclass(frozen=True)
+class ServedModelLatency:
+    """How long one call to a served model takes: the same function for every call of every method.
+
+    first token = `ttft_s` + `prefill_s_per_token` x prompt tokens; then `decode_s_per_token` per
+    generated token. The defaults describe a hosted GPT-3.5-class API as the paper used it:
+    - ttft_s 0.3: the fixed part of time-to-first-token (network round trip, queueing, scheduling);
+      public API trackers report ~0.3-0.6 s TTFT for such models on short prompts;
+    - prefill_s_per_token 1e-4: ~10k prompt tokens/s, the prefill rate of an 8B model on one
+      A100/H100 with vLLM; it charges ReAct for re-reading its growing transcript every step;
+    - decode_s_per_token 0.015: ~65 tokens/s single-stream decoding, typical of hosted APIs.
+    The benchmark sweeps ttft_s to show how the comparison depends on it.
+    """
+
+    ttft_s: float = 0.3
+    prefill_s_per_token: float = 1e-4
+    decode_s_per_token: float = 0.015
+
+    def first_token_s(self, prompt_tokens: int) -> float:
+        return self.ttft_s + self.prefill_s_per_token * prompt_tokens
+
+
+class SimulatedServedLLM(ScriptedLLM):
+    """A scripted LLM (e.g. `parallelqa_oracle`) whose calls take as long as a served model's would
+    under `latency`, with tokens counted by a real BPE tokenizer (SmolLM2's 49k vocabulary, applied
+    through its chat template as the embedded backend does), so the prompt and completion token
+    figures are tokens, not words. Streaming sends the response line by line, each line after its
+    decode time, as a model would. For benchmarks of the executor only: never model output."""
+
+    def __init__(self, script, latency: ServedModelLatency, tokenizer=None) -> None:
+        super().__init__(script)
+        self.latency = latency
+        if tokenizer is None:
+            from components.lm.smollm2 import load_tokenizer
+
+            tokenizer = load_tokenizer()
+        self._tokenizer = tokenizer
+
+    def _prompt_tokens(self, messages) -> int:
+        return len(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=True)["input_ids"])
+
+    def _tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def _chat(self, messages, max_tokens: int, temperature: float, stop: Sequence[str] | None) -> Completion:
+        start = time.perf_counter()  # counting tokens takes time too: it is part of the budget
+        text = cut_at_stop(self._next_text(messages), stop)[0]
+        prompt_tokens, completion_tokens = self._prompt_tokens(messages), self._tokens(text)
+        _sleep_until(start + self.latency.first_token_s(prompt_tokens)
+                     + self.latency.decode_s_per_token * completion_tokens)
+        return Completion(text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, model="scripted")
+
+    def _stream(self, messages, max_tokens, temperature, stop, stats) -> Iterator[str]:
+        start = time.perf_counter()
+        text = self._next_text(messages)
+        stats.prompt_tokens, stats.model = self._prompt_tokens(messages), "scripted"
+        due = start + self.latency.first_token_s(stats.prompt_tokens)
+        for line in text.splitlines(keepends=True) or [""]:
+            tokens = self._tokens(line)
+            due += self.latency.decode_s_per_token * tokens
+            _sleep_until(due)
+            stats.completion_tokens += tokens
+            yield line
+
+
+def _sleep_until(deadline: float) -> None:
+    remaining = deadline - time.perf_counter()
+    if remaining > 0:
+        time.sleep(remaining)

@@ -5,7 +5,8 @@ import pytest
 from components.compiler import LLMCompiler, ReActAgent, ThreadSubmit, parse_final
 from components.compiler.evaluation import AgentSettings, build_agent, evaluate, summarize
 from components.compiler.parallelqa import build_questions, is_correct
-from components.compiler.scripted import observed_value, parallelqa_oracle
+from components.compiler.scripted import (ServedModelLatency, SimulatedServedLLM, observed_value,
+                                          parallelqa_oracle)
 from components.llm import ScriptedLLM
 from components.tools import build_knowledge_base, build_toolbox
 
@@ -22,25 +23,59 @@ def setup():
 
 def test_question_set_is_large_varied_and_answers_come_from_the_knowledge_base(setup):
     kb, questions, _, _ = setup
-    assert len(questions) >= 50 and len({q.template for q in questions}) == 10
+    assert len(questions) >= 50 and len({q.template for q in questions}) == 14
     assert len({q.text for q in questions}) == len(questions)
     assert sum(q.parallel for q in questions) >= 50
+    # the first round of the round-robin covers every template: a short run sees all shapes
+    assert len({q.template for q in questions[:14]}) == 14
     q = next(q for q in questions if q.template == "sum_population")
     names = [line.split(" of ")[1].rstrip('")') for line in q.plan[:2]]
     assert q.answer == sum(kb.get(n).attributes["population"] for n in names)
+
+
+def _entities_of(question, kb):
+    """The entities the question's searches look up (the names after ' of ')."""
+    return [kb.get(line.split(" of ", 1)[1].rstrip('")')) for line in question.plan if line.startswith("search(")]
+
+
+def test_wide_fan_out_templates_answer_from_the_knowledge_base(setup):
+    kb, questions, _, _ = setup
+    by_template = {}
+    for q in questions:
+        by_template.setdefault(q.template, []).append(q)
+    for q in by_template["most_employees"]:
+        entities = _entities_of(q, kb)
+        values = [e.attributes["employees"] for e in entities]
+        assert q.lookups == len(entities) == 5 and len(set(values)) == 5  # one right answer
+        assert q.answer == max(entities, key=lambda e: e.attributes["employees"]).name
+        assert q.answer not in q.distractors and len(q.distractors) == 4
+    for q in by_template["oldest_city"]:
+        entities = _entities_of(q, kb)
+        assert q.lookups == len(entities) == 5 and len({e.attributes["founded"] for e in entities}) == 5
+        assert q.answer == min(entities, key=lambda e: e.attributes["founded"]).name
+    for q in by_template["mean_height"]:
+        entities = _entities_of(q, kb)
+        assert q.lookups == len(entities) == 6
+        assert q.answer == pytest.approx(sum(e.attributes["height_m"] for e in entities) / 6)
+        assert q.plan[-2] == 'calculate("($1 + $2 + $3 + $4 + $5 + $6) / 6")'
+    for q in by_template["total_discharge"]:
+        entities = _entities_of(q, kb)
+        assert q.lookups == len(entities) == 6
+        assert q.answer == sum(e.attributes["discharge_m3s"] for e in entities)
+    assert sum(q.lookups >= 5 for q in questions) >= 20
 
 
 def test_both_agents_answer_every_template_correctly_with_the_oracle(setup):
     _, questions, tools, submit = setup
     llm = ScriptedLLM(parallelqa_oracle)
     agents = {m: build_agent(m, llm, tools, submit, AgentSettings()) for m in ("llmcompiler", "react")}
-    rows = evaluate(questions[:10], agents)
+    rows = evaluate(questions[:14], agents)  # one question per template
     wrong = [(r["qid"], r["method"], r["answer"], r["gold"], r["errors"]) for r in rows if not r["correct"]]
     assert not wrong
     summary = summarize(rows)
     assert summary["llmcompiler"]["llm_calls_mean"] == 2  # one plan, one join
     assert summary["react"]["llm_calls_mean"] > 3  # one call per action, plus Finish
-    # 2-4 independent 0.1 s searches: overlapped by LLMCompiler, one after another in ReAct.
+    # 2-6 independent 0.1 s searches: overlapped by LLMCompiler, one after another in ReAct.
     assert summary["speedup_median"] > 1
 
 
@@ -123,3 +158,29 @@ def test_observed_value_reads_numbers_and_names():
     assert observed_value("Velmora population: 1,234 people") == "1234"
     assert observed_value("Acme headquarters: Velmora") == "Velmora"
     assert observed_value("42.5") == "42.5"
+
+
+class _WordTokenizer:
+    """A stand-in tokenizer: one token per word, chat template = the contents joined."""
+
+    def apply_chat_template(self, messages, **_):
+        return {"input_ids": " ".join(m["content"] for m in messages).split()}
+
+    def encode(self, text, add_special_tokens=False):
+        return text.split()
+
+
+def test_served_latency_model_is_one_function_of_prompt_and_generated_tokens():
+    latency = ServedModelLatency(ttft_s=0.3, prefill_s_per_token=1e-4, decode_s_per_token=0.015)
+    assert latency.first_token_s(0) == 0.3
+    assert latency.first_token_s(1000) == pytest.approx(0.4)
+
+
+def test_simulated_served_llm_counts_tokenizer_tokens_and_streams_lines():
+    zero = ServedModelLatency(0.0, 0.0, 0.0)
+    llm = SimulatedServedLLM(lambda m: "1. search(x)\n2. join()", zero, tokenizer=_WordTokenizer())
+    messages = [{"role": "system", "content": "a b c"}, {"role": "user", "content": "d e"}]
+    assert list(llm.stream_chat(messages)) == ["1. search(x)\n", "2. join()"]
+    done = llm.chat(messages, stop=["2."])
+    assert done.text == "1. search(x)\n" and done.prompt_tokens == 5 and done.completion_tokens == 2
+    assert llm.usage.calls == 2 and llm.usage.prompt_tokens == 10 and llm.usage.completion_tokens == 6
