@@ -84,6 +84,17 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
                 return chosen
         raise ValueError(f"not enough entities for {per_template} distinct questions")
 
+    def aggregate(template, pool, k, attribute, words, kind, question):
+        """'<question with {names}>': k lookups of `attribute`, then their sum or mean by the calculator."""
+        for i in range(per_template):
+            chosen = pick(template, pool, k)
+            names = [e.name for e in chosen]
+            total = sum(e.attributes[attribute] for e in chosen)
+            step = _calculate_mean(k) if kind == "mean" else f'calculate("{_sum_of_results(k)}")'
+            out.append(_q(f"{template}-{i}", template,
+                          question.format(names=f"{', '.join(names[:-1])} and {names[-1]}"),
+                          total / k if kind == "mean" else total, [_search(words, n) for n in names] + [step], k))
+
     def superlative(template, pool, k, attribute, words, best, question, distinct=False):
         """'<question>: A, B or C?': k lookups of `attribute`, then a sandboxed max/min picks the name."""
         for i in range(per_template):
@@ -112,20 +123,10 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
                       f"How many times the area of {b.name} is the area of {a.name}?",
                       a.attributes["area_km2"] / b.attributes["area_km2"],
                       [_search("area", a.name), _search("area", b.name), 'calculate("$1 / $2")'], 2))
-    for i in range(per_template):
-        trio = pick("mean_elevation", cities, 3)
-        names = [c.name for c in trio]
-        out.append(_q(f"mean_elevation-{i}", "mean_elevation",
-                      f"What is the average elevation in meters of {names[0]}, {names[1]} and {names[2]}?",
-                      sum(c.attributes["elevation_m"] for c in trio) / 3,
-                      [_search("elevation", n) for n in names] + [_calculate_mean(3)], 3))
-    for i in range(per_template):
-        four = pick("total_employees", companies, 4)
-        names = [c.name for c in four]
-        out.append(_q(f"total_employees-{i}", "total_employees",
-                      f"How many employees do {names[0]}, {names[1]}, {names[2]} and {names[3]} have in total?",
-                      sum(c.attributes["employees"] for c in four),
-                      [_search("employees", n) for n in names] + ['calculate("$1 + $2 + $3 + $4")'], 4))
+    aggregate("mean_elevation", cities, 3, "elevation_m", "elevation", "mean",
+              "What is the average elevation in meters of {names}?")
+    aggregate("total_employees", companies, 4, "employees", "employees", "sum",
+              "How many employees do {names} have in total?")
     superlative("longest_river", rivers, 3, "length_km", "length", "max", "Which river is the longest")
     for i in range(per_template):
         a, b = pick("founding_gap", companies, 2)
@@ -140,34 +141,18 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
                       f"What is the population density of {a.name} in people per square kilometer?",
                       a.attributes["population"] / a.attributes["area_km2"],
                       [_search("population", a.name), _search("area", a.name), 'calculate("$1 / $2")'], 2))
-    for i in range(per_template):
-        trio = pick("total_revenue", companies, 3)
-        names = [c.name for c in trio]
-        out.append(_q(f"total_revenue-{i}", "total_revenue",
-                      f"What is the total revenue in million USD of {names[0]}, {names[1]} and {names[2]}?",
-                      sum(c.attributes["revenue_musd"] for c in trio),
-                      [_search("revenue", n) for n in names] + ['calculate("$1 + $2 + $3")'], 3))
+    aggregate("total_revenue", companies, 3, "revenue_musd", "revenue", "sum",
+              "What is the total revenue in million USD of {names}?")
     # Wider fan-out (5-6 independent lookups, like the paper's Movie Recommendation with its 8
     # parallel searches): where planning once instead of once per call matters most.
     superlative("most_employees", companies, 5, "employees", "employees", "max",
                 "Which company has the most employees", distinct=True)
-    for i in range(per_template):
-        six = pick("mean_height", mountains, 6)
-        names = [m.name for m in six]
-        out.append(_q(f"mean_height-{i}", "mean_height",
-                      f"What is the average height in meters of {', '.join(names[:-1])} and {names[-1]}?",
-                      sum(m.attributes["height_m"] for m in six) / 6,
-                      [_search("height", n) for n in names] + [_calculate_mean(6)], 6))
+    aggregate("mean_height", mountains, 6, "height_m", "height", "mean",
+              "What is the average height in meters of {names}?")
     superlative("oldest_city", cities, 5, "founded", "founding year", "min", "Which city was founded first",
                 distinct=True)
-    for i in range(per_template):
-        six = pick("total_discharge", rivers, 6)
-        names = [r.name for r in six]
-        out.append(_q(f"total_discharge-{i}", "total_discharge",
-                      f"What is the total discharge in m3/s of {', '.join(names[:-1])} and {names[-1]}?",
-                      sum(r.attributes["discharge_m3s"] for r in six),
-                      [_search("discharge", n) for n in names]
-                      + [f'calculate("{_sum_of_results(6)}")'], 6))
+    aggregate("total_discharge", rivers, 6, "discharge_m3s", "discharge", "sum",
+              "What is the total discharge in m3/s of {names}?")
     for i in range(per_template):
         (c,) = pick("headquarters_population", companies, 1)
         hq = kb.get(c.attributes["headquarters"])
