@@ -16,6 +16,18 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny models: on the shared 2-core machine oversubscribed
+    threads make their forwards ~15-20x slower. Restored afterwards, so other modules keep theirs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory) -> str:
     """A SQLite MLflow store (artifacts beside it) that the module's flow runs write to."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

@@ -6,12 +6,8 @@ import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # The machine's two cores are shared: oversubscribed intra-op threads make tiny forwards ~15x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_models(one_torch_thread):
+    """Every test here decodes with tiny models (see tests/conftest.py)."""
 
 
 def tiny_gpt(vocab_size: int = 16, n_layer: int = 2, n_embd: int = 16, seed: int = 0, scale: float = 1.0,
