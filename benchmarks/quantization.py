@@ -30,8 +30,8 @@ from components.quant import QuantLinear, QuantSpec, fused_cpu
 from components.quant.evaluation import encode, python_docs_split, windows
 from components.quant.evaluation import perplexity as perplexity_of
 from components.quant.model import (calibrate, dequantized_once, load_base_model, model_bits, quantize_model,
-                                    save_quantized, set_mode, target_linears)
-from components.quant.speed import decode_tokens_per_s, matvec_latency, memory_bandwidth
+                                    save_quantized, target_linears)
+from components.quant.speed import decode_speed, matvec_by_shape, memory_bandwidth
 from tasks.environment import PROJECT_ROOT
 from tasks.quantize import method_spec, needs_calibration
 
@@ -41,6 +41,7 @@ FULL_METHODS = QUICK_METHODS + ["hqq2"]
 # cost more than the rest together on the shared 2-core machine, and on held-out calibration text
 # they were worse than RTN (see docs/flows/quantize.md). Add them here to measure them.
 CALIBRATION_WINDOWS = 8  # as the flow's eval.calibration_windows
+BANDWIDTH_MIB = 512  # bandwidth probe and fp32 matvec working set: twice this CPU's 260 MB L3
 SENSITIVITY_WINDOWS = 2  # held-out calibration windows for the per-layer-type 2-bit sensitivity
 # (the recovery target's pairs: each mixed scheme against the uniform 2-bit one of the same method and group)
 RECOVERY_PAIRS = {"mixed": "rtn2", "mixed_range": "rtn2", "mixed_random": "rtn2", "mixed_act": "rtn2",
@@ -194,14 +195,12 @@ def bench_model(source: str, label: str, full: bool, context: int, n_windows: in
     sensitivity = type_sensitivity(model, method_spec("rtn2"), heldout_calib)
     print(f"[{label}] 2-bit sensitivity (NLL, held-out calibration text): "
           + ", ".join(f"{k} {v:.2f}" for k, v in sensitivity.items()), flush=True)
-    matvec = matvec_per_shape(model, mixed_model, matvec_repeats, bandwidth_gbs)
+    matvec, working_sets = matvec_by_shape(model, mixed_model, matvec_repeats, working_set_mib=BANDWIDTH_MIB)
+    add_ratios(matvec, working_sets, bandwidth_gbs)
     decode = {}
     if decode_tokens:
-        prompt = eval_batches[0][:, :16]
-        for _ in range(2):  # alternate, keep the better of two (noisy shared machine)
-            for name, m in (("fp32", model), ("mixed", mixed_model)):
-                set_mode(m, "auto")
-                decode[name] = max(decode.get(name, 0.0), decode_tokens_per_s(m, prompt, decode_tokens))
+        tps = decode_speed(model, mixed_model, eval_batches[0][:, :16], decode_tokens)
+        decode = {"fp32": tps["fp32"], "mixed": tps["quantized"]}
     return {"source": base["source"], "context": ctx, "eval_windows": len(eval_batches),
             "eval_tokens": rows["fp32"]["eval_tokens"], "calibration_windows": len(calib_batches),
             "calibration_seconds": calib_s, "methods": rows,
@@ -210,28 +209,18 @@ def bench_model(source: str, label: str, full: bool, context: int, n_windows: in
             "sensitivity_2bit_by_layer_type_nll": {"text": f"last {SENSITIVITY_WINDOWS} calibration windows "
                                                    "(disjoint from evaluation)", "spec": "rtn2", **sensitivity},
             "mixed_allocation_by_layer_type": allocation_summary(mixed_model),
-            "matvec": matvec, "decode_tokens_per_s": decode,
+            "matvec": matvec, "matvec_working_sets": working_sets, "decode_tokens_per_s": decode,
             "decode_speedup": decode["mixed"] / decode["fp32"] if decode else None}
 
 
-def matvec_per_shape(fp_model, q_model, repeats: int, bandwidth_gbs: float) -> dict:
-    fp_modules = dict(fp_model.named_modules())
-    by_shape: dict[str, tuple[list, list]] = {}
-    for name, module in q_model.named_modules():
-        if isinstance(module, QuantLinear):
-            w, layers = by_shape.setdefault(f"{module.out_features}x{module.in_features}", ([], []))
-            if len(w) < 8:
-                w.append(fp_modules[name].weight.detach())
-                layers.append(module)
-    out = {}
-    for shape, (weights, layers) in by_shape.items():
-        res = matvec_latency(weights, layers, repeats=repeats)
+def add_ratios(latency: dict, working_sets: dict, bandwidth_gbs: float) -> None:
+    """Speedup vs fp32 and the fraction of the memory bandwidth, per shape and method (in place)."""
+    for shape, res in latency.items():
         for m in res:
             res[m]["speedup_vs_fp32"] = res["fp32"]["seconds"] / res[m]["seconds"]
             res[m]["fraction_of_memory_bandwidth"] = res[m]["gb_per_s"] / bandwidth_gbs
-        out[shape] = res
-        print(f"  matvec {shape}: " + ", ".join(f"{m} {v['seconds'] * 1e6:.0f} us" for m, v in res.items()), flush=True)
-    return out
+        print(f"  matvec {shape} ({working_sets[shape]['layers']} layers): "
+              + ", ".join(f"{m} {v['seconds'] * 1e6:.0f} us" for m, v in res.items()), flush=True)
 
 
 def largest_shapes(matvec: dict) -> list[str]:
@@ -280,7 +269,7 @@ def main(argv=None) -> None:
     settings = {"context": 256, "windows": 16 if full else 4, "decode_tokens": 32 if full else 12,
                 "matvec_repeats": 9 if full else 5, "methods": FULL_METHODS if full else QUICK_METHODS,
                 "calibration_windows": CALIBRATION_WINDOWS, "sensitivity_windows": SENSITIVITY_WINDOWS}
-    bandwidth = memory_bandwidth(512)
+    bandwidth = memory_bandwidth(BANDWIDTH_MIB)
     results = {"settings": settings, "memory_gb_per_s": bandwidth, "fused_kernel": fused_cpu.available(),
                "fused_kernel_note": fused_cpu.unavailable_reason() if not fused_cpu.available() else "gcc -O3 -march=native, OpenMP",
                "hqq": "hqq 0.2.8.post1 installed, HQQ fit runs on CPU" if hqq_available() else "hqq not importable",

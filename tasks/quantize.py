@@ -19,7 +19,7 @@ from components.quant.evaluation import encode, python_docs_split, windows
 from components.quant.evaluation import perplexity as perplexity_of
 from components.quant.model import (calibrate, dequantized_once, load_base_model, load_quantized, logits_of, model_bits,
                                     quantize_model, save_quantized, set_mode, target_linears)
-from components.quant.speed import decode_tokens_per_s, matvec_latency, memory_bandwidth
+from components.quant.speed import decode_speed, matvec_by_shape, memory_bandwidth
 from tasks.environment import PROJECT_ROOT
 from tasks.tracking import Tracker, load_registered_model_dir
 
@@ -114,26 +114,9 @@ def save_and_register(qmodel, spec: QuantSpec, base: dict, folder: str, tracker:
 @task(name="quantize-speed", cache_policy=NO_CACHE)
 def speed(fp_model, qmodel, prompt: torch.Tensor, decode_tokens: int, matvec_repeats: int,
           bandwidth_mib: int) -> dict:
-    """Matvec latency per distinct quantized layer shape (all methods), decode tokens/s, memory GB/s."""
-    shapes: dict[tuple, dict] = {}
-    from components.quant.linear import QuantLinear
-
-    by_shape: dict[tuple, tuple[list, list]] = {}
-    fp_modules = dict(fp_model.named_modules())
-    for name, module in qmodel.named_modules():
-        if isinstance(module, QuantLinear):
-            key = (module.out_features, module.in_features)
-            weights, layers = by_shape.setdefault(key, ([], []))
-            if len(weights) < 8:  # 8 distinct layers per shape: decode-like, not cache-hot
-                weights.append(fp_modules[name].weight.detach())
-                layers.append(module)
-    for key, (weights, layers) in by_shape.items():
-        shapes[f"{key[0]}x{key[1]}"] = matvec_latency(weights, layers, repeats=matvec_repeats)
-    result = {"matvec": shapes, "memory_gb_per_s": memory_bandwidth(bandwidth_mib)}
+    """Matvec latency per quantized layer shape (all methods, cache-cold), decode tokens/s, memory GB/s."""
+    shapes, working_sets = matvec_by_shape(fp_model, qmodel, repeats=matvec_repeats, working_set_mib=bandwidth_mib)
+    result = {"matvec": shapes, "matvec_working_sets": working_sets, "memory_gb_per_s": memory_bandwidth(bandwidth_mib)}
     if decode_tokens > 0:
-        tps = {}
-        for label, model in (("fp32", fp_model), ("quantized", qmodel)):
-            set_mode(model, "auto")
-            tps[label] = decode_tokens_per_s(model, prompt, decode_tokens)
-        result["decode_tokens_per_s"] = tps
+        result["decode_tokens_per_s"] = decode_speed(fp_model, qmodel, prompt, decode_tokens)
     return result

@@ -12,7 +12,6 @@ reference within float tolerance.
 from __future__ import annotations
 
 import math
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -25,19 +24,6 @@ from components.quant.quantizer import (LayerLayout, PackedWeight, bits_breakdow
 
 MODES = ("auto", "naive", "pipelined", "fused")
 FUSED_MAX_ROWS = 8  # the fused kernel re-decodes codes per input row: above this a dequantize + GEMM wins
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _dequant_pool() -> ThreadPoolExecutor:
-    """One shared worker thread that dequantizes the next tile chunk ahead of the matmul."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-dequant")
-        return _pool
-
 
 def unpack_layer(layout: LayerLayout, tensors: dict[str, torch.Tensor]):
     """Packed tensors -> (codes [out, G, g] uint8, scale [out, G], zero [out, G], high [out, G] bool)."""
@@ -188,13 +174,17 @@ class QuantLinear(nn.Module):
         chunks = [(t, min(t + step, lay.n_tiles)) for t in range(0, lay.n_tiles, step)]
         y_t = torch.empty(self.out_features, x2.shape[0])
         x_t = x2.t()
-        pool = _dequant_pool()
-        pending = pool.submit(self.dequantize_tiles, *chunks[0])
-        for i, (t0, t1) in enumerate(chunks):
-            block = pending.result()
-            if i + 1 < len(chunks):
-                pending = pool.submit(self.dequantize_tiles, *chunks[i + 1])
-            torch.mm(block, x_t, out=y_t[t0 * lay.tile_rows: t1 * lay.tile_rows])
+        # A worker thread per call, ended on return: a thread that stays alive after running torch
+        # ops keeps its own OpenMP team, whose threads (under libgomp's default spin-wait, i.e. where
+        # torch was imported before tasks.environment set OMP_WAIT_POLICY=passive) spin after each
+        # region; on 2 cores that slowed every later fp32 matvec and fused call of the main thread 1.5-2x.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-dequant") as pool:
+            pending = pool.submit(self.dequantize_tiles, *chunks[0])
+            for i, (t0, t1) in enumerate(chunks):
+                block = pending.result()
+                if i + 1 < len(chunks):
+                    pending = pool.submit(self.dequantize_tiles, *chunks[i + 1])
+                torch.mm(block, x_t, out=y_t[t0 * lay.tile_rows: t1 * lay.tile_rows])
         return y_t.t()
 
     def forward_fused(self, x2: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,16 @@
 """Timing helpers shared by the flow's benchmark task and benchmarks/quantization.py.
 
-Decode-time matvecs read every weight once per token, and a whole model's weights do not stay in
-cache between tokens. Timing one small layer in a hot loop would keep it in cache and flatter
-fp32, so each measurement cycles through `copies` distinct layers of the same shape (like the
-model's stack of identical blocks) and reports time per layer.
+Decode-time matvecs read every weight once per token, and a whole model's fp32 weights do not stay
+in cache between tokens. Timing one layer in a hot loop would keep it in cache and flatter fp32
+(this CPU's L3 is 260 MB), so each measurement cycles through distinct layers of one shape, the
+model's own plus copies, until the fp32 working set exceeds `working_set_mib` (512 MiB, the same
+size as the bandwidth probe). The quantized copies are the same layers, so their working set is
+their real, smaller size, as it is for a whole quantized model.
 """
 from __future__ import annotations
 
+import copy
+import math
 import statistics
 import time
 from typing import Callable
@@ -15,8 +19,6 @@ import torch
 from torch import nn
 
 from components.quant.linear import QuantLinear
-from components.quant.quantizer import quantize_weight
-from components.quant.spec import QuantSpec
 
 MATVEC_METHODS = ("fp32", "naive", "pipelined", "fused")
 
@@ -34,11 +36,14 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
 
 @torch.no_grad()
 def matvec_latency(weights: list[torch.Tensor], layers: list[QuantLinear], repeats: int = 7,
-                   methods: tuple[str, ...] = MATVEC_METHODS, seed: int = 0) -> dict[str, dict[str, float]]:
+                   methods: tuple[str, ...] = MATVEC_METHODS, seed: int = 0,
+                   flush_mib: int = 512) -> dict[str, dict[str, float]]:
     """Median seconds per layer of y = W x (one token) for each method, alternating methods per repeat.
 
     `weights` are the fp32 matrices and `layers` their quantized versions (same shape); each timed
-    pass runs every one of them once. Also reports the bytes each method reads and the GB/s achieved.
+    pass runs every one of them once. Before each timed pass an unrelated `flush_mib` buffer is read,
+    so every method starts with nothing of its own in cache, whichever method ran before it. Also
+    reports the bytes each method reads and the GB/s achieved.
     """
     from components.quant import fused_cpu
 
@@ -52,10 +57,12 @@ def matvec_latency(weights: list[torch.Tensor], layers: list[QuantLinear], repea
         "fused": lambda: [layer.forward_fused(x) for layer in layers],
     }
     samples: dict[str, list[float]] = {m: [] for m in methods}
+    flush_buffer = torch.ones(flush_mib * 2 ** 20 // 4)
     for m in methods:  # warm-up, and the fused kernel's first build
         calls[m]()
     for _ in range(repeats):
         for m in methods:
+            flush_buffer.sum()
             start = time.perf_counter()
             calls[m]()
             samples[m].append((time.perf_counter() - start) / len(weights))
@@ -68,11 +75,39 @@ def matvec_latency(weights: list[torch.Tensor], layers: list[QuantLinear], repea
     return result
 
 
-def gaussian_layers(shape: tuple[int, int], spec: QuantSpec, copies: int, seed: int = 0):
-    """`copies` random fp32 weights of `shape` and their quantized layers (for shapes without a model)."""
-    gen = torch.Generator().manual_seed(seed)
-    weights = [torch.randn(*shape, generator=gen) * 0.02 for _ in range(copies)]
-    return weights, [QuantLinear.from_packed(quantize_weight(w, spec)) for w in weights]
+def layers_by_shape(fp_model: nn.Module, q_model: nn.Module) -> dict[str, tuple[list[torch.Tensor], list[QuantLinear]]]:
+    """"{out}x{in}" -> (fp32 weights, their QuantLinear layers), for every quantized layer of the model."""
+    fp_modules = dict(fp_model.named_modules())
+    by_shape: dict[str, tuple[list, list]] = {}
+    for name, module in q_model.named_modules():
+        if isinstance(module, QuantLinear):
+            weights, layers = by_shape.setdefault(f"{module.out_features}x{module.in_features}", ([], []))
+            weights.append(fp_modules[name].weight.detach())
+            layers.append(module)
+    return by_shape
+
+
+def cache_cold_set(weights: list[torch.Tensor], layers: list[QuantLinear], working_set_mib: int):
+    """The layers, cycled into distinct copies until the fp32 weights exceed `working_set_mib`."""
+    need = math.ceil(working_set_mib * 2 ** 20 / (weights[0].numel() * 4))
+    if need <= len(weights):
+        return weights, layers
+    extra = range(need - len(weights))
+    return (weights + [weights[i % len(weights)].clone() for i in extra],
+            layers + [copy.deepcopy(layers[i % len(layers)]) for i in extra])
+
+
+def matvec_by_shape(fp_model: nn.Module, q_model: nn.Module, repeats: int,
+                    working_set_mib: int = 512) -> tuple[dict, dict]:
+    """`matvec_latency` per quantized layer shape on a cache-cold working set, and those working sets."""
+    latency, working_sets = {}, {}
+    for shape, (weights, layers) in layers_by_shape(fp_model, q_model).items():
+        weights, layers = cache_cold_set(weights, layers, working_set_mib)
+        latency[shape] = matvec_latency(weights, layers, repeats=repeats, flush_mib=working_set_mib)
+        working_sets[shape] = {
+            "layers": len(weights), "fp32_mb": sum(w.numel() * 4 for w in weights) / 1e6,
+            "quantized_mb": sum(q.bits_per_weight() * q.in_features * q.out_features / 8 for q in layers) / 1e6}
+    return latency, working_sets
 
 
 def memory_bandwidth(mib: int = 512, repeats: int = 5) -> float:
@@ -108,3 +143,16 @@ def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int)
 
     step_all()  # warm-up (allocations, kernel build)
     return new_tokens / step_all()
+
+
+
+def decode_speed(fp_model: nn.Module, q_model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> dict[str, float]:
+    """Decode tokens/s of the fp32 and the quantized model (auto path), alternating, the better of two each."""
+    from components.quant.model import set_mode
+
+    tps: dict[str, float] = {}
+    for _ in range(2):  # a shared machine: keep each model's better run
+        for label, model in (("fp32", fp_model), ("quantized", q_model)):
+            set_mode(model, "auto")
+            tps[label] = max(tps.get(label, 0.0), decode_tokens_per_s(model, prompt, new_tokens))
+    return tps

@@ -36,6 +36,21 @@ def test_forward_paths_match_the_reference(name, rows, fused_ok):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5, msg=f"mode={mode}")
 
 
+@pytest.mark.parametrize("group_size", [16, 32, 64, 128])
+@pytest.mark.parametrize("bits_high", [4, 8])
+@pytest.mark.parametrize("rows", [1, 3, 9])
+def test_fused_kernel_matches_the_reference_for_every_group_size(group_size, bits_high, rows, fused_ok):
+    """The kernel has unrolled cases (one row at groups 32/64) and a batch-row blocking of 8: cover them."""
+    if not fused_ok:
+        pytest.skip(f"no C++ toolchain: {fused_cpu.unavailable_reason()}")
+    w = llm_like_weight(48, 256)
+    packed = quantize_weight(w, QuantSpec(group_size=group_size, bits_high=bits_high, frac_high=0.3))
+    layer = QuantLinear.from_packed(packed, mode="fused")
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(group_size + rows))
+    expected = x @ reference_dequantize(packed.layout, packed.tensors).t()
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_fused_kernel_builds_here(fused_ok):
     if not fused_ok:
         pytest.skip(f"no C++ toolchain: {fused_cpu.unavailable_reason()}")
