@@ -10,7 +10,7 @@ and the same thread-pool executor:
    methods). Both agents then make the same decisions, so the latency difference is the
    executor's: planning once and running independent calls in parallel vs one LLM round trip
    per call. Sweeps over the search latency and the time to first token show how that speedup
-   depends on them; it is also reported per number of independent lookups (1-6).
+   depends on them; it is also reported per number of independent lookups (1-8).
 2. embedded: the real SmolLM2-135M-Instruct plans, joins and acts. It is a very weak model: its
    accuracy is reported as measured. It is slow on a shared CPU, so the setting stops starting
    new questions after `--embedded-budget-min` minutes and reports how many it covered.
@@ -39,10 +39,10 @@ def _extra_args(argv):
 
     default = ServedModelLatency()
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--scripted-questions", type=int, default=None, help="default: 28 quick, all 84 full")
+    parser.add_argument("--scripted-questions", type=int, default=None, help="default: 32 quick (2 per template), all 96 full")
     parser.add_argument("--embedded-questions", type=int, default=None, help="default: 4 quick, 50 full")
     parser.add_argument("--embedded-budget-min", type=float, default=None,
-                        help="stop starting embedded questions after this many minutes (default: 15 quick, 75 full)")
+                        help="stop starting embedded questions after this many minutes (default: 15 quick, 110 full)")
     parser.add_argument("--ttft", type=float, default=default.ttft_s, help="scripted LLM: fixed time to first token (s)")
     parser.add_argument("--prefill-per-token", type=float, default=default.prefill_s_per_token,
                         help="scripted LLM: seconds per prompt token before the first token")
@@ -179,7 +179,7 @@ def main(argv=None) -> None:
         from concurrent.futures import ProcessPoolExecutor
 
         n_embedded = extra.embedded_questions or (GOAL_QUESTIONS if full else 4)
-        budget_min = extra.embedded_budget_min or (75 if full else 15)
+        budget_min = extra.embedded_budget_min or (110 if full else 15)
         embedded_pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         embedded = embedded_pool.submit(_embedded_setting, questions[: n_embedded + 1], base_tools, settings,
                                         budget_min)

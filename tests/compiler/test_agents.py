@@ -23,11 +23,11 @@ def setup():
 
 def test_question_set_is_large_varied_and_answers_come_from_the_knowledge_base(setup):
     kb, questions, _, _ = setup
-    assert len(questions) >= 50 and len({q.template for q in questions}) == 14
+    assert len(questions) >= 50 and len({q.template for q in questions}) == 16
     assert len({q.text for q in questions}) == len(questions)
     assert sum(q.parallel for q in questions) >= 50
     # the first round of the round-robin covers every template: a short run sees all shapes
-    assert len({q.template for q in questions[:14]}) == 14
+    assert len({q.template for q in questions[:16]}) == 16
     q = next(q for q in questions if q.template == "sum_population")
     names = [line.split(" of ")[1].rstrip('")') for line in q.plan[:2]]
     assert q.answer == sum(kb.get(n).attributes["population"] for n in names)
