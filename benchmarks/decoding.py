@@ -3,7 +3,7 @@ generation), same prompts, greedy, equal total cores; plus the 200-request loopb
 
     python -m benchmarks.decoding --quick                 # CPU, a few minutes
     python -m benchmarks.decoding --full                  # what the README quotes
-    python -m benchmarks.decoding --full --device cuda    # the GPU path (when a GPU is lent)
+    python -m benchmarks.decoding --full --device cuda    # the GPU path: scripts/device_stage.py packs the models
 
 Options: --draft auto|layerskip|gpt_folder --draft-path DIR --draft-layers N --target smollm2|quantized
 --target-path DIR --threads N. Writes benchmarks/results/decoding.json + decoding.png, logs to MLflow.
@@ -86,7 +86,6 @@ def main(argv=None) -> None:
     args = parse_mode(__doc__.splitlines()[0], rest)
     from components.decoding.bench import compare_methods, summarize
     from components.decoding.prompts import benchmark_prompts
-    from tasks.serve import _resolve_draft_source  # the same draft resolution as the flows
 
     torch.manual_seed(0)
     threads = own.threads or torch.get_num_threads()
@@ -104,8 +103,12 @@ def main(argv=None) -> None:
     from components.lm.smollm2 import load_tokenizer
     from tasks.environment import PROJECT_ROOT
 
-    models_cfg = SimpleNamespace(draft=own.draft, draft_path=own.draft_path, draft_registered_name="lm-draft")
-    draft_source, draft_path = _resolve_draft_source(models_cfg, PROJECT_ROOT / "data", args.tracking_uri)
+    draft_source, draft_path = own.draft, own.draft_path
+    if own.draft in ("auto", "mlflow"):  # the same resolution as the flows (needs Prefect and MLflow)
+        from tasks.serve import _resolve_draft_source
+
+        models_cfg = SimpleNamespace(draft=own.draft, draft_path=own.draft_path, draft_registered_name="lm-draft")
+        draft_source, draft_path = _resolve_draft_source(models_cfg, PROJECT_ROOT / "data", args.tracking_uri)
     tgt = load_target(own.target, own.target_path, "float32", own.device)
     drf = load_draft(draft_source, tgt, draft_path, own.draft_layers, own.device)
     codec = HFTextCodec(load_tokenizer())

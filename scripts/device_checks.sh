@@ -4,8 +4,9 @@
 #   bash scripts/device_checks.sh          # ~3 minutes; logs and JSON under $OUT (or ./device_out)
 # What it covers: the CUDA checkpoint staging (pinned ring, copy stream ordered after compute) and
 # speculative decoding on CUDA streams (tests/cuda), then the checkpointing benchmark's quick mode on
-# the GPU. Not covered, and why: the decoding benchmark needs SmolLM2 (0.5 GB as safetensors, over
-# the 64 MiB a call can carry) and the GCN loader's CUDA benchmark samples with DGL (not installed there).
+# the GPU. Not covered here: the decoding benchmark needs SmolLM2 and the draft (~130 MB, over the
+# 64 MiB a call can carry): scripts/device_stage.py splits them over three calls and its last call
+# runs scripts/device_decoding.sh. The GCN loader's CUDA benchmark samples with DGL (not installed there).
 set -o pipefail
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 OUT="${OUT:-$PWD/device_out}"
