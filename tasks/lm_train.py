@@ -67,6 +67,19 @@ def prepare_corpus(corpus_cfg: Any, cache_root: str) -> dict:
     return info
 
 
+def warm_start(model, folder: str) -> None:
+    """Copy a saved GPT's weights into `model` (the same architecture), e.g. to train a draft further."""
+    from components.lm.model import GPT
+
+    if not isinstance(model, GPT):
+        raise ValueError("train.init_from needs model.kind=gpt (a GPT folder written by this flow)")
+    source = GPT.from_folder(folder)
+    if source.config != model.config:
+        raise ValueError(f"train.init_from={folder} holds a GPT with {source.config}, but model= builds {model.config}: "
+                         f"set the model.* overrides to match it")
+    model.load_state_dict(source.state_dict())
+
+
 @task(name="lm-train")
 def train_model(cfg: Any, corpus_folder: str, run_dir: str, checkpoint_dir: str, tracker: Tracker) -> dict:
     """Train to cfg.train.iters with a lazy async checkpoint every cfg.checkpoint.every steps.
@@ -106,6 +119,9 @@ def train_model(cfg: Any, corpus_folder: str, run_dir: str, checkpoint_dir: str,
             start_step = restore_state(load_checkpoint(path), model, optimizer, scheduler, data_generator)
             resumed_from = str(path)
             logger.info("resumed from %s at step %d", path, start_step)
+    if settings.init_from and start_step == 0:  # a resumed run keeps its own trained weights
+        warm_start(model, settings.init_from)
+        logger.info("weights initialised from %s", settings.init_from)
     if resumed_from is None and cfg.checkpoint.every > 0:
         aside = set_aside_earlier_run(ckpt_dir)
         if aside is not None:

@@ -38,9 +38,10 @@ class TrainSettings:
     distill_alpha: float = 0.0  # weight of the KL to the teacher's logits (0: plain next-token loss)
     distill_temperature: float = 1.0  # softening of both distributions in the KL
     init_from_teacher: bool = False  # start the draft's tied embedding from SmolLM2's (PCA-projected)
+    init_from: Optional[str] = None  # a saved GPT folder (e.g. data/lm_train/draft): continue training its weights on new data
 
     def __post_init__(self) -> None:
-        for name in ("iters", "batch_size", "block_size", "eval_every", "eval_batches"):
+        for name in ("iters", "batch_size", "block_size", "eval_every", "eval_batches", "lr"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.distill_alpha <= 1.0:
@@ -49,6 +50,8 @@ class TrainSettings:
             raise ValueError(f"train.distill_temperature must be positive, got {self.distill_temperature}")
         if self.init_from_teacher and self.distill_alpha == 0:
             raise ValueError("train.init_from_teacher needs the teacher: set train.distill_alpha > 0")
+        if self.init_from and self.init_from_teacher:
+            raise ValueError("train.init_from and train.init_from_teacher both set the draft's weights: choose one")
 
 
 def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

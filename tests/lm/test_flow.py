@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from flows.platform import compose, get_spec, run
 
 TINY = ["corpus.roots=[stdlib]", "corpus.max_chars=200000", "corpus.val_fraction=0.2", "train.iters=6",
@@ -47,6 +49,16 @@ def test_flow_end_to_end_with_mlflow_and_resume(prefect_harness, flow_overrides,
     [aside] = folder.glob("tiny.replaced-*")
     assert sorted(p.name for p in aside.iterdir()) == ["step_00000007", "step_00000008"]
 
+    # train.init_from starts from a saved model's weights: at a learning rate of 1e-12 they come out unchanged.
+    from components.lm.model import GPT
+
+    source = tmp_path / "lm_train" / "tiny"
+    run(compose("lm_train", flow_overrides + TINY + [f"train.init_from={source}", "run_name=tiny_warm", "train.lr=1e-12",
+                                                     "train.min_lr=1e-13", "train.iters=2", "checkpoint.every=0"]))
+    for (name, got), want in zip(GPT.from_folder(tmp_path / "lm_train" / "tiny_warm").state_dict().items(),
+                                 GPT.from_folder(source).state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9, msg=name)
+
 
 def test_demo_overrides_compose():
     spec = get_spec("lm_train")
@@ -64,3 +76,16 @@ def test_wrong_key_or_model_kind_is_named():
     cfg = compose("lm_train", ["model.kind=rnn"])
     with pytest.raises(ValueError, match="model.kind must be 'gpt' or 'smollm2', got 'rnn'"):
         build_model(cfg.model)
+
+
+def test_init_from_a_different_architecture_is_named(tmp_path):
+    import pytest
+
+    from components.lm.model import GPT, GPTConfig
+    from tasks.lm_train import warm_start
+
+    GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)).save(tmp_path / "small")
+    with pytest.raises(ValueError, match="n_embd=16.*set the model.\\* overrides"):
+        warm_start(GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)), str(tmp_path / "small"))
+    with pytest.raises(ValueError, match="init_from and train.init_from_teacher"):
+        compose("lm_train", ["train.init_from=x", "train.init_from_teacher=true", "train.distill_alpha=1"]).train
