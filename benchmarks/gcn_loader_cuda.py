@@ -121,7 +121,7 @@ def run(num_nodes: int, dims: list[int], repeats: int) -> tuple[dict, list]:
         results["dims"][dim]["registered_in_place"] = registered
         if registered:
             unpin_host_tensor(host)
-        del gpu_table, view
+        gpu_table = view = None  # drop the device copies before the next dim (the closures hold cells)
         torch.cuda.empty_cache()
 
     targets = []

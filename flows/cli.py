@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import tasks  # noqa: F401  (environment defaults)
 from tasks.environment import PROJECT_ROOT

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.graph.data import GraphData, load_or_generate
 from components.graph.generator import SyntheticGraphSpec
-from components.graph.loaders import LOADERS, FeatureLoader
+from components.graph.loaders import FeatureLoader
 from components.graph.training import EpochStats, evaluate, train_epoch
 from tasks.tracking import Tracker
 

@@ -15,8 +15,6 @@ from tasks.tracking import Tracker
 
 def build_model(model_cfg: Any, device: str = "cpu"):
     """Our GPT from its config fields, or SmolLM2-135M (transformers) for fine-tuning."""
-    import torch
-
     if model_cfg.kind == "gpt":
         from components.lm.model import GPT, GPTConfig
 

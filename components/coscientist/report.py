@@ -69,7 +69,7 @@ def build_report(state: TournamentState, proximity: Proximity, goal: str, summar
     figure = plot_elo_history(state, [r["id"] for r in rows[:5]])
     feedback = state.latest_feedback()
 
-    md = [f"# Co-scientist report", "", f"**Goal:** {goal}", "",
+    md = ["# Co-scientist report", "", f"**Goal:** {goal}", "",
           f"{summary['hypotheses']} hypotheses ({_statuses(summary['by_status'])}), {summary['matches']} matches "
           f"({summary['debates']} debates, {summary['void_matches']} void: unparseable verdicts), "
           f"{summary['spent']['calls']} LLM calls, {summary['spent']['tokens']} tokens, "

@@ -1,5 +1,4 @@
 """The supervisor: budget, priorities, malformed output and failing agents (no orchestrator)."""
-import tempfile
 from pathlib import Path
 
 import pytest

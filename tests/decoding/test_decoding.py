@@ -3,7 +3,6 @@ KV-cache rollback."""
 from __future__ import annotations
 
 import collections
-import itertools
 
 import pytest
 import torch

@@ -11,7 +11,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.infra.flow_under_test import FAST_OVERRIDES, FLOW

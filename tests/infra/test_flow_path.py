@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main as cli_main
