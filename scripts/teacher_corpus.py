@@ -7,12 +7,15 @@ sample under `--out` (prompt as the server tokenizes it, then SmolLM2's greedy c
 for `mlsys run lm_train corpus.roots=[<out>]`.
 
 Prompts are disjoint from the decoding benchmark's (components/decoding/prompts.py): chat requests
-built from templates x topics, and code prompts made of a real stdlib function's signature and
-docstring first line. Anything naming a benchmark prompt's subject is dropped. Generation is
-batched (left padding) and each batch's files are written as it finishes, so the run can be
-stopped at any time; `--minutes` stops it by itself.
+built from templates x topics and one question per documented function of the installed Python
+(stdlib, then site-packages), and code prompts made of such a function's signature and docstring
+first line. Anything naming a benchmark prompt's subject is dropped. The pool is fixed by `--seed`;
+`--skip`/`--count` take a slice of it, so workers on disjoint slices (or a later run continuing at
+`--skip <samples written>`) never repeat a prompt or a file name. Generation is batched (left
+padding) and each batch's files are written as it finishes, so the run can be stopped at any time;
+`--minutes` stops it by itself.
 
-    .venv/bin/python scripts/teacher_corpus.py --out data/teacher_corpus --minutes 40 --threads 1
+    .venv/bin/python scripts/teacher_corpus.py --out data/teacher_corpus --minutes 45 --threads 1 --batch 48
 """
 from __future__ import annotations
 
@@ -57,36 +60,66 @@ HELD_OUT = ("hash table", "readable", "tuple", "compiler", "haiku", "sky", "plan
             "stack", "is_prime", "binary_search", "word_count")
 
 
-def chat_prompts() -> list[str]:
-    out = [tpl.format(t=topic) for topic in TOPICS for tpl in CHAT_TEMPLATES]
-    return [p for p in out if not any(h in p.lower() for h in HELD_OUT)]
+def _held_out(text: str) -> bool:
+    return any(h in text.lower() for h in HELD_OUT)
 
 
-def code_prompts(limit: int, seed: int) -> list[str]:
-    """`def name(args):` + the docstring's first line, from real stdlib functions (public, short)."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
+def source_roots() -> list[Path]:
+    """Installed Python code: the stdlib, then site-packages (tens of thousands of documented functions)."""
+    paths = sysconfig.get_paths()
+    return [Path(paths["stdlib"]), Path(paths["purelib"])]
+
+
+def documented_functions(roots: list[Path]) -> list[tuple[str, str, str]]:
+    """(module, `def` line, docstring's first line) of public, short, documented functions, in file order."""
     seen, out = set(), []
-    for path in sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")):
-        if "test" in path.parts or path.name.startswith("test"):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_") or node.name in seen:
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            rel = path.relative_to(root)
+            if any(part.startswith(("test", "_")) or "-" in part for part in rel.parts[:-1]) \
+                    or rel.name.startswith("test") or (rel.name.startswith("_") and rel.name != "__init__.py"):
                 continue
-            doc = ast.get_docstring(node)
-            if not doc or any(h in node.name.lower() for h in HELD_OUT):
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError):
                 continue
-            args = ast.unparse(node.args)
-            line = doc.strip().splitlines()[0].strip()
-            if len(args) > 60 or not 10 <= len(line) <= 90 or '"""' in line:
-                continue
-            seen.add(node.name)
-            out.append(f'def {node.name}({args}):\n    """{line}"""\n')
-    random.Random(seed).shuffle(out)
-    return out[:limit]
+            module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.FunctionDef) or node.name.startswith("_") or node.name in seen:
+                    continue
+                doc = (ast.get_docstring(node) or "").strip()
+                if not doc or _held_out(node.name):
+                    continue
+                args = ast.unparse(node.args)
+                line = doc.splitlines()[0].strip()
+                if len(args) > 60 or not 10 <= len(line) <= 90 or '"""' in line or _held_out(line):
+                    continue
+                seen.add(node.name)
+                out.append((module, f"def {node.name}({args}):", line))
+    return out
+
+
+def chat_prompts(functions: list[tuple[str, str, str]], seed: int) -> list[str]:
+    """Everyday topics x templates first, then one question per documented function (shuffled by `seed`):
+    the benchmark's chat prompts are of both kinds, and a short run should still cover the topics."""
+    topical = [tpl.format(t=topic) for topic in TOPICS for tpl in CHAT_TEMPLATES]
+    about_code = [f"What does the function `{signature[4:signature.index('(')]}` in Python's `{module}` module do?"
+                  for module, signature, _ in functions]
+    random.Random(seed).shuffle(about_code)
+    return [p for p in topical + about_code if not _held_out(p)]
+
+
+def code_prompts(functions: list[tuple[str, str, str]]) -> list[str]:
+    """`def name(args):` + the docstring's first line: SmolLM2 writes the body."""
+    return [f'{signature}\n    """{line}"""\n' for _, signature, line in functions]
+
+
+def prompt_pool(chats: list[str], codes: list[str], seed: int) -> list[str]:
+    """Chat prompts in their order and code prompts shuffled by `seed`, alternating for as long as both last."""
+    codes = list(codes)
+    random.Random(seed).shuffle(codes)
+    n = min(len(chats), len(codes))
+    return [p for pair in zip(chats, codes) for p in pair] + chats[n:] + codes[n:]
 
 
 def main(argv=None) -> None:
@@ -97,6 +130,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new", type=int, default=96, help="the benchmark decodes 48-64 tokens")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", type=int, default=0,
+                        help="start at this pool index: workers on disjoint slices, or a run that continues one")
+    parser.add_argument("--count", type=int, default=None, help="at most this many prompts (default: the rest)")
     args = parser.parse_args(argv)
 
     import torch
@@ -108,13 +144,16 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer()
     tokenizer.padding_side = "left"
     model = load_model()
+    functions = documented_functions(source_roots())
     chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                           tokenize=False) for p in chat_prompts()]
-    codes = code_prompts(4 * len(chats), args.seed)
-    prompts = [p for pair in zip(chats, codes) for p in pair] + codes[len(chats):]  # both kinds in every early batch
+                                           tokenize=False) for p in chat_prompts(functions, args.seed)]
+    pool = prompt_pool(chats, code_prompts(functions), args.seed)
+    prompts = pool[args.skip: None if args.count is None else args.skip + args.count]
+    print(f"{len(pool)} prompts in the pool; this run takes {len(prompts)} from index {args.skip}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop_ids = torch.tensor(sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None}))
     start, written, tokens = time.perf_counter(), 0, 0
     for b in range(0, len(prompts), args.batch):
         if time.perf_counter() - start > 60 * args.minutes:
@@ -124,10 +163,14 @@ def main(argv=None) -> None:
         with torch.no_grad():
             gen = model.generate(**enc, max_new_tokens=args.max_new, do_sample=False, pad_token_id=pad)
         for i, prompt in enumerate(batch):
-            reply = tokenizer.decode(gen[i, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            end = "<|im_end|>\n" if prompt.startswith("<|im_start|>") else "\n"
-            (out / f"sample_{b + i:05d}.txt").write_text(prompt + reply + end, encoding="utf-8")
-            tokens += int((gen[i, enc["input_ids"].shape[1]:] != pad).sum())
+            reply_ids = gen[i, enc["input_ids"].shape[1]:]
+            reply = tokenizer.decode(reply_ids, skip_special_tokens=True)
+            # The end-of-turn marker only where SmolLM2 ended the reply itself: a reply cut at
+            # --max-new must not teach the draft to end there.
+            finished = bool(torch.isin(reply_ids, stop_ids).any())
+            end = ("<|im_end|>\n" if prompt.startswith("<|im_start|>") else "\n") if finished else ""
+            (out / f"sample_{args.skip + b + i:06d}.txt").write_text(prompt + reply + end, encoding="utf-8")
+            tokens += int((reply_ids != pad).sum())
         written += len(batch)
         print(f"{written} samples, {tokens} generated tokens, {tokens / (time.perf_counter() - start):.0f} tok/s",
               flush=True)
