@@ -138,6 +138,7 @@ def main(argv=None) -> None:
     import torch
 
     from components.lm.smollm2 import load_model, load_tokenizer
+    from components.serving.text import HFTextCodec
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,7 +154,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stop_ids = torch.tensor(sorted({tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None}))
+    stop_ids = torch.tensor(HFTextCodec(tokenizer).eos_ids)  # what the server stops at: eos and <|im_end|>
     start, written, tokens = time.perf_counter(), 0, 0
     for b in range(0, len(prompts), args.batch):
         if time.perf_counter() - start > 60 * args.minutes:
