@@ -26,6 +26,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,8 +71,15 @@ def source_roots() -> list[Path]:
     return [Path(paths["stdlib"]), Path(paths["purelib"])]
 
 
-def documented_functions(roots: list[Path]) -> list[tuple[str, str, str]]:
-    """(module, `def` line, docstring's first line) of public, short, documented functions, in file order."""
+class Function(NamedTuple):
+    module: str
+    name: str
+    args: str       # as written between the parentheses
+    doc_line: str   # the docstring's first line
+
+
+def documented_functions(roots: list[Path]) -> list[Function]:
+    """Public, short, documented functions of the Python files under `roots`, in file order."""
     seen, out = set(), []
     for root in roots:
         for path in sorted(root.rglob("*.py")):
@@ -95,23 +103,22 @@ def documented_functions(roots: list[Path]) -> list[tuple[str, str, str]]:
                 if len(args) > 60 or not 10 <= len(line) <= 90 or '"""' in line or _held_out(line):
                     continue
                 seen.add(node.name)
-                out.append((module, f"def {node.name}({args}):", line))
+                out.append(Function(module, node.name, args, line))
     return out
 
 
-def chat_prompts(functions: list[tuple[str, str, str]], seed: int) -> list[str]:
+def chat_prompts(functions: list[Function], seed: int) -> list[str]:
     """Everyday topics x templates first, then one question per documented function (shuffled by `seed`):
     the benchmark's chat prompts are of both kinds, and a short run should still cover the topics."""
     topical = [tpl.format(t=topic) for topic in TOPICS for tpl in CHAT_TEMPLATES]
-    about_code = [f"What does the function `{signature[4:signature.index('(')]}` in Python's `{module}` module do?"
-                  for module, signature, _ in functions]
+    about_code = [f"What does the function `{f.name}` in Python's `{f.module}` module do?" for f in functions]
     random.Random(seed).shuffle(about_code)
     return [p for p in topical + about_code if not _held_out(p)]
 
 
-def code_prompts(functions: list[tuple[str, str, str]]) -> list[str]:
+def code_prompts(functions: list[Function]) -> list[str]:
     """`def name(args):` + the docstring's first line: SmolLM2 writes the body."""
-    return [f'{signature}\n    """{line}"""\n' for _, signature, line in functions]
+    return [f'def {f.name}({f.args}):\n    """{f.doc_line}"""\n' for f in functions]
 
 
 def prompt_pool(chats: list[str], codes: list[str], seed: int) -> list[str]:

@@ -1,14 +1,10 @@
 """scripts/device_stage.py: the chunks rejoin to the exact tar, and the halved draft still loads."""
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from components.lm.model import GPT, GPTConfig
+from tests.scripts_module import load_script
 
-_spec = importlib.util.spec_from_file_location("device_stage", Path(__file__).parents[2] / "scripts" / "device_stage.py")
-device_stage = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(device_stage)
+device_stage = load_script("device_stage")
 
 
 def test_chunks_rejoin_to_the_original_bytes(tmp_path):

@@ -1,14 +1,10 @@
 """The teacher-corpus prompt pool: disjoint from the decoding benchmark, deterministic, sliceable."""
 from __future__ import annotations
 
-import importlib.util
-
 from components.decoding.prompts import CHAT_PROMPTS, CODE_PROMPTS
-from tasks.environment import PROJECT_ROOT
+from tests.scripts_module import load_script
 
-_spec = importlib.util.spec_from_file_location("teacher_corpus", PROJECT_ROOT / "scripts" / "teacher_corpus.py")
-teacher_corpus = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(teacher_corpus)
+teacher_corpus = load_script("teacher_corpus")
 
 SOURCE = '''
 def parse_header(line, strict=False):
@@ -38,11 +34,10 @@ def _tree(tmp_path):
 
 def test_documented_functions_are_public_documented_and_exclude_the_benchmarks_subjects(tmp_path):
     found = teacher_corpus.documented_functions([_tree(tmp_path)])
-    names = [signature.split("(")[0][4:] for _, signature, _ in found]
     # first-seen wins across files; tests/ and private modules are skipped
-    assert names == ["parse_header", "merge_init", "merge_util"]
-    assert found[0] == ("pkg", "def parse_header(line, strict=False):", "Split an HTTP header line into its name and value.")
-    assert found[2][0] == "pkg.util"
+    assert [f.name for f in found] == ["parse_header", "merge_init", "merge_util"]
+    assert found[0] == ("pkg", "parse_header", "line, strict=False", "Split an HTTP header line into its name and value.")
+    assert found[2].module == "pkg.util"
 
 
 def test_the_pool_alternates_kinds_never_names_a_benchmark_prompts_subject_and_is_fixed_by_the_seed(tmp_path):
