@@ -70,8 +70,9 @@ def plot(methods: dict, summary: dict):
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.bar(names, [methods[n]["tokens_per_s"] for n in names], color=["#888" if n == "ar" else "#3a7" for n in names])
     ar = methods["ar"]["tokens_per_s"]
-    for bound, label, style in ((summary.get("leviathan_bound_sd_best_gamma"), "SD Leviathan bound", "--"),
-                                (summary.get("pearl_bound_vs_ar"), "PEARL perfect-overlap bound", ":")):
+    for bound, label, style in ((summary.get("leviathan_bound_sd_best_gamma"), "SD, Leviathan bound (verify = 1 step)", "--"),
+                                (summary.get("sd_model_vs_ar"), "SD, round model at measured costs", "-."),
+                                (summary.get("pearl_model_vs_ar"), "PEARL, round model at measured costs", ":")):
         if bound:
             ax.axhline(bound * ar, linestyle=style, color="k", label=f"{label} ({bound:.2f}x AR)")
     ax.set_ylabel("tokens / s (median over repeats)")
@@ -136,7 +137,9 @@ def main(argv=None) -> None:
     if load is not None:
         targets.append(target("load_test_errors_200_concurrent", load["errors"], 0, "<="))
     write_result("decoding", results, targets, figure=plot(result["methods"], summary), args=args, device=own.device)
-    for key in ("pearl_bound_vs_ar", "pearl_bound_vs_sd", "leviathan_bound_sd_best_gamma", "c", "sd_acceptance_rate",
+    for key in ("sd_acceptance_rate", "c", "verify_9_over_step", "leviathan_bound_sd_best_gamma", "sd_model_vs_ar",
+                "pearl_model_vs_ar", "pearl_model_best_gamma_vs_ar", "pearl_over_sd_model", "pearl_model_alpha_1_vs_ar",
+                "alpha_needed_sd_2x_ar", "alpha_needed_pearl_2x_ar", "alpha_needed_pearl_2x_ar_if_block_costs_one_step",
                 "thread_scaling_target"):
         if key in summary:
             print(f"{key}: {summary[key]:.3f}")

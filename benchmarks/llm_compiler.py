@@ -11,9 +11,13 @@ and the same thread-pool executor:
    executor's: planning once and running independent calls in parallel vs one LLM round trip
    per call. Sweeps over the search latency and the time to first token show how that speedup
    depends on them; it is also reported per number of independent lookups (1-8).
-2. embedded: the real SmolLM2-135M-Instruct plans, joins and acts. It is a very weak model: its
-   accuracy is reported as measured. It is slow on a shared CPU, so the setting stops starting
-   new questions after `--embedded-budget-min` minutes and reports how many it covered.
+2. embedded: the real SmolLM2-135M-Instruct plans, joins and acts from few-shot prompts. It is a
+   very weak model: its accuracy is reported as measured. It is slow on a shared CPU, so the
+   setting stops starting new questions after `--embedded-budget-min` minutes and reports how
+   many it covered.
+3. embedded_tuned (with `--tuned-model DIR`): the same model fine-tuned on oracle transcripts of
+   both agents over other knowledge bases (scripts/tune_agent_model.py; TinyAgent's recipe), run
+   with prompts without examples. Same budget; runs in its own process beside setting 2.
 
 Methods alternate question by question; the first question of each setting is a warm-up that is
 not counted. Accuracy: numbers within ±10%, else normalized match. Run: `python -m
@@ -32,6 +36,7 @@ SEARCH_LATENCY_S = 0.5  # a remote search API's round trip (the paper's tools ar
 CALCULATE_LATENCY_S = 0.05
 GOAL_SPEEDUP = 3.0  # the issue: >= 3x lower latency than ReAct at equal accuracy on parallel questions
 GOAL_QUESTIONS = 50  # the issue: >= 50 questions
+EMBEDDED_SETTINGS = ("embedded", "embedded_tuned")
 
 
 def _extra_args(argv):
@@ -48,7 +53,9 @@ def _extra_args(argv):
                         help="scripted LLM: seconds per prompt token before the first token")
     parser.add_argument("--decode-per-token", type=float, default=default.decode_s_per_token,
                         help="scripted LLM: seconds per generated token")
-    parser.add_argument("--skip-embedded", action="store_true")
+    parser.add_argument("--skip-embedded", action="store_true", help="no setting 2 (the packaged model, few-shot)")
+    parser.add_argument("--tuned-model", default=None,
+                        help="a folder from scripts/tune_agent_model.py: adds setting 3 (embedded_tuned)")
     return parser.parse_known_args(argv)
 
 
@@ -117,14 +124,24 @@ def _run_setting(name, questions, llm, toolbox_kwargs, settings, budget_s=None, 
     }, rows
 
 
-def _embedded_setting(questions, toolbox_kwargs, settings, budget_min):
-    """SmolLM2-135M really planning, joining and acting (run in a worker process)."""
+def _embedded_setting(name, questions, toolbox_kwargs, settings, budget_min, model_path=None):
+    """SmolLM2-135M (or its tuned copy at `model_path`) really planning, joining and acting (run in
+    a worker process)."""
+    import json
+    from pathlib import Path
+
     from components.llm.embedded import EmbeddedLLM
 
-    model = EmbeddedLLM(threads=1)  # see conf/llm/embedded.yaml: 1 thread on a shared CPU
-    result, rows = _run_setting("embedded", questions, model, toolbox_kwargs, settings, budget_s=60 * budget_min,
+    model = EmbeddedLLM(threads=1, model_path=model_path)  # see conf/llm/embedded.yaml: 1 thread on a shared CPU
+    result, rows = _run_setting(name, questions, model, toolbox_kwargs, settings, budget_s=60 * budget_min,
                                 log=lambda line: print(line, flush=True))
-    result.update(model="SmolLM2-135M-Instruct (transformers, fp32, CPU, 1 thread, greedy)", budget_min=budget_min,
+    description = "SmolLM2-135M-Instruct (transformers, fp32, CPU, 1 thread, greedy)"
+    if model_path:
+        tuning = json.loads((Path(model_path) / "tuning.json").read_text())
+        description += (f", fine-tuned on {sum(tuning['transcripts'].values())} oracle transcripts over knowledge "
+                        f"bases {tuning['kb_seeds']} (scripts/tune_agent_model.py), prompts without examples")
+        result["tuning"] = {k: tuning[k] for k in ("kb_seeds", "transcripts", "tokens", "settings", "date")}
+    result.update(model=description, few_shot=settings.few_shot, budget_min=budget_min,
                   prefix_cache={"hits": model.prefix_cache.hits, "reused_tokens": model.prefix_cache.reused_tokens})
     return result, rows
 
@@ -173,16 +190,22 @@ def main(argv=None) -> None:
     # (simulated model and tool latency), so they run at the same time, in separate processes:
     # the full run then fits the shared machine's afternoon. Within each setting the methods
     # still alternate question by question, so whatever the other process costs hits both.
-    embedded = embedded_pool = None
+    embedded_specs = {}  # setting name -> (model folder, agent settings)
     if not extra.skip_embedded:
+        embedded_specs["embedded"] = (None, settings)
+    if extra.tuned_model:
+        embedded_specs["embedded_tuned"] = (extra.tuned_model, replace(settings, few_shot=False))
+    embedded_runs, embedded_pool = {}, None
+    if embedded_specs:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         n_embedded = extra.embedded_questions or (GOAL_QUESTIONS if full else 4)
         budget_min = extra.embedded_budget_min or (110 if full else 15)
-        embedded_pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        embedded = embedded_pool.submit(_embedded_setting, questions[: n_embedded + 1], base_tools, settings,
-                                        budget_min)
+        embedded_pool = ProcessPoolExecutor(len(embedded_specs), mp_context=multiprocessing.get_context("spawn"))
+        for name, (model_path, agent_settings) in embedded_specs.items():
+            embedded_runs[name] = embedded_pool.submit(_embedded_setting, name, questions[: n_embedded + 1],
+                                                       base_tools, agent_settings, budget_min, model_path)
 
     # 1. scripted plans: the executor's speedup
     n_scripted = extra.scripted_questions or (len(questions) if full else 2 * templates)
@@ -210,12 +233,13 @@ def main(argv=None) -> None:
     results["scripted_sweep_search_latency"] = dict(sorted(sweep_search.items(), key=lambda kv: float(kv[0])))
     results["scripted_sweep_ttft"] = dict(sorted(sweep_ttft.items(), key=lambda kv: float(kv[0])))
 
-    # 2. the embedded model end to end: in its own process, started first and collected last
-    if embedded is not None:
-        results["embedded"], all_rows["embedded"] = embedded.result()
+    # 2./3. the embedded model end to end: each in its own process, started first and collected last
+    for name, run in embedded_runs.items():
+        results[name], all_rows[name] = run.result()
+    if embedded_pool is not None:
         embedded_pool.shutdown()
     targets = []
-    for name in ("scripted", "embedded"):
+    for name in ("scripted", *EMBEDDED_SETTINGS):
         if name not in results:
             continue
         s = results[name]["summary_parallel_questions"]
@@ -235,7 +259,7 @@ def _plot(results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = [k for k in ("scripted", "embedded") if k in results]
+    settings = [k for k in ("scripted", *EMBEDDED_SETTINGS) if k in results]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     width = 0.35
     for i, method in enumerate(("llmcompiler", "react")):
@@ -259,9 +283,10 @@ def _plot(results):
             ns = sorted(point["speedup_by_lookups"], key=int)
             axes[2].plot([int(n) for n in ns], [point["speedup_by_lookups"][n] for n in ns], ".--", lw=0.8,
                          label=f"{label} {value} s (1 q/template)")
-    if "embedded" in results:
-        emb = results["embedded"]["speedup_by_lookups"]
-        axes[2].plot([int(n) for n in emb], [v["speedup_median"] for v in emb.values()], "x:", label="embedded")
+    for name, marker in zip(EMBEDDED_SETTINGS, ("x:", "s-")):
+        if name in results:
+            emb = results[name]["speedup_by_lookups"]
+            axes[2].plot([int(n) for n in emb], [v["speedup_median"] for v in emb.values()], marker, label=name)
     axes[2].axhline(GOAL_SPEEDUP, color="grey", lw=0.8, ls=":", label="target 3x")
     axes[2].set_xlabel("independent lookups per question")
     axes[2].set_title("ReAct / LLMCompiler latency (median)")

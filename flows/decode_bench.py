@@ -1,6 +1,7 @@
 """`decode_bench`: AR, vanilla SD (each γ), PEARL, its two ablations and HF assisted generation,
 side by side on the same prompts with the same total cores; tokens/s, speedups, α, MAT, forwards,
-and the Leviathan bound for the measured α and c."""
+the Leviathan bound for the measured α and c, and SD/PEARL round models priced with the measured
+per-forward costs (components/decoding/bench.py), with the α each target would need."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -33,6 +33,7 @@ class LLMConfig:
     device: str = "cpu"  # cpu | cuda | auto
     threads: Optional[int] = None  # torch CPU threads (process-wide); None: torch's default (all cores)
     prefix_cache_entries: int = 4  # KV caches of recent prompts kept: few-shot prefixes prefill once
+    model_path: Optional[str] = None  # a fine-tuned SmolLM2 folder (scripts/tune_agent_model.py); None: packaged
     # --- openai-compatible endpoint ---
     base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1 (the `serve` flow); None: $base_url_env
     api_key: Optional[str] = None  # prefer the environment: keys do not belong in logged params
@@ -63,6 +64,8 @@ def build_llm(llm_cfg: Any, base_dir: str | Path | None = None):
     if values.get("cache_dir"):
         cache = Path(values["cache_dir"])
         values["cache_dir"] = str(cache if cache.is_absolute() else Path(base_dir or PROJECT_ROOT) / cache)
+    if values.get("model_path") and not Path(values["model_path"]).is_absolute():
+        values["model_path"] = str(PROJECT_ROOT / values["model_path"])  # data/agent_model from anywhere
     try:
         factory = get_method(target)
     except Exception as err:

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from components.compiler.fetching import Submit, TaskFetchingUnit, TaskRecord, resolve
 from components.compiler.plan import END_OF_PLAN, StreamingPlanParser, Task, iter_tasks, parse_call
-from components.compiler.prompts import joiner_messages, planner_messages, react_messages, scratchpad
+from components.compiler.prompts import EXAMPLES, Example, joiner_messages, planner_messages, react_messages, scratchpad
 from components.llm.base import LLM
 from components.tools.base import ToolResult
 
@@ -65,13 +65,15 @@ class LLMCompiler:
     """Plan (streamed) -> dispatch ready tasks in parallel -> join: Finish or Replan (up to max_replans)."""
 
     def __init__(self, llm: LLM, tools: dict[str, str], submit: Submit, max_replans: int = 1,
-                 planner_max_tokens: int = 320, joiner_max_tokens: int = 96, temperature: float = 0.0) -> None:
+                 planner_max_tokens: int = 320, joiner_max_tokens: int = 96, temperature: float = 0.0,
+                 examples: tuple[Example, ...] = EXAMPLES) -> None:
         if max_replans < 0:
             raise ValueError(f"max_replans must be >= 0, got {max_replans}")
         self.llm, self.tools, self.submit = llm, tools, submit  # tools: name -> description
         self.max_replans = max_replans
         self.planner_max_tokens, self.joiner_max_tokens = planner_max_tokens, joiner_max_tokens
         self.temperature = temperature
+        self.examples = examples  # few-shot examples in the prompts; () for a model tuned to the format
 
     def run(self, question: str) -> AgentResult:
         start, usage = time.perf_counter(), _UsageDelta(self.llm)
@@ -82,7 +84,7 @@ class LLMCompiler:
         for round_no in range(self.max_replans + 1):
             parser = StreamingPlanParser(self.tools, known=done.keys(), strict=False)
             plan_text: list[str] = []
-            messages = planner_messages(question, list(self.tools.values()), context)
+            messages = planner_messages(question, list(self.tools.values()), context, self.examples)
             fetcher = TaskFetchingUnit(self.submit)
             records = fetcher.run(self._plan_stream(messages, parser, plan_text), known=done)
             round_steps = [(_render_call(r), str(r.result)) for r in records.values()
@@ -96,7 +98,8 @@ class LLMCompiler:
                        if r.result is not None and not r.result.ok]
             result.errors += errors
             result.tool_calls += sum(r.submitted for r in records.values())
-            join_messages = joiner_messages(question, steps + [("Plan errors", "; ".join(errors))] if errors else steps)
+            join_messages = joiner_messages(question, steps + [("Plan errors", "; ".join(errors))] if errors else steps,
+                                            self.examples)
             joined = self.llm.chat(join_messages, max_tokens=self.joiner_max_tokens, temperature=self.temperature)
             decision = parse_final(joined.text)
             result.trace.append({
@@ -139,16 +142,17 @@ class ReActAgent:
     """Thought / Action / Observation, one tool call per LLM call, on the same tools and executor."""
 
     def __init__(self, llm: LLM, tools: dict[str, str], submit: Submit, max_steps: int = 8,
-                 step_max_tokens: int = 96, temperature: float = 0.0) -> None:
+                 step_max_tokens: int = 96, temperature: float = 0.0, examples: tuple[Example, ...] = EXAMPLES) -> None:
         self.llm, self.tools, self.submit = llm, tools, submit
         self.max_steps, self.step_max_tokens, self.temperature = max_steps, step_max_tokens, temperature
+        self.examples = examples
 
     def run(self, question: str) -> AgentResult:
         start, usage = time.perf_counter(), _UsageDelta(self.llm)
         result = AgentResult(question, "react", None)
         trajectory = ""
         for step in range(self.max_steps):
-            messages = react_messages(question, list(self.tools.values()), trajectory)
+            messages = react_messages(question, list(self.tools.values()), trajectory, self.examples)
             text = self.llm.chat(messages, max_tokens=self.step_max_tokens, temperature=self.temperature,
                                  stop=["Observation:", "\nQuestion:"]).text.strip()
             trajectory += text + "\n"

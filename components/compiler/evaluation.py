@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 from components.compiler.agents import AgentResult, LLMCompiler, ReActAgent
 from components.compiler.fetching import Submit
 from components.compiler.parallelqa import Question, is_correct
+from components.compiler.prompts import EXAMPLES
 from components.llm.base import LLM
 
 METHODS = ("llmcompiler", "react")
@@ -26,16 +27,20 @@ class AgentSettings:
     react_max_steps: int = 10  # the longest question needs 7 actions + Finish: 2 to spare
     react_step_max_tokens: int = 96  # one Thought + one Action
     temperature: float = 0.0  # greedy: reproducible
+    few_shot: bool = True  # worked examples in every prompt; False for a model tuned to the formats
 
 
 def build_agent(method: str, llm: LLM, tools: dict[str, str], submit: Submit, settings: AgentSettings):
+    examples = EXAMPLES if settings.few_shot else ()  # the same for both methods
     if method == "llmcompiler":
         return LLMCompiler(llm, tools, submit, max_replans=settings.max_replans,
                            planner_max_tokens=settings.planner_max_tokens,
-                           joiner_max_tokens=settings.joiner_max_tokens, temperature=settings.temperature)
+                           joiner_max_tokens=settings.joiner_max_tokens, temperature=settings.temperature,
+                           examples=examples)
     if method == "react":
         return ReActAgent(llm, tools, submit, max_steps=settings.react_max_steps,
-                          step_max_tokens=settings.react_step_max_tokens, temperature=settings.temperature)
+                          step_max_tokens=settings.react_step_max_tokens, temperature=settings.temperature,
+                          examples=examples)
     raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
 
 

@@ -26,7 +26,7 @@ class Example:
 
 # Order matters for a small model, which copies the nearest example: the chain (rarest shape)
 # first, the most common shape (parallel lookups + arithmetic) last.
-EXAMPLES = [
+EXAMPLES = (
     Example(
         question="What is the population of the city where Acme Tools is headquartered?",
         plan=['search("headquarters of Acme Tools")', 'search("population of $1")', "join()"],
@@ -46,7 +46,7 @@ EXAMPLES = [
               'calculate("$1 + $2")', "join()"],
         observations=["Examplia population: 120,000 people", "Samplestad population: 80,500 people", "200500"],
         values=["120000", "80500", "200500"], answer="200500", thought="The two populations can be looked up in parallel, then added."),
-]
+)
 
 PLANNER_SYSTEM = """Given a user query, create a plan to solve it with the utmost parallelizability. \
 Each plan step is one action from the following {n} types:
@@ -87,7 +87,7 @@ def _numbered(tool_descriptions: list[str]) -> str:
     return "\n".join(f"{i}. {d}" for i, d in enumerate(tool_descriptions, 1))
 
 
-def _few_shot(system: str, examples: list[Example], render, user: str) -> Messages:
+def _few_shot(system: str, examples: tuple[Example, ...], render, user: str) -> Messages:
     """System instructions, one user/assistant pair per example (`render` writes the answer), the request."""
     messages: Messages = [{"role": "system", "content": system}]
     for ex in examples:
@@ -98,7 +98,7 @@ def _few_shot(system: str, examples: list[Example], render, user: str) -> Messag
 
 
 def planner_messages(question: str, tool_descriptions: list[str], context: str = "",
-                     examples: list[Example] = EXAMPLES) -> Messages:
+                     examples: tuple[Example, ...] = EXAMPLES) -> Messages:
     """The planner's chat: system instructions, one user/assistant pair per example, the question.
     `context`: the previous rounds' plans, results and the joiner's reason, when replanning."""
     system = PLANNER_SYSTEM.format(n=len(tool_descriptions) + 1, tools=_numbered(tool_descriptions),
@@ -115,7 +115,7 @@ def scratchpad(steps: list[tuple[str, str]]) -> str:
     return "\n".join(f"{call}\nObservation: {obs}" for call, obs in steps)
 
 
-def joiner_messages(question: str, steps: list[tuple[str, str]], examples: list[Example] = EXAMPLES) -> Messages:
+def joiner_messages(question: str, steps: list[tuple[str, str]], examples: tuple[Example, ...] = EXAMPLES) -> Messages:
     messages: Messages = [{"role": "system", "content": JOINER_SYSTEM}]
     for ex in examples[-2:]:  # the two most common shapes
         ex_steps = [(f"{i}. {call}", obs) for i, (call, obs) in enumerate(zip(ex.plan, ex.observations), 1)]
@@ -127,7 +127,7 @@ def joiner_messages(question: str, steps: list[tuple[str, str]], examples: list[
 
 
 def react_messages(question: str, tool_descriptions: list[str], trajectory: str,
-                   examples: list[Example] = EXAMPLES) -> Messages:
+                   examples: tuple[Example, ...] = EXAMPLES) -> Messages:
     system = REACT_SYSTEM.format(tools=_numbered(tool_descriptions), finish_n=len(tool_descriptions) + 1)
     user = f"Question: {question}" + (f"\n{trajectory}" if trajectory else "")
     return _few_shot(system, examples, _react_text, user)

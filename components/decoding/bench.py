@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -27,17 +28,75 @@ def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:
     return expected_tokens(alpha, gamma) / (gamma * c + 1)
 
 
-def overlapped_speedup(alpha: float, gamma: int, c: float) -> float:
-    """The same rounds with draft and target fully overlapped (PEARL's ideal): round = max(γc, 1) target steps."""
-    return expected_tokens(alpha, gamma) / max(gamma * c, 1.0)
+VERIFY_BLOCKS = (2, 3, 5, 9, 17)  # block sizes whose target forward is timed (1 = the one-token step)
 
 
-def alpha_needed(speedup: float, c: float, model) -> float:
-    """Smallest α (to 0.01) for which some γ ≤ 16 reaches `speedup` under `model`; 1.0 if none."""
-    for step in range(0, 100):
-        alpha = step / 100
-        if max(model(alpha, g, c) for g in range(1, 17)) >= speedup:
-            return alpha
+@dataclass(frozen=True)
+class StepCosts:
+    """Measured seconds per forward on one thread budget: the inputs of the round models.
+
+    `target_blocks[k]` is a target forward over k new tokens (k = 1 is the decode step); on a GPU it
+    stays near the step up to tens of tokens, on 2 CPU cores a 9-token block costs 1.5-2x a step.
+    """
+
+    target_blocks: dict[int, float]
+    draft_step: float
+
+    def target(self, block: int) -> float:
+        """Seconds of a target forward over `block` tokens, linear between the measured sizes."""
+        sizes = sorted(self.target_blocks)
+        if block <= sizes[0] or len(sizes) == 1:
+            return self.target_blocks[sizes[0]]
+        for lo, hi in zip(sizes, sizes[1:]):
+            if block <= hi:
+                w = (block - lo) / (hi - lo)
+                return (1 - w) * self.target_blocks[lo] + w * self.target_blocks[hi]
+        lo, hi = sizes[-2], sizes[-1]  # past the largest size: extend the last slope
+        return self.target_blocks[hi] + (block - hi) * (self.target_blocks[hi] - self.target_blocks[lo]) / (hi - lo)
+
+
+def sd_tokens_per_s(alpha: float, gamma: int, costs: StepCosts) -> float:
+    """Vanilla SD with measured costs: the draft makes γ steps, then the target verifies γ + 1 tokens
+    (the last emitted token + the block). Leviathan's formula with the verify priced as measured."""
+    return expected_tokens(alpha, gamma) / (gamma * costs.draft_step + costs.target(gamma + 1))
+
+
+def pearl_tokens_per_s(alpha: float, gamma: int, costs: StepCosts) -> float:
+    """PEARL with measured costs, as `SpeculativeDecoder` runs it, acceptance i.i.d. with probability α.
+
+    Two kinds of round, each as long as the slower worker (perfect overlap: no barrier cost, no
+    contention for the memory bus between the workers, so real rounds are slower):
+    - pre-verify (no block pending): the draft makes γ steps while the target takes one step, which
+      verifies the first draft token. One token either way; accepted (α) -> post-verify.
+    - post-verify: the target verifies the γ − 1 pending tokens (+ the one before them: γ tokens)
+      while the draft makes the next γ steps. The i-th pending token rejected first: i + 1 tokens,
+      back to pre-verify. All accepted: γ − 1 tokens, and the target's last p verifies the first new
+      draft token: accepted -> γ tokens and post-verify again (probability α^γ), else γ tokens and
+      pre-verify.
+    Stationary rounds: post/pre = α / (1 − α^γ).
+    """
+    pre_s = max(gamma * costs.draft_step, costs.target(1))
+    if gamma == 1:  # the pre-verified token was the whole draft: no block is left to post-verify
+        return 1 / pre_s
+    if alpha >= 1:
+        return gamma / max(gamma * costs.draft_step, costs.target(gamma))
+    post_s = max(gamma * costs.draft_step, costs.target(gamma))
+    post_tokens = sum(alpha ** i * (1 - alpha) * (i + 1) for i in range(gamma - 1)) + alpha ** (gamma - 1) * gamma
+    post_per_pre = alpha / (1 - alpha ** gamma)
+    return (1 + post_per_pre * post_tokens) / (pre_s + post_per_pre * post_s)
+
+
+def best_over_gamma(rate: Callable[[float, int, StepCosts], float], alpha: float, costs: StepCosts,
+                    max_gamma: int = 16) -> tuple[float, int]:
+    """(tokens/s, γ) of the best draft length for `rate` at this α."""
+    return max((rate(alpha, g, costs), g) for g in range(1, max_gamma + 1))
+
+
+def alpha_needed(goal: float, speedup_at: Callable[[float], float]) -> float:
+    """Smallest α (to 0.01) at which `speedup_at(α)` reaches `goal`; 1.0 when even α = 1 does not."""
+    for step in range(0, 101):
+        if speedup_at(step / 100) >= goal:
+            return step / 100
     return 1.0
 
 
@@ -49,9 +108,12 @@ def verify_seconds(model, prompt: Sequence[int], block: int, threads: int, steps
         samples = []
         for _ in range(steps):
             runner = SequenceRunner(wrap_model(model))
-            runner.logits_for(list(prompt))
+            seq = list(prompt)
+            runner.logits_for(seq)
+            seq.append(seq[-1])
+            runner.logits_for(seq)  # the first incremental forward pays one-off allocations: not timed
             start = time.perf_counter()
-            runner.logits_for(list(prompt) + [prompt[-1]] * block)
+            runner.logits_for(seq + [seq[-1]] * block)
             samples.append(time.perf_counter() - start)
         return statistics.median(samples)
     finally:
@@ -62,9 +124,13 @@ def _aggregate(runs: list[DecodeStats]) -> dict:
     tokens = sum(r.new_tokens for r in runs)
     seconds = sum(r.seconds for r in runs)
     verified = sum(r.draft_tokens_verified for r in runs)
-    target_forwards = sum(r.target_forwards for r in runs)
+    target_forwards, draft_forwards = sum(r.target_forwards for r in runs), sum(r.draft_forwards for r in runs)
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds if seconds else 0.0,
-            "target_forwards": target_forwards, "draft_forwards": sum(r.draft_forwards for r in runs),
+            "target_forwards": target_forwards, "draft_forwards": draft_forwards,
+            # seconds inside each model's forwards; in PEARL they overlap, and beside each other
+            # each forward is slower than alone (shared memory bus): compare with the costs.
+            "target_forward_s": sum(r.target_seconds for r in runs) / target_forwards if target_forwards else None,
+            "draft_forward_s": sum(r.draft_seconds for r in runs) / draft_forwards if draft_forwards else None,
             "acceptance_rate": sum(r.draft_tokens_accepted for r in runs) / verified if verified else None,
             "mean_accepted_tokens": tokens / target_forwards if target_forwards else 0.0}
 
@@ -131,7 +197,7 @@ def compare_methods(target, draft, prompts: Sequence[Sequence[int]], *, max_new_
         torch.set_num_threads(previous)
         for decoder in decoders.values():
             decoder.close()
-    costs = measure_costs(target, draft, prompts[0], threads, draft_threads, target_threads, pearl_gamma)
+    costs = measure_costs(target, draft, prompts[0], threads, draft_threads, target_threads)
     methods = {}
     for name in names:
         reps = per_repeat[name]
@@ -145,12 +211,12 @@ def compare_methods(target, draft, prompts: Sequence[Sequence[int]], *, max_new_
             "target_threads": target_threads, "pearl_gamma": pearl_gamma}
 
 
-def measure_costs(target, draft, prompt, threads: int, draft_threads: int, target_threads: int, gamma: int) -> dict:
-    """Per-step seconds with all cores and with the PEARL split: the inputs of the bounds."""
+def measure_costs(target, draft, prompt, threads: int, draft_threads: int, target_threads: int) -> dict:
+    """Per-forward seconds with all cores and with the PEARL split: the inputs of the round models."""
     costs = {"target_step_s": step_seconds(target, prompt, threads=threads),
              "target_step_split_s": step_seconds(target, prompt, threads=target_threads),
-             "target_verify_s": verify_seconds(target, prompt, gamma + 1, threads),
-             "target_verify_split_s": verify_seconds(target, prompt, gamma + 1, target_threads)}
+             "target_block_s": {k: verify_seconds(target, prompt, k, threads) for k in VERIFY_BLOCKS},
+             "target_block_split_s": {k: verify_seconds(target, prompt, k, target_threads) for k in VERIFY_BLOCKS}}
     if draft is not None:
         costs.update({"draft_step_s": step_seconds(draft, prompt, threads=threads),
                       "draft_step_split_s": step_seconds(draft, prompt, threads=draft_threads)})
@@ -159,8 +225,15 @@ def measure_costs(target, draft, prompt, threads: int, draft_threads: int, targe
     return costs
 
 
+def step_costs(costs: dict, split: bool) -> StepCosts:
+    """The measured costs on all cores (AR, SD) or on each worker's share (PEARL)."""
+    suffix = "_split_s" if split else "_s"
+    blocks = {int(k): v for k, v in costs[f"target_block{suffix}"].items()}  # JSON keys are strings
+    return StepCosts(target_blocks={1: costs[f"target_step{suffix}"], **blocks}, draft_step=costs[f"draft_step{suffix}"])
+
+
 def summarize(result: dict) -> dict[str, float]:
-    """Speedups, best-γ SD, α, MAT and the bounds (Leviathan for SD; perfect overlap for PEARL)."""
+    """Speedups, best-γ SD, α, MAT, Leviathan's bound and the round models at the measured costs."""
     methods, costs = result["methods"], result["costs"]
     ar = methods["ar"]["tokens_per_s"]
     sd_names = [n for n in methods if n.startswith("sd_g")]
@@ -176,19 +249,36 @@ def summarize(result: dict) -> dict[str, float]:
     for name in ("pearl_no_pre", "pearl_no_post", "hf_assisted"):
         if name in methods:
             out[f"{name}_speedup_vs_ar"] = methods[name]["tokens_per_s"] / ar
-    if "c" in costs:
-        alpha, c = out["sd_acceptance_rate"], costs["c"]
-        out["c"] = c
-        out["leviathan_bound_sd_best_gamma"] = leviathan_speedup(alpha, int(sd["gamma"]), c)
-        out["leviathan_bound_sd_any_gamma"] = max(leviathan_speedup(alpha, g, c) for g in range(1, 17))
-        # PEARL with perfect overlap and no overhead: each round costs the slower worker's time on
-        # its share of the cores; tokens per round = the measured MAT.
-        g = result["pearl_gamma"]
-        round_s = max(g * costs["draft_step_split_s"], costs["target_verify_split_s"])
-        out["pearl_bound_vs_ar"] = pearl["mean_accepted_tokens"] * costs["target_step_s"] / round_s
-        out["pearl_bound_vs_sd"] = out["pearl_bound_vs_ar"] / out["sd_speedup_vs_ar"]
-        out["thread_scaling_target"] = costs["thread_scaling_target"]
-        # What the draft would have to reach at this c: α for SD 2x AR, and for ideal PEARL 2x AR.
-        out["alpha_needed_sd_2x_ar"] = alpha_needed(2.0, c, leviathan_speedup)
-        out["alpha_needed_pearl_ideal_2x_ar"] = alpha_needed(2.0, c, overlapped_speedup)
+    if "c" not in costs:
+        return out
+    alpha, c = out["sd_acceptance_rate"], costs["c"]
+    out["c"] = c
+    out["thread_scaling_target"] = costs["thread_scaling_target"]
+    out["leviathan_bound_sd_best_gamma"] = leviathan_speedup(alpha, int(sd["gamma"]), c)
+    out["leviathan_bound_sd_any_gamma"] = max(leviathan_speedup(alpha, g, c) for g in range(1, 17))
+    # The same rounds priced with the measured costs (a k-token verify is not one step on a CPU;
+    # PEARL's workers each have their share of the cores). AR's rate comes from the same timings.
+    full, split = step_costs(costs, split=False), step_costs(costs, split=True)
+    ar_model = 1 / full.target(1)
+    out["verify_9_over_step"] = full.target(9) / full.target(1)
+    out["sd_model_vs_ar"] = sd_tokens_per_s(alpha, int(sd["gamma"]), full) / ar_model
+    out["pearl_model_vs_ar"] = pearl_tokens_per_s(alpha, int(result["pearl_gamma"]), split) / ar_model
+    out["pearl_measured_over_model"] = out["pearl_speedup_vs_ar"] / out["pearl_model_vs_ar"]
+
+    def sd_best(a: float) -> float:
+        return best_over_gamma(sd_tokens_per_s, a, full)[0] / ar_model
+
+    def pearl_best(a: float) -> float:
+        return best_over_gamma(pearl_tokens_per_s, a, split)[0] / ar_model
+
+    out["pearl_model_best_gamma_vs_ar"] = pearl_best(alpha)
+    out["pearl_over_sd_model"] = pearl_best(alpha) / sd_best(alpha)  # both at their best γ, measured α
+    out["pearl_model_alpha_1_vs_ar"] = pearl_best(1.0)  # a draft of this cost that is never wrong
+    # What the draft would have to reach for 2x AR: at the measured costs, and with every block
+    # costing one target step as on a GPU (1.0: not even a perfect draft).
+    out["alpha_needed_sd_2x_ar"] = alpha_needed(2.0, sd_best)
+    out["alpha_needed_pearl_2x_ar"] = alpha_needed(2.0, pearl_best)
+    one_step = StepCosts(target_blocks={1: split.target(1)}, draft_step=split.draft_step)
+    out["alpha_needed_pearl_2x_ar_if_block_costs_one_step"] = alpha_needed(
+        2.0, lambda a: best_over_gamma(pearl_tokens_per_s, a, one_step)[0] / ar_model)
     return out

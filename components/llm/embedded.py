@@ -20,19 +20,35 @@ from typing import Iterator, Sequence
 
 from components.llm.base import LLM, Completion, LLMTimeoutError, Messages, cut_at_stop
 
-_MODELS: dict[tuple[str, str], tuple[object, object]] = {}
+_MODELS: dict[tuple[str, str, str | None], tuple[object, object]] = {}  # (dtype, device, folder)
 _load_lock = threading.Lock()
 
 
-def load_smollm2(dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer), loaded at most once per process for each (dtype, device)."""
-    key = (dtype, device)
+def load_smollm2(dtype: str = "float32", device: str = "cpu", path: str | None = None):
+    """(model, tokenizer), loaded at most once per process for each (dtype, device, path); `path`: a
+    fine-tuned copy saved with save_pretrained (weights + tokenizer), e.g. by scripts/tune_agent_model.py."""
+    key = (dtype, device, path)
     with _load_lock:
         if key not in _MODELS:
-            from components.lm.smollm2 import load_model, load_tokenizer
+            if path is None:
+                from components.lm.smollm2 import load_model, load_tokenizer
 
-            _MODELS[key] = (load_model(dtype=dtype, device=device), load_tokenizer())
+                _MODELS[key] = (load_model(dtype=dtype, device=device), load_tokenizer())
+            else:
+                _MODELS[key] = _load_folder(path, dtype, device)
         return _MODELS[key]
+
+
+def _load_folder(path: str, dtype: str, device: str):
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(path) / "config.json").exists():
+        raise FileNotFoundError(f"llm.model_path={path!r} is not a saved model folder (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 class PrefixCache:
@@ -95,12 +111,13 @@ class EmbeddedLLM(LLM):
     def __init__(self, model: str = "SmolLM2-135M-Instruct", dtype: str = "float32", device: str = "cpu",
                  timeout_s: float | None = None, seed: int = 0, *, cache=None,
                  max_concurrency: int | None = 1, prefix_cache_entries: int = 4,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, model_path: str | None = None) -> None:
         super().__init__(cache=cache, max_concurrency=max_concurrency)
         if model != "SmolLM2-135M-Instruct":
             raise ValueError(f"the embedded backend ships only SmolLM2-135M-Instruct, not {model!r}; "
                              "use llm=openai to reach another model")
         self.model = model
+        self.model_path = model_path  # a fine-tuned SmolLM2 folder instead of the packaged weights
         self.dtype, self.device = dtype, _resolve_device(device)
         self.timeout_s = timeout_s  # wall-clock budget of one request; None: unbounded
         self.seed = seed
@@ -110,11 +127,11 @@ class EmbeddedLLM(LLM):
             # Process-wide: on a busy CPU, torch's intra-op threads wait on each other at every op
             # (measured here: 1 thread was ~20x faster than 2 with the machine oversubscribed).
             torch.set_num_threads(threads)
-        self._model, self._tokenizer = load_smollm2(self.dtype, self.device)
+        self._model, self._tokenizer = load_smollm2(self.dtype, self.device, model_path)
         self.prefix_cache = PrefixCache(prefix_cache_entries) if prefix_cache_entries > 0 else None
 
     def cache_identity(self) -> dict:
-        return {**super().cache_identity(), "dtype": self.dtype, "seed": self.seed}
+        return {**super().cache_identity(), "dtype": self.dtype, "seed": self.seed, "model_path": self.model_path}
 
     def _chat(self, messages: Messages, max_tokens: int, temperature: float, stop: Sequence[str] | None) -> Completion:
         stats = Completion("", model=self.model)

@@ -21,12 +21,12 @@ def _cache(cache_dir: str | None) -> ResponseCache | None:
 def embedded(*, model: str = "SmolLM2-135M-Instruct", dtype: str = "float32", device: str = "cpu",
              timeout_s: float | None = None, seed: int = 0, max_concurrency: int | None = 1,
              cache_dir: str | None = None, threads: int | None = None, prefix_cache_entries: int = 4,
-             **_other_backends: Any) -> LLM:
+             model_path: str | None = None, **_other_backends: Any) -> LLM:
     from components.llm.embedded import EmbeddedLLM
 
     return EmbeddedLLM(model=model, dtype=dtype, device=device, timeout_s=timeout_s, seed=seed,
                        cache=_cache(cache_dir), max_concurrency=max_concurrency, threads=threads,
-                       prefix_cache_entries=prefix_cache_entries)
+                       prefix_cache_entries=prefix_cache_entries, model_path=model_path)
 
 
 def openai_compatible(*, model: str, base_url: str | None = None, api_key: str | None = None,

@@ -70,15 +70,18 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.op
     return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LambdaLR:
-    def lr_factor(step: int) -> float:
-        if step < settings.warmup_iters:
-            return (step + 1) / settings.warmup_iters
-        progress = min(1.0, (step - settings.warmup_iters) / max(1, settings.iters - settings.warmup_iters))
-        floor = settings.min_lr / settings.lr
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    """The LR as a fraction of its peak: linear warm-up over `warmup` steps, then a cosine down to
+    `floor` at step `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
+        step, settings.warmup_iters, settings.iters, settings.min_lr / settings.lr))
 
 
 def capture_state(step: int, model, optimizer, scheduler, data_generator: torch.Generator,

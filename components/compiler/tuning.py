@@ -1,0 +1,196 @@
+"""Teaching a small model the agents' formats: transcripts to fine-tune on, and the fine-tuning loop.
+
+SmolLM2-135M, the only model shipped offline, cannot plan from few-shot examples (it copies them:
+~0% accuracy for both agents). The LLMCompiler authors met the same wall with small models and
+fine-tuned them on synthetic function-calling plans (TinyAgent, Erdogan et al. 2024: TinyLlama-1.1B
+and Wizard-2-7B tuned for LLMCompiler). This module does that here, at 135M scale:
+
+- `oracle_transcripts` runs LLMCompiler AND ReAct with the scripted oracle (reference plans, ReAct
+  steps that copy observed values, a joiner that reads the last observation) on questions over
+  *other* invented knowledge bases (other seeds: other entity names and numbers) and records every
+  LLM call as a chat: the prompt the agent sent + the oracle's reply. Both methods' calls come from
+  the same questions, so neither is tuned more than the other.
+- `tune` fine-tunes the top layers of a causal LM on those chats (loss on the replies only).
+
+The tuned model learns the 16 question shapes of `parallelqa`, not general planning: it is a
+specialised planner/actor, as TinyAgent's are, and is evaluated on entities it never saw.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+Messages = list[dict[str, str]]
+
+
+def oracle_transcripts(kb_seeds: Iterable[int], per_template: int = 2, few_shot: bool = False,
+                       exclude_names: Iterable[str] = ()) -> list[Messages]:
+    """Every LLM call both agents make on questions over each knowledge base `kb_seeds`, answered by
+    the oracle, as chats ending with the assistant's reply. Questions naming any of `exclude_names`
+    (the evaluation knowledge base's entities) are skipped."""
+    from components.compiler.evaluation import AgentSettings, build_agent
+    from components.compiler.fetching import ThreadSubmit
+    from components.compiler.parallelqa import build_questions
+    from components.compiler.scripted import parallelqa_oracle
+    from components.llm.base import ScriptedLLM
+    from components.tools import build_knowledge_base, build_toolbox
+
+    chats: list[Messages] = []
+
+    def recording(messages: Messages) -> str:
+        reply = parallelqa_oracle(messages)
+        chats.append([dict(m) for m in messages] + [{"role": "assistant", "content": reply}])
+        return reply
+
+    excluded = [name.lower() for name in exclude_names]
+    settings = AgentSettings(few_shot=few_shot)
+    llm = ScriptedLLM(recording)
+    for seed in kb_seeds:
+        toolbox = build_toolbox(seed)
+        tools = {n: t.description for n, t in toolbox.tools.items()}
+        submit = ThreadSubmit(toolbox, max_workers=8)
+        try:
+            agents = [build_agent(m, llm, tools, submit, settings) for m in ("llmcompiler", "react")]
+            for question in build_questions(build_knowledge_base(seed), per_template=per_template, seed=seed):
+                if any(name in question.text.lower() for name in excluded):
+                    continue
+                for agent in agents:
+                    agent.run(question.text)
+        finally:
+            submit.close()
+    return chats
+
+
+def kind_of(chat: Messages) -> str:
+    """'planner', 'joiner' or 'react': which agent call a transcript records."""
+    from components.compiler.prompts import JOINER_SYSTEM, PLANNER_SYSTEM
+
+    system = chat[0]["content"]
+    if system.startswith(PLANNER_SYSTEM[:40]):
+        return "planner"
+    if system.startswith(JOINER_SYSTEM[:40]):
+        return "joiner"
+    return "react"
+
+
+def encode_chat(tokenizer, chat: Messages) -> tuple[list[int], int]:
+    """(token ids of the whole chat, index where the reply starts): the loss covers the reply and the
+    end-of-turn token after it, so the tuned model also learns to stop."""
+    prompt = tokenizer.apply_chat_template(chat[:-1], add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"]
+    full = tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+    if full[: len(prompt)] != prompt:
+        raise ValueError("the chat template renders the prompt differently inside the full chat")
+    return full, len(prompt)
+
+
+@dataclass
+class TuneSettings:
+    train_layers: int = 12  # top decoder layers trained (+ final norm); the rest and the tied embedding stay frozen
+    lr: float = 1e-4  # AdamW peak; warm-up then cosine decay to 10%
+    warmup_steps: int = 10
+    epochs: float = 1.0  # passes over the transcripts (fractional: a share of the last pass)
+    batch_tokens: int = 2048  # padded tokens per optimizer step (sequences of similar length batched)
+    minutes: float | None = None  # stop early after this much training time
+    seed: int = 0
+
+
+@dataclass
+class TuneReport:
+    steps: int = 0
+    sequences: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)  # mean reply-token loss per step
+    stopped_early: bool = False
+
+
+def _batches(examples: Sequence[tuple[list[int], int]], batch_tokens: int, rng: random.Random) -> list[list[int]]:
+    """Index batches of similar lengths (little padding), in random order."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        n = len(examples[i][0])
+        if current and max(longest, n) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def tune(model, examples: Sequence[tuple[list[int], int]], settings: TuneSettings, pad_id: int,
+         log: Callable[[str], None] = print) -> TuneReport:
+    """Fine-tune the top `train_layers` decoder layers of a transformers causal LM in place on
+    (ids, reply_start) examples; cross-entropy on reply tokens only."""
+    import torch
+
+    from components.lm.training import warmup_cosine
+
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    layers = model.model.layers
+    if not 1 <= settings.train_layers <= len(layers):
+        raise ValueError(f"train_layers must be in 1..{len(layers)}, got {settings.train_layers}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trained = list(layers[-settings.train_layers:]) + [model.model.norm]
+    params = [p for module in trained for p in module.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+
+    plan: list[list[int]] = []
+    whole, part = int(settings.epochs), settings.epochs - int(settings.epochs)
+    for _ in range(whole):
+        plan += _batches(examples, settings.batch_tokens, rng)
+    if part > 0:
+        extra = _batches(examples, settings.batch_tokens, rng)
+        plan += extra[: max(1, round(part * len(extra)))]
+    total = len(plan)
+
+    def lr_at(step: int) -> float:
+        return settings.lr * warmup_cosine(step, settings.warmup_steps, total, floor=0.1)
+
+    report = TuneReport()
+    model.train()
+    start = time.perf_counter()
+    for step, batch in enumerate(plan):
+        if settings.minutes is not None and time.perf_counter() - start > 60 * settings.minutes:
+            report.stopped_early = True
+            log(f"time budget of {settings.minutes} min spent after {step} of {total} steps")
+            break
+        longest = max(len(examples[i][0]) for i in batch)
+        ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), longest), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, i in enumerate(batch):
+            seq, reply_start = examples[i]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, reply_start: len(seq)] = torch.tensor(seq[reply_start:])
+            mask[row, : len(seq)] = 1
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        report.steps += 1
+        report.sequences += len(batch)
+        report.tokens += int(mask.sum())
+        report.losses.append(float(loss.detach()))
+        if step % 10 == 0 or step == total - 1:
+            elapsed = time.perf_counter() - start
+            log(f"step {step + 1}/{total} loss {report.losses[-1]:.3f} lr {lr_at(step):.2e} "
+                f"{report.tokens / max(elapsed, 1e-9):.0f} tok/s")
+    report.seconds = time.perf_counter() - start
+    model.eval()
+    return report
