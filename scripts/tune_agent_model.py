@@ -48,7 +48,8 @@ def main(argv=None) -> None:
 
     import torch
 
-    from components.compiler.tuning import encode_chat, kind_of, oracle_transcripts, tune
+    from components.compiler.prompts import prompt_kind
+    from components.compiler.tuning import encode_chat, oracle_transcripts, tune
     from components.lm.smollm2 import load_model, load_tokenizer
     from components.tools import build_knowledge_base
 
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
     chats = oracle_transcripts(seeds, per_template=args.per_template, few_shot=False, exclude_names=eval_names)
     if args.react_steps is not None:
         chats = _subsample_react(chats, args.react_steps, random.Random(0))
-    kinds = {k: sum(kind_of(c) == k for c in chats) for k in ("planner", "joiner", "react")}
+    kinds = {k: sum(prompt_kind(c) == k for c in chats) for k in ("planner", "joiner", "react")}
     print(f"{len(chats)} transcripts {kinds} in {time.perf_counter() - start:.0f} s", flush=True)
 
     tokenizer = load_tokenizer()
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
 def _subsample_react(chats, keep: int, rng: random.Random):
     """All planner/joiner chats; per ReAct episode `keep` of its calls, always including the last
     (Finish). An episode's calls share the question and grow one step at a time."""
-    from components.compiler.tuning import kind_of
+    from components.compiler.prompts import prompt_kind
 
     out, episode = [], []
 
@@ -108,7 +109,7 @@ def _subsample_react(chats, keep: int, rng: random.Random):
             episode.clear()
 
     for chat in chats:
-        if kind_of(chat) != "react":
+        if prompt_kind(chat) != "react":
             flush()
             out.append(chat)
             continue

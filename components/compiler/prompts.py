@@ -77,6 +77,15 @@ Write one Thought and one Action, then stop: the Observation will be given to yo
 actual values from earlier observations in later actions."""
 
 
+def prompt_kind(messages: Messages) -> str | None:
+    """'planner', 'joiner' or 'react': which agent call a chat is, read off its system prompt."""
+    system = messages[0]["content"] if messages and messages[0].get("role") == "system" else ""
+    for kind, template in (("planner", PLANNER_SYSTEM), ("joiner", JOINER_SYSTEM), ("react", REACT_SYSTEM)):
+        if system.startswith(template.split("\n")[0][:40]):
+            return kind
+    return None
+
+
 def _plan_text(example: Example) -> str:
     lines = [f"Thought: {example.thought}"] if example.thought else []
     lines += [f"{i}. {step}" for i, step in enumerate(example.plan, 1)]

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from components.compiler.parallelqa import REGISTRY, Question
-from components.compiler.prompts import JOINER_SYSTEM, PLANNER_SYSTEM, REACT_SYSTEM
+from components.compiler.prompts import prompt_kind
 from components.llm.base import Completion, ScriptedLLM, cut_at_stop
 
-_PLANNER, _JOINER, _REACT = (s.split("\n")[0][:40] for s in (PLANNER_SYSTEM, JOINER_SYSTEM, REACT_SYSTEM))
 _OBS = re.compile(r"^Observation:\s*(.*)$", re.MULTILINE)
 _IDS = re.compile(r"^(\d+)\.\s", re.MULTILINE)
 
@@ -33,14 +32,15 @@ def observed_value(observation: str) -> str:
 
 
 def parallelqa_oracle(messages: list[dict[str, str]]) -> str:
-    system, user = messages[0]["content"], messages[-1]["content"]
+    user = messages[-1]["content"]
     question_text = user.split("\n", 1)[0].removeprefix("Question:").strip()
     question = REGISTRY.get(question_text)
-    if system.startswith(_PLANNER):
+    kind = prompt_kind(messages)
+    if kind == "planner":
         return _plan(question, user)
-    if system.startswith(_JOINER):
+    if kind == "joiner":
         return _join(user)
-    if system.startswith(_REACT):
+    if kind == "react":
         return _react_step(question, user)
     raise ValueError("parallelqa_oracle: not a planner, joiner or ReAct prompt")
 

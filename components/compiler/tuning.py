@@ -63,18 +63,6 @@ def oracle_transcripts(kb_seeds: Iterable[int], per_template: int = 2, few_shot:
     return chats
 
 
-def kind_of(chat: Messages) -> str:
-    """'planner', 'joiner' or 'react': which agent call a transcript records."""
-    from components.compiler.prompts import JOINER_SYSTEM, PLANNER_SYSTEM
-
-    system = chat[0]["content"]
-    if system.startswith(PLANNER_SYSTEM[:40]):
-        return "planner"
-    if system.startswith(JOINER_SYSTEM[:40]):
-        return "joiner"
-    return "react"
-
-
 def encode_chat(tokenizer, chat: Messages) -> tuple[list[int], int]:
     """(token ids of the whole chat, index where the reply starts): the loss covers the reply and the
     end-of-turn token after it, so the tuned model also learns to stop."""

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from components.compiler.plan import END_OF_PLAN
-from components.compiler.tuning import TuneSettings, encode_chat, kind_of, oracle_transcripts, tune
+from components.compiler.prompts import prompt_kind
+from components.compiler.tuning import TuneSettings, encode_chat, oracle_transcripts, tune
 from components.lm.smollm2 import load_tokenizer
 
 
@@ -20,16 +21,16 @@ def test_transcripts_record_every_call_of_both_agents_without_examples(chats):
     from components.tools import build_knowledge_base
 
     questions = build_questions(build_knowledge_base(3), per_template=1, seed=3)
-    kinds = [kind_of(c) for c in chats]
+    kinds = [prompt_kind(c) for c in chats]
     # one plan and one join per question (the oracle never replans); ReAct: one call per plan step
     # (lookups, then the arithmetic or comparison, then Finish)
     assert kinds.count("planner") == kinds.count("joiner") == len(questions)
     assert kinds.count("react") == sum(len(q.plan) for q in questions)
     for chat in chats:
         assert [m["role"] for m in chat] == ["system", "user", "assistant"]  # no few-shot pairs
-        if kind_of(chat) == "planner":
+        if prompt_kind(chat) == "planner":
             assert chat[-1]["content"].endswith(END_OF_PLAN) and "join()" in chat[-1]["content"]
-    finishes = [c[-1]["content"] for c in chats if kind_of(c) == "react" and "Finish(" in c[-1]["content"]]
+    finishes = [c[-1]["content"] for c in chats if prompt_kind(c) == "react" and "Finish(" in c[-1]["content"]]
     assert len(finishes) == len(questions)
 
 
@@ -103,10 +104,10 @@ def test_react_subsample_keeps_every_plan_and_join_and_each_final_step(chats):
     from tests.scripts_module import load_script
 
     kept = load_script("tune_agent_model")._subsample_react(chats, 2, random.Random(0))
-    kinds = [kind_of(c) for c in chats]
-    kept_kinds = [kind_of(c) for c in kept]
+    kinds = [prompt_kind(c) for c in chats]
+    kept_kinds = [prompt_kind(c) for c in kept]
     assert kept_kinds.count("planner") == kinds.count("planner") and kept_kinds.count("joiner") == kinds.count("joiner")
-    react = [c for c in kept if kind_of(c) == "react"]
+    react = [c for c in kept if prompt_kind(c) == "react"]
     finishes = [c for c in react if "Finish(" in c[-1]["content"]]
     assert len(finishes) == kinds.count("planner")  # every question's last ReAct step is kept
     assert len(react) == 2 * len(finishes)  # and exactly one other step of each (all questions have >= 3)
