@@ -67,11 +67,11 @@ def load_target(source: str = "smollm2", path: Optional[str] = None, dtype: str 
 
         return load_quantized(path).to(device).eval()
     if source == "hf_folder":
-        from transformers import AutoModelForCausalLM
+        from components.lm.smollm2 import load_model
 
         if not path or not Path(path).exists():
             raise FileNotFoundError(f"target source 'hf_folder' needs an existing folder, got {path!r}")
-        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+        return load_model(dtype=dtype, device=device, folder=path)
     if source == "tiny_random":
         return tiny_llama(vocab_size=512, hidden=64, layers=4, dtype=torch.float32)
     raise ValueError(f"unknown target source {source!r}; use smollm2, quantized, hf_folder or tiny_random")

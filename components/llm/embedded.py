@@ -16,6 +16,7 @@ import copy
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Iterator, Sequence
 
 from components.llm.base import LLM, Completion, LLMTimeoutError, Messages, cut_at_stop
@@ -30,25 +31,12 @@ def load_smollm2(dtype: str = "float32", device: str = "cpu", path: str | None =
     key = (dtype, device, path)
     with _load_lock:
         if key not in _MODELS:
-            if path is None:
-                from components.lm.smollm2 import load_model, load_tokenizer
+            from components.lm.smollm2 import load_model, load_tokenizer
 
-                _MODELS[key] = (load_model(dtype=dtype, device=device), load_tokenizer())
-            else:
-                _MODELS[key] = _load_folder(path, dtype, device)
+            if path is not None and not (Path(path) / "config.json").exists():
+                raise FileNotFoundError(f"llm.model_path={path!r} is not a saved model folder (no config.json)")
+            _MODELS[key] = (load_model(dtype=dtype, device=device, folder=path), load_tokenizer(path))
         return _MODELS[key]
-
-
-def _load_folder(path: str, dtype: str, device: str):
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not (Path(path) / "config.json").exists():
-        raise FileNotFoundError(f"llm.model_path={path!r} is not a saved model folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(path)
 
 
 class PrefixCache:

@@ -58,16 +58,18 @@ def ensure_safetensors_cache() -> Path:
         return target
 
 
-def load_tokenizer():
+def load_tokenizer(folder: str | Path | None = None):
+    """SmolLM2's tokenizer, or the one saved beside a fine-tuned copy in `folder`."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(ensure_safetensors_cache())
+    return AutoTokenizer.from_pretrained(folder or ensure_safetensors_cache())
 
 
-def load_model(dtype: str = "float32", device: str = "cpu"):
-    """SmolLM2-135M-Instruct as a transformers LlamaForCausalLM in eval mode."""
+def load_model(dtype: str = "float32", device: str = "cpu", folder: str | Path | None = None):
+    """SmolLM2-135M-Instruct as a transformers LlamaForCausalLM in eval mode; `folder`: a copy saved
+    with save_pretrained (fine-tuned) instead of the packaged weights."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(ensure_safetensors_cache(), dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(folder or ensure_safetensors_cache(), dtype=getattr(torch, dtype))
     return model.to(device).eval()
