@@ -1,22 +1,24 @@
-"""LLMCompiler vs ReAct on the project's ParallelQA-style questions, side by side.
+"""LLMCompiler vs ReAct (and vs parallel function calling) on the project's ParallelQA-style questions.
 
-Two settings, same tools (knowledge-base search with a fixed latency, calculator, sandboxed Python)
+Up to three settings, same tools (knowledge-base search with a fixed latency, calculator, sandboxed Python)
 and the same thread-pool executor:
 
-1. scripted: an oracle stands in for the LLM (it writes each question's reference plan / ReAct's
-   next step and reads the answer off the last observation), and every call takes as long as a
-   served model's would (`ServedModelLatency`: time to first token + prefill per prompt token +
-   decode per generated token, tokens counted with a real tokenizer; the same function for both
-   methods). Both agents then make the same decisions, so the latency difference is the
-   executor's: planning once and running independent calls in parallel vs one LLM round trip
-   per call. Sweeps over the search latency and the time to first token show how that speedup
-   depends on them; it is also reported per number of independent lookups (1-8).
+1. scripted: an oracle stands in for the LLM (it writes each question's reference plan / each
+   baseline's next step and reads the answer off the last observation), and every call takes as
+   long as a served model's would (`ServedModelLatency`: time to first token + prefill per prompt
+   token + decode per generated token, tokens counted with a real tokenizer; the same function for
+   every method). The agents then make the same decisions, so the latency differences are the
+   executor's: planning once and running independent calls in parallel vs one LLM round trip per
+   call (ReAct) or per wave of independent calls (OpenAI-style parallel function calling, the
+   paper's other baseline: every ready call in one turn, dispatched when the turn is complete).
+   Sweeps over the search latency and the time to first token show how the speedups depend on
+   them; they are also reported per number of independent lookups (1-8).
 2. embedded: the real SmolLM2-135M-Instruct plans, joins and acts from few-shot prompts. It is a
    very weak model: its accuracy is reported as measured. It is slow on a shared CPU, so the
    setting stops starting new questions after `--embedded-budget-min` minutes and reports how
    many it covered.
 3. embedded_tuned (with `--tuned-model DIR`): the same model fine-tuned on oracle transcripts of
-   both agents over other knowledge bases (scripts/tune_agent_model.py; TinyAgent's recipe), run
+   LLMCompiler and ReAct (the two it runs) over other knowledge bases (the tune_agent flow; TinyAgent's recipe), run
    with prompts without examples. Same budget; runs in its own process beside setting 2.
 
 Methods alternate question by question; the first question of each setting is a warm-up that is
@@ -55,30 +57,31 @@ def _extra_args(argv):
                         help="scripted LLM: seconds per generated token")
     parser.add_argument("--skip-embedded", action="store_true", help="no setting 2 (the packaged model, few-shot)")
     parser.add_argument("--tuned-model", default=None,
-                        help="a folder from scripts/tune_agent_model.py: adds setting 3 (embedded_tuned)")
+                        help="a folder from the tune_agent flow: adds setting 3 (embedded_tuned)")
     return parser.parse_known_args(argv)
 
 
-def _agents(llm, tools, submit, settings):
-    from components.compiler.evaluation import build_agent
-
-    return {m: build_agent(m, llm, tools, submit, settings) for m in ("llmcompiler", "react")}
+SCRIPTED_METHODS = ("llmcompiler", "react", "parallel_fc")  # the oracle speaks every agent's format
+TUNED_METHODS = ("llmcompiler", "react")  # the formats the tuned model was trained on (and the issue's pair)
 
 
 def _by_lookups(rows):
-    """Median ReAct/LLMCompiler latency ratio (and accuracies) per number of independent lookups."""
+    """Median baseline/LLMCompiler latency ratio per question (and accuracies) per number of
+    independent lookups: `speedup_median` over ReAct, `speedup_vs_parallel_fc_median` if it ran."""
     out = {}
+    methods = sorted({r["method"] for r in rows})
     for n in sorted({r["lookups"] for r in rows}):
         pairs = {}
         for r in rows:
             if r["lookups"] == n:
                 pairs.setdefault(r["qid"], {})[r["method"]] = r
-        both = [p for p in pairs.values() if len(p) == 2]
-        out[str(n)] = {"questions": len(both),
-                       "speedup_median": statistics.median(p["react"]["latency_s"] / p["llmcompiler"]["latency_s"]
-                                                           for p in both),
-                       **{f"{m}_accuracy": sum(p[m]["correct"] for p in both) / len(both)
-                          for m in ("llmcompiler", "react")}}
+        every = [p for p in pairs.values() if len(p) == len(methods)]
+        out[str(n)] = {"questions": len(every),
+                       **{f"{m}_accuracy": sum(p[m]["correct"] for p in every) / len(every) for m in methods}}
+        for baseline, key in (("react", "speedup_median"), ("parallel_fc", "speedup_vs_parallel_fc_median")):
+            if baseline in methods:
+                out[str(n)][key] = statistics.median(p[baseline]["latency_s"] / p["llmcompiler"]["latency_s"]
+                                                     for p in every)
     return out
 
 
@@ -92,15 +95,15 @@ def _within(questions, budget_s, log):
         yield q
 
 
-def _run_setting(name, questions, llm, toolbox_kwargs, settings, budget_s=None, log=print):
-    from components.compiler.evaluation import evaluate, summarize
+def _run_setting(name, questions, llm, toolbox_kwargs, settings, methods, budget_s=None, log=print):
+    from components.compiler.evaluation import build_agent, evaluate, summarize
     from components.compiler.fetching import ThreadSubmit
     from components.tools import build_toolbox
 
     toolbox = build_toolbox(0, **toolbox_kwargs)
     tools = {n: t.description for n, t in toolbox.tools.items()}
     submit = ThreadSubmit(toolbox, max_workers=8)
-    agents = _agents(llm, tools, submit, settings)
+    agents = {m: build_agent(m, llm, tools, submit, settings) for m in methods}
     try:
         evaluate(questions[:1], agents)  # warm-up: model weights, sandbox, thread pool; not counted
         start = time.perf_counter()
@@ -133,13 +136,13 @@ def _embedded_setting(name, questions, toolbox_kwargs, settings, budget_min, mod
     from components.llm.embedded import EmbeddedLLM
 
     model = EmbeddedLLM(threads=1, model_path=model_path)  # see conf/llm/embedded.yaml: 1 thread on a shared CPU
-    result, rows = _run_setting(name, questions, model, toolbox_kwargs, settings, budget_s=60 * budget_min,
-                                log=lambda line: print(line, flush=True))
+    result, rows = _run_setting(name, questions, model, toolbox_kwargs, settings, TUNED_METHODS,
+                                budget_s=60 * budget_min, log=lambda line: print(line, flush=True))
     description = "SmolLM2-135M-Instruct (transformers, fp32, CPU, 1 thread, greedy)"
     if model_path:
         tuning = json.loads((Path(model_path) / "tuning.json").read_text())
         description += (f", fine-tuned on {sum(tuning['transcripts'].values())} oracle transcripts over knowledge "
-                        f"bases {tuning['kb_seeds']} (scripts/tune_agent_model.py), prompts without examples")
+                        f"bases {tuning['kb_seeds']} (tune_agent), prompts without examples")
         result["tuning"] = {k: tuning[k] for k in ("kb_seeds", "transcripts", "tokens", "settings", "date")}
     result.update(model=description, few_shot=settings.few_shot, budget_min=budget_min,
                   prefix_cache={"hits": model.prefix_cache.hits, "reused_tokens": model.prefix_cache.reused_tokens})
@@ -147,11 +150,16 @@ def _embedded_setting(name, questions, toolbox_kwargs, settings, budget_min, mod
 
 
 def _sweep_point(res):
-    return {"speedup_median": res["summary"]["speedup_median"],
-            "speedup_parallel_median": res["summary_parallel_questions"]["speedup_median"],
-            "speedup_by_lookups": {n: v["speedup_median"] for n, v in res["speedup_by_lookups"].items()},
-            "llmcompiler_latency_median_s": res["summary"]["llmcompiler"]["latency_median_s"],
-            "react_latency_median_s": res["summary"]["react"]["latency_median_s"]}
+    point = {"speedup_median": res["summary"]["speedup_median"],
+             "speedup_parallel_median": res["summary_parallel_questions"]["speedup_median"],
+             "speedup_by_lookups": {n: v["speedup_median"] for n, v in res["speedup_by_lookups"].items()}}
+    if "speedup_median_vs_parallel_fc" in res["summary"]:
+        point["speedup_vs_parallel_fc_parallel_median"] = \
+            res["summary_parallel_questions"]["speedup_median_vs_parallel_fc"]
+    for method in SCRIPTED_METHODS:
+        if method in res["summary"]:
+            point[f"{method}_latency_median_s"] = res["summary"][method]["latency_median_s"]
+    return point
 
 
 def main(argv=None) -> None:
@@ -210,19 +218,19 @@ def main(argv=None) -> None:
     # 1. scripted plans: the executor's speedup
     n_scripted = extra.scripted_questions or (len(questions) if full else 2 * templates)
     results["scripted"], all_rows["scripted"] = _run_setting(
-        "scripted", questions[: n_scripted + 1], oracle(latency), base_tools, settings)
+        "scripted", questions[: n_scripted + 1], oracle(latency), base_tools, settings, SCRIPTED_METHODS)
 
     # 1b. sensitivity (one question per template + the warm-up): tool latency and time to first token
     subset = questions[: templates + 1]
     sweep_search = {str(SEARCH_LATENCY_S): None}
     for search in ((0.1, 1.0) if full else (1.0,)):
         res, _ = _run_setting(f"sweep-search-{search}", subset, oracle(latency),
-                              {**base_tools, "search_latency_s": search}, settings)
+                              {**base_tools, "search_latency_s": search}, settings, SCRIPTED_METHODS)
         sweep_search[str(search)] = _sweep_point(res)
     sweep_ttft = {str(latency.ttft_s): None}
     for ttft in ((0.05, 1.0) if full else (1.0,)):
         res, _ = _run_setting(f"sweep-ttft-{ttft}", subset, oracle(replace(latency, ttft_s=ttft)),
-                              base_tools, settings)
+                              base_tools, settings, SCRIPTED_METHODS)
         sweep_ttft[str(ttft)] = _sweep_point(res)
     # the main setting's point, on the same subset of questions
     main_subset = [r for r in all_rows["scripted"] if r["qid"] in {q.qid for q in subset[1:]}]
@@ -261,19 +269,23 @@ def _plot(results):
 
     settings = [k for k in ("scripted", *EMBEDDED_SETTINGS) if k in results]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    width = 0.35
-    for i, method in enumerate(("llmcompiler", "react")):
-        values = [results[k]["summary"][method]["latency_median_s"] for k in settings]
-        axes[0].bar([x + i * width for x in range(len(settings))], values, width, label=method)
-        accs = [results[k]["summary"][method]["accuracy"] for k in settings]
-        axes[1].bar([x + i * width for x in range(len(settings))], accs, width, label=method)
+    width = 0.27
+    for i, method in enumerate(SCRIPTED_METHODS):
+        ran = [x for x, k in enumerate(settings) if method in results[k]["summary"]]
+        axes[0].bar([x + i * width for x in ran], [results[settings[x]]["summary"][method]["latency_median_s"]
+                                                   for x in ran], width, label=method)
+        axes[1].bar([x + i * width for x in ran], [results[settings[x]]["summary"][method]["accuracy"]
+                                                   for x in ran], width, label=method)
     for ax, title in ((axes[0], "median latency per question (s)"), (axes[1], "accuracy")):
-        ax.set_xticks([x + width / 2 for x in range(len(settings))], settings)
+        ax.set_xticks([x + width for x in range(len(settings))], settings)
         ax.set_title(title)
         ax.legend()
     by_lookups = results["scripted"]["speedup_by_lookups"]
     xs = [int(n) for n in by_lookups]
     axes[2].plot(xs, [v["speedup_median"] for v in by_lookups.values()], "o-", label="scripted, main setting")
+    if all("speedup_vs_parallel_fc_median" in v for v in by_lookups.values()):
+        axes[2].plot(xs, [v["speedup_vs_parallel_fc_median"] for v in by_lookups.values()], "o-", color="#777",
+                     label="scripted: parallel function calling / LLMCompiler")
     main_values = {"search": str(SEARCH_LATENCY_S), "TTFT": str(results["settings"]["scripted_llm"]["ttft_s"])}
     for label, sweep in (("search", results["scripted_sweep_search_latency"]),
                          ("TTFT", results["scripted_sweep_ttft"])):
@@ -289,7 +301,7 @@ def _plot(results):
             axes[2].plot([int(n) for n in emb], [v["speedup_median"] for v in emb.values()], marker, label=name)
     axes[2].axhline(GOAL_SPEEDUP, color="grey", lw=0.8, ls=":", label="target 3x")
     axes[2].set_xlabel("independent lookups per question")
-    axes[2].set_title("ReAct / LLMCompiler latency (median)")
+    axes[2].set_title("baseline / LLMCompiler latency (median; ReAct unless named)")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -17,7 +17,8 @@ class CompileCallsConfig(FlowConfig):
     llm: LLMConfig = field(default_factory=LLMConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     agent: AgentSettings = field(default_factory=AgentSettings)  # limits of both agents (reasons inline there)
-    methods: list[str] = field(default_factory=lambda: ["llmcompiler", "react"])  # alternated per question
+    # alternated per question; "parallel_fc" adds OpenAI-style parallel function calling
+    methods: list[str] = field(default_factory=lambda: ["llmcompiler", "react"])
     questions: int = 10  # first N of the 84 built-in questions (round-robin: 14 cover every template)
     question: Optional[str] = None  # ask this instead of the built-in set (no gold answer: not scored)
 
@@ -67,6 +68,9 @@ def compile_calls(cfg: CompileCallsConfig, tracker: Tracker) -> dict[str, float]
     if "speedup_median" in summary:
         metrics["speedup"] = summary["speedup_median"]
         metrics["accuracy_delta"] = summary["accuracy_delta"]
+    if "speedup_median_vs_parallel_fc" in summary:
+        metrics["speedup_vs_parallel_fc"] = summary["speedup_median_vs_parallel_fc"]
+        metrics["accuracy_delta_vs_parallel_fc"] = summary["accuracy_delta_vs_parallel_fc"]
     metrics["questions"] = float(len(questions))
     metrics["latency_median_all_s"] = statistics.median(r["latency_s"] for r in rows)
     return metrics

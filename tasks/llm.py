@@ -33,7 +33,7 @@ class LLMConfig:
     device: str = "cpu"  # cpu | cuda | auto
     threads: Optional[int] = None  # torch CPU threads (process-wide); None: torch's default (all cores)
     prefix_cache_entries: int = 4  # KV caches of recent prompts kept: few-shot prefixes prefill once
-    model_path: Optional[str] = None  # a fine-tuned SmolLM2 folder (scripts/tune_agent_model.py); None: packaged
+    model_path: Optional[str] = None  # a fine-tuned SmolLM2 folder (the tune_agent flow's); None: packaged
     # --- openai-compatible endpoint ---
     base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1 (the `serve` flow); None: $base_url_env
     api_key: Optional[str] = None  # prefer the environment: keys do not belong in logged params

@@ -14,17 +14,19 @@ from typing import Iterator
 
 from components.compiler.fetching import Submit, TaskFetchingUnit, TaskRecord, resolve
 from components.compiler.plan import END_OF_PLAN, StreamingPlanParser, Task, iter_tasks, parse_call
-from components.compiler.prompts import EXAMPLES, Example, joiner_messages, planner_messages, react_messages, scratchpad
+from components.compiler.prompts import (EXAMPLES, Example, joiner_messages, parallel_fc_messages, planner_messages,
+                                        react_messages, scratchpad)
 from components.llm.base import LLM
 from components.tools.base import ToolResult
 
 _FINISH = re.compile(r"\b(Finish|Replan)\s*\((.*)\)", re.DOTALL | re.IGNORECASE)
+_ACTION = re.compile(r"Action\s*\d*\s*:\s*(.+)")
 
 
 @dataclass
 class AgentResult:
     question: str
-    method: str  # "llmcompiler" | "react"
+    method: str  # "llmcompiler" | "react" | "parallel_fc"
     answer: str | None  # None: no answer (out of steps / replans)
     latency_s: float = 0.0
     llm_calls: int = 0
@@ -141,58 +143,91 @@ class LLMCompiler:
 class ReActAgent:
     """Thought / Action / Observation, one tool call per LLM call, on the same tools and executor."""
 
+    method = "react"
+
     def __init__(self, llm: LLM, tools: dict[str, str], submit: Submit, max_steps: int = 8,
                  step_max_tokens: int = 96, temperature: float = 0.0, examples: tuple[Example, ...] = EXAMPLES) -> None:
         self.llm, self.tools, self.submit = llm, tools, submit
         self.max_steps, self.step_max_tokens, self.temperature = max_steps, step_max_tokens, temperature
         self.examples = examples
 
+    def messages(self, question: str, trajectory: str):
+        return react_messages(question, list(self.tools.values()), trajectory, self.examples)
+
+    @staticmethod
+    def actions(text: str) -> list[str]:
+        """The calls of one turn: ReAct's first `Action:` line (nothing after it counts)."""
+        first = _ACTION.search(text)
+        return [first.group(1).strip()] if first else []
+
     def run(self, question: str) -> AgentResult:
         start, usage = time.perf_counter(), _UsageDelta(self.llm)
-        result = AgentResult(question, "react", None)
+        result = AgentResult(question, self.method, None)
         trajectory = ""
         for step in range(self.max_steps):
-            messages = react_messages(question, list(self.tools.values()), trajectory, self.examples)
-            text = self.llm.chat(messages, max_tokens=self.step_max_tokens, temperature=self.temperature,
-                                 stop=["Observation:", "\nQuestion:"]).text.strip()
+            text = self.llm.chat(self.messages(question, trajectory), max_tokens=self.step_max_tokens,
+                                 temperature=self.temperature, stop=["Observation:", "\nQuestion:"]).text.strip()
             trajectory += text + "\n"
             final = parse_final(text)
-            action = _action_line(text)
-            if final is not None and (action is None or _FINISH.search(action)):
+            actions = self.actions(text)
+            if final is not None and (not actions or any(_FINISH.search(a) for a in actions)):
                 result.answer = final[1]
                 result.trace.append({"step": step, "llm": text, "finish": final[1]})
                 break
-            observation = self._act(action, result)
-            trajectory += f"Observation: {observation}\n"
-            result.trace.append({"step": step, "llm": text, "observation": observation})
+            observations = self._act(actions, result)
+            trajectory += "".join(f"Observation: {o}\n" for o in observations)
+            result.trace.append({"step": step, "llm": text, "observation": "\n".join(observations)})
         else:
             result.errors.append(f"no Finish(...) within max_steps={self.max_steps}")
         result.latency_s = time.perf_counter() - start
         usage.fill(result)
         return result
 
-    def _act(self, action: str | None, result: AgentResult) -> str:
-        if action is None:
+    def _act(self, actions: list[str], result: AgentResult) -> list[str]:
+        """Submit every action of the turn (they run concurrently), then wait for each: observations in order."""
+        if not actions:
             result.errors.append("no 'Action:' line")
-            return "Invalid: write 'Action: tool(arguments)' or 'Action: Finish(answer)'."
+            return ["Invalid: write 'Action: tool(arguments)' or 'Action: Finish(answer)'."]
+        pending = [self._submit(action, result) for action in actions]
+        observations = []
+        for tool, future in pending:
+            if tool is None:  # rejected before running: the message says why
+                observations.append(future)
+                continue
+            observed = resolve(future)
+            if not observed.ok:
+                result.errors.append(f"{tool} failed: {observed.error}")
+            observations.append(str(observed))
+        return observations
+
+    def _submit(self, action: str, result: AgentResult) -> tuple[str | None, object]:
         try:
             tool, args, kwargs = parse_call(action)
         except ValueError as err:
             result.errors.append(f"malformed action {action!r}: {err}")
-            return f"Invalid action {action!r}: {err}"
+            return None, f"Invalid action {action!r}: {err}"
         if tool not in self.tools:
             result.errors.append(f"unknown tool {tool!r}")
-            return f"Invalid action: unknown tool {tool!r}; use one of {', '.join(self.tools)} or Finish."
+            return None, f"Invalid action: unknown tool {tool!r}; use one of {', '.join(self.tools)} or Finish."
         result.tool_calls += 1
-        observed = resolve(self.submit(tool, args, kwargs))
-        if not observed.ok:
-            result.errors.append(f"{tool} failed: {observed.error}")
-        return str(observed)
+        return tool, self.submit(tool, args, kwargs)
 
 
-def _action_line(text: str) -> str | None:
-    m = re.search(r"Action\s*\d*\s*:\s*(.+)", text)
-    return m.group(1).strip() if m else None
+class ParallelFunctionCalling(ReActAgent):
+    """OpenAI-style parallel function calling, the paper's second baseline: each turn the model writes
+    every call it can make now; they run in parallel; all results come back before the next turn.
+    Dependent calls wait for a later turn (one LLM round trip per wave of the plan), and values are
+    copied from observations (no `$N`). Nothing is dispatched until the turn's text is complete, as
+    with a function-calling API's `tool_calls`."""
+
+    method = "parallel_fc"
+
+    def messages(self, question: str, trajectory: str):
+        return parallel_fc_messages(question, list(self.tools.values()), trajectory, self.examples)
+
+    @staticmethod
+    def actions(text: str) -> list[str]:
+        return [m.group(1).strip() for m in _ACTION.finditer(text)]
 
 
 def _strip_thought(text: str) -> str:

@@ -1,8 +1,9 @@
-"""Running both agents over ParallelQA questions and summarizing: shared by the flow and the benchmark.
+"""Running the agents over ParallelQA questions and summarizing: shared by the flow and the benchmark.
 
-Methods alternate question by question (LLMCompiler then ReAct on the same question), so a slow
-moment of a shared machine hits both. Summary per method: accuracy, median/mean latency, LLM calls,
-tokens, tool calls, replan rate; and the speedup (ReAct median latency / LLMCompiler median).
+Methods alternate question by question (LLMCompiler, then ReAct, then parallel function calling on
+the same question), so a slow moment of a shared machine hits all. Summary per method: accuracy,
+median/mean latency, LLM calls, tokens, tool calls, replan rate; and LLMCompiler's speedup over each
+baseline (the baseline's median latency / LLMCompiler's).
 """
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from components.compiler.agents import AgentResult, LLMCompiler, ReActAgent
+from components.compiler.agents import AgentResult, LLMCompiler, ParallelFunctionCalling, ReActAgent
 from components.compiler.fetching import Submit
 from components.compiler.parallelqa import Question, is_correct
 from components.compiler.prompts import EXAMPLES
 from components.llm.base import LLM
 
-METHODS = ("llmcompiler", "react")
+METHODS = ("llmcompiler", "react", "parallel_fc")
+BASELINES = ("react", "parallel_fc")  # what LLMCompiler's speedup is reported against
 
 
 @dataclass
@@ -26,6 +28,8 @@ class AgentSettings:
     joiner_max_tokens: int = 96  # Thought + Finish(answer)
     react_max_steps: int = 10  # the longest question needs 7 actions + Finish: 2 to spare
     react_step_max_tokens: int = 96  # one Thought + one Action
+    parallel_fc_max_turns: int = 6  # the deepest plan has 3 waves of calls + Finish: 2 to spare
+    parallel_fc_turn_max_tokens: int = 256  # one Thought + up to 8 Actions of ~25 tokens
     temperature: float = 0.0  # greedy: reproducible
     few_shot: bool = True  # worked examples in every prompt; False for a model tuned to the formats
 
@@ -41,6 +45,10 @@ def build_agent(method: str, llm: LLM, tools: dict[str, str], submit: Submit, se
         return ReActAgent(llm, tools, submit, max_steps=settings.react_max_steps,
                           step_max_tokens=settings.react_step_max_tokens, temperature=settings.temperature,
                           examples=examples)
+    if method == "parallel_fc":
+        return ParallelFunctionCalling(llm, tools, submit, max_steps=settings.parallel_fc_max_turns,
+                                       step_max_tokens=settings.parallel_fc_turn_max_tokens,
+                                       temperature=settings.temperature, examples=examples)
     raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
 
 
@@ -80,18 +88,24 @@ def summarize(rows: list[dict], parallel_only: bool = False) -> dict:
             "replan_rate": sum(r["replans"] > 0 for r in mine) / len(mine),
             "answered_rate": sum(r["answer"] is not None for r in mine) / len(mine),
         }
-    if "llmcompiler" in out and "react" in out:
-        out["speedup_median"] = out["react"]["latency_median_s"] / out["llmcompiler"]["latency_median_s"]
-        pairs = _paired(rows)
-        out["speedup_per_question_median"] = statistics.median(r / c for c, r in pairs) if pairs else float("nan")
-        out["accuracy_delta"] = out["llmcompiler"]["accuracy"] - out["react"]["accuracy"]
-        out["token_ratio"] = out["react"]["tokens_mean"] / max(out["llmcompiler"]["tokens_mean"], 1e-9)
+    for baseline in BASELINES:
+        if "llmcompiler" not in out or baseline not in out:
+            continue
+        # against ReAct the keys carry no suffix (the issue's comparison); against the others, _vs_<name>
+        suffix = "" if baseline == "react" else f"_vs_{baseline}"
+        out[f"speedup_median{suffix}"] = out[baseline]["latency_median_s"] / out["llmcompiler"]["latency_median_s"]
+        pairs = _paired(rows, baseline)
+        out[f"speedup_per_question_median{suffix}"] = (statistics.median(b / c for c, b in pairs) if pairs
+                                                      else float("nan"))
+        out[f"accuracy_delta{suffix}"] = out["llmcompiler"]["accuracy"] - out[baseline]["accuracy"]
+        out[f"token_ratio{suffix}"] = out[baseline]["tokens_mean"] / max(out["llmcompiler"]["tokens_mean"], 1e-9)
     return out
 
 
-def _paired(rows: list[dict]) -> list[tuple[float, float]]:
+def _paired(rows: list[dict], baseline: str) -> list[tuple[float, float]]:
+    """(LLMCompiler latency, baseline latency) per question both answered."""
     by_q: dict[str, dict[str, float]] = {}
     for r in rows:
         by_q.setdefault(r["qid"], {})[r["method"]] = r["latency_s"]
-    return [(v["llmcompiler"], v["react"]) for v in by_q.values()
-            if "llmcompiler" in v and "react" in v and v["llmcompiler"] > 0]
+    return [(v["llmcompiler"], v[baseline]) for v in by_q.values()
+            if "llmcompiler" in v and baseline in v and v["llmcompiler"] > 0]

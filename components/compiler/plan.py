@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 END_OF_PLAN = "<END_OF_PLAN>"
 JOIN = "join"
@@ -72,6 +72,19 @@ def references(value: Any) -> set[int]:
     if isinstance(value, dict):
         return references(list(value.keys())) | references(list(value.values()))
     return set()
+
+
+def dependency_levels(steps: Sequence[str]) -> list[list[int]]:
+    """Plan steps (call texts, step i is `$i+1`) grouped into waves: a step's wave is one more than
+    the latest wave it references; each wave's steps can run together once the earlier waves are
+    done. What a function-calling model that emits all ready calls per turn does, turn by turn."""
+    wave: list[int] = []
+    for i, step in enumerate(steps):
+        refs = {r - 1 for r in references(step)}
+        if any(r >= i or r < 0 for r in refs):
+            raise ValueError(f"step {i + 1} ({step!r}) references a step that is not before it")
+        wave.append(1 + max((wave[r] for r in refs), default=-1))
+    return [[i for i, w in enumerate(wave) if w == level] for level in range(max(wave, default=-1) + 1)]
 
 
 def substitute(value: Any, observations: dict[int, Any], render=str) -> Any:

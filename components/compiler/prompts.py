@@ -77,10 +77,21 @@ Write one Thought and one Action, then stop: the Observation will be given to yo
 actual values from earlier observations in later actions."""
 
 
+# OpenAI-style parallel function calling, the paper's other baseline: each turn the model emits every
+# call it can make now (they run in parallel), reads all their results, and is called again.
+PARALLEL_FC_SYSTEM = """Answer the question by calling functions. In each turn write one Thought, then \
+every Action that can run now, one per line: the actions of a turn run in parallel. An Action is one of:
+{tools}
+{finish_n}. Finish(answer): returns the final answer and ends the task.
+Then stop: one Observation per action, in order, will be given to you. Use the actual values from \
+earlier observations in later actions."""
+
+
 def prompt_kind(messages: Messages) -> str | None:
-    """'planner', 'joiner' or 'react': which agent call a chat is, read off its system prompt."""
+    """'planner', 'joiner', 'react' or 'parallel_fc': which agent call a chat is, read off its system prompt."""
     system = messages[0]["content"] if messages and messages[0].get("role") == "system" else ""
-    for kind, template in (("planner", PLANNER_SYSTEM), ("joiner", JOINER_SYSTEM), ("react", REACT_SYSTEM)):
+    for kind, template in (("planner", PLANNER_SYSTEM), ("joiner", JOINER_SYSTEM), ("react", REACT_SYSTEM),
+                           ("parallel_fc", PARALLEL_FC_SYSTEM)):
         if system.startswith(template.split("\n")[0][:40]):
             return kind
     return None
@@ -142,13 +153,39 @@ def react_messages(question: str, tool_descriptions: list[str], trajectory: str,
     return _few_shot(system, examples, _react_text, user)
 
 
-def _react_text(example: Example) -> str:
-    """An example solved step by step: values observed are written into later actions."""
+def parallel_fc_messages(question: str, tool_descriptions: list[str], trajectory: str,
+                         examples: tuple[Example, ...] = EXAMPLES) -> Messages:
+    system = PARALLEL_FC_SYSTEM.format(tools=_numbered(tool_descriptions), finish_n=len(tool_descriptions) + 1)
+    user = f"Question: {question}" + (f"\n{trajectory}" if trajectory else "")
+    return _few_shot(system, examples, _parallel_fc_text, user)
+
+
+def _parallel_fc_text(example: Example) -> str:
+    """An example solved turn by turn: each turn calls every step whose inputs are known."""
+    from components.compiler.plan import dependency_levels
+
+    calls = [_concrete(example, call) for call in example.plan[:-1]]  # without join()
+    out = []
+    for wave in dependency_levels(example.plan[:-1]):
+        thought = "I can now make these calls at once." if len(wave) > 1 else _react_thought(calls[wave[0]])
+        out.append(f"Thought: {thought}\n" + "\n".join(f"Action: {calls[i]}" for i in wave) + "\n"
+                   + "\n".join(f"Observation: {example.observations[i]}" for i in wave))
+    out.append(f"Thought: I have the answer.\nAction: Finish({example.answer})")
+    return "\n".join(out)
+
+
+def _concrete(example: Example, call: str) -> str:
+    """A plan step with the values its `$N` stand for written in, as a model without `$N` writes it."""
     import re
 
+    return re.sub(r"\$(\d+)", lambda m: example.values[int(m.group(1)) - 1], call)
+
+
+def _react_text(example: Example) -> str:
+    """An example solved step by step: values observed are written into later actions."""
     out = []
-    for i, (call, obs) in enumerate(zip(example.plan, example.observations), 1):
-        concrete = re.sub(r"\$(\d+)", lambda m: example.values[int(m.group(1)) - 1], call)
+    for call, obs in zip(example.plan, example.observations):
+        concrete = _concrete(example, call)
         out.append(f"Thought: {_react_thought(concrete)}\nAction: {concrete}\nObservation: {obs}")
     out.append(f"Thought: I have the answer.\nAction: Finish({example.answer})")
     return "\n".join(out)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from components.compiler.parallelqa import REGISTRY, Question
+from components.compiler.plan import dependency_levels
 from components.compiler.prompts import prompt_kind
 from components.llm.base import Completion, ScriptedLLM, cut_at_stop
 
@@ -42,7 +43,9 @@ def parallelqa_oracle(messages: list[dict[str, str]]) -> str:
         return _join(user)
     if kind == "react":
         return _react_step(question, user)
-    raise ValueError("parallelqa_oracle: not a planner, joiner or ReAct prompt")
+    if kind == "parallel_fc":
+        return _parallel_fc_turn(question, user)
+    raise ValueError("parallelqa_oracle: not a planner, joiner, ReAct or parallel function-calling prompt")
 
 
 def _plan(question: Question | None, user: str) -> str:
@@ -75,6 +78,22 @@ def _react_step(question: Question | None, user: str) -> str:
         return f"Thought: I have the answer.\nAction: Finish({values[-1] if values else 'unknown'})"
     call = re.sub(r"[$](\d+)", lambda m: values[int(m.group(1)) - 1], calls[step])
     return f"Thought: I need step {step + 1}.\nAction: {call}"
+
+
+def _parallel_fc_turn(question: Question | None, user: str) -> str:
+    """The next wave of the reference plan, every call of it at once, with the values observed so
+    far written in; Finish with the last plan step's value once every wave has run."""
+    if question is None:
+        return "Thought: I do not know this question.\nAction: Finish(unknown)"
+    calls = question.plan[:-1]  # without join()
+    waves = dependency_levels(calls)
+    issued = [i for wave in waves for i in wave]  # observations arrive in this order
+    values = {issued[k]: observed_value(o) for k, o in enumerate(_OBS.findall(user))}
+    pending = next((wave for wave in waves if wave[0] not in values), None)
+    if pending is None:
+        return f"Thought: I have the answer.\nAction: Finish({values.get(len(calls) - 1, 'unknown')})"
+    actions = [re.sub(r"[$](\d+)", lambda m: values[int(m.group(1)) - 1], calls[i]) for i in pending]
+    return "Thought: these calls can run now.\n" + "\n".join(f"Action: {a}" for a in actions)
 
 
 @dataclass(frozen=True)

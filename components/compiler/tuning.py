@@ -12,6 +12,8 @@ and Wizard-2-7B tuned for LLMCompiler). This module does that here, at 135M scal
   the same questions, so neither is tuned more than the other.
 - `tune` fine-tunes the top layers of a causal LM on those chats (loss on the replies only).
 
+The `tune_agent` flow runs both and saves the tuned layers (`smollm2.save_tuned`).
+
 The tuned model learns the 16 question shapes of `parallelqa`, not general planning: it is a
 specialised planner/actor, as TinyAgent's are, and is evaluated on entities it never saw.
 """
@@ -63,6 +65,40 @@ def oracle_transcripts(kb_seeds: Iterable[int], per_template: int = 2, few_shot:
     return chats
 
 
+def count_kinds(chats: Sequence[Messages]) -> dict[str, int]:
+    """How many chats are planner, joiner and ReAct calls."""
+    from components.compiler.prompts import prompt_kind
+
+    kinds = [prompt_kind(c) for c in chats]
+    return {k: kinds.count(k) for k in ("planner", "joiner", "react")}
+
+
+def subsample_react(chats: Sequence[Messages], keep: int, rng: random.Random) -> list[Messages]:
+    """Every planner and joiner chat; of each ReAct episode `keep` calls, always including the last
+    (Finish). An episode's calls share the question and grow one step at a time."""
+    from components.compiler.prompts import prompt_kind
+
+    out: list[Messages] = []
+    episode: list[Messages] = []
+
+    def flush() -> None:
+        if episode:
+            chosen = {len(episode) - 1} | set(rng.sample(range(len(episode) - 1), min(keep - 1, len(episode) - 1)))
+            out.extend(episode[i] for i in sorted(chosen))
+            episode.clear()
+
+    for chat in chats:
+        if prompt_kind(chat) != "react":
+            flush()
+            out.append(chat)
+            continue
+        if episode and episode[-1][1]["content"].split("\n", 1)[0] != chat[1]["content"].split("\n", 1)[0]:
+            flush()  # a new question
+        episode.append(chat)
+    flush()
+    return out
+
+
 def encode_chat(tokenizer, chat: Messages) -> tuple[list[int], int]:
     """(token ids of the whole chat, index where the reply starts): the loss covers the reply and the
     end-of-turn token after it, so the tuned model also learns to stop."""
@@ -93,6 +129,7 @@ class TuneReport:
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)  # mean reply-token loss per step
     stopped_early: bool = False
+    trained: list[str] = field(default_factory=list)  # names of the parameters the loop changed
 
 
 def _batches(examples: Sequence[tuple[list[int], int]], batch_tokens: int, rng: random.Random) -> list[list[int]]:
@@ -115,9 +152,10 @@ def _batches(examples: Sequence[tuple[list[int], int]], batch_tokens: int, rng: 
 
 
 def tune(model, examples: Sequence[tuple[list[int], int]], settings: TuneSettings, pad_id: int,
-         log: Callable[[str], None] = print) -> TuneReport:
+         log: Callable[[str], None] = print, on_step: Callable[[int, dict], None] | None = None) -> TuneReport:
     """Fine-tune the top `train_layers` decoder layers of a transformers causal LM in place on
-    (ids, reply_start) examples; cross-entropy on reply tokens only."""
+    (ids, reply_start) examples; cross-entropy on reply tokens only. `on_step(step, metrics)` after
+    every optimizer step (reply_loss, lr, tokens_per_s)."""
     import torch
 
     from components.lm.training import warmup_cosine
@@ -147,7 +185,7 @@ def tune(model, examples: Sequence[tuple[list[int], int]], settings: TuneSetting
     def lr_at(step: int) -> float:
         return settings.lr * warmup_cosine(step, settings.warmup_steps, total, floor=0.1)
 
-    report = TuneReport()
+    report = TuneReport(trained=[n for n, p in model.named_parameters() if p.requires_grad])
     model.train()
     start = time.perf_counter()
     for step, batch in enumerate(plan):
@@ -175,10 +213,11 @@ def tune(model, examples: Sequence[tuple[list[int], int]], settings: TuneSetting
         report.sequences += len(batch)
         report.tokens += int(mask.sum())
         report.losses.append(float(loss.detach()))
+        rate = report.tokens / max(time.perf_counter() - start, 1e-9)
+        if on_step is not None:
+            on_step(step, {"reply_loss": report.losses[-1], "lr": lr_at(step), "tokens_per_s": rate})
         if step % 10 == 0 or step == total - 1:
-            elapsed = time.perf_counter() - start
-            log(f"step {step + 1}/{total} loss {report.losses[-1]:.3f} lr {lr_at(step):.2e} "
-                f"{report.tokens / max(elapsed, 1e-9):.0f} tok/s")
+            log(f"step {step + 1}/{total} loss {report.losses[-1]:.3f} lr {lr_at(step):.2e} {rate:.0f} tok/s")
     report.seconds = time.perf_counter() - start
     model.eval()
     return report

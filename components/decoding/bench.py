@@ -29,6 +29,7 @@ def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:
 
 
 VERIFY_BLOCKS = (2, 3, 5, 9, 17)  # block sizes whose target forward is timed (1 = the one-token step)
+COST_ROUNDS = 9  # samples of every cost, interleaved (`interleaved_medians`)
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,101 @@ def best_over_gamma(rate: Callable[[float, int, StepCosts], float], alpha: float
     return max((rate(alpha, g, costs), g) for g in range(1, max_gamma + 1))
 
 
-def alpha_needed(goal: float, speedup_at: Callable[[float], float]) -> float:
-    """Smallest α (to 0.01) at which `speedup_at(α)` reaches `goal`; 1.0 when even α = 1 does not."""
+def best_speedups(full: StepCosts, split: StepCosts) -> tuple[Callable[[float], float], Callable[[float], float]]:
+    """(SD, PEARL) tokens/s at their best γ as functions of α, over AR's (one target step on all
+    cores): SD priced with `full` (every forward on all cores), PEARL with `split` (each worker its share)."""
+    ar = 1 / full.target(1)
+    return (lambda a: best_over_gamma(sd_tokens_per_s, a, full)[0] / ar,
+            lambda a: best_over_gamma(pearl_tokens_per_s, a, split)[0] / ar)
+
+
+def alpha_needed(goal: float, speedup_at: Callable[[float], float],
+                 unreachable: Optional[float] = 1.0) -> Optional[float]:
+    """Smallest α (to 0.01) at which `speedup_at(α)` reaches `goal`; `unreachable` when even α = 1 does not."""
     for step in range(0, 101):
         if speedup_at(step / 100) >= goal:
             return step / 100
-    return 1.0
+    return unreachable
+
+
+def greedy_agreement(draft, sequences: Sequence[tuple[Sequence[int], Sequence[int]]]) -> float:
+    """Teacher-forced greedy α: the share of the target's greedy tokens that the draft's argmax
+    predicts after the same prefix. Greedy SD accepts a proposal exactly when it is this argmax, so
+    this is the acceptance rate over every generated position, measured with one draft forward per
+    sequence; the engine's measured α averages over the positions where rounds happen to propose.
+
+    `sequences`: (prompt, the target's greedy continuation) pairs.
+    """
+    hits = total = 0
+    model = wrap_model(draft)
+    for prompt, generated in sequences:
+        if not generated:
+            continue
+        tokens = list(prompt) + list(generated)
+        logits = SequenceRunner(model).logits_for(tokens[:-1])  # row i predicts token i + 1
+        predicted = logits[len(prompt) - 1:].argmax(-1)
+        hits += int((predicted == torch.tensor(list(generated))).sum())
+        total += len(generated)
+    return hits / total if total else 0.0
+
+
+def scaled_draft(costs: StepCosts, c: float) -> StepCosts:
+    """The same target with a hypothetical draft whose step costs `c` target steps."""
+    return StepCosts(target_blocks=costs.target_blocks, draft_step=c * costs.target(1))
+
+
+def alpha_needed_at_cost(costs: dict, c: float, goal_vs_ar: float, goal_vs_sd: float,
+                         gpu_like: bool = False) -> dict[str, Optional[float]]:
+    """The α a draft costing `c` target steps must reach for PEARL (best γ) to run `goal_vs_ar` x AR,
+    `goal_vs_sd` x vanilla SD (best γ), and both; None where even a never-wrong draft does not.
+
+    With the measured target costs (SD and AR on all cores, PEARL's workers on their share), or
+    `gpu_like`: every block costs one step and each worker has a whole device (no split), the regime
+    the paper measures in. Acceptance is i.i.d. at α (the round models above).
+    """
+    full, split = step_costs(costs, split=False), step_costs(costs, split=True)
+    if gpu_like:
+        full = split = StepCosts(target_blocks={1: full.target(1)}, draft_step=full.draft_step)
+    sd, pearl = best_speedups(scaled_draft(full, c), scaled_draft(split, c))
+    checks = {"pearl_vs_ar": lambda a: pearl(a) / goal_vs_ar,
+              "pearl_vs_sd": lambda a: pearl(a) / sd(a) / goal_vs_sd}
+    checks["both"] = lambda a: min(checks["pearl_vs_ar"](a), checks["pearl_vs_sd"](a))
+    return {name: alpha_needed(1.0, check, unreachable=None) for name, check in checks.items()}
+
+
+DRAFT_COSTS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8)
+
+
+def requirement_map(costs: dict, goal_vs_ar: float, goal_vs_sd: float,
+                    draft_costs: Sequence[float] = DRAFT_COSTS) -> dict:
+    """`alpha_needed_at_cost` over a range of draft costs, at the measured costs and GPU-like, and the
+    least α that meets both goals at any of these costs (None: at none)."""
+    curve = [{"c": c, "measured": alpha_needed_at_cost(costs, c, goal_vs_ar, goal_vs_sd),
+              "gpu_like": alpha_needed_at_cost(costs, c, goal_vs_ar, goal_vs_sd, gpu_like=True)}
+             for c in draft_costs]
+    out: dict = {"goal_vs_ar": goal_vs_ar, "goal_vs_sd": goal_vs_sd, "curve": curve}
+    for regime in ("measured", "gpu_like"):
+        reachable = [(p[regime]["both"], p["c"]) for p in curve if p[regime]["both"] is not None]
+        alpha, c = min(reachable) if reachable else (None, None)
+        out[f"least_alpha_both_{regime}"], out[f"c_at_least_alpha_both_{regime}"] = alpha, c
+    return out
+
+
+def draft_frontier(target, drafts: dict, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], threads: int,
+                   costs: dict, goal_vs_ar: float, goal_vs_sd: float) -> dict[str, dict]:
+    """Where candidate drafts sit against what the goals need: per draft its cost c (one-token step on
+    all cores over the target's, timed now like `measure_costs`), its greedy α on the target's own
+    outputs (`greedy_agreement`), and the α a draft of that cost needs (`alpha_needed_at_cost`)."""
+    prompt = sequences[0][0]
+    probes = {name: (lambda d=draft: step_seconds(d, prompt, steps=1, threads=threads)) for name, draft in drafts.items()}
+    steps = interleaved_medians({**probes, "_target": lambda: step_seconds(target, prompt, steps=1, threads=threads)},
+                                COST_ROUNDS)
+    out = {}
+    for name, draft in drafts.items():
+        c = steps[name] / steps["_target"]
+        out[name] = {"c": c, "alpha_greedy": greedy_agreement(draft, sequences),
+                     "alpha_needed": alpha_needed_at_cost(costs, c, goal_vs_ar, goal_vs_sd)}
+    return out
 
 
 def verify_seconds(model, prompt: Sequence[int], block: int, threads: int, steps: int = 3) -> float:
@@ -147,6 +237,20 @@ def hf_assisted_generate(target, draft, prompt: Sequence[int], max_new: int, eos
     return stats
 
 
+def transformers_draft(draft):
+    """The draft as a transformers model for `generate(assistant_model=...)`: itself, the project's
+    GPT converted (same weights), or None (no draft, or one transformers cannot run)."""
+    from components.lm.model import GPT
+
+    if draft is not None and hasattr(draft, "generation_config"):
+        return draft
+    if isinstance(draft, GPT):
+        from components.decoding.models import gpt_as_hf
+
+        return gpt_as_hf(draft)
+    return None
+
+
 def compare_methods(target, draft, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, threads: int,
                     pearl_gamma: Optional[int], sd_gammas: Sequence[int], ablation_gamma: Optional[int] = None,
                     max_gamma: int = 8,
@@ -167,8 +271,8 @@ def compare_methods(target, draft, prompts: Sequence[Sequence[int]], *, max_new_
     decoders = {name: build_decoder(c["method"], target, draft, gamma=max(1, c["gamma"]), parallel=True,
                                     draft_threads=draft_threads, target_threads=target_threads)
                 for name, c in configs.items()}
-    use_hf = hf_assisted and draft is not None and hasattr(draft, "generation_config")
-    names = list(decoders) + (["hf_assisted"] if use_hf else [])
+    hf_draft = transformers_draft(draft) if hf_assisted else None
+    names = list(decoders) + (["hf_assisted"] if hf_draft is not None else [])
     per_repeat: dict[str, list[dict]] = {n: [] for n in names}
     reference: dict[int, list[int]] = {}
     mismatches: dict[str, int] = {n: 0 for n in names}
@@ -183,7 +287,7 @@ def compare_methods(target, draft, prompts: Sequence[Sequence[int]], *, max_new_
                 runs = []
                 for i, prompt in enumerate(prompts):
                     if name == "hf_assisted":
-                        runs.append(hf_assisted_generate(target, draft, prompt, max_new_tokens, eos))
+                        runs.append(hf_assisted_generate(target, hf_draft, prompt, max_new_tokens, eos))
                         continue
                     tokens, stats = decoders[name].generate(prompt, max_new_tokens, stop_ids=eos)
                     if name == "ar":
@@ -208,18 +312,38 @@ def compare_methods(target, draft, prompts: Sequence[Sequence[int]], *, max_new_
         summary["greedy_mismatches_vs_ar"] = mismatches[name]
         methods[name] = summary
     return {"methods": methods, "costs": costs, "threads": threads, "draft_threads": draft_threads,
-            "target_threads": target_threads, "pearl_gamma": pearl_gamma}
+            "target_threads": target_threads, "pearl_gamma": pearl_gamma,
+            "ar_outputs": [reference[i] for i in range(len(prompts))]}
 
 
-def measure_costs(target, draft, prompt, threads: int, draft_threads: int, target_threads: int) -> dict:
+def interleaved_medians(probes: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Median of `rounds` samples of each probe, taken one of each per round. On a shared machine a
+    slow spell then slows every quantity alike instead of all samples of one (single timings move by
+    10-30% here, and the round models' ratios with them)."""
+    samples: dict[str, list[float]] = {name: [] for name in probes}
+    for _ in range(rounds):
+        for name, probe in probes.items():
+            samples[name].append(probe())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def measure_costs(target, draft, prompt, threads: int, draft_threads: int, target_threads: int,
+                  rounds: int = COST_ROUNDS) -> dict:
     """Per-forward seconds with all cores and with the PEARL split: the inputs of the round models."""
-    costs = {"target_step_s": step_seconds(target, prompt, threads=threads),
-             "target_step_split_s": step_seconds(target, prompt, threads=target_threads),
-             "target_block_s": {k: verify_seconds(target, prompt, k, threads) for k in VERIFY_BLOCKS},
-             "target_block_split_s": {k: verify_seconds(target, prompt, k, target_threads) for k in VERIFY_BLOCKS}}
+    probes = {"target_step_s": lambda: step_seconds(target, prompt, steps=1, threads=threads),
+              "target_step_split_s": lambda: step_seconds(target, prompt, steps=1, threads=target_threads)}
+    for k in VERIFY_BLOCKS:
+        probes[f"block_{k}"] = lambda k=k: verify_seconds(target, prompt, k, threads, steps=1)
+        probes[f"block_split_{k}"] = lambda k=k: verify_seconds(target, prompt, k, target_threads, steps=1)
     if draft is not None:
-        costs.update({"draft_step_s": step_seconds(draft, prompt, threads=threads),
-                      "draft_step_split_s": step_seconds(draft, prompt, threads=draft_threads)})
+        probes["draft_step_s"] = lambda: step_seconds(draft, prompt, steps=1, threads=threads)
+        probes["draft_step_split_s"] = lambda: step_seconds(draft, prompt, steps=1, threads=draft_threads)
+    medians = interleaved_medians(probes, rounds)
+    costs = {key: medians[key] for key in ("target_step_s", "target_step_split_s", "draft_step_s",
+                                            "draft_step_split_s") if key in medians}
+    costs["target_block_s"] = {k: medians[f"block_{k}"] for k in VERIFY_BLOCKS}
+    costs["target_block_split_s"] = {k: medians[f"block_split_{k}"] for k in VERIFY_BLOCKS}
+    if draft is not None:
         costs["c"] = costs["draft_step_s"] / costs["target_step_s"]  # Leviathan's c = t_draft / t_target
         costs["thread_scaling_target"] = costs["target_step_split_s"] / costs["target_step_s"]
     return costs
@@ -229,7 +353,8 @@ def step_costs(costs: dict, split: bool) -> StepCosts:
     """The measured costs on all cores (AR, SD) or on each worker's share (PEARL)."""
     suffix = "_split_s" if split else "_s"
     blocks = {int(k): v for k, v in costs[f"target_block{suffix}"].items()}  # JSON keys are strings
-    return StepCosts(target_blocks={1: costs[f"target_step{suffix}"], **blocks}, draft_step=costs[f"draft_step{suffix}"])
+    return StepCosts(target_blocks={1: costs[f"target_step{suffix}"], **blocks},
+                     draft_step=costs.get(f"draft_step{suffix}", 0.0))  # no draft: AR-only runs
 
 
 def summarize(result: dict) -> dict[str, float]:
@@ -265,12 +390,7 @@ def summarize(result: dict) -> dict[str, float]:
     out["pearl_model_vs_ar"] = pearl_tokens_per_s(alpha, int(result["pearl_gamma"]), split) / ar_model
     out["pearl_measured_over_model"] = out["pearl_speedup_vs_ar"] / out["pearl_model_vs_ar"]
 
-    def sd_best(a: float) -> float:
-        return best_over_gamma(sd_tokens_per_s, a, full)[0] / ar_model
-
-    def pearl_best(a: float) -> float:
-        return best_over_gamma(pearl_tokens_per_s, a, split)[0] / ar_model
-
+    sd_best, pearl_best = best_speedups(full, split)
     out["pearl_model_best_gamma_vs_ar"] = pearl_best(alpha)
     out["pearl_over_sd_model"] = pearl_best(alpha) / sd_best(alpha)  # both at their best γ, measured α
     out["pearl_model_alpha_1_vs_ar"] = pearl_best(1.0)  # a draft of this cost that is never wrong

@@ -38,6 +38,46 @@ def layer_skip_draft(target, n_layers: int):
     return draft.eval()
 
 
+def gpt_as_hf(gpt):
+    """The project's GPT as a transformers `GPT2LMHeadModel` with the same weights and outputs.
+
+    The GPT is GPT-2's architecture (pre-LayerNorm blocks, learned positions, exact GELU, tied head)
+    without biases, so the copy has zero biases and q/k/v fused into GPT-2's `c_attn` (a Conv1D:
+    weights stored [in, out]). transformers' `generate(assistant_model=...)` needs a transformers
+    model: this lets the benchmark's HF assisted-generation row use the same trained draft.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = gpt.config
+    config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu",
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+                        tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None, eos_token_id=None)
+    hf = GPT2LMHeadModel(config).to(gpt.wte.weight.dtype)  # copy at the GPT's precision, not float32's
+    state = {"transformer.wte.weight": gpt.wte.weight, "transformer.wpe.weight": gpt.wpe.weight,
+             "transformer.ln_f.weight": gpt.ln_f.weight, "lm_head.weight": gpt.lm_head.weight}
+    for i, block in enumerate(gpt.blocks):
+        prefix, attn = f"transformer.h.{i}.", block.attn
+        state[prefix + "ln_1.weight"], state[prefix + "ln_2.weight"] = block.ln_1.weight, block.ln_2.weight
+        state[prefix + "attn.c_attn.weight"] = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).T
+        state[prefix + "attn.c_proj.weight"] = attn.c_proj.weight.T
+        state[prefix + "mlp.c_fc.weight"] = block.mlp.c_fc.weight.T
+        state[prefix + "mlp.c_proj.weight"] = block.mlp.c_proj.weight.T
+        if cfg.bias:
+            for name, linear in (("attn.c_proj", attn.c_proj), ("mlp.c_fc", block.mlp.c_fc),
+                                 ("mlp.c_proj", block.mlp.c_proj)):
+                state[prefix + name + ".bias"] = linear.bias
+            state[prefix + "attn.c_attn.bias"] = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+            for name, norm in (("ln_1", block.ln_1), ("ln_2", block.ln_2)):
+                state[prefix + name + ".bias"] = norm.bias
+    if cfg.bias:
+        state["transformer.ln_f.bias"] = gpt.ln_f.bias
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            param.copy_(state[name] if name in state else torch.zeros_like(param))  # absent: a bias of 0
+    return hf.to(gpt.wte.weight.device).eval()
+
+
 def tiny_llama(vocab_size: int = 64, hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0,
                max_positions: int = 512, dtype: torch.dtype = torch.float64):
     """A random Llama small enough for thousands of decode steps per second (tests, load test)."""

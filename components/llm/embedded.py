@@ -16,7 +16,6 @@ import copy
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Iterator, Sequence
 
 from components.llm.base import LLM, Completion, LLMTimeoutError, Messages, cut_at_stop
@@ -27,14 +26,15 @@ _load_lock = threading.Lock()
 
 def load_smollm2(dtype: str = "float32", device: str = "cpu", path: str | None = None):
     """(model, tokenizer), loaded at most once per process for each (dtype, device, path); `path`: a
-    fine-tuned copy saved with save_pretrained (weights + tokenizer), e.g. by scripts/tune_agent_model.py."""
+    fine-tuned copy (save_pretrained's, or the `tune_agent` flow's tuned layers)."""
     key = (dtype, device, path)
     with _load_lock:
         if key not in _MODELS:
-            from components.lm.smollm2 import load_model, load_tokenizer
+            from components.lm.smollm2 import is_model_folder, load_model, load_tokenizer
 
-            if path is not None and not (Path(path) / "config.json").exists():
-                raise FileNotFoundError(f"llm.model_path={path!r} is not a saved model folder (no config.json)")
+            if path is not None and not is_model_folder(path):
+                raise FileNotFoundError(f"llm.model_path={path!r} is not a saved model folder "
+                                        f"(no config.json or tuned.safetensors)")
             _MODELS[key] = (load_model(dtype=dtype, device=device, folder=path), load_tokenizer(path))
         return _MODELS[key]
 

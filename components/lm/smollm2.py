@@ -58,18 +58,63 @@ def ensure_safetensors_cache() -> Path:
         return target
 
 
+TUNED_WEIGHTS = "tuned.safetensors"  # a partly fine-tuned copy: only the tensors that changed
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    """A folder `load_model` can read: save_pretrained's (config.json) or `save_tuned`'s."""
+    return (Path(folder) / "config.json").exists() or (Path(folder) / TUNED_WEIGHTS).exists()
+
+
 def load_tokenizer(folder: str | Path | None = None):
-    """SmolLM2's tokenizer, or the one saved beside a fine-tuned copy in `folder`."""
+    """SmolLM2's tokenizer, or the one saved beside a fine-tuned copy in `folder` (if it has one)."""
     from transformers import AutoTokenizer
 
+    if folder is not None and not (Path(folder) / "tokenizer.json").exists():
+        folder = None  # a `save_tuned` folder: the packaged tokenizer
     return AutoTokenizer.from_pretrained(folder or ensure_safetensors_cache())
 
 
 def load_model(dtype: str = "float32", device: str = "cpu", folder: str | Path | None = None):
-    """SmolLM2-135M-Instruct as a transformers LlamaForCausalLM in eval mode; `folder`: a copy saved
-    with save_pretrained (fine-tuned) instead of the packaged weights."""
+    """SmolLM2-135M-Instruct as a transformers LlamaForCausalLM in eval mode; `folder`: a fine-tuned
+    copy instead, either a whole one (save_pretrained) or the packaged weights with the tensors a
+    `save_tuned` folder holds put in their place."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder or ensure_safetensors_cache(), dtype=getattr(torch, dtype))
+    tuned = folder is not None and (Path(folder) / TUNED_WEIGHTS).exists()
+    source = ensure_safetensors_cache() if folder is None or tuned else folder
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
+    if tuned:
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(folder) / TUNED_WEIGHTS))
+        unknown = sorted(set(state) - set(model.state_dict()))
+        if unknown:
+            raise ValueError(f"{folder}/{TUNED_WEIGHTS} holds tensors SmolLM2 does not have: {unknown[:5]}")
+        model.load_state_dict(state, strict=False)
     return model.to(device).eval()
+
+
+def save_tuned(model, folder: str | Path, names: list[str]) -> Path:
+    """Write only the named parameters (the ones fine-tuning changed) to `folder`/tuned.safetensors:
+    a 12-of-30-layer tuning is 170 MB instead of 540 MB, and `load_model(folder=...)` rebuilds the
+    model from the packaged weights. The folder is written beside and renamed into place."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    params = dict(model.named_parameters())
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"no such parameters to save: {missing[:5]}")
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({n: params[n].detach().contiguous().cpu() for n in names}, str(tmp / TUNED_WEIGHTS),
+              metadata={"base": GGUF_NAME})
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)  # a half-written folder is never picked up
+    return folder

@@ -1,8 +1,10 @@
-"""LLMCompiler and ReAct end to end on the real tools with a scripted LLM (plumbing, not model quality):
-answers, replanning, malformed plans, and that LLMCompiler overlaps the calls ReAct serializes."""
+"""LLMCompiler, ReAct and parallel function calling end to end on the real tools with a scripted LLM
+(plumbing, not model quality): answers, replanning, malformed plans, and that LLMCompiler overlaps
+the calls ReAct serializes."""
 import pytest
 
 from components.compiler import LLMCompiler, ReActAgent, ThreadSubmit, parse_final
+from components.compiler.agents import ParallelFunctionCalling
 from components.compiler.evaluation import AgentSettings, build_agent, evaluate, summarize
 from components.compiler.parallelqa import build_questions, is_correct
 from components.compiler.scripted import (ServedModelLatency, SimulatedServedLLM, observed_value,
@@ -65,18 +67,72 @@ def test_wide_fan_out_templates_answer_from_the_knowledge_base(setup):
     assert sum(q.lookups >= 5 for q in questions) >= 20
 
 
-def test_both_agents_answer_every_template_correctly_with_the_oracle(setup):
+def test_every_agent_answers_every_template_correctly_with_the_oracle(setup):
+    from components.compiler.plan import dependency_levels
+
     _, questions, tools, submit = setup
     llm = ScriptedLLM(parallelqa_oracle)
-    agents = {m: build_agent(m, llm, tools, submit, AgentSettings()) for m in ("llmcompiler", "react")}
-    rows = evaluate(questions[:14], agents)  # one question per template
+    agents = {m: build_agent(m, llm, tools, submit, AgentSettings()) for m in ("llmcompiler", "react", "parallel_fc")}
+    rows = evaluate(questions[:16], agents)  # one question per template
     wrong = [(r["qid"], r["method"], r["answer"], r["gold"], r["errors"]) for r in rows if not r["correct"]]
     assert not wrong
     summary = summarize(rows)
     assert summary["llmcompiler"]["llm_calls_mean"] == 2  # one plan, one join
     assert summary["react"]["llm_calls_mean"] > 3  # one call per action, plus Finish
+    for q in questions[:16]:  # function calling: one turn per wave of the plan, plus Finish
+        row = next(r for r in rows if r["qid"] == q.qid and r["method"] == "parallel_fc")
+        assert row["llm_calls"] == len(dependency_levels(q.plan[:-1])) + 1
+        assert row["tool_calls"] == len(q.plan) - 1
     # 2-6 independent 0.1 s searches: overlapped by LLMCompiler, one after another in ReAct.
     assert summary["speedup_median"] > 1
+    assert {"speedup_median_vs_parallel_fc", "accuracy_delta_vs_parallel_fc"} <= set(summary)
+
+
+def test_parallel_function_calling_runs_a_turns_calls_together_and_reports_bad_ones(setup):
+    """Every Action line of a turn is submitted before any is awaited; a malformed or unknown one
+    becomes its own observation, in order, and the others still run."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    kb, _, tools, _ = setup
+    toolbox, pool, started = build_toolbox(0), ThreadPoolExecutor(4), []
+    both_searches_running = Barrier(2, timeout=10)
+
+    def run(tool, args, kwargs):
+        if tool == "search":
+            both_searches_running.wait()  # opens only when both searches are in flight at once
+        return toolbox.call(tool, args, kwargs)
+
+    def submit(tool, args, kwargs):
+        started.append(args[0])
+        return pool.submit(run, tool, args, kwargs)
+
+    a, b = kb.of_kind("city")[:2]
+    llm = ScriptedLLM([f'Thought: both at once.\nAction: search("area of {a.name}")\nAction: fly("moon")\n'
+                       f'Action: search("area of {b.name}")\nAction: calculate("1 +")',
+                       "Thought: done.\nAction: Finish(ok)"])
+    result = ParallelFunctionCalling(llm, tools, submit).run("q")
+    pool.shutdown()
+    assert result.answer == "ok" and result.llm_calls == 2 and result.tool_calls == 3
+    assert started == [f"area of {a.name}", f"area of {b.name}", "1 +"]
+    observations = result.trace[0]["observation"].split("\n")
+    assert len(observations) == 4 and "unknown tool 'fly'" in observations[1]
+    assert f"{a.attributes['area_km2']:,.1f}" in observations[0] and f"{b.attributes['area_km2']:,.1f}" in observations[2]
+    assert any("unknown tool" in e for e in result.errors) and any("calculate failed" in e for e in result.errors)
+    # the second turn reads one Observation line per action, in the order written
+    second = llm.requests[1][-1]["content"]
+    assert second.count("Observation:") == 4 and second.index(a.name + " area") < second.index(b.name + " area")
+
+
+def test_parallel_function_calling_prompt_shows_examples_in_waves():
+    from components.compiler.prompts import parallel_fc_messages, prompt_kind
+
+    messages = parallel_fc_messages("Q?", ["search(q)", "calculate(e)"], "")
+    assert prompt_kind(messages) == "parallel_fc"
+    combined = messages[-2]["content"]  # the last example: two parallel searches, then the sum
+    turns = combined.split("Thought:")[1:]
+    assert len(turns) == 3 and turns[0].count("Action: search") == 2
+    assert 'calculate("120000 + 80500")' in turns[1] and "Finish(200500)" in turns[2]
 
 
 def test_replan_path_runs_a_second_plan_that_continues_numbering(setup):

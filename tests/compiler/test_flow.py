@@ -10,11 +10,13 @@ def test_compile_calls_flow_end_to_end(prefect_harness, flow_overrides, mlflow_u
     overrides = flow_overrides + [
         "llm=scripted", "llm.script=components.compiler.scripted.parallelqa_oracle",
         "questions=3", "tools.search_latency_s=0.05", "tools.calculate_latency_s=0.0",
+        "methods=[llmcompiler,react,parallel_fc]",
     ]
     result = run(compose("compile_calls", overrides))
     metrics = result["metrics"]
-    assert metrics["llmcompiler_accuracy"] == 1.0 and metrics["react_accuracy"] == 1.0
+    assert metrics["llmcompiler_accuracy"] == metrics["react_accuracy"] == metrics["parallel_fc_accuracy"] == 1.0
     assert metrics["llmcompiler_llm_calls_mean"] == 2 and metrics["speedup"] > 0
+    assert metrics["speedup_vs_parallel_fc"] > 0 and metrics["accuracy_delta_vs_parallel_fc"] == 0
 
     from mlflow.tracking import MlflowClient
 
@@ -27,7 +29,7 @@ def test_compile_calls_flow_end_to_end(prefect_harness, flow_overrides, mlflow_u
     listed = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"inputs.json", "results", "traces"} <= listed
     answers = json.loads(open(client.download_artifacts(result["run_id"], "results/answers.json")).read())
-    assert len(answers) == 6 and all(a["correct"] for a in answers)
+    assert len(answers) == 9 and all(a["correct"] for a in answers)
     trace = json.loads(open(client.download_artifacts(result["run_id"], "traces/sum_population-0.llmcompiler.json")).read())
     assert "1. search(" in trace["trace"][0]["plan"] and trace["trace"][0]["tasks"][2]["ok"]
 

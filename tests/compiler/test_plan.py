@@ -98,3 +98,14 @@ def test_unterminated_last_line_is_parsed_at_stream_end_and_replan_numbering_con
     assert parser.feed('4. calculate("$3 * 2")') == []
     (task,) = parser.finish()
     assert task.idx == 4 and task.deps == (3,)
+
+
+def test_dependency_levels_group_steps_into_waves():
+    from components.compiler.plan import dependency_levels
+
+    assert dependency_levels(['search("a")', 'search("b")', 'calculate("$1 + $2")']) == [[0, 1], [2]]
+    assert dependency_levels(['search("a")', 'search("x of $1")', 'search("c")', 'calculate("${2} * $3")']) == [
+        [0, 2], [1], [3]]
+    assert dependency_levels([]) == []
+    with pytest.raises(ValueError, match="step 2"):
+        dependency_levels(['search("a")', 'calculate("$2 + 1")'])

@@ -101,9 +101,9 @@ def test_embedded_backend_loads_a_tuned_folder(tmp_path):
 def test_react_subsample_keeps_every_plan_and_join_and_each_final_step(chats):
     import random
 
-    from tests.scripts_module import load_script
+    from components.compiler.tuning import subsample_react
 
-    kept = load_script("tune_agent_model")._subsample_react(chats, 2, random.Random(0))
+    kept = subsample_react(chats, 2, random.Random(0))
     kinds = [prompt_kind(c) for c in chats]
     kept_kinds = [prompt_kind(c) for c in kept]
     assert kept_kinds.count("planner") == kinds.count("planner") and kept_kinds.count("joiner") == kinds.count("joiner")

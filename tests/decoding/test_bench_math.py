@@ -4,10 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.decoding.bench import (StepCosts, alpha_needed, best_over_gamma, expected_tokens, leviathan_speedup,
-                                       pearl_tokens_per_s, sd_tokens_per_s)
+from components.decoding.bench import (StepCosts, alpha_needed, alpha_needed_at_cost, best_over_gamma, expected_tokens,
+                                       greedy_agreement, leviathan_speedup, pearl_tokens_per_s, requirement_map,
+                                       sd_tokens_per_s)
 from components.decoding.cache import CausalLM
 from components.decoding.engine import build_decoder
+from components.decoding.models import layer_skip_draft, tiny_llama
 
 
 def test_leviathan_formula():
@@ -109,3 +111,78 @@ def test_round_models_count_the_engines_tokens_per_round(alpha, gamma):
     unit_cycle = StepCosts(target_blocks={1: 1.0}, draft_step=0.0)  # draft free, verify 1 s
     assert stats.new_tokens / stats.target_forwards == pytest.approx(
         sd_tokens_per_s(measured_alpha, gamma, unit_cycle), rel=0.03)
+
+
+def test_greedy_agreement_is_the_share_of_positions_the_draft_predicts():
+    gen = torch.Generator().manual_seed(3)
+    truth = torch.randint(0, 32, (300,), generator=gen)
+    right = torch.rand(300, generator=gen) < 0.4
+    target, draft = _PositionOracle(truth, torch.ones_like(right)), _PositionOracle(truth, right)
+    prompt = truth[:5].tolist()
+    generated, _ = build_decoder("ar", target).generate(prompt, 200)
+    assert generated == truth[5:205].tolist()
+    assert greedy_agreement(target, [(prompt, generated)]) == 1.0
+    assert greedy_agreement(draft, [(prompt, generated)]) == pytest.approx(right[5:205].float().mean().item())
+
+
+def test_greedy_agreement_on_a_real_model_matches_step_by_step_decoding():
+    """One teacher-forced forward per sequence gives the same argmaxes as feeding the target's
+    tokens one at a time through the draft's KV cache (the way SD proposes)."""
+    target = tiny_llama(vocab_size=64, hidden=32, layers=3, dtype=torch.float64)
+    draft = layer_skip_draft(target, 1)
+    ar = build_decoder("ar", target)
+    sequences = [(p, ar.generate(p, 30)[0]) for p in ([1, 5, 9], [2, 7], [3, 3, 3, 4])]
+    assert greedy_agreement(target, sequences) == 1.0
+    from components.decoding.cache import SequenceRunner, wrap_model
+
+    hits = total = 0
+    for prompt, generated in sequences:
+        runner, seq = SequenceRunner(wrap_model(draft)), list(prompt)
+        for token in generated:
+            hits += int(runner.logits_for(seq)[-1].argmax()) == token
+            total += 1
+            seq.append(token)
+    assert 0 < hits < total  # a draft that is right only part of the time
+    assert greedy_agreement(draft, sequences) == pytest.approx(hits / total)
+
+
+_CPU_COSTS = {"target_step_s": 0.05, "target_step_split_s": 0.051,
+              "target_block_s": {"3": 0.06, "9": 0.085, "17": 0.09},
+              "target_block_split_s": {"3": 0.058, "9": 0.114, "17": 0.113},
+              "draft_step_s": 0.006, "draft_step_split_s": 0.004}
+
+
+def test_alpha_needed_at_cost_is_the_least_alpha_meeting_the_goals():
+    for gpu_like in (False, True):
+        needed = alpha_needed_at_cost(_CPU_COSTS, 0.2, 2.0, 1.3, gpu_like=gpu_like)
+        assert needed["both"] is not None
+        assert needed["both"] >= max(needed["pearl_vs_ar"], needed["pearl_vs_sd"])
+    # unreachable goals are None, not 1.0 (a perfect draft of cost 0.5 cannot give 20x)
+    assert alpha_needed_at_cost(_CPU_COSTS, 0.5, 20.0, 1.0)["pearl_vs_ar"] is None
+    # a weak goal is met by any draft
+    assert alpha_needed_at_cost(_CPU_COSTS, 0.05, 0.5, 0.1) == {"pearl_vs_ar": 0.0, "pearl_vs_sd": 0.0, "both": 0.0}
+
+
+def test_alpha_needed_at_cost_checks_against_the_round_models():
+    """At the returned α PEARL meets 2x AR with this draft cost; 0.01 less does not."""
+    from components.decoding.bench import scaled_draft, step_costs
+
+    c = 0.1
+    split, full = scaled_draft(step_costs(_CPU_COSTS, True), c), scaled_draft(step_costs(_CPU_COSTS, False), c)
+    alpha = alpha_needed_at_cost(_CPU_COSTS, c, 2.0, 1.0)["pearl_vs_ar"]
+    ar = 1 / full.target(1)
+    assert best_over_gamma(pearl_tokens_per_s, alpha, split)[0] / ar >= 2.0
+    assert best_over_gamma(pearl_tokens_per_s, alpha - 0.01, split)[0] / ar < 2.0
+
+
+def test_requirement_map_reports_the_least_alpha_over_costs():
+    result = requirement_map(_CPU_COSTS, 2.0, 1.3)
+    for regime in ("measured", "gpu_like"):
+        reachable = [(p[regime]["both"], p["c"]) for p in result["curve"] if p[regime]["both"] is not None]
+        assert reachable, regime
+        assert (result[f"least_alpha_both_{regime}"], result[f"c_at_least_alpha_both_{regime}"]) == min(reachable)
+    # flat verify blocks and a whole device per worker make the goals easier than this CPU's costs,
+    # but a draft that is almost free leaves PEARL nothing to hide from SD in either regime
+    assert result["least_alpha_both_gpu_like"] < result["least_alpha_both_measured"]
+    cheapest = result["curve"][0]
+    assert cheapest["c"] == 0.01 and cheapest["measured"]["pearl_vs_sd"] is None is cheapest["gpu_like"]["pearl_vs_sd"]

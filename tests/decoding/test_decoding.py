@@ -231,3 +231,29 @@ def test_thread_pair_runs_draft_and_target_at_the_same_time_with_their_own_budge
         pair.close()
     assert draft_name.startswith("draft") and target_name.startswith("target")
     assert (draft_threads, target_threads) == (1, 2)
+
+
+def test_gpt_converted_to_transformers_gives_the_same_logits_and_greedy_text():
+    """The HF assisted-generation row uses the trained GPT draft through `gpt_as_hf`: same model."""
+    from components.decoding.bench import transformers_draft
+    from components.decoding.models import gpt_as_hf
+
+    for bias in (False, True):
+        gpt = tiny_gpt(vocab_size=48, n_layer=2, n_embd=32, seed=2, scale=10)
+        if bias:  # the rarely used bias=True variant: every bias must land in the copy
+            from components.lm.model import GPT, GPTConfig
+
+            torch.manual_seed(5)
+            gpt = GPT(GPTConfig(vocab_size=48, block_size=64, n_layer=2, n_head=2, n_embd=32, bias=True)).double()
+            with torch.no_grad():
+                for param in gpt.parameters():
+                    param.add_(torch.randn_like(param) * 0.3)
+            gpt.eval()
+        hf = gpt_as_hf(gpt)
+        ids = torch.tensor([[3, 17, 5, 40, 2, 9, 11]])
+        with torch.no_grad():
+            expected, _ = gpt(ids)
+            assert torch.allclose(hf(input_ids=ids).logits, expected, atol=1e-9)
+            greedy = hf.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        assert greedy[0].tolist() == gpt.generate(ids, 12, temperature=0)[0].tolist()
+    assert transformers_draft(gpt) is not gpt and transformers_draft(hf) is hf and transformers_draft(None) is None

@@ -1,0 +1,56 @@
+"""`tune_agent`: SmolLM2-135M fine-tuned into compile_calls' planner, joiner and ReAct actor.
+
+TinyAgent's recipe (the LLMCompiler authors' follow-up, which tuned 1.1B/7B models to plan) at
+135M: both agents run with the scripted oracle on questions over other invented knowledge bases,
+every LLM call becomes a chat (prompt without examples + the oracle's reply), the top layers are
+fine-tuned on the replies -> the tuned layers in <work_dir>/<run_name>, registered in MLflow.
+Then `mlsys run compile_calls llm.model_path=data/agent_model agent.few_shot=false`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from components.compiler.tuning import TuneSettings
+from flows.platform import FlowConfig, system_flow
+from tasks.tracking import Tracker
+from tasks.tune_agent import TranscriptConfig, collect_transcripts, folder_size_mb, smoke_plans, tune_agent_model
+
+
+@dataclass
+class TuneAgentConfig(FlowConfig):
+    transcripts: TranscriptConfig = field(default_factory=TranscriptConfig)
+    train: TuneSettings = field(default_factory=TuneSettings)
+    threads: Optional[int] = None  # torch CPU threads; None: torch's default (all cores)
+    run_name: str = "agent_model"  # -> <work_dir>/agent_model: what llm.model_path=data/agent_model loads
+    registered_name: Optional[str] = "lm-agent"  # MLflow registry name; None: not registered
+    smoke_questions: int = 2  # evaluation questions planned greedily after training (logged, not scored)
+
+
+@system_flow(name="tune_agent", config=TuneAgentConfig, order=59, summary_metric="final_reply_loss",
+             # suite demo: one knowledge base, one question per template, ~2 steps on the top layer
+             demo=["transcripts.kb_seeds=[1]", "transcripts.per_template=1", "transcripts.react_steps=2",
+                   "train.train_layers=1", "train.epochs=0.15", "train.warmup_steps=1", "run_name=agent_model_demo",
+                   "registered_name=lm-agent-demo", "smoke_questions=1"])
+def tune_agent(cfg: TuneAgentConfig, tracker: Tracker) -> dict[str, float]:
+    """Fine-tune SmolLM2 on oracle transcripts of LLMCompiler and ReAct; register the tuned layers."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    chats = collect_transcripts(cfg.transcripts)
+    tuned = tune_agent_model(chats, cfg.transcripts, cfg.train, str(cfg.work_path(cfg.run_name)), tracker)
+    summary, folder = tuned["summary"], tuned["folder"]
+    tracker.log_dict(summary, "tuning.json")
+    if cfg.registered_name:
+        version = tracker.log_model_dir(folder, "model", registered_name=cfg.registered_name)
+        tracker.set_tags({"registered_model": f"{cfg.registered_name}/{version}"})
+    if cfg.smoke_questions:
+        tracker.log_text(smoke_plans(folder, cfg.smoke_questions), "samples/plans.txt")
+    report = summary["report"]
+    losses = report["losses"]
+    tail = losses[-max(1, len(losses) // 10):]  # the last tenth of the steps: less noisy than one step
+    return {"transcripts": float(len(chats)), "tokens": float(summary["tokens"]), "steps": float(report["steps"]),
+            "first_reply_loss": losses[0] if losses else float("nan"),
+            "final_reply_loss": sum(tail) / len(tail) if tail else float("nan"),
+            "minutes": report["seconds"] / 60, "saved_mb": folder_size_mb(folder)}
