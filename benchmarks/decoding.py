@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from benchmarks.common import parse_mode, target, write_result  # noqa: E402
+from components.decoding.bench import GOAL_VS_AR, GOAL_VS_SD  # noqa: E402
 
 
 def _own_args(argv):
@@ -64,9 +65,6 @@ def load_test(requests: int = 200) -> dict:
             return run_load(server.base_url, "tiny", requests=requests, max_tokens=8)
     finally:
         decoder.close()
-
-
-GOAL_VS_AR, GOAL_VS_SD = 2.0, 1.3  # the targets for PEARL
 
 
 def draft_map(own, tgt, drf, draft_source: str, prompts, result: dict, threads: int) -> tuple[dict, dict]:

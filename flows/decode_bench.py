@@ -39,13 +39,17 @@ def decode_bench(cfg: DecodeBenchConfig, tracker: Tracker) -> dict[str, float]:
     """Decoding benchmark: AR vs SD vs PEARL (+ ablations, HF assisted) with equal cores."""
     import torch
 
-    from components.decoding.bench import summarize
+    from components.decoding.bench import GOAL_VS_AR, GOAL_VS_SD, requirement_map, summarize
 
     models = resolve_models(cfg.models, str(cfg.work_path()), cfg.tracking.uri, cfg.torch_device())
     tracker.set_tags({"draft_source": models.draft_source, "draft_location": models.draft_location})
     threads = cfg.threads or torch.get_num_threads()
     result = benchmark_decoding(models, cfg.bench, threads)
     summary = summarize(result)
+    if "draft_step_s" in result["costs"]:  # the alpha a draft of each cost would need (benchmark docs)
+        alpha_map = requirement_map(result["costs"], GOAL_VS_AR, GOAL_VS_SD)
+        tracker.log_dict(alpha_map, "alpha_map.json")
+        summary.update({k: v for k, v in alpha_map.items() if k.startswith("least_alpha") and v is not None})
     for i, name in enumerate(result["methods"]):
         tracker.log_metrics({"tokens_per_s": result["methods"][name]["tokens_per_s"]}, step=i)
     tracker.log_dict(result, "decode_bench.json")

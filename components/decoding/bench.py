@@ -155,6 +155,7 @@ def alpha_needed_at_cost(costs: dict, c: float, goal_vs_ar: float, goal_vs_sd: f
     return {name: alpha_needed(1.0, check, unreachable=None) for name, check in checks.items()}
 
 
+GOAL_VS_AR, GOAL_VS_SD = 2.0, 1.3  # the serve issue's targets for PEARL: the map's default goals
 DRAFT_COSTS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8)
 
 

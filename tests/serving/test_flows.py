@@ -42,6 +42,10 @@ def test_decode_bench_flow_logs_every_method(prefect_harness, flow_overrides, ml
     assert set(methods) >= {"ar", "sd_g2", "sd_g4", "pearl", "pearl_no_pre", "pearl_no_post", "hf_assisted"}
     assert methods["pearl"]["target_forwards"] < methods["ar"]["target_forwards"] or \
         methods["pearl"]["acceptance_rate"] == 0
+    alpha_map = json.load(open(MlflowClient(tracking_uri=mlflow_uri).download_artifacts(result["run_id"],
+                                                                                      "alpha_map.json")))
+    assert alpha_map["goal_vs_ar"] == 2.0 and len(alpha_map["curve"]) >= 10
+    assert all(set(point["measured"]) == {"pearl_vs_ar", "pearl_vs_sd", "both"} for point in alpha_map["curve"])
 
 
 @pytest.mark.parametrize("bad, fragment", [(["decoding=beam"], "beam"), (["models.nonsense=1"], "nonsense"),
