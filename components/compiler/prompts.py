@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.compiler.plan import END_OF_PLAN
+from components.compiler.plan import END_OF_PLAN, dependency_levels, substitute
 
 Messages = list[dict[str, str]]
 
@@ -162,8 +162,6 @@ def parallel_fc_messages(question: str, tool_descriptions: list[str], trajectory
 
 def _parallel_fc_text(example: Example) -> str:
     """An example solved turn by turn: each turn calls every step whose inputs are known."""
-    from components.compiler.plan import dependency_levels
-
     calls = [_concrete(example, call) for call in example.plan[:-1]]  # without join()
     out = []
     for wave in dependency_levels(example.plan[:-1]):
@@ -176,9 +174,7 @@ def _parallel_fc_text(example: Example) -> str:
 
 def _concrete(example: Example, call: str) -> str:
     """A plan step with the values its `$N` stand for written in, as a model without `$N` writes it."""
-    import re
-
-    return re.sub(r"\$(\d+)", lambda m: example.values[int(m.group(1)) - 1], call)
+    return substitute(call, dict(enumerate(example.values, 1)))
 
 
 def _react_text(example: Example) -> str:

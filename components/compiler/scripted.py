@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from components.compiler.parallelqa import REGISTRY, Question
-from components.compiler.plan import dependency_levels
+from components.compiler.plan import dependency_levels, substitute
 from components.compiler.prompts import prompt_kind
 from components.llm.base import Completion, ScriptedLLM, cut_at_stop
 
@@ -76,7 +76,7 @@ def _react_step(question: Question | None, user: str) -> str:
     calls = question.plan[:-1]  # without join()
     if step >= len(calls):
         return f"Thought: I have the answer.\nAction: Finish({values[-1] if values else 'unknown'})"
-    call = re.sub(r"[$](\d+)", lambda m: values[int(m.group(1)) - 1], calls[step])
+    call = substitute(calls[step], dict(enumerate(values, 1)))
     return f"Thought: I need step {step + 1}.\nAction: {call}"
 
 
@@ -88,11 +88,11 @@ def _parallel_fc_turn(question: Question | None, user: str) -> str:
     calls = question.plan[:-1]  # without join()
     waves = dependency_levels(calls)
     issued = [i for wave in waves for i in wave]  # observations arrive in this order
-    values = {issued[k]: observed_value(o) for k, o in enumerate(_OBS.findall(user))}
-    pending = next((wave for wave in waves if wave[0] not in values), None)
+    values = {issued[k] + 1: observed_value(o) for k, o in enumerate(_OBS.findall(user))}  # by step number
+    pending = next((wave for wave in waves if wave[0] + 1 not in values), None)
     if pending is None:
-        return f"Thought: I have the answer.\nAction: Finish({values.get(len(calls) - 1, 'unknown')})"
-    actions = [re.sub(r"[$](\d+)", lambda m: values[int(m.group(1)) - 1], calls[i]) for i in pending]
+        return f"Thought: I have the answer.\nAction: Finish({values.get(len(calls), 'unknown')})"
+    actions = [substitute(calls[i], values) for i in pending]
     return "Thought: these calls can run now.\n" + "\n".join(f"Action: {a}" for a in actions)
 
 
