@@ -1,6 +1,6 @@
 """What every benchmark shares: machine facts, targets with computed `met`, and the result file.
 
-See ../shared/BENCHMARKS.md: each benchmark writes benchmarks/results/<name>.json and a plot next to
+Each benchmark writes benchmarks/results/<name>.json and a plot next to
 it, and logs both to MLflow (experiment `benchmarks`, one run per benchmark invocation).
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ A gather-only micro-benchmark replays the sampled index sets through the three g
 isolate the copy elimination and alignment from sampling and compute.
 
 PyG's NeighborLoader is not run: it needs pyg-lib (no wheel for this torch) or torch-sparse (a
-~40-minute source build), see ../shared/STACK.md.
+~40-minute source build).
 """
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def run(mode: Mode) -> tuple[dict, list]:
                          "CPU-only: the CUDA path (pinned host table read by the GPU over UVA) is in "
                          "benchmarks/gcn_loader_cuda.py and was not run here (no GPU)",
                          "PyG NeighborLoader not run: needs pyg-lib (no wheel for torch 2.13) or torch-sparse "
-                         "(~40 min source build); see shared/STACK.md",
+                         "(~40 min source build)",
                          "OMP_WAIT_POLICY=passive for all methods (spinning OpenMP workers starve the "
                          "sampling/prefetch threads on 2 shared cores)",
                          "peak_rss_mb is the whole process (all methods' models, the graph, and the page-cache "

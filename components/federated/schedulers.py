@@ -5,8 +5,8 @@ A driver calls `start()` once, then `on_arrival(client, update)` for each return
 (the global model and a number of local steps for each named client). Time comes from an injected
 `clock` (virtual time in the simulator, `time.monotonic` under Flower), measured from `start()`.
 
-- `CompassScheduler`: FedCompass (Li et al., ICLR 2024), exactly as specified in
-  ../shared/papers/fedcompass.md and the reference code (APPFL `compass_scheduler.py`): speed
+- `CompassScheduler`: FedCompass (Li et al., ICLR 2024), exactly as specified in the
+  paper (Algorithms 1-3) and the reference code (APPFL `compass_scheduler.py`): speed
   estimates with momentum, arrival groups (JoinGroup / CreateGroup with Q_min / Q_max and the
   latest-arrival factor lambda), late arrivals to the general buffer, a timer per group, fastest-first
   reassignment after a group aggregation.

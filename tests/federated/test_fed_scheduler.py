@@ -2,7 +2,7 @@
 
 The clock is a plain variable moved by the test; updates are opaque tokens recorded by a fake
 aggregator, so every expected number below is worked out by hand from the algorithm in
-../shared/papers/fedcompass.md.
+the FedCompass paper (Li et al., ICLR 2024, Algorithms 1-3).
 """
 import pytest
 
