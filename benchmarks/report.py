@@ -6,7 +6,10 @@ A markdown file asks for a table with a marker pair::
     (generated: the targets of benchmarks/results/checkpointing.json)
     <!-- /results -->
 
-`<!-- results: summary -->` is one row per result file (targets met of listed). Run
+`<!-- results: summary -->` is one row per result file (targets met of listed).
+`<!-- results: gcn_loader/methods: epoch_seconds, stall_fraction -->` is the part of the file's
+`results` at that path: a dict of dicts becomes one row per key with the named columns (all scalar
+fields when none are named), a dict of scalars one row per key. Run
 `python -m benchmarks.report` after a benchmark run to rewrite every table; `--check` exits 1 and names
 the files whose tables differ from the result files (the test suite runs it).
 """
@@ -22,13 +25,30 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 
 ROOT = RESULTS_DIR.parent.parent
-MARKER = re.compile(r"(<!-- results: *(?P<name>[\w-]+) *-->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+MARKER = re.compile(r"(<!-- results: *(?P<name>[\w-]+)(?P<path>(?:/[\w.-]+)*)(?:: *(?P<columns>[\w., -]+?))? *-->\n)"
+                    r"(?P<body>.*?)(<!-- /results -->)", re.S)
 
 
 def _number(value: float) -> str:
-    if value == int(value) and abs(value) < 1e6:
-        return str(int(value))
+    if value == int(value) and abs(value) < 1e15:
+        return f"{int(value):,}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
     return f"{value:.3g}"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return _number(value)
+    return str(value)
+
+
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def load_results(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
@@ -62,6 +82,31 @@ def summary_table(results: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def part_table(result: dict, path: list[str], columns: list[str]) -> str:
+    """The `results` subtree at `path` as a markdown table (see the module docstring)."""
+    node = result.get("results", {})
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(f"results has no {'/'.join(path)!r} (missing {key!r})")
+        node = node[key]
+    if not isinstance(node, dict):
+        raise KeyError(f"results/{'/'.join(path)} is a {type(node).__name__}, not a table")
+    table_rows = {k: v for k, v in node.items() if isinstance(v, dict)}
+    if not table_rows:  # a dict of scalars: one row per (named) key
+        keys = columns or [k for k, v in node.items() if _is_scalar(v)]
+        missing = [k for k in keys if k not in node]
+        if missing:
+            raise KeyError(f"results/{'/'.join(path)} has no {', '.join(missing)}")
+        return "\n".join(["| name | value |", "|---|---|", *(f"| `{k}` | {_cell(node[k])} |" for k in keys)])
+    node = table_rows
+    if not columns:
+        columns = list(dict.fromkeys(c for v in node.values() for c, x in v.items() if _is_scalar(x)))
+    rows = ["| " + " | ".join([path[-1], *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for key, value in node.items():
+        rows.append("| " + " | ".join([f"`{key}`", *(_cell(value.get(c, "")) for c in columns)]) + " |")
+    return "\n".join(rows)
+
+
 def render(text: str, results: dict[str, dict], source: str = "") -> str:
     """`text` with every marked table regenerated; an unknown benchmark name is an error naming it."""
 
@@ -69,11 +114,14 @@ def render(text: str, results: dict[str, dict], source: str = "") -> str:
         name = match["name"]
         if name == "summary":
             body = summary_table(results)
-        elif name in results:
-            body = targets_table(results[name])
-        else:
+        elif name not in results:
             raise KeyError(f"{source or 'markdown'}: no benchmarks/results/{name}.json for marker {name!r}")
-        return f"{match.group(1)}{body}\n{match.group(4)}"
+        elif match["path"]:
+            columns = [c.strip() for c in (match["columns"] or "").split(",") if c.strip()]
+            body = part_table(results[name], match["path"].strip("/").split("/"), columns)
+        else:
+            body = targets_table(results[name])
+        return f"{match.group(1)}{body}\n{match.group(6)}"
 
     return MARKER.sub(fill, text)
 
