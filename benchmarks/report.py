@@ -9,7 +9,8 @@ A markdown file asks for a table with a marker pair::
 `<!-- results: summary -->` is one row per result file (targets met of listed).
 `<!-- results: gcn_loader/methods: epoch_seconds, stall_fraction -->` is the part of the file's
 `results` at that path: a dict of dicts becomes one row per key with the named columns (all scalar
-fields when none are named), a dict of scalars one row per key. Run
+fields when none are named; a column may be a dotted path such as `tau.mean`), a list of dicts one row
+per item, a dict of scalars one row per key. Run
 `python -m benchmarks.report` after a benchmark run to rewrite every table; `--check` exits 1 and names
 the files whose tables differ from the result files (the test suite runs it).
 """
@@ -82,6 +83,19 @@ def summary_table(results: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def _get(row: dict, dotted: str):
+    value = row
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _format(value) -> str:
+    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+        return "[" + ", ".join(_cell(v) for v in value) + "]"
+    return _cell(value)
+
+
 def part_table(result: dict, path: list[str], columns: list[str]) -> str:
     """The `results` subtree at `path` as a markdown table (see the module docstring)."""
     node = result.get("results", {})
@@ -89,6 +103,11 @@ def part_table(result: dict, path: list[str], columns: list[str]) -> str:
         if not isinstance(node, dict) or key not in node:
             raise KeyError(f"results has no {'/'.join(path)!r} (missing {key!r})")
         node = node[key]
+    if isinstance(node, list) and all(isinstance(v, dict) for v in node):  # rows without a key column
+        columns = columns or [c for c, x in node[0].items() if _is_scalar(x)]
+        rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        rows += ["| " + " | ".join(_format(_get(r, c)) for c in columns) + " |" for r in node]
+        return "\n".join(rows)
     if not isinstance(node, dict):
         raise KeyError(f"results/{'/'.join(path)} is a {type(node).__name__}, not a table")
     table_rows = {k: v for k, v in node.items() if isinstance(v, dict)}
@@ -97,13 +116,12 @@ def part_table(result: dict, path: list[str], columns: list[str]) -> str:
         missing = [k for k in keys if k not in node]
         if missing:
             raise KeyError(f"results/{'/'.join(path)} has no {', '.join(missing)}")
-        return "\n".join(["| name | value |", "|---|---|", *(f"| `{k}` | {_cell(node[k])} |" for k in keys)])
-    node = table_rows
+        return "\n".join(["| name | value |", "|---|---|", *(f"| `{k}` | {_format(node[k])} |" for k in keys)])
     if not columns:
-        columns = list(dict.fromkeys(c for v in node.values() for c, x in v.items() if _is_scalar(x)))
+        columns = list(dict.fromkeys(c for v in table_rows.values() for c, x in v.items() if _is_scalar(x)))
     rows = ["| " + " | ".join([path[-1], *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
-    for key, value in node.items():
-        rows.append("| " + " | ".join([f"`{key}`", *(_cell(value.get(c, "")) for c in columns)]) + " |")
+    for key, value in table_rows.items():
+        rows.append("| " + " | ".join([f"`{key}`", *(_format(_get(value, c)) for c in columns)]) + " |")
     return "\n".join(rows)
 
 
