@@ -111,7 +111,8 @@ def part_table(result: dict, path: list[str], columns: list[str]) -> str:
     if not isinstance(node, dict):
         raise KeyError(f"results/{'/'.join(path)} is a {type(node).__name__}, not a table")
     table_rows = {k: v for k, v in node.items() if isinstance(v, dict)}
-    if not table_rows:  # a dict of scalars: one row per (named) key
+    if not table_rows or (columns and all(_is_scalar(node.get(c, {})) for c in columns)):
+        # a dict of scalars (or named scalar keys of a mixed dict): one row per key
         keys = columns or [k for k, v in node.items() if _is_scalar(v)]
         missing = [k for k in keys if k not in node]
         if missing:
