@@ -36,7 +36,14 @@ from components.checks import ConfigError
 from flows.schema import as_plain, changed, dotted, parameter_model
 from tasks.environment import PROJECT_ROOT
 from tasks.runners import build_task_runner
-from tasks.tracking import Tracker, close_run, evaluate_quality, flatten, open_run, promote
+from tasks.tracking import (
+    Tracker,
+    close_run,
+    evaluate_quality,
+    flatten,
+    open_run,
+    promote,
+)
 
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -344,9 +351,11 @@ def _run_label(spec: FlowSpec, parameters: dict) -> str:
         config_changes = dotted(changed(as_plain(given), spec.defaults))
     except Exception:  # a malformed form is reported by composition, not by the name
         config_changes = {}
+    chosen_groups = {p.split("=", 1)[0] for p in parts if "." not in p.split("=", 1)[0]}  # runner=dask says enough
     for key, value in config_changes.items():
         text = f"{key}={value}"
-        if not key.startswith(_PLACEMENT_KEYS) and text not in parts and not any(p.startswith(key + "=") for p in parts):
+        overridden = any(p.startswith(key + "=") for p in parts) or key.split(".", 1)[0] in chosen_groups
+        if not key.startswith(_PLACEMENT_KEYS) and text not in parts and not overridden:
             parts.append(text)
     label = " ".join([spec.name, *parts])
     return label if len(label) <= 120 else label[:117] + "..."
@@ -478,7 +487,8 @@ def _run_sweep(spec: FlowSpec, config: Any, overrides: list[str]) -> dict:
                 row.update({"status": f"FAILED: {type(err).__name__}: {str(err)[:100]}"})
             rows.append(row)
         parent.log_comparison(rows, spec.summary_metric, swept)
-        publish_table(f"{spec.name}-sweep", rows, f"{spec.name} sweep: one row per member; MLflow {parent.ui_link(first.ui)}")
+        publish_table(f"{spec.name}-sweep", rows,
+                      f"{spec.name} sweep: one row per member; MLflow {parent.ui_link(first.ui)}")
     except BaseException:
         close_run(parent, failed=True)
         raise

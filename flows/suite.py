@@ -13,6 +13,8 @@ class SuiteConfig(FlowConfig):
     flows: list[str] = field(default_factory=list)  # empty: every flow, in pipeline order
     skip: list[str] = field(default_factory=list)  # flows to leave out
     fail_fast: bool = False  # stop at the first failing flow instead of reporting all
+    # flow -> the paper's claim its summary metric measures (conf/suite.yaml); shown beside the value
+    claims: dict[str, str] = field(default_factory=dict)
 
 
 def _member_overrides(cfg: SuiteConfig, parent_run_id: str) -> list[str]:
@@ -35,7 +37,8 @@ def _format_table(rows: list[dict]) -> str:
 
 
 def _claim_cell(claim: str | None, metric: str) -> str:
-    """The flow's declared claim beside what this run measured (flows declare `claim=` in @system_flow)."""
+    """The paper's claim beside what this run measured (`claims` in conf/suite.yaml, else the flow's
+    `claim=` in @system_flow)."""
     return f"{claim} -> {metric}" if claim else "-"
 
 
@@ -66,11 +69,12 @@ def suite(cfg: SuiteConfig, tracker: Tracker) -> dict[str, float]:
             value = result["metrics"].get(spec.summary_metric) if spec.summary_metric else None
             metric = f"{spec.summary_metric}={value:.4g}" if isinstance(value, (int, float)) else "-"
             rows.append({"flow": spec.name, "status": "ok", "metric": metric, "link": result["link"],
-                         "claim": _claim_cell(spec.claim, metric)})
+                         "claim": _claim_cell(cfg.claims.get(spec.name) or spec.claim, metric)})
         except Exception as err:  # one broken member must not hide the others' results
             failed.append(spec.name)
             rows.append({"flow": spec.name, "status": f"FAILED: {type(err).__name__}: {str(err)[:120]}",
-                         "metric": "-", "link": "-", "claim": _claim_cell(spec.claim, "-")})
+                         "metric": "-", "link": "-",
+                         "claim": _claim_cell(cfg.claims.get(spec.name) or spec.claim, "-")})
             if cfg.fail_fast:
                 rows[-1]["seconds"] = time.perf_counter() - start
                 break

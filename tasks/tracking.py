@@ -150,7 +150,8 @@ class Tracker:
             pass  # already registered: add a version
         run = self.client.get_run(self.run_id)
         flow = run.data.tags.get("flow", "")
-        version_tags = {"flow": flow, "run_name": run.info.run_name or "", **{k: str(v) for k, v in (tags or {}).items()}}
+        version_tags = {"flow": flow, "run_name": run.info.run_name or "",
+                        **{k: str(v) for k, v in (tags or {}).items()}}
         source = f"{run.info.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(
             registered_name, source=source, run_id=self.run_id, tags=version_tags,
@@ -238,7 +239,8 @@ def resolve_model_version(name: str, tracking_uri: str | None = None, version: s
     if version is not None:
         chosen = next((v for v in versions if str(v.version) == str(version)), None)
         if chosen is None:
-            raise LookupError(f"model {name!r} has no version {version}; have {sorted(int(v.version) for v in versions)}")
+            have = sorted(int(v.version) for v in versions)
+            raise LookupError(f"model {name!r} has no version {version}; have {have}")
         return chosen
     try:
         return client.get_model_version_by_alias(name, alias)

@@ -13,11 +13,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from flows.platform import (InvalidConfig, compose, compose_parameters, discover_flows, get_spec, run,
-                            sweep_members)
+from flows.platform import (
+    InvalidConfig,
+    compose,
+    compose_parameters,
+    discover_flows,
+    get_spec,
+    sweep_members,
+)
 from flows.schema import changed, field_docs
+from tasks.tracking import (
+    evaluate_quality,
+    load_registered_model_dir,
+    open_run,
+    promote,
+    resolve_model_version,
+)
 from tests.infra.flow_under_test import FAST_OVERRIDES, FLOW, METRIC
-from tasks.tracking import evaluate_quality, load_registered_model_dir, open_run, promote, resolve_model_version
 
 FLOWS = sorted(discover_flows())
 
@@ -35,7 +47,7 @@ def _form_schema(name: str) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("flow", FLOWS)
 def test_parameter_form_has_every_config_field_with_yaml_defaults(flow):
-    form, definitions = _form_schema(flow)
+    form, _ = _form_schema(flow)
     spec = get_spec(flow)
     assert {f.name for f in fields(spec.config_cls)} == set(form["properties"])
     for key, value in spec.defaults.items():
@@ -66,7 +78,8 @@ def test_form_round_trips_the_composed_demo_config(flow):
 
 def test_form_values_and_override_strings_give_the_same_config():
     spec = get_spec(FLOW)
-    by_form = compose_parameters(spec, {"rounds": 4, "fed_strategy": {"alpha": 0.25}}, ["clients=3", "fed_speed=normal"])
+    form = {"rounds": 4, "fed_strategy": {"alpha": 0.25}}
+    by_form = compose_parameters(spec, form, ["clients=3", "fed_speed=normal"])
     by_strings = compose(FLOW, ["rounds=4", "fed_strategy.alpha=0.25", "clients=3", "fed_speed=normal"])
     assert asdict(by_form) == asdict(by_strings)
 
@@ -110,7 +123,10 @@ def test_sweep_members_expand_like_hydra():
 
 def test_deployment_style_run_is_one_flow_run_whose_id_is_the_mlflow_tag(prefect_harness, flow_overrides, mlflow_uri):
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
 
     spec = get_spec(FLOW)
     state = spec.flow(overrides=FAST_OVERRIDES + flow_overrides + ["seed=21"], return_state=True)
@@ -139,7 +155,10 @@ def test_bad_override_fails_the_flow_run_with_the_key_in_its_message(prefect_har
 
 def test_multirun_parameter_runs_members_as_nested_flow_runs(prefect_harness, flow_overrides, mlflow_uri):
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
 
     state = get_spec(FLOW).flow(overrides=FAST_OVERRIDES + flow_overrides + ["seed=31,32"], multirun=True,
                                 return_state=True)
