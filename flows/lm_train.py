@@ -71,6 +71,7 @@ def registered_name_for(cfg: LMTrainConfig) -> str:
 
 
 @system_flow(name="lm_train", config=LMTrainConfig, order=10, summary_metric="val_perplexity",
+             quality="val_perplexity<=500",  # a draft this good may become lm-draft@serving
              demo=["corpus.max_chars=400000", "corpus.val_fraction=0.1", "train.iters=30", "train.batch_size=4",
                    "train.block_size=64", "train.warmup_iters=5", "train.eval_every=30", "train.eval_batches=2", "model.n_layer=2",
                    "model.n_embd=64", "model.n_head=2", "model.block_size=64", "run_name=demo", "sample_tokens=16"])

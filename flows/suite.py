@@ -13,6 +13,8 @@ class SuiteConfig(FlowConfig):
     flows: list[str] = field(default_factory=list)  # empty: every flow, in pipeline order
     skip: list[str] = field(default_factory=list)  # flows to leave out
     fail_fast: bool = False  # stop at the first failing flow instead of reporting all
+    # flow -> the paper's claim its summary metric measures (conf/suite.yaml); shown beside the value
+    claims: dict[str, str] = field(default_factory=dict)
 
 
 def _member_overrides(cfg: SuiteConfig, parent_run_id: str) -> list[str]:
@@ -27,9 +29,28 @@ def _member_overrides(cfg: SuiteConfig, parent_run_id: str) -> list[str]:
 
 
 def _format_table(rows: list[dict]) -> str:
-    header = "| flow | status | key metric | seconds | MLflow run |\n|---|---|---|---|---|\n"
+    header = ("| flow | status | key metric | paper's claim -> measured here | seconds | MLflow run |\n"
+              "|---|---|---|---|---|---|\n")
     return header + "\n".join(
-        f"| {r['flow']} | {r['status']} | {r['metric']} | {r['seconds']:.0f} | {r['link']} |" for r in rows)
+        f"| {r['flow']} | {r['status']} | {r['metric']} | {r['claim']} | {r['seconds']:.0f} | {r['link']} |"
+        for r in rows)
+
+
+def _claim_cell(claim: str | None, metric: str) -> str:
+    """The paper's claim beside what this run measured (`claims` in conf/suite.yaml, else the flow's
+    `claim=` in @system_flow)."""
+    return f"{claim} -> {metric}" if claim else "-"
+
+
+def _publish_summary(table: str) -> None:
+    """The summary table as a Prefect markdown artifact (the flow run's Artifacts tab)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    try:
+        create_markdown_artifact(markdown="# Suite summary\n\n" + table, key="suite-summary",
+                                 description="every system flow at demo scale")
+    except Exception as err:  # the table is already logged to MLflow: never fail the suite for the view
+        print(f"suite: Prefect artifact not created: {err}")
 
 
 @system_flow(name="suite", config=SuiteConfig, order=1000)
@@ -47,11 +68,13 @@ def suite(cfg: SuiteConfig, tracker: Tracker) -> dict[str, float]:
             result = run(compose(spec.name, spec.demo_overrides + _member_overrides(cfg, tracker.run_id)))
             value = result["metrics"].get(spec.summary_metric) if spec.summary_metric else None
             metric = f"{spec.summary_metric}={value:.4g}" if isinstance(value, (int, float)) else "-"
-            rows.append({"flow": spec.name, "status": "ok", "metric": metric, "link": result["link"]})
+            rows.append({"flow": spec.name, "status": "ok", "metric": metric, "link": result["link"],
+                         "claim": _claim_cell(cfg.claims.get(spec.name) or spec.claim, metric)})
         except Exception as err:  # one broken member must not hide the others' results
             failed.append(spec.name)
             rows.append({"flow": spec.name, "status": f"FAILED: {type(err).__name__}: {str(err)[:120]}",
-                         "metric": "-", "link": "-"})
+                         "metric": "-", "link": "-",
+                         "claim": _claim_cell(cfg.claims.get(spec.name) or spec.claim, "-")})
             if cfg.fail_fast:
                 rows[-1]["seconds"] = time.perf_counter() - start
                 break
@@ -61,6 +84,7 @@ def suite(cfg: SuiteConfig, tracker: Tracker) -> dict[str, float]:
     print("\n" + table)
     tracker.log_text(table, "suite_summary.md")
     tracker.log_dict(rows, "suite_summary.json")
+    _publish_summary(table)
     if failed:
         raise RuntimeError(f"suite: {len(failed)} flow(s) failed: {', '.join(failed)} (table above)")
     return {"flows_ok": float(len(rows)), "seconds": float(sum(r["seconds"] for r in rows))}

@@ -62,7 +62,7 @@ def train_one_epoch(model, optimizer, loader: FeatureLoader, epoch: int, label: 
     """One epoch with a progress bar (loss in the postfix)."""
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(loader), desc=f"{label} epoch {epoch}", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(loader), desc=f"{label} epoch {epoch}", disable=not progress, leave=True) as bar:
         def step(_index: int, loss: float) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from tasks.progress import Progress
 from tasks.tracking import Tracker
 
 
@@ -147,7 +148,10 @@ def train_model(cfg: Any, corpus_folder: str, run_dir: str, checkpoint_dir: str,
             fsync=cfg.checkpoint.fsync, checksum=cfg.checkpoint.checksum, device=device)
         checkpointer.attach(optimizer)
 
+    progress = Progress(settings.iters, "lm-train", every=cfg.log_every, start=start_step)  # console + Prefect logs
+
     def log(step: int, metrics: dict) -> None:
+        progress.update(step, metrics)
         if step % cfg.log_every == 0 or "val_loss" in metrics:
             tracker.log_metrics(metrics, step=step)
 

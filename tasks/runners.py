@@ -1,7 +1,11 @@
 """Task runners chosen by `runner=` and the one helper flows use to fan tasks out on them.
 
 `runner=local` runs tasks on threads in the flow's process; `runner=dask` sends them to a Dask
-cluster (a LocalCluster that lives for the fan-out, or the cluster at `runner.address`).
+cluster (a LocalCluster that lives for the flow run, or the cluster at `runner.address`).
+
+A LocalCluster's worker processes talk to the same Prefect API as the flow: with no
+`PREFECT_API_URL` each worker would otherwise start its own temporary Prefect server (15-27 s
+each here), so the runner passes the URL of the one the flow run already uses.
 """
 from __future__ import annotations
 
@@ -12,24 +16,43 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 
 def thread_runner(max_workers: int = 4, address: str | None = None, n_workers: int = 2,
-                  threads_per_worker: int = 1, processes: bool = True) -> ThreadPoolTaskRunner:
+                  threads_per_worker: int = 1, processes: bool = True, dashboard: bool = True) -> ThreadPoolTaskRunner:
     """Threads in this process (`max_workers` of them); the Dask-only fields are ignored."""
     return ThreadPoolTaskRunner(max_workers=max_workers)
 
 
+def current_api_url() -> str | None:
+    """The Prefect API this process talks to: PREFECT_API_URL, else the flow run's temporary server."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return str(url)
+    context = FlowRunContext.get()
+    client = getattr(context, "client", None)
+    return str(client.api_url).rstrip("/") if client is not None else None
+
+
 def dask_runner(max_workers: int = 4, address: str | None = None, n_workers: int = 2,
-                threads_per_worker: int = 1, processes: bool = True):
+                threads_per_worker: int = 1, processes: bool = True, dashboard: bool = True):
     """A prefect-dask runner: an existing cluster at `address`, else a LocalCluster for the run."""
     from prefect_dask import DaskTaskRunner
 
     if address:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={
+    cluster_kwargs: dict[str, Any] = {
         "n_workers": n_workers,
         "threads_per_worker": threads_per_worker,
         "processes": processes,
-        "dashboard_address": None,  # no listening port beyond the scheduler's own
-    })
+        # bokeh serves the dashboard; prefect-dask logs its link when the first task is sent
+        "dashboard_address": "127.0.0.1:0" if dashboard else None,
+        "host": "127.0.0.1",
+    }
+    api_url = current_api_url()
+    if processes and api_url:
+        cluster_kwargs["env"] = {"PREFECT_API_URL": api_url}  # workers reuse this run's Prefect server
+    return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
 
 
 def build_task_runner(runner_cfg: Any):
@@ -42,7 +65,7 @@ def build_task_runner(runner_cfg: Any):
 def fan_out(task: Task | Callable, calls: Sequence[dict]) -> list:
     """Run `task(**kwargs)` for every kwargs in `calls` in parallel on the flow's task runner.
 
-    The runner is the one `runner=` configured (`flows.platform.run` sets it on the flow): threads
+    The runner is the one `runner=` configured (`flows.platform` sets it for the flow run): threads
     in this process, or Dask workers. Results come back in the order of `calls`; the first failure
     raises.
     """

@@ -36,6 +36,6 @@ def test_secrets_are_masked_and_models_registered(tmp_path):
     params = MlflowClient(tracking_uri=uri).get_run(tracker.run_id).data.params
     assert params["cfg.llm.api_key"] == "***"
     assert params["cfg.llm.api_key_env"] == "OPENAI_API_KEY" and params["cfg.llm.max_tokens"] == "64"
-    fetched = load_registered_model_dir("tiny-model", tracking_uri=uri)
+    fetched = load_registered_model_dir("tiny-model@candidate", tracking_uri=uri)  # a new version is a candidate
     assert (fetched / "config.json").read_text() == '{"n": 1}'
     assert str(tmp_path / "artifacts") in MlflowClient(tracking_uri=uri).get_run(tracker.run_id).info.artifact_uri

@@ -47,7 +47,7 @@ def test_quantize_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri, t
     # the registered model loads back as a QuantLinear model (what `serve` does)
     from tasks.tracking import load_registered_model_dir
 
-    folder = load_registered_model_dir("test-gpt-mixed", mlflow_uri)
+    folder = load_registered_model_dir("test-gpt-mixed@candidate", mlflow_uri)  # not promoted: load the candidate
     model = load_quantized(folder)
     assert any(isinstance(m, QuantLinear) for m in model.modules())
 

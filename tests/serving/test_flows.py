@@ -94,7 +94,7 @@ def test_serve_decodes_a_quantized_target_losslessly(prefect_harness, flow_overr
     close_run(tracker)
     prompt = "Write a Python function that reverses a string."
     cfg = compose("serve", flow_overrides + [
-        "models.target=quantized", "models.target_registered_name=tiny-quantized", "models.draft=gpt_folder",
+        "models.target=quantized", "models.target_registered_name=tiny-quantized@candidate", "models.draft=gpt_folder",
         f"models.draft_path={gpt}", "models.served_name=tiny-quantized", "port=0", "duration_s=0",
         f"smoke_prompt='{prompt}'", "smoke_max_tokens=12", "decoding=pearl", "decoding.gamma=2"])
     result = run(cfg)
