@@ -14,6 +14,7 @@ from typing import Optional
 
 from components.checks import ConfigError, at_least, in_range, one_of, writable_folder
 from components.lm.corpus import CorpusSpec
+from components.lm.trainer import MODEL_KINDS
 from components.lm.training import TrainSettings
 from flows.platform import FlowConfig, system_flow
 from tasks.environment import PROJECT_ROOT
@@ -37,7 +38,7 @@ class LMModelConfig:
     dtype: str = "float32"  # smollm2 only: weights' dtype for fine-tuning
 
     def __post_init__(self) -> None:
-        one_of("model.kind", self.kind, ("gpt", "smollm2"))  # components.lm.trainer.MODEL_KINDS
+        one_of("model.kind", self.kind, MODEL_KINDS)
         one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
 
 

@@ -43,7 +43,10 @@ def train_model(cfg: Any, corpus_folder: str, run_dir: str, checkpoint_dir: str,
     `cfg.resume='latest'` (or a checkpoint folder) restores model, optimizer, LR schedule, RNG and data
     position from the newest committed checkpoint and continues from there.
     """
-    from components.lm.trainer import TrainJob, run_training  # imports torch: only when a task runs
+    from components.lm.trainer import (  # imports torch: only when a task runs
+        TrainJob,
+        run_training,
+    )
 
     logger = get_run_logger()
     launcher = cfg.launcher

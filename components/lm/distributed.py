@@ -52,7 +52,7 @@ def init_process_group(strategy: str, device: str) -> tuple[Ranks, str]:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise RuntimeError("no RANK/WORLD_SIZE in the environment: start this under torchrun "
                            "(python -m torch.distributed.run), or use launcher=local")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -218,3 +218,35 @@ def torchrun_command(settings: TorchrunSettings, job_file: str | Path, python: s
         cmd += [f"--nnodes={settings.nnodes}", "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={settings.rdzv_endpoint}", f"--rdzv-id={settings.rdzv_id}"]
     return cmd + ["-m", "components.lm.worker", str(job_file)]
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (torchrun starts each worker in a session of its own, so a
+    signal to torchrun's process group does not reach them). Linux /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited while we looked
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # the name in parentheses may hold spaces
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def signal_job(pid: int, sig: int) -> list[int]:
+    """Send `sig` to torchrun (`pid`) and every worker under it at once; returns the pids signalled."""
+    tree = process_tree(pid)
+    for member in tree:
+        try:
+            os.kill(member, sig)
+        except ProcessLookupError:
+            pass
+    return tree

@@ -13,8 +13,10 @@ checkpoints where `resume=latest` finds them.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import random
 import shutil
 import statistics
 import uuid
@@ -23,13 +25,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 
-from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, list_checkpoints, set_aside_earlier_run
+from components.checkpoint import (
+    LazyAsyncCheckpointer,
+    latest_checkpoint,
+    list_checkpoints,
+    set_aside_earlier_run,
+)
 from components.lm import distributed
 from components.lm.corpus import TokenCorpus
 from components.lm.distributed import Ranks
-from components.lm.training import TrainSettings, build_optimizer, build_scheduler, train_loop
+from components.lm.training import (
+    TrainSettings,
+    build_optimizer,
+    build_scheduler,
+    train_loop,
+)
 
 MODEL_KINDS = ("gpt", "smollm2")
 STAGING_MARK = ".incoming-"
@@ -193,13 +206,15 @@ def resolve_resume(job: TrainJob, ranks: Ranks, logger) -> Optional[Path]:
 
 
 def run_training(job: TrainJob, on_metrics: Optional[Callable[[int, dict], Any]] = None, logger=None,
-                 ranks: Ranks = Ranks()) -> dict:
-    """Train to job.train['iters'] with a lazy async checkpoint every job.checkpoint['every'] steps."""
-    import logging
-
+                 ranks: Optional[Ranks] = None) -> dict:
+    """Train to job.train['iters'] with a lazy async checkpoint every job.checkpoint['every'] steps
+    (`ranks`: this process's place under torchrun; None: a single process)."""
     logger = logger or logging.getLogger("lm_train")
+    ranks = ranks or Ranks()
     device = job.device
     torch.manual_seed(job.seed)
+    random.seed(job.seed + ranks.rank)  # every RNG a checkpoint restores starts from the seed: runs are repeatable
+    np.random.seed(job.seed + ranks.rank)
     settings = TrainSettings(**job.train)
     resume_path = resolve_resume(job, ranks, logger)
     model = build_model(job.model, device)
