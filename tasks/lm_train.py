@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -66,7 +67,7 @@ def train_model(cfg: Any, corpus_folder: str, run_dir: str, checkpoint_dir: str,
 
 def _train_under_torchrun(job: Any, launcher: Any, launch_dir: Path, log, logger) -> dict:
     """Start torchrun, stream its output to the Prefect log, tail rank 0's metrics into MLflow."""
-    from components.lm.distributed import TorchrunSettings, torchrun_command
+    from components.lm.distributed import TorchrunSettings, process_tree, torchrun_command
 
     if launch_dir.exists():
         shutil.rmtree(launch_dir)  # the previous launch's job, metrics and result: this run writes its own
@@ -102,11 +103,15 @@ def _train_under_torchrun(job: Any, launcher: Any, launch_dir: Path, log, logger
         metrics.forward(log)
     finally:
         if proc.poll() is None:  # the flow was cancelled or failed: stop every rank
-            os.killpg(proc.pid, signal.SIGTERM)
+            workers = process_tree(proc.pid)  # before torchrun exits and its workers lose their parent
+            proc.terminate()  # torchrun forwards SIGTERM to its workers
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                pass
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     result_file = Path(job.result_file)
     if proc.returncode != 0 or not result_file.exists():
         raise RuntimeError(f"torchrun ({launcher.nproc} x {launcher.nnodes} processes) exited with {proc.returncode}"

@@ -22,7 +22,7 @@ from components.lm.trainer import TrainJob
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 301  # odd: uneven FSDP2 shards of the embedding (151 + 150 rows)
-ITERS, EVERY = 120, 5
+ITERS, EVERY = 40, 4
 
 
 def tiny_corpus(folder: Path) -> Path:

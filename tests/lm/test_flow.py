@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from flows.platform import compose, get_spec, run
@@ -84,3 +85,23 @@ def test_init_from_a_different_architecture_is_named(tmp_path):
         warm_start(GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)), str(tmp_path / "small"))
     with pytest.raises(ValueError, match="init_from and train.init_from_teacher"):
         compose("lm_train", ["train.init_from=x", "train.init_from_teacher=true", "train.distill_alpha=1"]).train
+
+
+@pytest.mark.slow
+def test_flow_under_torchrun_two_processes_logs_rank0_metrics_and_resumes(prefect_harness, flow_overrides,
+                                                                           mlflow_uri, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    two = ["launcher=torchrun", "launcher.nproc=2"]
+    result = run(compose("lm_train", flow_overrides + TINY + two))
+    client = MlflowClient(mlflow_uri)
+    data = client.get_run(result["run_id"]).data
+    assert data.params["launcher.nproc"] == "2" and data.params["launcher.strategy"] == "ddp"
+    assert [m.step for m in client.get_metric_history(result["run_id"], "train_loss")] == [2, 4, 6]
+    assert data.metrics["checkpoints"] == 6 and data.metrics["val_perplexity"] > 1
+    last = tmp_path / "lm_train" / "checkpoints" / "tiny" / "step_00000006"
+    assert sorted(p.name for p in last.glob("*.shard")) == ["rank00000.shard", "rank00001.shard"]
+    assert {a.path for a in client.list_artifacts(result["run_id"], "model")} == {"model/config.json",
+                                                                                  "model/model.safetensors"}
+    resumed = run(compose("lm_train", flow_overrides + TINY + two + ["resume=latest", "train.iters=8"]))
+    assert client.get_run(resumed["run_id"]).data.metrics["start_step"] == 6
