@@ -80,8 +80,8 @@ def _train_under_torchrun(job: Any, launcher: Any, launch_dir: Path, log, logger
     command = torchrun_command(settings, job_file)
     logger.info("starting %s", " ".join(command))
     if launcher.nnodes > 1:
-        logger.info("on each other node (with this work_dir on shared storage) run: %s",
-                    " ".join(torchrun_command(settings, job_file, python="python")))
+        logger.info("on each other node (this work_dir on shared storage, the project at the same path) run: "
+                    "cd %s && PYTHONPATH=%s %s", PROJECT_ROOT, PROJECT_ROOT, " ".join(command))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1, start_new_session=True)
@@ -114,8 +114,9 @@ def _train_under_torchrun(job: Any, launcher: Any, launch_dir: Path, log, logger
                     os.kill(pid, signal.SIGKILL)
     result_file = Path(job.result_file)
     if proc.returncode != 0 or not result_file.exists():
-        raise RuntimeError(f"torchrun ({launcher.nproc} x {launcher.nnodes} processes) exited with {proc.returncode}"
-                           f"{'' if result_file.exists() else ' without a result'}; its last lines:\n" + "\n".join(tail))
+        missing = "" if result_file.exists() else " without a result"
+        raise RuntimeError(f"torchrun ({launcher.nproc} x {launcher.nnodes} processes) exited with "
+                           f"{proc.returncode}{missing}; its last lines:\n" + "\n".join(tail))
     return json.loads(result_file.read_text())
 
 

@@ -127,7 +127,8 @@ def run_kill_resume(tmp_path: Path, strategy: str) -> None:
                            latest_checkpoint(tmp_path / "killed" / "ckpt"))
     assert latest_checkpoint(tmp_path / "killed" / "ckpt").name == f"step_{ITERS:08d}"
     for name in ("model.safetensors", "config.json"):
-        assert (tmp_path / "reference" / "model" / name).read_bytes() == (tmp_path / "killed" / "model" / name).read_bytes()
+        reference_file, resumed_file = (tmp_path / run / "model" / name for run in ("reference", "killed"))
+        assert reference_file.read_bytes() == resumed_file.read_bytes(), name
     metrics = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == ITERS and "val_loss" in metrics[-1]["metrics"]
 
@@ -156,6 +157,36 @@ def test_fsdp2_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_p
     last = latest_checkpoint(tmp_path / "reference" / "ckpt")
     shards = [load_checkpoint(last, rank=r)["model"]["wte.weight"] for r in (0, 1)]
     assert [s.shape[0] for s in shards] == [151, 150] and not torch.equal(shards[0], shards[1])
+
+
+def test_torchrun_command_for_one_node_and_for_a_rendezvous():
+    one = torchrun_command(TorchrunSettings(nproc=3), "job.json", python="/venv/bin/python")
+    assert one == ["/venv/bin/python", "-m", "torch.distributed.run", "--nproc-per-node=3", "--max-restarts=0",
+                   "--standalone", "-m", "components.lm.worker", "job.json"]
+    many = torchrun_command(TorchrunSettings(nproc=4, nnodes=2, rdzv_endpoint="node0:29400", rdzv_id="draft"), "j")
+    assert many[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--standalone" not in many
+    assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400", "--rdzv-id=draft"} <= set(many)
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_at_a_rendezvous_endpoint(tmp_path):
+    """Two torchrun agents on loopback, one process each, joined by launcher.nnodes=2 + an endpoint."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = write_job(tmp_path, "nodes", tiny_corpus(tmp_path / "corpus"), "ddp")
+    settings = TorchrunSettings(nproc=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}", rdzv_id="two-nodes")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    agents = [subprocess.Popen(torchrun_command(settings, job), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert [a.returncode for a in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    result = json.loads((tmp_path / "nodes" / "result.json").read_text())
+    assert result["world_size"] == 2 and result["final_step"] == ITERS
+    last = latest_checkpoint(tmp_path / "nodes" / "ckpt")
+    assert sorted(p.name for p in last.glob("*.shard")) == ["rank00000.shard", "rank00001.shard"]
 
 
 if __name__ == "__main__":
