@@ -105,3 +105,12 @@ def test_flow_under_torchrun_two_processes_logs_rank0_metrics_and_resumes(prefec
                                                                                   "model/model.safetensors"}
     resumed = run(compose("lm_train", flow_overrides + TINY + two + ["resume=latest", "train.iters=8"]))
     assert client.get_run(resumed["run_id"]).data.metrics["start_step"] == 6
+
+    # A fresh 2-process run stages its checkpoints until its first commit, then sets the earlier run aside.
+    run(compose("lm_train", flow_overrides + TINY + two + ["train.iters=3"]))
+    folder = tmp_path / "lm_train" / "checkpoints"
+    assert sorted(p.name for p in (folder / "tiny").iterdir()) == ["step_00000002", "step_00000003"]
+    assert len(list((folder / "tiny" / "step_00000002").glob("*.shard"))) == 2
+    [aside] = folder.glob("tiny.replaced-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["step_00000007", "step_00000008"]
+    assert not list(folder.glob("tiny.incoming-*"))
