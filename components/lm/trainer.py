@@ -116,8 +116,8 @@ def warm_start(model, folder: str) -> None:
         raise ValueError("train.init_from needs model.kind=gpt (a GPT folder written by this flow)")
     source = GPT.from_folder(folder)
     if source.config != model.config:
-        raise ValueError(f"train.init_from={folder} holds a GPT with {source.config}, but model= builds {model.config}: "
-                         f"set the model.* overrides to match it")
+        raise ValueError(f"train.init_from={folder} holds a GPT with {source.config}, "
+                         f"but model= builds {model.config}: set the model.* overrides to match it")
     model.load_state_dict(source.state_dict())
 
 
@@ -219,7 +219,8 @@ def run_training(job: TrainJob, on_metrics: Optional[Callable[[int, dict], Any]]
     resume_path = resolve_resume(job, ranks, logger)
     model = build_model(job.model, device)
     if settings.block_size > model_block_size(model):
-        raise ValueError(f"train.block_size={settings.block_size} exceeds the model's context {model_block_size(model)}")
+        raise ValueError(f"train.block_size={settings.block_size} exceeds the model's context "
+                         f"{model_block_size(model)}")
     corpus = TokenCorpus(job.corpus_folder)
     if corpus.vocab_size > model.config.vocab_size:
         raise ValueError(f"corpus vocabulary {corpus.vocab_size} exceeds the model's {model.config.vocab_size}")

@@ -15,7 +15,6 @@ from pathlib import Path
 from components.lm import distributed
 from components.lm.trainer import TrainJob, run_training
 
-
 # FSDP2 warns when a wrapped block returns a view; our GPT blocks return their K/V views beside the
 # hidden state and nothing modifies either in place, so the warning (twice per rank) is noise here.
 warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
