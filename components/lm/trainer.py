@@ -130,6 +130,7 @@ class RunCheckpointer:
         self.folder, self.options, self.optimizer, self.ranks, self.device = folder, options, optimizer, ranks, device
         self.logger = logger
         self.records: list = []
+        self._staged_host_bytes = 0
         self.set_aside: Optional[Path] = None
         self.staging: Optional[Path] = None
         if replace_earlier:
@@ -155,6 +156,7 @@ class RunCheckpointer:
     def _take_over_folder(self) -> None:
         """The first checkpoint of a fresh run is committed: only now the earlier run moves aside."""
         self.inner.close()  # drains: this rank's shard is durable, and rank 0 has committed
+        self._staged_host_bytes = self.inner.host_memory_bytes
         distributed.barrier(self.ranks)
         if self.ranks.rank == 0:
             self.set_aside = set_aside_earlier_run(self.folder)
@@ -173,7 +175,7 @@ class RunCheckpointer:
 
     @property
     def host_memory_bytes(self) -> int:
-        return self.inner.host_memory_bytes
+        return max(self.inner.host_memory_bytes, self._staged_host_bytes)
 
 
 def _fsync_dir(path: Path) -> None:
