@@ -1,17 +1,23 @@
 """`lm_train`: train a causal LM on on-machine text with DataStates lazy async checkpointing.
 
-prepare corpus -> train (lazy async checkpoint every k steps; `resume=latest` continues bit-for-bit)
+prepare corpus -> train (lazy async checkpoint every k steps; `resume=latest` continues bit-for-bit;
+in this process or on several under torchrun, DDP or FSDP2, each rank writing its own shard)
 -> evaluate validation loss / perplexity and a text sample -> log everything and register the model
 in MLflow (the `serve` and `quantize` flows load it by name).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
+from components.checks import ConfigError, at_least, in_range, one_of, writable_folder
 from components.lm.corpus import CorpusSpec
+from components.lm.trainer import MODEL_KINDS
 from components.lm.training import TrainSettings
 from flows.platform import FlowConfig, system_flow
+from tasks.environment import PROJECT_ROOT
 from tasks.lm_train import evaluate_model, prepare_corpus, train_model
 from tasks.tracking import Tracker
 
@@ -31,6 +37,38 @@ class LMModelConfig:
     tie_embeddings: bool = True  # lm_head = wte: half the parameters
     dtype: str = "float32"  # smollm2 only: weights' dtype for fine-tuning
 
+    def __post_init__(self) -> None:
+        one_of("model.kind", self.kind, MODEL_KINDS)
+        one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class LauncherConfig:
+    """conf/launcher/*.yaml: this process (local) or torchrun's processes (torchrun)."""
+
+    kind: str = "local"  # local: train in the flow's process; torchrun: python -m torch.distributed.run
+    nproc: int = 1  # processes per node (torchrun)
+    nnodes: int = 1  # nodes; > 1 needs rdzv_endpoint and a work_dir every node sees at the same path
+    strategy: str = "ddp"  # ddp: replicas, rank 0's shard holds the model; fsdp: FSDP2 fully_shard, every rank its part
+    rdzv_endpoint: Optional[str] = None  # host:port of the c10d rendezvous; None on one node (--standalone)
+    rdzv_id: Optional[str] = None  # the job's id on every node; None: the run name
+
+    def __post_init__(self) -> None:
+        one_of("launcher.kind", self.kind, ("local", "torchrun"))
+        one_of("launcher.strategy", self.strategy, ("ddp", "fsdp"))
+        at_least("launcher.nproc", self.nproc, 1)
+        at_least("launcher.nnodes", self.nnodes, 1)
+        if self.kind == "local" and self.nproc * self.nnodes > 1:
+            raise ConfigError("launcher.nproc", self.nproc, "more than one process needs launcher=torchrun")
+        if self.rdzv_endpoint is not None:
+            match = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d+)", self.rdzv_endpoint)
+            if match is None:
+                raise ConfigError("launcher.rdzv_endpoint", self.rdzv_endpoint, "must be host:port")
+            in_range("launcher.rdzv_endpoint port", int(match.group(2)), 1, 65535)
+        elif self.nnodes > 1:
+            raise ConfigError("launcher.rdzv_endpoint", None, f"launcher.nnodes={self.nnodes} needs the "
+                              f"host:port every node meets at (e.g. node0:29400)")
+
 
 @dataclass
 class CheckpointConfig:
@@ -43,6 +81,16 @@ class CheckpointConfig:
     checksum: bool = False  # CRC32 of every piece, verified at load (costs CPU time in the background)
     dir: Optional[str] = None  # None: <work_dir>/lm_train/checkpoints/<run_name>
 
+    def __post_init__(self) -> None:
+        at_least("checkpoint.every", self.every, 1)
+        at_least("checkpoint.keep_last", self.keep_last, 1)
+        at_least("checkpoint.buffer_slots", self.buffer_slots, 1)
+        at_least("checkpoint.flush_threads", self.flush_threads, 1)
+        if self.host_buffer_mb is not None:
+            at_least("checkpoint.host_buffer_mb", self.host_buffer_mb, 1)
+        if self.dir is not None:
+            writable_folder("checkpoint.dir", self.dir)
+
 
 @dataclass
 class LMTrainConfig(FlowConfig):
@@ -50,6 +98,7 @@ class LMTrainConfig(FlowConfig):
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
     train: TrainSettings = field(default_factory=TrainSettings)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     # model -> <work_dir>/lm_train/<run_name>/, checkpoints -> <work_dir>/lm_train/checkpoints/<run_name>/;
     # None: "draft" for gpt (where the serve flow's PEARL draft is looked for), "smollm2_ft" for smollm2
     run_name: Optional[str] = None
@@ -58,6 +107,17 @@ class LMTrainConfig(FlowConfig):
     log_every: int = 10  # training metrics to MLflow every this many steps
     sample_prompt: str = "def fibonacci(n):"  # greedy sample logged as text after training
     sample_tokens: int = 48  # length of that sample
+
+    def __post_init__(self) -> None:
+        parent_check = getattr(super(), "__post_init__", None)
+        if parent_check is not None:
+            parent_check()
+        work_dir = Path(self.work_dir) if Path(self.work_dir).is_absolute() else PROJECT_ROOT / self.work_dir
+        writable_folder("work_dir", work_dir)  # checked before anything is trained, moved or written
+        at_least("log_every", self.log_every, 1)
+        at_least("sample_tokens", self.sample_tokens, 0)
+        if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
+            raise ConfigError("resume", self.resume, "must be 'latest' or an existing checkpoint folder")
 
 
 def run_name_for(cfg: LMTrainConfig) -> str:

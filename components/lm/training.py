@@ -134,12 +134,14 @@ def evaluate(model, corpus: TokenCorpus, settings: TrainSettings, device: str = 
 def train_loop(model, optimizer, scheduler, corpus: TokenCorpus, settings: TrainSettings, *,
                data_generator: torch.Generator, start_step: int = 0, stop_step: Optional[int] = None,
                checkpointer=None, checkpoint_every: int = 0, teacher=None, device: str = "cpu",
-               on_metrics: Optional[Callable[[int, dict], Any]] = None) -> dict[str, float]:
+               on_metrics: Optional[Callable[[int, dict], Any]] = None,
+               capture: Callable[..., dict] = capture_state) -> dict[str, float]:
     """Train from `start_step` to `stop_step` (default settings.iters); checkpoint every k steps.
 
     The checkpoint is requested right after the optimizer step (the iteration boundary); the
     checkpointer's pre-step hook, attached to `optimizer`, holds the next update until the lazy
-    copy is done.
+    copy is done. `capture(step, model, optimizer, scheduler, data_generator)` is what is saved
+    (a rank's own part under torch.distributed).
     """
     stop_step = settings.iters if stop_step is None else stop_step
     model.train()
@@ -168,7 +170,7 @@ def train_loop(model, optimizer, scheduler, corpus: TokenCorpus, settings: Train
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if checkpointer is not None and checkpoint_every > 0 and done % checkpoint_every == 0:
-            checkpointer.save(done, capture_state(done, model, optimizer, scheduler, data_generator))
+            checkpointer.save(done, capture(done, model, optimizer, scheduler, data_generator))
         compute_s += time.perf_counter() - t0
         if done % settings.eval_every == 0 or done == stop_step:
             metrics.update(evaluate(model, corpus, settings, device))
