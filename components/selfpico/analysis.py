@@ -28,6 +28,7 @@ _NUMERIC_ARGS = {"range": "int", "abs": "number", "round": "float", "divmod": "n
                  "hex": "int"}
 _SEQUENCE_ARGS = {"len", "sum", "sorted", "enumerate", "zip", "max", "min", "list", "tuple", "set", "any", "all",
                   "reversed", "map", "filter"}
+_MUTATORS = {"append", "extend", "insert", "add", "update", "setdefault", "appendleft", "extendleft", "push"}
 _STRING_ARGS = {"int": "str", "float": "str", "open": "str", "ord": "str"}
 
 # Naming conventions (LExecutor-style): a value class from the name alone.
@@ -526,6 +527,8 @@ def _reads(node: ast.AST, cut: bool) -> set[str]:
         if cut and isinstance(n, (ast.Compare, ast.JoinedStr, ast.UnaryOp)) and \
                 (not isinstance(n, ast.UnaryOp) or isinstance(n.op, ast.Not)):
             return
+        if isinstance(n, ast.Name) and isinstance(getattr(n, "ctx", None), (ast.Store, ast.Del)):
+            return
         if isinstance(n, (ast.Name, ast.Attribute)) and (path := path_of(n)) is not None:
             found.add(path)
             if isinstance(n, ast.Attribute):
@@ -533,6 +536,11 @@ def _reads(node: ast.AST, cut: bool) -> set[str]:
             return
         if isinstance(n, ast.Lambda):
             return  # a lambda's body runs later, when it is called
+        if cut and isinstance(n, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+            return visit(n.elt)  # the items come from the element expression (its loop names are bound)
+        if cut and isinstance(n, ast.DictComp):
+            visit(n.key)
+            return visit(n.value)
         for child in ast.iter_child_nodes(n):
             visit(child)
 
@@ -568,6 +576,11 @@ class DataFlow:
                     for arg in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]:
                         self._bind(ast.Name(arg.arg), set(sources) | {f"param#{arg.arg}"})
             elif isinstance(node, ast.Call):
+                func = node.func
+                if isinstance(func, ast.Attribute) and func.attr in _MUTATORS and path_of(func.value) is not None:
+                    # rows.append(x), seen.update(y): the receiver now also holds the arguments' values
+                    held = self.deps.setdefault(path_of(func.value), set())
+                    held.update(*[_reads(a, cut=True) for a in node.args])
                 for arg in [*node.args, *(k.value for k in node.keywords)]:
                     if isinstance(arg, ast.Lambda):  # sorted(people, key=lambda p: ...): p comes from people
                         others = set().union(*[_reads(a, cut=True) for a in node.args if a is not arg]) \

@@ -57,7 +57,7 @@ class SnippetReport:
     predictor: str
     n_markers: int
     executed_markers: int
-    coverage: float
+    coverage: float  # line coverage: executed_lines / n_lines
     runs: int
     predictions: int
     predictor_calls: int
@@ -68,6 +68,8 @@ class SnippetReport:
     wall_seconds: float = 0.0
     note: str = ""
     fallbacks: int = 0  # values taken from the fallback predictor after the retries ran out
+    n_lines: int = 0  # distinct lines where a statement starts
+    executed_lines: int = 0  # of those, lines whose statement ran (coverage = executed_lines / n_lines)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -201,6 +203,9 @@ def execute_snippet(snippet: Snippet, predictor: Predictor, sandbox, max_runs: i
         instrumented = instrument(snippet.code)
     except InstrumentationError as err:
         return SnippetReport(snippet.id, predictor.name, 0, 0, 0.0, 0, 0, 0, 0, "not_instrumentable", note=str(err))
+    except Exception as err:  # noqa: BLE001 - one snippet the instrumentation cannot handle fails alone
+        return SnippetReport(snippet.id, predictor.name, 0, 0, 0.0, 0, 0, 0, 0, "not_instrumentable",
+                             note=f"{type(err).__name__}: {err}")
     lines = snippet.code.splitlines()
     original = parse_any(snippet.code)
     flow = DataFlow(original)
@@ -288,9 +293,12 @@ def execute_snippet(snippet: Snippet, predictor: Predictor, sandbox, max_runs: i
         if status == "no_trace":
             note = f"no verifiable trace from the sandbox ({trace.get('reason')})"
         break
-    n = instrumented.n_markers
-    return SnippetReport(snippet.id, predictor.name, n, len(best), len(best) / n if n else 0.0, runs, len(values),
-                         calls, retries, status, errors, dict(values), time.perf_counter() - start, note, fallbacks)
+    # Coverage counts lines, as the paper's outside tester does: distinct lines where a statement starts.
+    n_lines = len(set(instrumented.marker_lines.values()))
+    executed_lines = len({instrumented.marker_lines[m] for m in best})
+    return SnippetReport(snippet.id, predictor.name, instrumented.n_markers, len(best),
+                         executed_lines / n_lines if n_lines else 0.0, runs, len(values), calls, retries, status,
+                         errors, dict(values), time.perf_counter() - start, note, fallbacks, n_lines, executed_lines)
 
 
 def summarize(reports: list[dict]) -> dict[str, float]:
