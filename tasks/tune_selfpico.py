@@ -8,6 +8,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from components.checks import ConfigError, at_least
+from components.selfpico.tuning import BENCHMARK_MODULES
 from tasks.tracking import Tracker
 
 
@@ -23,19 +25,24 @@ class ValueDataConfig:
     per_key: int = 6  # candidate values executed per requested value
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        overlap = sorted(set(self.modules) & set(BENCHMARK_MODULES))
+        if overlap:
+            raise ConfigError("data.modules", self.modules,
+                              f"{overlap} are sampled by the benchmark's development set: never tune on them")
+        if not self.modules:
+            raise ConfigError("data.modules", self.modules, "empty: nothing to tune on")
+        at_least("data.count", self.count, 1)
+        at_least("data.per_key", self.per_key, 1)
+
 
 @task(name="selfpico-value-search")
 def collect_value_chats(spec: ValueDataConfig, limits: dict) -> dict[str, Any]:
     """Search values for package function bodies in the sandbox; the chats to tune on."""
     from components.sandbox import Sandbox, SandboxLimits
     from components.selfpico.snippets import heldout_snippets, package_function_snippets, written_snippets
-    from components.selfpico.tuning import BENCHMARK_MODULES, search_values, value_chats
+    from components.selfpico.tuning import search_values, value_chats
 
-    overlap = sorted(set(spec.modules) & set(BENCHMARK_MODULES))
-    if overlap:
-        raise ValueError(f"data.modules must not include {overlap}: the benchmark's development set samples them")
-    if not spec.modules or spec.count < 1:
-        raise ValueError("data.modules is empty or data.count < 1: nothing to tune on")
     evaluated = {s.code.strip() for s in heldout_snippets() + written_snippets()}
     snippets = [s for s in package_function_snippets(spec.modules, spec.count, seed=spec.seed,
                                                      max_lines=spec.max_lines) if s.code.strip() not in evaluated]

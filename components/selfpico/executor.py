@@ -309,10 +309,11 @@ def summarize(reports: list[dict]) -> dict[str, float]:
         return sum(values) / len(values) if values else 0.0
 
     errors = [e for r in reports for e in r["errors"]]
+    groups = sorted({r["origin"].split(":", 1)[0] for r in reports})  # written | package | heldout | user
     return {
         "line_coverage": mean(r["coverage"] for r in reports),
-        "line_coverage.written": mean(r["coverage"] for r in reports if r["origin"] == "written"),
-        "line_coverage.package": mean(r["coverage"] for r in reports if r["origin"] != "written"),
+        **{f"line_coverage.{g}": mean(r["coverage"] for r in reports if r["origin"].split(":", 1)[0] == g)
+           for g in groups},
         "fully_executed_fraction": mean(r["coverage"] == 1.0 for r in reports),
         "runs_per_snippet": mean(r["runs"] for r in reports),
         "predictor_calls_per_snippet": mean(r["predictor_calls"] for r in reports),
