@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from components.checks import ConfigError, at_least
 from components.selfpico.executor import summarize
+from components.selfpico.snippets import user_snippets
 from flows.platform import FlowConfig, system_flow
 from tasks.llm import LLMConfig
 from tasks.runners import fan_out
@@ -18,12 +20,15 @@ DEFAULT_MODULES = ["textwrap", "difflib", "shlex", "fractions", "statistics", "h
 class PredictorConfig:
     _target_: str = "components.selfpico.predictors.RuleBasedPredictor"
     max_tokens: Optional[int] = None  # LLM-guided only: a value is one short expression
+    few_shot: Optional[bool] = None  # LLM-guided only; None: few-shot for the packaged model, zero-shot for a tuned one
 
 
 @dataclass
 class SelfPicoConfig(FlowConfig):
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)  # used by sp_predictor=llm only
+    snippets: Optional[str] = None  # your own: a folder of .py files, a file or a glob (replaces the built-in sets)
+    heldout: bool = False  # the benchmark's held-out set instead of the built-in sets
     written: bool = True  # the Stack-Overflow-style snippets written for this project
     written_limit: Optional[int] = None  # first N of them (None: all 24)
     package_modules: list[str] = field(default_factory=lambda: list(DEFAULT_MODULES))  # pure-Python, installed
@@ -34,6 +39,17 @@ class SelfPicoConfig(FlowConfig):
     wall_seconds: float = 10.0  # sandbox limits per execution
     cpu_seconds: int = 5
     memory_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        at_least("max_runs", self.max_runs, 1)
+        at_least("max_retries", self.max_retries, 0)
+        at_least("batch_size", self.batch_size, 1)
+        at_least("wall_seconds", self.wall_seconds, 0.5)
+        if self.snippets is not None:
+            try:  # every file is read and parsed now, so a bad one fails before anything runs
+                user_snippets(self.snippets)
+            except ValueError as err:
+                raise ConfigError("snippets", self.snippets, str(err).removeprefix("selfpico: ")) from err
 
 
 def _coverage_figure(reports: list[dict], predictor: str):
@@ -54,7 +70,8 @@ def _coverage_figure(reports: list[dict], predictor: str):
              summary_metric="line_coverage", order=90)
 def selfpico(cfg: SelfPicoConfig, tracker: Tracker) -> dict[str, float]:
     """SelfPiCo: run partial code by predicting undefined values (sandboxed), measure line coverage."""
-    snippets = load_snippets(cfg.written, cfg.written_limit, cfg.package_modules, cfg.package_count, cfg.seed)
+    snippets = load_snippets(cfg.written, cfg.written_limit, cfg.package_modules, cfg.package_count, cfg.seed,
+                             user=cfg.snippets, heldout=cfg.heldout)
     batches = [snippets[i:i + cfg.batch_size] for i in range(0, len(snippets), cfg.batch_size)]
     limits = {"wall_seconds": cfg.wall_seconds, "cpu_seconds": cfg.cpu_seconds, "memory_bytes": cfg.memory_mb << 20}
     results = fan_out(execute_batch, [

@@ -9,7 +9,7 @@ from prefect import task
 from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.executor import Snippet, execute_snippet
 from components.selfpico.predictors import Predictor, RuleBasedPredictor
-from components.selfpico.snippets import package_function_snippets, written_snippets
+from components.selfpico.snippets import heldout_snippets, package_function_snippets, user_snippets, written_snippets
 from tasks.llm import build_llm
 
 _LLM_PREDICTOR = "components.selfpico.predictors.LLMPredictor"
@@ -23,13 +23,21 @@ def build_predictor(predictor_cfg: Any, llm_cfg: Any = None) -> Predictor:
     values = {k: v for k, v in values.items() if v is not None}
     if values["_target_"] == _LLM_PREDICTOR:
         values["llm"] = build_llm(llm_cfg)
+        if "few_shot" not in values:  # a tuned model was trained zero-shot: examples would only be copied
+            values["few_shot"] = not getattr(llm_cfg, "model_path", None)
         values["fallback"] = RuleBasedPredictor()  # a reply with no code at all still yields a value
     return instantiate(values)
 
 
 @task(name="selfpico-load-snippets")
 def load_snippets(written: bool, written_limit: int | None, package_modules: list[str], package_count: int,
-                  seed: int) -> list[Snippet]:
+                  seed: int, user: str | None = None, heldout: bool = False) -> list[Snippet]:
+    """The user's snippets (`user`: folder, file or glob) alone when given; else the held-out set, or the
+    written snippets plus package function bodies."""
+    if user:
+        return user_snippets(user)
+    if heldout:
+        return heldout_snippets()
     chosen = written_snippets()[:written_limit] if written else []
     if package_count:
         chosen += package_function_snippets(package_modules, package_count, seed=seed)

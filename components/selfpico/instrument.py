@@ -8,6 +8,12 @@
 - An attribute read `o.a` becomes `_pico_a_(iid, o, "a")`: injection on AttributeError.
 - `import m as x` / `from m import y` become `x = _pico_import_(iid, "m", ...)`: injection on
   ImportError, so a missing package does not end the run.
+- An augmented assignment reads its target first: `x += e` becomes
+  `x = _pico_aug_("iadd", _pico_n_(iid, "x", lambda: x), e)`, `o.a += e` and `o[k] += e` go
+  through `_pico_aug_attr_` / `_pico_aug_item_`, so an undefined total or `self.count` is predicted
+  (in-place semantics kept: operator.iadd and friends).
+Binding forms (unpacking, `with ... as`, comprehension and loop targets, `self.x = ...`) need no
+hook of their own: their values are reads, and reads are hooked.
 Snippets that are function bodies are wrapped in `def _pico_snippet_(): ...` (so `return` and
 `yield` stay legal); the wrapper itself carries no marker.
 """
@@ -16,7 +22,11 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-HOOK_NAMES = ("_pico_l_", "_pico_n_", "_pico_a_", "_pico_import_", "_pico_from_")
+HOOK_NAMES = ("_pico_l_", "_pico_n_", "_pico_a_", "_pico_import_", "_pico_from_", "_pico_aug_", "_pico_aug_attr_",
+              "_pico_aug_item_")
+_INPLACE = {ast.Add: "iadd", ast.Sub: "isub", ast.Mult: "imul", ast.Div: "itruediv", ast.FloorDiv: "ifloordiv",
+            ast.Mod: "imod", ast.Pow: "ipow", ast.LShift: "ilshift", ast.RShift: "irshift", ast.BitOr: "ior",
+            ast.BitXor: "ixor", ast.BitAnd: "iand", ast.MatMult: "imatmul"}
 WRAPPER = "_pico_snippet_"
 
 
@@ -30,6 +40,12 @@ class Instrumented:
     n_markers: int  # statements that carry a line marker
     marker_lines: dict[int, int]  # marker id -> line number in the original snippet
     wrapped: bool  # the snippet was a function body wrapped in WRAPPER
+    line_markers: dict[int, int]  # line of the instrumented source -> marker of the innermost statement on it
+
+
+def _thunk(body: ast.expr) -> ast.Lambda:
+    return ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]),
+                      body=body)
 
 
 def _call(func: str, *args: ast.expr) -> ast.Call:
@@ -107,9 +123,28 @@ class _Rewriter(ast.NodeTransformer):
     def visit_Name(self, node: ast.Name) -> ast.expr:
         if not isinstance(node.ctx, ast.Load) or self.class_depth or node.id in HOOK_NAMES:
             return node
-        thunk = ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]),
-                           body=ast.Name(node.id, ast.Load()))
+        thunk = _thunk(ast.Name(node.id, ast.Load()))
         return ast.copy_location(_call("_pico_n_", ast.Constant(self._iid()), ast.Constant(node.id), thunk), node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> ast.stmt:
+        if self.class_depth:  # class bodies keep plain names (see visit_Name)
+            return node
+        op = ast.Constant(_INPLACE[type(node.op)])
+        target, value = node.target, self.visit(node.value)
+        if isinstance(target, ast.Name):
+            read = self.visit(ast.copy_location(ast.Name(target.id, ast.Load()), target))
+            return ast.copy_location(ast.Assign([ast.Name(target.id, ast.Store())],
+                                                 _call("_pico_aug_", op, read, value)), node)
+        if isinstance(target, ast.Attribute):
+            call = _call("_pico_aug_attr_", ast.Constant(self._iid()), self.visit(target.value),
+                         ast.Constant(target.attr), op, _thunk(value))
+        else:
+            key = target.slice
+            if isinstance(key, ast.Slice):
+                key = _call("slice", *[k if k is not None else ast.Constant(None)
+                                       for k in (key.lower, key.upper, key.step)])
+            call = _call("_pico_aug_item_", self.visit(target.value), self.visit(key), op, _thunk(value))
+        return ast.copy_location(ast.Expr(call), node)
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.expr:
         node.value = self.visit(node.value)
@@ -175,4 +210,22 @@ def instrument(code: str) -> Instrumented:
         line_offset = 0
     ast.fix_missing_locations(tree)
     lines = {iid: line + line_offset for iid, line in rewriter.marker_lines.items()}
-    return Instrumented(ast.unparse(tree), len(lines), lines, wrapped)
+    source = ast.unparse(tree)
+    return Instrumented(source, len(lines), lines, wrapped, _line_markers(source))
+
+
+def _line_markers(source: str) -> dict[int, int]:
+    """Each line of the instrumented source -> the marker of the innermost statement covering it
+    (a marker `_pico_l_(k)` directly precedes its statement in every body)."""
+    mapping: dict[int, int] = {}
+    for node in ast.walk(ast.parse(source)):  # breadth first: outer statements before inner ones
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(node, field, None)
+            if not isinstance(block, list):
+                continue
+            for before, stmt in zip(block, block[1:]):
+                if isinstance(before, ast.Expr) and isinstance(before.value, ast.Call) \
+                        and isinstance(before.value.func, ast.Name) and before.value.func.id == "_pico_l_":
+                    for line in range(stmt.lineno, stmt.end_lineno + 1):
+                        mapping[line] = before.value.args[0].value
+    return mapping

@@ -5,9 +5,12 @@ sandbox (an expression, or statements assigning `value`), as SelfPiCo's "value a
 
 - `AsIsPredictor`: predicts nothing; the snippet runs as it is and stops at the first unknown name.
 - `NaivePredictor`: every unknown is an empty object (LExecutor's non-learned "naive" baseline).
-- `RuleBasedPredictor`: LExecutor's abstract value classes (@int_pos, @str_nonempty, @list_nonempty,
-  @callable, ...) guessed from how the snippet uses the name, then from the name itself.
-- `LLMPredictor`: SelfPiCo's few-shot prompt; the failing value and its error are fed back on retry.
+- `RuleBasedPredictor`: LExecutor's value classes guessed from how the snippet uses the name (with
+  the keys, attributes and element shapes those uses need: `analysis.py`), then from the name.
+- `LLMPredictor`: SelfPiCo's prompt (few-shot, or zero-shot for a tuned model) with the usage as a
+  hint; replies that are no value (an example's answer copied, a bare module name, a line of code,
+  a literal of the wrong kind) are refused on the host and asked again; the execution feedback of
+  earlier values (exception, line, usage) is in the prompt on every retry.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import ast
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from components.selfpico.analysis import build_value, shape_for
 
 # LExecutor's abstract value classes, as the concrete values the runtime injects.
 VALUE_CLASSES = {
@@ -30,27 +35,6 @@ VALUE_CLASSES = {
 }
 _FAKE_MODULE = "value = types.ModuleType({name!r})\nvalue._pico_fake_ = True"
 
-_STR_METHODS = {"split", "strip", "lower", "upper", "startswith", "endswith", "replace", "join", "format",
-                "encode", "find", "rstrip", "lstrip", "splitlines", "title", "isdigit", "count"}
-_LIST_METHODS = {"append", "extend", "pop", "sort", "insert", "remove", "index", "reverse"}
-_DICT_METHODS = {"items", "keys", "values", "get", "update", "setdefault"}
-_NAME_RULES = [  # (regex on the name, value class): LExecutor-style naming conventions
-    (r"^(is|has|should|can|use|enable|allow)_|^(flag|ok|done|verbose|debug)$", "bool"),
-    (r"^(n|i|j|k|num|count|size|idx|index|length|width|height|total|limit|depth|level|port|year|age|"
-     r"initial|start|stop|step|offset|retries|attempts|timeout)$"
-     r"|^(n|num|max|min)_|_(count|size|idx|index|id|len|num|limit|attempts)$", "int_pos"),
-    (r"^[xyz]\d*$|^[xyz]_", "float"),
-    (r"(rate|ratio|prob|alpha|beta|lr|score|weight|temperature|threshold|eps|mean|std|price|amount)$", "float"),
-    (r"^(name|path|text|msg|message|s|line|prefix|suffix|url|key|label|title|word|sep|filename|fmt|"
-     r"string|content|char|token|query|email|host|pattern|regex)$|_(name|path|str|text|dir|file|url|key)$",
-     "str_nonempty"),
-    (r"^(items|values|rows|lines|words|data|results|records|elements|lst|list|arr|array|seq|nums|numbers)$"
-     r"|_(list|items|rows|ids)$|[^s]s$", "list_nonempty"),
-    (r"^(d|dict|mapping|config|cfg|kwargs|params|options|opts|headers|counts|cache|lookup|settings)$"
-     r"|_(dict|map|by_\w+)$", "dict_nonempty"),
-    (r"^(f|fn|func|callback|handler|hook|cb|factory)$|_(fn|func|callback)$", "callable"),
-]
-
 
 @dataclass
 class PredictionRequest:
@@ -58,6 +42,7 @@ class PredictionRequest:
     snippet: str  # the original code
     line: str  # the source line that needed the value
     attempts: list[tuple[str, str]] = field(default_factory=list)  # (earlier value code, its error)
+    usage: str = ""  # what the snippet does with the value (keys, attributes, iteration...), in words
 
     @property
     def kind(self) -> str:
@@ -92,79 +77,16 @@ class NaivePredictor(Predictor):
         return VALUE_CLASSES["object"]
 
 
-def _usage_class(snippet: str, kind: str, name: str) -> str | None:
-    """The value class that the snippet's own use of `name` implies, if any."""
-    try:
-        tree = ast.parse(snippet)
-    except SyntaxError:
-        tree = ast.parse("def _f():\n" + "\n".join("    " + line for line in snippet.splitlines()))
-
-    def refers(node: ast.AST) -> bool:
-        if kind == "name":
-            return isinstance(node, ast.Name) and node.id == name
-        return isinstance(node, ast.Attribute) and node.attr == name
-
-    votes: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and refers(node.func):
-            votes.append("callable")
-        elif isinstance(node, ast.Attribute) and refers(node.value):
-            votes.append("str_nonempty" if node.attr in _STR_METHODS else "list_nonempty" if node.attr in _LIST_METHODS
-                         else "dict_nonempty" if node.attr in _DICT_METHODS else "object")
-        elif isinstance(node, ast.Subscript) and refers(node.value):
-            key = node.slice
-            votes.append("dict_nonempty" if isinstance(key, ast.Constant) and isinstance(key.value, str) else "list_nonempty")
-        elif isinstance(node, (ast.For, ast.comprehension)) and refers(node.iter):
-            votes.append("list_nonempty")
-        elif isinstance(node, ast.BinOp) and (refers(node.left) or refers(node.right)):
-            other = node.right if refers(node.left) else node.left
-            if isinstance(other, ast.Constant) and isinstance(other.value, str):
-                votes.append("str_nonempty")
-            elif isinstance(other, ast.Constant) and isinstance(other.value, float):
-                votes.append("float")
-            else:
-                votes.append("int_pos")
-        elif isinstance(node, ast.Compare) and any(refers(n) for n in [node.left, *node.comparators]):
-            others = [n for n in [node.left, *node.comparators] if not refers(n)]
-            if any(isinstance(o, ast.Constant) and isinstance(o.value, (int, float)) for o in others):
-                votes.append("int_pos")
-        elif isinstance(node, ast.Dict) and any(k is None and refers(v) for k, v in zip(node.keys, node.values)):
-            votes.append("dict_nonempty")  # {**name}
-        elif isinstance(node, (ast.If, ast.While)) and refers(node.test):
-            votes.append("bool")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and any(refers(a) for a in node.args):
-            builtin = {"len": "list_nonempty", "sum": "list_nonempty", "sorted": "list_nonempty",
-                       "enumerate": "list_nonempty", "zip": "list_nonempty", "int": "str_nonempty",
-                       "float": "str_nonempty", "open": "str_nonempty", "range": "int_pos", "abs": "int_pos",
-                       "round": "float", "max": "list_nonempty", "min": "list_nonempty"}.get(node.func.id)
-            if builtin:
-                votes.append(builtin)
-    if not votes:
-        return None
-    # The strongest evidence first: what a value is called with/as beats generic object use.
-    for preferred in ("callable", "str_nonempty", "list_nonempty", "dict_nonempty", "float", "int_pos", "bool"):
-        if preferred in votes:
-            return preferred
-    return votes[0]
-
-
-def _name_class(name: str) -> str | None:
-    lowered = name.lower()
-    for pattern, value_class in _NAME_RULES:
-        if re.search(pattern, lowered):
-            return value_class
-    return None
-
-
 class RuleBasedPredictor(Predictor):
+    """LExecutor-style: the value the snippet's own uses imply (keys it reads, attributes, element
+    shapes, calls), else the name's convention (`price` -> float, `rows` -> list)."""
+
     name = "rule_based"
 
     def predict(self, request: PredictionRequest) -> str | None:
         if request.kind == "import":
             return _FAKE_MODULE.format(name=request.name)
-        value_class = (_usage_class(request.snippet, request.kind, request.name)
-                       or _name_class(request.name) or "object")
-        return VALUE_CLASSES[value_class]
+        return build_value(shape_for(request.snippet, request.kind, request.name), request.name)
 
 
 # The prompt file: instructions, then few-shot (request, answer) pairs, separated by `---` lines.
@@ -206,35 +128,90 @@ def parse_value_code(text: str) -> str:
     raise ValueError(f"the reply holds no Python value: {text[:80]!r}")
 
 
+def reply_problem(code: str, request: PredictionRequest, few_shot_answers=()) -> str | None:
+    """Why a parsed reply is no value for this request (checked on the host, before any run)."""
+    if code.strip() in few_shot_answers and code.strip() not in request.snippet:
+        return "that is the example's value, not one for this code"
+    try:
+        node = ast.parse(code, mode="eval").body
+    except SyntaxError:
+        return None  # statements assigning `value`: judged by running them
+    if isinstance(node, ast.Name) and node.id not in ("None", "True", "False"):
+        return f"`{node.id}` is a name, not a value: write a literal, a lambda or a constructor call"
+    try:
+        literal = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    shape = shape_for(request.snippet, request.kind, request.name) if request.kind != "import" else None
+    if shape is None:
+        return None
+    if shape.returns is not None or "callable" in shape.votes:
+        return "the code calls it: write a lambda or a function value"
+    if shape.keys and not isinstance(literal, dict):
+        return "the code reads keys " + ", ".join(repr(k) for k in shape.keys if k != "*") + " from it: write a dict"
+    if shape.elem is not None and isinstance(literal, (int, float, bool)) or \
+            (shape.attrs and not shape.methods and isinstance(literal, (int, float, bool, str))):
+        return "the code iterates it or reads its attributes: a number cannot do that"
+    return None
+
+
 class LLMPredictor(Predictor):
-    """SelfPiCo: few-shot prompt, value as code, the error fed back on each retry."""
+    """SelfPiCo: value as code, the usage as a hint, execution feedback on every retry; `few_shot`
+    off for a model tuned for the task (it needs no examples and then cannot copy them)."""
 
     name = "llm"
     uses_feedback = True
 
-    def __init__(self, llm, max_tokens: int = 96, fallback: Predictor | None = None):
+    def __init__(self, llm, max_tokens: int = 96, fallback: Predictor | None = None, few_shot: bool = True,
+                 host_checks: int = 2):
         self.llm = llm
         self.max_tokens = max_tokens
-        self.fallback = fallback  # used when the reply holds no Python value at all (counted)
+        self.fallback = fallback  # the value when replies hold none, and after the retries (executor)
+        self.few_shot = few_shot
+        self.host_checks = host_checks  # replies refused on the host (no value) re-asked at most this often
         self.unparseable_replies = 0
+        self.refused_replies = 0
+        self.fallback_values = 0
+        self._answers = {a.strip() for a in _PROMPT_PARTS[2::2]}
 
     def build_messages(self, request: PredictionRequest) -> list[dict[str, str]]:
-        what = {"name": f"the variable `{request.name}`", "attr": f"the attribute `.{request.name}`",
-                "import": f"the module `{request.name}` (it is not installed)"}[request.kind]
         messages = [{"role": "system", "content": _PROMPT_PARTS[0]}]
-        for question, answer in zip(_PROMPT_PARTS[1::2], _PROMPT_PARTS[2::2]):
-            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        messages.append({"role": "user", "content":
-                         f"Code:\n{request.snippet.strip()}\nLine: `{request.line.strip()}`\nValue for {what}:"})
-        for code, error in request.attempts:  # SelfPiCo's feedback: the failed answer and its error
+        if self.few_shot:
+            for question, answer in zip(_PROMPT_PARTS[1::2], _PROMPT_PARTS[2::2]):
+                messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": request_text(request)})
+        for code, error in request.attempts:  # SelfPiCo's feedback: the failed answer and what happened
             messages += [{"role": "assistant", "content": code},
-                         {"role": "user", "content": f"That value failed with: {error}\nGive a different value."}]
+                         {"role": "user", "content": f"That value failed: {error}\nGive a different value."}]
         return messages
 
     def predict(self, request: PredictionRequest) -> str | None:
-        reply = self.llm.chat(self.build_messages(request), max_tokens=self.max_tokens, temperature=0.0)
-        try:
-            return parse_value_code(reply.text)
-        except ValueError:
-            self.unparseable_replies += 1
-            return self.fallback.predict(request) if self.fallback else None
+        if request.kind == "import":  # a module stub: the LLM predicts the module's attributes instead
+            return _FAKE_MODULE.format(name=request.name)
+        attempts = list(request.attempts)
+        for _ in range(self.host_checks + 1):
+            asked = PredictionRequest(request.key, request.snippet, request.line, attempts, request.usage)
+            reply = self.llm.chat(self.build_messages(asked), max_tokens=self.max_tokens, temperature=0.0)
+            try:
+                code = parse_value_code(reply.text)
+            except ValueError:
+                self.unparseable_replies += 1
+                attempts.append((reply.text.strip()[:200] or "(nothing)", "the reply holds no Python value"))
+                continue
+            problem = reply_problem(code, request, self._answers)
+            if problem is None:
+                return code
+            self.refused_replies += 1
+            attempts.append((code, problem))
+        if self.fallback is None:
+            return None
+        self.fallback_values += 1
+        return self.fallback.predict(request)
+
+
+def request_text(request: PredictionRequest) -> str:
+    """The user turn asking for one value (shared by the predictor and the tuning data)."""
+    what = {"name": f"the variable `{request.name}`", "attr": f"the attribute `.{request.name}`",
+            "import": f"the module `{request.name}` (it is not installed)"}[request.kind]
+    usage = f"\nThe code uses it: {request.usage}" if request.usage else ""
+    return f"Code:\n{request.snippet.strip()}\nLine: `{request.line.strip()}`{usage}\nValue for {what}:"

@@ -1,18 +1,28 @@
 """The hook side of the instrumentation. This file runs ONLY inside the sandbox, as the payload's
 prelude: it must import nothing from the project (the project's files are not visible there).
 
-`_pico_main_(source, values, nonce)` executes the instrumented snippet with the predicted values
+`_pico_main_(source, values)` executes the instrumented snippet with the predicted values
 (key -> Python code; an expression, or statements that assign `value`) and prints, last, one line
-`<nonce>{json trace}`: the executed markers, how the run ended, and which injected values the
-failing line used (for error feedback).
+`TRACE_PREFIX <hmac> {json trace}`: the executed markers, how the run ended, and where it failed.
+
+The HMAC key arrives on stdin and is read, before the snippet runs, straight into a bytearray that
+only a closure holds; stdin is closed then. It is in no file (this program, /sandbox_code/main.py,
+holds none), so a snippet cannot print a trace the host accepts. (Code in the same process can
+still reach the runtime's objects through introspection: coverage of a deliberately hostile
+snippet is not evidence; the host only guarantees such a snippet fails alone.)
 """
 import builtins
+import hmac
 import json
+import operator
+import os
 import sys
 import traceback
 import types
 
-_STATE = {"executed": [], "seen": set(), "line": None, "used_on_line": [], "values": {}, "cache": {}}
+TRACE_PREFIX = "@@pico-trace@@"
+
+_STATE = {"executed": [], "seen": set(), "line": None, "used_on_line": [], "values": {}, "cache": {}, "used": []}
 
 
 class _PicoMissing(BaseException):
@@ -57,6 +67,8 @@ def _pico_value_(key, iid):
         except Exception as err:
             raise _PicoBadValue(key, iid, "%s: %s" % (type(err).__name__, err))
     _STATE["used_on_line"].append(key)
+    if key not in _STATE["used"]:
+        _STATE["used"].append(key)
     return cache[key]
 
 
@@ -79,6 +91,18 @@ def _pico_a_(iid, obj, attr):
         except Exception:
             pass
         return value
+
+
+def _pico_aug_(op, current, value):
+    return getattr(operator, op)(current, value)
+
+
+def _pico_aug_attr_(iid, obj, attr, op, value_thunk):
+    setattr(obj, attr, getattr(operator, op)(_pico_a_(iid, obj, attr), value_thunk()))
+
+
+def _pico_aug_item_(obj, key, op, value_thunk):
+    obj[key] = getattr(operator, op)(obj[key], value_thunk())
 
 
 def _pico_import_(iid, module, as_name):
@@ -114,10 +138,47 @@ def _pico_drive_(result, limit=10000):
                 break
 
 
-def _pico_main_(source, values, nonce):
+def _pico_read_key_():
+    """The HMAC key from stdin, read into a bytearray (no str/bytes copy stays behind); stdin closed."""
+    key = bytearray(64)
+    view, got = memoryview(key), 0
+    while got < len(key):
+        n = os.readv(0, [view[got:]])
+        if n == 0:
+            break
+        got += n
+        if b"\n" in key[:got]:
+            break
+    view.release()
+    del key[key.find(b"\n") if b"\n" in key[:got] else got:]
+    os.close(0)
+    try:
+        os.open("/dev/null", os.O_RDONLY)  # fd 0 again, so input() sees end of file, not another file
+    except OSError:
+        pass
+
+    def sign(data):
+        return hmac.new(bytes(key), data, "sha256").hexdigest()
+    return sign
+
+
+def _pico_failure_(err):
+    """Where in the snippet an exception was raised: the innermost snippet frame's position."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == "<snippet>"]
+    if not frames:
+        return {}
+    f = frames[-1]
+    return {"position": [f.lineno, getattr(f, "colno", None), getattr(f, "end_lineno", None),
+                         getattr(f, "end_colno", None)], "snippet_frame_line": f.lineno}
+
+
+def _pico_main_(source, values):
+    sign = _pico_read_key_()
     _STATE["values"] = dict(values)
-    namespace = {"__name__": "__main__", "__builtins__": builtins, "_pico_l_": _pico_l_, "_pico_n_": _pico_n_,
-                 "_pico_a_": _pico_a_, "_pico_import_": _pico_import_, "_pico_from_": _pico_from_}
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    namespace.update({name: globals()[name] for name in ("_pico_l_", "_pico_n_", "_pico_a_", "_pico_import_",
+                                                         "_pico_from_", "_pico_aug_", "_pico_aug_attr_",
+                                                         "_pico_aug_item_")})
     trace = {"status": "ok"}
     try:
         exec(compile(source, "<snippet>", "exec"), namespace)
@@ -129,12 +190,17 @@ def _pico_main_(source, values, nonce):
     except SystemExit:
         trace = {"status": "exit"}
     except BaseException as err:
-        frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == "<snippet>"]
-        trace = {"status": "error", "error_type": type(err).__name__, "error": str(err)[:500],
-                 "snippet_frame_line": frames[-1].lineno if frames else None}
+        try:
+            message = str(err)[:500]
+        except BaseException:  # a hostile __str__
+            message = "<unprintable>"
+        trace = {"status": "error", "error_type": type(err).__name__[:100], "error": message}
+        trace.update(_pico_failure_(err))
     trace["executed"] = _STATE["executed"]
     trace["marker"] = _STATE["line"]
     trace["used_on_line"] = _STATE["used_on_line"]
+    trace["used"] = _STATE["used"]
+    data = json.dumps(trace)
     sys.stdout.flush()
-    sys.stdout.write("\n" + nonce + json.dumps(trace) + "\n")
+    sys.stdout.write("\n" + TRACE_PREFIX + " " + sign(data.encode()) + " " + data + "\n")
     sys.stdout.flush()

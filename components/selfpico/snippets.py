@@ -4,10 +4,13 @@ extracted at run time from the source of packages installed on this machine (not
 from __future__ import annotations
 
 import ast
+import glob
 import importlib
 import inspect
 import random
+import re
 import textwrap
+from pathlib import Path
 
 from components.selfpico.executor import Snippet
 
@@ -205,3 +208,63 @@ def package_function_snippets(modules: list[str], count: int, seed: int = 0, min
                 candidates.append(Snippet(f"{module_name}:{node.name}:{node.lineno}", code, f"package:{module_name}"))
     random.Random(seed).shuffle(candidates)
     return candidates[:count]
+
+
+HELDOUT_FILE = Path(__file__).parent / "heldout_snippets.txt"
+_LATENT = re.compile(r"^\|\s*latent\s+(\w+)\s+line\s+(\d+):")
+
+
+def heldout_snippets(path: Path = HELDOUT_FILE) -> list[Snippet]:
+    """The held-out set: snippets written for the benchmark alone (no prompt, rule or tuning run used
+    them), with the latent runtime errors they contain (type, line)."""
+    text = path.read_text()
+    snippets = []
+    for block in re.split(r"^### ", text, flags=re.M)[1:]:
+        head, _, code = block.partition("\n")
+        ident, _, rest = head.partition(" ")
+        latent = _LATENT.match(rest.strip())
+        snippets.append(Snippet(ident, code.rstrip("\n") + "\n", "heldout", latent.group(1) if latent else None,
+                                int(latent.group(2)) if latent else None))
+    return snippets
+
+
+def statement_lines(code: str) -> int:
+    """Distinct lines on which an `ast.stmt` starts (a function body's wrapper not counted)."""
+    from components.selfpico.analysis import parse_any
+
+    return len({node.lineno for node in ast.walk(parse_any(code)) if isinstance(node, ast.stmt)})
+
+
+def user_snippets(pattern: str, max_bytes: int = 200_000) -> list[Snippet]:
+    """Snippets a user brings: a folder (every *.py in it, recursively), a file, or a glob. Each file
+    must be UTF-8 text that parses as Python (module code or a function body); a bad one raises
+    ValueError naming the file (and the line of a syntax error)."""
+    from components.selfpico.instrument import InstrumentationError, instrument
+
+    root = Path(pattern).expanduser()
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*.py") if p.is_file())
+    elif root.is_file():
+        files = [root]
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(root), recursive=True) if Path(p).is_file())
+    if not files:
+        raise ValueError(f"selfpico: no snippet files match {pattern!r} (a folder of .py files, a file or a glob)")
+    snippets = []
+    for file in files:
+        if file.stat().st_size > max_bytes:
+            raise ValueError(f"selfpico: snippet file {file} is {file.stat().st_size} bytes (limit {max_bytes})")
+        try:
+            code = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"selfpico: snippet file {file} is not UTF-8 text (byte {err.start})") from err
+        if not code.strip():
+            raise ValueError(f"selfpico: snippet file {file} is empty")
+        try:
+            instrument(code)
+        except InstrumentationError as err:
+            raise ValueError(f"selfpico: snippet file {file}: {err}") from err
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+            raise ValueError(f"selfpico: snippet file {file} cannot be read as Python: {err}") from err
+        snippets.append(Snippet(str(file), code, f"user:{file.name}"))
+    return snippets

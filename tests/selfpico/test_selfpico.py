@@ -1,6 +1,8 @@
 """SelfPiCo: instrumentation keeps semantics, values are injected and cached, feedback retries, coverage."""
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from components.llm import ScriptedLLM
@@ -70,11 +72,11 @@ def test_a_name_keeps_one_value_for_the_whole_run(sandbox):
 def test_rule_based_uses_usage_then_names():
     rule = RuleBasedPredictor()
     snippet = "words = text.lower().split()\nfor r in records:\n    print(r)\nhandler(1)\nprint(n + 1)\n"
-    assert rule.predict(PredictionRequest("name#text", snippet, "")) == "'a'"
-    assert rule.predict(PredictionRequest("name#records", snippet, "")) == "[1]"
-    assert rule.predict(PredictionRequest("name#handler", snippet, "")).startswith("lambda")
-    assert rule.predict(PredictionRequest("name#n", snippet, "")) == "1"
-    assert rule.predict(PredictionRequest("name#is_ready", "print(1)", "")) == "True"
+    def value(name, code=snippet):
+        return eval(rule.predict(PredictionRequest(f"name#{name}", code, "")), {"types": types})
+
+    assert isinstance(value("text"), str) and isinstance(value("records"), list)
+    assert callable(value("handler")) and type(value("n")) is int and value("is_ready", "print(1)") is True
     assert "ModuleType" in rule.predict(PredictionRequest("import#nothere", "import nothere", ""))
 
 
