@@ -1,9 +1,12 @@
 """The frontier benchmark's comparisons on synthetic rows: uniform at the same bits, the targets, the default."""
+import json
 import math
 
 import pytest
 
-from benchmarks.quant_frontier import summarize, uniform_at
+from benchmarks.common import RESULTS_DIR
+from benchmarks.quant_frontier import FLOW_SCHEME, summarize, uniform_at
+from flows.platform import compose
 
 
 def _row(label, bits, ppl, scheme, windows=4, budget=None, head_bits=4, spread=0.0):
@@ -56,3 +59,13 @@ def test_one_budget_worse_than_uniform_fails_the_claim_and_is_named():
     assert any("range: NOT better than uniform" in note and "4.0" in note for note in results["notes"])
     # no fisher point is within 10%: the default falls back to the uniform 4-bit end of the frontier
     assert results["default_budget"]["label"] == "uniform4"
+
+
+def test_the_flow_default_budget_is_the_committed_frontier_choice(flow_overrides):
+    path = RESULTS_DIR / "quant_frontier.json"
+    if not path.exists():
+        pytest.skip("no frontier result in this checkout")
+    chosen = json.loads(path.read_text())["results"]["default_budget"]
+    assert chosen["scheme"] == FLOW_SCHEME
+    cfg = compose("quantize", flow_overrides)
+    assert cfg.quant.budget == chosen["budget"] and cfg.quant_method.score == "fisher"
