@@ -64,9 +64,10 @@ def test_odd_budgets_are_honoured_over_every_weight(small_gpt, stats, spec, budg
     assert budget - 0.08 < bits["bits_per_weight_all"] <= budget
 
 
+@pytest.mark.parametrize("spec", [RANGE, FISHER], ids=lambda s: s.score)
 @pytest.mark.parametrize("budget", [3.3, 3.9, 4.6])
-def test_every_tile_keeps_the_same_four_bit_count_at_every_budget(small_gpt, stats, budget):
-    qmodel, planned, _ = _quantized(small_gpt, RANGE, stats, budget)
+def test_every_tile_keeps_the_same_four_bit_count_at_every_budget(small_gpt, stats, spec, budget):
+    qmodel, planned, _ = _quantized(small_gpt, spec, stats, budget)
     layers = [m for m in qmodel.modules() if isinstance(m, QuantLinear)]
     assert layers
     original = dict(small_gpt.named_modules())
@@ -77,8 +78,10 @@ def test_every_tile_keeps_the_same_four_bit_count_at_every_budget(small_gpt, sta
         _, _, _, high = unpack_layer(lay, module.packed_tensors())
         per_tile = high.reshape(lay.n_tiles, lay.groups_per_tile).sum(1)
         assert bool((per_tile == lay.high_per_tile).all())  # the alignment constraint
-        # range rule: inside a tile, the 4-bit groups are the largest-range groups
-        scores = group_scores(original[name].weight.detach(), planned).reshape(lay.n_tiles, lay.groups_per_tile)
+        # inside a tile the 4-bit groups are the top-scored ones (range, or the Fisher gain)
+        fisher = stats[name]["fisher"] if planned.score == "fisher" else None
+        scores = group_scores(original[name].weight.detach(), planned, fisher=fisher)
+        scores = scores.reshape(lay.n_tiles, lay.groups_per_tile)
         flat = high.reshape(lay.n_tiles, lay.groups_per_tile)
         if 0 < lay.high_per_tile < lay.groups_per_tile:
             assert bool((scores[flat].reshape(lay.n_tiles, -1).min(1).values
