@@ -126,7 +126,8 @@ def gguf_quant(kind: str):
 
     def fn(weight):
         packed = gq.quantize(weight.numpy(), qtype)
-        return torch.from_numpy(gq.dequantize(packed, qtype).reshape(weight.shape)), weight.numel() // block * nbytes * 8
+        stored_bits = weight.numel() // block * nbytes * 8
+        return torch.from_numpy(gq.dequantize(packed, qtype).reshape(weight.shape)), stored_bits
     return fn
 
 
@@ -278,13 +279,14 @@ def summarize(rows: dict[str, dict], cfg: dict, calibration_seconds: float) -> t
         "fisher_beats_random_at_every_budget": every("fisher", "ratio_vs_random"),
         "range_beats_uniform_2_4_at_every_budget": every("range", "ratio_vs_uniform_2_4"),
         "comparisons": comparisons, "table": table,
-        "rows": {k: {kk: vv for kk, vv in r.items() if kk != "spec"} | {"spec": r.get("spec")} for k, r in rows.items()},
+        "rows": dict(rows),
         "notes": notes(comparisons, cfg) + why_notes(rows, comparisons, cfg, chosen, q4),
         "rows_file": "rows already measured with the same settings are reused from $QUANT_FRONTIER_ROWS when set",
     }
     targets = [
         target("frontier_budgets", len(cfg["budgets"]), 5, ">="),
-        target("mixed_beats_uniform_at_every_budget", results[f"{CLAIM_SCHEME}_beats_uniform_at_every_budget"], 1, ">="),
+        target("mixed_beats_uniform_at_every_budget", results[f"{CLAIM_SCHEME}_beats_uniform_at_every_budget"], 1,
+               ">="),
         target("default_budget_ppl_ratio_vs_q4", chosen_ratio, 1 + DEFAULT_TOLERANCE, "<="),
     ]
     return results, targets

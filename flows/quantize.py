@@ -120,7 +120,8 @@ def quantize(cfg: QuantizeConfig, tracker: Tracker) -> dict[str, float]:
                            cfg.eval.calibration_windows, cfg.eval.text_seed)
     tracker.set_tags({"model_source": base["source"], "heldout_text": text["source"],
                       "note": "SmolLM2's packaged weights are Q4_1: its 'fp32' is the dequantized 4-bit model"})
-    need_pass, need_hessian, need_fisher = (any(flags) for flags in zip(*map(needs_calibration, baselines + [main_spec])))
+    flags = zip(*map(needs_calibration, baselines + [main_spec]))
+    need_pass, need_hessian, need_fisher = (any(flag) for flag in flags)
     budget = cfg.quant.budget
     calib = (calibration_stats(model, text["calibration"], need_hessian, need_fisher,
                                cfg.include_lm_head or budget is not None) if need_pass else None)

@@ -84,14 +84,16 @@ def budget_spec(model, spec: QuantSpec, budget: float, calibration: dict | None,
     if not spec.quantizes:
         raise ValueError(f"quant.budget={budget} needs a quantizing method, but quant_method={spec.name!r} keeps fp32")
     pattern = re.compile(layers) if layers else None
-    linears = quantizable_linears(model, spec, include_lm_head, (lambda n: bool(pattern.search(n))) if pattern else None)
+    chosen = (lambda n: bool(pattern.search(n))) if pattern else None
+    linears = quantizable_linears(model, spec, include_lm_head, chosen)
     stats = calibration or {}
     head = head_linear(model)
     fisher = {name: stats[name]["fisher"] for name in linears if "fisher" in stats.get(name, {})}
     head_fisher = stats.get(head[0], {}).get("fisher") if head else None
     planned = plan_budget(model, linears, spec, budget, fisher, head_fisher)
     get_run_logger().info("budget %.3f bits/weight: head at %s bits, %s", budget, planned.head_bits,
-                          f"layers at {planned.bit_budget:.3f}" if planned.bit_budget else f"share {planned.frac_high:.3f}")
+                          f"layers at {planned.bit_budget:.3f}" if planned.bit_budget
+                          else f"share {planned.frac_high:.3f}")
     return planned
 
 
