@@ -1,6 +1,7 @@
 """`quantize`: range-aware mixed 2/4-bit weights with aligned packing (arXiv 2311.16442).
 
 load model -> held-out text -> calibrate (when a method needs activations or Hessians) ->
+plan the bit budget (`quant.budget`: bits/weight over every weight, the head included) ->
 quantize with the chosen method and the baselines side by side -> perplexity table ->
 save + reload check + register the quantized model (for `serve`) -> matvec / decode speed ->
 table, plots and JSON in MLflow.
@@ -12,9 +13,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from components.checks import ConfigError, in_range, one_of
 from components.quant.linear import MODES
 from flows.platform import FlowConfig, system_flow
-from tasks.quantize import (calibration_stats, heldout_windows, load_model, method_spec, needs_calibration,
+from tasks.quantize import (budget_spec, calibration_stats, heldout_windows, load_model, method_spec, needs_calibration,
                             quantize_and_evaluate, save_and_register, speed)
 from tasks.tracking import Tracker
 
@@ -38,6 +40,22 @@ class QuantMethodConfig:
     gptq_damp: float = 0.01
     gptq_block: int = 128
     seed: int = 0
+    head_bits: Optional[int] = None  # tied embedding / LM head: None fp32, 2 or 4 (quant.budget chooses it)
+
+    def __post_init__(self) -> None:
+        one_of("quant_method.head_bits", self.head_bits, (None, 2, 4))
+
+
+@dataclass
+class QuantBudgetConfig:
+    # bits/weight over EVERY weight (packed layers + the head at its bits + 32 x norms); the default is the
+    # least bits within 10% of the 4-bit model's perplexity on the frontier (benchmarks/quant_frontier.py).
+    # None: quant_method's own share (frac_high / bit_budget over the packed layers, head_bits as set).
+    budget: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.budget is not None:
+            in_range("quant.budget", self.budget, 2.0, 8.0)  # 2-bit codes alone need 2; above 8 nothing is mixed
 
 
 @dataclass
@@ -66,6 +84,18 @@ class QuantizeConfig(FlowConfig):
     eval: QuantEvalConfig = field(default_factory=QuantEvalConfig)
     speed: QuantSpeedConfig = field(default_factory=QuantSpeedConfig)
     registered_name: Optional[str] = None  # None: smollm2-135m-<method name> or <source>-<method name>
+    quant: QuantBudgetConfig = field(default_factory=QuantBudgetConfig)
+
+    def __post_init__(self) -> None:
+        one_of("forward_mode", self.forward_mode, MODES)
+        if self.layers:
+            try:
+                re.compile(self.layers)
+            except re.error as exc:
+                raise ConfigError("layers", self.layers, f"is not a regular expression: {exc}") from exc
+            if self.quant.budget is not None:
+                raise ConfigError("quant.budget", self.quant.budget, "counts every weight of the model, so it cannot "
+                                  "apply to the few layers `layers` selects: set quant.budget=null")
 
 
 def registered_name_for(cfg: QuantizeConfig) -> str:
@@ -75,31 +105,29 @@ def registered_name_for(cfg: QuantizeConfig) -> str:
     return f"{stem}-{cfg.quant_method.name}"
 
 
-def _validate(cfg: QuantizeConfig) -> None:
-    if cfg.forward_mode not in MODES:
-        raise ValueError(f"forward_mode={cfg.forward_mode!r} is not one of {MODES}")
-    if cfg.layers:
-        re.compile(cfg.layers)
-
-
 @system_flow(name="quantize", config=QuantizeConfig, order=20, summary_metric="bits_per_weight",
-             demo=["eval.windows=2", "eval.context=128", "eval.calibration_windows=1", "layers='layers\\.[0-3]\\.'",
+             demo=["quant.budget=null", "eval.windows=2", "eval.context=128", "eval.calibration_windows=1",
+                   "layers='layers\\.[0-3]\\.'",
                    "speed.matvec_repeats=3", "speed.decode_tokens=4", "speed.bandwidth_mib=128"])
 def quantize(cfg: QuantizeConfig, tracker: Tracker) -> dict[str, float]:
     """Quantize a causal LM to mixed 2/4 bits, compare with baselines, save and register it."""
     from hydra.utils import instantiate
 
-    _validate(cfg)
     main_spec = instantiate(cfg.quant_method)
-    specs = [method_spec(name) for name in cfg.baselines if name != main_spec.name] + [main_spec]
+    baselines = [method_spec(name) for name in cfg.baselines if name != main_spec.name]
     model, base = load_model(cfg.source, cfg.tracking.uri)
     text = heldout_windows(base.get("tokenizer_dir"), cfg.eval.context, cfg.eval.windows,
                            cfg.eval.calibration_windows, cfg.eval.text_seed)
     tracker.set_tags({"model_source": base["source"], "heldout_text": text["source"],
                       "note": "SmolLM2's packaged weights are Q4_1: its 'fp32' is the dequantized 4-bit model"})
-    need_pass, need_hessian, need_fisher = (any(flags) for flags in zip(*(needs_calibration(s) for s in specs)))
-    calib = (calibration_stats(model, text["calibration"], need_hessian, need_fisher, cfg.include_lm_head)
-             if need_pass else None)
+    flags = zip(*map(needs_calibration, baselines + [main_spec]))
+    need_pass, need_hessian, need_fisher = (any(flag) for flag in flags)
+    budget = cfg.quant.budget
+    calib = (calibration_stats(model, text["calibration"], need_hessian, need_fisher,
+                               cfg.include_lm_head or budget is not None) if need_pass else None)
+    if budget is not None:
+        main_spec = budget_spec(model, main_spec, budget, calib, cfg.include_lm_head, cfg.layers)
+    specs = baselines + [main_spec]
 
     rows, main_model = [], None
     for step, spec in enumerate(specs):
@@ -128,7 +156,8 @@ def quantize(cfg: QuantizeConfig, tracker: Tracker) -> dict[str, float]:
 
 
 def _summary(table: dict, main: str) -> dict[str, float]:
-    out = {"bits_per_weight": table[main]["bits_per_weight"], "perplexity": table[main]["perplexity"]}
+    out = {"bits_per_weight": table[main]["bits_per_weight"], "perplexity": table[main]["perplexity"],
+           "bits_per_weight_all": table[main]["bits_per_weight_all"]}
     if "fp32" in table and "rtn2" in table:
         lost = table["rtn2"]["perplexity"] - table["fp32"]["perplexity"]
         if lost > 0:
@@ -161,9 +190,11 @@ def _log_results(tracker: Tracker, rows: list[dict], timing: dict, cfg: Quantize
     tracker.log_dict({"perplexity": rows, "speed": timing, "context": cfg.eval.context}, "tables/quantize.json")
     lines = [f"Perplexity on held-out CPython docs, context {cfg.eval.context} tokens, {rows[0]['tokens']} tokens.",
              "SmolLM2's packaged weights are Q4_1, so its 'fp32' row is the dequantized 4-bit model.", "",
-             "| method | bits/weight | perplexity | model MB |", "|---|---|---|---|"]
+             "bits/weight: over the packed layers; all weights: the head at its bits and 32 x the rest included.", "",
+             "| method | bits/weight | all weights | head bits | perplexity | model MB |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['method']}{' (saved)' if r['method'] == main else ''} | {r['bits_per_weight']:.3f} | "
-              f"{r['perplexity']:.3f} | {r['model_mb']:.1f} |" for r in rows]
+              f"{r['bits_per_weight_all']:.3f} | {r['head_bits'] or 32} | {r['perplexity']:.3f} | {r['model_mb']:.1f} |"
+              for r in rows]
     tracker.log_text("\n".join(lines) + "\n", "tables/quantize.md")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     quantized = [r for r in rows if r["bits_per_weight"] < 32]

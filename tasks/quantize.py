@@ -15,10 +15,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components.quant import QuantSpec
+from components.quant.budget import apply_head_bits, head_linear, plan_budget, whole_model_bits
 from components.quant.evaluation import encode, python_docs_split, windows
 from components.quant.evaluation import perplexity as perplexity_of
 from components.quant.model import (calibrate, dequantized_once, load_base_model, load_quantized, logits_of, model_bits,
-                                    quantize_model, save_quantized, set_mode, target_linears)
+                                    quantizable_linears, quantize_model, save_quantized, set_mode, target_linears)
 from components.quant.speed import decode_speed, matvec_by_shape, memory_bandwidth
 from tasks.environment import PROJECT_ROOT
 from tasks.tracking import Tracker, load_registered_model_dir
@@ -76,6 +77,26 @@ def calibration_stats(model, batches: list, hessian: bool, fisher: bool, include
     return calibrate(model, batches, list(target_linears(model, include_lm_head)), hessian=hessian, fisher=fisher)
 
 
+@task(name="quantize-plan-budget", cache_policy=NO_CACHE)
+def budget_spec(model, spec: QuantSpec, budget: float, calibration: dict | None, include_lm_head: bool,
+                layers: str | None) -> QuantSpec:
+    """`spec` re-planned to spend `budget` bits/weight over ALL weights, the head included (budget.py)."""
+    if not spec.quantizes:
+        raise ValueError(f"quant.budget={budget} needs a quantizing method, but quant_method={spec.name!r} keeps fp32")
+    pattern = re.compile(layers) if layers else None
+    chosen = (lambda n: bool(pattern.search(n))) if pattern else None
+    linears = quantizable_linears(model, spec, include_lm_head, chosen)
+    stats = calibration or {}
+    head = head_linear(model)
+    fisher = {name: stats[name]["fisher"] for name in linears if "fisher" in stats.get(name, {})}
+    head_fisher = stats.get(head[0], {}).get("fisher") if head else None
+    planned = plan_budget(model, linears, spec, budget, fisher, head_fisher)
+    get_run_logger().info("budget %.3f bits/weight: head at %s bits, %s", budget, planned.head_bits,
+                          f"layers at {planned.bit_budget:.3f}" if planned.bit_budget
+                          else f"share {planned.frac_high:.3f}")
+    return planned
+
+
 @task(name="quantize-method", task_run_name="quantize-{spec.name}", cache_policy=NO_CACHE)
 def quantize_and_evaluate(model, spec: QuantSpec, calibration: dict | None, eval_batches: list,
                           include_lm_head: bool, layers: str | None, mode: str):
@@ -85,12 +106,16 @@ def quantize_and_evaluate(model, spec: QuantSpec, calibration: dict | None, eval
     pattern = re.compile(layers) if layers else None
     layouts = quantize_model(qmodel, spec, calibration, mode=mode, include_lm_head=include_lm_head,
                              layer_filter=(lambda n: bool(pattern.search(n))) if pattern else None)
+    head = head_linear(qmodel)
+    packed_head = apply_head_bits(qmodel, spec, (calibration or {}).get(head[0]) if head else None)
     quant_s = time.perf_counter() - start
     with dequantized_once(qmodel):  # evaluation feeds whole windows: dequantize once + GEMM is the fast path
         ppl = perplexity_of(qmodel, eval_batches)
     bits = model_bits(qmodel)
-    row = {"method": spec.name, "quantized_layers": len(layouts), "quantize_seconds": quant_s, **ppl,
-           "bits_per_weight": bits["bits_per_weight"] if layouts else 32.0,
+    row = {"method": spec.name, "quantized_layers": len(layouts), "quantize_seconds": quant_s,
+           **{k: v for k, v in ppl.items() if not k.startswith("window_")},
+           "bits_per_weight": bits["bits_per_weight"] if layouts else 32.0, "head_bits": spec.head_bits,
+           "bits_per_weight_all": whole_model_bits(qmodel, packed_head)["bits_per_weight_all"],
            "model_mb": bits["model_bytes"] / 1e6, **{k: v for k, v in bits.items() if k.startswith("bits_")}}
     return qmodel, row
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 
 import torch
 
@@ -74,7 +75,9 @@ def allocate_high_groups(layers: dict[str, tuple[LayerLayout, torch.Tensor]], bu
         if k[name] >= layout.groups_per_tile:
             return
         cost = layout_bits(layout, k[name] + 1) - bits[name]
-        heapq.heappush(heap, (-per_tile_gain[name][k[name]] / cost, name, cost))
+        # the last step of a layer can cost nothing (its precision map goes away): take it first
+        ratio = per_tile_gain[name][k[name]] / cost if cost > 0 else math.inf
+        heapq.heappush(heap, (-ratio, name, cost))
 
     for name in layers:
         push(name)

@@ -21,6 +21,7 @@ code c per group with s = (c + 1) * b / 256 (rounded up, so the range is never c
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -404,3 +405,21 @@ def pack_layer(codes: torch.Tensor, zero: torch.Tensor, high: torch.Tensor, scal
         if tuple(tensor.shape) != expected[name][0] or tensor.dtype != expected[name][1]:
             raise AssertionError(f"packed {name} is {tuple(tensor.shape)} {tensor.dtype}, layout says {expected[name]}")
     return tensors
+
+
+def fake_quantize_uniform(weight: torch.Tensor, bits: int, spec: QuantSpec) -> tuple[torch.Tensor, LayerLayout]:
+    """Round-to-nearest at one width for every group, returned dequantized, with the layout it would store.
+
+    Any width 1-8 (3 bits, which the packed kernels do not store, is the frontier's middle uniform point);
+    the spec's group size and scale / zero formats, the same fit as `quantize_weight` with method=rtn.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits={bits} is outside 1..8")
+    W = weight.detach().float()
+    layout = dataclasses.replace(layout_for(tuple(W.shape), spec), bits_low=bits, bits_high=bits, high_per_tile=0)
+    width = torch.full((layout.out_features, layout.groups_per_row), bits)
+    codes, store, zero = _fit_groups(W, width, dataclasses.replace(spec, method="rtn"))
+    scale = (decode_u8_scales(store["scale_codes"], store["scale_base"]) if spec.scale_format == "u8"
+             else store["scales"].float())
+    dequantized = (codes.float() - zero.unsqueeze(-1)) * scale.unsqueeze(-1)
+    return dequantized.reshape(W.shape), layout

@@ -27,6 +27,8 @@ class QuantSpec:
     gptq_damp: float = 0.01  # GPTQ: diagonal damping as a fraction of mean(diag H), keeps the inverse stable
     gptq_block: int = 128  # GPTQ: columns updated together (lazy batch updates); a multiple of group_size
     seed: int = 0  # only the `random` score uses it
+    # tied embedding / LM head: None keeps it fp32; 4 or 2: asymmetric groups of group_size, counted in bits/weight
+    head_bits: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -46,6 +48,8 @@ class QuantSpec:
         for field in ("bits_low", "bits_high"):
             if getattr(self, field) not in (2, 4, 8):
                 raise bad(field, (2, 4, 8))
+        if self.head_bits is not None and self.head_bits not in (2, 4):
+            raise bad("head_bits", (None, 2, 4))
         if not 0.0 <= self.frac_high <= 1.0:
             raise ValueError(f"QuantSpec.frac_high must be in [0, 1], got {self.frac_high}")
         if self.group_size <= 0 or self.group_size % 16:

@@ -22,7 +22,7 @@ def test_quantize_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri, t
     from mlflow.tracking import MlflowClient
 
     cfg = compose("quantize", flow_overrides + [
-        f"source={tiny_gpt}", "baselines=[fp32,rtn2,rtn4]", "quant_method=gptq_mixed",
+        f"source={tiny_gpt}", "baselines=[fp32,rtn2,rtn4]", "quant_method=gptq_mixed", "quant.budget=null",
         "quant_method.bit_budget=3.5",  # a 64-wide toy: the group-32 metadata alone costs 1.25 bits/weight
         "eval.context=32", "eval.windows=2", "eval.calibration_windows=2",
         "speed.matvec_repeats=2", "speed.decode_tokens=2", "speed.bandwidth_mib=16", "registered_name=test-gpt-mixed"])
@@ -50,6 +50,32 @@ def test_quantize_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri, t
     folder = load_registered_model_dir("test-gpt-mixed@candidate", mlflow_uri)  # not promoted: load the candidate
     model = load_quantized(folder)
     assert any(isinstance(m, QuantLinear) for m in model.modules())
+
+
+def test_quantize_flow_spends_a_whole_model_budget_and_saves_the_head_bits(prefect_harness, flow_overrides,
+                                                                            mlflow_uri, tiny_gpt):
+    cfg = compose("quantize", flow_overrides + [
+        f"source={tiny_gpt}", "baselines=[rtn4]", "quant_method=mixed", "quant.budget=3.71",
+        "eval.context=32", "eval.windows=2", "eval.calibration_windows=2",
+        "speed.matvec_repeats=1", "speed.decode_tokens=0", "speed.bandwidth_mib=16", "registered_name=test-gpt-budget"])
+    result = run(cfg)
+    metrics = result["metrics"]
+    # the tied 49152 x 64 head is 97% of this toy: the budget counts it, the packed-layer figure does not. A 4-bit
+    # head (5.25 bits/weight with its row bases) does not fit, so the head takes 2 bits and every layer 4 bits.
+    assert 3.25 < metrics["bits_per_weight_all"] <= 3.71
+    assert metrics["bits_per_weight"] > 4.5
+    from tasks.tracking import load_registered_model_dir
+
+    folder = load_registered_model_dir("test-gpt-budget", mlflow_uri)
+    meta = json.loads((Path(folder) / "quant_meta.json").read_text())
+    assert meta["spec"]["head_bits"] == 2 and meta["spec"]["score"] == "fisher"
+    model = load_quantized(folder)
+    head = model.lm_head.weight.detach()
+    original = GPT.from_folder(tiny_gpt).lm_head.weight.detach()
+    # the saved head holds the dequantized values: few distinct values per group of 32
+    group = head[0, :32]
+    assert len(torch.unique(group)) <= 2 ** meta["spec"]["head_bits"]
+    assert not torch.equal(head, original)
 
 
 def test_wrong_key_and_bad_method_fail_clearly(flow_overrides):
