@@ -350,7 +350,8 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
     except RecursionError:
         raise APIError(400, f"the JSON body nests deeper than {max_depth} levels", code="json_too_deep") from None
     except UnicodeDecodeError as exc:
-        raise APIError(400, f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}", code="invalid_json") from None
+        raise APIError(400, f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                       code="invalid_json") from None
     except ValueError as exc:  # JSONDecodeError, and ints past Python's digit limit
         raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
     stack = [(payload, 1, "body")]
