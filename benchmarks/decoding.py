@@ -6,6 +6,8 @@ drafts (trained GPTs, the target's own first layers) placed on it.
     python -m benchmarks.decoding --quick                 # CPU, a few minutes
     python -m benchmarks.decoding --full                  # what the README quotes
     python -m benchmarks.decoding --full --device cuda    # the GPU path: scripts/device_stage.py packs the models
+    python -m benchmarks.decoding --load-test-only        # only the load test (200 valid + malformed, abandoned,
+                                                          # slow clients), updating just its part of decoding.json
 
 Options: --draft auto|layerskip|gpt_folder --draft-path DIR --draft-layers N --target smollm2|quantized
 --target-path DIR --threads N --frontier-drafts DIR,DIR --frontier-layers 1,2,4,... Writes benchmarks/results/decoding.json + decoding.png, logs to MLflow.
@@ -13,8 +15,10 @@ Options: --draft auto|layerskip|gpt_folder --draft-path DIR --draft-layers N --t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
 # Before torch loads OpenMP: on a shared, oversubscribed CPU, spinning OpenMP workers made a 2-thread
@@ -37,6 +41,8 @@ def _own_args(argv):
     parser.add_argument("--draft-layers", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="total cores for every method (default: all)")
     parser.add_argument("--skip-load-test", action="store_true")
+    parser.add_argument("--load-test-only", action="store_true",
+                        help="run only the load test and update its figures in the existing decoding.json")
     parser.add_argument("--frontier-drafts", default="",
                         help="more GPT draft folders (comma-separated) to place on the alpha-vs-cost map")
     parser.add_argument("--frontier-layers", default="1,2,4,8,12,16,20,24,28",
@@ -47,24 +53,70 @@ def _own_args(argv):
     return parser.parse_known_args(argv)
 
 
-def load_test(requests: int = 200) -> dict:
-    """200 concurrent requests through the openai client against a loopback server (tiny models)."""
+LOAD_TEST_TARGETS = ("load_test_errors_200_concurrent", "load_test_5xx")
+
+
+def load_test(requests: int = 200, malformed: int = 60, abandoned: int = 60, slow: int = 20) -> dict:
+    """200 concurrent requests through the openai client against a loopback server (tiny models),
+    beside malformed, abandoned and slow clients; every client and the whole run are time-bounded."""
     from components.decoding.engine import build_decoder
     from components.decoding.models import layer_skip_draft, tiny_llama
-    from components.serving.app import create_app
-    from components.serving.loadtest import run_load
-    from components.serving.server import BackgroundServer
+    from components.serving.app import RequestLimits, create_app
+    from components.serving.loadtest import run_hostile_load
+    from components.serving.server import BackgroundServer, ConnectionLimits
     from components.serving.service import GenerationService
     from components.serving.text import ByteCodec
 
     model = tiny_llama(vocab_size=260, hidden=32, layers=2, dtype=torch.float32)
     decoder = build_decoder("pearl", model, layer_skip_draft(model, 1), gamma=3)
     service = GenerationService(decoder, ByteCodec(260), "tiny")
+    request_limits = RequestLimits(body_timeout_s=5.0)
+    connection_limits = ConnectionLimits(header_timeout_s=5.0)  # the serve flow's default is 10 s
+    app = create_app(service, max_queue=requests + abandoned + 56, limits=request_limits)
+    load_average = os.getloadavg()[0]
     try:
-        with BackgroundServer(create_app(service, max_queue=requests + 56)) as server:
-            return run_load(server.base_url, "tiny", requests=requests, max_tokens=8)
+        with BackgroundServer(app, limits=connection_limits) as server:
+            report = run_hostile_load(server.base_url, "tiny", requests=requests, max_tokens=8, malformed=malformed,
+                                      abandoned=abandoned, slow=slow, max_body_bytes=request_limits.max_body_bytes,
+                                      client_timeout_s=60, overall_timeout_s=600)
+        report.update({"server_cancelled": service.counters.cancelled,
+                       "server_decodes_started": service.counters.requests,
+                       "header_timeout_s": connection_limits.header_timeout_s,
+                       "body_timeout_s": request_limits.body_timeout_s, "load_average_at_start": load_average})
+        return report
     finally:
         decoder.close()
+
+
+def load_test_targets(load: dict) -> list[dict]:
+    return [target("load_test_errors_200_concurrent", load["errors"], 0, "<="),
+            target("load_test_5xx", load["status_5xx"], 0, "<="),
+            target("load_test_malformed_not_4xx", load["malformed_not_4xx"], 0, "<="),
+            target("load_test_hostile_clients_unanswered", load["hostile_failures"], 0, "<=")]
+
+
+def load_test_only(args) -> None:
+    """Rerun only the load test: replace its figures and targets in decoding.json, keep every other figure."""
+    from benchmarks.common import RESULTS_DIR, _log_to_mlflow, machine_info
+
+    path = RESULTS_DIR / "decoding.json"
+    payload = json.loads(path.read_text())
+    load = load_test(200)
+    load.update({"command": "python -m benchmarks.decoding --load-test-only",
+                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine_info("cpu")})
+    payload["results"]["load_test"] = load
+    kept = [t for t in payload["targets"] if not t["name"].startswith("load_test_")]
+    payload["targets"] = kept + load_test_targets(load)
+    path.write_text(json.dumps(payload, indent=2))
+    if not args.no_mlflow:
+        only = {**payload, "results": {"load_test": load}, "targets": load_test_targets(load),
+                "command": load["command"], "mode": "load-test-only"}
+        _log_to_mlflow("decoding_load_test", only, [path], args.tracking_uri)
+    for t in load_test_targets(load):
+        print(f"target {t['name']}: {t['value']:.4g} {t['op']} {t['goal']} -> {'met' if t['met'] else 'NOT met'}")
+    print(f"load test: {load['requests']} valid, {load['malformed']} malformed, {load['abandoned']} abandoned, "
+          f"{load['slow']} slow; statuses {load['statuses']}; p50 {load['p50_s']:.2f} s, p99 {load['p99_s']:.2f} s")
+    print(f"updated the load test in {path}")
 
 
 def draft_map(own, tgt, drf, draft_source: str, prompts, result: dict, threads: int) -> tuple[dict, dict]:
@@ -137,6 +189,9 @@ def plot(methods: dict, summary: dict, requirements: dict, frontier: dict):
 def main(argv=None) -> None:
     own, rest = _own_args(sys.argv[1:] if argv is None else argv)
     args = parse_mode(__doc__.splitlines()[0], rest)
+    if own.load_test_only:
+        load_test_only(args)
+        return
     from components.decoding.bench import compare_methods, summarize
     from components.decoding.prompts import benchmark_prompts
 
@@ -193,7 +248,7 @@ def main(argv=None) -> None:
         target("greedy_mismatches_vs_ar", summary["greedy_mismatches"], 0, "<="),
     ]
     if load is not None:
-        targets.append(target("load_test_errors_200_concurrent", load["errors"], 0, "<="))
+        targets.extend(load_test_targets(load))
     write_result("decoding", results, targets, figure=plot(result["methods"], summary, requirements, frontier),
                  args=args, device=own.device)
     for key in ("sd_acceptance_rate", "c", "verify_9_over_step", "leviathan_bound_sd_best_gamma", "sd_model_vs_ar",

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from components.checks import ConfigError, at_least, in_range, one_of
+from components.serving.server import stop_on_signals
 from flows.platform import FlowConfig, system_flow
 from tasks.serve import resolve_models, serve_endpoint, warm_up
 from tasks.tracking import Tracker
@@ -27,6 +29,13 @@ class ServeModelsConfig:
     draft_layers: int = 8  # layerskip: first 8 of SmolLM2's 30 layers (+ shared lm_head): c ≈ 3, usable α
     served_name: str = "SmolLM2-135M-Instruct"  # the `model` clients ask for (conf/llm/openai.yaml uses it)
 
+    def __post_init__(self):
+        one_of("models.target", self.target, ("smollm2", "quantized", "hf_folder", "tiny_random"))
+        one_of("models.draft", self.draft, ("auto", "gpt_folder", "mlflow", "layerskip", "tiny_random", "none"))
+        at_least("models.draft_layers", self.draft_layers, 1)
+        if not self.served_name:
+            raise ConfigError("models.served_name", self.served_name, "clients need a model name to ask for")
+
 
 @dataclass
 class DecodingConfig:
@@ -38,6 +47,15 @@ class DecodingConfig:
     parallel: bool = True  # draft and target on two workers at once (PEARL); False: same outputs, one thread
     threads: Optional[int] = None  # total torch threads; None: torch's default (the machine's cores)
     draft_share: float = 0.5  # fraction of the threads the draft worker gets in parallel rounds
+
+    def __post_init__(self):
+        one_of("decoding.method", self.method, ("ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post"))
+        if self.gamma is not None:
+            at_least("decoding.gamma", self.gamma, 1)
+        at_least("decoding.max_gamma", self.max_gamma, 1)
+        if self.threads is not None:
+            at_least("decoding.threads", self.threads, 1)
+        in_range("decoding.draft_share", self.draft_share, 0.0, 1.0)
 
 
 @dataclass
@@ -56,6 +74,37 @@ class ServeConfig(FlowConfig):
     load_test_requests: int = 0  # >0: that many concurrent loopback requests at start; p50/p99 to MLflow
     load_test_max_tokens: int = 8
     metrics_every_s: float = 60.0  # served counters to MLflow this often while serving
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413 before they are read
+    body_timeout_s: float = 30.0  # a request body must arrive within this (else 408)
+    header_timeout_s: float = 10.0  # request headers must be complete this long after a connection opens (else 408)
+    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
+    max_connections: int = 1024  # open connections at once; more get 503 and are closed
+    drain_s: float = 30.0  # on SIGTERM/SIGINT or the end of duration_s: in-flight requests get this long
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("port", self.port, "must be 1-65535, or 0 for any free port")
+        if not self.host:
+            raise ConfigError("host", self.host, "must name an address to listen on (127.0.0.1: loopback)")
+        at_least("max_queue", self.max_queue, 1)
+        at_least("default_max_tokens", self.default_max_tokens, 1)
+        if self.duration_s is not None:
+            at_least("duration_s", self.duration_s, 0)
+        at_least("smoke_max_tokens", self.smoke_max_tokens, 1)
+        at_least("load_test_requests", self.load_test_requests, 0)
+        at_least("load_test_max_tokens", self.load_test_max_tokens, 1)
+        at_least("metrics_every_s", self.metrics_every_s, 0.1)
+        at_least("max_body_bytes", self.max_body_bytes, 1024)
+        for key in ("body_timeout_s", "header_timeout_s", "keep_alive_s"):
+            at_least(key, getattr(self, key), 0.01)
+        at_least("max_connections", self.max_connections, 1)
+        at_least("drain_s", self.drain_s, 0)
+        if self.load_test_requests > self.max_queue:
+            raise ConfigError("load_test_requests", self.load_test_requests,
+                              f"more than max_queue={self.max_queue}: the load test would be refused with 503s")
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
 
 
 @system_flow(name="serve", config=ServeConfig, order=30, summary_metric="served_mean_accepted_tokens",
@@ -64,13 +113,20 @@ class ServeConfig(FlowConfig):
                    "smoke_max_tokens=16"])
 def serve(cfg: ServeConfig, tracker: Tracker) -> dict[str, float]:
     """OpenAI-compatible server decoding with PEARL (or AR / vanilla SD / the ablations)."""
+    # SIGTERM/SIGINT from here on is a request to stop: serving drains and the run ends Completed
+    # (and the process, with it the temporary Prefect server, exits normally).
+    with stop_on_signals() as stop:
+        return _serve(cfg, tracker, stop)
+
+
+def _serve(cfg: ServeConfig, tracker: Tracker, stop) -> dict[str, float]:
     models = resolve_models(cfg.models, str(cfg.work_path()), cfg.tracking.uri, cfg.torch_device(),
                             need_draft=cfg.decoding.method != "ar")
     tracker.set_tags({"draft_source": models.draft_source, "draft_location": models.draft_location})
     ready = warm_up(models, cfg.decoding)
     tracker.log_metrics(ready["info"])
     try:
-        served = serve_endpoint(models, ready["decoder"], cfg, tracker)
+        served = serve_endpoint(models, ready["decoder"], cfg, tracker, stop)
     finally:
         ready["decoder"].close()
     return {**served, "gamma": ready["info"]["gamma"]}

@@ -7,6 +7,7 @@ input hashing (NO_CACHE).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,23 +120,32 @@ def warm_up(models: ServingModels, decoding_cfg: Any) -> dict:
 
 
 @task(name="serve-endpoint", cache_policy=NO_CACHE)
-def serve_endpoint(models: ServingModels, decoder: Any, cfg: Any, tracker: Tracker) -> dict:
-    """Serve the OpenAI-compatible API on cfg.host:cfg.port until stopped (or for duration_s).
+def serve_endpoint(models: ServingModels, decoder: Any, cfg: Any, tracker: Tracker,
+                   stop: Optional[threading.Event] = None) -> dict:
+    """Serve the OpenAI-compatible API on cfg.host:cfg.port until `stop` is set (SIGTERM/SIGINT) or
+    duration_s has passed, then drain: in-flight requests get cfg.drain_s to finish.
 
     Right after start it checks itself through the official `openai` client (and fires the
     configured loopback load), so a deployment that cannot answer fails at once, not at first use.
     """
-    from components.serving.app import create_app
+    from components.serving.app import RequestLimits, create_app
     from components.serving.loadtest import run_load
-    from components.serving.server import BackgroundServer
+    from components.serving.server import BackgroundServer, ConnectionLimits
     from components.serving.service import GenerationService
 
     logger = get_run_logger()
+    stop = stop or threading.Event()
+    metrics: dict[str, float] = {}
+    if stop.is_set():
+        logger.info("stop requested before serving started: not serving")
+        return metrics
     api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     service = GenerationService(decoder, models.codec, models.served_name)
-    app = create_app(service, api_key=api_key, max_queue=cfg.max_queue, default_max_tokens=cfg.default_max_tokens)
-    server = BackgroundServer(app, cfg.host, cfg.port, log_level="warning").start()
-    metrics: dict[str, float] = {}
+    app = create_app(service, api_key=api_key, max_queue=cfg.max_queue, default_max_tokens=cfg.default_max_tokens,
+                     limits=RequestLimits(max_body_bytes=cfg.max_body_bytes, body_timeout_s=cfg.body_timeout_s))
+    limits = ConnectionLimits(max_connections=cfg.max_connections, header_timeout_s=cfg.header_timeout_s,
+                              keep_alive_s=cfg.keep_alive_s, drain_s=cfg.drain_s)
+    server = BackgroundServer(app, cfg.host, cfg.port, log_level="warning", limits=limits).start()
     try:
         logger.info("serving %s with %s at %s", models.served_name, decoder.method, server.base_url)
         tracker.set_tags({"endpoint": server.base_url, "served_model": models.served_name})
@@ -156,13 +166,16 @@ def serve_endpoint(models: ServingModels, decoder: Any, cfg: Any, tracker: Track
                             "load_p99_s": report["p99_s"], "load_requests_per_s": report["requests_per_s"]})
         deadline = None if cfg.duration_s is None else time.monotonic() + cfg.duration_s
         last_log = time.monotonic()
-        while server.thread.is_alive() and (deadline is None or time.monotonic() < deadline):
+        while server.thread.is_alive() and not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.2)
             if time.monotonic() - last_log > cfg.metrics_every_s:  # long-running: counters to MLflow
                 tracker.log_metrics({f"served_{k}": v for k, v in service.counters.as_dict().items()},
                                     step=service.counters.requests)
                 last_log = time.monotonic()
     finally:
+        if stop.is_set():
+            logger.info("stop requested: draining %d in-flight requests for up to %.0f s",
+                        app.state.queue_state["admitted"], cfg.drain_s)
         server.stop()
     metrics.update({f"served_{k}": float(v) for k, v in service.counters.as_dict().items()})
     return metrics

@@ -19,6 +19,7 @@ import os
 import platform
 import resource
 import socket
+import struct
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -27,6 +28,10 @@ MNT_DETACH = 2
 PR_SET_NO_NEW_PRIVS = 38
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+CLONE_NEWUSER = 0x10000000
+# (audit arch, unshare, clone, clone3) syscall numbers
+SECCOMP_ARCH = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}.get(platform.machine())
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -66,6 +71,15 @@ def build_root(spec: dict) -> None:
               f"size={spec['tmp_bytes']},mode=1777")
     for host, inside, writable in spec["binds"]:
         bind(host, root + inside, writable)
+    work = spec.get("work_tmpfs")
+    if work:  # the run's working folder: a size-limited tmpfs owned by the payload, on no host disk
+        os.makedirs(root + work["path"], exist_ok=True)
+        owner = f",uid={work['uid']},gid={work['gid']}" if work.get("uid") is not None else ""
+        mount("sandbox-work", root + work["path"], "tmpfs", MS_NOSUID | MS_NODEV,
+              f"size={work['bytes']},mode=755{owner}")
+    for folder in spec.get("masks", []):  # e.g. the base interpreter's site-packages: an empty, read-only folder
+        if os.path.isdir(root + folder):
+            mount("sandbox-mask", root + folder, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=555")
     for link, dest in spec["symlinks"]:
         os.symlink(dest, root + link)
     os.makedirs(root + "/proc")
@@ -93,16 +107,74 @@ def run_payload(spec: dict) -> None:
     try:
         for name, (soft, hard) in spec["rlimits"].items():
             resource.setrlimit(getattr(resource, "RLIMIT_" + name), (soft, hard))
+        _set_oom_score(0)  # the payload is what the cgroup's OOM killer should pick, not PID 1
         if spec["uid"] is not None:
             os.setgroups([])
             os.setgid(spec["gid"])
             os.setuid(spec["uid"])  # leaves root: every capability is dropped
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+        if spec.get("deny_user_namespaces"):
+            deny_user_namespaces()
         os.chdir(spec["cwd"])
         os.execvpe(spec["argv"][0], spec["argv"], spec["env"])
     except BaseException as exc:  # noqa: BLE001 - report anything, then die
         os.write(2, f"sandbox: cannot start {spec['argv'][0]!r}: {exc}\n".encode())
     os._exit(127)
+
+
+def _set_oom_score(value: int) -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(value))
+    except OSError:
+        pass  # not permitted here (user-namespace mode): the kernel's default choice stands
+
+
+def deny_user_namespaces() -> None:
+    """A seccomp filter: unshare/clone with CLONE_NEWUSER fail with EPERM; clone3 (whose flags sit in
+    memory a filter cannot read) fails with ENOSYS, so the C library falls back to clone. Without a
+    nested user namespace the payload cannot become root of its own namespace, mount or unshare more."""
+    if SECCOMP_ARCH is None:
+        raise OSError(f"no seccomp filter for {platform.machine()}: refusing to run without it")
+    arch, nr_unshare, nr_clone, nr_clone3 = SECCOMP_ARCH
+    ld_w_abs, jeq_k, jset_k, ret_k = 0x20, 0x15, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+
+    def op(code, k, jt=0, jf=0):
+        return struct.pack("HBBI", code, jt, jf, k)
+
+    program = [
+        op(ld_w_abs, 4),                       # 0: arch
+        op(jeq_k, arch, 0, 7),                 # 1: another ABI -> 9 (allow)
+        op(ld_w_abs, 0),                       # 2: syscall number
+        op(jeq_k, nr_clone3, 7, 0),            # 3: clone3 -> 11 (ENOSYS)
+        op(jeq_k, nr_unshare, 1, 0),           # 4: unshare -> 6
+        op(jeq_k, nr_clone, 0, 4),             # 5: clone -> 6, else -> 10 (allow)
+        op(ld_w_abs, 16),                      # 6: flags (low 32 bits of the first argument)
+        op(jset_k, CLONE_NEWUSER, 0, 1),       # 7: CLONE_NEWUSER -> 8 (EPERM), else -> 9
+        op(ret_k, eperm),                      # 8
+        op(ret_k, allow),                      # 9
+        op(ret_k, allow),                      # 10
+        op(ret_k, enosys),                     # 11
+    ]
+    code = b"".join(program)
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))
+    fprog_buffer = ctypes.create_string_buffer(fprog, len(fprog))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog_buffer, 0, 0), "seccomp filter")
+
+
+def full_filesystems(paths: list) -> list:
+    """Which of the writable folders ran out of space (under 64 KiB left): names the disk limit hit."""
+    full = []
+    for path in paths:
+        try:
+            info = os.statvfs(path)
+        except OSError:
+            continue
+        if info.f_bavail * info.f_frsize < 64 << 10:
+            full.append(path)
+    return full
 
 
 def reap_until(child: int) -> dict:
@@ -126,6 +198,10 @@ def main() -> None:
         spec = json.load(handle)
     status_fd = os.open(spec["status_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        for procs in spec.get("cgroup_procs", []):  # before anything forks: the whole sandbox is bounded
+            with open(procs, "w") as handle:
+                handle.write("0")
+        _set_oom_score(-1000)
         build_root(spec)
         socket.sethostname("sandbox")
     except OSError as exc:
@@ -137,6 +213,7 @@ def main() -> None:
         os.close(status_fd)
         run_payload(spec)
     status = reap_until(child)
+    status["full"] = full_filesystems(["/tmp", "/dev/shm", spec["cwd"]])
     os.write(status_fd, json.dumps(status).encode())
     os.close(status_fd)
     # Exiting as PID 1 makes the kernel SIGKILL everything still running in this namespace.

@@ -22,14 +22,20 @@ import os
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
+
+from components.checks import at_least
+from components.sandbox import _jail
+from components.sandbox.cgroup import CgroupSupport, SandboxCgroup
 
 JAIL_SCRIPT = Path(__file__).with_name("_jail.py")
 SYSTEM_DIRS = ("/usr", "/etc")  # read-only inside; /bin, /lib, /sbin, /lib64 follow as symlinks or binds
@@ -50,14 +56,24 @@ class SandboxLimits:
 
     wall_seconds: float = 20.0  # whole run, killed past it (covers sleeping and blocked payloads)
     cpu_seconds: int = 10  # RLIMIT_CPU per process: SIGXCPU then SIGKILL
-    memory_bytes: int = 1 << 30  # RLIMIT_AS per process, 1 GiB: room for Python + numpy, stops blow-ups
-    max_processes: int = 64  # RLIMIT_NPROC for the sandbox uid: a fork bomb stalls at 64
+    memory_bytes: int = 1 << 30  # the whole sandbox (cgroup, else the supervisor's budget), and RLIMIT_AS per process
+    max_processes: int = 64  # the whole sandbox (cgroup pids.max, else the supervisor) and RLIMIT_NPROC per uid
     file_bytes: int = 16 << 20  # RLIMIT_FSIZE: no single file over 16 MiB
     open_files: int = 256  # RLIMIT_NOFILE
     output_bytes: int = 1 << 20  # stdout and stderr each; more is cut and the run killed
     tmp_bytes: int = 64 << 20  # the private /tmp and /dev/shm (tmpfs, in memory)
+    work_bytes: int = 128 << 20  # the working folder (and a workspace) is a tmpfs of this size
     allow_unisolated: bool = False  # run with rlimits only where namespaces are missing (unsafe)
     expose_python_packages: bool = True  # bind the venv's site-packages read-only (numpy etc.)
+
+    def __post_init__(self):
+        at_least("wall_seconds", self.wall_seconds, 0.01)
+        at_least("cpu_seconds", self.cpu_seconds, 1)
+        at_least("memory_bytes", self.memory_bytes, 16 << 20)
+        at_least("max_processes", self.max_processes, 2)
+        for key in ("file_bytes", "output_bytes", "tmp_bytes", "work_bytes"):
+            at_least(key, getattr(self, key), 4096)
+        at_least("open_files", self.open_files, 16)
 
 
 @dataclass
@@ -74,6 +90,8 @@ class SandboxResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     isolation: str = "namespaces"
+    limits_enforced_by: str = "supervisor"  # whole-sandbox memory/process limits: 'cgroup v2|v1' or 'supervisor'
+    sandbox_peak_memory_bytes: int = 0  # the whole sandbox's peak (cgroup only)
 
     @property
     def ok(self) -> bool:
@@ -97,6 +115,14 @@ def _unshare_prefix(user_namespace: bool) -> list[str]:
     if user_namespace:
         flags += ["--user", "--map-root-user"]
     return ["unshare", *flags, "--propagation", "private", "--"]
+
+
+def cgroup_support() -> CgroupSupport:
+    """What whole-sandbox limits the machine allows (probed once per process; root mode only)."""
+    with _probe_lock:
+        if "cgroup" not in _probe_cache:
+            _probe_cache["cgroup"] = CgroupSupport.detect() if os.geteuid() == 0 else CgroupSupport(None)
+        return _probe_cache["cgroup"]
 
 
 def isolation_mode() -> Optional[str]:
@@ -133,7 +159,9 @@ def _fresh_uid() -> int:
 class Workspace:
     """A working folder that persists across several runs of one Sandbox (an episode's state).
 
-    `reset()` restores it to a copy of `fixture` (or empty). The payload sees it at `inside`.
+    `reset()` restores it to a copy of `fixture` (or empty). The payload sees it at `inside`. As
+    root it is a tmpfs of `work_bytes` mounted on the host folder, so a payload cannot fill the
+    disk and removing it is an unmount, whatever the payload built inside.
     """
 
     def __init__(self, sandbox: "Sandbox", fixture: Optional[Path], inside: str, base: Optional[str]):
@@ -142,30 +170,106 @@ class Workspace:
         self.inside = inside
         self._parent = Path(tempfile.mkdtemp(prefix="sandbox-ws-", dir=base))
         self.path = self._parent / "work"
-        self.reset()
+        self._mounted = False
+        try:
+            self.reset()
+        except BaseException:
+            self.close()
+            raise
 
     def reset(self) -> None:
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        if self._mounted:
+            _unmount(self.path)
+            self._mounted = False
+        remove_tree(self.path)
+        self.path.mkdir()
+        if self.sandbox.mode == "root":
+            _jail.mount("sandbox-work", str(self.path), "tmpfs", _jail.MS_NOSUID | _jail.MS_NODEV,
+                        f"size={self.sandbox.limits.work_bytes},mode=755")
+            self._mounted = True
         if self.fixture is not None:
-            shutil.copytree(self.fixture, self.path, symlinks=True)
-        else:
-            self.path.mkdir()
+            try:
+                shutil.copytree(self.fixture, self.path, symlinks=True, dirs_exist_ok=True)
+            except shutil.Error as exc:
+                raise SandboxError(f"the fixture {self.fixture} does not fit in the workspace "
+                                   f"(work_bytes={self.sandbox.limits.work_bytes}): {exc.args[0][:3]}") from None
         self.sandbox._give_to_payload(self.path)
 
     def close(self) -> None:
-        shutil.rmtree(self._parent, ignore_errors=True)
+        """Remove the folder whatever is in it (unmount the tmpfs; an iterative walk otherwise)."""
+        if getattr(self, "_mounted", False):
+            _unmount(self.path)
+            self._mounted = False
+        remove_tree(self._parent)
 
     def __del__(self) -> None:  # a safety net: callers should close() (or use `with`)
-        parent = getattr(self, "_parent", None)
-        if parent is not None:
-            shutil.rmtree(parent, ignore_errors=True)
+        if getattr(self, "_parent", None) is not None:
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - never raise from a finalizer
+                pass
 
     def __enter__(self) -> "Workspace":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _unmount(path: Path) -> None:
+    if _jail._libc.umount2(str(path).encode(), _jail.MNT_DETACH) != 0:
+        err = _jail.ctypes.get_errno()
+        if err not in (22, 2):  # EINVAL: not a mount point (already gone), ENOENT
+            raise OSError(err, f"cannot unmount the workspace {path}: {os.strerror(err)}")
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder tree of any depth and path length, folders the payload made unreadable
+    included; a missing path is fine. Iterative, one open folder at a time (relative to its parent),
+    so neither the recursion limit, PATH_MAX nor the open-file limit stops it."""
+    path = Path(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(path)
+        return
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    _make_traversable(path)
+    fd, names = os.open(path, flags), []
+    try:
+        while True:
+            folder = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        folder = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=fd)
+            if folder is not None:
+                _make_traversable(folder, fd)
+                child = os.open(folder, flags, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                names.append(folder)
+                continue
+            if not names:
+                break
+            parent = os.open("..", flags, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _make_traversable(name, dir_fd: Optional[int] = None) -> None:
+    try:
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+    except OSError:
+        pass  # as root permissions do not stop us; otherwise the open below says why
 
 
 Command = Union[str, Sequence[str]]
@@ -217,8 +321,10 @@ class Sandbox:
 
     # ----------------------------------------------------------------- internals
     def _python(self) -> str:
-        return os.path.join(sys.prefix, "bin", "python3") if self.limits.expose_python_packages \
-            else os.path.join(sys.base_prefix, "bin", "python3")
+        # The prefixes are bound at their real paths, so the payload's mount table shows no host
+        # path other than the ones it runs from (a symlinked venv would otherwise reveal its target).
+        return os.path.join(_real(sys.prefix), "bin", "python3") if self.limits.expose_python_packages \
+            else os.path.join(_real(sys.base_prefix), "bin", "python3")
 
     def _give_to_payload(self, path: Path) -> None:
         """Make `path` (recursively) owned by the payload's uid so it can write there and only there."""
@@ -237,14 +343,24 @@ class Sandbox:
                 symlinks.append([link, os.readlink(link)])
             elif os.path.isdir(link):
                 binds.append([link, link, False])
-        prefixes = {sys.base_prefix}
+        prefixes = {_real(sys.base_prefix)}
         if self.limits.expose_python_packages:
-            prefixes.add(sys.prefix)
+            prefixes.add(_real(sys.prefix))
         for prefix in sorted(prefixes):
             if not any(prefix.startswith(d + "/") for d in SYSTEM_DIRS):
                 binds.append([prefix, prefix, False])
-        binds.append([str(work), inside, True])
+        if work is not None:
+            binds.append([str(work), inside, True])
         return binds, symlinks
+
+    def _masks(self) -> list[str]:
+        """Folders hidden under an empty read-only tmpfs: the base interpreter's site-packages when
+        the payload must not see installed packages."""
+        if self.limits.expose_python_packages:
+            return []
+        paths = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})
+        found = {_real(paths[k]) for k in ("purelib", "platlib") if os.path.isdir(paths[k])}
+        return sorted(found)
 
     def _rlimits(self) -> dict:
         lim = self.limits
@@ -260,7 +376,7 @@ class Sandbox:
     def _env(self, inside: str, extra: dict[str, str]) -> dict[str, str]:
         path = "/usr/local/bin:/usr/bin:/bin"
         if self.limits.expose_python_packages:
-            path = f"{sys.prefix}/bin:{path}"
+            path = f"{_real(sys.prefix)}/bin:{path}"
         env = {"PATH": path, "HOME": inside, "TMPDIR": "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
                # one thread each: BLAS thread pools reserve address space that RLIMIT_AS counts
@@ -271,31 +387,49 @@ class Sandbox:
     def _run(self, argv: list[str], stdin: Optional[str], workspace: Optional[Workspace],
              cwd: Optional[str], env: dict, files: dict) -> SandboxResult:
         control = Path(tempfile.mkdtemp(prefix="sandbox-run-", dir=self.base_dir))
+        group: Optional[SandboxCgroup] = None
         try:
+            work_tmpfs = None
             if workspace is not None:
                 work, inside = workspace.path, workspace.inside
-            else:
+            elif self.mode is None:
                 work, inside = control / "work", "/sandbox"
                 work.mkdir()
-                self._give_to_payload(work)
+            else:  # a tmpfs of work_bytes made inside the jail: nothing on the host disk, no host path
+                work, inside = None, "/sandbox"
+                work_tmpfs = {"path": inside, "bytes": self.limits.work_bytes, "uid": self.uid, "gid": self.gid}
             if self.mode is None:
                 return self._run_unisolated(argv, stdin, work, env, files)
             (control / "root").mkdir()
             binds, symlinks = self._binds(work, inside)
+            support = cgroup_support() if self.mode == "root" else CgroupSupport(None)
+            if support.version is not None:
+                group = SandboxCgroup(support, self.limits.memory_bytes, self.limits.max_processes)
             spec = {
                 "root": str(control / "root"), "binds": binds, "symlinks": symlinks, "files": files,
                 "tmp_bytes": self.limits.tmp_bytes, "status_path": str(control / "status.json"),
                 "rlimits": self._rlimits(), "uid": self.uid, "gid": self.gid,
                 "cwd": cwd or inside, "argv": argv, "env": self._env(inside, env),
+                "work_tmpfs": work_tmpfs, "masks": self._masks(),
+                "cgroup_procs": group.join_paths if group else [], "deny_user_namespaces": True,
             }
             (control / "spec.json").write_text(json.dumps(spec))
             launcher = _unshare_prefix(self.mode == "userns") + [
                 sys.executable, "-I", "-S", str(JAIL_SCRIPT), str(control / "spec.json")]
-            result = self._supervise(launcher, stdin, {"PATH": "/usr/bin:/bin"})
+            result = self._supervise(launcher, stdin, {"PATH": "/usr/bin:/bin"}, budget=group is None)
             self._read_status(control / "status.json", result)
+            if group is not None:
+                result.limits_enforced_by = f"cgroup v{support.version}"
+                if group.hit_memory_limit():  # the kernel OOM-killed something in the sandbox
+                    result.killed_reason = "memory limit"
+                elif result.killed_reason is None and group.hit_process_limit():  # a fork was refused
+                    result.killed_reason = "process limit"
+                result.sandbox_peak_memory_bytes = group.peak_memory_bytes()
             return result
         finally:
-            shutil.rmtree(control, ignore_errors=True)
+            if group is not None:
+                group.close()
+            remove_tree(control)
 
     def _run_unisolated(self, argv, stdin, work: Path, env: dict, files: dict) -> SandboxResult:
         """Fallback without namespaces (only when allow_unisolated): rlimits + wall clock only."""
@@ -312,12 +446,12 @@ class Sandbox:
         for inside, text in files.items():  # no private root here: the code file goes beside the work
             (work.parent / Path(inside).name).write_text(text)
         argv = [str(work.parent / Path(a).name) if a in files else a for a in argv]
-        result = self._supervise(argv, stdin, env_full, cwd=str(work), preexec=limit)
+        result = self._supervise(argv, stdin, env_full, cwd=str(work), preexec=limit, budget=True)
         result.isolation = "rlimits-only"
         return result
 
     def _supervise(self, argv: list[str], stdin: Optional[str], env: dict, cwd: Optional[str] = None,
-                   preexec=None) -> SandboxResult:
+                   preexec=None, budget: bool = False) -> SandboxResult:
         """Start the launcher in its own session; enforce wall clock and output caps; kill the group."""
         lim = self.limits
         start = time.monotonic()
@@ -337,7 +471,11 @@ class Sandbox:
                 if remaining <= 0:
                     killed_reason = "wall-clock timeout"
                     break
-                for key, _ in sel.select(timeout=min(remaining, 0.5)):
+                if budget:  # no cgroup here: the whole sandbox's memory and processes, polled
+                    killed_reason = _over_budget(proc.pid, lim)
+                    if killed_reason:
+                        break
+                for key, _ in sel.select(timeout=min(remaining, 0.1 if budget else 0.5)):
                     data = os.read(key.fd, 65536)
                     if not data:
                         sel.unregister(key.fileobj)
@@ -386,10 +524,10 @@ class Sandbox:
         result.cpu_seconds = float(status.get("cpu_s") or 0.0)
         result.max_rss_kb = int(status.get("maxrss_kb") or 0)
         if result.killed_reason is None:
-            result.killed_reason = _diagnose(result, self.limits)
+            result.killed_reason = _diagnose(result, self.limits, status.get("full") or ())
 
 
-def _diagnose(result: SandboxResult, limits: SandboxLimits) -> Optional[str]:
+def _diagnose(result: SandboxResult, limits: SandboxLimits, full: Sequence[str] = ()) -> Optional[str]:
     """Name the limit a payload ran into, from its signal or its last words."""
     sig = result.signal
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and result.cpu_seconds >= limits.cpu_seconds):
@@ -399,13 +537,51 @@ def _diagnose(result: SandboxResult, limits: SandboxLimits) -> Optional[str]:
     tail = result.stderr[-2000:]
     if "MemoryError" in tail or "Cannot allocate memory" in tail or "memory exhausted" in tail:
         return "memory limit"
-    if "No space left on device" in tail:
-        return "disk space limit (/tmp)"
+    if "No space left on device" in tail or full:
+        return "disk space limit (/tmp)" if {"/tmp", "/dev/shm"} & set(full) else "disk space limit (working folder)"
     if "File too large" in tail:
         return "file size limit"
     if "fork: retry" in tail or "Resource temporarily unavailable" in tail and "fork" in tail:
         return "process limit"
     return None
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _over_budget(launcher: int, limits: SandboxLimits) -> Optional[str]:
+    """The supervisor's whole-sandbox budget where no cgroup is available: the resident memory and
+    the number of every process under the launcher."""
+    tree = _descendants(launcher)
+    if len(tree) > limits.max_processes + 2:  # + unshare and the jail helper
+        return "process limit"
+    page = os.sysconf("SC_PAGE_SIZE")
+    resident = 0
+    for pid in tree:
+        try:
+            resident += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    return "memory limit" if resident > limits.memory_bytes else None
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        children.setdefault(int(text[text.rindex(")") + 2:].split()[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _feed(pipe, data: bytes) -> None:

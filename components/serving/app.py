@@ -1,32 +1,64 @@
 """The OpenAI-compatible HTTP API (FastAPI): /v1/models, /v1/completions, /v1/chat/completions.
 
-- Validation answers 4xx in OpenAI's error shape {"error": {"message", "type", "param", "code"}}:
-  400 malformed JSON / bad or out-of-range fields / prompt + max_tokens over the context,
-  401 wrong or missing API key (when one is configured), 404 unknown model, 503 queue full.
+- Every invalid request is a 4xx in OpenAI's error shape {"error": {"message", "type", "param", "code"}},
+  checked cheapest first: 401 wrong or missing API key (when one is configured); 413 a body over
+  `max_body_bytes` (the declared length before reading, the bytes as they arrive); 408 a body that
+  does not arrive within `body_timeout_s`; 400 malformed JSON, NaN/Infinity, JSON nested deeper
+  than `max_json_depth`, a lone UTF-16 surrogate in any string, bad or out-of-range fields (seed
+  outside int64, ...), a prompt longer than the context could hold (by characters, before it is
+  tokenized) or prompt + max_tokens over the context; 404 unknown model; 503 queue full.
 - A bounded queue: at most `max_queue` requests are admitted (decoding or waiting); more get a
   503 at once instead of piling up, so a burst never takes the server down.
-- Streaming is Server-Sent Events; the decode runs on one executor thread and hands deltas to the
-  event loop, so the loop keeps answering while a request decodes.
+- Nothing slow runs on the event loop: prompts are tokenized on a small thread pool, decoding and
+  detokenizing run on the one decode thread and hand text to the loop.
+- A request whose client has gone is cancelled, streamed or not: it is skipped if it was still
+  waiting and stops at the next decoding round if it was running.
 """
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import secrets
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.requests import ClientDisconnect
 
+from components.checks import at_least
 from components.decoding.engine import DecodeStats
 from components.decoding.sampling import SamplingParams
 from components.serving.service import GenerationRequest, GenerationService
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_body_bytes: int = 1 << 20  # 1 MiB: far above any prompt the context holds
+    body_timeout_s: float = 30.0  # the whole body must arrive within this
+    max_json_depth: int = 32  # OpenAI's request bodies nest 5 levels deep
+    # Refuse, before tokenizing, a prompt longer than max_context x this many characters: no token of
+    # a BPE vocabulary covers more, so such a prompt cannot fit anyway (and tokenizing it costs seconds).
+    max_chars_per_token: int = 16
+    tokenize_threads: int = 2
+
+    def __post_init__(self):
+        at_least("max_body_bytes", self.max_body_bytes, 1024)
+        at_least("body_timeout_s", self.body_timeout_s, 0.01)
+        at_least("max_json_depth", self.max_json_depth, 2)
+        at_least("max_chars_per_token", self.max_chars_per_token, 1)
+        at_least("tokenize_threads", self.tokenize_threads, 1)
 
 
 class APIError(Exception):
@@ -47,7 +79,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: Optional[dict[str, Any]] = None
     stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=INT64[0], le=INT64[1])  # OpenAI's seed is an int64
 
     @field_validator("stop")
     @classmethod
@@ -57,6 +89,8 @@ class _Sampling(BaseModel):
         value = [value] if isinstance(value, str) else value
         if len(value) > MAX_STOP_SEQUENCES:
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        if any(len(stop) > MAX_STOP_CHARS for stop in value):
+            raise ValueError(f"a stop sequence is at most {MAX_STOP_CHARS} characters")
         return value
 
 
@@ -98,12 +132,17 @@ class ChatRequest(_Sampling):
 
 
 def create_app(service: GenerationService, api_key: Optional[str] = None, max_queue: int = 256,
-               default_max_tokens: int = 256) -> FastAPI:
+               default_max_tokens: int = 256, limits: Optional[RequestLimits] = None) -> FastAPI:
     """The app for one served model; `service` decodes, this layer validates, queues and formats."""
+    at_least("max_queue", max_queue, 1)
+    at_least("default_max_tokens", default_max_tokens, 1)
+    limits = limits or RequestLimits()
     app = FastAPI(title="mlsys serve (PEARL)", docs_url=None, redoc_url=None)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
-    state = {"admitted": 0, "rejected_busy": 0, "created": int(time.time())}
+    tokenizer_pool = ThreadPoolExecutor(max_workers=limits.tokenize_threads, thread_name_prefix="tokenize")
+    state = {"admitted": 0, "rejected_busy": 0, "cancelled": 0, "created": int(time.time())}
     app.state.service, app.state.queue_state, app.state.executor = service, state, executor
+    max_prompt_chars = service.max_context * limits.max_chars_per_token
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
@@ -111,36 +150,71 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        if first.get("type") == "json_invalid":
-            return _error(400, f"malformed JSON body: {first.get('msg')}", None, "invalid_json")
-        message = f"{'.'.join(loc) or 'body'}: {first.get('msg')}"
-        return _error(400, message, ".".join(loc) or None, "invalid_value")
+        return _validation_response(exc.errors())
 
     @app.on_event("shutdown")
     async def _shutdown():
         executor.shutdown(wait=False, cancel_futures=True)
+        tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
     def check_key(request: Request) -> None:
         if api_key is None:
             return
         header = request.headers.get("authorization", "")
         given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not secrets.compare_digest(given.encode(), api_key.encode()):
+        if not secrets.compare_digest(given.encode("utf-8", "replace"), api_key.encode()):
             raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
                            code="invalid_api_key", kind="authentication_error")
 
+    async def read_body(request: Request, model: type[BaseModel]) -> Any:
+        """Size (declared, then counted), arrival time, JSON, depth and unicode, then the fields."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limits.max_body_bytes:
+            raise APIError(413, f"the body is {int(declared)} bytes; at most {limits.max_body_bytes} are accepted",
+                           code="body_too_large")
+        chunks: list[bytes] = []
+        size = 0
+
+        async def pull() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    raise APIError(413, f"the body is over {limits.max_body_bytes} bytes", code="body_too_large")
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(pull(), limits.body_timeout_s)
+        except TimeoutError:
+            raise APIError(408, f"the body did not arrive within {limits.body_timeout_s} s",
+                           code="request_timeout") from None
+        except ClientDisconnect:
+            raise APIError(400, "the client disconnected before sending the whole body",
+                           code="client_disconnected") from None
+        payload = parse_json(b"".join(chunks), limits.max_json_depth)
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            raise _validation_api_error(exc.errors()) from None
+
     def resolve(body: _Sampling, prompt_ids: list[int], max_tokens: Optional[int]) -> GenerationRequest:
-        if body.model != service.model_name:
-            raise APIError(404, f"model {body.model!r} does not exist; this server serves {service.model_name!r}",
-                           "model", "model_not_found")
         max_tokens = max_tokens or default_max_tokens
         if len(prompt_ids) + max_tokens > service.max_context:
             raise APIError(400, f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds "
                                 f"the context of {service.max_context} tokens", "max_tokens", "context_length_exceeded")
         params = SamplingParams(temperature=body.temperature, top_p=body.top_p)
         return GenerationRequest(prompt_ids, max_tokens, params, list(body.stop or []), body.seed)
+
+    def check_model_and_length(body: _Sampling, prompt_chars: int, param: str) -> None:
+        if body.model != service.model_name:
+            raise APIError(404, f"model {body.model!r} does not exist; this server serves {service.model_name!r}",
+                           "model", "model_not_found")
+        if prompt_chars > max_prompt_chars:
+            raise APIError(400, f"the prompt has {prompt_chars} characters; the context of {service.max_context} "
+                                f"tokens holds at most {max_prompt_chars}", param, "context_length_exceeded")
+
+    async def off_loop(pool: ThreadPoolExecutor, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     @app.get("/health")
     async def health():
@@ -153,19 +227,24 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
             {"id": service.model_name, "object": "model", "created": state["created"], "owned_by": "mlsys"}]}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(request: Request):
         check_key(request)
-        gen = resolve(body, service.codec.encode(body.prompt), body.max_tokens)
-        return await respond(body, gen, chat=False)
+        body = await read_body(request, CompletionRequest)
+        check_model_and_length(body, len(body.prompt), "prompt")
+        prompt_ids = await off_loop(tokenizer_pool, service.codec.encode, body.prompt)
+        return await respond(request, body, resolve(body, prompt_ids, body.max_tokens), chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest, request: Request):
+    async def chat_completions(request: Request):
         check_key(request)
+        body = await read_body(request, ChatRequest)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        gen = resolve(body, service.codec.chat_prompt(messages), body.max_completion_tokens or body.max_tokens)
-        return await respond(body, gen, chat=True)
+        check_model_and_length(body, sum(len(m["content"]) for m in messages), "messages")
+        prompt_ids = await off_loop(tokenizer_pool, service.codec.chat_prompt, messages)
+        gen = resolve(body, prompt_ids, body.max_completion_tokens or body.max_tokens)
+        return await respond(request, body, gen, chat=True)
 
-    async def respond(body: _Sampling, gen: GenerationRequest, chat: bool):
+    async def respond(request: Request, body: _Sampling, gen: GenerationRequest, chat: bool):
         if state["admitted"] >= max_queue:
             state["rejected_busy"] += 1
             raise APIError(503, f"server busy: {max_queue} requests already queued, retry later",
@@ -177,11 +256,18 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return _AdmittedStream(sse(gen, rid, chat, include_usage, release), release,
                                    media_type="text/event-stream")
+        cancelled = threading.Event()
+        watcher = asyncio.ensure_future(_wait_for_disconnect(request, cancelled))
         try:
-            loop = asyncio.get_running_loop()
-            text, stats = await loop.run_in_executor(executor, service.complete, gen)
+            text, stats = await off_loop(executor, service.complete, gen, cancelled.is_set)
+        except asyncio.CancelledError:  # the server is stopping (drain time over) or the task was cancelled
+            cancelled.set()
+            raise
         finally:
+            watcher.cancel()
             release()
+        if cancelled.is_set():
+            state["cancelled"] += 1
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": stats.finish_reason}
                   if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": stats.finish_reason})
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
@@ -192,12 +278,12 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stats = DecodeStats(method=service.decoder.method)
-        cancelled = {"flag": False}
+        cancelled = threading.Event()
         done = object()
 
         def work():
             try:
-                for delta in service.stream(gen, stats, cancelled=lambda: cancelled["flag"]):
+                for delta in service.stream(gen, stats, cancelled=cancelled.is_set):
                     loop.call_soon_threadsafe(queue.put_nowait, delta)
             except BaseException as exc:  # surfaced to the client as an error event
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
@@ -217,6 +303,7 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
                            "choices": [choice]})
 
         future = loop.run_in_executor(executor, work)
+        finished = False
         try:
             if chat:
                 yield chunk(None, first=True)
@@ -233,12 +320,77 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
                 yield _event({"id": rid, "object": kind, "created": created, "model": service.model_name,
                               "choices": [], "usage": _usage(stats)})
             yield "data: [DONE]\n\n"
+            finished = True
         finally:
-            cancelled["flag"] = True  # a client that went away stops the decode at the next round
+            if not finished:
+                cancelled.set()  # a client that went away: skipped if still queued, else stops at the next round
+                state["cancelled"] += 1
             release()
-            await asyncio.shield(future)
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # never an unobserved exception
 
     return app
+
+
+async def _wait_for_disconnect(request: Request, cancelled: threading.Event) -> None:
+    """Sets `cancelled` when the client goes away (the body has been read: the next message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancelled.set()
+            return
+
+
+def parse_json(raw: bytes, max_depth: int) -> Any:
+    """JSON that Python can hold safely: no NaN/Infinity, at most `max_depth` levels, valid UTF-8 text."""
+    def no_constants(name: str):
+        raise ValueError(f"{name} is not a valid JSON number")
+
+    try:
+        payload = json.loads(raw, parse_constant=no_constants)
+    except RecursionError:
+        raise APIError(400, f"the JSON body nests deeper than {max_depth} levels", code="json_too_deep") from None
+    except UnicodeDecodeError as exc:
+        raise APIError(400, f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                       code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, and ints past Python's digit limit
+        raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+    stack = [(payload, 1, "body")]
+    while stack:  # iterative: a deep body must not overflow this walk either
+        node, depth, where = stack.pop()
+        if isinstance(node, str):
+            _check_text(node, where)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise APIError(400, f"{where}: {node} is not a valid JSON number", where, "invalid_value")
+        elif isinstance(node, (dict, list)):
+            if depth > max_depth:
+                raise APIError(400, f"the JSON body nests deeper than {max_depth} levels", code="json_too_deep")
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, value in items:
+                if isinstance(key, str):
+                    _check_text(key, where)
+                stack.append((value, depth + 1, f"{where}.{key}" if where != "body" else str(key)))
+    return payload
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(400, f"{where}: invalid unicode: a lone surrogate \\u{ord(text[exc.start]):04x} at character "
+                            f"{exc.start} (surrogates must come in pairs)", where, "invalid_unicode") from None
+
+
+def _validation_api_error(errors: list) -> APIError:
+    first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return APIError(400, f"malformed JSON body: {first.get('msg')}", None, "invalid_json")
+    return APIError(400, f"{'.'.join(loc) or 'body'}: {first.get('msg')}", ".".join(loc) or None, "invalid_value")
+
+
+def _validation_response(errors: list) -> JSONResponse:
+    exc = _validation_api_error(errors)
+    return _error(exc.status, exc.message, exc.param, exc.code, exc.kind)
 
 
 class _Release:
@@ -272,8 +424,6 @@ class _AdmittedStream(StreamingResponse):
 
 
 def _event(payload: dict) -> str:
-    import json
-
     return f"data: {json.dumps(payload)}\n\n"
 
 

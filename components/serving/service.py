@@ -15,6 +15,8 @@ from components.decoding.sampling import SamplingParams
 from components.llm.base import StopFilter
 from components.serving.text import IncrementalDetokenizer, TextCodec
 
+DECODER_SEED_RANGE = 2**32
+
 
 @dataclass
 class GenerationRequest:
@@ -34,6 +36,7 @@ class ServiceCounters:
     draft_tokens_accepted: int = 0
     target_forwards: int = 0
     decode_seconds: float = 0.0
+    cancelled: int = 0  # requests whose client went away: skipped while queued, or stopped mid-decode
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -57,22 +60,37 @@ class GenerationService:
 
     def stream(self, request: GenerationRequest, stats: DecodeStats,
                cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
-        """Text deltas of the completion (stop strings applied); `stats` is filled as it runs."""
-        seed = request.seed if request.seed is not None else next(self._seeds)
+        """Text deltas of the completion (stop strings applied); `stats` is filled as it runs.
+
+        `cancelled()` is checked before decoding starts and after every round: a request whose
+        client has gone stops there (finish_reason 'cancelled')."""
+        if cancelled():
+            stats.finish_reason = "cancelled"
+            self.counters.cancelled += 1
+            return
+        # The API's seed is any int64; the decoders derive per-round seeds from it, so fold it into 32 bits.
+        seed = request.seed % DECODER_SEED_RANGE if request.seed is not None else next(self._seeds)
         detok = IncrementalDetokenizer(self.codec)
         stop_filter = StopFilter(request.stop)
         with self._lock:
             tokens = self.decoder.stream(request.prompt_ids, request.max_tokens, request.params, seed,
                                          self.codec.eos_ids, stats)
+            gone = False
             try:
                 for chunk in tokens:
                     text = stop_filter.feed(detok.push([t for t in chunk if t not in self.codec.eos_ids]))
                     if text:
                         yield text
-                    if stop_filter.stopped or cancelled():
+                    gone = cancelled()
+                    if stop_filter.stopped or gone:
                         break
             finally:
                 tokens.close()  # the decoder's own bookkeeping (finish_reason, timings) runs here
+            if gone and not stop_filter.stopped:
+                stats.finish_reason = "cancelled"
+                self.counters.cancelled += 1
+                self._account(stats)
+                return
             if stop_filter.stopped:
                 stats.finish_reason = "stop"
             if not stop_filter.stopped:
@@ -81,9 +99,10 @@ class GenerationService:
                     yield rest
             self._account(stats)
 
-    def complete(self, request: GenerationRequest) -> tuple[str, DecodeStats]:
+    def complete(self, request: GenerationRequest,
+                 cancelled: Callable[[], bool] = lambda: False) -> tuple[str, DecodeStats]:
         stats = DecodeStats(method=self.decoder.method)
-        return "".join(self.stream(request, stats)), stats
+        return "".join(self.stream(request, stats, cancelled)), stats
 
     def _account(self, stats: DecodeStats) -> None:
         c = self.counters

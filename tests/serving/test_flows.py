@@ -48,8 +48,13 @@ def test_decode_bench_flow_logs_every_method(prefect_harness, flow_overrides, ml
     assert all(set(point["measured"]) == {"pearl_vs_ar", "pearl_vs_sd", "both"} for point in alpha_map["curve"])
 
 
-@pytest.mark.parametrize("bad, fragment", [(["decoding=beam"], "beam"), (["models.nonsense=1"], "nonsense"),
-                                           (["port=abc"], "port")])
+@pytest.mark.parametrize("bad, fragment", [
+    (["decoding=beam"], "beam"), (["models.nonsense=1"], "nonsense"), (["port=abc"], "port"),
+    (["port=-5"], "port=-5: must be 1-65535"), (["port=65536"], "port=65536"), (["max_queue=-1"], "max_queue=-1"),
+    (["max_queue=0"], "max_queue=0"), (["max_connections=0"], "max_connections"), (["drain_s=-1"], "drain_s"),
+    (["decoding.method=beam"], "decoding.method"), (["decoding.gamma=0"], "decoding.gamma"),
+    (["models.target=gpt9"], "models.target"), (["load_test_requests=300", "max_queue=10"], "load_test_requests"),
+    (["max_body_bytes=10"], "max_body_bytes"), (["header_timeout_s=0"], "header_timeout_s")])
 def test_bad_config_fails_at_composition(bad, fragment):
     with pytest.raises(Exception, match=fragment):
         compose("serve", bad)
