@@ -243,8 +243,11 @@ def _reference_states(iters: int, n_embd: int) -> dict[int, dict]:
     return states
 
 
-def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
-    iters, n_embd = 60, 192  # ~11 MB checkpoints, one per step: long enough that no kill finds it done
+@pytest.mark.parametrize("unaligned", [False, True], ids=["aligned", "unaligned"])
+def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unaligned):
+    # ~11 MB checkpoints, one per step: long enough that no kill finds it done. Unaligned: an odd
+    # width (760-byte biases) and an int64 scalar as the last tensor, so the shard ends off 64 bytes.
+    iters, n_embd = 60, 190 if unaligned else 192
     rng = random.Random(0)
     folder = tmp_path / "ckpt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -256,7 +259,7 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
     for kill in range(12):
         if kill >= 3 and torn_seen:
             break
-        proc = subprocess.Popen(child + ["1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(child + ["1", str(int(unaligned))], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "started", proc.stderr.read()
         time.sleep(rng.uniform(0.1, 0.8))  # somewhere in training: mid-copy, mid-flush or mid-commit
@@ -269,6 +272,8 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
             continue
         state = load_checkpoint(latest)  # checksums verified
         step = state["step"]
+        if unaligned:
+            assert state["extra"]["tail"].item() == step
         m, o, s, g = _tiny.fresh(iters, n_embd)
         restore_state(state, m, o, s, g)
         _tiny.assert_bitwise_equal(reference[step], _tiny.flat_state(m, o))
@@ -277,7 +282,8 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
     assert torn_seen >= 1, "no kill landed while a checkpoint was in flight"
     # Resume after the last crash and finish: identical to training that never crashed.
     done = tmp_path / "done"
-    subprocess.run(child + ["1", str(done)], cwd=ROOT, env=env, check=True, timeout=300, capture_output=True)
+    subprocess.run(child + ["1", str(int(unaligned)), str(done)], cwd=ROOT, env=env, check=True, timeout=300,
+                   capture_output=True)
     final = load_checkpoint(latest_checkpoint(folder))
     assert final["step"] == iters
     m, o, s, g = _tiny.fresh(iters, n_embd)
