@@ -62,6 +62,13 @@ class _Piece:
     region: Region | None = None  # host-buffer region (edges, eager and copied pieces)
     host: torch.Tensor | None = None  # uint8 view of that region
     edges: list = field(default_factory=list)  # edge runs: (file start, file end, tensor bytes, tensor offset)
+    shared: _Shared | None = None  # a region staged together with other pieces
+
+
+@dataclass(eq=False)
+class _Shared:
+    region: Region
+    pieces_left: int
 
 
 @dataclass
@@ -267,7 +274,7 @@ class LazyAsyncCheckpointer:
                 self.pool = None
             self.pool = HostBufferPool(capacity, pin_memory=self.use_cuda, alignment=BLOCK)
         job.pool = self.pool
-        largest = max(p.nbytes for p in job.pieces)
+        largest = max([p.nbytes for p in job.lazy] + [sum(p.nbytes for p in runs), sum(p.nbytes for p in eager_pieces)])
         if largest > self.pool.capacity:
             raise CheckpointError(f"checkpoint of step {step}: a {largest}-byte piece does not fit the host buffer "
                                   f"of {self.pool.capacity} bytes: raise host_buffer_bytes")
@@ -286,7 +293,7 @@ class LazyAsyncCheckpointer:
         # Edge blocks (header, tensors' partial blocks, small tensors) and tensors no optimizer
         # guards are staged now: the caller may change them as soon as save() returns.
         edge_runs = [p for p in job.pieces if p.src is None]
-        self._stage(job, edge_runs, lambda run: self._compose_edges(run, header))
+        self._stage(job, edge_runs, lambda run: self._compose_edges(run, header), zero=True)
         self._stage(job, eager_pieces, lambda piece: piece.host.copy_(piece.src))
         record.request_blocked_s = time.perf_counter() - start
         return record
@@ -350,25 +357,31 @@ class LazyAsyncCheckpointer:
         return 0 if self.pool is None else self.pool.capacity
 
     # ---------------------------------------------------------------- capture
-    def _stage(self, job: _Job, pieces: list[_Piece], fill) -> None:
-        """Give each piece a host-buffer region, fill it, and hand it to the flush threads."""
+    def _stage(self, job: _Job, pieces: list[_Piece], fill, zero: bool = False) -> None:
+        """Fill pieces in one shared host-buffer region and hand them to the flush threads together."""
+        if not pieces:
+            return
+        shared = _Shared(job.pool.allocate(sum(p.nbytes for p in pieces)), len(pieces))  # may wait (backpressure)
+        host, offset = job.pool.view(shared.region), 0
+        if zero:  # padding between tensors is written as zeros, not stale buffer bytes
+            host.zero_()
         for piece in pieces:
-            piece.region = job.pool.allocate(piece.nbytes)  # may wait for the flush (backpressure)
-            piece.host = job.pool.view(piece.region)
+            piece.shared, piece.host = shared, host[offset:offset + piece.nbytes]
+            offset += piece.nbytes
             if job.error is None:
                 try:
                     fill(piece)
                 except BaseException as exc:  # noqa: BLE001 - reported to the training thread
                     self._fail(job, exc)
-            with self._cond:
+        with self._cond:
+            for piece in pieces:
                 piece.state = HOST
                 job.host_fifo.append(piece)
-                job.record.copied_bytes += piece.nbytes
-                self._cond.notify_all()
+            job.record.copied_bytes += offset
+            self._cond.notify_all()
 
     @staticmethod
     def _compose_edges(run: _Piece, header: bytes) -> None:
-        run.host.zero_()
         if run.file_offset == 0:
             run.host[:len(header)].copy_(torch.frombuffer(bytearray(header), dtype=torch.uint8))
         for a, b, raw, f in run.edges:  # the bytes of each tensor that fall into this run's blocks
@@ -495,6 +508,12 @@ class LazyAsyncCheckpointer:
                 self._cond.notify_all()
             if piece.region is not None:
                 job.pool.release(piece.region)
+            elif piece.shared is not None:
+                with self._cond:
+                    piece.shared.pieces_left -= 1
+                    last = piece.shared.pieces_left == 0
+                if last:
+                    job.pool.release(piece.shared.region)
             if finished:
                 self._commit_q.put(job)
 
