@@ -14,8 +14,9 @@ Every method trains the same model with the same AdamW state and data, writes th
 (model + optimizer state_dicts) and makes it durable (fsync) in the same folder. Repeats x ks x
 methods alternate: every round runs each method once, in an order rotated per round. Variants of
 the lazy checkpointer measure its choices against each other: `lazy_async_copy_ahead` copies the
-whole state to the host buffer at once (instead of only what the flush will not reach before the
-next step), `lazy_async_buffered_io` writes through the page cache (instead of O_DIRECT), and
+whole state to the host buffer at once and `lazy_async_copy_at_step` only what is left when the step
+is due (instead of only what the flush will not reach before the next step, as predicted from the
+measured bandwidth and window), `lazy_async_buffered_io` writes through the page cache (instead of O_DIRECT), and
 `lazy_async_normal_priority` runs its threads at the training's priority (instead of nice +10).
 The same checkpointer also runs on 2 gloo ranks (each writes its shard, two-phase commit, bitwise
 restore of both ranks).
@@ -44,16 +45,17 @@ BASELINES = ["torch_save", "naive_async", "dcp_async"]
 LAZY_VARIANTS = {  # name -> LazyAsyncCheckpointer options
     "lazy_async": {},
     "lazy_async_copy_ahead": {"copy_policy": "ahead"},
+    "lazy_async_copy_at_step": {"copy_policy": "at_step"},
     "lazy_async_buffered_io": {"direct_io": False},
     "lazy_async_normal_priority": {"thread_nice": 0},
 }
 METHODS = ["none", *BASELINES, *LAZY_VARIANTS]
-DEFAULT_METHODS = [m for m in METHODS if m != "lazy_async_normal_priority"]  # priority: --methods to add it
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # The full run's workload: a 7.3M-parameter GPT (16384-token vocabulary, 4 layers x 256), batch 2 x 64:
 # ~88 MB of checkpoint (fp32 weights + AdamW moments) per ~0.1 s iteration on 2 cores, so that writing
 # one checkpoint costs about one iteration at this disk's speed (k=1 sits at the edge of disk-bound)
-# and 3 repeats x 4 ks x 8 methods x 50 iterations fit in ~15 minutes.
+# and 3 repeats x 4 ks x 9 methods x 50 iterations fit in ~12 minutes (the 1.6 GB SmolLM2 state,
+# `--model smollm2`, needs ~1.5 s per iteration and several minutes per torch.save run at k=1).
 WORKLOAD = {"vocab": 16384, "n_layer": 4, "n_embd": 256, "batch": 2, "block": 64}
 
 
@@ -398,7 +400,7 @@ def main(argv=None) -> None:
     extra.add_argument("--iters", type=int, default=None, help="timed iterations per run (default 12 quick, 50 full)")
     extra.add_argument("--repeats", type=int, default=None, help="rounds over every (k, method) (1 quick, 3 full)")
     extra.add_argument("--ks", default=None, help="checkpoint every k iterations (default 1,5 quick, 1,2,5,10 full)")
-    extra.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    extra.add_argument("--methods", default=",".join(METHODS))
     extra.add_argument("--batch", type=int, default=WORKLOAD["batch"])
     extra.add_argument("--block", type=int, default=WORKLOAD["block"], help="tokens per sequence")
     extra.add_argument("--dir", default=None, help="where checkpoints are written (default data/benchmarks/...)")

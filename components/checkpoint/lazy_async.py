@@ -2,17 +2,24 @@
 
 Parameters and optimizer state do not change during the forward and backward passes; only the
 optimizer step mutates them. So a checkpoint requested at an iteration boundary is *not* copied
-there: `save()` only lays the tensors out in a pre-allocated host buffer and hands them to a copy
-thread, which copies them while the next forward/backward runs. A pre-step hook on the optimizer
-(`attach`) blocks the next update until the copy is complete, so no tensor is mutated before it is
-captured. As each piece lands in host memory, flush threads stream it to its offset in the shard
-file (header of dtype/shape/offset first). When every piece is written the shard is fsynced, the
-rank votes, and rank 0 commits (COMMIT marker, fsync, atomic rename) once all ranks voted; then the
-oldest checkpoints beyond `keep_last` are removed.
+there. `save()` lays the state out (header of dtype/shape/offset, each tensor at the same offset
+within a 4 KiB block in the file as in memory) and returns; flush threads then write each tensor's
+whole blocks straight from its own memory with O_DIRECT while the next forward/backward runs (no
+CPU copy, no page cache; buffered writes where the file system refuses O_DIRECT). Only what the
+flush has not reached when the next step is due is copied to the host buffer: a copier thread
+copies, from the end of the state, just the bytes the measured bandwidth will not write in the
+measured window, and a pre-step hook on the optimizer (`attach`) copies whatever is still left and
+waits for live reads in flight. So no tensor is mutated before it is captured. Tensors that are not
+an attached optimizer's parameters or state (BatchNorm statistics, which forward updates; anything
+when no optimizer is attached) and every tensor's partial edge blocks are copied at save().
 
-Levels: device -> host buffer (pinned on CUDA; a dedicated copy stream waits on an event recorded
-on the compute stream, so the copy reads finished values) -> file. Where the reference code leaves
-gaps (no fsync, no stream/event ordering) this one closes them.
+When every block is written the shard is fsynced, the rank votes, and rank 0 commits (COMMIT
+marker, fsync, atomic rename) once all ranks voted; then the oldest checkpoints beyond `keep_last`
+are removed. The host buffer is one checkpoint by default (a ring with FIFO release: a full ring is
+backpressure); background threads run at a lower priority than the caller. On CUDA the tensors are
+copied to the pinned host buffer on a dedicated copy stream that waits on an event recorded on the
+compute stream. Where the reference code leaves gaps (no fsync, no stream/event ordering) this one
+closes them.
 """
 from __future__ import annotations
 
@@ -429,18 +436,22 @@ class LazyAsyncCheckpointer:
                 self._maybe_captured(job)
                 self._cond.notify_all()
 
-    def _copy_need(self, job: _Job) -> float:
-        """Under self._cond: bytes the flush will not have written live when the step comes."""
+    def _copy_need(self, job: _Job) -> tuple[float, float | None]:
+        """Under self._cond: bytes the flush will not have written live when the step comes, and if
+        none, how long until there may be some (None: until something changes)."""
         if job.frozen or not job.new_bytes:
-            return 0.0
+            return 0.0, None
         if self.copy_policy == "ahead" or not job.on_cpu:  # a device tensor is always copied out
-            return float(job.new_bytes)
+            return float(job.new_bytes), None
         if self.copy_policy == "at_step":
-            return 0.0
+            return 0.0, None
         if self._window_s is None or self._live_bw is None:  # no measurement yet: copy ahead
-            return float(job.new_bytes)
+            return float(job.new_bytes), None
+        rate = 0.75 * self._live_bw  # 25% margin for the estimate
         left = self._window_s - (time.perf_counter() - job.record.requested_at)
-        return job.new_bytes - 0.75 * self._live_bw * max(0.0, left)  # 25% margin for the estimate
+        need = job.new_bytes - rate * max(0.0, left)
+        # Without a new write, need turns positive when left < new_bytes / rate: sleep until then.
+        return need, max(0.001, left - job.new_bytes / max(rate, 1.0))
 
     def _copy_loop(self) -> None:
         while True:
@@ -451,8 +462,9 @@ class LazyAsyncCheckpointer:
                 if job is None:
                     self._cond.wait()
                     continue
-                if self._copy_need(job) <= 0:
-                    self._cond.wait(0.002)  # re-evaluated as the window runs out
+                need, sleep_s = self._copy_need(job)
+                if need <= 0:
+                    self._cond.wait(sleep_s)  # woken early by any state change (a write, the step)
                     continue
                 todo = self._claim_new(job, from_back=True, count=1)
             self._copy(job, todo)

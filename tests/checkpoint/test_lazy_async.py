@@ -318,3 +318,33 @@ def test_two_rank_gloo_save_and_restore(tmp_path):
     assert sorted(p.name for p in (folder / "step_00000003").glob("*.shard")) == ["rank00000.shard",
                                                                                   "rank00001.shard"]
     assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+def _mount_small_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, check=False).returncode == 0
+
+
+def test_no_space_left_names_the_folder_free_and_needed_sizes(tmp_path):
+    small = tmp_path / "small"
+    if not _mount_small_tmpfs(small, "4m"):
+        pytest.skip("needs root to mount a 4 MB tmpfs")
+    try:
+        folder = small / "ckpt"
+        with LazyAsyncCheckpointer(folder, keep_last=3) as ckpt:
+            ckpt.save(1, {"w": torch.arange(1000, dtype=torch.float32)})
+            ckpt.wait()
+            ckpt.save(2, {"w": torch.zeros(2_000_000)})  # 8 MB: does not fit
+            with pytest.raises(CheckpointError) as info:
+                ckpt.wait()
+        message = str(info.value)
+        assert f"no space left on {folder}" in message and "MB free, checkpoint needs 8.0 MB" in message
+        assert "step 2" in message
+        assert [p.name for p in list_checkpoints(folder)] == ["step_00000001"]
+        assert torch.equal(load_checkpoint(folder / "step_00000001")["w"], torch.arange(1000, dtype=torch.float32))
+        assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
