@@ -51,10 +51,10 @@ LAZY_VARIANTS = {  # name -> LazyAsyncCheckpointer options
 }
 METHODS = ["none", *BASELINES, *LAZY_VARIANTS]
 PAGE = os.sysconf("SC_PAGE_SIZE")
-# The full run's workload: a 7.3M-parameter GPT (16384-token vocabulary, 4 layers x 256), batch 2 x 64:
-# ~88 MB of checkpoint (fp32 weights + AdamW moments) per ~0.1 s iteration on 2 cores, so that writing
+# The full run's workload: a 7.4M-parameter GPT (16384-token vocabulary, 4 layers x 256), batch 2 x 64:
+# ~88 MB of checkpoint (fp32 weights + AdamW moments) per ~55 ms iteration on 2 cores, so that writing
 # one checkpoint costs about one iteration at this disk's speed (k=1 sits at the edge of disk-bound)
-# and 3 repeats x 4 ks x 9 methods x 50 iterations fit in ~12 minutes (the 1.6 GB SmolLM2 state,
+# and 3 repeats x 4 ks x 9 methods x 50 iterations fit in ~7 minutes (the 1.6 GB SmolLM2 state,
 # `--model smollm2`, needs ~1.5 s per iteration and several minutes per torch.save run at k=1).
 WORKLOAD = {"vocab": 16384, "n_layer": 4, "n_embd": 256, "batch": 2, "block": 64}
 
@@ -425,6 +425,8 @@ def main(argv=None) -> None:
     setup = {"model": known.model, "params": params, "checkpoint_bytes": nbytes, "iters_per_run": iters,
              "batch": known.batch, "block": known.block, "device": device, "repeats": repeats, "methods": methods,
              "workload": WORKLOAD if known.model == "gpt" else "SmolLM2-135M-Instruct",
+             "workload_why": "one checkpoint takes about one iteration to write on this disk, the ratio of SmolLM2 "
+                             "fine-tuning (1.6 GB per ~1.5 s iteration), in minutes instead of over an hour",
              "load_at_start": Path("/proc/loadavg").read_text().split()[:3]}
     runs: dict[str, dict[str, list]] = {m: {str(k): [] for k in ks} for m in methods}
     bandwidth: list[dict] = []
