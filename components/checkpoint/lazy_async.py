@@ -2,20 +2,29 @@
 
 Parameters and optimizer state do not change during the forward and backward passes; only the
 optimizer step mutates them. So a checkpoint requested at an iteration boundary is *not* copied
-there: `save()` only lays the tensors out in a pre-allocated host buffer and hands them to a copy
-thread, which copies them while the next forward/backward runs. A pre-step hook on the optimizer
-(`attach`) blocks the next update until the copy is complete, so no tensor is mutated before it is
-captured. As each piece lands in host memory, flush threads stream it to its offset in the shard
-file (header of dtype/shape/offset first). When every piece is written the shard is fsynced, the
-rank votes, and rank 0 commits (COMMIT marker, fsync, atomic rename) once all ranks voted; then the
-oldest checkpoints beyond `keep_last` are removed.
+there. `save()` lays the state out (header of dtype/shape/offset, each tensor at the same offset
+within a 4 KiB block in the file as in memory) and returns; flush threads then write each tensor's
+whole blocks straight from its own memory with O_DIRECT while the next forward/backward runs (no
+CPU copy, no page cache; buffered writes where the file system refuses O_DIRECT). Only what the
+flush has not reached when the next step is due is copied to the host buffer: a copier thread
+copies, from the end of the state, just the bytes the measured bandwidth will not write in the
+measured window, and a pre-step hook on the optimizer (`attach`) copies whatever is still left and
+waits for live reads in flight. So no tensor is mutated before it is captured. Tensors that are not
+an attached optimizer's parameters or state (BatchNorm statistics, which forward updates; anything
+when no optimizer is attached) and every tensor's partial edge blocks are copied at save().
 
-Levels: device -> host buffer (pinned on CUDA; a dedicated copy stream waits on an event recorded
-on the compute stream, so the copy reads finished values) -> file. Where the reference code leaves
-gaps (no fsync, no stream/event ordering) this one closes them.
+When every block is written the shard is fsynced, the rank votes, and rank 0 commits (COMMIT
+marker, fsync, atomic rename) once all ranks voted; then the oldest checkpoints beyond `keep_last`
+are removed. The host buffer is one checkpoint by default (a ring with FIFO release: a full ring is
+backpressure); background threads run at a lower priority than the caller. On CUDA the tensors are
+copied to the pinned host buffer on a dedicated copy stream that waits on an event recorded on the
+compute stream. Where the reference code leaves gaps (no fsync, no stream/event ordering) this one
+closes them.
 """
 from __future__ import annotations
 
+import bisect
+import errno
 import json
 import os
 import queue
@@ -24,6 +33,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -35,15 +45,37 @@ from components.checkpoint.host_pool import HostBufferPool, Region
 from components.checkpoint.layout import CheckpointError
 
 _STOP = object()
+BLOCK = 4096  # direct I/O granularity: every write covers whole blocks at block-aligned file offsets
+COPY_POLICIES = ("just_in_time", "ahead", "at_step")
+NEW, LIVE, COPYING, HOST, DONE = range(5)  # a piece's life: read live, or copied to the host buffer first
 
 
-@dataclass
+def _up(n: int, to: int = BLOCK) -> int:
+    return (n + to - 1) // to * to
+
+
+def _down(n: int, to: int = BLOCK) -> int:
+    return n // to * to
+
+
+@dataclass(eq=False)
 class _Piece:
-    src: torch.Tensor  # flat view of (part of) a live tensor
-    dst: torch.Tensor  # the matching bytes of the host buffer, viewed with the tensor's dtype
+    """Whole blocks [file_offset, file_offset + nbytes) of the shard, written by one pwrite."""
+
     file_offset: int
     nbytes: int
-    event: Any = None  # CUDA: recorded on the copy stream after this piece's copy
+    src: torch.Tensor | None = None  # uint8 view of the live tensor bytes these blocks hold
+    state: int = NEW
+    region: Region | None = None  # host-buffer region (edges, eager and copied pieces)
+    host: torch.Tensor | None = None  # uint8 view of that region
+    edges: list = field(default_factory=list)  # edge runs: (file start, file end, tensor bytes, tensor offset)
+    shared: _Shared | None = None  # a region staged together with other pieces
+
+
+@dataclass(eq=False)
+class _Shared:
+    region: Region
+    pieces_left: int
 
 
 @dataclass
@@ -53,37 +85,47 @@ class CheckpointRecord:
     step: int
     nbytes: int
     requested_at: float
-    request_blocked_s: float = 0.0  # inside save(): layout + waiting for buffer space
-    wait_blocked_s: float = 0.0  # inside the pre-step hook: waiting for the copy to finish
-    snapshot_s: float = float("nan")  # request -> all bytes in host memory
+    request_blocked_s: float = 0.0  # inside save(): layout, edge blocks, waiting for buffer space
+    wait_blocked_s: float = 0.0  # inside the pre-step hook: copying what is not written yet
+    snapshot_s: float = float("nan")  # request -> every byte on storage or in host memory
     durable_s: float = float("nan")  # request -> committed (fsynced, renamed)
-    path: Optional[str] = None
+    path: str | None = None
+    live_bytes: int = 0  # written straight from the tensors' own memory
+    copied_bytes: int = 0  # copied to the host buffer first (edges, mutable tensors, what the step would change)
+    direct_io: bool = False  # the shard was written with O_DIRECT
 
     @property
     def blocked_s(self) -> float:
         return self.request_blocked_s + self.wait_blocked_s
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     step: int
     record: CheckpointRecord
-    region: Region
-    pieces: list[_Piece]
-    header: bytes
     skeleton: bytes
     tmp_dir: Path
     final_dir: Path
     file_size: int
+    pieces: list[_Piece] = field(default_factory=list)  # every write, file order
+    lazy: list[_Piece] = field(default_factory=list)  # read from live tensors (NEW at save), file order
+    host_fifo: deque = field(default_factory=deque)  # pieces in the host buffer, waiting to be written
+    front: int = 0  # lazy[front:back + 1] may still be NEW: flush takes the front, the copier the back
+    back: int = -1
+    new_bytes: int = 0
+    busy: int = 0  # lazy pieces being read live or copied
+    done: int = 0
+    frozen: bool = False  # the step is due: nothing more is read live
+    on_cpu: bool = True  # the lazily read tensors are in host memory (else: copied to the host buffer)
+    written_in_window: int = 0
     compute_event: Any = None
     snapshot_done: threading.Event = field(default_factory=threading.Event)
-    written: threading.Event = field(default_factory=threading.Event)
-    remaining: int = 0  # pieces not yet through the flush stage
-    queued: int = 0  # pieces handed to the flush stage by the copy stage
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    fd: Optional[int] = None
-    error: Optional[BaseException] = None
+    opened: threading.Lock = field(default_factory=threading.Lock)
+    fd: int | None = None
+    fd_direct: int | None = None
+    error: BaseException | None = None
     crc: dict = field(default_factory=dict)
+    pool: Any = None  # the host buffer its pieces were staged in
 
 
 class LazyAsyncCheckpointer:
@@ -92,58 +134,82 @@ class LazyAsyncCheckpointer:
     Usage at each iteration boundary (after `optimizer.step()`):
         ckpt = LazyAsyncCheckpointer(folder, keep_last=2); ckpt.attach(optimizer)
         ckpt.save(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), ...})
-        ... next forward/backward overlap the copy; optimizer.step() first waits for it ...
+        ... next forward/backward overlap the flush; optimizer.step() first waits for the capture ...
         ckpt.wait()  # at the end: drain to storage (the final drain)
+
+    Only the parameters and state tensors of an `attach`ed optimizer are read lazily; every other
+    tensor (buffers that forward updates, anything without an attached optimizer) is copied at save().
+    `copy_policy`: what the background copier moves to the host buffer before the step:
+    "just_in_time" (what the flush will not reach in time, from measured bandwidth and window),
+    "ahead" (everything, at once), "at_step" (nothing: the pre-step hook copies the rest).
+    `direct_io`: O_DIRECT writes where the file system accepts them (buffered writes otherwise).
+    `thread_nice`: the background threads' niceness above the caller's (they yield to compute);
+    `background_cpus`: optional CPU set for them.
     """
 
-    def __init__(self, directory: str | Path, *, keep_last: int = 2, host_buffer_bytes: Optional[int] = None,
-                 buffer_slots: int = 2, flush_threads: int = 2, chunk_bytes: int = 64 << 20,
-                 fsync: bool = True, checksum: bool = False, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, commit_timeout_s: float = 600.0,
-                 device: Optional[str] = None, session: Optional[str] = None):
+    def __init__(self, directory: str | Path, *, keep_last: int = 2, host_buffer_bytes: int | None = None,
+                 buffer_slots: int = 1, flush_threads: int = 2, chunk_bytes: int = 4 << 20,
+                 fsync: bool = True, checksum: bool = False, rank: int | None = None,
+                 world_size: int | None = None, commit_timeout_s: float = 600.0,
+                 device: str | None = None, session: str | None = None, direct_io: bool = True,
+                 copy_policy: str = "just_in_time", thread_nice: int = 10,
+                 background_cpus: set[int] | None = None):
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         if buffer_slots < 1 or flush_threads < 1 or chunk_bytes < layout.ALIGN:
             raise ValueError("buffer_slots and flush_threads must be >= 1, chunk_bytes >= 64")
+        if copy_policy not in COPY_POLICIES:
+            raise ValueError(f"copy_policy must be one of {COPY_POLICIES}, got {copy_policy!r}")
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.host_buffer_bytes = host_buffer_bytes
         self.buffer_slots = buffer_slots
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = _up(chunk_bytes)
         self.fsync = fsync
         self.checksum = checksum
         self.commit_timeout_s = commit_timeout_s
+        self.direct_io = direct_io and hasattr(os, "O_DIRECT")
+        self.copy_policy = copy_policy
+        self.thread_nice = thread_nice
+        self.background_cpus = background_cpus
         self.rank, self.world_size = _rank_and_world(rank, world_size)
         self.use_cuda = (device or "").startswith("cuda") and torch.cuda.is_available()
         self.session = session or _agree_on_session(self.world_size)
         self.records: list[CheckpointRecord] = []
-        self.pool: Optional[HostBufferPool] = None
-        self._error: Optional[BaseException] = None
-        self._pending: Optional[_Job] = None
-        self._last_step: Optional[int] = None
+        self.pool: HostBufferPool | None = None
+        self._error: BaseException | None = None
+        self._pending: _Job | None = None
+        self._last_step: int | None = None
         self._hook_handles: list = []
-        self._copy_q: queue.Queue = queue.Queue()
-        self._flush_q: queue.Queue = queue.Queue()
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._jobs: deque[_Job] = deque()  # not yet fully written, oldest first
+        self._cond = threading.Condition()
+        self._stopping = False
         self._commit_q: queue.Queue = queue.Queue()
         self._inflight = 0
         self._inflight_cond = threading.Condition()
+        self._window_s: float | None = None  # save() -> next step, measured
+        self._live_bw: float | None = None  # bytes/s the flush wrote in that window, measured
         self._copy_stream = torch.cuda.Stream() if self.use_cuda else None
         self._prepare_directory()
-        self._threads = [threading.Thread(target=self._copy_loop, name="ckpt-copy", daemon=True),
-                         threading.Thread(target=self._commit_loop, name="ckpt-commit", daemon=True)]
-        self._threads += [threading.Thread(target=self._flush_loop, name=f"ckpt-flush{i}", daemon=True)
-                          for i in range(flush_threads)]
+        self._threads = [threading.Thread(target=self._background, args=(self._copy_loop,), name="ckpt-copy",
+                                          daemon=True),
+                         threading.Thread(target=self._background, args=(self._commit_loop,), name="ckpt-commit",
+                                          daemon=True)]
+        self._threads += [threading.Thread(target=self._background, args=(self._flush_loop,),
+                                           name=f"ckpt-flush{i}", daemon=True) for i in range(flush_threads)]
         for thread in self._threads:
             thread.start()
         self._closed = False
 
     # ---------------------------------------------------------------- public API
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Block every optimizer step until the pending snapshot has been copied."""
+        """Block every optimizer step until the pending snapshot is captured; its tensors are read lazily."""
         self._hook_handles.append(optimizer.register_step_pre_hook(lambda *_: self.wait_for_snapshot()))
+        self._optimizers.append(optimizer)
 
     def save(self, step: int, state: dict) -> CheckpointRecord:
-        """Request a checkpoint of `state` (tensors are captured lazily, before the next update)."""
+        """Request a checkpoint of `state` (optimizer-owned tensors are captured lazily, before the next update)."""
         self._raise_pending_error()
         start = time.perf_counter()
         if self._pending is not None:  # two saves with no optimizer step between them
@@ -151,36 +217,74 @@ class LazyAsyncCheckpointer:
         if self._last_step is not None and step <= self._last_step:
             raise ValueError(f"checkpoint steps must increase: {step} after {self._last_step}")
         skeleton, tensors = layout.split_state(state)
-        entries, pieces_spec, offset = [], [], 0
+        lazy_ok = self._optimizer_owned_storages()
+        specs, entries, cursor = [], [], 0
         for key, tensor in tensors:
             nbytes = tensor.numel() * tensor.element_size()
+            eager = not tensor.is_contiguous() or _storage_key(tensor) not in lazy_ok
+            flat = tensor.reshape(-1)  # a private copy when not contiguous
+            raw = flat.view(torch.uint8) if nbytes else flat
+            # Same offset within a block in memory and in the file: the tensor's whole blocks can be
+            # written by direct I/O straight from its own memory.
+            phase = raw.data_ptr() % BLOCK if raw.device.type == "cpu" and nbytes else 0
+            rel = cursor + phase
             entries.append({"key": key, "dtype": layout.dtype_name(tensor.dtype), "shape": list(tensor.shape),
-                            "offset": offset, "nbytes": nbytes})
-            pieces_spec.append((tensor, offset, nbytes))
-            offset = layout.align(offset + nbytes)
-        data_bytes = offset
+                            "offset": rel, "nbytes": nbytes})
+            specs.append((raw, rel, nbytes, eager))
+            cursor = _up(rel + nbytes) if nbytes else cursor
         header, data_start = _header_with_absolute_offsets(entries)
-        if self.pool is None:  # sized from the first checkpoint, then reused for the whole run
-            capacity = self.host_buffer_bytes or max(data_bytes, 1) * self.buffer_slots
-            self.pool = HostBufferPool(capacity, pin_memory=self.use_cuda)
-        region = self.pool.allocate(max(data_bytes, 1))
-        host = self.pool.view(region)
-        pieces = []
-        for tensor, rel, nbytes in pieces_spec:
-            src = tensor.reshape(-1) if tensor.is_contiguous() else tensor
-            dst = host[rel:rel + nbytes].view(tensor.dtype)
-            dst = dst if src.dim() == 1 else dst.view(tensor.shape)
-            step_elems = max(1, self.chunk_bytes // max(1, tensor.element_size())) if src.dim() == 1 else src.numel()
-            for a in range(0, max(1, src.numel()), step_elems):
-                b = min(src.numel(), a + step_elems)
-                s, d = (src[a:b], dst[a:b]) if src.dim() == 1 else (src, dst)
-                pieces.append(_Piece(s, d, data_start + rel + a * tensor.element_size(),
-                                     (b - a) * tensor.element_size()))
+        file_size = data_start + cursor
         name = layout.step_dirname(step)
-        record = CheckpointRecord(step, data_start + data_bytes, requested_at=start)
-        job = _Job(step, record, region, pieces, header, layout.dumps_skeleton(skeleton),
-                   tmp_dir=self.directory / f"{name}.tmp-{self.session}", final_dir=self.directory / name,
-                   file_size=data_start + data_bytes, remaining=len(pieces))
+        record = CheckpointRecord(step, file_size, requested_at=start, direct_io=self.direct_io)
+        job = _Job(step, record, layout.dumps_skeleton(skeleton), tmp_dir=self.directory / f"{name}.tmp-{self.session}",
+                   final_dir=self.directory / name, file_size=file_size)
+        # Blocks staged in the host buffer at save(): the header, each tensor's partial first and
+        # last blocks, tensors smaller than their blocks. A tensor's whole blocks are pieces.
+        edges, tensor_edges, eager_pieces = [(0, data_start)], [], []
+        for raw, rel, nbytes, eager in specs:
+            if not nbytes:
+                continue
+            f, end = data_start + rel, data_start + rel + nbytes
+            lo, hi = _up(f), _down(end)
+            if hi - lo < BLOCK:  # smaller than its blocks: staged whole
+                edges.append((_down(f), _up(end)))
+                tensor_edges.append((f, end, raw, f))
+                continue
+            if f % BLOCK:
+                edges.append((_down(f), lo))
+                tensor_edges.append((f, lo, raw, f))
+            if end % BLOCK:
+                edges.append((hi, _up(end)))
+                tensor_edges.append((hi, end, raw, f))
+            for a in range(lo, hi, self.chunk_bytes):
+                b = min(hi, a + self.chunk_bytes)
+                (eager_pieces if eager else job.lazy).append(_Piece(a, b - a, src=raw[a - f:b - f]))
+        runs: list[_Piece] = []
+        for a, b in sorted(edges):  # adjacent edge blocks are written together
+            if runs and runs[-1].file_offset + runs[-1].nbytes == a:
+                runs[-1].nbytes = b - runs[-1].file_offset
+            else:
+                runs.append(_Piece(a, b - a))
+        starts = [run.file_offset for run in runs]
+        for edge in tensor_edges:
+            runs[bisect.bisect_right(starts, edge[0]) - 1].edges.append(edge)
+        job.pieces = sorted(runs + eager_pieces + job.lazy, key=lambda p: p.file_offset)
+        job.back = len(job.lazy) - 1
+        job.new_bytes = sum(p.nbytes for p in job.lazy)
+        job.on_cpu = not job.lazy or job.lazy[0].src.device.type == "cpu"
+        capacity = self.host_buffer_bytes or file_size * self.buffer_slots
+        if self.pool is None or (not self.host_buffer_bytes and self.pool.capacity < capacity):
+            # Sized from the first checkpoint and reused for the whole run; a larger state (the
+            # optimizer's moments appear after its first step) replaces it once it is drained.
+            if self.pool is not None:
+                self.pool.wait_idle()
+                self.pool = None
+            self.pool = HostBufferPool(capacity, pin_memory=self.use_cuda, alignment=BLOCK)
+        job.pool = self.pool
+        largest = max([p.nbytes for p in job.lazy] + [sum(p.nbytes for p in runs), sum(p.nbytes for p in eager_pieces)])
+        if largest > self.pool.capacity:
+            raise CheckpointError(f"checkpoint of step {step}: a {largest}-byte piece does not fit the host buffer "
+                                  f"of {self.pool.capacity} bytes: raise host_buffer_bytes")
         if self.use_cuda:  # the copy stream must read values the compute stream has finished
             job.compute_event = torch.cuda.Event()
             job.compute_event.record(torch.cuda.current_stream())
@@ -189,17 +293,34 @@ class LazyAsyncCheckpointer:
         self._pending = job
         self._last_step = step
         self.records.append(record)
-        self._copy_q.put(job)
+        with self._cond:  # from here the flush threads write whatever reaches the host buffer
+            self._jobs.append(job)
+            if not job.lazy:
+                self._snapshot_complete(job)
+        # Edge blocks (header, tensors' partial blocks, small tensors) and tensors no optimizer
+        # guards are staged now: the caller may change them as soon as save() returns.
+        edge_runs = [p for p in job.pieces if p.src is None]
+        self._stage(job, edge_runs, lambda run: self._compose_edges(run, header), zero=True)
+        self._stage(job, eager_pieces, lambda piece: piece.host.copy_(piece.src))
         record.request_blocked_s = time.perf_counter() - start
         return record
 
     def wait_for_snapshot(self) -> None:
-        """Block until the pending checkpoint is fully in host memory (the pre-update hook)."""
+        """Block until the pending checkpoint is captured (the pre-update hook): what is not yet
+        written is copied to the host buffer now, and live reads in flight finish."""
         job = self._pending
         if job is None:
             return
         start = time.perf_counter()
-        job.snapshot_done.wait()
+        with self._cond:
+            job.frozen = True
+            self._window_s = _ema(self._window_s, start - job.record.requested_at)
+            self._live_bw = _ema(self._live_bw, job.written_in_window / max(start - job.record.requested_at, 1e-6))
+            todo = self._claim_new(job, from_back=False, count=None)
+        self._copy(job, todo)
+        with self._cond:
+            while not job.snapshot_done.is_set():
+                self._cond.wait()
         job.record.wait_blocked_s += time.perf_counter() - start
         self._pending = None
         if job.error is not None:
@@ -222,17 +343,17 @@ class LazyAsyncCheckpointer:
             self._closed = True
             for handle in self._hook_handles:
                 handle.remove()
-            self._copy_q.put(_STOP)
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
             self._commit_q.put(_STOP)
-            for _ in self._threads[2:]:
-                self._flush_q.put(_STOP)
             # Join the stages: a daemon thread still inside a torch op when the interpreter exits
             # aborts the process ("terminate called without an active exception").
             for thread in self._threads:
                 if thread is not threading.current_thread():
                     thread.join(timeout=60)
 
-    def __enter__(self) -> "LazyAsyncCheckpointer":
+    def __enter__(self) -> LazyAsyncCheckpointer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -242,66 +363,246 @@ class LazyAsyncCheckpointer:
     def host_memory_bytes(self) -> int:
         return 0 if self.pool is None else self.pool.capacity
 
-    # ---------------------------------------------------------------- background stages
-    def _copy_loop(self) -> None:
-        while (job := self._copy_q.get()) is not _STOP:
-            try:
-                job.tmp_dir.mkdir(parents=True, exist_ok=True)
-                job.fd = os.open(job.tmp_dir / layout.shard_name(self.rank), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.pwrite(job.fd, job.header, 0)
-                if self.use_cuda:
-                    self._copy_pieces_cuda(job)
-                else:
-                    for piece in job.pieces:  # memcpy releases the GIL: overlaps forward/backward
-                        piece.dst.copy_(piece.src)
-                        self._flush_q.put((job, piece))
-                        job.queued += 1
-            except BaseException as exc:  # noqa: BLE001 - reported to the training thread
-                self._fail(job, exc)
-                for piece in job.pieces[job.queued:]:
-                    self._flush_q.put((job, piece))  # the flush stage counts them off, writing nothing
-            job.record.snapshot_s = time.perf_counter() - job.record.requested_at
-            job.snapshot_done.set()
+    # ---------------------------------------------------------------- capture
+    def _stage(self, job: _Job, pieces: list[_Piece], fill, zero: bool = False) -> None:
+        """Fill pieces in one shared host-buffer region and hand them to the flush threads together."""
+        if not pieces:
+            return
+        shared = _Shared(job.pool.allocate(sum(p.nbytes for p in pieces)), len(pieces))  # may wait (backpressure)
+        host, offset = job.pool.view(shared.region), 0
+        if zero:  # padding between tensors is written as zeros, not stale buffer bytes
+            host.zero_()
+        for piece in pieces:
+            piece.shared, piece.host = shared, host[offset:offset + piece.nbytes]
+            offset += piece.nbytes
+            if job.error is None:
+                try:
+                    fill(piece)
+                except BaseException as exc:  # noqa: BLE001 - reported to the training thread
+                    self._fail(job, exc)
+        with self._cond:
+            for piece in pieces:
+                piece.state = HOST
+                job.host_fifo.append(piece)
+            job.record.copied_bytes += offset
+            self._cond.notify_all()
 
-    def _copy_pieces_cuda(self, job: _Job) -> None:
-        stream = self._copy_stream
-        stream.wait_event(job.compute_event)
-        with torch.cuda.stream(stream):
-            for piece in job.pieces:
-                piece.dst.copy_(piece.src, non_blocking=True)
-                piece.src.record_stream(stream)  # keep the allocator from reusing it mid-copy
-                piece.event = torch.cuda.Event()
-                piece.event.record(stream)
-                self._flush_q.put((job, piece))
-                job.queued += 1
-        for piece in job.pieces:  # the snapshot is done when the last copy is
-            piece.event.synchronize()
+    @staticmethod
+    def _compose_edges(run: _Piece, header: bytes) -> None:
+        if run.file_offset == 0:
+            run.host[:len(header)].copy_(torch.frombuffer(bytearray(header), dtype=torch.uint8))
+        for a, b, raw, f in run.edges:  # the bytes of each tensor that fall into this run's blocks
+            run.host[a - run.file_offset:b - run.file_offset].copy_(raw[a - f:b - f])
+
+    def _claim_new(self, job: _Job, from_back: bool, count: int | None) -> list[_Piece]:
+        """Under self._cond: take NEW pieces for copying (the copier from the back, the hook all)."""
+        taken = []
+        while job.front <= job.back and (count is None or len(taken) < count):
+            index = job.back if from_back else job.front
+            piece = job.lazy[index]
+            if from_back:
+                job.back -= 1
+            else:
+                job.front += 1
+            if piece.state == NEW:
+                piece.state = COPYING
+                job.busy += 1
+                job.new_bytes -= piece.nbytes
+                taken.append(piece)
+        return taken
+
+    def _copy(self, job: _Job, pieces: list[_Piece]) -> None:
+        """Copy lazily read pieces into the host buffer (CUDA: on the copy stream)."""
+        for piece in pieces:
+            piece.region = job.pool.allocate(piece.nbytes)
+            piece.host = job.pool.view(piece.region)
+            if job.error is None:
+                try:
+                    if piece.src.device.type == "cuda":
+                        self._copy_stream.wait_event(job.compute_event)
+                        with torch.cuda.stream(self._copy_stream):
+                            piece.host.copy_(piece.src, non_blocking=True)
+                            piece.src.record_stream(self._copy_stream)  # the allocator must not reuse it mid-copy
+                        self._copy_stream.synchronize()
+                    else:
+                        piece.host.copy_(piece.src)  # releases the GIL
+                except BaseException as exc:  # noqa: BLE001
+                    self._fail(job, exc)
+            with self._cond:
+                piece.state = HOST
+                job.busy -= 1
+                job.host_fifo.append(piece)
+                job.record.copied_bytes += piece.nbytes
+                self._maybe_captured(job)
+                self._cond.notify_all()
+
+    def _copy_need(self, job: _Job) -> tuple[float, float | None]:
+        """Under self._cond: bytes the flush will not have written live when the step comes, and if
+        none, how long until there may be some (None: until something changes)."""
+        if job.frozen or not job.new_bytes:
+            return 0.0, None
+        if self.copy_policy == "ahead" or not job.on_cpu:  # a device tensor is always copied out
+            return float(job.new_bytes), None
+        if self.copy_policy == "at_step":
+            return 0.0, None
+        if self._window_s is None or self._live_bw is None:  # no measurement yet: copy ahead
+            return float(job.new_bytes), None
+        rate = 0.75 * self._live_bw  # 25% margin for the estimate
+        left = self._window_s - (time.perf_counter() - job.record.requested_at)
+        need = job.new_bytes - rate * max(0.0, left)
+        # Without a new write, need turns positive when left < new_bytes / rate: sleep until then.
+        return need, max(0.001, left - job.new_bytes / max(rate, 1.0))
+
+    def _copy_loop(self) -> None:
+        while True:
+            with self._cond:
+                job = next((j for j in reversed(self._jobs) if not j.frozen and j.new_bytes), None)
+                if self._stopping:
+                    return
+                if job is None:
+                    self._cond.wait()
+                    continue
+                need, sleep_s = self._copy_need(job)
+                if need <= 0:
+                    self._cond.wait(sleep_s)  # woken early by any state change (a write, the step)
+                    continue
+                todo = self._claim_new(job, from_back=True, count=1)
+            self._copy(job, todo)
+
+    # ---------------------------------------------------------------- flush
+    def _next_write(self) -> tuple[_Job, _Piece] | None:
+        """Under self._cond: the oldest checkpoint's next piece; live reads first while the step is not due."""
+        for job in self._jobs:
+            if not job.frozen:
+                while job.front <= job.back and job.lazy[job.front].state != NEW:
+                    job.front += 1
+                if job.front <= job.back:
+                    piece = job.lazy[job.front]
+                    job.front += 1
+                    piece.state = LIVE
+                    job.busy += 1
+                    job.new_bytes -= piece.nbytes
+                    return job, piece
+            if job.host_fifo:
+                return job, job.host_fifo.popleft()
+        return None
 
     def _flush_loop(self) -> None:
-        while (item := self._flush_q.get()) is not _STOP:
+        while True:
+            with self._cond:
+                while (item := self._next_write()) is None:
+                    if self._stopping:
+                        return
+                    self._cond.wait()
             job, piece = item
+            live = piece.state == LIVE
             try:
                 if job.error is None:
-                    if piece.event is not None:
-                        piece.event.synchronize()
-                    data = piece.dst.reshape(-1).view(torch.uint8).numpy()
-                    written = os.pwrite(job.fd, memoryview(data), piece.file_offset)
-                    if written != piece.nbytes:
-                        raise OSError(f"short write: {written} of {piece.nbytes} bytes")
-                    if self.checksum:
-                        with job.lock:
-                            job.crc[piece.file_offset] = (piece.nbytes, zlib.crc32(data))
+                    self._open(job)
+                    self._write(job, piece)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(job, exc)
-            with job.lock:
-                job.remaining -= 1
-                last = job.remaining == 0
-            if last:
-                # Every byte is in the file (page cache): the host region is free for the next
-                # checkpoint now, while this one is fsynced and committed.
-                self.pool.release(job.region)
+            with self._cond:
+                if live:
+                    job.busy -= 1
+                    job.record.live_bytes += piece.nbytes
+                    if not job.frozen:
+                        job.written_in_window += piece.nbytes
+                elif not job.frozen:
+                    job.written_in_window += piece.nbytes
+                piece.state = DONE
+                piece.src = None  # drop the reference to the live tensor
+                job.done += 1
+                self._maybe_captured(job)
+                finished = job.done == len(job.pieces)
+                if finished:
+                    self._jobs.remove(job)
+                self._cond.notify_all()
+            if piece.region is not None:
+                job.pool.release(piece.region)
+            elif piece.shared is not None:
+                with self._cond:
+                    piece.shared.pieces_left -= 1
+                    last = piece.shared.pieces_left == 0
+                if last:
+                    job.pool.release(piece.shared.region)
+            if finished:
                 self._commit_q.put(job)
 
+    def _maybe_captured(self, job: _Job) -> None:
+        """Under self._cond: captured once nothing is left to read from the live tensors."""
+        if not job.snapshot_done.is_set() and job.busy == 0 and job.new_bytes == 0:
+            self._snapshot_complete(job)
+
+    def _snapshot_complete(self, job: _Job) -> None:
+        job.record.snapshot_s = time.perf_counter() - job.record.requested_at
+        job.snapshot_done.set()
+        self._cond.notify_all()
+
+    def _open(self, job: _Job) -> None:
+        """The first write of a checkpoint creates its folder and reserves the whole shard."""
+        with job.opened:
+            if job.fd is not None:
+                return
+            job.tmp_dir.mkdir(parents=True, exist_ok=True)
+            path = job.tmp_dir / layout.shard_name(self.rank)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                self._reserve(fd, job)
+            except BaseException:
+                os.close(fd)
+                raise
+            if self.direct_io:
+                try:
+                    job.fd_direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+                except OSError:  # tmpfs and some network file systems refuse O_DIRECT: buffered writes
+                    self.direct_io = False
+            job.record.direct_io = job.fd_direct is not None
+            job.fd = fd
+
+    def _reserve(self, fd: int, job: _Job) -> None:
+        needed = job.file_size + len(job.skeleton)
+        try:
+            os.posix_fallocate(fd, 0, job.file_size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._no_space(needed) from exc
+            if exc.errno == errno.EFBIG:
+                raise CheckpointError(f"cannot write {needed / 1e6:.1f} MB to {self.directory}: over the file size "
+                                      f"limit ({exc.strerror})") from exc
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        os.ftruncate(fd, job.file_size)  # the vote's size, whatever the last tensor's length
+
+    def _no_space(self, needed: int) -> CheckpointError:
+        st = os.statvfs(self.directory)
+        return CheckpointError(f"no space left on {self.directory}: {st.f_bavail * st.f_frsize / 1e6:.1f} MB free, "
+                               f"checkpoint needs {needed / 1e6:.1f} MB")
+
+    def _write(self, job: _Job, piece: _Piece) -> None:
+        data = (piece.host if piece.host is not None else piece.src).numpy()
+        view, done = memoryview(data), 0
+        while done < piece.nbytes:
+            fd = job.fd_direct if job.fd_direct is not None else job.fd
+            try:
+                written = os.pwrite(fd, view[done:], piece.file_offset + done)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and fd == job.fd_direct:  # alignment the file system refuses
+                    job.fd_direct, self.direct_io, job.record.direct_io = None, False, False
+                    os.close(fd)
+                    continue
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise self._no_space(job.file_size + len(job.skeleton)) from exc
+                raise
+            if written <= 0:
+                raise OSError(f"pwrite wrote {written} of {piece.nbytes - done} bytes at {piece.file_offset + done}")
+            done += written
+        if self.checksum:
+            crc = zlib.crc32(data)
+            with self._cond:
+                job.crc[piece.file_offset] = (piece.nbytes, crc)
+
+    # ---------------------------------------------------------------- commit
     def _commit_loop(self) -> None:
         while (job := self._commit_q.get()) is not _STOP:
             try:
@@ -316,8 +617,9 @@ class LazyAsyncCheckpointer:
             except BaseException as exc:  # noqa: BLE001
                 self._fail(job, exc)
             finally:
-                if job.fd is not None:
-                    os.close(job.fd)
+                for fd in (job.fd, job.fd_direct):
+                    if fd is not None:
+                        os.close(fd)
                 if job.error is not None and self.rank == 0:
                     shutil.rmtree(job.tmp_dir, ignore_errors=True)  # never leave a torn folder behind
                 with self._inflight_cond:
@@ -362,6 +664,8 @@ class LazyAsyncCheckpointer:
         os.rename(job.tmp_dir, job.final_dir)
         if self.fsync:
             layout.fsync_dir(self.directory)
+        if _valid_commit(job.final_dir) is None:  # what the loader checks, checked once by the writer
+            raise CheckpointError(f"{job.final_dir} was written but does not validate as a committed checkpoint")
 
     def _apply_retention(self) -> None:
         committed = list_checkpoints(self.directory)
@@ -371,6 +675,17 @@ class LazyAsyncCheckpointer:
             shutil.rmtree(doomed, ignore_errors=True)
 
     # ---------------------------------------------------------------- helpers
+    def _optimizer_owned_storages(self) -> set:
+        """Storages only an attached optimizer's step mutates: safe to copy lazily before that step."""
+        owned = set()
+        for optimizer in self._optimizers:
+            for group in optimizer.param_groups:
+                owned.update(_storage_key(p) for p in group["params"])
+            for st in optimizer.state.values():
+                owned.update(_storage_key(v) for v in st.values() if isinstance(v, torch.Tensor))
+        owned.discard(None)
+        return owned
+
     def _prepare_directory(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -384,18 +699,42 @@ class LazyAsyncCheckpointer:
                 if self.session not in path.name:
                     shutil.rmtree(path, ignore_errors=True)
 
+    def _background(self, loop) -> None:
+        """Run a stage at lower priority (and on its own CPUs if asked) so it yields to compute."""
+        tid = threading.get_native_id()
+        try:
+            if self.thread_nice:
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.thread_nice))
+            if self.background_cpus:
+                os.sched_setaffinity(tid, self.background_cpus)
+        except (OSError, AttributeError):  # not Linux, or not allowed: run at the caller's priority
+            pass
+        loop()
+
     def _fail(self, job: _Job, exc: BaseException) -> None:
         if job.error is None:
             job.error = exc
         if self._error is None:
+            cause = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
             self._error = CheckpointError(f"checkpoint of step {job.step} to {self.directory} failed: "
-                                          f"{type(exc).__name__}: {exc}; earlier checkpoints are intact")
+                                          f"{cause}; earlier checkpoints are intact")
             self._error.__cause__ = exc
 
     def _raise_pending_error(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+def _ema(old: float | None, new: float, weight: float = 0.5) -> float:
+    return new if old is None else weight * new + (1 - weight) * old
+
+
+def _storage_key(tensor: torch.Tensor) -> Optional[tuple]:
+    try:
+        return tensor.device, tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without a plain storage
+        return None
 
 
 def _header_with_absolute_offsets(entries: list[dict]) -> tuple[bytes, int]:
@@ -406,7 +745,7 @@ def _header_with_absolute_offsets(entries: list[dict]) -> tuple[bytes, int]:
         header, needed = layout.encode_header(absolute)
         if needed <= data_start:
             return header, data_start
-        data_start = needed + 4096  # slack so that a longer offset text cannot overflow again
+        data_start = _up(needed + 4096)  # slack so that a longer offset text cannot overflow again
 
 
 def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:

@@ -1,24 +1,38 @@
 """Child process for the crash test: trains with a checkpoint every step until killed (or done).
 
-argv: checkpoint_dir iters n_embd resume(0/1) [done_marker]
+argv: checkpoint_dir iters n_embd resume(0/1) unaligned(0/1) [done_marker]
+unaligned=1 appends an int64 scalar as the state's last tensor (its shard does not end on 64 bytes).
 """
 import sys
 from pathlib import Path
+
+import torch
 
 from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, load_checkpoint
 from components.lm.training import restore_state, train_loop
 from tests.checkpoint import _tiny
 
 ckpt_dir, iters, n_embd, resume = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+unaligned = sys.argv[5] == "1"
 model, optimizer, scheduler, gen = _tiny.fresh(iters, n_embd)
 start = 0
 if resume and latest_checkpoint(ckpt_dir) is not None:  # killed before the first commit: start over
     start = restore_state(load_checkpoint(latest_checkpoint(ckpt_dir)), model, optimizer, scheduler, gen)
 ckpt = LazyAsyncCheckpointer(ckpt_dir, keep_last=3, checksum=True)
 ckpt.attach(optimizer)
+
+
+class WithTail:
+    """Adds a trailing 8-byte tensor to every checkpointed state."""
+
+    def save(self, step, state):
+        state["extra"] = {"tail": torch.tensor(step, dtype=torch.int64)}
+        return ckpt.save(step, state)
+
+
 print("started", flush=True)
 train_loop(model, optimizer, scheduler, _tiny.InMemoryCorpus(), _tiny.settings(iters), data_generator=gen,
-           start_step=start, checkpointer=ckpt, checkpoint_every=1)
+           start_step=start, checkpointer=WithTail() if unaligned else ckpt, checkpoint_every=1)
 ckpt.close()
-if len(sys.argv) > 5:
-    Path(sys.argv[5]).write_text("done")
+if len(sys.argv) > 6:
+    Path(sys.argv[6]).write_text("done")

@@ -243,8 +243,11 @@ def _reference_states(iters: int, n_embd: int) -> dict[int, dict]:
     return states
 
 
-def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
-    iters, n_embd = 60, 192  # ~11 MB checkpoints, one per step: long enough that no kill finds it done
+@pytest.mark.parametrize("unaligned", [False, True], ids=["aligned", "unaligned"])
+def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unaligned):
+    # ~11 MB checkpoints, one per step: long enough that no kill finds it done. Unaligned: an odd
+    # width (760-byte biases) and an int64 scalar as the last tensor, so the shard ends off 64 bytes.
+    iters, n_embd = 60, 190 if unaligned else 192
     rng = random.Random(0)
     folder = tmp_path / "ckpt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -256,9 +259,13 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
     for kill in range(12):
         if kill >= 3 and torn_seen:
             break
-        proc = subprocess.Popen(child + ["1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(child + ["1", str(int(unaligned))], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "started", proc.stderr.read()
+        if kill >= 2 and not restored_steps:  # a loaded machine: let one checkpoint commit first
+            deadline = time.monotonic() + 120
+            while latest_checkpoint(folder) is None and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
         time.sleep(rng.uniform(0.1, 0.8))  # somewhere in training: mid-copy, mid-flush or mid-commit
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -269,6 +276,8 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
             continue
         state = load_checkpoint(latest)  # checksums verified
         step = state["step"]
+        if unaligned:
+            assert state["extra"]["tail"].item() == step
         m, o, s, g = _tiny.fresh(iters, n_embd)
         restore_state(state, m, o, s, g)
         _tiny.assert_bitwise_equal(reference[step], _tiny.flat_state(m, o))
@@ -277,7 +286,8 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path):
     assert torn_seen >= 1, "no kill landed while a checkpoint was in flight"
     # Resume after the last crash and finish: identical to training that never crashed.
     done = tmp_path / "done"
-    subprocess.run(child + ["1", str(done)], cwd=ROOT, env=env, check=True, timeout=300, capture_output=True)
+    subprocess.run(child + ["1", str(int(unaligned)), str(done)], cwd=ROOT, env=env, check=True, timeout=300,
+                   capture_output=True)
     final = load_checkpoint(latest_checkpoint(folder))
     assert final["step"] == iters
     m, o, s, g = _tiny.fresh(iters, n_embd)
@@ -308,3 +318,33 @@ def test_two_rank_gloo_save_and_restore(tmp_path):
     assert sorted(p.name for p in (folder / "step_00000003").glob("*.shard")) == ["rank00000.shard",
                                                                                   "rank00001.shard"]
     assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+def _mount_small_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, check=False).returncode == 0
+
+
+def test_no_space_left_names_the_folder_free_and_needed_sizes(tmp_path):
+    small = tmp_path / "small"
+    if not _mount_small_tmpfs(small, "4m"):
+        pytest.skip("needs root to mount a 4 MB tmpfs")
+    try:
+        folder = small / "ckpt"
+        with LazyAsyncCheckpointer(folder, keep_last=3) as ckpt:
+            ckpt.save(1, {"w": torch.arange(1000, dtype=torch.float32)})
+            ckpt.wait()
+            ckpt.save(2, {"w": torch.zeros(2_000_000)})  # 8 MB: does not fit
+            with pytest.raises(CheckpointError) as info:
+                ckpt.wait()
+        message = str(info.value)
+        assert f"no space left on {folder}" in message and "MB free, checkpoint needs 8.0 MB" in message
+        assert "step 2" in message
+        assert [p.name for p in list_checkpoints(folder)] == ["step_00000001"]
+        assert torch.equal(load_checkpoint(folder / "step_00000001")["w"], torch.arange(1000, dtype=torch.float32))
+        assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
