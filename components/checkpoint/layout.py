@@ -173,7 +173,12 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_durable(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
+    """Write `data`, fsync it, then rename it into place: a reader (rank 0 polling for votes, a
+    loader) sees either no file or the whole file, never one that exists but is still empty."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    with open(partial, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    os.replace(partial, path)
