@@ -74,7 +74,7 @@ class LauncherConfig:
 class CheckpointConfig:
     every: int = 10  # k: every 10 steps (k=1 works too; 190 MB per step mostly costs shared disk bandwidth)
     keep_last: int = 2  # committed checkpoints kept; older ones are deleted after each commit
-    buffer_slots: int = 2  # host buffer = this many checkpoints (more: absorbs slower storage)
+    buffer_slots: int = 1  # host buffer = this many checkpoints; 1 suffices: the flush writes from the tensors themselves
     host_buffer_mb: Optional[int] = None  # explicit host buffer size; None: buffer_slots x checkpoint size
     flush_threads: int = 2  # threads streaming host pieces to the file (I/O, not compute)
     fsync: bool = True  # durability: fsync shard, state, vote, COMMIT and directory
