@@ -96,6 +96,14 @@ def _format(value) -> str:
     return _cell(value)
 
 
+def _headers(columns: list[str]) -> list[str]:
+    """Column headers without the path prefix that every column shares (`1.end_to_end_s` -> `end_to_end_s`)."""
+    prefixes = {c.split(".", 1)[0] for c in columns}
+    if len(prefixes) == 1 and all("." in c for c in columns):
+        return [c.split(".", 1)[1] for c in columns]
+    return columns
+
+
 def part_table(result: dict, path: list[str], columns: list[str]) -> str:
     """The `results` subtree at `path` as a markdown table (see the module docstring)."""
     node = result.get("results", {})
@@ -105,7 +113,7 @@ def part_table(result: dict, path: list[str], columns: list[str]) -> str:
         node = node[key]
     if isinstance(node, list) and all(isinstance(v, dict) for v in node):  # rows without a key column
         columns = columns or [c for c, x in node[0].items() if _is_scalar(x)]
-        rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        rows = ["| " + " | ".join(_headers(columns)) + " |", "|" + "---|" * len(columns)]
         rows += ["| " + " | ".join(_format(_get(r, c)) for c in columns) + " |" for r in node]
         return "\n".join(rows)
     if not isinstance(node, dict):
@@ -120,7 +128,7 @@ def part_table(result: dict, path: list[str], columns: list[str]) -> str:
         return "\n".join(["| name | value |", "|---|---|", *(f"| `{k}` | {_format(node[k])} |" for k in keys)])
     if not columns:
         columns = list(dict.fromkeys(c for v in table_rows.values() for c, x in v.items() if _is_scalar(x)))
-    rows = ["| " + " | ".join([path[-1], *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    rows = ["| " + " | ".join([path[-1], *_headers(columns)]) + " |", "|" + "---|" * (len(columns) + 1)]
     for key, value in table_rows.items():
         rows.append("| " + " | ".join([f"`{key}`", *(_format(_get(value, c)) for c in columns)]) + " |")
     return "\n".join(rows)
