@@ -25,6 +25,11 @@ def at_least(key: str, value: float, minimum: float) -> None:
         raise ConfigError(key, value, f"must be >= {minimum}")
 
 
+def positive(key: str, value: float) -> None:
+    if value is None or not value > 0:
+        raise ConfigError(key, value, "must be > 0")
+
+
 def in_range(key: str, value: float, low: float, high: float) -> None:
     if value is None or not low <= value <= high:
         raise ConfigError(key, value, f"must be between {low} and {high}")

@@ -5,7 +5,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from components.compiler.evaluation import AgentSettings
+from components.checks import ConfigError, at_least
+from components.compiler.evaluation import METHODS, AgentSettings
 from flows.platform import FlowConfig, system_flow
 from tasks.compile_calls import ToolsConfig, prefect_submit, tool_descriptions, warm_up
 from tasks.llm import LLMConfig, build_llm, log_llm_usage
@@ -21,6 +22,13 @@ class CompileCallsConfig(FlowConfig):
     methods: list[str] = field(default_factory=lambda: ["llmcompiler", "react"])
     questions: int = 10  # first N of the 84 built-in questions (round-robin: 14 cover every template)
     question: Optional[str] = None  # ask this instead of the built-in set (no gold answer: not scored)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [m for m in self.methods if m not in METHODS]
+        if not self.methods or unknown:
+            raise ConfigError("methods", self.methods, f"each must be one of {', '.join(METHODS)}")
+        at_least("questions", self.questions, 1)
 
 
 @system_flow(name="compile_calls", config=CompileCallsConfig,

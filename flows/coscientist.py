@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.checks import at_least
 from components.coscientist.elo import EloConfig
 from components.coscientist.proximity import Proximity, ProximityConfig
 from components.coscientist.state import TournamentState
@@ -21,6 +22,10 @@ from tasks.llm import LLMConfig
 class AgentSettings:
     max_tokens: int = 160  # one hypothesis paragraph or one verdict; SmolLM2 runs ~14 tok/s on 2 cores
     temperature: float = 0.7  # some diversity between generations; verdicts are parsed, not sampled twice
+
+    def __post_init__(self) -> None:
+        at_least("agents.max_tokens", self.max_tokens, 1)
+        at_least("agents.temperature", self.temperature, 0)
 
 
 @dataclass
@@ -38,6 +43,10 @@ class CoscientistConfig(FlowConfig):
     state_file: str | None = None  # SQLite state; null: <work_dir>/coscientist/<goal hash>-seed<seed>.sqlite
     resume: bool = True  # continue the saved state of this goal; false: set it aside (renamed) and start over
     report_top: int = 10  # hypotheses shown in the report
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("report_top", self.report_top, 1)
 
 
 def state_path(cfg: CoscientistConfig) -> Path:

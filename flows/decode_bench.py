@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from components.checks import ConfigError, at_least
 from flows.serve import ServeModelsConfig
 from flows.platform import FlowConfig, system_flow
 from tasks.serve import benchmark_decoding, resolve_models
@@ -23,12 +24,29 @@ class DecodeBenchSettings:
     repeats: int = 2  # medians over repeats; methods rotate order each repeat
     hf_assisted: bool = True  # transformers generate(assistant_model=draft) (HF drafts only)
 
+    def __post_init__(self) -> None:
+        at_least("bench.code_prompts", self.code_prompts, 0)
+        at_least("bench.chat_prompts", self.chat_prompts, 0)
+        if self.code_prompts + self.chat_prompts < 1:
+            raise ConfigError("bench.code_prompts", self.code_prompts, "with bench.chat_prompts: at least one prompt")
+        at_least("bench.max_new_tokens", self.max_new_tokens, 1)
+        at_least("bench.repeats", self.repeats, 1)
+        if not self.sd_gammas or min(self.sd_gammas) < 1:
+            raise ConfigError("bench.sd_gammas", self.sd_gammas, "must list draft lengths >= 1")
+        if self.pearl_gamma is not None:
+            at_least("bench.pearl_gamma", self.pearl_gamma, 1)
+
 
 @dataclass
 class DecodeBenchConfig(FlowConfig):
     models: ServeModelsConfig = field(default_factory=ServeModelsConfig)
     bench: DecodeBenchSettings = field(default_factory=DecodeBenchSettings)
     threads: Optional[int] = None  # total cores every method gets; None: torch's default
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threads is not None:
+            at_least("threads", self.threads, 1)
 
 
 @system_flow(name="decode_bench", config=DecodeBenchConfig, order=31, summary_metric="pearl_speedup_vs_ar",

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from components.checks import ConfigError, at_least, positive
+from components.graph.generator import SyntheticGraphSpec
 from flows.platform import FlowConfig, system_flow
 from tasks.tracking import Tracker
 
@@ -24,6 +26,14 @@ class GraphSourceConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     chunk_rows: int = 131_072  # generation chunk: the feature table is never held in RAM at once
+
+    def __post_init__(self) -> None:
+        if self.path is None:  # a synthetic graph: the generator's own checks, before anything is generated
+            spec = SyntheticGraphSpec(**{k: v for k, v in vars(self).items() if k != "path"})
+            try:
+                spec.validate()
+            except ValueError as err:
+                raise ConfigError("graph", "synthetic", str(err)) from err
 
 
 @dataclass
@@ -62,6 +72,17 @@ class GcnTrainConfig(FlowConfig):
     sampling_threads: int = 1  # DGL OpenMP threads for sampling; 1 makes batches reproducible
     mlp_baseline: bool = True  # also train an MLP on the same features: shows what the graph adds
     progress: bool = True  # tqdm bar per epoch
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.fanouts or any(f < 1 and f != -1 for f in self.fanouts):
+            raise ConfigError("fanouts", self.fanouts, "must list one fan-out per layer, each >= 1 (or -1: all)")
+        for key in ("batch_size", "eval_batch_size", "epochs", "sampling_threads"):
+            at_least(key, getattr(self, key), 1)
+        positive("lr", self.lr)
+        at_least("weight_decay", self.weight_decay, 0)
+        if self.max_batches_per_epoch is not None:
+            at_least("max_batches_per_epoch", self.max_batches_per_epoch, 1)
 
 
 def training_device(cfg: GcnTrainConfig) -> str:

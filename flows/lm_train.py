@@ -109,11 +109,7 @@ class LMTrainConfig(FlowConfig):
     sample_tokens: int = 48  # length of that sample
 
     def __post_init__(self) -> None:
-        parent_check = getattr(super(), "__post_init__", None)
-        if parent_check is not None:
-            parent_check()
-        work_dir = Path(self.work_dir) if Path(self.work_dir).is_absolute() else PROJECT_ROOT / self.work_dir
-        writable_folder("work_dir", work_dir)  # checked before anything is trained, moved or written
+        super().__post_init__()  # work_dir writable, device: checked before anything is trained or moved
         at_least("log_every", self.log_every, 1)
         at_least("sample_tokens", self.sample_tokens, 0)
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():

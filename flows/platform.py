@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 import threading
 from contextlib import nullcontext
 from contextvars import ContextVar
@@ -32,7 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 from prefect import Flow, flow, get_run_logger
 from prefect.runtime import flow_run
 
-from components.checks import ConfigError
+from components.checks import ConfigError, writable_folder
 from flows.schema import as_plain, changed, dotted, parameter_model
 from tasks.environment import PROJECT_ROOT
 from tasks.runners import build_task_runner
@@ -80,6 +81,13 @@ class FlowConfig:
     seed: int = 0
     device: str = "auto"  # auto: CUDA when present, else CPU
     work_dir: str = "data"  # data, checkpoints and caches; relative paths are under the project
+
+    def __post_init__(self) -> None:
+        """Checks every flow shares; a flow's own __post_init__ calls this through super()."""
+        work_dir = Path(self.work_dir)
+        writable_folder("work_dir", work_dir if work_dir.is_absolute() else PROJECT_ROOT / work_dir)
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise ConfigError("device", self.device, "must be auto, cpu, cuda or cuda:<index>")
 
     def work_path(self, *parts: str) -> Path:
         base = Path(self.work_dir)

@@ -87,6 +87,7 @@ class QuantizeConfig(FlowConfig):
     quant: QuantBudgetConfig = field(default_factory=QuantBudgetConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         one_of("forward_mode", self.forward_mode, MODES)
         if self.layers:
             try:

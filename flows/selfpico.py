@@ -41,6 +41,7 @@ class SelfPicoConfig(FlowConfig):
     memory_mb: int = 1024
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         at_least("max_runs", self.max_runs, 1)
         at_least("max_retries", self.max_retries, 0)
         at_least("batch_size", self.batch_size, 1)

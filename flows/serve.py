@@ -102,9 +102,7 @@ class ServeConfig(FlowConfig):
         if self.load_test_requests > self.max_queue:
             raise ConfigError("load_test_requests", self.load_test_requests,
                               f"more than max_queue={self.max_queue}: the load test would be refused with 503s")
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:
-            parent()
+        super().__post_init__()
 
 
 @system_flow(name="serve", config=ServeConfig, order=30, summary_metric="served_mean_accepted_tokens",

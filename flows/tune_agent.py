@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from components.checks import at_least
 from components.compiler.tuning import TuneSettings
 from flows.platform import FlowConfig, system_flow
 from tasks.tracking import Tracker
@@ -25,6 +26,12 @@ class TuneAgentConfig(FlowConfig):
     run_name: str = "agent_model"  # -> <work_dir>/agent_model: what llm.model_path=data/agent_model loads
     registered_name: Optional[str] = "lm-agent"  # MLflow registry name; None: not registered
     smoke_questions: int = 2  # evaluation questions planned greedily after training (logged, not scored)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        at_least("smoke_questions", self.smoke_questions, 0)
+        if self.threads is not None:
+            at_least("threads", self.threads, 1)
 
 
 @system_flow(name="tune_agent", config=TuneAgentConfig, order=59, summary_metric="final_reply_loss",

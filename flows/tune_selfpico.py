@@ -34,6 +34,7 @@ class TuneSelfPicoConfig(FlowConfig):
     cpu_seconds: int = 5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         at_least("wall_seconds", self.wall_seconds, 0.5)
         at_least("cpu_seconds", self.cpu_seconds, 1)
 

@@ -16,6 +16,7 @@ from components.compiler.fetching import Submit
 from components.compiler.parallelqa import Question, is_correct
 from components.compiler.prompts import EXAMPLES
 from components.llm.base import LLM
+from components.checks import at_least
 
 METHODS = ("llmcompiler", "react", "parallel_fc")
 BASELINES = ("react", "parallel_fc")  # what LLMCompiler's speedup is reported against
@@ -32,6 +33,16 @@ class AgentSettings:
     parallel_fc_turn_max_tokens: int = 256  # one Thought + up to 8 Actions of ~25 tokens
     temperature: float = 0.0  # greedy: reproducible
     few_shot: bool = True  # worked examples in every prompt; False for a model tuned to the formats
+
+    def __post_init__(self) -> None:
+        at_least("agent.max_replans", self.max_replans, 0)
+        for key in ("planner_max_tokens", "joiner_max_tokens", "react_max_steps", "react_step_max_tokens",
+                    "parallel_fc_max_turns", "parallel_fc_turn_max_tokens"):
+            at_least(f"agent.{key}", getattr(self, key), 1)
+        at_least("agent.temperature", self.temperature, 0)
+
+
+METHODS = ("llmcompiler", "react", "parallel_fc")  # what build_agent builds
 
 
 def build_agent(method: str, llm: LLM, tools: dict[str, str], submit: Submit, settings: AgentSettings):

@@ -23,6 +23,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
+from components.checks import at_least, positive
 
 Messages = list[dict[str, str]]
 
@@ -119,6 +120,15 @@ class TuneSettings:
     batch_tokens: int = 2048  # padded tokens per optimizer step (sequences of similar length batched)
     minutes: float | None = None  # stop early after this much training time
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least("train.train_layers", self.train_layers, 1)
+        positive("train.lr", self.lr)
+        at_least("train.warmup_steps", self.warmup_steps, 0)
+        positive("train.epochs", self.epochs)
+        at_least("train.batch_tokens", self.batch_tokens, 1)
+        if self.minutes is not None:
+            positive("train.minutes", self.minutes)
 
 
 @dataclass

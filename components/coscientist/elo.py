@@ -17,6 +17,7 @@ import math
 import random
 from dataclasses import dataclass
 from typing import Mapping, Sequence
+from components.checks import at_least, positive
 
 
 @dataclass
@@ -37,6 +38,16 @@ class EloConfig:
     #                     ~2.4x the matches of the bottom, which then stayed mis-ordered
     w_similar: float = 2.0  # opponent weight for proximity (cosine similarity in [0, 1])
     w_close: float = 1.0  # opponent weight for Elo closeness (informative matches)
+
+    def __post_init__(self) -> None:
+        at_least("elo.k_min", self.k_min, 0)
+        at_least("elo.k_factor", self.k_factor, self.k_min)
+        positive("elo.k_halving_matches", self.k_halving_matches)
+        at_least("elo.top_k", self.top_k, 1)
+        at_least("elo.debate_min_matches", self.debate_min_matches, 0)
+        at_least("elo.debate_turns", self.debate_turns, 1)
+        for key in ("w_new", "w_top", "w_similar", "w_close"):
+            at_least(f"elo.{key}", getattr(self, key), 0)
 
 
 def expected_score(r_a: float, r_b: float) -> float:

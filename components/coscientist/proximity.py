@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from components.checks import in_range, one_of
 
 
 @dataclass
@@ -24,6 +25,11 @@ class ProximityConfig:
     #   (measured on the synthetic task: restatements >= 0.97, one-slot variants <= 0.93)
     duplicate_threshold_tfidf: float = 0.8  # the same for the TF-IDF fallback (word overlap scores lower)
     cluster_threshold: float = 0.6  # cosine >= this links two hypotheses into one cluster for the report
+
+    def __post_init__(self) -> None:
+        one_of("proximity.backend", self.backend, ("auto", "minilm", "tfidf"))
+        for key in ("duplicate_threshold", "duplicate_threshold_tfidf", "cluster_threshold"):
+            in_range(f"proximity.{key}", getattr(self, key), 0.0, 1.0)
 
 
 def minilm_dir() -> Path | None:
