@@ -125,12 +125,6 @@ static inline uint64_t map_bits(const uint8_t* map, int64_t map_bytes, int64_t b
   return n >= 64 ? w : (w & ((1ull << n) - 1));
 }
 
-static inline __attribute__((always_inline)) void group_meta(const Meta& M, int64_t row, int64_t c, float& s, float& m) {
-  const int64_t i = row * M.G + c;
-  s = M.scale_kind == 0 ? ((float)M.scale_u8[i] + 1.f) * M.scale_base[row] : half_to_float(M.scale_f16[i]);
-  m = M.min_kind == 0 ? M.min_base[2 * row] + (float)M.min_u8[i] * M.min_base[2 * row + 1]
-                      : half_to_float(M.min_f16[i]);
-}
 """
 
 # One copy of this per path, inside `namespace <path>` under a GCC target pragma.
@@ -239,6 +233,19 @@ static inline __attribute__((always_inline)) void block_dot(const uint8_t* p, co
   }
 }
 #endif
+
+#if defined(ISA_PORTABLE)
+#define HALF(h) half_to_float(h)
+#else
+#define HALF(h) _cvtsh_ss(h)  // F16C
+#endif
+static inline __attribute__((always_inline)) void group_meta(const Meta& M, int64_t row, int64_t c, float& s, float& m) {
+  const int64_t i = row * M.G + c;
+  s = M.scale_kind == 0 ? ((float)M.scale_u8[i] + 1.f) * M.scale_base[row] : HALF(M.scale_f16[i]);
+  m = M.min_kind == 0 ? M.min_base[2 * row] + (float)M.min_u8[i] * M.min_base[2 * row + 1]
+                      : HALF(M.min_f16[i]);
+}
+#undef HALF
 
 // Every group of one row whose bit is set in `mask` (columns c_base + bit), read in stream order.
 template <int BITS, int NB>
@@ -409,7 +416,7 @@ def load():
             from torch.utils.cpp_extension import load_inline  # heavy: only when the kernel is first needed
 
             _state["module"] = load_inline(
-                name="quant_int_kernel_v4", cpp_sources=[_source()], functions=["int_matmul", "path_supported"],
+                name="quant_int_kernel_v5", cpp_sources=[_source()], functions=["int_matmul", "path_supported"],
                 extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # no compiler, no ninja, or a build error: callers fall back to the float kernel
             text = str(exc).strip()
