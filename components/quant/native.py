@@ -92,8 +92,10 @@ class KVCache:
 class LeanLlama:
     """A Llama decoder (SmolLM2's architecture) over matrices with `.matmul`; see the module doc."""
 
-    def __init__(self, shape: LlamaShape, layers: list[LeanLayer], final_norm: torch.Tensor, head, name: str):
+    def __init__(self, shape: LlamaShape, layers: list[LeanLayer], final_norm: torch.Tensor, head, name: str,
+                 embed=None):
         self.shape, self.layers, self.final_norm, self.head, self.name = shape, layers, final_norm, head, name
+        self.embed = embed if embed is not None else head  # tied by default (SmolLM2)
         self.vocab_size = shape.vocab
         self.max_context = shape.max_positions
         self.device = torch.device("cpu")
@@ -119,7 +121,10 @@ class LeanLlama:
                 DenseMatrix(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])), DenseMatrix(a.o_proj.weight),
                 block.post_attention_layernorm.weight.detach().float(),
                 DenseMatrix(torch.cat([m.gate_proj.weight, m.up_proj.weight])), DenseMatrix(m.down_proj.weight)))
-        return cls(shape, layers, model.model.norm.weight.detach().float(), DenseMatrix(model.lm_head.weight), name)
+        head = DenseMatrix(model.lm_head.weight)
+        tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+        return cls(shape, layers, model.model.norm.weight.detach().float(), head, name,
+                   None if tied else DenseMatrix(model.model.embed_tokens.weight))
 
     def new_cache(self) -> KVCache:
         return KVCache(self.shape)
@@ -142,7 +147,7 @@ class LeanLlama:
         if pos + T > sh.max_positions:
             raise ValueError(f"{self.name}: {pos + T} positions exceed the context of {sh.max_positions}")
         cache.reserve(pos + T)
-        x = self.head.rows(ids).float()
+        x = self.embed.rows(ids).float()
         cos, sin = self.cos[pos:pos + T], self.sin[pos:pos + T]
         nq, nkv, hd = sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim, sh.head_dim
         mask = None
