@@ -37,7 +37,6 @@ MIXED_SPEC = QuantSpec(name="mixed29", frac_high=0.2, group_size=32)  # 2.9 bits
 def ort_matmulnbits(out_f: int, in_f: int, bits: int, copies: int, threads: int, block: int = 32):
     """A session with `copies` MatMulNBits nodes on one input (random codes of the right sizes); run() -> outputs."""
     import numpy as np
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -66,6 +65,13 @@ def ort_matmulnbits(out_f: int, in_f: int, bits: int, copies: int, threads: int,
     return session, per_copy
 
 
+def _fused_float_bytes(layer: QuantLinear) -> int:
+    """What the float kernel reads: the codes plus its decoded per-group arrays (positions, float scale, offset)."""
+    meta = layer._meta
+    tensors = [layer.codes_lo, layer.codes_hi] + [meta[k] for k in ("rc_lo", "rc_hi", "s_lo", "b_lo", "s_hi", "b_hi")]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 @torch.no_grad()
 def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool) -> dict:
     out_f, in_f = (int(v) for v in shape.split("x"))
@@ -80,7 +86,7 @@ def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool) -> dict
     x = torch.randn(1, in_f, generator=gen)
     calls = {
         "fp32": (lambda: [torch.nn.functional.linear(x, w) for w in dense], out_f * in_f * 4),
-        "fused_float_mixed": (lambda: [q.forward_fused(x) for q in mixed_layers], mixed[0].nbytes()),
+        "fused_float_mixed": (lambda: [q.forward_fused(x) for q in mixed_layers], _fused_float_bytes(layer)),
         "int8_mixed": (lambda: [m.matmul(x, act_levels=1) for m in mixed], mixed[0].nbytes()),
         "int8x2_mixed": (lambda: [m.matmul(x, act_levels=2) for m in mixed], mixed[0].nbytes()),
         "int8_q4_1": (lambda: [m.matmul(x, act_levels=1) for m in q4], q4[0].nbytes()),
@@ -171,7 +177,7 @@ def run(full: bool) -> tuple[dict, list[dict]]:
         torch.set_num_threads(threads)
         for shape in SHAPES:
             table = matvec_table(shape, threads, repeats, with_ort=True)
-            for name, row in table.items():
+            for row in table.values():
                 if isinstance(row, dict):
                     row["speedup_vs_fp32"] = table["fp32"]["seconds"] / row["seconds"]
                     row["fraction_of_memory_bandwidth"] = row["gb_per_s"] / bandwidth
