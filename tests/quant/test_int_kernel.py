@@ -124,3 +124,16 @@ def test_gguf_blocks_are_read_exactly():
         torch.testing.assert_close(matrix.dequantize(), expected, rtol=0, atol=0)
         torch.testing.assert_close(matrix.rows(torch.tensor([3, 0, 31])), expected[[3, 0, 31]], rtol=0, atol=0)
         check_within_bound(matrix, torch.randn(4, 128), int_kernel.best_path())
+
+
+def test_quant_linear_int8_mode_is_within_the_bound():
+    w = torch.randn(32, 128, generator=torch.Generator().manual_seed(7)) * 0.05
+    bias = torch.randn(32)
+    layer = QuantLinear.from_packed(quantize_weight(w, QuantSpec(frac_high=0.25), bias=bias), mode="int8")
+    x = torch.randn(2, 3, 128)
+    matrix = PackedMatrix.from_quant_linear(layer)
+    bound = activation_bound(x.reshape(6, 128), scaled_codes(matrix), 1).reshape(2, 3, 32)
+    ref = x @ matrix.dequantize().t() + bias
+    assert bool(((layer(x) - ref).abs() <= bound + 1e-4).all())
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        QuantLinear.from_packed(quantize_weight(w, QuantSpec(group_size=16)), mode="int8")(x)
