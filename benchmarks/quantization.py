@@ -303,6 +303,11 @@ def main(argv=None) -> None:
         res["largest_layer_shapes"] = big
         res["largest_layer_best_path"] = best
         targets.append(target(f"matvec_speedup_largest_layers{sfx}", speedup, 1.5, ">="))
+    if full:  # the integer kernel, ONNX Runtime's MatMulNBits and the native Q4_1 decode (benchmarks/quant_kernel.py)
+        from benchmarks import quant_kernel
+
+        results["kernel"], kernel_targets = quant_kernel.run(True)
+        targets += kernel_targets
     write_result("quantization", results, targets, figure=plot(results), args=args)
 
 

@@ -114,7 +114,34 @@ def load_target(source: str = "smollm2", path: Optional[str] = None, dtype: str 
         return load_model(dtype=dtype, device=device, folder=path)
     if source == "tiny_random":
         return tiny_llama(vocab_size=512, hidden=64, layers=4, dtype=torch.float32)
-    raise ValueError(f"unknown target source {source!r}; use smollm2, quantized, hf_folder or tiny_random")
+    if source == "smollm2_q4_native":
+        from components.quant.native import load_native_smollm2  # the GGUF's own 4-bit blocks, integer kernel
+
+        return native_causal_lm(load_native_smollm2(path))
+    raise ValueError(f"unknown target source {source!r}; use smollm2, smollm2_q4_native, quantized, hf_folder "
+                     "or tiny_random")
+
+
+def native_causal_lm(model):
+    """A `components.quant.native.LeanLlama` as the engine's CausalLM (its cache rolls back by length)."""
+    from components.decoding.cache import CausalLM
+
+    class NativeCausalLM(CausalLM):
+        def __init__(self, lean):
+            self.lean, self.name = lean, lean.name
+            self.vocab_size, self.max_context, self.device = lean.vocab_size, lean.max_context, lean.device
+
+        def forward(self, ids, cache):
+            return self.lean.forward(ids, cache)
+
+        def crop(self, cache, length):
+            return self.lean.crop(cache, length)
+
+        @staticmethod
+        def cache_length(cache):
+            return 0 if cache is None else cache.length
+
+    return NativeCausalLM(model)
 
 
 def load_draft(source: str, target, path: Optional[str] = None, layers: int = 4, device: str = "cpu"):

@@ -22,7 +22,7 @@ from components.quant.packing import unpack_bits, unpack_codes
 from components.quant.quantizer import (LayerLayout, PackedWeight, bits_breakdown, decode_u8_mins, decode_u8_scales,
                                         tile_order)
 
-MODES = ("auto", "naive", "pipelined", "fused")
+MODES = ("auto", "naive", "pipelined", "fused", "int8")
 FUSED_MAX_ROWS = 8  # the fused kernel re-decodes codes per input row: above this a dequantize + GEMM wins
 
 def unpack_layer(layout: LayerLayout, tensors: dict[str, torch.Tensor]):
@@ -156,6 +156,8 @@ class QuantLinear(nn.Module):
                 y = self.forward_naive(x2)
             elif mode == "pipelined":
                 y = self.forward_pipelined(x2)
+            elif mode == "int8":
+                y = self.forward_int8(x2)
             else:
                 y = self.forward_fused(x2)
         if self.bias is not None:
@@ -196,6 +198,19 @@ class QuantLinear(nn.Module):
             x2.contiguous(), self.codes_lo, m["rc_lo"], m["s_lo"], m["b_lo"],
             self.codes_hi, m["rc_hi"], m["s_hi"], m["b_hi"],
             lay.tile_rows, lay.groups_per_row, lay.group_size, lay.bits_low, lay.bits_high)
+
+    def forward_int8(self, x2: torch.Tensor) -> torch.Tensor:
+        """The integer kernel (int8 activations, int_kernel.py) on the same packed buffers.
+
+        Not chosen by `auto`: on this machine it is no faster than the float fused kernel
+        (benchmarks/quant_kernel.py) and it adds the int8 activation error.
+        """
+        from components.quant.packed_matrix import PackedMatrix  # builds the integer kernel on first use
+
+        if not PackedMatrix.supports(self.layout):
+            raise RuntimeError(f"integer kernel needs groups of a multiple of 32 and u8 minimums; this layer has "
+                               f"group {self.layout.group_size}, zeros {self.layout.zero_format}")
+        return PackedMatrix.from_quant_linear(self).matmul(x2)
 
     def extra_repr(self) -> str:
         lay = self.layout

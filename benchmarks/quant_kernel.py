@@ -1,0 +1,280 @@
+"""The integer low-bit kernel at the memory wall: matvec per kernel, ONNX Runtime's MatMulNBits, native Q4_1 decode.
+
+    python -m benchmarks.quant_kernel --quick     # fewer repeats and tokens
+    python -m benchmarks.quant_kernel --full      # what the docs quote (also run by benchmarks.quantization --full)
+
+Matvec: SmolLM2's largest projection shapes (1536x576, 576x1536) and the tied 49152x576 head, batch 1,
+cache-cold: each pass cycles through distinct copies of a matrix until the fp32 copies exceed 512 MiB
+(twice... the L3 is 300 MB), an unrelated 512 MiB buffer is read before every pass, methods alternate
+within each repeat, medians. Bytes read are the bytes each kernel actually reads (codes, maps, scales,
+minimums, per-row bases), so GB/s / measured bandwidth is an honest fraction of the memory wall.
+Methods: fp32 (torch), the float fused kernel on the 2.9-bit mixed layer, the integer kernel on the same
+layer, the integer kernel on Q4_1 (4.5 bits, the model's own format), and ONNX Runtime MatMulNBits with
+accuracy_level=4 (int8 activations) at 4 and 2 bits, block 32, one node per copy in one session.
+Decode: greedy tokens/s of the native Q4_1 SmolLM2 (its GGUF blocks through the kernel) against the fp32
+copy on the same lean forward and against transformers' fp32 model, same threads, alternating.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import parse_mode, target, write_result
+from components.quant import QuantLinear, QuantSpec, int_kernel, quantize_weight
+from components.quant.packed_matrix import PackedMatrix
+from components.quant.speed import memory_bandwidth
+
+WORKING_SET_MIB = 512
+SHAPES = ("1536x576", "576x1536", "49152x576")
+LARGEST = ("1536x576", "576x1536")
+MIXED_SPEC = QuantSpec(name="mixed29", frac_high=0.2, group_size=32)  # 2.9 bits/weight stored (u8 scales/mins)
+
+
+def ort_matmulnbits(out_f: int, in_f: int, bits: int, copies: int, threads: int, block: int = 32):
+    """A session with `copies` MatMulNBits nodes on one input (random codes of the right sizes); run() -> outputs."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    n_blocks = in_f // block
+    blob = block * bits // 8
+    nodes, inits, outputs = [], [], []
+    for i in range(copies):
+        b = numpy_helper.from_array(rng.integers(0, 256, (out_f, n_blocks, blob), dtype=np.uint8), f"B{i}")
+        s = numpy_helper.from_array((rng.random(out_f * n_blocks, dtype=np.float32) * 0.01), f"S{i}")
+        zp_len = out_f * math.ceil(n_blocks * bits / 8)
+        z = numpy_helper.from_array(rng.integers(0, 256, zp_len, dtype=np.uint8), f"Z{i}")
+        inits += [b, s, z]
+        nodes.append(helper.make_node("MatMulNBits", ["A", f"B{i}", f"S{i}", f"Z{i}"], [f"Y{i}"], domain="com.microsoft",
+                                      K=in_f, N=out_f, bits=bits, block_size=block, accuracy_level=4))
+        outputs.append(helper.make_tensor_value_info(f"Y{i}", TensorProto.FLOAT, [1, out_f]))
+    graph = helper.make_graph(nodes, "nbits", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, in_f])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    per_copy = out_f * (n_blocks * blob + 4 * n_blocks + math.ceil(n_blocks * bits / 8))
+    return session, per_copy
+
+
+def _fused_float_bytes(layer: QuantLinear) -> int:
+    """What the float kernel reads: the codes plus its decoded per-group arrays (positions, float scale, offset)."""
+    meta = layer._meta
+    tensors = [layer.codes_lo, layer.codes_hi] + [meta[k] for k in ("rc_lo", "rc_hi", "s_lo", "b_lo", "s_hi", "b_hi")]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@torch.no_grad()
+def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool) -> dict:
+    out_f, in_f = (int(v) for v in shape.split("x"))
+    copies = max(2, math.ceil(WORKING_SET_MIB * 2 ** 20 / (out_f * in_f * 4)))
+    gen = torch.Generator().manual_seed(out_f + in_f)
+    base = torch.randn(out_f, in_f, generator=gen) * 0.02
+    layer = QuantLinear.from_packed(quantize_weight(base, MIXED_SPEC), mode="fused")
+    dense = [base.clone() for _ in range(copies)]
+    mixed_layers = [copy.deepcopy(layer) for _ in range(copies)]
+    mixed = [PackedMatrix.from_quant_linear(q) for q in mixed_layers]
+    q4 = [PackedMatrix.quantize_asymmetric(base, 4) for _ in range(copies)]
+    x = torch.randn(1, in_f, generator=gen)
+    calls = {
+        "fp32": (lambda: [torch.nn.functional.linear(x, w) for w in dense], out_f * in_f * 4),
+        "fused_float_mixed": (lambda: [q.forward_fused(x) for q in mixed_layers], _fused_float_bytes(layer)),
+        "int8_mixed": (lambda: [m.matmul(x, act_levels=1) for m in mixed], mixed[0].nbytes()),
+        "int8x2_mixed": (lambda: [m.matmul(x, act_levels=2) for m in mixed], mixed[0].nbytes()),
+        "int8_q4_1": (lambda: [m.matmul(x, act_levels=1) for m in q4], q4[0].nbytes()),
+        "int8x2_q4_1": (lambda: [m.matmul(x, act_levels=2) for m in q4], q4[0].nbytes()),
+    }
+    if with_ort:
+        xa = x.numpy()
+        for bits in (4, 2):
+            session, per_copy = ort_matmulnbits(out_f, in_f, bits, copies, threads)
+            calls[f"onnxruntime_{bits}bit"] = (lambda s=session: s.run(None, {"A": xa}), per_copy)
+    flush = torch.ones(WORKING_SET_MIB * 2 ** 20 // 4)
+    for fn, _ in calls.values():
+        fn()
+    samples: dict[str, list[float]] = {m: [] for m in calls}
+    for _ in range(repeats):
+        for name, (fn, _) in calls.items():
+            flush.sum()
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) / copies)
+    out = {"copies": copies}
+    for name, (_, nbytes) in calls.items():
+        sec = statistics.median(samples[name])
+        out[name] = {"seconds": sec, "bytes_read": nbytes, "gb_per_s": nbytes / sec / 1e9,
+                     "bits_per_weight_read": nbytes * 8 / (out_f * in_f)}
+    return out
+
+
+@torch.no_grad()
+def decode_rates(models: dict, prompt: list[int], new_tokens: int, rounds: int) -> dict[str, float]:
+    """Greedy decode tokens/s per model (prefill excluded), alternating models, best of `rounds`."""
+    rates: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, step in models.items():
+            logits, cache = step(torch.tensor([prompt]), None)
+            start = time.perf_counter()
+            for _ in range(new_tokens):
+                logits, cache = step(logits[:, -1:].argmax(-1), cache)
+            rates[name] = max(rates.get(name, 0.0), new_tokens / (time.perf_counter() - start))
+    return rates
+
+
+def hf_step(model):
+    def step(ids, cache):
+        out = model(ids, past_key_values=cache, use_cache=True)
+        return out.logits, out.past_key_values
+    return step
+
+
+@torch.no_grad()
+def teacher_forced_agreement(model, reference, ids: torch.Tensor) -> dict[str, float]:
+    got = model.forward(ids)[0][0]
+    ref = reference.forward(ids)[0][0]
+    return {"agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
+            "max_abs_logit_diff": float((got - ref).abs().max()), "tokens": int(ids.numel())}
+
+
+@torch.no_grad()
+def overhead(model, threads: int) -> dict[str, float]:
+    """One decode step's time vs the same step's matrix products alone (the rest: python and torch ops)."""
+    _, cache = model.forward(torch.arange(16))
+    mats = [model.head] + [m for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    xs = [torch.randn(1, m.in_features) for m in mats]
+    step = statistics.median(_time(lambda: (model.forward(torch.tensor([5]), cache), model.crop(cache, 16)))
+                             for _ in range(15))
+    products = statistics.median(_time(lambda: [m.matmul(x) for m, x in zip(mats, xs)]) for _ in range(15))
+    return {"step_ms": step * 1e3, "matrix_products_ms": products * 1e3, "other_ms": (step - products) * 1e3,
+            "kernel_calls_per_token": len(mats), "threads": threads}
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(full: bool) -> tuple[dict, list[dict]]:
+    from components.lm import smollm2
+    from components.quant.evaluation import python_docs_split
+    from components.quant.native import LeanLlama, load_native_smollm2
+
+    repeats = 9 if full else 5
+    results: dict = {"kernel_paths": int_kernel.paths(), "kernel_path_used": int_kernel.best_path(),
+                     "mixed_spec": MIXED_SPEC.to_dict(), "loadavg_start": _loadavg()}
+    results["memory_gb_per_s"] = bandwidth = memory_bandwidth(WORKING_SET_MIB)
+    results["matvec"] = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for shape in SHAPES:
+            table = matvec_table(shape, threads, repeats, with_ort=True)
+            for row in table.values():
+                if isinstance(row, dict):
+                    row["speedup_vs_fp32"] = table["fp32"]["seconds"] / row["seconds"]
+                    row["fraction_of_memory_bandwidth"] = row["gb_per_s"] / bandwidth
+            results["matvec"][f"{shape}@{threads}t"] = table
+            print(f"matvec {shape} {threads}t: " + ", ".join(f"{k} {v['seconds'] * 1e6:.0f}us"
+                                                           for k, v in table.items() if isinstance(v, dict)), flush=True)
+    torch.set_num_threads(2)
+    native = load_native_smollm2()
+    hf = smollm2.load_model()
+    lean_fp32 = LeanLlama.from_hf(hf)
+    tokenizer = smollm2.load_tokenizer()
+    _, eval_text = python_docs_split(0)
+    ids = torch.tensor(tokenizer(eval_text[:40000])["input_ids"][: 512 if full else 256])
+    results["q4_native_vs_fp32"] = teacher_forced_agreement(native, lean_fp32, ids)
+    prompt = ids[:16].tolist()
+    new_tokens = 48 if full else 24
+    results["decode_tokens_per_s"] = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        rates = decode_rates({"q4_native": native.forward, "fp32_lean": lean_fp32.forward, "fp32_hf": hf_step(hf)},
+                             prompt, new_tokens, rounds=3)
+        results["decode_tokens_per_s"][f"{threads}t"] = rates
+        print(f"decode {threads}t: {rates}", flush=True)
+    torch.set_num_threads(2)
+    results["decode_overhead_2t"] = overhead(native, 2)
+    results["weight_bytes_per_token"] = {"q4_native": native.weight_bytes(), "fp32_lean": lean_fp32.weight_bytes()}
+    results["loadavg_end"] = _loadavg()
+    results["decode_note"] = ("q4_native: the packaged GGUF's Q4_1 layers and Q8_0 tied head through the integer kernel "
+                              "(int8 activations + int8 residual); fp32_lean: the fp32 copy on the same forward; "
+                              "fp32_hf: transformers' LlamaForCausalLM with its DynamicCache")
+    return results, targets_of(results)
+
+
+def targets_of(results: dict) -> list[dict]:
+    mv, bw = results["matvec"], results["memory_gb_per_s"]
+    two = [mv[f"{s}@2t"] for s in LARGEST]
+    targets = [
+        target("matvec_speedup_vs_fp32_largest_layers", min(t["int8_mixed"]["speedup_vs_fp32"] for t in two), 4.0, ">="),
+        target("matvec_fraction_of_memory_bandwidth",
+               max(mv[f"{s}@2t"][m]["gb_per_s"] for s in SHAPES for m in ("int8_mixed", "int8_q4_1")) / bw, 0.5, ">="),
+    ]
+    ratios = []
+    for s in SHAPES:
+        for t in ("1t", "2t"):
+            row = mv[f"{s}@{t}"]
+            ratios.append(row["onnxruntime_4bit"]["seconds"] / row["int8_q4_1"]["seconds"])
+            ratios.append(row["onnxruntime_2bit"]["seconds"] / row["int8_mixed"]["seconds"])
+    targets.append(target("matvec_speedup_vs_onnxruntime_same_bits", min(ratios), 1.0, ">="))
+    rates = results["decode_tokens_per_s"]["2t"]
+    targets.append(target("decode_speedup_vs_fp32", rates["q4_native"] / rates["fp32_lean"], 3.0, ">="))
+    targets.append(target("decode_speedup_q4_native_vs_fp32", rates["q4_native"] / rates["fp32_lean"], 2.5, ">="))
+    targets.append(target("decode_speedup_q4_native_vs_fp32_hf", rates["q4_native"] / rates["fp32_hf"], 2.5, ">="))
+    targets.append(target("q4_native_greedy_agreement_vs_fp32", results["q4_native_vs_fp32"]["agreement"], 0.99, ">="))
+    return targets
+
+
+def _loadavg() -> str:
+    try:
+        return open("/proc/loadavg").read().strip()
+    except OSError:
+        return "n/a"
+
+
+def plot(results: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    keys = [k for k in results["matvec"] if k.endswith("@2t")]
+    methods = [m for m in results["matvec"][keys[0]] if m != "copies"]
+    ax = axes[0]
+    for j, m in enumerate(methods):
+        ax.bar([i + j * 0.1 for i in range(len(keys))], [results["matvec"][k][m]["gb_per_s"] for k in keys],
+               width=0.1, label=m)
+    ax.axhline(results["memory_gb_per_s"], ls="--", c="k", label="memory bandwidth (sum of 512 MiB)")
+    ax.set_xticks([i + 0.35 for i in range(len(keys))], keys)
+    ax.set(title="batch-1 matvec, cache-cold, 2 threads: GB/s of bytes actually read", ylabel="GB/s")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    rates = results["decode_tokens_per_s"]
+    names = list(rates["2t"])
+    for j, t in enumerate(rates):
+        ax.bar([i + j * 0.4 for i in range(len(names))], [rates[t][n] for n in names], width=0.4, label=t)
+    ax.set_xticks([i + 0.2 for i in range(len(names))], names)
+    ax.set(title="SmolLM2-135M greedy decode, tokens/s", ylabel="tokens/s")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> None:
+    args = parse_mode(__doc__.splitlines()[0], argv)
+    results, targets = run(bool(args.full))
+    write_result("quant_kernel", results, targets, figure=plot(results), args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,453 @@
+"""The integer CPU kernel: int8 activations times packed 2/4/8-bit codes with integer dot products.
+
+Built on first use with torch.utils.cpp_extension (gcc -O3, OpenMP) like `fused_cpu.py`, whose float
+kernel stays the reference and fallback. Set QUANT_INT_KERNEL=0 to disable it.
+
+Per call, every activation row is quantized to int8 in blocks of 32 (llama.cpp's Q8 blocks):
+d = max|x| / 127, a = round(x / d), and the block's exact float sum is kept. Per weight group
+(w = s * q + m, codes q unsigned), per 32-code block k of the group:
+
+    y += s * d_k * sum_j(q_j * a_j)   (an int32 dot product: vpdpbusd, u8 codes x s8 activations)
+       + m * sum_j(x_j)               (the group minimum times the block's float sum, once per group)
+
+so only the packed codes and the group's metadata are read. Codes are expanded to bytes in registers
+(4-bit: one 16-byte load, a nibble mask and a shift; 2-bit: one 8-byte broadcast and four shifts).
+The project's packing puts codes 2b, 2b+1 in byte b (4-bit) and 4b..4b+3 (2-bit), so instead of
+shuffling the codes the activation block is stored once per call in the matching order.
+
+Error bound (tested): the only approximation is the activation rounding, |x - d a| <= d / 2 per
+element, and the minimum's term uses the exact sum, so per output |y - x W_hat^T| <= sum over blocks
+of d_k / 2 * sum_j |s q_j| (plus float rounding).
+
+Layout (the paper's alignment): tiles of R output rows; every tile's low-bit and high-bit codes are
+two streams of equal length per tile, tile t starting at t * stride, and a per-tile bit map says
+which group (row-major in the tile) is high-bit. A kernel thread takes whole tiles; within a row
+the low groups and the high groups are each visited with a bit scan of the row's map bits, so the
+mixed layer has no per-group branch. Metadata: scales as u8 codes with a per-row base
+(s = (c + 1) * base, the project's second-order format) or fp16; minimums as u8 codes with a
+per-row (offset, step) or fp16 (GGUF Q4_1's d and m are fp16).
+
+Paths, chosen at run time by CPU feature (`paths()`, `best_path()`): avx512_vnni (EVEX vpdpbusd on
+256-bit blocks, zmm for two batch rows at once), avx_vnni (VEX vpdpbusd), avx2 (vpmaddubsw + vpmaddwd),
+portable (scalar C). All share one source, compiled once per path with a GCC target pragma.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+PATHS = ("avx512_vnni", "avx_vnni", "avx2", "portable")
+_TARGETS = {
+    "avx512_vnni": "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c,bmi,bmi2",
+    "avx_vnni": "avxvnni,avx2,fma,f16c,bmi,bmi2",
+    "avx2": "avx2,fma,f16c,bmi,bmi2",
+    "portable": None,
+}
+_ISA_MACRO = {"avx512_vnni": "ISA_VNNI512", "avx_vnni": "ISA_AVXVNNI", "avx2": "ISA_AVX2", "portable": "ISA_PORTABLE"}
+
+_HEADER = r"""
+#include <torch/extension.h>
+#include <immintrin.h>
+#include <cstdint>
+#include <cstring>
+#include <cmath>
+#include <vector>
+#include <omp.h>
+
+static inline float half_to_float(uint16_t h) {  // IEEE binary16 -> float, subnormals included
+  const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) { bits = sign; }
+    else { float f = std::ldexp((float)man, -24); std::memcpy(&bits, &f, 4); bits |= sign; }
+  } else if (exp == 31) { bits = sign | 0x7f800000u | (man << 13); }
+  else { bits = sign | ((exp + 112) << 23) | (man << 13); }
+  float out; std::memcpy(&out, &bits, 4); return out;
+}
+
+struct Meta {  // a layer's per-group scale and minimum, in one of two formats each
+  int scale_kind, min_kind;  // 0: u8 codes + per-row base, 1: fp16 per group
+  const uint8_t* scale_u8; const float* scale_base; const uint16_t* scale_f16;
+  const uint8_t* min_u8; const float* min_base; const uint16_t* min_f16;
+  int64_t G;
+};
+
+// Activations: per batch row, per 32-block: d, the float sum, and the int8 codes in three orders
+// (8-bit codes: natural; 4-bit: evens then odds; 2-bit: position 8 s + j holds element 4 j + s).
+struct Acts {
+  int64_t N, K, B;  // rows, features, 32-blocks per row
+  int64_t res;      // 0, or N * K: offset of the residual codes (second int8 level, step d / 254)
+  std::vector<float> d, sum;
+  std::vector<int8_t> a8, a4, a2;
+};
+
+static Acts quantize_acts(const float* x, int64_t N, int64_t K, bool need8, bool need4, bool need2, bool residual) {
+  Acts A; A.N = N; A.K = K; A.B = K / 32; A.res = residual ? N * K : 0;
+  const int64_t levels = residual ? 2 : 1;
+  A.d.resize(N * A.B); A.sum.resize(N * A.B);
+  if (need8) A.a8.resize(levels * N * K);
+  if (need4) A.a4.resize(levels * N * K);
+  if (need2) A.a2.resize(levels * N * K);
+  int8_t q[2][32];
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t b = 0; b < A.B; ++b) {
+      const float* xb = x + n * K + b * 32;
+      float amax = 0.f, s = 0.f;
+      for (int j = 0; j < 32; ++j) { amax = std::max(amax, std::fabs(xb[j])); s += xb[j]; }
+      const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+      for (int j = 0; j < 32; ++j) {
+        const float v = std::min(127.f, std::max(-127.f, std::nearbyint(xb[j] * inv)));
+        q[0][j] = (int8_t)v;
+        // second level: the rounding residual, |x - d a| <= d / 2, in steps of d / 254
+        const float r = amax > 0.f ? (xb[j] - d * v) * (254.f / d) : 0.f;
+        q[1][j] = (int8_t)std::min(127.f, std::max(-127.f, std::nearbyint(r)));
+      }
+      A.d[n * A.B + b] = d; A.sum[n * A.B + b] = s;
+      for (int64_t l = 0; l < levels; ++l) {
+        const int64_t o = l * N * K + n * K + b * 32;
+        const int8_t* ql = q[l];
+        if (need8) for (int j = 0; j < 32; ++j) A.a8[o + j] = ql[j];
+        if (need4) for (int j = 0; j < 16; ++j) { A.a4[o + j] = ql[2 * j]; A.a4[o + 16 + j] = ql[2 * j + 1]; }
+        if (need2) for (int s2 = 0; s2 < 4; ++s2) for (int j = 0; j < 8; ++j) A.a2[o + 8 * s2 + j] = ql[4 * j + s2];
+      }
+    }
+  }
+  return A;
+}
+
+static inline uint64_t map_bits(const uint8_t* map, int64_t map_bytes, int64_t bitpos, int n) {
+  // n <= 56 bits of a tile's map from bit `bitpos`, never reading past the tile's bytes
+  uint64_t w = 0;
+  const int64_t byte = bitpos >> 3;
+  const int64_t avail = std::min<int64_t>(8, map_bytes - byte);
+  std::memcpy(&w, map + byte, (size_t)avail);
+  w >>= (bitpos & 7);
+  return n >= 64 ? w : (w & ((1ull << n) - 1));
+}
+
+"""
+
+# One copy of this per path, inside `namespace <path>` under a GCC target pragma.
+_BODY = r"""
+#if defined(ISA_PORTABLE)
+typedef float Acc;
+static inline void acc_zero(Acc& a) { a = 0.f; }
+static inline float acc_sum(const Acc& a) { return a; }
+
+template <int BITS>
+static inline void unpack_scalar(const uint8_t* p, uint8_t* w) {  // 32 codes -> bytes in the activation order
+  if (BITS == 8) { for (int j = 0; j < 32; ++j) w[j] = p[j]; }
+  else if (BITS == 4) { for (int j = 0; j < 16; ++j) { w[j] = p[j] & 15; w[16 + j] = p[j] >> 4; } }
+  else { for (int s = 0; s < 4; ++s) for (int j = 0; j < 8; ++j) w[8 * s + j] = (p[j] >> (2 * s)) & 3; }
+}
+
+// One 32-code block times NB activation blocks: acc[n] += s * d_n * dot (scalar, the same integers).
+template <int BITS, int NB>
+static inline void block_dot(const uint8_t* p, const int8_t* a, int64_t K, const float* d, int64_t B, float s,
+                             int64_t res, Acc* acc) {
+  uint8_t w[32];
+  unpack_scalar<BITS>(p, w);
+  for (int n = 0; n < NB; ++n) {
+    int32_t dot = 0, dot2 = 0;
+    for (int j = 0; j < 32; ++j) dot += (int32_t)w[j] * (int32_t)a[n * K + j];
+    if (res) for (int j = 0; j < 32; ++j) dot2 += (int32_t)w[j] * (int32_t)a[res + n * K + j];
+    acc[n] += s * d[n * B] * ((float)dot + (float)dot2 * (1.f / 254.f));
+  }
+}
+#else
+typedef __m256 Acc;
+static inline void acc_zero(Acc& a) { a = _mm256_setzero_ps(); }
+static inline float acc_sum(const Acc& v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// 32 codes -> 32 unsigned bytes in a ymm register, in the activation block's order.
+template <int BITS>
+static inline __m256i unpack32(const uint8_t* p) {
+  if constexpr (BITS == 8) {
+    return _mm256_loadu_si256((const __m256i*)p);
+  } else if constexpr (BITS == 4) {
+    const __m128i v = _mm_loadu_si128((const __m128i*)p), low = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));
+  } else {
+    int64_t word; std::memcpy(&word, p, 8);
+    const __m256i v = _mm256_srlv_epi64(_mm256_set1_epi64x(word), _mm256_set_epi64x(6, 4, 2, 0));
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x03));
+  }
+}
+
+// u8 codes x s8 activations summed over 4-byte lanes -> 8 int32
+template <int BITS>
+static inline __m256i dot32(__m256i w, __m256i a) {
+#if defined(ISA_VNNI512)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a);
+#elif defined(ISA_AVXVNNI)
+  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, a);
+#else
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (BITS == 8) {  // u8 x s8 pairs would saturate int16: split the codes into nibbles
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low), lo = _mm256_and_si256(w, low);
+    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(hi, a), _mm256_set1_epi16(16)),
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a), ones));
+  } else {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones);
+  }
+#endif
+}
+
+template <int BITS, int NB>
+static inline __attribute__((always_inline)) void block_dot(const uint8_t* p, const int8_t* a, int64_t K,
+                                                            const float* d, int64_t B, float s, int64_t res,
+                                                            Acc* acc) {
+  const __m256i w = unpack32<BITS>(p);
+  int n = 0;
+  if (res) {  // two int8 levels: dot(w, a1) + dot(w, a2) / 254
+    for (; n < NB; ++n) {
+      const __m256i a1 = _mm256_loadu_si256((const __m256i*)(a + n * K));
+      const __m256i a2 = _mm256_loadu_si256((const __m256i*)(a + res + n * K));
+      const __m256 sd = _mm256_set1_ps(s * d[n * B]);
+      acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32<BITS>(w, a1)), sd, acc[n]);
+      acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32<BITS>(w, a2)), _mm256_mul_ps(sd, _mm256_set1_ps(1.f / 254.f)), acc[n]);
+    }
+    return;
+  }
+#if defined(ISA_VNNI512)
+  // two batch rows per zmm: the codes broadcast to both halves, each half one row's activation block
+  const __m512i w2 = _mm512_broadcast_i64x4(w);
+  for (; n + 1 < NB; n += 2) {
+    const __m512i a2 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + n * K))),
+                                          _mm256_loadu_si256((const __m256i*)(a + (n + 1) * K)), 1);
+    const __m512 prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w2, a2));
+    acc[n] = _mm256_fmadd_ps(_mm512_castps512_ps256(prod), _mm256_set1_ps(s * d[n * B]), acc[n]);
+    acc[n + 1] = _mm256_fmadd_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(prod), 1)),
+                                 _mm256_set1_ps(s * d[(n + 1) * B]), acc[n + 1]);
+  }
+#endif
+  for (; n < NB; ++n) {
+    const __m256i av = _mm256_loadu_si256((const __m256i*)(a + n * K));
+    acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32<BITS>(w, av)), _mm256_set1_ps(s * d[n * B]), acc[n]);
+  }
+}
+#endif
+
+#if defined(ISA_PORTABLE)
+#define HALF(h) half_to_float(h)
+#else
+#define HALF(h) _cvtsh_ss(h)  // F16C
+#endif
+static inline __attribute__((always_inline)) void group_meta(const Meta& M, int64_t row, int64_t c, float& s, float& m) {
+  const int64_t i = row * M.G + c;
+  s = M.scale_kind == 0 ? ((float)M.scale_u8[i] + 1.f) * M.scale_base[row] : HALF(M.scale_f16[i]);
+  m = M.min_kind == 0 ? M.min_base[2 * row] + (float)M.min_u8[i] * M.min_base[2 * row + 1]
+                      : HALF(M.min_f16[i]);
+}
+#undef HALF
+
+// Every group of one row whose bit is set in `mask` (columns c_base + bit), read in stream order.
+template <int BITS, int NB>
+static inline __attribute__((always_inline)) void row_groups(
+    const uint8_t* __restrict codes, uint64_t mask, int64_t c_base, int64_t sub, int64_t row, const Meta& M,
+    int64_t K, int64_t B, int64_t res, const float* __restrict d, const float* __restrict xs,
+    const int8_t* __restrict acts,
+    int64_t& used, Acc* acc, float* macc) {
+  constexpr int64_t bytes = 32 * BITS / 8;
+  const uint8_t* __restrict p = codes + used * sub * bytes;
+  while (mask) {
+    const int64_t c = c_base + __builtin_ctzll(mask);
+    mask &= mask - 1;
+    float s, m;
+    group_meta(M, row, c, s, m);
+    for (int64_t k = 0; k < sub; ++k) {
+      const int64_t blk = c * sub + k;
+      block_dot<BITS, NB>(p, acts + blk * 32, K, d + blk, B, s, res, acc);
+      p += bytes;
+      for (int n = 0; n < NB; ++n) macc[n] += m * xs[n * B + blk];
+    }
+    ++used;
+  }
+}
+
+// NB batch rows of every row of tile t.
+template <int LO, int HI, int NB>
+static void tile_rows(const uint8_t* lo, const uint8_t* hi, const uint8_t* tmap, int64_t map_bytes, int all_high,
+                      int64_t t, int64_t R, int64_t G, int64_t g, const Meta& M, const Acts& A, int64_t n0,
+                      const int8_t* acts_lo, const int8_t* acts_hi, int64_t out, float* y) {
+  const int64_t K = A.K, B = A.B, sub = g / 32;
+  const float* d = A.d.data() + n0 * B;
+  const float* xs = A.sum.data() + n0 * B;
+  const int8_t* alo = acts_lo + n0 * K;
+  const int8_t* ahi = acts_hi + n0 * K;
+  int64_t used_lo = 0, used_hi = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t row = t * R + r;
+    Acc acc[NB];
+    float macc[NB];
+    for (int n = 0; n < NB; ++n) { acc_zero(acc[n]); macc[n] = 0.f; }
+    for (int64_t c0 = 0; c0 < G; c0 += 56) {
+      const int nb = (int)std::min<int64_t>(56, G - c0);
+      const uint64_t full = (1ull << nb) - 1;
+      const uint64_t high = tmap ? map_bits(tmap, map_bytes, r * G + c0, nb) : (all_high ? full : 0);
+      if (~high & full) row_groups<LO, NB>(lo, ~high & full, c0, sub, row, M, K, B, A.res, d, xs, alo, used_lo, acc, macc);
+      if (high) row_groups<HI, NB>(hi, high, c0, sub, row, M, K, B, A.res, d, xs, ahi, used_hi, acc, macc);
+    }
+    for (int n = 0; n < NB; ++n) y[(n0 + n) * out + row] = acc_sum(acc[n]) + macc[n];
+  }
+}
+
+template <int LO, int HI>
+static void tiles(const uint8_t* codes_lo, int64_t stride_lo, const uint8_t* codes_hi, int64_t stride_hi,
+                  const uint8_t* map, int64_t map_bytes, int all_high, int64_t T, int64_t R, int64_t G, int64_t g,
+                  const Meta& M, const Acts& A, const int8_t* acts_lo, const int8_t* acts_hi, float* y) {
+  const int64_t out = T * R, N = A.N;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < T; ++t) {
+    const uint8_t* lo = codes_lo + t * stride_lo;
+    const uint8_t* hi = codes_hi + t * stride_hi;
+    const uint8_t* tmap = map ? map + t * map_bytes : nullptr;
+    // batch rows in passes of 8, 4, 2, 1 (the codes of the tile are re-read per pass, from cache)
+    int64_t n0 = 0;
+    for (; n0 + 8 <= N; n0 += 8) tile_rows<LO, HI, 8>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y);
+    if (n0 + 4 <= N) { tile_rows<LO, HI, 4>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y); n0 += 4; }
+    if (n0 + 2 <= N) { tile_rows<LO, HI, 2>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y); n0 += 2; }
+    if (n0 < N) tile_rows<LO, HI, 1>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y);
+  }
+}
+
+static void run(int bits_lo, int bits_hi, const uint8_t* cl, int64_t sl, const uint8_t* ch, int64_t sh,
+                const uint8_t* map, int64_t mb, int all_high, int64_t T, int64_t R, int64_t G, int64_t g,
+                const Meta& M, const Acts& A, const int8_t* alo, const int8_t* ahi, float* y) {
+#define CASE(L, H) if (bits_lo == L && bits_hi == H) { tiles<L, H>(cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, alo, ahi, y); return; }
+  CASE(2, 4) CASE(2, 2) CASE(4, 4) CASE(8, 8) CASE(2, 8) CASE(4, 8)
+#undef CASE
+  TORCH_CHECK(false, "unsupported bits pair ", bits_lo, "/", bits_hi, " (low bits must not exceed high bits)");
+}
+"""
+
+_FOOTER = r"""
+static bool cpu_has(const std::string& path) {
+  __builtin_cpu_init();
+  if (path == "portable") return true;
+  if (path == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (path == "avx_vnni") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
+  if (path == "avx512_vnni")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  return false;
+}
+
+bool path_supported(std::string path) { return cpu_has(path); }
+
+static const uint8_t* bytes_of(const torch::Tensor& t) { return t.numel() ? (const uint8_t*)t.data_ptr() : nullptr; }
+
+torch::Tensor int_matmul(torch::Tensor x, torch::Tensor codes_lo, torch::Tensor codes_hi, torch::Tensor group_map,
+                         int64_t all_high, int64_t R, int64_t g, int64_t bits_lo, int64_t bits_hi,
+                         int64_t scale_kind, torch::Tensor scale_codes, torch::Tensor scale_base,
+                         int64_t min_kind, torch::Tensor min_codes, torch::Tensor min_base, std::string path,
+                         int64_t act_levels) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(), "x must be contiguous float32 [N, in]");
+  TORCH_CHECK(g % 32 == 0 && g > 0, "the integer kernel needs groups of a multiple of 32 codes, got ", g);
+  TORCH_CHECK(cpu_has(path), "kernel path ", path, " is not supported by this CPU");
+  const int64_t N = x.size(0), K = x.size(1), T = codes_lo.size(0), G = K / g;
+  TORCH_CHECK(K % g == 0, "x has ", K, " features, not a multiple of the group size ", g);
+  const int64_t out = T * R;
+  TORCH_CHECK(scale_codes.size(0) == out && scale_codes.size(1) == G, "scales must be [", out, ", ", G, "]");
+  const bool need[9] = {false, false, bits_lo == 2 || bits_hi == 2, false, bits_lo == 4 || bits_hi == 4,
+                        false, false, false, bits_lo == 8 || bits_hi == 8};
+  TORCH_CHECK(act_levels == 1 || act_levels == 2, "act_levels must be 1 (int8) or 2 (int8 + int8 residual)");
+  Acts A = quantize_acts(x.data_ptr<float>(), N, K, need[8], need[4], need[2], act_levels == 2);
+  auto acts_of = [&](int64_t bits) -> const int8_t* {
+    return bits == 8 ? A.a8.data() : bits == 4 ? A.a4.data() : A.a2.data();
+  };
+  Meta M;
+  M.G = G; M.scale_kind = (int)scale_kind; M.min_kind = (int)min_kind;
+  M.scale_u8 = scale_kind == 0 ? scale_codes.data_ptr<uint8_t>() : nullptr;
+  M.scale_f16 = scale_kind == 1 ? (const uint16_t*)scale_codes.data_ptr() : nullptr;
+  M.scale_base = scale_kind == 0 ? scale_base.data_ptr<float>() : nullptr;
+  M.min_u8 = min_kind == 0 ? min_codes.data_ptr<uint8_t>() : nullptr;
+  M.min_f16 = min_kind == 1 ? (const uint16_t*)min_codes.data_ptr() : nullptr;
+  M.min_base = min_kind == 0 ? min_base.data_ptr<float>() : nullptr;
+  auto y = torch::empty({N, out}, x.options());
+  const int64_t sl = codes_lo.numel() ? codes_lo.size(1) * 4 : 0, sh = codes_hi.numel() ? codes_hi.size(1) * 4 : 0;
+  const int64_t mb = group_map.numel() ? group_map.size(1) : 0;
+  const uint8_t* map = group_map.numel() ? group_map.data_ptr<uint8_t>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int bl = (int)bits_lo, bh = (int)bits_hi;
+  const int8_t *alo = acts_of(bits_lo), *ahi = acts_of(bits_hi);
+  if (path == "avx512_vnni") isa_avx512_vnni::run(bl, bh, bytes_of(codes_lo), sl, bytes_of(codes_hi), sh, map, mb, (int)all_high, T, R, G, g, M, A, alo, ahi, yp);
+  else if (path == "avx_vnni") isa_avx_vnni::run(bl, bh, bytes_of(codes_lo), sl, bytes_of(codes_hi), sh, map, mb, (int)all_high, T, R, G, g, M, A, alo, ahi, yp);
+  else if (path == "avx2") isa_avx2::run(bl, bh, bytes_of(codes_lo), sl, bytes_of(codes_hi), sh, map, mb, (int)all_high, T, R, G, g, M, A, alo, ahi, yp);
+  else isa_portable::run(bl, bh, bytes_of(codes_lo), sl, bytes_of(codes_hi), sh, map, mb, (int)all_high, T, R, G, g, M, A, alo, ahi, yp);
+  return y;
+}
+"""
+
+
+def _source() -> str:
+    parts = [_HEADER]
+    for path in PATHS:
+        target = _TARGETS[path]
+        if target:
+            parts.append(f'#pragma GCC push_options\n#pragma GCC target("{target}")\n')
+        parts.append(f"#define {_ISA_MACRO[path]} 1\nnamespace isa_{path} {{\n{_BODY}\n}}\n#undef {_ISA_MACRO[path]}\n")
+        if target:
+            parts.append("#pragma GCC pop_options\n")
+    parts.append(_FOOTER)
+    return "".join(parts)
+
+
+_lock = threading.Lock()
+_state: dict = {"module": None, "tried": False, "reason": "not built yet"}
+
+
+def load():
+    """The compiled extension, building it on first call; None when it cannot be built here."""
+    with _lock:
+        if _state["tried"]:
+            return _state["module"]
+        _state["tried"] = True
+        if os.environ.get("QUANT_INT_KERNEL", "1") == "0":
+            _state["reason"] = "disabled by QUANT_INT_KERNEL=0"
+            return None
+        try:
+            from torch.utils.cpp_extension import load_inline  # heavy: only when the kernel is first needed
+
+            _state["module"] = load_inline(
+                name="quant_int_kernel_v5", cpp_sources=[_source()], functions=["int_matmul", "path_supported"],
+                extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as exc:  # no compiler, no ninja, or a build error: callers fall back to the float kernel
+            text = str(exc).strip()
+            _state["reason"] = f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"
+        return _state["module"]
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def unavailable_reason() -> str:
+    return _state["reason"]
+
+
+def paths() -> list[str]:
+    """The kernel paths this CPU can run, fastest first."""
+    if "paths" not in _state:
+        module = load()
+        _state["paths"] = [p for p in PATHS if module is not None and module.path_supported(p)]
+    return _state["paths"]
+
+
+def best_path() -> str:
+    """QUANT_INT_PATH forces a path (tests, benchmarks); otherwise the fastest this CPU runs."""
+    forced = os.environ.get("QUANT_INT_PATH")
+    supported = paths()
+    if forced:
+        if forced not in supported:
+            raise ValueError(f"QUANT_INT_PATH={forced!r} is not one of the paths this CPU runs: {supported}")
+        return forced
+    if not supported:
+        raise RuntimeError(f"integer kernel unavailable: {unavailable_reason()}")
+    return supported[0]

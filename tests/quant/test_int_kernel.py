@@ -1,0 +1,139 @@
+"""The integer kernel against the dequantized reference, within the bound int8 activations allow.
+
+Bound: activations are rounded per block of 32 to d * a with d = max|x| / 127, so |x_j - d a_j| <= d / 2
+(d / 508 with the residual level); the minimum's term uses the exact block sums. Hence per output
+|y - x W_hat^T| <= sum_j (d_block(j) / 2) * |s_j q_j|, plus float rounding (tested with a relative slack).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.quant import QuantLinear, QuantSpec, int_kernel, quantize_weight, reference_dequantize
+from components.quant.packed_matrix import PackedMatrix
+
+pytestmark = pytest.mark.skipif(not int_kernel.available(), reason=f"no C++ toolchain: {int_kernel.unavailable_reason()}")
+
+SPECS = {
+    "mixed_2_4_g32": QuantSpec(frac_high=0.25, group_size=32),
+    "rtn2_g64": QuantSpec(frac_high=0.0, group_size=64),
+    "rtn4_fp16_scales": QuantSpec(frac_high=1.0, group_size=32, scale_format="fp16"),
+    "mixed_2_8_g32_tile8": QuantSpec(frac_high=0.3, bits_high=8, group_size=32, tile_rows=8),
+    "mixed_4_8_g128": QuantSpec(frac_high=0.4, bits_low=4, bits_high=8, group_size=128),
+}
+
+
+def activation_bound(x: torch.Tensor, weight_part: torch.Tensor, levels: int) -> torch.Tensor:
+    """sum_j d_block(j) / 2 * |s q|_j (levels=1), or / 508 (levels=2): [N, out]."""
+    N, K = x.shape
+    d = x.reshape(N, K // 32, 32).abs().amax(-1) / 127
+    half_step = (d / 2 if levels == 1 else d / 508).repeat_interleave(32, 1)
+    return half_step @ weight_part.abs().t()
+
+
+def scaled_codes(matrix: PackedMatrix) -> torch.Tensor:
+    scale, _ = matrix.scales_and_mins()
+    return (matrix.codes().float() * scale[..., None]).reshape(matrix.out_features, matrix.in_features)
+
+
+def check_within_bound(matrix: PackedMatrix, x: torch.Tensor, path: str, levels: int = 1) -> torch.Tensor:
+    ref = x @ matrix.dequantize().t()
+    got = matrix.matmul(x, path, levels)
+    bound = activation_bound(x, scaled_codes(matrix), levels)
+    slack = 1e-5 * (x.abs() @ matrix.dequantize().abs().t()) + 1e-6
+    err = (got - ref).abs()
+    assert got.shape == ref.shape
+    assert bool((err <= bound + slack).all()), f"{path}: max excess {float((err - bound - slack).max())}"
+    return got
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 16, 17])
+def test_every_path_is_within_the_int8_bound(name, rows):
+    spec = SPECS[name]
+    w = torch.randn(48, 256, generator=torch.Generator().manual_seed(rows)) * 0.05
+    layer = QuantLinear.from_packed(quantize_weight(w, spec))
+    matrix = PackedMatrix.from_quant_linear(layer)
+    torch.testing.assert_close(matrix.dequantize(), reference_dequantize(layer.layout, layer.packed_tensors()))
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(100 + rows))
+    x[:, 5] *= 30  # an outlier channel, as real activations have: it coarsens its block's step
+    outs = {path: check_within_bound(matrix, x, path) for path in int_kernel.paths()}
+    portable = outs["portable"]
+    for path, y in outs.items():  # the same integers on every path: equal up to float summation order
+        torch.testing.assert_close(y, portable, rtol=1e-5, atol=1e-4, msg=path)
+
+
+@pytest.mark.parametrize("path", ["portable", "avx2", "avx_vnni", "avx512_vnni"])
+def test_residual_level_is_within_its_bound_and_254x_tighter(path):
+    if path not in int_kernel.paths():
+        pytest.skip(f"this CPU cannot run {path}")
+    matrix = PackedMatrix.quantize_asymmetric(torch.randn(64, 192) * 0.1, 4)
+    x = torch.randn(5, 192, generator=torch.Generator().manual_seed(3))
+    ref = x @ matrix.dequantize().t()
+    one = (check_within_bound(matrix, x, path, 1) - ref).abs().max()
+    two = (check_within_bound(matrix, x, path, 2) - ref).abs().max()
+    assert two < one / 20
+
+
+def test_odd_shapes_and_empty_batch():
+    # 3 groups per row, 24 rows (tile height falls to gcd(24, 16) = 8)
+    matrix = PackedMatrix.quantize_asymmetric(torch.randn(24, 96), 2)
+    assert matrix.tile_rows == 8
+    for path in int_kernel.paths():
+        check_within_bound(matrix, torch.randn(5, 96), path)
+    assert matrix.matmul(torch.randn(0, 96)).shape == (0, 24)
+    with pytest.raises(ValueError, match=r"x must be \[N, 96\]"):
+        matrix.matmul(torch.randn(2, 95))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        PackedMatrix.quantize_asymmetric(torch.randn(16, 80), 4)
+
+
+def test_zero_activations_and_zero_blocks():
+    matrix = PackedMatrix.quantize_asymmetric(torch.randn(32, 128), 4)
+    x = torch.zeros(2, 128)
+    x[1, 64:] = torch.randn(64)  # first two blocks all zero: d = 0 must not divide by zero
+    ref = x @ matrix.dequantize().t()
+    y = matrix.matmul(x)
+    assert torch.isfinite(y).all()
+    assert torch.equal(y[0], torch.zeros(32))
+    assert bool(((y - ref).abs() <= activation_bound(x, scaled_codes(matrix), 1) + 1e-5).all())
+
+
+def test_forcing_a_path(monkeypatch):
+    monkeypatch.setenv("QUANT_INT_PATH", "portable")
+    assert int_kernel.best_path() == "portable"
+    monkeypatch.setenv("QUANT_INT_PATH", "sse9")
+    with pytest.raises(ValueError, match="sse9"):
+        int_kernel.best_path()
+    monkeypatch.delenv("QUANT_INT_PATH")
+    assert int_kernel.best_path() == int_kernel.paths()[0]
+    assert int_kernel.paths()[-1] == "portable"
+
+
+def test_gguf_blocks_are_read_exactly():
+    """Q4_1 and Q8_0 bytes written by the gguf package's own quantizer decode to its own dequantization."""
+    from gguf import GGMLQuantizationType, quants
+
+    w = np.random.default_rng(0).standard_normal((32, 128)).astype(np.float32)
+    for kind, build in ((GGMLQuantizationType.Q4_1, PackedMatrix.from_gguf_q4_1),
+                        (GGMLQuantizationType.Q8_0, PackedMatrix.from_gguf_q8_0)):
+        blocks = quants.quantize(w, kind)
+        expected = torch.from_numpy(quants.dequantize(blocks, kind).reshape(32, 128).astype(np.float32))
+        matrix = build(blocks, 32, 128)
+        torch.testing.assert_close(matrix.dequantize(), expected, rtol=0, atol=0)
+        torch.testing.assert_close(matrix.rows(torch.tensor([3, 0, 31])), expected[[3, 0, 31]], rtol=0, atol=0)
+        check_within_bound(matrix, torch.randn(4, 128), int_kernel.best_path())
+
+
+def test_quant_linear_int8_mode_is_within_the_bound():
+    w = torch.randn(32, 128, generator=torch.Generator().manual_seed(7)) * 0.05
+    bias = torch.randn(32)
+    layer = QuantLinear.from_packed(quantize_weight(w, QuantSpec(frac_high=0.25), bias=bias), mode="int8")
+    x = torch.randn(2, 3, 128)
+    matrix = PackedMatrix.from_quant_linear(layer)
+    bound = activation_bound(x.reshape(6, 128), scaled_codes(matrix), 1).reshape(2, 3, 32)
+    ref = x @ matrix.dequantize().t() + bias
+    assert bool(((layer(x) - ref).abs() <= bound + 1e-4).all())
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        QuantLinear.from_packed(quantize_weight(w, QuantSpec(group_size=16)), mode="int8")(x)
