@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 
 ROOT = RESULTS_DIR.parent.parent
-MARKER = re.compile(r"(<!-- results: *(?P<name>[\w-]+)(?P<path>(?:/[\w.-]+)*)(?:: *(?P<columns>[\w., -]+?))? *-->\n)"
+MARKER = re.compile(r"(<!-- results: *(?P<name>[\w-]+)(?P<path>(?:/[\w.@-]+)*)(?:: *(?P<columns>[\w., -]+?))? *-->\n)"
                     r"(?P<body>.*?)(<!-- /results -->)", re.S)
 
 
@@ -150,7 +150,12 @@ def render(text: str, results: dict[str, dict], source: str = "") -> str:
             body = targets_table(results[name])
         return f"{match.group(1)}{body}\n{match.group(6)}"
 
-    return MARKER.sub(fill, text)
+    rendered = MARKER.sub(fill, text)
+    opened = rendered.count("<!-- results:")
+    if opened != len(MARKER.findall(rendered)):
+        raise ValueError(f"{source or 'markdown'}: a '<!-- results: ... -->' marker does not parse "
+                         "(name/path/columns) or has no '<!-- /results -->'")
+    return rendered
 
 
 def markdown_files(root: Path = ROOT) -> list[Path]:
