@@ -43,7 +43,7 @@ class EloConfig:
         at_least("elo.k_min", self.k_min, 0)
         at_least("elo.k_factor", self.k_factor, self.k_min)
         positive("elo.k_halving_matches", self.k_halving_matches)
-        at_least("elo.top_k", self.top_k, 1)
+        at_least("elo.top_k", self.top_k, 0)  # 0: no top pair, so no debates
         at_least("elo.debate_min_matches", self.debate_min_matches, 0)
         at_least("elo.debate_turns", self.debate_turns, 1)
         for key in ("w_new", "w_top", "w_similar", "w_close"):

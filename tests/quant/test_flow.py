@@ -66,7 +66,7 @@ def test_quantize_flow_spends_a_whole_model_budget_and_saves_the_head_bits(prefe
     assert metrics["bits_per_weight"] > 4.5
     from tasks.tracking import load_registered_model_dir
 
-    folder = load_registered_model_dir("test-gpt-budget", mlflow_uri)
+    folder = load_registered_model_dir("test-gpt-budget@candidate", mlflow_uri)  # not promoted: the candidate
     meta = json.loads((Path(folder) / "quant_meta.json").read_text())
     assert meta["spec"]["head_bits"] == 2 and meta["spec"]["score"] == "fisher"
     model = load_quantized(folder)
