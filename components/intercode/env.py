@@ -24,7 +24,7 @@ import gymnasium as gym
 from gymnasium import spaces
 
 from components.intercode import fsdiff
-from components.intercode.rewards import bash_reward, sql_reward
+from components.intercode.rewards import SQL_ORDERS, bash_reward, sql_reward
 from components.intercode.tasksets import Task
 from components.sandbox import Sandbox, SandboxLimits, Workspace
 
@@ -140,8 +140,11 @@ class SqlEnv(InterCodeEnv):
     language = "sql"
 
     def __init__(self, tasks: Sequence[Task], db_dir: Path, sandbox: Optional[Sandbox] = None,
-                 max_rows: int = 1000, max_steps: Optional[int] = None):
+                 max_rows: int = 1000, max_steps: Optional[int] = None, sql_order: str = "upstream"):
         super().__init__(tasks, sandbox, max_steps)
+        if sql_order not in SQL_ORDERS:
+            raise ValueError(f"sql_order must be one of {SQL_ORDERS}, not {sql_order!r}")
+        self.sql_order = sql_order  # how the reward judges row order (rewards.sql_reward)
         self.db_dir = Path(db_dir)
         missing = sorted({t.db for t in self.tasks if not (self.db_dir / f"{t.db}.sqlite").exists()})
         if missing:
@@ -194,7 +197,7 @@ class SqlEnv(InterCodeEnv):
 
     def _reward(self) -> tuple[float, dict]:
         # The reward compares the result of the agent's last action (upstream: its last observation).
-        reward, info = sql_reward(self.last_rows, self.gold_rows())
+        reward, info = sql_reward(self.last_rows, self.gold_rows(), order=self.sql_order)
         return reward, info
 
     def _close_state(self) -> None:
