@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import warnings
 
 import pytest
@@ -28,6 +29,16 @@ def _make_deep(root, levels, name="d"):
             handle.write("bottom")
     finally:
         os.close(fd)
+
+
+@pytest.fixture
+def deep_tmp(tmp_path):
+    """A folder for deep trees, removed by coreutils afterwards whatever the test did: pytest's own
+    clean-up of old tmp folders recurses and would fail on an 1100-deep leftover."""
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    yield folder
+    subprocess.run(["rm", "-rf", "--", str(folder)], check=False)
 
 
 @pytest.fixture
@@ -90,11 +101,11 @@ def test_many_files_observe_too_large(asset_dir):
         env.close()
 
 
-def test_snapshot_limits_depth_entries_and_bytes(tmp_path):
-    _make_deep(tmp_path, 1100)
+def test_snapshot_limits_depth_entries_and_bytes(tmp_path, deep_tmp):
+    _make_deep(deep_tmp, 1100)
     with pytest.raises(fsdiff.WorkspaceTooLarge, match="too deep: d/d/d.*more than 64 folder levels"):
-        fsdiff.snapshot(tmp_path)
-    assert len(fsdiff.snapshot(tmp_path, fsdiff.WalkLimits(max_depth=2000))) == 1101
+        fsdiff.snapshot(deep_tmp)
+    assert len(fsdiff.snapshot(deep_tmp, fsdiff.WalkLimits(max_depth=2000))) == 1101
     wide = tmp_path / "wide"
     wide.mkdir()
     for i in range(30):
@@ -106,7 +117,8 @@ def test_snapshot_limits_depth_entries_and_bytes(tmp_path):
     assert len(fsdiff.snapshot(wide)) == 30
 
 
-def test_remove_tree_deeper_than_path_max_and_unwritable(tmp_path):
+def test_remove_tree_deeper_than_path_max_and_unwritable(deep_tmp):
+    tmp_path = deep_tmp
     _make_deep(tmp_path, 60, name="n" * 200)  # ~12,000-character paths: beyond PATH_MAX
     _make_deep(tmp_path, 1100)
     locked = tmp_path / "locked"
