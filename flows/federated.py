@@ -17,7 +17,7 @@ from components.checks import ConfigError, at_least, in_range, one_of
 from components.federated.aggregators import STALENESS_FUNCTIONS
 from components.federated.partitions import PARTITIONS
 from components.federated.schedulers import SCHEDULERS
-from components.federated.speeds import SPEED_MODELS
+from components.federated.speeds import GIVEN, SPEED_MODELS, check_step_times, read_step_times
 from components.federated.task import DATASETS
 from flows.platform import FlowConfig, system_flow
 from tasks.tracking import Tracker
@@ -40,7 +40,8 @@ class FedStrategyConfig:
     buffer_size: int = 3  # FedBuff: arrivals per global update (K)
     # FedAvg faults (Flower's semantics): a round ends at this many virtual seconds after it started with
     # the updates that arrived (None: 10 x local_steps x fed_speed.mean, set by the flow config); a round
-    # with fewer than min_clients updates fails the run, naming the lost clients (Flower's min_fit_clients).
+    # with fewer than min_clients updates (capped at clients) fails the run, naming the lost clients
+    # (Flower's min_fit_clients).
     round_timeout: Optional[float] = None
     min_clients: int = 2
 
@@ -72,9 +73,18 @@ class FedSpeedConfig:
     drift_time: Optional[float] = None  # virtual time at which some clients change speed (None: never)
     drift_fraction: float = 0.0  # the fastest this fraction of clients drift
     drift_factor: float = 1.0  # ...their step time is multiplied by this
+    # kind=given: the user's own seconds per local step, one per client, as a list or a file (a JSON list,
+    # or one number per line); the file is read when the config is built
+    step_times: list[float] = field(default_factory=list)
+    step_times_file: Optional[str] = None
 
     def __post_init__(self) -> None:
-        one_of("fed_speed.kind", self.kind, SPEED_MODELS)
+        one_of("fed_speed.kind", self.kind, (*SPEED_MODELS, GIVEN))
+        if self.kind != GIVEN and (self.step_times or self.step_times_file):
+            raise ConfigError("fed_speed.kind", self.kind, "step_times / step_times_file need fed_speed.kind=given")
+        if self.kind == GIVEN and bool(self.step_times) == bool(self.step_times_file):
+            raise ConfigError("fed_speed.step_times", self.step_times,
+                              "kind=given takes exactly one of step_times (a list) or step_times_file")
         if not self.mean > 0:
             raise ConfigError("fed_speed.mean", self.mean, "must be > 0 seconds per step")
         at_least("fed_speed.sigma_ratio", self.sigma_ratio, 0.0)
@@ -159,6 +169,10 @@ class FederatedConfig(FlowConfig):
 
     def __post_init__(self) -> None:
         _check(self)
+        speed = self.fed_speed
+        if speed.kind == GIVEN:  # one step time per client, checked now (file, line, value)
+            speed.step_times = (read_step_times(speed.step_times_file, self.clients) if speed.step_times_file
+                                else check_step_times(list(speed.step_times), self.clients, "fed_speed.step_times"))
         if self.fed_strategy.round_timeout is None:  # generous: an honest round takes local_steps x its speed
             self.fed_strategy.round_timeout = 10.0 * self.fed_strategy.local_steps * self.fed_speed.mean
 
@@ -179,9 +193,6 @@ def _check(cfg: FederatedConfig) -> None:
     at_least("batch_size", cfg.batch_size, 1)
     one_of("client_weighting", cfg.client_weighting, ("equal", "samples"))
     at_least("torch_threads", cfg.torch_threads, 1)
-    if cfg.fed_strategy.min_clients > cfg.clients:
-        raise ConfigError("fed_strategy.min_clients", cfg.fed_strategy.min_clients,
-                          f"cannot exceed clients={cfg.clients}")
 
 
 @system_flow(name="federated", config=FederatedConfig,
