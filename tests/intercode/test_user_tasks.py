@@ -48,9 +48,11 @@ def test_task_file_with_databases_and_fixtures_loads(material):
     ('["q1", "x"]', r"line 2: expected a JSON object, got list"),
     ({"id": "q2", "gold": "SELECT 1", "db": "shop"}, r"line 2: missing field 'query'"),
     ({"id": "q2", "query": 7, "gold": "SELECT 1", "db": "shop"}, r"line 2: field 'query' must be a string, got int 7"),
-    ({"id": "q2", "query": "x", "gold": ["SELECT 1"], "db": "shop"}, r"line 2: field 'gold' must be a string, got list"),
+    ({"id": "q2", "query": "x", "gold": ["SELECT 1"], "db": "shop"},
+     r"line 2: field 'gold' must be a string, got list"),
     ({"id": "q2", "qurey": "x", "gold": "SELECT 1", "db": "shop"}, r"line 2: unknown field 'qurey'"),
-    ({"id": "q1", "query": "x", "gold": "SELECT 1", "db": "shop"}, r"line 2: field 'id': 'q1' is already used on line 1"),
+    ({"id": "q1", "query": "x", "gold": "SELECT 1", "db": "shop"},
+     r"line 2: field 'id': 'q1' is already used on line 1"),
     ({"id": "q2", "query": "x", "gold": "SELECT 1"}, r"line 2: give exactly one of field 'db' \(SQL\) or 'fixture'"),
     ({"id": "q2", "query": "x", "gold": "ls", "db": "shop", "fixture": "home"}, r"line 2: give exactly one of"),
     ({"id": "q2", "query": "x", "gold": "SELECT 1", "db": "../../etc/passwd"}, r"line 2: field 'db'.*not a plain name"),
@@ -112,5 +114,18 @@ def test_flow_plays_a_users_task_file(material, prefect_harness, flow_overrides)
     result = run(compose("intercode", flow_overrides + ["ic_policy=gold", f"task_file={path}"]))
     assert result["metrics"]["episodes"] == 3.0 and result["metrics"]["success_rate"] == 1.0
     assert result["metrics"]["sql.success_rate"] == 1.0 and result["metrics"]["bash.success_rate"] == 1.0
-    only = run(compose("intercode", flow_overrides + ["ic_policy=gold", f"task_file={path}", "task_ids=[b1]"]))
-    assert only["metrics"]["episodes"] == 1.0 and only["metrics"]["bash.success_rate"] == 1.0
+
+
+def test_task_ids_and_envs_pick_from_a_users_task_file(material, flow_overrides):
+    from flows.intercode import _user_task_calls
+
+    path = write(material, GOOD_SQL, GOOD_BASH, {**GOOD_SQL, "id": "q2"})
+    cfg = compose("intercode", flow_overrides + [f"task_file={path}", "task_ids=[b1,q2]"])
+    calls = _user_task_calls(cfg, {})
+    assert [(c["kind"], c["task"]["id"]) for c in calls] == [("sql", "q2"), ("bash", "b1")]
+    assert calls[0]["db_dir"] == str(material) and calls[1]["fixture_dir"] == str(material)
+    cfg = compose("intercode", flow_overrides + [f"task_file={path}", "envs=[bash]"])
+    assert [c["task"]["id"] for c in _user_task_calls(cfg, {})] == ["b1"]
+    cfg = compose("intercode", flow_overrides + [f"task_file={path}", "task_ids=[nope]"])
+    with pytest.raises(ValueError, match=r"task_ids \['nope'\] are not in task_file"):
+        _user_task_calls(cfg, {})
