@@ -13,6 +13,12 @@ from typing import Optional
 
 import numpy as np
 
+from components.checks import ConfigError, at_least, in_range, one_of
+from components.federated.aggregators import STALENESS_FUNCTIONS
+from components.federated.partitions import PARTITIONS
+from components.federated.schedulers import SCHEDULERS
+from components.federated.speeds import GIVEN, SPEED_MODELS, check_step_times, read_step_times
+from components.federated.task import DATASETS
 from flows.platform import FlowConfig, system_flow
 from tasks.tracking import Tracker
 
@@ -32,6 +38,28 @@ class FedStrategyConfig:
     latest_time_factor: float = 1.5  # lambda: a group waits until lambda x its expected span (paper 1.5)
     local_steps: int = 50  # FedAvg/FedAsync/FedBuff: steps per round, = FedCompass's Q_max for fairness
     buffer_size: int = 3  # FedBuff: arrivals per global update (K)
+    # FedAvg faults (Flower's semantics): a round ends at this many virtual seconds after it started with
+    # the updates that arrived (None: 10 x local_steps x fed_speed.mean, set by the flow config); a round
+    # with fewer than min_clients updates (capped at clients) fails the run, naming the lost clients
+    # (Flower's min_fit_clients).
+    round_timeout: Optional[float] = None
+    min_clients: int = 2
+
+    def __post_init__(self) -> None:
+        one_of("fed_strategy.name", self.name, sorted(SCHEDULERS))
+        in_range("fed_strategy.alpha", self.alpha, 1e-9, 1.0)
+        one_of("fed_strategy.staleness", self.staleness, STALENESS_FUNCTIONS)
+        at_least("fed_strategy.staleness_a", self.staleness_a, 0.0)
+        at_least("fed_strategy.staleness_b", self.staleness_b, 0)
+        at_least("fed_strategy.q_min", self.q_min, 1)
+        at_least("fed_strategy.q_max", self.q_max, self.q_min)
+        in_range("fed_strategy.speed_momentum", self.speed_momentum, 0.0, 1.0)
+        at_least("fed_strategy.latest_time_factor", self.latest_time_factor, 1.0)
+        at_least("fed_strategy.local_steps", self.local_steps, 1)
+        at_least("fed_strategy.buffer_size", self.buffer_size, 1)
+        if self.round_timeout is not None and not self.round_timeout > 0:
+            raise ConfigError("fed_strategy.round_timeout", self.round_timeout, "must be > 0 virtual seconds or null")
+        at_least("fed_strategy.min_clients", self.min_clients, 1)
 
 
 @dataclass
@@ -45,6 +73,25 @@ class FedSpeedConfig:
     drift_time: Optional[float] = None  # virtual time at which some clients change speed (None: never)
     drift_fraction: float = 0.0  # the fastest this fraction of clients drift
     drift_factor: float = 1.0  # ...their step time is multiplied by this
+    # kind=given: the user's own seconds per local step, one per client, as a list or a file (a JSON list,
+    # or one number per line); the file is read when the config is built
+    step_times: list[float] = field(default_factory=list)
+    step_times_file: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        one_of("fed_speed.kind", self.kind, (*SPEED_MODELS, GIVEN))
+        if self.kind != GIVEN and (self.step_times or self.step_times_file):
+            raise ConfigError("fed_speed.kind", self.kind, "step_times / step_times_file need fed_speed.kind=given")
+        if self.kind == GIVEN and bool(self.step_times) == bool(self.step_times_file):
+            raise ConfigError("fed_speed.step_times", self.step_times,
+                              "kind=given takes exactly one of step_times (a list) or step_times_file")
+        if not self.mean > 0:
+            raise ConfigError("fed_speed.mean", self.mean, "must be > 0 seconds per step")
+        at_least("fed_speed.sigma_ratio", self.sigma_ratio, 0.0)
+        at_least("fed_speed.jitter", self.jitter, 0.0)
+        in_range("fed_speed.drift_fraction", self.drift_fraction, 0.0, 1.0)
+        if not self.drift_factor > 0:
+            raise ConfigError("fed_speed.drift_factor", self.drift_factor, "must be > 0")
 
 
 @dataclass
@@ -59,11 +106,25 @@ class FedDataConfig:
     alpha_clients: float = 2.0  # dual_dirichlet: spread of client sizes
     alpha_classes: float = 2.0  # dual_dirichlet: spread of each client's class mix
 
+    def __post_init__(self) -> None:
+        one_of("fed_data.name", self.name, DATASETS)
+        one_of("fed_data.partition", self.partition, PARTITIONS)
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError("fed_data.test_fraction", self.test_fraction, "must be between 0 and 1 (exclusive)")
+        at_least("fed_data.classes_per_client", self.classes_per_client, 1)
+        for key in ("alpha", "alpha_clients", "alpha_classes"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"fed_data.{key}", getattr(self, key), "must be > 0")
+
 
 @dataclass
 class FedModelConfig:
     kind: str = "cnn"  # cnn (with BatchNorm: buffer averaging is exercised) | mlp
     width: int = 16  # channels of the first conv layer (hidden = 4x width for the MLP)
+
+    def __post_init__(self) -> None:
+        one_of("model.kind", self.kind, ("cnn", "mlp"))
+        at_least("model.width", self.width, 1)
 
 
 @dataclass
@@ -73,6 +134,17 @@ class FlowerDriverConfig:
     backend: str = "simulation"  # simulation (Flower's Ray engine) | deployment (SuperLink+SuperNodes, loopback)
     seconds_per_virtual_second: float = 0.002  # emulated speed: a client sleeps steps*step_time*this
     timeout: float = 600.0  # wall-clock seconds before the server loop gives up
+    # A FedAvg round never times out sooner than this many wall seconds: real training, messaging and
+    # process start-up add to the emulated speed, so a virtual round_timeout alone would cut honest clients.
+    round_timeout_floor: float = 60.0
+
+    def __post_init__(self) -> None:
+        one_of("flower.backend", self.backend, ("simulation", "deployment"))
+        at_least("flower.round_timeout_floor", self.round_timeout_floor, 0.0)
+        if not self.seconds_per_virtual_second > 0:
+            raise ConfigError("flower.seconds_per_virtual_second", self.seconds_per_virtual_second, "must be > 0")
+        if not self.timeout > 0:
+            raise ConfigError("flower.timeout", self.timeout, "must be > 0 seconds")
 
 
 @dataclass
@@ -95,17 +167,32 @@ class FederatedConfig(FlowConfig):
     model: FedModelConfig = field(default_factory=FedModelConfig)
     flower: FlowerDriverConfig = field(default_factory=FlowerDriverConfig)
 
+    def __post_init__(self) -> None:
+        _check(self)
+        speed = self.fed_speed
+        if speed.kind == GIVEN:  # one step time per client, checked now (file, line, value)
+            speed.step_times = (read_step_times(speed.step_times_file, self.clients) if speed.step_times_file
+                                else check_step_times(list(speed.step_times), self.clients, "fed_speed.step_times"))
+        if self.fed_strategy.round_timeout is None:  # generous: an honest round takes local_steps x its speed
+            self.fed_strategy.round_timeout = 10.0 * self.fed_strategy.local_steps * self.fed_speed.mean
+
 
 def _check(cfg: FederatedConfig) -> None:
-    if cfg.clients < 1:
-        raise ValueError(f"clients must be >= 1, got {cfg.clients}")
-    if cfg.rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {cfg.rounds}")
-    if cfg.driver not in ("simulator", "flower"):
-        raise ValueError(f"driver must be simulator or flower, got {cfg.driver!r}")
+    at_least("clients", cfg.clients, 1)
+    at_least("rounds", cfg.rounds, 1)
+    one_of("driver", cfg.driver, ("simulator", "flower"))
     bad = [c for c in cfg.crash_clients if not 0 <= c < cfg.clients]
     if bad:
-        raise ValueError(f"crash_clients {bad} are not client ids 0..{cfg.clients - 1}")
+        raise ConfigError("crash_clients", cfg.crash_clients, f"{bad} are not client ids 0..{cfg.clients - 1}")
+    at_least("crash_at", cfg.crash_at, 0.0)
+    if cfg.time_budget is not None and not cfg.time_budget > 0:
+        raise ConfigError("time_budget", cfg.time_budget, "must be > 0 virtual seconds or null")
+    in_range("target_accuracy", cfg.target_accuracy, 0.0, 1.0)
+    if not cfg.lr > 0:
+        raise ConfigError("lr", cfg.lr, "must be > 0")
+    at_least("batch_size", cfg.batch_size, 1)
+    one_of("client_weighting", cfg.client_weighting, ("equal", "samples"))
+    at_least("torch_threads", cfg.torch_threads, 1)
 
 
 @system_flow(name="federated", config=FederatedConfig,
@@ -116,7 +203,6 @@ def federated(cfg: FederatedConfig, tracker: Tracker) -> dict[str, float]:
     """Federated training under FedCompass / FedAvg / FedAsync / FedBuff; accuracy vs virtual time."""
     from tasks import federated as fed_tasks
 
-    _check(cfg)
     fed_tasks.set_torch_threads(cfg.torch_threads)
     federation = fed_tasks.prepare_federation(cfg.fed_data, cfg.model, cfg.clients, cfg.seed)
     tracker.log_params({"data.client_sizes": federation.num_examples})
@@ -132,6 +218,9 @@ def federated(cfg: FederatedConfig, tracker: Tracker) -> dict[str, float]:
         result = fed_tasks.run_flower(cfg, federation, log_row)
 
     summary = {k: v for k, v in result.summary.items()}
+    summary["lost_clients"] = float(len(result.lost_clients))
+    if result.lost_clients:  # the run went on without them: say so beside the figures
+        tracker.log_params({"lost_client_ids": ",".join(map(str, result.lost_clients))})
     records = [r.__dict__ for r in result.records]
     tracker.log_dict(result.history, "federated/history.json")
     tracker.log_dict(records, "federated/aggregations.json")

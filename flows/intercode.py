@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from components.checks import ConfigError, one_of
+from components.intercode.rewards import SQL_ORDERS
 from flows.platform import FlowConfig, system_flow
 from tasks.llm import LLMConfig
 from tasks.runners import fan_out
@@ -46,6 +48,27 @@ class InterCodeConfig(FlowConfig):
     asset_dir: str = "intercode"  # databases + fixtures under work_dir, built once (deterministic)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     sql_server_url: Optional[str] = None  # SQLAlchemy URL of a dedicated database: SQL on a server, not SQLite
+    # Bring your own tasks: a JSON-lines file (id, query, gold, db or fixture[, hardness]); every task in it
+    # runs (task_ids picks some); databases are <db>.sqlite in db_dir, fixtures folders in fixture_dir
+    # (both default to the task file's folder). See docs/flows/intercode.md.
+    task_file: Optional[str] = None
+    db_dir: Optional[str] = None
+    fixture_dir: Optional[str] = None
+    sql_reward_order: str = "upstream"  # upstream InterCode's reward | position (see components/intercode/rewards.py)
+
+    def __post_init__(self) -> None:
+        one_of("sql_reward_order", self.sql_reward_order, SQL_ORDERS)
+        if self.task_file is None:
+            for key in ("db_dir", "fixture_dir"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(key, getattr(self, key), "only used with task_file")
+            return
+        if self.sql_server_url:
+            raise ConfigError("sql_server_url", self.sql_server_url, "works with the built-in databases only, "
+                              "not with task_file")
+        from components.intercode.user_tasks import load_task_file
+
+        load_task_file(self.task_file, self.db_dir, self.fixture_dir)  # file, databases, fixtures: checked now
 
 
 @system_flow(name="intercode", config=InterCodeConfig,
@@ -61,14 +84,17 @@ def intercode(cfg: InterCodeConfig, tracker: Tracker) -> dict[str, float]:
     if unknown or not cfg.envs:
         raise ValueError(f"envs must name some of {sorted(TASK_SETS)}, got {cfg.envs}")
     asset_dir = prepare_assets.submit(str(cfg.work_path(cfg.asset_dir)), cfg.seed).result()
+    common = {"policy_cfg": cfg.ic_policy, "llm_cfg": cfg.llm, "asset_dir": asset_dir, "sandbox_cfg": cfg.sandbox,
+              "sql_server_url": cfg.sql_server_url, "sql_order": cfg.sql_reward_order}
     calls = []
-    for kind in cfg.envs:
+    if cfg.task_file is not None:
+        calls = _user_task_calls(cfg, common)
+    for kind in cfg.envs if cfg.task_file is None else []:
         ids = [t for t in cfg.task_ids if t.startswith(kind + "-")] if cfg.task_ids else None
         if cfg.task_ids and not ids:
             continue
         for index in select_tasks(TASK_SETS[kind], cfg.tasks_per_env, ids, cfg.seed):
-            calls.append({"kind": kind, "index": index, "policy_cfg": cfg.ic_policy, "llm_cfg": cfg.llm,
-                          "asset_dir": asset_dir, "sandbox_cfg": cfg.sandbox, "sql_server_url": cfg.sql_server_url})
+            calls.append({"kind": kind, "index": index, **common})
     if not calls:
         raise ValueError(f"no task selected: task_ids={cfg.task_ids} match none of envs={cfg.envs}")
     episodes = fan_out(run_episode, calls)
@@ -93,6 +119,28 @@ def intercode(cfg: InterCodeConfig, tracker: Tracker) -> dict[str, float]:
     metrics.update({"success_rate": overall["success_rate"], "mean_reward": overall["mean_reward"],
                     "episodes": float(overall["episodes"]), "errors": float(overall["errors"])})
     return metrics
+
+
+def _user_task_calls(cfg: InterCodeConfig, common: dict) -> list[dict]:
+    """One episode per task of the user's file (those named in task_ids, if any), in its environments."""
+    from pathlib import Path
+
+    from components.intercode.user_tasks import load_task_file
+
+    user_tasks = load_task_file(cfg.task_file, cfg.db_dir, cfg.fixture_dir)
+    every_id = {t.id for kind in user_tasks for t in user_tasks[kind]}
+    missing = [t for t in cfg.task_ids if t not in every_id]
+    if missing:
+        raise ValueError(f"task_ids {missing} are not in task_file {cfg.task_file}")
+    folder = Path(cfg.task_file).expanduser().resolve().parent
+    dirs = {"db_dir": str(Path(cfg.db_dir).expanduser().resolve()) if cfg.db_dir else str(folder),
+            "fixture_dir": str(Path(cfg.fixture_dir).expanduser().resolve()) if cfg.fixture_dir else str(folder)}
+    calls = []
+    for kind in cfg.envs:
+        for task in user_tasks[kind]:
+            if not cfg.task_ids or task.id in cfg.task_ids:
+                calls.append({"kind": kind, "index": 0, "task": task.as_dict(), **dirs, **common})
+    return calls
 
 
 def _json_line(episode: dict) -> str:

@@ -77,14 +77,18 @@ def curve_figure(history: Sequence[dict], title: str):
 
 def run_flower(cfg: Any, federation: Federation, on_event) -> Any:
     """driver=flower: the configured scheduler over real Flower ClientApps (simulation engine)."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from components.federated import flower_driver
 
     if cfg.flower.backend not in ("simulation", "deployment"):
         raise ValueError(f"flower.backend must be simulation or deployment, got {cfg.flower.backend!r}")
     clock = flower_driver.VirtualWallClock(cfg.flower.seconds_per_virtual_second)
-    scheduler = build_scheduler(cfg.fed_strategy, cfg.clients, federation.num_examples,
+    strategy = replace(cfg.fed_strategy)  # the round timeout in virtual seconds, at least the wall floor
+    if strategy.round_timeout is not None:
+        strategy.round_timeout = max(strategy.round_timeout,
+                                     cfg.flower.round_timeout_floor / cfg.flower.seconds_per_virtual_second)
+    scheduler = build_scheduler(strategy, cfg.clients, federation.num_examples,
                                 federation.initial_weights, clock, cfg.client_weighting)
     settings = flower_driver.FederationSettings(
         data=asdict(cfg.fed_data), model=asdict(cfg.model), speed=asdict(cfg.fed_speed), n_clients=cfg.clients,
@@ -92,14 +96,15 @@ def run_flower(cfg: Any, federation: Federation, on_event) -> Any:
         seconds_per_virtual_second=cfg.flower.seconds_per_virtual_second,
         crash_clients=list(cfg.crash_clients), crash_at=cfg.crash_at)
     if cfg.flower.backend == "deployment":
-        return _run_loopback_deployment(cfg, settings, on_event)
+        return _run_loopback_deployment(cfg, settings, strategy, on_event)
     run = flower_driver.FlowerRun(scheduler, settings, federation.evaluate, max_updates=cfg.rounds,
                                   target_accuracy=cfg.target_accuracy, timeout=cfg.flower.timeout, on_event=on_event)
     return flower_driver.run_in_simulation(run)
 
 
-def _run_loopback_deployment(cfg: Any, settings, on_event) -> Any:
-    """flower.backend=deployment: SuperLink + one SuperNode per client on 127.0.0.1 (stopped afterwards)."""
+def _run_loopback_deployment(cfg: Any, settings, strategy, on_event) -> Any:
+    """flower.backend=deployment: SuperLink + one SuperNode per client on 127.0.0.1 (stopped afterwards), in a
+    fresh folder under work_dir/federated/loopback/ per run; history rows are logged as they arrive."""
     import json
     import math
     from dataclasses import asdict
@@ -108,11 +113,9 @@ def _run_loopback_deployment(cfg: Any, settings, on_event) -> Any:
     from components.federated.schedulers import AggregationRecord
     from components.federated.simulator import SimulationResult
 
-    out = run_on_loopback(settings.to_json(), json.dumps(asdict(cfg.fed_strategy)), cfg.rounds, cfg.clients,
+    out = run_on_loopback(settings.to_json(), json.dumps(asdict(strategy)), cfg.rounds, cfg.clients,
                           cfg.target_accuracy, cfg.client_weighting, cfg.flower.timeout,
-                          workdir=str(cfg.work_path("federated", "loopback")))
-    for row in out["history"]:
-        on_event(row)  # logged after the run: the ServerApp ran in the SuperLink's process
+                          workdir=str(cfg.work_path("federated", "loopback")), on_event=on_event)
     summary = {k: (math.inf if v is None else v) for k, v in out["summary"].items()}
     records = [AggregationRecord(**r) for r in out["records"]]
-    return SimulationResult(out["history"], records, out["weights"], summary, 0, out["lost"])
+    return SimulationResult(out["history"], records, out["weights"], summary, 0, out["lost"], out["lost_clients"])

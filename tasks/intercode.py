@@ -8,9 +8,9 @@ from typing import Any, Optional
 from prefect import task
 
 from components.intercode import assets
-from components.intercode.env import make_env
+from components.intercode.env import BashEnv, SqlEnv, make_env
 from components.intercode.policies import build_policy
-from components.intercode.tasksets import TASK_SETS
+from components.intercode.tasksets import TASK_SETS, Task
 from components.sandbox import Sandbox, SandboxLimits
 
 
@@ -34,9 +34,11 @@ def sandbox_from(cfg: Any) -> Sandbox:
 
 @task(name="intercode-episode", task_run_name="{kind}-{index}-{policy_cfg.name}")
 def run_episode(kind: str, index: int, policy_cfg: Any, llm_cfg: Any, asset_dir: str, sandbox_cfg: Any,
-                sql_server_url: Optional[str] = None) -> dict:
+                sql_server_url: Optional[str] = None, sql_order: str = "upstream", task: Optional[dict] = None,
+                db_dir: Optional[str] = None, fixture_dir: Optional[str] = None) -> dict:
     """One episode: a fresh environment (own sandbox identity), the policy, the trajectory as a dict.
-    The LLM is built here from its config, so the task also runs on a Dask worker."""
+    The LLM is built here from its config, so the task also runs on a Dask worker. `task` (a user's task
+    record) plays that task over `db_dir` / `fixture_dir` instead of the built-in task `index`."""
     policy_values = _plain(policy_cfg)
     llm = None
     if policy_values["name"] != "gold":
@@ -44,8 +46,15 @@ def run_episode(kind: str, index: int, policy_cfg: Any, llm_cfg: Any, asset_dir:
 
         llm = build_llm(llm_cfg, base_dir=asset_dir)
     policy = build_policy(policy_values["name"], llm, policy_values["max_turns"], policy_values["max_tokens"])
-    server = {"server_url": sql_server_url} if kind == "sql" and sql_server_url else {}
-    env = make_env(kind, TASK_SETS[kind], Path(asset_dir), None if server else sandbox_from(sandbox_cfg), **server)
+    if task is not None:
+        tasks, index = [Task(**task)], 0
+        env = (SqlEnv(tasks, Path(db_dir), sandbox_from(sandbox_cfg), sql_order=sql_order) if kind == "sql"
+               else BashEnv(tasks, Path(fixture_dir), sandbox_from(sandbox_cfg)))
+    else:
+        server = {"server_url": sql_server_url} if kind == "sql" and sql_server_url else {}
+        order = {"sql_order": sql_order} if kind == "sql" else {}
+        env = make_env(kind, TASK_SETS[kind], Path(asset_dir), None if server else sandbox_from(sandbox_cfg),
+                       **server, **order)
     try:
         return policy.run(env, index).as_dict()
     finally:

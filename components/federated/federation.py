@@ -58,7 +58,8 @@ def build_federation(data_cfg: Any, model_cfg: Any, n_clients: int, seed: int) -
 def build_speeds(speed_cfg: Any, n_clients: int, seed: int) -> speeds.ClientSpeeds:
     return speeds.make_speeds(speed_cfg.kind, n_clients, speed_cfg.mean, seed, sigma_ratio=speed_cfg.sigma_ratio,
                               jitter=speed_cfg.jitter, drift_time=speed_cfg.drift_time,
-                              drift_fraction=speed_cfg.drift_fraction, drift_factor=speed_cfg.drift_factor)
+                              drift_fraction=speed_cfg.drift_fraction, drift_factor=speed_cfg.drift_factor,
+                              step_times=getattr(speed_cfg, "step_times", None))
 
 
 def build_scheduler(strategy_cfg: Any, n_clients: int, num_examples: Sequence[int], initial_weights: dict,

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from components.federated.schedulers import Assignment, Scheduler
-from components.federated.simulator import SimulationResult, history_row, summarize
+from components.federated.simulator import SimulationResult, history_row, require_complete, summarize
 
 TRAIN = "train"
 WARMUP = "query"  # before the clock starts: every ClientApp loads its data and model once
@@ -107,6 +107,7 @@ class FlowerRun:
     target_accuracy: Optional[float] = None
     timeout: float = 600.0  # wall seconds
     on_event: Optional[Callable[[dict], None]] = None
+    on_started: Optional[Callable[[], None]] = None  # called once every ClientApp answered the warm-up
     poll_interval: float = 0.01
     result: Optional[SimulationResult] = None
     lost: int = 0
@@ -138,6 +139,9 @@ def serve(grid, run: FlowerRun) -> SimulationResult:
             time.sleep(0.2)
     node_of = {c: nodes[c] for c in range(n)}
     _warm_up(grid, node_of, run.settings.to_json(), deadline)
+    if run.on_started is not None:
+        run.on_started()
+    lost_clients: set[int] = set()
     in_flight: dict[str, int] = {}  # message id -> client
     rounds = [0] * n
     waiting_since: dict[int, float] = {}
@@ -170,7 +174,7 @@ def serve(grid, run: FlowerRun) -> SimulationResult:
                 run.on_event(row)
 
     push(scheduler.start())
-    while scheduler.version < run.max_updates and time.monotonic() < deadline:
+    while scheduler.version < run.max_updates and time.monotonic() < deadline and scheduler.failure is None:
         due = scheduler.next_deadline()
         if due is not None and scheduler.now() >= due:
             before = scheduler.version
@@ -180,9 +184,14 @@ def serve(grid, run: FlowerRun) -> SimulationResult:
             break  # nothing can happen any more (every client lost)
         for reply in grid.pull_messages(list(in_flight)):
             client = in_flight.pop(reply.metadata.reply_to_message_id)
-            if reply.has_error():
-                run.lost += 1  # crashed: it never answers again
+            if reply.has_error():  # its ClientApp failed, or its node is gone (Flower's NODE_UNAVAILABLE)
+                run.lost += 1
+                lost_clients.add(client)
+                before = scheduler.version
+                push(scheduler.on_failure(client))
+                record(before)
                 continue
+            lost_clients.discard(client)
             update = {"delta": from_array_record(reply.content["delta"]),
                       "buffers": from_array_record(reply.content["buffers"]) if "buffers" in reply.content else {},
                       **{k: v for k, v in reply.content["metrics"].items()}}
@@ -193,8 +202,13 @@ def serve(grid, run: FlowerRun) -> SimulationResult:
         time.sleep(run.poll_interval)
     end = scheduler.now()
     idle += sum(end - since for since in waiting_since.values())
-    summary = summarize(scheduler, history, end, idle, n - run.lost, run.target_accuracy)
-    run.result = SimulationResult(history, list(scheduler.records), scheduler.weights, summary, sum(rounds), run.lost)
+    lost = sorted(lost_clients | scheduler.lost)
+    stopped_by = (f"the server loop's timeout of {run.timeout:g} s" if time.monotonic() >= deadline
+                  else "no client could answer any more")
+    require_complete(scheduler, run.max_updates, lost, stopped_by)
+    summary = summarize(scheduler, history, end, idle, n - len(lost), run.target_accuracy)
+    run.result = SimulationResult(history, list(scheduler.records), scheduler.weights, summary, sum(rounds), run.lost,
+                                  lost)
     return run.result
 
 
@@ -212,7 +226,9 @@ def _warm_up(grid, node_of: dict[int, int], settings_json: str, deadline: float)
         for reply in grid.pull_messages(list(waiting)):
             waiting.discard(reply.metadata.reply_to_message_id)
             if reply.has_error():
-                raise RuntimeError(f"a Flower client failed to start: {reply.error}")
+                client = next((c for c, node in node_of.items() if node == reply.metadata.src_node_id), "?")
+                raise RuntimeError(f"Flower client {client} (node {reply.metadata.src_node_id}) failed to start: "
+                                   f"{reply.error.reason}")
         time.sleep(0.05)
 
 

@@ -4,18 +4,32 @@
 time), submits the app with `flwr run`, waits for the ServerApp's result file and stops every
 process it started, whatever happens. The project root goes on PYTHONPATH so the ServerApp and
 ClientApp processes import `components.federated` directly; the app folder holds only pyproject.toml.
+
+Every run gets its own folder (`<workdir>/<run name>/`: app, FLWR_HOME, the SuperLink's state.db,
+logs, result) and a nonce that the ServerApp writes into its progress, result and error files
+(`RunFiles`), so a file left by another run is never taken for this one's. Flower's executables are
+those next to `sys.executable`, also on the PATH the SuperLink and SuperNodes get (they start
+`flower-superexec` by name). While waiting, the supervisor watches for the reasons a run cannot
+finish and reports them at once with the log's last lines: the SuperLink or a SuperNode exiting
+before the run started, the ServerApp writing an error, or Flower marking the ServerApp's task failed.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,57 +86,215 @@ clientapp = "components.federated.client_app:app"
 """)
 
 
+@dataclass
+class RunFiles:
+    """The files one deployment run's ServerApp writes, each stamped with the run's nonce."""
+
+    folder: Path
+    nonce: str
+
+    @classmethod
+    def from_run_config(cls, run_config: dict) -> "RunFiles":
+        return cls(Path(str(run_config["run-folder"])), str(run_config["run-nonce"]))
+
+    @property
+    def result_path(self) -> Path:
+        return self.folder / "result.json"
+
+    def _write_atomically(self, path: Path, text: str) -> None:
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text)
+        os.replace(partial, path)
+
+    def append_event(self, event: dict) -> None:
+        with open(self.folder / "events.jsonl", "a") as handle:
+            handle.write(json.dumps({"nonce": self.nonce, **event}, default=_plain_number) + "\n")
+
+    def write_result(self, result) -> None:
+        import math
+
+        import numpy as np
+
+        partial = self.folder / "result.partial.npz"
+        np.savez(partial, **result.weights)
+        os.replace(partial, self.result_path.with_suffix(".npz"))
+        clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
+        self._write_atomically(self.result_path, json.dumps({  # written last: its presence means complete
+            "nonce": self.nonce, "summary": {k: clean(v) for k, v in result.summary.items()},
+            "history": result.history, "records": [r.__dict__ for r in result.records], "lost": result.lost_jobs,
+            "lost_clients": list(result.lost_clients)}, default=_plain_number))
+
+    def write_error(self, err: BaseException) -> None:
+        where = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
+        place = f" (at {where[0].filename}:{where[0].lineno})" if where else ""
+        self._write_atomically(self.folder / "error.json", json.dumps(
+            {"nonce": self.nonce, "error": f"{type(err).__name__}: {err}{place}"}))
+
+    def _read(self, name: str) -> Optional[dict]:
+        try:
+            data = json.loads((self.folder / name).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if data.get("nonce") == self.nonce else None  # another run's file: not ours
+
+    def read_result(self) -> Optional[dict]:
+        return self._read("result.json")
+
+    def read_error(self) -> Optional[str]:
+        data = self._read("error.json")
+        return None if data is None else data["error"]
+
+    def read_events(self, skip: int) -> list[dict]:
+        """This run's events after the first `skip` lines (a line still being written is left for later)."""
+        try:
+            lines = (self.folder / "events.jsonl").read_text().split("\n")[:-1]
+        except OSError:
+            return []
+        out = []
+        for line in lines[skip:]:
+            event = json.loads(line)
+            out.append(event if event.get("nonce") == self.nonce else {"event": "foreign"})
+        return out
+
+
+def _plain_number(value):
+    """numpy scalars in result rows as plain JSON numbers."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join("    " + line for line in kept)
+
+
+def _serverapp_task_status(state_db: Path, flower_run_id: Optional[int]) -> Optional[tuple[str, str]]:
+    """(sub_status, details) of the run's finished ServerApp task in the SuperLink's state, or None."""
+    if flower_run_id is None or not state_db.exists():
+        return None
+    stored_id = flower_run_id - (1 << 64) if flower_run_id >= 1 << 63 else flower_run_id  # Flower keeps sint64
+    try:
+        with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1) as con:
+            row = con.execute("SELECT sub_status, details FROM task WHERE run_id = ? AND finished_at IS NOT NULL "
+                              "AND finished_at != '' ORDER BY finished_at DESC LIMIT 1", (stored_id,)).fetchone()
+    except sqlite3.Error:  # schema of another Flower version, or the database is busy: no answer this time
+        return None
+    return (str(row[0]), str(row[1])) if row else None
+
+
+def new_run_name() -> str:
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 def run_on_loopback(settings_json: str, strategy_json: str, rounds: int, n_clients: int,
                     target_accuracy: float = -1.0, client_weighting: str = "equal", timeout: float = 600.0,
-                    workdir: str | None = None) -> dict:
-    """Run the scheduler over a loopback SuperLink with `n_clients` SuperNodes; return the ServerApp's result."""
-    work = Path(workdir or tempfile.mkdtemp(prefix="flwr-loopback-"))
-    (work / "app").mkdir(parents=True, exist_ok=True)
+                    workdir: str | None = None, run_name: str | None = None,
+                    on_event: Optional[Callable[[dict], None]] = None) -> dict:
+    """Run the scheduler over a loopback SuperLink with `n_clients` SuperNodes; return the ServerApp's result.
+    `workdir` holds one folder per run (`run_name`, fresh each time); `on_event` gets each history row live."""
+    base = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "flwr-loopback"
+    work = base / (run_name or new_run_name())
+    work.mkdir(parents=True, exist_ok=False)  # never a folder another run has written to
+    files = RunFiles(work, secrets.token_hex(8))
+    (work / "app").mkdir()
     home = work / "flwr_home"
-    home.mkdir(exist_ok=True)
-    result_path = work / "result.json"
+    home.mkdir()
     fleet, serverappio, control = _free_port(), _free_port(), _free_port()
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{control}"\ninsecure = true\n')
     write_app(work / "app", {"settings": settings_json, "strategy": strategy_json, "rounds": int(rounds),
                              "target-accuracy": float(target_accuracy), "client-weighting": client_weighting,
-                             "timeout": float(timeout), "result-path": str(result_path)})
-    env = {**os.environ, "FLWR_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+                             "timeout": float(timeout), "run-folder": str(work), "run-nonce": files.nonce})
     bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "FLWR_HOME": str(home),
+           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+           "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
+    missing = [name for name in ("flower-superlink", "flower-supernode", "flower-superexec", "flwr")
+               if not (bin_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"Flower executables {missing} are not in {bin_dir} (next to {sys.executable}): "
+                                "install flwr into this environment")
     procs: list[subprocess.Popen] = []
     clientappio: list[int] = []
-    log = open(work / "processes.log", "ab")
+    log_path = work / "processes.log"
+    log = open(log_path, "ab")
 
     def start(cmd: list[str]) -> subprocess.Popen:
         proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(proc)
         return proc
 
+    def fail(reason: str) -> RuntimeError:
+        return RuntimeError(f"Flower deployment run {work.name}: {reason}\n  last lines of {log_path}:\n"
+                            f"{_log_tail(log_path)}")
+
     try:
-        start([str(bin_dir / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-               "--fleet-api-address", f"127.0.0.1:{fleet}", "--serverappio-api-address", f"127.0.0.1:{serverappio}",
-               "--control-api-address", f"127.0.0.1:{control}", "--database", str(work / "state.db")])
+        superlink = start([str(bin_dir / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+                           "--fleet-api-address", f"127.0.0.1:{fleet}",
+                           "--serverappio-api-address", f"127.0.0.1:{serverappio}",
+                           "--control-api-address", f"127.0.0.1:{control}", "--database", str(work / "state.db")])
         clientappio = [_free_port() for _ in range(n_clients)]
-        for client in range(n_clients):
-            start([str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{fleet}",
-                   "--clientappio-api-address", f"127.0.0.1:{clientappio[client]}", "--node-config", f"partition-id={client}"])
+        supernodes = [start([str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{fleet}",
+                             "--clientappio-api-address", f"127.0.0.1:{clientappio[client]}",
+                             "--node-config", f"partition-id={client}"]) for client in range(n_clients)]
+        started = False
+
+        def check_processes() -> None:
+            if superlink.poll() is not None:
+                raise fail(f"the SuperLink exited with code {superlink.returncode}")
+            if not started:  # after the start, a lost node is the server's business (round timeouts)
+                for client, node in enumerate(supernodes):
+                    if node.poll() is not None:
+                        raise fail(f"the SuperNode of client {client} exited with code {node.returncode} "
+                                   "before the run started")
+
         deadline = time.monotonic() + timeout
-        submit = None
-        while submit is None or submit.returncode not in (0, None):
+        flower_run_id = None
+        while flower_run_id is None:
+            check_processes()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"flwr run was not accepted; see {work / 'processes.log'}")
-            time.sleep(2)  # the SuperLink needs a moment to listen
+                raise fail(f"flwr run was not accepted within {timeout:g} s")
+            time.sleep(1)  # the SuperLink needs a moment to listen
             submit = subprocess.run([str(bin_dir / "flwr"), "run", str(work / "app"), "loopback"], env=env, cwd=work,
-                                    stdout=log, stderr=subprocess.STDOUT, timeout=120)
-        while not result_path.exists():
+                                    capture_output=True, text=True, timeout=120)
+            log.write((submit.stdout + submit.stderr).encode())
+            log.flush()
+            found = re.search(r"started run (\d+)", submit.stdout + submit.stderr)
+            if submit.returncode == 0 and found:
+                flower_run_id = int(found.group(1))
+        seen = 0
+        while True:
+            result = files.read_result()
+            if result is not None:
+                break
+            error = files.read_error()
+            if error is not None:
+                raise fail(f"the ServerApp failed: {error}")
+            for event in files.read_events(seen):
+                seen += 1
+                if event["event"] == "started":
+                    started = True
+                elif event["event"] == "row" and on_event is not None:
+                    on_event(event["row"])
+            check_processes()
+            status = _serverapp_task_status(work / "state.db", flower_run_id)
+            if status is not None and files.read_result() is None and files.read_error() is None:
+                sub_status, details = status
+                raise fail(f"the ServerApp ended ({sub_status or 'finished'}) without a result"
+                           + (f": {details}" if details else ""))
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no result from the ServerApp after {timeout} s; see {work / 'processes.log'}")
-            time.sleep(1)
-        time.sleep(0.5)  # let the writer finish
-        result = json.loads(result_path.read_text())
+                raise fail(f"no result from the ServerApp after {timeout:g} s")
+            time.sleep(0.5)
+        for event in files.read_events(seen):
+            if event["event"] == "row" and on_event is not None:
+                on_event(event["row"])
         import numpy as np
 
-        with np.load(result_path.with_suffix(".npz")) as arrays:
+        with np.load(files.result_path.with_suffix(".npz")) as arrays:
             result["weights"] = {k: arrays[k] for k in arrays.files}
         return result
     finally:

@@ -10,7 +10,7 @@ A driver calls `start()` once, then `on_arrival(client, update)` for each return
   estimates with momentum, arrival groups (JoinGroup / CreateGroup with Q_min / Q_max and the
   latest-arrival factor lambda), late arrivals to the general buffer, a timer per group, fastest-first
   reassignment after a group aggregation.
-- `FedAvgScheduler`: synchronous rounds; waits for every client.
+- `FedAvgScheduler`: synchronous rounds; waits for the round's clients, or until a round timeout.
 - `FedAsyncScheduler`: a global update on every arrival.
 - `FedBuffScheduler`: a global update every `buffer_size` arrivals; clients restart at once.
 """
@@ -45,7 +45,7 @@ class AggregationRecord:
     version: int  # global version after this update
     clients: list[int]
     staleness: list[int]
-    trigger: str  # "arrival", "group", "timer", "buffer", "round"
+    trigger: str  # "arrival", "group", "timer", "buffer", "round", "timeout"
     group: Optional[int] = None
     late_clients: int = 0  # of `clients`, how many came from the general buffer
 
@@ -75,6 +75,8 @@ class Scheduler:
         self.records: list[AggregationRecord] = []
         self.arrivals = 0
         self.late_arrivals = 0
+        self.lost: set[int] = set()  # clients known to have failed or missed their deadline
+        self.failure: Optional[str] = None  # set when the run cannot go on (the driver stops and reports it)
         self._origin = 0.0
         self._lock = threading.RLock()
 
@@ -99,6 +101,13 @@ class Scheduler:
     def on_timer(self) -> list[Assignment]:
         return []
 
+    def on_failure(self, client: int) -> list[Assignment]:
+        """The driver learned that `client`'s current round failed (an error reply, a node gone): the
+        asynchronous schedulers simply never hear from it again; FedAvg stops waiting for it."""
+        with self._lock:
+            self.lost.add(client)
+            return []
+
     def _assign(self, client: int, steps: int) -> Assignment:
         return Assignment(client, self.weights, self.version, int(steps), self.now())
 
@@ -113,29 +122,89 @@ class Scheduler:
 
 
 class FedAvgScheduler(Scheduler):
-    """Synchronous FedAvg: every client runs `local_steps`; the server waits for all of them."""
+    """Synchronous FedAvg: every client runs `local_steps`; the server waits for the round's clients.
+
+    Faults follow Flower's FedAvg: a round ends when every client of the round has answered, or at
+    `round_timeout` (scheduler seconds after the round started) with the updates that arrived
+    (`accept_failures`); a client that failed (`on_failure`) or missed the deadline is lost and left
+    out of later rounds until it answers again (its late update is stale and dropped; it rejoins the
+    current round). A round with fewer than `min_clients` updates aggregates nothing: `failure` says
+    why, naming the lost clients, and the scheduler hands out no more work.
+    """
 
     name = "fedavg"
 
-    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = 100):
+    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = 100,
+                 round_timeout: Optional[float] = None, min_clients: int = 2):
         super().__init__(n_clients, aggregator, initial_weights, clock)
         self.local_steps = local_steps
+        self.round_timeout = round_timeout  # None: wait for every live client however long it takes
+        self.min_clients = max(1, min(min_clients, n_clients))  # Flower's min_fit_clients, capped at N
         self._round: dict[int, dict] = {}
+        self._expected: set[int] = set()  # clients working on the current round
+        self._round_started = 0.0
 
     def initial_steps(self) -> int:
         return self.local_steps
 
+    def start(self) -> list[Assignment]:
+        with self._lock:
+            out = super().start()
+            self._expected, self._round_started = set(range(self.n_clients)), self.now()
+            return out
+
     def on_arrival(self, client: int, update: dict) -> list[Assignment]:
         with self._lock:
             self.arrivals += 1
-            self._round[client] = update
-            if len(self._round) < self.n_clients:
+            if self.failure is not None:
                 return []
-            items = [(c, self._round[c], self.tau[c]) for c in sorted(self._round)]
-            self._round = {}
-            self._aggregate(items, "round")
-            self.tau = [self.version] * self.n_clients
-            return [self._assign(c, self.local_steps) for c in range(self.n_clients)]
+            if client in self.lost or client not in self._expected:
+                # A straggler from an earlier round: its update started from an old model and is dropped,
+                # as Flower drops replies that miss their round; it joins the round under way.
+                self.lost.discard(client)
+                self._expected.add(client)
+                self.tau[client] = self.version
+                return [self._assign(client, self.local_steps)]
+            self._round[client] = update
+            return self._close_round("round") if self._expected <= set(self._round) else []
+
+    def on_failure(self, client: int) -> list[Assignment]:
+        with self._lock:
+            self.lost.add(client)
+            self._expected.discard(client)
+            self._round.pop(client, None)
+            if self.failure is None and self._expected <= set(self._round):
+                return self._close_round("round")
+            return []
+
+    def next_deadline(self) -> Optional[float]:
+        if self.round_timeout is None or self.failure is not None or not self._expected:
+            return None
+        return self._round_started + self.round_timeout
+
+    def on_timer(self) -> list[Assignment]:
+        with self._lock:
+            due = self.next_deadline()
+            if due is None or self.now() < due:
+                return []
+            missing = self._expected - set(self._round)
+            self.lost |= missing
+            self._expected -= missing
+            return self._close_round("timeout")
+
+    def _close_round(self, trigger: str) -> list[Assignment]:
+        if len(self._round) < self.min_clients:
+            self.failure = (f"FedAvg round {self.version + 1} got {len(self._round)} update(s), fewer than "
+                            f"min_clients={self.min_clients}; lost clients: {sorted(self.lost)}")
+            self._expected = set()
+            return []
+        items = [(c, self._round[c], self.tau[c]) for c in sorted(self._round)]
+        self._round = {}
+        self._aggregate(items, trigger)
+        self.tau = [self.version] * self.n_clients
+        self._expected = set(range(self.n_clients)) - self.lost
+        self._round_started = self.now()
+        return [self._assign(c, self.local_steps) for c in sorted(self._expected)]
 
 
 class FedAsyncScheduler(Scheduler):

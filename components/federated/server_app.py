@@ -16,21 +16,21 @@ def make_server_app(run: FlowerRun) -> ServerApp:
     return app
 
 
-# Deployment (SuperLink + SuperNodes): the run comes from the run config; the result goes to a file.
+# Deployment (SuperLink + SuperNodes): the run comes from the run config; progress, the result or the
+# reason it failed go to files in the run's own folder, each stamped with the run's nonce.
 app = ServerApp()
 
 
 @app.main()
 def deployment_main(grid: Grid, context: Context) -> None:
-    import json
-    import math
-    from pathlib import Path
+    from components.federated.loopback import RunFiles
 
-    import numpy as np
-
-    result = serve(grid, flower_run_from_run_config(dict(context.run_config)))
-    np.savez(Path(str(context.run_config["result-path"])).with_suffix(".npz"), **result.weights)
-    clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
-    Path(str(context.run_config["result-path"])).write_text(json.dumps({
-        "summary": {k: clean(v) for k, v in result.summary.items()}, "history": result.history,
-        "records": [r.__dict__ for r in result.records], "lost": result.lost_jobs}))
+    files = RunFiles.from_run_config(dict(context.run_config))
+    try:
+        run = flower_run_from_run_config(dict(context.run_config))
+        run.on_started = lambda: files.append_event({"event": "started"})
+        run.on_event = lambda row: files.append_event({"event": "row", "row": row})
+        files.write_result(serve(grid, run))
+    except BaseException as err:
+        files.write_error(err)
+        raise

@@ -58,6 +58,26 @@ class SimulationResult:
     summary: dict[str, float]
     jobs_trained: int = 0
     lost_jobs: int = 0  # updates of crashed clients that never arrived
+    lost_clients: list[int] = field(default_factory=list)  # clients whose updates stopped arriving
+
+
+class FederatedRunFailed(RuntimeError):
+    """The run could not make the global updates it was asked for (lost clients, too few updates)."""
+
+
+def require_complete(scheduler: Scheduler, max_updates: Optional[int], lost_clients: Sequence[int],
+                     stopped_by: str = "") -> None:
+    """Raise FederatedRunFailed when the scheduler gave up (FedAvg below min_clients) or the run ended
+    with fewer global updates than asked for, naming the clients that were lost."""
+    if scheduler.failure is not None:
+        raise FederatedRunFailed(scheduler.failure)
+    if max_updates is not None and scheduler.version < max_updates:
+        why = f" ({stopped_by})" if stopped_by else ""
+        raise FederatedRunFailed(
+            f"{scheduler.name} made {scheduler.version} of {max_updates} global updates{why}; lost clients: "
+            f"{sorted(set(lost_clients)) or 'none'}" + ("" if scheduler.name != "fedavg" or getattr(
+                scheduler, "round_timeout", None) is not None else "; set fed_strategy.round_timeout so that a "
+                "round ends without the clients it lost"))
 
 
 @dataclass
@@ -81,19 +101,24 @@ class Simulator:
         self._waiting_since: dict[int, float] = {}
         self._idle = 0.0
         self._lost = 0
+        self._lost_clients: set[int] = set()
         self._trained = 0
         self._seq = 0
         history: list[dict] = []
         self.clock.now = 0.0
         end = None
         self._dispatch(self.scheduler.start())
+        drained = False
         while self.max_updates is None or self.scheduler.version < self.max_updates:
+            if self.scheduler.failure is not None:
+                break
             next_arrival = self._heap[0][0] if self._heap else math.inf
             deadline = self.scheduler.next_deadline()
             timer_first = deadline is not None and deadline < next_arrival
             when = deadline if timer_first else next_arrival
             if when == math.inf or when > self.time_budget:
                 end = self.time_budget if when != math.inf else self.clock.now  # budget reached / drained
+                drained = when == math.inf
                 break
             self.clock.now = when
             before = self.scheduler.version
@@ -116,8 +141,11 @@ class Simulator:
         idle = self._idle + sum(end - since for since in self._waiting_since.values() if since <= end)
         alive = self.scheduler.n_clients - len([c for c, t in self.crash_at.items() if t < end])
         summary = summarize(self.scheduler, history, end, idle, alive, self.target_accuracy)
+        lost = sorted(self._lost_clients | self.scheduler.lost)
+        if drained or self.scheduler.failure is not None:  # a time budget that ran out is a normal end
+            require_complete(self.scheduler, self.max_updates, lost, "no client could answer any more")
         return SimulationResult(history, list(self.scheduler.records), self.scheduler.weights, summary,
-                                self._trained, self._lost)
+                                self._trained, self._lost, lost)
 
     # --- internals ----------------------------------------------------------------------------
     def _dispatch(self, assignments: Sequence[Assignment]) -> None:
@@ -131,6 +159,7 @@ class Simulator:
             job_seed = int(np.random.SeedSequence([self.seed, a.client, k]).generate_state(1)[0])
             if a.client in self.crash_at and arrival > self.crash_at[a.client]:
                 self._lost += 1  # the client dies during this round: its update never comes
+                self._lost_clients.add(a.client)
                 continue
             job = TrainJob(a.client, a.weights, a.version, a.steps, job_seed, now, arrival)
             heapq.heappush(self._heap, (arrival, self._seq, job))

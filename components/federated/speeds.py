@@ -6,12 +6,60 @@ speeds mid-run (so the scheduler's momentum speed estimate has something to trac
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 SPEED_MODELS = ("homogeneous", "normal", "exponential")
+GIVEN = "given"  # the user's own per-client seconds per step (a list, or a file: see read_step_times)
+
+
+class StepTimesError(ValueError):
+    """A user's step-time list or file that cannot be used; names the file, line and value."""
+
+
+def check_step_times(values: Sequence, n_clients: int, source: str = "step_times") -> list[float]:
+    """The user's seconds per local step, one per client: finite numbers > 0, exactly `n_clients` of them."""
+    out = []
+    for client, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise StepTimesError(f"{source}: client {client}: {value!r} is not a number of seconds > 0")
+        out.append(float(value))
+    if len(out) != n_clients:
+        raise StepTimesError(f"{source}: {len(out)} step times for {n_clients} clients (one per client)")
+    return out
+
+
+def read_step_times(path: str, n_clients: int) -> list[float]:
+    """Per-client seconds per step from a file: a JSON list, or one number per line ('#' starts a comment)."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise StepTimesError(f"step_times_file {file}: cannot be read ({err})") from None
+    if text.lstrip().startswith("["):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise StepTimesError(f"{file}, line {err.lineno}: not valid JSON ({err.msg})") from None
+        return check_step_times(values, n_clients, str(file))
+    values = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        word = line.split("#", 1)[0].strip()
+        if not word:
+            continue
+        try:
+            value = float(word)
+        except ValueError:
+            raise StepTimesError(f"{file}, line {number}: {word!r} is not a number") from None
+        if not math.isfinite(value) or value <= 0:
+            raise StepTimesError(f"{file}, line {number}: {word!r} is not a number of seconds > 0")
+        values.append(value)
+    return check_step_times(values, n_clients, str(file))
 
 
 @dataclass
@@ -53,9 +101,13 @@ def sample_step_times(kind: str, n_clients: int, mean: float = 1.0, seed: int = 
 
 def make_speeds(kind: str, n_clients: int, mean: float = 1.0, seed: int = 0, *, sigma_ratio: float = 0.3,
                 jitter: float = 0.0, drift_time: Optional[float] = None, drift_fraction: float = 0.0,
-                drift_factor: float = 1.0) -> ClientSpeeds:
-    """Sample a speed model; with `drift_time`, the fastest `drift_fraction` of clients slow down by `drift_factor`."""
-    times = sample_step_times(kind, n_clients, mean, seed, sigma_ratio)
+                drift_factor: float = 1.0, step_times: Optional[Sequence[float]] = None) -> ClientSpeeds:
+    """Sample a speed model (or take the `step_times` given, kind "given"); with `drift_time`, the fastest
+    `drift_fraction` of clients slow down by `drift_factor`."""
+    if kind == GIVEN:
+        times = np.asarray(check_step_times(list(step_times or []), n_clients), dtype=np.float64)
+    else:
+        times = sample_step_times(kind, n_clients, mean, seed, sigma_ratio)
     drifting: Sequence[int] = ()
     if drift_time is not None and drift_fraction > 0:
         count = max(1, int(round(drift_fraction * n_clients)))

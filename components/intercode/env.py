@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shlex
 import string
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -24,7 +25,7 @@ import gymnasium as gym
 from gymnasium import spaces
 
 from components.intercode import fsdiff
-from components.intercode.rewards import bash_reward, sql_reward
+from components.intercode.rewards import SQL_ORDERS, bash_reward, sql_reward
 from components.intercode.tasksets import Task
 from components.sandbox import Sandbox, SandboxLimits, Workspace
 
@@ -105,6 +106,28 @@ class InterCodeEnv(gym.Env):
         pass
 
 
+def renew_workspace(workspace: Workspace) -> None:
+    """The workspace back to a fresh copy of its fixture: the agent's tree is deleted here first (any depth,
+    unwritable folders), so the sandbox's own copy/removal only ever sees a fresh tree."""
+    fsdiff.remove_tree(workspace.path)
+    workspace.reset()
+
+
+def close_workspaces(workspaces: Sequence[Workspace]) -> None:
+    """Remove every workspace, whatever the agent left in it; one that cannot be removed does not keep
+    the others on disk, and is reported as a warning rather than an exception from close()."""
+    left = []
+    for workspace in workspaces:
+        try:
+            if not fsdiff.remove_tree(workspace.path):
+                left.append(str(workspace.path))
+            workspace.close()
+        except Exception as err:  # noqa: BLE001 - close() must go on with the other workspaces
+            left.append(f"{workspace.path} ({type(err).__name__}: {err})")
+    if left:
+        warnings.warn(f"InterCode could not remove workspaces: {', '.join(left)}", RuntimeWarning, stacklevel=3)
+
+
 # ---------------------------------------------------------------------------------------- SQL
 # Runs inside the sandbox: one statement against a database copy; rows back as JSON on stdout.
 # MySQL's SHOW TABLES / DESC(RIBE) t / USE db (what upstream's prompts teach models) map to SQLite.
@@ -140,8 +163,11 @@ class SqlEnv(InterCodeEnv):
     language = "sql"
 
     def __init__(self, tasks: Sequence[Task], db_dir: Path, sandbox: Optional[Sandbox] = None,
-                 max_rows: int = 1000, max_steps: Optional[int] = None):
+                 max_rows: int = 1000, max_steps: Optional[int] = None, sql_order: str = "upstream"):
         super().__init__(tasks, sandbox, max_steps)
+        if sql_order not in SQL_ORDERS:
+            raise ValueError(f"sql_order must be one of {SQL_ORDERS}, not {sql_order!r}")
+        self.sql_order = sql_order  # how the reward judges row order (rewards.sql_reward)
         self.db_dir = Path(db_dir)
         missing = sorted({t.db for t in self.tasks if not (self.db_dir / f"{t.db}.sqlite").exists()})
         if missing:
@@ -156,7 +182,7 @@ class SqlEnv(InterCodeEnv):
         if self._agent_ws is None:
             self._agent_ws = self.sandbox.workspace(self.db_dir, inside="/data")
         else:
-            self._agent_ws.reset()
+            renew_workspace(self._agent_ws)
         self.last_rows = None
 
     def run_query(self, query: str, workspace: Workspace) -> dict:
@@ -185,7 +211,7 @@ class SqlEnv(InterCodeEnv):
             if self._gold_ws is None:
                 self._gold_ws = self.sandbox.workspace(self.db_dir, inside="/data")
             else:
-                self._gold_ws.reset()
+                renew_workspace(self._gold_ws)
             out = self.run_query(self.task.gold, self._gold_ws)
             if not out["ok"]:
                 raise RuntimeError(f"gold of {self.task.id} failed: {out['error']}")
@@ -194,13 +220,11 @@ class SqlEnv(InterCodeEnv):
 
     def _reward(self) -> tuple[float, dict]:
         # The reward compares the result of the agent's last action (upstream: its last observation).
-        reward, info = sql_reward(self.last_rows, self.gold_rows())
+        reward, info = sql_reward(self.last_rows, self.gold_rows(), order=self.sql_order)
         return reward, info
 
     def _close_state(self) -> None:
-        for ws in (self._agent_ws, self._gold_ws):
-            if ws is not None:
-                ws.close()
+        close_workspaces([ws for ws in (self._agent_ws, self._gold_ws) if ws is not None])
         self._agent_ws = self._gold_ws = None
 
 
@@ -216,8 +240,9 @@ class BashEnv(InterCodeEnv):
     MOUNT = "/testbed"
 
     def __init__(self, tasks: Sequence[Task], fixture_dir: Path, sandbox: Optional[Sandbox] = None,
-                 max_steps: Optional[int] = None):
+                 max_steps: Optional[int] = None, limits: fsdiff.WalkLimits = fsdiff.WalkLimits()):
         super().__init__(tasks, sandbox, max_steps)
+        self.limits = limits  # how far the host walks the agent's file system when scoring it
         self.fixture_dir = Path(fixture_dir)
         missing = sorted({t.fixture for t in self.tasks if not (self.fixture_dir / t.fixture).is_dir()})
         if missing:
@@ -232,13 +257,16 @@ class BashEnv(InterCodeEnv):
         if fixture not in pool:
             pool[fixture] = self.sandbox.workspace(self.fixture_dir / fixture, inside=self.MOUNT)
         else:
-            pool[fixture].reset()
+            renew_workspace(pool[fixture])
         return pool[fixture]
 
     def _reset_state(self) -> None:
         self._workspace(self._agent_ws, self.task.fixture)
         if self.task.fixture not in self._pristine:
-            self._pristine[self.task.fixture] = fsdiff.snapshot(self.fixture_dir / self.task.fixture)
+            try:
+                self._pristine[self.task.fixture] = fsdiff.snapshot(self.fixture_dir / self.task.fixture, self.limits)
+            except fsdiff.WorkspaceTooLarge as err:
+                raise ValueError(f"fixture {self.fixture_dir / self.task.fixture}: {err}") from None
         self.cwd = self.MOUNT
 
     def run_shell(self, command: str, workspace: Workspace, cwd: str) -> tuple[str, bool, Optional[str]]:
@@ -260,26 +288,35 @@ class BashEnv(InterCodeEnv):
         return output, ok, {"cwd": self.cwd}
 
     def _changes(self, root: Path) -> tuple[set, dict]:
-        changes = fsdiff.diff(self._pristine[self.task.fixture], fsdiff.snapshot(root))
-        hashes = {path: fsdiff.content_hash(root, path) for path, status in changes if status in ("A", "M")}
-        return changes, hashes
+        """The file-system changes against the fixture and their content hashes, from one bounded walk
+        (raises fsdiff.WorkspaceTooLarge)."""
+        state = fsdiff.snapshot(root, self.limits)
+        changes = fsdiff.diff(self._pristine[self.task.fixture], state)
+        return changes, fsdiff.hashes_of(state, [path for path, status in changes if status in ("A", "M")])
 
     def gold_outcome(self) -> dict:
         if self.task.id not in self._gold_cache:
             ws = self._workspace(self._gold_ws, self.task.fixture)
             output, _, _ = self.run_shell(self.task.gold, ws, self.MOUNT)
-            changes, hashes = self._changes(ws.path)
+            try:
+                changes, hashes = self._changes(ws.path)
+            except fsdiff.WorkspaceTooLarge as err:
+                raise RuntimeError(f"gold of {self.task.id} cannot be scored: {err}") from None
             self._gold_cache[self.task.id] = {"output": output, "changes": changes, "hashes": hashes}
         return self._gold_cache[self.task.id]
 
     def _reward(self) -> tuple[float, dict]:
         gold = self.gold_outcome()
-        changes, hashes = self._changes(self._agent_ws[self.task.fixture].path)
+        try:
+            changes, hashes = self._changes(self._agent_ws[self.task.fixture].path)
+        except fsdiff.WorkspaceTooLarge as err:
+            # The agent's tree is past the walk's limits: reward 0, and the reason is what it observes.
+            self.observation = f"{err} (reward 0: the file system cannot be compared)"
+            return 0.0, {"workspace_error": str(err)}
         return bash_reward(changes, gold["changes"], hashes, gold["hashes"], self.observation, gold["output"])
 
     def _close_state(self) -> None:
-        for ws in [*self._agent_ws.values(), *self._gold_ws.values()]:
-            ws.close()
+        close_workspaces([*self._agent_ws.values(), *self._gold_ws.values()])
         self._agent_ws, self._gold_ws = {}, {}
 
 

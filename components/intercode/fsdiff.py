@@ -13,26 +13,50 @@ Here the episode's file system is a host folder, so the same facts come from wal
 
 Symlinks are recorded by their target, never followed; special files (FIFOs, sockets) by kind only,
 never opened: the agent controls this folder and must not be able to hang or trick the host.
+For the same reason every walk here is iterative and bounded (`WalkLimits`: depth, entries, bytes
+hashed): a tree past a limit raises `WorkspaceTooLarge`, whose message the environment shows the
+agent, and `remove_tree` deletes any tree (any depth, unwritable folders) without recursion.
 """
 from __future__ import annotations
 
+import bisect
+import errno
 import hashlib
 import os
 import stat
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 Entry = tuple  # ("file", md5, mode) | ("dir", mode) | ("link", target) | ("other", kind)
 
 
-def _md5(path: Path) -> str:
+@dataclass(frozen=True)
+class WalkLimits:
+    """How far a host-side walk of an agent's workspace goes before it gives up."""
+
+    max_depth: int = 64  # folder levels below the root (task fixtures use a handful)
+    max_entries: int = 100_000  # paths listed
+    max_bytes: int = 512 << 20  # file bytes read for hashing
+
+
+class WorkspaceTooLarge(Exception):
+    """A walk reached one of its limits; the message says which, for the agent and the user."""
+
+
+def _md5(path: str, budget: list[int], limits: WalkLimits) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
+            budget[0] += len(block)
+            if budget[0] > limits.max_bytes:
+                raise WorkspaceTooLarge(f"workspace too large: more than {limits.max_bytes >> 20} MiB of files "
+                                        "to compare")
             digest.update(block)
     return digest.hexdigest()
 
 
-def _entry(path: Path) -> Entry:
+def _entry(path: str, budget: list[int], limits: WalkLimits) -> Entry:
     info = os.lstat(path)
     mode = stat.S_IMODE(info.st_mode)
     if stat.S_ISLNK(info.st_mode):
@@ -40,18 +64,43 @@ def _entry(path: Path) -> Entry:
     if stat.S_ISDIR(info.st_mode):
         return ("dir", mode)
     if stat.S_ISREG(info.st_mode):
-        return ("file", _md5(path), mode)
+        try:
+            return ("file", _md5(path, budget, limits), mode)
+        except PermissionError:  # the agent made it unreadable (only without root): its mode still counts
+            return ("file", "unreadable", mode)
     return ("other", stat.S_IFMT(info.st_mode))
 
 
-def snapshot(root: Path) -> dict[str, Entry]:
-    """Every path under `root` (relative, '/'-separated) with its kind, content hash and mode."""
-    root = Path(root)
+def snapshot(root: Path, limits: WalkLimits = WalkLimits()) -> dict[str, Entry]:
+    """Every path under `root` (relative, '/'-separated) with its kind, content hash and mode.
+    Iterative, never follows symlinks, and raises WorkspaceTooLarge past `limits`."""
+    root_text = os.fspath(root)
     state: dict[str, Entry] = {}
-    for folder, dirs, files in os.walk(root):  # os.walk does not follow symlinked directories
-        for name in dirs + files:
-            full = Path(folder, name)
-            state[full.relative_to(root).as_posix()] = _entry(full)
+    budget = [0]  # bytes hashed so far
+    pending = [("", 0)]  # (relative folder, depth)
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            with os.scandir(os.path.join(root_text, folder) if folder else root_text) as listing:
+                names = sorted(item.name for item in listing)
+        except PermissionError:  # an unreadable folder: its own entry (and mode) is all there is to see
+            continue
+        except OSError as err:
+            if err.errno == errno.ENAMETOOLONG:
+                raise WorkspaceTooLarge(f"workspace too deep: a path under {folder[:80]}... is longer than "
+                                        "the system allows") from None
+            raise
+        for name in names:
+            relative = f"{folder}/{name}" if folder else name
+            if len(state) >= limits.max_entries:
+                raise WorkspaceTooLarge(f"workspace too large: more than {limits.max_entries} files and folders")
+            entry = _entry(os.path.join(root_text, relative), budget, limits)
+            state[relative] = entry
+            if entry[0] == "dir":
+                if depth + 1 > limits.max_depth:
+                    raise WorkspaceTooLarge(f"workspace too deep: {relative[:80]}... is more than "
+                                            f"{limits.max_depth} folder levels down")
+                pending.append((relative, depth + 1))
     return state
 
 
@@ -75,13 +124,79 @@ def diff(before: dict[str, Entry], after: dict[str, Entry]) -> set[tuple[str, st
     return changes
 
 
-def content_hash(root: Path, relative: str) -> str:
-    """md5 of a changed path's final state: a file's bytes + mode, a directory's whole subtree."""
+def hashes_of(state: dict[str, Entry], paths: list[str]) -> dict[str, str]:
+    """Content hash of each path from a snapshot (no second walk): a file's bytes + mode, a directory's
+    whole subtree (md5 over its sorted entries, keyed relative to it), "missing" if absent."""
+    keys = sorted(state)
+    out = {}
+    for path in paths:
+        relative = path.rstrip("/")
+        entry = state.get(relative)
+        if entry is None:
+            out[path] = "missing"
+        elif entry[0] != "dir":
+            out[path] = repr(entry)
+        else:
+            prefix = relative + "/"
+            first = bisect.bisect_left(keys, prefix)
+            last = bisect.bisect_left(keys, relative + "0")  # "0" sorts right after "/"
+            sub = [(key[len(prefix):], state[key]) for key in keys[first:last]]
+            out[path] = hashlib.md5(repr(sorted(sub)).encode()).hexdigest()
+    return out
+
+
+def content_hash(root: Path, relative: str, limits: WalkLimits = WalkLimits()) -> str:
+    """md5 of one path's final state under `root` (see hashes_of)."""
     target = Path(root) / relative.rstrip("/")
     if not os.path.lexists(target):
         return "missing"
-    entry = _entry(target)
+    entry = _entry(os.fspath(target), [0], limits)
     if entry[0] != "dir":
         return repr(entry)
-    sub = snapshot(target)
-    return hashlib.md5(repr(sorted(sub.items())).encode()).hexdigest()
+    return hashes_of({"d": entry, **{f"d/{k}": v for k, v in snapshot(target, limits).items()}}, ["d/"])["d/"]
+
+
+def remove_tree(path: Path) -> bool:
+    """Delete `path` and everything under it, however deep, even folders the agent made unwritable or
+    unreadable; never follows symlinks. Returns whether it is gone."""
+    top = os.fspath(path)
+    if not os.path.lexists(top):
+        return True
+    try:
+        _remove_iteratively(top)
+    except OSError:  # paths beyond PATH_MAX, or a race: coreutils walk by file descriptor, at any depth
+        subprocess.run(["chmod", "-R", "u+rwx", "--", top], capture_output=True, timeout=600)
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", top], capture_output=True, timeout=600)
+    return not os.path.lexists(top)
+
+
+def _remove_iteratively(top: str) -> None:
+    if not stat.S_ISDIR(os.lstat(top).st_mode):
+        os.unlink(top)
+        return
+    pending = [top]  # folders still to empty, deepest last
+    while pending:
+        folder = pending[-1]
+        try:
+            listing = list(os.scandir(folder))
+        except PermissionError:
+            os.chmod(folder, 0o700)
+            listing = list(os.scandir(folder))
+        subfolders = [item.path for item in listing if item.is_dir(follow_symlinks=False)]
+        if subfolders:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                os.chmod(folder, 0o700)
+            pending.extend(subfolders)
+            continue
+        for item in listing:
+            try:
+                os.unlink(item.path)
+            except PermissionError:
+                os.chmod(folder, 0o700)
+                os.unlink(item.path)
+        try:
+            os.rmdir(folder)
+        except PermissionError:
+            os.chmod(os.path.dirname(folder), 0o700)
+            os.rmdir(folder)
+        pending.pop()

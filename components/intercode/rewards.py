@@ -1,8 +1,9 @@
 """InterCode's reward functions (Yang et al., 2023), as pure functions of what the episodes produced.
 
 SQL: intersection-over-union of the agent's and the gold result rows, taken as multisets of
-stringified rows, scaled by the Kendall tau between the orders in which the two results list their
-shared rows; both results empty -> 1.
+stringified rows, scaled by Kendall's tau-b of the shared row strings (upstream's formula: the agent's
+and the gold's shared rows paired by position, compared as strings, ties counted) and rounded to two
+decimals; both results empty -> 1; a single shared row or a constant one has no tau: the IoU alone.
 
 Bash: 0.01 + 0.33 * (1 - erf(#missing + #extra file-system changes))
              + 0.33 * (fraction of changes made by both whose contents (md5) agree)
@@ -12,8 +13,9 @@ each part rounded to 2 decimals as upstream does, so only an exact match reaches
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
-from typing import Any, Hashable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 Row = Sequence[Any]
 
@@ -23,39 +25,67 @@ def stringify_rows(rows: Sequence[Row]) -> list[str]:
     return [str(tuple(row)) for row in rows]
 
 
-def kendall_tau(first: Sequence[float], second: Sequence[float]) -> float:
-    """Kendall's tau-a of two rankings without ties (NaN when fewer than two items)."""
-    n = len(first)
-    if n != len(second):
-        raise ValueError("kendall_tau needs two rankings of the same items")
-    if n < 2:
+SQL_ORDERS = ("upstream", "position")
+
+
+def kendall_tau(first: Sequence[Any], second: Sequence[Any]) -> float:
+    """Kendall's tau-b of two paired sequences of comparable values, ties allowed (scipy's default
+    variant, which upstream calls); NaN when fewer than two items or either side is constant."""
+    if len(first) != len(second):
+        raise ValueError("kendall_tau needs two sequences of the same length")
+    if len(first) < 2:
         return math.nan
-    concordant = discordant = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            sign = (first[i] - first[j]) * (second[i] - second[j])
-            concordant += sign > 0
-            discordant += sign < 0
-    return (concordant - discordant) / (n * (n - 1) / 2)
+    # Ranks of the values (equal values share a rank) so that any comparable type works, strings included.
+    levels = {value: rank for rank, value in enumerate(sorted(set(first) | set(second)))}
+    from scipy.stats import kendalltau  # scipy.stats costs ~0.3 s to import: only when a reward is computed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN, which is the answer
+        tau = kendalltau([levels[v] for v in first], [levels[v] for v in second]).statistic
+    return float(tau)
 
 
-def _occurrences(items: Sequence[Hashable], keep: Counter) -> list[tuple[Hashable, int]]:
-    """The shared items in list order, each tagged with its occurrence number (duplicates stay distinct)."""
-    budget, seen, out = Counter(keep), Counter(), []
+def _shared_in_order(items: Sequence[str], shared: Counter) -> list[str]:
+    """The items that are in the intersection, in list order, each kept at most as often as shared."""
+    budget, out = Counter(shared), []
     for item in items:
         if budget[item] > 0:
             budget[item] -= 1
-            out.append((item, seen[item]))
-            seen[item] += 1
+            out.append(item)
     return out
 
 
-def sql_reward(agent_rows: Optional[Sequence[Row]], gold_rows: Sequence[Row]) -> tuple[float, dict]:
-    """IoU of the row multisets x Kendall tau of the shared rows' order. `agent_rows=None`: no result
-    set (an error or a statement without rows) scores 0, as upstream."""
+def _position_order(agent_shared: list[str], gold_shared: list[str]) -> tuple[list[int], list[int]]:
+    """Agent positions against the gold positions of the same occurrence of each shared row."""
+    seen, gold_position = Counter(), {}
+    for pos, item in enumerate(gold_shared):
+        gold_position[(item, seen[item])] = pos
+        seen[item] += 1
+    seen, paired = Counter(), []
+    for item in agent_shared:
+        paired.append(gold_position[(item, seen[item])])
+        seen[item] += 1
+    return list(range(len(paired))), paired
+
+
+def sql_reward(agent_rows: Optional[Sequence[Row]], gold_rows: Sequence[Row],
+               order: str = "upstream") -> tuple[float, dict]:
+    """IoU of the stringified row multisets, times Kendall tau of the shared rows, rounded to 2 decimals
+    when tau is defined (upstream InterCode's reward). `agent_rows=None`: no result set (an error or a
+    statement without rows) scores 0, as upstream.
+
+    order="upstream" (default): tau between the agent's and the gold's shared row strings paired by
+    position, compared as strings, exactly as upstream computes it, so rewards compare with its tables.
+    order="position": tau between where each shared row stands in the two results; a variant for
+    users who want order judged as order (upstream's can score a reversed answer positive: rows
+    10, 9, 2 against gold 2, 9, 10 score +0.33 because "(10,)" < "(2,)" as strings).
+    """
+    if order not in SQL_ORDERS:
+        raise ValueError(f"sql_reward order must be one of {SQL_ORDERS}, not {order!r}")
     if agent_rows is None:
         return 0.0, {"iou": 0.0, "kendall_tau": None, "reason": "no result set"}
-    agent, gold = Counter(stringify_rows(agent_rows)), Counter(stringify_rows(gold_rows))
+    agent_strings, gold_strings = stringify_rows(agent_rows), stringify_rows(gold_rows)
+    agent, gold = Counter(agent_strings), Counter(gold_strings)
     union = agent | gold  # multiset union: max of the counts
     if not union:
         return 1.0, {"iou": 1.0, "kendall_tau": None, "reason": "both empty"}
@@ -63,10 +93,13 @@ def sql_reward(agent_rows: Optional[Sequence[Row]], gold_rows: Sequence[Row]) ->
     iou = sum(shared.values()) / sum(union.values())
     tau = math.nan
     if shared:
-        agent_order = _occurrences(stringify_rows(agent_rows), shared)
-        gold_position = {item: pos for pos, item in enumerate(_occurrences(stringify_rows(gold_rows), shared))}
-        tau = kendall_tau(list(range(len(agent_order))), [gold_position[item] for item in agent_order])
-    reward = iou if math.isnan(tau) else iou * tau  # one shared row has no order to judge
+        agent_shared, gold_shared = _shared_in_order(agent_strings, shared), _shared_in_order(gold_strings, shared)
+        if order == "upstream":
+            tau = kendall_tau(agent_shared, gold_shared)
+        else:
+            tau = kendall_tau(*_position_order(agent_shared, gold_shared))
+    # Tau undefined (one shared row, or all shared rows equal): the IoU alone, unrounded, as upstream.
+    reward = iou if math.isnan(tau) else round(iou * tau, 2)
     return reward, {"iou": iou, "kendall_tau": None if math.isnan(tau) else tau}
 
 

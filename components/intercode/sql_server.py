@@ -29,11 +29,12 @@ class ServerSqlEnv(SqlEnv):
     """SqlEnv whose actions run on the database server at `url` (an SQLAlchemy URL)."""
 
     def __init__(self, tasks: Sequence[Task], url: str, seed: int = 0, statement_timeout_s: float = 5.0,
-                 max_rows: int = 1000, max_steps: Optional[int] = None):
+                 max_rows: int = 1000, max_steps: Optional[int] = None, sql_order: str = "upstream"):
         from sqlalchemy import create_engine
 
         super(SqlEnv, self).__init__(tasks, sandbox=_NoSandbox(), max_steps=max_steps)  # no local files
         self.max_rows = max_rows
+        self.sql_order = sql_order
         self.engine = create_engine(url)
         self.statement_timeout_ms = int(statement_timeout_s * 1000)
         self.databases = {name: generate(name, seed) for name in DATABASES}

@@ -203,3 +203,59 @@ def test_bad_hyperparameters_are_named():
         CompassScheduler(2, RecordingAggregator(), {"n": 0}, Clock(), latest_time_factor=0.5)
     with pytest.raises(ValueError, match="buffer_size"):
         FedBuffScheduler(2, RecordingAggregator(), {"n": 0}, Clock(), buffer_size=0)
+
+
+def fedavg(n=3, **kw):
+    clock, aggregator = Clock(), RecordingAggregator()
+    return FedAvgScheduler(n, aggregator, {"n": 0}, clock, local_steps=5, **kw), clock, aggregator
+
+
+def test_fedavg_round_timeout_aggregates_the_arrivals_and_drops_the_lost_client():
+    s, clock, agg = fedavg(round_timeout=30.0, min_clients=2)
+    s.start()
+    arrive(s, clock, 5.0, 0)
+    arrive(s, clock, 6.0, 1)  # c2 never answers
+    assert s.next_deadline() == 30.0 and agg.calls == []
+    clock.now = 30.0
+    out = s.on_timer()
+    assert agg.calls == [[(0, 0), (1, 0)]] and s.records[-1].trigger == "timeout"
+    assert sorted(a.client for a in out) == [0, 1] and s.lost == {2}
+    # the next round waits only for the two live clients: no second timeout
+    arrive(s, clock, 35.0, 0)
+    out = arrive(s, clock, 36.0, 1)
+    assert len(agg.calls) == 2 and s.records[-1].trigger == "round" and len(out) == 2
+
+
+def test_fedavg_straggler_update_is_dropped_and_it_rejoins_the_round():
+    s, clock, agg = fedavg(round_timeout=30.0)
+    s.start()
+    arrive(s, clock, 5.0, 0)
+    arrive(s, clock, 6.0, 1)
+    clock.now = 30.0
+    s.on_timer()  # c2 missed round 1
+    out = arrive(s, clock, 40.0, 2)  # its round-1 update arrives late: dropped, it gets the current model
+    assert [(a.client, a.version) for a in out] == [(2, 1)] and len(agg.calls) == 1 and s.lost == set()
+    arrive(s, clock, 41.0, 0)
+    arrive(s, clock, 42.0, 1)
+    arrive(s, clock, 45.0, 2)
+    assert agg.calls[-1] == [(0, 0), (1, 0), (2, 0)]
+
+
+def test_fedavg_below_min_clients_fails_naming_the_lost_clients():
+    s, clock, agg = fedavg(round_timeout=30.0, min_clients=2)
+    s.start()
+    arrive(s, clock, 5.0, 0)
+    clock.now = 31.0
+    assert s.on_timer() == [] and agg.calls == []
+    assert s.failure == "FedAvg round 1 got 1 update(s), fewer than min_clients=2; lost clients: [1, 2]"
+    assert s.next_deadline() is None
+
+
+def test_fedavg_failed_client_ends_the_round_without_waiting_for_the_timeout():
+    s, clock, agg = fedavg(round_timeout=1000.0, min_clients=1)
+    s.start()
+    arrive(s, clock, 5.0, 0)
+    arrive(s, clock, 6.0, 1)
+    clock.now = 7.0
+    out = s.on_failure(2)  # an error reply: no need to wait
+    assert agg.calls == [[(0, 0), (1, 0)]] and sorted(a.client for a in out) == [0, 1]

@@ -8,7 +8,7 @@ from components.federated import aggregators as agg
 from components.federated import partitions, speeds
 from components.federated import task as fl_task
 from components.federated.schedulers import SCHEDULERS
-from components.federated.simulator import LocalTrainer, Simulator, VirtualClock
+from components.federated.simulator import FederatedRunFailed, LocalTrainer, Simulator, VirtualClock
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +65,35 @@ def test_crashed_client_does_not_deadlock_compass(setup):
     assert all(0 not in r.clients for r in result.records[4:])
 
 
-def test_fedavg_with_a_crashed_client_stops_when_nothing_is_left_to_happen(setup):
-    # FedAvg is synchronous: with a dead client it can never finish a round. The simulator must
-    # still return (no deadlock), having made no progress past the crash.
-    result, _ = simulate(setup, name="fedavg", crash_at={0: 0.0}, max_updates=5)
-    assert result.summary["global_updates"] == 0
+def test_crashed_client_in_the_simulator_fedavg_without_round_timeout_fails_naming_it(setup):
+    # FedAvg waits for every client: with client 0 dead and no round timeout nothing can happen any more;
+    # the run fails (no "completed" with 0 of 5 updates) and names the client
+    with pytest.raises(FederatedRunFailed, match=r"made 0 of 5 global updates.*lost clients: \[0\].*round_timeout"):
+        simulate(setup, name="fedavg", crash_at={0: 0.0}, max_updates=5)
+
+
+def test_crashed_client_in_the_simulator_fedavg_round_timeout_goes_on_with_the_arrivals(setup):
+    # homogeneous speed 1, 10 steps: a round takes 10 s; client 0 dies at once. Round 1 ends at the
+    # 40 s timeout with clients 1-3; later rounds wait only for them (10 s each, no more timeouts).
+    result, _ = simulate(setup, name="fedavg", kind="homogeneous", crash_at={0: 0.0}, max_updates=4,
+                         round_timeout=40.0, min_clients=2)
+    assert result.summary["global_updates"] == 4 and result.lost_clients == [0]
+    assert [r.time for r in result.records] == [40.0, 50.0, 60.0, 70.0]
+    assert [r.trigger for r in result.records] == ["timeout", "round", "round", "round"]
+    assert all(r.clients == [1, 2, 3] for r in result.records)
+
+
+def test_crashed_clients_in_the_simulator_below_min_clients_fail_the_run(setup):
+    with pytest.raises(FederatedRunFailed, match=r"fewer than min_clients=2; lost clients: \[0, 1, 2\]"):
+        simulate(setup, name="fedavg", kind="homogeneous", crash_at={0: 0.0, 1: 0.0, 2: 0.0}, max_updates=4,
+                 round_timeout=40.0, min_clients=2)
+
+
+@pytest.mark.parametrize("name", ["fedasync", "fedbuff", "fedcompass"])
+def test_crashed_client_in_the_simulator_async_strategies_go_on(setup, name):
+    result, _ = simulate(setup, name=name, kind="homogeneous", crash_at={2: 0.0}, max_updates=6)
+    assert result.summary["global_updates"] == 6 and result.lost_clients == [2]
+    assert all(2 not in r.clients for r in result.records)
 
 
 def test_jobs_of_one_scheduling_point_train_together(setup):
