@@ -168,6 +168,7 @@ class FederatedConfig(FlowConfig):
     flower: FlowerDriverConfig = field(default_factory=FlowerDriverConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self)
         speed = self.fed_speed
         if speed.kind == GIVEN:  # one step time per client, checked now (file, line, value)

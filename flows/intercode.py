@@ -57,6 +57,7 @@ class InterCodeConfig(FlowConfig):
     sql_reward_order: str = "upstream"  # upstream InterCode's reward | position (see components/intercode/rewards.py)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         one_of("sql_reward_order", self.sql_reward_order, SQL_ORDERS)
         if self.task_file is None:
             for key in ("db_dir", "fixture_dir"):

@@ -15,6 +15,7 @@ fixture mounted at /testbed. Each episode gets fresh copies; gold solutions run 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import string
 import warnings
@@ -107,9 +108,8 @@ class InterCodeEnv(gym.Env):
 
 
 def renew_workspace(workspace: Workspace) -> None:
-    """The workspace back to a fresh copy of its fixture: the agent's tree is deleted here first (any depth,
-    unwritable folders), so the sandbox's own copy/removal only ever sees a fresh tree."""
-    fsdiff.remove_tree(workspace.path)
+    """The workspace back to a fresh copy of its fixture; the sandbox removes the agent's tree whatever
+    it is (a tmpfs is unmounted, anything else walked iteratively: any depth, unwritable folders)."""
     workspace.reset()
 
 
@@ -119,9 +119,9 @@ def close_workspaces(workspaces: Sequence[Workspace]) -> None:
     left = []
     for workspace in workspaces:
         try:
-            if not fsdiff.remove_tree(workspace.path):
-                left.append(str(workspace.path))
             workspace.close()
+            if os.path.lexists(workspace.path):
+                left.append(str(workspace.path))
         except Exception as err:  # noqa: BLE001 - close() must go on with the other workspaces
             left.append(f"{workspace.path} ({type(err).__name__}: {err})")
     if left:

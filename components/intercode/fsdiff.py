@@ -24,7 +24,6 @@ import errno
 import hashlib
 import os
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,47 +155,3 @@ def content_hash(root: Path, relative: str, limits: WalkLimits = WalkLimits()) -
     return hashes_of({"d": entry, **{f"d/{k}": v for k, v in snapshot(target, limits).items()}}, ["d/"])["d/"]
 
 
-def remove_tree(path: Path) -> bool:
-    """Delete `path` and everything under it, however deep, even folders the agent made unwritable or
-    unreadable; never follows symlinks. Returns whether it is gone."""
-    top = os.fspath(path)
-    if not os.path.lexists(top):
-        return True
-    try:
-        _remove_iteratively(top)
-    except OSError:  # paths beyond PATH_MAX, or a race: coreutils walk by file descriptor, at any depth
-        subprocess.run(["chmod", "-R", "u+rwx", "--", top], capture_output=True, timeout=600)
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", top], capture_output=True, timeout=600)
-    return not os.path.lexists(top)
-
-
-def _remove_iteratively(top: str) -> None:
-    if not stat.S_ISDIR(os.lstat(top).st_mode):
-        os.unlink(top)
-        return
-    pending = [top]  # folders still to empty, deepest last
-    while pending:
-        folder = pending[-1]
-        try:
-            listing = list(os.scandir(folder))
-        except PermissionError:
-            os.chmod(folder, 0o700)
-            listing = list(os.scandir(folder))
-        subfolders = [item.path for item in listing if item.is_dir(follow_symlinks=False)]
-        if subfolders:
-            if not os.access(folder, os.W_OK | os.X_OK):
-                os.chmod(folder, 0o700)
-            pending.extend(subfolders)
-            continue
-        for item in listing:
-            try:
-                os.unlink(item.path)
-            except PermissionError:
-                os.chmod(folder, 0o700)
-                os.unlink(item.path)
-        try:
-            os.rmdir(folder)
-        except PermissionError:
-            os.chmod(os.path.dirname(folder), 0o700)
-            os.rmdir(folder)
-        pending.pop()
