@@ -22,7 +22,7 @@ that the compiler vectorizes does the same.
 from __future__ import annotations
 
 import os
-import threading
+from components.quant.extension import InlineExtension
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -234,28 +234,9 @@ torch::Tensor fused_matmul(torch::Tensor x, torch::Tensor codes_lo, torch::Tenso
 }
 """
 
-_lock = threading.Lock()
-_state: dict = {"module": None, "tried": False, "reason": "not built yet"}
-
-
-def load():
-    """The compiled extension, building it on first call; None when it cannot be built here."""
-    with _lock:
-        if _state["tried"]:
-            return _state["module"]
-        _state["tried"] = True
-        if os.environ.get("QUANT_FUSED_CPU", "1") == "0":
-            _state["reason"] = "disabled by QUANT_FUSED_CPU=0"
-            return None
-        try:
-            from torch.utils.cpp_extension import load_inline
-
-            _state["module"] = load_inline(
-                name="quant_fused_cpu_v5", cpp_sources=[_SOURCE], functions=["fused_matmul"],
-                extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
-        except Exception as exc:  # no compiler, no ninja, or a build error: fall back to torch paths
-            _state["reason"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-        return _state["module"]
+_EXTENSION = InlineExtension("quant_fused_cpu_v5", _SOURCE, ["fused_matmul"],
+                             ["-O3", "-march=native", "-fopenmp"], disable_env="QUANT_FUSED_CPU")
+load = _EXTENSION.load  # the compiled extension, built on first call; None when it cannot be built here
 
 
 def available() -> bool:
@@ -263,4 +244,4 @@ def available() -> bool:
 
 
 def unavailable_reason() -> str:
-    return _state["reason"]
+    return _EXTENSION.reason

@@ -34,7 +34,7 @@ portable (scalar C). All share one source, compiled once per path with a GCC tar
 from __future__ import annotations
 
 import os
-import threading
+from components.quant.extension import InlineExtension
 
 PATHS = ("avx512_vnni", "avx_vnni", "avx2", "portable")
 _TARGETS = {
@@ -399,29 +399,10 @@ def _source() -> str:
     return "".join(parts)
 
 
-_lock = threading.Lock()
-_state: dict = {"module": None, "tried": False, "reason": "not built yet"}
-
-
-def load():
-    """The compiled extension, building it on first call; None when it cannot be built here."""
-    with _lock:
-        if _state["tried"]:
-            return _state["module"]
-        _state["tried"] = True
-        if os.environ.get("QUANT_INT_KERNEL", "1") == "0":
-            _state["reason"] = "disabled by QUANT_INT_KERNEL=0"
-            return None
-        try:
-            from torch.utils.cpp_extension import load_inline  # heavy: only when the kernel is first needed
-
-            _state["module"] = load_inline(
-                name="quant_int_kernel_v5", cpp_sources=[_source()], functions=["int_matmul", "path_supported"],
-                extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
-        except Exception as exc:  # no compiler, no ninja, or a build error: callers fall back to the float kernel
-            text = str(exc).strip()
-            _state["reason"] = f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"
-        return _state["module"]
+_EXTENSION = InlineExtension("quant_int_kernel_v5", _source, ["int_matmul", "path_supported"],
+                             ["-O3", "-fopenmp"], disable_env="QUANT_INT_KERNEL")
+load = _EXTENSION.load  # the compiled extension, built on first call; None when it cannot be built here
+_paths: list[str] = []  # the paths this CPU runs, found once
 
 
 def available() -> bool:
@@ -429,15 +410,15 @@ def available() -> bool:
 
 
 def unavailable_reason() -> str:
-    return _state["reason"]
+    return _EXTENSION.reason
 
 
 def paths() -> list[str]:
     """The kernel paths this CPU can run, fastest first."""
-    if "paths" not in _state:
+    if not _paths:
         module = load()
-        _state["paths"] = [p for p in PATHS if module is not None and module.path_supported(p)]
-    return _state["paths"]
+        _paths.extend(p for p in PATHS if module is not None and module.path_supported(p))
+    return list(_paths)
 
 
 def best_path() -> str:
