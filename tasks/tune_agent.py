@@ -51,30 +51,31 @@ def tune_agent_model(chats: list, spec: TranscriptConfig, settings: Any, out_dir
     """Fine-tune SmolLM2's top layers on the chats' replies; save the tuned layers to `out_dir`
     (with tuning.json: where the chats came from, settings, loss curve); metrics to MLflow every
     `log_every` steps."""
-    from components.compiler.tuning import TuneSettings, count_kinds, encode_chat, tune
-    from components.lm import smollm2
+    from components.compiler.tuning import count_kinds
 
-    logger = get_run_logger()
-    tokenizer = smollm2.load_tokenizer()
-    examples = [encode_chat(tokenizer, chat) for chat in chats]
-    tokens = sum(len(ids) for ids, _ in examples)
-    model = smollm2.load_model(dtype="float32")
+    provenance = {"kb_seeds": list(spec.kb_seeds), "per_template": spec.per_template,
+                  "react_steps_per_question": spec.react_steps or "all", "transcripts": count_kinds(chats),
+                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return tune_and_save(chats, settings, out_dir, tracker, provenance, log_every)
+
+
+def tune_and_save(chats: list, settings: Any, out_dir: str, tracker: Tracker, provenance: dict,
+                  log_every: int) -> dict:
+    """The tuning both tune flows share: the top layers tuned on the chats' replies, metrics to MLflow
+    every `log_every` steps, the tuned tensors and tuning.json (provenance, settings, loss curve) saved."""
+    from components.compiler.tuning import TuneSettings, tune_smollm2_on_chats
+
     settings = TuneSettings(**asdict(settings))
 
     def on_step(step: int, metrics: dict) -> None:
         if step % log_every == 0:
             tracker.log_metrics(metrics, step=step)
 
-    report = tune(model, examples, settings, pad_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                  log=logger.info, on_step=on_step)
-    folder = smollm2.save_tuned(model, out_dir, report.trained)
-    summary = {"base": f"SmolLM2-135M-Instruct ({smollm2.GGUF_NAME}, dequantized)", "kb_seeds": list(spec.kb_seeds),
-               "per_template": spec.per_template, "react_steps_per_question": spec.react_steps or "all",
-               "transcripts": count_kinds(chats),
-               "tokens": tokens, "reply_tokens": sum(len(ids) - start for ids, start in examples),
+    tuned = tune_smollm2_on_chats(chats, settings, out_dir, log=get_run_logger().info, on_step=on_step)
+    report, folder = tuned["report"], tuned["folder"]
+    summary = {"base": tuned["base"], **provenance, "tokens": tuned["tokens"], "reply_tokens": tuned["reply_tokens"],
                "settings": asdict(settings),
-               "report": {**asdict(report), "losses": [round(x, 4) for x in report.losses]},
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+               "report": {**asdict(report), "losses": [round(x, 4) for x in report.losses]}}
     (folder / "tuning.json").write_text(json.dumps(summary, indent=1))
     return {"folder": str(folder), "summary": summary}
 

@@ -1,15 +1,15 @@
 """Prefect tasks of the `tune_selfpico` flow: value targets by search with execution feedback, tuning."""
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger, task
 
 from components.checks import ConfigError, at_least
 from components.selfpico.tuning import BENCHMARK_MODULES
+from tasks.tune_agent import tune_and_save
 from tasks.tracking import Tracker
 
 
@@ -65,24 +65,4 @@ def tune_value_model(chats: list, settings: Any, out_dir: str, tracker: Tracker,
                      log_every: int = 5) -> dict:
     """Fine-tune SmolLM2's top layers on the chats' replies (compile_calls' tuning loop); save only the
     tuned tensors to `out_dir` with tuning.json."""
-    from components.compiler.tuning import TuneSettings, encode_chat, tune
-    from components.lm import smollm2
-
-    tokenizer = smollm2.load_tokenizer()
-    examples = [encode_chat(tokenizer, chat) for chat in chats]
-    model = smollm2.load_model(dtype="float32")
-    settings = TuneSettings(**asdict(settings))
-
-    def on_step(step: int, metrics: dict) -> None:
-        if step % log_every == 0:
-            tracker.log_metrics(metrics, step=step)
-
-    report = tune(model, examples, settings, pad_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                  log=get_run_logger().info, on_step=on_step)
-    folder = smollm2.save_tuned(model, out_dir, report.trained)
-    summary = {"base": f"SmolLM2-135M-Instruct ({smollm2.GGUF_NAME}, dequantized)", **provenance,
-               "tokens": sum(len(ids) for ids, _ in examples),
-               "reply_tokens": sum(len(ids) - start for ids, start in examples), "settings": asdict(settings),
-               "report": {**asdict(report), "losses": [round(x, 4) for x in report.losses]}}
-    (folder / "tuning.json").write_text(json.dumps(summary, indent=1))
-    return {"folder": str(folder), "summary": summary}
+    return tune_and_save(chats, settings, out_dir, tracker, provenance, log_every)

@@ -231,3 +231,20 @@ def tune(model, examples: Sequence[tuple[list[int], int]], settings: TuneSetting
     report.seconds = time.perf_counter() - start
     model.eval()
     return report
+
+
+def tune_smollm2_on_chats(chats: Sequence[Messages], settings: TuneSettings, out_dir, log: Callable[[str], None],
+                          on_step: Callable[[int, dict], None]) -> dict:
+    """SmolLM2's top layers tuned on the chats' replies; only the tuned tensors saved to `out_dir`.
+    Returns the folder, the report and the token counts (for the caller's tuning.json)."""
+    from components.lm import smollm2  # loads transformers: only when a tuning run starts
+
+    tokenizer = smollm2.load_tokenizer()
+    examples = [encode_chat(tokenizer, chat) for chat in chats]
+    model = smollm2.load_model(dtype="float32")
+    report = tune(model, examples, settings, pad_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                  log=log, on_step=on_step)
+    folder = smollm2.save_tuned(model, out_dir, report.trained)
+    return {"folder": folder, "report": report, "tokens": sum(len(ids) for ids, _ in examples),
+            "reply_tokens": sum(len(ids) - start for ids, start in examples),
+            "base": f"SmolLM2-135M-Instruct ({smollm2.GGUF_NAME}, dequantized)"}

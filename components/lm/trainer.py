@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from components.checkpoint.layout import fsync_dir
 from components.checkpoint import (
     LazyAsyncCheckpointer,
     latest_checkpoint,
@@ -163,7 +164,7 @@ class RunCheckpointer:
             if self.folder.exists():  # no committed checkpoint left in it: only torn leftovers
                 shutil.rmtree(self.folder)
             os.rename(self.staging, self.folder)
-            _fsync_dir(self.folder.parent)
+            fsync_dir(self.folder.parent)
             self.logger.warning("a fresh run: its first checkpoint is committed, so the earlier run's checkpoints "
                                 "in %s were moved to %s", self.folder, self.set_aside)
         distributed.barrier(self.ranks)
@@ -176,14 +177,6 @@ class RunCheckpointer:
     @property
     def host_memory_bytes(self) -> int:
         return max(self.inner.host_memory_bytes, self._staged_host_bytes)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_torn_staging(folder: Path) -> None:
