@@ -24,6 +24,7 @@ restore of both ranks).
     python -m benchmarks.checkpointing --quick     # 1 repeat, k in {1, 5}, 12 iterations: a few minutes
     python -m benchmarks.checkpointing --full      # 3 repeats, k in {1, 2, 5, 10}, 50 iterations
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -234,8 +236,15 @@ def build_workload(model_kind: str, batch: int, block: int, device: str):
         from components.lm.model import GPT, GPTConfig
 
         vocab = WORKLOAD["vocab"]
-        model = GPT(GPTConfig(vocab_size=vocab, n_layer=WORKLOAD["n_layer"], n_head=4, n_embd=WORKLOAD["n_embd"],
-                              block_size=block)).to(device).train()
+        model = (
+            GPT(
+                GPTConfig(
+                    vocab_size=vocab, n_layer=WORKLOAD["n_layer"], n_head=4, n_embd=WORKLOAD["n_embd"], block_size=block
+                )
+            )
+            .to(device)
+            .train()
+        )
     optimizer = build_optimizer(model, TrainSettings(lr=1e-5, warmup_iters=1))
     data = torch.Generator().manual_seed(0)
 
@@ -261,8 +270,12 @@ def make_method(name: str, folder: Path, optimizer, device: str):
     folder.mkdir(parents=True)
     if name in LAZY_VARIANTS:
         return LazyAsync(folder, optimizer, device, **LAZY_VARIANTS[name])
-    return {"none": lambda: NoCheckpoint(), "torch_save": lambda: TorchSaveSync(folder),
-            "naive_async": lambda: NaiveAsync(folder), "dcp_async": lambda: DCPAsync(folder)}[name]()
+    return {
+        "none": lambda: NoCheckpoint(),
+        "torch_save": lambda: TorchSaveSync(folder),
+        "naive_async": lambda: NaiveAsync(folder),
+        "dcp_async": lambda: DCPAsync(folder),
+    }[name]()
 
 
 def write_bandwidth(folder: Path, nbytes: int, direct: bool, chunk: int = 8 << 20) -> float:
@@ -271,7 +284,7 @@ def write_bandwidth(folder: Path, nbytes: int, direct: bool, chunk: int = 8 << 2
     path = folder / f"bandwidth-{'direct' if direct else 'buffered'}.probe"
     raw = torch.randint(0, 256, (chunk + 4096,), dtype=torch.uint8)
     skew = (-raw.data_ptr()) % 4096
-    buf = memoryview(raw[skew:skew + chunk].numpy())  # block-aligned, as O_DIRECT wants
+    buf = memoryview(raw[skew : skew + chunk].numpy())  # block-aligned, as O_DIRECT wants
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0)
     try:
         fd = os.open(path, flags, 0o644)
@@ -288,8 +301,9 @@ def write_bandwidth(folder: Path, nbytes: int, direct: bool, chunk: int = 8 << 2
         path.unlink()
 
 
-def run_one(name: str, k: int, iters: int, model, optimizer, iteration: Callable[[], None], folder: Path,
-            device: str) -> dict:
+def run_one(
+    name: str, k: int, iters: int, model, optimizer, iteration: Callable[[], None], folder: Path, device: str
+) -> dict:
     method = make_method(name, folder, optimizer, device)
 
     def state() -> dict:
@@ -316,8 +330,12 @@ def run_one(name: str, k: int, iters: int, model, optimizer, iteration: Callable
     host_growth = rss.stop()
     durable = [d for d in list(getattr(method, "durable", []))[n_warm:] if d == d]
     out = {
-        "iters": iters, "checkpoints": len(blocked), "end_to_end_s": end_to_end, "loop_s": loop_s,
-        "drain_s": end_to_end - loop_s, "blocked_s_total": sum(blocked),
+        "iters": iters,
+        "checkpoints": len(blocked),
+        "end_to_end_s": end_to_end,
+        "loop_s": loop_s,
+        "drain_s": end_to_end - loop_s,
+        "blocked_s_total": sum(blocked),
         "blocked_per_checkpoint_s": statistics.median(blocked) if blocked else 0.0,
         "time_to_durable_s": statistics.median(durable) if durable else 0.0,
         "host_memory_growth_mb": host_growth / 2**20,
@@ -326,8 +344,9 @@ def run_one(name: str, k: int, iters: int, model, optimizer, iteration: Callable
         records = method.ckpt.records[n_warm:]
         out["host_buffer_bytes"] = method.ckpt.host_memory_bytes
         out["checkpoint_file_bytes"] = records[0].nbytes if records else 0
-        out["live_fraction"] = (sum(r.live_bytes for r in records)
-                                / max(1, sum(r.live_bytes + r.copied_bytes for r in records)))
+        out["live_fraction"] = sum(r.live_bytes for r in records) / max(
+            1, sum(r.live_bytes + r.copied_bytes for r in records)
+        )
         out["direct_io"] = all(r.direct_io for r in records)
     shutil.rmtree(folder, ignore_errors=True)
     return out
@@ -343,8 +362,9 @@ def _rank_main(rank: int, world: int, port: int, folder: str, results: str) -> N
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     torch.manual_seed(rank)
-    model = torch.nn.Sequential(torch.nn.Linear(257, 1000 + rank), torch.nn.BatchNorm1d(1000 + rank),
-                                torch.nn.Linear(1000 + rank, 3))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(257, 1000 + rank), torch.nn.BatchNorm1d(1000 + rank), torch.nn.Linear(1000 + rank, 3)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ckpt = LazyAsyncCheckpointer(folder, keep_last=2)
     ckpt.attach(optimizer)
@@ -362,14 +382,22 @@ def _rank_main(rank: int, world: int, port: int, folder: str, results: str) -> N
     latest = latest_checkpoint(folder)
     loaded = load_checkpoint(latest, rank=rank)
     ok = loaded["rank"] == rank and all(torch.equal(v, loaded["model"][k]) for k, v in expected.items())
-    fresh = torch.nn.Sequential(torch.nn.Linear(257, 1000 + rank), torch.nn.BatchNorm1d(1000 + rank),
-                                torch.nn.Linear(1000 + rank, 3))
+    fresh = torch.nn.Sequential(
+        torch.nn.Linear(257, 1000 + rank), torch.nn.BatchNorm1d(1000 + rank), torch.nn.Linear(1000 + rank, 3)
+    )
     fresh.load_state_dict(loaded["model"])
     ok = ok and all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), expected.values()))
     with open(Path(results) / f"rank{rank}.json", "w") as fh:
-        json.dump({"rank": rank, "latest": latest.name, "bitwise": bool(ok),
-                   "blocked_ms": [r.blocked_s * 1e3 for r in ckpt.records],
-                   "durable_s": [r.durable_s for r in ckpt.records]}, fh)
+        json.dump(
+            {
+                "rank": rank,
+                "latest": latest.name,
+                "bitwise": bool(ok),
+                "blocked_ms": [r.blocked_s * 1e3 for r in ckpt.records],
+                "durable_s": [r.durable_s for r in ckpt.records],
+            },
+            fh,
+        )
     dist.destroy_process_group()
 
 
@@ -388,15 +416,23 @@ def distributed_check(world: int = 2) -> dict:
         ranks = [json.loads((Path(tmp) / f"rank{r}.json").read_text()) for r in range(world)]
         shards = sorted(p.name for p in latest_checkpoint(folder).glob("*.shard"))
     ok = all(r["bitwise"] and r["latest"] == "step_00000005" for r in ranks) and len(shards) == world
-    return {"world_size": world, "ranks_restored_bitwise": sum(r["bitwise"] for r in ranks) if ok else 0,
-            "shards": shards, "per_rank": ranks}
+    return {
+        "world_size": world,
+        "ranks_restored_bitwise": sum(r["bitwise"] for r in ranks) if ok else 0,
+        "shards": shards,
+        "per_rank": ranks,
+    }
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> None:
     extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--model", choices=["gpt", "smollm2"], default="gpt",
-                       help="gpt: the 88 MB workload above; smollm2: SmolLM2-135M fine-tuning (1.6 GB checkpoint)")
+    extra.add_argument(
+        "--model",
+        choices=["gpt", "smollm2"],
+        default="gpt",
+        help="gpt: the 88 MB workload above; smollm2: SmolLM2-135M fine-tuning (1.6 GB checkpoint)",
+    )
     extra.add_argument("--iters", type=int, default=None, help="timed iterations per run (default 12 quick, 50 full)")
     extra.add_argument("--repeats", type=int, default=None, help="rounds over every (k, method) (1 quick, 3 full)")
     extra.add_argument("--ks", default=None, help="checkpoint every k iterations (default 1,5 quick, 1,2,5,10 full)")
@@ -412,22 +448,35 @@ def main(argv=None) -> None:
     methods = known.methods.split(",")
     unknown = set(methods) - set(METHODS)
     if unknown or "none" not in methods or "lazy_async" not in methods:
-        raise SystemExit(f"--methods: unknown {sorted(unknown)}; 'none' and 'lazy_async' are needed "
-                         f"(choices {METHODS})")
+        raise SystemExit(
+            f"--methods: unknown {sorted(unknown)}; 'none' and 'lazy_async' are needed (choices {METHODS})"
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     folder = Path(known.dir or Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "checkpointing")
 
     model, optimizer, iteration = build_workload(known.model, known.batch, known.block, device)
     nbytes = checkpoint_bytes({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
     params = sum(p.numel() for p in model.parameters())
-    print(f"model={known.model} params={params / 1e6:.1f}M checkpoint={nbytes / 1e9:.3f} GB iters={iters} "
-          f"ks={ks} repeats={repeats}", flush=True)
-    setup = {"model": known.model, "params": params, "checkpoint_bytes": nbytes, "iters_per_run": iters,
-             "batch": known.batch, "block": known.block, "device": device, "repeats": repeats, "methods": methods,
-             "workload": WORKLOAD if known.model == "gpt" else "SmolLM2-135M-Instruct",
-             "workload_why": "one checkpoint takes about one iteration to write on this disk, the ratio of SmolLM2 "
-                             "fine-tuning (1.6 GB per ~1.5 s iteration), in minutes instead of over an hour",
-             "load_at_start": Path("/proc/loadavg").read_text().split()[:3]}
+    print(
+        f"model={known.model} params={params / 1e6:.1f}M checkpoint={nbytes / 1e9:.3f} GB iters={iters} "
+        f"ks={ks} repeats={repeats}",
+        flush=True,
+    )
+    setup = {
+        "model": known.model,
+        "params": params,
+        "checkpoint_bytes": nbytes,
+        "iters_per_run": iters,
+        "batch": known.batch,
+        "block": known.block,
+        "device": device,
+        "repeats": repeats,
+        "methods": methods,
+        "workload": WORKLOAD if known.model == "gpt" else "SmolLM2-135M-Instruct",
+        "workload_why": "one checkpoint takes about one iteration to write on this disk, the ratio of SmolLM2 "
+        "fine-tuning (1.6 GB per ~1.5 s iteration), in minutes instead of over an hour",
+        "load_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
     runs: dict[str, dict[str, list]] = {m: {str(k): [] for k in ks} for m in methods}
     bandwidth: list[dict] = []
     for rep in range(repeats):
@@ -438,11 +487,15 @@ def main(argv=None) -> None:
             for name in methods[shift:] + methods[:shift]:  # rotated: no method always first
                 result = run_one(name, k, iters, model, optimizer, iteration, folder / name, device)
                 runs[name][str(k)].append(result)
-                print(f"rep={rep} k={k:<3} {name:<27} e2e={result['end_to_end_s']:.2f}s "
-                      f"drain={result['drain_s']:.2f}s blocked/ckpt={result['blocked_per_checkpoint_s'] * 1e3:.1f}ms "
-                      f"durable={result['time_to_durable_s']:.2f}s", flush=True)
-            print(f"  bandwidth direct={bw['direct'] / 1e9:.2f} GB/s buffered={bw['buffered'] / 1e9:.2f} GB/s",
-                  flush=True)
+                print(
+                    f"rep={rep} k={k:<3} {name:<27} e2e={result['end_to_end_s']:.2f}s "
+                    f"drain={result['drain_s']:.2f}s blocked/ckpt={result['blocked_per_checkpoint_s'] * 1e3:.1f}ms "
+                    f"durable={result['time_to_durable_s']:.2f}s",
+                    flush=True,
+                )
+            print(
+                f"  bandwidth direct={bw['direct'] / 1e9:.2f} GB/s buffered={bw['buffered'] / 1e9:.2f} GB/s", flush=True
+            )
             report(runs, ks, setup, bandwidth, None, args, final=False)
     shutil.rmtree(folder, ignore_errors=True)
     dist = distributed_check(2)
@@ -456,8 +509,15 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report(runs: dict, ks: list[int], setup: dict, bandwidth: list[dict], dist: dict | None,
-           args: argparse.Namespace, final: bool) -> None:
+def report(
+    runs: dict,
+    ks: list[int],
+    setup: dict,
+    bandwidth: list[dict],
+    dist: dict | None,
+    args: argparse.Namespace,
+    final: bool,
+) -> None:
     """Medians over repeats, the bound per k, ratios and targets; written after every round."""
     nbytes = setup["checkpoint_bytes"]
     methods = list(runs)
@@ -475,45 +535,78 @@ def report(runs: dict, ks: list[int], setup: dict, bandwidth: list[dict], dist: 
         compute = none["end_to_end_s"]
         n_ckpt = summary["lazy_async"][k]["checkpoints"]
         disk = n_ckpt * nbytes / best_bw
-        bounds[k] = {"compute_only_s": compute, "disk_s": disk, "bound_s": max(compute, disk),
-                     "checkpoints": n_ckpt, "write_bandwidth_gbps": best_bw / 1e9}
+        bounds[k] = {
+            "compute_only_s": compute,
+            "disk_s": disk,
+            "bound_s": max(compute, disk),
+            "checkpoints": n_ckpt,
+            "write_bandwidth_gbps": best_bw / 1e9,
+        }
         for m in methods[1:]:
             s = summary[m][k]
             s["steady_overhead_per_iter_s"] = (s["loop_s"] - none["loop_s"]) / s["iters"]
             s["end_to_end_vs_no_checkpoint"] = s["end_to_end_s"] / compute
             s["end_to_end_vs_bound"] = s["end_to_end_s"] / bounds[k]["bound_s"]
-            s["perceived_throughput_gbps"] = (nbytes / s["blocked_per_checkpoint_s"] / 1e9
-                                              if s["blocked_per_checkpoint_s"] > 0 else float("inf"))
+            s["perceived_throughput_gbps"] = (
+                nbytes / s["blocked_per_checkpoint_s"] / 1e9 if s["blocked_per_checkpoint_s"] > 0 else float("inf")
+            )
         others = {m: summary[m][k]["end_to_end_s"] for m in BASELINES if m in summary}
         best_other = min(others, key=others.get) if others else None
         lazy = summary["lazy_async"][k]
-        ratios[k] = {"best_other": best_other,
-                     "lazy_async_vs_best_other": lazy["end_to_end_s"] / others[best_other] if others else float("nan"),
-                     "lazy_async_vs_bound": lazy["end_to_end_s"] / bounds[k]["bound_s"],
-                     **{f"{m}_vs_lazy_async": summary[m][k]["end_to_end_s"] / lazy["end_to_end_s"]
-                        for m in methods if m.startswith("lazy_async_")}}
+        ratios[k] = {
+            "best_other": best_other,
+            "lazy_async_vs_best_other": lazy["end_to_end_s"] / others[best_other] if others else float("nan"),
+            "lazy_async_vs_bound": lazy["end_to_end_s"] / bounds[k]["bound_s"],
+            **{
+                f"{m}_vs_lazy_async": summary[m][k]["end_to_end_s"] / lazy["end_to_end_s"]
+                for m in methods
+                if m.startswith("lazy_async_")
+            },
+        }
         targets.append(target(f"lazy_async_vs_best_other_k{k}", ratios[k]["lazy_async_vs_best_other"], 1.0, "<="))
         targets.append(target(f"lazy_async_vs_bound_k{k}", ratios[k]["lazy_async_vs_bound"], 1.10, "<="))
     if "1" in summary["lazy_async"] and "torch_save" in summary:
-        targets.append(target("blocked_time_vs_torch_save_k1", summary["lazy_async"]["1"]["blocked_per_checkpoint_s"]
-                              / summary["torch_save"]["1"]["blocked_per_checkpoint_s"], 0.05, "<="))
+        targets.append(
+            target(
+                "blocked_time_vs_torch_save_k1",
+                summary["lazy_async"]["1"]["blocked_per_checkpoint_s"]
+                / summary["torch_save"]["1"]["blocked_per_checkpoint_s"],
+                0.05,
+                "<=",
+            )
+        )
     lazy_any = summary["lazy_async"][str(done_ks[0])] if done_ks else {}
     if not done_ks:
         return
     if lazy_any:
-        targets.append(target("host_buffer_vs_checkpoint_size",
-                              lazy_any["host_buffer_bytes"] / lazy_any["checkpoint_file_bytes"], 1.0, "<="))
+        targets.append(
+            target(
+                "host_buffer_vs_checkpoint_size",
+                lazy_any["host_buffer_bytes"] / lazy_any["checkpoint_file_bytes"],
+                1.0,
+                "<=",
+            )
+        )
     if dist is not None:
         targets.append(target("distributed_ranks_tested", dist["ranks_restored_bitwise"], 2, ">="))
     results = {
-        **setup, "ks": done_ks, "complete": final, "bandwidth_per_round": bandwidth,
-        "write_bandwidth_gbps": {"direct": _median([b["direct"] for b in bandwidth]) / 1e9,
-                                 "buffered": _median([b["buffered"] for b in bandwidth]) / 1e9},
-        "bounds": bounds, "summary": summary, "ratios": ratios, "runs": runs, "distributed": dist,
+        **setup,
+        "ks": done_ks,
+        "complete": final,
+        "bandwidth_per_round": bandwidth,
+        "write_bandwidth_gbps": {
+            "direct": _median([b["direct"] for b in bandwidth]) / 1e9,
+            "buffered": _median([b["buffered"] for b in bandwidth]) / 1e9,
+        },
+        "bounds": bounds,
+        "summary": summary,
+        "ratios": ratios,
+        "runs": runs,
+        "distributed": dist,
         "fairness": "same model, AdamW state, data and threads for every method; every method fsyncs; every round "
-                    "runs every method once, rotated order; medians over the rounds",
+        "runs every method once, rotated order; medians over the rounds",
         "notes": f"shared machine ({os.cpu_count()} cores): compare ratios within this run; load at start/end "
-                 "recorded. On a CPU the flush and any host copy share the training's 2 cores and memory bandwidth.",
+        "recorded. On a CPU the flush and any host copy share the training's 2 cores and memory bandwidth.",
     }
     partial_args = args if final else argparse.Namespace(**{**vars(args), "no_mlflow": True})
     figure = _plot(summary, bounds, done_ks, nbytes, setup["model"])
@@ -531,10 +624,21 @@ def _plot(summary: dict, bounds: dict, ks: list[int], nbytes: int, model_kind: s
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     for name in summary:
-        ax1.plot(ks, [summary[name][str(k)]["end_to_end_s"] for k in ks], marker="o", label=name,
-                 linestyle="--" if name.startswith("lazy_async_") else "-")
-    ax1.plot(ks, [bounds[str(k)]["bound_s"] for k in ks], color="black", linewidth=2.5, alpha=0.4,
-             label="bound: max(compute, bytes / fsync'd bandwidth)")
+        ax1.plot(
+            ks,
+            [summary[name][str(k)]["end_to_end_s"] for k in ks],
+            marker="o",
+            label=name,
+            linestyle="--" if name.startswith("lazy_async_") else "-",
+        )
+    ax1.plot(
+        ks,
+        [bounds[str(k)]["bound_s"] for k in ks],
+        color="black",
+        linewidth=2.5,
+        alpha=0.4,
+        label="bound: max(compute, bytes / fsync'd bandwidth)",
+    )
     ax1.set_xlabel("checkpoint every k iterations")
     ax1.set_ylabel("end-to-end time incl. final drain (s, median)")
     ax1.set_xscale("log")

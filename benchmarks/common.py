@@ -3,6 +3,7 @@
 Each benchmark writes benchmarks/results/<name>.json and a plot next to
 it, and logs both to MLflow (experiment `benchmarks`, one run per benchmark invocation).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,15 +13,19 @@ import os
 import platform
 import re
 import sys
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import tasks  # noqa: F401  (environment defaults)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
 }
 
 
@@ -35,8 +40,14 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info = {"cpus": os.cpu_count(), "cpu_model": cpu_model, "torch": torch.__version__.split("+")[0],
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "device": device}
+    info = {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "torch": torch.__version__.split("+")[0],
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "device": device,
+    }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -64,9 +75,15 @@ def parse_mode(description: str, argv: Iterable[str] | None = None) -> argparse.
     return args
 
 
-def write_result(name: str, results: dict[str, Any], targets: list[dict[str, Any]], figure=None,
-                 args: argparse.Namespace | None = None, extra_artifacts: Iterable[Path] = (),
-                 device: str = "cpu") -> Path:
+def write_result(
+    name: str,
+    results: dict[str, Any],
+    targets: list[dict[str, Any]],
+    figure=None,
+    args: argparse.Namespace | None = None,
+    extra_artifacts: Iterable[Path] = (),
+    device: str = "cpu",
+) -> Path:
     """Write benchmarks/results/<name>.json (+ <name>.png) and log both to MLflow."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     mode = "full" if args is not None and getattr(args, "full", False) else "quick"
@@ -75,7 +92,7 @@ def write_result(name: str, results: dict[str, Any], targets: list[dict[str, Any
         "command": f"python -m benchmarks.{name} --{mode}",
         "argv": sys.argv[1:],
         "mode": mode,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine_info(device),
         "results": results,
         "targets": targets,

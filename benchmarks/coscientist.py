@@ -25,6 +25,7 @@ and how wall time scales with parallel workers against a remote LLM.
   the JSON (coscientist_embedded_report.md).
 The machine is shared with other engineers' jobs: timings are noisy; ratios are what to read.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ HELDOUT_SEEDS = {"quick": range(1000, 1012), "full": range(1000, 1040)}
 # The tournament runs time nothing: their SQLite state goes to tmpfs where there is one, so the
 # per-commit fsync (synchronous=FULL) does not dominate their wall time (about 4x here).
 SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-RANK_ONLY = SupervisorConfig(max_parallel=1, initial_hypotheses=POOL,
-                             weights=WorkWeights(generate=0, rank=1, evolve=0, meta_review=0))
+RANK_ONLY = SupervisorConfig(
+    max_parallel=1, initial_hypotheses=POOL, weights=WorkWeights(generate=0, rank=1, evolve=0, meta_review=0)
+)
 PREVIOUS_DEFAULT = EloConfig(top_k=4, debate_min_matches=2, debate_turns=3, w_top=1.0)  # before held-out evaluation
 
 
@@ -88,8 +90,17 @@ def select_schedule(candidates: dict[str, dict]) -> str:
     return max(eligible, key=lambda name: (candidates[name]["tau"]["mean"], name))
 
 
-def run_tournament(seed: int, budget: int, elo: EloConfig, llm, cfg: SupervisorConfig, proximity: Proximity,
-                   submit=None, *, state_dir: Path) -> tuple[Supervisor, dict]:
+def run_tournament(
+    seed: int,
+    budget: int,
+    elo: EloConfig,
+    llm,
+    cfg: SupervisorConfig,
+    proximity: Proximity,
+    submit=None,
+    *,
+    state_dir: Path,
+) -> tuple[Supervisor, dict]:
     state = TournamentState(state_dir / "state.sqlite", GOAL, elo)
     sup = Supervisor(state, AgentSuite(llm, GOAL), proximity, Budget(calls=budget), cfg, elo, submit=submit, seed=seed)
     return sup, sup.run()
@@ -103,8 +114,15 @@ def spread(values: list[float], goal: float | None = None) -> dict:
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if n > 1 else 0.0
     half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else float("nan")
-    out = {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half], "median": statistics.median(values),
-           "min": min(values), "max": max(values)}
+    out = {
+        "n": n,
+        "mean": mean,
+        "sd": sd,
+        "ci95": [mean - half, mean + half],
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }
     if goal is not None:
         out["frac_ge_goal"] = sum(v >= goal for v in values) / n
     return out
@@ -122,19 +140,28 @@ def rank_once(seed: int, budget: int, elo: EloConfig, proximity: Proximity) -> d
         sup.state.close()
     quality = [science.quality(h["text"]) for h in ranked]
     by_truth = sorted(range(len(ranked)), key=lambda i: -quality[i])
-    return {"tau": float(kendalltau([h["elo"] for h in ranked], quality).statistic),
-            "top1": float(by_truth[0] == 0), "top3_overlap": len(set(by_truth[:3]) & {0, 1, 2}) / 3,
-            "tokens": summary["spent"]["tokens"], "matches": summary["matches"], "debates": summary["debates"],
-            "judge_errors": llm.wrong_judgements / max(llm.judgements, 1)}
+    return {
+        "tau": float(kendalltau([h["elo"] for h in ranked], quality).statistic),
+        "top1": float(by_truth[0] == 0),
+        "top3_overlap": len(set(by_truth[:3]) & {0, 1, 2}) / 3,
+        "tokens": summary["spent"]["tokens"],
+        "matches": summary["matches"],
+        "debates": summary["debates"],
+        "judge_errors": llm.wrong_judgements / max(llm.judgements, 1),
+    }
 
 
 def measure(seeds, budget: int, elo: EloConfig, proximity: Proximity) -> dict:
     runs = [rank_once(seed, budget, elo, proximity) for seed in seeds]
-    return {"budget_calls": budget, "tau": spread([r["tau"] for r in runs], TAU_GOAL),
-            "taus": [r["tau"] for r in runs], "top1_rate": statistics.fmean(r["top1"] for r in runs),
-            "top3_overlap": statistics.fmean(r["top3_overlap"] for r in runs),
-            **{f"{k}_median": statistics.median(r[k] for r in runs) for k in ("tokens", "matches", "debates")},
-            "judge_error_rate": statistics.fmean(r["judge_errors"] for r in runs)}
+    return {
+        "budget_calls": budget,
+        "tau": spread([r["tau"] for r in runs], TAU_GOAL),
+        "taus": [r["tau"] for r in runs],
+        "top1_rate": statistics.fmean(r["top1"] for r in runs),
+        "top3_overlap": statistics.fmean(r["top3_overlap"] for r in runs),
+        **{f"{k}_median": statistics.median(r[k] for r in runs) for k in ("tokens", "matches", "debates")},
+        "judge_error_rate": statistics.fmean(r["judge_errors"] for r in runs),
+    }
 
 
 def tune(candidates: dict[str, EloConfig], seeds, proximity: Proximity) -> dict:
@@ -142,20 +169,30 @@ def tune(candidates: dict[str, EloConfig], seeds, proximity: Proximity) -> dict:
     for name, elo in candidates.items():
         row = measure(seeds, MODERATE_BUDGET, elo, proximity)
         rows[name] = {**row, "elo": asdict(elo), "keeps_paper_priorities": keeps_paper_priorities(elo)}
-        print(f"tune {name:28s} tau {row['tau']['mean']:.3f} (sd {row['tau']['sd']:.3f}), top-1 {row['top1_rate']:.2f}",
-              flush=True)
+        print(
+            f"tune {name:28s} tau {row['tau']['mean']:.3f} (sd {row['tau']['sd']:.3f}), top-1 {row['top1_rate']:.2f}",
+            flush=True,
+        )
     selected = select_schedule(rows)
-    return {"seeds": list(seeds), "budget_calls": MODERATE_BUDGET, "rule": select_schedule.__doc__.split("\n")[0],
-            "candidates": rows, "selected": selected, "configured_is_selected": candidates[selected] == EloConfig()}
+    return {
+        "seeds": list(seeds),
+        "budget_calls": MODERATE_BUDGET,
+        "rule": select_schedule.__doc__.split("\n")[0],
+        "candidates": rows,
+        "selected": selected,
+        "configured_is_selected": candidates[selected] == EloConfig(),
+    }
 
 
 def evaluate(budgets: list[int], seeds, proximity: Proximity) -> dict:
     """Held-out tau vs budget for the configured schedule and the previous default; the other
     baselines at the moderate budget only (the shared 2 cores cannot afford every curve)."""
-    variants = {"configured": (EloConfig(), budgets),  # the flow's defaults (chosen on the tuning seeds)
-                "previous_default": (PREVIOUS_DEFAULT, budgets),  # top-4 pairs debate 3 turns after 2 matches, w_top 1
-                "fixed_k32": (EloConfig(k_min=32), [MODERATE_BUDGET]),  # the plain Elo rule of the reproductions
-                "single_turn_only": (EloConfig(top_k=0), [MODERATE_BUDGET])}  # no debates, no top priority
+    variants = {
+        "configured": (EloConfig(), budgets),  # the flow's defaults (chosen on the tuning seeds)
+        "previous_default": (PREVIOUS_DEFAULT, budgets),  # top-4 pairs debate 3 turns after 2 matches, w_top 1
+        "fixed_k32": (EloConfig(k_min=32), [MODERATE_BUDGET]),  # the plain Elo rule of the reproductions
+        "single_turn_only": (EloConfig(top_k=0), [MODERATE_BUDGET]),
+    }  # no debates, no top priority
     out: dict = {name: [] for name in variants}
     for budget in budgets:
         for name, (elo, its_budgets) in variants.items():
@@ -164,9 +201,12 @@ def evaluate(budgets: list[int], seeds, proximity: Proximity) -> dict:
             row = measure(seeds, budget, elo, proximity)
             out[name].append(row)
             tau = row["tau"]
-            print(f"held-out {name:16s} budget {budget:4d}: tau {tau['mean']:.3f} "
-                  f"[{tau['ci95'][0]:.3f}, {tau['ci95'][1]:.3f}], >=0.8 on {tau['frac_ge_goal']:.0%}, "
-                  f"top-1 {row['top1_rate']:.2f}, {row['matches_median']} matches", flush=True)
+            print(
+                f"held-out {name:16s} budget {budget:4d}: tau {tau['mean']:.3f} "
+                f"[{tau['ci95'][0]:.3f}, {tau['ci95'][1]:.3f}], >=0.8 on {tau['frac_ge_goal']:.0%}, "
+                f"top-1 {row['top1_rate']:.2f}, {row['matches_median']} matches",
+                flush=True,
+            )
     return out
 
 
@@ -200,13 +240,30 @@ def duplicates(seeds: int, budget: int) -> dict:
             kept = [h for h in hyps if h["status"] != "duplicate"]
             flagged = [h for h in hyps if h["status"] == "duplicate"]
             false_merges = sum(by_id[h["id"]] != by_id[h["duplicate_of"]] for h in flagged)
-            rows.append({"hypotheses": len(hyps), "rate_without_proximity": dup_rate(hyps),
-                         "rate_after_proximity": dup_rate(kept), "flagged": len(flagged), "false_merges": false_merges,
-                         "tokens": summary["spent"]["tokens"], "best_true_quality": max(science.quality(h["text"]) for h in hyps)})
-        out[backend] = {"runs": rows, **{k: statistics.mean(r[k] for r in rows) for k in
-                                         ("rate_without_proximity", "rate_after_proximity", "false_merges", "hypotheses")}}
-        print(f"dups {backend}: {out[backend]['rate_without_proximity']:.3f} -> {out[backend]['rate_after_proximity']:.3f}, "
-              f"false merges {out[backend]['false_merges']:.1f}", flush=True)
+            rows.append(
+                {
+                    "hypotheses": len(hyps),
+                    "rate_without_proximity": dup_rate(hyps),
+                    "rate_after_proximity": dup_rate(kept),
+                    "flagged": len(flagged),
+                    "false_merges": false_merges,
+                    "tokens": summary["spent"]["tokens"],
+                    "best_true_quality": max(science.quality(h["text"]) for h in hyps),
+                }
+            )
+        out[backend] = {
+            "runs": rows,
+            **{
+                k: statistics.mean(r[k] for r in rows)
+                for k in ("rate_without_proximity", "rate_after_proximity", "false_merges", "hypotheses")
+            },
+        }
+        print(
+            f"dups {backend}: {out[backend]['rate_without_proximity']:.3f} -> "
+            f"{out[backend]['rate_after_proximity']:.3f}, "
+            f"false merges {out[backend]['false_merges']:.1f}",
+            flush=True,
+        )
     return out
 
 
@@ -222,11 +279,22 @@ class FakeOpenAIServer:
                 prompt = body["messages"][-1]["content"]
                 time.sleep(latency_s)
                 text = player.respond(prompt, player._rng(prompt))
-                payload = json.dumps({
-                    "id": "x", "object": "chat.completion", "created": int(time.time()), "model": body.get("model", "fake"),
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                              "total_tokens": len(prompt.split()) + len(text.split())}}).encode()
+                payload = json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", "fake"),
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                        ],
+                        "usage": {
+                            "prompt_tokens": len(prompt.split()),
+                            "completion_tokens": len(text.split()),
+                            "total_tokens": len(prompt.split()) + len(text.split()),
+                        },
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -268,8 +336,12 @@ def speedup_component(base_url: str, workers: list[int], budget: int, repeats: i
                 times[w].append(time.perf_counter() - start)
             assert summary["spent"]["calls"] <= budget
     med = {w: statistics.median(t) for w, t in times.items()}
-    return {"workers": workers, "wall_s_median": med, "wall_s": times,
-            "speedup": {w: med[workers[0]] / med[w] for w in workers}}
+    return {
+        "workers": workers,
+        "wall_s_median": med,
+        "wall_s": times,
+        "speedup": {w: med[workers[0]] / med[w] for w in workers},
+    }
 
 
 def speedup_flow(base_url: str, workers: list[int], budget: int, repeats: int, tracking_uri: str) -> dict:
@@ -279,16 +351,31 @@ def speedup_flow(base_url: str, workers: list[int], budget: int, repeats: int, t
     for _ in range(repeats):
         for w in workers:
             with tempfile.TemporaryDirectory(prefix="cosci-flow-") as work:
-                cfg = compose("coscientist", ["llm=openai", f"llm.base_url={base_url}", "llm.model=fake",
-                                              f"llm.max_concurrency={w}", f"supervisor.max_parallel={w}",
-                                              f"runner.max_workers={w}", f"budget.calls={budget}",
-                                              "proximity.backend=tfidf", f"tracking.uri={tracking_uri}",
-                                              f"work_dir={work}", "tracking.experiment=coscientist-benchmark"])
+                cfg = compose(
+                    "coscientist",
+                    [
+                        "llm=openai",
+                        f"llm.base_url={base_url}",
+                        "llm.model=fake",
+                        f"llm.max_concurrency={w}",
+                        f"supervisor.max_parallel={w}",
+                        f"runner.max_workers={w}",
+                        f"budget.calls={budget}",
+                        "proximity.backend=tfidf",
+                        f"tracking.uri={tracking_uri}",
+                        f"work_dir={work}",
+                        "tracking.experiment=coscientist-benchmark",
+                    ],
+                )
                 result = run(cfg)
             times[w].append(result["metrics"]["wall_s"])  # the supervisor loop, as the flow measures it
     med = {w: statistics.median(t) for w, t in times.items()}
-    return {"workers": workers, "wall_s_median": med, "wall_s": times,
-            "speedup": {w: med[workers[0]] / med[w] for w in workers}}
+    return {
+        "workers": workers,
+        "wall_s_median": med,
+        "wall_s": times,
+        "speedup": {w: med[workers[0]] / med[w] for w in workers},
+    }
 
 
 def embedded_run(budget: int, tracking_uri: str) -> dict:
@@ -297,18 +384,30 @@ def embedded_run(budget: int, tracking_uri: str) -> dict:
     from flows.platform import compose, run
 
     with tempfile.TemporaryDirectory(prefix="cosci-emb-") as work:
-        cfg = compose("coscientist", ["llm=embedded", f"budget.calls={budget}", "supervisor.initial_hypotheses=3",
-                                      "supervisor.max_parallel=1", "agents.max_tokens=96", "report_top=5",
-                                      f"tracking.uri={tracking_uri}", f"work_dir={work}",
-                                      "tracking.experiment=coscientist-benchmark"])
+        cfg = compose(
+            "coscientist",
+            [
+                "llm=embedded",
+                f"budget.calls={budget}",
+                "supervisor.initial_hypotheses=3",
+                "supervisor.max_parallel=1",
+                "agents.max_tokens=96",
+                "report_top=5",
+                f"tracking.uri={tracking_uri}",
+                f"work_dir={work}",
+                "tracking.experiment=coscientist-benchmark",
+            ],
+        )
         start = time.perf_counter()
         result = run(cfg)
         elapsed = time.perf_counter() - start
     client = MlflowClient(tracking_uri)
     report = Path(client.download_artifacts(result["run_id"], "report/report.md")).read_text()
     out = RESULTS_DIR / "coscientist_embedded_report.md"
-    out.write_text(f"<!-- python -m benchmarks.coscientist: flow `coscientist` with llm=embedded "
-                   f"(SmolLM2-135M-Instruct), budget.calls={budget}; a weak 135M model, shown as is -->\n" + report)
+    out.write_text(
+        f"<!-- python -m benchmarks.coscientist: flow `coscientist` with llm=embedded "
+        f"(SmolLM2-135M-Instruct), budget.calls={budget}; a weak 135M model, shown as is -->\n" + report
+    )
     return {"metrics": result["metrics"], "wall_s": elapsed, "report": str(out), "run_id": result["run_id"]}
 
 
@@ -322,22 +421,33 @@ def plot(results: dict):
     ax = axes[0]
     for name, rows in results["ranking"].items():
         xs = [r["budget_calls"] for r in rows]
-        line, = ax.plot(xs, [r["tau"]["mean"] for r in rows], marker="o", label=name)
-        ax.fill_between(xs, [r["tau"]["ci95"][0] for r in rows], [r["tau"]["ci95"][1] for r in rows],
-                        color=line.get_color(), alpha=0.15)
+        (line,) = ax.plot(xs, [r["tau"]["mean"] for r in rows], marker="o", label=name)
+        ax.fill_between(
+            xs,
+            [r["tau"]["ci95"][0] for r in rows],
+            [r["tau"]["ci95"][1] for r in rows],
+            color=line.get_color(),
+            alpha=0.15,
+        )
     ax.axhline(TAU_GOAL, color="grey", ls=":", label=f"target {TAU_GOAL}")
     ax.axvline(MODERATE_BUDGET, color="lightgrey", ls="--")
     ax.set_xlabel(f"budget (LLM calls, {POOL} hypotheses)")
     ax.set_ylabel("Kendall tau (Elo vs true quality)")
-    ax.set_title(f"Held-out seeds (n={len(results['setup']['heldout_seeds'])}), {int(NOISE * 100)}%-noisy judge, mean, 95% CI",
-                 fontsize=9)
+    ax.set_title(
+        f"Held-out seeds (n={len(results['setup']['heldout_seeds'])}), {int(NOISE * 100)}%-noisy judge, mean, 95% CI",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     ax = axes[1]
     tuning = results["tuning"]
     for name, row in tuning["candidates"].items():
         faithful = row["keeps_paper_priorities"]
-        ax.scatter(row["tau"]["mean"], row["top1_rate"], marker="o" if faithful else "x",
-                   color="tab:red" if name == tuning["selected"] else ("tab:blue" if faithful else "grey"))
+        ax.scatter(
+            row["tau"]["mean"],
+            row["top1_rate"],
+            marker="o" if faithful else "x",
+            color="tab:red" if name == tuning["selected"] else ("tab:blue" if faithful else "grey"),
+        )
     sel = tuning["candidates"][tuning["selected"]]
     ax.annotate(tuning["selected"], (sel["tau"]["mean"], sel["top1_rate"]), fontsize=7)
     ax.set_xlabel(f"mean Kendall tau at {MODERATE_BUDGET} calls")
@@ -356,8 +466,11 @@ def plot(results: dict):
     ax.legend()
     ax = axes[3]
     names = list(results["duplicates"])
-    ax.bar([f"none\n({n} run)" for n in names], [results["duplicates"][n]["rate_without_proximity"] for n in names],
-           color="lightgrey")
+    ax.bar(
+        [f"none\n({n} run)" for n in names],
+        [results["duplicates"][n]["rate_without_proximity"] for n in names],
+        color="lightgrey",
+    )
     ax.bar([f"{n}" for n in names], [results["duplicates"][n]["rate_after_proximity"] for n in names])
     ax.set_ylabel("duplicate rate among kept hypotheses")
     ax.set_title("Proximity de-duplication")
@@ -374,13 +487,24 @@ def main(argv=None) -> None:
     tracking_uri = args.tracking_uri or None
     started = time.perf_counter()
     tfidf = Proximity(ProximityConfig(backend="tfidf"))  # the ranking pool has no restatements: cheap backend
-    results: dict = {"setup": {"pool": POOL, "judge_noise": NOISE, "moderate_budget_calls": MODERATE_BUDGET,
-                               "tau_goal": TAU_GOAL, "tuning_seeds": list(tuning_seeds), "heldout_seeds": list(heldout),
-                               "shared_machine": True,
-                               "note": "2 shared CPU cores (other engineers' jobs running): timings are noisy"}}
+    results: dict = {
+        "setup": {
+            "pool": POOL,
+            "judge_noise": NOISE,
+            "moderate_budget_calls": MODERATE_BUDGET,
+            "tau_goal": TAU_GOAL,
+            "tuning_seeds": list(tuning_seeds),
+            "heldout_seeds": list(heldout),
+            "shared_machine": True,
+            "note": "2 shared CPU cores (other engineers' jobs running): timings are noisy",
+        }
+    }
     results["tuning"] = tune(schedule_candidates(), tuning_seeds, tfidf)
-    print(f"tuning selects {results['tuning']['selected']} (the configured default: "
-          f"{results['tuning']['configured_is_selected']})", flush=True)
+    print(
+        f"tuning selects {results['tuning']['selected']} (the configured default: "
+        f"{results['tuning']['configured_is_selected']})",
+        flush=True,
+    )
     results["ranking"] = evaluate(budgets, heldout, tfidf)
     configured = results["ranking"]["configured"]
     results["budget_reaching_goal"] = {  # smallest budget measured where the configured schedule reaches 0.8
@@ -395,10 +519,13 @@ def main(argv=None) -> None:
 
     uri = tracking_uri or default_tracking_uri()
     with FakeOpenAIServer(latency) as server:
-        results["parallel"]["component"] = speedup_component(server.base_url, workers, budget, repeats=2 if quick else 3)
+        results["parallel"]["component"] = speedup_component(
+            server.base_url, workers, budget, repeats=2 if quick else 3
+        )
         print("parallel (component):", results["parallel"]["component"]["speedup"], flush=True)
-        results["parallel"]["flow"] = speedup_flow(server.base_url, [1, 4], budget, repeats=1 if quick else 2,
-                                                   tracking_uri=uri)
+        results["parallel"]["flow"] = speedup_flow(
+            server.base_url, [1, 4], budget, repeats=1 if quick else 2, tracking_uri=uri
+        )
         print("parallel (flow):", results["parallel"]["flow"]["speedup"], flush=True)
     results["embedded"] = embedded_run(budget=8 if quick else 16, tracking_uri=uri)
     print("embedded:", results["embedded"]["metrics"], flush=True)
@@ -409,15 +536,30 @@ def main(argv=None) -> None:
     top_w = max(comp["workers"])
     targets = [
         # the mean over the held-out seeds; its 95% interval and the fraction of seeds reaching 0.8 are in results
-        target(f"kendall_tau_at_{MODERATE_BUDGET}_calls_20pct_noisy_judge_heldout_mean", row["tau"]["mean"], TAU_GOAL, ">="),
+        target(
+            f"kendall_tau_at_{MODERATE_BUDGET}_calls_20pct_noisy_judge_heldout_mean", row["tau"]["mean"], TAU_GOAL, ">="
+        ),
         # "near-linear": at least 80% parallel efficiency at 4 workers, through the component and the flow
         target("parallel_efficiency_4_workers_remote_llm", comp["speedup"][4] / 4, 0.8, ">="),
-        target("parallel_efficiency_4_workers_remote_llm_prefect_flow", results["parallel"]["flow"]["speedup"][4] / 4, 0.8, ">="),
+        target(
+            "parallel_efficiency_4_workers_remote_llm_prefect_flow",
+            results["parallel"]["flow"]["speedup"][4] / 4,
+            0.8,
+            ">=",
+        ),
         target(f"speedup_{top_w}_workers_remote_llm", comp["speedup"][top_w], 0.8 * top_w, ">="),
-        target("duplicate_rate_after_proximity_minilm", results["duplicates"]["minilm"]["rate_after_proximity"], 0.02, "<="),
+        target(
+            "duplicate_rate_after_proximity_minilm", results["duplicates"]["minilm"]["rate_after_proximity"], 0.02, "<="
+        ),
     ]
-    write_result("coscientist", results, targets, figure=plot(results), args=args,
-                 extra_artifacts=[Path(results["embedded"]["report"])])
+    write_result(
+        "coscientist",
+        results,
+        targets,
+        figure=plot(results),
+        args=args,
+        extra_artifacts=[Path(results["embedded"]["report"])],
+    )
 
 
 if __name__ == "__main__":

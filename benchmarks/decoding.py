@@ -10,15 +10,17 @@ drafts (trained GPTs, the target's own first layers) placed on it.
                                                           # slow clients), updating just its part of decoding.json
 
 Options: --draft auto|layerskip|gpt_folder --draft-path DIR --draft-layers N --target smollm2|quantized
---target-path DIR --threads N --frontier-drafts DIR,DIR --frontier-layers 1,2,4,... Writes benchmarks/results/decoding.json + decoding.png, logs to MLflow.
+--target-path DIR --threads N --frontier-drafts DIR,DIR --frontier-layers 1,2,4,...
+Writes benchmarks/results/decoding.json + decoding.png, logs to MLflow.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 # Before torch loads OpenMP: on a shared, oversubscribed CPU, spinning OpenMP workers made a 2-thread
@@ -41,13 +43,24 @@ def _own_args(argv):
     parser.add_argument("--draft-layers", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="total cores for every method (default: all)")
     parser.add_argument("--skip-load-test", action="store_true")
-    parser.add_argument("--load-test-only", action="store_true",
-                        help="run only the load test and update its figures in the existing decoding.json")
-    parser.add_argument("--frontier-drafts", default="",
-                        help="more GPT draft folders (comma-separated) to place on the alpha-vs-cost map")
-    parser.add_argument("--frontier-layers", default="1,2,4,8,12,16,20,24,28",
-                        help="layer-skip drafts (the target's first N layers) to place on the map; '' for none")
-    parser.add_argument("--prompts", type=int, default=None, help="prompts per kind (code, chat); default 1 quick, 3 full")
+    parser.add_argument(
+        "--load-test-only",
+        action="store_true",
+        help="run only the load test and update its figures in the existing decoding.json",
+    )
+    parser.add_argument(
+        "--frontier-drafts",
+        default="",
+        help="more GPT draft folders (comma-separated) to place on the alpha-vs-cost map",
+    )
+    parser.add_argument(
+        "--frontier-layers",
+        default="1,2,4,8,12,16,20,24,28",
+        help="layer-skip drafts (the target's first N layers) to place on the map; '' for none",
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=None, help="prompts per kind (code, chat); default 1 quick, 3 full"
+    )
     parser.add_argument("--max-new", type=int, default=None, help="tokens per prompt; default 24 quick, 64 full")
     parser.add_argument("--repeats", type=int, default=None, help="default 2 quick, 3 full")
     return parser.parse_known_args(argv)
@@ -76,23 +89,39 @@ def load_test(requests: int = 200, malformed: int = 60, abandoned: int = 60, slo
     load_average = os.getloadavg()[0]
     try:
         with BackgroundServer(app, limits=connection_limits) as server:
-            report = run_hostile_load(server.base_url, "tiny", requests=requests, max_tokens=8, malformed=malformed,
-                                      abandoned=abandoned, slow=slow, max_body_bytes=request_limits.max_body_bytes,
-                                      client_timeout_s=60, overall_timeout_s=600)
-        report.update({"server_cancelled": service.counters.cancelled,
-                       "server_decodes_started": service.counters.requests,
-                       "header_timeout_s": connection_limits.header_timeout_s,
-                       "body_timeout_s": request_limits.body_timeout_s, "load_average_at_start": load_average})
+            report = run_hostile_load(
+                server.base_url,
+                "tiny",
+                requests=requests,
+                max_tokens=8,
+                malformed=malformed,
+                abandoned=abandoned,
+                slow=slow,
+                max_body_bytes=request_limits.max_body_bytes,
+                client_timeout_s=60,
+                overall_timeout_s=600,
+            )
+        report.update(
+            {
+                "server_cancelled": service.counters.cancelled,
+                "server_decodes_started": service.counters.requests,
+                "header_timeout_s": connection_limits.header_timeout_s,
+                "body_timeout_s": request_limits.body_timeout_s,
+                "load_average_at_start": load_average,
+            }
+        )
         return report
     finally:
         decoder.close()
 
 
 def load_test_targets(load: dict) -> list[dict]:
-    return [target("load_test_errors_200_concurrent", load["errors"], 0, "<="),
-            target("load_test_5xx", load["status_5xx"], 0, "<="),
-            target("load_test_malformed_not_4xx", load["malformed_not_4xx"], 0, "<="),
-            target("load_test_hostile_clients_unanswered", load["hostile_failures"], 0, "<=")]
+    return [
+        target("load_test_errors_200_concurrent", load["errors"], 0, "<="),
+        target("load_test_5xx", load["status_5xx"], 0, "<="),
+        target("load_test_malformed_not_4xx", load["malformed_not_4xx"], 0, "<="),
+        target("load_test_hostile_clients_unanswered", load["hostile_failures"], 0, "<="),
+    ]
 
 
 def load_test_only(args) -> None:
@@ -102,20 +131,32 @@ def load_test_only(args) -> None:
     path = RESULTS_DIR / "decoding.json"
     payload = json.loads(path.read_text())
     load = load_test(200)
-    load.update({"command": "python -m benchmarks.decoding --load-test-only",
-                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine_info("cpu")})
+    load.update(
+        {
+            "command": "python -m benchmarks.decoding --load-test-only",
+            "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "machine": machine_info("cpu"),
+        }
+    )
     payload["results"]["load_test"] = load
     kept = [t for t in payload["targets"] if not t["name"].startswith("load_test_")]
     payload["targets"] = kept + load_test_targets(load)
     path.write_text(json.dumps(payload, indent=2))
     if not args.no_mlflow:
-        only = {**payload, "results": {"load_test": load}, "targets": load_test_targets(load),
-                "command": load["command"], "mode": "load-test-only"}
+        only = {
+            **payload,
+            "results": {"load_test": load},
+            "targets": load_test_targets(load),
+            "command": load["command"],
+            "mode": "load-test-only",
+        }
         _log_to_mlflow("decoding_load_test", only, [path], args.tracking_uri)
     for t in load_test_targets(load):
         print(f"target {t['name']}: {t['value']:.4g} {t['op']} {t['goal']} -> {'met' if t['met'] else 'NOT met'}")
-    print(f"load test: {load['requests']} valid, {load['malformed']} malformed, {load['abandoned']} abandoned, "
-          f"{load['slow']} slow; statuses {load['statuses']}; p50 {load['p50_s']:.2f} s, p99 {load['p99_s']:.2f} s")
+    print(
+        f"load test: {load['requests']} valid, {load['malformed']} malformed, {load['abandoned']} abandoned, "
+        f"{load['slow']} slow; statuses {load['statuses']}; p50 {load['p50_s']:.2f} s, p99 {load['p99_s']:.2f} s"
+    )
     print(f"updated the load test in {path}")
 
 
@@ -134,8 +175,10 @@ def draft_map(own, tgt, drf, draft_source: str, prompts, result: dict, threads: 
     sequences = [(ids, out) for (_, ids), out in zip(prompts, result["ar_outputs"])]
     frontier = draft_frontier(tgt, drafts, sequences, threads, result["costs"], GOAL_VS_AR, GOAL_VS_SD)
     for name, point in frontier.items():
-        print(f"{name} ({draft_source if name == 'draft' else 'map'}): c {point['c']:.3f}, "
-              f"greedy alpha {point['alpha_greedy']:.3f}, needs {point['alpha_needed']['both']}")
+        print(
+            f"{name} ({draft_source if name == 'draft' else 'map'}): c {point['c']:.3f}, "
+            f"greedy alpha {point['alpha_greedy']:.3f}, needs {point['alpha_needed']['both']}"
+        )
     return requirements, frontier
 
 
@@ -149,9 +192,11 @@ def plot(methods: dict, summary: dict, requirements: dict, frontier: dict):
     fig, (ax, ax_map) = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     ax.bar(names, [methods[n]["tokens_per_s"] for n in names], color=["#888" if n == "ar" else "#3a7" for n in names])
     ar = methods["ar"]["tokens_per_s"]
-    for bound, label, style in ((summary.get("leviathan_bound_sd_best_gamma"), "SD, Leviathan bound (verify = 1 step)", "--"),
-                                (summary.get("sd_model_vs_ar"), "SD, round model at measured costs", "-."),
-                                (summary.get("pearl_model_vs_ar"), "PEARL, round model at measured costs", ":")):
+    for bound, label, style in (
+        (summary.get("leviathan_bound_sd_best_gamma"), "SD, Leviathan bound (verify = 1 step)", "--"),
+        (summary.get("sd_model_vs_ar"), "SD, round model at measured costs", "-."),
+        (summary.get("pearl_model_vs_ar"), "PEARL, round model at measured costs", ":"),
+    ):
         if bound:
             ax.axhline(bound * ar, linestyle=style, color="k", label=f"{label} ({bound:.2f}x AR)")
     ax.set_ylabel("tokens / s (median over repeats)")
@@ -165,16 +210,22 @@ def plot(methods: dict, summary: dict, requirements: dict, frontier: dict):
     # draft "meets" it; the JSON has it per cost)
     both = f"PEARL >= {GOAL_VS_AR:g}x AR and >= {GOAL_VS_SD:g}x SD"
     for regime, key, label, style in (
-            ("measured", "pearl_vs_ar", f"PEARL >= {GOAL_VS_AR:g}x AR, this CPU", "--"),
-            ("measured", "both", f"{both}, this CPU", "-"),
-            ("gpu_like", "pearl_vs_ar", f"PEARL >= {GOAL_VS_AR:g}x AR, GPU-like costs", ":"),
-            ("gpu_like", "both", f"{both}, GPU-like", "-.")):
+        ("measured", "pearl_vs_ar", f"PEARL >= {GOAL_VS_AR:g}x AR, this CPU", "--"),
+        ("measured", "both", f"{both}, this CPU", "-"),
+        ("gpu_like", "pearl_vs_ar", f"PEARL >= {GOAL_VS_AR:g}x AR, GPU-like costs", ":"),
+        ("gpu_like", "both", f"{both}, GPU-like", "-."),
+    ):
         alphas = [p[regime][key] if p[regime][key] is not None else float("nan") for p in curve]
         ax_map.plot(cs, alphas, style, color="k" if regime == "measured" else "#36c", label=label)
     for name, point in frontier.items():
         ax_map.scatter(point["c"], point["alpha_greedy"], color="#d62" if name == "draft" else "#3a7", zorder=3)
-        ax_map.annotate(name.replace("layerskip_", "L"), (point["c"], point["alpha_greedy"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+        ax_map.annotate(
+            name.replace("layerskip_", "L"),
+            (point["c"], point["alpha_greedy"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     ax_map.set_xscale("log")
     ax_map.set_xlim(min(cs), max(max(cs), *(p["c"] for p in frontier.values())) * 1.1 if frontier else max(cs))
     ax_map.set_ylim(0, 1.02)
@@ -207,8 +258,8 @@ def main(argv=None) -> None:
     size["max_new"] = own.max_new or size["max_new"]
     size["repeats"] = own.repeats or size["repeats"]
     from components.decoding.models import load_draft, load_target
-    from components.serving.text import HFTextCodec
     from components.lm.smollm2 import load_tokenizer
+    from components.serving.text import HFTextCodec
     from tasks.environment import PROJECT_ROOT
 
     draft_source, draft_path = own.draft, own.draft_path
@@ -221,10 +272,21 @@ def main(argv=None) -> None:
     drf = load_draft(draft_source, tgt, draft_path, own.draft_layers, own.device)
     codec = HFTextCodec(load_tokenizer())
     prompts = benchmark_prompts(codec, size["code"], size["chat"])
-    print(f"target={own.target} draft={draft_source} {draft_path or own.draft_layers} threads={threads} "
-          f"device={own.device} prompts={len(prompts)} max_new={size['max_new']}")
-    result = compare_methods(tgt, drf, [ids for _, ids in prompts], max_new_tokens=size["max_new"], threads=threads,
-                             pearl_gamma=None, sd_gammas=size["gammas"], repeats=size["repeats"], eos=codec.eos_ids)
+    print(
+        f"target={own.target} draft={draft_source} {draft_path or own.draft_layers} threads={threads} "
+        f"device={own.device} prompts={len(prompts)} max_new={size['max_new']}"
+    )
+    result = compare_methods(
+        tgt,
+        drf,
+        [ids for _, ids in prompts],
+        max_new_tokens=size["max_new"],
+        threads=threads,
+        pearl_gamma=None,
+        sd_gammas=size["gammas"],
+        repeats=size["repeats"],
+        eos=codec.eos_ids,
+    )
     summary = summarize(result)
     requirements, frontier = draft_map(own, tgt, drf, draft_source, prompts, result, threads)
     summary["alpha_greedy_draft"] = frontier["draft"]["alpha_greedy"] if "draft" in frontier else None
@@ -233,14 +295,27 @@ def main(argv=None) -> None:
     summary = {k: v for k, v in summary.items() if v is not None}
     load = None if own.skip_load_test else load_test(200)
     results = {
-        "setup": {"target": own.target, "draft": draft_source, "draft_location": draft_path or f"first {own.draft_layers} layers",
-                  "device": own.device, "threads_every_method": threads, "prompts": [k for k, _ in prompts],
-                  "max_new_tokens": size["max_new"], "greedy": True, "repeats": size["repeats"],
-                  "load_average_at_start": os.getloadavg()[0], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                  "note": "shared 2-core machine (see load_average_at_start): absolute tokens/s are noisy; compare "
-                          "ratios within this run. PEARL's workers split the same cores that AR/SD use whole."},
-        "summary": summary, "methods": result["methods"], "costs": result["costs"], "load_test": load,
-        "alpha_needed": requirements, "draft_frontier": frontier,
+        "setup": {
+            "target": own.target,
+            "draft": draft_source,
+            "draft_location": draft_path or f"first {own.draft_layers} layers",
+            "device": own.device,
+            "threads_every_method": threads,
+            "prompts": [k for k, _ in prompts],
+            "max_new_tokens": size["max_new"],
+            "greedy": True,
+            "repeats": size["repeats"],
+            "load_average_at_start": os.getloadavg()[0],
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "note": "shared 2-core machine (see load_average_at_start): absolute tokens/s are noisy; compare "
+            "ratios within this run. PEARL's workers split the same cores that AR/SD use whole.",
+        },
+        "summary": summary,
+        "methods": result["methods"],
+        "costs": result["costs"],
+        "load_test": load,
+        "alpha_needed": requirements,
+        "draft_frontier": frontier,
     }
     targets = [
         target("pearl_speedup_vs_sd", summary["pearl_speedup_vs_sd"], GOAL_VS_SD, ">="),
@@ -249,13 +324,33 @@ def main(argv=None) -> None:
     ]
     if load is not None:
         targets.extend(load_test_targets(load))
-    write_result("decoding", results, targets, figure=plot(result["methods"], summary, requirements, frontier),
-                 args=args, device=own.device)
-    for key in ("sd_acceptance_rate", "c", "verify_9_over_step", "leviathan_bound_sd_best_gamma", "sd_model_vs_ar",
-                "pearl_model_vs_ar", "pearl_model_best_gamma_vs_ar", "pearl_over_sd_model", "pearl_model_alpha_1_vs_ar",
-                "alpha_needed_sd_2x_ar", "alpha_needed_pearl_2x_ar", "alpha_needed_pearl_2x_ar_if_block_costs_one_step",
-                "thread_scaling_target", "alpha_greedy_draft", "least_alpha_both_measured",
-                "c_at_least_alpha_both_measured", "least_alpha_both_gpu_like"):
+    write_result(
+        "decoding",
+        results,
+        targets,
+        figure=plot(result["methods"], summary, requirements, frontier),
+        args=args,
+        device=own.device,
+    )
+    for key in (
+        "sd_acceptance_rate",
+        "c",
+        "verify_9_over_step",
+        "leviathan_bound_sd_best_gamma",
+        "sd_model_vs_ar",
+        "pearl_model_vs_ar",
+        "pearl_model_best_gamma_vs_ar",
+        "pearl_over_sd_model",
+        "pearl_model_alpha_1_vs_ar",
+        "alpha_needed_sd_2x_ar",
+        "alpha_needed_pearl_2x_ar",
+        "alpha_needed_pearl_2x_ar_if_block_costs_one_step",
+        "thread_scaling_target",
+        "alpha_greedy_draft",
+        "least_alpha_both_measured",
+        "c_at_least_alpha_both_measured",
+        "least_alpha_both_gpu_like",
+    ):
         if key in summary:
             print(f"{key}: {summary[key]:.3f}")
 

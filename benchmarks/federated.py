@@ -8,6 +8,7 @@ local work per round is the same (baselines: `local_steps` = FedCompass's Q_max)
 virtual time, so the machine's load does not change the figures (training is deterministic).
 Model: the MLP on scikit-learn digits (the CNN is ~5x slower per step; 144 runs must fit in minutes).
 """
+
 from __future__ import annotations
 
 import math
@@ -38,26 +39,56 @@ def run_one(setting: dict) -> dict:
     torch.set_num_threads(1)
     from types import SimpleNamespace
 
-    from components.federated.simulator import LocalTrainer, Simulator, VirtualClock
     from components.federated import task as fl_task
     from components.federated.federation import build_federation, build_scheduler, build_speeds
+    from components.federated.simulator import LocalTrainer, Simulator, VirtualClock
 
-    data = SimpleNamespace(name="digits", partition=setting["partition"], test_fraction=0.2, classes_per_client=3,
-                           alpha=0.5, alpha_clients=2.0, alpha_classes=2.0)
+    data = SimpleNamespace(
+        name="digits",
+        partition=setting["partition"],
+        test_fraction=0.2,
+        classes_per_client=3,
+        alpha=0.5,
+        alpha_clients=2.0,
+        alpha_classes=2.0,
+    )
     fed = build_federation(data, SimpleNamespace(kind="mlp", width=16), setting["clients"], setting["seed"])
-    strategy = SimpleNamespace(name=setting["method"], alpha=ALPHA, staleness="polynomial", staleness_a=0.5,
-                               staleness_b=4, q_max=Q_MAX, q_min=Q_MIN, speed_momentum=0.9, latest_time_factor=1.5,
-                               local_steps=Q_MAX, buffer_size=BUFFER_SIZE)
-    speed = SimpleNamespace(kind=setting["speed"], mean=1.0, sigma_ratio=0.3, jitter=0.0, drift_time=None,
-                            drift_fraction=0.0, drift_factor=1.0)
+    strategy = SimpleNamespace(
+        name=setting["method"],
+        alpha=ALPHA,
+        staleness="polynomial",
+        staleness_a=0.5,
+        staleness_b=4,
+        q_max=Q_MAX,
+        q_min=Q_MIN,
+        speed_momentum=0.9,
+        latest_time_factor=1.5,
+        local_steps=Q_MAX,
+        buffer_size=BUFFER_SIZE,
+    )
+    speed = SimpleNamespace(
+        kind=setting["speed"],
+        mean=1.0,
+        sigma_ratio=0.3,
+        jitter=0.0,
+        drift_time=None,
+        drift_fraction=0.0,
+        drift_factor=1.0,
+    )
     clock = VirtualClock()
-    scheduler = build_scheduler(strategy, setting["clients"], fed.num_examples, fed.initial_weights, clock,
-                                WEIGHTING)
+    scheduler = build_scheduler(strategy, setting["clients"], fed.num_examples, fed.initial_weights, clock, WEIGHTING)
     trainer = LocalTrainer(fl_task.local_train, fed.client_data, spec=fed.spec, lr=LR, batch_size=BATCH)
     started = time.perf_counter()
-    result = Simulator(scheduler, clock, build_speeds(speed, setting["clients"], setting["seed"]), trainer,
-                       fed.evaluate, seed=setting["seed"], time_budget=TIME_BUDGET,
-                       target_accuracy=TARGET_ACCURACY).run()
+    result = Simulator(
+        scheduler,
+        clock,
+        build_speeds(speed, setting["clients"], setting["seed"]),
+        trainer,
+        fed.evaluate,
+        seed=setting["seed"],
+        time_budget=TIME_BUDGET,
+        target_accuracy=TARGET_ACCURACY,
+    ).run()
     summary = dict(result.summary)
     group_sizes = [len(r.clients) for r in result.records]
     summary["max_group_size"] = float(max(group_sizes)) if group_sizes else 0.0
@@ -89,8 +120,18 @@ def ratio(compass: float, baseline: float) -> float:
 def aggregate(runs: list[dict]) -> dict:
     """Medians over seeds and partitions, per speed model, client count and method."""
     table: dict = {}
-    keys = ("time_to_target", "top_accuracy", "global_updates", "client_updates", "mean_staleness",
-            "max_staleness", "idle_fraction", "mean_group_size", "max_group_size", "late_fraction")
+    keys = (
+        "time_to_target",
+        "top_accuracy",
+        "global_updates",
+        "client_updates",
+        "mean_staleness",
+        "max_staleness",
+        "idle_fraction",
+        "mean_group_size",
+        "max_group_size",
+        "late_fraction",
+    )
     for speed, m, method in product(SPEEDS, CLIENTS, METHODS):
         rows = [r["summary"] for r in runs if (r["speed"], r["clients"], r["method"]) == (speed, m, method)]
         if rows:
@@ -115,8 +156,11 @@ def paired_ratios(runs: list[dict], speed: str) -> dict:
                 ratios.append(ratio(methods["fedcompass"]["time_to_target"], methods[base]["time_to_target"]))
                 acc_gaps.append(methods["fedcompass"]["top_accuracy"] - methods[base]["top_accuracy"])
         ratios = [x for x in ratios if not math.isnan(x)]
-        out[base] = {"median_ttt_ratio": median(ratios) if ratios else math.nan, "ratios": ratios,
-                     "median_top_accuracy_gap": median(acc_gaps) if acc_gaps else math.nan}
+        out[base] = {
+            "median_ttt_ratio": median(ratios) if ratios else math.nan,
+            "ratios": ratios,
+            "median_top_accuracy_gap": median(acc_gaps) if acc_gaps else math.nan,
+        }
     return out
 
 
@@ -133,8 +177,12 @@ def figure(runs: list[dict], table: dict):
         if all(r[k] == v for k, v in shown.items()):
             axes[0].plot([t for t, _ in r["curve"]], [a for _, a in r["curve"]], label=r["method"])
     axes[0].axhline(TARGET_ACCURACY, color="grey", ls="--", lw=0.8)
-    axes[0].set(xlabel="virtual time (s)", ylabel="test accuracy", ylim=(0, 1),
-                title=f"exponential speeds, m={m}, {shown['partition']} partition, seed 0")
+    axes[0].set(
+        xlabel="virtual time (s)",
+        ylabel="test accuracy",
+        ylim=(0, 1),
+        title=f"exponential speeds, m={m}, {shown['partition']} partition, seed 0",
+    )
     axes[0].legend()
     labels, width = [], 0.2
     cells = [(s, k) for s in table for k in table[s]]
@@ -148,7 +196,10 @@ def figure(runs: list[dict], table: dict):
                 bar.set_alpha(0.35)
     labels = [f"{s}\n{k}" for s, k in cells]
     axes[1].set_xticks([j + 1.5 * width for j in range(len(cells))], labels, fontsize=7)
-    axes[1].set(ylabel="median virtual time to target", title=f"time to {TARGET_ACCURACY:.0%} accuracy (lower is better; hatched: not reached in budget)")
+    axes[1].set(
+        ylabel="median virtual time to target",
+        title=f"time to {TARGET_ACCURACY:.0%} accuracy (lower is better; hatched: not reached in budget)",
+    )
     axes[1].legend()
     fig.tight_layout()
     return fig
@@ -167,14 +218,21 @@ def main(argv=None) -> None:
     else:
         seeds, parts, speeds_, clients = (0,), PARTITIONS, ("normal", "exponential"), (5,)
     # Methods alternate inside each setting, so every setting's four runs are side by side.
-    settings = [dict(seed=s, partition=p, speed=v, clients=m, method=meth)
-                for s, p, v, m in product(seeds, parts, speeds_, clients) for meth in METHODS]
+    settings = [
+        dict(seed=s, partition=p, speed=v, clients=m, method=meth)
+        for s, p, v, m in product(seeds, parts, speeds_, clients)
+        for meth in METHODS
+    ]
     jobs = int(os.environ.get("FED_BENCH_JOBS", "2"))
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         runs = list(pool.map(run_one, settings))
-    score(runs, args, dict(seeds=list(seeds), partitions=list(parts), speeds=list(speeds_), clients=list(clients)),
-          time.perf_counter() - started)
+    score(
+        runs,
+        args,
+        dict(seeds=list(seeds), partitions=list(parts), speeds=list(speeds_), clients=list(clients)),
+        time.perf_counter() - started,
+    )
 
 
 def score(runs: list[dict], args, grid: dict, wall_seconds: float) -> None:
@@ -194,20 +252,37 @@ def score(runs: list[dict], args, grid: dict, wall_seconds: float) -> None:
         target("exp_top_accuracy_compass_minus_best_baseline", compass_top - best_baseline_top, -0.01, ">="),
     ]
     results = {
-        "setup": {"dataset": "digits (sklearn, 1437 train / 360 test)", "model": "MLP (64-64-10)",
-                  "q_max": Q_MAX, "q_min": Q_MIN, "baseline_local_steps": Q_MAX, "alpha": ALPHA,
-                  "staleness": "polynomial (u+1)^-0.5", "fedbuff_buffer": BUFFER_SIZE,
-                  "client_weighting": WEIGHTING, "lr": LR, "batch_size": BATCH, "lambda": 1.5,
-                  "beta": 0.9, "time_budget_virtual_s": TIME_BUDGET, "target_accuracy": TARGET_ACCURACY,
-                  **grid, "ttt_ratio": "per setting FedCompass / baseline, baseline censored at the budget "
-                                       "when it never reaches the target (then an upper bound); median over settings",
-                  "speed_mean_s_per_step": 1.0, "exponential_floor": "0.1 x mean",
-                  "note": "virtual-time figures are deterministic; wall_seconds is noisy (shared 2-core machine)"},
+        "setup": {
+            "dataset": "digits (sklearn, 1437 train / 360 test)",
+            "model": "MLP (64-64-10)",
+            "q_max": Q_MAX,
+            "q_min": Q_MIN,
+            "baseline_local_steps": Q_MAX,
+            "alpha": ALPHA,
+            "staleness": "polynomial (u+1)^-0.5",
+            "fedbuff_buffer": BUFFER_SIZE,
+            "client_weighting": WEIGHTING,
+            "lr": LR,
+            "batch_size": BATCH,
+            "lambda": 1.5,
+            "beta": 0.9,
+            "time_budget_virtual_s": TIME_BUDGET,
+            "target_accuracy": TARGET_ACCURACY,
+            **grid,
+            "ttt_ratio": "per setting FedCompass / baseline, baseline censored at the budget "
+            "when it never reaches the target (then an upper bound); median over settings",
+            "speed_mean_s_per_step": 1.0,
+            "exponential_floor": "0.1 x mean",
+            "note": "virtual-time figures are deterministic; wall_seconds is noisy (shared 2-core machine)",
+        },
         "table_medians": table,
         "exponential_paired": ratios,
         "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs],
-        "curves_seed0": {f"{r['method']}|{r['partition']}|{r['speed']}|m{r['clients']}": thin(r["curve"])
-                         for r in runs if r["seed"] == 0},
+        "curves_seed0": {
+            f"{r['method']}|{r['partition']}|{r['speed']}|m{r['clients']}": thin(r["curve"])
+            for r in runs
+            if r["seed"] == 0
+        },
         "wall_seconds_total": wall_seconds,
     }
     write_result("federated", json_safe(results), targets, figure=figure(runs, table), args=args)
@@ -232,8 +307,11 @@ def rescore_saved(args) -> None:
 
     saved = json.loads((RESULTS_DIR / "federated.json").read_text())
     res = saved["results"]
-    curves = res.get("curves_seed0") or {k.replace("|m=", "|m").rsplit("|seed=", 1)[0]: v
-                                         for k, v in res.get("curves", {}).items() if k.endswith("|seed=0")}
+    curves = res.get("curves_seed0") or {
+        k.replace("|m=", "|m").rsplit("|seed=", 1)[0]: v
+        for k, v in res.get("curves", {}).items()
+        if k.endswith("|seed=0")
+    }
     runs = []
     for r in res["runs"]:
         r = dict(r)

@@ -15,6 +15,7 @@ sampled from the project's synthetic power-law graph with DGL's NeighborSampler 
 `gcn_train` samples. Every method's result is checked against `x[idx]`.
 Without CUDA it writes nothing and says why.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -33,8 +34,7 @@ def _index_sets(num_nodes: int, count: int, batch: int, fanouts=(10, 10)):
     from components.graph.generator import SyntheticGraphSpec, cached_graph_dir
     from components.graph.sampling import NeighborBatches
 
-    spec = SyntheticGraphSpec(num_nodes=num_nodes, feat_dim=8, train_fraction=0.05, val_fraction=0.0,
-                              test_fraction=0.0)
+    spec = SyntheticGraphSpec(num_nodes=num_nodes, feat_dim=8, train_fraction=0.05, val_fraction=0.0, test_fraction=0.0)
     data = load_graph_folder(cached_graph_dir(spec, CACHE))
     batches = NeighborBatches(data.graph, data.train_idx, list(fanouts), batch, seed=0)
     return [batches.sample(0, i, s).input_nodes for i, s in enumerate(batches.seed_batches(0)[:count])]
@@ -67,7 +67,7 @@ def run(num_nodes: int, dims: list[int], repeats: int) -> tuple[dict, list]:
     for dim in dims:
         host = torch.empty((num_nodes, dim), dtype=torch.float32)
         for s in range(0, num_nodes, 1 << 18):
-            host[s:s + (1 << 18)].normal_()
+            host[s : s + (1 << 18)].normal_()
         registered = pin_host_tensor(host)
         if not registered:
             host = host.pin_memory()
@@ -90,14 +90,18 @@ def run(num_nodes: int, dims: list[int], repeats: int) -> tuple[dict, list]:
                 out[: i.numel()].copy_(buf, non_blocking=True)
                 torch.cuda.current_stream().synchronize()  # the staging buffer is reused next
 
-        methods = {"staged": staged, "staged_pinned": staged_pinned,
-                   "zero_copy_torch": lambda: [gather_rows(view, i, out=out[: i.numel()], use_triton=False)
-                                               for i in idx_gpu]}
+        methods = {
+            "staged": staged,
+            "staged_pinned": staged_pinned,
+            "zero_copy_torch": lambda: [gather_rows(view, i, out=out[: i.numel()], use_triton=False) for i in idx_gpu],
+        }
         if triton_available():
-            methods["zero_copy_aligned"] = lambda: [gather_rows(view, i, out=out[: i.numel()], aligned=True)
-                                                    for i in idx_gpu]
-            methods["zero_copy_misaligned"] = lambda: [gather_rows(view, i, out=out[: i.numel()], aligned=False)
-                                                       for i in idx_gpu]
+            methods["zero_copy_aligned"] = lambda: [
+                gather_rows(view, i, out=out[: i.numel()], aligned=True) for i in idx_gpu
+            ]
+            methods["zero_copy_misaligned"] = lambda: [
+                gather_rows(view, i, out=out[: i.numel()], aligned=False) for i in idx_gpu
+            ]
         if gpu_table is not None:
             methods["all_in_gpu"] = lambda: [torch.index_select(gpu_table, 0, i, out=out[: i.numel()]) for i in idx_gpu]
 
@@ -105,19 +109,22 @@ def run(num_nodes: int, dims: list[int], repeats: int) -> tuple[dict, list]:
         check_idx = idx_gpu[0]
         expect = host[index_sets[0]].to(dev)
         for name in [m for m in methods if m.startswith("zero_copy")]:
-            got = gather_rows(view, check_idx, aligned=name != "zero_copy_misaligned",
-                              use_triton=name != "zero_copy_torch")
+            got = gather_rows(
+                view, check_idx, aligned=name != "zero_copy_misaligned", use_triton=name != "zero_copy_torch"
+            )
             if not torch.equal(got, expect):
                 raise AssertionError(f"{name} gathered wrong rows at dim {dim}")
 
         times = {name: [] for name in methods}
         for rep in range(repeats):  # alternate methods, rotating the order
-            order = list(methods)[rep % len(methods):] + list(methods)[:rep % len(methods)]
+            order = list(methods)[rep % len(methods) :] + list(methods)[: rep % len(methods)]
             for name in order:
                 times[name].append(_time_cuda(methods[name], 1))
         nbytes = rows * dim * 4
-        results["dims"][dim] = {name: {"median_s": statistics.median(t), "gbps": nbytes / 1e9 / statistics.median(t)}
-                                for name, t in times.items()}
+        results["dims"][dim] = {
+            name: {"median_s": statistics.median(t), "gbps": nbytes / 1e9 / statistics.median(t)}
+            for name, t in times.items()
+        }
         results["dims"][dim]["registered_in_place"] = registered
         if registered:
             unpin_host_tensor(host)
@@ -130,11 +137,18 @@ def run(num_nodes: int, dims: list[int], repeats: int) -> tuple[dict, list]:
         targets.append(target(f"zero_copy_vs_staged_time_d{dim}", best_zero / r["staged"]["median_s"], 1.0, "<"))
         if "all_in_gpu" in r:
             # PyTorch-Direct's claim: close to all-in-GPU; DGL PR #3727 saw UVA 1.74 s vs 1.56 s per epoch.
-            targets.append(target(f"zero_copy_vs_all_in_gpu_time_d{dim}", best_zero / r["all_in_gpu"]["median_s"],
-                                  1.0 / 0.9, "<="))
+            targets.append(
+                target(f"zero_copy_vs_all_in_gpu_time_d{dim}", best_zero / r["all_in_gpu"]["median_s"], 1.0 / 0.9, "<=")
+            )
         if "zero_copy_aligned" in r:
-            targets.append(target(f"aligned_vs_misaligned_time_d{dim}",
-                                  r["zero_copy_aligned"]["median_s"] / r["zero_copy_misaligned"]["median_s"], 1.0, "<="))
+            targets.append(
+                target(
+                    f"aligned_vs_misaligned_time_d{dim}",
+                    r["zero_copy_aligned"]["median_s"] / r["zero_copy_misaligned"]["median_s"],
+                    1.0,
+                    "<=",
+                )
+            )
     return results, targets
 
 

@@ -13,6 +13,7 @@ Reports success rate (reward exactly 1), mean reward, turns, invalid-action frac
     python -m benchmarks.intercode --full                  # 8+6 tasks, 3 turns
     python -m benchmarks.intercode --quick --llm openai    # any OpenAI-compatible endpoint ($OPENAI_BASE_URL)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,13 @@ from pathlib import Path
 from benchmarks.common import parse_mode, target, write_result
 
 PAPER_REFERENCE = {  # upstream trajectories (Spider dev / NL2Bash on MySQL / Docker): context, not targets
-    "sql": {"gpt-4 single turn": 0.091, "gpt-4 try again 10 turns": 0.737, "gpt-3.5 react": 0.587,
-            "gpt-3.5 plan and solve": 0.491, "human": 0.867},
+    "sql": {
+        "gpt-4 single turn": 0.091,
+        "gpt-4 try again 10 turns": 0.737,
+        "gpt-3.5 react": 0.587,
+        "gpt-3.5 plan and solve": 0.491,
+        "human": 0.867,
+    },
     "bash": {"gpt-4 try again 10 turns": 0.485, "gpt-3.5 react": 0.205},
 }
 POLICIES = ["single_turn", "try_again", "react", "plan_solve"]
@@ -54,8 +60,11 @@ def gold_phase(asset_dir: Path) -> dict:
         finally:
             env.close()
         out[kind] = summarize(episodes)
-        print(f"gold {kind}: success {out[kind]['success_rate']:.3f} over {len(episodes)} tasks, "
-              f"{out[kind]['wall_seconds_per_episode']:.2f} s/episode", flush=True)
+        print(
+            f"gold {kind}: success {out[kind]['success_rate']:.3f} over {len(episodes)} tasks, "
+            f"{out[kind]['wall_seconds_per_episode']:.2f} s/episode",
+            flush=True,
+        )
     return out
 
 
@@ -91,22 +100,40 @@ def llm_phase(asset_dir: Path, llm, n_sql: int, n_bash: int, turns: int, max_tok
                         unplayed[kind][name] += 1
                         continue
                     episodes[kind][name].append(episode)
-                    print(f"{kind} {TASK_SETS[kind][index].id} {name}: reward {episode['reward']:.2f}, "
-                          f"{episode['n_turns']} turns, {episode['wall_seconds']:.0f} s"
-                          f"{', error: ' + episode['error'] if episode['error'] else ''}", flush=True)
+                    print(
+                        f"{kind} {TASK_SETS[kind][index].id} {name}: reward {episode['reward']:.2f}, "
+                        f"{episode['n_turns']} turns, {episode['wall_seconds']:.0f} s"
+                        f"{', error: ' + episode['error'] if episode['error'] else ''}",
+                        flush=True,
+                    )
     finally:
         for env in envs.values():
             env.close()
-    return {kind: {name: {**summarize(eps), "unplayed": unplayed[kind][name],
-                          "trajectories": [_short(e) for e in eps]} for name, eps in per_policy.items()}
-            for kind, per_policy in episodes.items()}
+    return {
+        kind: {
+            name: {**summarize(eps), "unplayed": unplayed[kind][name], "trajectories": [_short(e) for e in eps]}
+            for name, eps in per_policy.items()
+        }
+        for kind, per_policy in episodes.items()
+    }
 
 
 def _short(episode: dict) -> dict:
     """What the JSON keeps of a trajectory: enough to read what the model did."""
-    return {"task_id": episode["task_id"], "reward": episode["reward"], "error": episode["error"],
-            "turns": [{"action": t["action"][:300], "observation": t["observation"][:200], "reward": t["reward"],
-                       "valid": t["valid"]} for t in episode["turns"]]}
+    return {
+        "task_id": episode["task_id"],
+        "reward": episode["reward"],
+        "error": episode["error"],
+        "turns": [
+            {
+                "action": t["action"][:300],
+                "observation": t["observation"][:200],
+                "reward": t["reward"],
+                "valid": t["valid"],
+            }
+            for t in episode["turns"]
+        ],
+    }
 
 
 def plot(results: dict):
@@ -140,27 +167,40 @@ def main(argv: list[str] | None = None) -> None:
     from components.intercode import assets
     from tasks.llm import LLMConfig, build_llm
 
-    sizes = {"n_sql": 8, "n_bash": 6, "turns": 3, "max_tokens": 128} if args.full else \
-        {"n_sql": 2, "n_bash": 2, "turns": 2, "max_tokens": 48}
+    sizes = (
+        {"n_sql": 8, "n_bash": 6, "turns": 3, "max_tokens": 128}
+        if args.full
+        else {"n_sql": 2, "n_bash": 2, "turns": 2, "max_tokens": 48}
+    )
     budget = extra.budget_s if extra.budget_s is not None else (3600.0 if args.full else 900.0)
     asset_dir = assets.prepare(Path(tempfile.mkdtemp(prefix="intercode-bench-")))
     gold = gold_phase(asset_dir)
 
     if extra.llm == "openai":
-        cfg = LLMConfig(_target_="components.llm.factory.openai_compatible", model=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"))
+        cfg = LLMConfig(
+            _target_="components.llm.factory.openai_compatible", model=os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
+        )
     else:
         cfg = LLMConfig(dtype=extra.dtype, timeout_s=600.0)  # one request may be slow on a shared CPU
     llm = build_llm(cfg)
     llm_start = time.monotonic()
     llm_results = llm_phase(asset_dir, llm, budget_s=budget, **sizes)
     results = {
-        "gold": gold, "llm": llm_results, "llm_model": cfg.model, "llm_backend": extra.llm, "sizes": sizes,
-        "llm_phase_seconds": time.monotonic() - llm_start, "llm_usage": llm.usage.as_dict(), "budget_s": budget,
+        "gold": gold,
+        "llm": llm_results,
+        "llm_model": cfg.model,
+        "llm_backend": extra.llm,
+        "sizes": sizes,
+        "llm_phase_seconds": time.monotonic() - llm_start,
+        "llm_usage": llm.usage.as_dict(),
+        "budget_s": budget,
         "paper_reference_success_rates": PAPER_REFERENCE,
-        "notes": ("Machine shared by ~9 engineers on 2 cores: timings and the number of LLM episodes that fit "
-                  "the budget depend on load. The embedded model is SmolLM2-135M-Instruct (a 135M model): it "
-                  "exercises the agent loop, it is not a capable coder; compare with the paper's GPT-4 figures "
-                  "only as context. Tasks are this project's own (not Spider/NL2Bash)."),
+        "notes": (
+            "Machine shared by ~9 engineers on 2 cores: timings and the number of LLM episodes that fit "
+            "the budget depend on load. The embedded model is SmolLM2-135M-Instruct (a 135M model): it "
+            "exercises the agent loop, it is not a capable coder; compare with the paper's GPT-4 figures "
+            "only as context. Tasks are this project's own (not Spider/NL2Bash)."
+        ),
     }
     targets = [target(f"gold_{kind}_success_rate", gold[kind]["success_rate"], 1.0, ">=") for kind in ("sql", "bash")]
     targets.append(target("gold_tasks_replayed", gold["sql"]["episodes"] + gold["bash"]["episodes"], 100, ">="))

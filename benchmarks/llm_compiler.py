@@ -25,6 +25,7 @@ Methods alternate question by question; the first question of each setting is a 
 not counted. Accuracy: numbers within ±10%, else normalized match. Run: `python -m
 benchmarks.llm_compiler --quick` (a few minutes) or `--full`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,18 +47,35 @@ def _extra_args(argv):
 
     default = ServedModelLatency()
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--scripted-questions", type=int, default=None, help="default: 32 quick (2 per template), all 96 full")
+    parser.add_argument(
+        "--scripted-questions", type=int, default=None, help="default: 32 quick (2 per template), all 96 full"
+    )
     parser.add_argument("--embedded-questions", type=int, default=None, help="default: 4 quick, 50 full")
-    parser.add_argument("--embedded-budget-min", type=float, default=None,
-                        help="stop starting embedded questions after this many minutes (default: 15 quick, 110 full)")
-    parser.add_argument("--ttft", type=float, default=default.ttft_s, help="scripted LLM: fixed time to first token (s)")
-    parser.add_argument("--prefill-per-token", type=float, default=default.prefill_s_per_token,
-                        help="scripted LLM: seconds per prompt token before the first token")
-    parser.add_argument("--decode-per-token", type=float, default=default.decode_s_per_token,
-                        help="scripted LLM: seconds per generated token")
+    parser.add_argument(
+        "--embedded-budget-min",
+        type=float,
+        default=None,
+        help="stop starting embedded questions after this many minutes (default: 15 quick, 110 full)",
+    )
+    parser.add_argument(
+        "--ttft", type=float, default=default.ttft_s, help="scripted LLM: fixed time to first token (s)"
+    )
+    parser.add_argument(
+        "--prefill-per-token",
+        type=float,
+        default=default.prefill_s_per_token,
+        help="scripted LLM: seconds per prompt token before the first token",
+    )
+    parser.add_argument(
+        "--decode-per-token",
+        type=float,
+        default=default.decode_s_per_token,
+        help="scripted LLM: seconds per generated token",
+    )
     parser.add_argument("--skip-embedded", action="store_true", help="no setting 2 (the packaged model, few-shot)")
-    parser.add_argument("--tuned-model", default=None,
-                        help="a folder from the tune_agent flow: adds setting 3 (embedded_tuned)")
+    parser.add_argument(
+        "--tuned-model", default=None, help="a folder from the tune_agent flow: adds setting 3 (embedded_tuned)"
+    )
     return parser.parse_known_args(argv)
 
 
@@ -76,12 +94,15 @@ def _by_lookups(rows):
             if r["lookups"] == n:
                 pairs.setdefault(r["qid"], {})[r["method"]] = r
         every = [p for p in pairs.values() if len(p) == len(methods)]
-        out[str(n)] = {"questions": len(every),
-                       **{f"{m}_accuracy": sum(p[m]["correct"] for p in every) / len(every) for m in methods}}
+        out[str(n)] = {
+            "questions": len(every),
+            **{f"{m}_accuracy": sum(p[m]["correct"] for p in every) / len(every) for m in methods},
+        }
         for baseline, key in (("react", "speedup_median"), ("parallel_fc", "speedup_vs_parallel_fc_median")):
             if baseline in methods:
-                out[str(n)][key] = statistics.median(p[baseline]["latency_s"] / p["llmcompiler"]["latency_s"]
-                                                     for p in every)
+                out[str(n)][key] = statistics.median(
+                    p[baseline]["latency_s"] / p["llmcompiler"]["latency_s"] for p in every
+                )
     return out
 
 
@@ -109,8 +130,10 @@ def _run_setting(name, questions, llm, toolbox_kwargs, settings, methods, budget
         start = time.perf_counter()
 
         def progress(i, q, result, correct):
-            log(f"[{name}] {q.qid} {result.method}: {result.answer!r:.40} gold={q.answer!r:.20} "
-                f"{'ok' if correct else 'WRONG'} {result.latency_s:.2f}s calls={result.llm_calls}")
+            log(
+                f"[{name}] {q.qid} {result.method}: {result.answer!r:.40} gold={q.answer!r:.20} "
+                f"{'ok' if correct else 'WRONG'} {result.latency_s:.2f}s calls={result.llm_calls}"
+            )
 
         rows = evaluate(_within(questions[1:], budget_s, log), agents, on_result=progress)
     finally:
@@ -136,26 +159,43 @@ def _embedded_setting(name, questions, toolbox_kwargs, settings, budget_min, mod
     from components.llm.embedded import EmbeddedLLM
 
     model = EmbeddedLLM(threads=1, model_path=model_path)  # see conf/llm/embedded.yaml: 1 thread on a shared CPU
-    result, rows = _run_setting(name, questions, model, toolbox_kwargs, settings, TUNED_METHODS,
-                                budget_s=60 * budget_min, log=lambda line: print(line, flush=True))
+    result, rows = _run_setting(
+        name,
+        questions,
+        model,
+        toolbox_kwargs,
+        settings,
+        TUNED_METHODS,
+        budget_s=60 * budget_min,
+        log=lambda line: print(line, flush=True),
+    )
     description = "SmolLM2-135M-Instruct (transformers, fp32, CPU, 1 thread, greedy)"
     if model_path:
         tuning = json.loads((Path(model_path) / "tuning.json").read_text())
-        description += (f", fine-tuned on {sum(tuning['transcripts'].values())} oracle transcripts over knowledge "
-                        f"bases {tuning['kb_seeds']} (tune_agent), prompts without examples")
+        description += (
+            f", fine-tuned on {sum(tuning['transcripts'].values())} oracle transcripts over knowledge "
+            f"bases {tuning['kb_seeds']} (tune_agent), prompts without examples"
+        )
         result["tuning"] = {k: tuning[k] for k in ("kb_seeds", "transcripts", "tokens", "settings", "date")}
-    result.update(model=description, few_shot=settings.few_shot, budget_min=budget_min,
-                  prefix_cache={"hits": model.prefix_cache.hits, "reused_tokens": model.prefix_cache.reused_tokens})
+    result.update(
+        model=description,
+        few_shot=settings.few_shot,
+        budget_min=budget_min,
+        prefix_cache={"hits": model.prefix_cache.hits, "reused_tokens": model.prefix_cache.reused_tokens},
+    )
     return result, rows
 
 
 def _sweep_point(res):
-    point = {"speedup_median": res["summary"]["speedup_median"],
-             "speedup_parallel_median": res["summary_parallel_questions"]["speedup_median"],
-             "speedup_by_lookups": {n: v["speedup_median"] for n, v in res["speedup_by_lookups"].items()}}
+    point = {
+        "speedup_median": res["summary"]["speedup_median"],
+        "speedup_parallel_median": res["summary_parallel_questions"]["speedup_median"],
+        "speedup_by_lookups": {n: v["speedup_median"] for n, v in res["speedup_by_lookups"].items()},
+    }
     if "speedup_median_vs_parallel_fc" in res["summary"]:
-        point["speedup_vs_parallel_fc_parallel_median"] = \
-            res["summary_parallel_questions"]["speedup_median_vs_parallel_fc"]
+        point["speedup_vs_parallel_fc_parallel_median"] = res["summary_parallel_questions"][
+            "speedup_median_vs_parallel_fc"
+        ]
     for method in SCRIPTED_METHODS:
         if method in res["summary"]:
             point[f"{method}_latency_median_s"] = res["summary"][method]["latency_median_s"]
@@ -180,15 +220,24 @@ def main(argv=None) -> None:
     latency = ServedModelLatency(extra.ttft, extra.prefill_per_token, extra.decode_per_token)
     tokenizer = load_tokenizer()
     base_tools = {"search_latency_s": SEARCH_LATENCY_S, "calculate_latency_s": CALCULATE_LATENCY_S}
-    results: dict = {"note": "shared 2-core machine (other engineers' jobs running): compare ratios within a "
-                             "setting, not absolute seconds across runs",
-                     "settings": {"agent": vars(settings), "search_latency_s": SEARCH_LATENCY_S,
-                                  "calculate_latency_s": CALCULATE_LATENCY_S,
-                                  "scripted_llm": asdict(latency)},
-                     "question_set": {"questions": len(questions), "templates": templates,
-                                      "by_lookups": {str(n): sum(q.lookups == n for q in questions)
-                                                     for n in sorted({q.lookups for q in questions})},
-                                      "parallel": sum(q.parallel for q in questions)}}
+    results: dict = {
+        "note": "shared 2-core machine (other engineers' jobs running): compare ratios within a "
+        "setting, not absolute seconds across runs",
+        "settings": {
+            "agent": vars(settings),
+            "search_latency_s": SEARCH_LATENCY_S,
+            "calculate_latency_s": CALCULATE_LATENCY_S,
+            "scripted_llm": asdict(latency),
+        },
+        "question_set": {
+            "questions": len(questions),
+            "templates": templates,
+            "by_lookups": {
+                str(n): sum(q.lookups == n for q in questions) for n in sorted({q.lookups for q in questions})
+            },
+            "parallel": sum(q.parallel for q in questions),
+        },
+    }
     all_rows = {}
 
     def oracle(lat):
@@ -212,31 +261,44 @@ def main(argv=None) -> None:
         budget_min = extra.embedded_budget_min or (110 if full else 15)
         embedded_pool = ProcessPoolExecutor(len(embedded_specs), mp_context=multiprocessing.get_context("spawn"))
         for name, (model_path, agent_settings) in embedded_specs.items():
-            embedded_runs[name] = embedded_pool.submit(_embedded_setting, name, questions[: n_embedded + 1],
-                                                       base_tools, agent_settings, budget_min, model_path)
+            embedded_runs[name] = embedded_pool.submit(
+                _embedded_setting, name, questions[: n_embedded + 1], base_tools, agent_settings, budget_min, model_path
+            )
 
     # 1. scripted plans: the executor's speedup
     n_scripted = extra.scripted_questions or (len(questions) if full else 2 * templates)
     results["scripted"], all_rows["scripted"] = _run_setting(
-        "scripted", questions[: n_scripted + 1], oracle(latency), base_tools, settings, SCRIPTED_METHODS)
+        "scripted", questions[: n_scripted + 1], oracle(latency), base_tools, settings, SCRIPTED_METHODS
+    )
 
     # 1b. sensitivity (one question per template + the warm-up): tool latency and time to first token
     subset = questions[: templates + 1]
     sweep_search = {str(SEARCH_LATENCY_S): None}
-    for search in ((0.1, 1.0) if full else (1.0,)):
-        res, _ = _run_setting(f"sweep-search-{search}", subset, oracle(latency),
-                              {**base_tools, "search_latency_s": search}, settings, SCRIPTED_METHODS)
+    for search in (0.1, 1.0) if full else (1.0,):
+        res, _ = _run_setting(
+            f"sweep-search-{search}",
+            subset,
+            oracle(latency),
+            {**base_tools, "search_latency_s": search},
+            settings,
+            SCRIPTED_METHODS,
+        )
         sweep_search[str(search)] = _sweep_point(res)
     sweep_ttft = {str(latency.ttft_s): None}
-    for ttft in ((0.05, 1.0) if full else (1.0,)):
-        res, _ = _run_setting(f"sweep-ttft-{ttft}", subset, oracle(replace(latency, ttft_s=ttft)),
-                              base_tools, settings, SCRIPTED_METHODS)
+    for ttft in (0.05, 1.0) if full else (1.0,):
+        res, _ = _run_setting(
+            f"sweep-ttft-{ttft}", subset, oracle(replace(latency, ttft_s=ttft)), base_tools, settings, SCRIPTED_METHODS
+        )
         sweep_ttft[str(ttft)] = _sweep_point(res)
     # the main setting's point, on the same subset of questions
     main_subset = [r for r in all_rows["scripted"] if r["qid"] in {q.qid for q in subset[1:]}]
-    main_point = _sweep_point({"summary": summarize(main_subset),
-                               "summary_parallel_questions": summarize(main_subset, parallel_only=True),
-                               "speedup_by_lookups": _by_lookups(main_subset)})
+    main_point = _sweep_point(
+        {
+            "summary": summarize(main_subset),
+            "summary_parallel_questions": summarize(main_subset, parallel_only=True),
+            "speedup_by_lookups": _by_lookups(main_subset),
+        }
+    )
     sweep_search[str(SEARCH_LATENCY_S)] = sweep_ttft[str(latency.ttft_s)] = main_point
     results["scripted_sweep_search_latency"] = dict(sorted(sweep_search.items(), key=lambda kv: float(kv[0])))
     results["scripted_sweep_ttft"] = dict(sorted(sweep_ttft.items(), key=lambda kv: float(kv[0])))
@@ -254,10 +316,30 @@ def main(argv=None) -> None:
         targets.append(target(f"{name}_questions", results[name]["questions"], GOAL_QUESTIONS, ">="))
         targets.append(target(f"{name}_speedup_parallel_questions", s["speedup_median"], GOAL_SPEEDUP, ">="))
         targets.append(target(f"{name}_accuracy_llmcompiler_minus_react", s["accuracy_delta"], 0.0, ">="))
-    results["rows"] = {k: [{key: r[key] for key in ("qid", "method", "lookups", "answer", "gold", "correct",
-                                                     "latency_s", "llm_calls", "prompt_tokens", "completion_tokens",
-                                                     "tool_calls", "replans", "errors")} for r in rows]
-                       for k, rows in all_rows.items()}
+    results["rows"] = {
+        k: [
+            {
+                key: r[key]
+                for key in (
+                    "qid",
+                    "method",
+                    "lookups",
+                    "answer",
+                    "gold",
+                    "correct",
+                    "latency_s",
+                    "llm_calls",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "tool_calls",
+                    "replans",
+                    "errors",
+                )
+            }
+            for r in rows
+        ]
+        for k, rows in all_rows.items()
+    }
     write_result("llm_compiler", results, targets, figure=_plot(results), args=args)
 
 
@@ -272,10 +354,18 @@ def _plot(results):
     width = 0.27
     for i, method in enumerate(SCRIPTED_METHODS):
         ran = [x for x, k in enumerate(settings) if method in results[k]["summary"]]
-        axes[0].bar([x + i * width for x in ran], [results[settings[x]]["summary"][method]["latency_median_s"]
-                                                   for x in ran], width, label=method)
-        axes[1].bar([x + i * width for x in ran], [results[settings[x]]["summary"][method]["accuracy"]
-                                                   for x in ran], width, label=method)
+        axes[0].bar(
+            [x + i * width for x in ran],
+            [results[settings[x]]["summary"][method]["latency_median_s"] for x in ran],
+            width,
+            label=method,
+        )
+        axes[1].bar(
+            [x + i * width for x in ran],
+            [results[settings[x]]["summary"][method]["accuracy"] for x in ran],
+            width,
+            label=method,
+        )
     for ax, title in ((axes[0], "median latency per question (s)"), (axes[1], "accuracy")):
         ax.set_xticks([x + width for x in range(len(settings))], settings)
         ax.set_title(title)
@@ -284,17 +374,29 @@ def _plot(results):
     xs = [int(n) for n in by_lookups]
     axes[2].plot(xs, [v["speedup_median"] for v in by_lookups.values()], "o-", label="scripted, main setting")
     if all("speedup_vs_parallel_fc_median" in v for v in by_lookups.values()):
-        axes[2].plot(xs, [v["speedup_vs_parallel_fc_median"] for v in by_lookups.values()], "o-", color="#777",
-                     label="scripted: parallel function calling / LLMCompiler")
+        axes[2].plot(
+            xs,
+            [v["speedup_vs_parallel_fc_median"] for v in by_lookups.values()],
+            "o-",
+            color="#777",
+            label="scripted: parallel function calling / LLMCompiler",
+        )
     main_values = {"search": str(SEARCH_LATENCY_S), "TTFT": str(results["settings"]["scripted_llm"]["ttft_s"])}
-    for label, sweep in (("search", results["scripted_sweep_search_latency"]),
-                         ("TTFT", results["scripted_sweep_ttft"])):
+    for label, sweep in (
+        ("search", results["scripted_sweep_search_latency"]),
+        ("TTFT", results["scripted_sweep_ttft"]),
+    ):
         for value, point in sweep.items():
             if value == main_values[label]:
                 continue  # the main setting's curve, already drawn from all its questions
             ns = sorted(point["speedup_by_lookups"], key=int)
-            axes[2].plot([int(n) for n in ns], [point["speedup_by_lookups"][n] for n in ns], ".--", lw=0.8,
-                         label=f"{label} {value} s (1 q/template)")
+            axes[2].plot(
+                [int(n) for n in ns],
+                [point["speedup_by_lookups"][n] for n in ns],
+                ".--",
+                lw=0.8,
+                label=f"{label} {value} s (1 q/template)",
+            )
     for name, marker in zip(EMBEDDED_SETTINGS, ("x:", "s-")):
         if name in results:
             emb = results[name]["speedup_by_lookups"]

@@ -5,6 +5,7 @@ Each sample is a new Python process that imports Prefect and runs one trivial fl
 process pays without PREFECT_API_URL; that cost is paid once per process, which is why `suite`
 runs every flow in one process and the tests share one session-scoped server.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,13 @@ def _sample(mode: str, home: str, api_url: str | None) -> float:
     if mode == "running_server":
         env["PREFECT_API_URL"] = api_url
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", SNIPPET.format(call=CALLS[mode]).replace(
-        "trivial.fn()", "[one.fn(1), one.fn(2)]")], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", SNIPPET.format(call=CALLS[mode]).replace("trivial.fn()", "[one.fn(1), one.fn(2)]")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - start
     if out.returncode != 0:
         raise RuntimeError(f"{mode} failed: {out.stderr[-2000:]}")
@@ -58,18 +64,22 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="prefect-overhead-")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env={**os.environ, "PREFECT_HOME": home},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "PREFECT_HOME": home},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         server_start = time.perf_counter()
         while True:
             try:
                 urllib.request.urlopen(f"{api}/health", timeout=2)
                 break
-            except OSError:
+            except OSError as err:
                 if time.perf_counter() - server_start > 300:
-                    raise TimeoutError("prefect server did not start")
+                    raise TimeoutError("prefect server did not start") from err
                 time.sleep(0.5)
         server_ready_s = time.perf_counter() - server_start
         samples: dict[str, list[float]] = {m: [] for m in CALLS}
@@ -85,8 +95,11 @@ def main() -> None:
     overhead_ephemeral = median["ephemeral_server"] - median["no_prefect_fn"]
     overhead_server = median["running_server"] - median["no_prefect_fn"]
     results = {
-        "process_wall_s_median": median, "samples_s": samples, "server_start_s": server_ready_s,
-        "ephemeral_overhead_s": overhead_ephemeral, "running_server_overhead_s": overhead_server,
+        "process_wall_s_median": median,
+        "samples_s": samples,
+        "server_start_s": server_ready_s,
+        "ephemeral_overhead_s": overhead_ephemeral,
+        "running_server_overhead_s": overhead_server,
         "ratio_ephemeral_vs_running_server": median["ephemeral_server"] / median["running_server"],
         "note": "each sample is a fresh process: import + one flow with two tasks; 2 shared cores",
     }

@@ -22,6 +22,7 @@ model is paired. Noise: 95% bootstrap CIs over the evaluation windows (paired fo
 Perplexity: non-overlapping 256-token windows of held-out CPython docs; calibration (Fisher,
 Hessians) on a disjoint set of doc topics.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,14 @@ import numpy as np
 import torch
 
 from benchmarks.common import parse_mode, target, write_result
-from components.quant.budget import (DEFAULT_TOLERANCE, apply_head_bits, default_budget, head_linear, plan_budget,
-                                     whole_model_bits)
+from components.quant.budget import (
+    DEFAULT_TOLERANCE,
+    apply_head_bits,
+    default_budget,
+    head_linear,
+    plan_budget,
+    whole_model_bits,
+)
 from components.quant.evaluation import bootstrap_ppl_ci, bootstrap_ratio_ci, encode, python_docs_split, windows
 from components.quant.evaluation import perplexity as perplexity_of
 from components.quant.model import calibrate, dequantized_once, load_base_model, quantizable_linears, quantize_model
@@ -57,18 +64,28 @@ def heldout(model_base: dict, n_windows: int, n_calibration: int):
 
     tokenizer = Tokenizer.from_file(str(Path(model_base["tokenizer_dir"]) / "tokenizer.json"))
     calib_text, eval_text = python_docs_split(0)
-    return (windows(encode(tokenizer, eval_text), CONTEXT, n_windows),
-            windows(encode(tokenizer, calib_text), CONTEXT, n_calibration))
+    return (
+        windows(encode(tokenizer, eval_text), CONTEXT, n_windows),
+        windows(encode(tokenizer, calib_text), CONTEXT, n_calibration),
+    )
 
 
 def evaluate(label: str, qmodel, bits: dict, eval_batches, started: float, **extra) -> dict:
     with dequantized_once(qmodel):
         ppl = perplexity_of(qmodel, eval_batches)
-    row = {"label": label, "bits_per_weight": bits["bits_per_weight_all"], **ppl,
-           "perplexity_ci95": bootstrap_ppl_ci(ppl["window_nll"], ppl["window_tokens"]),
-           "seconds": time.perf_counter() - started, **extra}
-    print(f"{label:>24}: {row['bits_per_weight']:.3f} bits/weight, perplexity {row['perplexity']:.3f} "
-          f"({row['seconds']:.0f} s)", flush=True)
+    row = {
+        "label": label,
+        "bits_per_weight": bits["bits_per_weight_all"],
+        **ppl,
+        "perplexity_ci95": bootstrap_ppl_ci(ppl["window_nll"], ppl["window_tokens"]),
+        "seconds": time.perf_counter() - started,
+        **extra,
+    }
+    print(
+        f"{label:>24}: {row['bits_per_weight']:.3f} bits/weight, perplexity {row['perplexity']:.3f} "
+        f"({row['seconds']:.0f} s)",
+        flush=True,
+    )
     return row
 
 
@@ -114,6 +131,7 @@ def rtn_uniform(bits: int, spec):
     def fn(weight):
         deq, layout = fake_quantize_uniform(weight, bits, spec)
         return deq, sum(bits_breakdown(layout).values())
+
     return fn
 
 
@@ -128,6 +146,7 @@ def gguf_quant(kind: str):
         packed = gq.quantize(weight.numpy(), qtype)
         stored_bits = weight.numel() // block * nbytes * 8
         return torch.from_numpy(gq.dequantize(packed, qtype).reshape(weight.shape)), stored_bits
+
     return fn
 
 
@@ -183,39 +202,84 @@ def run_frontier(args) -> tuple[dict, list]:
 
     rows = Rows(os.environ.get("QUANT_FRONTIER_ROWS"), cfg)
     rtn2, rtn4 = method_spec("rtn2"), method_spec("rtn4")
-    cached(rows, "fp32", lambda: dequantized_row(
-        "fp32", model, lambda w: (w, 32 * w.numel()), eval_batches, scheme="reference",
-        note="the packaged model: dequantized Q4_1 GGUF (5.0 bits/weight as GGUF stores it)"))
-    cached(rows, "uniform2", lambda: packed_row("uniform2", model, dataclasses.replace(rtn2, head_bits=2), None,
-                                                eval_batches, scheme="uniform"))
-    cached(rows, "uniform3", lambda: dequantized_row("uniform3", model, rtn_uniform(3, rtn2), eval_batches,
-                                                     scheme="uniform", head_bits=3))
-    cached(rows, "uniform4", lambda: packed_row(
-        "uniform4", model, dataclasses.replace(rtn4, head_bits=4), None, eval_batches, scheme="uniform",
-        note="the 4-bit model: requantized Q4_1 grid, head at 4 bits"))
+    cached(
+        rows,
+        "fp32",
+        lambda: dequantized_row(
+            "fp32",
+            model,
+            lambda w: (w, 32 * w.numel()),
+            eval_batches,
+            scheme="reference",
+            note="the packaged model: dequantized Q4_1 GGUF (5.0 bits/weight as GGUF stores it)",
+        ),
+    )
+    cached(
+        rows,
+        "uniform2",
+        lambda: packed_row(
+            "uniform2", model, dataclasses.replace(rtn2, head_bits=2), None, eval_batches, scheme="uniform"
+        ),
+    )
+    cached(
+        rows,
+        "uniform3",
+        lambda: dequantized_row("uniform3", model, rtn_uniform(3, rtn2), eval_batches, scheme="uniform", head_bits=3),
+    )
+    cached(
+        rows,
+        "uniform4",
+        lambda: packed_row(
+            "uniform4",
+            model,
+            dataclasses.replace(rtn4, head_bits=4),
+            None,
+            eval_batches,
+            scheme="uniform",
+            note="the 4-bit model: requantized Q4_1 grid, head at 4 bits",
+        ),
+    )
     layers = quantizable_linears(model, rtn2)
     fisher = {name: calib[name]["fisher"] for name in layers}
     for budget in cfg["budgets"]:
         for scheme, method in SCHEMES.items():
             spec = plan_budget(model, layers, method_spec(method), budget, fisher, calib[head_name]["fisher"])
             if scheme == "random":  # the same per-layer share and head as range: the same bits
-                spec = dataclasses.replace(spec, frac_high=rows[f"range@{budget}"]["spec"]["frac_high"],
-                                           head_bits=rows[f"range@{budget}"]["head_bits"])
+                spec = dataclasses.replace(
+                    spec,
+                    frac_high=rows[f"range@{budget}"]["spec"]["frac_high"],
+                    head_bits=rows[f"range@{budget}"]["head_bits"],
+                )
             label = f"{scheme}@{budget}"
-            cached(rows, label, lambda label=label, spec=spec, scheme=scheme, budget=budget: packed_row(
-                label, model, spec, calib, eval_batches, scheme=scheme, budget=budget))
+            cached(
+                rows,
+                label,
+                lambda label=label, spec=spec, scheme=scheme, budget=budget: packed_row(
+                    label, model, spec, calib, eval_batches, scheme=scheme, budget=budget
+                ),
+            )
     if cfg["peers"]:
         hqq2 = method_spec("hqq2")
         gptq2 = method_spec("gptq2")
-        peers = {"hqq2": dataclasses.replace(hqq2, head_bits=2),
-                 "hqq4": dataclasses.replace(hqq2, name="hqq4", frac_high=1.0, head_bits=4),
-                 "gptq2": dataclasses.replace(gptq2, head_bits=2),
-                 "gptq4": dataclasses.replace(gptq2, name="gptq4", frac_high=1.0, head_bits=4)}
+        peers = {
+            "hqq2": dataclasses.replace(hqq2, head_bits=2),
+            "hqq4": dataclasses.replace(hqq2, name="hqq4", frac_high=1.0, head_bits=4),
+            "gptq2": dataclasses.replace(gptq2, head_bits=2),
+            "gptq4": dataclasses.replace(gptq2, name="gptq4", frac_high=1.0, head_bits=4),
+        }
         for label, spec in peers.items():
-            cached(rows, label, lambda label=label, spec=spec: packed_row(label, model, spec, calib, eval_batches,
-                                                                          scheme=label[:-1]))
-        cached(rows, "gguf_q4_0", lambda: dequantized_row("gguf_q4_0", model, gguf_quant("Q4_0"), eval_batches,
-                                                          scheme="gguf", head_bits="Q4_0"))
+            cached(
+                rows,
+                label,
+                lambda label=label, spec=spec: packed_row(label, model, spec, calib, eval_batches, scheme=label[:-1]),
+            )
+        cached(
+            rows,
+            "gguf_q4_0",
+            lambda: dequantized_row(
+                "gguf_q4_0", model, gguf_quant("Q4_0"), eval_batches, scheme="gguf", head_bits="Q4_0"
+            ),
+        )
     return summarize(rows, cfg, calibration_seconds)
 
 
@@ -232,8 +296,10 @@ def summarize(rows: dict[str, dict], cfg: dict, calibration_seconds: float) -> t
             ref24 = uniform_at(row["bits_per_weight"], uniform_2_4)
             rnd = rows[f"random@{budget}"]
             per[scheme] = {
-                "bits_per_weight": row["bits_per_weight"], "perplexity": row["perplexity"],
-                "uniform_same_bits_perplexity": ref["perplexity"], "uniform_between": ref["between"],
+                "bits_per_weight": row["bits_per_weight"],
+                "perplexity": row["perplexity"],
+                "uniform_same_bits_perplexity": ref["perplexity"],
+                "uniform_between": ref["between"],
                 "ratio_vs_uniform": row["perplexity"] / ref["perplexity"],
                 "ratio_vs_uniform_ci95": bootstrap_ratio_ci(row["window_nll"], ref["window_nll"], row["window_tokens"]),
                 "uniform_2_4_same_bits_perplexity": ref24["perplexity"],
@@ -251,42 +317,71 @@ def summarize(rows: dict[str, dict], cfg: dict, calibration_seconds: float) -> t
     chosen = default_budget(flow_frontier, q4["perplexity"], DEFAULT_TOLERANCE)
     chosen_ratio = chosen["perplexity"] / q4["perplexity"]
     chosen_ci = bootstrap_ratio_ci(chosen["window_nll"], q4["window_nll"], q4["window_tokens"])
-    table = [{"label": r["label"], "scheme": r.get("scheme"), "budget": r.get("budget"),
-              "bits_per_weight": round(r["bits_per_weight"], 4), "head_bits": r.get("head_bits"),
-              "perplexity": round(r["perplexity"], 3), "perplexity_ci95": [round(x, 3) for x in r["perplexity_ci95"]]}
-             for r in rows.values()]
+    table = [
+        {
+            "label": r["label"],
+            "scheme": r.get("scheme"),
+            "budget": r.get("budget"),
+            "bits_per_weight": round(r["bits_per_weight"], 4),
+            "head_bits": r.get("head_bits"),
+            "perplexity": round(r["perplexity"], 3),
+            "perplexity_ci95": [round(x, 3) for x in r["perplexity_ci95"]],
+        }
+        for r in rows.values()
+    ]
     results = {
-        "context": CONTEXT, "eval_windows": cfg["windows"], "eval_tokens": q4["tokens"],
-        "calibration_windows": cfg["calibration_windows"], "calibration_seconds": calibration_seconds,
-        "budgets": cfg["budgets"], "accounting": ("bits/weight over ALL 134.5M parameters: packed linears (codes, "
-                                                  "scales, zeros, row bases, precision map) + the tied embedding/LM "
-                                                  "head at its bits + 32 x norms"),
-        "uniform_same_bits": ("log-perplexity linear in bits/weight between the nearest uniform RTN widths "
-                              "(2, 3, 4 bits, group 32, head at the same bits), per window"),
-        "q4_model": {"label": "fp32 copy = the packaged Q4_1 weights exactly", "perplexity": q4["perplexity"],
-                     "bits_per_weight_as_gguf_q4_1": 5.0,  # 20 bytes per 32 weights: fp16 scale + fp16 min + codes
-                     "uniform4_perplexity": rows["uniform4"]["perplexity"],
-                     "uniform4_bits_per_weight": rows["uniform4"]["bits_per_weight"],
-                     "note": ("the ratio target uses the exact Q4_1 model; uniform4 (RTN 4-bit, 8-bit second-order "
-                              "scales and minima, head at 4 bits) re-rounds its grid and is the frontier's 4-bit end")},
-        "default_budget": {"scheme": FLOW_SCHEME, "label": chosen["label"], "budget": chosen.get("budget"),
-                           "bits_per_weight": chosen["bits_per_weight"], "perplexity": chosen["perplexity"],
-                           "ratio_vs_q4": chosen_ratio, "ratio_vs_q4_ci95": chosen_ci,
-                           "rule": f"least bits whose perplexity <= {1 + DEFAULT_TOLERANCE:.2f} x the 4-bit model's"},
+        "context": CONTEXT,
+        "eval_windows": cfg["windows"],
+        "eval_tokens": q4["tokens"],
+        "calibration_windows": cfg["calibration_windows"],
+        "calibration_seconds": calibration_seconds,
+        "budgets": cfg["budgets"],
+        "accounting": (
+            "bits/weight over ALL 134.5M parameters: packed linears (codes, "
+            "scales, zeros, row bases, precision map) + the tied embedding/LM "
+            "head at its bits + 32 x norms"
+        ),
+        "uniform_same_bits": (
+            "log-perplexity linear in bits/weight between the nearest uniform RTN widths "
+            "(2, 3, 4 bits, group 32, head at the same bits), per window"
+        ),
+        "q4_model": {
+            "label": "fp32 copy = the packaged Q4_1 weights exactly",
+            "perplexity": q4["perplexity"],
+            "bits_per_weight_as_gguf_q4_1": 5.0,  # 20 bytes per 32 weights: fp16 scale + fp16 min + codes
+            "uniform4_perplexity": rows["uniform4"]["perplexity"],
+            "uniform4_bits_per_weight": rows["uniform4"]["bits_per_weight"],
+            "note": (
+                "the ratio target uses the exact Q4_1 model; uniform4 (RTN 4-bit, 8-bit second-order "
+                "scales and minima, head at 4 bits) re-rounds its grid and is the frontier's 4-bit end"
+            ),
+        },
+        "default_budget": {
+            "scheme": FLOW_SCHEME,
+            "label": chosen["label"],
+            "budget": chosen.get("budget"),
+            "bits_per_weight": chosen["bits_per_weight"],
+            "perplexity": chosen["perplexity"],
+            "ratio_vs_q4": chosen_ratio,
+            "ratio_vs_q4_ci95": chosen_ci,
+            "rule": f"least bits whose perplexity <= {1 + DEFAULT_TOLERANCE:.2f} x the 4-bit model's",
+        },
         "range_beats_uniform_at_every_budget": every("range", "ratio_vs_uniform"),
         "fisher_beats_uniform_at_every_budget": every("fisher", "ratio_vs_uniform"),
         "range_beats_random_at_every_budget": every("range", "ratio_vs_random"),
         "fisher_beats_random_at_every_budget": every("fisher", "ratio_vs_random"),
         "range_beats_uniform_2_4_at_every_budget": every("range", "ratio_vs_uniform_2_4"),
-        "comparisons": comparisons, "table": table,
+        "comparisons": comparisons,
+        "table": table,
         "rows": dict(rows),
         "notes": notes(comparisons, cfg) + why_notes(rows, comparisons, cfg, chosen, q4),
         "rows_file": "rows already measured with the same settings are reused from $QUANT_FRONTIER_ROWS when set",
     }
     targets = [
         target("frontier_budgets", len(cfg["budgets"]), 5, ">="),
-        target("mixed_beats_uniform_at_every_budget", results[f"{CLAIM_SCHEME}_beats_uniform_at_every_budget"], 1,
-               ">="),
+        target(
+            "mixed_beats_uniform_at_every_budget", results[f"{CLAIM_SCHEME}_beats_uniform_at_every_budget"], 1, ">="
+        ),
         target("default_budget_ppl_ratio_vs_q4", chosen_ratio, 1 + DEFAULT_TOLERANCE, "<="),
     ]
     return results, targets
@@ -313,21 +408,27 @@ def why_notes(rows: dict, comparisons: dict, cfg: dict, chosen: dict, q4: dict) 
     fisher_wins = all(c["fisher"]["ratio_vs_uniform"] < 1 for c in per)
     fisher_ratios = [c["fisher"]["ratio_vs_uniform"] for c in per]
     return [
-        (f"uniform 2-bit RTN (group 32, head 2-bit) has perplexity {rows['uniform2']['perplexity']:.3g} against "
-         f"{q4['perplexity']:.3g} for the Q4_1 model; uniform 3-bit {rows['uniform3']['perplexity']:.3g} at "
-         f"{rows['uniform3']['bits_per_weight']:.2f} bits/weight. On a 135M model every 2-bit group is costly, "
-         "unlike the 7B models of the paper, where 2-bit GPTQ loses a few percent."),
-        (f"the paper's range rule keeps the same 4-bit share in every layer and picks groups by range alone: at "
-         f"{top} bits/weight it is {comparisons[top]['range']['ratio_vs_uniform']:.2f}x the perplexity of uniform "
-         f"RTN at the same bits, and {'worse at every budget' if range_loses else 'not better at every budget'}. "
-         f"It {'beats' if range_beats_random else 'does not beat'} random groups at every budget (the paper's "
-         "ablation), but the share per layer is the wrong knob here: a few layer types (v_proj, down_proj) carry "
-         "most of the 2-bit loss, and the rule cannot give them more bits."),
-        (f"the Fisher allocation (4-bit groups across layers by estimated loss drop per stored bit) "
-         f"{'beats' if fisher_wins else 'does not beat'} uniform at every budget (ratio {min(fisher_ratios):.3g}-"
-         f"{max(fisher_ratios):.3g}); within 10% of the Q4_1 model it saves "
-         f"{rows['uniform4']['bits_per_weight'] - chosen['bits_per_weight']:.2f} bits/weight against uniform 4-bit "
-         f"({chosen['bits_per_weight']:.2f} vs {rows['uniform4']['bits_per_weight']:.2f})."),
+        (
+            f"uniform 2-bit RTN (group 32, head 2-bit) has perplexity {rows['uniform2']['perplexity']:.3g} against "
+            f"{q4['perplexity']:.3g} for the Q4_1 model; uniform 3-bit {rows['uniform3']['perplexity']:.3g} at "
+            f"{rows['uniform3']['bits_per_weight']:.2f} bits/weight. On a 135M model every 2-bit group is costly, "
+            "unlike the 7B models of the paper, where 2-bit GPTQ loses a few percent."
+        ),
+        (
+            f"the paper's range rule keeps the same 4-bit share in every layer and picks groups by range alone: at "
+            f"{top} bits/weight it is {comparisons[top]['range']['ratio_vs_uniform']:.2f}x the perplexity of uniform "
+            f"RTN at the same bits, and {'worse at every budget' if range_loses else 'not better at every budget'}. "
+            f"It {'beats' if range_beats_random else 'does not beat'} random groups at every budget (the paper's "
+            "ablation), but the share per layer is the wrong knob here: a few layer types (v_proj, down_proj) carry "
+            "most of the 2-bit loss, and the rule cannot give them more bits."
+        ),
+        (
+            f"the Fisher allocation (4-bit groups across layers by estimated loss drop per stored bit) "
+            f"{'beats' if fisher_wins else 'does not beat'} uniform at every budget (ratio {min(fisher_ratios):.3g}-"
+            f"{max(fisher_ratios):.3g}); within 10% of the Q4_1 model it saves "
+            f"{rows['uniform4']['bits_per_weight'] - chosen['bits_per_weight']:.2f} bits/weight against uniform 4-bit "
+            f"({chosen['bits_per_weight']:.2f} vs {rows['uniform4']['bits_per_weight']:.2f})."
+        ),
     ]
 
 
@@ -339,30 +440,52 @@ def plot(results: dict):
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     table = results["table"]
-    styles = {"range": ("o-", "tab:blue"), "fisher": ("s-", "tab:green"), "random": ("^--", "tab:gray"),
-              "uniform": ("D-", "black"), "hqq": ("v", "tab:purple"), "gptq": ("P", "tab:red"),
-              "gguf": ("X", "tab:orange")}
+    styles = {
+        "range": ("o-", "tab:blue"),
+        "fisher": ("s-", "tab:green"),
+        "random": ("^--", "tab:gray"),
+        "uniform": ("D-", "black"),
+        "hqq": ("v", "tab:purple"),
+        "gptq": ("P", "tab:red"),
+        "gguf": ("X", "tab:orange"),
+    }
     for scheme, (style, color) in styles.items():
-        pts = sorted((r["bits_per_weight"], r["perplexity"], r["perplexity_ci95"]) for r in table
-                     if r["scheme"] == scheme)
+        pts = sorted(
+            (r["bits_per_weight"], r["perplexity"], r["perplexity_ci95"]) for r in table if r["scheme"] == scheme
+        )
         if not pts:
             continue
         x, y, ci = zip(*pts)
         err = np.array([[p - c[0] for p, c in zip(y, ci)], [c[1] - p for p, c in zip(y, ci)]])
-        label = {"uniform": "uniform RTN 2/3/4-bit (head same bits)", "range": "range-aware mixed 2/4 (paper)",
-                 "fisher": "Fisher-allocated mixed 2/4", "random": "random mixed 2/4 (ablation)",
-                 "hqq": "HQQ 2/4-bit g64", "gptq": "GPTQ 2/4-bit g32", "gguf": "GGUF Q4_0"}[scheme]
+        label = {
+            "uniform": "uniform RTN 2/3/4-bit (head same bits)",
+            "range": "range-aware mixed 2/4 (paper)",
+            "fisher": "Fisher-allocated mixed 2/4",
+            "random": "random mixed 2/4 (ablation)",
+            "hqq": "HQQ 2/4-bit g64",
+            "gptq": "GPTQ 2/4-bit g32",
+            "gguf": "GGUF Q4_0",
+        }[scheme]
         ax.errorbar(x, y, yerr=err, fmt=style, color=color, label=label, capsize=2, ms=5)
     q4 = results["q4_model"]
     ax.axhline(q4["perplexity"], color="black", ls=":", lw=1, label=f"Q4_1 model, 5.0 bits ({q4['perplexity']:.2f})")
     ax.axhline(q4["perplexity"] * (1 + DEFAULT_TOLERANCE), color="tab:green", ls=":", lw=1, label="+10%")
     d = results["default_budget"]
-    ax.plot([d["bits_per_weight"]], [d["perplexity"]], "*", ms=16, color="gold", mec="black",
-            label=f"default budget {d['bits_per_weight']:.2f} bits/weight")
+    ax.plot(
+        [d["bits_per_weight"]],
+        [d["perplexity"]],
+        "*",
+        ms=16,
+        color="gold",
+        mec="black",
+        label=f"default budget {d['bits_per_weight']:.2f} bits/weight",
+    )
     ax.set_yscale("log")
-    ax.set(xlabel="bits / weight (all 134.5M weights, head included)",
-           ylabel=f"perplexity (held-out docs, context {results['context']}, {results['eval_tokens']} tokens)",
-           title="SmolLM2-135M quality frontier (95% bootstrap CIs over windows)")
+    ax.set(
+        xlabel="bits / weight (all 134.5M weights, head included)",
+        ylabel=f"perplexity (held-out docs, context {results['context']}, {results['eval_tokens']} tokens)",
+        title="SmolLM2-135M quality frontier (95% bootstrap CIs over windows)",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -376,8 +499,10 @@ def main(argv=None) -> None:
     fig = plot(results)
     write_result("quant_frontier", results, targets, fig, args)
     for row in results["table"]:
-        print(f"| {row['label']} | {row['bits_per_weight']:.3f} | {row['head_bits']} | {row['perplexity']:.3f} "
-              f"[{row['perplexity_ci95'][0]:.2f}, {row['perplexity_ci95'][1]:.2f}] |")
+        print(
+            f"| {row['label']} | {row['bits_per_weight']:.3f} | {row['head_bits']} | {row['perplexity']:.3f} "
+            f"[{row['perplexity_ci95'][0]:.2f}, {row['perplexity_ci95'][1]:.2f}] |"
+        )
 
 
 if __name__ == "__main__":

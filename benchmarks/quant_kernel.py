@@ -14,6 +14,7 @@ accuracy_level=4 (int8 activations) at 4 and 2 bits, block 32, one node per copy
 Decode: greedy tokens/s of the native Q4_1 SmolLM2 (its GGUF blocks through the kernel) against the fp32
 copy on the same lean forward and against transformers' fp32 model, same threads, alternating.
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,12 +51,26 @@ def ort_matmulnbits(out_f: int, in_f: int, bits: int, copies: int, threads: int,
         zp_len = out_f * math.ceil(n_blocks * bits / 8)
         z = numpy_helper.from_array(rng.integers(0, 256, zp_len, dtype=np.uint8), f"Z{i}")
         inits += [b, s, z]
-        nodes.append(helper.make_node("MatMulNBits", ["A", f"B{i}", f"S{i}", f"Z{i}"], [f"Y{i}"], domain="com.microsoft",
-                                      K=in_f, N=out_f, bits=bits, block_size=block, accuracy_level=4))
+        nodes.append(
+            helper.make_node(
+                "MatMulNBits",
+                ["A", f"B{i}", f"S{i}", f"Z{i}"],
+                [f"Y{i}"],
+                domain="com.microsoft",
+                K=in_f,
+                N=out_f,
+                bits=bits,
+                block_size=block,
+                accuracy_level=4,
+            )
+        )
         outputs.append(helper.make_tensor_value_info(f"Y{i}", TensorProto.FLOAT, [1, out_f]))
-    graph = helper.make_graph(nodes, "nbits", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, in_f])],
-                              outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    graph = helper.make_graph(
+        nodes, "nbits", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, in_f])], outputs, inits
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -75,7 +90,7 @@ def _fused_float_bytes(layer: QuantLinear) -> int:
 @torch.no_grad()
 def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool) -> dict:
     out_f, in_f = (int(v) for v in shape.split("x"))
-    copies = max(2, math.ceil(WORKING_SET_MIB * 2 ** 20 / (out_f * in_f * 4)))
+    copies = max(2, math.ceil(WORKING_SET_MIB * 2**20 / (out_f * in_f * 4)))
     gen = torch.Generator().manual_seed(out_f + in_f)
     base = torch.randn(out_f, in_f, generator=gen) * 0.02
     layer = QuantLinear.from_packed(quantize_weight(base, MIXED_SPEC), mode="fused")
@@ -97,7 +112,7 @@ def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool) -> dict
         for bits in (4, 2):
             session, per_copy = ort_matmulnbits(out_f, in_f, bits, copies, threads)
             calls[f"onnxruntime_{bits}bit"] = (lambda s=session: s.run(None, {"A": xa}), per_copy)
-    flush = torch.ones(WORKING_SET_MIB * 2 ** 20 // 4)
+    flush = torch.ones(WORKING_SET_MIB * 2**20 // 4)
     for fn, _ in calls.values():
         fn()
     samples: dict[str, list[float]] = {m: [] for m in calls}
@@ -110,8 +125,12 @@ def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool) -> dict
     out = {"copies": copies}
     for name, (_, nbytes) in calls.items():
         sec = statistics.median(samples[name])
-        out[name] = {"seconds": sec, "bytes_read": nbytes, "gb_per_s": nbytes / sec / 1e9,
-                     "bits_per_weight_read": nbytes * 8 / (out_f * in_f)}
+        out[name] = {
+            "seconds": sec,
+            "bytes_read": nbytes,
+            "gb_per_s": nbytes / sec / 1e9,
+            "bits_per_weight_read": nbytes * 8 / (out_f * in_f),
+        }
     return out
 
 
@@ -133,6 +152,7 @@ def hf_step(model):
     def step(ids, cache):
         out = model(ids, past_key_values=cache, use_cache=True)
         return out.logits, out.past_key_values
+
     return step
 
 
@@ -140,8 +160,11 @@ def hf_step(model):
 def teacher_forced_agreement(model, reference, ids: torch.Tensor) -> dict[str, float]:
     got = model.forward(ids)[0][0]
     ref = reference.forward(ids)[0][0]
-    return {"agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
-            "max_abs_logit_diff": float((got - ref).abs().max()), "tokens": int(ids.numel())}
+    return {
+        "agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
+        "max_abs_logit_diff": float((got - ref).abs().max()),
+        "tokens": int(ids.numel()),
+    }
 
 
 @torch.no_grad()
@@ -150,11 +173,17 @@ def overhead(model, threads: int) -> dict[str, float]:
     _, cache = model.forward(torch.arange(16))
     mats = [model.head] + [m for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)]
     xs = [torch.randn(1, m.in_features) for m in mats]
-    step = statistics.median(_time(lambda: (model.forward(torch.tensor([5]), cache), model.crop(cache, 16)))
-                             for _ in range(15))
+    step = statistics.median(
+        _time(lambda: (model.forward(torch.tensor([5]), cache), model.crop(cache, 16))) for _ in range(15)
+    )
     products = statistics.median(_time(lambda: [m.matmul(x) for m, x in zip(mats, xs)]) for _ in range(15))
-    return {"step_ms": step * 1e3, "matrix_products_ms": products * 1e3, "other_ms": (step - products) * 1e3,
-            "kernel_calls_per_token": len(mats), "threads": threads}
+    return {
+        "step_ms": step * 1e3,
+        "matrix_products_ms": products * 1e3,
+        "other_ms": (step - products) * 1e3,
+        "kernel_calls_per_token": len(mats),
+        "threads": threads,
+    }
 
 
 def _time(fn) -> float:
@@ -169,8 +198,12 @@ def run(full: bool) -> tuple[dict, list[dict]]:
     from components.quant.native import LeanLlama, load_native_smollm2
 
     repeats = 9 if full else 5
-    results: dict = {"kernel_paths": int_kernel.paths(), "kernel_path_used": int_kernel.best_path(),
-                     "mixed_spec": MIXED_SPEC.to_dict(), "loadavg_start": _loadavg()}
+    results: dict = {
+        "kernel_paths": int_kernel.paths(),
+        "kernel_path_used": int_kernel.best_path(),
+        "mixed_spec": MIXED_SPEC.to_dict(),
+        "loadavg_start": _loadavg(),
+    }
     results["memory_gb_per_s"] = bandwidth = memory_bandwidth(WORKING_SET_MIB)
     results["matvec"] = {}
     for threads in (1, 2):
@@ -182,8 +215,11 @@ def run(full: bool) -> tuple[dict, list[dict]]:
                     row["speedup_vs_fp32"] = table["fp32"]["seconds"] / row["seconds"]
                     row["fraction_of_memory_bandwidth"] = row["gb_per_s"] / bandwidth
             results["matvec"][f"{shape}@{threads}t"] = table
-            print(f"matvec {shape} {threads}t: " + ", ".join(f"{k} {v['seconds'] * 1e6:.0f}us"
-                                                           for k, v in table.items() if isinstance(v, dict)), flush=True)
+            print(
+                f"matvec {shape} {threads}t: "
+                + ", ".join(f"{k} {v['seconds'] * 1e6:.0f}us" for k, v in table.items() if isinstance(v, dict)),
+                flush=True,
+            )
     torch.set_num_threads(2)
     native = load_native_smollm2()
     hf = smollm2.load_model()
@@ -197,17 +233,23 @@ def run(full: bool) -> tuple[dict, list[dict]]:
     results["decode_tokens_per_s"] = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        rates = decode_rates({"q4_native": native.forward, "fp32_lean": lean_fp32.forward, "fp32_hf": hf_step(hf)},
-                             prompt, new_tokens, rounds=3)
+        rates = decode_rates(
+            {"q4_native": native.forward, "fp32_lean": lean_fp32.forward, "fp32_hf": hf_step(hf)},
+            prompt,
+            new_tokens,
+            rounds=3,
+        )
         results["decode_tokens_per_s"][f"{threads}t"] = rates
         print(f"decode {threads}t: {rates}", flush=True)
     torch.set_num_threads(2)
     results["decode_overhead_2t"] = overhead(native, 2)
     results["weight_bytes_per_token"] = {"q4_native": native.weight_bytes(), "fp32_lean": lean_fp32.weight_bytes()}
     results["loadavg_end"] = _loadavg()
-    results["decode_note"] = ("q4_native: the packaged GGUF's Q4_1 layers and Q8_0 tied head through the integer kernel "
-                              "(int8 activations + int8 residual); fp32_lean: the fp32 copy on the same forward; "
-                              "fp32_hf: transformers' LlamaForCausalLM with its DynamicCache")
+    results["decode_note"] = (
+        "q4_native: the packaged GGUF's Q4_1 layers and Q8_0 tied head through the integer kernel "
+        "(int8 activations + int8 residual); fp32_lean: the fp32 copy on the same forward; "
+        "fp32_hf: transformers' LlamaForCausalLM with its DynamicCache"
+    )
     return results, targets_of(results)
 
 
@@ -215,9 +257,15 @@ def targets_of(results: dict) -> list[dict]:
     mv, bw = results["matvec"], results["memory_gb_per_s"]
     two = [mv[f"{s}@2t"] for s in LARGEST]
     targets = [
-        target("matvec_speedup_vs_fp32_largest_layers", min(t["int8_mixed"]["speedup_vs_fp32"] for t in two), 4.0, ">="),
-        target("matvec_fraction_of_memory_bandwidth",
-               max(mv[f"{s}@2t"][m]["gb_per_s"] for s in SHAPES for m in ("int8_mixed", "int8_q4_1")) / bw, 0.5, ">="),
+        target(
+            "matvec_speedup_vs_fp32_largest_layers", min(t["int8_mixed"]["speedup_vs_fp32"] for t in two), 4.0, ">="
+        ),
+        target(
+            "matvec_fraction_of_memory_bandwidth",
+            max(mv[f"{s}@2t"][m]["gb_per_s"] for s in SHAPES for m in ("int8_mixed", "int8_q4_1")) / bw,
+            0.5,
+            ">=",
+        ),
     ]
     ratios = []
     for s in SHAPES:
@@ -252,8 +300,12 @@ def plot(results: dict):
     methods = [m for m in results["matvec"][keys[0]] if m != "copies"]
     ax = axes[0]
     for j, m in enumerate(methods):
-        ax.bar([i + j * 0.1 for i in range(len(keys))], [results["matvec"][k][m]["gb_per_s"] for k in keys],
-               width=0.1, label=m)
+        ax.bar(
+            [i + j * 0.1 for i in range(len(keys))],
+            [results["matvec"][k][m]["gb_per_s"] for k in keys],
+            width=0.1,
+            label=m,
+        )
     ax.axhline(results["memory_gb_per_s"], ls="--", c="k", label="memory bandwidth (sum of 512 MiB)")
     ax.set_xticks([i + 0.35 for i in range(len(keys))], keys)
     ax.set(title="batch-1 matvec, cache-cold, 2 threads: GB/s of bytes actually read", ylabel="GB/s")

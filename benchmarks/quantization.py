@@ -13,6 +13,7 @@ type sensitivity uses the LAST windows of those topics, never the evaluation tex
 batch-1 y = W x for every distinct layer shape, cycling through up to 8 real layers of that shape
 per pass (decode-like: weights not cache-hot), methods alternating within each repeat, medians.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,15 @@ from benchmarks.common import parse_mode, target, write_result
 from components.quant import QuantLinear, QuantSpec, fused_cpu
 from components.quant.evaluation import encode, python_docs_split, windows
 from components.quant.evaluation import perplexity as perplexity_of
-from components.quant.model import (calibrate, dequantized_once, load_base_model, model_bits, quantize_model,
-                                    save_quantized, target_linears)
+from components.quant.model import (
+    calibrate,
+    dequantized_once,
+    load_base_model,
+    model_bits,
+    quantize_model,
+    save_quantized,
+    target_linears,
+)
 from components.quant.speed import decode_speed, matvec_by_shape, memory_bandwidth
 from tasks.environment import PROJECT_ROOT
 from tasks.quantize import method_spec, needs_calibration
@@ -44,8 +52,13 @@ CALIBRATION_WINDOWS = 8  # as the flow's eval.calibration_windows
 BANDWIDTH_MIB = 512  # bandwidth probe and fp32 matvec working set: twice this CPU's 260 MB L3
 SENSITIVITY_WINDOWS = 2  # held-out calibration windows for the per-layer-type 2-bit sensitivity
 # (the recovery target's pairs: each mixed scheme against the uniform 2-bit one of the same method and group)
-RECOVERY_PAIRS = {"mixed": "rtn2", "mixed_range": "rtn2", "mixed_random": "rtn2", "mixed_act": "rtn2",
-                  "gptq_mixed": "gptq2"}
+RECOVERY_PAIRS = {
+    "mixed": "rtn2",
+    "mixed_range": "rtn2",
+    "mixed_random": "rtn2",
+    "mixed_act": "rtn2",
+    "gptq_mixed": "gptq2",
+}
 
 
 def methods(full: bool) -> list[QuantSpec]:
@@ -55,6 +68,7 @@ def methods(full: bool) -> list[QuantSpec]:
 def hqq_available() -> bool:
     try:
         import hqq.core.quantize  # noqa: F401
+
         return True
     except Exception:
         return False
@@ -72,15 +86,22 @@ def find_draft() -> tuple[str, dict] | None:
         versions = MlflowClient(default_tracking_uri()).search_model_versions("name='lm-draft'")
         if versions:
             newest = max(versions, key=lambda v: int(v.version))
-            info["registered_lm_draft_newest"] = {"version": str(newest.version), "run_id": newest.run_id,
-                                                  "source": newest.source}
+            info["registered_lm_draft_newest"] = {
+                "version": str(newest.version),
+                "run_id": newest.run_id,
+                "source": newest.source,
+            }
     except Exception as exc:  # the store may be absent on a fresh checkout
         info["registered_lm_draft_newest"] = f"not readable: {exc.__class__.__name__}"
     if (folder / "config.json").exists():
         weights = folder / "model.safetensors"
-        info.update({"path": str(folder.relative_to(PROJECT_ROOT)),
-                     "weights_sha256_first_16mb": hashlib.sha256(weights.open("rb").read(16 << 20)).hexdigest()[:16],
-                     "weights_mtime_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(weights.stat().st_mtime))})
+        info.update(
+            {
+                "path": str(folder.relative_to(PROJECT_ROOT)),
+                "weights_sha256_first_16mb": hashlib.sha256(weights.open("rb").read(16 << 20)).hexdigest()[:16],
+                "weights_mtime_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(weights.stat().st_mtime)),
+            }
+        )
         return str(folder), info
     try:
         from tasks.tracking import load_registered_model_dir
@@ -134,10 +155,19 @@ def allocation_summary(qmodel) -> dict[str, dict]:
 
 
 @torch.no_grad()
-def bench_model(source: str, label: str, full: bool, context: int, n_windows: int, decode_tokens: int,
-                matvec_repeats: int, bandwidth_gbs: float) -> dict:
-    from components.lm import smollm2
+def bench_model(
+    source: str,
+    label: str,
+    full: bool,
+    context: int,
+    n_windows: int,
+    decode_tokens: int,
+    matvec_repeats: int,
+    bandwidth_gbs: float,
+) -> dict:
     from tokenizers import Tokenizer
+
+    from components.lm import smollm2
 
     model, base = load_base_model(source)
     tok_dir = base.get("tokenizer_dir") or str(smollm2.cache_dir())
@@ -146,15 +176,20 @@ def bench_model(source: str, label: str, full: bool, context: int, n_windows: in
     block = getattr(getattr(model, "config", None), "block_size", None)
     ctx = min(context, block) if block else context
     eval_batches = windows(encode(tokenizer, eval_text), ctx, n_windows)
-    calib_all = windows(encode(tokenizer, calib_text), ctx, 10 ** 6)
+    calib_all = windows(encode(tokenizer, calib_text), ctx, 10**6)
     calib_batches, heldout_calib = calib_all[:CALIBRATION_WINDOWS], calib_all[-SENSITIVITY_WINDOWS:]
     specs = [s for s in methods(full) if s.method != "hqq" or hqq_available()]
     need = [needs_calibration(s) for s in specs]
     calib, calib_s = None, 0.0
     if any(n[0] for n in need):
         start = time.perf_counter()
-        calib = calibrate(model, calib_batches, list(target_linears(model)), hessian=any(n[1] for n in need),
-                          fisher=any(n[2] for n in need))
+        calib = calibrate(
+            model,
+            calib_batches,
+            list(target_linears(model)),
+            hessian=any(n[1] for n in need),
+            fisher=any(n[2] for n in need),
+        )
         calib_s = time.perf_counter() - start
     rows, mixed_model = {}, None
     tmp = Path(tempfile.mkdtemp(prefix="quant-bench-"))
@@ -168,16 +203,23 @@ def bench_model(source: str, label: str, full: bool, context: int, n_windows: in
         bits = model_bits(qmodel)
         saved = save_quantized(qmodel, tmp / spec.name, spec, base) if spec.quantizes else None
         rows[spec.name] = {
-            "group_size": spec.group_size if spec.quantizes else None, "score": spec.score if spec.quantizes else None,
+            "group_size": spec.group_size if spec.quantizes else None,
+            "score": spec.score if spec.quantizes else None,
             "bit_budget": spec.bit_budget or None,
             "bits_per_weight": bits["bits_per_weight"] if spec.quantizes else 32.0,
-            "perplexity": ppl["perplexity"], "nll": ppl["nll"], "eval_tokens": ppl["tokens"],
+            "perplexity": ppl["perplexity"],
+            "nll": ppl["nll"],
+            "eval_tokens": ppl["tokens"],
             "quantize_seconds": quant_s,
             "quantized_layer_mb": bits["quantized_bits"] / 8e6 if spec.quantizes else None,
             "disk_mb": folder_mb(saved) if saved else None,
-            **{k: v for k, v in bits.items() if k.startswith("bits_") and k != "bits_per_weight"}}
-        print(f"[{label}] {spec.name}: {rows[spec.name]['bits_per_weight']:.3f} bits/w, ppl {ppl['perplexity']:.3f} "
-              f"({quant_s:.0f} s)", flush=True)
+            **{k: v for k, v in bits.items() if k.startswith("bits_") and k != "bits_per_weight"},
+        }
+        print(
+            f"[{label}] {spec.name}: {rows[spec.name]['bits_per_weight']:.3f} bits/w, ppl {ppl['perplexity']:.3f} "
+            f"({quant_s:.0f} s)",
+            flush=True,
+        )
         if spec.name == "mixed":
             mixed_model = qmodel
         else:
@@ -193,24 +235,39 @@ def bench_model(source: str, label: str, full: bool, context: int, n_windows: in
     rows["fp32"]["disk_mb"] = folder_mb(fp_dir)
 
     sensitivity = type_sensitivity(model, method_spec("rtn2"), heldout_calib)
-    print(f"[{label}] 2-bit sensitivity (NLL, held-out calibration text): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in sensitivity.items()), flush=True)
+    print(
+        f"[{label}] 2-bit sensitivity (NLL, held-out calibration text): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sensitivity.items()),
+        flush=True,
+    )
     matvec, working_sets = matvec_by_shape(model, mixed_model, matvec_repeats, working_set_mib=BANDWIDTH_MIB)
     add_ratios(matvec, working_sets, bandwidth_gbs)
     decode = {}
     if decode_tokens:
         tps = decode_speed(model, mixed_model, eval_batches[0][:, :16], decode_tokens)
         decode = {"fp32": tps["fp32"], "mixed": tps["quantized"]}
-    return {"source": base["source"], "context": ctx, "eval_windows": len(eval_batches),
-            "eval_tokens": rows["fp32"]["eval_tokens"], "calibration_windows": len(calib_batches),
-            "calibration_seconds": calib_s, "methods": rows,
-            "recovery_vs_uniform_2bit": {f"{m}_vs_{u}": recovery(rows, m, u) for m, u in RECOVERY_PAIRS.items()
-                                         if m in rows and u in rows},
-            "sensitivity_2bit_by_layer_type_nll": {"text": f"last {SENSITIVITY_WINDOWS} calibration windows "
-                                                   "(disjoint from evaluation)", "spec": "rtn2", **sensitivity},
-            "mixed_allocation_by_layer_type": allocation_summary(mixed_model),
-            "matvec": matvec, "matvec_working_sets": working_sets, "decode_tokens_per_s": decode,
-            "decode_speedup": decode["mixed"] / decode["fp32"] if decode else None}
+    return {
+        "source": base["source"],
+        "context": ctx,
+        "eval_windows": len(eval_batches),
+        "eval_tokens": rows["fp32"]["eval_tokens"],
+        "calibration_windows": len(calib_batches),
+        "calibration_seconds": calib_s,
+        "methods": rows,
+        "recovery_vs_uniform_2bit": {
+            f"{m}_vs_{u}": recovery(rows, m, u) for m, u in RECOVERY_PAIRS.items() if m in rows and u in rows
+        },
+        "sensitivity_2bit_by_layer_type_nll": {
+            "text": f"last {SENSITIVITY_WINDOWS} calibration windows (disjoint from evaluation)",
+            "spec": "rtn2",
+            **sensitivity,
+        },
+        "mixed_allocation_by_layer_type": allocation_summary(mixed_model),
+        "matvec": matvec,
+        "matvec_working_sets": working_sets,
+        "decode_tokens_per_s": decode,
+        "decode_speedup": decode["mixed"] / decode["fp32"] if decode else None,
+    }
 
 
 def add_ratios(latency: dict, working_sets: dict, bandwidth_gbs: float) -> None:
@@ -219,8 +276,11 @@ def add_ratios(latency: dict, working_sets: dict, bandwidth_gbs: float) -> None:
         for m in res:
             res[m]["speedup_vs_fp32"] = res["fp32"]["seconds"] / res[m]["seconds"]
             res[m]["fraction_of_memory_bandwidth"] = res[m]["gb_per_s"] / bandwidth_gbs
-        print(f"  matvec {shape} ({working_sets[shape]['layers']} layers): "
-              + ", ".join(f"{m} {v['seconds'] * 1e6:.0f} us" for m, v in res.items()), flush=True)
+        print(
+            f"  matvec {shape} ({working_sets[shape]['layers']} layers): "
+            + ", ".join(f"{m} {v['seconds'] * 1e6:.0f} us" for m, v in res.items()),
+            flush=True,
+        )
 
 
 def largest_shapes(matvec: dict) -> list[str]:
@@ -252,8 +312,12 @@ def plot(results: dict):
         shapes = list(res["matvec"])
         meths = list(res["matvec"][shapes[0]])
         for j, m in enumerate(meths):
-            ax.bar([k + j * 0.2 for k in range(len(shapes))], [res["matvec"][s][m]["gb_per_s"] for s in shapes],
-                   width=0.2, label=m)
+            ax.bar(
+                [k + j * 0.2 for k in range(len(shapes))],
+                [res["matvec"][s][m]["gb_per_s"] for s in shapes],
+                width=0.2,
+                label=m,
+            )
         ax.axhline(results["memory_gb_per_s"], ls="--", c="k", label="memory bandwidth (sum of 512 MiB)")
         ax.set_xticks([k + 0.3 for k in range(len(shapes))], shapes)
         ax.set(title=f"{label}: batch-1 matvec, achieved GB/s of weights read", ylabel="GB/s")
@@ -266,18 +330,32 @@ def plot(results: dict):
 def main(argv=None) -> None:
     args = parse_mode(__doc__.splitlines()[0], argv)
     full = bool(args.full)
-    settings = {"context": 256, "windows": 16 if full else 4, "decode_tokens": 32 if full else 12,
-                "matvec_repeats": 9 if full else 5, "methods": FULL_METHODS if full else QUICK_METHODS,
-                "calibration_windows": CALIBRATION_WINDOWS, "sensitivity_windows": SENSITIVITY_WINDOWS}
+    settings = {
+        "context": 256,
+        "windows": 16 if full else 4,
+        "decode_tokens": 32 if full else 12,
+        "matvec_repeats": 9 if full else 5,
+        "methods": FULL_METHODS if full else QUICK_METHODS,
+        "calibration_windows": CALIBRATION_WINDOWS,
+        "sensitivity_windows": SENSITIVITY_WINDOWS,
+    }
     bandwidth = memory_bandwidth(BANDWIDTH_MIB)
-    results = {"settings": settings, "memory_gb_per_s": bandwidth, "fused_kernel": fused_cpu.available(),
-               "fused_kernel_note": fused_cpu.unavailable_reason() if not fused_cpu.available() else "gcc -O3 -march=native, OpenMP",
-               "hqq": "hqq 0.2.8.post1 installed, HQQ fit runs on CPU" if hqq_available() else "hqq not importable",
-               "heldout_text": "pydoc_data.topics (CPython docs), seeded topic split, non-overlapping windows",
-               "note": ("SmolLM2's packaged weights are Q4_1: its fp32 row is the dequantized 4-bit model. "
-                        "Shared 2-core machine (other engineers' jobs running): timings are medians of "
-                        "alternating repeats; compare ratios."),
-               "models": {}}
+    results = {
+        "settings": settings,
+        "memory_gb_per_s": bandwidth,
+        "fused_kernel": fused_cpu.available(),
+        "fused_kernel_note": fused_cpu.unavailable_reason()
+        if not fused_cpu.available()
+        else "gcc -O3 -march=native, OpenMP",
+        "hqq": "hqq 0.2.8.post1 installed, HQQ fit runs on CPU" if hqq_available() else "hqq not importable",
+        "heldout_text": "pydoc_data.topics (CPython docs), seeded topic split, non-overlapping windows",
+        "note": (
+            "SmolLM2's packaged weights are Q4_1: its fp32 row is the dequantized 4-bit model. "
+            "Shared 2-core machine (other engineers' jobs running): timings are medians of "
+            "alternating repeats; compare ratios."
+        ),
+        "models": {},
+    }
     sources = [("smollm2", "smollm2", {})]
     draft = find_draft()
     if draft:
@@ -285,8 +363,16 @@ def main(argv=None) -> None:
     else:
         results["draft_note"] = "no trained draft found (data/lm_train/draft or registered lm-draft): skipped"
     for label, source, provenance in sources:
-        results["models"][label] = bench_model(source, label, full, settings["context"], settings["windows"],
-                                               settings["decode_tokens"], settings["matvec_repeats"], bandwidth)
+        results["models"][label] = bench_model(
+            source,
+            label,
+            full,
+            settings["context"],
+            settings["windows"],
+            settings["decode_tokens"],
+            settings["matvec_repeats"],
+            bandwidth,
+        )
         if provenance:
             results["models"][label]["provenance"] = provenance
     targets = []
@@ -297,8 +383,10 @@ def main(argv=None) -> None:
         targets.append(target(f"mixed_ppl_recovery_vs_rtn2{sfx}", rec["ppl"], 0.5, ">="))
         targets.append(target(f"mixed_log_ppl_recovery_vs_rtn2{sfx}", rec["log_ppl"], 0.5, ">="))
         big = largest_shapes(res["matvec"])
-        best = {s: max((m for m in res["matvec"][s] if m != "fp32"), key=lambda m: res["matvec"][s][m]["speedup_vs_fp32"])
-                for s in big}
+        best = {
+            s: max((m for m in res["matvec"][s] if m != "fp32"), key=lambda m: res["matvec"][s][m]["speedup_vs_fp32"])
+            for s in big
+        }
         speedup = min(res["matvec"][s][best[s]]["speedup_vs_fp32"] for s in big)
         res["largest_layer_shapes"] = big
         res["largest_layer_best_path"] = best

@@ -26,8 +26,11 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR
 
 ROOT = RESULTS_DIR.parent.parent
-MARKER = re.compile(r"(<!-- results: *(?P<name>[\w-]+)(?P<path>(?:/[\w.@-]+)*)(?:: *(?P<columns>[\w., -]+?))? *-->\n)"
-                    r"(?P<body>.*?)(<!-- /results -->)", re.S)
+MARKER = re.compile(
+    r"(<!-- results: *(?P<name>[\w-]+)(?P<path>(?:/[\w.@-]+)*)(?:: *(?P<columns>[\w., -]+?))? *-->\n)"
+    r"(?P<body>.*?)(<!-- /results -->)",
+    re.S,
+)
 
 
 def _number(value: float) -> str:
@@ -67,8 +70,10 @@ def _source_line(result: dict) -> str:
 def targets_table(result: dict) -> str:
     rows = ["| target | measured | goal | met |", "|---|---|---|---|"]
     for t in result.get("targets", []):
-        rows.append(f"| `{t['name']}` | {_number(t['value'])} | {t['op']} {_number(t['goal'])} "
-                    f"| {'yes' if t['met'] else '**no**'} |")
+        rows.append(
+            f"| `{t['name']}` | {_number(t['value'])} | {t['op']} {_number(t['goal'])} "
+            f"| {'yes' if t['met'] else '**no**'} |"
+        )
     if len(rows) == 2:
         rows.append("| (this benchmark lists no targets) | | | |")
     return "\n".join([_source_line(result), "", *rows])
@@ -153,8 +158,10 @@ def render(text: str, results: dict[str, dict], source: str = "") -> str:
     rendered = MARKER.sub(fill, text)
     opened = rendered.count("<!-- results:")
     if opened != len(MARKER.findall(rendered)):
-        raise ValueError(f"{source or 'markdown'}: a '<!-- results: ... -->' marker does not parse "
-                         "(name/path/columns) or has no '<!-- /results -->'")
+        raise ValueError(
+            f"{source or 'markdown'}: a '<!-- results: ... -->' marker does not parse "
+            "(name/path/columns) or has no '<!-- /results -->'"
+        )
     return rendered
 
 
@@ -178,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.check:
                 path.write_text(new)
     if args.check and stale:
-        print("tables differ from benchmarks/results/*.json (run python -m benchmarks.report): "
-              + ", ".join(stale), file=sys.stderr)
+        print(
+            "tables differ from benchmarks/results/*.json (run python -m benchmarks.report): " + ", ".join(stale),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

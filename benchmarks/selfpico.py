@@ -12,6 +12,7 @@ tuned by the `tune_selfpico` flow (then prompted zero-shot); `--llm-base-url` po
 OpenAI-compatible endpoint instead. `--dev` adds the development set (the flow's written snippets
 and package function bodies) for the rule-based predictors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,10 +68,13 @@ def type_error_judgement(reports: list[dict], snippets) -> dict[str, float]:
                 misattributed += 1
             else:
                 blamed_on_injection += 1
-    return {"latent_type_errors": float(len(latent)), "latent_type_errors_found": float(found),
-            "latent_type_errors_found_fraction": found / len(latent) if latent else 0.0,
-            "misattributed_type_errors": float(misattributed),
-            "type_errors_blamed_on_injected_values": float(blamed_on_injection)}
+    return {
+        "latent_type_errors": float(len(latent)),
+        "latent_type_errors_found": float(found),
+        "latent_type_errors_found_fraction": found / len(latent) if latent else 0.0,
+        "misattributed_type_errors": float(misattributed),
+        "type_errors_blamed_on_injected_values": float(blamed_on_injection),
+    }
 
 
 def run_set(snippets, predictors: dict, sandbox, label: str) -> dict[str, list[dict]]:
@@ -80,8 +84,11 @@ def run_set(snippets, predictors: dict, sandbox, label: str) -> dict[str, list[d
             report = execute_snippet(snippet, predictor, sandbox).as_dict()
             report.update(origin=snippet.origin, expected_error=snippet.expected_error)
             reports[name].append(report)
-        print(f"[{label} {i + 1}/{len(snippets)}] {snippet.id}: " +
-              ", ".join(f"{n}={reports[n][-1]['coverage']:.2f}" for n in predictors), file=sys.stderr)
+        print(
+            f"[{label} {i + 1}/{len(snippets)}] {snippet.id}: "
+            + ", ".join(f"{n}={reports[n][-1]['coverage']:.2f}" for n in predictors),
+            file=sys.stderr,
+        )
     return reports
 
 
@@ -97,16 +104,20 @@ def main() -> None:
     sandbox = Sandbox(SandboxLimits(wall_seconds=10, cpu_seconds=5))
     start = time.perf_counter()
     reports = run_set(heldout, predictors, sandbox, "heldout")
-    results: dict = {"heldout": {name: summarize(rows) | type_error_judgement(rows, heldout)
-                                 for name, rows in reports.items()}}
+    results: dict = {
+        "heldout": {name: summarize(rows) | type_error_judgement(rows, heldout) for name, rows in reports.items()}
+    }
     results["heldout_snippets"] = len(heldout)
     results["heldout_latent_type_errors_listed"] = [
-        {"snippet": s.id, "type": s.expected_error, "line": s.expected_error_line} for s in heldout if s.expected_error]
+        {"snippet": s.id, "type": s.expected_error, "line": s.expected_error_line} for s in heldout if s.expected_error
+    ]
     results["heldout_lines"] = sum(r["n_lines"] for r in reports["as_is"])
     if args.dev:
         dev = written_snippets() + package_function_snippets(
             ["textwrap", "difflib", "shlex", "fractions", "statistics", "html", "calendar", "colorsys"],
-            16 if args.quick else 40, seed=0)
+            16 if args.quick else 40,
+            seed=0,
+        )
         dev_predictors = {k: v for k, v in predictors.items() if k != "llm"}
         dev_reports = run_set(dev, dev_predictors, sandbox, "dev")
         results["development"] = {name: summarize(rows) for name, rows in dev_reports.items()}
@@ -119,8 +130,10 @@ def main() -> None:
         results["llm_fallback_values"] = predictors["llm"].fallback_values  # rule-based value after refusals
     results["seconds_total"] = time.perf_counter() - start
     results["per_snippet"] = reports
-    results["note"] = ("coverage = distinct executed lines where an ast.stmt starts / such lines (best run); "
-                       "held-out snippets only in the targets. 2 CPU cores shared with other work while measured.")
+    results["note"] = (
+        "coverage = distinct executed lines where an ast.stmt starts / such lines (best run); "
+        "held-out snippets only in the targets. 2 CPU cores shared with other work while measured."
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,20 +143,28 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     ax.bar(names, [results["heldout"][n]["line_coverage"] for n in names], color="tab:blue")
     for i, n in enumerate(names):
-        ax.text(i, results["heldout"][n]["line_coverage"] + 0.01, f"{results['heldout'][n]['line_coverage']:.2f}",
-                ha="center", fontsize=8)
+        ax.text(
+            i,
+            results["heldout"][n]["line_coverage"] + 0.01,
+            f"{results['heldout'][n]['line_coverage']:.2f}",
+            ha="center",
+            fontsize=8,
+        )
     ax.set_ylim(0, 1)
     ax.set_ylabel("line coverage (held-out)")
-    ax.set_title(f"SelfPiCo on {len(heldout)} held-out snippets" + (f" (LLM: {llm_name})" if llm_name else ""),
-                 fontsize=8)
+    ax.set_title(
+        f"SelfPiCo on {len(heldout)} held-out snippets" + (f" (LLM: {llm_name})" if llm_name else ""), fontsize=8
+    )
     rule = results["heldout"]["rule_based"]
     judged = results["heldout"].get("llm", rule)  # the method's figures; rule-based when no LLM ran
     results["type_error_targets_from"] = "llm" if "llm" in results["heldout"] else "rule_based"
     targets = [target("heldout_rule_based_line_coverage", rule["line_coverage"], 0.60, ">=")]
     if "llm" in results["heldout"]:
         llm_cov = results["heldout"]["llm"]["line_coverage"]
-        targets += [target("heldout_llm_line_coverage", llm_cov, 0.75, ">="),
-                    target("heldout_llm_minus_rule_based", llm_cov - rule["line_coverage"], 0.10, ">=")]
+        targets += [
+            target("heldout_llm_line_coverage", llm_cov, 0.75, ">="),
+            target("heldout_llm_minus_rule_based", llm_cov - rule["line_coverage"], 0.10, ">="),
+        ]
     targets += [
         target("heldout_latent_type_errors_found_fraction", judged["latent_type_errors_found_fraction"], 0.8, ">="),
         target("heldout_misattributed_type_errors", judged["misattributed_type_errors"], 0, "<="),

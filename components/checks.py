@@ -8,8 +8,9 @@ folder or checkpoint has been touched yet.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 
 class ConfigError(ValueError):

@@ -12,6 +12,7 @@ other import error still propagates, and `GRAPHBOLT_LOADED` records what happene
 samplers, `dgl.sparse`, UVA (`use_uva`, `pin_memory_inplace`) and CUDA stay unavailable, as they are
 in this CPU build anyway.
 """
+
 from __future__ import annotations
 
 import importlib.abc
@@ -38,7 +39,8 @@ def _raised_by_load_graphbolt(exc: BaseException) -> bool:
         return False
     code = tb.tb_frame.f_code
     return code.co_name == "load_graphbolt" and code.co_filename.replace(os.sep, "/").endswith(
-        "dgl/graphbolt/__init__.py")
+        "dgl/graphbolt/__init__.py"
+    )
 
 
 class _TolerantGraphboltLoader(importlib.abc.Loader):

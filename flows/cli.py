@@ -1,15 +1,16 @@
 """`mlsys`: one command line for every flow.
 
-    mlsys list                              flows, their config groups and options
-    mlsys run <flow> [key=value ...]        Hydra overrides; -m for sweeps; --cfg job to print
-    mlsys run <flow> --help                 that flow's config groups and every key with its meaning
-    mlsys promote <model> [version]         move the registry alias @serving (default: the @candidate)
-                                            if it passes its quality check [--check 'metric<=goal'] [--force]
-    mlsys deployments                       serve every flow as a Prefect deployment (needs a server)
-    mlsys server                            a local Prefect server on 127.0.0.1:4200
-    mlsys ui                                the MLflow UI on the project's store, 127.0.0.1:5000
-    mlsys -sc install=bash                  tab completion: eval "$(mlsys -sc install=bash)"
+mlsys list                              flows, their config groups and options
+mlsys run <flow> [key=value ...]        Hydra overrides; -m for sweeps; --cfg job to print
+mlsys run <flow> --help                 that flow's config groups and every key with its meaning
+mlsys promote <model> [version]         move the registry alias @serving (default: the @candidate)
+                                        if it passes its quality check [--check 'metric<=goal'] [--force]
+mlsys deployments                       serve every flow as a Prefect deployment (needs a server)
+mlsys server                            a local Prefect server on 127.0.0.1:4200
+mlsys ui                                the MLflow UI on the project's store, 127.0.0.1:5000
+mlsys -sc install=bash                  tab completion: eval "$(mlsys -sc install=bash)"
 """
+
 from __future__ import annotations
 
 import os
@@ -71,9 +72,13 @@ def flow_help(name: str) -> str:
     from flows.schema import describe_fields
 
     spec = get_spec(name)
-    lines = [f"{name}: {spec.flow.description or ''}", "",
-             f"Usage: mlsys run {name} [key=value ...] [group=option ...]   (-m: sweep comma lists, "
-             "e.g. seed=1,2; --cfg job: print the composed config)", ""]
+    lines = [
+        f"{name}: {spec.flow.description or ''}",
+        "",
+        f"Usage: mlsys run {name} [key=value ...] [group=option ...]   (-m: sweep comma lists, "
+        "e.g. seed=1,2; --cfg job: print the composed config)",
+        "",
+    ]
     groups = flow_groups(name)
     if groups:
         lines.append("Config groups (group=option; * = default):")
@@ -177,7 +182,7 @@ def complete(argv: list[str]) -> None:
     if flow not in discover_flows():
         return
     prefix = line.split(flow, 1)[0] + flow
-    rest = line[len(prefix):]
+    rest = line[len(prefix) :]
     os.environ["COMP_LINE"] = "mlsys" + rest  # Hydra strips the app name and completes the overrides
     os.environ["COMP_POINT"] = str(len(os.environ["COMP_LINE"]))
     sys.argv = ["mlsys", *argv]
@@ -189,8 +194,11 @@ def promote_model(argv: list[str]) -> None:
 
     from tasks.tracking import promote
 
-    parser = argparse.ArgumentParser(prog="mlsys promote", description="Move @serving to a model version that "
-                                     "passes its quality check (the check recorded at registration by default).")
+    parser = argparse.ArgumentParser(
+        prog="mlsys promote",
+        description="Move @serving to a model version that "
+        "passes its quality check (the check recorded at registration by default).",
+    )
     parser.add_argument("model")
     parser.add_argument("version", nargs="?", help="default: the version holding @candidate")
     parser.add_argument("--check", help="metric<=goal on the version's run metrics, e.g. val_perplexity<=300")
@@ -214,8 +222,10 @@ def serve_deployments() -> None:
 
     if not os.environ.get("PREFECT_API_URL"):
         sys.exit("mlsys deployments: set PREFECT_API_URL to a Prefect server (start one with `mlsys server`)")
-    deployments = [spec.flow.to_deployment(name="default", entrypoint_type=EntrypointType.MODULE_PATH)
-                   for spec in discover_flows().values()]
+    deployments = [
+        spec.flow.to_deployment(name="default", entrypoint_type=EntrypointType.MODULE_PATH)
+        for spec in discover_flows().values()
+    ]
     serve(*deployments)
 
 
@@ -224,9 +234,23 @@ def mlflow_ui_command(extra: list[str]) -> tuple[list[str], dict]:
     2.6 GB, for its GenAI job executor otherwise)."""
     store = PROJECT_ROOT / "mlflow"
     store.mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", "5000", "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-               "--default-artifact-root", (store / "artifacts").as_uri(), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5000",
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{store / 'mlflow.db'}",
+        "--default-artifact-root",
+        (store / "artifacts").as_uri(),
+        *extra,
+    ]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return command, env
 
@@ -256,8 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "server":
         # The UI is off for the temporary per-process servers (start-up cost); on for this one.
         env = {**os.environ, "PREFECT_UI_ENABLED": "true"}
-        subprocess.run([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", *rest],
-                       check=False, env=env)
+        subprocess.run(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", *rest], check=False, env=env
+        )
     elif command == "ui":
         ui_command, env = mlflow_ui_command(rest)
         subprocess.run(ui_command, check=False, env=env)

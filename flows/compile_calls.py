@@ -1,4 +1,5 @@
 """`compile_calls`: LLMCompiler (plan -> parallel tool calls -> join/replan) vs ReAct on ParallelQA-style questions."""
+
 from __future__ import annotations
 
 import statistics
@@ -31,11 +32,21 @@ class CompileCallsConfig(FlowConfig):
         at_least("questions", self.questions, 1)
 
 
-@system_flow(name="compile_calls", config=CompileCallsConfig,
-             # suite demo: one question with the embedded model, both methods, short generations
-             demo=["questions=1", "agent.planner_max_tokens=128", "agent.react_max_steps=4",
-                   "agent.react_step_max_tokens=48", "agent.joiner_max_tokens=48", "agent.max_replans=0"],
-             summary_metric="speedup", order=60)
+@system_flow(
+    name="compile_calls",
+    config=CompileCallsConfig,
+    # suite demo: one question with the embedded model, both methods, short generations
+    demo=[
+        "questions=1",
+        "agent.planner_max_tokens=128",
+        "agent.react_max_steps=4",
+        "agent.react_step_max_tokens=48",
+        "agent.joiner_max_tokens=48",
+        "agent.max_replans=0",
+    ],
+    summary_metric="speedup",
+    order=60,
+)
 def compile_calls(cfg: CompileCallsConfig, tracker: Tracker) -> dict[str, float]:
     """LLMCompiler vs ReAct: tool calls as Prefect tasks, plans and answers in MLflow."""
     from components.compiler.evaluation import build_agent, evaluate, summarize
@@ -53,16 +64,28 @@ def compile_calls(cfg: CompileCallsConfig, tracker: Tracker) -> dict[str, float]
     tools, submit = tool_descriptions(cfg.tools), prefect_submit(cfg.tools)
     agents = {m: build_agent(m, llm, tools, submit, cfg.agent) for m in cfg.methods}
     warm_up(cfg.tools, calls=max(cfg.runner.max_workers, cfg.runner.n_workers))  # not measured
-    tracker.log_dict({"questions": [asdict(q) for q in questions],
-                      "knowledge_base": {e.name: e.attributes for e in kb.entities.values()}}, "inputs.json")
+    tracker.log_dict(
+        {
+            "questions": [asdict(q) for q in questions],
+            "knowledge_base": {e.name: e.attributes for e in kb.entities.values()},
+        },
+        "inputs.json",
+    )
 
     def log_one(i, question, result, correct):
-        tracker.log_metrics({f"{result.method}.latency_s": result.latency_s,
-                             f"{result.method}.correct": float(correct),
-                             f"{result.method}.llm_calls": result.llm_calls}, step=i)
+        tracker.log_metrics(
+            {
+                f"{result.method}.latency_s": result.latency_s,
+                f"{result.method}.correct": float(correct),
+                f"{result.method}.llm_calls": result.llm_calls,
+            },
+            step=i,
+        )
         tracker.log_dict(result.as_dict(), f"traces/{question.qid}.{result.method}.json")
-        print(f"[{question.qid}] {result.method}: {result.answer!r} (gold {question.answer!r}, "
-              f"{'correct' if correct else 'wrong'}) in {result.latency_s:.2f} s, {result.llm_calls} LLM calls")
+        print(
+            f"[{question.qid}] {result.method}: {result.answer!r} (gold {question.answer!r}, "
+            f"{'correct' if correct else 'wrong'}) in {result.latency_s:.2f} s, {result.llm_calls} LLM calls"
+        )
 
     rows = evaluate(questions, agents, on_result=log_one)
     tracker.log_dict(rows, "results/answers.json")

@@ -1,6 +1,7 @@
 """`coscientist`: generate, review, debate (Elo), evolve and de-duplicate research hypotheses under
 a compute budget (Towards an AI co-scientist, Google 2025). The supervisor's asynchronous queue
 runs each agent call as a Prefect task; state persists in SQLite so a stopped run resumes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,10 @@ class AgentSettings:
 
 @dataclass
 class CoscientistConfig(FlowConfig):
-    goal: str = ("Propose a mechanism by which gut microbiome composition could influence the efficacy "
-                 "of immune checkpoint inhibitors, and how to test it.")  # the research goal (paper: a scientist's prompt)
+    goal: str = (
+        "Propose a mechanism by which gut microbiome composition could influence the efficacy "
+        "of immune checkpoint inhibitors, and how to test it."
+    )  # the research goal (paper: a scientist's prompt)
     constraints: str = ""  # e.g. "must be testable in mice within 6 months"
     prior_ideas: list[str] = field(default_factory=list)  # the scientist's own ideas, shown to Generation
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -70,10 +73,19 @@ def _set_aside(path: Path) -> Path | None:
     return moved
 
 
-@system_flow(name="coscientist", config=CoscientistConfig,
-             demo=["budget.calls=6", "supervisor.initial_hypotheses=2", "supervisor.max_parallel=1",
-                   "agents.max_tokens=48", "report_top=3"],
-             summary_metric="top_elo", order=60)
+@system_flow(
+    name="coscientist",
+    config=CoscientistConfig,
+    demo=[
+        "budget.calls=6",
+        "supervisor.initial_hypotheses=2",
+        "supervisor.max_parallel=1",
+        "agents.max_tokens=48",
+        "report_top=3",
+    ],
+    summary_metric="top_elo",
+    order=60,
+)
 def coscientist(cfg: CoscientistConfig, tracker) -> dict[str, float]:
     """Generate, debate and evolve hypotheses in an Elo tournament under a compute budget."""
     path = state_path(cfg)
@@ -82,8 +94,15 @@ def coscientist(cfg: CoscientistConfig, tracker) -> dict[str, float]:
     state = TournamentState(path, cfg.goal, cfg.elo)
     resumed_tasks = state.spent()["tasks"]
     tracker.set_tags({"coscientist.state_file": str(path), "coscientist.resumed_tasks": resumed_tasks})
-    spec = AgentSpec(cfg.goal, cfg.constraints, list(cfg.prior_ideas), cfg.agents.max_tokens, cfg.agents.temperature,
-                     cfg.llm, str(cfg.work_path()))
+    spec = AgentSpec(
+        cfg.goal,
+        cfg.constraints,
+        list(cfg.prior_ideas),
+        cfg.agents.max_tokens,
+        cfg.agents.temperature,
+        cfg.llm,
+        str(cfg.work_path()),
+    )
     proximity = Proximity(cfg.proximity)
     submit = prefect_submit(spec, cfg.supervisor.max_parallel)
     usage_before = agent_suite(spec).llm.usage.as_dict()  # the LLM is cached per process: log this run's share
@@ -92,13 +111,28 @@ def coscientist(cfg: CoscientistConfig, tracker) -> dict[str, float]:
     def log_progress(work, result, effect) -> None:
         spent = state.spent()
         active = state.hypotheses(statuses=("active",))
-        tracker.log_metrics({"spent_calls": spent["calls"], "spent_tokens": spent["tokens"],
-                             "hypotheses": len(state.hypotheses()), "active": len(active),
-                             "top_elo": max((h["elo"] for h in active), default=cfg.elo.initial)},
-                            step=spent["tasks"])
+        tracker.log_metrics(
+            {
+                "spent_calls": spent["calls"],
+                "spent_tokens": spent["tokens"],
+                "hypotheses": len(state.hypotheses()),
+                "active": len(active),
+                "top_elo": max((h["elo"] for h in active), default=cfg.elo.initial),
+            },
+            step=spent["tasks"],
+        )
 
-    supervisor = Supervisor(state, agent_suite(spec), proximity, cfg.budget, cfg.supervisor, cfg.elo,
-                            submit=submit, on_commit=log_progress, seed=cfg.seed)
+    supervisor = Supervisor(
+        state,
+        agent_suite(spec),
+        proximity,
+        cfg.budget,
+        cfg.supervisor,
+        cfg.elo,
+        submit=submit,
+        on_commit=log_progress,
+        seed=cfg.seed,
+    )
     try:
         summary = supervisor.run()
     finally:
@@ -113,9 +147,16 @@ def coscientist(cfg: CoscientistConfig, tracker) -> dict[str, float]:
     ranking = supervisor.ranking()
     state.close()
     spent = summary["spent"]
-    return {"top_elo": ranking[0]["elo"] if ranking else cfg.elo.initial, "hypotheses": summary["hypotheses"],
-            "active_hypotheses": summary["by_status"].get("active", 0),
-            "duplicates": summary["by_status"].get("duplicate", 0), "matches": summary["matches"],
-            "debates": summary["debates"], "void_matches": summary["void_matches"],
-            "llm_calls": spent["calls"], "tokens": spent["tokens"], "malformed_outputs": spent["malformed"],
-            "wall_s": wall}
+    return {
+        "top_elo": ranking[0]["elo"] if ranking else cfg.elo.initial,
+        "hypotheses": summary["hypotheses"],
+        "active_hypotheses": summary["by_status"].get("active", 0),
+        "duplicates": summary["by_status"].get("duplicate", 0),
+        "matches": summary["matches"],
+        "debates": summary["debates"],
+        "void_matches": summary["void_matches"],
+        "llm_calls": spent["calls"],
+        "tokens": spent["tokens"],
+        "malformed_outputs": spent["malformed"],
+        "wall_s": wall,
+    }

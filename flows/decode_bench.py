@@ -2,14 +2,15 @@
 side by side on the same prompts with the same total cores; tokens/s, speedups, α, MAT, forwards,
 the Leviathan bound for the measured α and c, and SD/PEARL round models priced with the measured
 per-forward costs (components/decoding/bench.py), with the α each target would need."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
 from components.checks import ConfigError, at_least
-from flows.serve import ServeModelsConfig
 from flows.platform import FlowConfig, system_flow
+from flows.serve import ServeModelsConfig
 from tasks.serve import benchmark_decoding, resolve_models
 from tasks.tracking import Tracker
 
@@ -49,10 +50,22 @@ class DecodeBenchConfig(FlowConfig):
             at_least("threads", self.threads, 1)
 
 
-@system_flow(name="decode_bench", config=DecodeBenchConfig, order=31, summary_metric="pearl_speedup_vs_ar",
-             demo=["models.target=tiny_random", "models.draft=layerskip", "models.draft_layers=1",
-                   "bench.code_prompts=1", "bench.chat_prompts=1", "bench.max_new_tokens=16",
-                   "bench.sd_gammas=[2,4]", "bench.repeats=1"])
+@system_flow(
+    name="decode_bench",
+    config=DecodeBenchConfig,
+    order=31,
+    summary_metric="pearl_speedup_vs_ar",
+    demo=[
+        "models.target=tiny_random",
+        "models.draft=layerskip",
+        "models.draft_layers=1",
+        "bench.code_prompts=1",
+        "bench.chat_prompts=1",
+        "bench.max_new_tokens=16",
+        "bench.sd_gammas=[2,4]",
+        "bench.repeats=1",
+    ],
+)
 def decode_bench(cfg: DecodeBenchConfig, tracker: Tracker) -> dict[str, float]:
     """Decoding benchmark: AR vs SD vs PEARL (+ ablations, HF assisted) with equal cores."""
     import torch

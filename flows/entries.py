@@ -4,6 +4,7 @@ Prefect loads a deployment's flow by entrypoint in a fresh process; importing th
 discovers every flow and exposes it under the flow's name. The deployment runs the flow itself
 (no wrapper): its parameters are the typed `config` form, `overrides` and `multirun`.
 """
+
 import tasks  # noqa: F401  (environment defaults before Prefect/MLflow import, also when loaded by path)
 from flows.platform import discover_flows
 

@@ -4,6 +4,7 @@ partition the data -> run the chosen scheduler on the chosen driver (the virtual
 Flower) -> evaluate the global model after each aggregation -> log accuracy vs (virtual) time, the
 per-aggregation metrics and the final model to MLflow.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,11 @@ class FedSpeedConfig:
         if self.kind != GIVEN and (self.step_times or self.step_times_file):
             raise ConfigError("fed_speed.kind", self.kind, "step_times / step_times_file need fed_speed.kind=given")
         if self.kind == GIVEN and bool(self.step_times) == bool(self.step_times_file):
-            raise ConfigError("fed_speed.step_times", self.step_times,
-                              "kind=given takes exactly one of step_times (a list) or step_times_file")
+            raise ConfigError(
+                "fed_speed.step_times",
+                self.step_times,
+                "kind=given takes exactly one of step_times (a list) or step_times_file",
+            )
         if not self.mean > 0:
             raise ConfigError("fed_speed.mean", self.mean, "must be > 0 seconds per step")
         at_least("fed_speed.sigma_ratio", self.sigma_ratio, 0.0)
@@ -172,8 +176,11 @@ class FederatedConfig(FlowConfig):
         _check(self)
         speed = self.fed_speed
         if speed.kind == GIVEN:  # one step time per client, checked now (file, line, value)
-            speed.step_times = (read_step_times(speed.step_times_file, self.clients) if speed.step_times_file
-                                else check_step_times(list(speed.step_times), self.clients, "fed_speed.step_times"))
+            speed.step_times = (
+                read_step_times(speed.step_times_file, self.clients)
+                if speed.step_times_file
+                else check_step_times(list(speed.step_times), self.clients, "fed_speed.step_times")
+            )
         if self.fed_strategy.round_timeout is None:  # generous: an honest round takes local_steps x its speed
             self.fed_strategy.round_timeout = 10.0 * self.fed_strategy.local_steps * self.fed_speed.mean
 
@@ -196,10 +203,13 @@ def _check(cfg: FederatedConfig) -> None:
     at_least("torch_threads", cfg.torch_threads, 1)
 
 
-@system_flow(name="federated", config=FederatedConfig,
-             demo=["rounds=12", "clients=5", "fed_strategy.q_max=20", "fed_strategy.q_min=4",
-                   "fed_strategy.local_steps=20"],
-             summary_metric="top_accuracy", order=50)
+@system_flow(
+    name="federated",
+    config=FederatedConfig,
+    demo=["rounds=12", "clients=5", "fed_strategy.q_max=20", "fed_strategy.q_min=4", "fed_strategy.local_steps=20"],
+    summary_metric="top_accuracy",
+    order=50,
+)
 def federated(cfg: FederatedConfig, tracker: Tracker) -> dict[str, float]:
     """Federated training under FedCompass / FedAvg / FedAsync / FedBuff; accuracy vs virtual time."""
     from tasks import federated as fed_tasks
@@ -209,9 +219,16 @@ def federated(cfg: FederatedConfig, tracker: Tracker) -> dict[str, float]:
     tracker.log_params({"data.client_sizes": federation.num_examples})
 
     def log_row(row: dict) -> None:
-        tracker.log_metrics({"accuracy": row["accuracy"], "loss": row["loss"], "virtual_time": row["time"],
-                             "aggregated_updates": row["aggregated_updates"],
-                             "mean_staleness": row["mean_staleness"]}, step=row["version"])
+        tracker.log_metrics(
+            {
+                "accuracy": row["accuracy"],
+                "loss": row["loss"],
+                "virtual_time": row["time"],
+                "aggregated_updates": row["aggregated_updates"],
+                "mean_staleness": row["mean_staleness"],
+            },
+            step=row["version"],
+        )
 
     if cfg.driver == "simulator":
         result = _run_simulator(cfg, federation, log_row)
@@ -225,8 +242,10 @@ def federated(cfg: FederatedConfig, tracker: Tracker) -> dict[str, float]:
     records = [r.__dict__ for r in result.records]
     tracker.log_dict(result.history, "federated/history.json")
     tracker.log_dict(records, "federated/aggregations.json")
-    tracker.log_figure(fed_tasks.curve_figure(result.history, f"{cfg.fed_strategy.name} on {cfg.fed_data.name}"),
-                       "federated/accuracy_vs_time.png")
+    tracker.log_figure(
+        fed_tasks.curve_figure(result.history, f"{cfg.fed_strategy.name} on {cfg.fed_data.name}"),
+        "federated/accuracy_vs_time.png",
+    )
     _log_model(cfg, federation, result.weights, tracker)
     return summary
 
@@ -236,14 +255,22 @@ def _run_simulator(cfg: FederatedConfig, federation, log_row):
     from tasks import federated as fed_tasks
 
     clock = VirtualClock()
-    scheduler = fed_tasks.build_scheduler(cfg.fed_strategy, cfg.clients, federation.num_examples,
-                                          federation.initial_weights, clock, cfg.client_weighting)
+    scheduler = fed_tasks.build_scheduler(
+        cfg.fed_strategy, cfg.clients, federation.num_examples, federation.initial_weights, clock, cfg.client_weighting
+    )
     simulator = Simulator(
-        scheduler, clock, fed_tasks.build_speeds(cfg.fed_speed, cfg.clients, cfg.seed),
-        fed_tasks.FanOutTrainer(federation, cfg.lr, cfg.batch_size, cfg.torch_threads), federation.evaluate,
-        seed=cfg.seed, time_budget=cfg.time_budget if cfg.time_budget is not None else math.inf,
-        max_updates=cfg.rounds, target_accuracy=cfg.target_accuracy,
-        crash_at={c: cfg.crash_at for c in cfg.crash_clients}, on_event=log_row)
+        scheduler,
+        clock,
+        fed_tasks.build_speeds(cfg.fed_speed, cfg.clients, cfg.seed),
+        fed_tasks.FanOutTrainer(federation, cfg.lr, cfg.batch_size, cfg.torch_threads),
+        federation.evaluate,
+        seed=cfg.seed,
+        time_budget=cfg.time_budget if cfg.time_budget is not None else math.inf,
+        max_updates=cfg.rounds,
+        target_accuracy=cfg.target_accuracy,
+        crash_at={c: cfg.crash_at for c in cfg.crash_clients},
+        on_event=log_row,
+    )
     return simulator.run()
 
 
@@ -251,8 +278,17 @@ def _log_model(cfg: FederatedConfig, federation, weights: dict, tracker: Tracker
     folder = cfg.work_path("federated", "model")
     np.savez(folder / "weights.npz", **weights)
     spec = federation.spec
-    (folder / "model.json").write_text(json.dumps({"kind": spec.kind, "input_shape": list(spec.input_shape),
-                                                   "n_classes": spec.n_classes, "width": spec.width,
-                                                   "dataset": cfg.fed_data.name, "strategy": cfg.fed_strategy.name}))
+    (folder / "model.json").write_text(
+        json.dumps(
+            {
+                "kind": spec.kind,
+                "input_shape": list(spec.input_shape),
+                "n_classes": spec.n_classes,
+                "width": spec.width,
+                "dataset": cfg.fed_data.name,
+                "strategy": cfg.fed_strategy.name,
+            }
+        )
+    )
     name = f"federated-{cfg.fed_data.name}-{spec.kind}" if cfg.register_model else None
     tracker.log_model_dir(folder, "model", registered_name=name)

@@ -1,4 +1,5 @@
 """gcn_train: GCN / GraphSAGE with neighbour sampling and a zero-copy feature loader (PyTorch-Direct)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -98,16 +99,28 @@ def training_device(cfg: GcnTrainConfig) -> str:
         if not dgl_supports_cuda():
             if cfg.device == "auto":
                 return "cpu"
-            raise ValueError(f"device={cfg.device!r} needs a CUDA build of DGL (the installed DGL is CPU-only); "
-                             "use device=cpu, or benchmarks/gcn_loader_cuda.py for the GPU gather comparison")
+            raise ValueError(
+                f"device={cfg.device!r} needs a CUDA build of DGL (the installed DGL is CPU-only); "
+                "use device=cpu, or benchmarks/gcn_loader_cuda.py for the GPU gather comparison"
+            )
     return device
 
 
 def _build(cfg: GcnTrainConfig, data, kind_cfg, seeds, batch_size, shuffle, max_batches=None):
     from tasks.gcn_train import make_loader
 
-    return make_loader(kind_cfg, data, seeds, cfg.fanouts, batch_size, seed=cfg.seed, device=training_device(cfg),
-                       shuffle=shuffle, max_batches=max_batches, sampling_threads=cfg.sampling_threads)
+    return make_loader(
+        kind_cfg,
+        data,
+        seeds,
+        cfg.fanouts,
+        batch_size,
+        seed=cfg.seed,
+        device=training_device(cfg),
+        shuffle=shuffle,
+        max_batches=max_batches,
+        sampling_threads=cfg.sampling_threads,
+    )
 
 
 def _train(cfg: GcnTrainConfig, tracker: Tracker, data, model, label: str, prefix: str):
@@ -125,8 +138,11 @@ def _train(cfg: GcnTrainConfig, tracker: Tracker, data, model, label: str, prefi
             stats = train_one_epoch(model, optimizer, train_loader, epoch, label, cfg.progress)
             val_accuracy.append(evaluate_model(model, val_loader))
             history.append(stats)
-            tracker.log_metrics({f"{prefix}{k}": v for k, v in stats.metrics().items() if k != "epoch"}
-                                | {f"{prefix}val_accuracy": val_accuracy[-1]}, step=epoch)
+            tracker.log_metrics(
+                {f"{prefix}{k}": v for k, v in stats.metrics().items() if k != "epoch"}
+                | {f"{prefix}val_accuracy": val_accuracy[-1]},
+                step=epoch,
+            )
         test_loader = _build(cfg, data, cfg.loader, data.test_idx, cfg.eval_batch_size, False)
         test_accuracy = evaluate_model(model, test_loader)
         test_loader.close()
@@ -136,10 +152,15 @@ def _train(cfg: GcnTrainConfig, tracker: Tracker, data, model, label: str, prefi
     return history, val_accuracy, test_accuracy
 
 
-@system_flow(name="gcn_train", config=GcnTrainConfig, summary_metric="test_accuracy", order=40,
-             demo=["graph.num_nodes=10000", "epochs=2", "batch_size=1024", "eval_batch_size=4096", "progress=false"])
+@system_flow(
+    name="gcn_train",
+    config=GcnTrainConfig,
+    summary_metric="test_accuracy",
+    order=40,
+    demo=["graph.num_nodes=10000", "epochs=2", "batch_size=1024", "eval_batch_size=4096", "progress=false"],
+)
 def gcn_train(cfg: GcnTrainConfig, tracker: Tracker) -> dict[str, float]:
-    """GCN/GraphSAGE with neighbour sampling; loader=zero_copy gathers features straight into aligned, double-buffered batches."""
+    """GCN/GraphSAGE with neighbour sampling; loader=zero_copy gathers features into aligned, reused batches."""
     import torch
 
     from components.graph.models import FeatureMLP
@@ -152,8 +173,9 @@ def gcn_train(cfg: GcnTrainConfig, tracker: Tracker) -> dict[str, float]:
     tracker.log_dict(data.describe(), "graph.json")
     tracker.log_metrics({f"graph.{k}": v for k, v in data.describe().items() if isinstance(v, (int, float))})
 
-    model = build_component(cfg.gnn_model, "gnn_model", in_feats=data.feat_dim, num_classes=data.num_classes,
-                            num_layers=len(cfg.fanouts))
+    model = build_component(
+        cfg.gnn_model, "gnn_model", in_feats=data.feat_dim, num_classes=data.num_classes, num_layers=len(cfg.fanouts)
+    )
     history, val_accuracy, test_accuracy = _train(cfg, tracker, data, model, "gnn", "")
     log_training_plots(tracker, history, val_accuracy, cfg.loader._target_.rsplit(".", 1)[-1])
     summary = summarise(history) | {"test_accuracy": test_accuracy, "final_val_accuracy": val_accuracy[-1]}

@@ -4,6 +4,7 @@ Episodes fan out as Prefect tasks (one per task record); the summary (success ra
 turns, invalid-action fraction, overall and per hardness), every trajectory and a table go to MLflow.
 Compare policies with a sweep: `mlsys run intercode -m ic_policy=gold,single_turn,try_again,react,plan_solve`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -65,16 +66,21 @@ class InterCodeConfig(FlowConfig):
                     raise ConfigError(key, getattr(self, key), "only used with task_file")
             return
         if self.sql_server_url:
-            raise ConfigError("sql_server_url", self.sql_server_url, "works with the built-in databases only, "
-                              "not with task_file")
+            raise ConfigError(
+                "sql_server_url", self.sql_server_url, "works with the built-in databases only, not with task_file"
+            )
         from components.intercode.user_tasks import load_task_file
 
         load_task_file(self.task_file, self.db_dir, self.fixture_dir)  # file, databases, fixtures: checked now
 
 
-@system_flow(name="intercode", config=InterCodeConfig,
-             demo=["ic_policy=gold", "tasks_per_env=4"],
-             summary_metric="success_rate", order=80)
+@system_flow(
+    name="intercode",
+    config=InterCodeConfig,
+    demo=["ic_policy=gold", "tasks_per_env=4"],
+    summary_metric="success_rate",
+    order=80,
+)
 def intercode(cfg: InterCodeConfig, tracker: Tracker) -> dict[str, float]:
     """InterCode: agents act in sandboxed SQL and Bash environments and are scored by execution."""
     from components.intercode.metrics import summarize
@@ -85,8 +91,14 @@ def intercode(cfg: InterCodeConfig, tracker: Tracker) -> dict[str, float]:
     if unknown or not cfg.envs:
         raise ValueError(f"envs must name some of {sorted(TASK_SETS)}, got {cfg.envs}")
     asset_dir = prepare_assets.submit(str(cfg.work_path(cfg.asset_dir)), cfg.seed).result()
-    common = {"policy_cfg": cfg.ic_policy, "llm_cfg": cfg.llm, "asset_dir": asset_dir, "sandbox_cfg": cfg.sandbox,
-              "sql_server_url": cfg.sql_server_url, "sql_order": cfg.sql_reward_order}
+    common = {
+        "policy_cfg": cfg.ic_policy,
+        "llm_cfg": cfg.llm,
+        "asset_dir": asset_dir,
+        "sandbox_cfg": cfg.sandbox,
+        "sql_server_url": cfg.sql_server_url,
+        "sql_order": cfg.sql_reward_order,
+    }
     calls = []
     if cfg.task_file is not None:
         calls = _user_task_calls(cfg, common)
@@ -108,8 +120,9 @@ def intercode(cfg: InterCodeConfig, tracker: Tracker) -> dict[str, float]:
             continue
         summary[kind] = summarize(mine)
         for step, episode in enumerate(mine):
-            tracker.log_metrics({f"{kind}.episode_reward": episode["reward"], f"{kind}.episode_turns": episode["n_turns"]},
-                                step=step)
+            tracker.log_metrics(
+                {f"{kind}.episode_reward": episode["reward"], f"{kind}.episode_turns": episode["n_turns"]}, step=step
+            )
         tracker.log_text("\n".join(_json_line(e) for e in mine), f"trajectories/{kind}.jsonl")
     for scope, block in summary.items():
         if isinstance(block, dict):
@@ -117,8 +130,14 @@ def intercode(cfg: InterCodeConfig, tracker: Tracker) -> dict[str, float]:
     tracker.log_dict(summary, "tables/summary.json")
     tracker.log_text(_markdown_table(summary), "tables/summary.md")
     overall = summary["overall"]
-    metrics.update({"success_rate": overall["success_rate"], "mean_reward": overall["mean_reward"],
-                    "episodes": float(overall["episodes"]), "errors": float(overall["errors"])})
+    metrics.update(
+        {
+            "success_rate": overall["success_rate"],
+            "mean_reward": overall["mean_reward"],
+            "episodes": float(overall["episodes"]),
+            "errors": float(overall["errors"]),
+        }
+    )
     return metrics
 
 
@@ -134,8 +153,10 @@ def _user_task_calls(cfg: InterCodeConfig, common: dict) -> list[dict]:
     if missing:
         raise ValueError(f"task_ids {missing} are not in task_file {cfg.task_file}")
     folder = Path(cfg.task_file).expanduser().resolve().parent
-    dirs = {"db_dir": str(Path(cfg.db_dir).expanduser().resolve()) if cfg.db_dir else str(folder),
-            "fixture_dir": str(Path(cfg.fixture_dir).expanduser().resolve()) if cfg.fixture_dir else str(folder)}
+    dirs = {
+        "db_dir": str(Path(cfg.db_dir).expanduser().resolve()) if cfg.db_dir else str(folder),
+        "fixture_dir": str(Path(cfg.fixture_dir).expanduser().resolve()) if cfg.fixture_dir else str(folder),
+    }
     calls = []
     for kind in cfg.envs:
         for task in user_tasks[kind]:
@@ -159,14 +180,19 @@ def _flat_metrics(scope: str, block: dict) -> dict[str, float]:
 
 
 def _markdown_table(summary: dict) -> str:
-    lines = [f"policy: {summary['policy']}", "",
-             "| env | hardness | episodes | success rate | mean reward | mean turns | invalid actions |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"policy: {summary['policy']}",
+        "",
+        "| env | hardness | episodes | success rate | mean reward | mean turns | invalid actions |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for scope, block in summary.items():
         if not isinstance(block, dict) or scope == "overall":
             continue
         rows = [("all", block), *block.get("by_hardness", {}).items()]
         for level, b in rows:
-            lines.append(f"| {scope} | {level} | {b['episodes']} | {b['success_rate']:.3f} | {b['mean_reward']:.3f} "
-                         f"| {b['mean_turns']:.2f} | {b['invalid_action_fraction']:.3f} |")
+            lines.append(
+                f"| {scope} | {level} | {b['episodes']} | {b['success_rate']:.3f} | {b['mean_reward']:.3f} "
+                f"| {b['mean_turns']:.2f} | {b['invalid_action_fraction']:.3f} |"
+            )
     return "\n".join(lines) + "\n"

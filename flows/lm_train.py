@@ -5,6 +5,7 @@ in this process or on several under torchrun, DDP or FSDP2, each rank writing it
 -> evaluate validation loss / perplexity and a text sample -> log everything and register the model
 in MLflow (the `serve` and `quantize` flows load it by name).
 """
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,6 @@ from components.lm.corpus import CorpusSpec
 from components.lm.trainer import MODEL_KINDS
 from components.lm.training import TrainSettings
 from flows.platform import FlowConfig, system_flow
-from tasks.environment import PROJECT_ROOT
 from tasks.lm_train import evaluate_model, prepare_corpus, train_model
 from tasks.tracking import Tracker
 
@@ -66,15 +66,20 @@ class LauncherConfig:
                 raise ConfigError("launcher.rdzv_endpoint", self.rdzv_endpoint, "must be host:port")
             in_range("launcher.rdzv_endpoint port", int(match.group(2)), 1, 65535)
         elif self.nnodes > 1:
-            raise ConfigError("launcher.rdzv_endpoint", None, f"launcher.nnodes={self.nnodes} needs the "
-                              f"host:port every node meets at (e.g. node0:29400)")
+            raise ConfigError(
+                "launcher.rdzv_endpoint",
+                None,
+                f"launcher.nnodes={self.nnodes} needs the host:port every node meets at (e.g. node0:29400)",
+            )
 
 
 @dataclass
 class CheckpointConfig:
     every: int = 10  # k: every 10 steps (k=1 works too; 190 MB per step mostly costs shared disk bandwidth)
     keep_last: int = 2  # committed checkpoints kept; older ones are deleted after each commit
-    buffer_slots: int = 1  # host buffer = this many checkpoints; 1 suffices: the flush writes from the tensors themselves
+    buffer_slots: int = (
+        1  # host buffer = this many checkpoints; 1 suffices: the flush writes from the tensors themselves
+    )
     host_buffer_mb: Optional[int] = None  # explicit host buffer size; None: buffer_slots x checkpoint size
     flush_threads: int = 2  # threads streaming host pieces to the file (I/O, not compute)
     fsync: bool = True  # durability: fsync shard, state, vote, COMMIT and directory
@@ -126,11 +131,29 @@ def registered_name_for(cfg: LMTrainConfig) -> str:
     return "lm-draft" if cfg.model.kind == "gpt" else "lm-smollm2-ft"
 
 
-@system_flow(name="lm_train", config=LMTrainConfig, order=10, summary_metric="val_perplexity",
-             quality="val_perplexity<=500",  # a draft this good may become lm-draft@serving
-             demo=["corpus.max_chars=400000", "corpus.val_fraction=0.1", "train.iters=30", "train.batch_size=4",
-                   "train.block_size=64", "train.warmup_iters=5", "train.eval_every=30", "train.eval_batches=2", "model.n_layer=2",
-                   "model.n_embd=64", "model.n_head=2", "model.block_size=64", "run_name=demo", "sample_tokens=16"])
+@system_flow(
+    name="lm_train",
+    config=LMTrainConfig,
+    order=10,
+    summary_metric="val_perplexity",
+    quality="val_perplexity<=500",  # a draft this good may become lm-draft@serving
+    demo=[
+        "corpus.max_chars=400000",
+        "corpus.val_fraction=0.1",
+        "train.iters=30",
+        "train.batch_size=4",
+        "train.block_size=64",
+        "train.warmup_iters=5",
+        "train.eval_every=30",
+        "train.eval_batches=2",
+        "model.n_layer=2",
+        "model.n_embd=64",
+        "model.n_head=2",
+        "model.block_size=64",
+        "run_name=demo",
+        "sample_tokens=16",
+    ],
+)
 def lm_train(cfg: LMTrainConfig, tracker: Tracker) -> dict[str, float]:
     """Train a causal LM with DataStates lazy async checkpointing; register it in MLflow."""
     corpus = prepare_corpus(cfg.corpus, str(cfg.work_path("lm_train", "corpus")))
@@ -146,5 +169,8 @@ def lm_train(cfg: LMTrainConfig, tracker: Tracker) -> dict[str, float]:
     tracker.log_dict({"corpus": corpus, "train": trained, "eval": evaluated}, "summary.json")
     version = tracker.log_model_dir(trained["model_dir"], "model", registered_name=registered_name_for(cfg))
     tracker.set_tags({"registered_model": f"{registered_name_for(cfg)}/{version}"})
-    return {**evaluated["metrics"], "start_step": float(trained["start_step"]),
-            "checkpoints": float(trained["checkpoints"]["count"])}
+    return {
+        **evaluated["metrics"],
+        "start_step": float(trained["start_step"]),
+        "checkpoints": float(trained["checkpoints"]["count"]),
+    }

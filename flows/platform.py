@@ -16,6 +16,7 @@ declared with `@system_flow(...)`. The decorator
   id is the `prefect.flow_run_id` tag of the MLflow run; a config that does not compose fails the
   flow run with a message naming the key and the reason.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -23,12 +24,13 @@ import inspect
 import pkgutil
 import re
 import threading
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, is_dataclass
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from prefect import Flow, flow, get_run_logger
 from prefect.runtime import flow_run
@@ -136,9 +138,16 @@ _PRECOMPOSED: ContextVar[Optional[FlowConfig]] = ContextVar("precomposed_config"
 _PLACEMENT_KEYS = ("tracking.", "work_dir", "runner.address")
 
 
-def system_flow(name: str, config: type, demo: Sequence[str] = (), summary_metric: str | None = None,
-                order: int = 100, description: str | None = None, claim: str | None = None,
-                quality: str | None = None):
+def system_flow(
+    name: str,
+    config: type,
+    demo: Sequence[str] = (),
+    summary_metric: str | None = None,
+    order: int = 100,
+    description: str | None = None,
+    claim: str | None = None,
+    quality: str | None = None,
+):
     """Declare `body(cfg, tracker) -> metrics` as the Prefect flow `name` configured by conf/<name>.yaml.
 
     `claim` states the paper's claim that `summary_metric` measures (shown by `suite` beside the value).
@@ -156,11 +165,17 @@ def system_flow(name: str, config: type, demo: Sequence[str] = (), summary_metri
         defaults = _composed_defaults(name)
         form = parameter_model(config, defaults, model_name=f"{name}_config")
         default_form = form()
-        typed_flow = flow(_flow_function(name, doc, form, default_form), name=name, description=doc,
-                          validate_parameters=False, log_prints=True,
-                          flow_run_name=lambda: _run_label(REGISTRY[name], flow_run.parameters))
-        REGISTRY[name] = FlowSpec(name, config, body, list(demo), summary_metric, order, typed_flow, defaults, form,
-                                  claim, quality)
+        typed_flow = flow(
+            _flow_function(name, doc, form, default_form),
+            name=name,
+            description=doc,
+            validate_parameters=False,
+            log_prints=True,
+            flow_run_name=lambda: _run_label(REGISTRY[name], flow_run.parameters),
+        )
+        REGISTRY[name] = FlowSpec(
+            name, config, body, list(demo), summary_metric, order, typed_flow, defaults, form, claim, quality
+        )
         return typed_flow
 
     return decorate
@@ -173,11 +188,14 @@ def _flow_function(name: str, doc: str, form: type, default_form: Any) -> Callab
         return _flow_run(REGISTRY[name], config, list(overrides or []), bool(multirun))
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    flow_function.__signature__ = inspect.Signature([
-        inspect.Parameter("config", kind, default=default_form, annotation=form),
-        inspect.Parameter("overrides", kind, default=None, annotation=Optional[list[str]]),
-        inspect.Parameter("multirun", kind, default=False, annotation=bool),
-    ], return_annotation=dict)
+    flow_function.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("config", kind, default=default_form, annotation=form),
+            inspect.Parameter("overrides", kind, default=None, annotation=Optional[list[str]]),
+            inspect.Parameter("multirun", kind, default=False, annotation=bool),
+        ],
+        return_annotation=dict,
+    )
     flow_function.__doc__ = f"""{doc}
 
     Args:
@@ -201,8 +219,9 @@ def _composed_defaults(name: str) -> dict:
     except Exception as err:  # a broken yaml must not break importing the other flows
         import logging
 
-        logging.getLogger(__name__).warning("%s: conf/%s.yaml does not compose (%s); form uses dataclass defaults",
-                                            name, name, err)
+        logging.getLogger(__name__).warning(
+            "%s: conf/%s.yaml does not compose (%s); form uses dataclass defaults", name, name, err
+        )
         return {}
 
 
@@ -410,10 +429,18 @@ def _run_tracked(spec: FlowSpec, cfg: FlowConfig, label: str) -> dict:
         raise
     close_run(tracker)
     link = tracker.ui_link(cfg.tracking.ui)
-    publish_table(f"{spec.name}-result", [{"metric": k, "value": v} for k, v in flatten(metrics).items()],
-                  f"{label}: summary metrics; MLflow run {link}")
-    return {"flow": spec.name, "run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
-            "metrics": metrics, "link": link}
+    publish_table(
+        f"{spec.name}-result",
+        [{"metric": k, "value": v} for k, v in flatten(metrics).items()],
+        f"{label}: summary metrics; MLflow run {link}",
+    )
+    return {
+        "flow": spec.name,
+        "run_id": tracker.run_id,
+        "experiment_id": tracker.experiment_id,
+        "metrics": metrics,
+        "link": link,
+    }
 
 
 def _gate_registered_models(spec: FlowSpec, cfg: FlowConfig, tracker: Tracker, metrics: dict) -> None:
@@ -422,8 +449,13 @@ def _gate_registered_models(spec: FlowSpec, cfg: FlowConfig, tracker: Tracker, m
     logger = get_run_logger()
     for name, version in tracker.registered:
         if not spec.quality:
-            logger.info("model %s v%s is @candidate; no quality check declared: promote with `mlsys promote %s %s`",
-                        name, version, name, version)
+            logger.info(
+                "model %s v%s is @candidate; no quality check declared: promote with `mlsys promote %s %s`",
+                name,
+                version,
+                name,
+                version,
+            )
             continue
         passed, reason = evaluate_quality(spec.quality, flatten(metrics))
         for key, value in {"quality.check": spec.quality, "quality.result": reason}.items():
@@ -441,8 +473,9 @@ def publish_table(key: str, rows: list[dict], description: str) -> None:
 
     safe = "".join(c if c.isalnum() else "-" for c in key.lower()).strip("-")
     try:
-        create_table_artifact(table=[{k: _cell(v) for k, v in r.items()} for r in rows], key=safe,
-                              description=description)
+        create_table_artifact(
+            table=[{k: _cell(v) for k, v in r.items()} for r in rows], key=safe, description=description
+        )
     except Exception as err:  # an artifact is a view of results already in MLflow: never fail the run
         get_run_logger().warning("Prefect artifact %s not created: %s", safe, err)
 
@@ -473,13 +506,19 @@ def _run_sweep(spec: FlowSpec, config: Any, overrides: list[str]) -> dict:
     typed = [compose_parameters(spec, config, m) for m in members]  # every member checked before any runs
     swept = [o.split("=", 1)[0] for o in overrides if "," in o.split("=", 1)[-1]]
     first = typed[0].tracking
-    parent = open_run(first.uri, first.experiment or spec.name,
-                      run_name=f"{spec.name} sweep {' '.join(swept) or len(members)}",
-                      parent_run_id=first.parent_run_id,
-                      tags={"flow": spec.name, "sweep": "true", "prefect.flow_run_id": flow_run.id,
-                            "prefect.flow_run_name": flow_run.name})
-    logger.info("sweep of %d members, MLflow parent run %s: %s", len(members), parent.run_id,
-                parent.ui_link(first.ui))
+    parent = open_run(
+        first.uri,
+        first.experiment or spec.name,
+        run_name=f"{spec.name} sweep {' '.join(swept) or len(members)}",
+        parent_run_id=first.parent_run_id,
+        tags={
+            "flow": spec.name,
+            "sweep": "true",
+            "prefect.flow_run_id": flow_run.id,
+            "prefect.flow_run_name": flow_run.name,
+        },
+    )
+    logger.info("sweep of %d members, MLflow parent run %s: %s", len(members), parent.run_id, parent.ui_link(first.ui))
     rows: list[dict] = []
     try:
         for index, member in enumerate(members, 1):
@@ -489,21 +528,31 @@ def _run_sweep(spec: FlowSpec, config: Any, overrides: list[str]) -> dict:
             row: dict[str, Any] = {"member": index, **{o.split("=", 1)[0]: o.split("=", 1)[1] for o in shown}}
             try:
                 result = spec.flow.with_options(flow_run_name=label)(
-                    config=config, overrides=member + [f"tracking.parent_run_id={parent.run_id}"])
+                    config=config, overrides=member + [f"tracking.parent_run_id={parent.run_id}"]
+                )
                 row.update({"status": "ok", **flatten(result["metrics"]), "run_id": result["run_id"]})
             except Exception as err:  # one failing member must not hide the others
                 row.update({"status": f"FAILED: {type(err).__name__}: {str(err)[:100]}"})
             rows.append(row)
         parent.log_comparison(rows, spec.summary_metric, swept)
-        publish_table(f"{spec.name}-sweep", rows,
-                      f"{spec.name} sweep: one row per member; MLflow {parent.ui_link(first.ui)}")
+        publish_table(
+            f"{spec.name}-sweep", rows, f"{spec.name} sweep: one row per member; MLflow {parent.ui_link(first.ui)}"
+        )
     except BaseException:
         close_run(parent, failed=True)
         raise
     failed = [r for r in rows if r["status"] != "ok"]
     close_run(parent, failed=bool(failed))
     if failed:
-        raise RuntimeError(f"{spec.name} sweep: {len(failed)} of {len(rows)} member(s) failed: "
-                           + "; ".join(r["status"] for r in failed))
-    return {"flow": spec.name, "run_id": parent.run_id, "experiment_id": parent.experiment_id,
-            "metrics": {}, "members": rows, "link": parent.ui_link(first.ui)}
+        raise RuntimeError(
+            f"{spec.name} sweep: {len(failed)} of {len(rows)} member(s) failed: "
+            + "; ".join(r["status"] for r in failed)
+        )
+    return {
+        "flow": spec.name,
+        "run_id": parent.run_id,
+        "experiment_id": parent.experiment_id,
+        "metrics": {},
+        "members": rows,
+        "link": parent.ui_link(first.ui),
+    }

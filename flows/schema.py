@@ -7,6 +7,7 @@ The dataclass is the one schema. From it this module derives
 - the difference between a filled-in form and those defaults, as the nested dict that is merged
   over the Hydra composition (so a form and override strings end in the same typed config).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,14 @@ def _own_field_docs(cls: type) -> dict[str, str]:
             depth -= 1
         if tok.type == tokenize.INDENT and body_col is None:
             body_col = len(tok.string)
-        if (tok.type == tokenize.OP and tok.string == ":" and depth == 0 and previous is not None
-                and previous.type == tokenize.NAME and previous.start[1] == body_col):
+        if (
+            tok.type == tokenize.OP
+            and tok.string == ":"
+            and depth == 0
+            and previous is not None
+            and previous.type == tokenize.NAME
+            and previous.start[1] == body_col
+        ):
             line_field[tok.start[0]] = previous.string
             if pending:
                 docs.setdefault(previous.string, " ".join(pending))
@@ -125,9 +132,11 @@ def parameter_model(cls: type, defaults: Optional[dict] = None, model_name: Opti
     doc = (cls.__doc__ or "").strip()
     if doc.startswith(cls.__name__ + "("):  # dataclass's generated signature, not a description
         doc = ""
-    model = create_model(model_name or f"{cls.__name__}Parameters",
-                         __config__=ConfigDict(populate_by_name=True, extra="forbid", protected_namespaces=()),
-                         **fields)
+    model = create_model(
+        model_name or f"{cls.__name__}Parameters",
+        __config__=ConfigDict(populate_by_name=True, extra="forbid", protected_namespaces=()),
+        **fields,
+    )
     model.__doc__ = doc or None
     return model
 

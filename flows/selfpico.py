@@ -1,4 +1,5 @@
 """`selfpico`: SelfPiCo partial code execution — predict undefined values, run snippets as far as possible."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -67,17 +68,40 @@ def _coverage_figure(reports: list[dict], predictor: str):
     return fig
 
 
-@system_flow(name="selfpico", config=SelfPicoConfig, demo=["written_limit=8", "package_count=4"],
-             summary_metric="line_coverage", order=90)
+@system_flow(
+    name="selfpico",
+    config=SelfPicoConfig,
+    demo=["written_limit=8", "package_count=4"],
+    summary_metric="line_coverage",
+    order=90,
+)
 def selfpico(cfg: SelfPicoConfig, tracker: Tracker) -> dict[str, float]:
     """SelfPiCo: run partial code by predicting undefined values (sandboxed), measure line coverage."""
-    snippets = load_snippets(cfg.written, cfg.written_limit, cfg.package_modules, cfg.package_count, cfg.seed,
-                             user=cfg.snippets, heldout=cfg.heldout)
-    batches = [snippets[i:i + cfg.batch_size] for i in range(0, len(snippets), cfg.batch_size)]
+    snippets = load_snippets(
+        cfg.written,
+        cfg.written_limit,
+        cfg.package_modules,
+        cfg.package_count,
+        cfg.seed,
+        user=cfg.snippets,
+        heldout=cfg.heldout,
+    )
+    batches = [snippets[i : i + cfg.batch_size] for i in range(0, len(snippets), cfg.batch_size)]
     limits = {"wall_seconds": cfg.wall_seconds, "cpu_seconds": cfg.cpu_seconds, "memory_bytes": cfg.memory_mb << 20}
-    results = fan_out(execute_batch, [
-        {"snippets": batch, "predictor_cfg": cfg.predictor, "llm_cfg": cfg.llm, "limits": limits,
-         "max_runs": cfg.max_runs, "max_retries": cfg.max_retries} for batch in batches])
+    results = fan_out(
+        execute_batch,
+        [
+            {
+                "snippets": batch,
+                "predictor_cfg": cfg.predictor,
+                "llm_cfg": cfg.llm,
+                "limits": limits,
+                "max_runs": cfg.max_runs,
+                "max_retries": cfg.max_retries,
+            }
+            for batch in batches
+        ],
+    )
     reports = [report for batch in results for report in batch]
     predictor = cfg.predictor._target_.rsplit(".", 1)[-1]
     for step, report in enumerate(reports):
@@ -87,8 +111,11 @@ def selfpico(cfg: SelfPicoConfig, tracker: Tracker) -> dict[str, float]:
         for key, value in (batch[0]["batch_llm_usage"] if batch else {}).items():
             usage[f"llm.{key}"] = usage.get(f"llm.{key}", 0) + value
     table = "| snippet | origin | coverage | runs | predictions | status | errors |\n|---|---|---|---|---|---|---|\n"
-    table += "\n".join(f"| {r['snippet_id']} | {r['origin']} | {r['coverage']:.2f} | {r['runs']} | {r['predictions']} | "
-                       f"{r['final_status']} | {', '.join(e['error_type'] for e in r['errors']) or '-'} |" for r in reports)
+    table += "\n".join(
+        f"| {r['snippet_id']} | {r['origin']} | {r['coverage']:.2f} | {r['runs']} | {r['predictions']} | "
+        f"{r['final_status']} | {', '.join(e['error_type'] for e in r['errors']) or '-'} |"
+        for r in reports
+    )
     tracker.log_text(table, "selfpico/snippets.md")
     tracker.log_dict([{k: v for k, v in r.items() if k != "batch_llm_usage"} for r in reports], "selfpico/reports.json")
     tracker.log_figure(_coverage_figure(reports, predictor), "selfpico/coverage_hist.png")

@@ -5,6 +5,7 @@ the MLflow registry, else a layer-skip draft) -> warm up (measure c = t_target/t
 -> serve /v1/models, /v1/completions, /v1/chat/completions on 127.0.0.1 until stopped.
 `decoding=ar|sd|pearl|pearl_no_pre|pearl_no_post` picks the method.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,9 +22,13 @@ from tasks.tracking import Tracker
 class ServeModelsConfig:
     target: str = "smollm2"  # smollm2 (the packaged SmolLM2-135M-Instruct) | quantized | hf_folder | tiny_random
     target_path: Optional[str] = None  # folder for quantized / hf_folder
-    target_registered_name: Optional[str] = None  # quantized / hf_folder without a path: this MLflow model (newest version)
+    target_registered_name: Optional[str] = (
+        None  # quantized / hf_folder without a path: this MLflow model (newest version)
+    )
     dtype: str = "float32"  # the GGUF's weights are dequantized 4-bit ones; fp32 keeps greedy exact
-    draft: str = "auto"  # auto: trained draft folder, else MLflow `lm-draft`, else layerskip | gpt_folder | mlflow | layerskip | tiny_random | none
+    # auto: the trained draft folder, else MLflow `lm-draft@serving`, else layerskip;
+    # or gpt_folder | mlflow | layerskip | tiny_random | none
+    draft: str = "auto"
     draft_path: Optional[str] = None  # gpt_folder: a folder written by GPT.save
     draft_registered_name: str = "lm-draft"  # the lm_train flow registers the draft under this name
     draft_layers: int = 8  # layerskip: first 8 of SmolLM2's 30 layers (+ shared lm_head): c ≈ 3, usable α
@@ -64,7 +69,9 @@ class ServeConfig(FlowConfig):
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     host: str = "127.0.0.1"  # loopback by default: expose deliberately (host=0.0.0.0) behind an API key
     port: int = 8000  # 0: any free port
-    api_key_env: Optional[str] = "SERVE_API_KEY"  # the key is read from this variable (never a logged param); unset: no key
+    api_key_env: Optional[str] = (
+        "SERVE_API_KEY"  # the key is read from this variable (never a logged param); unset: no key
+    )
     max_queue: int = 256  # requests admitted (decoding or waiting); more get 503 instead of crashing the server
     default_max_tokens: int = 256  # for chat requests that give no max_tokens
     duration_s: Optional[float] = None  # None: serve until stopped (deployment); a number: stop after it (tests, demo)
@@ -100,15 +107,30 @@ class ServeConfig(FlowConfig):
         at_least("max_connections", self.max_connections, 1)
         at_least("drain_s", self.drain_s, 0)
         if self.load_test_requests > self.max_queue:
-            raise ConfigError("load_test_requests", self.load_test_requests,
-                              f"more than max_queue={self.max_queue}: the load test would be refused with 503s")
+            raise ConfigError(
+                "load_test_requests",
+                self.load_test_requests,
+                f"more than max_queue={self.max_queue}: the load test would be refused with 503s",
+            )
         super().__post_init__()
 
 
-@system_flow(name="serve", config=ServeConfig, order=30, summary_metric="served_mean_accepted_tokens",
-             demo=["models.target=tiny_random", "models.draft=layerskip", "models.draft_layers=1",
-                   "models.served_name=tiny-random", "port=0", "duration_s=0", "load_test_requests=20",
-                   "smoke_max_tokens=16"])
+@system_flow(
+    name="serve",
+    config=ServeConfig,
+    order=30,
+    summary_metric="served_mean_accepted_tokens",
+    demo=[
+        "models.target=tiny_random",
+        "models.draft=layerskip",
+        "models.draft_layers=1",
+        "models.served_name=tiny-random",
+        "port=0",
+        "duration_s=0",
+        "load_test_requests=20",
+        "smoke_max_tokens=16",
+    ],
+)
 def serve(cfg: ServeConfig, tracker: Tracker) -> dict[str, float]:
     """OpenAI-compatible server decoding with PEARL (or AR / vanilla SD / the ablations)."""
     # SIGTERM/SIGINT from here on is a request to stop: serving drains and the run ends Completed
@@ -118,8 +140,9 @@ def serve(cfg: ServeConfig, tracker: Tracker) -> dict[str, float]:
 
 
 def _serve(cfg: ServeConfig, tracker: Tracker, stop) -> dict[str, float]:
-    models = resolve_models(cfg.models, str(cfg.work_path()), cfg.tracking.uri, cfg.torch_device(),
-                            need_draft=cfg.decoding.method != "ar")
+    models = resolve_models(
+        cfg.models, str(cfg.work_path()), cfg.tracking.uri, cfg.torch_device(), need_draft=cfg.decoding.method != "ar"
+    )
     tracker.set_tags({"draft_source": models.draft_source, "draft_location": models.draft_location})
     ready = warm_up(models, cfg.decoding)
     tracker.log_metrics(ready["info"])

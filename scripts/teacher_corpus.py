@@ -17,6 +17,7 @@ padding) and each batch's files are written as it finishes, so the run can be st
 
     .venv/bin/python scripts/teacher_corpus.py --out data/teacher_corpus --minutes 45 --threads 1 --batch 48
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,31 +35,140 @@ sys.path.insert(0, str(ROOT))
 import tasks  # noqa: E402,F401  (environment defaults before torch loads)
 
 CHAT_TEMPLATES = [
-    "Explain {t} in two sentences.", "What is {t}?", "Give three facts about {t}.",
-    "Describe {t} to a beginner.", "Write a short poem about {t}.", "Why does {t} matter? Answer briefly.",
-    "Summarize {t} in one paragraph.", "List some common uses of {t}.",
+    "Explain {t} in two sentences.",
+    "What is {t}?",
+    "Give three facts about {t}.",
+    "Describe {t} to a beginner.",
+    "Write a short poem about {t}.",
+    "Why does {t} matter? Answer briefly.",
+    "Summarize {t} in one paragraph.",
+    "List some common uses of {t}.",
 ]
 TOPICS = [
-    "photosynthesis", "the water cycle", "volcanoes", "the Roman Empire", "democracy", "gravity", "electricity",
-    "the human heart", "vaccines", "climate change", "the internet", "recycling", "honey bees", "the moon",
-    "rainbows", "earthquakes", "the printing press", "coffee", "chess", "music theory", "the Olympic Games",
-    "rain forests", "deserts", "glaciers", "the stock market", "inflation", "renewable energy", "batteries",
-    "magnets", "DNA", "evolution", "dinosaurs", "the immune system", "sleep", "exercise", "nutrition",
-    "friendship", "time management", "public speaking", "learning a language", "cooking pasta", "gardening",
-    "bicycles", "trains", "airplanes", "bridges", "skyscrapers", "lighthouses", "maps", "calendars",
-    "recursion", "sorting algorithms", "databases", "unit tests", "version control", "operating systems",
-    "encryption", "computer networks", "cloud computing", "machine learning", "neural networks",
-    "regular expressions", "JSON", "HTTP", "spreadsheets", "open source software", "the command line",
-    "debugging", "code reviews", "linked lists", "binary trees", "graphs", "queues", "caching",
-    "multithreading", "memory management", "garbage collection", "floating point numbers", "prime numbers",
-    "fractions", "probability", "statistics", "geometry", "the Pythagorean theorem", "algebra", "calculus",
-    "the ocean", "whales", "penguins", "elephants", "forests", "mountains", "rivers", "the Sahara",
-    "the Amazon river", "ancient Egypt", "the Renaissance", "the Industrial Revolution", "libraries",
-    "museums", "newspapers", "photography", "painting", "poetry", "theater", "football", "tennis",
+    "photosynthesis",
+    "the water cycle",
+    "volcanoes",
+    "the Roman Empire",
+    "democracy",
+    "gravity",
+    "electricity",
+    "the human heart",
+    "vaccines",
+    "climate change",
+    "the internet",
+    "recycling",
+    "honey bees",
+    "the moon",
+    "rainbows",
+    "earthquakes",
+    "the printing press",
+    "coffee",
+    "chess",
+    "music theory",
+    "the Olympic Games",
+    "rain forests",
+    "deserts",
+    "glaciers",
+    "the stock market",
+    "inflation",
+    "renewable energy",
+    "batteries",
+    "magnets",
+    "DNA",
+    "evolution",
+    "dinosaurs",
+    "the immune system",
+    "sleep",
+    "exercise",
+    "nutrition",
+    "friendship",
+    "time management",
+    "public speaking",
+    "learning a language",
+    "cooking pasta",
+    "gardening",
+    "bicycles",
+    "trains",
+    "airplanes",
+    "bridges",
+    "skyscrapers",
+    "lighthouses",
+    "maps",
+    "calendars",
+    "recursion",
+    "sorting algorithms",
+    "databases",
+    "unit tests",
+    "version control",
+    "operating systems",
+    "encryption",
+    "computer networks",
+    "cloud computing",
+    "machine learning",
+    "neural networks",
+    "regular expressions",
+    "JSON",
+    "HTTP",
+    "spreadsheets",
+    "open source software",
+    "the command line",
+    "debugging",
+    "code reviews",
+    "linked lists",
+    "binary trees",
+    "graphs",
+    "queues",
+    "caching",
+    "multithreading",
+    "memory management",
+    "garbage collection",
+    "floating point numbers",
+    "prime numbers",
+    "fractions",
+    "probability",
+    "statistics",
+    "geometry",
+    "the Pythagorean theorem",
+    "algebra",
+    "calculus",
+    "the ocean",
+    "whales",
+    "penguins",
+    "elephants",
+    "forests",
+    "mountains",
+    "rivers",
+    "the Sahara",
+    "the Amazon river",
+    "ancient Egypt",
+    "the Renaissance",
+    "the Industrial Revolution",
+    "libraries",
+    "museums",
+    "newspapers",
+    "photography",
+    "painting",
+    "poetry",
+    "theater",
+    "football",
+    "tennis",
 ]
 # subjects of the benchmark's own prompts (components/decoding/prompts.py): never trained on
-HELD_OUT = ("hash table", "readable", "tuple", "compiler", "haiku", "sky", "planet", "fibonacci", "load_config",
-            "stack", "is_prime", "binary_search", "word_count")
+HELD_OUT = (
+    "hash table",
+    "readable",
+    "tuple",
+    "compiler",
+    "haiku",
+    "sky",
+    "planet",
+    "fibonacci",
+    "load_config",
+    "stack",
+    "is_prime",
+    "binary_search",
+    "word_count",
+)
 
 
 def _held_out(text: str) -> bool:
@@ -74,8 +184,8 @@ def source_roots() -> list[Path]:
 class Function(NamedTuple):
     module: str
     name: str
-    args: str       # as written between the parentheses
-    doc_line: str   # the docstring's first line
+    args: str  # as written between the parentheses
+    doc_line: str  # the docstring's first line
 
 
 def documented_functions(roots: list[Path]) -> list[Function]:
@@ -84,8 +194,11 @@ def documented_functions(roots: list[Path]) -> list[Function]:
     for root in roots:
         for path in sorted(root.rglob("*.py")):
             rel = path.relative_to(root)
-            if any(part.startswith(("test", "_")) or "-" in part for part in rel.parts[:-1]) \
-                    or rel.name.startswith("test") or (rel.name.startswith("_") and rel.name != "__init__.py"):
+            if (
+                any(part.startswith(("test", "_")) or "-" in part for part in rel.parts[:-1])
+                or rel.name.startswith("test")
+                or (rel.name.startswith("_") and rel.name != "__init__.py")
+            ):
                 continue
             try:
                 tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -137,8 +250,12 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new", type=int, default=96, help="the benchmark decodes 48-64 tokens")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip", type=int, default=0,
-                        help="start at this pool index: workers on disjoint slices, or a run that continues one")
+    parser.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="start at this pool index: workers on disjoint slices, or a run that continues one",
+    )
     parser.add_argument("--count", type=int, default=None, help="at most this many prompts (default: the rest)")
     args = parser.parse_args(argv)
 
@@ -153,10 +270,12 @@ def main(argv=None) -> None:
     tokenizer.padding_side = "left"
     model = load_model()
     functions = documented_functions(source_roots())
-    chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                           tokenize=False) for p in chat_prompts(functions, args.seed)]
+    chats = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in chat_prompts(functions, args.seed)
+    ]
     pool = prompt_pool(chats, code_prompts(functions), args.seed)
-    prompts = pool[args.skip: None if args.count is None else args.skip + args.count]
+    prompts = pool[args.skip : None if args.count is None else args.skip + args.count]
     print(f"{len(pool)} prompts in the pool; this run takes {len(prompts)} from index {args.skip}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,12 +285,12 @@ def main(argv=None) -> None:
     for b in range(0, len(prompts), args.batch):
         if time.perf_counter() - start > 60 * args.minutes:
             break
-        batch = prompts[b: b + args.batch]
+        batch = prompts[b : b + args.batch]
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             gen = model.generate(**enc, max_new_tokens=args.max_new, do_sample=False, pad_token_id=pad)
         for i, prompt in enumerate(batch):
-            reply_ids = gen[i, enc["input_ids"].shape[1]:]
+            reply_ids = gen[i, enc["input_ids"].shape[1] :]
             reply = tokenizer.decode(reply_ids, skip_special_tokens=True)
             # The end-of-turn marker only where SmolLM2 ended the reply itself: a reply cut at
             # --max-new must not teach the draft to end there.
@@ -180,8 +299,10 @@ def main(argv=None) -> None:
             (out / f"sample_{args.skip + b + i:06d}.txt").write_text(prompt + reply + end, encoding="utf-8")
             tokens += int((reply_ids != pad).sum())
         written += len(batch)
-        print(f"{written} samples, {tokens} generated tokens, {tokens / (time.perf_counter() - start):.0f} tok/s",
-              flush=True)
+        print(
+            f"{written} samples, {tokens} generated tokens, {tokens / (time.perf_counter() - start):.0f} tok/s",
+            flush=True,
+        )
     print(f"wrote {written} samples to {out}")
 
 

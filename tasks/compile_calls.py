@@ -6,6 +6,7 @@ Prefect UI) that runs on threads or on Dask workers as `runner=` says. The tools
 their (picklable) config once per worker process. Planner and joiner LLM calls stay in the flow's
 process: the planner streams into the fetching unit, which a task boundary would cut.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,8 +38,9 @@ def toolbox_for(tools_cfg: ToolsConfig) -> Toolbox:
 @functools.lru_cache(maxsize=8)
 def _toolbox(items: tuple) -> Toolbox:
     c = ToolsConfig(**dict(items))
-    return build_toolbox(c.kb_seed, c.search_latency_s, c.calculate_latency_s, c.python_latency_s,
-                         python_wall_seconds=c.python_wall_s)
+    return build_toolbox(
+        c.kb_seed, c.search_latency_s, c.calculate_latency_s, c.python_latency_s, python_wall_seconds=c.python_wall_s
+    )
 
 
 # NO_CACHE: a repeated call (the same search in two questions) must really run: latency is measured.

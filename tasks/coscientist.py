@@ -6,6 +6,7 @@ task runner (threads with runner=local, Dask workers with runner=dask) and hands
 concurrent.futures.Future. The LLM is built inside the task from its picklable config, once per
 process, so Dask workers load their own model instead of receiving a pickled one.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -43,8 +44,9 @@ def agent_suite(spec: AgentSpec) -> AgentSuite:
     with _suites_lock:
         if key not in _suites:
             llm = build_llm(spec.llm, base_dir=spec.base_dir)
-            _suites[key] = AgentSuite(llm, spec.goal, spec.constraints, spec.prior_ideas, spec.max_tokens,
-                                      spec.temperature)
+            _suites[key] = AgentSuite(
+                llm, spec.goal, spec.constraints, spec.prior_ideas, spec.max_tokens, spec.temperature
+            )
         return _suites[key]
 
 
@@ -81,6 +83,7 @@ def write_report(state, proximity, goal: str, summary: dict, tracker, top_n: int
     tracker.log_text(report.markdown, "report/report.md")
     tracker.log_text(report.html, "report/report.html")
     tracker.log_figure(report.figure, "report/elo_history.png")
-    tracker.log_dict({"ranking": report.ranking, "clusters": report.clusters, "summary": summary},
-                     "report/ranking.json")
+    tracker.log_dict(
+        {"ranking": report.ranking, "clusters": report.clusters, "summary": summary}, "report/ranking.json"
+    )
     return {"top": report.ranking[:3], "clusters": len(report.clusters)}

@@ -3,6 +3,7 @@
 Everything stays inside the project (or whatever the user already set): Prefect's home and its
 temporary server database, MLflow's store, Hugging Face caches. Nothing is fetched from the network.
 """
+
 from __future__ import annotations
 
 import os

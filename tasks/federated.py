@@ -4,24 +4,41 @@
 module-level and takes only picklable values (numpy arrays, a frozen ModelSpec), so `runner=dask`
 ships it to Dask workers.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.federated import task as fl_task
-from components.federated.federation import (Federation, build_federation, build_scheduler,  # noqa: F401
-                                             build_speeds, set_torch_threads)
+from components.federated.federation import (
+    Federation,
+    build_federation,
+    build_scheduler,  # noqa: F401
+    set_torch_threads,
+)
 from components.federated.simulator import TrainJob
 from tasks.runners import fan_out
 
 
 @task(name="train-client", task_run_name="client-{client}-round-{round_index}", cache_policy=NO_CACHE)
-def train_client(client: int, round_index: int, weights: dict, x: np.ndarray, y: np.ndarray, steps: int,
-                 spec: fl_task.ModelSpec, lr: float, batch_size: int, seed: int, torch_threads: int = 1) -> dict:
+def train_client(
+    client: int,
+    round_index: int,
+    weights: dict,
+    x: np.ndarray,
+    y: np.ndarray,
+    steps: int,
+    spec: fl_task.ModelSpec,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    torch_threads: int = 1,
+) -> dict:
     """One client's local round: `steps` SGD steps from the global `weights`; returns its update."""
     set_torch_threads(torch_threads)
     return fl_task.local_train(weights, x, y, steps, spec, lr=lr, batch_size=batch_size, seed=seed)
@@ -42,9 +59,21 @@ class FanOutTrainer:
             x, y = self.federation.client_data[job.client]
             k = self._rounds.get(job.client, 0)
             self._rounds[job.client] = k + 1
-            calls.append(dict(client=job.client, round_index=k, weights=job.weights, x=x, y=y, steps=job.steps,
-                              spec=self.federation.spec, lr=self.lr, batch_size=self.batch_size, seed=job.seed,
-                              torch_threads=self.torch_threads))
+            calls.append(
+                dict(
+                    client=job.client,
+                    round_index=k,
+                    weights=job.weights,
+                    x=x,
+                    y=y,
+                    steps=job.steps,
+                    spec=self.federation.spec,
+                    lr=self.lr,
+                    batch_size=self.batch_size,
+                    seed=job.seed,
+                    torch_threads=self.torch_threads,
+                )
+            )
         return fan_out(train_client, calls)
 
 
@@ -86,19 +115,35 @@ def run_flower(cfg: Any, federation: Federation, on_event) -> Any:
     clock = flower_driver.VirtualWallClock(cfg.flower.seconds_per_virtual_second)
     strategy = replace(cfg.fed_strategy)  # the round timeout in virtual seconds, at least the wall floor
     if strategy.round_timeout is not None:
-        strategy.round_timeout = max(strategy.round_timeout,
-                                     cfg.flower.round_timeout_floor / cfg.flower.seconds_per_virtual_second)
-    scheduler = build_scheduler(strategy, cfg.clients, federation.num_examples,
-                                federation.initial_weights, clock, cfg.client_weighting)
+        strategy.round_timeout = max(
+            strategy.round_timeout, cfg.flower.round_timeout_floor / cfg.flower.seconds_per_virtual_second
+        )
+    scheduler = build_scheduler(
+        strategy, cfg.clients, federation.num_examples, federation.initial_weights, clock, cfg.client_weighting
+    )
     settings = flower_driver.FederationSettings(
-        data=asdict(cfg.fed_data), model=asdict(cfg.model), speed=asdict(cfg.fed_speed), n_clients=cfg.clients,
-        seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size,
+        data=asdict(cfg.fed_data),
+        model=asdict(cfg.model),
+        speed=asdict(cfg.fed_speed),
+        n_clients=cfg.clients,
+        seed=cfg.seed,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
         seconds_per_virtual_second=cfg.flower.seconds_per_virtual_second,
-        crash_clients=list(cfg.crash_clients), crash_at=cfg.crash_at)
+        crash_clients=list(cfg.crash_clients),
+        crash_at=cfg.crash_at,
+    )
     if cfg.flower.backend == "deployment":
         return _run_loopback_deployment(cfg, settings, strategy, on_event)
-    run = flower_driver.FlowerRun(scheduler, settings, federation.evaluate, max_updates=cfg.rounds,
-                                  target_accuracy=cfg.target_accuracy, timeout=cfg.flower.timeout, on_event=on_event)
+    run = flower_driver.FlowerRun(
+        scheduler,
+        settings,
+        federation.evaluate,
+        max_updates=cfg.rounds,
+        target_accuracy=cfg.target_accuracy,
+        timeout=cfg.flower.timeout,
+        on_event=on_event,
+    )
     return flower_driver.run_in_simulation(run)
 
 
@@ -113,9 +158,17 @@ def _run_loopback_deployment(cfg: Any, settings, strategy, on_event) -> Any:
     from components.federated.schedulers import AggregationRecord
     from components.federated.simulator import SimulationResult
 
-    out = run_on_loopback(settings.to_json(), json.dumps(asdict(strategy)), cfg.rounds, cfg.clients,
-                          cfg.target_accuracy, cfg.client_weighting, cfg.flower.timeout,
-                          workdir=str(cfg.work_path("federated", "loopback")), on_event=on_event)
+    out = run_on_loopback(
+        settings.to_json(),
+        json.dumps(asdict(strategy)),
+        cfg.rounds,
+        cfg.clients,
+        cfg.target_accuracy,
+        cfg.client_weighting,
+        cfg.flower.timeout,
+        workdir=str(cfg.work_path("federated", "loopback")),
+        on_event=on_event,
+    )
     summary = {k: (math.inf if v is None else v) for k, v in out["summary"].items()}
     records = [AggregationRecord(**r) for r in out["records"]]
     return SimulationResult(out["history"], records, out["weights"], summary, 0, out["lost"], out["lost_clients"])

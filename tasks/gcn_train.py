@@ -3,12 +3,14 @@
 Tasks take live objects (graph, model, loader) and run in the flow's process; NO_CACHE keeps
 Prefect from hashing multi-GB tensors for cache keys.
 """
+
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -50,11 +52,32 @@ def prepare_graph(graph_cfg: Any, seed: int, cache_dir: Path) -> GraphData:
     return load_or_generate(spec=spec, cache_root=cache_dir)
 
 
-def make_loader(loader_cfg: Any, data: GraphData, seeds, fanouts: Sequence[int], batch_size: int, *, seed: int,
-                device: str, shuffle: bool, max_batches: Optional[int], sampling_threads: int) -> FeatureLoader:
-    return build_component(loader_cfg, "loader", data=data, seeds=seeds, fanouts=list(fanouts),
-                           batch_size=batch_size, shuffle=shuffle, seed=seed, device=device,
-                           max_batches=max_batches, sampling_threads=sampling_threads)
+def make_loader(
+    loader_cfg: Any,
+    data: GraphData,
+    seeds,
+    fanouts: Sequence[int],
+    batch_size: int,
+    *,
+    seed: int,
+    device: str,
+    shuffle: bool,
+    max_batches: Optional[int],
+    sampling_threads: int,
+) -> FeatureLoader:
+    return build_component(
+        loader_cfg,
+        "loader",
+        data=data,
+        seeds=seeds,
+        fanouts=list(fanouts),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        device=device,
+        max_batches=max_batches,
+        sampling_threads=sampling_threads,
+    )
 
 
 @task(name="gcn-train-epoch", cache_policy=NO_CACHE)
@@ -63,9 +86,11 @@ def train_one_epoch(model, optimizer, loader: FeatureLoader, epoch: int, label: 
     from tqdm.auto import tqdm
 
     with tqdm(total=len(loader), desc=f"{label} epoch {epoch}", disable=not progress, leave=True) as bar:
+
         def step(_index: int, loss: float) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
+
         return train_epoch(model, optimizer, loader, epoch, progress=step)
 
 
@@ -75,7 +100,9 @@ def evaluate_model(model, loader: FeatureLoader) -> float:
 
 
 @task(name="gcn-log-plots", cache_policy=NO_CACHE)
-def log_training_plots(tracker: Tracker, history: list[EpochStats], val_accuracy: list[float], loader_name: str) -> None:
+def log_training_plots(
+    tracker: Tracker, history: list[EpochStats], val_accuracy: list[float], loader_name: str
+) -> None:
     """Loss/accuracy per epoch, where each epoch's time went, and the per-batch data-prep latency."""
     import matplotlib
 
@@ -90,8 +117,9 @@ def log_training_plots(tracker: Tracker, history: list[EpochStats], val_accuracy
     axes[0].set(xlabel="epoch", ylabel="loss", title="training")
     ax2.set_ylabel("val accuracy")
     axes[1].bar(epochs, [s.compute_seconds for s in history], label="compute")
-    axes[1].bar(epochs, [s.stall_seconds for s in history], bottom=[s.compute_seconds for s in history],
-                label="stalled on data")
+    axes[1].bar(
+        epochs, [s.stall_seconds for s in history], bottom=[s.compute_seconds for s in history], label="stalled on data"
+    )
     axes[1].set(xlabel="epoch", ylabel="seconds", title=f"epoch time ({loader_name})")
     axes[1].legend()
     prep = [p for s in history for p in s.prep_ms]

@@ -13,6 +13,7 @@ three options, so a misspelt key fails at composition with its name.
 Build the LLM where it is used: on a Dask worker, build it inside the task from the (picklable)
 config; the embedded weights load once per process.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

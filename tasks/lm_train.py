@@ -1,4 +1,5 @@
 """Prefect tasks of the `lm_train` flow: prepare the corpus, train (checkpointed, resumable), evaluate."""
+
 from __future__ import annotations
 
 import collections
@@ -31,8 +32,12 @@ def prepare_corpus(corpus_cfg: Any, cache_root: str) -> dict:
     tokenizer = load_tokenizer()
     folder = build_corpus(spec, Path(cache_root), tokenizer, tokenizer_name(), end_of_text_id(tokenizer))
     corpus = TokenCorpus(folder)
-    info = {"folder": str(folder), "train_tokens": corpus.num_tokens("train"), "val_tokens": corpus.num_tokens("val"),
-            "documents": sum(corpus.meta["documents"].values())}
+    info = {
+        "folder": str(folder),
+        "train_tokens": corpus.num_tokens("train"),
+        "val_tokens": corpus.num_tokens("val"),
+        "documents": sum(corpus.meta["documents"].values()),
+    }
     get_run_logger().info("corpus %s: %d train / %d val tokens", folder, info["train_tokens"], info["val_tokens"])
     return info
 
@@ -52,10 +57,18 @@ def train_model(cfg: Any, corpus_folder: str, run_dir: str, checkpoint_dir: str,
 
     logger = get_run_logger()
     launcher = cfg.launcher
-    job = TrainJob(model=asdict(cfg.model), train=asdict(cfg.train), checkpoint=asdict(cfg.checkpoint),
-                   corpus_folder=corpus_folder, run_dir=run_dir, checkpoint_dir=checkpoint_dir, resume=cfg.resume,
-                   seed=cfg.seed, device=cfg.torch_device() if launcher.kind == "local" else cfg.device,
-                   strategy="none" if launcher.kind == "local" else launcher.strategy)
+    job = TrainJob(
+        model=asdict(cfg.model),
+        train=asdict(cfg.train),
+        checkpoint=asdict(cfg.checkpoint),
+        corpus_folder=corpus_folder,
+        run_dir=run_dir,
+        checkpoint_dir=checkpoint_dir,
+        resume=cfg.resume,
+        seed=cfg.seed,
+        device=cfg.torch_device() if launcher.kind == "local" else cfg.device,
+        strategy="none" if launcher.kind == "local" else launcher.strategy,
+    )
 
     progress: list[Progress] = []  # made at the first step, so that a resumed run's rate counts from there
 
@@ -81,16 +94,33 @@ def _train_under_torchrun(job: Any, launcher: Any, launch_dir: Path, log, logger
     job.metrics_file, job.result_file = str(launch_dir / "metrics.jsonl"), str(launch_dir / "result.json")
     job_file = launch_dir / "job.json"
     job_file.write_text(json.dumps(asdict(job), indent=1))
-    settings = TorchrunSettings(nproc=launcher.nproc, nnodes=launcher.nnodes, rdzv_endpoint=launcher.rdzv_endpoint,
-                                rdzv_id=launcher.rdzv_id or Path(job.run_dir).name)
+    settings = TorchrunSettings(
+        nproc=launcher.nproc,
+        nnodes=launcher.nnodes,
+        rdzv_endpoint=launcher.rdzv_endpoint,
+        rdzv_id=launcher.rdzv_id or Path(job.run_dir).name,
+    )
     command = torchrun_command(settings, job_file)
     logger.info("starting %s", " ".join(command))
     if launcher.nnodes > 1:
-        logger.info("on each other node (this work_dir on shared storage, the project at the same path) run: "
-                    "cd %s && PYTHONPATH=%s %s", PROJECT_ROOT, PROJECT_ROOT, " ".join(command))
+        logger.info(
+            "on each other node (this work_dir on shared storage, the project at the same path) run: "
+            "cd %s && PYTHONPATH=%s %s",
+            PROJECT_ROOT,
+            PROJECT_ROOT,
+            " ".join(command),
+        )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
     tail: collections.deque = collections.deque(maxlen=40)
 
     def stream() -> None:
@@ -121,8 +151,10 @@ def _train_under_torchrun(job: Any, launcher: Any, launch_dir: Path, log, logger
     result_file = Path(job.result_file)
     if proc.returncode != 0 or not result_file.exists():
         missing = "" if result_file.exists() else " without a result"
-        raise RuntimeError(f"torchrun ({launcher.nproc} x {launcher.nnodes} processes) exited with "
-                           f"{proc.returncode}{missing}; its last lines:\n" + "\n".join(tail))
+        raise RuntimeError(
+            f"torchrun ({launcher.nproc} x {launcher.nnodes} processes) exited with "
+            f"{proc.returncode}{missing}; its last lines:\n" + "\n".join(tail)
+        )
     return json.loads(result_file.read_text())
 
 

@@ -4,11 +4,13 @@ A line every `every` steps (and at the last): `lm-train: step 120/300 (40%), 2.1
 loss=3.21`. Prefect's run logger sends it to both the console and the flow run's logs in the UI;
 outside a run it goes to this module's logger.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
 
 
 def format_duration(seconds: float) -> str:
@@ -31,8 +33,15 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter:
 class Progress:
     """`update(step, values)` after each step; reports every `every` steps from `start` to `total`."""
 
-    def __init__(self, total: int, label: str, every: int = 10, start: int = 0,
-                 clock: Callable[[], float] = time.monotonic, emit: Optional[Callable[[str], None]] = None):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        every: int = 10,
+        start: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        emit: Optional[Callable[[str], None]] = None,
+    ):
         if total < 0 or every < 1:
             raise ValueError(f"{label}: progress needs total >= 0 and every >= 1, got total={total}, every={every}")
         self.total, self.label, self.every, self.start = total, label, every, start
@@ -50,8 +59,9 @@ class Progress:
         parts = [f"{self.label}: step {step}/{self.total} ({share:.0f}%)"]
         if done:
             parts.append(f"{per_step:.2f} s/step" if per_step >= 0.1 else f"{1 / per_step:.1f} steps/s")
-            parts.append(f"ETA {format_duration(per_step * remaining)}" if remaining else
-                         f"took {format_duration(elapsed)}")
+            parts.append(
+                f"ETA {format_duration(per_step * remaining)}" if remaining else f"took {format_duration(elapsed)}"
+            )
         shown = [f"{k}={v:.4g}" for k, v in (values or {}).items() if isinstance(v, (int, float))][:4]
         return ", ".join(parts + shown)
 

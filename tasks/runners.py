@@ -7,16 +7,24 @@ A LocalCluster's worker processes talk to the same Prefect API as the flow: with
 `PREFECT_API_URL` each worker would otherwise start its own temporary Prefect server (15-27 s
 each here), so the runner passes the URL of the one the flow run already uses.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from prefect import Task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 
-def thread_runner(max_workers: int = 4, address: str | None = None, n_workers: int = 2,
-                  threads_per_worker: int = 1, processes: bool = True, dashboard: bool = True) -> ThreadPoolTaskRunner:
+def thread_runner(
+    max_workers: int = 4,
+    address: str | None = None,
+    n_workers: int = 2,
+    threads_per_worker: int = 1,
+    processes: bool = True,
+    dashboard: bool = True,
+) -> ThreadPoolTaskRunner:
     """Threads in this process (`max_workers` of them); the Dask-only fields are ignored."""
     return ThreadPoolTaskRunner(max_workers=max_workers)
 
@@ -34,8 +42,14 @@ def current_api_url() -> str | None:
     return str(client.api_url).rstrip("/") if client is not None else None
 
 
-def dask_runner(max_workers: int = 4, address: str | None = None, n_workers: int = 2,
-                threads_per_worker: int = 1, processes: bool = True, dashboard: bool = True):
+def dask_runner(
+    max_workers: int = 4,
+    address: str | None = None,
+    n_workers: int = 2,
+    threads_per_worker: int = 1,
+    processes: bool = True,
+    dashboard: bool = True,
+):
     """A prefect-dask runner: an existing cluster at `address`, else a LocalCluster for the run."""
     from prefect_dask import DaskTaskRunner
 

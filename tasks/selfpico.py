@@ -1,4 +1,5 @@
 """Prefect tasks of the `selfpico` flow: gather snippets, execute a batch of them in the sandbox."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, is_dataclass
@@ -30,8 +31,15 @@ def build_predictor(predictor_cfg: Any, llm_cfg: Any = None) -> Predictor:
 
 
 @task(name="selfpico-load-snippets")
-def load_snippets(written: bool, written_limit: int | None, package_modules: list[str], package_count: int,
-                  seed: int, user: str | None = None, heldout: bool = False) -> list[Snippet]:
+def load_snippets(
+    written: bool,
+    written_limit: int | None,
+    package_modules: list[str],
+    package_count: int,
+    seed: int,
+    user: str | None = None,
+    heldout: bool = False,
+) -> list[Snippet]:
     """The user's snippets (`user`: folder, file or glob) alone when given; else the held-out set, or the
     written snippets plus package function bodies."""
     if user:
@@ -47,13 +55,15 @@ def load_snippets(written: bool, written_limit: int | None, package_modules: lis
 
 
 @task(name="selfpico-execute-batch")
-def execute_batch(snippets: list[Snippet], predictor_cfg: Any, llm_cfg: Any, limits: dict,
-                  max_runs: int, max_retries: int) -> list[dict]:
+def execute_batch(
+    snippets: list[Snippet], predictor_cfg: Any, llm_cfg: Any, limits: dict, max_runs: int, max_retries: int
+) -> list[dict]:
     """Execute a batch of snippets with one predictor; every run happens in the sandbox."""
     predictor = build_predictor(predictor_cfg, llm_cfg)
     sandbox = Sandbox(SandboxLimits(**limits))
-    reports = [execute_snippet(s, predictor, sandbox, max_runs=max_runs, max_retries=max_retries).as_dict()
-               for s in snippets]
+    reports = [
+        execute_snippet(s, predictor, sandbox, max_runs=max_runs, max_retries=max_retries).as_dict() for s in snippets
+    ]
     llm = getattr(predictor, "llm", None)
     usage = llm.usage.as_dict() if llm is not None else {}
     for report in reports:

@@ -4,6 +4,7 @@ Models are Python objects handed between tasks on the local runner (they hold sh
 a worker pair; they are not meant to travel to Dask workers), so every task here skips Prefect's
 input hashing (NO_CACHE).
 """
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,9 @@ def _resolve_draft_source(models_cfg: Any, work_dir: Path, tracking_uri: Optiona
 
 
 @task(name="serve-resolve-models", cache_policy=NO_CACHE)
-def resolve_models(models_cfg: Any, work_dir: str, tracking_uri: Optional[str], device: str,
-                   need_draft: bool = True) -> ServingModels:
+def resolve_models(
+    models_cfg: Any, work_dir: str, tracking_uri: Optional[str], device: str, need_draft: bool = True
+) -> ServingModels:
     """Load the target (SmolLM2 / quantized / folder / tiny random), the draft, and the text codec."""
     from components.decoding.models import load_draft, load_target
     from components.serving.text import ByteCodec, HFTextCodec
@@ -70,8 +72,10 @@ def resolve_models(models_cfg: Any, work_dir: str, tracking_uri: Optional[str], 
         draft_source, draft_path = _resolve_draft_source(models_cfg, Path(work_dir), tracking_uri)
     draft = load_draft(draft_source, target, draft_path, models_cfg.draft_layers, device)
     if draft is not None and getattr(draft.config, "vocab_size", None) != target.config.vocab_size:
-        raise ValueError(f"draft vocabulary {draft.config.vocab_size} != target vocabulary "
-                         f"{target.config.vocab_size}: the draft must share the target's tokenizer")
+        raise ValueError(
+            f"draft vocabulary {draft.config.vocab_size} != target vocabulary "
+            f"{target.config.vocab_size}: the draft must share the target's tokenizer"
+        )
     if models_cfg.target == "tiny_random":
         codec = ByteCodec(target.config.vocab_size)
     else:
@@ -109,19 +113,32 @@ def warm_up(models: ServingModels, decoding_cfg: Any) -> dict:
         gamma = gamma or min(decoding_cfg.max_gamma, int(ratio["gamma"]))
     gamma = gamma or 1
     draft_threads, target_threads = split_threads(threads, decoding_cfg.draft_share)
-    decoder = build_decoder(decoding_cfg.method, models.target, models.draft, gamma=gamma,
-                            parallel=decoding_cfg.parallel, draft_threads=draft_threads, target_threads=target_threads)
+    decoder = build_decoder(
+        decoding_cfg.method,
+        models.target,
+        models.draft,
+        gamma=gamma,
+        parallel=decoding_cfg.parallel,
+        draft_threads=draft_threads,
+        target_threads=target_threads,
+    )
     start = time.perf_counter()
     _, stats = decoder.generate(prompt, 8, stop_ids=models.codec.eos_ids)
-    info.update({"gamma": float(gamma), "warmup_seconds": time.perf_counter() - start,
-                 "warmup_tokens_per_s": stats.tokens_per_second})
+    info.update(
+        {
+            "gamma": float(gamma),
+            "warmup_seconds": time.perf_counter() - start,
+            "warmup_tokens_per_s": stats.tokens_per_second,
+        }
+    )
     logger.info("decoder %s ready: gamma=%d, c=%.2f", decoder.method, gamma, info.get("cost_ratio", 0.0))
     return {"decoder": decoder, "info": info}
 
 
 @task(name="serve-endpoint", cache_policy=NO_CACHE)
-def serve_endpoint(models: ServingModels, decoder: Any, cfg: Any, tracker: Tracker,
-                   stop: Optional[threading.Event] = None) -> dict:
+def serve_endpoint(
+    models: ServingModels, decoder: Any, cfg: Any, tracker: Tracker, stop: Optional[threading.Event] = None
+) -> dict:
     """Serve the OpenAI-compatible API on cfg.host:cfg.port until `stop` is set (SIGTERM/SIGINT) or
     duration_s has passed, then drain: in-flight requests get cfg.drain_s to finish.
 
@@ -141,10 +158,19 @@ def serve_endpoint(models: ServingModels, decoder: Any, cfg: Any, tracker: Track
         return metrics
     api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     service = GenerationService(decoder, models.codec, models.served_name)
-    app = create_app(service, api_key=api_key, max_queue=cfg.max_queue, default_max_tokens=cfg.default_max_tokens,
-                     limits=RequestLimits(max_body_bytes=cfg.max_body_bytes, body_timeout_s=cfg.body_timeout_s))
-    limits = ConnectionLimits(max_connections=cfg.max_connections, header_timeout_s=cfg.header_timeout_s,
-                              keep_alive_s=cfg.keep_alive_s, drain_s=cfg.drain_s)
+    app = create_app(
+        service,
+        api_key=api_key,
+        max_queue=cfg.max_queue,
+        default_max_tokens=cfg.default_max_tokens,
+        limits=RequestLimits(max_body_bytes=cfg.max_body_bytes, body_timeout_s=cfg.body_timeout_s),
+    )
+    limits = ConnectionLimits(
+        max_connections=cfg.max_connections,
+        header_timeout_s=cfg.header_timeout_s,
+        keep_alive_s=cfg.keep_alive_s,
+        drain_s=cfg.drain_s,
+    )
     server = BackgroundServer(app, cfg.host, cfg.port, log_level="warning", limits=limits).start()
     try:
         logger.info("serving %s with %s at %s", models.served_name, decoder.method, server.base_url)
@@ -154,28 +180,42 @@ def serve_endpoint(models: ServingModels, decoder: Any, cfg: Any, tracker: Track
 
             client = OpenAI(base_url=server.base_url, api_key=api_key or "none", max_retries=0, timeout=300)
             reply = client.chat.completions.create(
-                model=models.served_name, messages=[{"role": "user", "content": cfg.smoke_prompt}],
-                max_tokens=cfg.smoke_max_tokens, temperature=0)
+                model=models.served_name,
+                messages=[{"role": "user", "content": cfg.smoke_prompt}],
+                max_tokens=cfg.smoke_max_tokens,
+                temperature=0,
+            )
             tracker.log_text(reply.choices[0].message.content or "", "smoke/reply.txt")
             metrics["smoke_completion_tokens"] = float(reply.usage.completion_tokens)
         if cfg.load_test_requests > 0:
-            report = run_load(server.base_url, models.served_name, cfg.load_test_requests,
-                              cfg.load_test_max_tokens, api_key)
+            report = run_load(
+                server.base_url, models.served_name, cfg.load_test_requests, cfg.load_test_max_tokens, api_key
+            )
             tracker.log_dict(report, "load_test.json")
-            metrics.update({"load_errors": float(report["errors"]), "load_p50_s": report["p50_s"],
-                            "load_p99_s": report["p99_s"], "load_requests_per_s": report["requests_per_s"]})
+            metrics.update(
+                {
+                    "load_errors": float(report["errors"]),
+                    "load_p50_s": report["p50_s"],
+                    "load_p99_s": report["p99_s"],
+                    "load_requests_per_s": report["requests_per_s"],
+                }
+            )
         deadline = None if cfg.duration_s is None else time.monotonic() + cfg.duration_s
         last_log = time.monotonic()
         while server.thread.is_alive() and not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.2)
             if time.monotonic() - last_log > cfg.metrics_every_s:  # long-running: counters to MLflow
-                tracker.log_metrics({f"served_{k}": v for k, v in service.counters.as_dict().items()},
-                                    step=service.counters.requests)
+                tracker.log_metrics(
+                    {f"served_{k}": v for k, v in service.counters.as_dict().items()}, step=service.counters.requests
+                )
                 last_log = time.monotonic()
     finally:
         if stop.is_set():
-            logger.info("stop requested: draining %d in-flight requests for up to %.0f s",
-                        app.state.queue_state["admitted"], cfg.drain_s)
+            logger.info(
+                "stop requested: draining %d in-flight requests for up to %.0f s",
+                app.state.queue_state["admitted"],
+                cfg.drain_s,
+            )
         server.stop()
     metrics.update({f"served_{k}": float(v) for k, v in service.counters.as_dict().items()})
     return metrics
@@ -189,7 +229,16 @@ def benchmark_decoding(models: ServingModels, bench_cfg: Any, threads: int) -> d
 
     logger = get_run_logger()
     prompts = [ids for _, ids in benchmark_prompts(models.codec, bench_cfg.code_prompts, bench_cfg.chat_prompts)]
-    return compare_methods(models.target, models.draft, prompts, max_new_tokens=bench_cfg.max_new_tokens,
-                           threads=threads, pearl_gamma=bench_cfg.pearl_gamma, sd_gammas=list(bench_cfg.sd_gammas),
-                           repeats=bench_cfg.repeats, eos=models.codec.eos_ids, hf_assisted=bench_cfg.hf_assisted,
-                           log=logger.info)
+    return compare_methods(
+        models.target,
+        models.draft,
+        prompts,
+        max_new_tokens=bench_cfg.max_new_tokens,
+        threads=threads,
+        pearl_gamma=bench_cfg.pearl_gamma,
+        sd_gammas=list(bench_cfg.sd_gammas),
+        repeats=bench_cfg.repeats,
+        eos=models.codec.eos_ids,
+        hf_assisted=bench_cfg.hf_assisted,
+        log=logger.info,
+    )

@@ -4,14 +4,16 @@ A `Tracker` is bound to one MLflow run by id, not to MLflow's thread-local "acti
 running on worker threads (or unpickled on Dask workers) log to the right run. The tracking URI
 comes from config (`tracking.uri`); the default is a SQLite store under the project's `mlflow/`.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from tasks.environment import PROJECT_ROOT
 
@@ -29,7 +31,7 @@ def default_tracking_uri() -> str:
 
 def _artifact_root_for(sqlite_uri: str) -> str:
     """Artifacts of a SQLite store live beside its database file (MLflow would use the cwd)."""
-    return (Path(sqlite_uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    return (Path(sqlite_uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -128,8 +130,14 @@ class Tracker:
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
-    def log_model_dir(self, local_dir: str | Path, artifact_path: str, registered_name: str | None = None,
-                      description: str | None = None, tags: Mapping[str, Any] | None = None) -> str | None:
+    def log_model_dir(
+        self,
+        local_dir: str | Path,
+        artifact_path: str,
+        registered_name: str | None = None,
+        description: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Log a saved model folder (safetensors + config) and optionally register it by name.
 
         The new version gets the `@candidate` alias, a description and tags (the flow, the run); the
@@ -145,17 +153,25 @@ class Tracker:
 
         try:
             self.client.create_registered_model(
-                registered_name, description="Registered by the project's flows; load `@serving` (see mlsys promote).")
+                registered_name, description="Registered by the project's flows; load `@serving` (see mlsys promote)."
+            )
         except MlflowException:
             pass  # already registered: add a version
         run = self.client.get_run(self.run_id)
         flow = run.data.tags.get("flow", "")
-        version_tags = {"flow": flow, "run_name": run.info.run_name or "",
-                        **{k: str(v) for k, v in (tags or {}).items()}}
+        version_tags = {
+            "flow": flow,
+            "run_name": run.info.run_name or "",
+            **{k: str(v) for k, v in (tags or {}).items()},
+        }
         source = f"{run.info.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(
-            registered_name, source=source, run_id=self.run_id, tags=version_tags,
-            description=description or f"{artifact_path} of run {run.info.run_name or self.run_id} ({flow or 'flow'})")
+            registered_name,
+            source=source,
+            run_id=self.run_id,
+            tags=version_tags,
+            description=description or f"{artifact_path} of run {run.info.run_name or self.run_id} ({flow or 'flow'})",
+        )
         self.client.set_registered_model_alias(registered_name, CANDIDATE, version.version)
         self.registered.append((registered_name, str(version.version)))
         return str(version.version)
@@ -175,7 +191,8 @@ class Tracker:
         if not rows:
             return
         table = "| summary | value |\n|---|---|\n" + "\n".join(
-            f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows)
+            f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows
+        )
         note = (f"**Paper's claim:** {claim}\n\n" if claim else "") + table
         self.client.set_tag(self.run_id, "mlflow.note.content", note)
 
@@ -184,9 +201,15 @@ class Tracker:
         member (so the parent's charts compare them), the swept values as params, a plot."""
         self.log_dict(rows, "sweep/comparison.json")
         columns = list(dict.fromkeys(k for r in rows for k in r))
-        self.log_text("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n" + "\n".join(
-            "| " + " | ".join(_format_cell(r.get(c, "")) for c in columns) + " |" for r in rows),
-            "sweep/comparison.md")
+        self.log_text(
+            "| "
+            + " | ".join(columns)
+            + " |\n|"
+            + "---|" * len(columns)
+            + "\n"
+            + "\n".join("| " + " | ".join(_format_cell(r.get(c, "")) for c in columns) + " |" for r in rows),
+            "sweep/comparison.md",
+        )
         for row in rows:
             numbers = {k: v for k, v in row.items() if k != "member" and k not in swept and isinstance(v, (int, float))}
             self.log_metrics(numbers, step=int(row["member"]))
@@ -216,8 +239,7 @@ class Tracker:
             yield m.step, m.value
 
 
-def resolve_model_version(name: str, tracking_uri: str | None = None, version: str | None = None,
-                          alias: str = SERVING):
+def resolve_model_version(name: str, tracking_uri: str | None = None, version: str | None = None, alias: str = SERVING):
     """The registered version a loader should use: `version` if given, else the one holding `alias`.
 
     `name` may carry the choice itself, as in MLflow's URIs: `lm-draft@candidate`, `lm-draft/3`.
@@ -248,11 +270,13 @@ def resolve_model_version(name: str, tracking_uri: str | None = None, version: s
         holders = {a: v.version for v in versions for a in (v.aliases or [])}
         raise LookupError(
             f"model {name!r} has no version with alias @{alias} (aliases: {holders or 'none'}); promote one with "
-            f"`mlsys promote {name} <version>` or load {name}@candidate / {name}/<version> explicitly") from None
+            f"`mlsys promote {name} <version>` or load {name}@candidate / {name}/<version> explicitly"
+        ) from None
 
 
-def load_registered_model_dir(name: str, tracking_uri: str | None = None, version: str | None = None,
-                              alias: str = SERVING) -> Path:
+def load_registered_model_dir(
+    name: str, tracking_uri: str | None = None, version: str | None = None, alias: str = SERVING
+) -> Path:
     """Download the files of a registered model version (`@serving` by default) and return the folder."""
     import mlflow.artifacts
 
@@ -279,8 +303,13 @@ def evaluate_quality(check: str, metrics: Mapping[str, Any]) -> tuple[bool, str]
     return passed, f"{key}={value:.6g} {op} {goal:g}: {'passed' if passed else 'failed'}"
 
 
-def promote(name: str, version: str | None = None, check: str | None = None, tracking_uri: str | None = None,
-            force: bool = False) -> tuple[str, str]:
+def promote(
+    name: str,
+    version: str | None = None,
+    check: str | None = None,
+    tracking_uri: str | None = None,
+    force: bool = False,
+) -> tuple[str, str]:
     """Move `@serving` to `version` (default: the `@candidate`) if it passes its quality check.
 
     The check is `check` or the one recorded on the version at registration (tag `quality.check`),
@@ -320,8 +349,9 @@ def open_run(
     if exp is None:
         artifact_location = _artifact_root_for(uri) + f"/{experiment}" if uri.startswith("sqlite:///") else None
         try:
-            experiment_id = client.create_experiment(experiment, artifact_location=artifact_location,
-                                                     tags=EXPERIMENT_KIND)
+            experiment_id = client.create_experiment(
+                experiment, artifact_location=artifact_location, tags=EXPERIMENT_KIND
+            )
         except Exception:  # created concurrently by another process
             experiment_id = client.get_experiment_by_name(experiment).experiment_id
     else:

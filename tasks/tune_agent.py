@@ -1,4 +1,5 @@
 """Prefect tasks of the `tune_agent` flow: oracle transcripts, the fine-tuning run, a smoke plan."""
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,14 @@ def collect_transcripts(spec: TranscriptConfig) -> list[list[dict[str, str]]]:
     from components.tools import build_knowledge_base
 
     if EVAL_KB_SEED in spec.kb_seeds:
-        raise ValueError(f"transcripts.kb_seeds must not include {EVAL_KB_SEED}: it is the knowledge base "
-                         f"compile_calls and the benchmark evaluate on")
+        raise ValueError(
+            f"transcripts.kb_seeds must not include {EVAL_KB_SEED}: it is the knowledge base "
+            f"compile_calls and the benchmark evaluate on"
+        )
     if not spec.kb_seeds:
         raise ValueError("transcripts.kb_seeds is empty: nothing to tune on")
     eval_names = [e.name for e in build_knowledge_base(EVAL_KB_SEED).entities.values()]
-    chats = oracle_transcripts(spec.kb_seeds, per_template=spec.per_template, few_shot=False,
-                               exclude_names=eval_names)
+    chats = oracle_transcripts(spec.kb_seeds, per_template=spec.per_template, few_shot=False, exclude_names=eval_names)
     if spec.react_steps is not None:
         chats = subsample_react(chats, spec.react_steps, random.Random(0))
     get_run_logger().info("%d transcripts %s", len(chats), count_kinds(chats))
@@ -46,21 +48,25 @@ def collect_transcripts(spec: TranscriptConfig) -> list[list[dict[str, str]]]:
 
 
 @task(name="agent-tune")
-def tune_agent_model(chats: list, spec: TranscriptConfig, settings: Any, out_dir: str, tracker: Tracker,
-                     log_every: int = 5) -> dict:
+def tune_agent_model(
+    chats: list, spec: TranscriptConfig, settings: Any, out_dir: str, tracker: Tracker, log_every: int = 5
+) -> dict:
     """Fine-tune SmolLM2's top layers on the chats' replies; save the tuned layers to `out_dir`
     (with tuning.json: where the chats came from, settings, loss curve); metrics to MLflow every
     `log_every` steps."""
     from components.compiler.tuning import count_kinds
 
-    provenance = {"kb_seeds": list(spec.kb_seeds), "per_template": spec.per_template,
-                  "react_steps_per_question": spec.react_steps or "all", "transcripts": count_kinds(chats),
-                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    provenance = {
+        "kb_seeds": list(spec.kb_seeds),
+        "per_template": spec.per_template,
+        "react_steps_per_question": spec.react_steps or "all",
+        "transcripts": count_kinds(chats),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     return tune_and_save(chats, settings, out_dir, tracker, provenance, log_every)
 
 
-def tune_and_save(chats: list, settings: Any, out_dir: str, tracker: Tracker, provenance: dict,
-                  log_every: int) -> dict:
+def tune_and_save(chats: list, settings: Any, out_dir: str, tracker: Tracker, provenance: dict, log_every: int) -> dict:
     """The tuning both tune flows share: the top layers tuned on the chats' replies, metrics to MLflow
     every `log_every` steps, the tuned tensors and tuning.json (provenance, settings, loss curve) saved."""
     from components.compiler.tuning import TuneSettings, tune_smollm2_on_chats
@@ -73,9 +79,14 @@ def tune_and_save(chats: list, settings: Any, out_dir: str, tracker: Tracker, pr
 
     tuned = tune_smollm2_on_chats(chats, settings, out_dir, log=get_run_logger().info, on_step=on_step)
     report, folder = tuned["report"], tuned["folder"]
-    summary = {"base": tuned["base"], **provenance, "tokens": tuned["tokens"], "reply_tokens": tuned["reply_tokens"],
-               "settings": asdict(settings),
-               "report": {**asdict(report), "losses": [round(x, 4) for x in report.losses]}}
+    summary = {
+        "base": tuned["base"],
+        **provenance,
+        "tokens": tuned["tokens"],
+        "reply_tokens": tuned["reply_tokens"],
+        "settings": asdict(settings),
+        "report": {**asdict(report), "losses": [round(x, 4) for x in report.losses]},
+    }
     (folder / "tuning.json").write_text(json.dumps(summary, indent=1))
     return {"folder": str(folder), "summary": summary}
 

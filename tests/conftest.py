@@ -1,4 +1,5 @@
 """Shared fixtures: one Prefect test server per session, a throw-away MLflow store per test module."""
+
 from __future__ import annotations
 
 import pytest

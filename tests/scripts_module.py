@@ -1,4 +1,5 @@
 """Import a file under scripts/ as a module (scripts/ is not a package: they run as `python scripts/x.py`)."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,8 +1,21 @@
 """DataStates-style lazy asynchronous multi-level checkpointing (see lazy_async.py)."""
-from components.checkpoint.layout import CheckpointError
-from components.checkpoint.lazy_async import (CheckpointRecord, LazyAsyncCheckpointer, latest_checkpoint,
-                                              list_checkpoints, load_checkpoint,
-                                              set_aside_earlier_run)
 
-__all__ = ["CheckpointError", "CheckpointRecord", "LazyAsyncCheckpointer", "latest_checkpoint",
-           "list_checkpoints", "load_checkpoint", "set_aside_earlier_run"]
+from components.checkpoint.layout import CheckpointError
+from components.checkpoint.lazy_async import (
+    CheckpointRecord,
+    LazyAsyncCheckpointer,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    set_aside_earlier_run,
+)
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointRecord",
+    "LazyAsyncCheckpointer",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "set_aside_earlier_run",
+]

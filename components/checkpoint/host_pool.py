@@ -6,6 +6,7 @@ a checkpoint takes one contiguous region; regions are released in the order they
 their bytes reached storage; when the ring is full, `allocate` blocks until the oldest region is
 released (backpressure: training can never outrun storage by more than the buffer).
 """
+
 from __future__ import annotations
 
 import threading
@@ -36,7 +37,7 @@ class HostBufferPool:
         # needs block-aligned buffers; the allocator only promises 64 bytes).
         raw = torch.empty(self.capacity + alignment, dtype=torch.uint8, pin_memory=pin_memory)
         skew = (-raw.data_ptr()) % alignment
-        self.buffer = raw[skew:skew + self.capacity]
+        self.buffer = raw[skew : skew + self.capacity]
         # Touch every page now, so the first checkpoint does not pay the page faults.
         self.buffer.zero_()
         self._live: deque[Region] = deque()
@@ -62,8 +63,10 @@ class HostBufferPool:
     def allocate(self, nbytes: int, timeout: float | None = None) -> Region:
         nbytes = self._align(max(nbytes, 1))  # every region starts aligned, so any dtype can view it
         if nbytes > self.capacity:
-            raise CheckpointError(f"a checkpoint piece of {nbytes} bytes does not fit the host buffer of "
-                                  f"{self.capacity} bytes: raise host_buffer_bytes")
+            raise CheckpointError(
+                f"a checkpoint piece of {nbytes} bytes does not fit the host buffer of "
+                f"{self.capacity} bytes: raise host_buffer_bytes"
+            )
         start = time.perf_counter()
         with self._cond:
             while (offset := self._fits(nbytes)) is None:
@@ -88,7 +91,7 @@ class HostBufferPool:
                 self._cond.wait()
 
     def view(self, region: Region) -> torch.Tensor:
-        return self.buffer[region.offset:region.offset + region.nbytes]
+        return self.buffer[region.offset : region.offset + region.nbytes]
 
     @property
     def bytes_in_use(self) -> int:

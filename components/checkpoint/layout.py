@@ -9,6 +9,7 @@ A checkpoint is a folder `step_00000123/` holding, per rank r:
 and `COMMIT`, written by rank 0 once every rank has voted, before the folder is atomically renamed
 from `step_00000123.tmp-<session>` to its final name. Only folders with a valid COMMIT are loaded.
 """
+
 from __future__ import annotations
 
 import io
@@ -109,8 +110,12 @@ def join_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 # Only plain containers and our placeholder may appear in a skeleton: a tampered .state file cannot
 # make the loader run code.
 _ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"),
-    (__name__, "TensorRef"), ("components.checkpoint.layout", "TensorRef"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "complex"),
+    (__name__, "TensorRef"),
+    ("components.checkpoint.layout", "TensorRef"),
 }
 
 

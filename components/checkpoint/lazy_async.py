@@ -21,6 +21,7 @@ copied to the pinned host buffer on a dedicated copy stream that waits on an eve
 compute stream. Where the reference code leaves gaps (no fsync, no stream/event ordering) this one
 closes them.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -147,13 +148,27 @@ class LazyAsyncCheckpointer:
     `background_cpus`: optional CPU set for them.
     """
 
-    def __init__(self, directory: str | Path, *, keep_last: int = 2, host_buffer_bytes: int | None = None,
-                 buffer_slots: int = 1, flush_threads: int = 2, chunk_bytes: int = 4 << 20,
-                 fsync: bool = True, checksum: bool = False, rank: int | None = None,
-                 world_size: int | None = None, commit_timeout_s: float = 600.0,
-                 device: str | None = None, session: str | None = None, direct_io: bool = True,
-                 copy_policy: str = "just_in_time", thread_nice: int = 10,
-                 background_cpus: set[int] | None = None):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep_last: int = 2,
+        host_buffer_bytes: int | None = None,
+        buffer_slots: int = 1,
+        flush_threads: int = 2,
+        chunk_bytes: int = 4 << 20,
+        fsync: bool = True,
+        checksum: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        commit_timeout_s: float = 600.0,
+        device: str | None = None,
+        session: str | None = None,
+        direct_io: bool = True,
+        copy_policy: str = "just_in_time",
+        thread_nice: int = 10,
+        background_cpus: set[int] | None = None,
+    ):
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         if buffer_slots < 1 or flush_threads < 1 or chunk_bytes < layout.ALIGN:
@@ -192,12 +207,14 @@ class LazyAsyncCheckpointer:
         self._live_bw: float | None = None  # bytes/s the flush wrote in that window, measured
         self._copy_stream = torch.cuda.Stream() if self.use_cuda else None
         self._prepare_directory()
-        self._threads = [threading.Thread(target=self._background, args=(self._copy_loop,), name="ckpt-copy",
-                                          daemon=True),
-                         threading.Thread(target=self._background, args=(self._commit_loop,), name="ckpt-commit",
-                                          daemon=True)]
-        self._threads += [threading.Thread(target=self._background, args=(self._flush_loop,),
-                                           name=f"ckpt-flush{i}", daemon=True) for i in range(flush_threads)]
+        self._threads = [
+            threading.Thread(target=self._background, args=(self._copy_loop,), name="ckpt-copy", daemon=True),
+            threading.Thread(target=self._background, args=(self._commit_loop,), name="ckpt-commit", daemon=True),
+        ]
+        self._threads += [
+            threading.Thread(target=self._background, args=(self._flush_loop,), name=f"ckpt-flush{i}", daemon=True)
+            for i in range(flush_threads)
+        ]
         for thread in self._threads:
             thread.start()
         self._closed = False
@@ -228,16 +245,29 @@ class LazyAsyncCheckpointer:
             # written by direct I/O straight from its own memory.
             phase = raw.data_ptr() % BLOCK if raw.device.type == "cpu" and nbytes else 0
             rel = cursor + phase
-            entries.append({"key": key, "dtype": layout.dtype_name(tensor.dtype), "shape": list(tensor.shape),
-                            "offset": rel, "nbytes": nbytes})
+            entries.append(
+                {
+                    "key": key,
+                    "dtype": layout.dtype_name(tensor.dtype),
+                    "shape": list(tensor.shape),
+                    "offset": rel,
+                    "nbytes": nbytes,
+                }
+            )
             specs.append((raw, rel, nbytes, eager))
             cursor = _up(rel + nbytes) if nbytes else cursor
         header, data_start = _header_with_absolute_offsets(entries)
         file_size = data_start + cursor
         name = layout.step_dirname(step)
         record = CheckpointRecord(step, file_size, requested_at=start, direct_io=self.direct_io)
-        job = _Job(step, record, layout.dumps_skeleton(skeleton), tmp_dir=self.directory / f"{name}.tmp-{self.session}",
-                   final_dir=self.directory / name, file_size=file_size)
+        job = _Job(
+            step,
+            record,
+            layout.dumps_skeleton(skeleton),
+            tmp_dir=self.directory / f"{name}.tmp-{self.session}",
+            final_dir=self.directory / name,
+            file_size=file_size,
+        )
         # Blocks staged in the host buffer at save(): the header, each tensor's partial first and
         # last blocks, tensors smaller than their blocks. A tensor's whole blocks are pieces.
         edges, tensor_edges, eager_pieces = [(0, data_start)], [], []
@@ -258,7 +288,7 @@ class LazyAsyncCheckpointer:
                 tensor_edges.append((hi, end, raw, f))
             for a in range(lo, hi, self.chunk_bytes):
                 b = min(hi, a + self.chunk_bytes)
-                (eager_pieces if eager else job.lazy).append(_Piece(a, b - a, src=raw[a - f:b - f]))
+                (eager_pieces if eager else job.lazy).append(_Piece(a, b - a, src=raw[a - f : b - f]))
         runs: list[_Piece] = []
         for a, b in sorted(edges):  # adjacent edge blocks are written together
             if runs and runs[-1].file_offset + runs[-1].nbytes == a:
@@ -283,8 +313,10 @@ class LazyAsyncCheckpointer:
         job.pool = self.pool
         largest = max([p.nbytes for p in job.lazy] + [sum(p.nbytes for p in runs), sum(p.nbytes for p in eager_pieces)])
         if largest > self.pool.capacity:
-            raise CheckpointError(f"checkpoint of step {step}: a {largest}-byte piece does not fit the host buffer "
-                                  f"of {self.pool.capacity} bytes: raise host_buffer_bytes")
+            raise CheckpointError(
+                f"checkpoint of step {step}: a {largest}-byte piece does not fit the host buffer "
+                f"of {self.pool.capacity} bytes: raise host_buffer_bytes"
+            )
         if self.use_cuda:  # the copy stream must read values the compute stream has finished
             job.compute_event = torch.cuda.Event()
             job.compute_event.record(torch.cuda.current_stream())
@@ -373,7 +405,7 @@ class LazyAsyncCheckpointer:
         if zero:  # padding between tensors is written as zeros, not stale buffer bytes
             host.zero_()
         for piece in pieces:
-            piece.shared, piece.host = shared, host[offset:offset + piece.nbytes]
+            piece.shared, piece.host = shared, host[offset : offset + piece.nbytes]
             offset += piece.nbytes
             if job.error is None:
                 try:
@@ -390,9 +422,9 @@ class LazyAsyncCheckpointer:
     @staticmethod
     def _compose_edges(run: _Piece, header: bytes) -> None:
         if run.file_offset == 0:
-            run.host[:len(header)].copy_(torch.frombuffer(bytearray(header), dtype=torch.uint8))
+            run.host[: len(header)].copy_(torch.frombuffer(bytearray(header), dtype=torch.uint8))
         for a, b, raw, f in run.edges:  # the bytes of each tensor that fall into this run's blocks
-            run.host[a - run.file_offset:b - run.file_offset].copy_(raw[a - f:b - f])
+            run.host[a - run.file_offset : b - run.file_offset].copy_(raw[a - f : b - f])
 
     def _claim_new(self, job: _Job, from_back: bool, count: int | None) -> list[_Piece]:
         """Under self._cond: take NEW pieces for copying (the copier from the back, the hook all)."""
@@ -568,16 +600,19 @@ class LazyAsyncCheckpointer:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise self._no_space(needed) from exc
             if exc.errno == errno.EFBIG:
-                raise CheckpointError(f"cannot write {needed / 1e6:.1f} MB to {self.directory}: over the file size "
-                                      f"limit ({exc.strerror})") from exc
+                raise CheckpointError(
+                    f"cannot write {needed / 1e6:.1f} MB to {self.directory}: over the file size limit ({exc.strerror})"
+                ) from exc
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
         os.ftruncate(fd, job.file_size)  # the vote's size, whatever the last tensor's length
 
     def _no_space(self, needed: int) -> CheckpointError:
         st = os.statvfs(self.directory)
-        return CheckpointError(f"no space left on {self.directory}: {st.f_bavail * st.f_frsize / 1e6:.1f} MB free, "
-                               f"checkpoint needs {needed / 1e6:.1f} MB")
+        return CheckpointError(
+            f"no space left on {self.directory}: {st.f_bavail * st.f_frsize / 1e6:.1f} MB free, "
+            f"checkpoint needs {needed / 1e6:.1f} MB"
+        )
 
     def _write(self, job: _Job, piece: _Piece) -> None:
         data = (piece.host if piece.host is not None else piece.src).numpy()
@@ -631,8 +666,13 @@ class LazyAsyncCheckpointer:
             os.fsync(job.fd)
         state_path = job.tmp_dir / layout.state_name(self.rank)
         layout.write_durable(state_path, job.skeleton)
-        vote = {"rank": self.rank, "step": job.step, "session": self.session,
-                "shard_bytes": job.file_size, "state_bytes": len(job.skeleton)}
+        vote = {
+            "rank": self.rank,
+            "step": job.step,
+            "session": self.session,
+            "shard_bytes": job.file_size,
+            "state_bytes": len(job.skeleton),
+        }
         if self.checksum:
             vote["shard_crc"] = {str(k): v for k, v in sorted(job.crc.items())}
             vote["state_crc"] = zlib.crc32(job.skeleton)
@@ -649,11 +689,17 @@ class LazyAsyncCheckpointer:
         while not all(v.exists() for v in votes):
             if time.monotonic() > deadline:
                 missing = [v.name for v in votes if not v.exists()]
-                raise CheckpointError(f"step {job.step}: ranks did not commit within {self.commit_timeout_s} s "
-                                      f"(missing {missing})")
+                raise CheckpointError(
+                    f"step {job.step}: ranks did not commit within {self.commit_timeout_s} s (missing {missing})"
+                )
             time.sleep(0.01)
-        commit = {"step": job.step, "world_size": self.world_size, "session": self.session,
-                  "votes": [json.loads(v.read_text()) for v in votes], "committed_at": time.time()}
+        commit = {
+            "step": job.step,
+            "world_size": self.world_size,
+            "session": self.session,
+            "votes": [json.loads(v.read_text()) for v in votes],
+            "committed_at": time.time(),
+        }
         layout.write_durable(job.tmp_dir / layout.COMMIT_FILE, json.dumps(commit).encode())
         if self.fsync:  # every vote and the COMMIT marker are durable before the rename publishes them
             layout.fsync_dir(job.tmp_dir)
@@ -669,7 +715,7 @@ class LazyAsyncCheckpointer:
 
     def _apply_retention(self) -> None:
         committed = list_checkpoints(self.directory)
-        for path in committed[:-self.keep_last]:
+        for path in committed[: -self.keep_last]:
             doomed = path.with_name(path.name + f".del-{self.session}")
             path.rename(doomed)  # renamed first: a crash mid-delete never leaves a half "step_" folder
             shutil.rmtree(doomed, ignore_errors=True)
@@ -716,8 +762,9 @@ class LazyAsyncCheckpointer:
             job.error = exc
         if self._error is None:
             cause = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
-            self._error = CheckpointError(f"checkpoint of step {job.step} to {self.directory} failed: "
-                                          f"{cause}; earlier checkpoints are intact")
+            self._error = CheckpointError(
+                f"checkpoint of step {job.step} to {self.directory} failed: {cause}; earlier checkpoints are intact"
+            )
             self._error.__cause__ = exc
 
     def _raise_pending_error(self) -> None:
@@ -765,8 +812,9 @@ def _agree_on_session(world_size: int) -> str:
     session = uuid.uuid4().hex[:12]
     if world_size > 1:
         if not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("world_size > 1 needs torch.distributed initialised, or an explicit session id "
-                             "shared by all ranks")
+            raise ValueError(
+                "world_size > 1 needs torch.distributed initialised, or an explicit session id shared by all ranks"
+            )
         box = [session]
         dist.broadcast_object_list(box, src=0)
         session = box[0]
@@ -796,10 +844,10 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     found = []
     for path in directory.iterdir():
         name = path.name
-        if not name.startswith(layout.STEP_PREFIX) or not name[len(layout.STEP_PREFIX):].isdigit():
+        if not name.startswith(layout.STEP_PREFIX) or not name[len(layout.STEP_PREFIX) :].isdigit():
             continue
         if _valid_commit(path) is not None:
-            found.append((int(name[len(layout.STEP_PREFIX):]), path))
+            found.append((int(name[len(layout.STEP_PREFIX) :]), path))
     return [p for _, p in sorted(found)]
 
 
@@ -849,4 +897,3 @@ def load_checkpoint(path: str | Path, rank: int = 0, verify_checksum: bool = Tru
                     raise CheckpointError(f"{shard_path} fails its checksum at offset {offset}")
     tensors = layout.read_shard(shard_path)
     return layout.join_state(layout.loads_skeleton(skeleton_bytes), tensors)
-

@@ -5,17 +5,25 @@ executor, so a comparison between them differs only in how calls are planned and
 LLMCompiler writes the whole plan in one (streamed) LLM call and runs independent calls in
 parallel; ReAct asks the LLM for one action at a time and waits for each observation.
 """
+
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 from components.compiler.fetching import Submit, TaskFetchingUnit, TaskRecord, resolve
 from components.compiler.plan import END_OF_PLAN, StreamingPlanParser, Task, iter_tasks, parse_call
-from components.compiler.prompts import (EXAMPLES, Example, joiner_messages, parallel_fc_messages, planner_messages,
-                                        react_messages, scratchpad)
+from components.compiler.prompts import (
+    EXAMPLES,
+    Example,
+    joiner_messages,
+    parallel_fc_messages,
+    planner_messages,
+    react_messages,
+    scratchpad,
+)
 from components.llm.base import LLM
 from components.tools.base import ToolResult
 
@@ -66,9 +74,17 @@ class _UsageDelta:
 class LLMCompiler:
     """Plan (streamed) -> dispatch ready tasks in parallel -> join: Finish or Replan (up to max_replans)."""
 
-    def __init__(self, llm: LLM, tools: dict[str, str], submit: Submit, max_replans: int = 1,
-                 planner_max_tokens: int = 320, joiner_max_tokens: int = 96, temperature: float = 0.0,
-                 examples: tuple[Example, ...] = EXAMPLES) -> None:
+    def __init__(
+        self,
+        llm: LLM,
+        tools: dict[str, str],
+        submit: Submit,
+        max_replans: int = 1,
+        planner_max_tokens: int = 320,
+        joiner_max_tokens: int = 96,
+        temperature: float = 0.0,
+        examples: tuple[Example, ...] = EXAMPLES,
+    ) -> None:
         if max_replans < 0:
             raise ValueError(f"max_replans must be >= 0, got {max_replans}")
         self.llm, self.tools, self.submit = llm, tools, submit  # tools: name -> description
@@ -89,25 +105,37 @@ class LLMCompiler:
             messages = planner_messages(question, list(self.tools.values()), context, self.examples)
             fetcher = TaskFetchingUnit(self.submit)
             records = fetcher.run(self._plan_stream(messages, parser, plan_text), known=done)
-            round_steps = [(_render_call(r), str(r.result)) for r in records.values()
-                           if not r.task.is_join and r.result is not None]
+            round_steps = [
+                (_render_call(r), str(r.result))
+                for r in records.values()
+                if not r.task.is_join and r.result is not None
+            ]
             steps += round_steps
             done.update({i: r.result for i, r in records.items() if r.result is not None})
             errors = [str(e) for e in parser.errors]
             if fetcher.plan_error is not None:
                 errors.append(f"planner failed: {type(fetcher.plan_error).__name__}: {fetcher.plan_error}")
-            errors += [f"task {i} failed: {r.result.error}" for i, r in records.items()
-                       if r.result is not None and not r.result.ok]
+            errors += [
+                f"task {i} failed: {r.result.error}"
+                for i, r in records.items()
+                if r.result is not None and not r.result.ok
+            ]
             result.errors += errors
             result.tool_calls += sum(r.submitted for r in records.values())
-            join_messages = joiner_messages(question, steps + [("Plan errors", "; ".join(errors))] if errors else steps,
-                                            self.examples)
+            join_messages = joiner_messages(
+                question, steps + [("Plan errors", "; ".join(errors))] if errors else steps, self.examples
+            )
             joined = self.llm.chat(join_messages, max_tokens=self.joiner_max_tokens, temperature=self.temperature)
             decision = parse_final(joined.text)
-            result.trace.append({
-                "round": round_no, "plan": "".join(plan_text), "errors": errors, "joiner": joined.text,
-                "tasks": [_record_dict(r) for r in records.values()],
-            })
+            result.trace.append(
+                {
+                    "round": round_no,
+                    "plan": "".join(plan_text),
+                    "errors": errors,
+                    "joiner": joined.text,
+                    "tasks": [_record_dict(r) for r in records.values()],
+                }
+            )
             if decision is None:  # no Finish/Replan: take the joiner's text as its answer
                 result.errors.append(f"joiner wrote neither Finish(...) nor Replan(...): {joined.text[:200]!r}")
                 result.answer = _strip_thought(joined.text)
@@ -126,8 +154,12 @@ class LLMCompiler:
         return result
 
     def _plan_stream(self, messages, parser: StreamingPlanParser, plan_text: list[str]) -> Iterator[Task]:
-        stream = self.llm.stream_chat(messages, max_tokens=self.planner_max_tokens, temperature=self.temperature,
-                                      stop=[END_OF_PLAN, "\nQuestion:"])
+        stream = self.llm.stream_chat(
+            messages,
+            max_tokens=self.planner_max_tokens,
+            temperature=self.temperature,
+            stop=[END_OF_PLAN, "\nQuestion:"],
+        )
 
         def recorded() -> Iterator[str]:
             for piece in stream:
@@ -145,8 +177,16 @@ class ReActAgent:
 
     method = "react"
 
-    def __init__(self, llm: LLM, tools: dict[str, str], submit: Submit, max_steps: int = 8,
-                 step_max_tokens: int = 96, temperature: float = 0.0, examples: tuple[Example, ...] = EXAMPLES) -> None:
+    def __init__(
+        self,
+        llm: LLM,
+        tools: dict[str, str],
+        submit: Submit,
+        max_steps: int = 8,
+        step_max_tokens: int = 96,
+        temperature: float = 0.0,
+        examples: tuple[Example, ...] = EXAMPLES,
+    ) -> None:
         self.llm, self.tools, self.submit = llm, tools, submit
         self.max_steps, self.step_max_tokens, self.temperature = max_steps, step_max_tokens, temperature
         self.examples = examples
@@ -165,8 +205,12 @@ class ReActAgent:
         result = AgentResult(question, self.method, None)
         trajectory = ""
         for step in range(self.max_steps):
-            text = self.llm.chat(self.messages(question, trajectory), max_tokens=self.step_max_tokens,
-                                 temperature=self.temperature, stop=["Observation:", "\nQuestion:"]).text.strip()
+            text = self.llm.chat(
+                self.messages(question, trajectory),
+                max_tokens=self.step_max_tokens,
+                temperature=self.temperature,
+                stop=["Observation:", "\nQuestion:"],
+            ).text.strip()
             trajectory += text + "\n"
             final = parse_final(text)
             actions = self.actions(text)
@@ -244,7 +288,15 @@ def _render_call(record: TaskRecord) -> str:
 
 
 def _record_dict(r: TaskRecord) -> dict:
-    return {"idx": r.task.idx, "tool": r.task.tool, "args": list(r.task.args), "deps": list(r.task.deps),
-            "call_args": [str(a) for a in r.call_args], "parsed_at": r.parsed_at, "dispatched_at": r.dispatched_at,
-            "finished_at": r.finished_at, "observation": None if r.result is None else str(r.result),
-            "ok": None if r.result is None else r.result.ok}
+    return {
+        "idx": r.task.idx,
+        "tool": r.task.tool,
+        "args": list(r.task.args),
+        "deps": list(r.task.deps),
+        "call_args": [str(a) for a in r.call_args],
+        "parsed_at": r.parsed_at,
+        "dispatched_at": r.dispatched_at,
+        "finished_at": r.finished_at,
+        "observation": None if r.result is None else str(r.result),
+        "ok": None if r.result is None else r.result.ok,
+    }

@@ -5,18 +5,19 @@ the same question), so a slow moment of a shared machine hits all. Summary per m
 median/mean latency, LLM calls, tokens, tool calls, replan rate; and LLMCompiler's speedup over each
 baseline (the baseline's median latency / LLMCompiler's).
 """
+
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
+from components.checks import at_least
 from components.compiler.agents import AgentResult, LLMCompiler, ParallelFunctionCalling, ReActAgent
 from components.compiler.fetching import Submit
 from components.compiler.parallelqa import Question, is_correct
 from components.compiler.prompts import EXAMPLES
 from components.llm.base import LLM
-from components.checks import at_least
 
 METHODS = ("llmcompiler", "react", "parallel_fc")
 BASELINES = ("react", "parallel_fc")  # what LLMCompiler's speedup is reported against
@@ -36,8 +37,14 @@ class AgentSettings:
 
     def __post_init__(self) -> None:
         at_least("agent.max_replans", self.max_replans, 0)
-        for key in ("planner_max_tokens", "joiner_max_tokens", "react_max_steps", "react_step_max_tokens",
-                    "parallel_fc_max_turns", "parallel_fc_turn_max_tokens"):
+        for key in (
+            "planner_max_tokens",
+            "joiner_max_tokens",
+            "react_max_steps",
+            "react_step_max_tokens",
+            "parallel_fc_max_turns",
+            "parallel_fc_turn_max_tokens",
+        ):
             at_least(f"agent.{key}", getattr(self, key), 1)
         at_least("agent.temperature", self.temperature, 0)
 
@@ -48,32 +55,61 @@ METHODS = ("llmcompiler", "react", "parallel_fc")  # what build_agent builds
 def build_agent(method: str, llm: LLM, tools: dict[str, str], submit: Submit, settings: AgentSettings):
     examples = EXAMPLES if settings.few_shot else ()  # the same for both methods
     if method == "llmcompiler":
-        return LLMCompiler(llm, tools, submit, max_replans=settings.max_replans,
-                           planner_max_tokens=settings.planner_max_tokens,
-                           joiner_max_tokens=settings.joiner_max_tokens, temperature=settings.temperature,
-                           examples=examples)
+        return LLMCompiler(
+            llm,
+            tools,
+            submit,
+            max_replans=settings.max_replans,
+            planner_max_tokens=settings.planner_max_tokens,
+            joiner_max_tokens=settings.joiner_max_tokens,
+            temperature=settings.temperature,
+            examples=examples,
+        )
     if method == "react":
-        return ReActAgent(llm, tools, submit, max_steps=settings.react_max_steps,
-                          step_max_tokens=settings.react_step_max_tokens, temperature=settings.temperature,
-                          examples=examples)
+        return ReActAgent(
+            llm,
+            tools,
+            submit,
+            max_steps=settings.react_max_steps,
+            step_max_tokens=settings.react_step_max_tokens,
+            temperature=settings.temperature,
+            examples=examples,
+        )
     if method == "parallel_fc":
-        return ParallelFunctionCalling(llm, tools, submit, max_steps=settings.parallel_fc_max_turns,
-                                       step_max_tokens=settings.parallel_fc_turn_max_tokens,
-                                       temperature=settings.temperature, examples=examples)
+        return ParallelFunctionCalling(
+            llm,
+            tools,
+            submit,
+            max_steps=settings.parallel_fc_max_turns,
+            step_max_tokens=settings.parallel_fc_turn_max_tokens,
+            temperature=settings.temperature,
+            examples=examples,
+        )
     raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
 
 
-def evaluate(questions: Iterable[Question], agents: dict[str, object],
-             on_result: Callable[[int, Question, AgentResult, bool], None] | None = None) -> list[dict]:
+def evaluate(
+    questions: Iterable[Question],
+    agents: dict[str, object],
+    on_result: Callable[[int, Question, AgentResult, bool], None] | None = None,
+) -> list[dict]:
     """Run every agent on every question (alternating); return one row per (question, method)."""
     rows = []
     for i, question in enumerate(questions):
-        for method, agent in agents.items():
+        for agent in agents.values():  # each result names its method
             result = agent.run(question.text)
             correct = is_correct(result.answer, question.answer, distractors=question.distractors)
-            rows.append({"qid": question.qid, "template": question.template, "parallel": question.parallel,
-                         "lookups": question.lookups, "gold": question.answer, "correct": correct,
-                         **{k: v for k, v in result.as_dict().items() if k != "question"}})
+            rows.append(
+                {
+                    "qid": question.qid,
+                    "template": question.template,
+                    "parallel": question.parallel,
+                    "lookups": question.lookups,
+                    "gold": question.answer,
+                    "correct": correct,
+                    **{k: v for k, v in result.as_dict().items() if k != "question"},
+                }
+            )
             if on_result:
                 on_result(i, question, result, correct)
     return rows
@@ -106,8 +142,9 @@ def summarize(rows: list[dict], parallel_only: bool = False) -> dict:
         suffix = "" if baseline == "react" else f"_vs_{baseline}"
         out[f"speedup_median{suffix}"] = out[baseline]["latency_median_s"] / out["llmcompiler"]["latency_median_s"]
         pairs = _paired(rows, baseline)
-        out[f"speedup_per_question_median{suffix}"] = (statistics.median(b / c for c, b in pairs) if pairs
-                                                      else float("nan"))
+        out[f"speedup_per_question_median{suffix}"] = (
+            statistics.median(b / c for c, b in pairs) if pairs else float("nan")
+        )
         out[f"accuracy_delta{suffix}"] = out["llmcompiler"]["accuracy"] - out[baseline]["accuracy"]
         out[f"token_ratio{suffix}"] = out[baseline]["tokens_mean"] / max(out["llmcompiler"]["tokens_mean"], 1e-9)
     return out
@@ -118,5 +155,8 @@ def _paired(rows: list[dict], baseline: str) -> list[tuple[float, float]]:
     by_q: dict[str, dict[str, float]] = {}
     for r in rows:
         by_q.setdefault(r["qid"], {})[r["method"]] = r["latency_s"]
-    return [(v["llmcompiler"], v[baseline]) for v in by_q.values()
-            if "llmcompiler" in v and baseline in v and v["llmcompiler"] > 0]
+    return [
+        (v["llmcompiler"], v[baseline])
+        for v in by_q.values()
+        if "llmcompiler" in v and baseline in v and v["llmcompiler"] > 0
+    ]

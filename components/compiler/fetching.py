@@ -8,14 +8,16 @@ the flow's task runner in the flow) and returns either a future with `.result()`
 `submit` is always called from the thread that called `run`, so orchestrators that keep their run
 context in thread-local/contextvars state (Prefect does) see it.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from components.compiler.plan import Task, substitute
 from components.tools.base import Toolbox, ToolResult
@@ -118,8 +120,9 @@ class TaskFetchingUnit:
                     record.finished_at = record.dispatched_at
                     continue
                 if failed:  # no point calling a tool with an error message as its input
-                    self._finish(record, ToolResult(error=f"skipped: depends on ${failed[0]}, which failed"),
-                                 finished, now())
+                    self._finish(
+                        record, ToolResult(error=f"skipped: depends on ${failed[0]}, which failed"), finished, now()
+                    )
                     continue
                 values = {d: finished[d].value for d in task.deps}
                 record.call_args = substitute(task.args, values, render_observation)
@@ -127,13 +130,13 @@ class TaskFetchingUnit:
                 try:
                     handle = self.submit(task.tool, record.call_args, record.call_kwargs)
                 except BaseException as err:
-                    self._finish(record, ToolResult(error=f"could not dispatch: {type(err).__name__}: {err}"),
-                                 finished, now())
+                    self._finish(
+                        record, ToolResult(error=f"could not dispatch: {type(err).__name__}: {err}"), finished, now()
+                    )
                     continue
                 record.submitted = True
                 in_flight += 1
-                threading.Thread(target=await_result, args=(idx, handle), daemon=True,
-                                 name=f"await-task-{idx}").start()
+                threading.Thread(target=await_result, args=(idx, handle), daemon=True, name=f"await-task-{idx}").start()
 
         while not plan_ended or in_flight or waiting:
             if plan_ended and not in_flight and waiting:

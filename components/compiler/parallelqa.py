@@ -6,6 +6,7 @@ it up) to exercise dependencies. Every question carries its reference plan in th
 (used only by the scripted oracle that isolates the executor) and its answer computed from the
 knowledge base. Scoring follows the paper: numbers within ±10%, else normalized string match.
 """
+
 from __future__ import annotations
 
 import random
@@ -91,9 +92,16 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
             names = [e.name for e in chosen]
             total = sum(e.attributes[attribute] for e in chosen)
             step = _calculate_mean(k) if kind == "mean" else f'calculate("{_sum_of_results(k)}")'
-            out.append(_q(f"{template}-{i}", template,
-                          question.format(names=f"{', '.join(names[:-1])} and {names[-1]}"),
-                          total / k if kind == "mean" else total, [_search(words, n) for n in names] + [step], k))
+            out.append(
+                _q(
+                    f"{template}-{i}",
+                    template,
+                    question.format(names=f"{', '.join(names[:-1])} and {names[-1]}"),
+                    total / k if kind == "mean" else total,
+                    [_search(words, n) for n in names] + [step],
+                    k,
+                )
+            )
 
     def superlative(template, pool, k, attribute, words, best, question, distinct=False):
         """'<question>: A, B or C?': k lookups of `attribute`, then a sandboxed max/min picks the name."""
@@ -101,69 +109,162 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
             chosen = pick(template, pool, k, distinct=attribute if distinct else None)
             names = [e.name for e in chosen]
             winner = (max if best == "max" else min)(chosen, key=lambda e: e.attributes[attribute]).name
-            out.append(_q(f"{template}-{i}", template, f"{question}: {', '.join(names[:-1])} or {names[-1]}?", winner,
-                          [_search(words, n) for n in names] + [_python_pick(names, best)], k,
-                          distractors=[n for n in names if n != winner]))
+            out.append(
+                _q(
+                    f"{template}-{i}",
+                    template,
+                    f"{question}: {', '.join(names[:-1])} or {names[-1]}?",
+                    winner,
+                    [_search(words, n) for n in names] + [_python_pick(names, best)],
+                    k,
+                    distractors=[n for n in names if n != winner],
+                )
+            )
 
     for i in range(per_template):
         a, b = pick("sum_population", cities, 2)
         pa, pb = a.attributes["population"], b.attributes["population"]
-        out.append(_q(f"sum_population-{i}", "sum_population",
-                      f"What is the combined population of {a.name} and {b.name}?", pa + pb,
-                      [_search("population", a.name), _search("population", b.name), 'calculate("$1 + $2")'], 2))
+        out.append(
+            _q(
+                f"sum_population-{i}",
+                "sum_population",
+                f"What is the combined population of {a.name} and {b.name}?",
+                pa + pb,
+                [_search("population", a.name), _search("population", b.name), 'calculate("$1 + $2")'],
+                2,
+            )
+        )
     for i in range(per_template):
         a, b = sorted(pick("height_difference", mountains, 2), key=lambda m: -m.attributes["height_m"])
-        out.append(_q(f"height_difference-{i}", "height_difference",
-                      f"How many meters taller is {a.name} than {b.name}?",
-                      a.attributes["height_m"] - b.attributes["height_m"],
-                      [_search("height", a.name), _search("height", b.name), 'calculate("$1 - $2")'], 2))
+        out.append(
+            _q(
+                f"height_difference-{i}",
+                "height_difference",
+                f"How many meters taller is {a.name} than {b.name}?",
+                a.attributes["height_m"] - b.attributes["height_m"],
+                [_search("height", a.name), _search("height", b.name), 'calculate("$1 - $2")'],
+                2,
+            )
+        )
     for i in range(per_template):
         a, b = pick("area_ratio", cities, 2)
-        out.append(_q(f"area_ratio-{i}", "area_ratio",
-                      f"How many times the area of {b.name} is the area of {a.name}?",
-                      a.attributes["area_km2"] / b.attributes["area_km2"],
-                      [_search("area", a.name), _search("area", b.name), 'calculate("$1 / $2")'], 2))
-    aggregate("mean_elevation", cities, 3, "elevation_m", "elevation", "mean",
-              "What is the average elevation in meters of {names}?")
-    aggregate("total_employees", companies, 4, "employees", "employees", "sum",
-              "How many employees do {names} have in total?")
+        out.append(
+            _q(
+                f"area_ratio-{i}",
+                "area_ratio",
+                f"How many times the area of {b.name} is the area of {a.name}?",
+                a.attributes["area_km2"] / b.attributes["area_km2"],
+                [_search("area", a.name), _search("area", b.name), 'calculate("$1 / $2")'],
+                2,
+            )
+        )
+    aggregate(
+        "mean_elevation",
+        cities,
+        3,
+        "elevation_m",
+        "elevation",
+        "mean",
+        "What is the average elevation in meters of {names}?",
+    )
+    aggregate(
+        "total_employees", companies, 4, "employees", "employees", "sum", "How many employees do {names} have in total?"
+    )
     superlative("longest_river", rivers, 3, "length_km", "length", "max", "Which river is the longest")
     for i in range(per_template):
         a, b = pick("founding_gap", companies, 2)
         ya, yb = a.attributes["founded"], b.attributes["founded"]
-        out.append(_q(f"founding_gap-{i}", "founding_gap",
-                      f"How many years apart were {a.name} and {b.name} founded?", abs(ya - yb),
-                      [_search("founding year", a.name), _search("founding year", b.name),
-                       'calculate("abs($1 - $2)")'], 2))
+        out.append(
+            _q(
+                f"founding_gap-{i}",
+                "founding_gap",
+                f"How many years apart were {a.name} and {b.name} founded?",
+                abs(ya - yb),
+                [_search("founding year", a.name), _search("founding year", b.name), 'calculate("abs($1 - $2)")'],
+                2,
+            )
+        )
     for i in range(per_template):
         (a,) = pick("population_density", cities, 1)
-        out.append(_q(f"population_density-{i}", "population_density",
-                      f"What is the population density of {a.name} in people per square kilometer?",
-                      a.attributes["population"] / a.attributes["area_km2"],
-                      [_search("population", a.name), _search("area", a.name), 'calculate("$1 / $2")'], 2))
-    aggregate("total_revenue", companies, 3, "revenue_musd", "revenue", "sum",
-              "What is the total revenue in million USD of {names}?")
+        out.append(
+            _q(
+                f"population_density-{i}",
+                "population_density",
+                f"What is the population density of {a.name} in people per square kilometer?",
+                a.attributes["population"] / a.attributes["area_km2"],
+                [_search("population", a.name), _search("area", a.name), 'calculate("$1 / $2")'],
+                2,
+            )
+        )
+    aggregate(
+        "total_revenue",
+        companies,
+        3,
+        "revenue_musd",
+        "revenue",
+        "sum",
+        "What is the total revenue in million USD of {names}?",
+    )
     # Wider fan-out (5-6 independent lookups): where planning once instead of once per call matters most.
-    superlative("most_employees", companies, 5, "employees", "employees", "max",
-                "Which company has the most employees", distinct=True)
-    aggregate("mean_height", mountains, 6, "height_m", "height", "mean",
-              "What is the average height in meters of {names}?")
-    superlative("oldest_city", cities, 5, "founded", "founding year", "min", "Which city was founded first",
-                distinct=True)
-    aggregate("total_discharge", rivers, 6, "discharge_m3s", "discharge", "sum",
-              "What is the total discharge in m3/s of {names}?")
+    superlative(
+        "most_employees",
+        companies,
+        5,
+        "employees",
+        "employees",
+        "max",
+        "Which company has the most employees",
+        distinct=True,
+    )
+    aggregate(
+        "mean_height", mountains, 6, "height_m", "height", "mean", "What is the average height in meters of {names}?"
+    )
+    superlative(
+        "oldest_city", cities, 5, "founded", "founding year", "min", "Which city was founded first", distinct=True
+    )
+    aggregate(
+        "total_discharge",
+        rivers,
+        6,
+        "discharge_m3s",
+        "discharge",
+        "sum",
+        "What is the total discharge in m3/s of {names}?",
+    )
     # The paper's widest case: Movie Recommendation's 8 parallel searches (its 3.74x).
-    aggregate("population_of_eight", cities, 8, "population", "population", "sum",
-              "What is the combined population of {names}?")
-    superlative("highest_revenue", companies, 8, "revenue_musd", "revenue", "max",
-                "Which company has the highest revenue", distinct=True)
+    aggregate(
+        "population_of_eight",
+        cities,
+        8,
+        "population",
+        "population",
+        "sum",
+        "What is the combined population of {names}?",
+    )
+    superlative(
+        "highest_revenue",
+        companies,
+        8,
+        "revenue_musd",
+        "revenue",
+        "max",
+        "Which company has the highest revenue",
+        distinct=True,
+    )
     for i in range(per_template):
         (c,) = pick("headquarters_population", companies, 1)
         hq = kb.get(c.attributes["headquarters"])
-        out.append(_q(f"headquarters_population-{i}", "headquarters_population",
-                      f"What is the population of the city where {c.name} is headquartered?",
-                      hq.attributes["population"],
-                      [_search("headquarters", c.name), 'search("population of $1")'], 1, parallel=False))
+        out.append(
+            _q(
+                f"headquarters_population-{i}",
+                "headquarters_population",
+                f"What is the population of the city where {c.name} is headquartered?",
+                hq.attributes["population"],
+                [_search("headquarters", c.name), 'search("population of $1")'],
+                1,
+                parallel=False,
+            )
+        )
     return out
 
 
@@ -192,8 +293,9 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text).split())
 
 
-def is_correct(answer: str | None, gold: float | str, tolerance: float = 0.10,
-               distractors: tuple[str, ...] = ()) -> bool:
+def is_correct(
+    answer: str | None, gold: float | str, tolerance: float = 0.10, distractors: tuple[str, ...] = ()
+) -> bool:
     """Numeric gold: the answer's first number is within ±10%. Text gold: normalized match, or the
     gold name inside the answer ('It is the X River.') with none of the wrong candidates."""
     if answer is None:

@@ -15,12 +15,14 @@ is complete, so the Task Fetching Unit can start it while the rest of the plan i
 written. A line that looks like a task but is not one (unknown tool, bad arguments, a dependency
 on a task that does not precede it, a repeated number) raises `PlanParseError` naming the line.
 """
+
 from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 END_OF_PLAN = "<END_OF_PLAN>"
 JOIN = "join"
@@ -31,6 +33,8 @@ _REF = re.compile(r"\$(?:\{(\d+)\}|(\d+))")  # $N or ${N}; a lone "}" after $N i
 
 def _ref_index(match: re.Match) -> int:
     return int(match.group(1) or match.group(2))
+
+
 _THOUGHT = re.compile(r"^\s*Thought\s*:\s*(.*)$", re.IGNORECASE)
 
 
@@ -94,8 +98,9 @@ def substitute(value: Any, observations: dict[int, Any], render=str) -> Any:
         whole = _REF.fullmatch(value.strip())
         if whole and _ref_index(whole) in observations:
             return observations[_ref_index(whole)]
-        return _REF.sub(lambda m: render(observations[_ref_index(m)]) if _ref_index(m) in observations
-                        else m.group(0), value)
+        return _REF.sub(
+            lambda m: render(observations[_ref_index(m)]) if _ref_index(m) in observations else m.group(0), value
+        )
     if isinstance(value, list):
         return [substitute(v, observations, render) for v in value]
     if isinstance(value, tuple):

@@ -5,6 +5,7 @@ react prompt) shortened for a small model. The few-shot examples use entities th
 knowledge base (so copying an example never answers a question) and are the same for LLMCompiler
 and ReAct, written in each one's format, so neither method sees more help than the other.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,21 +32,41 @@ EXAMPLES = (
         question="What is the population of the city where Acme Tools is headquartered?",
         plan=['search("headquarters of Acme Tools")', 'search("population of $1")', "join()"],
         observations=["Acme Tools headquarters: Examplia", "Examplia population: 120,000 people"],
-        values=["Examplia", "120000"], answer="120000", thought="The city must be found first; its population depends on it."),
+        values=["Examplia", "120000"],
+        answer="120000",
+        thought="The city must be found first; its population depends on it.",
+    ),
     Example(
         question="Which river is the longest: Demo River, Mock River or Toy River?",
-        plan=['search("length of Demo River")', 'search("length of Mock River")', 'search("length of Toy River")',
-              "python(\"d = {'Demo River': $1, 'Mock River': $2, 'Toy River': $3}; print(max(d, key=d.get))\")",
-              "join()"],
-        observations=["Demo River length: 410 km", "Mock River length: 1,250 km", "Toy River length: 95 km",
-                      "Mock River"],
-        values=["410", "1250", "95", "Mock River"], answer="Mock River"),
+        plan=[
+            'search("length of Demo River")',
+            'search("length of Mock River")',
+            'search("length of Toy River")',
+            "python(\"d = {'Demo River': $1, 'Mock River': $2, 'Toy River': $3}; print(max(d, key=d.get))\")",
+            "join()",
+        ],
+        observations=[
+            "Demo River length: 410 km",
+            "Mock River length: 1,250 km",
+            "Toy River length: 95 km",
+            "Mock River",
+        ],
+        values=["410", "1250", "95", "Mock River"],
+        answer="Mock River",
+    ),
     Example(
         question="What is the combined population of Examplia and Samplestad?",
-        plan=['search("population of Examplia")', 'search("population of Samplestad")',
-              'calculate("$1 + $2")', "join()"],
+        plan=[
+            'search("population of Examplia")',
+            'search("population of Samplestad")',
+            'calculate("$1 + $2")',
+            "join()",
+        ],
         observations=["Examplia population: 120,000 people", "Samplestad population: 80,500 people", "200500"],
-        values=["120000", "80500", "200500"], answer="200500", thought="The two populations can be looked up in parallel, then added."),
+        values=["120000", "80500", "200500"],
+        answer="200500",
+        thought="The two populations can be looked up in parallel, then added.",
+    ),
 )
 
 PLANNER_SYSTEM = """Given a user query, create a plan to solve it with the utmost parallelizability. \
@@ -90,8 +111,12 @@ earlier observations in later actions."""
 def prompt_kind(messages: Messages) -> str | None:
     """'planner', 'joiner', 'react' or 'parallel_fc': which agent call a chat is, read off its system prompt."""
     system = messages[0]["content"] if messages and messages[0].get("role") == "system" else ""
-    for kind, template in (("planner", PLANNER_SYSTEM), ("joiner", JOINER_SYSTEM), ("react", REACT_SYSTEM),
-                           ("parallel_fc", PARALLEL_FC_SYSTEM)):
+    for kind, template in (
+        ("planner", PLANNER_SYSTEM),
+        ("joiner", JOINER_SYSTEM),
+        ("react", REACT_SYSTEM),
+        ("parallel_fc", PARALLEL_FC_SYSTEM),
+    ):
         if system.startswith(template.split("\n")[0][:40]):
             return kind
     return None
@@ -111,22 +136,31 @@ def _few_shot(system: str, examples: tuple[Example, ...], render, user: str) -> 
     """System instructions, one user/assistant pair per example (`render` writes the answer), the request."""
     messages: Messages = [{"role": "system", "content": system}]
     for ex in examples:
-        messages += [{"role": "user", "content": f"Question: {ex.question}"},
-                     {"role": "assistant", "content": render(ex)}]
+        messages += [
+            {"role": "user", "content": f"Question: {ex.question}"},
+            {"role": "assistant", "content": render(ex)},
+        ]
     messages.append({"role": "user", "content": user})
     return messages
 
 
-def planner_messages(question: str, tool_descriptions: list[str], context: str = "",
-                     examples: tuple[Example, ...] = EXAMPLES) -> Messages:
+def planner_messages(
+    question: str, tool_descriptions: list[str], context: str = "", examples: tuple[Example, ...] = EXAMPLES
+) -> Messages:
     """The planner's chat: system instructions, one user/assistant pair per example, the question.
     `context`: the previous rounds' plans, results and the joiner's reason, when replanning."""
-    system = PLANNER_SYSTEM.format(n=len(tool_descriptions) + 1, tools=_numbered(tool_descriptions),
-                                   join_n=len(tool_descriptions) + 1, end=END_OF_PLAN)
+    system = PLANNER_SYSTEM.format(
+        n=len(tool_descriptions) + 1,
+        tools=_numbered(tool_descriptions),
+        join_n=len(tool_descriptions) + 1,
+        end=END_OF_PLAN,
+    )
     user = f"Question: {question}"
     if context:
-        user += (f"\n\nPrevious attempts (their actions keep their IDs; number new actions after them "
-                 f"and you may use their $ID outputs):\n{context}\nNow write a new plan.")
+        user += (
+            f"\n\nPrevious attempts (their actions keep their IDs; number new actions after them "
+            f"and you may use their $ID outputs):\n{context}\nNow write a new plan."
+        )
     return _few_shot(system, examples, _plan_text, user)
 
 
@@ -139,22 +173,28 @@ def joiner_messages(question: str, steps: list[tuple[str, str]], examples: tuple
     messages: Messages = [{"role": "system", "content": JOINER_SYSTEM}]
     for ex in examples[-2:]:  # the two most common shapes
         ex_steps = [(f"{i}. {call}", obs) for i, (call, obs) in enumerate(zip(ex.plan, ex.observations), 1)]
-        messages += [{"role": "user", "content": f"Question: {ex.question}\n{scratchpad(ex_steps)}"},
-                     {"role": "assistant", "content": f"Thought: The observations answer the question.\n"
-                                                      f"Action: Finish({ex.answer})"}]
+        messages += [
+            {"role": "user", "content": f"Question: {ex.question}\n{scratchpad(ex_steps)}"},
+            {
+                "role": "assistant",
+                "content": f"Thought: The observations answer the question.\nAction: Finish({ex.answer})",
+            },
+        ]
     messages.append({"role": "user", "content": f"Question: {question}\n{scratchpad(steps)}"})
     return messages
 
 
-def react_messages(question: str, tool_descriptions: list[str], trajectory: str,
-                   examples: tuple[Example, ...] = EXAMPLES) -> Messages:
+def react_messages(
+    question: str, tool_descriptions: list[str], trajectory: str, examples: tuple[Example, ...] = EXAMPLES
+) -> Messages:
     system = REACT_SYSTEM.format(tools=_numbered(tool_descriptions), finish_n=len(tool_descriptions) + 1)
     user = f"Question: {question}" + (f"\n{trajectory}" if trajectory else "")
     return _few_shot(system, examples, _react_text, user)
 
 
-def parallel_fc_messages(question: str, tool_descriptions: list[str], trajectory: str,
-                         examples: tuple[Example, ...] = EXAMPLES) -> Messages:
+def parallel_fc_messages(
+    question: str, tool_descriptions: list[str], trajectory: str, examples: tuple[Example, ...] = EXAMPLES
+) -> Messages:
     system = PARALLEL_FC_SYSTEM.format(tools=_numbered(tool_descriptions), finish_n=len(tool_descriptions) + 1)
     user = f"Question: {question}" + (f"\n{trajectory}" if trajectory else "")
     return _few_shot(system, examples, _parallel_fc_text, user)
@@ -166,8 +206,12 @@ def _parallel_fc_text(example: Example) -> str:
     out = []
     for wave in dependency_levels(example.plan[:-1]):
         thought = "I can now make these calls at once." if len(wave) > 1 else _react_thought(calls[wave[0]])
-        out.append(f"Thought: {thought}\n" + "\n".join(f"Action: {calls[i]}" for i in wave) + "\n"
-                   + "\n".join(f"Observation: {example.observations[i]}" for i in wave))
+        out.append(
+            f"Thought: {thought}\n"
+            + "\n".join(f"Action: {calls[i]}" for i in wave)
+            + "\n"
+            + "\n".join(f"Observation: {example.observations[i]}" for i in wave)
+        )
     out.append(f"Thought: I have the answer.\nAction: Finish({example.answer})")
     return "\n".join(out)
 

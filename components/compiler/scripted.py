@@ -7,12 +7,13 @@ substitution, dependencies, observation passing), never a model. Use it through
 `llm=scripted llm.script=components.compiler.scripted.parallelqa_oracle`. It is never presented as
 model output.
 """
+
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from components.compiler.parallelqa import REGISTRY, Question
 from components.compiler.plan import dependency_levels, substitute
@@ -55,7 +56,9 @@ def _plan(question: Question | None, user: str) -> str:
     offset = max((int(i) for i in _IDS.findall(user.split("\n", 1)[-1])), default=0)
     shift = lambda m: f"${int(m.group(1)) + offset}"  # noqa: E731
     lines = [f"{offset + k}. " + re.sub(r"[$](\d+)", shift, step) for k, step in enumerate(question.plan, 1)]
-    return "Thought: look up the independent facts in parallel, then combine them.\n" + "\n".join(lines) + "<END_OF_PLAN>"
+    return (
+        "Thought: look up the independent facts in parallel, then combine them.\n" + "\n".join(lines) + "<END_OF_PLAN>"
+    )
 
 
 def _join(user: str) -> str:
@@ -135,8 +138,11 @@ class SimulatedServedLLM(ScriptedLLM):
         self._tokenizer = tokenizer
 
     def _prompt_tokens(self, messages) -> int:
-        return len(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                       return_dict=True)["input_ids"])
+        return len(
+            self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
 
     def _tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
@@ -145,8 +151,9 @@ class SimulatedServedLLM(ScriptedLLM):
         start = time.perf_counter()  # counting tokens takes time too: it is part of the budget
         text = cut_at_stop(self._next_text(messages), stop)[0]
         prompt_tokens, completion_tokens = self._prompt_tokens(messages), self._tokens(text)
-        _sleep_until(start + self.latency.first_token_s(prompt_tokens)
-                     + self.latency.decode_s_per_token * completion_tokens)
+        _sleep_until(
+            start + self.latency.first_token_s(prompt_tokens) + self.latency.decode_s_per_token * completion_tokens
+        )
         return Completion(text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, model="scripted")
 
     def _stream(self, messages, max_tokens, temperature, stop, stats) -> Iterator[str]:

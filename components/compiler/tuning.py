@@ -17,19 +17,22 @@ The `tune_agent` flow runs both and saves the tuned layers (`smollm2.save_tuned`
 The tuned model learns the 16 question shapes of `parallelqa`, not general planning: it is a
 specialised planner/actor, as TinyAgent's are, and is evaluated on entities it never saw.
 """
+
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+
 from components.checks import at_least, positive
 
 Messages = list[dict[str, str]]
 
 
-def oracle_transcripts(kb_seeds: Iterable[int], per_template: int = 2, few_shot: bool = False,
-                       exclude_names: Iterable[str] = ()) -> list[Messages]:
+def oracle_transcripts(
+    kb_seeds: Iterable[int], per_template: int = 2, few_shot: bool = False, exclude_names: Iterable[str] = ()
+) -> list[Messages]:
     """Every LLM call both agents make on questions over each knowledge base `kb_seeds`, answered by
     the oracle, as chats ending with the assistant's reply. Questions naming any of `exclude_names`
     (the evaluation knowledge base's entities) are skipped."""
@@ -103,8 +106,9 @@ def subsample_react(chats: Sequence[Messages], keep: int, rng: random.Random) ->
 def encode_chat(tokenizer, chat: Messages) -> tuple[list[int], int]:
     """(token ids of the whole chat, index where the reply starts): the loss covers the reply and the
     end-of-turn token after it, so the tuned model also learns to stop."""
-    prompt = tokenizer.apply_chat_template(chat[:-1], add_generation_prompt=True, tokenize=True,
-                                           return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(chat[:-1], add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     full = tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
     if full[: len(prompt)] != prompt:
         raise ValueError("the chat template renders the prompt differently inside the full chat")
@@ -161,8 +165,14 @@ def _batches(examples: Sequence[tuple[list[int], int]], batch_tokens: int, rng: 
     return batches
 
 
-def tune(model, examples: Sequence[tuple[list[int], int]], settings: TuneSettings, pad_id: int,
-         log: Callable[[str], None] = print, on_step: Callable[[int, dict], None] | None = None) -> TuneReport:
+def tune(
+    model,
+    examples: Sequence[tuple[list[int], int]],
+    settings: TuneSettings,
+    pad_id: int,
+    log: Callable[[str], None] = print,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> TuneReport:
     """Fine-tune the top `train_layers` decoder layers of a transformers causal LM in place on
     (ids, reply_start) examples; cross-entropy on reply tokens only. `on_step(step, metrics)` after
     every optimizer step (reply_loss, lr, tokens_per_s)."""
@@ -177,7 +187,7 @@ def tune(model, examples: Sequence[tuple[list[int], int]], settings: TuneSetting
         raise ValueError(f"train_layers must be in 1..{len(layers)}, got {settings.train_layers}")
     for p in model.parameters():
         p.requires_grad_(False)
-    trained = list(layers[-settings.train_layers:]) + [model.model.norm]
+    trained = list(layers[-settings.train_layers :]) + [model.model.norm]
     params = [p for module in trained for p in module.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -210,7 +220,7 @@ def tune(model, examples: Sequence[tuple[list[int], int]], settings: TuneSetting
         for row, i in enumerate(batch):
             seq, reply_start = examples[i]
             ids[row, : len(seq)] = torch.tensor(seq)
-            labels[row, reply_start: len(seq)] = torch.tensor(seq[reply_start:])
+            labels[row, reply_start : len(seq)] = torch.tensor(seq[reply_start:])
             mask[row, : len(seq)] = 1
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -233,8 +243,13 @@ def tune(model, examples: Sequence[tuple[list[int], int]], settings: TuneSetting
     return report
 
 
-def tune_smollm2_on_chats(chats: Sequence[Messages], settings: TuneSettings, out_dir, log: Callable[[str], None],
-                          on_step: Callable[[int, dict], None]) -> dict:
+def tune_smollm2_on_chats(
+    chats: Sequence[Messages],
+    settings: TuneSettings,
+    out_dir,
+    log: Callable[[str], None],
+    on_step: Callable[[int, dict], None],
+) -> dict:
     """SmolLM2's top layers tuned on the chats' replies; only the tuned tensors saved to `out_dir`.
     Returns the folder, the report and the token counts (for the caller's tuning.json)."""
     from components.lm import smollm2  # loads transformers: only when a tuning run starts
@@ -242,9 +257,14 @@ def tune_smollm2_on_chats(chats: Sequence[Messages], settings: TuneSettings, out
     tokenizer = smollm2.load_tokenizer()
     examples = [encode_chat(tokenizer, chat) for chat in chats]
     model = smollm2.load_model(dtype="float32")
-    report = tune(model, examples, settings, pad_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                  log=log, on_step=on_step)
+    report = tune(
+        model, examples, settings, pad_id=tokenizer.pad_token_id or tokenizer.eos_token_id, log=log, on_step=on_step
+    )
     folder = smollm2.save_tuned(model, out_dir, report.trained)
-    return {"folder": folder, "report": report, "tokens": sum(len(ids) for ids, _ in examples),
-            "reply_tokens": sum(len(ids) - start for ids, start in examples),
-            "base": f"SmolLM2-135M-Instruct ({smollm2.GGUF_NAME}, dequantized)"}
+    return {
+        "folder": folder,
+        "report": report,
+        "tokens": sum(len(ids) for ids, _ in examples),
+        "reply_tokens": sum(len(ids) - start for ids, start in examples),
+        "base": f"SmolLM2-135M-Instruct ({smollm2.GGUF_NAME}, dequantized)",
+    }

@@ -4,11 +4,22 @@ meta-review research hypotheses under a supervisor with a compute budget and per
 Orchestrator-free: the supervisor takes a `submit(work) -> Future` callable, so the same code runs
 on a thread pool, on Prefect tasks or on Dask workers.
 """
+
 from components.coscientist.agents import AgentSuite
 from components.coscientist.elo import EloConfig, expected_score, update_elo
 from components.coscientist.proximity import Proximity, ProximityConfig
 from components.coscientist.state import TournamentState
 from components.coscientist.supervisor import Budget, Supervisor, SupervisorConfig
 
-__all__ = ["AgentSuite", "Budget", "EloConfig", "Proximity", "ProximityConfig", "Supervisor",
-           "SupervisorConfig", "TournamentState", "expected_score", "update_elo"]
+__all__ = [
+    "AgentSuite",
+    "Budget",
+    "EloConfig",
+    "Proximity",
+    "ProximityConfig",
+    "Supervisor",
+    "SupervisorConfig",
+    "TournamentState",
+    "expected_score",
+    "update_elo",
+]

@@ -8,12 +8,13 @@ the supervisor alone writes the database. Prompts live in prompts/*.md as string
 Model output is parsed leniently and never trusted: an unparseable verdict is reported as
 `malformed` (the tournament then leaves the ratings alone) instead of raising.
 """
+
 from __future__ import annotations
 
 import re
 import string
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ EVOLUTION_STRATEGIES = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template(name: str) -> string.Template:
     path = PROMPT_DIR / f"{name}.md"
     if not path.exists():
@@ -82,8 +83,9 @@ class AgentResult:
 
 # ----------------------------------------------------------------------------- parsing
 _HYP = re.compile(r"HYPOTHESIS\s*[:\-]\s*(.+)", re.I | re.S)
-_SCORE = {name: re.compile(rf"{name}\s*[:=]\s*\**\s*([1-5])", re.I)
-          for name in ("correctness", "novelty", "testability")}
+_SCORE = {
+    name: re.compile(rf"{name}\s*[:=]\s*\**\s*([1-5])", re.I) for name in ("correctness", "novelty", "testability")
+}
 _VERDICT = re.compile(r"VERDICT\s*[:=]\s*\**\s*(accept|reject)", re.I)
 _CRITIQUE = re.compile(r"CRITIQUE\s*[:=]\s*(.+)", re.I | re.S)
 _BETTER = re.compile(r"BETTER\s*[:=]\s*\**\s*(?:hypothesis\s*)?#?\s*([12])\b", re.I)
@@ -133,8 +135,15 @@ def _reason(text: str) -> str:
 class AgentSuite:
     """Generation, Reflection, Ranking, Evolution and Meta-review, all through one `LLM`."""
 
-    def __init__(self, llm: LLM, goal: str, constraints: str = "", prior_ideas: list[str] | None = None,
-                 max_tokens: int = 256, temperature: float = 0.7):
+    def __init__(
+        self,
+        llm: LLM,
+        goal: str,
+        constraints: str = "",
+        prior_ideas: list[str] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+    ):
         if not goal or not goal.strip():
             raise ValueError("the research goal is empty")
         self.llm = llm
@@ -151,8 +160,11 @@ class AgentSuite:
         return result
 
     def _ask(self, prompt: str, result: AgentResult, max_tokens: int | None = None) -> str:
-        completion = self.llm.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens or self.max_tokens,
-                                   temperature=self.temperature)
+        completion = self.llm.chat(
+            [{"role": "user", "content": prompt}],
+            max_tokens=max_tokens or self.max_tokens,
+            temperature=self.temperature,
+        )
         result.calls += 1
         result.prompt_tokens += completion.prompt_tokens
         result.completion_tokens += completion.completion_tokens
@@ -160,10 +172,18 @@ class AgentSuite:
         return completion.text
 
     def _generate(self, p: dict, result: AgentResult) -> None:
-        text = self._ask(render("generation", goal=self.goal, constraints=self.constraints,
-                                approach=p.get("approach") or GENERATION_APPROACHES[0],
-                                prior_ideas=self.prior_ideas, existing=p.get("existing") or "none",
-                                feedback=p.get("feedback") or "none"), result)
+        text = self._ask(
+            render(
+                "generation",
+                goal=self.goal,
+                constraints=self.constraints,
+                approach=p.get("approach") or GENERATION_APPROACHES[0],
+                prior_ideas=self.prior_ideas,
+                existing=p.get("existing") or "none",
+                feedback=p.get("feedback") or "none",
+            ),
+            result,
+        )
         hypothesis = parse_hypothesis(text)
         result.output = {"hypothesis": hypothesis}
         result.malformed = hypothesis is None
@@ -172,16 +192,27 @@ class AgentSuite:
         strategy = p["strategy"]
         parents = "\n".join(f"- {t}" for t in p["parent_texts"])
         reviews = "\n".join(f"- {r}" for r in p.get("parent_reviews", [])) or "none"
-        text = self._ask(render("evolution", goal=self.goal, constraints=self.constraints, strategy=strategy,
-                                strategy_hint=EVOLUTION_STRATEGIES[strategy], parents=parents, reviews=reviews,
-                                feedback=p.get("feedback") or "none"), result)
+        text = self._ask(
+            render(
+                "evolution",
+                goal=self.goal,
+                constraints=self.constraints,
+                strategy=strategy,
+                strategy_hint=EVOLUTION_STRATEGIES[strategy],
+                parents=parents,
+                reviews=reviews,
+                feedback=p.get("feedback") or "none",
+            ),
+            result,
+        )
         hypothesis = parse_hypothesis(text)
         result.output = {"hypothesis": hypothesis, "parents": p["parents"], "strategy": strategy}
         result.malformed = hypothesis is None
 
     def _reflect(self, p: dict, result: AgentResult) -> None:
-        text = self._ask(render("reflection", goal=self.goal, hypothesis=p["text"],
-                                feedback=p.get("feedback") or "none"), result)
+        text = self._ask(
+            render("reflection", goal=self.goal, hypothesis=p["text"], feedback=p.get("feedback") or "none"), result
+        )
         review, malformed = parse_review(text)
         result.output = {"hypothesis_id": p["hypothesis_id"], **review}
         result.malformed = malformed
@@ -193,24 +224,55 @@ class AgentSuite:
             transcript: list[str] = []
             for turn in range(1, turns + 1):
                 side = 1 if turn % 2 else 2
-                argument = self._ask(render("ranking_debate_turn", turn=turn, turns=turns, side=side,
-                                            transcript="\n".join(transcript) or "(none yet)", **fields), result)
+                argument = self._ask(
+                    render(
+                        "ranking_debate_turn",
+                        turn=turn,
+                        turns=turns,
+                        side=side,
+                        transcript="\n".join(transcript) or "(none yet)",
+                        **fields,
+                    ),
+                    result,
+                )
                 transcript.append(f"Advocate of {side}: {argument.strip()[:800]}")
-            text = self._ask(render("ranking_debate_verdict", transcript="\n".join(transcript), **fields), result,
-                             max_tokens=min(self.max_tokens, 128))
+            text = self._ask(
+                render("ranking_debate_verdict", transcript="\n".join(transcript), **fields),
+                result,
+                max_tokens=min(self.max_tokens, 128),
+            )
         else:
-            text = self._ask(render("ranking_single", review_1=p.get("review_a") or "none",
-                                    review_2=p.get("review_b") or "none", **fields), result,
-                             max_tokens=min(self.max_tokens, 128))
+            text = self._ask(
+                render(
+                    "ranking_single",
+                    review_1=p.get("review_a") or "none",
+                    review_2=p.get("review_b") or "none",
+                    **fields,
+                ),
+                result,
+                max_tokens=min(self.max_tokens, 128),
+            )
         better = parse_verdict(text)
         winner = None if better is None else (p["a"] if better == 1 else p["b"])
-        result.output = {"a": p["a"], "b": p["b"], "debate": bool(p.get("debate")), "winner": winner,
-                         "reason": _reason(text)}
+        result.output = {
+            "a": p["a"],
+            "b": p["b"],
+            "debate": bool(p.get("debate")),
+            "winner": winner,
+            "reason": _reason(text),
+        }
         result.malformed = winner is None
 
     def _meta_review(self, p: dict, result: AgentResult) -> None:
-        text = self._ask(render("meta_review", goal=self.goal, reviews="\n".join(f"- {r}" for r in p["reviews"]) or "none",
-                                reasons="\n".join(f"- {r}" for r in p["reasons"]) or "none"), result)
+        text = self._ask(
+            render(
+                "meta_review",
+                goal=self.goal,
+                reviews="\n".join(f"- {r}" for r in p["reviews"]) or "none",
+                reasons="\n".join(f"- {r}" for r in p["reasons"]) or "none",
+            ),
+            result,
+        )
         m = _FEEDBACK.search(text)
         feedback = (m.group(1) if m else text).strip()[:1200]
         result.output = {"feedback": feedback or None}

@@ -11,12 +11,14 @@ hypotheses meet; top-ranked pairs get multi-turn debates, the rest single-turn c
   3. the match is a debate when both players are in the top k by Elo and both have played at
      least `debate_min_matches`, else a single-turn comparison.
 """
+
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+
 from components.checks import at_least, positive
 
 
@@ -98,10 +100,14 @@ def _weighted_choice(rng: random.Random, items: Sequence, weights: Sequence[floa
     return rng.choices(items, weights=weights, k=1)[0]
 
 
-def choose_pair(players: Sequence[Player], cfg: EloConfig, rng: random.Random,
-                similarity: Mapping[tuple[str, str], float] | None = None,
-                met: Mapping[tuple[str, str], int] | None = None,
-                busy_pairs: set[tuple[str, str]] = frozenset()) -> Pairing | None:
+def choose_pair(
+    players: Sequence[Player],
+    cfg: EloConfig,
+    rng: random.Random,
+    similarity: Mapping[tuple[str, str], float] | None = None,
+    met: Mapping[tuple[str, str], int] | None = None,
+    busy_pairs: set[tuple[str, str]] = frozenset(),
+) -> Pairing | None:
     """Pick the next match, or None when fewer than two players (or every pair is in flight)."""
     if len(players) < 2:
         return None
@@ -130,7 +136,7 @@ def choose_pair(players: Sequence[Player], cfg: EloConfig, rng: random.Random,
         closeness = math.exp(-abs(a.elo - p.elo) / 200.0)
         weights.append((cfg.w_similar * sim + cfg.w_close * closeness + 1e-3) / (1.0 + met.get(key, 0)))
     b = _weighted_choice(rng, opponents, weights)
-    debate = (a.id in top and b.id in top and min(a.matches, b.matches) >= cfg.debate_min_matches)
+    debate = a.id in top and b.id in top and min(a.matches, b.matches) >= cfg.debate_min_matches
     return Pairing(a.id, b.id, debate)
 
 

@@ -6,15 +6,17 @@ Embeddings come from all-MiniLM-L6-v2, which ships inside the installed package
 sentence-transformers does). When that package or transformers is missing, TF-IDF vectors
 (scikit-learn, fitted on the texts seen so far) are used instead.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+
 from components.checks import in_range, one_of
 
 
@@ -62,7 +64,8 @@ class MiniLMEmbedder:
 
 
 class TfidfEmbedder:
-    """TF-IDF over words (unigrams: a restatement reorders words); the vocabulary is refitted on every text seen so far so
+    """TF-IDF over words (unigrams: a restatement reorders words); the vocabulary is refitted on every text seen so far
+    so
     vectors of old and new hypotheses share one space (fine at the tens-to-hundreds of texts here)."""
 
     name = "tfidf"

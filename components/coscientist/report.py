@@ -1,5 +1,6 @@
 """The run's report: top hypotheses with their reviews, the Elo history plot and the proximity
 clusters, as markdown and as a self-contained HTML page (the plot is embedded)."""
+
 from __future__ import annotations
 
 import base64
@@ -25,8 +26,10 @@ def elo_history(state: TournamentState) -> dict[str, list[tuple[int, float]]]:
     """Per hypothesis: (match number, rating after it), starting from its initial rating."""
     history: dict[str, list[tuple[int, float]]] = {}
     for n, m in enumerate(state.matches(), start=1):
-        for hyp, before, after in ((m["a"], m["elo_a_before"], m["elo_a_after"]),
-                                   (m["b"], m["elo_b_before"], m["elo_b_after"])):
+        for hyp, before, after in (
+            (m["a"], m["elo_a_before"], m["elo_a_after"]),
+            (m["b"], m["elo_b_before"], m["elo_b_after"]),
+        ):
             series = history.setdefault(hyp, [(n - 1, before)])
             series.append((n, after))
     return history
@@ -57,9 +60,21 @@ def build_report(state: TournamentState, proximity: Proximity, goal: str, summar
     hyps = state.hypotheses(statuses=("active",))
     ranked = sorted(hyps, key=lambda h: (-h["elo"], h["id"]))
     reviews = state.reviews()
-    rows = [{"rank": i + 1, "id": h["id"], "elo": round(h["elo"], 1), "matches": h["matches"], "wins": h["wins"],
-             "source": h["source"], "parents": h["parents"], "strategy": h["strategy"], "text": h["text"],
-             "review": reviews.get(h["id"])} for i, h in enumerate(ranked)]
+    rows = [
+        {
+            "rank": i + 1,
+            "id": h["id"],
+            "elo": round(h["elo"], 1),
+            "matches": h["matches"],
+            "wins": h["wins"],
+            "source": h["source"],
+            "parents": h["parents"],
+            "strategy": h["strategy"],
+            "text": h["text"],
+            "review": reviews.get(h["id"]),
+        }
+        for i, h in enumerate(ranked)
+    ]
     if ranked:
         sims = proximity.similarities([h["text"] for h in ranked], [h["embedding"] for h in ranked])
         clusters = proximity.clusters([h["id"] for h in ranked], sims)
@@ -69,14 +84,26 @@ def build_report(state: TournamentState, proximity: Proximity, goal: str, summar
     figure = plot_elo_history(state, [r["id"] for r in rows[:5]])
     feedback = state.latest_feedback()
 
-    md = ["# Co-scientist report", "", f"**Goal:** {goal}", "",
-          f"{summary['hypotheses']} hypotheses ({_statuses(summary['by_status'])}), {summary['matches']} matches "
-          f"({summary['debates']} debates, {summary['void_matches']} void: unparseable verdicts), "
-          f"{summary['spent']['calls']} LLM calls, {summary['spent']['tokens']} tokens, "
-          f"proximity by {summary['proximity_backend']}.", "", "## Top hypotheses", ""]
+    md = [
+        "# Co-scientist report",
+        "",
+        f"**Goal:** {goal}",
+        "",
+        f"{summary['hypotheses']} hypotheses ({_statuses(summary['by_status'])}), {summary['matches']} matches "
+        f"({summary['debates']} debates, {summary['void_matches']} void: unparseable verdicts), "
+        f"{summary['spent']['calls']} LLM calls, {summary['spent']['tokens']} tokens, "
+        f"proximity by {summary['proximity_backend']}.",
+        "",
+        "## Top hypotheses",
+        "",
+    ]
     for r in rows[:top_n]:
-        md += [f"### {r['rank']}. {r['id']} — Elo {r['elo']} ({r['wins']}/{r['matches']} wins, {_origin(r)})", "",
-               r["text"], ""]
+        md += [
+            f"### {r['rank']}. {r['id']} — Elo {r['elo']} ({r['wins']}/{r['matches']} wins, {_origin(r)})",
+            "",
+            r["text"],
+            "",
+        ]
         if r["review"]:
             scores = ", ".join(f"{k} {v}/5" for k, v in r["review"]["scores"].items()) or "no scores parsed"
             md += [f"*Review ({r['review']['verdict']}; {scores}):* {r['review']['critique']}", ""]
@@ -84,12 +111,17 @@ def build_report(state: TournamentState, proximity: Proximity, goal: str, summar
     for i, cluster in enumerate(clusters, start=1):
         md.append(f"- cluster {i}: {', '.join(cluster)}")
     if duplicates:
-        md += ["", "Duplicates removed by Proximity: " + ", ".join(f"{d['id']} (restates {d['duplicate_of']})"
-                                                                 for d in duplicates)]
+        md += [
+            "",
+            "Duplicates removed by Proximity: "
+            + ", ".join(f"{d['id']} (restates {d['duplicate_of']})" for d in duplicates),
+        ]
     if feedback:
         md += ["", "## Latest meta-review", "", feedback]
     markdown = "\n".join(md) + "\n"
-    return Report(markdown, _html(goal, rows[:top_n], clusters, duplicates, figure, feedback, md[4]), figure, rows, clusters)
+    return Report(
+        markdown, _html(goal, rows[:top_n], clusters, duplicates, figure, feedback, md[4]), figure, rows, clusters
+    )
 
 
 def _statuses(by_status: dict) -> str:
@@ -107,21 +139,27 @@ def _html(goal: str, rows: list[dict], clusters, duplicates, figure, feedback, h
     figure.savefig(buf, format="png", dpi=100)
     img = base64.b64encode(buf.getvalue()).decode()
     e = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Co-scientist report</title>",
-             "<style>body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:4px;vertical-align:top;"
-             "border-bottom:1px solid #ddd}</style></head><body>",
-             f"<h1>Co-scientist report</h1><p><b>Goal:</b> {e(goal)}</p><p>{e(headline)}</p>",
-             "<h2>Top hypotheses</h2><table><tr><th>#</th><th>id</th><th>Elo</th><th>W/M</th><th>hypothesis</th>"
-             "<th>review</th></tr>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Co-scientist report</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:4px;vertical-align:top;"
+        "border-bottom:1px solid #ddd}</style></head><body>",
+        f"<h1>Co-scientist report</h1><p><b>Goal:</b> {e(goal)}</p><p>{e(headline)}</p>",
+        "<h2>Top hypotheses</h2><table><tr><th>#</th><th>id</th><th>Elo</th><th>W/M</th><th>hypothesis</th>"
+        "<th>review</th></tr>",
+    ]
     for r in rows:
         review = r["review"] or {}
-        parts.append(f"<tr><td>{r['rank']}</td><td>{e(r['id'])}</td><td>{r['elo']}</td><td>{r['wins']}/{r['matches']}</td>"
-                     f"<td>{e(r['text'])}<br><small>{e(_origin(r))}</small></td>"
-                     f"<td>{e(review.get('verdict', ''))}: {e(review.get('critique', ''))}</td></tr>")
+        parts.append(
+            f"<tr><td>{r['rank']}</td><td>{e(r['id'])}</td><td>{r['elo']}</td><td>{r['wins']}/{r['matches']}</td>"
+            f"<td>{e(r['text'])}<br><small>{e(_origin(r))}</small></td>"
+            f"<td>{e(review.get('verdict', ''))}: {e(review.get('critique', ''))}</td></tr>"
+        )
     parts.append(f"</table><h2>Elo history</h2><img alt='Elo history' src='data:image/png;base64,{img}'>")
     parts.append("<h2>Proximity clusters</h2><ul>" + "".join(f"<li>{e(', '.join(c))}</li>" for c in clusters) + "</ul>")
     if duplicates:
-        parts.append("<p>Duplicates removed: " + e(", ".join(f"{d['id']} → {d['duplicate_of']}" for d in duplicates)) + "</p>")
+        parts.append(
+            "<p>Duplicates removed: " + e(", ".join(f"{d['id']} → {d['duplicate_of']}" for d in duplicates)) + "</p>"
+        )
     if feedback:
         parts.append(f"<h2>Latest meta-review</h2><pre>{e(feedback)}</pre>")
     parts.append("</body></html>")

@@ -8,13 +8,15 @@ comes from a persisted counter. So after a crash or a kill:
   - an uncommitted one is re-run from its stored payload under the same task id, and the unique
     task id on hypotheses, reviews and matches means it can never be applied twice.
 """
+
 from __future__ import annotations
 
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -62,8 +64,10 @@ class TournamentState:
         if stored is None:
             self.set_meta("goal", goal)
         elif stored != goal:
-            raise ValueError(f"state file {self.path} belongs to another goal ({stored[:80]!r}); "
-                             "use another state file or resume=false")
+            raise ValueError(
+                f"state file {self.path} belongs to another goal ({stored[:80]!r}); "
+                "use another state file or resume=false"
+            )
 
     def close(self) -> None:
         self.db.close()
@@ -91,8 +95,11 @@ class TournamentState:
         with self._tx():
             seq = self._next_seq()
             task_id = f"{kind}-{seq:05d}"
-            self.db.execute("INSERT INTO tasks (task_id, seq, kind, payload, estimated_calls, status) "
-                            "VALUES (?, ?, ?, ?, ?, 'pending')", (task_id, seq, kind, json.dumps(payload), estimated_calls))
+            self.db.execute(
+                "INSERT INTO tasks (task_id, seq, kind, payload, estimated_calls, status) "
+                "VALUES (?, ?, ?, ?, ?, 'pending')",
+                (task_id, seq, kind, json.dumps(payload), estimated_calls),
+            )
         return Work(kind, task_id, payload, estimated_calls)
 
     def pending_work(self) -> list[Work]:
@@ -104,9 +111,16 @@ class TournamentState:
         row = self.db.execute(
             "SELECT COALESCE(SUM(CASE WHEN status='failed' THEN estimated_calls ELSE calls END),0) AS calls,"
             " COALESCE(SUM(prompt_tokens),0) AS pt, COALESCE(SUM(completion_tokens),0) AS ct,"
-            " COALESCE(SUM(malformed),0) AS malformed, COUNT(*) AS tasks FROM tasks WHERE status!='pending'").fetchone()
-        return {"calls": row["calls"], "prompt_tokens": row["pt"], "completion_tokens": row["ct"],
-                "tokens": row["pt"] + row["ct"], "malformed": row["malformed"], "tasks": row["tasks"]}
+            " COALESCE(SUM(malformed),0) AS malformed, COUNT(*) AS tasks FROM tasks WHERE status!='pending'"
+        ).fetchone()
+        return {
+            "calls": row["calls"],
+            "prompt_tokens": row["pt"],
+            "completion_tokens": row["ct"],
+            "tokens": row["pt"] + row["ct"],
+            "malformed": row["malformed"],
+            "tasks": row["tasks"],
+        }
 
     def task_counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -120,12 +134,15 @@ class TournamentState:
     def mark_failed(self, work: Work, error: str) -> None:
         with self._tx():
             seq = self._next_seq()
-            self.db.execute("UPDATE tasks SET status='failed', error=?, finished_seq=? WHERE task_id=? AND status='pending'",
-                            (error[:2000], seq, work.task_id))
+            self.db.execute(
+                "UPDATE tasks SET status='failed', error=?, finished_seq=? WHERE task_id=? AND status='pending'",
+                (error[:2000], seq, work.task_id),
+            )
 
     # ------------------------------------------------------------------ results
-    def commit(self, result: AgentResult, embedding: np.ndarray | None = None,
-               duplicate_of: str | None = None) -> dict[str, Any]:
+    def commit(
+        self, result: AgentResult, embedding: np.ndarray | None = None, duplicate_of: str | None = None
+    ) -> dict[str, Any]:
         """Apply one agent result and close its task, atomically; a second commit is a no-op."""
         with self._tx():
             row = self.db.execute("SELECT status FROM tasks WHERE task_id=?", (result.task_id,)).fetchone()
@@ -136,9 +153,18 @@ class TournamentState:
             seq = self._next_seq()
             effect = getattr(self, f"_apply_{result.kind}")(result, seq, embedding, duplicate_of)
             self.db.execute(
-                "UPDATE tasks SET status='done', calls=?, prompt_tokens=?, completion_tokens=?, malformed=?, finished_seq=? "
-                "WHERE task_id=?", (result.calls, result.prompt_tokens, result.completion_tokens, int(result.malformed),
-                                    seq, result.task_id))
+                "UPDATE tasks SET status='done', calls=?, prompt_tokens=?, completion_tokens=?, malformed=?, "
+                "finished_seq=? "
+                "WHERE task_id=?",
+                (
+                    result.calls,
+                    result.prompt_tokens,
+                    result.completion_tokens,
+                    int(result.malformed),
+                    seq,
+                    result.task_id,
+                ),
+            )
         return {"applied": True, **(effect or {})}
 
     def _insert_hypothesis(self, result: AgentResult, seq: int, source: str, embedding, duplicate_of) -> dict:
@@ -148,10 +174,23 @@ class TournamentState:
         hyp_id = "H" + result.task_id.split("-")[-1]  # stable: derived from the task that made it
         status = "duplicate" if duplicate_of else "new"
         blob = None if embedding is None else np.asarray(embedding, dtype=np.float32).tobytes()
-        self.db.execute("INSERT INTO hypotheses (id, task_id, seq, text, source, parents, strategy, status, duplicate_of, "
-                        "elo, embedding) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        (hyp_id, result.task_id, seq, text, source, json.dumps(result.output.get("parents", [])),
-                         result.output.get("strategy"), status, duplicate_of, self.initial_elo, blob))
+        self.db.execute(
+            "INSERT INTO hypotheses (id, task_id, seq, text, source, parents, strategy, status, duplicate_of, "
+            "elo, embedding) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                hyp_id,
+                result.task_id,
+                seq,
+                text,
+                source,
+                json.dumps(result.output.get("parents", [])),
+                result.output.get("strategy"),
+                status,
+                duplicate_of,
+                self.initial_elo,
+                blob,
+            ),
+        )
         return {"hypothesis_id": hyp_id, "duplicate_of": duplicate_of}
 
     def _apply_generate(self, result, seq, embedding, duplicate_of):
@@ -162,28 +201,42 @@ class TournamentState:
 
     def _apply_reflect(self, result, seq, *_):
         out = result.output
-        self.db.execute("INSERT INTO reviews VALUES (?,?,?,?,?,?)",
-                        (result.task_id, out["hypothesis_id"], json.dumps(out["scores"]), out["verdict"],
-                         out["critique"], int(result.malformed)))
+        self.db.execute(
+            "INSERT INTO reviews VALUES (?,?,?,?,?,?)",
+            (
+                result.task_id,
+                out["hypothesis_id"],
+                json.dumps(out["scores"]),
+                out["verdict"],
+                out["critique"],
+                int(result.malformed),
+            ),
+        )
         new_status = "rejected" if out["verdict"] == "reject" else "active"
-        self.db.execute("UPDATE hypotheses SET status=? WHERE id=? AND status='new'", (new_status, out["hypothesis_id"]))
+        self.db.execute(
+            "UPDATE hypotheses SET status=? WHERE id=? AND status='new'", (new_status, out["hypothesis_id"])
+        )
         return {"status": new_status}
 
     def _apply_rank(self, result, seq, *_):
         out = result.output
         a, b, winner = out["a"], out["b"], out["winner"]
-        (ra, ma), (rb, mb) = (tuple(self.db.execute("SELECT elo, matches FROM hypotheses WHERE id=?", (h,)).fetchone())
-                              for h in (a, b))
+        (ra, ma), (rb, mb) = (
+            tuple(self.db.execute("SELECT elo, matches FROM hypotheses WHERE id=?", (h,)).fetchone()) for h in (a, b)
+        )
         if winner is None:  # malformed verdict: the match is void, ratings untouched
             na, nb = ra, rb
         else:
             # Ratings are read now, not when the match was issued: concurrent matches compose.
             na, nb = update_elo(ra, rb, 1.0 if winner == a else 0.0, k_for(ma, self.elo), k_for(mb, self.elo))
             for h, new in ((a, na), (b, nb)):
-                self.db.execute("UPDATE hypotheses SET elo=?, matches=matches+1, wins=wins+? WHERE id=?",
-                                (new, int(winner == h), h))
-        self.db.execute("INSERT INTO matches VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        (result.task_id, seq, a, b, int(out["debate"]), winner, out.get("reason", ""), ra, rb, na, nb))
+                self.db.execute(
+                    "UPDATE hypotheses SET elo=?, matches=matches+1, wins=wins+? WHERE id=?", (new, int(winner == h), h)
+                )
+        self.db.execute(
+            "INSERT INTO matches VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (result.task_id, seq, a, b, int(out["debate"]), winner, out.get("reason", ""), ra, rb, na, nb),
+        )
         return {"winner": winner}
 
     def _apply_meta_review(self, result, seq, *_):
@@ -207,9 +260,15 @@ class TournamentState:
     def reviews(self) -> dict[str, dict[str, Any]]:
         """The latest review of each hypothesis."""
         out = {}
-        for r in self.db.execute("SELECT r.* FROM reviews r JOIN tasks t ON t.task_id=r.task_id ORDER BY t.finished_seq"):
-            out[r["hypothesis_id"]] = {"scores": json.loads(r["scores"]), "verdict": r["verdict"],
-                                       "critique": r["critique"], "malformed": bool(r["malformed"])}
+        for r in self.db.execute(
+            "SELECT r.* FROM reviews r JOIN tasks t ON t.task_id=r.task_id ORDER BY t.finished_seq"
+        ):
+            out[r["hypothesis_id"]] = {
+                "scores": json.loads(r["scores"]),
+                "verdict": r["verdict"],
+                "critique": r["critique"],
+                "malformed": bool(r["malformed"]),
+            }
         return out
 
     def matches(self) -> list[dict[str, Any]]:

@@ -15,12 +15,14 @@ fits the budget, so the budget (LLM calls, tokens, or both) is never overrun by 
 token spread of calls already in flight. Proximity runs in the supervisor on every new hypothesis:
 a restatement of an existing one is stored as a duplicate and never reviewed or ranked.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -68,9 +70,18 @@ class SupervisorConfig:
 
 
 class Supervisor:
-    def __init__(self, state: TournamentState, agents: AgentSuite, proximity: Proximity, budget: Budget,
-                 cfg: SupervisorConfig | None = None, elo: EloConfig | None = None, submit: Submit | None = None,
-                 on_commit: Callable[[Work, AgentResult, dict], None] | None = None, seed: int = 0):
+    def __init__(
+        self,
+        state: TournamentState,
+        agents: AgentSuite,
+        proximity: Proximity,
+        budget: Budget,
+        cfg: SupervisorConfig | None = None,
+        elo: EloConfig | None = None,
+        submit: Submit | None = None,
+        on_commit: Callable[[Work, AgentResult, dict], None] | None = None,
+        seed: int = 0,
+    ):
         self.state, self.agents, self.proximity, self.budget = state, agents, proximity, budget
         self.cfg = cfg or SupervisorConfig()
         self.elo = elo or EloConfig()
@@ -154,7 +165,9 @@ class Supervisor:
         reviewing = {w.payload["hypothesis_id"] for w in inflight if w.kind == "reflect"}
         for h in hyps:
             if h["status"] == "new" and h["id"] not in reviewing:
-                return self.state.issue("reflect", {"hypothesis_id": h["id"], "text": h["text"], "feedback": feedback}, 1)
+                return self.state.issue(
+                    "reflect", {"hypothesis_id": h["id"], "text": h["text"], "feedback": feedback}, 1
+                )
 
         # 2. Seed the pool.
         generating = sum(1 for w in inflight if w.kind == "generate")
@@ -186,7 +199,7 @@ class Supervisor:
         return self._meta_review()
 
     def _generate(self, hyps: list[dict], feedback: str | None, rng: random.Random) -> Work:
-        shown = [h["text"][:200] for h in hyps if h["status"] in ("new", "active")][-self.cfg.existing_in_prompt:]
+        shown = [h["text"][:200] for h in hyps if h["status"] in ("new", "active")][-self.cfg.existing_in_prompt :]
         existing = "\n".join(f"- {t}" for t in shown) or "none"
         approach = rng.choice(GENERATION_APPROACHES)
         return self.state.issue("generate", {"existing": existing, "feedback": feedback, "approach": approach}, 1)
@@ -216,28 +229,44 @@ class Supervisor:
     def _rank(self, pairing, by_id: dict[str, dict]) -> Work:
         reviews = self.state.reviews()
         a, b = by_id[pairing.a], by_id[pairing.b]
-        payload = {"a": a["id"], "b": b["id"], "text_a": a["text"], "text_b": b["text"],
-                   "review_a": reviews.get(a["id"], {}).get("critique"),
-                   "review_b": reviews.get(b["id"], {}).get("critique"),
-                   "debate": pairing.debate, "turns": self.elo.debate_turns}
+        payload = {
+            "a": a["id"],
+            "b": b["id"],
+            "text_a": a["text"],
+            "text_b": b["text"],
+            "review_a": reviews.get(a["id"], {}).get("critique"),
+            "review_b": reviews.get(b["id"], {}).get("critique"),
+            "debate": pairing.debate,
+            "turns": self.elo.debate_turns,
+        }
         return self.state.issue("rank", payload, self.elo.debate_turns + 1 if pairing.debate else 1)
 
     def _evolve(self, ranked: list[dict], rng: random.Random, feedback: str | None) -> Work:
         pool = sorted(ranked, key=lambda h: (-h["elo"], h["id"]))[: self.cfg.evolution_pool]
         strategy = rng.choice(sorted(EVOLUTION_STRATEGIES))
-        parents = rng.sample(pool, 2) if strategy == "combine" else [pool[0] if rng.random() < 0.5 else rng.choice(pool)]
+        parents = (
+            rng.sample(pool, 2) if strategy == "combine" else [pool[0] if rng.random() < 0.5 else rng.choice(pool)]
+        )
         reviews = self.state.reviews()
-        payload = {"parents": [p["id"] for p in parents], "parent_texts": [p["text"] for p in parents],
-                   "parent_reviews": [reviews.get(p["id"], {}).get("critique", "") for p in parents],
-                   "strategy": strategy, "feedback": feedback}
+        payload = {
+            "parents": [p["id"] for p in parents],
+            "parent_texts": [p["text"] for p in parents],
+            "parent_reviews": [reviews.get(p["id"], {}).get("critique", "") for p in parents],
+            "strategy": strategy,
+            "feedback": feedback,
+        }
         return self.state.issue("evolve", payload, 1)
 
     def _meta_review_due(self, inflight: list[Work]) -> bool:
         if any(w.kind == "meta_review" for w in inflight):
             return False
-        last = self.state.db.execute("SELECT COALESCE(MAX(seq),0) AS s FROM tasks WHERE kind='meta_review'").fetchone()["s"]
-        new = self.state.db.execute("SELECT COUNT(*) AS n FROM tasks WHERE kind IN ('reflect','rank') AND status='done' "
-                                    "AND finished_seq > ?", (last,)).fetchone()["n"]
+        last = self.state.db.execute("SELECT COALESCE(MAX(seq),0) AS s FROM tasks WHERE kind='meta_review'").fetchone()[
+            "s"
+        ]
+        new = self.state.db.execute(
+            "SELECT COUNT(*) AS n FROM tasks WHERE kind IN ('reflect','rank') AND status='done' AND finished_seq > ?",
+            (last,),
+        ).fetchone()["n"]
         return new >= self.cfg.meta_review_every
 
     def _meta_review(self) -> Work:
@@ -259,9 +288,14 @@ class Supervisor:
             by_status[h["status"]] = by_status.get(h["status"], 0) + 1
         ranking = self.ranking()
         return {
-            "hypotheses": len(hyps), "by_status": by_status, "matches": len(matches),
-            "debates": sum(m["debate"] for m in matches), "void_matches": sum(m["winner"] is None for m in matches),
-            "meta_reviews": len(self.state.meta_reviews()), "spent": spent, "tasks": self.state.task_counts(),
+            "hypotheses": len(hyps),
+            "by_status": by_status,
+            "matches": len(matches),
+            "debates": sum(m["debate"] for m in matches),
+            "void_matches": sum(m["winner"] is None for m in matches),
+            "meta_reviews": len(self.state.meta_reviews()),
+            "spent": spent,
+            "tasks": self.state.task_counts(),
             "top": [{"id": h["id"], "elo": round(h["elo"], 1), "matches": h["matches"]} for h in ranking[:5]],
             "proximity_backend": self.proximity.backend,
         }

@@ -14,6 +14,7 @@ is the sum of hidden per-option values, so it is computable from the text. The s
 Each call may sleep `latency_s` (a remote model's round trip) outside any lock, so parallel
 workers overlap their waits as they would against a remote endpoint.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,7 @@ import random
 import re
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from components.llm.base import LLM, Completion, Messages
 
@@ -39,7 +40,8 @@ TEMPLATES = [
     "test it by {5} against a blank run.",
     "HYPOTHESIS: We propose that {4}-supported {0}, used in {1} with {3} as additive at {2} temperature, "
     "improves conversion, which {5} measurements would confirm.",
-    "HYPOTHESIS: Conversion increases when {3} is added to {0} on a {4} in {1}; run at {2} settings and read out with {5}.",
+    "HYPOTHESIS: Conversion increases when {3} is added to {0} on a {4} in {1}; "
+    "run at {2} settings and read out with {5}.",
     "HYPOTHESIS: Selectivity improves if the reaction runs in {1} at {2} temperature over {0} dispersed on a {4} "
     "with {3}, as {5} would show.",
     "HYPOTHESIS: The {3} additive stabilises {0} sites on a {4}, so in {1} at {2} temperature turnover rises; "
@@ -47,10 +49,16 @@ TEMPLATES = [
     "HYPOTHESIS: Run it {2}: {0} on {4} with {3}, dissolved in {1}, should beat the baseline when checked by {5}.",
 ]
 # A restatement says the same thing in other words: the surface changes, the content does not.
-REWORDINGS = [("raises yield", "increases the yield"), ("test it by", "this can be tested with"),
-              ("We propose that", "Our proposal is that"), ("improves conversion", "boosts conversion"),
-              ("Conversion increases", "Conversion goes up"), ("Selectivity improves", "Selectivity gets better"),
-              ("turnover rises", "turnover increases"), ("should beat", "ought to outperform")]
+REWORDINGS = [
+    ("raises yield", "increases the yield"),
+    ("test it by", "this can be tested with"),
+    ("We propose that", "Our proposal is that"),
+    ("improves conversion", "boosts conversion"),
+    ("Conversion increases", "Conversion goes up"),
+    ("Selectivity improves", "Selectivity gets better"),
+    ("turnover rises", "turnover increases"),
+    ("should beat", "ought to outperform"),
+]
 _WORD_SLOT = {word: (slot, i) for slot, words in enumerate(OPTIONS) for i, word in enumerate(words)}
 _WORD_RX = re.compile(r"\b(" + "|".join(sorted(_WORD_SLOT, key=len, reverse=True)) + r")\b", re.I)
 
@@ -95,10 +103,21 @@ class SyntheticLLM(LLM):
     name = "synthetic"
     model = "synthetic-judge"
 
-    def __init__(self, science: SyntheticScience, judge_noise: float = 0.2, malformed_rate: float = 0.0,
-                 restate_rate: float = 0.0, latency_s: float = 0.0, seed: int = 0):
+    def __init__(
+        self,
+        science: SyntheticScience,
+        judge_noise: float = 0.2,
+        malformed_rate: float = 0.0,
+        restate_rate: float = 0.0,
+        latency_s: float = 0.0,
+        seed: int = 0,
+    ):
         super().__init__()
-        for name, p in (("judge_noise", judge_noise), ("malformed_rate", malformed_rate), ("restate_rate", restate_rate)):
+        for name, p in (
+            ("judge_noise", judge_noise),
+            ("malformed_rate", malformed_rate),
+            ("restate_rate", restate_rate),
+        ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability, got {p}")
         self.science, self.judge_noise, self.malformed_rate = science, judge_noise, malformed_rate
@@ -121,8 +140,12 @@ class SyntheticLLM(LLM):
         if self.latency_s:
             time.sleep(self.latency_s)  # the remote round trip, outside any lock
         text = self.respond(prompt, rng)
-        return Completion(text, prompt_tokens=int(len(prompt.split()) * 1.3),
-                          completion_tokens=int(len(text.split()) * 1.3) + 1, model=self.model)
+        return Completion(
+            text,
+            prompt_tokens=int(len(prompt.split()) * 1.3),
+            completion_tokens=int(len(text.split()) * 1.3) + 1,
+            model=self.model,
+        )
 
     # ------------------------------------------------------------------ the agents' answers
     def respond(self, prompt: str, rng: random.Random) -> str:
@@ -171,8 +194,10 @@ class SyntheticLLM(LLM):
         weakest = min(range(self.science.slots), key=lambda s: self.science.values[s][choice[s]])
         score = max(1, min(5, int(round(3 + q / 2))))
         verdict = "reject" if q < -4.0 else "accept"  # only the clearly poor are filtered out
-        return (f"CORRECTNESS: {score}\nNOVELTY: 3\nTESTABILITY: 4\nVERDICT: {verdict}\n"
-                f"CRITIQUE: the {SLOT_NAMES[weakest]} is the weakest choice; try another.")
+        return (
+            f"CORRECTNESS: {score}\nNOVELTY: 3\nTESTABILITY: 4\nVERDICT: {verdict}\n"
+            f"CRITIQUE: the {SLOT_NAMES[weakest]} is the weakest choice; try another."
+        )
 
     def _verdict(self, prompt: str, rng: random.Random) -> str:
         if rng.random() < self.malformed_rate:
@@ -194,7 +219,7 @@ def _section(text: str, start: str, end: str) -> str:
         return ""
     i += len(start)
     j = text.find(end, i)
-    return text[i: j if j >= 0 else len(text)]
+    return text[i : j if j >= 0 else len(text)]
 
 
 _SCRIPT_PLAYER = SyntheticLLM(SyntheticScience(seed=0), judge_noise=0.2, malformed_rate=0.05, restate_rate=0.2)

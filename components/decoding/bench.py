@@ -4,12 +4,14 @@
 Equal cores: AR, vanilla SD and HF assisted generation run each forward with all `threads`;
 PEARL and its ablations split the same budget between the draft worker and the target worker.
 """
+
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -82,13 +84,14 @@ def pearl_tokens_per_s(alpha: float, gamma: int, costs: StepCosts) -> float:
     if alpha >= 1:
         return gamma / max(gamma * costs.draft_step, costs.target(gamma))
     post_s = max(gamma * costs.draft_step, costs.target(gamma))
-    post_tokens = sum(alpha ** i * (1 - alpha) * (i + 1) for i in range(gamma - 1)) + alpha ** (gamma - 1) * gamma
-    post_per_pre = alpha / (1 - alpha ** gamma)
+    post_tokens = sum(alpha**i * (1 - alpha) * (i + 1) for i in range(gamma - 1)) + alpha ** (gamma - 1) * gamma
+    post_per_pre = alpha / (1 - alpha**gamma)
     return (1 + post_per_pre * post_tokens) / (pre_s + post_per_pre * post_s)
 
 
-def best_over_gamma(rate: Callable[[float, int, StepCosts], float], alpha: float, costs: StepCosts,
-                    max_gamma: int = 16) -> tuple[float, int]:
+def best_over_gamma(
+    rate: Callable[[float, int, StepCosts], float], alpha: float, costs: StepCosts, max_gamma: int = 16
+) -> tuple[float, int]:
     """(tokens/s, γ) of the best draft length for `rate` at this α."""
     return max((rate(alpha, g, costs), g) for g in range(1, max_gamma + 1))
 
@@ -97,12 +100,15 @@ def best_speedups(full: StepCosts, split: StepCosts) -> tuple[Callable[[float], 
     """(SD, PEARL) tokens/s at their best γ as functions of α, over AR's (one target step on all
     cores): SD priced with `full` (every forward on all cores), PEARL with `split` (each worker its share)."""
     ar = 1 / full.target(1)
-    return (lambda a: best_over_gamma(sd_tokens_per_s, a, full)[0] / ar,
-            lambda a: best_over_gamma(pearl_tokens_per_s, a, split)[0] / ar)
+    return (
+        lambda a: best_over_gamma(sd_tokens_per_s, a, full)[0] / ar,
+        lambda a: best_over_gamma(pearl_tokens_per_s, a, split)[0] / ar,
+    )
 
 
-def alpha_needed(goal: float, speedup_at: Callable[[float], float],
-                 unreachable: Optional[float] = 1.0) -> Optional[float]:
+def alpha_needed(
+    goal: float, speedup_at: Callable[[float], float], unreachable: Optional[float] = 1.0
+) -> Optional[float]:
     """Smallest α (to 0.01) at which `speedup_at(α)` reaches `goal`; `unreachable` when even α = 1 does not."""
     for step in range(0, 101):
         if speedup_at(step / 100) >= goal:
@@ -125,7 +131,7 @@ def greedy_agreement(draft, sequences: Sequence[tuple[Sequence[int], Sequence[in
             continue
         tokens = list(prompt) + list(generated)
         logits = SequenceRunner(model).logits_for(tokens[:-1])  # row i predicts token i + 1
-        predicted = logits[len(prompt) - 1:].argmax(-1)
+        predicted = logits[len(prompt) - 1 :].argmax(-1)
         hits += int((predicted == torch.tensor(list(generated))).sum())
         total += len(generated)
     return hits / total if total else 0.0
@@ -136,8 +142,9 @@ def scaled_draft(costs: StepCosts, c: float) -> StepCosts:
     return StepCosts(target_blocks=costs.target_blocks, draft_step=c * costs.target(1))
 
 
-def alpha_needed_at_cost(costs: dict, c: float, goal_vs_ar: float, goal_vs_sd: float,
-                         gpu_like: bool = False) -> dict[str, Optional[float]]:
+def alpha_needed_at_cost(
+    costs: dict, c: float, goal_vs_ar: float, goal_vs_sd: float, gpu_like: bool = False
+) -> dict[str, Optional[float]]:
     """The α a draft costing `c` target steps must reach for PEARL (best γ) to run `goal_vs_ar` x AR,
     `goal_vs_sd` x vanilla SD (best γ), and both; None where even a never-wrong draft does not.
 
@@ -149,8 +156,7 @@ def alpha_needed_at_cost(costs: dict, c: float, goal_vs_ar: float, goal_vs_sd: f
     if gpu_like:
         full = split = StepCosts(target_blocks={1: full.target(1)}, draft_step=full.draft_step)
     sd, pearl = best_speedups(scaled_draft(full, c), scaled_draft(split, c))
-    checks = {"pearl_vs_ar": lambda a: pearl(a) / goal_vs_ar,
-              "pearl_vs_sd": lambda a: pearl(a) / sd(a) / goal_vs_sd}
+    checks = {"pearl_vs_ar": lambda a: pearl(a) / goal_vs_ar, "pearl_vs_sd": lambda a: pearl(a) / sd(a) / goal_vs_sd}
     checks["both"] = lambda a: min(checks["pearl_vs_ar"](a), checks["pearl_vs_sd"](a))
     return {name: alpha_needed(1.0, check, unreachable=None) for name, check in checks.items()}
 
@@ -159,13 +165,19 @@ GOAL_VS_AR, GOAL_VS_SD = 2.0, 1.3  # the serve issue's targets for PEARL: the ma
 DRAFT_COSTS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8)
 
 
-def requirement_map(costs: dict, goal_vs_ar: float, goal_vs_sd: float,
-                    draft_costs: Sequence[float] = DRAFT_COSTS) -> dict:
+def requirement_map(
+    costs: dict, goal_vs_ar: float, goal_vs_sd: float, draft_costs: Sequence[float] = DRAFT_COSTS
+) -> dict:
     """`alpha_needed_at_cost` over a range of draft costs, at the measured costs and GPU-like, and the
     least α that meets both goals at any of these costs (None: at none)."""
-    curve = [{"c": c, "measured": alpha_needed_at_cost(costs, c, goal_vs_ar, goal_vs_sd),
-              "gpu_like": alpha_needed_at_cost(costs, c, goal_vs_ar, goal_vs_sd, gpu_like=True)}
-             for c in draft_costs]
+    curve = [
+        {
+            "c": c,
+            "measured": alpha_needed_at_cost(costs, c, goal_vs_ar, goal_vs_sd),
+            "gpu_like": alpha_needed_at_cost(costs, c, goal_vs_ar, goal_vs_sd, gpu_like=True),
+        }
+        for c in draft_costs
+    ]
     out: dict = {"goal_vs_ar": goal_vs_ar, "goal_vs_sd": goal_vs_sd, "curve": curve}
     for regime in ("measured", "gpu_like"):
         reachable = [(p[regime]["both"], p["c"]) for p in curve if p[regime]["both"] is not None]
@@ -174,20 +186,33 @@ def requirement_map(costs: dict, goal_vs_ar: float, goal_vs_sd: float,
     return out
 
 
-def draft_frontier(target, drafts: dict, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], threads: int,
-                   costs: dict, goal_vs_ar: float, goal_vs_sd: float) -> dict[str, dict]:
+def draft_frontier(
+    target,
+    drafts: dict,
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+    threads: int,
+    costs: dict,
+    goal_vs_ar: float,
+    goal_vs_sd: float,
+) -> dict[str, dict]:
     """Where candidate drafts sit against what the goals need: per draft its cost c (one-token step on
     all cores over the target's, timed now like `measure_costs`), its greedy α on the target's own
     outputs (`greedy_agreement`), and the α a draft of that cost needs (`alpha_needed_at_cost`)."""
     prompt = sequences[0][0]
-    probes = {name: (lambda d=draft: step_seconds(d, prompt, steps=1, threads=threads)) for name, draft in drafts.items()}
-    steps = interleaved_medians({**probes, "_target": lambda: step_seconds(target, prompt, steps=1, threads=threads)},
-                                COST_ROUNDS)
+    probes = {
+        name: (lambda d=draft: step_seconds(d, prompt, steps=1, threads=threads)) for name, draft in drafts.items()
+    }
+    steps = interleaved_medians(
+        {**probes, "_target": lambda: step_seconds(target, prompt, steps=1, threads=threads)}, COST_ROUNDS
+    )
     out = {}
     for name, draft in drafts.items():
         c = steps[name] / steps["_target"]
-        out[name] = {"c": c, "alpha_greedy": greedy_agreement(draft, sequences),
-                     "alpha_needed": alpha_needed_at_cost(costs, c, goal_vs_ar, goal_vs_sd)}
+        out[name] = {
+            "c": c,
+            "alpha_greedy": greedy_agreement(draft, sequences),
+            "alpha_needed": alpha_needed_at_cost(costs, c, goal_vs_ar, goal_vs_sd),
+        }
     return out
 
 
@@ -216,14 +241,19 @@ def _aggregate(runs: list[DecodeStats]) -> dict:
     seconds = sum(r.seconds for r in runs)
     verified = sum(r.draft_tokens_verified for r in runs)
     target_forwards, draft_forwards = sum(r.target_forwards for r in runs), sum(r.draft_forwards for r in runs)
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds if seconds else 0.0,
-            "target_forwards": target_forwards, "draft_forwards": draft_forwards,
-            # seconds inside each model's forwards; in PEARL they overlap, and beside each other
-            # each forward is slower than alone (shared memory bus): compare with the costs.
-            "target_forward_s": sum(r.target_seconds for r in runs) / target_forwards if target_forwards else None,
-            "draft_forward_s": sum(r.draft_seconds for r in runs) / draft_forwards if draft_forwards else None,
-            "acceptance_rate": sum(r.draft_tokens_accepted for r in runs) / verified if verified else None,
-            "mean_accepted_tokens": tokens / target_forwards if target_forwards else 0.0}
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds else 0.0,
+        "target_forwards": target_forwards,
+        "draft_forwards": draft_forwards,
+        # seconds inside each model's forwards; in PEARL they overlap, and beside each other
+        # each forward is slower than alone (shared memory bus): compare with the costs.
+        "target_forward_s": sum(r.target_seconds for r in runs) / target_forwards if target_forwards else None,
+        "draft_forward_s": sum(r.draft_seconds for r in runs) / draft_forwards if draft_forwards else None,
+        "acceptance_rate": sum(r.draft_tokens_accepted for r in runs) / verified if verified else None,
+        "mean_accepted_tokens": tokens / target_forwards if target_forwards else 0.0,
+    }
 
 
 def hf_assisted_generate(target, draft, prompt: Sequence[int], max_new: int, eos: Sequence[int]) -> DecodeStats:
@@ -231,8 +261,14 @@ def hf_assisted_generate(target, draft, prompt: Sequence[int], max_new: int, eos
     ids = torch.tensor([list(prompt)], device=next(target.parameters()).device)
     start = time.perf_counter()
     with torch.no_grad():
-        out = target.generate(ids, assistant_model=draft, max_new_tokens=max_new, do_sample=False,
-                              eos_token_id=list(eos) or None, pad_token_id=(list(eos) or [0])[0])
+        out = target.generate(
+            ids,
+            assistant_model=draft,
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=list(eos) or None,
+            pad_token_id=(list(eos) or [0])[0],
+        )
     stats = DecodeStats(method="hf_assisted", prompt_tokens=len(prompt), new_tokens=out.shape[1] - len(prompt))
     stats.seconds = time.perf_counter() - start
     return stats
@@ -252,11 +288,22 @@ def transformers_draft(draft):
     return None
 
 
-def compare_methods(target, draft, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, threads: int,
-                    pearl_gamma: Optional[int], sd_gammas: Sequence[int], ablation_gamma: Optional[int] = None,
-                    max_gamma: int = 8,
-                    repeats: int = 2, eos: Sequence[int] = (), hf_assisted: bool = True,
-                    log: Callable[[str], None] = print) -> dict:
+def compare_methods(
+    target,
+    draft,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    threads: int,
+    pearl_gamma: Optional[int],
+    sd_gammas: Sequence[int],
+    ablation_gamma: Optional[int] = None,
+    max_gamma: int = 8,
+    repeats: int = 2,
+    eos: Sequence[int] = (),
+    hf_assisted: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Greedy decode every prompt with every method; median tokens/s over repeats, stats per method."""
     draft_threads, target_threads = split_threads(threads)
     if pearl_gamma is None:  # PEARL's rule: γ = round(c), c = t_target / t_draft, measured here
@@ -269,9 +316,18 @@ def compare_methods(target, draft, prompts: Sequence[Sequence[int]], *, max_new_
     configs["pearl"] = {"method": "pearl", "gamma": pearl_gamma}
     configs["pearl_no_pre"] = {"method": "pearl_no_pre", "gamma": ablation_gamma}
     configs["pearl_no_post"] = {"method": "pearl_no_post", "gamma": ablation_gamma}
-    decoders = {name: build_decoder(c["method"], target, draft, gamma=max(1, c["gamma"]), parallel=True,
-                                    draft_threads=draft_threads, target_threads=target_threads)
-                for name, c in configs.items()}
+    decoders = {
+        name: build_decoder(
+            c["method"],
+            target,
+            draft,
+            gamma=max(1, c["gamma"]),
+            parallel=True,
+            draft_threads=draft_threads,
+            target_threads=target_threads,
+        )
+        for name, c in configs.items()
+    }
     hf_draft = transformers_draft(draft) if hf_assisted else None
     names = list(decoders) + (["hf_assisted"] if hf_draft is not None else [])
     per_repeat: dict[str, list[dict]] = {n: [] for n in names}
@@ -280,10 +336,10 @@ def compare_methods(target, draft, prompts: Sequence[Sequence[int]], *, max_new_
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # sequential methods and the coordinating thread get every core
     try:
-        for name, decoder in decoders.items():  # warm-up: one short generation each
+        for decoder in decoders.values():  # warm-up: one short generation each
             decoder.generate(prompts[0], 4)
         for rep in range(repeats):
-            order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no method always first
+            order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no method always first
             for name in order:
                 runs = []
                 for i, prompt in enumerate(prompts):
@@ -312,9 +368,15 @@ def compare_methods(target, draft, prompts: Sequence[Sequence[int]], *, max_new_
         summary["gamma"] = configs.get(name, {}).get("gamma")
         summary["greedy_mismatches_vs_ar"] = mismatches[name]
         methods[name] = summary
-    return {"methods": methods, "costs": costs, "threads": threads, "draft_threads": draft_threads,
-            "target_threads": target_threads, "pearl_gamma": pearl_gamma,
-            "ar_outputs": [reference[i] for i in range(len(prompts))]}
+    return {
+        "methods": methods,
+        "costs": costs,
+        "threads": threads,
+        "draft_threads": draft_threads,
+        "target_threads": target_threads,
+        "pearl_gamma": pearl_gamma,
+        "ar_outputs": [reference[i] for i in range(len(prompts))],
+    }
 
 
 def interleaved_medians(probes: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
@@ -328,11 +390,14 @@ def interleaved_medians(probes: dict[str, Callable[[], float]], rounds: int) -> 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def measure_costs(target, draft, prompt, threads: int, draft_threads: int, target_threads: int,
-                  rounds: int = COST_ROUNDS) -> dict:
+def measure_costs(
+    target, draft, prompt, threads: int, draft_threads: int, target_threads: int, rounds: int = COST_ROUNDS
+) -> dict:
     """Per-forward seconds with all cores and with the PEARL split: the inputs of the round models."""
-    probes = {"target_step_s": lambda: step_seconds(target, prompt, steps=1, threads=threads),
-              "target_step_split_s": lambda: step_seconds(target, prompt, steps=1, threads=target_threads)}
+    probes = {
+        "target_step_s": lambda: step_seconds(target, prompt, steps=1, threads=threads),
+        "target_step_split_s": lambda: step_seconds(target, prompt, steps=1, threads=target_threads),
+    }
     for k in VERIFY_BLOCKS:
         probes[f"block_{k}"] = lambda k=k: verify_seconds(target, prompt, k, threads, steps=1)
         probes[f"block_split_{k}"] = lambda k=k: verify_seconds(target, prompt, k, target_threads, steps=1)
@@ -340,8 +405,11 @@ def measure_costs(target, draft, prompt, threads: int, draft_threads: int, targe
         probes["draft_step_s"] = lambda: step_seconds(draft, prompt, steps=1, threads=threads)
         probes["draft_step_split_s"] = lambda: step_seconds(draft, prompt, steps=1, threads=draft_threads)
     medians = interleaved_medians(probes, rounds)
-    costs = {key: medians[key] for key in ("target_step_s", "target_step_split_s", "draft_step_s",
-                                            "draft_step_split_s") if key in medians}
+    costs = {
+        key: medians[key]
+        for key in ("target_step_s", "target_step_split_s", "draft_step_s", "draft_step_split_s")
+        if key in medians
+    }
     costs["target_block_s"] = {k: medians[f"block_{k}"] for k in VERIFY_BLOCKS}
     costs["target_block_split_s"] = {k: medians[f"block_split_{k}"] for k in VERIFY_BLOCKS}
     if draft is not None:
@@ -354,8 +422,9 @@ def step_costs(costs: dict, split: bool) -> StepCosts:
     """The measured costs on all cores (AR, SD) or on each worker's share (PEARL)."""
     suffix = "_split_s" if split else "_s"
     blocks = {int(k): v for k, v in costs[f"target_block{suffix}"].items()}  # JSON keys are strings
-    return StepCosts(target_blocks={1: costs[f"target_step{suffix}"], **blocks},
-                     draft_step=costs.get(f"draft_step{suffix}", 0.0))  # no draft: AR-only runs
+    return StepCosts(
+        target_blocks={1: costs[f"target_step{suffix}"], **blocks}, draft_step=costs.get(f"draft_step{suffix}", 0.0)
+    )  # no draft: AR-only runs
 
 
 def summarize(result: dict) -> dict[str, float]:
@@ -365,13 +434,21 @@ def summarize(result: dict) -> dict[str, float]:
     sd_names = [n for n in methods if n.startswith("sd_g")]
     best_sd = max(sd_names, key=lambda n: methods[n]["tokens_per_s"])
     sd, pearl = methods[best_sd], methods["pearl"]
-    out = {"ar_tokens_per_s": ar, "best_sd_gamma": float(sd["gamma"]), "sd_tokens_per_s": sd["tokens_per_s"],
-           "pearl_tokens_per_s": pearl["tokens_per_s"], "sd_speedup_vs_ar": sd["tokens_per_s"] / ar,
-           "pearl_speedup_vs_ar": pearl["tokens_per_s"] / ar, "pearl_speedup_vs_sd": pearl["tokens_per_s"] / sd["tokens_per_s"],
-           "pearl_gamma": float(result["pearl_gamma"]), "sd_acceptance_rate": sd["acceptance_rate"] or 0.0,
-           "pearl_acceptance_rate": pearl["acceptance_rate"] or 0.0, "sd_mat": sd["mean_accepted_tokens"],
-           "pearl_mat": pearl["mean_accepted_tokens"],
-           "greedy_mismatches": float(sum(m["greedy_mismatches_vs_ar"] for m in methods.values()))}
+    out = {
+        "ar_tokens_per_s": ar,
+        "best_sd_gamma": float(sd["gamma"]),
+        "sd_tokens_per_s": sd["tokens_per_s"],
+        "pearl_tokens_per_s": pearl["tokens_per_s"],
+        "sd_speedup_vs_ar": sd["tokens_per_s"] / ar,
+        "pearl_speedup_vs_ar": pearl["tokens_per_s"] / ar,
+        "pearl_speedup_vs_sd": pearl["tokens_per_s"] / sd["tokens_per_s"],
+        "pearl_gamma": float(result["pearl_gamma"]),
+        "sd_acceptance_rate": sd["acceptance_rate"] or 0.0,
+        "pearl_acceptance_rate": pearl["acceptance_rate"] or 0.0,
+        "sd_mat": sd["mean_accepted_tokens"],
+        "pearl_mat": pearl["mean_accepted_tokens"],
+        "greedy_mismatches": float(sum(m["greedy_mismatches_vs_ar"] for m in methods.values())),
+    }
     for name in ("pearl_no_pre", "pearl_no_post", "hf_assisted"):
         if name in methods:
             out[f"{name}_speedup_vs_ar"] = methods[name]["tokens_per_s"] / ar
@@ -401,5 +478,6 @@ def summarize(result: dict) -> dict[str, float]:
     out["alpha_needed_pearl_2x_ar"] = alpha_needed(2.0, pearl_best)
     one_step = StepCosts(target_blocks={1: split.target(1)}, draft_step=split.draft_step)
     out["alpha_needed_pearl_2x_ar_if_block_costs_one_step"] = alpha_needed(
-        2.0, lambda a: best_over_gamma(pearl_tokens_per_s, a, one_step)[0] / ar_model)
+        2.0, lambda a: best_over_gamma(pearl_tokens_per_s, a, one_step)[0] / ar_model
+    )
     return out

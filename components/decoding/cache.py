@@ -9,11 +9,13 @@ A `SequenceRunner` is one model decoding one sequence: it remembers how many tok
 its cache already holds (`cached`), feeds only the rest, and rolls back when a speculative
 continuation is rejected. Both the draft and the target of every decoding method go through it.
 """
+
 from __future__ import annotations
 
 import inspect
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -117,7 +119,7 @@ class SequenceRunner:
             raise ValueError(f"nothing to feed: cache holds {self.cached} of {len(tokens)} tokens")
         if len(tokens) > self.model.max_context:
             raise ValueError(f"{self.model.name}: {len(tokens)} tokens exceed its context of {self.model.max_context}")
-        new = torch.tensor([list(tokens[self.cached:])], dtype=torch.long, device=self.model.device)
+        new = torch.tensor([list(tokens[self.cached :])], dtype=torch.long, device=self.model.device)
         start = time.perf_counter()
         logits, self.cache = self.model.forward(new, self.cache)
         self.forward_seconds += time.perf_counter() - start

@@ -20,17 +20,18 @@ emitted token is distributed as the warped target distribution: the output is lo
 The verdict's random numbers come from a generator reseeded from (seed, round), the scheme that
 lets two processes reach the same verdict without exchanging it; here one coordinator decides.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Optional
 
 import torch
 
 from components.decoding.cache import CausalLM, SequenceRunner, wrap_model
-from components.decoding.sampling import (SamplingParams, accept_draft_token, residual_distribution, sample,
-                                          warp)
+from components.decoding.sampling import SamplingParams, accept_draft_token, residual_distribution, sample, warp
 from components.decoding.workers import InlinePair, ThreadPair
 
 METHODS = ("ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post")
@@ -68,8 +69,12 @@ class DecodeStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "acceptance_rate": self.acceptance_rate,
-                "mean_accepted_tokens": self.mean_accepted_tokens, "tokens_per_second": self.tokens_per_second}
+        return {
+            **asdict(self),
+            "acceptance_rate": self.acceptance_rate,
+            "mean_accepted_tokens": self.mean_accepted_tokens,
+            "tokens_per_second": self.tokens_per_second,
+        }
 
 
 class _Output:
@@ -110,20 +115,35 @@ class Decoder:
         self.target: CausalLM = wrap_model(target)
         self.draft: Optional[CausalLM] = wrap_model(draft) if draft is not None else None
         if self.draft is not None and self.draft.vocab_size != self.target.vocab_size:
-            raise ValueError(f"draft vocabulary ({self.draft.vocab_size}) differs from the target's "
-                             f"({self.target.vocab_size}): speculative decoding needs a shared tokenizer")
+            raise ValueError(
+                f"draft vocabulary ({self.draft.vocab_size}) differs from the target's "
+                f"({self.target.vocab_size}): speculative decoding needs a shared tokenizer"
+            )
 
     @property
     def max_context(self) -> int:
         """The target's context: past the draft's (shorter) context, decoding continues without drafting."""
         return self.target.max_context
 
-    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams = SamplingParams(),
-               seed: int = 0, stop_ids: Iterable[int] = (), stats: Optional[DecodeStats] = None) -> Iterator[list[int]]:
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        params: SamplingParams = SamplingParams(),
+        seed: int = 0,
+        stop_ids: Iterable[int] = (),
+        stats: Optional[DecodeStats] = None,
+    ) -> Iterator[list[int]]:
         raise NotImplementedError
 
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams = SamplingParams(),
-                 seed: int = 0, stop_ids: Iterable[int] = ()) -> tuple[list[int], DecodeStats]:
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        params: SamplingParams = SamplingParams(),
+        seed: int = 0,
+        stop_ids: Iterable[int] = (),
+    ) -> tuple[list[int], DecodeStats]:
         stats = DecodeStats(method=self.method)
         tokens: list[int] = []
         for chunk in self.stream(prompt_ids, max_new_tokens, params, seed, stop_ids, stats):
@@ -168,8 +188,17 @@ class AutoregressiveDecoder(Decoder):
 class SpeculativeDecoder(Decoder):
     """Vanilla SD / PEARL / the ablations, chosen by `pre_verify` and `post_verify`."""
 
-    def __init__(self, target, draft, gamma: int = 4, pre_verify: bool = True, post_verify: bool = True,
-                 parallel: bool = True, draft_threads: int = 1, target_threads: int = 1):
+    def __init__(
+        self,
+        target,
+        draft,
+        gamma: int = 4,
+        pre_verify: bool = True,
+        post_verify: bool = True,
+        parallel: bool = True,
+        draft_threads: int = 1,
+        target_threads: int = 1,
+    ):
         super().__init__(target, draft)
         if self.draft is None:
             raise ValueError("speculative decoding needs a draft model")
@@ -177,8 +206,12 @@ class SpeculativeDecoder(Decoder):
             raise ValueError(f"gamma (draft tokens per round) must be >= 1, got {gamma}")
         self.gamma = gamma
         self.pre_verify, self.post_verify = pre_verify, post_verify
-        self.method = {(False, False): "sd", (True, True): "pearl", (False, True): "pearl_no_pre",
-                       (True, False): "pearl_no_post"}[(pre_verify, post_verify)]
+        self.method = {
+            (False, False): "sd",
+            (True, True): "pearl",
+            (False, True): "pearl_no_pre",
+            (True, False): "pearl_no_post",
+        }[(pre_verify, post_verify)]
         concurrent = parallel and (pre_verify or post_verify)
         cuda = self.target.device.type == "cuda"
         self.workers = ThreadPair(draft_threads, target_threads, cuda=cuda) if concurrent else InlinePair()
@@ -186,8 +219,9 @@ class SpeculativeDecoder(Decoder):
     def close(self) -> None:
         self.workers.close()
 
-    def _propose(self, draft: SequenceRunner, context: list[int], gamma: int, params: SamplingParams,
-                 rng: torch.Generator) -> tuple[list[int], list[torch.Tensor]]:
+    def _propose(
+        self, draft: SequenceRunner, context: list[int], gamma: int, params: SamplingParams, rng: torch.Generator
+    ) -> tuple[list[int], list[torch.Tensor]]:
         """The draft samples `gamma` tokens after `context`; returns them with the q each came from."""
         context = list(context)
         tokens, qs = [], []
@@ -244,8 +278,8 @@ class SpeculativeDecoder(Decoder):
                         continue
                     # Pre-verify: the target's pass over the prefix end yields p for the first draft token.
                     (drafted, qs), logits = self.workers.run(
-                        lambda: self._propose(draft, seq, gamma, params, draft_rng),
-                        lambda: target.logits_for(seq)[-1])
+                        lambda: self._propose(draft, seq, gamma, params, draft_rng), lambda: target.logits_for(seq)[-1]
+                    )
                     resampled = verdict(drafted[0], warp(logits, params), qs[0])
                     if resampled is None:
                         yield emit([drafted[0]])
@@ -262,11 +296,12 @@ class SpeculativeDecoder(Decoder):
                 if gamma > 0:
                     (next_block, next_q), logits = self.workers.run(
                         lambda: self._propose(draft, seq + pending, gamma, params, draft_rng),
-                        lambda: target.logits_for(seq + pending))
+                        lambda: target.logits_for(seq + pending),
+                    )
                 else:
                     next_block, next_q = [], []
                     logits = target.logits_for(seq + pending)
-                ps = warp(logits[-(len(pending) + 1):], params)  # p for each block token, then the next
+                ps = warp(logits[-(len(pending) + 1) :], params)  # p for each block token, then the next
                 accepted, resampled = 0, None
                 for i, tok in enumerate(pending):
                     resampled = verdict(tok, ps[i], pending_q[i])
@@ -300,17 +335,36 @@ class SpeculativeDecoder(Decoder):
             stats.finish_reason = out.finish_reason
 
 
-def build_decoder(method: str, target, draft=None, gamma: int = 4, parallel: bool = True,
-                  draft_threads: int = 1, target_threads: int = 1) -> Decoder:
+def build_decoder(
+    method: str,
+    target,
+    draft=None,
+    gamma: int = 4,
+    parallel: bool = True,
+    draft_threads: int = 1,
+    target_threads: int = 1,
+) -> Decoder:
     """The decoder for a method name in METHODS ("ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post")."""
     if method not in METHODS:
         raise ValueError(f"unknown decoding method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "ar":
         return AutoregressiveDecoder(target)
-    pre, post = {"sd": (False, False), "pearl": (True, True), "pearl_no_pre": (False, True),
-                 "pearl_no_post": (True, False)}[method]
-    return SpeculativeDecoder(target, draft, gamma=gamma, pre_verify=pre, post_verify=post, parallel=parallel,
-                              draft_threads=draft_threads, target_threads=target_threads)
+    pre, post = {
+        "sd": (False, False),
+        "pearl": (True, True),
+        "pearl_no_pre": (False, True),
+        "pearl_no_post": (True, False),
+    }[method]
+    return SpeculativeDecoder(
+        target,
+        draft,
+        gamma=gamma,
+        pre_verify=pre,
+        post_verify=post,
+        parallel=parallel,
+        draft_threads=draft_threads,
+        target_threads=target_threads,
+    )
 
 
 def step_seconds(model, prompt_ids: Sequence[int], steps: int = 5, threads: Optional[int] = None) -> float:

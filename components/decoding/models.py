@@ -7,6 +7,7 @@
   the loopback load test (fast; its outputs are noise, never presented as model output).
 - `load_target` / `load_draft`: resolve a configured source to a model object.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,13 +50,28 @@ def gpt_as_hf(gpt):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = gpt.config
-    config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                        n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu",
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-                        tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None, eos_token_id=None)
+    config = GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.block_size,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        activation_function="gelu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     hf = GPT2LMHeadModel(config).to(gpt.wte.weight.dtype)  # copy at the GPT's precision, not float32's
-    state = {"transformer.wte.weight": gpt.wte.weight, "transformer.wpe.weight": gpt.wpe.weight,
-             "transformer.ln_f.weight": gpt.ln_f.weight, "lm_head.weight": gpt.lm_head.weight}
+    state = {
+        "transformer.wte.weight": gpt.wte.weight,
+        "transformer.wpe.weight": gpt.wpe.weight,
+        "transformer.ln_f.weight": gpt.ln_f.weight,
+        "lm_head.weight": gpt.lm_head.weight,
+    }
     for i, block in enumerate(gpt.blocks):
         prefix, attn = f"transformer.h.{i}.", block.attn
         state[prefix + "ln_1.weight"], state[prefix + "ln_2.weight"] = block.ln_1.weight, block.ln_2.weight
@@ -64,8 +80,11 @@ def gpt_as_hf(gpt):
         state[prefix + "mlp.c_fc.weight"] = block.mlp.c_fc.weight.T
         state[prefix + "mlp.c_proj.weight"] = block.mlp.c_proj.weight.T
         if cfg.bias:
-            for name, linear in (("attn.c_proj", attn.c_proj), ("mlp.c_fc", block.mlp.c_fc),
-                                 ("mlp.c_proj", block.mlp.c_proj)):
+            for name, linear in (
+                ("attn.c_proj", attn.c_proj),
+                ("mlp.c_fc", block.mlp.c_fc),
+                ("mlp.c_proj", block.mlp.c_proj),
+            ):
                 state[prefix + name + ".bias"] = linear.bias
             state[prefix + "attn.c_attn.bias"] = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
             for name, norm in (("ln_1", block.ln_1), ("ln_2", block.ln_2)):
@@ -78,18 +97,35 @@ def gpt_as_hf(gpt):
     return hf.to(gpt.wte.weight.device).eval()
 
 
-def tiny_llama(vocab_size: int = 64, hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0,
-               max_positions: int = 512, dtype: torch.dtype = torch.float64):
+def tiny_llama(
+    vocab_size: int = 64,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    seed: int = 0,
+    max_positions: int = 512,
+    dtype: torch.dtype = torch.float64,
+):
     """A random Llama small enough for thousands of decode steps per second (tests, load test)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=max_positions, tie_word_embeddings=False,
-                         # std 0.3 (not 0.02): peaked, input-dependent logits, so greedy argmax ties are
-                         # rare and a layer-skip draft agrees with the target only part of the time.
-                         initializer_range=0.3, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        # std 0.3 (not 0.02): peaked, input-dependent logits, so greedy argmax ties are
+        # rare and a layer-skip draft agrees with the target only part of the time.
+        initializer_range=0.3,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     model = LlamaForCausalLM(config)
     return model.to(dtype).eval()
 
@@ -118,8 +154,9 @@ def load_target(source: str = "smollm2", path: Optional[str] = None, dtype: str 
         from components.quant.native import load_native_smollm2  # the GGUF's own 4-bit blocks, integer kernel
 
         return native_causal_lm(load_native_smollm2(path))
-    raise ValueError(f"unknown target source {source!r}; use smollm2, smollm2_q4_native, quantized, hf_folder "
-                     "or tiny_random")
+    raise ValueError(
+        f"unknown target source {source!r}; use smollm2, smollm2_q4_native, quantized, hf_folder or tiny_random"
+    )
 
 
 def native_causal_lm(model):

@@ -1,13 +1,14 @@
 """Prompts for the decoding benchmark, written for this project: code completion and chat."""
+
 from __future__ import annotations
 
 CODE_PROMPTS = [
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "import json\n\n\ndef load_config(path):\n    \"\"\"Read a JSON config file and return it as a dict.\"\"\"\n",
-    "class Stack:\n    \"\"\"A last-in first-out stack backed by a list.\"\"\"\n\n    def __init__(self):\n",
-    "def is_prime(number):\n    \"\"\"True when number is prime.\"\"\"\n    if number < 2:\n",
-    "def binary_search(items, target):\n    \"\"\"Index of target in the sorted list items, or -1.\"\"\"\n",
-    "def word_count(text):\n    \"\"\"Map each word of text to how often it occurs.\"\"\"\n    counts = {}\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+    'import json\n\n\ndef load_config(path):\n    """Read a JSON config file and return it as a dict."""\n',
+    'class Stack:\n    """A last-in first-out stack backed by a list."""\n\n    def __init__(self):\n',
+    'def is_prime(number):\n    """True when number is prime."""\n    if number < 2:\n',
+    'def binary_search(items, target):\n    """Index of target in the sorted list items, or -1."""\n',
+    'def word_count(text):\n    """Map each word of text to how often it occurs."""\n    counts = {}\n',
 ]
 
 CHAT_PROMPTS = [

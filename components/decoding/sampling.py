@@ -6,6 +6,7 @@ distributed exactly as tokens sampled autoregressively from the *warped* target 
 Greedy decoding (temperature 0) is the one-hot argmax distribution, which makes the same accept
 rule reduce to "accept iff the draft's argmax equals the target's".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,10 +10,12 @@ keeps the whole core budget (so sequential phases are not penalised).
 `InlinePair` runs both jobs one after the other on the calling thread: the same algorithm and the
 same outputs (the RNG streams do not depend on timing), used where speed does not matter.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 

@@ -13,10 +13,11 @@ Staleness functions must DECREASE with staleness. The reference code (APPFL) com
 polynomial as (u + 1) ** a with a = 0.5, which gives stale updates MORE weight; we use FedAsync's
 (u + 1) ** (-a). `tests/federated/test_aggregators.py` pins this.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -48,8 +49,11 @@ class WeightedUpdate:
 def _average_buffers(weights: Weights, updates: Sequence[WeightedUpdate]) -> None:
     names = set().union(*(u.update.get("buffers", {}).keys() for u in updates)) if updates else set()
     for name in names:
-        values = [np.asarray(u.update["buffers"][name], dtype=np.float64) for u in updates
-                  if name in u.update.get("buffers", {})]
+        values = [
+            np.asarray(u.update["buffers"][name], dtype=np.float64)
+            for u in updates
+            if name in u.update.get("buffers", {})
+        ]
         weights[name] = np.mean(values, axis=0).astype(weights[name].dtype)
 
 
@@ -60,8 +64,7 @@ class StalenessWeightedAggregator:
     plus the general buffer: the step is the same, the scheduler decides what goes in.
     """
 
-    def __init__(self, client_weights: Sequence[float], alpha: float = 0.9,
-                 staleness_fn: StalenessFn | None = None):
+    def __init__(self, client_weights: Sequence[float], alpha: float = 0.9, staleness_fn: StalenessFn | None = None):
         self.client_weights = np.asarray(client_weights, dtype=np.float64)
         self.alpha = alpha
         self.staleness_fn = staleness_fn or make_staleness_fn("polynomial")

@@ -1,4 +1,5 @@
 """Flower ClientApp (thin): a "train" message in, the local update out. The work is in `task.py`."""
+
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -11,15 +12,17 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     config = dict(msg.content["config"])
     update = client_train(config, from_array_record(msg.content["arrays"]))
-    content = RecordDict({
-        "delta": to_array_record(update["delta"]),
-        "metrics": MetricRecord({"num_examples": update["num_examples"], "steps": update["steps"],
-                                 "train_loss": update["train_loss"]}),
-    })
+    content = RecordDict(
+        {
+            "delta": to_array_record(update["delta"]),
+            "metrics": MetricRecord(
+                {"num_examples": update["num_examples"], "steps": update["steps"], "train_loss": update["train_loss"]}
+            ),
+        }
+    )
     if update["buffers"]:
         content["buffers"] = to_array_record(update["buffers"])
     return Message(content=content, reply_to=msg)
-
 
 
 @app.query()

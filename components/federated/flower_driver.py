@@ -14,13 +14,15 @@ Messages carry the model as an ArrayRecord and the round's settings as a ConfigR
 rebuilds its data partition from the federation settings (as Flower's examples do), so the same
 ClientApp serves the simulation engine and SuperNodes.
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -88,8 +90,9 @@ def client_train(content_config: dict, weights: dict) -> dict:
     x, y = client_data[client]
     from components.federated import task as fl_task
 
-    update = fl_task.local_train(weights, x, y, steps, spec, lr=s["lr"], batch_size=s["batch_size"],
-                                 seed=int(content_config["seed"]))
+    update = fl_task.local_train(
+        weights, x, y, steps, spec, lr=s["lr"], batch_size=s["batch_size"], seed=int(content_config["seed"])
+    )
     emulated = client_speeds.duration(client, steps, virtual_now, rng) * s["seconds_per_virtual_second"]
     time.sleep(max(0.0, emulated - (time.monotonic() - started)))  # training time counts toward it
     return update
@@ -156,8 +159,16 @@ def serve(grid, run: FlowerRun) -> SimulationResult:
         for a in assignments:
             idle += scheduler.now() - waiting_since.pop(a.client, scheduler.now())
             seed = int(np.random.SeedSequence([run.settings.seed, a.client, rounds[a.client]]).generate_state(1)[0])
-            config = ConfigRecord({"client": a.client, "steps": a.steps, "round": rounds[a.client], "seed": seed,
-                                   "virtual_now": float(scheduler.now()), "settings": settings_json})
+            config = ConfigRecord(
+                {
+                    "client": a.client,
+                    "steps": a.steps,
+                    "round": rounds[a.client],
+                    "seed": seed,
+                    "virtual_now": float(scheduler.now()),
+                    "settings": settings_json,
+                }
+            )
             rounds[a.client] += 1
             content = RecordDict({"arrays": to_array_record(a.weights), "config": config})
             messages.append(Message(content=content, dst_node_id=node_of[a.client], message_type=TRAIN))
@@ -192,9 +203,11 @@ def serve(grid, run: FlowerRun) -> SimulationResult:
                 record(before)
                 continue
             lost_clients.discard(client)
-            update = {"delta": from_array_record(reply.content["delta"]),
-                      "buffers": from_array_record(reply.content["buffers"]) if "buffers" in reply.content else {},
-                      **{k: v for k, v in reply.content["metrics"].items()}}
+            update = {
+                "delta": from_array_record(reply.content["delta"]),
+                "buffers": from_array_record(reply.content["buffers"]) if "buffers" in reply.content else {},
+                **{k: v for k, v in reply.content["metrics"].items()},
+            }
             waiting_since[client] = scheduler.now()
             before = scheduler.version
             push(scheduler.on_arrival(client, update))
@@ -203,12 +216,16 @@ def serve(grid, run: FlowerRun) -> SimulationResult:
     end = scheduler.now()
     idle += sum(end - since for since in waiting_since.values())
     lost = sorted(lost_clients | scheduler.lost)
-    stopped_by = (f"the server loop's timeout of {run.timeout:g} s" if time.monotonic() >= deadline
-                  else "no client could answer any more")
+    stopped_by = (
+        f"the server loop's timeout of {run.timeout:g} s"
+        if time.monotonic() >= deadline
+        else "no client could answer any more"
+    )
     require_complete(scheduler, run.max_updates, lost, stopped_by)
     summary = summarize(scheduler, history, end, idle, n - len(lost), run.target_accuracy)
-    run.result = SimulationResult(history, list(scheduler.records), scheduler.weights, summary, sum(rounds), run.lost,
-                                  lost)
+    run.result = SimulationResult(
+        history, list(scheduler.records), scheduler.weights, summary, sum(rounds), run.lost, lost
+    )
     return run.result
 
 
@@ -217,8 +234,14 @@ def _warm_up(grid, node_of: dict[int, int], settings_json: str, deadline: float)
     start-up (seconds of imports) would be mistaken for slow training by the speed estimates."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    messages = [Message(content=RecordDict({"config": ConfigRecord({"client": c, "settings": settings_json})}),
-                        dst_node_id=node, message_type=WARMUP) for c, node in node_of.items()]
+    messages = [
+        Message(
+            content=RecordDict({"config": ConfigRecord({"client": c, "settings": settings_json})}),
+            dst_node_id=node,
+            message_type=WARMUP,
+        )
+        for c, node in node_of.items()
+    ]
     waiting = set(grid.push_messages(messages))
     while waiting:
         if time.monotonic() > deadline:
@@ -227,8 +250,9 @@ def _warm_up(grid, node_of: dict[int, int], settings_json: str, deadline: float)
             waiting.discard(reply.metadata.reply_to_message_id)
             if reply.has_error():
                 client = next((c for c, node in node_of.items() if node == reply.metadata.src_node_id), "?")
-                raise RuntimeError(f"Flower client {client} (node {reply.metadata.src_node_id}) failed to start: "
-                                   f"{reply.error.reason}")
+                raise RuntimeError(
+                    f"Flower client {client} (node {reply.metadata.src_node_id}) failed to start: {reply.error.reason}"
+                )
         time.sleep(0.05)
 
 
@@ -247,15 +271,20 @@ def run_in_simulation(run: FlowerRun, client_app_module: str = "components.feder
     from components.federated.server_app import make_server_app
 
     client_app = importlib.import_module(client_app_module).app
-    run_simulation(server_app=make_server_app(run), client_app=client_app, num_supernodes=run.scheduler.n_clients,
-                   # One Ray actor per client: clients mostly sleep out their emulated speed, so they
-                   # must not queue behind each other on the two real cores (that would change speeds).
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": run.scheduler.n_clients, "include_dashboard": False}})
+    run_simulation(
+        server_app=make_server_app(run),
+        client_app=client_app,
+        num_supernodes=run.scheduler.n_clients,
+        # One Ray actor per client: clients mostly sleep out their emulated speed, so they
+        # must not queue behind each other on the two real cores (that would change speeds).
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": run.scheduler.n_clients, "include_dashboard": False},
+        },
+    )
     if run.result is None:
         raise RuntimeError("the Flower ServerApp ended without a result (see Flower's log above)")
     return run.result
-
 
 
 def flower_run_from_run_config(run_config: dict) -> FlowerRun:
@@ -266,11 +295,24 @@ def flower_run_from_run_config(run_config: dict) -> FlowerRun:
 
     settings = FederationSettings(**json.loads(run_config["settings"]))
     strategy = SimpleNamespace(**json.loads(run_config["strategy"]))
-    fed = build_federation(SimpleNamespace(**settings.data), SimpleNamespace(**settings.model),
-                           settings.n_clients, settings.seed)
+    fed = build_federation(
+        SimpleNamespace(**settings.data), SimpleNamespace(**settings.model), settings.n_clients, settings.seed
+    )
     clock = VirtualWallClock(settings.seconds_per_virtual_second)
-    scheduler = build_scheduler(strategy, settings.n_clients, fed.num_examples, fed.initial_weights, clock,
-                                str(run_config.get("client-weighting", "equal")))
+    scheduler = build_scheduler(
+        strategy,
+        settings.n_clients,
+        fed.num_examples,
+        fed.initial_weights,
+        clock,
+        str(run_config.get("client-weighting", "equal")),
+    )
     target = float(run_config.get("target-accuracy", -1.0))
-    return FlowerRun(scheduler, settings, fed.evaluate, max_updates=int(run_config["rounds"]),
-                     target_accuracy=target if target >= 0 else None, timeout=float(run_config.get("timeout", 600.0)))
+    return FlowerRun(
+        scheduler,
+        settings,
+        fed.evaluate,
+        max_updates=int(run_config["rounds"]),
+        target_accuracy=target if target >= 0 else None,
+        timeout=float(run_config.get("timeout", 600.0)),
+    )

@@ -13,6 +13,7 @@ those next to `sys.executable`, also on the PATH the SuperLink and SuperNodes ge
 finish and reports them at once with the log's last lines: the SuperLink or a SuperNode exiting
 before the run started, the ServerApp writing an error, or Flower marking the ServerApp's task failed.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +43,9 @@ def _free_port() -> int:
 
 
 def _toml_value(value) -> str:
-    return json.dumps(value) if isinstance(value, str) else repr(value).lower() if isinstance(value, bool) else repr(value)
+    return (
+        json.dumps(value) if isinstance(value, str) else repr(value).lower() if isinstance(value, bool) else repr(value)
+    )
 
 
 def _stop_app_processes(addresses: list[str]) -> None:
@@ -51,8 +55,9 @@ def _stop_app_processes(addresses: list[str]) -> None:
         except OSError:
             continue
         words = [a.decode(errors="replace") for a in argv]
-        if any(w.startswith("/") and w.endswith(("flwr-serverapp", "flwr-clientapp")) for w in words[:2]) and \
-                any(addr in words for addr in addresses):
+        if any(w.startswith("/") and w.endswith(("flwr-serverapp", "flwr-clientapp")) for w in words[:2]) and any(
+            addr in words for addr in addresses
+        ):
             try:
                 os.kill(int(proc_dir.name), signal.SIGTERM)
             except (ProcessLookupError, PermissionError):
@@ -94,7 +99,7 @@ class RunFiles:
     nonce: str
 
     @classmethod
-    def from_run_config(cls, run_config: dict) -> "RunFiles":
+    def from_run_config(cls, run_config: dict) -> RunFiles:
         return cls(Path(str(run_config["run-folder"])), str(run_config["run-nonce"]))
 
     @property
@@ -119,16 +124,28 @@ class RunFiles:
         np.savez(partial, **result.weights)
         os.replace(partial, self.result_path.with_suffix(".npz"))
         clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
-        self._write_atomically(self.result_path, json.dumps({  # written last: its presence means complete
-            "nonce": self.nonce, "summary": {k: clean(v) for k, v in result.summary.items()},
-            "history": result.history, "records": [r.__dict__ for r in result.records], "lost": result.lost_jobs,
-            "lost_clients": list(result.lost_clients)}, default=_plain_number))
+        self._write_atomically(
+            self.result_path,
+            json.dumps(
+                {  # written last: its presence means complete
+                    "nonce": self.nonce,
+                    "summary": {k: clean(v) for k, v in result.summary.items()},
+                    "history": result.history,
+                    "records": [r.__dict__ for r in result.records],
+                    "lost": result.lost_jobs,
+                    "lost_clients": list(result.lost_clients),
+                },
+                default=_plain_number,
+            ),
+        )
 
     def write_error(self, err: BaseException) -> None:
         where = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
         place = f" (at {where[0].filename}:{where[0].lineno})" if where else ""
-        self._write_atomically(self.folder / "error.json", json.dumps(
-            {"nonce": self.nonce, "error": f"{type(err).__name__}: {err}{place}"}))
+        self._write_atomically(
+            self.folder / "error.json",
+            json.dumps({"nonce": self.nonce, "error": f"{type(err).__name__}: {err}{place}"}),
+        )
 
     def _read(self, name: str) -> Optional[dict]:
         try:
@@ -179,8 +196,11 @@ def _serverapp_task_status(state_db: Path, flower_run_id: Optional[int]) -> Opti
     stored_id = flower_run_id - (1 << 64) if flower_run_id >= 1 << 63 else flower_run_id  # Flower keeps sint64
     try:
         with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1) as con:
-            row = con.execute("SELECT sub_status, details FROM task WHERE run_id = ? AND finished_at IS NOT NULL "
-                              "AND finished_at != '' ORDER BY finished_at DESC LIMIT 1", (stored_id,)).fetchone()
+            row = con.execute(
+                "SELECT sub_status, details FROM task WHERE run_id = ? AND finished_at IS NOT NULL "
+                "AND finished_at != '' ORDER BY finished_at DESC LIMIT 1",
+                (stored_id,),
+            ).fetchone()
     except sqlite3.Error:  # schema of another Flower version, or the database is busy: no answer this time
         return None
     return (str(row[0]), str(row[1])) if row else None
@@ -190,10 +210,18 @@ def new_run_name() -> str:
     return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def run_on_loopback(settings_json: str, strategy_json: str, rounds: int, n_clients: int,
-                    target_accuracy: float = -1.0, client_weighting: str = "equal", timeout: float = 600.0,
-                    workdir: str | None = None, run_name: str | None = None,
-                    on_event: Optional[Callable[[dict], None]] = None) -> dict:
+def run_on_loopback(
+    settings_json: str,
+    strategy_json: str,
+    rounds: int,
+    n_clients: int,
+    target_accuracy: float = -1.0,
+    client_weighting: str = "equal",
+    timeout: float = 600.0,
+    workdir: str | None = None,
+    run_name: str | None = None,
+    on_event: Optional[Callable[[dict], None]] = None,
+) -> dict:
     """Run the scheduler over a loopback SuperLink with `n_clients` SuperNodes; return the ServerApp's result.
     `workdir` holds one folder per run (`run_name`, fresh each time); `on_event` gets each history row live."""
     base = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "flwr-loopback"
@@ -205,19 +233,38 @@ def run_on_loopback(settings_json: str, strategy_json: str, rounds: int, n_clien
     home.mkdir()
     fleet, serverappio, control = _free_port(), _free_port(), _free_port()
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{control}"\ninsecure = true\n')
-    write_app(work / "app", {"settings": settings_json, "strategy": strategy_json, "rounds": int(rounds),
-                             "target-accuracy": float(target_accuracy), "client-weighting": client_weighting,
-                             "timeout": float(timeout), "run-folder": str(work), "run-nonce": files.nonce})
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{control}"\ninsecure = true\n'
+    )
+    write_app(
+        work / "app",
+        {
+            "settings": settings_json,
+            "strategy": strategy_json,
+            "rounds": int(rounds),
+            "target-accuracy": float(target_accuracy),
+            "client-weighting": client_weighting,
+            "timeout": float(timeout),
+            "run-folder": str(work),
+            "run-nonce": files.nonce,
+        },
+    )
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "FLWR_HOME": str(home),
-           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
-           "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
-    missing = [name for name in ("flower-superlink", "flower-supernode", "flower-superexec", "flwr")
-               if not (bin_dir / name).exists()]
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
+    }
+    missing = [
+        name
+        for name in ("flower-superlink", "flower-supernode", "flower-superexec", "flwr")
+        if not (bin_dir / name).exists()
+    ]
     if missing:
-        raise FileNotFoundError(f"Flower executables {missing} are not in {bin_dir} (next to {sys.executable}): "
-                                "install flwr into this environment")
+        raise FileNotFoundError(
+            f"Flower executables {missing} are not in {bin_dir} (next to {sys.executable}): "
+            "install flwr into this environment"
+        )
     procs: list[subprocess.Popen] = []
     clientappio: list[int] = []
     log_path = work / "processes.log"
@@ -229,18 +276,42 @@ def run_on_loopback(settings_json: str, strategy_json: str, rounds: int, n_clien
         return proc
 
     def fail(reason: str) -> RuntimeError:
-        return RuntimeError(f"Flower deployment run {work.name}: {reason}\n  last lines of {log_path}:\n"
-                            f"{_log_tail(log_path)}")
+        return RuntimeError(
+            f"Flower deployment run {work.name}: {reason}\n  last lines of {log_path}:\n{_log_tail(log_path)}"
+        )
 
     try:
-        superlink = start([str(bin_dir / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-                           "--fleet-api-address", f"127.0.0.1:{fleet}",
-                           "--serverappio-api-address", f"127.0.0.1:{serverappio}",
-                           "--control-api-address", f"127.0.0.1:{control}", "--database", str(work / "state.db")])
+        superlink = start(
+            [
+                str(bin_dir / "flower-superlink"),
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--fleet-api-address",
+                f"127.0.0.1:{fleet}",
+                "--serverappio-api-address",
+                f"127.0.0.1:{serverappio}",
+                "--control-api-address",
+                f"127.0.0.1:{control}",
+                "--database",
+                str(work / "state.db"),
+            ]
+        )
         clientappio = [_free_port() for _ in range(n_clients)]
-        supernodes = [start([str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{fleet}",
-                             "--clientappio-api-address", f"127.0.0.1:{clientappio[client]}",
-                             "--node-config", f"partition-id={client}"]) for client in range(n_clients)]
+        supernodes = [
+            start(
+                [
+                    str(bin_dir / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{fleet}",
+                    "--clientappio-api-address",
+                    f"127.0.0.1:{clientappio[client]}",
+                    "--node-config",
+                    f"partition-id={client}",
+                ]
+            )
+            for client in range(n_clients)
+        ]
         started = False
 
         def check_processes() -> None:
@@ -249,8 +320,10 @@ def run_on_loopback(settings_json: str, strategy_json: str, rounds: int, n_clien
             if not started:  # after the start, a lost node is the server's business (round timeouts)
                 for client, node in enumerate(supernodes):
                     if node.poll() is not None:
-                        raise fail(f"the SuperNode of client {client} exited with code {node.returncode} "
-                                   "before the run started")
+                        raise fail(
+                            f"the SuperNode of client {client} exited with code {node.returncode} "
+                            "before the run started"
+                        )
 
         deadline = time.monotonic() + timeout
         flower_run_id = None
@@ -259,8 +332,14 @@ def run_on_loopback(settings_json: str, strategy_json: str, rounds: int, n_clien
             if time.monotonic() > deadline:
                 raise fail(f"flwr run was not accepted within {timeout:g} s")
             time.sleep(1)  # the SuperLink needs a moment to listen
-            submit = subprocess.run([str(bin_dir / "flwr"), "run", str(work / "app"), "loopback"], env=env, cwd=work,
-                                    capture_output=True, text=True, timeout=120)
+            submit = subprocess.run(
+                [str(bin_dir / "flwr"), "run", str(work / "app"), "loopback"],
+                env=env,
+                cwd=work,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             log.write((submit.stdout + submit.stderr).encode())
             log.flush()
             found = re.search(r"started run (\d+)", submit.stdout + submit.stderr)
@@ -284,8 +363,10 @@ def run_on_loopback(settings_json: str, strategy_json: str, rounds: int, n_clien
             status = _serverapp_task_status(work / "state.db", flower_run_id)
             if status is not None and files.read_result() is None and files.read_error() is None:
                 sub_status, details = status
-                raise fail(f"the ServerApp ended ({sub_status or 'finished'}) without a result"
-                           + (f": {details}" if details else ""))
+                raise fail(
+                    f"the ServerApp ended ({sub_status or 'finished'}) without a result"
+                    + (f": {details}" if details else "")
+                )
             if time.monotonic() > deadline:
                 raise fail(f"no result from the ServerApp after {timeout:g} s")
             time.sleep(0.5)

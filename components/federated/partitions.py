@@ -5,6 +5,7 @@
 - `dual_dirichlet_partition`: client sizes ~ Dir(alpha_clients), and each client's class mix
   ~ Dir(alpha_classes * global prior) (the paper's "dual Dirichlet"): unequal sizes AND skewed labels.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,7 @@ def iid_partition(labels: np.ndarray, n_clients: int, seed: int = 0) -> list[np.
     return [np.sort(part) for part in np.array_split(order, n_clients)]
 
 
-def class_partition(labels: np.ndarray, n_clients: int, classes_per_client: int = 3,
-                    seed: int = 0) -> list[np.ndarray]:
+def class_partition(labels: np.ndarray, n_clients: int, classes_per_client: int = 3, seed: int = 0) -> list[np.ndarray]:
     """Client i holds classes i, i+1, ... (mod C); each class's samples are split evenly among its holders."""
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
@@ -39,8 +39,9 @@ def class_partition(labels: np.ndarray, n_clients: int, classes_per_client: int 
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
-def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float = 0.5, seed: int = 0,
-                        min_size: int = 8) -> list[np.ndarray]:
+def dirichlet_partition(
+    labels: np.ndarray, n_clients: int, alpha: float = 0.5, seed: int = 0, min_size: int = 8
+) -> list[np.ndarray]:
     """Per class, proportions over clients ~ Dir(alpha); resampled until each client has `min_size`."""
     rng = np.random.default_rng(seed)
     for _ in range(100):
@@ -55,8 +56,14 @@ def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float = 0.5, 
     raise ValueError(f"could not give every one of {n_clients} clients {min_size} samples with alpha={alpha}")
 
 
-def dual_dirichlet_partition(labels: np.ndarray, n_clients: int, alpha_clients: float = 2.0,
-                             alpha_classes: float = 2.0, seed: int = 0, min_size: int = 8) -> list[np.ndarray]:
+def dual_dirichlet_partition(
+    labels: np.ndarray,
+    n_clients: int,
+    alpha_clients: float = 2.0,
+    alpha_classes: float = 2.0,
+    seed: int = 0,
+    min_size: int = 8,
+) -> list[np.ndarray]:
     """Client sizes ~ Dir(alpha_clients); client class mix ~ Dir(alpha_classes * class prior)."""
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
@@ -78,9 +85,17 @@ def dual_dirichlet_partition(labels: np.ndarray, n_clients: int, alpha_clients: 
     return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
 
 
-def make_partition(name: str, labels: np.ndarray, n_clients: int, seed: int = 0, *,
-                   classes_per_client: int = 3, alpha: float = 0.5, alpha_clients: float = 2.0,
-                   alpha_classes: float = 2.0) -> list[np.ndarray]:
+def make_partition(
+    name: str,
+    labels: np.ndarray,
+    n_clients: int,
+    seed: int = 0,
+    *,
+    classes_per_client: int = 3,
+    alpha: float = 0.5,
+    alpha_clients: float = 2.0,
+    alpha_classes: float = 2.0,
+) -> list[np.ndarray]:
     if n_clients < 1:
         raise ValueError(f"need at least one client, got {n_clients}")
     if name == "iid":

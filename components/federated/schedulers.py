@@ -14,12 +14,14 @@ A driver calls `start()` once, then `on_arrival(client, update)` for each return
 - `FedAsyncScheduler`: a global update on every arrival.
 - `FedBuffScheduler`: a global update every `buffer_size` arrivals; clients restart at once.
 """
+
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from components.federated.aggregators import WeightedUpdate
 
@@ -111,14 +113,24 @@ class Scheduler:
     def _assign(self, client: int, steps: int) -> Assignment:
         return Assignment(client, self.weights, self.version, int(steps), self.now())
 
-    def _aggregate(self, items: list[tuple[int, dict, int]], trigger: str, group: Optional[int] = None,
-                   late_clients: int = 0) -> None:
+    def _aggregate(
+        self, items: list[tuple[int, dict, int]], trigger: str, group: Optional[int] = None, late_clients: int = 0
+    ) -> None:
         """items: (client, update, tau when the client started); staleness = t - tau."""
         updates = [WeightedUpdate(c, u, self.version - tau) for c, u, tau in items]
         self.weights = self.aggregator.aggregate(self.weights, updates)
         self.version += 1
-        self.records.append(AggregationRecord(self.now(), self.version, [c for c, _, _ in items],
-                                              [u.staleness for u in updates], trigger, group, late_clients))
+        self.records.append(
+            AggregationRecord(
+                self.now(),
+                self.version,
+                [c for c, _, _ in items],
+                [u.staleness for u in updates],
+                trigger,
+                group,
+                late_clients,
+            )
+        )
 
 
 class FedAvgScheduler(Scheduler):
@@ -134,8 +146,16 @@ class FedAvgScheduler(Scheduler):
 
     name = "fedavg"
 
-    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = 100,
-                 round_timeout: Optional[float] = None, min_clients: int = 2):
+    def __init__(
+        self,
+        n_clients,
+        aggregator,
+        initial_weights,
+        clock,
+        local_steps: int = 100,
+        round_timeout: Optional[float] = None,
+        min_clients: int = 2,
+    ):
         super().__init__(n_clients, aggregator, initial_weights, clock)
         self.local_steps = local_steps
         self.round_timeout = round_timeout  # None: wait for every live client however long it takes
@@ -194,8 +214,10 @@ class FedAvgScheduler(Scheduler):
 
     def _close_round(self, trigger: str) -> list[Assignment]:
         if len(self._round) < self.min_clients:
-            self.failure = (f"FedAvg round {self.version + 1} got {len(self._round)} update(s), fewer than "
-                            f"min_clients={self.min_clients}; lost clients: {sorted(self.lost)}")
+            self.failure = (
+                f"FedAvg round {self.version + 1} got {len(self._round)} update(s), fewer than "
+                f"min_clients={self.min_clients}; lost clients: {sorted(self.lost)}"
+            )
             self._expected = set()
             return []
         items = [(c, self._round[c], self.tau[c]) for c in sorted(self._round)]
@@ -233,8 +255,7 @@ class FedBuffScheduler(Scheduler):
 
     name = "fedbuff"
 
-    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = 100,
-                 buffer_size: int = 3):
+    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = 100, buffer_size: int = 3):
         super().__init__(n_clients, aggregator, initial_weights, clock)
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
@@ -261,8 +282,17 @@ class CompassScheduler(Scheduler):
 
     name = "fedcompass"
 
-    def __init__(self, n_clients, aggregator, initial_weights, clock, q_max: int = 100, q_min: int = 20,
-                 speed_momentum: float = 0.9, latest_time_factor: float = 1.5):
+    def __init__(
+        self,
+        n_clients,
+        aggregator,
+        initial_weights,
+        clock,
+        q_max: int = 100,
+        q_min: int = 20,
+        speed_momentum: float = 0.9,
+        latest_time_factor: float = 1.5,
+    ):
         super().__init__(n_clients, aggregator, initial_weights, clock)
         if not 0 < q_min <= q_max:
             raise ValueError(f"need 0 < q_min <= q_max, got q_min={q_min}, q_max={q_max}")
@@ -340,8 +370,9 @@ class CompassScheduler(Scheduler):
             return []  # a timer on a group nobody reached: nothing to aggregate
         self.timers.pop(gid, None)
         general = sorted(self.general_buffer.items())
-        items = [(c, u, tau) for c, (u, tau) in general] + \
-                [(c, group.buffer[c][0], group.buffer[c][1]) for c in group.arrived]
+        items = [(c, u, tau) for c, (u, tau) in general] + [
+            (c, group.buffer[c][0], group.buffer[c][1]) for c in group.arrived
+        ]
         self.general_buffer = {}
         self._aggregate(items, trigger, group=gid, late_clients=len(general))
         group.aggregated = True
@@ -400,8 +431,7 @@ class CompassScheduler(Scheduler):
         gid = self._next_group
         self._next_group += 1
         span = steps * self.speed[client]
-        self.groups[gid] = _Group(expected_arrival=now + span, latest_arrival=now + self.lam * span,
-                                  pending=[client])
+        self.groups[gid] = _Group(expected_arrival=now + span, latest_arrival=now + self.lam * span, pending=[client])
         self.timers[gid] = now + self.lam * span
         self._set_round(client, gid, steps, now)
 

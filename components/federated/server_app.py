@@ -1,4 +1,5 @@
 """Flower ServerApp (thin): its main loop is `flower_driver.serve`, driving the scheduler over the Grid."""
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 

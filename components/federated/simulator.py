@@ -9,12 +9,14 @@ and not yet trained (all start from models that are already fixed) is handed to 
 The flow's trainer fans these out as parallel Prefect tasks (threads or Dask workers); the results
 do not depend on how they were run, so the same seed gives the same run.
 """
+
 from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -65,8 +67,9 @@ class FederatedRunFailed(RuntimeError):
     """The run could not make the global updates it was asked for (lost clients, too few updates)."""
 
 
-def require_complete(scheduler: Scheduler, max_updates: Optional[int], lost_clients: Sequence[int],
-                     stopped_by: str = "") -> None:
+def require_complete(
+    scheduler: Scheduler, max_updates: Optional[int], lost_clients: Sequence[int], stopped_by: str = ""
+) -> None:
     """Raise FederatedRunFailed when the scheduler gave up (FedAvg below min_clients) or the run ended
     with fewer global updates than asked for, naming the clients that were lost."""
     if scheduler.failure is not None:
@@ -75,9 +78,13 @@ def require_complete(scheduler: Scheduler, max_updates: Optional[int], lost_clie
         why = f" ({stopped_by})" if stopped_by else ""
         raise FederatedRunFailed(
             f"{scheduler.name} made {scheduler.version} of {max_updates} global updates{why}; lost clients: "
-            f"{sorted(set(lost_clients)) or 'none'}" + ("" if scheduler.name != "fedavg" or getattr(
-                scheduler, "round_timeout", None) is not None else "; set fed_strategy.round_timeout so that a "
-                "round ends without the clients it lost"))
+            f"{sorted(set(lost_clients)) or 'none'}"
+            + (
+                ""
+                if scheduler.name != "fedavg" or getattr(scheduler, "round_timeout", None) is not None
+                else "; set fed_strategy.round_timeout so that a round ends without the clients it lost"
+            )
+        )
 
 
 @dataclass
@@ -144,8 +151,9 @@ class Simulator:
         lost = sorted(self._lost_clients | self.scheduler.lost)
         if drained or self.scheduler.failure is not None:  # a time budget that ran out is a normal end
             require_complete(self.scheduler, self.max_updates, lost, "no client could answer any more")
-        return SimulationResult(history, list(self.scheduler.records), self.scheduler.weights, summary,
-                                self._trained, self._lost, lost)
+        return SimulationResult(
+            history, list(self.scheduler.records), self.scheduler.weights, summary, self._trained, self._lost, lost
+        )
 
     # --- internals ----------------------------------------------------------------------------
     def _dispatch(self, assignments: Sequence[Assignment]) -> None:
@@ -178,7 +186,7 @@ class Simulator:
 
 def history_row(scheduler: Scheduler, version_before: int, now: float, evaluate: Evaluator) -> dict:
     """Evaluate the global model after an event that made `scheduler.version - version_before` updates."""
-    new_records = scheduler.records[version_before - scheduler.version:] if scheduler.version > version_before else []
+    new_records = scheduler.records[version_before - scheduler.version :] if scheduler.version > version_before else []
     staleness = [s for r in new_records for s in r.staleness]
     return {
         "time": now,
@@ -190,8 +198,14 @@ def history_row(scheduler: Scheduler, version_before: int, now: float, evaluate:
     }
 
 
-def summarize(scheduler: Scheduler, history: list[dict], end: float, idle: float, alive_clients: int,
-              target_accuracy: Optional[float] = None) -> dict[str, float]:
+def summarize(
+    scheduler: Scheduler,
+    history: list[dict],
+    end: float,
+    idle: float,
+    alive_clients: int,
+    target_accuracy: Optional[float] = None,
+) -> dict[str, float]:
     """The run's figures: accuracy, time to target, updates, staleness, idle and late fractions.
 
     `idle` is the client-seconds spent waiting at the server (for a group, a round, or after the
@@ -221,7 +235,9 @@ def summarize(scheduler: Scheduler, history: list[dict], end: float, idle: float
 class LocalTrainer:
     """Runs jobs one after another in this process (tests, benchmarks); the flow fans them out instead."""
 
-    def __init__(self, train_fn: Callable[..., dict], client_data: Sequence[tuple[np.ndarray, np.ndarray]], **train_kwargs):
+    def __init__(
+        self, train_fn: Callable[..., dict], client_data: Sequence[tuple[np.ndarray, np.ndarray]], **train_kwargs
+    ):
         self.train_fn = train_fn
         self.client_data = client_data
         self.train_kwargs = train_kwargs

@@ -4,13 +4,15 @@ The paper samples each client's time per step once from a distribution (homogene
 sigma = 0.3 mu, exponential). `jitter` adds per-round noise; `DriftingSpeeds` changes some clients'
 speeds mid-run (so the scheduler's momentum speed estimate has something to track).
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -84,8 +86,9 @@ class ClientSpeeds:
         return steps * self.step_time(client, now) * noise
 
 
-def sample_step_times(kind: str, n_clients: int, mean: float = 1.0, seed: int = 0,
-                      sigma_ratio: float = 0.3, floor_ratio: float = 0.1) -> np.ndarray:
+def sample_step_times(
+    kind: str, n_clients: int, mean: float = 1.0, seed: int = 0, sigma_ratio: float = 0.3, floor_ratio: float = 0.1
+) -> np.ndarray:
     """Per-client seconds per step with mean `mean`; kept above `floor_ratio * mean` (no free clients)."""
     rng = np.random.default_rng(seed)
     if kind == "homogeneous":
@@ -99,9 +102,19 @@ def sample_step_times(kind: str, n_clients: int, mean: float = 1.0, seed: int = 
     return np.maximum(times, floor_ratio * mean)
 
 
-def make_speeds(kind: str, n_clients: int, mean: float = 1.0, seed: int = 0, *, sigma_ratio: float = 0.3,
-                jitter: float = 0.0, drift_time: Optional[float] = None, drift_fraction: float = 0.0,
-                drift_factor: float = 1.0, step_times: Optional[Sequence[float]] = None) -> ClientSpeeds:
+def make_speeds(
+    kind: str,
+    n_clients: int,
+    mean: float = 1.0,
+    seed: int = 0,
+    *,
+    sigma_ratio: float = 0.3,
+    jitter: float = 0.0,
+    drift_time: Optional[float] = None,
+    drift_fraction: float = 0.0,
+    drift_factor: float = 1.0,
+    step_times: Optional[Sequence[float]] = None,
+) -> ClientSpeeds:
     """Sample a speed model (or take the `step_times` given, kind "given"); with `drift_time`, the fastest
     `drift_fraction` of clients slow down by `drift_factor`."""
     if kind == GIVEN:

@@ -4,6 +4,7 @@ Weights travel as `dict[name, numpy array]` (a model's state dict): small, pickl
 and convertible to a Flower `ArrayRecord`. Parameters (trained by SGD, aggregated as deltas) are told
 apart from buffers (BatchNorm running statistics, averaged plainly) by `parameter_names`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,8 +66,13 @@ def load_dataset(name: str, seed: int = 0, test_fraction: float = 0.2) -> Datase
         data = make_dataset(args)
         mean, std = data["x"].mean(), data["x"].std()
         norm = lambda a: ((a - mean) / std).astype(np.float32)[:, None, :]  # noqa: E731
-        return Dataset(norm(data["x"]), data["y"].astype(np.int64), norm(data["x_test"]),
-                       data["y_test"].astype(np.int64), n_classes=10)
+        return Dataset(
+            norm(data["x"]),
+            data["y"].astype(np.int64),
+            norm(data["x_test"]),
+            data["y_test"].astype(np.int64),
+            n_classes=10,
+        )
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
@@ -74,8 +80,9 @@ def build_model(spec: ModelSpec) -> nn.Module:
     """A small CNN with BatchNorm (so buffer averaging is exercised), or an MLP."""
     if spec.kind == "mlp":
         n_in = int(np.prod(spec.input_shape))
-        return nn.Sequential(nn.Flatten(), nn.Linear(n_in, 4 * spec.width), nn.ReLU(),
-                             nn.Linear(4 * spec.width, spec.n_classes))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(n_in, 4 * spec.width), nn.ReLU(), nn.Linear(4 * spec.width, spec.n_classes)
+        )
     if spec.kind != "cnn":
         raise ValueError(f"unknown model kind {spec.kind!r}; choose cnn or mlp")
     w = spec.width
@@ -88,9 +95,15 @@ def build_model(spec: ModelSpec) -> nn.Module:
     else:
         raise ValueError(f"cnn needs (C, H, W) or (C, L) inputs, got {spec.input_shape}")
     return nn.Sequential(
-        conv(spec.input_shape[0], w, 3, padding=1), norm(w), nn.ReLU(),
-        conv(w, 2 * w, 3, padding=1), norm(2 * w), nn.ReLU(), pool(2),
-        nn.Flatten(), nn.Linear(2 * w * spatial, spec.n_classes),
+        conv(spec.input_shape[0], w, 3, padding=1),
+        norm(w),
+        nn.ReLU(),
+        conv(w, 2 * w, 3, padding=1),
+        norm(2 * w),
+        nn.ReLU(),
+        pool(2),
+        nn.Flatten(),
+        nn.Linear(2 * w * spatial, spec.n_classes),
     )
 
 
@@ -111,9 +124,17 @@ def initial_weights(spec: ModelSpec, seed: int) -> Weights:
     return get_weights(build_model(spec))
 
 
-def local_train(weights: Weights, x: np.ndarray, y: np.ndarray, steps: int, spec: ModelSpec,
-                lr: float = 0.05, batch_size: int = 32, seed: int = 0,
-                device: Optional[str] = None) -> dict:
+def local_train(
+    weights: Weights,
+    x: np.ndarray,
+    y: np.ndarray,
+    steps: int,
+    spec: ModelSpec,
+    lr: float = 0.05,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: Optional[str] = None,
+) -> dict:
     """Run `steps` SGD steps from `weights` on one client's data.
 
     Returns the parameter delta `weights - local` (the server subtracts a weighted sum of deltas),

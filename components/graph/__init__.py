@@ -5,6 +5,7 @@ prefetch threads on a small shared machine: the conventional loader's compute ra
 with them in measurements here. Passive waiting is set as a default (it only takes effect when this
 package is imported before torch initialises OpenMP; the benchmark sets it for its own process).
 """
+
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")

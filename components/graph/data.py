@@ -12,6 +12,7 @@ User graphs come in one of two forms:
 Edges are made symmetric and every node gets one self-loop (GCN's renormalisation trick). The
 feature table is memory-mapped (copy-on-write, never written), so a table larger than RAM works.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,10 +51,17 @@ class GraphData:
         return self.features.numel() * self.features.element_size()
 
     def describe(self) -> dict:
-        return {"source": self.source, "num_nodes": self.num_nodes, "num_edges": int(self.graph.num_edges()),
-                "feat_dim": self.feat_dim, "num_classes": self.num_classes,
-                "feature_table_gb": self.feature_bytes / 1e9, "train_nodes": int(self.train_idx.numel()),
-                "val_nodes": int(self.val_idx.numel()), "test_nodes": int(self.test_idx.numel())}
+        return {
+            "source": self.source,
+            "num_nodes": self.num_nodes,
+            "num_edges": int(self.graph.num_edges()),
+            "feat_dim": self.feat_dim,
+            "num_classes": self.num_classes,
+            "feature_table_gb": self.feature_bytes / 1e9,
+            "train_nodes": int(self.train_idx.numel()),
+            "val_nodes": int(self.val_idx.numel()),
+            "test_nodes": int(self.test_idx.numel()),
+        }
 
 
 class GraphInputError(ValueError):
@@ -97,15 +105,19 @@ def load_graph_folder(folder: str | Path) -> GraphData:
     graph = build_dgl_graph(src, dst, features.shape[0])
     _attach(graph, features, labels)
     splits = {name: torch.from_numpy(np.load(folder / f"{name}.npy")) for name in ("train_idx", "val_idx", "test_idx")}
-    return GraphData(graph, features, labels, num_classes=int(meta["num_classes"]), source=str(folder),
-                     meta=meta, **splits)
+    return GraphData(
+        graph, features, labels, num_classes=int(meta["num_classes"]), source=str(folder), meta=meta, **splits
+    )
 
 
 def _seeded_split(num_nodes: int, seed: int) -> dict[str, torch.Tensor]:
     order = torch.randperm(num_nodes, generator=torch.Generator().manual_seed(seed))
     n_train, n_val = int(0.6 * num_nodes), int(0.2 * num_nodes)
-    return {"train_idx": order[:n_train].sort().values, "val_idx": order[n_train:n_train + n_val].sort().values,
-            "test_idx": order[n_train + n_val:].sort().values}
+    return {
+        "train_idx": order[:n_train].sort().values,
+        "val_idx": order[n_train : n_train + n_val].sort().values,
+        "test_idx": order[n_train + n_val :].sort().values,
+    }
 
 
 def _read_edge_list(folder: Path) -> np.ndarray:
@@ -145,8 +157,10 @@ def _validated(features: torch.Tensor, labels: torch.Tensor, where: str) -> tupl
     if features.dtype != torch.float32:
         features = features.float()  # models run in float32; this copy is only made for other dtypes
     if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
-        raise GraphInputError(f"{where}: labels must be [N] with N={features.shape[0]} (the feature rows), "
-                              f"got shape {tuple(labels.shape)}")
+        raise GraphInputError(
+            f"{where}: labels must be [N] with N={features.shape[0]} (the feature rows), "
+            f"got shape {tuple(labels.shape)}"
+        )
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise GraphInputError(f"{where}: labels must be integers, got {labels.dtype}")
     labels = labels.long()
@@ -176,16 +190,19 @@ def load_user_graph(path: str | Path, seed: int = 0) -> GraphData:
     n = features.shape[0]
     edges = _read_edge_list(path)
     if edges.size and (edges.min() < 0 or edges.max() >= n):
-        raise GraphInputError(f"{path}: edge endpoints must be node ids in [0, {n}) (features have {n} rows), "
-                              f"found [{edges.min()}, {edges.max()}]")
+        raise GraphInputError(
+            f"{path}: edge endpoints must be node ids in [0, {n}) (features have {n} rows), "
+            f"found [{edges.min()}, {edges.max()}]"
+        )
     splits = _seeded_split(n, seed)
     for name in splits:
         if (path / f"{name}.npy").exists():
             splits[name] = _check_index(name, torch.from_numpy(np.load(path / f"{name}.npy")), n, str(path))
     graph = build_dgl_graph(torch.from_numpy(edges[:, 0].copy()), torch.from_numpy(edges[:, 1].copy()), n)
     _attach(graph, features, labels)
-    return GraphData(graph, features, labels, num_classes=num_classes, source=str(path),
-                     meta={"kind": "user-folder"}, **splits)
+    return GraphData(
+        graph, features, labels, num_classes=num_classes, source=str(path), meta={"kind": "user-folder"}, **splits
+    )
 
 
 def _load_dgl_binary(path: Path, seed: int) -> GraphData:
@@ -209,12 +226,20 @@ def _load_dgl_binary(path: Path, seed: int) -> GraphData:
     src, dst = g.edges()
     graph = build_dgl_graph(src.long(), dst.long(), n)
     _attach(graph, features.contiguous(), labels)
-    return GraphData(graph, features.contiguous(), labels, num_classes=num_classes, source=str(path),
-                     meta={"kind": "dgl-binary"}, **splits)
+    return GraphData(
+        graph,
+        features.contiguous(),
+        labels,
+        num_classes=num_classes,
+        source=str(path),
+        meta={"kind": "dgl-binary"},
+        **splits,
+    )
 
 
-def load_or_generate(spec=None, cache_root: Optional[str | Path] = None, path: Optional[str | Path] = None,
-                     seed: int = 0, progress=None) -> GraphData:
+def load_or_generate(
+    spec=None, cache_root: Optional[str | Path] = None, path: Optional[str | Path] = None, seed: int = 0, progress=None
+) -> GraphData:
     """A user graph when `path` is given, else the cached synthetic graph for `spec`."""
     if path:
         return load_user_graph(path, seed=seed)

@@ -18,15 +18,17 @@ The output folder holds plain arrays (nanoGPT style: write once, memory-map to t
     train_idx.npy, val_idx.npy, test_idx.npy
     meta.json     the spec it was made from; written last, so a folder without it is incomplete
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -122,8 +124,9 @@ def _edges_for_chunk(spec, chunk, start, stop, community, weight, members, cum_w
     return src[keep], dst[keep]
 
 
-def generate_graph(spec: SyntheticGraphSpec, out_dir: str | Path,
-                   progress: Optional[Callable[[str, float], None]] = None) -> Path:
+def generate_graph(
+    spec: SyntheticGraphSpec, out_dir: str | Path, progress: Optional[Callable[[str, float], None]] = None
+) -> Path:
     """Write the graph for `spec` into `out_dir` (atomically) and return the folder."""
     spec.validate()
     out_dir = Path(out_dir)
@@ -170,12 +173,19 @@ def generate_graph(spec: SyntheticGraphSpec, out_dir: str | Path,
     n_val = int(round(spec.val_fraction * n))
     n_test = int(round(spec.test_fraction * n))
     np.save(tmp / "train_idx.npy", np.sort(order[:n_train]))
-    np.save(tmp / "val_idx.npy", np.sort(order[n_train:n_train + n_val]))
-    np.save(tmp / "test_idx.npy", np.sort(order[n_train + n_val:n_train + n_val + n_test]))
+    np.save(tmp / "val_idx.npy", np.sort(order[n_train : n_train + n_val]))
+    np.save(tmp / "test_idx.npy", np.sort(order[n_train + n_val : n_train + n_val + n_test]))
 
-    meta = {"kind": "synthetic", "spec": asdict(spec), "content_key": spec.content_key(),
-            "format_version": FORMAT_VERSION, "num_nodes": n, "num_classes": spec.num_classes,
-            "feat_dim": d, "num_generated_edges": int(np.load(tmp / "src.npy", mmap_mode="r").shape[0])}
+    meta = {
+        "kind": "synthetic",
+        "spec": asdict(spec),
+        "content_key": spec.content_key(),
+        "format_version": FORMAT_VERSION,
+        "num_nodes": n,
+        "num_classes": spec.num_classes,
+        "feat_dim": d,
+        "num_generated_edges": int(np.load(tmp / "src.npy", mmap_mode="r").shape[0]),
+    }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -183,8 +193,9 @@ def generate_graph(spec: SyntheticGraphSpec, out_dir: str | Path,
     return out_dir
 
 
-def cached_graph_dir(spec: SyntheticGraphSpec, cache_root: str | Path,
-                     progress: Optional[Callable[[str, float], None]] = None) -> Path:
+def cached_graph_dir(
+    spec: SyntheticGraphSpec, cache_root: str | Path, progress: Optional[Callable[[str, float], None]] = None
+) -> Path:
     """The folder of `spec`'s graph under `cache_root`, generating it only if it is missing."""
     folder = Path(cache_root) / f"synthetic-n{spec.num_nodes}-d{spec.feat_dim}-{spec.content_key()}"
     meta = folder / "meta.json"

@@ -17,13 +17,15 @@ feature table reach the batch:
 A batch's `features` is a view of a reused buffer for `zero_copy`: it is valid until the next
 batch is requested (clone it to keep it), as with any double-buffered loader.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -55,8 +57,15 @@ class AlignedRowBuffer:
     the returned view, so alignment changes where rows start in memory, never their values.
     """
 
-    def __init__(self, dim: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 align_rows: bool = True, capacity_rows: int = 0, alignment_bytes: int = ALIGNMENT_BYTES):
+    def __init__(
+        self,
+        dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        align_rows: bool = True,
+        capacity_rows: int = 0,
+        alignment_bytes: int = ALIGNMENT_BYTES,
+    ):
         self.dim, self.dtype, self.device = int(dim), dtype, torch.device(device)
         self.align_rows = align_rows
         elem = torch.empty((), dtype=dtype).element_size()
@@ -81,8 +90,8 @@ class AlignedRowBuffer:
         """A [n, dim] view (row stride `row_stride`), growing the buffer by 25% steps when needed."""
         if n > self.capacity:
             self._allocate(max(n, int(self.capacity * 1.25)))
-        block = self._flat[self._offset:self._offset + n * self.row_stride].view(n, self.row_stride)
-        return block[:, :self.dim]
+        block = self._flat[self._offset : self._offset + n * self.row_stride].view(n, self.row_stride)
+        return block[:, : self.dim]
 
     @property
     def nbytes(self) -> int:
@@ -94,15 +103,33 @@ class FeatureLoader:
 
     name = "base"
 
-    def __init__(self, data: GraphData, seeds: torch.Tensor, fanouts: Sequence[int], batch_size: int, *,
-                 shuffle: bool = True, seed: int = 0, device: str = "cpu", max_batches: Optional[int] = None,
-                 sampling_threads: int = 1):
+    def __init__(
+        self,
+        data: GraphData,
+        seeds: torch.Tensor,
+        fanouts: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        device: str = "cpu",
+        max_batches: Optional[int] = None,
+        sampling_threads: int = 1,
+    ):
         self.data = data
         self.features = data.features
         self.labels = data.labels
         self.device = torch.device(device)
-        self.batches = NeighborBatches(data.graph, seeds, fanouts, batch_size, shuffle=shuffle, seed=seed,
-                                       max_batches=max_batches, sampling_threads=sampling_threads)
+        self.batches = NeighborBatches(
+            data.graph,
+            seeds,
+            fanouts,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            max_batches=max_batches,
+            sampling_threads=sampling_threads,
+        )
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -111,7 +138,7 @@ class FeatureLoader:
     def row_bytes(self) -> int:
         return self.features.shape[1] * self.features.element_size()
 
-    def epoch(self, epoch: int) -> "BatchIterator":
+    def epoch(self, epoch: int) -> BatchIterator:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -170,8 +197,18 @@ class StagedFeatureLoader(FeatureLoader):
             torch.cuda.synchronize(self.device)
         done = time.perf_counter()
         blocks = sb.blocks if self.device.type == "cpu" else [b.to(self.device) for b in sb.blocks]
-        return Batch(index, sb.input_nodes, sb.output_nodes, blocks, features, labels, sb.sample_seconds,
-                     done - gather_start, done - start, sb.input_nodes.numel() * self.row_bytes)
+        return Batch(
+            index,
+            sb.input_nodes,
+            sb.output_nodes,
+            blocks,
+            features,
+            labels,
+            sb.sample_seconds,
+            done - gather_start,
+            done - start,
+            sb.input_nodes.numel() * self.row_bytes,
+        )
 
 
 class ZeroCopyFeatureLoader(FeatureLoader):
@@ -185,8 +222,18 @@ class ZeroCopyFeatureLoader(FeatureLoader):
 
     name = "zero_copy"
 
-    def __init__(self, data: GraphData, seeds: torch.Tensor, fanouts: Sequence[int], batch_size: int, *,
-                 align_rows: bool = True, prefetch: bool = True, worker_threads: Optional[int] = None, **common):
+    def __init__(
+        self,
+        data: GraphData,
+        seeds: torch.Tensor,
+        fanouts: Sequence[int],
+        batch_size: int,
+        *,
+        align_rows: bool = True,
+        prefetch: bool = True,
+        worker_threads: Optional[int] = None,
+        **common,
+    ):
         super().__init__(data, seeds, fanouts, batch_size, **common)
         self.align_rows = align_rows
         self.prefetch = prefetch
@@ -195,8 +242,12 @@ class ZeroCopyFeatureLoader(FeatureLoader):
         self.worker_threads = worker_threads
         n_buffers = 2 if prefetch else 1
         capacity = self.max_input_rows()
-        self._buffers = [AlignedRowBuffer(self.features.shape[1], self.features.dtype, self.device, align_rows,
-                                          capacity_rows=capacity) for _ in range(n_buffers)]
+        self._buffers = [
+            AlignedRowBuffer(
+                self.features.shape[1], self.features.dtype, self.device, align_rows, capacity_rows=capacity
+            )
+            for _ in range(n_buffers)
+        ]
         self._gather = self._cpu_gather
         self._stream = None
         if self.device.type == "cuda":
@@ -240,15 +291,28 @@ class ZeroCopyFeatureLoader(FeatureLoader):
                 event.record(self._stream)
             event.synchronize()  # gather time is measured to completion; the train stream never waits long
         done = time.perf_counter()
-        return Batch(sb.index, sb.input_nodes, sb.output_nodes, blocks, out, labels, sb.sample_seconds,
-                     done - gather_start, done - started, sb.input_nodes.numel() * self.row_bytes, event)
+        return Batch(
+            sb.index,
+            sb.input_nodes,
+            sb.output_nodes,
+            blocks,
+            out,
+            labels,
+            sb.sample_seconds,
+            done - gather_start,
+            done - started,
+            sb.input_nodes.numel() * self.row_bytes,
+            event,
+        )
 
     def epoch(self, epoch: int) -> BatchIterator:
         seed_batches = self.batches.seed_batches(epoch)
         if not self.prefetch:
+
             def inline(i: int, seeds: torch.Tensor) -> Batch:
                 start = time.perf_counter()
                 return self.make_batch(epoch, self.batches.sample(epoch, i, seeds), self._buffers[0], start)
+
             return _SyncIterator(inline, seed_batches)
         return PrefetchIterator(self, epoch, seed_batches, self._buffers)
 
@@ -276,15 +340,20 @@ class PrefetchIterator(BatchIterator):
 
     _POLL_SECONDS = 0.05
 
-    def __init__(self, loader: ZeroCopyFeatureLoader, epoch: int, seed_batches: list[torch.Tensor],
-                 buffers: list[AlignedRowBuffer]):
+    def __init__(
+        self,
+        loader: ZeroCopyFeatureLoader,
+        epoch: int,
+        seed_batches: list[torch.Tensor],
+        buffers: list[AlignedRowBuffer],
+    ):
         self._loader = loader
         self._epoch = epoch
         self._seed_batches = seed_batches
-        self._free: "queue.Queue[AlignedRowBuffer]" = queue.Queue()
+        self._free: queue.Queue[AlignedRowBuffer] = queue.Queue()
         for buf in buffers:
             self._free.put(buf)
-        self._ready: "queue.Queue[object]" = queue.Queue(maxsize=len(buffers))
+        self._ready: queue.Queue[object] = queue.Queue(maxsize=len(buffers))
         self._held: Optional[AlignedRowBuffer] = None
         self._stop = threading.Event()
         self._finished = False
@@ -352,7 +421,7 @@ class PrefetchIterator(BatchIterator):
             except queue.Empty:
                 if not self._worker.is_alive() and self._ready.empty():
                     self.close()
-                    raise RuntimeError("zero-copy prefetch worker stopped without a result")
+                    raise RuntimeError("zero-copy prefetch worker stopped without a result") from None
         if item is _END:
             self.close()
             raise StopIteration
@@ -382,8 +451,16 @@ class DglStandardLoader(FeatureLoader):
 
     name = "dgl"
 
-    def __init__(self, data: GraphData, seeds: torch.Tensor, fanouts: Sequence[int], batch_size: int, *,
-                 num_workers: int = 0, **common):
+    def __init__(
+        self,
+        data: GraphData,
+        seeds: torch.Tensor,
+        fanouts: Sequence[int],
+        batch_size: int,
+        *,
+        num_workers: int = 0,
+        **common,
+    ):
         super().__init__(data, seeds, fanouts, batch_size, **common)
         from components.dgl_compat import import_dgl
 
@@ -393,12 +470,20 @@ class DglStandardLoader(FeatureLoader):
         self.num_workers = int(num_workers)
         self._shuffle = self.batches.shuffle
         self._seed = self.batches.seed
-        sampler = dgl.dataloading.NeighborSampler(self.batches.fanouts, prefetch_node_feats=["feat"],
-                                                  prefetch_labels=["label"])
+        sampler = dgl.dataloading.NeighborSampler(
+            self.batches.fanouts, prefetch_node_feats=["feat"], prefetch_labels=["label"]
+        )
         self.loader = dgl.dataloading.DataLoader(
-            data.graph, self.batches.seeds, sampler, batch_size=self.batches.batch_size, shuffle=self._shuffle,
-            drop_last=False, num_workers=self.num_workers, device=self.device,
-            persistent_workers=self.num_workers > 0)
+            data.graph,
+            self.batches.seeds,
+            sampler,
+            batch_size=self.batches.batch_size,
+            shuffle=self._shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            device=self.device,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def epoch(self, epoch: int) -> BatchIterator:
         torch.manual_seed(self._seed * 1_000_003 + epoch)  # DGL shuffles with torch's global RNG
@@ -417,8 +502,18 @@ class _DglIterator(BatchIterator):
         features = blocks[0].srcdata["feat"]
         labels = blocks[-1].dstdata["label"]
         prep = time.perf_counter() - start
-        batch = Batch(self._i, input_nodes, output_nodes, blocks, features, labels, 0.0, None, prep,
-                      input_nodes.numel() * self._loader.row_bytes)
+        batch = Batch(
+            self._i,
+            input_nodes,
+            output_nodes,
+            blocks,
+            features,
+            labels,
+            0.0,
+            None,
+            prep,
+            input_nodes.numel() * self._loader.row_bytes,
+        )
         self._i += 1
         return batch
 

@@ -4,9 +4,10 @@ All three take `(blocks, features)` so the training loop is the same; the MLP ig
 reads only the seed nodes' own rows (in a DGL block the destination nodes are the first rows of
 the source nodes), which is exactly "the same features without the graph".
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -46,8 +47,15 @@ class GCN(_BlockLayers):
 class GraphSAGE(_BlockLayers):
     """GraphSAGE (`SAGEConv`): the node's own state concatenated with an aggregate of its neighbours'."""
 
-    def __init__(self, in_feats: int, hidden: int, num_classes: int, num_layers: int = 2, dropout: float = 0.5,
-                 aggregator: str = "mean"):
+    def __init__(
+        self,
+        in_feats: int,
+        hidden: int,
+        num_classes: int,
+        num_layers: int = 2,
+        dropout: float = 0.5,
+        aggregator: str = "mean",
+    ):
         super().__init__()
         dglnn = import_dgl().nn
         dims = [in_feats] + [hidden] * (num_layers - 1) + [num_classes]
@@ -73,8 +81,9 @@ class FeatureMLP(nn.Module):
         return h
 
 
-def build_model(kind: str, in_feats: int, hidden: int, num_classes: int, num_layers: int, dropout: float,
-                aggregator: str = "mean") -> nn.Module:
+def build_model(
+    kind: str, in_feats: int, hidden: int, num_classes: int, num_layers: int, dropout: float, aggregator: str = "mean"
+) -> nn.Module:
     if kind == "gcn":
         return GCN(in_feats, hidden, num_classes, num_layers, dropout)
     if kind == "sage":

@@ -7,12 +7,14 @@ loaders comparable batch for batch, all sampling of `staged` and `zero_copy` run
 sampling thread, reseeded per batch from (seed, epoch, batch): the same seeds then give the same
 blocks whichever loader asked and whether or not it prefetches.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -42,9 +44,17 @@ class SampledBatch:
 class NeighborBatches:
     """Seeded minibatches of `seeds`, sampled with DGL's NeighborSampler on the sampling thread."""
 
-    def __init__(self, graph, seeds: torch.Tensor, fanouts: Sequence[int], batch_size: int,
-                 shuffle: bool = True, seed: int = 0, max_batches: Optional[int] = None,
-                 sampling_threads: int = 1):
+    def __init__(
+        self,
+        graph,
+        seeds: torch.Tensor,
+        fanouts: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        max_batches: Optional[int] = None,
+        sampling_threads: int = 1,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not fanouts or any(int(f) == 0 or int(f) < -1 for f in fanouts):

@@ -6,14 +6,16 @@ loaders also report data-prep latency (sampling + gather + copies, wherever it r
 gathered, from which the gathered GB/s follows. A sampling thread records the peak resident memory
 (total and anonymous, i.e. excluding the page cache of the memory-mapped feature table) meanwhile.
 """
+
 from __future__ import annotations
 
 import resource
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch.nn import functional as F
@@ -51,7 +53,7 @@ class PeakMemoryMonitor:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def __enter__(self) -> "PeakMemoryMonitor":
+    def __enter__(self) -> PeakMemoryMonitor:
         self.start_anon_kb = _status_kb("RssAnon")
         self._sample()
         self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
@@ -101,8 +103,11 @@ class EpochStats:
     prep_ms: list = field(default_factory=list, repr=False)
 
     def metrics(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if isinstance(v, (int, float)) and v is not None
-                and not isinstance(v, bool)}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if isinstance(v, (int, float)) and v is not None and not isinstance(v, bool)
+        }
 
 
 def _wait_ready(batch: Batch) -> None:
@@ -115,16 +120,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _summarise(loader: FeatureLoader, epoch: int, batches: list[Batch], losses, correct, seen, stall, compute,
-               wall, memory: PeakMemoryMonitor) -> EpochStats:
+def _summarise(
+    loader: FeatureLoader,
+    epoch: int,
+    batches: list[Batch],
+    losses,
+    correct,
+    seen,
+    stall,
+    compute,
+    wall,
+    memory: PeakMemoryMonitor,
+) -> EpochStats:
     prep = [b.prep_seconds for b in batches]
     gathers = [b.gather_seconds for b in batches if b.gather_seconds is not None]
     gathered = sum(b.gathered_bytes for b in batches)
     gather_total = sum(gathers) if len(gathers) == len(batches) and gathers else None
     n = max(1, len(batches))
     return EpochStats(
-        loader=loader.name, epoch=epoch, batches=len(batches), loss=sum(losses) / n,
-        train_accuracy=correct / max(1, seen), epoch_seconds=wall, stall_seconds=stall, compute_seconds=compute,
+        loader=loader.name,
+        epoch=epoch,
+        batches=len(batches),
+        loss=sum(losses) / n,
+        train_accuracy=correct / max(1, seen),
+        epoch_seconds=wall,
+        stall_seconds=stall,
+        compute_seconds=compute,
         stall_fraction=stall / max(1e-12, stall + compute),
         prep_ms_median=1e3 * statistics.median(prep) if prep else 0.0,
         prep_ms_p90=1e3 * sorted(prep)[int(0.9 * (len(prep) - 1))] if prep else 0.0,
@@ -133,12 +154,19 @@ def _summarise(loader: FeatureLoader, epoch: int, batches: list[Batch], losses, 
         gathered_gb=gathered / 1e9,
         gather_gbps=gathered / 1e9 / gather_total if gather_total else None,
         feed_gbps=gathered / 1e9 / max(1e-12, sum(prep)),
-        peak_rss_mb=memory.peak_rss_mb, peak_anon_growth_mb=memory.peak_anon_growth_mb,
-        prep_ms=[1e3 * p for p in prep])
+        peak_rss_mb=memory.peak_rss_mb,
+        peak_anon_growth_mb=memory.peak_anon_growth_mb,
+        prep_ms=[1e3 * p for p in prep],
+    )
 
 
-def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: FeatureLoader, epoch: int,
-                progress: Optional[Callable[[int, float], None]] = None) -> EpochStats:
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: FeatureLoader,
+    epoch: int,
+    progress: Optional[Callable[[int, float], None]] = None,
+) -> EpochStats:
     """Train one epoch; `progress(batch_index, loss)` is called after each step (e.g. a tqdm bar)."""
     model.train()
     device = loader.device

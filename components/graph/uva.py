@@ -15,6 +15,7 @@ pinned and mapped into the GPU's address space, read by GPU threads directly (ze
 
 Nothing here runs without a GPU; `benchmarks/gcn_loader_cuda.py` exercises it on one.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -39,13 +40,18 @@ def triton_available() -> bool:
 def pin_host_tensor(tensor: torch.Tensor) -> bool:
     """Page-lock `tensor`'s memory in place with cudaHostRegister; False when the driver refuses."""
     if tensor.device.type != "cpu" or not tensor.is_contiguous():
-        raise ValueError("only a contiguous CPU tensor can be registered in place "
-                         "(a non-contiguous one would silently be copied, and the copy pinned)")
+        raise ValueError(
+            "only a contiguous CPU tensor can be registered in place "
+            "(a non-contiguous one would silently be copied, and the copy pinned)"
+        )
     cudart = torch.cuda.cudart()
     nbytes = tensor.numel() * tensor.element_size()
     try:
-        torch.cuda.check_error(cudart.cudaHostRegister(tensor.data_ptr(), nbytes,
-                                                       _CUDA_HOST_REGISTER_PORTABLE | _CUDA_HOST_REGISTER_MAPPED))
+        torch.cuda.check_error(
+            cudart.cudaHostRegister(
+                tensor.data_ptr(), nbytes, _CUDA_HOST_REGISTER_PORTABLE | _CUDA_HOST_REGISTER_MAPPED
+            )
+        )
     except Exception:  # noqa: BLE001 - the CUDA error type differs across torch versions
         return False
     return True
@@ -59,7 +65,7 @@ def pinned_copy(tensor: torch.Tensor, chunk_rows: int = 1 << 16) -> torch.Tensor
     """A pinned allocation holding `tensor`, filled chunk by chunk (a memmap is never read whole)."""
     out = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     for start in range(0, tensor.shape[0], chunk_rows):
-        out[start:start + chunk_rows].copy_(tensor[start:start + chunk_rows])
+        out[start : start + chunk_rows].copy_(tensor[start : start + chunk_rows])
     return out
 
 
@@ -67,8 +73,11 @@ class _CudaArray:
     def __init__(self, tensor: torch.Tensor):
         typestr = {torch.float32: "<f4", torch.float16: "<f2", torch.int64: "<i8"}[tensor.dtype]
         self.__cuda_array_interface__ = {
-            "data": (tensor.data_ptr(), False), "shape": tuple(tensor.shape),
-            "strides": tuple(s * tensor.element_size() for s in tensor.stride()), "typestr": typestr, "version": 2,
+            "data": (tensor.data_ptr(), False),
+            "shape": tuple(tensor.shape),
+            "strides": tuple(s * tensor.element_size() for s in tensor.stride()),
+            "typestr": typestr,
+            "version": 2,
         }
 
 
@@ -84,8 +93,9 @@ def uva_cuda_view(pinned: torch.Tensor, device: torch.device | str = "cuda") -> 
 if triton is not None:  # pragma: no cover - needs a GPU
 
     @triton.jit
-    def _gather_rows_kernel(src, idx, out, dim, out_stride, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
-                            ALIGNED: tl.constexpr):
+    def _gather_rows_kernel(
+        src, idx, out, dim, out_stride, ALIGN: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr
+    ):
         row = tl.program_id(0)
         node = tl.load(idx + row).to(tl.int64)
         start = node * dim
@@ -101,8 +111,14 @@ if triton is not None:  # pragma: no cover - needs a GPU
             tl.store(out + row * out_stride + (e - start), v, mask=keep)
 
 
-def gather_rows(table: torch.Tensor, idx: torch.Tensor, out: Optional[torch.Tensor] = None, aligned: bool = True,
-                use_triton: Optional[bool] = None, block: int = 128) -> torch.Tensor:
+def gather_rows(
+    table: torch.Tensor,
+    idx: torch.Tensor,
+    out: Optional[torch.Tensor] = None,
+    aligned: bool = True,
+    use_triton: Optional[bool] = None,
+    block: int = 128,
+) -> torch.Tensor:
     """`out[i] = table[idx[i]]` on the GPU; `table` may be a UVA view of host memory."""
     if out is None:
         out = torch.empty((idx.numel(), table.shape[1]), dtype=table.dtype, device=idx.device)
@@ -112,8 +128,9 @@ def gather_rows(table: torch.Tensor, idx: torch.Tensor, out: Optional[torch.Tens
     if not table.is_contiguous() or out.stride(1) != 1:
         raise ValueError("the Triton gather needs a row-major table and output rows")
     align_elems = ALIGN_BYTES // table.element_size()
-    _gather_rows_kernel[(idx.numel(),)](table, idx, out, table.shape[1], out.stride(0), ALIGN=align_elems,
-                                        BLOCK=block, ALIGNED=aligned)
+    _gather_rows_kernel[(idx.numel(),)](
+        table, idx, out, table.shape[1], out.stride(0), ALIGN=align_elems, BLOCK=block, ALIGNED=aligned
+    )
     return out
 
 

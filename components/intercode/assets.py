@@ -1,4 +1,5 @@
 """Write the environments' assets once: SQLite databases and file-system fixtures (deterministic)."""
+
 from __future__ import annotations
 
 import json

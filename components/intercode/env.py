@@ -12,6 +12,7 @@ Every action runs inside the sandbox (components/sandbox): SQL in a sandboxed Py
 copy of the database, Bash in a sandboxed shell whose writable file system is a copy of the task's
 fixture mounted at /testbed. Each episode gets fresh copies; gold solutions run in a separate copy.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ import os
 import shlex
 import string
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -54,8 +56,9 @@ class InterCodeEnv(gym.Env):
         self.done = True
 
     # ---------------------------------------------------------------- gymnasium API
-    def reset(self, index: Optional[int] = None, *, seed: Optional[int] = None,
-              options: Optional[dict] = None) -> tuple[str, dict]:
+    def reset(
+        self, index: Optional[int] = None, *, seed: Optional[int] = None, options: Optional[dict] = None
+    ) -> tuple[str, dict]:
         super().reset(seed=seed)
         if index is None:
             index = (options or {}).get("index", int(self.np_random.integers(len(self.tasks))))
@@ -131,7 +134,7 @@ def close_workspaces(workspaces: Sequence[Workspace]) -> None:
 # ---------------------------------------------------------------------------------------- SQL
 # Runs inside the sandbox: one statement against a database copy; rows back as JSON on stdout.
 # MySQL's SHOW TABLES / DESC(RIBE) t / USE db (what upstream's prompts teach models) map to SQLite.
-SQL_RUNNER = r'''
+SQL_RUNNER = r"""
 import json, re, sqlite3, sys
 req = json.load(sys.stdin)
 query = req["query"].strip().rstrip(";").strip()
@@ -154,7 +157,7 @@ try:
 except Exception as err:
     out = {"ok": False, "error": f"{type(err).__name__}: {err}"}
 sys.stdout.write(json.dumps(out))
-'''
+"""
 
 
 class SqlEnv(InterCodeEnv):
@@ -162,8 +165,15 @@ class SqlEnv(InterCodeEnv):
 
     language = "sql"
 
-    def __init__(self, tasks: Sequence[Task], db_dir: Path, sandbox: Optional[Sandbox] = None,
-                 max_rows: int = 1000, max_steps: Optional[int] = None, sql_order: str = "upstream"):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        db_dir: Path,
+        sandbox: Optional[Sandbox] = None,
+        max_rows: int = 1000,
+        max_steps: Optional[int] = None,
+        sql_order: str = "upstream",
+    ):
         super().__init__(tasks, sandbox, max_steps)
         if sql_order not in SQL_ORDERS:
             raise ValueError(f"sql_order must be one of {SQL_ORDERS}, not {sql_order!r}")
@@ -239,8 +249,14 @@ class BashEnv(InterCodeEnv):
     language = "bash"
     MOUNT = "/testbed"
 
-    def __init__(self, tasks: Sequence[Task], fixture_dir: Path, sandbox: Optional[Sandbox] = None,
-                 max_steps: Optional[int] = None, limits: fsdiff.WalkLimits = fsdiff.WalkLimits()):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        fixture_dir: Path,
+        sandbox: Optional[Sandbox] = None,
+        max_steps: Optional[int] = None,
+        limits: fsdiff.WalkLimits = fsdiff.WalkLimits(),
+    ):
         super().__init__(tasks, sandbox, max_steps)
         self.limits = limits  # how far the host walks the agent's file system when scoring it
         self.fixture_dir = Path(fixture_dir)
@@ -271,8 +287,10 @@ class BashEnv(InterCodeEnv):
 
     def run_shell(self, command: str, workspace: Workspace, cwd: str) -> tuple[str, bool, Optional[str]]:
         """(output with stderr merged, succeeded, the directory the shell ended in or None)."""
-        script = (f"exec 2>&1\ncd -- {shlex.quote(cwd)} || exit 1\n{command}\n"
-                  f"__ic_rc=$?\nprintf '{CWD_MARKER.encode('unicode_escape').decode()}%s' \"$PWD\"\nexit $__ic_rc\n")
+        script = (
+            f"exec 2>&1\ncd -- {shlex.quote(cwd)} || exit 1\n{command}\n"
+            f"__ic_rc=$?\nprintf '{CWD_MARKER.encode('unicode_escape').decode()}%s' \"$PWD\"\nexit $__ic_rc\n"
+        )
         result = self.sandbox.run_command(script, workspace=workspace)
         output, new_cwd = result.stdout, None
         if CWD_MARKER in output:
@@ -320,8 +338,9 @@ class BashEnv(InterCodeEnv):
         self._agent_ws, self._gold_ws = {}, {}
 
 
-def make_env(kind: str, tasks: Sequence[Task], asset_dir: Path, sandbox: Optional[Sandbox] = None,
-             **kwargs: Any) -> InterCodeEnv:
+def make_env(
+    kind: str, tasks: Sequence[Task], asset_dir: Path, sandbox: Optional[Sandbox] = None, **kwargs: Any
+) -> InterCodeEnv:
     """`kind` 'sql' or 'bash'; assets as written by `components.intercode.assets.prepare`.
     `server_url` (SQL only): run on that database server instead of SQLite (see sql_server.py)."""
     server_url = kwargs.pop("server_url", None)

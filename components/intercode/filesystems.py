@@ -8,13 +8,14 @@ sandbox workspace, mounted at /testbed, for every episode:
 - fs_home: a user's home folder (documents, drafts, photos with duplicates, downloads, dot files);
 - fs_server: a web server's files (application and access logs, configs, site, caches).
 """
+
 from __future__ import annotations
 
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 FIXED_MTIME = 1_700_000_000  # 2023-11-14: fixed times make `ls -l`, `find -newer` and md5 reproducible
 FIRST_NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
@@ -32,25 +33,44 @@ def _write(root: Path, relative: str, content: str | bytes, mode: int = 0o644) -
 
 
 def build_project(root: Path, rng: random.Random) -> None:
-    _write(root, "README.md", "# inventory-app\n\nA small inventory service.\n\n## Usage\nRun `python -m app`.\n"
-                              "TODO: document the configuration.\n")
+    _write(
+        root,
+        "README.md",
+        "# inventory-app\n\nA small inventory service.\n\n## Usage\nRun `python -m app`.\n"
+        "TODO: document the configuration.\n",
+    )
     _write(root, "LICENSE", "MIT License\n\nCopyright (c) 2023 Inventory Authors\n")
     _write(root, "setup.cfg", "[metadata]\nname = inventory-app\nversion = 1.4.2\n\n[options]\npackages = find:\n")
     _write(root, ".gitignore", "__pycache__/\n*.pyc\n.env\nlogs/\n")
     _write(root, ".env.example", "DB_URL=sqlite:///inventory.db\nDEBUG=false\n")
     _write(root, "src/app/__init__.py", '__version__ = "1.4.2"\n')
-    _write(root, "src/app/main.py", "import sys\n\nfrom app.utils import parse_args\n\n\n"
-                                    "def main():\n    # TODO: handle errors\n    args = parse_args(sys.argv[1:])\n"
-                                    "    print(args)\n\n\nif __name__ == '__main__':\n    main()\n")
-    _write(root, "src/app/utils.py", "def parse_args(argv):\n    return dict(a.split('=') for a in argv)\n\n\n"
-                                     "def clamp(x, lo, hi):\n    return max(lo, min(x, hi))\n")
-    _write(root, "src/app/models.py", "class Item:\n    def __init__(self, name, qty):\n        self.name = name\n"
-                                      "        self.qty = qty\n\n\nclass Store:\n    # TODO: persist items\n"
-                                      "    def __init__(self):\n        self.items = []\n")
+    _write(
+        root,
+        "src/app/main.py",
+        "import sys\n\nfrom app.utils import parse_args\n\n\n"
+        "def main():\n    # TODO: handle errors\n    args = parse_args(sys.argv[1:])\n"
+        "    print(args)\n\n\nif __name__ == '__main__':\n    main()\n",
+    )
+    _write(
+        root,
+        "src/app/utils.py",
+        "def parse_args(argv):\n    return dict(a.split('=') for a in argv)\n\n\n"
+        "def clamp(x, lo, hi):\n    return max(lo, min(x, hi))\n",
+    )
+    _write(
+        root,
+        "src/app/models.py",
+        "class Item:\n    def __init__(self, name, qty):\n        self.name = name\n"
+        "        self.qty = qty\n\n\nclass Store:\n    # TODO: persist items\n"
+        "    def __init__(self):\n        self.items = []\n",
+    )
     _write(root, "src/app/legacy/old_api.py", "# deprecated: remove in 2.0\ndef fetch():\n    return None\n")
     _write(root, "tests/test_main.py", "from app.main import main\n\n\ndef test_main():\n    assert main\n")
-    _write(root, "tests/test_utils.py", "from app.utils import clamp\n\n\ndef test_clamp():\n"
-                                        "    assert clamp(5, 0, 3) == 3\n")
+    _write(
+        root,
+        "tests/test_utils.py",
+        "from app.utils import clamp\n\n\ndef test_clamp():\n    assert clamp(5, 0, 3) == 3\n",
+    )
     _write(root, "docs/index.md", "# Docs\n\nSee install.md and usage.md.\n")
     _write(root, "docs/install.md", "# Install\n\npip install inventory-app\n")
     _write(root, "docs/usage.md", "# Usage\n\ninventory add NAME QTY\ninventory list\n")
@@ -62,10 +82,12 @@ def build_project(root: Path, rng: random.Random) -> None:
     _write(root, "scripts/clean.sh", "#!/bin/sh\nrm -rf build\n", mode=0o755)
     users = "id,name,age,city\n" + "".join(
         f"{i},{FIRST_NAMES[i % 10]},{rng.randint(20, 60)},{rng.choice(['Paris', 'Lyon', 'Nice', 'Lille'])}\n"
-        for i in range(1, 21))
+        for i in range(1, 21)
+    )
     _write(root, "data/users.csv", users)
     sales = "date,item,amount\n" + "".join(
-        f"2023-10-{d:02d},{rng.choice(['pen', 'book', 'lamp', 'desk'])},{rng.randint(1, 200)}\n" for d in range(1, 29))
+        f"2023-10-{d:02d},{rng.choice(['pen', 'book', 'lamp', 'desk'])},{rng.randint(1, 200)}\n" for d in range(1, 29)
+    )
     _write(root, "data/sales.csv", sales)
     _write(root, "notes/todo.txt", "fix login bug\nwrite docs\nrelease 1.5\n")
 
@@ -97,13 +119,17 @@ def build_server(root: Path, rng: random.Random) -> None:
     users = [f"user{n}" for n in range(1, 8)]
     app_log = "".join(
         f"2023-11-{10 + i // 50:02d}T{(i * 7) % 24:02d}:{(i * 13) % 60:02d}:00 {rng.choice(LEVELS)} "
-        f"{rng.choice(users)} {rng.choice(['login', 'logout', 'upload', 'download', 'delete'])}\n" for i in range(150))
+        f"{rng.choice(users)} {rng.choice(['login', 'logout', 'upload', 'download', 'delete'])}\n"
+        for i in range(150)
+    )
     _write(root, "var/log/app.log", app_log)
     _write(root, "var/log/old/app.log.1", "".join(f"2023-10-01T00:00:{i:02d} INFO user1 login\n" for i in range(10)))
     ips = [f"10.0.0.{n}" for n in (3, 7, 12, 25, 42)]
     access = "".join(
         f'{rng.choice(ips)} - - [12/Nov/2023:10:{i % 60:02d}:00] "GET /{rng.choice(["", "about.html", "css/style.css", "js/app.js", "missing.html"])} HTTP/1.1" '
-        f"{rng.choice([200, 200, 200, 304, 404, 500])} {rng.randint(100, 5000)}\n" for i in range(120))
+        f"{rng.choice([200, 200, 200, 304, 404, 500])} {rng.randint(100, 5000)}\n"
+        for i in range(120)
+    )
     _write(root, "var/log/access.log", access)
     _write(root, "etc/app.conf", "port=8080\nworkers=4\nlog_level=info\ncache_dir=/testbed/tmp\n")
     _write(root, "etc/hosts.txt", "127.0.0.1 localhost\n10.0.0.3 db\n10.0.0.7 cache\n")
@@ -113,7 +139,8 @@ def build_server(root: Path, rng: random.Random) -> None:
     _write(root, "srv/www/js/app.js", "console.log('hello');\n// TODO: analytics\n")
     inventory = "sku,name,stock,price\n" + "".join(
         f"SKU{i:03d},{rng.choice(['lamp', 'chair', 'table', 'shelf', 'rug'])}-{i},{rng.randint(0, 50)},{rng.randint(5, 300)}\n"
-        for i in range(1, 31))
+        for i in range(1, 31)
+    )
     _write(root, "srv/data/inventory.csv", inventory)
     _write(root, "tmp/cache_1.tmp", "x" * 500)
     _write(root, "tmp/cache_2.tmp", "y" * 1500)
@@ -121,7 +148,9 @@ def build_server(root: Path, rng: random.Random) -> None:
 
 
 FIXTURES: dict[str, Callable[[Path, random.Random], None]] = {
-    "fs_project": build_project, "fs_home": build_home, "fs_server": build_server,
+    "fs_project": build_project,
+    "fs_home": build_home,
+    "fs_server": build_server,
 }
 
 

@@ -17,6 +17,7 @@ For the same reason every walk here is iterative and bounded (`WalkLimits`: dept
 hashed): a tree past a limit raises `WorkspaceTooLarge`, whose message the environment shows the
 agent, and `remove_tree` deletes any tree (any depth, unwritable folders) without recursion.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -49,8 +50,9 @@ def _md5(path: str, budget: list[int], limits: WalkLimits) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             budget[0] += len(block)
             if budget[0] > limits.max_bytes:
-                raise WorkspaceTooLarge(f"workspace too large: more than {limits.max_bytes >> 20} MiB of files "
-                                        "to compare")
+                raise WorkspaceTooLarge(
+                    f"workspace too large: more than {limits.max_bytes >> 20} MiB of files to compare"
+                )
             digest.update(block)
     return digest.hexdigest()
 
@@ -86,8 +88,9 @@ def snapshot(root: Path, limits: WalkLimits = WalkLimits()) -> dict[str, Entry]:
             continue
         except OSError as err:
             if err.errno == errno.ENAMETOOLONG:
-                raise WorkspaceTooLarge(f"workspace too deep: a path under {folder[:80]}... is longer than "
-                                        "the system allows") from None
+                raise WorkspaceTooLarge(
+                    f"workspace too deep: a path under {folder[:80]}... is longer than the system allows"
+                ) from None
             raise
         for name in names:
             relative = f"{folder}/{name}" if folder else name
@@ -97,8 +100,9 @@ def snapshot(root: Path, limits: WalkLimits = WalkLimits()) -> dict[str, Entry]:
             state[relative] = entry
             if entry[0] == "dir":
                 if depth + 1 > limits.max_depth:
-                    raise WorkspaceTooLarge(f"workspace too deep: {relative[:80]}... is more than "
-                                            f"{limits.max_depth} folder levels down")
+                    raise WorkspaceTooLarge(
+                        f"workspace too deep: {relative[:80]}... is more than {limits.max_depth} folder levels down"
+                    )
                 pending.append((relative, depth + 1))
     return state
 
@@ -139,7 +143,7 @@ def hashes_of(state: dict[str, Entry], paths: list[str]) -> dict[str, str]:
             prefix = relative + "/"
             first = bisect.bisect_left(keys, prefix)
             last = bisect.bisect_left(keys, relative + "0")  # "0" sorts right after "/"
-            sub = [(key[len(prefix):], state[key]) for key in keys[first:last]]
+            sub = [(key[len(prefix) :], state[key]) for key in keys[first:last]]
             out[path] = hashlib.md5(repr(sorted(sub)).encode()).hexdigest()
     return out
 
@@ -153,5 +157,3 @@ def content_hash(root: Path, relative: str, limits: WalkLimits = WalkLimits()) -
     if entry[0] != "dir":
         return repr(entry)
     return hashes_of({"d": entry, **{f"d/{k}": v for k, v in snapshot(target, limits).items()}}, ["d/"])["d/"]
-
-

@@ -1,9 +1,10 @@
 """What the paper reports per policy: success rate, mean reward, turns, invalid actions, by hardness."""
+
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from statistics import mean
-from typing import Iterable, Mapping
 
 
 def summarize(episodes: Iterable[Mapping]) -> dict:

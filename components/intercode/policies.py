@@ -13,6 +13,7 @@
 A turn whose response holds no code is an invalid action (the model is told how to format code);
 so is an action that fails to execute. Every policy returns an `Episode` with the whole trajectory.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,8 +62,12 @@ class Episode:
         return sum(not t.valid for t in self.turns) / len(self.turns) if self.turns else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "success": self.success, "n_turns": len(self.turns),
-                "invalid_fraction": self.invalid_fraction}
+        return {
+            **asdict(self),
+            "success": self.success,
+            "n_turns": len(self.turns),
+            "invalid_fraction": self.invalid_fraction,
+        }
 
 
 def extract_code(text: str, language: str) -> Optional[str]:
@@ -140,30 +145,41 @@ class TryAgain(Policy):
 
     def system_prompt(self, language: str) -> str:
         lang = language.upper()
-        explore = ("Use SELECT name FROM sqlite_master WHERE type='table' (or SHOW TABLES) and "
-                   "PRAGMA table_info(<table>) (or DESCRIBE <table>) to learn the schema."
-                   if language == "sql" else "The files of the task are under /testbed.")
-        return (f"You are a {lang} code generator helping me answer a question using {lang}. "
-                f"Interact with a {SETTINGS[language]} using {lang} commands to come up with the answer.\n"
-                f"Answer with one {lang} command only, formatted as:\n```{language}\nYour {lang} code here\n```\n"
-                f"{explore}\nAfter each command you get its output and a reward between 0 and 1 that says how "
-                f"close your command is to the correct answer. Try to reach a reward of 1.")
+        explore = (
+            "Use SELECT name FROM sqlite_master WHERE type='table' (or SHOW TABLES) and "
+            "PRAGMA table_info(<table>) (or DESCRIBE <table>) to learn the schema."
+            if language == "sql"
+            else "The files of the task are under /testbed."
+        )
+        return (
+            f"You are a {lang} code generator helping me answer a question using {lang}. "
+            f"Interact with a {SETTINGS[language]} using {lang} commands to come up with the answer.\n"
+            f"Answer with one {lang} command only, formatted as:\n```{language}\nYour {lang} code here\n```\n"
+            f"{explore}\nAfter each command you get its output and a reward between 0 and 1 that says how "
+            f"close your command is to the correct answer. Try to reach a reward of 1."
+        )
 
     def _play(self, env: InterCodeEnv, episode: Episode) -> None:
         lang = env.language
-        messages = [{"role": "system", "content": self.system_prompt(lang)},
-                    {"role": "user", "content": f'Query: "{episode.query}"'}]
+        messages = [
+            {"role": "system", "content": self.system_prompt(lang)},
+            {"role": "user", "content": f'Query: "{episode.query}"'},
+        ]
         for _ in range(self.max_turns):
             response = self.llm.chat(messages, max_tokens=self.max_tokens).text
             code = extract_code(response, lang)
             if code is None or code.strip() in (SUBMIT, SKIP):
                 turn = Turn(response.strip(), "", 0.0, False)
-                feedback = (f"No {lang.upper()} code was found in your last response. Your response should be a "
-                            f"{lang.upper()} command formatted as:\n```{lang}\nYour code here\n```")
+                feedback = (
+                    f"No {lang.upper()} code was found in your last response. Your response should be a "
+                    f"{lang.upper()} command formatted as:\n```{lang}\nYour code here\n```"
+                )
             else:
                 turn = self._act(env, code, score=True)
-                feedback = (f"Output: {_clip(turn.observation)}\nReward: {turn.reward:.2f}\n"
-                            f'Here is the query again: "{episode.query}"\nTry something different to get a reward of 1.')
+                feedback = (
+                    f"Output: {_clip(turn.observation)}\nReward: {turn.reward:.2f}\n"
+                    f'Here is the query again: "{episode.query}"\nTry something different to get a reward of 1.'
+                )
             episode.turns.append(turn)
             episode.reward = max(episode.reward, turn.reward or 0.0)
             if episode.reward == 1.0:
@@ -209,16 +225,21 @@ class ReAct(Policy):
 
     def _play(self, env: InterCodeEnv, episode: Episode) -> None:
         lang = env.language
-        system = (f"Interact with a {SETTINGS[lang]} using {lang.upper()} queries to answer a question.\n"
-                  "Use interleaving Thought, Action, Observation steps. Thought can reason about the current "
-                  f"situation, and Action can be two types:\n(1) execute[code], which executes {lang.upper()} code\n"
-                  "(2) submit, which indicates that the previous observation is the answer\n"
-                  f"Here is an example.\n{REACT_DEMOS[lang]}")
+        system = (
+            f"Interact with a {SETTINGS[lang]} using {lang.upper()} queries to answer a question.\n"
+            "Use interleaving Thought, Action, Observation steps. Thought can reason about the current "
+            f"situation, and Action can be two types:\n(1) execute[code], which executes {lang.upper()} code\n"
+            "(2) submit, which indicates that the previous observation is the answer\n"
+            f"Here is an example.\n{REACT_DEMOS[lang]}"
+        )
         transcript = f"Question: {episode.query}\n"
         for step in range(1, self.max_turns + 1):
             prompt = transcript + f"Thought {step}:"
-            response = self.llm.chat([{"role": "system", "content": system}, {"role": "user", "content": prompt}],
-                                     max_tokens=self.max_tokens, stop=[f"\nObservation {step}:", "\nObservation:"]).text
+            response = self.llm.chat(
+                [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+                max_tokens=self.max_tokens,
+                stop=[f"\nObservation {step}:", "\nObservation:"],
+            ).text
             thought, action = self._parse(response, step)
             if action == SUBMIT:
                 break
@@ -230,9 +251,11 @@ class ReAct(Policy):
                 turn.thought = thought
                 observation = _clip(turn.observation)
             episode.turns.append(turn)
-            transcript += (f"Thought {step}: {thought}\nAction {step}: "
-                           f"{'execute[' + action + ']' if action else response.strip()}\n"
-                           f"Observation {step}: {observation}\n")
+            transcript += (
+                f"Thought {step}: {thought}\nAction {step}: "
+                f"{'execute[' + action + ']' if action else response.strip()}\n"
+                f"Observation {step}: {observation}\n"
+            )
         _, episode.reward, _, _, _ = env.step(SUBMIT)
 
     @staticmethod
@@ -259,17 +282,26 @@ class PlanAndSolve(Policy):
 
     def _play(self, env: InterCodeEnv, episode: Episode) -> None:
         lang = env.language
-        messages = [{"role": "system", "content":
-                     "For the following question, first understand the problem and devise a plan to solve it, "
-                     f"then carry out the plan step by step. The plan is a short numbered list of {lang.upper()} "
-                     f"commands to run against a {SETTINGS[lang]}. Write only the numbered plan."},
-                    {"role": "user", "content": f"Question: {episode.query}"}]
+        messages = [
+            {
+                "role": "system",
+                "content": "For the following question, first understand the problem and devise a plan to solve it, "
+                f"then carry out the plan step by step. The plan is a short numbered list of {lang.upper()} "
+                f"commands to run against a {SETTINGS[lang]}. Write only the numbered plan.",
+            },
+            {"role": "user", "content": f"Question: {episode.query}"},
+        ]
         plan_text = self.llm.chat(messages, max_tokens=self.max_tokens).text
         plan = [s.strip() for s in re.findall(r"^\s*\d+[.)]\s*(.+)$", plan_text, re.M)][: self.max_steps]
         episode.plan = plan or [plan_text.strip() or "answer the question"]
-        messages += [{"role": "assistant", "content": plan_text},
-                     {"role": "user", "content": f"Now execute your plan. For each step answer with one "
-                                                 f"{lang.upper()} command only, as ```{lang}\ncode\n```."}]
+        messages += [
+            {"role": "assistant", "content": plan_text},
+            {
+                "role": "user",
+                "content": f"Now execute your plan. For each step answer with one "
+                f"{lang.upper()} command only, as ```{lang}\ncode\n```.",
+            },
+        ]
         observation = None
         for step in episode.plan:
             prompt = (f"Observation: {_clip(observation)}\n" if observation is not None else "") + f"Step: {step}"

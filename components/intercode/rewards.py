@@ -10,12 +10,14 @@ Bash: 0.01 + 0.33 * (1 - erf(#missing + #extra file-system changes))
              + 0.33 * (TF-IDF cosine similarity of the agent's last output and the gold output),
 each part rounded to 2 decimals as upstream does, so only an exact match reaches 1.0.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
 from collections import Counter
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 Row = Sequence[Any]
 
@@ -68,8 +70,9 @@ def _position_order(agent_shared: list[str], gold_shared: list[str]) -> tuple[li
     return list(range(len(paired))), paired
 
 
-def sql_reward(agent_rows: Optional[Sequence[Row]], gold_rows: Sequence[Row],
-               order: str = "upstream") -> tuple[float, dict]:
+def sql_reward(
+    agent_rows: Optional[Sequence[Row]], gold_rows: Sequence[Row], order: str = "upstream"
+) -> tuple[float, dict]:
     """IoU of the stringified row multisets, times Kendall tau of the shared rows, rounded to 2 decimals
     when tau is defined (upstream InterCode's reward). `agent_rows=None`: no result set (an error or a
     statement without rows) scores 0, as upstream.
@@ -119,9 +122,14 @@ def tfidf_cosine(first: str, second: str) -> float:
     return float((matrix * matrix.T).toarray()[0][1])
 
 
-def bash_reward(agent_changes: set[Change], gold_changes: set[Change],
-                agent_hashes: Mapping[str, str], gold_hashes: Mapping[str, str],
-                agent_output: str, gold_output: str) -> tuple[float, dict]:
+def bash_reward(
+    agent_changes: set[Change],
+    gold_changes: set[Change],
+    agent_hashes: Mapping[str, str],
+    gold_hashes: Mapping[str, str],
+    agent_output: str,
+    gold_output: str,
+) -> tuple[float, dict]:
     """The weighted sum of file-system diff, changed-file contents and output similarity.
 
     `*_hashes` map each added/modified path to a content hash (md5 of the file, or of the whole
@@ -137,6 +145,11 @@ def bash_reward(agent_changes: set[Change], gold_changes: set[Change],
     similarity = tfidf_cosine(agent_output, gold_output)
     answer = round(0.33 * similarity, 2)
     reward = round(0.01 + file_diff + file_changes + answer, 2)  # 0.01 + 3 x 0.33 = 1.0 exactly
-    return reward, {"file_diff": file_diff, "file_changes": file_changes, "answer_similarity": answer,
-                    "missing_changes": sorted(missing), "extra_changes": sorted(extra),
-                    "tfidf_cosine": similarity}
+    return reward, {
+        "file_diff": file_diff,
+        "file_changes": file_changes,
+        "answer_similarity": answer,
+        "missing_changes": sorted(missing),
+        "extra_changes": sorted(extra),
+        "tfidf_cosine": similarity,
+    }

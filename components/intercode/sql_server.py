@@ -7,10 +7,12 @@ the driver), with a per-statement timeout. Only the tables of this project and t
 created during the episode are ever dropped, so a wrong URL cannot wipe unrelated tables.
 Rewards, tasks and gold handling are SqlEnv's.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from components.intercode.databases import DATABASES, generate
 from components.intercode.env import SqlEnv
@@ -28,8 +30,16 @@ def portable_schema(statement: str) -> str:
 class ServerSqlEnv(SqlEnv):
     """SqlEnv whose actions run on the database server at `url` (an SQLAlchemy URL)."""
 
-    def __init__(self, tasks: Sequence[Task], url: str, seed: int = 0, statement_timeout_s: float = 5.0,
-                 max_rows: int = 1000, max_steps: Optional[int] = None, sql_order: str = "upstream"):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        url: str,
+        seed: int = 0,
+        statement_timeout_s: float = 5.0,
+        max_rows: int = 1000,
+        max_steps: Optional[int] = None,
+        sql_order: str = "upstream",
+    ):
         from sqlalchemy import create_engine
 
         super(SqlEnv, self).__init__(tasks, sandbox=_NoSandbox(), max_steps=max_steps)  # no local files
@@ -78,8 +88,11 @@ class ServerSqlEnv(SqlEnv):
                 if not result.returns_rows:
                     return {"ok": True, "rows": None}
                 rows = result.fetchmany(self.max_rows + 1)
-                return {"ok": True, "rows": [list(r) for r in rows[: self.max_rows]],
-                        "truncated": len(rows) > self.max_rows}
+                return {
+                    "ok": True,
+                    "rows": [list(r) for r in rows[: self.max_rows]],
+                    "truncated": len(rows) > self.max_rows,
+                }
         except Exception as err:  # the server's error is the observation, as upstream
             return {"ok": False, "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
 

@@ -10,6 +10,7 @@ One JSON object per line (blank lines and lines starting with '#' are skipped):
 every episode) says which environment; `hardness` (a string) is optional. Every problem is reported as
 a `TaskFileError` naming the file, the line and the field, before any episode runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,12 @@ class TaskFileError(ValueError):
     """A problem in a user's task file or the databases/fixtures it names."""
 
 
-def load_task_file(path: str | Path, db_dir: Optional[str | Path] = None, fixture_dir: Optional[str | Path] = None,
-                   fixture_limits: fsdiff.WalkLimits = fsdiff.WalkLimits()) -> dict[str, list[Task]]:
+def load_task_file(
+    path: str | Path,
+    db_dir: Optional[str | Path] = None,
+    fixture_dir: Optional[str | Path] = None,
+    fixture_limits: fsdiff.WalkLimits = fsdiff.WalkLimits(),
+) -> dict[str, list[Task]]:
     """{"sql": [...], "bash": [...]} from the task file; `db_dir` / `fixture_dir` default to its folder."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
@@ -63,8 +68,9 @@ def load_task_file(path: str | Path, db_dir: Optional[str | Path] = None, fixtur
                 raise TaskFileError(f"{where}: missing field {field!r}")
         for field, value in record.items():
             if not isinstance(value, FIELDS[field]):
-                raise TaskFileError(f"{where}: field {field!r} must be a string, got {type(value).__name__} "
-                                    f"{json.dumps(value)[:60]}")
+                raise TaskFileError(
+                    f"{where}: field {field!r} must be a string, got {type(value).__name__} {json.dumps(value)[:60]}"
+                )
         for field in ("id", "query", "gold"):
             if not record[field].strip():
                 raise TaskFileError(f"{where}: field {field!r} is empty")
@@ -76,16 +82,25 @@ def load_task_file(path: str | Path, db_dir: Optional[str | Path] = None, fixtur
         kind, field = ("sql", "db") if "db" in record else ("bash", "fixture")
         name = record[field]
         if not SAFE_NAME.fullmatch(name) or name in (".", ".."):
-            raise TaskFileError(f"{where}: field {field!r}: {name!r} is not a plain name (letters, digits, '_', "
-                                "'-', '.'; no path)")
+            raise TaskFileError(
+                f"{where}: field {field!r}: {name!r} is not a plain name (letters, digits, '_', '-', '.'; no path)"
+            )
         if kind == "sql" and name not in checked_dbs:
             _check_database(db_root / f"{name}.sqlite", where)
             checked_dbs.add(name)
         if kind == "bash" and name not in checked_fixtures:
             _check_fixture(fixture_root / name, where, fixture_limits)
             checked_fixtures.add(name)
-        tasks[kind].append(Task(record["id"], record["query"], record["gold"], record.get("hardness", "user"),
-                                db=record.get("db"), fixture=record.get("fixture")))
+        tasks[kind].append(
+            Task(
+                record["id"],
+                record["query"],
+                record["gold"],
+                record.get("hardness", "user"),
+                db=record.get("db"),
+                fixture=record.get("fixture"),
+            )
+        )
     if not tasks["sql"] and not tasks["bash"]:
         raise TaskFileError(f"{path}: no tasks (one JSON object per line)")
     return tasks
@@ -93,8 +108,9 @@ def load_task_file(path: str | Path, db_dir: Optional[str | Path] = None, fixtur
 
 def _check_database(file: Path, where: str) -> None:
     if not file.is_file():
-        raise TaskFileError(f"{where}: field 'db': database file {file} does not exist (databases are "
-                            "<db>.sqlite files in db_dir)")
+        raise TaskFileError(
+            f"{where}: field 'db': database file {file} does not exist (databases are <db>.sqlite files in db_dir)"
+        )
     with open(file, "rb") as handle:
         if handle.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
             raise TaskFileError(f"{where}: field 'db': {file} is not an SQLite database")
@@ -102,8 +118,9 @@ def _check_database(file: Path, where: str) -> None:
 
 def _check_fixture(folder: Path, where: str, limits: fsdiff.WalkLimits) -> None:
     if not folder.is_dir():
-        raise TaskFileError(f"{where}: field 'fixture': fixture folder {folder} does not exist (fixtures are "
-                            "folders in fixture_dir)")
+        raise TaskFileError(
+            f"{where}: field 'fixture': fixture folder {folder} does not exist (fixtures are folders in fixture_dir)"
+        )
     try:
         fsdiff.snapshot(folder, limits)
     except fsdiff.WorkspaceTooLarge as err:

@@ -5,12 +5,13 @@ when they can stream natively, `_stream`); the base class applies stop sequences
 limit and the on-disk response cache, and keeps token accounting, so every backend behaves the same.
 Messages are OpenAI-style dicts: {"role": "system"|"user"|"assistant", "content": str}.
 """
+
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 Messages = list[dict[str, str]]
 
@@ -46,9 +47,14 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
     def as_dict(self) -> dict[str, float]:
-        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
-                "cached_calls": self.cached_calls, "seconds": round(self.seconds, 4)}
+        return {
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "cached_calls": self.cached_calls,
+            "seconds": round(self.seconds, 4),
+        }
 
 
 def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
@@ -85,7 +91,7 @@ class StopFilter:
                     hold = max(hold, k)
                     break
         emit = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(emit):]
+        self.pending = self.pending[len(emit) :]
         return emit
 
     def flush(self) -> str:
@@ -116,8 +122,9 @@ class LLM:
     def _chat(self, messages: Messages, max_tokens: int, temperature: float, stop: Sequence[str] | None) -> Completion:
         raise NotImplementedError
 
-    def _stream(self, messages: Messages, max_tokens: int, temperature: float, stop: Sequence[str] | None,
-                stats: Completion) -> Iterator[str]:
+    def _stream(
+        self, messages: Messages, max_tokens: int, temperature: float, stop: Sequence[str] | None, stats: Completion
+    ) -> Iterator[str]:
         """Yield raw text pieces and fill `stats` (tokens, finish_reason); default: one piece."""
         result = self._chat(messages, max_tokens, temperature, stop)
         stats.prompt_tokens, stats.completion_tokens = result.prompt_tokens, result.completion_tokens
@@ -129,8 +136,9 @@ class LLM:
         return {"backend": self.name, "model": self.model}
 
     # --- the interface -----------------------------------------------------------------------
-    def chat(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0,
-             stop: Sequence[str] | None = None) -> Completion:
+    def chat(
+        self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0, stop: Sequence[str] | None = None
+    ) -> Completion:
         _check_messages(messages)
         key = self._cache_key(messages, max_tokens, temperature, stop)
         hit = self.cache.get(key) if key else None
@@ -154,8 +162,9 @@ class LLM:
     def complete(self, prompt: str, **kwargs) -> Completion:
         return self.chat([{"role": "user", "content": prompt}], **kwargs)
 
-    def stream_chat(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0,
-                    stop: Sequence[str] | None = None) -> Iterator[str]:
+    def stream_chat(
+        self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0, stop: Sequence[str] | None = None
+    ) -> Iterator[str]:
         """Yield text pieces as the backend produces them (stop sequences already applied).
 
         Usage is accounted when the stream ends or is closed early; a finished stream is cached.
@@ -193,8 +202,13 @@ class LLM:
                 yield rest
             finished = True
         finally:
-            result = Completion("".join(emitted), stats.prompt_tokens, stats.completion_tokens,
-                                "stop" if stop_filter.stopped else stats.finish_reason, stats.model or self.model)
+            result = Completion(
+                "".join(emitted),
+                stats.prompt_tokens,
+                stats.completion_tokens,
+                "stop" if stop_filter.stopped else stats.finish_reason,
+                stats.model or self.model,
+            )
             self._account(result, time.perf_counter() - start)
             if finished and key:
                 self.cache.put(key, result)
@@ -203,8 +217,15 @@ class LLM:
     def _cache_key(self, messages, max_tokens, temperature, stop) -> str | None:
         if self.cache is None:
             return None
-        return self.cache.key({**self.cache_identity(), "messages": messages, "max_tokens": max_tokens,
-                               "temperature": temperature, "stop": list(stop or [])})
+        return self.cache.key(
+            {
+                **self.cache_identity(),
+                "messages": messages,
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "stop": list(stop or []),
+            }
+        )
 
     def _slot(self):
         return self._slots if self._slots is not None else contextlib.nullcontext()
@@ -236,8 +257,15 @@ class ScriptedLLM(LLM):
     name = "scripted"
     model = "scripted"
 
-    def __init__(self, responses: Script, *, cache=None, max_concurrency: int | None = None,
-                 delay_s: float = 0.0, token_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        responses: Script,
+        *,
+        cache=None,
+        max_concurrency: int | None = None,
+        delay_s: float = 0.0,
+        token_delay_s: float = 0.0,
+    ) -> None:
         super().__init__(cache=cache, max_concurrency=max_concurrency)
         self._responses = responses
         self._index = 0

@@ -4,6 +4,7 @@ Reruns with the cache on replay identical answers, so an agent flow is reproduci
 sampling or remote model. Files are written atomically (temp file + rename), so concurrent
 writers or a crash never leave a half-written entry; an unreadable entry counts as a miss.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -10,13 +10,14 @@ ReAct re-sends its whole trajectory every step), and on a CPU the prefill of ~10
 costs more than decoding the answer. The KV cache of recent prompts is kept (a few entries, LRU)
 and a new prompt only prefills what follows its longest cached prefix.
 """
+
 from __future__ import annotations
 
 import copy
 import threading
 import time
 from collections import OrderedDict
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from components.llm.base import LLM, Completion, LLMTimeoutError, Messages, cut_at_stop
 
@@ -33,8 +34,9 @@ def load_smollm2(dtype: str = "float32", device: str = "cpu", path: str | None =
             from components.lm.smollm2 import is_model_folder, load_model, load_tokenizer
 
             if path is not None and not is_model_folder(path):
-                raise FileNotFoundError(f"llm.model_path={path!r} is not a saved model folder "
-                                        f"(no config.json or tuned.safetensors)")
+                raise FileNotFoundError(
+                    f"llm.model_path={path!r} is not a saved model folder (no config.json or tuned.safetensors)"
+                )
             _MODELS[key] = (load_model(dtype=dtype, device=device, folder=path), load_tokenizer(path))
         return _MODELS[key]
 
@@ -96,14 +98,26 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class EmbeddedLLM(LLM):
     name = "embedded"
 
-    def __init__(self, model: str = "SmolLM2-135M-Instruct", dtype: str = "float32", device: str = "cpu",
-                 timeout_s: float | None = None, seed: int = 0, *, cache=None,
-                 max_concurrency: int | None = 1, prefix_cache_entries: int = 4,
-                 threads: int | None = None, model_path: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "SmolLM2-135M-Instruct",
+        dtype: str = "float32",
+        device: str = "cpu",
+        timeout_s: float | None = None,
+        seed: int = 0,
+        *,
+        cache=None,
+        max_concurrency: int | None = 1,
+        prefix_cache_entries: int = 4,
+        threads: int | None = None,
+        model_path: str | None = None,
+    ) -> None:
         super().__init__(cache=cache, max_concurrency=max_concurrency)
         if model != "SmolLM2-135M-Instruct":
-            raise ValueError(f"the embedded backend ships only SmolLM2-135M-Instruct, not {model!r}; "
-                             "use llm=openai to reach another model")
+            raise ValueError(
+                f"the embedded backend ships only SmolLM2-135M-Instruct, not {model!r}; "
+                "use llm=openai to reach another model"
+            )
         self.model = model
         self.model_path = model_path  # a fine-tuned SmolLM2 folder instead of the packaged weights
         self.dtype, self.device = dtype, _resolve_device(device)
@@ -127,13 +141,15 @@ class EmbeddedLLM(LLM):
         stats.text = text
         return stats
 
-    def _stream(self, messages: Messages, max_tokens: int, temperature: float, stop: Sequence[str] | None,
-                stats: Completion) -> Iterator[str]:
+    def _stream(
+        self, messages: Messages, max_tokens: int, temperature: float, stop: Sequence[str] | None, stats: Completion
+    ) -> Iterator[str]:
         import torch
 
         tok = self._tokenizer
-        prompt_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                             return_dict=True)["input_ids"]
+        prompt_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         stats.prompt_tokens = len(prompt_ids)
         stats.model = self.model
         stats.finish_reason = "length"
@@ -146,8 +162,9 @@ class EmbeddedLLM(LLM):
         with torch.inference_mode():
             for step in range(max_tokens):
                 if deadline is not None and time.monotonic() > deadline:
-                    raise LLMTimeoutError(f"embedded generation exceeded timeout_s={self.timeout_s} "
-                                          f"after {len(generated)} tokens")
+                    raise LLMTimeoutError(
+                        f"embedded generation exceeded timeout_s={self.timeout_s} after {len(generated)} tokens"
+                    )
                 # `cache=` is transformers 5's name for the KV cache (was past_key_values).
                 out = self._model(input_ids=input_ids, cache=past, use_cache=True, logits_to_keep=1)
                 past = out.cache
@@ -168,7 +185,7 @@ class EmbeddedLLM(LLM):
                 text = tok.decode(generated, skip_special_tokens=True)
                 if text.endswith("\ufffd"):
                     continue  # half of a multi-byte character: wait for the rest
-                piece, shown = text[len(shown):], text
+                piece, shown = text[len(shown) :], text
                 if piece:
                     yield piece
                 if stop and cut_at_stop(text, stop)[1]:

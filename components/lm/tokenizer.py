@@ -3,6 +3,7 @@
 Models trained here use it so the draft shares the target's vocabulary. Only the fast `tokenizers`
 library is needed once the cache exists (no transformers import, ~0.1 s).
 """
+
 from __future__ import annotations
 
 import functools

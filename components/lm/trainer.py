@@ -11,6 +11,7 @@ once its first checkpoint is committed, the earlier run's folder is renamed asid
 deleted) and the staging folder takes its name. A run that fails before that leaves the earlier
 checkpoints where `resume=latest` finds them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,21 +21,22 @@ import random
 import shutil
 import statistics
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from components.checkpoint.layout import fsync_dir
 from components.checkpoint import (
     LazyAsyncCheckpointer,
     latest_checkpoint,
     list_checkpoints,
     set_aside_earlier_run,
 )
+from components.checkpoint.layout import fsync_dir
 from components.lm import distributed
 from components.lm.corpus import TokenCorpus
 from components.lm.distributed import Ranks
@@ -117,8 +119,10 @@ def warm_start(model, folder: str) -> None:
         raise ValueError("train.init_from needs model.kind=gpt (a GPT folder written by this flow)")
     source = GPT.from_folder(folder)
     if source.config != model.config:
-        raise ValueError(f"train.init_from={folder} holds a GPT with {source.config}, "
-                         f"but model= builds {model.config}: set the model.* overrides to match it")
+        raise ValueError(
+            f"train.init_from={folder} holds a GPT with {source.config}, "
+            f"but model= builds {model.config}: set the model.* overrides to match it"
+        )
     model.load_state_dict(source.state_dict())
 
 
@@ -126,8 +130,9 @@ class RunCheckpointer:
     """The run's LazyAsyncCheckpointer, writing to a staging folder until the first commit when the
     folder still holds an earlier run's checkpoints (see the module docstring)."""
 
-    def __init__(self, folder: Path, options: dict, optimizer, ranks: Ranks, device: str, replace_earlier: bool,
-                 logger):
+    def __init__(
+        self, folder: Path, options: dict, optimizer, ranks: Ranks, device: str, replace_earlier: bool, logger
+    ):
         self.folder, self.options, self.optimizer, self.ranks, self.device = folder, options, optimizer, ranks, device
         self.logger = logger
         self.records: list = []
@@ -135,17 +140,28 @@ class RunCheckpointer:
         self.set_aside: Optional[Path] = None
         self.staging: Optional[Path] = None
         if replace_earlier:
-            self.staging = Path(distributed.from_rank0(
-                str(folder.with_name(f"{folder.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}")), ranks))
+            self.staging = Path(
+                distributed.from_rank0(
+                    str(folder.with_name(f"{folder.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}")), ranks
+                )
+            )
         self.inner = self._open(self.staging or folder)
 
     def _open(self, folder: Path) -> LazyAsyncCheckpointer:
         o = self.options
         host_bytes = o["host_buffer_mb"] * 2**20 if o.get("host_buffer_mb") else None
         ckpt = LazyAsyncCheckpointer(
-            folder, keep_last=o["keep_last"], host_buffer_bytes=host_bytes, buffer_slots=o["buffer_slots"],
-            flush_threads=o["flush_threads"], fsync=o["fsync"], checksum=o["checksum"], device=self.device,
-            rank=self.ranks.rank, world_size=self.ranks.world_size)
+            folder,
+            keep_last=o["keep_last"],
+            host_buffer_bytes=host_bytes,
+            buffer_slots=o["buffer_slots"],
+            flush_threads=o["flush_threads"],
+            fsync=o["fsync"],
+            checksum=o["checksum"],
+            device=self.device,
+            rank=self.ranks.rank,
+            world_size=self.ranks.world_size,
+        )
         ckpt.attach(self.optimizer)
         return ckpt
 
@@ -165,8 +181,12 @@ class RunCheckpointer:
                 shutil.rmtree(self.folder)
             os.rename(self.staging, self.folder)
             fsync_dir(self.folder.parent)
-            self.logger.warning("a fresh run: its first checkpoint is committed, so the earlier run's checkpoints "
-                                "in %s were moved to %s", self.folder, self.set_aside)
+            self.logger.warning(
+                "a fresh run: its first checkpoint is committed, so the earlier run's checkpoints "
+                "in %s were moved to %s",
+                self.folder,
+                self.set_aside,
+            )
         distributed.barrier(self.ranks)
         self.staging = None
         self.inner = self._open(self.folder)
@@ -200,8 +220,9 @@ def resolve_resume(job: TrainJob, ranks: Ranks, logger) -> Optional[Path]:
     return None if path is None else Path(path)
 
 
-def run_training(job: TrainJob, on_metrics: Optional[Callable[[int, dict], Any]] = None, logger=None,
-                 ranks: Optional[Ranks] = None) -> dict:
+def run_training(
+    job: TrainJob, on_metrics: Optional[Callable[[int, dict], Any]] = None, logger=None, ranks: Optional[Ranks] = None
+) -> dict:
     """Train to job.train['iters'] with a lazy async checkpoint every job.checkpoint['every'] steps
     (`ranks`: this process's place under torchrun; None: a single process)."""
     logger = logger or logging.getLogger("lm_train")
@@ -214,8 +235,9 @@ def run_training(job: TrainJob, on_metrics: Optional[Callable[[int, dict], Any]]
     resume_path = resolve_resume(job, ranks, logger)
     model = build_model(job.model, device)
     if settings.block_size > model_block_size(model):
-        raise ValueError(f"train.block_size={settings.block_size} exceeds the model's context "
-                         f"{model_block_size(model)}")
+        raise ValueError(
+            f"train.block_size={settings.block_size} exceeds the model's context {model_block_size(model)}"
+        )
     corpus = TokenCorpus(job.corpus_folder)
     if corpus.vocab_size > model.config.vocab_size:
         raise ValueError(f"corpus vocabulary {corpus.vocab_size} exceeds the model's {model.config.vocab_size}")
@@ -264,18 +286,36 @@ def run_training(job: TrainJob, on_metrics: Optional[Callable[[int, dict], Any]]
             on_metrics(step, metrics)
 
     try:
-        summary = train_loop(model, optimizer, scheduler, corpus, settings, data_generator=data_generator,
-                             start_step=start_step, checkpointer=checkpointer,
-                             checkpoint_every=job.checkpoint["every"], teacher=teacher, device=device,
-                             on_metrics=report, capture=partial(distributed.checkpoint_state, ranks=ranks))
+        summary = train_loop(
+            model,
+            optimizer,
+            scheduler,
+            corpus,
+            settings,
+            data_generator=data_generator,
+            start_step=start_step,
+            checkpointer=checkpointer,
+            checkpoint_every=job.checkpoint["every"],
+            teacher=teacher,
+            device=device,
+            on_metrics=report,
+            capture=partial(distributed.checkpoint_state, ranks=ranks),
+        )
     finally:
         checkpointer.close()
     model_dir = _save_final_model(job, model, ranks)
-    return {"model_dir": str(model_dir), "start_step": start_step,
-            "resumed_from": None if resume_path is None else str(resume_path),
-            "final_step": settings.iters, "summary": summary, "checkpoints": checkpoint_stats(checkpointer),
-            "checkpoint_dir": str(folder), "world_size": ranks.world_size, "strategy": ranks.strategy,
-            "earlier_run_moved_to": None if checkpointer.set_aside is None else str(checkpointer.set_aside)}
+    return {
+        "model_dir": str(model_dir),
+        "start_step": start_step,
+        "resumed_from": None if resume_path is None else str(resume_path),
+        "final_step": settings.iters,
+        "summary": summary,
+        "checkpoints": checkpoint_stats(checkpointer),
+        "checkpoint_dir": str(folder),
+        "world_size": ranks.world_size,
+        "strategy": ranks.strategy,
+        "earlier_run_moved_to": None if checkpointer.set_aside is None else str(checkpointer.set_aside),
+    }
 
 
 def _save_final_model(job: TrainJob, model, ranks: Ranks) -> Path:

@@ -5,13 +5,15 @@ LR schedule, every RNG (torch, CUDA, Python, NumPy) and the data sampler's own g
 position). Restoring all of it makes training continued after a restore identical to training that
 never stopped.
 """
+
 from __future__ import annotations
 
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -38,7 +40,9 @@ class TrainSettings:
     distill_alpha: float = 0.0  # weight of the KL to the teacher's logits (0: plain next-token loss)
     distill_temperature: float = 1.0  # softening of both distributions in the KL
     init_from_teacher: bool = False  # start the draft's tied embedding from SmolLM2's (PCA-projected)
-    init_from: Optional[str] = None  # a saved GPT folder (e.g. data/lm_train/draft): continue training its weights on new data
+    init_from: Optional[str] = (
+        None  # a saved GPT folder (e.g. data/lm_train/draft): continue training its weights on new data
+    )
 
     def __post_init__(self) -> None:
         for name in ("iters", "batch_size", "block_size", "eval_every", "eval_batches", "lr"):
@@ -80,19 +84,28 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
-        step, settings.warmup_iters, settings.iters, settings.min_lr / settings.lr))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: warmup_cosine(step, settings.warmup_iters, settings.iters, settings.min_lr / settings.lr),
+    )
 
 
-def capture_state(step: int, model, optimizer, scheduler, data_generator: torch.Generator,
-                  extra: Optional[dict] = None) -> dict:
+def capture_state(
+    step: int, model, optimizer, scheduler, data_generator: torch.Generator, extra: Optional[dict] = None
+) -> dict:
     """The complete training state at an iteration boundary (tensors are live: copy lazily)."""
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng, "data": data_generator.get_state(),
-            "extra": extra or {}}
+    return {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng,
+        "data": data_generator.get_state(),
+        "extra": extra or {},
+    }
 
 
 def restore_state(state: dict, model, optimizer, scheduler, data_generator: torch.Generator) -> int:
@@ -131,11 +144,23 @@ def evaluate(model, corpus: TokenCorpus, settings: TrainSettings, device: str = 
     return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
 
 
-def train_loop(model, optimizer, scheduler, corpus: TokenCorpus, settings: TrainSettings, *,
-               data_generator: torch.Generator, start_step: int = 0, stop_step: Optional[int] = None,
-               checkpointer=None, checkpoint_every: int = 0, teacher=None, device: str = "cpu",
-               on_metrics: Optional[Callable[[int, dict], Any]] = None,
-               capture: Callable[..., dict] = capture_state) -> dict[str, float]:
+def train_loop(
+    model,
+    optimizer,
+    scheduler,
+    corpus: TokenCorpus,
+    settings: TrainSettings,
+    *,
+    data_generator: torch.Generator,
+    start_step: int = 0,
+    stop_step: Optional[int] = None,
+    checkpointer=None,
+    checkpoint_every: int = 0,
+    teacher=None,
+    device: str = "cpu",
+    on_metrics: Optional[Callable[[int, dict], Any]] = None,
+    capture: Callable[..., dict] = capture_state,
+) -> dict[str, float]:
     """Train from `start_step` to `stop_step` (default settings.iters); checkpoint every k steps.
 
     The checkpoint is requested right after the optimizer step (the iteration boundary); the

@@ -4,6 +4,7 @@ JOB is the TrainJob JSON the lm_train task wrote. Every rank trains its part; ra
 step's metrics as a JSON line to `metrics_file` (the task tails it into the flow's MLflow run) and
 writes the run's result to `result_file` when training is done.
 """
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 The public surface: `QuantSpec` (what a method is), `quantize_weight` / `QuantLinear` (one layer),
 `quantize_model` / `save_quantized` / `load_quantized` (a whole causal LM), `perplexity`.
 """
+
 from components.quant.linear import QuantLinear, reference_dequantize
 from components.quant.quantizer import LayerLayout, PackedWeight, quantize_weight
 from components.quant.spec import QuantSpec
@@ -16,5 +17,15 @@ def __getattr__(name):  # model-level helpers import transformers lazily
     raise AttributeError(name)
 
 
-__all__ = ["QuantSpec", "QuantLinear", "LayerLayout", "PackedWeight", "quantize_weight", "reference_dequantize",
-           "quantize_model", "save_quantized", "load_quantized", "model_bits"]
+__all__ = [
+    "QuantSpec",
+    "QuantLinear",
+    "LayerLayout",
+    "PackedWeight",
+    "quantize_weight",
+    "reference_dequantize",
+    "quantize_model",
+    "save_quantized",
+    "load_quantized",
+    "model_bits",
+]

@@ -20,6 +20,7 @@ change of the layer's stored bits (codes, padding, precision map). A greedy pass
 best gain per bit first, stops at the budget on the model's exact bits/weight. Per-tile gains are
 sorted, so a layer's gain is concave in k and the greedy choice is the usual knapsack heuristic.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,8 @@ from components.quant.spec import QuantSpec
 def rtn_squared_error(groups: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-weight squared error of min/max round-to-nearest with a real-valued minimum, groups [..., g]."""
     lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
-    step = ((hi - lo) / (2 ** bits - 1)).clamp(min=1e-8)
-    q = torch.clamp(torch.round((groups - lo) / step), 0, 2 ** bits - 1)
+    step = ((hi - lo) / (2**bits - 1)).clamp(min=1e-8)
+    q = torch.clamp(torch.round((groups - lo) / step), 0, 2**bits - 1)
     return (lo + step * q - groups) ** 2
 
 
@@ -53,7 +54,9 @@ def layout_bits(layout: LayerLayout, high_per_tile: int) -> int:
     return sum(bits_breakdown(dataclasses.replace(layout, high_per_tile=high_per_tile)).values())
 
 
-def allocate_high_groups(layers: dict[str, tuple[LayerLayout, torch.Tensor]], budget_bits_per_weight: float) -> dict[str, int]:
+def allocate_high_groups(
+    layers: dict[str, tuple[LayerLayout, torch.Tensor]], budget_bits_per_weight: float
+) -> dict[str, int]:
     """4-bit groups per tile for every layer: {name: k}, with total bits <= budget x total weights.
 
     `layers` maps a name to (its layout, its group gains [out, G]). Layers start all at bits_low; if

@@ -24,6 +24,7 @@ same numbers a packed head would produce, computed in fp32.
   in every layer (`frac_high`), the largest share whose exact total fits the budget; the head gets 4
   bits whenever the budget holds it with every layer at 2 bits, else 2.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,16 @@ def head_spec(spec: QuantSpec, head_bits: int) -> QuantSpec:
     """The uniform spec the head is quantized with: the spec's method, group size and formats."""
     if head_bits not in HEAD_BITS:
         raise ValueError(f"head_bits={head_bits!r} is not one of {HEAD_BITS} (None keeps the head fp32)")
-    return dataclasses.replace(spec, name=f"{spec.name}-head", bits_low=2, bits_high=4, score="range",
-                               frac_high=1.0 if head_bits == 4 else 0.0, bit_budget=0.0, head_bits=None)
+    return dataclasses.replace(
+        spec,
+        name=f"{spec.name}-head",
+        bits_low=2,
+        bits_high=4,
+        score="range",
+        frac_high=1.0 if head_bits == 4 else 0.0,
+        bit_budget=0.0,
+        head_bits=None,
+    )
 
 
 def head_layout(model: nn.Module, spec: QuantSpec, head_bits: int) -> LayerLayout:
@@ -107,12 +116,20 @@ def whole_model_bits(model: nn.Module, head: PackedWeight | LayerLayout | None =
     head_weights = head_weight.numel() if head_weight is not None else 0
     weights = packed_weights + head_weights + dense
     total = packed_bits + head_bits_total + 32 * dense
-    return {"bits_per_weight_all": total / weights, "total_bits": total, "total_weights": weights,
-            "head_bits_total": head_bits_total, "head_weights": head_weights, "dense_fp32_weights": dense,
-            "packed_bits": packed_bits, "packed_weights": packed_weights}
+    return {
+        "bits_per_weight_all": total / weights,
+        "total_bits": total,
+        "total_weights": weights,
+        "head_bits_total": head_bits_total,
+        "head_weights": head_weights,
+        "dense_fp32_weights": dense,
+        "packed_bits": packed_bits,
+        "packed_weights": packed_weights,
+    }
 
 
 # --- planning a budget (no quantization: exact bit counts from the layouts) -----------------------
+
 
 def _fixed_bits(model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec, head_bits: int | None):
     """(bits outside the planned layers, total weights): the head at head_bits + 32 x the rest."""
@@ -146,8 +163,14 @@ def budget_range(model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec
     return out[0], out[1]
 
 
-def plan_budget(model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec, budget: float,
-                fisher: dict[str, torch.Tensor] | None = None, head_fisher: torch.Tensor | None = None) -> QuantSpec:
+def plan_budget(
+    model: nn.Module,
+    layers: dict[str, nn.Linear],
+    spec: QuantSpec,
+    budget: float,
+    fisher: dict[str, torch.Tensor] | None = None,
+    head_fisher: torch.Tensor | None = None,
+) -> QuantSpec:
     """The spec that spends `budget` bits/weight over the whole model (see the module docstring).
 
     `layers` are the linears `quantize_model` will pack (`model.quantizable_linears`); `fisher` their
@@ -155,8 +178,10 @@ def plan_budget(model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
     """
     least, most = budget_range(model, layers, spec)
     if not least <= budget:
-        raise ValueError(f"budget={budget} bits/weight is below the least this model can store with {spec.name!r}: "
-                         f"{least:.4f} (every group and the head at 2 bits)")
+        raise ValueError(
+            f"budget={budget} bits/weight is below the least this model can store with {spec.name!r}: "
+            f"{least:.4f} (every group and the head at 2 bits)"
+        )
     layouts = {n: layout_for(tuple(lin.weight.shape), spec, lin.bias is not None) for n, lin in layers.items()}
     if budget >= most:
         return dataclasses.replace(spec, frac_high=1.0, bit_budget=0.0, score=_share_score(spec), head_bits=4)
@@ -179,8 +204,10 @@ def _share_score(spec: QuantSpec) -> str:
 
 def _plan_fisher(model, layers, layouts, spec, budget, fisher, head_fisher) -> QuantSpec:
     if fisher is None or head_fisher is None or any(name not in fisher for name in layers):
-        raise ValueError("a budget for score='fisher' needs the Fisher diagonal of every layer and of the head "
-                         "(calibrate with fisher=True, the head included)")
+        raise ValueError(
+            "a budget for score='fisher' needs the Fisher diagonal of every layer and of the head "
+            "(calibrate with fisher=True, the head included)"
+        )
     linear_weights = sum(lin.weight.numel() for lin in layers.values())
     gains = {name: fisher_gains(lin.weight, fisher[name], spec) for name, lin in layers.items()}
     _, head = head_linear(model)
@@ -206,6 +233,7 @@ def _top_gain(layout: LayerLayout, gains: torch.Tensor, k: int) -> float:
 
 # --- the default budget from a frontier ----------------------------------------------------------
 
+
 def default_budget(frontier: list[dict], reference_perplexity: float, tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """The least-bits point of `frontier` whose perplexity is within (1 + tolerance) x the reference.
 
@@ -218,6 +246,8 @@ def default_budget(frontier: list[dict], reference_perplexity: float, tolerance:
     ok = [row for row in frontier if math.isfinite(row["perplexity"]) and row["perplexity"] <= limit]
     if not ok:
         best = min((row["perplexity"] for row in frontier), default=float("nan"))
-        raise ValueError(f"no frontier point is within {tolerance:.0%} of the reference perplexity "
-                         f"{reference_perplexity:.3f} (limit {limit:.3f}; best {best:.3f})")
+        raise ValueError(
+            f"no frontier point is within {tolerance:.0%} of the reference perplexity "
+            f"{reference_perplexity:.3f} (limit {limit:.3f}; best {best:.3f})"
+        )
     return min(ok, key=lambda row: (row["bits_per_weight"], row["perplexity"]))

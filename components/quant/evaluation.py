@@ -5,6 +5,7 @@ install (`pydoc_data.topics`: ~80 help topics, ~465k characters of English prose
 Topics are split by a seeded permutation into a calibration pool and an evaluation pool, so
 calibration never sees the evaluated text.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,7 @@ def windows(ids: list[int], context: int, count: int) -> list[torch.Tensor]:
     n = min(count, len(ids) // context)
     if n == 0:
         raise ValueError(f"text has {len(ids)} tokens, fewer than one window of {context}")
-    return [torch.tensor(ids[i * context:(i + 1) * context]).unsqueeze(0) for i in range(n)]
+    return [torch.tensor(ids[i * context : (i + 1) * context]).unsqueeze(0) for i in range(n)]
 
 
 @torch.no_grad()
@@ -51,30 +52,41 @@ def perplexity(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, float
         window_nll.append(float(loss))
         window_tokens.append(ids.shape[1] - 1)
     nll, tokens = sum(window_nll), sum(window_tokens)
-    return {"perplexity": math.exp(nll / tokens), "nll": nll / tokens, "tokens": tokens,
-            "window_nll": window_nll, "window_tokens": window_tokens}
+    return {
+        "perplexity": math.exp(nll / tokens),
+        "nll": nll / tokens,
+        "tokens": tokens,
+        "window_nll": window_nll,
+        "window_tokens": window_tokens,
+    }
 
 
-def bootstrap_ratio_ci(nll_a: list[float], nll_b: list[float], tokens: list[int], resamples: int = 2000,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ratio_ci(
+    nll_a: list[float], nll_b: list[float], tokens: list[int], resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """CI of perplexity(a) / perplexity(b) by resampling windows, the same windows for both (paired).
 
     `nll_a`, `nll_b`: summed NLL per window of two models on the same windows; `tokens` per window.
     With b = a it gives the CI of a single perplexity relative to its point value.
     """
     if not len(nll_a) == len(nll_b) == len(tokens) or not tokens:
-        raise ValueError(f"paired bootstrap needs equal, non-empty window lists, got {len(nll_a)}, {len(nll_b)}, "
-                         f"{len(tokens)}")
-    a, b, n = torch.tensor(nll_a, dtype=torch.float64), torch.tensor(nll_b, dtype=torch.float64), \
-        torch.tensor(tokens, dtype=torch.float64)
+        raise ValueError(
+            f"paired bootstrap needs equal, non-empty window lists, got {len(nll_a)}, {len(nll_b)}, {len(tokens)}"
+        )
+    a, b, n = (
+        torch.tensor(nll_a, dtype=torch.float64),
+        torch.tensor(nll_b, dtype=torch.float64),
+        torch.tensor(tokens, dtype=torch.float64),
+    )
     idx = torch.randint(len(tokens), (resamples, len(tokens)), generator=torch.Generator().manual_seed(seed))
     log_ratio = (a[idx].sum(1) - b[idx].sum(1)) / n[idx].sum(1)
     lo, hi = torch.quantile(log_ratio, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
     return math.exp(float(lo)), math.exp(float(hi))
 
 
-def bootstrap_ppl_ci(nll: list[float], tokens: list[int], resamples: int = 2000, seed: int = 0,
-                     level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ppl_ci(
+    nll: list[float], tokens: list[int], resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """CI of one perplexity by resampling windows."""
     zeros = [0.0] * len(nll)
     return bootstrap_ratio_ci(nll, zeros, tokens, resamples, seed, level)

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Union
 
 
 class InlineExtension:
-    def __init__(self, name: str, source: Union[str, Callable[[], str]], functions: Sequence[str],
-                 cflags: Sequence[str], disable_env: str):
+    def __init__(
+        self,
+        name: str,
+        source: Union[str, Callable[[], str]],
+        functions: Sequence[str],
+        cflags: Sequence[str],
+        disable_env: str,
+    ):
         self.name, self.source, self.functions = name, source, list(functions)
         self.cflags, self.disable_env = list(cflags), disable_env
         self._lock = threading.Lock()
@@ -32,8 +39,14 @@ class InlineExtension:
                 from torch.utils.cpp_extension import load_inline  # heavy: only when a kernel is first needed
 
                 source = self.source() if callable(self.source) else self.source
-                self.module = load_inline(name=self.name, cpp_sources=[source], functions=self.functions,
-                                          extra_cflags=self.cflags, extra_ldflags=["-fopenmp"], verbose=False)
+                self.module = load_inline(
+                    name=self.name,
+                    cpp_sources=[source],
+                    functions=self.functions,
+                    extra_cflags=self.cflags,
+                    extra_ldflags=["-fopenmp"],
+                    verbose=False,
+                )
             except Exception as exc:  # no compiler, no ninja, or a build error: callers fall back
                 text = str(exc).strip()
                 self.reason = f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"

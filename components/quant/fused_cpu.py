@@ -19,9 +19,9 @@ arithmetic stays float32, so the kernel matches the dequantized reference within
 (int8 activations with VNNI would be faster but change the numbers). Elsewhere a portable loop
 that the compiler vectorizes does the same.
 """
+
 from __future__ import annotations
 
-import os
 from components.quant.extension import InlineExtension
 
 _SOURCE = r"""
@@ -234,8 +234,9 @@ torch::Tensor fused_matmul(torch::Tensor x, torch::Tensor codes_lo, torch::Tenso
 }
 """
 
-_EXTENSION = InlineExtension("quant_fused_cpu_v5", _SOURCE, ["fused_matmul"],
-                             ["-O3", "-march=native", "-fopenmp"], disable_env="QUANT_FUSED_CPU")
+_EXTENSION = InlineExtension(
+    "quant_fused_cpu_v5", _SOURCE, ["fused_matmul"], ["-O3", "-march=native", "-fopenmp"], disable_env="QUANT_FUSED_CPU"
+)
 load = _EXTENSION.load  # the compiled extension, built on first call; None when it cannot be built here
 
 

@@ -6,6 +6,7 @@ absorb earlier errors. Group parameters are fitted when the sweep reaches the gr
 already-updated weights), at that group's precision (2 or 4 bits, chosen beforehand by the range
 rule). Hessians come from one calibration pass of the unquantized model (not layer-sequential).
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,7 +38,7 @@ def gptq_quantize(W: torch.Tensor, bits: torch.Tensor, spec: QuantSpec, hessian:
     scale_used = torch.zeros(out_f, G)
     zero = torch.zeros(out_f, G)
     codes = torch.zeros(out_f, G, g, dtype=torch.uint8)
-    qmax_all = (2 ** bits - 1).float()
+    qmax_all = (2**bits - 1).float()
     for b0 in range(0, in_f, spec.gptq_block):
         b1 = min(b0 + spec.gptq_block, in_f)
         W1 = W[:, b0:b1].clone()
@@ -47,7 +48,7 @@ def gptq_quantize(W: torch.Tensor, bits: torch.Tensor, spec: QuantSpec, hessian:
             col = b0 + i
             gi = col // g
             if col % g == 0:
-                s, z = _fit_group(W1[:, i:i + g], bits[:, gi], spec, store, gi)
+                s, z = _fit_group(W1[:, i : i + g], bits[:, gi], spec, store, gi)
                 scale_used[:, gi], zero[:, gi] = s, z
             s, z, qmax = scale_used[:, gi], zero[:, gi], qmax_all[:, gi]
             w = W1[:, i]
@@ -76,7 +77,7 @@ def _fit_group(block: torch.Tensor, bits: torch.Tensor, spec: QuantSpec, store: 
     if spec.zero_format == "u8":
         return scale, -encode_mins(group_min.unsqueeze(1), store["zero_base"])[1].squeeze(1) / scale
     zero = -group_min / scale
-    qmax = (2 ** bits - 1).float()
+    qmax = (2**bits - 1).float()
     if spec.zero_format == "int":
         zero = torch.minimum(torch.clamp(torch.round(zero), min=0), qmax)
     else:

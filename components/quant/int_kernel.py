@@ -31,9 +31,11 @@ Paths, chosen at run time by CPU feature (`paths()`, `best_path()`): avx512_vnni
 256-bit blocks, zmm for two batch rows at once), avx_vnni (VEX vpdpbusd), avx2 (vpmaddubsw + vpmaddwd),
 portable (scalar C). All share one source, compiled once per path with a GCC target pragma.
 """
+
 from __future__ import annotations
 
 import os
+
 from components.quant.extension import InlineExtension
 
 PATHS = ("avx512_vnni", "avx_vnni", "avx2", "portable")
@@ -399,8 +401,13 @@ def _source() -> str:
     return "".join(parts)
 
 
-_EXTENSION = InlineExtension("quant_int_kernel_v5", _source, ["int_matmul", "path_supported"],
-                             ["-O3", "-fopenmp"], disable_env="QUANT_INT_KERNEL")
+_EXTENSION = InlineExtension(
+    "quant_int_kernel_v5",
+    _source,
+    ["int_matmul", "path_supported"],
+    ["-O3", "-fopenmp"],
+    disable_env="QUANT_INT_KERNEL",
+)
 load = _EXTENSION.load  # the compiled extension, built on first call; None when it cannot be built here
 _paths: list[str] = []  # the paths this CPU runs, found once
 

@@ -9,6 +9,7 @@
 All three compute x @ W_hat.T + bias for the same W_hat = s * (q - z); tests hold them to the
 reference within float tolerance.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,11 +20,18 @@ from torch import nn
 
 from components.quant import fused_cpu
 from components.quant.packing import unpack_bits, unpack_codes
-from components.quant.quantizer import (LayerLayout, PackedWeight, bits_breakdown, decode_u8_mins, decode_u8_scales,
-                                        tile_order)
+from components.quant.quantizer import (
+    LayerLayout,
+    PackedWeight,
+    bits_breakdown,
+    decode_u8_mins,
+    decode_u8_scales,
+    tile_order,
+)
 
 MODES = ("auto", "naive", "pipelined", "fused", "int8")
 FUSED_MAX_ROWS = 8  # the fused kernel re-decodes codes per input row: above this a dequantize + GEMM wins
+
 
 def unpack_layer(layout: LayerLayout, tensors: dict[str, torch.Tensor]):
     """Packed tensors -> (codes [out, G, g] uint8, scale [out, G], zero [out, G], high [out, G] bool)."""
@@ -80,7 +88,7 @@ class QuantLinear(nn.Module):
         self.prepare()
 
     @classmethod
-    def from_packed(cls, packed: PackedWeight, mode: str = "auto", pipeline_chunks: int = 4) -> "QuantLinear":
+    def from_packed(cls, packed: PackedWeight, mode: str = "auto", pipeline_chunks: int = 4) -> QuantLinear:
         layer = cls(packed.layout, mode, pipeline_chunks)
         for name, tensor in packed.tensors.items():
             getattr(layer, name).copy_(tensor)
@@ -108,12 +116,19 @@ class QuantLinear(nn.Module):
         scale_t, zero_t = scale.reshape(T, n_g), zero.reshape(T, n_g)
         s_lo, s_hi = scale_t.gather(1, pos_lo), scale_t.gather(1, pos_hi)
         self._meta = {
-            "pos_lo": pos_lo.contiguous(), "pos_hi": pos_hi.contiguous(),
+            "pos_lo": pos_lo.contiguous(),
+            "pos_hi": pos_hi.contiguous(),
             # for the fused kernel: per tile, the rows then the group columns of its groups (no divisions)
-            "rc_lo": torch.cat([pos_lo // lay.groups_per_row, pos_lo % lay.groups_per_row], 1).to(torch.int32).contiguous(),
-            "rc_hi": torch.cat([pos_hi // lay.groups_per_row, pos_hi % lay.groups_per_row], 1).to(torch.int32).contiguous(),
-            "s_lo": s_lo.contiguous(), "b_lo": (-s_lo * zero_t.gather(1, pos_lo)).contiguous(),
-            "s_hi": s_hi.contiguous(), "b_hi": (-s_hi * zero_t.gather(1, pos_hi)).contiguous(),
+            "rc_lo": torch.cat([pos_lo // lay.groups_per_row, pos_lo % lay.groups_per_row], 1)
+            .to(torch.int32)
+            .contiguous(),
+            "rc_hi": torch.cat([pos_hi // lay.groups_per_row, pos_hi % lay.groups_per_row], 1)
+            .to(torch.int32)
+            .contiguous(),
+            "s_lo": s_lo.contiguous(),
+            "b_lo": (-s_lo * zero_t.gather(1, pos_lo)).contiguous(),
+            "s_hi": s_hi.contiguous(),
+            "b_hi": (-s_hi * zero_t.gather(1, pos_hi)).contiguous(),
         }
 
     # --- dequantization ----------------------------------------------------------------------
@@ -186,7 +201,7 @@ class QuantLinear(nn.Module):
                 block = pending.result()
                 if i + 1 < len(chunks):
                     pending = pool.submit(self.dequantize_tiles, *chunks[i + 1])
-                torch.mm(block, x_t, out=y_t[t0 * lay.tile_rows: t1 * lay.tile_rows])
+                torch.mm(block, x_t, out=y_t[t0 * lay.tile_rows : t1 * lay.tile_rows])
         return y_t.t()
 
     def forward_fused(self, x2: torch.Tensor) -> torch.Tensor:
@@ -195,9 +210,21 @@ class QuantLinear(nn.Module):
             raise RuntimeError(f"fused CPU kernel unavailable: {fused_cpu.unavailable_reason()}")
         lay, m = self.layout, self._meta
         return kernel.fused_matmul(
-            x2.contiguous(), self.codes_lo, m["rc_lo"], m["s_lo"], m["b_lo"],
-            self.codes_hi, m["rc_hi"], m["s_hi"], m["b_hi"],
-            lay.tile_rows, lay.groups_per_row, lay.group_size, lay.bits_low, lay.bits_high)
+            x2.contiguous(),
+            self.codes_lo,
+            m["rc_lo"],
+            m["s_lo"],
+            m["b_lo"],
+            self.codes_hi,
+            m["rc_hi"],
+            m["s_hi"],
+            m["b_hi"],
+            lay.tile_rows,
+            lay.groups_per_row,
+            lay.group_size,
+            lay.bits_low,
+            lay.bits_high,
+        )
 
     def forward_int8(self, x2: torch.Tensor) -> torch.Tensor:
         """The integer kernel (int8 activations, int_kernel.py) on the same packed buffers.
@@ -208,15 +235,19 @@ class QuantLinear(nn.Module):
         from components.quant.packed_matrix import PackedMatrix  # builds the integer kernel on first use
 
         if not PackedMatrix.supports(self.layout):
-            raise RuntimeError(f"integer kernel needs groups of a multiple of 32 and u8 minimums; this layer has "
-                               f"group {self.layout.group_size}, zeros {self.layout.zero_format}")
+            raise RuntimeError(
+                f"integer kernel needs groups of a multiple of 32 and u8 minimums; this layer has "
+                f"group {self.layout.group_size}, zeros {self.layout.zero_format}"
+            )
         return PackedMatrix.from_quant_linear(self).matmul(x2)
 
     def extra_repr(self) -> str:
         lay = self.layout
-        return (f"in={lay.in_features}, out={lay.out_features}, group={lay.group_size}, tile_rows={lay.tile_rows}, "
-                f"{lay.high_per_tile}/{lay.groups_per_tile} groups at {lay.bits_high} bits, "
-                f"{self.bits_per_weight():.3f} bits/weight, mode={self.mode}")
+        return (
+            f"in={lay.in_features}, out={lay.out_features}, group={lay.group_size}, tile_rows={lay.tile_rows}, "
+            f"{lay.high_per_tile}/{lay.groups_per_tile} groups at {lay.bits_high} bits, "
+            f"{self.bits_per_weight():.3f} bits/weight, mode={self.mode}"
+        )
 
 
 def _after_load(module: QuantLinear, _incompatible_keys) -> None:

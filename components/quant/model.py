@@ -9,13 +9,14 @@ A saved quantized model is a folder:
 `load_quantized(folder)` rebuilds the architecture, swaps in empty QuantLinears of the recorded
 layouts and loads the tensors: it runs forward like the original module.
 """
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -27,11 +28,17 @@ from components.quant.spec import QuantSpec
 FORMAT = "mixed-2-4-packed/v1"
 META_FILE = "quant_meta.json"
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
 # --- base models ---------------------------------------------------------------------------------
+
 
 def load_base_model(source: str) -> tuple[nn.Module, dict]:
     """('smollm2' | a folder of the project's GPT | a transformers folder) -> (model, base info)."""
@@ -73,14 +80,19 @@ def logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 # --- which layers, and calibration ---------------------------------------------------------------
 
+
 def target_linears(model: nn.Module, include_lm_head: bool = False) -> dict[str, nn.Linear]:
     """Every nn.Linear of the model (the transformer's projections); lm_head only on request."""
-    return {name: module for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and (include_lm_head or not name.endswith("lm_head"))}
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and (include_lm_head or not name.endswith("lm_head"))
+    }
 
 
-def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], names: Iterable[str], hessian: bool,
-              fisher: bool = False) -> dict:
+def calibrate(
+    model: nn.Module, batches: Iterable[torch.Tensor], names: Iterable[str], hessian: bool, fisher: bool = False
+) -> dict:
     """Per layer: mean x**2 per input channel, optionally H = mean x x^T and the loss's Fisher diagonal.
 
     One pass over the batches: with `fisher`, the activation hooks ride on the gradient pass's forward.
@@ -92,15 +104,19 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], names: Iterable
     @torch.no_grad()
     def accumulate(name: str, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
-        s = sums.setdefault(name, {"sq": torch.zeros(x.shape[1]), "n": 0,
-                                   "xx": torch.zeros(x.shape[1], x.shape[1]) if hessian else None})
+        s = sums.setdefault(
+            name,
+            {"sq": torch.zeros(x.shape[1]), "n": 0, "xx": torch.zeros(x.shape[1], x.shape[1]) if hessian else None},
+        )
         s["sq"] += (x * x).sum(0)
         s["n"] += x.shape[0]
         if hessian:
             s["xx"] += x.t() @ x
 
-    hooks = [modules[name].register_forward_hook(lambda _m, inputs, _o, name=name: accumulate(name, inputs[0]))
-             for name in names]
+    hooks = [
+        modules[name].register_forward_hook(lambda _m, inputs, _o, name=name: accumulate(name, inputs[0]))
+        for name in names
+    ]
     try:
         if fisher:
             grads = fisher_diagonal(model, batches, names)
@@ -111,8 +127,14 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], names: Iterable
     finally:
         for h in hooks:
             h.remove()
-    return {name: {"act_sq": s["sq"] / max(1, s["n"]), "hessian": (s["xx"] / max(1, s["n"])) if hessian else None,
-                   **({"fisher": grads[name]} if fisher else {})} for name, s in sums.items()}
+    return {
+        name: {
+            "act_sq": s["sq"] / max(1, s["n"]),
+            "hessian": (s["xx"] / max(1, s["n"])) if hessian else None,
+            **({"fisher": grads[name]} if fisher else {}),
+        }
+        for name, s in sums.items()
+    }
 
 
 def fisher_diagonal(model: nn.Module, batches: Iterable[torch.Tensor], names: Iterable[str]) -> dict[str, torch.Tensor]:
@@ -147,24 +169,36 @@ def fisher_diagonal(model: nn.Module, batches: Iterable[torch.Tensor], names: It
 
 # --- quantize / swap -----------------------------------------------------------------------------
 
+
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def quantizable_linears(model: nn.Module, spec: QuantSpec, include_lm_head: bool = False,
-                        layer_filter: Callable[[str], bool] | None = None) -> dict[str, nn.Linear]:
+def quantizable_linears(
+    model: nn.Module, spec: QuantSpec, include_lm_head: bool = False, layer_filter: Callable[[str], bool] | None = None
+) -> dict[str, nn.Linear]:
     """The target layers `quantize_model` will replace: filtered, in_features a multiple of the group, untied."""
     tied = _tied_param_ids(model)
-    return {name: linear for name, linear in target_linears(model, include_lm_head).items()
-            if (layer_filter is None or layer_filter(name)) and not linear.in_features % spec.group_size
-            and id(linear.weight) not in tied}  # a weight tied to an embedding stays dense for the embedding's sake
+    return {
+        name: linear
+        for name, linear in target_linears(model, include_lm_head).items()
+        if (layer_filter is None or layer_filter(name))
+        and not linear.in_features % spec.group_size
+        and id(linear.weight) not in tied
+    }  # a weight tied to an embedding stays dense for the embedding's sake
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, spec: QuantSpec, calibration: dict | None = None, mode: str = "auto",
-                   include_lm_head: bool = False, layer_filter: Callable[[str], bool] | None = None,
-                   on_layer: Callable[[str, QuantLinear], None] | None = None) -> dict[str, LayerLayout]:
+def quantize_model(
+    model: nn.Module,
+    spec: QuantSpec,
+    calibration: dict | None = None,
+    mode: str = "auto",
+    include_lm_head: bool = False,
+    layer_filter: Callable[[str], bool] | None = None,
+    on_layer: Callable[[str, QuantLinear], None] | None = None,
+) -> dict[str, LayerLayout]:
     """Replace target nn.Linear layers by QuantLinear in place; returns the layouts by layer name.
 
     Layers whose in_features is not a multiple of the group size stay fp32 (reported by the caller
@@ -178,9 +212,15 @@ def quantize_model(model: nn.Module, spec: QuantSpec, calibration: dict | None =
     high_per_tile = _allocate(linears, stats, spec) if spec.bit_budget else {}
     layouts: dict[str, LayerLayout] = {}
     for name, linear in linears.items():
-        packed = quantize_weight(linear.weight, spec, act_sq=stats[name].get("act_sq"),
-                                 hessian=stats[name].get("hessian"), bias=linear.bias,
-                                 fisher=stats[name].get("fisher"), high_per_tile=high_per_tile.get(name))
+        packed = quantize_weight(
+            linear.weight,
+            spec,
+            act_sq=stats[name].get("act_sq"),
+            hessian=stats[name].get("hessian"),
+            bias=linear.bias,
+            fisher=stats[name].get("fisher"),
+            high_per_tile=high_per_tile.get(name),
+        )
         qlinear = QuantLinear.from_packed(packed, mode=mode)
         _set_module(model, name, qlinear)
         layouts[name] = packed.layout
@@ -194,11 +234,20 @@ def _allocate(linears: dict[str, nn.Linear], stats: dict[str, dict], spec: Quant
 
     missing = [name for name in linears if stats[name].get("fisher") is None]
     if missing:
-        raise ValueError(f"bit_budget allocation needs the Fisher diagonal of every layer (calibrate(..., fisher=True)); "
-                         f"missing for {missing[:3]}")
-    return allocate_high_groups({name: (layout_for(tuple(linear.weight.shape), spec, linear.bias is not None),
-                                        fisher_gains(linear.weight, stats[name]["fisher"], spec))
-                                 for name, linear in linears.items()}, spec.bit_budget)
+        raise ValueError(
+            f"bit_budget allocation needs the Fisher diagonal of every layer (calibrate(..., fisher=True)); "
+            f"missing for {missing[:3]}"
+        )
+    return allocate_high_groups(
+        {
+            name: (
+                layout_for(tuple(linear.weight.shape), spec, linear.bias is not None),
+                fisher_gains(linear.weight, stats[name]["fisher"], spec),
+            )
+            for name, linear in linears.items()
+        },
+        spec.bit_budget,
+    )
 
 
 def _tied_param_ids(model: nn.Module) -> set[int]:
@@ -251,17 +300,23 @@ def model_bits(model: nn.Module) -> dict[str, float]:
             if id(p) not in seen:
                 seen.add(id(p))
                 dense_params += p.numel()
-    out = {"quantized_weights": q_weights, "quantized_bits": q_bits,
-           "bits_per_weight": q_bits / q_weights if q_weights else 32.0,
-           "dense_params": dense_params,
-           "model_bytes": (q_bits + 32 * dense_params) / 8}
+    out = {
+        "quantized_weights": q_weights,
+        "quantized_bits": q_bits,
+        "bits_per_weight": q_bits / q_weights if q_weights else 32.0,
+        "dense_params": dense_params,
+        "model_bytes": (q_bits + 32 * dense_params) / 8,
+    }
     out.update({f"bits_{k}": v for k, v in parts.items()})
     return out
 
 
 # --- save / load ---------------------------------------------------------------------------------
 
-def save_quantized(model: nn.Module, folder: str | Path, spec: QuantSpec, base: dict, extra: dict | None = None) -> Path:
+
+def save_quantized(
+    model: nn.Module, folder: str | Path, spec: QuantSpec, base: dict, extra: dict | None = None
+) -> Path:
     """Write the folder described in the module docstring (atomically: a temp folder, then rename)."""
     from safetensors.torch import save_file
 
@@ -293,8 +348,15 @@ def save_quantized(model: nn.Module, folder: str | Path, spec: QuantSpec, base: 
             src = Path(base["tokenizer_dir"]) / fname
             if src.exists():
                 shutil.copy2(src, tmp / fname)
-    meta = {"format": FORMAT, "base": {k: v for k, v in base.items() if k != "tokenizer_dir"}, "spec": spec.to_dict(),
-            "layers": layers, "tied": tied, "bits": model_bits(model), **(extra or {})}
+    meta = {
+        "format": FORMAT,
+        "base": {k: v for k, v in base.items() if k != "tokenizer_dir"},
+        "spec": spec.to_dict(),
+        "layers": layers,
+        "tied": tied,
+        "bits": model_bits(model),
+        **(extra or {}),
+    }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     if folder.exists():
         shutil.rmtree(folder)

@@ -15,6 +15,7 @@ so a speed comparison between the two differs only in the matrix products. Its i
 one components/decoding drives: `forward(ids [1, T], cache) -> (logits [1, T, V], cache)`,
 `crop(cache, n)`, `cache_length(cache)`; a cache is a `KVCache` that rolls back by length.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -92,8 +93,9 @@ class KVCache:
 class LeanLlama:
     """A Llama decoder (SmolLM2's architecture) over matrices with `.matmul`; see the module doc."""
 
-    def __init__(self, shape: LlamaShape, layers: list[LeanLayer], final_norm: torch.Tensor, head, name: str,
-                 embed=None):
+    def __init__(
+        self, shape: LlamaShape, layers: list[LeanLayer], final_norm: torch.Tensor, head, name: str, embed=None
+    ):
         self.shape, self.layers, self.final_norm, self.head, self.name = shape, layers, final_norm, head, name
         self.embed = embed if embed is not None else head  # tied by default (SmolLM2)
         self.vocab_size = shape.vocab
@@ -107,24 +109,44 @@ class LeanLlama:
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
-    def from_hf(cls, model, name: str = "fp32") -> "LeanLlama":
+    def from_hf(cls, model, name: str = "fp32") -> LeanLlama:
         """The fp32 copy (a transformers LlamaForCausalLM) on the same forward, dense matrices."""
         cfg = model.config
-        shape = LlamaShape(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
-                           cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads, cfg.vocab_size,
-                           float(_rope_theta(cfg)), float(cfg.rms_norm_eps), int(cfg.max_position_embeddings))
+        shape = LlamaShape(
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.hidden_size // cfg.num_attention_heads,
+            cfg.vocab_size,
+            float(_rope_theta(cfg)),
+            float(cfg.rms_norm_eps),
+            int(cfg.max_position_embeddings),
+        )
         layers = []
         for block in model.model.layers:
             a, m = block.self_attn, block.mlp
-            layers.append(LeanLayer(
-                block.input_layernorm.weight.detach().float(),
-                DenseMatrix(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])), DenseMatrix(a.o_proj.weight),
-                block.post_attention_layernorm.weight.detach().float(),
-                DenseMatrix(torch.cat([m.gate_proj.weight, m.up_proj.weight])), DenseMatrix(m.down_proj.weight)))
+            layers.append(
+                LeanLayer(
+                    block.input_layernorm.weight.detach().float(),
+                    DenseMatrix(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
+                    DenseMatrix(a.o_proj.weight),
+                    block.post_attention_layernorm.weight.detach().float(),
+                    DenseMatrix(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
+                    DenseMatrix(m.down_proj.weight),
+                )
+            )
         head = DenseMatrix(model.lm_head.weight)
         tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-        return cls(shape, layers, model.model.norm.weight.detach().float(), head, name,
-                   None if tied else DenseMatrix(model.model.embed_tokens.weight))
+        return cls(
+            shape,
+            layers,
+            model.model.norm.weight.detach().float(),
+            head,
+            name,
+            None if tied else DenseMatrix(model.model.embed_tokens.weight),
+        )
 
     def new_cache(self) -> KVCache:
         return KVCache(self.shape)
@@ -148,7 +170,7 @@ class LeanLlama:
             raise ValueError(f"{self.name}: {pos + T} positions exceed the context of {sh.max_positions}")
         cache.reserve(pos + T)
         x = self.embed.rows(ids).float()
-        cos, sin = self.cos[pos:pos + T], self.sin[pos:pos + T]
+        cos, sin = self.cos[pos : pos + T], self.sin[pos : pos + T]
         nq, nkv, hd = sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim, sh.head_dim
         mask = None
         if T > 1:  # query i sees every cached position and the block's positions up to its own
@@ -157,19 +179,20 @@ class LeanLlama:
             h = _rms_norm(x, layer.attn_norm, sh.eps)
             qkv = layer.qkv.matmul(h)
             q = qkv[:, :nq].reshape(T, sh.heads, hd).transpose(0, 1)
-            k = qkv[:, nq:nq + nkv].reshape(T, sh.kv_heads, hd).transpose(0, 1)
-            v = qkv[:, nq + nkv:].reshape(T, sh.kv_heads, hd).transpose(0, 1)
+            k = qkv[:, nq : nq + nkv].reshape(T, sh.kv_heads, hd).transpose(0, 1)
+            v = qkv[:, nq + nkv :].reshape(T, sh.kv_heads, hd).transpose(0, 1)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            cache.k[li, :, pos:pos + T] = k
-            cache.v[li, :, pos:pos + T] = v
-            keys, values = cache.k[li, :, :pos + T], cache.v[li, :, :pos + T]
-            attn = F.scaled_dot_product_attention(q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0),
-                                                  attn_mask=mask, enable_gqa=True)
+            cache.k[li, :, pos : pos + T] = k
+            cache.v[li, :, pos : pos + T] = v
+            keys, values = cache.k[li, :, : pos + T], cache.v[li, :, : pos + T]
+            attn = F.scaled_dot_product_attention(
+                q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, enable_gqa=True
+            )
             x = x + layer.o.matmul(attn[0].transpose(0, 1).reshape(T, nq))
             h = _rms_norm(x, layer.ffn_norm, sh.eps)
             gu = layer.gate_up.matmul(h)
-            x = x + layer.down.matmul(F.silu(gu[:, :sh.intermediate]) * gu[:, sh.intermediate:])
+            x = x + layer.down.matmul(F.silu(gu[:, : sh.intermediate]) * gu[:, sh.intermediate :])
         cache.length = pos + T
         logits = self.head.matmul(_rms_norm(x, self.final_norm, sh.eps))
         return logits.unsqueeze(0), cache
@@ -212,6 +235,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 # --- the GGUF file -------------------------------------------------------------------------------
+
 
 def unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
     """Row order that undoes llama.cpp's rotary permutation of q/k: hf_rows = gguf_rows[order]."""
@@ -267,13 +291,23 @@ def load_native_smollm2(path: str | None = None, head_bits: int | None = None, a
     if arch != "llama":
         raise ValueError(f"{path}: architecture {arch!r}, expected llama")
     n_layers = int(_field(reader, "llama.block_count"))
-    heads, kv_heads = int(_field(reader, "llama.attention.head_count")), int(_field(reader, "llama.attention.head_count_kv"))
+    heads, kv_heads = (
+        int(_field(reader, "llama.attention.head_count")),
+        int(_field(reader, "llama.attention.head_count_kv")),
+    )
     hidden = int(_field(reader, "llama.embedding_length"))
-    shape = LlamaShape(n_layers, hidden, int(_field(reader, "llama.feed_forward_length")), heads, kv_heads,
-                       hidden // heads, int(tensors["token_embd.weight"].shape[1]),
-                       float(_field(reader, "llama.rope.freq_base")),
-                       float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
-                       int(_field(reader, "llama.context_length")))
+    shape = LlamaShape(
+        n_layers,
+        hidden,
+        int(_field(reader, "llama.feed_forward_length")),
+        heads,
+        kv_heads,
+        hidden // heads,
+        int(tensors["token_embd.weight"].shape[1]),
+        float(_field(reader, "llama.rope.freq_base")),
+        float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
+        int(_field(reader, "llama.context_length")),
+    )
 
     def norm(name: str) -> torch.Tensor:
         return torch.from_numpy(np.array(tensors[name].data, dtype=np.float32)).reshape(-1)
@@ -283,11 +317,16 @@ def load_native_smollm2(path: str | None = None, head_bits: int | None = None, a
         p = f"blk.{i}."
         q = _blocks(tensors[p + "attn_q.weight"], unpermute_rows(hidden, heads))
         k = _blocks(tensors[p + "attn_k.weight"], unpermute_rows(kv_heads * shape.head_dim, kv_heads))
-        layers.append(LeanLayer(
-            norm(p + "attn_norm.weight"), _matrix(q, k, _blocks(tensors[p + "attn_v.weight"])),
-            _matrix(_blocks(tensors[p + "attn_output.weight"])), norm(p + "ffn_norm.weight"),
-            _matrix(_blocks(tensors[p + "ffn_gate.weight"]), _blocks(tensors[p + "ffn_up.weight"])),
-            _matrix(_blocks(tensors[p + "ffn_down.weight"]))))
+        layers.append(
+            LeanLayer(
+                norm(p + "attn_norm.weight"),
+                _matrix(q, k, _blocks(tensors[p + "attn_v.weight"])),
+                _matrix(_blocks(tensors[p + "attn_output.weight"])),
+                norm(p + "ffn_norm.weight"),
+                _matrix(_blocks(tensors[p + "ffn_gate.weight"]), _blocks(tensors[p + "ffn_up.weight"])),
+                _matrix(_blocks(tensors[p + "ffn_down.weight"])),
+            )
+        )
     head = _matrix(_blocks(tensors["token_embd.weight"]))
     if head_bits is not None and head_bits != 8:
         head = PackedMatrix.quantize_asymmetric(head.dequantize(), head_bits)

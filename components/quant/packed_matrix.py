@@ -14,6 +14,7 @@ Built three ways, every one without a float copy of the weight:
   q + 128 with minimum -128 d (a power-of-two multiple of d, exact in fp16 and float32).
 `quantize_asymmetric(weight, bits)` makes one from a float weight (RTN, fp16 scale and minimum).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,13 +31,30 @@ SCALE_U8, SCALE_F16 = 0, 1  # the kernel's metadata kinds
 class PackedMatrix:
     """A low-bit matrix the integer kernel multiplies: `matmul(x [N, in]) -> [N, out]`."""
 
-    def __init__(self, out_features: int, in_features: int, group_size: int, tile_rows: int, bits_low: int,
-                 bits_high: int, codes_lo: torch.Tensor, codes_hi: torch.Tensor, group_map: torch.Tensor | None,
-                 all_high: bool, scale_kind: int, scale_codes: torch.Tensor, scale_base: torch.Tensor | None,
-                 min_kind: int, min_codes: torch.Tensor, min_base: torch.Tensor | None):
+    def __init__(
+        self,
+        out_features: int,
+        in_features: int,
+        group_size: int,
+        tile_rows: int,
+        bits_low: int,
+        bits_high: int,
+        codes_lo: torch.Tensor,
+        codes_hi: torch.Tensor,
+        group_map: torch.Tensor | None,
+        all_high: bool,
+        scale_kind: int,
+        scale_codes: torch.Tensor,
+        scale_base: torch.Tensor | None,
+        min_kind: int,
+        min_codes: torch.Tensor,
+        min_base: torch.Tensor | None,
+    ):
         if in_features % group_size or group_size % 32:
-            raise ValueError(f"PackedMatrix needs groups of a multiple of 32 codes dividing in_features, got "
-                             f"group_size={group_size}, in_features={in_features}")
+            raise ValueError(
+                f"PackedMatrix needs groups of a multiple of 32 codes dividing in_features, got "
+                f"group_size={group_size}, in_features={in_features}"
+            )
         if out_features % tile_rows:
             raise ValueError(f"out_features={out_features} is not a multiple of tile_rows={tile_rows}")
         self.out_features, self.in_features = out_features, in_features
@@ -56,38 +74,75 @@ class PackedMatrix:
     @classmethod
     def supports(cls, layout) -> bool:
         """Whether a QuantLinear layout can go through the integer kernel (else: the float kernel)."""
-        return (layout.group_size % 32 == 0 and layout.zero_format == "u8" and layout.scale_format in ("u8", "fp16")
-                and layout.bits_low in (2, 4, 8) and layout.bits_high in (2, 4, 8))
+        return (
+            layout.group_size % 32 == 0
+            and layout.zero_format == "u8"
+            and layout.scale_format in ("u8", "fp16")
+            and layout.bits_low in (2, 4, 8)
+            and layout.bits_high in (2, 4, 8)
+        )
 
     @classmethod
-    def from_quant_linear(cls, layer) -> "PackedMatrix":
+    def from_quant_linear(cls, layer) -> PackedMatrix:
         lay = layer.layout
         if not cls.supports(lay):
-            raise ValueError(f"layout not supported by the integer kernel: group {lay.group_size}, scales "
-                             f"{lay.scale_format}, zeros {lay.zero_format}")
+            raise ValueError(
+                f"layout not supported by the integer kernel: group {lay.group_size}, scales "
+                f"{lay.scale_format}, zeros {lay.zero_format}"
+            )
         if lay.scale_format == "u8":
             scale_kind, scale_codes, scale_base = SCALE_U8, layer.scale_codes, layer.scale_base.float() / 256
         else:
             scale_kind, scale_codes, scale_base = SCALE_F16, layer.scales.view(torch.int16), None
-        return cls(lay.out_features, lay.in_features, lay.group_size, lay.tile_rows, lay.bits_low, lay.bits_high,
-                   layer.codes_lo, layer.codes_hi, layer.group_map if lay.has_map else None,
-                   lay.high_per_tile > 0, scale_kind, scale_codes, scale_base,
-                   SCALE_U8, layer.zero_codes, layer.zero_base)
+        return cls(
+            lay.out_features,
+            lay.in_features,
+            lay.group_size,
+            lay.tile_rows,
+            lay.bits_low,
+            lay.bits_high,
+            layer.codes_lo,
+            layer.codes_hi,
+            layer.group_map if lay.has_map else None,
+            lay.high_per_tile > 0,
+            scale_kind,
+            scale_codes,
+            scale_base,
+            SCALE_U8,
+            layer.zero_codes,
+            layer.zero_base,
+        )
 
     @classmethod
-    def uniform(cls, codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, bits: int,
-                tile_rows: int = 16) -> "PackedMatrix":
+    def uniform(
+        cls, codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, bits: int, tile_rows: int = 16
+    ) -> PackedMatrix:
         """Integer codes [out, in], fp16 scale and minimum [out, G] -> one precision, no map."""
         out_f, in_f = codes.shape
         G = scale.shape[1]
         tile_rows = math.gcd(out_f, tile_rows)
         words = pack_codes(codes.reshape(out_f // tile_rows, tile_rows * in_f), bits)
-        return cls(out_f, in_f, in_f // G, tile_rows, bits, bits, torch.empty(out_f // tile_rows, 0, dtype=torch.int32),
-                   words, None, True, SCALE_F16, scale.to(torch.float16).view(torch.int16), None,
-                   SCALE_F16, minimum.to(torch.float16).view(torch.int16), None)
+        return cls(
+            out_f,
+            in_f,
+            in_f // G,
+            tile_rows,
+            bits,
+            bits,
+            torch.empty(out_f // tile_rows, 0, dtype=torch.int32),
+            words,
+            None,
+            True,
+            SCALE_F16,
+            scale.to(torch.float16).view(torch.int16),
+            None,
+            SCALE_F16,
+            minimum.to(torch.float16).view(torch.int16),
+            None,
+        )
 
     @classmethod
-    def from_gguf_q4_1(cls, blocks: np.ndarray, out_features: int, in_features: int) -> "PackedMatrix":
+    def from_gguf_q4_1(cls, blocks: np.ndarray, out_features: int, in_features: int) -> PackedMatrix:
         """GGUF Q4_1 bytes [out, in / 32 * 20] (per block: d, m fp16, then 16 bytes of two nibbles)."""
         b = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(out_features, in_features // 32, 20)
         d = torch.from_numpy(b[..., 0:2].copy().view(np.float16)[..., 0])
@@ -97,7 +152,7 @@ class PackedMatrix:
         return cls.uniform(codes, d, m, 4)
 
     @classmethod
-    def from_gguf_q8_0(cls, blocks: np.ndarray, out_features: int, in_features: int) -> "PackedMatrix":
+    def from_gguf_q8_0(cls, blocks: np.ndarray, out_features: int, in_features: int) -> PackedMatrix:
         """GGUF Q8_0 bytes [out, in / 32 * 34] (per block: d fp16, 32 int8): codes q + 128, minimum -128 d."""
         b = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(out_features, in_features // 32, 34)
         d = torch.from_numpy(b[..., 0:2].copy().view(np.float16)[..., 0])
@@ -105,16 +160,18 @@ class PackedMatrix:
         return cls.uniform(q.reshape(out_features, in_features), d, d * -128, 8)
 
     @classmethod
-    def quantize_asymmetric(cls, weight: torch.Tensor, bits: int, group_size: int = 32) -> "PackedMatrix":
+    def quantize_asymmetric(cls, weight: torch.Tensor, bits: int, group_size: int = 32) -> PackedMatrix:
         """Round-to-nearest asymmetric groups (fp16 scale and minimum, as Q4_1) of a float weight."""
         out_f, in_f = weight.shape
         if in_f % group_size or group_size % 32:
-            raise ValueError(f"PackedMatrix needs groups of a multiple of 32 codes dividing in_features, got "
-                             f"group_size={group_size}, in_features={in_f}")
+            raise ValueError(
+                f"PackedMatrix needs groups of a multiple of 32 codes dividing in_features, got "
+                f"group_size={group_size}, in_features={in_f}"
+            )
         groups = weight.float().reshape(out_f, in_f // group_size, group_size)
         lo = groups.amin(-1).to(torch.float16)
-        scale = ((groups.amax(-1) - lo.float()) / (2 ** bits - 1)).clamp(min=1e-8).to(torch.float16)
-        q = torch.round((groups - lo.float()[..., None]) / scale.float()[..., None]).clamp(0, 2 ** bits - 1)
+        scale = ((groups.amax(-1) - lo.float()) / (2**bits - 1)).clamp(min=1e-8).to(torch.float16)
+        q = torch.round((groups - lo.float()[..., None]) / scale.float()[..., None]).clamp(0, 2**bits - 1)
         return cls.uniform(q.to(torch.int32).reshape(out_f, in_f), scale, lo, bits)
 
     # --- reading ---------------------------------------------------------------------------------
@@ -152,7 +209,7 @@ class PackedMatrix:
             high = torch.full((T, n_g), self.all_high, dtype=torch.bool)
         order = torch.sort(high.to(torch.int8), dim=1, stable=True).indices
         n_hi = int(high[0].sum())
-        pos_lo, pos_hi = order[:, : n_g - n_hi], order[:, n_g - n_hi:]
+        pos_lo, pos_hi = order[:, : n_g - n_hi], order[:, n_g - n_hi :]
         out = torch.empty(T, n_g, g, dtype=torch.uint8)
         if n_g - n_hi:
             lo = unpack_codes(self.codes_lo, self.bits_low, (n_g - n_hi) * g).reshape(T, -1, g)
@@ -180,8 +237,15 @@ class PackedMatrix:
 
     def nbytes(self) -> int:
         """Bytes the kernel reads per product: codes, map, metadata (per-row bases included)."""
-        tensors = (self.codes_lo, self.codes_hi, self.group_map, self.scale_codes, self.min_codes,
-                   self.scale_base, self.min_base)
+        tensors = (
+            self.codes_lo,
+            self.codes_hi,
+            self.group_map,
+            self.scale_codes,
+            self.min_codes,
+            self.scale_base,
+            self.min_base,
+        )
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def bits_per_weight(self) -> float:
@@ -202,12 +266,27 @@ class PackedMatrix:
         if x.dtype != torch.float32 or not x.is_contiguous():
             x = x.contiguous().float()
         return kernel.int_matmul(
-            x, self.codes_lo, self.codes_hi, self.group_map, int(self.all_high),
-            self.tile_rows, self.group_size, self.bits_low, self.bits_high,
-            self.scale_kind, self.scale_codes, self.scale_base, self.min_kind, self.min_codes, self.min_base,
-            path or int_kernel.best_path(), act_levels or self.act_levels)
+            x,
+            self.codes_lo,
+            self.codes_hi,
+            self.group_map,
+            int(self.all_high),
+            self.tile_rows,
+            self.group_size,
+            self.bits_low,
+            self.bits_high,
+            self.scale_kind,
+            self.scale_codes,
+            self.scale_base,
+            self.min_kind,
+            self.min_codes,
+            self.min_base,
+            path or int_kernel.best_path(),
+            act_levels or self.act_levels,
+        )
 
     def __repr__(self) -> str:
-        return (f"PackedMatrix({self.out_features}x{self.in_features}, bits {self.bits_low}/{self.bits_high}, "
-                f"group {self.group_size}, {self.bits_per_weight():.3f} bits/weight read)")
-
+        return (
+            f"PackedMatrix({self.out_features}x{self.in_features}, bits {self.bits_low}/{self.bits_high}, "
+            f"group {self.group_size}, {self.bits_per_weight():.3f} bits/weight read)"
+        )

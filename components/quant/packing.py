@@ -5,6 +5,7 @@ j // (32 // bits), at bits [(j % per_word) * bits, ... + bits) counted from the 
 bit. 2-bit codes: 16 per int32; 4-bit codes: 8 per int32. A run whose length is not a whole number
 of words is zero-padded up to the next word, and the padding is counted in the bit accounting.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,7 +6,8 @@ Every group gets a scale s and a zero point z and is stored as codes q with w ~ 
 Which groups get 4 bits (the paper's rule): rank groups by their range max(w) - min(w) (optionally
 weighted by calibration activations, or by the Hessian-weighted 2-bit error) and give the top
 `frac_high` of them 4 bits. With `score=fisher` and a `bit_budget`, the per-layer count comes from a
-model-wide allocation instead (`allocation.py`), the layer's tiles still alike. The choice is constrained by ALIGNMENT: every tile of `tile_rows` output
+model-wide allocation instead (`allocation.py`), the layer's tiles still alike. The choice is constrained by
+ALIGNMENT: every tile of `tile_rows` output
 rows holds exactly k = round(frac_high * tile_rows * groups_per_row) 4-bit groups, so
 
 - every tile's packed 2-bit codes, 4-bit codes and zero points occupy the same number of int32
@@ -19,6 +20,7 @@ rows holds exactly k = round(frac_high * tile_rows * groups_per_row) 4-bit group
 Scales are optionally quantized again ("second order"): per output row an fp16 base b and an 8-bit
 code c per group with s = (c + 1) * b / 256 (rounded up, so the range is never clipped).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,10 +104,20 @@ class LayerLayout:
         return asdict(self)
 
 
-BIT_CATEGORIES = {"codes_lo": "codes", "codes_hi": "codes", "scale_codes": "scales", "scale_base": "scales",
-                  "scales": "scales", "zeros_lo": "zeros", "zeros_hi": "zeros", "zeros": "zeros",
-                  "zero_codes": "zeros", "zero_base": "zeros",
-                  "group_map": "map", "bias": "bias"}
+BIT_CATEGORIES = {
+    "codes_lo": "codes",
+    "codes_hi": "codes",
+    "scale_codes": "scales",
+    "scale_base": "scales",
+    "scales": "scales",
+    "zeros_lo": "zeros",
+    "zeros_hi": "zeros",
+    "zeros": "zeros",
+    "zero_codes": "zeros",
+    "zero_base": "zeros",
+    "group_map": "map",
+    "bias": "bias",
+}
 
 
 def bits_breakdown(layout: LayerLayout) -> dict[str, int]:
@@ -130,8 +142,10 @@ def high_groups_per_tile(spec: QuantSpec, groups_per_tile: int) -> int:
 
 # --- choosing the 4-bit groups ----------------------------------------------------------------
 
-def group_scores(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | None = None,
-                 fisher: torch.Tensor | None = None) -> torch.Tensor:
+
+def group_scores(
+    weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | None = None, fisher: torch.Tensor | None = None
+) -> torch.Tensor:
     """Score [out, G] of every group; the highest-scored groups of each tile get bits_high.
 
     `act_sq` is the mean of x**2 per input channel over calibration tokens (the Hessian diagonal
@@ -149,14 +163,19 @@ def group_scores(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | N
         return torch.rand(rng.shape, generator=gen)
     if spec.score == "fisher":
         if fisher is None:
-            raise ValueError("score='fisher' needs calibration gradients: set eval.calibration_windows > 0 in the "
-                             "quantize flow or use score=range")
+            raise ValueError(
+                "score='fisher' needs calibration gradients: set eval.calibration_windows > 0 in the "
+                "quantize flow or use score=range"
+            )
         from components.quant.allocation import fisher_gains
 
         return fisher_gains(weight, fisher, spec)
     if act_sq is None:
-        raise ValueError(f"score={spec.score!r} needs calibration activations: set eval.calibration_windows > 0 in the quantize flow "
-                         "or use score=range")
+        raise ValueError(
+            f"score={spec.score!r} needs calibration activations: "
+            "set eval.calibration_windows > 0 in the quantize flow "
+            "or use score=range"
+        )
     act_sq = act_sq.float().reshape(1, in_f // g, g)
     if spec.score == "range_act":
         return rng * act_sq.sqrt().mean(-1)  # range times the group's RMS input
@@ -179,6 +198,7 @@ def select_high_groups(scores: torch.Tensor, high_per_tile: int, tile_rows: int)
 
 # --- fitting scales and zero points --------------------------------------------------------------
 
+
 def minmax_params(groups: torch.Tensor, bits: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest asymmetric parameters: scale = range / (2**bits - 1), real zero = -min / scale."""
     qmax = (2 ** torch.as_tensor(bits)) - 1
@@ -190,7 +210,7 @@ def minmax_params(groups: torch.Tensor, bits: int | torch.Tensor) -> tuple[torch
 def fake_quant(groups: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     """Quantize-dequantize groups [..., g] with an integer zero point (used to score groups)."""
     z = torch.round(zero).unsqueeze(-1)
-    q = torch.clamp(torch.round(groups / scale.unsqueeze(-1)) + z, 0, 2 ** bits - 1)
+    q = torch.clamp(torch.round(groups / scale.unsqueeze(-1)) + z, 0, 2**bits - 1)
     return (q - z) * scale.unsqueeze(-1)
 
 
@@ -200,13 +220,15 @@ def encode_scales(scale: torch.Tensor, fmt: str) -> tuple[dict[str, torch.Tensor
         stored = scale.to(torch.float16)
         return {"scales": stored}, stored.float()
     # Second order: fp16 row base, rounded up so that every code's scale >= the wanted scale.
-    base = (scale.amax(1) * (1 + 2.0 ** -10)).to(torch.float16)
+    base = (scale.amax(1) * (1 + 2.0**-10)).to(torch.float16)
     base_f = base.float().clamp(min=1e-8)
     codes = torch.clamp(torch.ceil(scale / base_f[:, None] * 256) - 1, 0, 255).to(torch.uint8)
     return {"scale_codes": codes, "scale_base": base}, decode_u8_scales(codes, base)
 
 
-def encode_mins(group_min: torch.Tensor, base: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def encode_mins(
+    group_min: torch.Tensor, base: torch.Tensor | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Second-order group minima [out, G]: per row an fp16 (lowest, step) and an 8-bit code per group.
 
     The minimum plays the role of a real-valued zero point (w = m + s * q), which a 2-bit group needs:
@@ -251,7 +273,9 @@ def hqq_params(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
         import hqq
         from hqq.core.quantize import Quantizer
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("method=hqq needs the `hqq` package: pip install -c constraints.txt hqq==0.2.8.post1") from exc
+        raise ImportError(
+            "method=hqq needs the `hqq` package: pip install -c constraints.txt hqq==0.2.8.post1"
+        ) from exc
     if groups.shape[0] == 0:
         return groups.new_zeros(0), groups.new_zeros(0)
     groups = groups.float().contiguous()
@@ -262,8 +286,16 @@ def hqq_params(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
         if cache_file.exists():
             cached = torch.load(cache_file)
             return cached["scale"], cached["zero"]
-    _, meta = Quantizer.quantize(groups, nbits=bits, group_size=groups.shape[1], axis=1,
-                                 optimize=True, round_zero=False, bitpack=False, device="cpu")
+    _, meta = Quantizer.quantize(
+        groups,
+        nbits=bits,
+        group_size=groups.shape[1],
+        axis=1,
+        optimize=True,
+        round_zero=False,
+        bitpack=False,
+        device="cpu",
+    )
     scale, zero = meta["scale"].reshape(-1).float(), meta["zero"].reshape(-1).float()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -274,6 +306,7 @@ def hqq_params(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
 
 
 # --- the whole layer -----------------------------------------------------------------------------
+
 
 @dataclass
 class PackedWeight:
@@ -288,8 +321,9 @@ class PackedWeight:
         return sum(self.bits().values()) / (self.layout.in_features * self.layout.out_features)
 
 
-def layout_for(weight_shape: tuple[int, int], spec: QuantSpec, has_bias: bool = False,
-               high_per_tile: int | None = None) -> LayerLayout:
+def layout_for(
+    weight_shape: tuple[int, int], spec: QuantSpec, has_bias: bool = False, high_per_tile: int | None = None
+) -> LayerLayout:
     """The layer's layout; `high_per_tile` overrides frac_high (a per-layer allocation)."""
     out_f, in_f = weight_shape
     if in_f % spec.group_size:
@@ -300,13 +334,29 @@ def layout_for(weight_shape: tuple[int, int], spec: QuantSpec, has_bias: bool = 
         high_per_tile = high_groups_per_tile(spec, per_tile)
     elif not 0 <= high_per_tile <= per_tile:
         raise ValueError(f"high_per_tile={high_per_tile} is outside [0, {per_tile}] groups per tile")
-    return LayerLayout(in_f, out_f, spec.group_size, rows, high_per_tile, spec.bits_low,
-                       spec.bits_high, spec.scale_format, spec.zero_format, has_bias)
+    return LayerLayout(
+        in_f,
+        out_f,
+        spec.group_size,
+        rows,
+        high_per_tile,
+        spec.bits_low,
+        spec.bits_high,
+        spec.scale_format,
+        spec.zero_format,
+        has_bias,
+    )
 
 
-def quantize_weight(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor | None = None,
-                    hessian: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                    fisher: torch.Tensor | None = None, high_per_tile: int | None = None) -> PackedWeight:
+def quantize_weight(
+    weight: torch.Tensor,
+    spec: QuantSpec,
+    act_sq: torch.Tensor | None = None,
+    hessian: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    fisher: torch.Tensor | None = None,
+    high_per_tile: int | None = None,
+) -> PackedWeight:
     """Quantize W [out, in] under `spec` and pack it (see the module docstring for the layout).
 
     `high_per_tile` (from `allocation.allocate_high_groups`) overrides spec.frac_high for this layer.
@@ -321,7 +371,9 @@ def quantize_weight(weight: torch.Tensor, spec: QuantSpec, act_sq: torch.Tensor 
         from components.quant.gptq import gptq_quantize
 
         if hessian is None:
-            raise ValueError("method=gptq needs the calibration Hessian: set eval.calibration_windows > 0 in the quantize flow")
+            raise ValueError(
+                "method=gptq needs the calibration Hessian: set eval.calibration_windows > 0 in the quantize flow"
+            )
         codes, scale_store, zero = gptq_quantize(W, bits, spec, hessian)
     else:
         codes, scale_store, zero = _fit_groups(W, bits, spec)
@@ -355,7 +407,7 @@ def _fit_groups(W: torch.Tensor, bits: torch.Tensor, spec: QuantSpec):
 
 
 def _store_zero(zero: torch.Tensor, bits: torch.Tensor, fmt: str) -> torch.Tensor:
-    qmax = (2 ** bits) - 1
+    qmax = (2**bits) - 1
     if fmt == "int":
         return torch.clamp(torch.round(zero), torch.zeros_like(qmax), qmax).float()
     return zero.to(torch.float16).float()
@@ -363,7 +415,7 @@ def _store_zero(zero: torch.Tensor, bits: torch.Tensor, fmt: str) -> torch.Tenso
 
 def quantize_codes(groups: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Integer codes of groups [..., g] given the scale and zero the kernels will use."""
-    qmax = ((2 ** bits) - 1).unsqueeze(-1)
+    qmax = ((2**bits) - 1).unsqueeze(-1)
     q = torch.round(groups / scale.unsqueeze(-1) + zero.unsqueeze(-1))
     return torch.minimum(torch.clamp(q, min=0), qmax).to(torch.uint8)
 
@@ -372,11 +424,12 @@ def tile_order(high: torch.Tensor, layout: LayerLayout) -> tuple[torch.Tensor, t
     """Positions (row-major within the tile) of the low and high groups of every tile, ascending."""
     flat = high.reshape(layout.n_tiles, layout.groups_per_tile)
     order = torch.sort(flat.to(torch.int8), dim=1, stable=True).indices
-    return order[:, : layout.low_per_tile], order[:, layout.low_per_tile:]
+    return order[:, : layout.low_per_tile], order[:, layout.low_per_tile :]
 
 
-def pack_layer(codes: torch.Tensor, zero: torch.Tensor, high: torch.Tensor, scale_store: dict,
-               layout: LayerLayout) -> dict[str, torch.Tensor]:
+def pack_layer(
+    codes: torch.Tensor, zero: torch.Tensor, high: torch.Tensor, scale_store: dict, layout: LayerLayout
+) -> dict[str, torch.Tensor]:
     """Split every tile into its 2-bit and 4-bit groups and pack each run into int32 words."""
     T, n_g, g = layout.n_tiles, layout.groups_per_tile, layout.group_size
     pos_lo, pos_hi = tile_order(high, layout)
@@ -419,7 +472,10 @@ def fake_quantize_uniform(weight: torch.Tensor, bits: int, spec: QuantSpec) -> t
     layout = dataclasses.replace(layout_for(tuple(W.shape), spec), bits_low=bits, bits_high=bits, high_per_tile=0)
     width = torch.full((layout.out_features, layout.groups_per_row), bits)
     codes, store, zero = _fit_groups(W, width, dataclasses.replace(spec, method="rtn"))
-    scale = (decode_u8_scales(store["scale_codes"], store["scale_base"]) if spec.scale_format == "u8"
-             else store["scales"].float())
+    scale = (
+        decode_u8_scales(store["scale_codes"], store["scale_base"])
+        if spec.scale_format == "u8"
+        else store["scales"].float()
+    )
     dequantized = (codes.float() - zero.unsqueeze(-1)) * scale.unsqueeze(-1)
     return dequantized.reshape(W.shape), layout

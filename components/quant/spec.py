@@ -1,4 +1,5 @@
 """What a quantization method is: one dataclass that every conf/quant_method/*.yaml instantiates."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -18,12 +19,19 @@ class QuantSpec:
     bits_low: int = 2  # most groups: the paper's 2-bit weights
     bits_high: int = 4  # the largest-range groups: 4 bits, as in the paper
     frac_high: float = 0.25  # share of groups at bits_high; 0.25 keeps the total under 2.9 bits/weight at group 64
-    group_size: int = 64  # weights per (scale, zero) along in_features; a multiple of 16 keeps every group whole int32 words
+    group_size: int = (
+        64  # weights per (scale, zero) along in_features; a multiple of 16 keeps every group whole int32 words
+    )
     tile_rows: int = 16  # alignment unit: every tile of this many output rows holds the same number of 4-bit groups
-    score: str = "range"  # which groups get bits_high: range (the paper), range_act, hessian_error, fisher, random (ablation)
-    bit_budget: float = 0.0  # > 0 (needs score=fisher): 4-bit groups allocated across layers up to this exact bits/weight; frac_high unused
+    score: str = (
+        "range"  # which groups get bits_high: range (the paper), range_act, hessian_error, fisher, random (ablation)
+    )
+    # > 0 (needs score=fisher): 4-bit groups allocated across layers up to this exact bits/weight; frac_high unused
+    bit_budget: float = 0.0
     scale_format: str = "u8"  # u8: scales quantized again to 8 bits per row (second order); fp16: plain half scales
-    zero_format: str = "u8"  # u8: group minimum quantized to 8 bits per row (second order); int: integer zero in the group's bits (GPTQ); fp16 (HQQ)
+    # u8: group minimum quantized to 8 bits per row (second order); int: integer zero in the group's bits (GPTQ);
+    # fp16 (HQQ)
+    zero_format: str = "u8"
     gptq_damp: float = 0.01  # GPTQ: diagonal damping as a fraction of mean(diag H), keeps the inverse stable
     gptq_block: int = 128  # GPTQ: columns updated together (lazy batch updates); a multiple of group_size
     seed: int = 0  # only the `random` score uses it
@@ -53,17 +61,23 @@ class QuantSpec:
         if not 0.0 <= self.frac_high <= 1.0:
             raise ValueError(f"QuantSpec.frac_high must be in [0, 1], got {self.frac_high}")
         if self.group_size <= 0 or self.group_size % 16:
-            raise ValueError(f"QuantSpec.group_size must be a positive multiple of 16 (whole int32 words "
-                             f"for 2-bit codes), got {self.group_size}")
+            raise ValueError(
+                f"QuantSpec.group_size must be a positive multiple of 16 (whole int32 words "
+                f"for 2-bit codes), got {self.group_size}"
+            )
         if self.tile_rows <= 0:
             raise ValueError(f"QuantSpec.tile_rows must be positive, got {self.tile_rows}")
         if self.bit_budget and self.score != "fisher":
-            raise ValueError(f"QuantSpec.bit_budget={self.bit_budget} allocates by Fisher gain across layers: it needs "
-                             f"score='fisher', got score={self.score!r}")
+            raise ValueError(
+                f"QuantSpec.bit_budget={self.bit_budget} allocates by Fisher gain across layers: it needs "
+                f"score='fisher', got score={self.score!r}"
+            )
         if self.bit_budget < 0:
             raise ValueError(f"QuantSpec.bit_budget must be >= 0 (0: frac_high in every layer), got {self.bit_budget}")
         if self.method == "gptq" and self.gptq_block % self.group_size:
-            raise ValueError(f"QuantSpec.gptq_block={self.gptq_block} must be a multiple of group_size={self.group_size}")
+            raise ValueError(
+                f"QuantSpec.gptq_block={self.gptq_block} must be a multiple of group_size={self.group_size}"
+            )
 
     @property
     def quantizes(self) -> bool:

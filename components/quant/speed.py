@@ -7,13 +7,14 @@ model's own plus copies, until the fp32 working set exceeds `working_set_mib` (5
 size as the bandwidth probe). The quantized copies are the same layers, so their working set is
 their real, smaller size, as it is for a whole quantized model.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -35,9 +36,14 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
 
 
 @torch.no_grad()
-def matvec_latency(weights: list[torch.Tensor], layers: list[QuantLinear], repeats: int = 7,
-                   methods: tuple[str, ...] = MATVEC_METHODS, seed: int = 0,
-                   flush_mib: int = 512) -> dict[str, dict[str, float]]:
+def matvec_latency(
+    weights: list[torch.Tensor],
+    layers: list[QuantLinear],
+    repeats: int = 7,
+    methods: tuple[str, ...] = MATVEC_METHODS,
+    seed: int = 0,
+    flush_mib: int = 512,
+) -> dict[str, dict[str, float]]:
     """Median seconds per layer of y = W x (one token) for each method, alternating methods per repeat.
 
     `weights` are the fp32 matrices and `layers` their quantized versions (same shape); each timed
@@ -57,7 +63,7 @@ def matvec_latency(weights: list[torch.Tensor], layers: list[QuantLinear], repea
         "fused": lambda: [layer.forward_fused(x) for layer in layers],
     }
     samples: dict[str, list[float]] = {m: [] for m in methods}
-    flush_buffer = torch.ones(flush_mib * 2 ** 20 // 4)
+    flush_buffer = torch.ones(flush_mib * 2**20 // 4)
     for m in methods:  # warm-up, and the fused kernel's first build
         calls[m]()
     for _ in range(repeats):
@@ -76,7 +82,7 @@ def matvec_latency(weights: list[torch.Tensor], layers: list[QuantLinear], repea
 
 
 def layers_by_shape(fp_model: nn.Module, q_model: nn.Module) -> dict[str, tuple[list[torch.Tensor], list[QuantLinear]]]:
-    """"{out}x{in}" -> (fp32 weights, their QuantLinear layers), for every quantized layer of the model."""
+    """ "{out}x{in}" -> (fp32 weights, their QuantLinear layers), for every quantized layer of the model."""
     fp_modules = dict(fp_model.named_modules())
     by_shape: dict[str, tuple[list, list]] = {}
     for name, module in q_model.named_modules():
@@ -89,30 +95,35 @@ def layers_by_shape(fp_model: nn.Module, q_model: nn.Module) -> dict[str, tuple[
 
 def cache_cold_set(weights: list[torch.Tensor], layers: list[QuantLinear], working_set_mib: int):
     """The layers, cycled into distinct copies until the fp32 weights exceed `working_set_mib`."""
-    need = math.ceil(working_set_mib * 2 ** 20 / (weights[0].numel() * 4))
+    need = math.ceil(working_set_mib * 2**20 / (weights[0].numel() * 4))
     if need <= len(weights):
         return weights, layers
     extra = range(need - len(weights))
-    return (weights + [weights[i % len(weights)].clone() for i in extra],
-            layers + [copy.deepcopy(layers[i % len(layers)]) for i in extra])
+    return (
+        weights + [weights[i % len(weights)].clone() for i in extra],
+        layers + [copy.deepcopy(layers[i % len(layers)]) for i in extra],
+    )
 
 
-def matvec_by_shape(fp_model: nn.Module, q_model: nn.Module, repeats: int,
-                    working_set_mib: int = 512) -> tuple[dict, dict]:
+def matvec_by_shape(
+    fp_model: nn.Module, q_model: nn.Module, repeats: int, working_set_mib: int = 512
+) -> tuple[dict, dict]:
     """`matvec_latency` per quantized layer shape on a cache-cold working set, and those working sets."""
     latency, working_sets = {}, {}
     for shape, (weights, layers) in layers_by_shape(fp_model, q_model).items():
         weights, layers = cache_cold_set(weights, layers, working_set_mib)
         latency[shape] = matvec_latency(weights, layers, repeats=repeats, flush_mib=working_set_mib)
         working_sets[shape] = {
-            "layers": len(weights), "fp32_mb": sum(w.numel() * 4 for w in weights) / 1e6,
-            "quantized_mb": sum(q.bits_per_weight() * q.in_features * q.out_features / 8 for q in layers) / 1e6}
+            "layers": len(weights),
+            "fp32_mb": sum(w.numel() * 4 for w in weights) / 1e6,
+            "quantized_mb": sum(q.bits_per_weight() * q.in_features * q.out_features / 8 for q in layers) / 1e6,
+        }
     return latency, working_sets
 
 
 def memory_bandwidth(mib: int = 512, repeats: int = 5) -> float:
     """Read bandwidth (GB/s) of summing a `mib` MiB float32 tensor: larger than the caches."""
-    data = torch.ones(mib * 2 ** 20 // 4)
+    data = torch.ones(mib * 2**20 // 4)
     sec = median_time(lambda: data.sum(), repeats=repeats)
     return data.numel() * 4 / sec / 1e9
 
@@ -143,7 +154,6 @@ def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int)
 
     step_all()  # warm-up (allocations, kernel build)
     return new_tokens / step_all()
-
 
 
 def decode_speed(fp_model: nn.Module, q_model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> dict[str, float]:

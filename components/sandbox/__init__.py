@@ -1,4 +1,5 @@
 """Shared sandbox for untrusted code: see core.py and docs/sandbox.md."""
+
 from components.sandbox.core import (
     Sandbox,
     SandboxError,
@@ -9,5 +10,12 @@ from components.sandbox.core import (
     isolation_mode,
 )
 
-__all__ = ["Sandbox", "SandboxError", "SandboxLimits", "SandboxResult", "SandboxUnavailable", "Workspace",
-           "isolation_mode"]
+__all__ = [
+    "Sandbox",
+    "SandboxError",
+    "SandboxLimits",
+    "SandboxResult",
+    "SandboxUnavailable",
+    "Workspace",
+    "isolation_mode",
+]

@@ -13,6 +13,7 @@ resource limits, an unprivileged uid/gid with no capabilities and no_new_privs, 
 every orphan and, when the payload exits, writes its exit status + rusage to the status file opened
 before the pivot; its exit tears down the namespace, killing anything the payload left running.
 """
+
 import ctypes
 import json
 import os
@@ -44,8 +45,10 @@ def _check(result: int, what: str) -> None:
 
 def mount(source, target, fstype, flags, data=None) -> None:
     enc = lambda s: s.encode() if isinstance(s, str) else s  # noqa: E731
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
-           f"mount {source} on {target}")
+    _check(
+        _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+        f"mount {source} on {target}",
+    )
 
 
 def bind(host: str, target: str, writable: bool, devices: bool = False) -> None:
@@ -67,16 +70,16 @@ def build_root(spec: dict) -> None:
     # /tmp must stay visible, not be shadowed by the private /tmp mounted over it.
     for scratch in ("/tmp", "/dev/shm"):
         os.makedirs(root + scratch, exist_ok=True)
-        mount("sandbox-tmp", root + scratch, "tmpfs", MS_NOSUID | MS_NODEV,
-              f"size={spec['tmp_bytes']},mode=1777")
+        mount("sandbox-tmp", root + scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['tmp_bytes']},mode=1777")
     for host, inside, writable in spec["binds"]:
         bind(host, root + inside, writable)
     work = spec.get("work_tmpfs")
     if work:  # the run's working folder: a size-limited tmpfs owned by the payload, on no host disk
         os.makedirs(root + work["path"], exist_ok=True)
         owner = f",uid={work['uid']},gid={work['gid']}" if work.get("uid") is not None else ""
-        mount("sandbox-work", root + work["path"], "tmpfs", MS_NOSUID | MS_NODEV,
-              f"size={work['bytes']},mode=755{owner}")
+        mount(
+            "sandbox-work", root + work["path"], "tmpfs", MS_NOSUID | MS_NODEV, f"size={work['bytes']},mode=755{owner}"
+        )
     for folder in spec.get("masks", []):  # e.g. the base interpreter's site-packages: an empty, read-only folder
         if os.path.isdir(root + folder):
             mount("sandbox-mask", root + folder, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=555")
@@ -144,18 +147,18 @@ def deny_user_namespaces() -> None:
         return struct.pack("HBBI", code, jt, jf, k)
 
     program = [
-        op(ld_w_abs, 4),                       # 0: arch
-        op(jeq_k, arch, 0, 7),                 # 1: another ABI -> 9 (allow)
-        op(ld_w_abs, 0),                       # 2: syscall number
-        op(jeq_k, nr_clone3, 7, 0),            # 3: clone3 -> 11 (ENOSYS)
-        op(jeq_k, nr_unshare, 1, 0),           # 4: unshare -> 6
-        op(jeq_k, nr_clone, 0, 4),             # 5: clone -> 6, else -> 10 (allow)
-        op(ld_w_abs, 16),                      # 6: flags (low 32 bits of the first argument)
-        op(jset_k, CLONE_NEWUSER, 0, 1),       # 7: CLONE_NEWUSER -> 8 (EPERM), else -> 9
-        op(ret_k, eperm),                      # 8
-        op(ret_k, allow),                      # 9
-        op(ret_k, allow),                      # 10
-        op(ret_k, enosys),                     # 11
+        op(ld_w_abs, 4),  # 0: arch
+        op(jeq_k, arch, 0, 7),  # 1: another ABI -> 9 (allow)
+        op(ld_w_abs, 0),  # 2: syscall number
+        op(jeq_k, nr_clone3, 7, 0),  # 3: clone3 -> 11 (ENOSYS)
+        op(jeq_k, nr_unshare, 1, 0),  # 4: unshare -> 6
+        op(jeq_k, nr_clone, 0, 4),  # 5: clone -> 6, else -> 10 (allow)
+        op(ld_w_abs, 16),  # 6: flags (low 32 bits of the first argument)
+        op(jset_k, CLONE_NEWUSER, 0, 1),  # 7: CLONE_NEWUSER -> 8 (EPERM), else -> 9
+        op(ret_k, eperm),  # 8
+        op(ret_k, allow),  # 9
+        op(ret_k, allow),  # 10
+        op(ret_k, enosys),  # 11
     ]
     code = b"".join(program)
     buffer = ctypes.create_string_buffer(code, len(code))

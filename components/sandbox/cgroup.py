@@ -9,6 +9,7 @@ forks anything, and `close()` kills whatever is left in it and removes it.
 `CgroupSupport.detect()` says what the machine allows; with neither v2 controllers nor v1
 `memory` + `pids` hierarchies writable, the supervisor enforces a total budget instead (core.py).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -43,7 +44,7 @@ class CgroupSupport:
     pids_parent: Optional[Path] = None
 
     @staticmethod
-    def detect() -> "CgroupSupport":
+    def detect() -> CgroupSupport:
         v2 = _detect_v2()
         if v2 is not None:
             return v2

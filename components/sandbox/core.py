@@ -14,6 +14,7 @@ Isolation (checked once per process by `isolation_mode()`, see docs/sandbox.md):
 If namespaces are unavailable, `Sandbox` refuses to run (`SandboxUnavailable`) unless the limits
 say `allow_unisolated=True`; such results carry `isolation="rlimits-only"`.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,9 +30,10 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 from components.checks import at_least
 from components.sandbox import _jail
@@ -164,7 +166,7 @@ class Workspace:
     disk and removing it is an unmount, whatever the payload built inside.
     """
 
-    def __init__(self, sandbox: "Sandbox", fixture: Optional[Path], inside: str, base: Optional[str]):
+    def __init__(self, sandbox: Sandbox, fixture: Optional[Path], inside: str, base: Optional[str]):
         self.sandbox = sandbox
         self.fixture = Path(fixture) if fixture else None
         self.inside = inside
@@ -184,15 +186,22 @@ class Workspace:
         remove_tree(self.path)
         self.path.mkdir()
         if self.sandbox.mode == "root":
-            _jail.mount("sandbox-work", str(self.path), "tmpfs", _jail.MS_NOSUID | _jail.MS_NODEV,
-                        f"size={self.sandbox.limits.work_bytes},mode=755")
+            _jail.mount(
+                "sandbox-work",
+                str(self.path),
+                "tmpfs",
+                _jail.MS_NOSUID | _jail.MS_NODEV,
+                f"size={self.sandbox.limits.work_bytes},mode=755",
+            )
             self._mounted = True
         if self.fixture is not None:
             try:
                 shutil.copytree(self.fixture, self.path, symlinks=True, dirs_exist_ok=True)
             except shutil.Error as exc:
-                raise SandboxError(f"the fixture {self.fixture} does not fit in the workspace "
-                                   f"(work_bytes={self.sandbox.limits.work_bytes}): {exc.args[0][:3]}") from None
+                raise SandboxError(
+                    f"the fixture {self.fixture} does not fit in the workspace "
+                    f"(work_bytes={self.sandbox.limits.work_bytes}): {exc.args[0][:3]}"
+                ) from None
         self.sandbox._give_to_payload(self.path)
 
     def close(self) -> None:
@@ -209,7 +218,7 @@ class Workspace:
             except Exception:  # noqa: BLE001 - never raise from a finalizer
                 pass
 
-    def __enter__(self) -> "Workspace":
+    def __enter__(self) -> Workspace:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -291,7 +300,8 @@ class Sandbox:
             raise SandboxUnavailable(
                 "cannot isolate untrusted code here: `unshare --mount --net --pid` failed (no namespace "
                 "support). Refusing to run; set SandboxLimits(allow_unisolated=True) to run with "
-                "resource limits only (no network or file-system isolation)")
+                "resource limits only (no network or file-system isolation)"
+            )
         self.uid = _fresh_uid() if self.mode == "root" else None
         self.gid = self.uid
 
@@ -300,17 +310,29 @@ class Sandbox:
         """A persistent working folder (copied from `fixture`) for several `run_*` calls."""
         return Workspace(self, fixture, inside, self.base_dir)
 
-    def run_command(self, command: Command, stdin: Optional[str] = None,
-                    workspace: Optional[Workspace] = None, cwd: Optional[str] = None,
-                    env: Optional[dict[str, str]] = None) -> SandboxResult:
+    def run_command(
+        self,
+        command: Command,
+        stdin: Optional[str] = None,
+        workspace: Optional[Workspace] = None,
+        cwd: Optional[str] = None,
+        env: Optional[dict[str, str]] = None,
+    ) -> SandboxResult:
         """Run a bash string (`bash -c`) or an argv list. `cwd` is a path as the payload sees it."""
         argv = ["/bin/bash", "-c", command] if isinstance(command, str) else list(command)
         if not argv:
             raise SandboxError("empty command")
         return self._run(argv, stdin, workspace, cwd, env or {}, {})
 
-    def run_python(self, code: str, stdin: Optional[str] = None, workspace: Optional[Workspace] = None,
-                   args: Sequence[str] = (), env: Optional[dict[str, str]] = None, site: bool = True) -> SandboxResult:
+    def run_python(
+        self,
+        code: str,
+        stdin: Optional[str] = None,
+        workspace: Optional[Workspace] = None,
+        args: Sequence[str] = (),
+        env: Optional[dict[str, str]] = None,
+        site: bool = True,
+    ) -> SandboxResult:
         """Run Python source with this project's interpreter (-I: no user site, no PYTHON* vars;
         `site=False` adds -S: no site-packages, a faster start for standard-library-only code)."""
         if not isinstance(code, str):
@@ -323,8 +345,11 @@ class Sandbox:
     def _python(self) -> str:
         # The prefixes are bound at their real paths, so the payload's mount table shows no host
         # path other than the ones it runs from (a symlinked venv would otherwise reveal its target).
-        return os.path.join(_real(sys.prefix), "bin", "python3") if self.limits.expose_python_packages \
+        return (
+            os.path.join(_real(sys.prefix), "bin", "python3")
+            if self.limits.expose_python_packages
             else os.path.join(_real(sys.base_prefix), "bin", "python3")
+        )
 
     def _give_to_payload(self, path: Path) -> None:
         """Make `path` (recursively) owned by the payload's uid so it can write there and only there."""
@@ -377,15 +402,31 @@ class Sandbox:
         path = "/usr/local/bin:/usr/bin:/bin"
         if self.limits.expose_python_packages:
             path = f"{_real(sys.prefix)}/bin:{path}"
-        env = {"PATH": path, "HOME": inside, "TMPDIR": "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
-               # one thread each: BLAS thread pools reserve address space that RLIMIT_AS counts
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env = {
+            "PATH": path,
+            "HOME": inside,
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": "0",
+            # one thread each: BLAS thread pools reserve address space that RLIMIT_AS counts
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
         env.update(extra)
         return env
 
-    def _run(self, argv: list[str], stdin: Optional[str], workspace: Optional[Workspace],
-             cwd: Optional[str], env: dict, files: dict) -> SandboxResult:
+    def _run(
+        self,
+        argv: list[str],
+        stdin: Optional[str],
+        workspace: Optional[Workspace],
+        cwd: Optional[str],
+        env: dict,
+        files: dict,
+    ) -> SandboxResult:
         control = Path(tempfile.mkdtemp(prefix="sandbox-run-", dir=self.base_dir))
         group: Optional[SandboxCgroup] = None
         try:
@@ -406,16 +447,31 @@ class Sandbox:
             if support.version is not None:
                 group = SandboxCgroup(support, self.limits.memory_bytes, self.limits.max_processes)
             spec = {
-                "root": str(control / "root"), "binds": binds, "symlinks": symlinks, "files": files,
-                "tmp_bytes": self.limits.tmp_bytes, "status_path": str(control / "status.json"),
-                "rlimits": self._rlimits(), "uid": self.uid, "gid": self.gid,
-                "cwd": cwd or inside, "argv": argv, "env": self._env(inside, env),
-                "work_tmpfs": work_tmpfs, "masks": self._masks(),
-                "cgroup_procs": group.join_paths if group else [], "deny_user_namespaces": True,
+                "root": str(control / "root"),
+                "binds": binds,
+                "symlinks": symlinks,
+                "files": files,
+                "tmp_bytes": self.limits.tmp_bytes,
+                "status_path": str(control / "status.json"),
+                "rlimits": self._rlimits(),
+                "uid": self.uid,
+                "gid": self.gid,
+                "cwd": cwd or inside,
+                "argv": argv,
+                "env": self._env(inside, env),
+                "work_tmpfs": work_tmpfs,
+                "masks": self._masks(),
+                "cgroup_procs": group.join_paths if group else [],
+                "deny_user_namespaces": True,
             }
             (control / "spec.json").write_text(json.dumps(spec))
             launcher = _unshare_prefix(self.mode == "userns") + [
-                sys.executable, "-I", "-S", str(JAIL_SCRIPT), str(control / "spec.json")]
+                sys.executable,
+                "-I",
+                "-S",
+                str(JAIL_SCRIPT),
+                str(control / "spec.json"),
+            ]
             result = self._supervise(launcher, stdin, {"PATH": "/usr/bin:/bin"}, budget=group is None)
             self._read_status(control / "status.json", result)
             if group is not None:
@@ -450,14 +506,28 @@ class Sandbox:
         result.isolation = "rlimits-only"
         return result
 
-    def _supervise(self, argv: list[str], stdin: Optional[str], env: dict, cwd: Optional[str] = None,
-                   preexec=None, budget: bool = False) -> SandboxResult:
+    def _supervise(
+        self,
+        argv: list[str],
+        stdin: Optional[str],
+        env: dict,
+        cwd: Optional[str] = None,
+        preexec=None,
+        budget: bool = False,
+    ) -> SandboxResult:
         """Start the launcher in its own session; enforce wall clock and output caps; kill the group."""
         lim = self.limits
         start = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
-                                start_new_session=True, preexec_fn=preexec)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
         if stdin is not None:
             threading.Thread(target=_feed, args=(proc.stdin, stdin.encode()), daemon=True).start()
         chunks = {proc.stdout: bytearray(), proc.stderr: bytearray()}
@@ -482,7 +552,7 @@ class Sandbox:
                         continue
                     buf = chunks[key.fileobj]
                     room = lim.output_bytes - len(buf)
-                    buf.extend(data[:max(room, 0)])
+                    buf.extend(data[: max(room, 0)])
                     if len(data) > room:
                         truncated[key.fileobj] = True
                         killed_reason = "output limit"
@@ -503,9 +573,11 @@ class Sandbox:
             stderr=chunks[proc.stderr].decode("utf-8", "replace"),
             returncode=proc.returncode if proc.returncode is not None and proc.returncode >= 0 else None,
             signal=-proc.returncode if proc.returncode is not None and proc.returncode < 0 else None,
-            timed_out=killed_reason == "wall-clock timeout", killed_reason=killed_reason,
+            timed_out=killed_reason == "wall-clock timeout",
+            killed_reason=killed_reason,
             wall_seconds=time.monotonic() - start,
-            stdout_truncated=truncated[proc.stdout], stderr_truncated=truncated[proc.stderr],
+            stdout_truncated=truncated[proc.stdout],
+            stderr_truncated=truncated[proc.stderr],
         )
 
     def _read_status(self, path: Path, result: SandboxResult) -> None:
@@ -575,7 +647,7 @@ def _descendants(root: int) -> list[int]:
             text = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        children.setdefault(int(text[text.rindex(")") + 2:].split()[1]), []).append(int(entry))
+        children.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(int(entry))
     found, todo = [], [root]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -620,7 +692,7 @@ def _children_of(parent: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
         if int(fields[1]) == parent:
             children.append(int(entry))
     return children

@@ -10,45 +10,130 @@
   Calls whose result type does not depend on their arguments' values (`len`, `str`, `int`, ...),
   comparisons and f-strings cut the flow: `n = len(rows)` makes `n` an int whatever `rows` was.
 """
+
 from __future__ import annotations
 
 import ast
 import re
 from dataclasses import dataclass, field
 
-_STR_METHODS = {"split", "strip", "lower", "upper", "startswith", "endswith", "replace", "join", "format",
-                "encode", "find", "rstrip", "lstrip", "splitlines", "title", "isdigit", "count", "capitalize",
-                "partition", "rsplit", "zfill", "center", "ljust", "rjust", "isalpha", "isspace", "casefold"}
+_STR_METHODS = {
+    "split",
+    "strip",
+    "lower",
+    "upper",
+    "startswith",
+    "endswith",
+    "replace",
+    "join",
+    "format",
+    "encode",
+    "find",
+    "rstrip",
+    "lstrip",
+    "splitlines",
+    "title",
+    "isdigit",
+    "count",
+    "capitalize",
+    "partition",
+    "rsplit",
+    "zfill",
+    "center",
+    "ljust",
+    "rjust",
+    "isalpha",
+    "isspace",
+    "casefold",
+}
 _LIST_METHODS = {"append", "extend", "pop", "sort", "insert", "remove", "index", "reverse", "copy", "clear"}
 _DICT_METHODS = {"items", "keys", "values", "get", "update", "setdefault", "pop", "copy"}
 # Builtins whose result's type is fixed (or that raise on the spot): they cut the data flow.
-TYPE_FIXING = {"len", "str", "repr", "int", "float", "bool", "round", "isinstance", "hash", "id", "ord", "chr",
-               "format", "type", "abs", "bin", "hex", "oct", "callable", "hasattr", "divmod"}
-_NUMERIC_ARGS = {"range": "int", "abs": "number", "round": "float", "divmod": "number", "chr": "int", "bin": "int",
-                 "hex": "int"}
-_SEQUENCE_ARGS = {"len", "sum", "sorted", "enumerate", "zip", "max", "min", "list", "tuple", "set", "any", "all",
-                  "reversed", "map", "filter"}
+TYPE_FIXING = {
+    "len",
+    "str",
+    "repr",
+    "int",
+    "float",
+    "bool",
+    "round",
+    "isinstance",
+    "hash",
+    "id",
+    "ord",
+    "chr",
+    "format",
+    "type",
+    "abs",
+    "bin",
+    "hex",
+    "oct",
+    "callable",
+    "hasattr",
+    "divmod",
+}
+_NUMERIC_ARGS = {
+    "range": "int",
+    "abs": "number",
+    "round": "float",
+    "divmod": "number",
+    "chr": "int",
+    "bin": "int",
+    "hex": "int",
+}
+_SEQUENCE_ARGS = {
+    "len",
+    "sum",
+    "sorted",
+    "enumerate",
+    "zip",
+    "max",
+    "min",
+    "list",
+    "tuple",
+    "set",
+    "any",
+    "all",
+    "reversed",
+    "map",
+    "filter",
+}
 _MUTATORS = {"append", "extend", "insert", "add", "update", "setdefault", "appendleft", "extendleft", "push"}
 _STRING_ARGS = {"int": "str", "float": "str", "open": "str", "ord": "str"}
 
 # Naming conventions (LExecutor-style): a value class from the name alone.
 NAME_RULES = [
     (r"^(is|has|should|can|use|enable|allow)_|^(flag|ok|done|verbose|debug|active|enabled|valid)$", "bool"),
-    (r"^(n|i|j|k|num|count|size|idx|index|length|width|height|total|limit|depth|level|port|year|age|qty|quantity|"
-     r"initial|start|stop|step|offset|retries|attempts|timeout|id|pos|page|day|month|hour|minute|second|seconds|"
-     r"capacity|stock|score|points|rank|priority|version|code|status|status_code)$"
-     r"|^(n|num|max|min)_|_(count|size|idx|index|id|len|num|limit|attempts|qty|days|seconds|code)$", "int"),
+    (
+        r"^(n|i|j|k|num|count|size|idx|index|length|width|height|total|limit|depth|level|port|year|age|qty|quantity|"
+        r"initial|start|stop|step|offset|retries|attempts|timeout|id|pos|page|day|month|hour|minute|second|seconds|"
+        r"capacity|stock|score|points|rank|priority|version|code|status|status_code)$"
+        r"|^(n|num|max|min)_|_(count|size|idx|index|id|len|num|limit|attempts|qty|days|seconds|code)$",
+        "int",
+    ),
     (r"^[xyz]\d*$|^[xyz]_|^(lat|lon|lng)$", "float"),
-    (r"(rate|ratio|prob|alpha|beta|lr|weight|temperature|threshold|eps|mean|std|price|amount|cost|balance|"
-     r"salary|discount|tax|percent|value|total_\w+|distance|speed|duration)$", "float"),
-    (r"^(name|path|text|msg|message|s|line|prefix|suffix|url|key|label|title|word|sep|filename|fmt|email|host|"
-     r"string|content|char|token|query|pattern|regex|city|country|user|username|author|body|description|"
-     r"category|kind|type|mode|tag|date|date_str|first|last|currency|unit|lang|sku|slug|street)$"
-     r"|_(name|path|str|text|dir|file|url|key|prefix|suffix|email|label|type)$", "str"),
-    (r"^(items|values|rows|lines|words|data|results|records|elements|lst|list|arr|array|seq|nums|numbers|tags|"
-     r"entries|children|nodes|users|orders|events)$|_(list|items|rows|ids|names)$|[^s]s$", "list"),
-    (r"^(d|dict|mapping|config|cfg|kwargs|params|options|opts|headers|counts|cache|lookup|settings|meta|"
-     r"metadata|info|payload|attrs|env|stats)$|_(dict|map|by_\w+|config|info)$", "dict"),
+    (
+        r"(rate|ratio|prob|alpha|beta|lr|weight|temperature|threshold|eps|mean|std|price|amount|cost|balance|"
+        r"salary|discount|tax|percent|value|total_\w+|distance|speed|duration)$",
+        "float",
+    ),
+    (
+        r"^(name|path|text|msg|message|s|line|prefix|suffix|url|key|label|title|word|sep|filename|fmt|email|host|"
+        r"string|content|char|token|query|pattern|regex|city|country|user|username|author|body|description|"
+        r"category|kind|type|mode|tag|date|date_str|first|last|currency|unit|lang|sku|slug|street)$"
+        r"|_(name|path|str|text|dir|file|url|key|prefix|suffix|email|label|type)$",
+        "str",
+    ),
+    (
+        r"^(items|values|rows|lines|words|data|results|records|elements|lst|list|arr|array|seq|nums|numbers|tags|"
+        r"entries|children|nodes|users|orders|events)$|_(list|items|rows|ids|names)$|[^s]s$",
+        "list",
+    ),
+    (
+        r"^(d|dict|mapping|config|cfg|kwargs|params|options|opts|headers|counts|cache|lookup|settings|meta|"
+        r"metadata|info|payload|attrs|env|stats)$|_(dict|map|by_\w+|config|info)$",
+        "dict",
+    ),
     (r"^(f|fn|func|callback|handler|hook|cb|factory|predicate|transform)$|_(fn|func|callback|handler)$", "callable"),
 ]
 
@@ -64,33 +149,41 @@ def name_class(name: str) -> str | None:
 @dataclass
 class Shape:
     votes: list[str] = field(default_factory=list)  # str | int | float | number | bool | list | dict | callable ...
-    keys: dict[str, "Shape"] = field(default_factory=dict)  # x["k"], x.get("k"), "k" in x
-    attrs: dict[str, "Shape"] = field(default_factory=dict)  # x.a (read, or called as a method: see methods)
+    keys: dict[str, Shape] = field(default_factory=dict)  # x["k"], x.get("k"), "k" in x
+    attrs: dict[str, Shape] = field(default_factory=dict)  # x.a (read, or called as a method: see methods)
     methods: set[str] = field(default_factory=set)  # x.m(...)
-    elem: "Shape | None" = None  # for e in x, x[i], x[1:], comprehensions
-    parts: dict[int, "Shape"] = field(default_factory=dict)  # a, b = x (position -> shape)
+    elem: Shape | None = None  # for e in x, x[i], x[1:], comprehensions
+    parts: dict[int, Shape] = field(default_factory=dict)  # a, b = x (position -> shape)
     arity: int | None = None
-    returns: "Shape | None" = None  # x(...)
+    returns: Shape | None = None  # x(...)
 
-    def element(self) -> "Shape":
+    def element(self) -> Shape:
         if self.elem is None:
             self.elem = Shape()
         return self.elem
 
-    def key(self, k: str) -> "Shape":
+    def key(self, k: str) -> Shape:
         return self.keys.setdefault(k, Shape())
 
-    def attr(self, a: str) -> "Shape":
+    def attr(self, a: str) -> Shape:
         return self.attrs.setdefault(a, Shape())
 
-    def result(self) -> "Shape":
+    def result(self) -> Shape:
         if self.returns is None:
             self.returns = Shape()
         return self.returns
 
     def is_empty(self) -> bool:
-        return not (self.votes or self.keys or self.attrs or self.methods or self.elem or self.parts
-                    or self.returns or self.arity)
+        return not (
+            self.votes
+            or self.keys
+            or self.attrs
+            or self.methods
+            or self.elem
+            or self.parts
+            or self.returns
+            or self.arity
+        )
 
 
 def parse_any(code: str) -> ast.Module:
@@ -147,8 +240,12 @@ class _ShapeBuilder:
         self._pending_arity.append((value, n))
 
     def _bind_loop(self, target: ast.expr, iterable: ast.expr) -> None:
-        enumerated = isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name) \
-            and iterable.func.id == "enumerate" and iterable.args
+        enumerated = (
+            isinstance(iterable, ast.Call)
+            and isinstance(iterable.func, ast.Name)
+            and iterable.func.id == "enumerate"
+            and iterable.args
+        )
         if isinstance(target, ast.Name):
             self.loop_of.setdefault(target.id, (iterable, None, False))
         elif isinstance(target, (ast.Tuple, ast.List)):
@@ -179,8 +276,12 @@ class _ShapeBuilder:
                 owner = self.shape_of(func.value)
                 if owner is None:
                     return None
-                if func.attr == "get" and node.args and isinstance(node.args[0], ast.Constant) \
-                        and isinstance(node.args[0].value, str):
+                if (
+                    func.attr == "get"
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                ):
                     return owner.key(node.args[0].value)
                 if func.attr in ("items", "values", "keys", "copy") and not node.args:
                     return None
@@ -206,8 +307,11 @@ class _ShapeBuilder:
                     base = self.shape_of(iterable)
                     shape = base.parts.setdefault(position, Shape()) if base is not None else None
                 elif enumerated:
-                    shape = self.shape_of(iterable.args[0]).element() if position == 1 and \
-                        self.shape_of(iterable.args[0]) is not None else None
+                    shape = (
+                        self.shape_of(iterable.args[0]).element()
+                        if position == 1 and self.shape_of(iterable.args[0]) is not None
+                        else None
+                    )
                 else:
                     shape = self._loop_element(iterable, position)
             self._resolving.discard(name)
@@ -217,8 +321,12 @@ class _ShapeBuilder:
         return shape
 
     def _loop_element(self, iterable: ast.expr, position: int | None) -> Shape | None:
-        if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Attribute) and not iterable.args \
-                and iterable.func.attr in ("items", "values", "keys"):
+        if (
+            isinstance(iterable, ast.Call)
+            and isinstance(iterable.func, ast.Attribute)
+            and not iterable.args
+            and iterable.func.attr in ("items", "values", "keys")
+        ):
             owner = self.shape_of(iterable.func.value)
             if owner is None:
                 return None
@@ -268,8 +376,11 @@ class _ShapeBuilder:
                     if shape is not None:
                         shape.votes.append(_operand_class(other, node.op))
             elif isinstance(node, ast.AugAssign):
-                shape = self.shape_of(node.target) if not isinstance(node.target, ast.Name) else \
-                    self.name_shape(node.target.id)
+                shape = (
+                    self.shape_of(node.target)
+                    if not isinstance(node.target, ast.Name)
+                    else self.name_shape(node.target.id)
+                )
                 if shape is not None:
                     shape.votes.append(_operand_class(node.value, node.op))
             elif isinstance(node, ast.Compare):
@@ -301,10 +412,21 @@ class _ShapeBuilder:
             owner = self.shape_of(func.value)
             if owner is not None:
                 owner.methods.add(func.attr)
-                vote = "str" if func.attr in _STR_METHODS else "list" if func.attr in _LIST_METHODS else \
-                    "dict" if func.attr in _DICT_METHODS else None
-                if func.attr == "get" and node.args and isinstance(node.args[0], ast.Constant) \
-                        and isinstance(node.args[0].value, str):
+                vote = (
+                    "str"
+                    if func.attr in _STR_METHODS
+                    else "list"
+                    if func.attr in _LIST_METHODS
+                    else "dict"
+                    if func.attr in _DICT_METHODS
+                    else None
+                )
+                if (
+                    func.attr == "get"
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                ):
                     owner.key(node.args[0].value)
                 if vote:
                     owner.votes.append(vote)
@@ -453,8 +575,9 @@ def build_value(shape: Shape, name: str, depth: int = 0) -> str:
         return "None"
     value_kind = value_class(shape, name)
     if value_kind == "callable":
-        result = build_value(shape.returns, name, depth + 1) if shape.returns and not shape.returns.is_empty() \
-            else "None"
+        result = (
+            build_value(shape.returns, name, depth + 1) if shape.returns and not shape.returns.is_empty() else "None"
+        )
         return f"lambda *args, **kwargs: {result}"
     if value_kind == "dict":
         items = [f"{k!r}: {build_value(s, k, depth + 1)}" for k, s in shape.keys.items() if k != "*"]
@@ -469,8 +592,11 @@ def build_value(shape: Shape, name: str, depth: int = 0) -> str:
         if elem is None or elem.is_empty():
             singular = name[:-1] if name.endswith("s") and len(name) > 2 else name
             leaf = name_class(singular)
-            item = _LEAVES.get(leaf, "1") if leaf not in (None, "list", "dict", "callable") else \
-                ("{'key': 'value'}" if leaf == "dict" else "1")
+            item = (
+                _LEAVES.get(leaf, "1")
+                if leaf not in (None, "list", "dict", "callable")
+                else ("{'key': 'value'}" if leaf == "dict" else "1")
+            )
             return f"[{item}, {item}]"
         item = build_value(elem, name[:-1] if name.endswith("s") else name, depth + 1)
         return f"[{item}, {item}]"
@@ -480,8 +606,11 @@ def build_value(shape: Shape, name: str, depth: int = 0) -> str:
         if value_kind in ("str", "int", "float", "number", "bool") and not shape.attrs:
             return _LEAVES[value_kind]
         if value_kind == "object" or value_kind not in _LEAVES:
-            fields = [f"{a}={build_value(s, a, depth + 1)}" for a, s in shape.attrs.items()
-                      if a.isidentifier() and not a.startswith("__")]
+            fields = [
+                f"{a}={build_value(s, a, depth + 1)}"
+                for a, s in shape.attrs.items()
+                if a.isidentifier() and not a.startswith("__")
+            ]
             return "types.SimpleNamespace(" + ", ".join(fields) + ")"
     if value_kind == "str" and name_class(name) == "str" and re.search(r"(date)", name.lower()):
         return "'2024-01-31'"
@@ -524,8 +653,11 @@ def _reads(node: ast.AST, cut: bool) -> set[str]:
     def visit(n: ast.AST) -> None:
         if cut and isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in TYPE_FIXING:
             return
-        if cut and isinstance(n, (ast.Compare, ast.JoinedStr, ast.UnaryOp)) and \
-                (not isinstance(n, ast.UnaryOp) or isinstance(n.op, ast.Not)):
+        if (
+            cut
+            and isinstance(n, (ast.Compare, ast.JoinedStr, ast.UnaryOp))
+            and (not isinstance(n, ast.UnaryOp) or isinstance(n.op, ast.Not))
+        ):
             return
         if isinstance(n, ast.Name) and isinstance(getattr(n, "ctx", None), (ast.Store, ast.Del)):
             return
@@ -570,8 +702,13 @@ class DataFlow:
             elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 self._bind(ast.Name(node.name), set())
                 if isinstance(node, ast.FunctionDef):
-                    calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and path_of(c.func) is not None
-                             and path_of(c.func).split(".")[-1] == node.name]
+                    calls = [
+                        c
+                        for c in ast.walk(tree)
+                        if isinstance(c, ast.Call)
+                        and path_of(c.func) is not None
+                        and path_of(c.func).split(".")[-1] == node.name
+                    ]
                     sources = set().union(*[_reads(a, cut=True) for c in calls for a in [*c.args, *c.keywords]])
                     for arg in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]:
                         self._bind(ast.Name(arg.arg), set(sources) | {f"param#{arg.arg}"})
@@ -583,8 +720,9 @@ class DataFlow:
                     held.update(*[_reads(a, cut=True) for a in node.args])
                 for arg in [*node.args, *(k.value for k in node.keywords)]:
                     if isinstance(arg, ast.Lambda):  # sorted(people, key=lambda p: ...): p comes from people
-                        others = set().union(*[_reads(a, cut=True) for a in node.args if a is not arg]) \
-                            | _reads(node.func, cut=True)
+                        others = set().union(*[_reads(a, cut=True) for a in node.args if a is not arg]) | _reads(
+                            node.func, cut=True
+                        )
                         for param in arg.args.args:
                             self._bind(ast.Name(param.arg), others)
             elif isinstance(node, ast.ExceptHandler) and node.name:

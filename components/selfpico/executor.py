@@ -13,6 +13,7 @@ The trace comes back on stdout signed with an HMAC whose key only the runtime's 
 is checked before it is parsed, parsed only up to a size and nesting bound, and validated, so a
 snippet that prints a forged or hostile trace fails alone (status `no_trace`).
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.selfpico.analysis import DataFlow, _reads, describe, involves_injected, parse_any, shape_for
-from components.selfpico.instrument import Instrumented, InstrumentationError, instrument
+from components.selfpico.instrument import InstrumentationError, Instrumented, instrument
 from components.selfpico.predictors import PredictionRequest, Predictor
 
 _RUNTIME = (Path(__file__).parent / "runtime.py").read_text()
@@ -136,8 +137,14 @@ def run_once(instrumented: Instrumented, values: dict[str, str], sandbox) -> tup
     result = sandbox.run_python(_program(instrumented, values), stdin=key + "\n")
     trace = parse_trace(result.stdout, key)
     if trace is None:
-        trace = {"status": "no_trace", "reason": result.describe(), "executed": [], "used_on_line": [],
-                 "used": [], "marker": None}
+        trace = {
+            "status": "no_trace",
+            "reason": result.describe(),
+            "executed": [],
+            "used_on_line": [],
+            "used": [],
+            "marker": None,
+        }
     return trace, result.stdout
 
 
@@ -166,15 +173,21 @@ def failing_reads(instrumented: Instrumented, trace: dict, original: ast.Module)
     tree = ast.parse(instrumented.source)
     best = None
     for node in ast.walk(tree):
-        if isinstance(node, (ast.expr, ast.stmt)) and getattr(node, "lineno", None) == line and \
-                node.col_offset == col and node.end_lineno == end_line and node.end_col_offset == end_col:
+        if (
+            isinstance(node, (ast.expr, ast.stmt))
+            and getattr(node, "lineno", None) == line
+            and node.col_offset == col
+            and node.end_lineno == end_line
+            and node.end_col_offset == end_col
+        ):
             best = node if best is None or isinstance(best, ast.stmt) else best
     if best is None:
         return None
     node = _Uninstrument().visit(best)
     if isinstance(node, ast.stmt):
-        return set().union(*[_reads(child, cut=False) for child in ast.iter_child_nodes(node)
-                             if isinstance(child, ast.expr)])
+        return set().union(
+            *[_reads(child, cut=False) for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr)]
+        )
     reads = set()
     for child in ast.iter_child_nodes(node):
         reads |= _reads(child, cut=True)
@@ -196,16 +209,18 @@ def _statement_reads(original: ast.Module, line: int | None) -> set[str]:
     return reads
 
 
-def execute_snippet(snippet: Snippet, predictor: Predictor, sandbox, max_runs: int = 30,
-                    max_retries: int = 3) -> SnippetReport:
+def execute_snippet(
+    snippet: Snippet, predictor: Predictor, sandbox, max_runs: int = 30, max_retries: int = 3
+) -> SnippetReport:
     start = time.perf_counter()
     try:
         instrumented = instrument(snippet.code)
     except InstrumentationError as err:
         return SnippetReport(snippet.id, predictor.name, 0, 0, 0.0, 0, 0, 0, 0, "not_instrumentable", note=str(err))
     except Exception as err:  # noqa: BLE001 - one snippet the instrumentation cannot handle fails alone
-        return SnippetReport(snippet.id, predictor.name, 0, 0, 0.0, 0, 0, 0, 0, "not_instrumentable",
-                             note=f"{type(err).__name__}: {err}")
+        return SnippetReport(
+            snippet.id, predictor.name, 0, 0, 0.0, 0, 0, 0, 0, "not_instrumentable", note=f"{type(err).__name__}: {err}"
+        )
     lines = snippet.code.splitlines()
     original = parse_any(snippet.code)
     flow = DataFlow(original)
@@ -251,7 +266,7 @@ def execute_snippet(snippet: Snippet, predictor: Predictor, sandbox, max_runs: i
                 return True
         return False
 
-    for runs in range(1, max_runs + 1):
+    for runs in range(1, max_runs + 1):  # noqa: B007 - the count is read after the loop
         trace, _ = run_once(instrumented, values, sandbox)
         executed = set(trace["executed"]) & set(instrumented.marker_lines)
         if len(executed) > len(best):
@@ -284,11 +299,13 @@ def execute_snippet(snippet: Snippet, predictor: Predictor, sandbox, max_runs: i
             blamed = involves_injected(flow, reads, injected)
             message = f"{trace.get('error_type')}: {trace.get('error')}"
             suspect = next((k for k in reversed(blamed) if k in values), None)
-            if suspect is not None and refine(suspect, f"{message} (line `{line_text(frame_marker).strip()}`)",
-                                              frame_marker):
+            if suspect is not None and refine(
+                suspect, f"{message} (line `{line_text(frame_marker).strip()}`)", frame_marker
+            ):
                 continue
-            errors.append(RuntimeErrorFound(str(trace.get("error_type")), str(trace.get("error")), line,
-                                            bool(blamed), blamed))
+            errors.append(
+                RuntimeErrorFound(str(trace.get("error_type")), str(trace.get("error")), line, bool(blamed), blamed)
+            )
             break
         if status == "no_trace":
             note = f"no verifiable trace from the sandbox ({trace.get('reason')})"
@@ -296,14 +313,31 @@ def execute_snippet(snippet: Snippet, predictor: Predictor, sandbox, max_runs: i
     # Coverage counts lines, as the paper's outside tester does: distinct lines where a statement starts.
     n_lines = len(set(instrumented.marker_lines.values()))
     executed_lines = len({instrumented.marker_lines[m] for m in best})
-    return SnippetReport(snippet.id, predictor.name, instrumented.n_markers, len(best),
-                         executed_lines / n_lines if n_lines else 0.0, runs, len(values), calls, retries, status,
-                         errors, dict(values), time.perf_counter() - start, note, fallbacks, n_lines, executed_lines)
+    return SnippetReport(
+        snippet.id,
+        predictor.name,
+        instrumented.n_markers,
+        len(best),
+        executed_lines / n_lines if n_lines else 0.0,
+        runs,
+        len(values),
+        calls,
+        retries,
+        status,
+        errors,
+        dict(values),
+        time.perf_counter() - start,
+        note,
+        fallbacks,
+        n_lines,
+        executed_lines,
+    )
 
 
 def summarize(reports: list[dict]) -> dict[str, float]:
     """Aggregate `SnippetReport.as_dict()` rows (plus `origin`, `expected_error`): the flow's metrics
     and the benchmark's per-predictor figures."""
+
     def mean(values) -> float:
         values = list(values)
         return sum(values) / len(values) if values else 0.0
@@ -312,8 +346,10 @@ def summarize(reports: list[dict]) -> dict[str, float]:
     groups = sorted({r["origin"].split(":", 1)[0] for r in reports})  # written | package | heldout | user
     return {
         "line_coverage": mean(r["coverage"] for r in reports),
-        **{f"line_coverage.{g}": mean(r["coverage"] for r in reports if r["origin"].split(":", 1)[0] == g)
-           for g in groups},
+        **{
+            f"line_coverage.{g}": mean(r["coverage"] for r in reports if r["origin"].split(":", 1)[0] == g)
+            for g in groups
+        },
         "fully_executed_fraction": mean(r["coverage"] == 1.0 for r in reports),
         "runs_per_snippet": mean(r["runs"] for r in reports),
         "predictor_calls_per_snippet": mean(r["predictor_calls"] for r in reports),
@@ -321,8 +357,12 @@ def summarize(reports: list[dict]) -> dict[str, float]:
         "runtime_errors_found": float(len(errors)),
         "type_errors_found": float(sum(e["error_type"] == "TypeError" for e in errors)),
         "type_errors_not_involving_predictions": float(
-            sum(e["error_type"] == "TypeError" and not e["involves_injected"] for e in errors)),
-        "expected_errors_found": float(sum(any(e["error_type"] == r["expected_error"] for e in r["errors"])
-                                           for r in reports if r["expected_error"])),
+            sum(e["error_type"] == "TypeError" and not e["involves_injected"] for e in errors)
+        ),
+        "expected_errors_found": float(
+            sum(
+                any(e["error_type"] == r["expected_error"] for e in r["errors"]) for r in reports if r["expected_error"]
+            )
+        ),
         "snippets": float(len(reports)),
     }

@@ -17,16 +17,37 @@ hook of their own: their values are reads, and reads are hooked.
 Snippets that are function bodies are wrapped in `def _pico_snippet_(): ...` (so `return` and
 `yield` stay legal); the wrapper itself carries no marker.
 """
+
 from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
 
-HOOK_NAMES = ("_pico_l_", "_pico_n_", "_pico_a_", "_pico_import_", "_pico_from_", "_pico_aug_", "_pico_aug_attr_",
-              "_pico_aug_item_")
-_INPLACE = {ast.Add: "iadd", ast.Sub: "isub", ast.Mult: "imul", ast.Div: "itruediv", ast.FloorDiv: "ifloordiv",
-            ast.Mod: "imod", ast.Pow: "ipow", ast.LShift: "ilshift", ast.RShift: "irshift", ast.BitOr: "ior",
-            ast.BitXor: "ixor", ast.BitAnd: "iand", ast.MatMult: "imatmul"}
+HOOK_NAMES = (
+    "_pico_l_",
+    "_pico_n_",
+    "_pico_a_",
+    "_pico_import_",
+    "_pico_from_",
+    "_pico_aug_",
+    "_pico_aug_attr_",
+    "_pico_aug_item_",
+)
+_INPLACE = {
+    ast.Add: "iadd",
+    ast.Sub: "isub",
+    ast.Mult: "imul",
+    ast.Div: "itruediv",
+    ast.FloorDiv: "ifloordiv",
+    ast.Mod: "imod",
+    ast.Pow: "ipow",
+    ast.LShift: "ilshift",
+    ast.RShift: "irshift",
+    ast.BitOr: "ior",
+    ast.BitXor: "ixor",
+    ast.BitAnd: "iand",
+    ast.MatMult: "imatmul",
+}
 WRAPPER = "_pico_snippet_"
 
 
@@ -44,8 +65,9 @@ class Instrumented:
 
 
 def _thunk(body: ast.expr) -> ast.Lambda:
-    return ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]),
-                      body=body)
+    return ast.Lambda(
+        args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]), body=body
+    )
 
 
 def _call(func: str, *args: ast.expr) -> ast.Call:
@@ -133,16 +155,24 @@ class _Rewriter(ast.NodeTransformer):
         target, value = node.target, self.visit(node.value)
         if isinstance(target, ast.Name):
             read = self.visit(ast.copy_location(ast.Name(target.id, ast.Load()), target))
-            return ast.copy_location(ast.Assign([ast.Name(target.id, ast.Store())],
-                                                 _call("_pico_aug_", op, read, value)), node)
+            return ast.copy_location(
+                ast.Assign([ast.Name(target.id, ast.Store())], _call("_pico_aug_", op, read, value)), node
+            )
         if isinstance(target, ast.Attribute):
-            call = _call("_pico_aug_attr_", ast.Constant(self._iid()), self.visit(target.value),
-                         ast.Constant(target.attr), op, _thunk(value))
+            call = _call(
+                "_pico_aug_attr_",
+                ast.Constant(self._iid()),
+                self.visit(target.value),
+                ast.Constant(target.attr),
+                op,
+                _thunk(value),
+            )
         else:
             key = target.slice
             if isinstance(key, ast.Slice):
-                key = _call("slice", *[k if k is not None else ast.Constant(None)
-                                       for k in (key.lower, key.upper, key.step)])
+                key = _call(
+                    "slice", *[k if k is not None else ast.Constant(None) for k in (key.lower, key.upper, key.step)]
+                )
             call = _call("_pico_aug_item_", self.visit(target.value), self.visit(key), op, _thunk(value))
         return ast.copy_location(ast.Expr(call), node)
 
@@ -150,15 +180,21 @@ class _Rewriter(ast.NodeTransformer):
         node.value = self.visit(node.value)
         if not isinstance(node.ctx, ast.Load):
             return node
-        return ast.copy_location(_call("_pico_a_", ast.Constant(self._iid()), node.value, ast.Constant(node.attr)), node)
+        return ast.copy_location(
+            _call("_pico_a_", ast.Constant(self._iid()), node.value, ast.Constant(node.attr)), node
+        )
 
     # --- imports -----------------------------------------------------------------------------
     def visit_Import(self, node: ast.Import) -> list[ast.stmt]:
         out = []
         for alias in node.names:
             bound = alias.asname or alias.name.split(".")[0]
-            call = _call("_pico_import_", ast.Constant(self._iid()), ast.Constant(alias.name),
-                         ast.Constant(alias.asname is not None))
+            call = _call(
+                "_pico_import_",
+                ast.Constant(self._iid()),
+                ast.Constant(alias.name),
+                ast.Constant(alias.asname is not None),
+            )
             out.append(ast.copy_location(ast.Assign([ast.Name(bound, ast.Store())], call), node))
         return out
 
@@ -167,8 +203,13 @@ class _Rewriter(ast.NodeTransformer):
             return node
         out = []
         for alias in node.names:
-            call = _call("_pico_from_", ast.Constant(self._iid()), ast.Constant(node.module or ""),
-                         ast.Constant(alias.name), ast.Constant(node.level))
+            call = _call(
+                "_pico_from_",
+                ast.Constant(self._iid()),
+                ast.Constant(node.module or ""),
+                ast.Constant(alias.name),
+                ast.Constant(node.level),
+            )
             out.append(ast.copy_location(ast.Assign([ast.Name(alias.asname or alias.name, ast.Store())], call), node))
         return out
 
@@ -224,8 +265,12 @@ def _line_markers(source: str) -> dict[int, int]:
             if not isinstance(block, list):
                 continue
             for before, stmt in zip(block, block[1:]):
-                if isinstance(before, ast.Expr) and isinstance(before.value, ast.Call) \
-                        and isinstance(before.value.func, ast.Name) and before.value.func.id == "_pico_l_":
+                if (
+                    isinstance(before, ast.Expr)
+                    and isinstance(before.value, ast.Call)
+                    and isinstance(before.value.func, ast.Name)
+                    and before.value.func.id == "_pico_l_"
+                ):
                     for line in range(stmt.lineno, stmt.end_lineno + 1):
                         mapping[line] = before.value.args[0].value
     return mapping

@@ -12,6 +12,7 @@ sandbox (an expression, or statements assigning `value`), as SelfPiCo's "value a
   a literal of the wrong kind) are refused on the host and asked again; the execution feedback of
   earlier values (exception, line, usage) is in the prompt on every retry.
 """
+
 from __future__ import annotations
 
 import ast
@@ -91,8 +92,9 @@ class RuleBasedPredictor(Predictor):
 
 # The prompt file: instructions, then few-shot (request, answer) pairs, separated by `---` lines.
 # Small chat models imitate short answers far better as alternating turns than inside one message.
-_PROMPT_PARTS = [part.strip("\n") for part in
-                 (Path(__file__).parent / "prompts" / "predict_value.md").read_text().split("\n---\n")]
+_PROMPT_PARTS = [
+    part.strip("\n") for part in (Path(__file__).parent / "prompts" / "predict_value.md").read_text().split("\n---\n")
+]
 _CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n?(.*?)```", re.DOTALL)
 _INLINE_CODE = re.compile(r"`([^`\n]+)`")
 
@@ -119,7 +121,7 @@ def parse_value_code(text: str) -> str:
         code = raw.strip()
         for prefix in ("value =", "Value:", "value:"):
             if code.startswith(prefix) and "\n" not in code:
-                code = code[len(prefix):].strip()
+                code = code[len(prefix) :].strip()
         if code and _compiles(code):
             return code
         # Small models often drop a string's opening quote ('The quick fox"'): restore it.
@@ -149,8 +151,11 @@ def reply_problem(code: str, request: PredictionRequest, few_shot_answers=()) ->
         return "the code calls it: write a lambda or a function value"
     if shape.keys and not isinstance(literal, dict):
         return "the code reads keys " + ", ".join(repr(k) for k in shape.keys if k != "*") + " from it: write a dict"
-    if shape.elem is not None and isinstance(literal, (int, float, bool)) or \
-            (shape.attrs and not shape.methods and isinstance(literal, (int, float, bool, str))):
+    if (
+        shape.elem is not None
+        and isinstance(literal, (int, float, bool))
+        or (shape.attrs and not shape.methods and isinstance(literal, (int, float, bool, str)))
+    ):
         return "the code iterates it or reads its attributes: a number cannot do that"
     return None
 
@@ -162,8 +167,9 @@ class LLMPredictor(Predictor):
     name = "llm"
     uses_feedback = True
 
-    def __init__(self, llm, max_tokens: int = 96, fallback: Predictor | None = None, few_shot: bool = True,
-                 host_checks: int = 2):
+    def __init__(
+        self, llm, max_tokens: int = 96, fallback: Predictor | None = None, few_shot: bool = True, host_checks: int = 2
+    ):
         self.llm = llm
         self.max_tokens = max_tokens
         self.fallback = fallback  # the value when replies hold none, and after the retries (executor)
@@ -181,8 +187,10 @@ class LLMPredictor(Predictor):
                 messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         messages.append({"role": "user", "content": request_text(request)})
         for code, error in request.attempts:  # SelfPiCo's feedback: the failed answer and what happened
-            messages += [{"role": "assistant", "content": code},
-                         {"role": "user", "content": f"That value failed: {error}\nGive a different value."}]
+            messages += [
+                {"role": "assistant", "content": code},
+                {"role": "user", "content": f"That value failed: {error}\nGive a different value."},
+            ]
         return messages
 
     def predict(self, request: PredictionRequest) -> str | None:
@@ -211,7 +219,10 @@ class LLMPredictor(Predictor):
 
 def request_text(request: PredictionRequest) -> str:
     """The user turn asking for one value (shared by the predictor and the tuning data)."""
-    what = {"name": f"the variable `{request.name}`", "attr": f"the attribute `.{request.name}`",
-            "import": f"the module `{request.name}` (it is not installed)"}[request.kind]
+    what = {
+        "name": f"the variable `{request.name}`",
+        "attr": f"the attribute `.{request.name}`",
+        "import": f"the module `{request.name}` (it is not installed)",
+    }[request.kind]
     usage = f"\nThe code uses it: {request.usage}" if request.usage else ""
     return f"Code:\n{request.snippet.strip()}\nLine: `{request.line.strip()}`{usage}\nValue for {what}:"

@@ -11,6 +11,7 @@ holds none), so a snippet cannot print a trace the host accepts. (Code in the sa
 still reach the runtime's objects through introspection: coverage of a deliberately hostile
 snippet is not evidence; the host only guarantees such a snippet fails alone.)
 """
+
 import builtins
 import hmac
 import json
@@ -62,10 +63,10 @@ def _pico_value_(key, iid):
             except SyntaxError:
                 exec(compile(code, "<value:" + key + ">", "exec"), namespace)
                 if "value" not in namespace:
-                    raise NameError("the value code must be an expression or assign `value`")
+                    raise NameError("the value code must be an expression or assign `value`")  # noqa: B904
                 cache[key] = namespace["value"]
         except Exception as err:
-            raise _PicoBadValue(key, iid, "%s: %s" % (type(err).__name__, err))
+            raise _PicoBadValue(key, iid, "%s: %s" % (type(err).__name__, err))  # noqa: B904, UP031 - runs in the snippet's process; its traceback is parsed as is
     _STATE["used_on_line"].append(key)
     if key not in _STATE["used"]:
         _STATE["used"].append(key)
@@ -150,7 +151,7 @@ def _pico_read_key_():
         if b"\n" in key[:got]:
             break
     view.release()
-    del key[key.find(b"\n") if b"\n" in key[:got] else got:]
+    del key[key.find(b"\n") if b"\n" in key[:got] else got :]
     os.close(0)
     try:
         os.open("/dev/null", os.O_RDONLY)  # fd 0 again, so input() sees end of file, not another file
@@ -159,6 +160,7 @@ def _pico_read_key_():
 
     def sign(data):
         return hmac.new(bytes(key), data, "sha256").hexdigest()
+
     return sign
 
 
@@ -168,17 +170,36 @@ def _pico_failure_(err):
     if not frames:
         return {}
     f = frames[-1]
-    return {"position": [f.lineno, getattr(f, "colno", None), getattr(f, "end_lineno", None),
-                         getattr(f, "end_colno", None)], "snippet_frame_line": f.lineno}
+    return {
+        "position": [
+            f.lineno,
+            getattr(f, "colno", None),
+            getattr(f, "end_lineno", None),
+            getattr(f, "end_colno", None),
+        ],
+        "snippet_frame_line": f.lineno,
+    }
 
 
 def _pico_main_(source, values):
     sign = _pico_read_key_()
     _STATE["values"] = dict(values)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
-    namespace.update({name: globals()[name] for name in ("_pico_l_", "_pico_n_", "_pico_a_", "_pico_import_",
-                                                         "_pico_from_", "_pico_aug_", "_pico_aug_attr_",
-                                                         "_pico_aug_item_")})
+    namespace.update(
+        {
+            name: globals()[name]
+            for name in (
+                "_pico_l_",
+                "_pico_n_",
+                "_pico_a_",
+                "_pico_import_",
+                "_pico_from_",
+                "_pico_aug_",
+                "_pico_aug_attr_",
+                "_pico_aug_item_",
+            )
+        }
+    )
     trace = {"status": "ok"}
     try:
         exec(compile(source, "<snippet>", "exec"), namespace)

@@ -1,6 +1,7 @@
 """Snippets to execute: written for this project in Stack Overflow style, and function bodies
 extracted at run time from the source of packages installed on this machine (nothing vendored).
 """
+
 from __future__ import annotations
 
 import ast
@@ -17,47 +18,73 @@ from components.selfpico.executor import Snippet
 # Question-style fragments: names come from the asker's program and are never defined here.
 # `expected_error` marks the ones whose question is about a genuine runtime type error.
 _WRITTEN: list[tuple[str, str, str | None]] = [
-    ("so_word_count", """
+    (
+        "so_word_count",
+        """
 words = text.lower().split()
 counts = {}
 for w in words:
     counts[w] = counts.get(w, 0) + 1
 top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
 print(top)
-""", None),
-    ("so_csv_total", """
+""",
+        None,
+    ),
+    (
+        "so_csv_total",
+        """
 total = 0
 for row in rows:
     total += float(row["amount"]) * rate
 print("total:", round(total, 2))
-""", None),
-    ("so_concat_age", """
+""",
+        None,
+    ),
+    (
+        "so_concat_age",
+        """
 age = len(users)
 print("There are " + age + " users")
-""", "TypeError"),
-    ("so_path_join", """
+""",
+        "TypeError",
+    ),
+    (
+        "so_path_join",
+        """
 import os
 full = os.path.join(base_dir, filename)
 if os.path.exists(full):
     print("found", full)
 else:
     print("missing", full)
-""", None),
-    ("so_dict_merge", """
+""",
+        None,
+    ),
+    (
+        "so_dict_merge",
+        """
 merged = {**defaults, **overrides}
 for key in required_keys:
     if key not in merged:
         merged[key] = None
 print(sorted(merged))
-""", None),
-    ("so_requests_json", """
+""",
+        None,
+    ),
+    (
+        "so_requests_json",
+        """
 import requests_not_installed_here as requests
 resp = requests.get(url, timeout=5)
 if resp.status_code == 200:
     data = resp.json()
     print(len(data))
-""", None),
-    ("so_class_counter", """
+""",
+        None,
+    ),
+    (
+        "so_class_counter",
+        """
 class Counter:
     def __init__(self, start):
         self.value = start
@@ -68,70 +95,122 @@ c = Counter(initial)
 for _ in range(repeats):
     c.bump(step_size)
 print(c.value)
-""", None),
-    ("so_list_index_str", """
+""",
+        None,
+    ),
+    (
+        "so_list_index_str",
+        """
 names = [u["name"] for u in users]
 print(names["0"])
-""", "TypeError"),
-    ("so_average", """
+""",
+        "TypeError",
+    ),
+    (
+        "so_average",
+        """
 avg = sum(scores) / len(scores)
 passed = [s for s in scores if s >= threshold]
 print(f"{avg:.1f}", len(passed))
-""", None),
-    ("so_date_parse", """
+""",
+        None,
+    ),
+    (
+        "so_date_parse",
+        """
 from datetime import datetime
 d = datetime.strptime(date_str, fmt)
 print(d.year, d.month)
-""", None),
-    ("so_json_dump", """
+""",
+        None,
+    ),
+    (
+        "so_json_dump",
+        """
 import json
 payload = {"id": user_id, "tags": tags, "score": score}
 encoded = json.dumps(payload)
 print(len(encoded))
-""", None),
-    ("so_matrix_sum", """
+""",
+        None,
+    ),
+    (
+        "so_matrix_sum",
+        """
 result = [[0] * cols for _ in range(rows_count)]
 for i in range(rows_count):
     for j in range(cols):
         result[i][j] = matrix[i][j] + offset
 print(result)
-""", None),
-    ("so_none_len", """
+""",
+        None,
+    ),
+    (
+        "so_none_len",
+        """
 items = config.get("items")
 print(len(items))
-""", None),
-    ("so_regex_extract", """
+""",
+        None,
+    ),
+    (
+        "so_regex_extract",
+        """
 import re
 matches = re.findall(pattern, text)
 emails = [m.lower() for m in matches]
 print(emails)
-""", None),
-    ("so_sort_objects", """
+""",
+        None,
+    ),
+    (
+        "so_sort_objects",
+        """
 people.sort(key=lambda p: p.age)
 oldest = people[-1]
 print(oldest.name, oldest.age)
-""", None),
-    ("so_string_format_int", """
+""",
+        None,
+    ),
+    (
+        "so_string_format_int",
+        """
 message = "Value: %d" % value_text
 print(message)
-""", None),
-    ("so_file_lines", """
+""",
+        None,
+    ),
+    (
+        "so_file_lines",
+        """
 lines = content.splitlines()
 non_empty = [ln.strip() for ln in lines if ln.strip()]
 print(len(non_empty), non_empty[:3])
-""", None),
-    ("so_numpy_mean", """
+""",
+        None,
+    ),
+    (
+        "so_numpy_mean",
+        """
 import numpy as np
 arr = np.array(values)
 normalized = (arr - arr.mean()) / (arr.std() + eps)
 print(normalized.round(2).tolist())
-""", None),
-    ("so_add_str_int", """
+""",
+        None,
+    ),
+    (
+        "so_add_str_int",
+        """
 count = counter + 1
 label = prefix + count
 print(label)
-""", "TypeError"),
-    ("so_retry_loop", """
+""",
+        "TypeError",
+    ),
+    (
+        "so_retry_loop",
+        """
 attempt = 0
 while attempt < max_attempts:
     ok = handler(attempt)
@@ -139,17 +218,29 @@ while attempt < max_attempts:
         break
     attempt += 1
 print("attempts:", attempt)
-""", None),
-    ("so_nested_get", """
+""",
+        None,
+    ),
+    (
+        "so_nested_get",
+        """
 city = response["user"]["address"]["city"]
 print(city.title())
-""", None),
-    ("so_set_ops", """
+""",
+        None,
+    ),
+    (
+        "so_set_ops",
+        """
 common = set(a_list) & set(b_list)
 only_a = set(a_list) - set(b_list)
 print(sorted(common), sorted(only_a))
-""", None),
-    ("so_dataclass_use", """
+""",
+        None,
+    ),
+    (
+        "so_dataclass_use",
+        """
 from dataclasses import dataclass
 @dataclass
 class Point:
@@ -158,13 +249,19 @@ class Point:
 p = Point(x0, y0)
 dist = (p.x ** 2 + p.y ** 2) ** 0.5
 print(round(dist, 3))
-""", None),
-    ("so_enumerate_pairs", """
+""",
+        None,
+    ),
+    (
+        "so_enumerate_pairs",
+        """
 for idx, item in enumerate(items):
     if idx % 2 == 0:
         print(idx, item)
 print("done", len(items))
-""", None),
+""",
+        None,
+    ),
 ]
 
 
@@ -184,8 +281,9 @@ def _usable(func: ast.FunctionDef, min_lines: int, max_lines: int) -> bool:
     return True
 
 
-def package_function_snippets(modules: list[str], count: int, seed: int = 0, min_lines: int = 4,
-                              max_lines: int = 30) -> list[Snippet]:
+def package_function_snippets(
+    modules: list[str], count: int, seed: int = 0, min_lines: int = 4, max_lines: int = 30
+) -> list[Snippet]:
     """Bodies of functions and methods from installed modules' source, sampled with a seed.
 
     The body is what is executed: its parameters (and `self`) become undefined names, exactly the
@@ -201,8 +299,12 @@ def package_function_snippets(modules: list[str], count: int, seed: int = 0, min
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and _usable(node, min_lines, max_lines):
                 body = node.body
-                if isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                        and isinstance(body[0].value.value, str) and len(body) > 1:
+                if (
+                    isinstance(body[0], ast.Expr)
+                    and isinstance(getattr(body[0], "value", None), ast.Constant)
+                    and isinstance(body[0].value.value, str)
+                    and len(body) > 1
+                ):
                     body = body[1:]  # the docstring is not code to execute
                 code = "\n".join(ast.unparse(stmt) for stmt in body) + "\n"
                 candidates.append(Snippet(f"{module_name}:{node.name}:{node.lineno}", code, f"package:{module_name}"))
@@ -223,8 +325,15 @@ def heldout_snippets(path: Path = HELDOUT_FILE) -> list[Snippet]:
         head, _, code = block.partition("\n")
         ident, _, rest = head.partition(" ")
         latent = _LATENT.match(rest.strip())
-        snippets.append(Snippet(ident, code.rstrip("\n") + "\n", "heldout", latent.group(1) if latent else None,
-                                int(latent.group(2)) if latent else None))
+        snippets.append(
+            Snippet(
+                ident,
+                code.rstrip("\n") + "\n",
+                "heldout",
+                latent.group(1) if latent else None,
+                int(latent.group(2)) if latent else None,
+            )
+        )
     return snippets
 
 

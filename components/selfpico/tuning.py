@@ -13,6 +13,7 @@ project generates:
 The fine-tuning loop and the save/load of tuned layers are `components.compiler.tuning.tune` and
 `components.lm.smollm2.save_tuned`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,9 +25,32 @@ from components.selfpico.predictors import LLMPredictor, PredictionRequest, Rule
 
 # Modules the benchmark's development set samples from: never tuned on.
 BENCHMARK_MODULES = ("textwrap", "difflib", "shlex", "fractions", "statistics", "html", "calendar", "colorsys")
-TRAINING_MODULES = ("email.utils", "urllib.parse", "configparser", "csv", "string", "pprint", "ipaddress", "gettext",
-                    "mimetypes", "http.cookies", "json.encoder", "argparse", "tokenize", "locale", "quopri",
-                    "netrc", "plistlib", "smtplib", "ftplib", "cgi", "optparse", "bisect", "heapq", "base64")
+TRAINING_MODULES = (
+    "email.utils",
+    "urllib.parse",
+    "configparser",
+    "csv",
+    "string",
+    "pprint",
+    "ipaddress",
+    "gettext",
+    "mimetypes",
+    "http.cookies",
+    "json.encoder",
+    "argparse",
+    "tokenize",
+    "locale",
+    "quopri",
+    "netrc",
+    "plistlib",
+    "smtplib",
+    "ftplib",
+    "cgi",
+    "optparse",
+    "bisect",
+    "heapq",
+    "base64",
+)
 
 
 @dataclass
@@ -50,10 +74,21 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
     if keys:
         values.append("{" + ", ".join(f"{k!r}: {build_value(shape.keys[k], k)}" for k in keys) + "}")
     if attrs:
-        values.append("types.SimpleNamespace(" + ", ".join(f"{a}={build_value(shape.attrs[a], a)}" for a in attrs)
-                      + ")")
-    values += [f"[{element}, {element}]", "'42'", "3", "2.5", "'sample text'", "lambda *args, **kwargs: 1",
-               "{'key': 'value'}", "True", "None", "[]"]
+        values.append(
+            "types.SimpleNamespace(" + ", ".join(f"{a}={build_value(shape.attrs[a], a)}" for a in attrs) + ")"
+        )
+    values += [
+        f"[{element}, {element}]",
+        "'42'",
+        "3",
+        "2.5",
+        "'sample text'",
+        "lambda *args, **kwargs: 1",
+        "{'key': 'value'}",
+        "True",
+        "None",
+        "[]",
+    ]
     unique: list[str] = []
     for value in values:
         if value not in unique:
@@ -90,8 +125,14 @@ def search_values(snippet: Snippet, sandbox, max_keys: int = 8, per_key: int = 6
         for rank, value in enumerate(candidates(request, per_key)):
             result, _ = run_once(instrumented, {**values, key: value}, sandbox)
             failed = result["status"] in ("error", "bad_value", "no_trace")
-            message = (f"{result.get('error_type', 'BadValue')}: {result.get('error')}"
-                       f" (line `{line_text(result.get('marker')).strip()}`)") if failed else ""
+            message = (
+                (
+                    f"{result.get('error_type', 'BadValue')}: {result.get('error')}"
+                    f" (line `{line_text(result.get('marker')).strip()}`)"
+                )
+                if failed
+                else ""
+            )
             scored.append((executed_lines(result), not failed, -rank, value, message))
         best = max(scored)
         failures = [(value, message) for _, _, _, value, message in scored if message and value != best[3]]
@@ -110,7 +151,8 @@ def value_chats(found: list[SearchedValue]) -> list[list[dict[str, str]]]:
             continue  # modules are stubbed by the runtime, not predicted by the model
         chats.append(prompt.build_messages(item.request) + [{"role": "assistant", "content": item.target}])
         for failure in item.failures:
-            request = PredictionRequest(item.request.key, item.request.snippet, item.request.line, [failure],
-                                        item.request.usage)
+            request = PredictionRequest(
+                item.request.key, item.request.snippet, item.request.line, [failure], item.request.usage
+            )
             chats.append(prompt.build_messages(request) + [{"role": "assistant", "content": item.target}])
     return chats

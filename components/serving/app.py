@@ -14,6 +14,7 @@
 - A request whose client has gone is cancelled, streamed or not: it is skipped if it was still
   waiting and stops at the next decoding round if it was running.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -62,8 +63,14 @@ class RequestLimits:
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -131,8 +138,13 @@ class ChatRequest(_Sampling):
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
 
 
-def create_app(service: GenerationService, api_key: Optional[str] = None, max_queue: int = 256,
-               default_max_tokens: int = 256, limits: Optional[RequestLimits] = None) -> FastAPI:
+def create_app(
+    service: GenerationService,
+    api_key: Optional[str] = None,
+    max_queue: int = 256,
+    default_max_tokens: int = 256,
+    limits: Optional[RequestLimits] = None,
+) -> FastAPI:
     """The app for one served model; `service` decodes, this layer validates, queues and formats."""
     at_least("max_queue", max_queue, 1)
     at_least("default_max_tokens", default_max_tokens, 1)
@@ -163,15 +175,22 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
         header = request.headers.get("authorization", "")
         given = header[7:] if header.lower().startswith("bearer ") else ""
         if not secrets.compare_digest(given.encode("utf-8", "replace"), api_key.encode()):
-            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
-                           code="invalid_api_key", kind="authentication_error")
+            raise APIError(
+                401,
+                "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                code="invalid_api_key",
+                kind="authentication_error",
+            )
 
     async def read_body(request: Request, model: type[BaseModel]) -> Any:
         """Size (declared, then counted), arrival time, JSON, depth and unicode, then the fields."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limits.max_body_bytes:
-            raise APIError(413, f"the body is {int(declared)} bytes; at most {limits.max_body_bytes} are accepted",
-                           code="body_too_large")
+            raise APIError(
+                413,
+                f"the body is {int(declared)} bytes; at most {limits.max_body_bytes} are accepted",
+                code="body_too_large",
+            )
         chunks: list[bytes] = []
         size = 0
 
@@ -186,11 +205,13 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
         try:
             await asyncio.wait_for(pull(), limits.body_timeout_s)
         except TimeoutError:
-            raise APIError(408, f"the body did not arrive within {limits.body_timeout_s} s",
-                           code="request_timeout") from None
+            raise APIError(
+                408, f"the body did not arrive within {limits.body_timeout_s} s", code="request_timeout"
+            ) from None
         except ClientDisconnect:
-            raise APIError(400, "the client disconnected before sending the whole body",
-                           code="client_disconnected") from None
+            raise APIError(
+                400, "the client disconnected before sending the whole body", code="client_disconnected"
+            ) from None
         payload = parse_json(b"".join(chunks), limits.max_json_depth)
         try:
             return model.model_validate(payload)
@@ -200,18 +221,32 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
     def resolve(body: _Sampling, prompt_ids: list[int], max_tokens: Optional[int]) -> GenerationRequest:
         max_tokens = max_tokens or default_max_tokens
         if len(prompt_ids) + max_tokens > service.max_context:
-            raise APIError(400, f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds "
-                                f"the context of {service.max_context} tokens", "max_tokens", "context_length_exceeded")
+            raise APIError(
+                400,
+                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds "
+                f"the context of {service.max_context} tokens",
+                "max_tokens",
+                "context_length_exceeded",
+            )
         params = SamplingParams(temperature=body.temperature, top_p=body.top_p)
         return GenerationRequest(prompt_ids, max_tokens, params, list(body.stop or []), body.seed)
 
     def check_model_and_length(body: _Sampling, prompt_chars: int, param: str) -> None:
         if body.model != service.model_name:
-            raise APIError(404, f"model {body.model!r} does not exist; this server serves {service.model_name!r}",
-                           "model", "model_not_found")
+            raise APIError(
+                404,
+                f"model {body.model!r} does not exist; this server serves {service.model_name!r}",
+                "model",
+                "model_not_found",
+            )
         if prompt_chars > max_prompt_chars:
-            raise APIError(400, f"the prompt has {prompt_chars} characters; the context of {service.max_context} "
-                                f"tokens holds at most {max_prompt_chars}", param, "context_length_exceeded")
+            raise APIError(
+                400,
+                f"the prompt has {prompt_chars} characters; the context of {service.max_context} "
+                f"tokens holds at most {max_prompt_chars}",
+                param,
+                "context_length_exceeded",
+            )
 
     async def off_loop(pool: ThreadPoolExecutor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -223,8 +258,10 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
     @app.get("/v1/models")
     async def models(request: Request):
         check_key(request)
-        return {"object": "list", "data": [
-            {"id": service.model_name, "object": "model", "created": state["created"], "owned_by": "mlsys"}]}
+        return {
+            "object": "list",
+            "data": [{"id": service.model_name, "object": "model", "created": state["created"], "owned_by": "mlsys"}],
+        }
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -247,15 +284,18 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
     async def respond(request: Request, body: _Sampling, gen: GenerationRequest, chat: bool):
         if state["admitted"] >= max_queue:
             state["rejected_busy"] += 1
-            raise APIError(503, f"server busy: {max_queue} requests already queued, retry later",
-                           code="queue_full", kind="server_error")
+            raise APIError(
+                503,
+                f"server busy: {max_queue} requests already queued, retry later",
+                code="queue_full",
+                kind="server_error",
+            )
         state["admitted"] += 1
         release = _Release(state)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return _AdmittedStream(sse(gen, rid, chat, include_usage, release), release,
-                                   media_type="text/event-stream")
+            return _AdmittedStream(sse(gen, rid, chat, include_usage, release), release, media_type="text/event-stream")
         cancelled = threading.Event()
         watcher = asyncio.ensure_future(_wait_for_disconnect(request, cancelled))
         try:
@@ -268,13 +308,22 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
             release()
         if cancelled.is_set():
             state["cancelled"] += 1
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": stats.finish_reason}
-                  if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": stats.finish_reason})
-        return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": service.model_name, "choices": [choice], "usage": _usage(stats),
-                "decoding": _decoding(stats)}
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": stats.finish_reason}
+            if chat
+            else {"index": 0, "text": text, "logprobs": None, "finish_reason": stats.finish_reason}
+        )
+        return {
+            "id": rid,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": service.model_name,
+            "choices": [choice],
+            "usage": _usage(stats),
+            "decoding": _decoding(stats),
+        }
 
-    async def sse(gen: GenerationRequest, rid: str, chat: bool, include_usage: bool, release: "_Release"):
+    async def sse(gen: GenerationRequest, rid: str, chat: bool, include_usage: bool, release: _Release):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stats = DecodeStats(method=service.decoder.method)
@@ -299,8 +348,9 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
                 choice = {"index": 0, "delta": d, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-            return _event({"id": rid, "object": kind, "created": created, "model": service.model_name,
-                           "choices": [choice]})
+            return _event(
+                {"id": rid, "object": kind, "created": created, "model": service.model_name, "choices": [choice]}
+            )
 
         future = loop.run_in_executor(executor, work)
         finished = False
@@ -317,8 +367,16 @@ def create_app(service: GenerationService, api_key: Optional[str] = None, max_qu
                 yield chunk(item)
             yield chunk(None, finish=stats.finish_reason)
             if include_usage:
-                yield _event({"id": rid, "object": kind, "created": created, "model": service.model_name,
-                              "choices": [], "usage": _usage(stats)})
+                yield _event(
+                    {
+                        "id": rid,
+                        "object": kind,
+                        "created": created,
+                        "model": service.model_name,
+                        "choices": [],
+                        "usage": _usage(stats),
+                    }
+                )
             yield "data: [DONE]\n\n"
             finished = True
         finally:
@@ -342,6 +400,7 @@ async def _wait_for_disconnect(request: Request, cancelled: threading.Event) -> 
 
 def parse_json(raw: bytes, max_depth: int) -> Any:
     """JSON that Python can hold safely: no NaN/Infinity, at most `max_depth` levels, valid UTF-8 text."""
+
     def no_constants(name: str):
         raise ValueError(f"{name} is not a valid JSON number")
 
@@ -350,8 +409,9 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
     except RecursionError:
         raise APIError(400, f"the JSON body nests deeper than {max_depth} levels", code="json_too_deep") from None
     except UnicodeDecodeError as exc:
-        raise APIError(400, f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}",
-                       code="invalid_json") from None
+        raise APIError(
+            400, f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}", code="invalid_json"
+        ) from None
     except ValueError as exc:  # JSONDecodeError, and ints past Python's digit limit
         raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
     stack = [(payload, 1, "body")]
@@ -376,8 +436,13 @@ def _check_text(text: str, where: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise APIError(400, f"{where}: invalid unicode: a lone surrogate \\u{ord(text[exc.start]):04x} at character "
-                            f"{exc.start} (surrogates must come in pairs)", where, "invalid_unicode") from None
+        raise APIError(
+            400,
+            f"{where}: invalid unicode: a lone surrogate \\u{ord(text[exc.start]):04x} at character "
+            f"{exc.start} (surrogates must come in pairs)",
+            where,
+            "invalid_unicode",
+        ) from None
 
 
 def _validation_api_error(errors: list) -> APIError:
@@ -428,17 +493,26 @@ def _event(payload: dict) -> str:
 
 
 def _usage(stats: DecodeStats) -> dict:
-    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.new_tokens,
-            "total_tokens": stats.prompt_tokens + stats.new_tokens}
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.new_tokens,
+        "total_tokens": stats.prompt_tokens + stats.new_tokens,
+    }
 
 
 def _decoding(stats: DecodeStats) -> dict:
-    return {"method": stats.method, "acceptance_rate": round(stats.acceptance_rate, 4),
-            "mean_accepted_tokens": round(stats.mean_accepted_tokens, 4),
-            "target_forwards": stats.target_forwards, "draft_forwards": stats.draft_forwards}
+    return {
+        "method": stats.method,
+        "acceptance_rate": round(stats.acceptance_rate, 4),
+        "mean_accepted_tokens": round(stats.mean_accepted_tokens, 4),
+        "target_forwards": stats.target_forwards,
+        "draft_forwards": stats.draft_forwards,
+    }
 
 
-def _error(status: int, message: str, param: Optional[str], code: Optional[str],
-           kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param,
-                                                               "code": code}})
+def _error(
+    status: int, message: str, param: Optional[str], code: Optional[str], kind: str = "invalid_request_error"
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code}}
+    )

@@ -7,6 +7,7 @@ headers is cut off after `header_timeout_s` (408), an idle keep-alive connection
 shape and is closed, so slow or idle sockets cannot pile up. Stopping drains: the listener closes,
 in-flight requests get up to `drain_s` to finish, then whatever is left is cancelled.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,9 +16,10 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 from components.checks import at_least
 
@@ -73,8 +75,10 @@ def bind_listener(host: str, port: int) -> socket.socket:
 
 def _json_error_response(status: int, reason: str, message: str, code: str, kind: str) -> bytes:
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n").encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -89,9 +93,15 @@ def guarded_protocol(limits: ConnectionLimits):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections:
-                transport.write(_json_error_response(
-                    503, "Service Unavailable", f"server busy: {limits.max_connections} connections already open",
-                    "too_many_connections", "server_error"))
+                transport.write(
+                    _json_error_response(
+                        503,
+                        "Service Unavailable",
+                        f"server busy: {limits.max_connections} connections already open",
+                        "too_many_connections",
+                        "server_error",
+                    )
+                )
                 transport.close()
                 return
             self._arm_header_timer()
@@ -108,9 +118,15 @@ def guarded_protocol(limits: ConnectionLimits):
         def _header_timeout(self) -> None:
             self._header_timer = None
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.transport.write(_json_error_response(
-                    408, "Request Timeout", f"the request headers did not arrive within {limits.header_timeout_s} s",
-                    "request_timeout", "invalid_request_error"))
+                self.transport.write(
+                    _json_error_response(
+                        408,
+                        "Request Timeout",
+                        f"the request headers did not arrive within {limits.header_timeout_s} s",
+                        "request_timeout",
+                        "invalid_request_error",
+                    )
+                )
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
@@ -133,18 +149,32 @@ def guarded_protocol(limits: ConnectionLimits):
 class BackgroundServer:
     """uvicorn on a daemon thread; `with BackgroundServer(app) as srv: srv.base_url`."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 backlog: int = 2048, limits: Optional[ConnectionLimits] = None):
+    def __init__(
+        self,
+        app,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        backlog: int = 2048,
+        limits: Optional[ConnectionLimits] = None,
+    ):
         import uvicorn
 
         self.limits = limits or ConnectionLimits()
         self.host = host
         self.socket = bind_listener(host, port)
         self.port = self.socket.getsockname()[1]
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level=log_level, backlog=backlog,
-                                lifespan="on", http=guarded_protocol(self.limits),
-                                timeout_keep_alive=self.limits.keep_alive_s,
-                                timeout_graceful_shutdown=self.limits.drain_s)
+        config = uvicorn.Config(
+            app,
+            host=self.host,
+            port=self.port,
+            log_level=log_level,
+            backlog=backlog,
+            lifespan="on",
+            http=guarded_protocol(self.limits),
+            timeout_keep_alive=self.limits.keep_alive_s,
+            timeout_graceful_shutdown=self.limits.drain_s,
+        )
         self.server = uvicorn.Server(config)
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, name="uvicorn", daemon=True)
@@ -159,7 +189,7 @@ class BackgroundServer:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    def start(self, timeout: float = 30.0) -> "BackgroundServer":
+    def start(self, timeout: float = 30.0) -> BackgroundServer:
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -180,7 +210,7 @@ class BackgroundServer:
             self.thread.join(self.limits.drain_s + 10 if timeout is None else timeout)
         self.socket.close()
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -220,8 +250,14 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)) -> Iterator[threadi
             signal.signal(sig, old)
 
 
-def serve_forever(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-                  duration_s: Optional[float] = None, limits: Optional[ConnectionLimits] = None) -> None:
+def serve_forever(
+    app,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    duration_s: Optional[float] = None,
+    limits: Optional[ConnectionLimits] = None,
+) -> None:
     """Serve until SIGINT/SIGTERM (or for `duration_s` seconds when given), then drain."""
     with stop_on_signals() as stop:
         server = BackgroundServer(app, host, port, log_level, limits=limits).start()

@@ -3,14 +3,16 @@
 Decoding holds the draft/target worker pair of its decoder, so requests are decoded one after
 another on a single executor thread; the HTTP layer bounds how many may wait (its queue).
 """
+
 from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
-from components.decoding.engine import DecodeStats, Decoder
+from components.decoding.engine import Decoder, DecodeStats
 from components.decoding.sampling import SamplingParams
 from components.llm.base import StopFilter
 from components.serving.text import IncrementalDetokenizer, TextCodec
@@ -40,7 +42,9 @@ class ServiceCounters:
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
-        out["acceptance_rate"] = self.draft_tokens_accepted / self.draft_tokens_verified if self.draft_tokens_verified else 0.0
+        out["acceptance_rate"] = (
+            self.draft_tokens_accepted / self.draft_tokens_verified if self.draft_tokens_verified else 0.0
+        )
         out["mean_accepted_tokens"] = self.completion_tokens / self.target_forwards if self.target_forwards else 0.0
         return out
 
@@ -58,8 +62,9 @@ class GenerationService:
     def max_context(self) -> int:
         return self.decoder.max_context
 
-    def stream(self, request: GenerationRequest, stats: DecodeStats,
-               cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
+    def stream(
+        self, request: GenerationRequest, stats: DecodeStats, cancelled: Callable[[], bool] = lambda: False
+    ) -> Iterator[str]:
         """Text deltas of the completion (stop strings applied); `stats` is filled as it runs.
 
         `cancelled()` is checked before decoding starts and after every round: a request whose
@@ -73,8 +78,9 @@ class GenerationService:
         detok = IncrementalDetokenizer(self.codec)
         stop_filter = StopFilter(request.stop)
         with self._lock:
-            tokens = self.decoder.stream(request.prompt_ids, request.max_tokens, request.params, seed,
-                                         self.codec.eos_ids, stats)
+            tokens = self.decoder.stream(
+                request.prompt_ids, request.max_tokens, request.params, seed, self.codec.eos_ids, stats
+            )
             gone = False
             try:
                 for chunk in tokens:
@@ -99,8 +105,9 @@ class GenerationService:
                     yield rest
             self._account(stats)
 
-    def complete(self, request: GenerationRequest,
-                 cancelled: Callable[[], bool] = lambda: False) -> tuple[str, DecodeStats]:
+    def complete(
+        self, request: GenerationRequest, cancelled: Callable[[], bool] = lambda: False
+    ) -> tuple[str, DecodeStats]:
         stats = DecodeStats(method=self.decoder.method)
         return "".join(self.stream(request, stats, cancelled)), stats
 

@@ -1,8 +1,9 @@
 """Text <-> token ids for the server: the model's own tokenizer (with its chat template), or a
 byte-level codec for the tiny random models used by tests and the loopback load test."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 Messages = list[dict[str, str]]
 
@@ -80,12 +81,12 @@ class IncrementalDetokenizer:
         text = self.codec.decode(self.ids)
         if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
             return ""
-        delta = text[len(self.emitted):] if text.startswith(self.emitted) else ""
+        delta = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
         self.emitted = text if text.startswith(self.emitted) else self.emitted
         return delta
 
     def flush(self) -> str:
         text = self.codec.decode(self.ids)
-        delta = text[len(self.emitted):] if text.startswith(self.emitted) else ""
+        delta = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
         self.emitted += delta
         return delta

@@ -4,11 +4,13 @@ A tool returns a `ToolResult`: `value` is what a later call gets when it says `$
 a number, so `calculate("$1 + $2")` works), `text` is what the joiner / ReAct loop reads. A tool
 failure is a result with `error` set, not an exception: the agent reads it and can recover.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 
 @dataclass

@@ -3,6 +3,7 @@
 Allowed: numbers, + - * / // % **, parentheses, and abs/round/min/max/sqrt/sum/mean. Powers are
 capped so `9**9**9` is an error, not a hung process.
 """
+
 from __future__ import annotations
 
 import ast
@@ -13,11 +14,25 @@ import statistics
 
 from components.tools.base import Tool, ToolResult
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_FUNCS = {"abs": abs, "round": round, "min": min, "max": max, "sqrt": math.sqrt,
-          "sum": lambda *xs: sum(xs), "mean": lambda *xs: statistics.fmean(xs)}
+_FUNCS = {
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+    "sqrt": math.sqrt,
+    "sum": lambda *xs: sum(xs),
+    "mean": lambda *xs: statistics.fmean(xs),
+}
 _MAX_EXPONENT = 100
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 
@@ -71,5 +86,7 @@ def calculator_tool(latency_s: float = 0.0) -> Tool:
     return Tool(
         name="calculate",
         description='calculate(expression: str) -> number: evaluates arithmetic such as "($1 + $2) / 2" '
-                    "(+ - * / ** and abs, round, min, max, sqrt, mean). Use $N for the result of task N.",
-        fn=_calculate, latency_s=latency_s)
+        "(+ - * / ** and abs, round, min, max, sqrt, mean). Use $N for the result of task N.",
+        fn=_calculate,
+        latency_s=latency_s,
+    )

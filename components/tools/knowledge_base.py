@@ -8,6 +8,7 @@ Wikipedia-search benchmarks. Each entity has numeric and text attributes.
 ask for and returns that value (a number stays a number for later `$N` use); a query naming only the
 entity returns its whole record as text.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -17,8 +18,35 @@ from dataclasses import dataclass, field
 
 from components.tools.base import Tool, ToolResult
 
-_SYLLABLES = ["vel", "mor", "quen", "thal", "ar", "dun", "sil", "bre", "cor", "ven", "lis", "tor", "nar",
-              "ith", "ost", "ka", "rel", "um", "bas", "fen", "gal", "hed", "jor", "pim", "zan", "wic", "yel"]
+_SYLLABLES = [
+    "vel",
+    "mor",
+    "quen",
+    "thal",
+    "ar",
+    "dun",
+    "sil",
+    "bre",
+    "cor",
+    "ven",
+    "lis",
+    "tor",
+    "nar",
+    "ith",
+    "ost",
+    "ka",
+    "rel",
+    "um",
+    "bas",
+    "fen",
+    "gal",
+    "hed",
+    "jor",
+    "pim",
+    "zan",
+    "wic",
+    "yel",
+]
 _COUNTRIES = ["Arvenia", "Bostrel", "Calidor", "Dunmark", "Esselt"]
 _RANGES = ["Grey Spine", "Iron Teeth", "Sunward Peaks"]
 _SECTORS = ["Systems", "Foods", "Motors", "Labs", "Energy"]
@@ -97,7 +125,7 @@ class KnowledgeBase:
         words = q.split()
         candidates = {_norm(k): e for k, e in self.entities.items()}
         for n in (3, 2, 1):  # try word n-grams against names: tolerates small misspellings
-            grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+            grams = [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
             for gram in grams:
                 close = difflib.get_close_matches(gram, candidates, n=1, cutoff=0.85)
                 if close:
@@ -112,12 +140,13 @@ class KnowledgeBase:
             return ToolResult(error=f"no entity found for {query!r}")
         # Words of the entity's own name ("Mount", "Systems") must not be read as attribute words.
         q = _norm(re.sub(re.escape(entity.name), " ", query, flags=re.IGNORECASE))
-        wanted = [a for a in entity.attributes
-                  if any(re.search(rf"\b{re.escape(w)}", q) for w in ATTRIBUTES[a][1])]
+        wanted = [a for a in entity.attributes if any(re.search(rf"\b{re.escape(w)}", q) for w in ATTRIBUTES[a][1])]
         if len(wanted) >= 1:
             attr = wanted[0]
             value, unit = entity.attributes[attr], ATTRIBUTES[attr][0]
-            return ToolResult(value=value, text=f"{entity.name} {_label(attr)}: {_fmt(attr, value)}{' ' + unit if unit else ''}")
+            return ToolResult(
+                value=value, text=f"{entity.name} {_label(attr)}: {_fmt(attr, value)}{' ' + unit if unit else ''}"
+            )
         return ToolResult(value=entity.name, text=entity.describe())
 
 
@@ -133,49 +162,76 @@ def _name(rng: random.Random, used: set[str], parts: int) -> str:
             return name
 
 
-def build_knowledge_base(seed: int = 0, cities: int = 12, mountains: int = 8, rivers: int = 8,
-                         companies: int = 10) -> KnowledgeBase:
+def build_knowledge_base(
+    seed: int = 0, cities: int = 12, mountains: int = 8, rivers: int = 8, companies: int = 10
+) -> KnowledgeBase:
     """Invent a knowledge base; the same seed gives the same entities and numbers."""
     rng = random.Random(seed)
     used: set[str] = set()
     entities: list[Entity] = []
     city_names = [_name(rng, used, rng.choice((2, 3))) for _ in range(cities)]
     for name in city_names:
-        entities.append(Entity(name, "city", {
-            "population": rng.randrange(20_000, 3_000_000),
-            "area_km2": round(rng.uniform(40, 900), 1),
-            "founded": rng.randrange(1100, 1950),
-            "elevation_m": rng.randrange(5, 2400),
-            "country": rng.choice(_COUNTRIES),
-            "mayor": f"{_name(rng, used, 2)} {_name(rng, used, 2)}",
-        }))
+        entities.append(
+            Entity(
+                name,
+                "city",
+                {
+                    "population": rng.randrange(20_000, 3_000_000),
+                    "area_km2": round(rng.uniform(40, 900), 1),
+                    "founded": rng.randrange(1100, 1950),
+                    "elevation_m": rng.randrange(5, 2400),
+                    "country": rng.choice(_COUNTRIES),
+                    "mayor": f"{_name(rng, used, 2)} {_name(rng, used, 2)}",
+                },
+            )
+        )
     for _ in range(mountains):
-        entities.append(Entity(f"Mount {_name(rng, used, 2)}", "mountain", {
-            "height_m": rng.randrange(1500, 8600),
-            "first_ascent": rng.randrange(1780, 1990),
-            "range": rng.choice(_RANGES),
-            "country": rng.choice(_COUNTRIES),
-        }))
+        entities.append(
+            Entity(
+                f"Mount {_name(rng, used, 2)}",
+                "mountain",
+                {
+                    "height_m": rng.randrange(1500, 8600),
+                    "first_ascent": rng.randrange(1780, 1990),
+                    "range": rng.choice(_RANGES),
+                    "country": rng.choice(_COUNTRIES),
+                },
+            )
+        )
     for _ in range(rivers):
-        entities.append(Entity(f"{_name(rng, used, 2)} River", "river", {
-            "length_km": rng.randrange(80, 4200),
-            "discharge_m3s": rng.randrange(30, 9000),
-            "mouth_city": rng.choice(city_names),
-            "country": rng.choice(_COUNTRIES),
-        }))
+        entities.append(
+            Entity(
+                f"{_name(rng, used, 2)} River",
+                "river",
+                {
+                    "length_km": rng.randrange(80, 4200),
+                    "discharge_m3s": rng.randrange(30, 9000),
+                    "mouth_city": rng.choice(city_names),
+                    "country": rng.choice(_COUNTRIES),
+                },
+            )
+        )
     for _ in range(companies):
-        entities.append(Entity(f"{_name(rng, used, 2)} {rng.choice(_SECTORS)}", "company", {
-            "employees": rng.randrange(50, 250_000),
-            "revenue_musd": round(rng.uniform(5, 90_000), 1),
-            "founded": rng.randrange(1850, 2020),
-            "headquarters": rng.choice(city_names),
-        }))
+        entities.append(
+            Entity(
+                f"{_name(rng, used, 2)} {rng.choice(_SECTORS)}",
+                "company",
+                {
+                    "employees": rng.randrange(50, 250_000),
+                    "revenue_musd": round(rng.uniform(5, 90_000), 1),
+                    "founded": rng.randrange(1850, 2020),
+                    "headquarters": rng.choice(city_names),
+                },
+            )
+        )
     return KnowledgeBase(entities)
 
 
 def search_tool(kb: KnowledgeBase, latency_s: float = 0.0) -> Tool:
     return Tool(
         name="search",
-        description='search(query: str) -> fact: looks up one attribute of one entity in the knowledge base, '
-                    'e.g. search("population of Velmora") or search("height of Mount Korvath").',
-        fn=kb.search, latency_s=latency_s)
+        description="search(query: str) -> fact: looks up one attribute of one entity in the knowledge base, "
+        'e.g. search("population of Velmora") or search("height of Mount Korvath").',
+        fn=kb.search,
+        latency_s=latency_s,
+    )

@@ -3,9 +3,11 @@ subprocess in its own namespaces: no network, throwaway root, CPU/memory/process
 never in this process. Its stdout is the observation; the last line, if it parses as a number,
 is the value a later `$N` receives.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from components.tools.base import Tool, ToolResult
 
@@ -13,15 +15,21 @@ from components.tools.base import Tool, ToolResult
 class PythonRunner(Protocol):
     """What the tool needs from a sandbox (components.sandbox.Sandbox has this method)."""
 
-    def run_python(self, code: str) -> "object": ...  # a SandboxResult: stdout, stderr, ok, describe()
+    def run_python(self, code: str) -> object: ...  # a SandboxResult: stdout, stderr, ok, describe()
 
 
 def default_runner(wall_seconds: float = 10.0, memory_bytes: int = 512 << 20) -> PythonRunner:
     from components.sandbox import Sandbox, SandboxLimits
 
     # No site-packages: arithmetic and the standard library are all an agent snippet needs here.
-    return Sandbox(SandboxLimits(wall_seconds=wall_seconds, cpu_seconds=max(1, int(wall_seconds)),
-                                 memory_bytes=memory_bytes, expose_python_packages=False))
+    return Sandbox(
+        SandboxLimits(
+            wall_seconds=wall_seconds,
+            cpu_seconds=max(1, int(wall_seconds)),
+            memory_bytes=memory_bytes,
+            expose_python_packages=False,
+        )
+    )
 
 
 def _number(text: str):
@@ -32,14 +40,18 @@ def _number(text: str):
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
-def python_tool(latency_s: float = 0.0, runner: PythonRunner | Callable[[], PythonRunner] | None = None,
-                wall_seconds: float = 10.0) -> Tool:
+def python_tool(
+    latency_s: float = 0.0, runner: PythonRunner | Callable[[], PythonRunner] | None = None, wall_seconds: float = 10.0
+) -> Tool:
     holder: dict = {}
 
     def sandbox() -> PythonRunner:  # built on first use: a toolbox that never runs Python needs no sandbox
         if "runner" not in holder:
-            holder["runner"] = runner() if callable(runner) and not hasattr(runner, "run_python") else \
-                (runner or default_runner(wall_seconds))
+            holder["runner"] = (
+                runner()
+                if callable(runner) and not hasattr(runner, "run_python")
+                else (runner or default_runner(wall_seconds))
+            )
         return holder["runner"]
 
     def run(code: str) -> ToolResult:
@@ -56,5 +68,7 @@ def python_tool(latency_s: float = 0.0, runner: PythonRunner | Callable[[], Pyth
     return Tool(
         name="python",
         description="python(code: str) -> stdout: runs a short Python snippet in a sandbox (no network, "
-                    "no files) and returns what it prints; e.g. python(\"print(max([$1, $2]))\").",
-        fn=run, latency_s=latency_s)
+        'no files) and returns what it prints; e.g. python("print(max([$1, $2]))").',
+        fn=run,
+        latency_s=latency_s,
+    )

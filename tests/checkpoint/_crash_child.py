@@ -3,6 +3,7 @@
 argv: checkpoint_dir iters n_embd resume(0/1) unaligned(0/1) [done_marker]
 unaligned=1 appends an int64 scalar as the state's last tensor (its shard does not end on 64 bytes).
 """
+
 import sys
 from pathlib import Path
 
@@ -31,8 +32,17 @@ class WithTail:
 
 
 print("started", flush=True)
-train_loop(model, optimizer, scheduler, _tiny.InMemoryCorpus(), _tiny.settings(iters), data_generator=gen,
-           start_step=start, checkpointer=WithTail() if unaligned else ckpt, checkpoint_every=1)
+train_loop(
+    model,
+    optimizer,
+    scheduler,
+    _tiny.InMemoryCorpus(),
+    _tiny.settings(iters),
+    data_generator=gen,
+    start_step=start,
+    checkpointer=WithTail() if unaligned else ckpt,
+    checkpoint_every=1,
+)
 ckpt.close()
 if len(sys.argv) > 6:
     Path(sys.argv[6]).write_text("done")

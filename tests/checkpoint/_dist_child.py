@@ -2,6 +2,7 @@
 
 argv: rank world_size port checkpoint_dir result_file
 """
+
 import json
 import sys
 
@@ -27,8 +28,18 @@ def fresh():
 
 
 def run(state, start, stop, ckpt=None):
-    train_loop(state[0], state[1], state[2], _tiny.InMemoryCorpus(), _tiny.settings(6), data_generator=state[3],
-               start_step=start, stop_step=stop, checkpointer=ckpt, checkpoint_every=1 if ckpt else 0)
+    train_loop(
+        state[0],
+        state[1],
+        state[2],
+        _tiny.InMemoryCorpus(),
+        _tiny.settings(6),
+        data_generator=state[3],
+        start_step=start,
+        stop_step=stop,
+        checkpointer=ckpt,
+        checkpoint_every=1 if ckpt else 0,
+    )
 
 
 first = fresh()
@@ -50,6 +61,8 @@ ok_restore = step == 3 and all(torch.equal(saved[k], v) for k, v in _tiny.flat_s
 ok_rng = torch.equal(torch.get_rng_state(), rng)
 run(second, 3, 6)
 ok_continue = all(torch.equal(reference[k], v) for k, v in _tiny.flat_state(second[0], second[1]).items())
-json.dump({"rank": rank, "latest": latest.name, "restore": ok_restore, "rng": ok_rng, "continue": ok_continue},
-          open(result_file, "w"))
+json.dump(
+    {"rank": rank, "latest": latest.name, "restore": ok_restore, "rng": ok_rng, "continue": ok_continue},
+    open(result_file, "w"),
+)
 dist.destroy_process_group()

@@ -1,4 +1,5 @@
 """A tiny, fully deterministic training setup shared by the checkpoint tests and their child processes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,15 +17,18 @@ class InMemoryCorpus(TokenCorpus):
 
     def __init__(self, seed: int = 0):
         rng = np.random.default_rng(seed)
-        self.splits = {"train": rng.integers(0, VOCAB, 50_000).astype(np.uint16),
-                       "val": rng.integers(0, VOCAB, 5_000).astype(np.uint16)}
+        self.splits = {
+            "train": rng.integers(0, VOCAB, 50_000).astype(np.uint16),
+            "val": rng.integers(0, VOCAB, 5_000).astype(np.uint16),
+        }
         self.vocab_size = VOCAB
         self.meta = {}
 
 
 def settings(iters: int = 8) -> TrainSettings:
-    return TrainSettings(iters=iters, batch_size=2, block_size=16, warmup_iters=2, eval_every=10_000,
-                         eval_batches=1, lr=1e-2)
+    return TrainSettings(
+        iters=iters, batch_size=2, block_size=16, warmup_iters=2, eval_every=10_000, eval_batches=1, lr=1e-2
+    )
 
 
 def fresh(iters: int = 8, n_embd: int = 32, seed: int = 0):

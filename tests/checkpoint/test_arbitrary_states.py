@@ -3,6 +3,7 @@
 Every state is saved, listed, loaded and compared bit for bit; a model whose forward mutates its
 buffers (BatchNorm) is checkpointed every step and each checkpoint must equal the state at save().
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,19 @@ from hypothesis import strategies as st
 
 from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, list_checkpoints, load_checkpoint
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16,
-          torch.int32, torch.int64, torch.bool, torch.complex64]
+DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int8,
+    torch.uint8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+    torch.complex64,
+]
 
 
 @st.composite
@@ -40,22 +52,37 @@ def tensors(draw):
     return t
 
 
-leaves = st.one_of(tensors(), st.integers(-2**70, 2**70), st.floats(allow_nan=False), st.text(max_size=8),
-                   st.none(), st.booleans(), st.binary(max_size=16),
-                   st.integers(-2**63, 2**63 - 1).map(lambda v: torch.tensor(v, dtype=torch.int64)),
-                   st.lists(st.integers(0, 9), max_size=4).map(lambda v: np.array(v, dtype=np.int32)))
-states = st.recursive(leaves, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.lists(inner, max_size=3).map(tuple),
-    st.dictionaries(st.text("abcxyz_", min_size=1, max_size=6), inner, max_size=4),
-    st.dictionaries(st.text("abc", min_size=1, max_size=3), inner, max_size=3).map(OrderedDict)), max_leaves=12)
+leaves = st.one_of(
+    tensors(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.binary(max_size=16),
+    st.integers(-(2**63), 2**63 - 1).map(lambda v: torch.tensor(v, dtype=torch.int64)),
+    st.lists(st.integers(0, 9), max_size=4).map(lambda v: np.array(v, dtype=np.int32)),
+)
+states = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.text("abcxyz_", min_size=1, max_size=6), inner, max_size=4),
+        st.dictionaries(st.text("abc", min_size=1, max_size=3), inner, max_size=3).map(OrderedDict),
+    ),
+    max_leaves=12,
+)
 
 
 def assert_same(a, b, path="state"):
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor), path
         assert a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a.contiguous().view(-1).view(torch.uint8) if a.numel() else a.reshape(-1),
-                           b.contiguous().view(-1).view(torch.uint8) if b.numel() else b.reshape(-1)), path
+        assert torch.equal(
+            a.contiguous().view(-1).view(torch.uint8) if a.numel() else a.reshape(-1),
+            b.contiguous().view(-1).view(torch.uint8) if b.numel() else b.reshape(-1),
+        ), path
     elif isinstance(a, np.ndarray):
         assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b), path
     elif isinstance(a, dict):
@@ -86,15 +113,23 @@ def test_any_state_is_saved_listed_loaded_and_pruned_bitwise(state, second):
         assert_same({"payload": second}, load_checkpoint(Path(folder) / "step_00000002"))
 
 
-@pytest.mark.parametrize("state", [torch.nn.Linear(512, 10).state_dict(), {"x": torch.zeros(10)},
-                                   torch.nn.BatchNorm1d(3).state_dict(), {"e": torch.zeros(0)}],
-                         ids=["linear_512_10", "zeros_10", "batchnorm", "empty"])
+@pytest.mark.parametrize(
+    "state",
+    [
+        torch.nn.Linear(512, 10).state_dict(),
+        {"x": torch.zeros(10)},
+        torch.nn.BatchNorm1d(3).state_dict(),
+        {"e": torch.zeros(0)},
+    ],
+    ids=["linear_512_10", "zeros_10", "batchnorm", "empty"],
+)
 def test_unaligned_states_are_listed_and_loaded(tmp_path, state):
     with LazyAsyncCheckpointer(tmp_path, keep_last=1) as ckpt:
         ckpt.save(3, state)
     assert latest_checkpoint(tmp_path) == tmp_path / "step_00000003"
-    assert_same(dict(state) if not isinstance(state, OrderedDict) else state,
-                load_checkpoint(tmp_path / "step_00000003"))
+    assert_same(
+        dict(state) if not isinstance(state, OrderedDict) else state, load_checkpoint(tmp_path / "step_00000003")
+    )
 
 
 class _BNNet(torch.nn.Module):
@@ -114,8 +149,11 @@ class _BNNet(torch.nn.Module):
 def test_batchnorm_model_every_checkpoint_equals_the_state_at_save(tmp_path, opt):
     torch.manual_seed(0)
     model = _BNNet()
-    optimizer = (torch.optim.AdamW(model.parameters(), lr=1e-2) if opt == "adamw"
-                 else torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
+    optimizer = (
+        torch.optim.AdamW(model.parameters(), lr=1e-2)
+        if opt == "adamw"
+        else torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    )
     expected = {}
     steps = 6
     with LazyAsyncCheckpointer(tmp_path, keep_last=steps, chunk_bytes=4096) as ckpt:  # small pieces: slow copy

@@ -1,4 +1,5 @@
 """LazyAsyncCheckpointer: bitwise restore, exact continuation, crash safety, errors, retention, 2 ranks."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.checkpoint import (CheckpointError, LazyAsyncCheckpointer, latest_checkpoint, list_checkpoints,
-                                   load_checkpoint, set_aside_earlier_run)
+from components.checkpoint import (
+    CheckpointError,
+    LazyAsyncCheckpointer,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    set_aside_earlier_run,
+)
 from components.checkpoint.host_pool import HostBufferPool
 from components.checkpoint.layout import COMMIT_FILE, state_name
 from components.lm.training import capture_state, restore_state, train_loop
@@ -26,8 +33,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train(model, optimizer, scheduler, gen, start, stop, ckpt=None, every=0):
-    train_loop(model, optimizer, scheduler, _tiny.InMemoryCorpus(), _tiny.settings(8), data_generator=gen,
-               start_step=start, stop_step=stop, checkpointer=ckpt, checkpoint_every=every)
+    train_loop(
+        model,
+        optimizer,
+        scheduler,
+        _tiny.InMemoryCorpus(),
+        _tiny.settings(8),
+        data_generator=gen,
+        start_step=start,
+        stop_step=stop,
+        checkpointer=ckpt,
+        checkpoint_every=every,
+    )
 
 
 def test_restore_is_bitwise_and_training_continues_exactly(tmp_path):
@@ -206,8 +223,14 @@ _FULL_DISK_CHILD = textwrap.dedent("""
 
 
 def test_full_disk_gives_clear_error_and_keeps_previous_checkpoints(tmp_path):
-    out = subprocess.run([sys.executable, "-c", _FULL_DISK_CHILD, str(tmp_path)], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["before"] == ["step_00000001", "step_00000002"]
@@ -235,8 +258,16 @@ def _reference_states(iters: int, n_embd: int) -> dict[int, dict]:
         model, optimizer, scheduler, gen = _tiny.fresh(iters, n_embd)
         states = {}
         for step in range(iters):
-            train_loop(model, optimizer, scheduler, _tiny.InMemoryCorpus(), _tiny.settings(iters),
-                       data_generator=gen, start_step=step, stop_step=step + 1)
+            train_loop(
+                model,
+                optimizer,
+                scheduler,
+                _tiny.InMemoryCorpus(),
+                _tiny.settings(iters),
+                data_generator=gen,
+                start_step=step,
+                stop_step=step + 1,
+            )
             states[step + 1] = _tiny.flat_state(model, optimizer)
     finally:
         torch.set_num_threads(threads)
@@ -259,8 +290,14 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
     for kill in range(12):
         if kill >= 3 and torn_seen:
             break
-        proc = subprocess.Popen(child + ["1", str(int(unaligned))], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            child + ["1", str(int(unaligned))],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout.readline().strip() == "started", proc.stderr.read()
         if kill >= 2 and not restored_steps:  # a loaded machine: let one checkpoint commit first
             deadline = time.monotonic() + 120
@@ -286,8 +323,9 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
     assert torn_seen >= 1, "no kill landed while a checkpoint was in flight"
     # Resume after the last crash and finish: identical to training that never crashed.
     done = tmp_path / "done"
-    subprocess.run(child + ["1", str(int(unaligned)), str(done)], cwd=ROOT, env=env, check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        child + ["1", str(int(unaligned)), str(done)], cwd=ROOT, env=env, check=True, timeout=300, capture_output=True
+    )
     final = load_checkpoint(latest_checkpoint(folder))
     assert final["step"] == iters
     m, o, s, g = _tiny.fresh(iters, n_embd)
@@ -303,20 +341,36 @@ def test_two_rank_gloo_save_and_restore(tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     folder = tmp_path / "ckpt"
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests/checkpoint/_dist_child.py"), str(rank), "2",
-                               str(port), str(folder), str(tmp_path / f"rank{rank}.json")],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "tests/checkpoint/_dist_child.py"),
+                str(rank),
+                "2",
+                str(port),
+                str(folder),
+                str(tmp_path / f"rank{rank}.json"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
     errors = [proc.communicate(timeout=240)[1] for proc in procs]
     for rank, proc in enumerate(procs):
-        assert proc.returncode == 0, f"rank {rank}: " + errors[rank][-3000:] + "\n(other rank: " + errors[1 - rank][-1500:]
+        assert proc.returncode == 0, (
+            f"rank {rank}: " + errors[rank][-3000:] + "\n(other rank: " + errors[1 - rank][-1500:]
+        )
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in results:
         assert r["latest"] == "step_00000003" and r["restore"] and r["rng"] and r["continue"], r
     commit = json.loads((folder / "step_00000003" / COMMIT_FILE).read_text())
     assert commit["world_size"] == 2 and sorted(v["rank"] for v in commit["votes"]) == [0, 1]
-    assert sorted(p.name for p in (folder / "step_00000003").glob("*.shard")) == ["rank00000.shard",
-                                                                                  "rank00001.shard"]
+    assert sorted(p.name for p in (folder / "step_00000003").glob("*.shard")) == ["rank00000.shard", "rank00001.shard"]
     assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
 
 
@@ -324,8 +378,12 @@ def _mount_small_tmpfs(path: Path, size: str) -> bool:
     path.mkdir()
     if os.geteuid() != 0:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, check=False).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
 
 
 def test_no_space_left_names_the_folder_free_and_needed_sizes(tmp_path):

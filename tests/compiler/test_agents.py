@@ -1,14 +1,14 @@
 """LLMCompiler, ReAct and parallel function calling end to end on the real tools with a scripted LLM
 (plumbing, not model quality): answers, replanning, malformed plans, and that LLMCompiler overlaps
 the calls ReAct serializes."""
+
 import pytest
 
 from components.compiler import LLMCompiler, ReActAgent, ThreadSubmit, parse_final
 from components.compiler.agents import ParallelFunctionCalling
 from components.compiler.evaluation import AgentSettings, build_agent, evaluate, summarize
 from components.compiler.parallelqa import build_questions, is_correct
-from components.compiler.scripted import (ServedModelLatency, SimulatedServedLLM, observed_value,
-                                          parallelqa_oracle)
+from components.compiler.scripted import ServedModelLatency, SimulatedServedLLM, observed_value, parallelqa_oracle
 from components.llm import ScriptedLLM
 from components.tools import build_knowledge_base, build_toolbox
 
@@ -108,16 +108,22 @@ def test_parallel_function_calling_runs_a_turns_calls_together_and_reports_bad_o
         return pool.submit(run, tool, args, kwargs)
 
     a, b = kb.of_kind("city")[:2]
-    llm = ScriptedLLM([f'Thought: both at once.\nAction: search("area of {a.name}")\nAction: fly("moon")\n'
-                       f'Action: search("area of {b.name}")\nAction: calculate("1 +")',
-                       "Thought: done.\nAction: Finish(ok)"])
+    llm = ScriptedLLM(
+        [
+            f'Thought: both at once.\nAction: search("area of {a.name}")\nAction: fly("moon")\n'
+            f'Action: search("area of {b.name}")\nAction: calculate("1 +")',
+            "Thought: done.\nAction: Finish(ok)",
+        ]
+    )
     result = ParallelFunctionCalling(llm, tools, submit).run("q")
     pool.shutdown()
     assert result.answer == "ok" and result.llm_calls == 2 and result.tool_calls == 3
     assert started == [f"area of {a.name}", f"area of {b.name}", "1 +"]
     observations = result.trace[0]["observation"].split("\n")
     assert len(observations) == 4 and "unknown tool 'fly'" in observations[1]
-    assert f"{a.attributes['area_km2']:,.1f}" in observations[0] and f"{b.attributes['area_km2']:,.1f}" in observations[2]
+    assert (
+        f"{a.attributes['area_km2']:,.1f}" in observations[0] and f"{b.attributes['area_km2']:,.1f}" in observations[2]
+    )
     assert any("unknown tool" in e for e in result.errors) and any("calculate failed" in e for e in result.errors)
     # the second turn reads one Observation line per action, in the order written
     second = llm.requests[1][-1]["content"]
@@ -138,12 +144,18 @@ def test_parallel_function_calling_prompt_shows_examples_in_waves():
 def test_replan_path_runs_a_second_plan_that_continues_numbering(setup):
     kb, _, tools, submit = setup
     city = kb.of_kind("city")[0]
-    plans = iter([
-        '1. search("mayor of Nowhereville")\n2. join()<END_OF_PLAN>',
-        f'3. search("population of {city.name}")\n4. calculate("$3 * 2")\n5. join()<END_OF_PLAN>',
-    ])
-    joins = iter(["Thought: the search failed.\nAction: Replan(find the population instead)",
-                  "Thought: done.\nAction: Finish(twice the population)"])
+    plans = iter(
+        [
+            '1. search("mayor of Nowhereville")\n2. join()<END_OF_PLAN>',
+            f'3. search("population of {city.name}")\n4. calculate("$3 * 2")\n5. join()<END_OF_PLAN>',
+        ]
+    )
+    joins = iter(
+        [
+            "Thought: the search failed.\nAction: Replan(find the population instead)",
+            "Thought: done.\nAction: Finish(twice the population)",
+        ]
+    )
     llm = ScriptedLLM(lambda m: next(plans) if m[0]["content"].startswith("Given a user query") else next(joins))
     result = LLMCompiler(llm, tools, submit, max_replans=1).run("double the population?")
     assert result.replans == 1 and result.answer == "twice the population" and result.llm_calls == 4
@@ -163,8 +175,12 @@ def test_replanning_stops_at_max_replans(setup):
 
 def test_malformed_plan_lines_are_reported_to_the_joiner_not_crashes(setup):
     _, _, tools, submit = setup
-    llm = ScriptedLLM(['1. search("population of X"\n2. fly("moon")\nThought: hmm\n3. calculate("1 + 1")\n4. join()',
-                       "Action: Finish(2)"])
+    llm = ScriptedLLM(
+        [
+            '1. search("population of X"\n2. fly("moon")\nThought: hmm\n3. calculate("1 + 1")\n4. join()',
+            "Action: Finish(2)",
+        ]
+    )
     result = LLMCompiler(llm, tools, submit, max_replans=0).run("q")
     assert result.answer == "2"
     assert any("plan line 1" in e for e in result.errors) and any("unknown tool 'fly'" in e for e in result.errors)
@@ -175,10 +191,14 @@ def test_malformed_plan_lines_are_reported_to_the_joiner_not_crashes(setup):
 def test_react_reports_invalid_actions_and_recovers(setup):
     kb, _, tools, submit = setup
     city = kb.of_kind("city")[1]
-    llm = ScriptedLLM(["Thought: hmm, no action here",
-                       "Action: teleport(1)",
-                       f'Thought: look it up.\nAction: search("area of {city.name}")',
-                       "Action: Finish(done)"])
+    llm = ScriptedLLM(
+        [
+            "Thought: hmm, no action here",
+            "Action: teleport(1)",
+            f'Thought: look it up.\nAction: search("area of {city.name}")',
+            "Action: Finish(done)",
+        ]
+    )
     result = ReActAgent(llm, tools, submit).run("q")
     assert result.answer == "done" and result.tool_calls == 1 and result.llm_calls == 4
     assert "Invalid" in result.trace[0]["observation"] and "unknown tool" in result.trace[1]["observation"]
@@ -191,21 +211,32 @@ def test_react_gives_up_after_max_steps(setup):
     assert result.answer is None and result.tool_calls == 3 and "max_steps=3" in result.errors[-1]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Thought: ok\nAction: Finish(42)", ("finish", "42")),
-    ('Action: Finish("Mock River")', ("finish", "Mock River")),
-    ("Action: Replan(need the area)", ("replan", "need the area")),
-    ("I think it is 42", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Thought: ok\nAction: Finish(42)", ("finish", "42")),
+        ('Action: Finish("Mock River")', ("finish", "Mock River")),
+        ("Action: Replan(need the area)", ("replan", "need the area")),
+        ("I think it is 42", None),
+    ],
+)
 def test_parse_final(text, expected):
     assert parse_final(text) == expected
 
 
-@pytest.mark.parametrize("answer, gold, ok", [
-    ("1,200,071", 1200071, True), ("about 1.1e6 people", 1200071, True), ("900000", 1200071, False),
-    ("The Jorvel River.", "Jorvel River", True), ("jorvel river", "Jorvel River", True),
-    ("Jorvel River or Cortor River", "Jorvel River", False), (None, 3, False), ("no idea", 3, False),
-])
+@pytest.mark.parametrize(
+    "answer, gold, ok",
+    [
+        ("1,200,071", 1200071, True),
+        ("about 1.1e6 people", 1200071, True),
+        ("900000", 1200071, False),
+        ("The Jorvel River.", "Jorvel River", True),
+        ("jorvel river", "Jorvel River", True),
+        ("Jorvel River or Cortor River", "Jorvel River", False),
+        (None, 3, False),
+        ("no idea", 3, False),
+    ],
+)
 def test_scoring_numeric_within_ten_percent_else_normalized_match(answer, gold, ok):
     assert is_correct(answer, gold, distractors=("Cortor River",)) is ok
 

@@ -1,5 +1,6 @@
 """The Task Fetching Unit: never starts a task before its dependencies, runs independent ones at once,
 starts tasks while the plan is still streaming, and turns failures into observations."""
+
 import threading
 import time
 
@@ -101,8 +102,14 @@ def test_failures_become_observations_and_dependents_are_skipped():
     def broken(query):
         raise RuntimeError("backend down")
 
-    submit = ThreadSubmit(Toolbox([Tool("search", "search(q)", broken),
-                                   Tool("calculate", "calculate(e)", lambda e: ToolResult(value=1, text="1"))]))
+    submit = ThreadSubmit(
+        Toolbox(
+            [
+                Tool("search", "search(q)", broken),
+                Tool("calculate", "calculate(e)", lambda e: ToolResult(value=1, text="1")),
+            ]
+        )
+    )
     plan = '1. search("x")\n2. calculate("$1 + 1")\n3. calculate("2")\n4. join()'
     records = TaskFetchingUnit(submit).run(iter(parse_plan(plan, TOOLS)))
     submit.close()

@@ -1,5 +1,6 @@
 """`compile_calls` end to end through flows.platform.compose/run on a tiny config (scripted LLM: the
 flow's plumbing, not a model): MLflow params/metrics/artifacts, and every tool call a Prefect task run."""
+
 import json
 import time
 
@@ -8,8 +9,11 @@ from flows.platform import compose, run
 
 def test_compile_calls_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri):
     overrides = flow_overrides + [
-        "llm=scripted", "llm.script=components.compiler.scripted.parallelqa_oracle",
-        "questions=3", "tools.search_latency_s=0.05", "tools.calculate_latency_s=0.0",
+        "llm=scripted",
+        "llm.script=components.compiler.scripted.parallelqa_oracle",
+        "questions=3",
+        "tools.search_latency_s=0.05",
+        "tools.calculate_latency_s=0.0",
         "methods=[llmcompiler,react,parallel_fc]",
     ]
     result = run(compose("compile_calls", overrides))
@@ -30,7 +34,9 @@ def test_compile_calls_flow_end_to_end(prefect_harness, flow_overrides, mlflow_u
     assert {"inputs.json", "results", "traces"} <= listed
     answers = json.loads(open(client.download_artifacts(result["run_id"], "results/answers.json")).read())
     assert len(answers) == 9 and all(a["correct"] for a in answers)
-    trace = json.loads(open(client.download_artifacts(result["run_id"], "traces/sum_population-0.llmcompiler.json")).read())
+    trace = json.loads(
+        open(client.download_artifacts(result["run_id"], "traces/sum_population-0.llmcompiler.json")).read()
+    )
     assert "1. search(" in trace["trace"][0]["plan"] and trace["trace"][0]["tasks"][2]["ok"]
 
     # Every dispatched tool call ran as a Prefect task run of this flow run.
@@ -43,10 +49,12 @@ def test_compile_calls_flow_end_to_end(prefect_harness, flow_overrides, mlflow_u
     while True:  # task-run states reach the API asynchronously: wait until they have all arrived
         with get_client(sync_client=True) as prefect_client:
             task_runs = prefect_client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
         tool_runs = [t for t in task_runs if t.name in ("search", "calculate", "python")]  # task_run_name="{tool}"
-        if (len(tool_runs) >= expected and all(t.state and t.state.is_completed() for t in tool_runs)) \
-                or time.monotonic() > deadline:
+        if (
+            len(tool_runs) >= expected and all(t.state and t.state.is_completed() for t in tool_runs)
+        ) or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert len(tool_runs) == expected

@@ -1,22 +1,35 @@
 """The plan grammar: chains, fan-out/fan-in, malformed lines, streaming emission order."""
+
 import pytest
 
-from components.compiler.plan import (PlanParseError, StreamingPlanParser, iter_tasks, parse_call, parse_plan,
-                                      quote_bare_refs, references, substitute)
+from components.compiler.plan import (
+    PlanParseError,
+    StreamingPlanParser,
+    iter_tasks,
+    parse_call,
+    parse_plan,
+    quote_bare_refs,
+    references,
+    substitute,
+)
 
 TOOLS = ["search", "calculate", "python"]
 
 
 def test_chain_plan_dependencies():
-    tasks = parse_plan('1. search("headquarters of Acme")\n2. search("population of $1")\n3. join()<END_OF_PLAN>', TOOLS)
+    tasks = parse_plan(
+        '1. search("headquarters of Acme")\n2. search("population of $1")\n3. join()<END_OF_PLAN>', TOOLS
+    )
     assert [(t.idx, t.tool, t.deps) for t in tasks] == [(1, "search", ()), (2, "search", (1,)), (3, "join", (1, 2))]
     assert tasks[1].args == ("population of $1",)
 
 
 def test_fan_out_fan_in_with_thoughts_and_brace_refs():
-    plan = ("Thought: three lookups in parallel.\n"
-            '1. search("a")\n2. search("b")\n3. search(query="c")\n'
-            'Thought: then combine.\n4. calculate("(${1} + $2 + $3) / 3")\n5. join()<END_OF_PLAN>')
+    plan = (
+        "Thought: three lookups in parallel.\n"
+        '1. search("a")\n2. search("b")\n3. search(query="c")\n'
+        'Thought: then combine.\n4. calculate("(${1} + $2 + $3) / 3")\n5. join()<END_OF_PLAN>'
+    )
     tasks = parse_plan(plan, TOOLS)
     assert [t.deps for t in tasks] == [(), (), (), (1, 2, 3), (1, 2, 3, 4)]
     assert tasks[0].thought == "three lookups in parallel." and tasks[3].thought == "then combine."
@@ -38,13 +51,16 @@ def test_substitute_keeps_whole_values_and_renders_embedded_ones():
     assert substitute("$9 stays", {1: 1}) == "$9 stays"
 
 
-@pytest.mark.parametrize("line, message", [
-    ('1. search("unterminated)', "not Python literals"),
-    ("1. search(open('/etc/passwd'))", "not Python literals"),  # a call is not a literal: never evaluated
-    ('1. browse("x")', "unknown tool 'browse'"),
-    ('1. search("$2")', "depends on $2"),
-    ('1. search "no parens"', "expected name(arguments)"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('1. search("unterminated)', "not Python literals"),
+        ("1. search(open('/etc/passwd'))", "not Python literals"),  # a call is not a literal: never evaluated
+        ('1. browse("x")', "unknown tool 'browse'"),
+        ('1. search("$2")', "depends on $2"),
+        ('1. search "no parens"', "expected name(arguments)"),
+    ],
+)
 def test_malformed_line_raises_clear_error_naming_the_line(line, message):
     with pytest.raises(PlanParseError) as info:
         parse_plan(line + "\n2. join()", TOOLS)
@@ -60,8 +76,10 @@ def test_repeated_and_out_of_order_numbers_are_errors():
 
 def test_lenient_parser_skips_bad_lines_and_their_dependents_but_keeps_going():
     parser = StreamingPlanParser(TOOLS, strict=False)
-    text = ('1. search("a")\n2. search(oops\n3. calculate("$2 + 1")\nsome chatter\n'
-            '4. calculate("$1 * 2")\n5. join()\n6. search("after join is ignored")')
+    text = (
+        '1. search("a")\n2. search(oops\n3. calculate("$2 + 1")\nsome chatter\n'
+        '4. calculate("$1 * 2")\n5. join()\n6. search("after join is ignored")'
+    )
     tasks = parser.feed(text) + parser.finish()
     assert [t.idx for t in tasks] == [1, 4, 5]
     assert len(parser.errors) == 2 and "plan line 2" in str(parser.errors[0]) and "$2" in str(parser.errors[1])
@@ -105,7 +123,10 @@ def test_dependency_levels_group_steps_into_waves():
 
     assert dependency_levels(['search("a")', 'search("b")', 'calculate("$1 + $2")']) == [[0, 1], [2]]
     assert dependency_levels(['search("a")', 'search("x of $1")', 'search("c")', 'calculate("${2} * $3")']) == [
-        [0, 2], [1], [3]]
+        [0, 2],
+        [1],
+        [3],
+    ]
     assert dependency_levels([]) == []
     with pytest.raises(ValueError, match="step 2"):
         dependency_levels(['search("a")', 'calculate("$2 + 1")'])

@@ -1,6 +1,7 @@
 """`tune_agent` end to end at demo scale (the real SmolLM2, 2 optimizer steps on its top layer):
 transcripts -> tuning -> only the tuned layers saved -> registered in MLflow -> loadable by the
 embedded backend, with every other weight the packaged model's."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ import torch
 from flows.platform import compose, get_spec, run
 
 
-def test_tune_agent_flow_saves_registers_and_loads_the_tuned_layers(prefect_harness, flow_overrides, mlflow_uri,
-                                                                    tmp_path):
+def test_tune_agent_flow_saves_registers_and_loads_the_tuned_layers(
+    prefect_harness, flow_overrides, mlflow_uri, tmp_path
+):
     from mlflow.tracking import MlflowClient
 
     from components.lm import smollm2

@@ -1,5 +1,6 @@
 """Tuning a small model to the agents' formats: the oracle transcripts, their encoding, the loop,
 and loading the tuned folder through the embedded backend."""
+
 from __future__ import annotations
 
 import pytest
@@ -67,8 +68,13 @@ def test_tuning_lowers_the_reply_loss_and_trains_only_the_top_layers():
             return float(model(input_ids=ids, labels=labels).loss)
 
     before = reply_loss()
-    report = tune(model, examples, TuneSettings(train_layers=1, lr=3e-3, warmup_steps=1, epochs=30,
-                                                batch_tokens=96), pad_id=0, log=lambda _: None)
+    report = tune(
+        model,
+        examples,
+        TuneSettings(train_layers=1, lr=3e-3, warmup_steps=1, epochs=30, batch_tokens=96),
+        pad_id=0,
+        log=lambda _: None,
+    )
     assert report.steps == 30 and report.tokens == 30 * 4 * 24
     assert reply_loss() < 0.5 * before
     assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, frozen)
@@ -84,9 +90,16 @@ def test_embedded_backend_loads_a_tuned_folder(tmp_path):
     from components.llm.embedded import EmbeddedLLM
 
     tokenizer = load_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "tuned")
     tokenizer.save_pretrained(tmp_path / "tuned")

@@ -1,5 +1,6 @@
 """Runs a co-scientist tournament on the synthetic task against a state file; the resume test
 starts it in a subprocess, kills it mid-run, and resumes the same state in-process."""
+
 import sys
 from pathlib import Path
 
@@ -16,8 +17,13 @@ BUDGET_CALLS = 90
 def run(state_path: Path, latency_s: float) -> dict:
     llm = SyntheticLLM(SyntheticScience(0), judge_noise=0.2, latency_s=latency_s, restate_rate=0.2)
     state = TournamentState(state_path, GOAL)
-    sup = Supervisor(state, AgentSuite(llm, GOAL), Proximity(ProximityConfig(backend="tfidf")),
-                     Budget(calls=BUDGET_CALLS), SupervisorConfig(max_parallel=3, initial_hypotheses=6))
+    sup = Supervisor(
+        state,
+        AgentSuite(llm, GOAL),
+        Proximity(ProximityConfig(backend="tfidf")),
+        Budget(calls=BUDGET_CALLS),
+        SupervisorConfig(max_parallel=3, initial_hypotheses=6),
+    )
     summary = sup.run()
     state.close()
     return summary

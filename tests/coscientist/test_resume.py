@@ -1,5 +1,6 @@
 """A run killed mid-way (SIGKILL, in a subprocess) resumes from its SQLite state: nothing committed is
 lost, nothing is applied twice, and the budget still holds."""
+
 import os
 import signal
 import sqlite3
@@ -30,8 +31,12 @@ def _snapshot(path: Path) -> dict:
 
 def test_killed_run_resumes_without_losing_or_duplicating_hypotheses(tmp_path):
     path = tmp_path / "state.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.coscientist._resume_worker", str(path), "0.05"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.coscientist._resume_worker", str(path), "0.05"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if path.exists() and _snapshot(path)["done"] >= 25:
@@ -60,7 +65,9 @@ def test_killed_run_resumes_without_losing_or_duplicating_hypotheses(tmp_path):
     assert sorted(after["matches"]) == sorted(ranks)
     # Ratings applied once per match: a hypothesis' match count equals its decided matches.
     for hyp, n in db.execute("SELECT id, matches FROM hypotheses"):
-        decided = db.execute("SELECT COUNT(*) FROM matches WHERE winner IS NOT NULL AND (a=? OR b=?)", (hyp, hyp)).fetchone()[0]
+        decided = db.execute(
+            "SELECT COUNT(*) FROM matches WHERE winner IS NOT NULL AND (a=? OR b=?)", (hyp, hyp)
+        ).fetchone()[0]
         assert n == decided
     db.close()
     # The budget covers both runs together.

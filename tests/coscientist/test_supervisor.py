@@ -1,4 +1,5 @@
 """The supervisor: budget, priorities, malformed output and failing agents (no orchestrator)."""
+
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,25 @@ from components.coscientist.synthetic import SyntheticLLM, SyntheticScience
 GOAL = "raise the yield of the reaction"
 
 
-def make(tmp_path: Path, budget: Budget, llm=None, cfg: SupervisorConfig | None = None, elo: EloConfig | None = None,
-         name: str = "state.sqlite", **llm_kwargs) -> tuple[Supervisor, TournamentState, SyntheticLLM]:
+def make(
+    tmp_path: Path,
+    budget: Budget,
+    llm=None,
+    cfg: SupervisorConfig | None = None,
+    elo: EloConfig | None = None,
+    name: str = "state.sqlite",
+    **llm_kwargs,
+) -> tuple[Supervisor, TournamentState, SyntheticLLM]:
     llm = llm or SyntheticLLM(SyntheticScience(0), **llm_kwargs)
     state = TournamentState(tmp_path / name, GOAL)
-    sup = Supervisor(state, AgentSuite(llm, GOAL), Proximity(ProximityConfig(backend="tfidf")), budget,
-                     cfg or SupervisorConfig(max_parallel=3, initial_hypotheses=5), elo)
+    sup = Supervisor(
+        state,
+        AgentSuite(llm, GOAL),
+        Proximity(ProximityConfig(backend="tfidf")),
+        budget,
+        cfg or SupervisorConfig(max_parallel=3, initial_hypotheses=5),
+        elo,
+    )
     return sup, state, llm
 
 
@@ -60,16 +74,21 @@ def test_new_hypotheses_are_generated_then_reviewed_before_they_are_ranked(tmp_p
 
 
 def test_weights_decide_the_share_of_work(tmp_path):
-    only_rank = SupervisorConfig(max_parallel=2, initial_hypotheses=6,
-                                 weights=WorkWeights(generate=0, rank=1, evolve=0, meta_review=0))
+    only_rank = SupervisorConfig(
+        max_parallel=2, initial_hypotheses=6, weights=WorkWeights(generate=0, rank=1, evolve=0, meta_review=0)
+    )
     sup, state, _ = make(tmp_path, Budget(calls=60), cfg=only_rank)
     sup.run()
     counts = state.task_counts()
     assert counts["generate"]["done"] == 6 and "evolve" not in counts and "meta_review" not in counts
     rank_calls = state.db.execute("SELECT SUM(calls) FROM tasks WHERE kind='rank'").fetchone()[0]
     assert rank_calls >= 60 - 12 - 3  # all but the 6 generations and 6 reviews (and a debate's rounding)
-    evolve_heavy = SupervisorConfig(max_parallel=2, initial_hypotheses=6, meta_review_every=5,
-                                    weights=WorkWeights(generate=0, rank=1, evolve=3, meta_review=1))
+    evolve_heavy = SupervisorConfig(
+        max_parallel=2,
+        initial_hypotheses=6,
+        meta_review_every=5,
+        weights=WorkWeights(generate=0, rank=1, evolve=3, meta_review=1),
+    )
     sup, state, _ = make(tmp_path, Budget(calls=60), cfg=evolve_heavy, name="b.sqlite")
     sup.run()
     counts = state.task_counts()
@@ -118,8 +137,12 @@ def test_failing_agent_calls_are_recorded_and_the_run_goes_on(tmp_path):
 
 
 def test_an_endpoint_that_always_fails_stops_the_run_with_a_clear_error(tmp_path):
-    sup, state, _ = make(tmp_path, Budget(calls=40), llm=FlakyLLM(fail_every=1),
-                         cfg=SupervisorConfig(max_parallel=1, max_consecutive_failures=3))
+    sup, state, _ = make(
+        tmp_path,
+        Budget(calls=40),
+        llm=FlakyLLM(fail_every=1),
+        cfg=SupervisorConfig(max_parallel=1, max_consecutive_failures=3),
+    )
     with pytest.raises(RuntimeError, match="3 agent calls failed in a row.*unreachable"):
         sup.run()
     assert state.db.execute("SELECT COUNT(*) FROM tasks WHERE status='failed'").fetchone()[0] == 3

@@ -4,6 +4,7 @@ Each test runs on the CPU everywhere (so the test itself is known to work) and o
 is present. They need only torch, transformers, numpy and safetensors, so they also run on a bare
 GPU image without the project's orchestration stack: `bash scripts/device_checks.sh`.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -20,9 +21,19 @@ def test_lazy_checkpoint_restores_exactly_and_training_continues(device, tmp_pat
 
     def trained(start, stop, parts, ckpt=None):
         model, optimizer, scheduler, gen = parts
-        train_loop(model, optimizer, scheduler, _tiny.InMemoryCorpus(), _tiny.settings(8), data_generator=gen,
-                   start_step=start, stop_step=stop, checkpointer=ckpt, checkpoint_every=1 if ckpt else 0,
-                   device=device)
+        train_loop(
+            model,
+            optimizer,
+            scheduler,
+            _tiny.InMemoryCorpus(),
+            _tiny.settings(8),
+            data_generator=gen,
+            start_step=start,
+            stop_step=stop,
+            checkpointer=ckpt,
+            checkpoint_every=1 if ckpt else 0,
+            device=device,
+        )
         return model, optimizer
 
     def fresh():
@@ -44,8 +55,13 @@ def test_lazy_checkpoint_restores_exactly_and_training_continues(device, tmp_pat
     _tiny.assert_bitwise_equal(_tiny.flat_state(resumed[0], resumed[1]), saved)
     continued = _tiny.flat_state(*trained(5, 8, resumed))
     for key in reference:  # GPU backward kernels may reorder sums: equal up to float rounding there
-        torch.testing.assert_close(continued[key], reference[key], rtol=0 if device == "cpu" else 1e-5,
-                                   atol=0 if device == "cpu" else 1e-6, msg=key)
+        torch.testing.assert_close(
+            continued[key],
+            reference[key],
+            rtol=0 if device == "cpu" else 1e-5,
+            atol=0 if device == "cpu" else 1e-6,
+            msg=key,
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)

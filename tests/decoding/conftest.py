@@ -1,4 +1,5 @@
 """Tiny random models for the decoding tests (fast; their text is noise, only exactness matters)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,8 +11,9 @@ def _tiny_models(one_torch_thread):
     """Every test here decodes with tiny models (see tests/conftest.py)."""
 
 
-def tiny_gpt(vocab_size: int = 16, n_layer: int = 2, n_embd: int = 16, seed: int = 0, scale: float = 1.0,
-             block_size: int = 128):
+def tiny_gpt(
+    vocab_size: int = 16, n_layer: int = 2, n_embd: int = 16, seed: int = 0, scale: float = 1.0, block_size: int = 128
+):
     from components.lm.model import GPT, GPTConfig
 
     torch.manual_seed(seed)

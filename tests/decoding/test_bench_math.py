@@ -1,12 +1,22 @@
 """The bounds and round models the decoding benchmark reports, checked against the decoding engine."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from components.decoding.bench import (StepCosts, alpha_needed, alpha_needed_at_cost, best_over_gamma, expected_tokens,
-                                       greedy_agreement, leviathan_speedup, pearl_tokens_per_s, requirement_map,
-                                       sd_tokens_per_s)
+from components.decoding.bench import (
+    StepCosts,
+    alpha_needed,
+    alpha_needed_at_cost,
+    best_over_gamma,
+    expected_tokens,
+    greedy_agreement,
+    leviathan_speedup,
+    pearl_tokens_per_s,
+    requirement_map,
+    sd_tokens_per_s,
+)
 from components.decoding.cache import CausalLM
 from components.decoding.engine import build_decoder
 from components.decoding.models import layer_skip_draft, tiny_llama
@@ -14,7 +24,7 @@ from components.decoding.models import layer_skip_draft, tiny_llama
 
 def test_leviathan_formula():
     assert expected_tokens(0.0, 4) == 1.0 and expected_tokens(1.0, 4) == 5
-    assert leviathan_speedup(0.8, 4, 0.1) == pytest.approx((1 - 0.8 ** 5) / 0.2 / 1.4)
+    assert leviathan_speedup(0.8, 4, 0.1) == pytest.approx((1 - 0.8**5) / 0.2 / 1.4)
     assert leviathan_speedup(0.0, 3, 0.5) < 1  # a useless draft only costs time
 
 
@@ -101,16 +111,18 @@ def test_round_models_count_the_engines_tokens_per_round(alpha, gamma):
 
     pearl = build_decoder("pearl", target, draft, gamma=gamma, parallel=False)
     tokens, stats = pearl.generate([1], n)
-    assert tokens == truth[1:n + 1].tolist()  # greedy: the target's text, whatever the draft says
+    assert tokens == truth[1 : n + 1].tolist()  # greedy: the target's text, whatever the draft says
     unit_rounds = StepCosts(target_blocks={1: 1.0}, draft_step=1 / gamma)  # every round lasts 1 s
-    assert stats.new_tokens / stats.rounds == pytest.approx(pearl_tokens_per_s(measured_alpha, gamma, unit_rounds),
-                                                            rel=0.03)
+    assert stats.new_tokens / stats.rounds == pytest.approx(
+        pearl_tokens_per_s(measured_alpha, gamma, unit_rounds), rel=0.03
+    )
 
     sd = build_decoder("sd", target, draft, gamma=gamma, parallel=False)
     _, stats = sd.generate([1], n)
     unit_cycle = StepCosts(target_blocks={1: 1.0}, draft_step=0.0)  # draft free, verify 1 s
     assert stats.new_tokens / stats.target_forwards == pytest.approx(
-        sd_tokens_per_s(measured_alpha, gamma, unit_cycle), rel=0.03)
+        sd_tokens_per_s(measured_alpha, gamma, unit_cycle), rel=0.03
+    )
 
 
 def test_greedy_agreement_is_the_share_of_positions_the_draft_predicts():
@@ -146,10 +158,14 @@ def test_greedy_agreement_on_a_real_model_matches_step_by_step_decoding():
     assert greedy_agreement(draft, sequences) == pytest.approx(hits / total)
 
 
-_CPU_COSTS = {"target_step_s": 0.05, "target_step_split_s": 0.051,
-              "target_block_s": {"3": 0.06, "9": 0.085, "17": 0.09},
-              "target_block_split_s": {"3": 0.058, "9": 0.114, "17": 0.113},
-              "draft_step_s": 0.006, "draft_step_split_s": 0.004}
+_CPU_COSTS = {
+    "target_step_s": 0.05,
+    "target_step_split_s": 0.051,
+    "target_block_s": {"3": 0.06, "9": 0.085, "17": 0.09},
+    "target_block_split_s": {"3": 0.058, "9": 0.114, "17": 0.113},
+    "draft_step_s": 0.006,
+    "draft_step_split_s": 0.004,
+}
 
 
 def test_alpha_needed_at_cost_is_the_least_alpha_meeting_the_goals():

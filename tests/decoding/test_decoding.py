@@ -1,5 +1,6 @@
 """Exactness of every decoding method: greedy equality with AR, the output law under sampling,
 KV-cache rollback."""
+
 from __future__ import annotations
 
 import collections
@@ -16,7 +17,14 @@ from components.decoding.sampling import SamplingParams, accept_draft_token, res
 from tests.decoding.conftest import tiny_gpt
 
 SPECULATIVE = [m for m in METHODS if m != "ar"]
-PROMPTS = [[1, 5, 9, 3], [1, 7], [1, 20, 21, 22, 23, 24], [1, 40, 2, 2, 63], [1, 11, 12], [1, 33, 34, 35, 36, 37, 38, 39]]
+PROMPTS = [
+    [1, 5, 9, 3],
+    [1, 7],
+    [1, 20, 21, 22, 23, 24],
+    [1, 40, 2, 2, 63],
+    [1, 11, 12],
+    [1, 33, 34, 35, 36, 37, 38, 39],
+]
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +86,19 @@ def test_threaded_and_inline_workers_give_identical_samples(llama_pair):
     inline = build_decoder("pearl", target, draft, gamma=3, parallel=False)
     try:
         for seed in range(3):
-            assert threaded.generate(PROMPTS[0], 30, params, seed=seed)[0] == inline.generate(PROMPTS[0], 30, params, seed=seed)[0]
+            assert (
+                threaded.generate(PROMPTS[0], 30, params, seed=seed)[0]
+                == inline.generate(PROMPTS[0], 30, params, seed=seed)[0]
+            )
     finally:
         threaded.close()
 
 
-@pytest.mark.parametrize("model_factory", [lambda: tiny_llama(vocab_size=32), lambda: tiny_gpt(vocab_size=32)],
-                         ids=["hf-dynamic-cache", "gpt-tensor-cache"])
+@pytest.mark.parametrize(
+    "model_factory",
+    [lambda: tiny_llama(vocab_size=32), lambda: tiny_gpt(vocab_size=32)],
+    ids=["hf-dynamic-cache", "gpt-tensor-cache"],
+)
 def test_kv_rollback_matches_a_fresh_prefill(model_factory):
     model = wrap_model(model_factory())
     runner = SequenceRunner(model)
@@ -94,7 +108,7 @@ def test_kv_rollback_matches_a_fresh_prefill(model_factory):
     runner.check_consistent()
     incremental = runner.logits_for(prefix + accepted)
     runner.check_consistent()
-    fresh = SequenceRunner(model).logits_for(prefix + accepted)[-len(accepted):]
+    fresh = SequenceRunner(model).logits_for(prefix + accepted)[-len(accepted) :]
     torch.testing.assert_close(incremental, fresh, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="nothing to feed"):
         runner.logits_for(prefix + accepted)
@@ -160,11 +174,14 @@ def _chi_square_p(samples, law):
     observed, expected, rest_obs, rest_exp = [], [], 0, 0.0
     for cell in cells:  # pool the rare cells so every expected count is >= 5
         if law[cell] * n >= 5:
-            observed.append(counts[cell]); expected.append(law[cell] * n)
+            observed.append(counts[cell])
+            expected.append(law[cell] * n)
         else:
-            rest_obs += counts[cell]; rest_exp += law[cell] * n
+            rest_obs += counts[cell]
+            rest_exp += law[cell] * n
     if rest_exp > 0:
-        observed.append(rest_obs); expected.append(rest_exp)
+        observed.append(rest_obs)
+        expected.append(rest_exp)
     scale = sum(observed) / sum(expected)
     return stats.chisquare(observed, [e * scale for e in expected]).pvalue
 

@@ -1,4 +1,5 @@
 """Aggregators (staleness direction, BatchNorm buffers), partitions, speed models, the PyTorch task."""
+
 import numpy as np
 import pytest
 
@@ -28,8 +29,13 @@ def test_polynomial_staleness_decreases_unlike_the_reference_codes_plus_a():
 def test_staleness_weighted_step_and_plain_buffer_average():
     a = agg.FedCompassAggregator([0.5, 0.5], alpha=0.8, staleness_fn=agg.make_staleness_fn("polynomial", 0.5))
     w = {"w": np.array([1.0], dtype=np.float32), "bn.running_mean": np.array([0.0], dtype=np.float32)}
-    new = a.aggregate(w, [WeightedUpdate(0, update([1.0], {"bn.running_mean": np.array([2.0])}), 0),
-                          WeightedUpdate(1, update([1.0], {"bn.running_mean": np.array([4.0])}), 3)])
+    new = a.aggregate(
+        w,
+        [
+            WeightedUpdate(0, update([1.0], {"bn.running_mean": np.array([2.0])}), 0),
+            WeightedUpdate(1, update([1.0], {"bn.running_mean": np.array([4.0])}), 3),
+        ],
+    )
     # w - 0.8*0.5*(1*1 + 0.5*1) = 1 - 0.6
     assert new["w"][0] == pytest.approx(0.4)
     assert new["bn.running_mean"][0] == pytest.approx(3.0)  # plain mean, no staleness weighting
@@ -38,8 +44,9 @@ def test_staleness_weighted_step_and_plain_buffer_average():
 
 def test_fedavg_is_sample_weighted_mean_of_local_models():
     w = {"w": np.array([1.0])}
-    new = agg.FedAvgAggregator().aggregate(w, [WeightedUpdate(0, update([1.0], n=30), 0),
-                                              WeightedUpdate(1, update([-1.0], n=10), 0)])
+    new = agg.FedAvgAggregator().aggregate(
+        w, [WeightedUpdate(0, update([1.0], n=30), 0), WeightedUpdate(1, update([-1.0], n=10), 0)]
+    )
     # local models 0 and 2, weights 3/4 and 1/4 -> 0.5
     assert new["w"][0] == pytest.approx(0.5)
 
@@ -96,7 +103,10 @@ def test_local_training_learns_and_is_deterministic():
     assert all(np.array_equal(u1["delta"][k], u2["delta"][k]) for k in u1["delta"])
     assert any("running_mean" in k for k in u1["buffers"]) and "0.weight" in u1["delta"]
     trained = {k: (w0[k] - u1["delta"][k]) if k in u1["delta"] else u1["buffers"][k] for k in w0}
-    assert fl_task.evaluate(trained, ds.x_test, ds.y_test, spec)[1] > fl_task.evaluate(w0, ds.x_test, ds.y_test, spec)[1] + 0.3
+    assert (
+        fl_task.evaluate(trained, ds.x_test, ds.y_test, spec)[1]
+        > fl_task.evaluate(w0, ds.x_test, ds.y_test, spec)[1] + 0.3
+    )
     with pytest.raises(ValueError, match="dataset"):
         fl_task.load_dataset("cifar10")
 

@@ -1,6 +1,7 @@
 """Federated runs under faults: a SuperNode killed mid-run on the loopback deployment (every strategy),
 two deployment runs in a row in one work_dir, Flower executables found next to sys.executable, results
 tied to the run that wrote them, and bad configs stopped at composition."""
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,26 @@ SCALE = 0.02  # wall seconds per virtual second
 
 
 def _settings(n_clients: int = 3) -> str:
-    return FederationSettings(data=asdict(FedDataConfig()), model=asdict(FedModelConfig(kind="mlp", width=4)),
-                              speed=asdict(FedSpeedConfig(kind="homogeneous")), n_clients=n_clients, seed=0,
-                              lr=0.05, batch_size=32, seconds_per_virtual_second=SCALE).to_json()
+    return FederationSettings(
+        data=asdict(FedDataConfig()),
+        model=asdict(FedModelConfig(kind="mlp", width=4)),
+        speed=asdict(FedSpeedConfig(kind="homogeneous")),
+        n_clients=n_clients,
+        seed=0,
+        lr=0.05,
+        batch_size=32,
+        seconds_per_virtual_second=SCALE,
+    ).to_json()
 
 
 def _strategy(name: str) -> str:
-    return json.dumps(asdict(FedStrategyConfig(name=name, q_max=8, q_min=2, local_steps=8, buffer_size=2,
-                                               round_timeout=60.0 / SCALE, min_clients=2)))
+    return json.dumps(
+        asdict(
+            FedStrategyConfig(
+                name=name, q_max=8, q_min=2, local_steps=8, buffer_size=2, round_timeout=60.0 / SCALE, min_clients=2
+            )
+        )
+    )
 
 
 def _supernode_of(run_folder: Path, client: int):
@@ -66,11 +79,15 @@ def _kill_supernode_after_first_update(run_folder: Path, client: int, killed: di
 def test_killed_supernode_on_loopback_every_strategy(tmp_path, strategy):
     name, rounds = "run-kill", 5
     killed: dict = {}
-    killer = threading.Thread(target=_kill_supernode_after_first_update,
-                              args=(tmp_path / name, 1, killed, time.monotonic() + 500), daemon=True)
+    killer = threading.Thread(
+        target=_kill_supernode_after_first_update,
+        args=(tmp_path / name, 1, killed, time.monotonic() + 500),
+        daemon=True,
+    )
     killer.start()
-    out = run_on_loopback(_settings(), _strategy(strategy), rounds, 3, timeout=500, workdir=str(tmp_path),
-                          run_name=name)
+    out = run_on_loopback(
+        _settings(), _strategy(strategy), rounds, 3, timeout=500, workdir=str(tmp_path), run_name=name
+    )
     killer.join(timeout=5)
     assert "version" in killed, "the SuperNode was never killed"
     assert out["summary"]["global_updates"] == rounds
@@ -137,17 +154,30 @@ def test_every_run_gets_its_own_folder(tmp_path, monkeypatch):
         run_on_loopback(_settings(2), _strategy("fedavg"), 2, 2, workdir=str(tmp_path), run_name="taken")
 
 
-@pytest.mark.parametrize("override, key", [
-    ("clients=0", "clients"), ("rounds=0", "rounds"), ("lr=-1", "lr"), ("batch_size=0", "batch_size"),
-    ("fed_strategy.q_min=60", "fed_strategy.q_max"), ("fed_strategy.alpha=1.5", "fed_strategy.alpha"),
-    ("fed_strategy.round_timeout=-3", "fed_strategy.round_timeout"),
-    ("fed_strategy.min_clients=0", "fed_strategy.min_clients"), ("fed_speed.mean=0", "fed_speed.mean"),
-    ("fed_speed.kind=uniform", "fed_speed.kind"), ("fed_data.partition=random", "fed_data.partition"),
-    ("fed_data.test_fraction=1.0", "fed_data.test_fraction"), ("model.kind=resnet", "model.kind"),
-    ("flower.backend=cloud", "flower.backend"), ("flower.timeout=0", "flower.timeout"),
-    ("crash_clients=[7]", "crash_clients"), ("client_weighting=size", "client_weighting"),
-    ("target_accuracy=2", "target_accuracy"), ("driver=ray", "driver"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("clients=0", "clients"),
+        ("rounds=0", "rounds"),
+        ("lr=-1", "lr"),
+        ("batch_size=0", "batch_size"),
+        ("fed_strategy.q_min=60", "fed_strategy.q_max"),
+        ("fed_strategy.alpha=1.5", "fed_strategy.alpha"),
+        ("fed_strategy.round_timeout=-3", "fed_strategy.round_timeout"),
+        ("fed_strategy.min_clients=0", "fed_strategy.min_clients"),
+        ("fed_speed.mean=0", "fed_speed.mean"),
+        ("fed_speed.kind=uniform", "fed_speed.kind"),
+        ("fed_data.partition=random", "fed_data.partition"),
+        ("fed_data.test_fraction=1.0", "fed_data.test_fraction"),
+        ("model.kind=resnet", "model.kind"),
+        ("flower.backend=cloud", "flower.backend"),
+        ("flower.timeout=0", "flower.timeout"),
+        ("crash_clients=[7]", "crash_clients"),
+        ("client_weighting=size", "client_weighting"),
+        ("target_accuracy=2", "target_accuracy"),
+        ("driver=ray", "driver"),
+    ],
+)
 def test_bad_federated_configs_fail_at_composition_naming_the_key(flow_overrides, override, key):
     with pytest.raises(Exception) as caught:
         compose("federated", flow_overrides + [override])
@@ -158,6 +188,7 @@ def test_bad_federated_configs_fail_at_composition_naming_the_key(flow_overrides
 
 
 def test_round_timeout_defaults_to_ten_rounds_of_work(flow_overrides):
-    cfg = compose("federated", flow_overrides + ["fed_strategy=fedavg", "fed_strategy.local_steps=20",
-                                                 "fed_speed.mean=2.0"])
+    cfg = compose(
+        "federated", flow_overrides + ["fed_strategy=fedavg", "fed_strategy.local_steps=20", "fed_speed.mean=2.0"]
+    )
     assert cfg.fed_strategy.round_timeout == 400.0 and cfg.fed_strategy.min_clients == 2

@@ -1,4 +1,5 @@
 """The `federated` flow end to end through Hydra compose + Prefect + MLflow, on a tiny config."""
+
 import json
 
 import pytest
@@ -24,7 +25,10 @@ def test_flow_logs_accuracy_vs_time_to_mlflow(prefect_harness, flow_overrides, m
     assert mlrun.data.metrics["top_accuracy"] == pytest.approx(max(m.value for m in history))
     artifacts = {a.path for a in client.list_artifacts(result["run_id"], "federated")}
     assert {"federated/history.json", "federated/aggregations.json", "federated/accuracy_vs_time.png"} <= artifacts
-    assert {a.path for a in client.list_artifacts(result["run_id"], "model")} >= {"model/weights.npz", "model/model.json"}
+    assert {a.path for a in client.list_artifacts(result["run_id"], "model")} >= {
+        "model/weights.npz",
+        "model/model.json",
+    }
     path = client.download_artifacts(result["run_id"], "federated/aggregations.json")
     records = json.loads(open(path).read())
     assert len(records) == 4 and all("staleness" in r for r in records)
@@ -39,8 +43,15 @@ def test_wrong_keys_and_values_fail_with_their_name(flow_overrides):
         compose("federated", flow_overrides + ["clients=3", "crash_clients=[7]"])
 
 
-@pytest.mark.parametrize("strategy,speed,data", [("fedavg", "homogeneous", "mnist1d"), ("fedasync", "normal", "digits"),
-                                                 ("fedbuff", "exponential", "mnist1d"), ("fedcompass", "drifting", "digits")])
+@pytest.mark.parametrize(
+    "strategy,speed,data",
+    [
+        ("fedavg", "homogeneous", "mnist1d"),
+        ("fedasync", "normal", "digits"),
+        ("fedbuff", "exponential", "mnist1d"),
+        ("fedcompass", "drifting", "digits"),
+    ],
+)
 def test_every_group_option_composes(flow_overrides, strategy, speed, data):
     cfg = compose("federated", flow_overrides + [f"fed_strategy={strategy}", f"fed_speed={speed}", f"fed_data={data}"])
     assert (cfg.fed_strategy.name, cfg.fed_data.name) == (strategy, data)

@@ -2,6 +2,7 @@
 
 Slow (Ray start-up): `pytest -m slow tests/federated/test_fed_flower.py`.
 """
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -12,9 +13,18 @@ from flows.platform import compose, run
 def test_flower_driver_runs_compass_with_a_crashed_client(prefect_harness, flow_overrides, mlflow_uri):
     # Client 0 crashes on its first message (its ClientApp raises): the server counts it lost and
     # the two others keep the run going to 4 global updates.
-    overrides = flow_overrides + ["driver=flower", "rounds=4", "clients=3", "fed_strategy.q_max=8",
-                                  "fed_strategy.q_min=2", "model.width=4", "flower.seconds_per_virtual_second=0.02",
-                                  "crash_clients=[0]", "crash_at=0.0", "flower.timeout=300"]
+    overrides = flow_overrides + [
+        "driver=flower",
+        "rounds=4",
+        "clients=3",
+        "fed_strategy.q_max=8",
+        "fed_strategy.q_min=2",
+        "model.width=4",
+        "flower.seconds_per_virtual_second=0.02",
+        "crash_clients=[0]",
+        "crash_at=0.0",
+        "flower.timeout=300",
+    ]
     result = run(compose("federated", overrides))
     assert result["metrics"]["global_updates"] == 4
     client = MlflowClient(mlflow_uri)
@@ -42,10 +52,20 @@ def _app_processes_of(workdir) -> list[str]:
 
 
 @pytest.mark.slow
-def test_flower_deployment_on_loopback_runs_and_stops_its_processes(prefect_harness, flow_overrides, mlflow_uri, tmp_path):
-    overrides = flow_overrides + ["driver=flower", "flower.backend=deployment", "rounds=3", "clients=2",
-                                  "fed_strategy.q_max=8", "fed_strategy.q_min=2", "model.width=4",
-                                  "flower.seconds_per_virtual_second=0.02", "flower.timeout=400"]
+def test_flower_deployment_on_loopback_runs_and_stops_its_processes(
+    prefect_harness, flow_overrides, mlflow_uri, tmp_path
+):
+    overrides = flow_overrides + [
+        "driver=flower",
+        "flower.backend=deployment",
+        "rounds=3",
+        "clients=2",
+        "fed_strategy.q_max=8",
+        "fed_strategy.q_min=2",
+        "model.width=4",
+        "flower.seconds_per_virtual_second=0.02",
+        "flower.timeout=400",
+    ]
     result = run(compose("federated", overrides))
     assert result["metrics"]["global_updates"] == 3
     client = MlflowClient(mlflow_uri)

@@ -4,10 +4,10 @@ The clock is a plain variable moved by the test; updates are opaque tokens recor
 aggregator, so every expected number below is worked out by hand from the algorithm in
 the FedCompass paper (Li et al., ICLR 2024, Algorithms 1-3).
 """
+
 import pytest
 
-from components.federated.schedulers import (CompassScheduler, FedAsyncScheduler, FedAvgScheduler,
-                                             FedBuffScheduler)
+from components.federated.schedulers import CompassScheduler, FedAsyncScheduler, FedAvgScheduler, FedBuffScheduler
 
 
 class Clock:
@@ -31,8 +31,9 @@ class RecordingAggregator:
 
 def compass(n=2, q_max=10, q_min=2):
     clock, aggregator = Clock(), RecordingAggregator()
-    scheduler = CompassScheduler(n, aggregator, {"n": 0}, clock, q_max=q_max, q_min=q_min,
-                                 speed_momentum=0.9, latest_time_factor=1.5)
+    scheduler = CompassScheduler(
+        n, aggregator, {"n": 0}, clock, q_max=q_max, q_min=q_min, speed_momentum=0.9, latest_time_factor=1.5
+    )
     return scheduler, clock, aggregator
 
 

@@ -1,4 +1,5 @@
 """The discrete-event simulator: determinism, crashed clients, group behaviour in virtual time."""
+
 import math
 
 import numpy as np
@@ -20,8 +21,9 @@ def setup():
     return ds, spec, data
 
 
-def simulate(setup, name="fedcompass", seed=0, kind="exponential", crash_at=None, max_updates=12,
-             time_budget=math.inf, **kw):
+def simulate(
+    setup, name="fedcompass", seed=0, kind="exponential", crash_at=None, max_updates=12, time_budget=math.inf, **kw
+):
     ds, spec, data = setup
     clock = VirtualClock()
     weights = agg.client_weights([len(y) for _, y in data])
@@ -38,9 +40,18 @@ def simulate(setup, name="fedcompass", seed=0, kind="exponential", crash_at=None
         loss, acc = fl_task.evaluate(w, ds.x_test, ds.y_test, spec)
         return {"accuracy": acc, "loss": loss}
 
-    sim = Simulator(scheduler, clock, speeds.make_speeds(kind, len(data), 1.0, seed), trainer, evaluate,
-                    seed=seed, max_updates=max_updates, time_budget=time_budget, target_accuracy=0.5,
-                    crash_at=crash_at or {})
+    sim = Simulator(
+        scheduler,
+        clock,
+        speeds.make_speeds(kind, len(data), 1.0, seed),
+        trainer,
+        evaluate,
+        seed=seed,
+        max_updates=max_updates,
+        time_budget=time_budget,
+        target_accuracy=0.5,
+        crash_at=crash_at or {},
+    )
     return sim.run(), calls
 
 
@@ -75,8 +86,9 @@ def test_crashed_client_in_the_simulator_fedavg_without_round_timeout_fails_nami
 def test_crashed_client_in_the_simulator_fedavg_round_timeout_goes_on_with_the_arrivals(setup):
     # homogeneous speed 1, 10 steps: a round takes 10 s; client 0 dies at once. Round 1 ends at the
     # 40 s timeout with clients 1-3; later rounds wait only for them (10 s each, no more timeouts).
-    result, _ = simulate(setup, name="fedavg", kind="homogeneous", crash_at={0: 0.0}, max_updates=4,
-                         round_timeout=40.0, min_clients=2)
+    result, _ = simulate(
+        setup, name="fedavg", kind="homogeneous", crash_at={0: 0.0}, max_updates=4, round_timeout=40.0, min_clients=2
+    )
     assert result.summary["global_updates"] == 4 and result.lost_clients == [0]
     assert [r.time for r in result.records] == [40.0, 50.0, 60.0, 70.0]
     assert [r.trigger for r in result.records] == ["timeout", "round", "round", "round"]
@@ -85,8 +97,15 @@ def test_crashed_client_in_the_simulator_fedavg_round_timeout_goes_on_with_the_a
 
 def test_crashed_clients_in_the_simulator_below_min_clients_fail_the_run(setup):
     with pytest.raises(FederatedRunFailed, match=r"fewer than min_clients=2; lost clients: \[0, 1, 2\]"):
-        simulate(setup, name="fedavg", kind="homogeneous", crash_at={0: 0.0, 1: 0.0, 2: 0.0}, max_updates=4,
-                 round_timeout=40.0, min_clients=2)
+        simulate(
+            setup,
+            name="fedavg",
+            kind="homogeneous",
+            crash_at={0: 0.0, 1: 0.0, 2: 0.0},
+            max_updates=4,
+            round_timeout=40.0,
+            min_clients=2,
+        )
 
 
 @pytest.mark.parametrize("name", ["fedasync", "fedbuff", "fedcompass"])
@@ -121,8 +140,7 @@ def test_drifting_speeds_are_tracked_by_the_speed_estimate(setup):
     drifting = speeds.make_speeds("homogeneous", 4, 1.0, 0, drift_time=60.0, drift_fraction=0.25, drift_factor=3.0)
     slow = drifting.drift_clients[0]
     trainer = LocalTrainer(fl_task.local_train, data, spec=spec)
-    Simulator(scheduler, clock, drifting, trainer, lambda w: {"accuracy": 0.0, "loss": 0.0},
-              time_budget=200).run()
+    Simulator(scheduler, clock, drifting, trainer, lambda w: {"accuracy": 0.0, "loss": 0.0}, time_budget=200).run()
     others = [scheduler.speed[c] for c in range(4) if c != slow]
     assert scheduler.speed[slow] == pytest.approx(3.0, rel=0.05)
     assert others == pytest.approx([1.0] * 3, rel=0.05)

@@ -1,7 +1,7 @@
 """Bring your own client speeds: `fed_speed=given` with a list or a file of seconds per local step;
 bad files are refused at composition with the file, the line and the value."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 
@@ -26,15 +26,18 @@ def test_step_times_file_one_per_line_or_json(tmp_path, flow_overrides):
     assert list(build_speeds(cfg.fed_speed, 2, 0).step_times) == [3.0, 1.5]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("0.5\nfast\n1\n", r"speeds.txt, line 2: 'fast' is not a number"),
-    ("0.5\n-1\n1\n", r"speeds.txt, line 2: '-1' is not a number of seconds > 0"),
-    ("0.5\nnan\n1\n", r"speeds.txt, line 2: 'nan' is not a number of seconds > 0"),
-    ("0.5\n1\n", r"speeds.txt: 2 step times for 3 clients"),
-    ("[0.5, 1,", r"speeds.txt, line 1: not valid JSON"),
-    ('[0.5, "1", 2]', r"speeds.txt: client 1: '1' is not a number"),
-    ("[0.5, true, 2]", r"speeds.txt: client 1: True is not a number"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0.5\nfast\n1\n", r"speeds.txt, line 2: 'fast' is not a number"),
+        ("0.5\n-1\n1\n", r"speeds.txt, line 2: '-1' is not a number of seconds > 0"),
+        ("0.5\nnan\n1\n", r"speeds.txt, line 2: 'nan' is not a number of seconds > 0"),
+        ("0.5\n1\n", r"speeds.txt: 2 step times for 3 clients"),
+        ("[0.5, 1,", r"speeds.txt, line 1: not valid JSON"),
+        ('[0.5, "1", 2]', r"speeds.txt: client 1: '1' is not a number"),
+        ("[0.5, true, 2]", r"speeds.txt: client 1: True is not a number"),
+    ],
+)
 def test_hostile_step_time_files_name_file_line_and_value(tmp_path, flow_overrides, text, message):
     path = tmp_path / "speeds.txt"
     path.write_text(text)
@@ -63,10 +66,21 @@ def test_given_speeds_drive_the_simulator(flow_overrides):
     spec = fl_task.ModelSpec("mlp", ds.input_shape, ds.n_classes, width=4)
     data = [(ds.x_train[i::3][:60], ds.y_train[i::3][:60]) for i in range(3)]
     clock = VirtualClock()
-    scheduler = SCHEDULERS["fedasync"](3, agg.StalenessWeightedAggregator(agg.client_weights([1, 1, 1]), 0.9),
-                                       fl_task.initial_weights(spec, 0), clock, local_steps=10)
-    result = Simulator(scheduler, clock, build_speeds(cfg.fed_speed, 3, 0), LocalTrainer(fl_task.local_train, data,
-                       spec=spec), lambda w: {"accuracy": 0.0, "loss": 0.0}, max_updates=4).run()
+    scheduler = SCHEDULERS["fedasync"](
+        3,
+        agg.StalenessWeightedAggregator(agg.client_weights([1, 1, 1]), 0.9),
+        fl_task.initial_weights(spec, 0),
+        clock,
+        local_steps=10,
+    )
+    result = Simulator(
+        scheduler,
+        clock,
+        build_speeds(cfg.fed_speed, 3, 0),
+        LocalTrainer(fl_task.local_train, data, spec=spec),
+        lambda w: {"accuracy": 0.0, "loss": 0.0},
+        max_updates=4,
+    ).run()
     # 10 steps each: client 0 arrives every 5 s, client 1 every 10 s (first at 10, dispatched before client 0's
     # second round, so it goes first in the tie), client 2 at 40 s
     assert [(r.time, r.clients) for r in result.records] == [(5.0, [0]), (10.0, [1]), (10.0, [0]), (15.0, [0])]

@@ -1,4 +1,5 @@
 """Small graphs shared by the graph tests (generated once per session under a temp folder)."""
+
 from __future__ import annotations
 
 import os

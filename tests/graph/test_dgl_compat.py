@@ -1,4 +1,5 @@
 """The DGL import shim: DGL imports beside torch 2.13 and the CPU pieces the project uses work."""
+
 from __future__ import annotations
 
 import importlib.abc

@@ -1,12 +1,20 @@
 """gcn_train end to end through Hydra -> Prefect -> MLflow on a tiny graph, and every config option."""
+
 from __future__ import annotations
 
 import pytest
 
 from flows.platform import compose, run
 
-TINY = ["graph.num_nodes=3000", "graph.feat_dim=16", "epochs=2", "batch_size=512", "eval_batch_size=2048",
-        "fanouts=[5,5]", "progress=false"]
+TINY = [
+    "graph.num_nodes=3000",
+    "graph.feat_dim=16",
+    "epochs=2",
+    "batch_size=512",
+    "eval_batch_size=2048",
+    "fanouts=[5,5]",
+    "progress=false",
+]
 
 
 @pytest.mark.parametrize("loader", ["zero_copy", "staged", "dgl"])
@@ -15,11 +23,26 @@ def test_every_loader_and_model_option_instantiates(loader, model, small_graph):
     from tasks.gcn_train import build_component, make_loader
 
     cfg = compose("gcn_train", [f"loader={loader}", f"gnn_model={model}"])
-    built = make_loader(cfg.loader, small_graph, small_graph.val_idx, cfg.fanouts, 256, seed=0, device="cpu",
-                        shuffle=False, max_batches=1, sampling_threads=1)
+    built = make_loader(
+        cfg.loader,
+        small_graph,
+        small_graph.val_idx,
+        cfg.fanouts,
+        256,
+        seed=0,
+        device="cpu",
+        shuffle=False,
+        max_batches=1,
+        sampling_threads=1,
+    )
     assert built.name == loader
-    net = build_component(cfg.gnn_model, "gnn_model", in_feats=small_graph.feat_dim,
-                          num_classes=small_graph.num_classes, num_layers=len(cfg.fanouts))
+    net = build_component(
+        cfg.gnn_model,
+        "gnn_model",
+        in_feats=small_graph.feat_dim,
+        num_classes=small_graph.num_classes,
+        num_layers=len(cfg.fanouts),
+    )
     assert type(net).__name__ == {"gcn": "GCN", "sage": "GraphSAGE"}[model]
 
 
@@ -28,8 +51,18 @@ def test_option_of_another_loader_is_rejected_by_name(small_graph):
 
     cfg = compose("gcn_train", ["loader=staged", "loader.prefetch=true"])
     with pytest.raises(ValueError, match="prefetch"):
-        make_loader(cfg.loader, small_graph, small_graph.val_idx, cfg.fanouts, 256, seed=0, device="cpu",
-                    shuffle=False, max_batches=1, sampling_threads=1)
+        make_loader(
+            cfg.loader,
+            small_graph,
+            small_graph.val_idx,
+            cfg.fanouts,
+            256,
+            seed=0,
+            device="cpu",
+            shuffle=False,
+            max_batches=1,
+            sampling_threads=1,
+        )
 
 
 def test_flow_end_to_end_logs_metrics_params_and_plots(prefect_harness, flow_overrides, mlflow_uri):

@@ -1,4 +1,5 @@
 """The synthetic graph generator and the user-graph loader."""
+
 from __future__ import annotations
 
 import json

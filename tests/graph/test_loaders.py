@@ -1,4 +1,5 @@
 """staged / zero_copy / DGL loaders: identical batches, aligned buffers, prefetch worker lifecycle."""
+
 from __future__ import annotations
 
 import threading
@@ -13,13 +14,21 @@ def _collect(loader, epoch):
     out = []
     with loader.epoch(epoch) as batches:
         for b in batches:
-            out.append((b.input_nodes.clone(), b.output_nodes.clone(), b.features.clone(), b.labels.clone(),
-                        [blk.num_edges() for blk in b.blocks]))
+            out.append(
+                (
+                    b.input_nodes.clone(),
+                    b.output_nodes.clone(),
+                    b.features.clone(),
+                    b.labels.clone(),
+                    [blk.num_edges() for blk in b.blocks],
+                )
+            )
     return out
 
 
-@pytest.mark.parametrize("zero_copy_options", [dict(prefetch=True, align_rows=True),
-                                               dict(prefetch=False, align_rows=False)])
+@pytest.mark.parametrize(
+    "zero_copy_options", [dict(prefetch=True, align_rows=True), dict(prefetch=False, align_rows=False)]
+)
 def test_staged_and_zero_copy_yield_identical_batches(small_graph, zero_copy_options):
     g = small_graph
     common = dict(seed=11, max_batches=5)

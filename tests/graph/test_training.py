@@ -1,4 +1,5 @@
 """Training with either loader reaches the same accuracy, and the graph beats an MLP on the same features."""
+
 from __future__ import annotations
 
 import torch

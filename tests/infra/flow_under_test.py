@@ -3,6 +3,7 @@
 `federated` fans its clients' local training out as Prefect tasks, so `runner=dask` really sends
 work to Dask workers.
 """
+
 FLOW = "federated"
 FAST_OVERRIDES = ["rounds=2", "clients=3"]
 METRIC = "top_accuracy"

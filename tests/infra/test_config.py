@@ -1,4 +1,5 @@
 """Every primary config composes, every config-group option instantiates, bad overrides name the key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,7 @@ FLOWS = sorted(discover_flows())
 
 def _groups_of(flow: str) -> list[str]:
     defaults = yaml.safe_load((CONF_DIR / f"{flow}.yaml").read_text()).get("defaults", [])
-    return [next(iter(d)) for d in defaults
-            if isinstance(d, dict) and not next(iter(d)).startswith(("override", "/"))]
+    return [next(iter(d)) for d in defaults if isinstance(d, dict) and not next(iter(d)).startswith(("override", "/"))]
 
 
 def _options(group: str) -> list[str]:
@@ -62,9 +62,11 @@ def _build_or_check(target_node: dict):
     kwargs = {k: v for k, v in target_node.items() if not k.startswith("_")}
     signature = inspect.signature(target)
     signature.bind_partial(**kwargs)  # TypeError names a key the component does not take
-    runtime_inputs = [p.name for p in signature.parameters.values()
-                      if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                      and p.name not in kwargs]
+    runtime_inputs = [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in kwargs
+    ]
     return instantiate(target_node) if not runtime_inputs else target
 
 
@@ -109,8 +111,14 @@ def test_unknown_flow_is_named():
 
 def test_components_import_no_orchestrator():
     root = Path(__file__).resolve().parents[2] / "components"
-    offenders = [str(p) for p in root.rglob("*.py")
-                 if any(line.strip().startswith(("import prefect", "from prefect", "import mlflow", "from mlflow",
-                                                  "import hydra", "from hydra"))
-                        for line in p.read_text().splitlines())]
+    offenders = [
+        str(p)
+        for p in root.rglob("*.py")
+        if any(
+            line.strip().startswith(
+                ("import prefect", "from prefect", "import mlflow", "from mlflow", "import hydra", "from hydra")
+            )
+            for line in p.read_text().splitlines()
+        )
+    ]
     assert offenders == []

@@ -18,8 +18,9 @@ def test_readme_is_short():
 
 def test_no_file_refers_outside_the_repository():
     outside = "../" + "shared"  # spelled in two parts so that this file does not match itself
-    tracked = subprocess.run(["git", "grep", "-l", "-F", "-e", outside, "--", "."], cwd=ROOT,
-                             capture_output=True, text=True)
+    tracked = subprocess.run(
+        ["git", "grep", "-l", "-F", "-e", outside, "--", "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert tracked.stdout.strip() == "", f"files refer to {outside}: {tracked.stdout.split()}"
 
 
@@ -41,8 +42,11 @@ def test_render_rejects_unknown_benchmark():
 
 
 def test_render_fills_targets_from_the_file():
-    result = {"command": "python -m benchmarks.x --full", "machine": {"cpus": 2, "cpu_model": "cpu"},
-              "targets": [{"name": "speedup", "value": 1.234567, "goal": 2.0, "op": ">=", "met": False}]}
+    result = {
+        "command": "python -m benchmarks.x --full",
+        "machine": {"cpus": 2, "cpu_model": "cpu"},
+        "targets": [{"name": "speedup", "value": 1.234567, "goal": 2.0, "op": ">=", "met": False}],
+    }
     text = report.render("a\n<!-- results: x -->\nstale\n<!-- /results -->\nb", {"x": result})
     assert "| `speedup` | 1.23 | >= 2 | **no** |" in text and "stale" not in text
     assert text.startswith("a\n") and text.endswith("<!-- /results -->\nb")

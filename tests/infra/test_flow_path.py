@@ -1,4 +1,5 @@
 """The whole path on a real system flow: CLI + overrides -> Hydra -> Prefect -> MLflow, on threads and on Dask."""
+
 from __future__ import annotations
 
 import subprocess
@@ -36,10 +37,13 @@ def test_runner_dask_sends_tasks_to_the_cluster(prefect_harness, flow_overrides,
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
-        cfg = compose(FLOW, FAST_OVERRIDES + flow_overrides + ["runner=dask", f"runner.address={cluster.scheduler_address}"])
+        cfg = compose(
+            FLOW, FAST_OVERRIDES + flow_overrides + ["runner=dask", f"runner.address={cluster.scheduler_address}"]
+        )
         result = run(cfg)
-        executed = sum(prefix.n_tasks if hasattr(prefix, "n_tasks") else 1
-                       for prefix in cluster.scheduler.task_prefixes.values())
+        executed = sum(
+            prefix.n_tasks if hasattr(prefix, "n_tasks") else 1 for prefix in cluster.scheduler.task_prefixes.values()
+        )
     assert result["metrics"][METRIC] is not None
     assert executed > 0, "no task reached the Dask scheduler"
     _, runs = _runs(mlflow_uri)
@@ -67,15 +71,23 @@ def test_suite_nests_member_runs(prefect_harness, flow_overrides, mlflow_uri):
 
 
 def test_cli_rejects_unknown_key_with_its_name():
-    proc = subprocess.run([sys.executable, "-m", "flows", "run", FLOW, "definitely_not_a_key=1"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows", "run", FLOW, "definitely_not_a_key=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "definitely_not_a_key" in proc.stderr + proc.stdout
 
 
 def test_cli_prints_composed_config_without_running():
-    proc = subprocess.run([sys.executable, "-m", "flows", "run", FLOW, "--cfg", "job", "seed=5"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows", "run", FLOW, "--cfg", "job", "seed=5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "seed: 5" in proc.stdout and "runner:" in proc.stdout
 

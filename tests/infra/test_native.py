@@ -1,5 +1,6 @@
 """The flows are the deployments: typed parameter form, one flow run per run, clean config failures,
 sweeps as nested flow runs; Hydra help/completion; registry aliases; Dask workers on the run's API."""
+
 from __future__ import annotations
 
 import os
@@ -84,15 +85,18 @@ def test_form_values_and_override_strings_give_the_same_config():
     assert asdict(by_form) == asdict(by_strings)
 
 
-@pytest.mark.parametrize("form,overrides,named", [
-    ({}, ["rounds=many"], "rounds"),
-    ({}, ["no_such_key_xyz=1"], "no_such_key_xyz"),
-    ({}, ["+brand_new_key=1"], "brand_new_key"),
-    ({"rounds": "many"}, [], "rounds"),
-    ({"not_a_field": 1}, [], "not_a_field"),
-    ({"fed_strategy": {"alphaa": 1}}, [], "alphaa"),
-    ({}, ["fed_strategy=no_such_strategy"], "no_such_strategy"),
-])
+@pytest.mark.parametrize(
+    "form,overrides,named",
+    [
+        ({}, ["rounds=many"], "rounds"),
+        ({}, ["no_such_key_xyz=1"], "no_such_key_xyz"),
+        ({}, ["+brand_new_key=1"], "brand_new_key"),
+        ({"rounds": "many"}, [], "rounds"),
+        ({"not_a_field": 1}, [], "not_a_field"),
+        ({"fed_strategy": {"alphaa": 1}}, [], "alphaa"),
+        ({}, ["fed_strategy=no_such_strategy"], "no_such_strategy"),
+    ],
+)
 def test_bad_config_is_named_before_anything_runs(form, overrides, named):
     with pytest.raises(InvalidConfig) as err:
         compose_parameters(get_spec(FLOW), form, overrides)
@@ -118,7 +122,8 @@ def test_sweep_members_expand_like_hydra():
     assert len(members) == 4
     assert all("rounds=3" in m for m in members)
     assert {tuple(sorted(m)) for m in members} == {
-        tuple(sorted(["seed=" + s, "rounds=3", "fed_strategy=" + f])) for s in "12" for f in ("fedavg", "fedcompass")}
+        tuple(sorted(["seed=" + s, "rounds=3", "fed_strategy=" + f])) for s in "12" for f in ("fedavg", "fedcompass")
+    }
 
 
 def test_deployment_style_run_is_one_flow_run_whose_id_is_the_mlflow_tag(prefect_harness, flow_overrides, mlflow_uri):
@@ -138,8 +143,11 @@ def test_deployment_style_run_is_one_flow_run_whose_id_is_the_mlflow_tag(prefect
     assert run_.info.run_name.startswith(f"{FLOW} ") and "rounds=2" in run_.info.run_name
     assert METRIC in run_.data.metrics and "| summary | value |" in run_.data.tags["mlflow.note.content"]
     with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
         artifacts = client.read_artifacts()
     assert children == [], "a wrapper subflow ran"
     assert any(a.flow_run_id == state.state_details.flow_run_id and a.type == "table" for a in artifacts)
@@ -160,18 +168,25 @@ def test_multirun_parameter_runs_members_as_nested_flow_runs(prefect_harness, fl
         FlowRunFilterParentFlowRunId,
     )
 
-    state = get_spec(FLOW).flow(overrides=FAST_OVERRIDES + flow_overrides + ["seed=31,32"], multirun=True,
-                                return_state=True)
+    state = get_spec(FLOW).flow(
+        overrides=FAST_OVERRIDES + flow_overrides + ["seed=31,32"], multirun=True, return_state=True
+    )
     assert state.is_completed(), state.message
     result = state.result()
     with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
     assert sorted(c.name for c in children) == [f"{FLOW} [1/2] seed=31", f"{FLOW} [2/2] seed=32"]
     client = MlflowClient(tracking_uri=mlflow_uri)
     parent = client.get_run(result["run_id"])
-    members = [r for r in client.search_runs([parent.info.experiment_id])
-               if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    members = [
+        r
+        for r in client.search_runs([parent.info.experiment_id])
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
     assert sorted(r.data.params["seed"] for r in members) == ["31", "32"]
     assert parent.data.params["sweep.seed"] == "31,32"
     history = client.get_metric_history(parent.info.run_id, METRIC)
@@ -191,8 +206,11 @@ def test_dask_workers_use_the_flow_runs_prefect_api(prefect_harness):
     def where() -> dict:
         from prefect.server.api.server import SubprocessASGIServer
 
-        return {"pid": os.getpid(), "api": os.environ.get("PREFECT_API_URL"),
-                "own_servers": [s.port for s in SubprocessASGIServer._instances.values() if s.running]}
+        return {
+            "pid": os.getpid(),
+            "api": os.environ.get("PREFECT_API_URL"),
+            "own_servers": [s.port for s in SubprocessASGIServer._instances.values() if s.running],
+        }
 
     @flow
     def probe() -> list:
@@ -210,6 +228,7 @@ def test_dask_workers_use_the_flow_runs_prefect_api(prefect_harness):
 
 
 # --- registry aliases ----------------------------------------------------------------------------
+
 
 def _register(uri: str, name: str, payload: str, tmp_path, run_name: str) -> str:
     tracker = open_run(uri, "registry-test", run_name=run_name, tags={"flow": "lm_train"})
@@ -246,12 +265,15 @@ def test_unpromoted_model_is_not_loaded_by_default(tmp_path):
     assert (load_registered_model_dir("only-candidate/1", uri) / "config.json").read_text() == "7.0"
 
 
-@pytest.mark.parametrize("check,metrics,passed", [
-    ("val_perplexity<=100", {"val_perplexity": 99.5}, True),
-    ("val_perplexity<=100", {"val_perplexity": float("nan")}, False),
-    ("accuracy>=0.9", {"accuracy": 0.5}, False),
-    ("accuracy>=0.9", {}, False),
-])
+@pytest.mark.parametrize(
+    "check,metrics,passed",
+    [
+        ("val_perplexity<=100", {"val_perplexity": 99.5}, True),
+        ("val_perplexity<=100", {"val_perplexity": float("nan")}, False),
+        ("accuracy>=0.9", {"accuracy": 0.5}, False),
+        ("accuracy>=0.9", {}, False),
+    ],
+)
 def test_quality_check(check, metrics, passed):
     assert evaluate_quality(check, metrics)[0] is passed
 
@@ -263,9 +285,15 @@ def test_quality_check_rejects_a_malformed_rule():
 
 # --- command line --------------------------------------------------------------------------------
 
+
 def _cli(*args, env=None, timeout=180):
-    return subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "flows", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_flow_help_lists_only_its_groups_and_every_key_with_its_meaning():
@@ -301,6 +329,11 @@ def test_every_config_dataclass_field_of_every_flow_is_documented_or_nested():
 
     for cls in (RunnerConfig, TrackingConfig, FlowConfig):
         docs = field_docs(cls)
-        missing = [f.name for f in fields(cls) if f.name not in docs and not is_dataclass(f.type)
-                   and f.name not in {"_target_", "runner", "tracking", "run_name", "seed", "threads_per_worker"}]
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in docs
+            and not is_dataclass(f.type)
+            and f.name not in {"_target_", "runner", "tracking", "run_name", "seed", "threads_per_worker"}
+        ]
         assert missing == [], (cls.__name__, missing)

@@ -1,4 +1,5 @@
 """prefect.yaml stays in step with the flows: every flow deployed, entrypoints load, settings are real."""
+
 from __future__ import annotations
 
 import os

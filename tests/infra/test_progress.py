@@ -1,4 +1,5 @@
 """Progress lines with rate and ETA (lm_train reports them every log_every steps)."""
+
 from __future__ import annotations
 
 import pytest

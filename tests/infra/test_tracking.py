@@ -1,4 +1,5 @@
 """The MLflow helper: flattening, secrets kept out of params, registered models found by name."""
+
 from dataclasses import dataclass, field
 
 from mlflow.tracking import MlflowClient
@@ -20,8 +21,12 @@ class _Outer:
 
 
 def test_flatten_nests_with_dots():
-    assert flatten(_Outer()) == {"llm.api_key": "sk-do-not-log", "llm.api_key_env": "OPENAI_API_KEY",
-                                 "llm.max_tokens": 64, "sizes": [1, 2]}
+    assert flatten(_Outer()) == {
+        "llm.api_key": "sk-do-not-log",
+        "llm.api_key_env": "OPENAI_API_KEY",
+        "llm.max_tokens": 64,
+        "sizes": [1, 2],
+    }
 
 
 def test_secrets_are_masked_and_models_registered(tmp_path):

@@ -1,5 +1,6 @@
 """The environments: every gold scores exactly 1, perturbed solutions less, reset restores state,
 InterCode's submit/skip semantics, and agent actions stay inside the sandbox."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -128,8 +129,10 @@ def test_submit_skip_and_misuse(sql_env):
 
 def test_hostile_actions_stay_in_the_sandbox(bash_env, sql_env):
     bash_env.reset(0)
-    out = bash_env.step(f"cat {PROJECT}/pyproject.toml; echo pwned > {PROJECT}/pwned.txt; "
-                        "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 80), timeout=2)\"")[0]
+    out = bash_env.step(
+        f"cat {PROJECT}/pyproject.toml; echo pwned > {PROJECT}/pwned.txt; "
+        "python3 -c \"import socket; socket.create_connection(('1.1.1.1', 80), timeout=2)\""
+    )[0]
     assert "No such file or directory" in out and "Network is unreachable" in out
     assert not (PROJECT / "pwned.txt").exists()
     slow = bash_env.step("sleep 100")  # stopped by the sandbox's wall clock, reported in the observation

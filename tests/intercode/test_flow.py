@@ -1,4 +1,5 @@
 """The `intercode` flow end to end through Hydra, Prefect and MLflow, on a tiny config."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ pytestmark = pytest.mark.skipif(isolation_mode() is None, reason="needs the name
 def test_flow_runs_gold_and_scripted_policies(prefect_harness, flow_overrides, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
-    result = run(compose("intercode", flow_overrides + [
-        "ic_policy=gold", "tasks_per_env=2", "runner.max_workers=2"]))
+    result = run(compose("intercode", flow_overrides + ["ic_policy=gold", "tasks_per_env=2", "runner.max_workers=2"]))
     assert result["metrics"]["success_rate"] == 1.0 and result["metrics"]["episodes"] == 4.0
     client = MlflowClient(mlflow_uri)
     run_data = client.get_run(result["run_id"]).data
@@ -28,9 +28,19 @@ def test_flow_runs_gold_and_scripted_policies(prefect_harness, flow_overrides, m
     assert len(episodes) == 2 and all(e["policy"] == "gold" and e["turns"] for e in episodes)
 
     # the LLM path with the scripted backend (plumbing only): one wrong query per episode
-    scripted = run(compose("intercode", flow_overrides + [
-        "ic_policy=single_turn", "llm=scripted", "llm.responses=['```sql\nSELECT 1\n```']",
-        "envs=[sql]", "task_ids=[sql-store-00]"]))
+    scripted = run(
+        compose(
+            "intercode",
+            flow_overrides
+            + [
+                "ic_policy=single_turn",
+                "llm=scripted",
+                "llm.responses=['```sql\nSELECT 1\n```']",
+                "envs=[sql]",
+                "task_ids=[sql-store-00]",
+            ],
+        )
+    )
     assert scripted["metrics"]["success_rate"] == 0.0 and scripted["metrics"]["episodes"] == 1.0
     assert client.get_run(scripted["run_id"]).data.metrics["sql.invalid_action_fraction"] == 0.0
 

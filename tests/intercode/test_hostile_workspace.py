@@ -1,5 +1,6 @@
 """Host-side walks of an agent's file system are iterative and bounded, and workspaces are removed
 whatever the agent built: an 1100-deep directory, thousands of files, unwritable folders."""
+
 from __future__ import annotations
 
 import os
@@ -84,8 +85,10 @@ def test_1100_deep_directory_close_removes_the_workspace(asset_dir):
 def test_unwritable_and_unreadable_folders_are_removed_on_close(asset_dir):
     env = make_env("bash", BASH_TASKS, asset_dir)
     env.reset(0)
-    env.step("mkdir -p /testbed/locked/inner && touch /testbed/locked/inner/f && chmod 000 /testbed/locked/inner "
-             "&& chmod 500 /testbed/locked")
+    env.step(
+        "mkdir -p /testbed/locked/inner && touch /testbed/locked/inner/f && chmod 000 /testbed/locked/inner "
+        "&& chmod 500 /testbed/locked"
+    )
     folder = _workspace_path(env)
     env.close()
     assert not folder.exists()

@@ -1,12 +1,20 @@
 """Policies drive the environments through the LLM interface (scripted responses: plumbing only)."""
+
 from __future__ import annotations
 
 import pytest
 
 from components.intercode.env import make_env
 from components.intercode.metrics import summarize
-from components.intercode.policies import (GoldReplay, PlanAndSolve, ReAct, SingleTurn, TryAgain, build_policy,
-                                           extract_code)
+from components.intercode.policies import (
+    GoldReplay,
+    PlanAndSolve,
+    ReAct,
+    SingleTurn,
+    TryAgain,
+    build_policy,
+    extract_code,
+)
 from components.intercode.tasksets import BASH_TASKS, SQL_TASKS, select_tasks
 from components.llm.base import ScriptedLLM
 
@@ -31,8 +39,9 @@ def test_extract_code():
 
 def test_try_again_feeds_back_output_and_reward_and_stops_at_one(sql_env):
     gold = SQL_TASKS[CS_INSTRUCTORS].gold
-    llm = ScriptedLLM(["```sql\nSELECT name FROM instructors\n```", "no code, sorry.", f"```sql\n{gold}\n```",
-                       "never asked"])
+    llm = ScriptedLLM(
+        ["```sql\nSELECT name FROM instructors\n```", "no code, sorry.", f"```sql\n{gold}\n```", "never asked"]
+    )
     episode = TryAgain(llm, max_turns=5).run(sql_env, CS_INSTRUCTORS)
     assert episode.error is None and episode.success and len(episode.turns) == 3
     assert [t.valid for t in episode.turns] == [True, False, True]
@@ -49,8 +58,13 @@ def test_single_turn_takes_one_shot(sql_env):
 
 def test_react_executes_then_submits_without_reward_feedback(sql_env):
     gold = SQL_TASKS[CS_INSTRUCTORS].gold
-    llm = ScriptedLLM([" I list the tables.\nAction 1: execute[SHOW TABLES]",
-                       f" Now the answer.\nAction 2: execute[{gold}]", " Done.\nAction 3: submit"])
+    llm = ScriptedLLM(
+        [
+            " I list the tables.\nAction 1: execute[SHOW TABLES]",
+            f" Now the answer.\nAction 2: execute[{gold}]",
+            " Done.\nAction 3: submit",
+        ]
+    )
     episode = ReAct(llm, max_turns=5).run(sql_env, CS_INSTRUCTORS)
     assert episode.success and len(episode.turns) == 2 and episode.turns[0].reward is None
     assert "Observation 1: [('courses',)" in llm.requests[1][-1]["content"]
@@ -59,8 +73,13 @@ def test_react_executes_then_submits_without_reward_feedback(sql_env):
 
 def test_plan_and_solve_follows_its_plan(sql_env):
     gold = SQL_TASKS[CS_INSTRUCTORS].gold
-    llm = ScriptedLLM(["1. look at the instructors table\n2. join departments", "```sql\nDESCRIBE instructors\n```",
-                       f"```sql\n{gold}\n```"])
+    llm = ScriptedLLM(
+        [
+            "1. look at the instructors table\n2. join departments",
+            "```sql\nDESCRIBE instructors\n```",
+            f"```sql\n{gold}\n```",
+        ]
+    )
     episode = PlanAndSolve(llm).run(sql_env, CS_INSTRUCTORS)
     assert episode.plan == ["look at the instructors table", "join departments"]
     assert episode.success and [t.reward for t in episode.turns] == [0.0, 1.0]

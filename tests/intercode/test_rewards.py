@@ -1,4 +1,5 @@
 """The reward functions: SQL on cases computed with upstream InterCode's formula, Bash on hand-computed cases."""
+
 from __future__ import annotations
 
 import math
@@ -9,12 +10,11 @@ import pytest
 from components.intercode import fsdiff
 from components.intercode.rewards import bash_reward, kendall_tau, sql_reward, tfidf_cosine
 
-
 # (name, agent rows or None for "no result set", gold rows, reward). Every expected reward was computed by
 # running upstream InterCode's SqlEnv.get_reward (intercode/envs/sql/sql_env.py) on these rows; the
 # "mixed_*" cases are random draws kept as fixed inputs.
 UPSTREAM_SQL_CASES = [
-    ("identical", [(1, 'a'), (2, 'b')], [(1, 'a'), (2, 'b')], 1.0),
+    ("identical", [(1, "a"), (2, "b")], [(1, "a"), (2, "b")], 1.0),
     ("both_empty", [], [], 1.0),
     ("agent_empty", [], [(1,)], 0.0),
     ("gold_empty", [(1,)], [], 0.0),
@@ -23,45 +23,54 @@ UPSTREAM_SQL_CASES = [
     ("partial_overlap", [(1,), (2,), (4,)], [(1,), (2,), (3,)], 0.5),
     ("dup_agent", [(1,), (1,)], [(1,)], 0.5),
     ("dup_both_same", [(1,), (1,)], [(1,), (1,)], 1.0),
-    ("swap_three", [('a',), ('c',), ('b',)], [('a',), ('b',), ('c',)], 0.33),
+    ("swap_three", [("a",), ("c",), ("b",)], [("a",), ("b",), ("c",)], 0.33),
     ("reversed", [(3,), (2,), (1,)], [(1,), (2,), (3,)], -1.0),
     ("int_vs_float", [(1.0,)], [(1,)], 0.0),
     ("lexicographic_numbers", [(10,), (9,), (2,)], [(2,), (9,), (10,)], 0.33),
     ("lexicographic_numbers_2", [(2,), (9,), (10,)], [(2,), (9,), (10,)], 1.0),
-    ("ties_dups_reordered", [('x',), ('y',), ('x',), ('z',)], [('x',), ('x',), ('y',), ('z',)], 0.4),
-    ("ties_dups_2", [('b',), ('a',), ('a',)], [('a',), ('a',), ('b',)], -0.5),
-    ("rotate_four", [('b',), ('c',), ('d',), ('a',)], [('a',), ('b',), ('c',), ('d',)], 0.0),
-    ("perm_four", [('b',), ('d',), ('a',), ('c',)], [('a',), ('b',), ('c',), ('d',)], 0.0),
+    ("ties_dups_reordered", [("x",), ("y",), ("x",), ("z",)], [("x",), ("x",), ("y",), ("z",)], 0.4),
+    ("ties_dups_2", [("b",), ("a",), ("a",)], [("a",), ("a",), ("b",)], -0.5),
+    ("rotate_four", [("b",), ("c",), ("d",), ("a",)], [("a",), ("b",), ("c",), ("d",)], 0.0),
+    ("perm_four", [("b",), ("d",), ("a",), ("c",)], [("a",), ("b",), ("c",), ("d",)], 0.0),
     ("perm_five", [(5,), (1,), (4,), (2,), (3,)], [(1,), (2,), (3,), (4,), (5,)], -0.2),
-    ("perm_gold_unsorted", [('c',), ('a',), ('b',)], [('b',), ('c',), ('a',)], -0.33),
-    ("perm_gold_unsorted_2", [('a',), ('b',), ('c',), ('d',)], [('d',), ('a',), ('c',), ('b',)], -0.33),
+    ("perm_gold_unsorted", [("c",), ("a",), ("b",)], [("b",), ("c",), ("a",)], -0.33),
+    ("perm_gold_unsorted_2", [("a",), ("b",), ("c",), ("d",)], [("d",), ("a",), ("c",), ("b",)], -0.33),
     ("rounding_iou_third", [(1,), (2,), (5,)], [(1,), (2,), (3,), (4,)], 0.4),
     ("rounding_tau", [(1,), (3,), (2,), (4,), (5,), (6,), (7,)], [(1,), (2,), (3,), (4,), (5,), (6,), (7,)], 0.9),
     ("one_shared_iou_third", [(1,), (2,)], [(1,), (3,)], 0.3333333333333333),
     ("extra_dup_and_order", [(2,), (1,), (1,), (3,)], [(1,), (2,), (3,)], 0.25),
     ("none_values", [(None,), (1,)], [(1,), (None,)], -1.0),
-    ("multi_column", [(1, 'x', 2.5), (2, 'y', None)], [(2, 'y', None), (1, 'x', 2.5)], -1.0),
-    ("strings_case", [('B',), ('a',), ('C',)], [('a',), ('B',), ('C',)], -1.0),
+    ("multi_column", [(1, "x", 2.5), (2, "y", None)], [(2, "y", None), (1, "x", 2.5)], -1.0),
+    ("strings_case", [("B",), ("a",), ("C",)], [("a",), ("B",), ("C",)], -1.0),
     ("disjoint", [(7,), (8,)], [(1,), (2,)], 0.0),
     ("large_dups", [(1,), (1,), (1,), (2,), (2,)], [(2,), (2,), (1,), (1,), (1,)], -0.67),
-    ("mixed_00",
-     [(1, 2.5), ('B', 2.5), ('a', -1), ('x y',), (2.5,), (2,)],
-     [('x y', -1), (3, 2.5), (2, 2), ('a', None)], 0.0),
-    ("mixed_01", [(1,), ('x y', 1), (2,)], [(2,), (None,), (10,)], 0.2),
-    ("mixed_02",
-     [('a',), ('B', 'a'), (3,), ('B', 'B'), (10, 10), ('B',)],
-     [('B', 'B'), ('a',), (10, 10), (3,), ('B',), ('B', 'a')], -0.2),
-    ("mixed_03", [('B',), (2,), (1, 2), (-1,)], [('B',), (2,), (1, 2), (-1,), (1,)], 0.8),
-    ("mixed_04", [(2,), ('a', 'B'), (3, None)], [('x y',), (2,)], 0.25),
-    ("mixed_05", [(2,), ('x y', None), (3,), ('a', 1)], [(1,), (1,), (2,), (-1,), ('a',), (3,)], 0.25),
-    ("mixed_06", [('x y',), (10, 'a'), ('a', 1)], [(1,), (2.5,), ('a',), (2.5,), (-1,), (None,), (2,)], 0.0),
-    ("mixed_07", [(None, 'B'), ('x y', 'B'), (3,)], [(None, 'B'), (3,), ('x y', 'B'), ('x y', 2)], 0.25),
-    ("mixed_08", [(-1,), (2,), ('a',)], [('a',), (-1,), (2,), (2.5,)], -0.25),
-    ("mixed_09", [(2.5,), ('a', 'a'), (-1,), (2,)], [(2,), (-1,)], -0.5),
-    ("mixed_10", [('x y',), (1,), (-1,)], [], 0.0),
-    ("mixed_11",
-     [('x y',), (None,), (-1,), (1,), (-1,), (None, 1), (None,)],
-     [('x y',), (None,), (-1,), (-1,), (None,), (None, 1), (1,), (2.5,), (2.5,)], 0.37),
+    (
+        "mixed_00",
+        [(1, 2.5), ("B", 2.5), ("a", -1), ("x y",), (2.5,), (2,)],
+        [("x y", -1), (3, 2.5), (2, 2), ("a", None)],
+        0.0,
+    ),
+    ("mixed_01", [(1,), ("x y", 1), (2,)], [(2,), (None,), (10,)], 0.2),
+    (
+        "mixed_02",
+        [("a",), ("B", "a"), (3,), ("B", "B"), (10, 10), ("B",)],
+        [("B", "B"), ("a",), (10, 10), (3,), ("B",), ("B", "a")],
+        -0.2,
+    ),
+    ("mixed_03", [("B",), (2,), (1, 2), (-1,)], [("B",), (2,), (1, 2), (-1,), (1,)], 0.8),
+    ("mixed_04", [(2,), ("a", "B"), (3, None)], [("x y",), (2,)], 0.25),
+    ("mixed_05", [(2,), ("x y", None), (3,), ("a", 1)], [(1,), (1,), (2,), (-1,), ("a",), (3,)], 0.25),
+    ("mixed_06", [("x y",), (10, "a"), ("a", 1)], [(1,), (2.5,), ("a",), (2.5,), (-1,), (None,), (2,)], 0.0),
+    ("mixed_07", [(None, "B"), ("x y", "B"), (3,)], [(None, "B"), (3,), ("x y", "B"), ("x y", 2)], 0.25),
+    ("mixed_08", [(-1,), (2,), ("a",)], [("a",), (-1,), (2,), (2.5,)], -0.25),
+    ("mixed_09", [(2.5,), ("a", "a"), (-1,), (2,)], [(2,), (-1,)], -0.5),
+    ("mixed_10", [("x y",), (1,), (-1,)], [], 0.0),
+    (
+        "mixed_11",
+        [("x y",), (None,), (-1,), (1,), (-1,), (None, 1), (None,)],
+        [("x y",), (None,), (-1,), (-1,), (None,), (None, 1), (1,), (2.5,), (2.5,)],
+        0.37,
+    ),
 ]
 
 
@@ -145,7 +154,6 @@ def test_fsdiff_collapses_new_dirs_and_sees_modes(tmp_path):
     os.symlink("/etc/passwd", root / "link")  # recorded by target, never followed
     os.mkfifo(root / "pipe")  # never opened (opening a FIFO would block the host)
     changes = fsdiff.diff(before, fsdiff.snapshot(root))
-    assert changes == {("new/", "A"), ("keep/a.txt", "M"), ("old/", "D"), ("run.sh", "M"), ("link", "A"),
-                       ("pipe", "A")}
+    assert changes == {("new/", "A"), ("keep/a.txt", "M"), ("old/", "D"), ("run.sh", "M"), ("link", "A"), ("pipe", "A")}
     assert fsdiff.content_hash(root, "new/") != fsdiff.content_hash(root, "keep/")
     assert fsdiff.content_hash(root, "missing.txt") == "missing"

@@ -1,5 +1,6 @@
 """Bring your own InterCode tasks: a user's JSON-lines task file, SQLite databases and Bash fixtures;
 hostile files are refused with the file, the line and the field."""
+
 from __future__ import annotations
 
 import json
@@ -43,25 +44,47 @@ def test_task_file_with_databases_and_fixtures_loads(material):
     assert tasks["sql"][0].hardness == "user"
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"id": "q1", "query": "x", "gold": ', r"line 2: not valid JSON"),
-    ('["q1", "x"]', r"line 2: expected a JSON object, got list"),
-    ({"id": "q2", "gold": "SELECT 1", "db": "shop"}, r"line 2: missing field 'query'"),
-    ({"id": "q2", "query": 7, "gold": "SELECT 1", "db": "shop"}, r"line 2: field 'query' must be a string, got int 7"),
-    ({"id": "q2", "query": "x", "gold": ["SELECT 1"], "db": "shop"},
-     r"line 2: field 'gold' must be a string, got list"),
-    ({"id": "q2", "qurey": "x", "gold": "SELECT 1", "db": "shop"}, r"line 2: unknown field 'qurey'"),
-    ({"id": "q1", "query": "x", "gold": "SELECT 1", "db": "shop"},
-     r"line 2: field 'id': 'q1' is already used on line 1"),
-    ({"id": "q2", "query": "x", "gold": "SELECT 1"}, r"line 2: give exactly one of field 'db' \(SQL\) or 'fixture'"),
-    ({"id": "q2", "query": "x", "gold": "ls", "db": "shop", "fixture": "home"}, r"line 2: give exactly one of"),
-    ({"id": "q2", "query": "x", "gold": "SELECT 1", "db": "../../etc/passwd"}, r"line 2: field 'db'.*not a plain name"),
-    ({"id": "q2", "query": "x", "gold": "SELECT 1", "db": "missing"}, r"line 2: field 'db': database file .*missing"
-                                                                       r"\.sqlite does not exist"),
-    ({"id": "q2", "query": "x", "gold": "ls", "fixture": "nowhere"}, r"line 2: field 'fixture': fixture folder .*"
-                                                                      r"nowhere does not exist"),
-    ({"id": "q2", "query": "  ", "gold": "ls", "fixture": "home"}, r"line 2: field 'query' is empty"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"id": "q1", "query": "x", "gold": ', r"line 2: not valid JSON"),
+        ('["q1", "x"]', r"line 2: expected a JSON object, got list"),
+        ({"id": "q2", "gold": "SELECT 1", "db": "shop"}, r"line 2: missing field 'query'"),
+        (
+            {"id": "q2", "query": 7, "gold": "SELECT 1", "db": "shop"},
+            r"line 2: field 'query' must be a string, got int 7",
+        ),
+        (
+            {"id": "q2", "query": "x", "gold": ["SELECT 1"], "db": "shop"},
+            r"line 2: field 'gold' must be a string, got list",
+        ),
+        ({"id": "q2", "qurey": "x", "gold": "SELECT 1", "db": "shop"}, r"line 2: unknown field 'qurey'"),
+        (
+            {"id": "q1", "query": "x", "gold": "SELECT 1", "db": "shop"},
+            r"line 2: field 'id': 'q1' is already used on line 1",
+        ),
+        (
+            {"id": "q2", "query": "x", "gold": "SELECT 1"},
+            r"line 2: give exactly one of field 'db' \(SQL\) or 'fixture'",
+        ),
+        ({"id": "q2", "query": "x", "gold": "ls", "db": "shop", "fixture": "home"}, r"line 2: give exactly one of"),
+        (
+            {"id": "q2", "query": "x", "gold": "SELECT 1", "db": "../../etc/passwd"},
+            r"line 2: field 'db'.*not a plain name",
+        ),
+        (
+            {"id": "q2", "query": "x", "gold": "SELECT 1", "db": "missing"},
+            r"line 2: field 'db': database file .*missing"
+            r"\.sqlite does not exist",
+        ),
+        (
+            {"id": "q2", "query": "x", "gold": "ls", "fixture": "nowhere"},
+            r"line 2: field 'fixture': fixture folder .*"
+            r"nowhere does not exist",
+        ),
+        ({"id": "q2", "query": "  ", "gold": "ls", "fixture": "home"}, r"line 2: field 'query' is empty"),
+    ],
+)
 def test_hostile_task_files_name_file_line_and_field(material, line, message):
     path = write(material, GOOD_SQL, line)
     with pytest.raises(TaskFileError, match=message) as caught:

@@ -5,6 +5,7 @@ message>", and can be told to fail the next N requests with a status code, to sl
 answering, and to require an API key. It records every request and the peak number of requests
 in flight.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ class FakeOpenAI:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         self._thread.start()
         return self
 
@@ -65,12 +66,23 @@ class FakeOpenAI:
                     if body.get("stream"):
                         return self._stream(body)
                     text, prompt_tokens = _answer(body)
-                    self._json(200, {
-                        "id": "fake-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                     "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
-                                  "total_tokens": prompt_tokens + len(text.split())}})
+                    self._json(
+                        200,
+                        {
+                            "id": "fake-1",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": body["model"],
+                            "choices": [
+                                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                            ],
+                            "usage": {
+                                "prompt_tokens": prompt_tokens,
+                                "completion_tokens": len(text.split()),
+                                "total_tokens": prompt_tokens + len(text.split()),
+                            },
+                        },
+                    )
                 finally:
                     with fake._lock:
                         fake.in_flight -= 1
@@ -91,14 +103,38 @@ class FakeOpenAI:
                 words = text.split(" ")
                 for i, word in enumerate(words):
                     piece = word if i == 0 else " " + word
-                    self._event({"id": "fake-1", "object": "chat.completion.chunk", "created": 0,
-                                 "model": body["model"],
-                                 "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-                self._event({"id": "fake-1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-                self._event({"id": "fake-1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                             "choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
-                                                      "total_tokens": prompt_tokens + len(words)}})
+                    self._event(
+                        {
+                            "id": "fake-1",
+                            "object": "chat.completion.chunk",
+                            "created": 0,
+                            "model": body["model"],
+                            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                        }
+                    )
+                self._event(
+                    {
+                        "id": "fake-1",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    }
+                )
+                self._event(
+                    {
+                        "id": "fake-1",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": len(words),
+                            "total_tokens": prompt_tokens + len(words),
+                        },
+                    }
+                )
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
 

@@ -1,4 +1,5 @@
 """The embedded backend: one short real generation with SmolLM2-135M-Instruct (offline, CPU)."""
+
 import threading
 
 import pytest

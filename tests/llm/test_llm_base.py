@@ -1,5 +1,6 @@
 """The backend-independent part of the LLM interface: stop sequences (also across streamed pieces),
 usage accounting, the response cache, the concurrency limit, bad requests."""
+
 import threading
 import time
 
@@ -31,8 +32,11 @@ def test_scripted_chat_stream_and_usage():
     assert pieces == ["line one\n", "line two\n"]
     assert llm.chat(MSG).text == "second"
     usage = llm.usage.as_dict()
-    assert usage["calls"] == 2 and usage["completion_tokens"] > 0 and usage["total_tokens"] == \
-        usage["prompt_tokens"] + usage["completion_tokens"]
+    assert (
+        usage["calls"] == 2
+        and usage["completion_tokens"] > 0
+        and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    )
     with pytest.raises(RuntimeError, match="ran out of responses"):
         llm.chat(MSG)
 

@@ -1,13 +1,17 @@
 """The `llm` config group: every option composes into the one LLMConfig type, wrong keys fail, and
 build_llm / log_llm_usage work from it."""
+
 import pytest
 
 from flows.platform import compose
 from tasks.llm import LLMConfig, build_llm, log_llm_usage, redacted
 from tests.llm.fake_openai import FakeOpenAI
 
-TARGETS = {"embedded": "components.llm.factory.embedded", "openai": "components.llm.factory.openai_compatible",
-           "scripted": "components.llm.factory.scripted"}
+TARGETS = {
+    "embedded": "components.llm.factory.embedded",
+    "openai": "components.llm.factory.openai_compatible",
+    "scripted": "components.llm.factory.scripted",
+}
 
 
 @pytest.mark.parametrize("option", sorted(TARGETS))
@@ -16,8 +20,9 @@ def test_every_llm_option_composes_into_llm_config(option):
     assert isinstance(cfg.llm, LLMConfig) and cfg.llm._target_ == TARGETS[option]
 
 
-@pytest.mark.parametrize("override, named", [("llm.modle=x", "llm.modle"), ("llm.timeout_s=soon", "llm.timeout_s"),
-                                             ("llm=gpt", "llm")])
+@pytest.mark.parametrize(
+    "override, named", [("llm.modle=x", "llm.modle"), ("llm.timeout_s=soon", "llm.timeout_s"), ("llm=gpt", "llm")]
+)
 def test_wrong_key_value_or_option_fails_naming_it(override, named):
     with pytest.raises(Exception, match=named.replace(".", r"\.")):
         compose("compile_calls", [override])
@@ -25,8 +30,10 @@ def test_wrong_key_value_or_option_fails_naming_it(override, named):
 
 def test_openai_option_builds_a_working_client_from_overrides():
     with FakeOpenAI() as server:
-        cfg = compose("compile_calls", ["llm=openai", f"llm.base_url={server.base_url}", "llm.model=served",
-                                        "llm.max_concurrency=2"])
+        cfg = compose(
+            "compile_calls",
+            ["llm=openai", f"llm.base_url={server.base_url}", "llm.model=served", "llm.max_concurrency=2"],
+        )
         llm = build_llm(cfg.llm)
         assert llm.chat([{"role": "user", "content": "hi"}]).text == "echo: hi"
         assert server.requests[0]["body"]["model"] == "served"

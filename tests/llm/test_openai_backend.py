@@ -1,4 +1,5 @@
 """The `openai` backend against a fake OpenAI-compatible server on loopback (started and stopped here)."""
+
 import threading
 
 import pytest

@@ -1,5 +1,6 @@
 """lm_train's config is checked when it is composed, before anything trains, moves or writes; a fresh
 run leaves an earlier run's checkpoints where they are until it has committed one of its own."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,31 +39,35 @@ def test_unknown_model_kind_fails_at_composition():
         compose("lm_train", ["model.kind=rnn"])
 
 
-@pytest.mark.parametrize("override, key", [
-    (["launcher=torchrun", "launcher.nproc=0"], "launcher.nproc"),
-    (["launcher=torchrun", "launcher.strategy=zero3"], "launcher.strategy"),
-    (["launcher.nproc=2"], "launcher.nproc=2: more than one process needs launcher=torchrun"),
-    (["launcher=torchrun", "launcher.nnodes=2"], "launcher.rdzv_endpoint=None: launcher.nnodes=2 needs"),
-    (["launcher=torchrun", "launcher.rdzv_endpoint=node0"], "launcher.rdzv_endpoint='node0': must be host:port"),
-    (["launcher=torchrun", "launcher.rdzv_endpoint=node0:0"], "port=0: must be between 1 and 65535"),
-    (["resume=/no/such/step_00000010"], "resume='/no/such/step_00000010': must be 'latest' or an existing"),
-    (["checkpoint.buffer_slots=0"], "checkpoint.buffer_slots"),
-    (["checkpoint.host_buffer_mb=0"], "checkpoint.host_buffer_mb"),
-    (["log_every=0"], "log_every"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        (["launcher=torchrun", "launcher.nproc=0"], "launcher.nproc"),
+        (["launcher=torchrun", "launcher.strategy=zero3"], "launcher.strategy"),
+        (["launcher.nproc=2"], "launcher.nproc=2: more than one process needs launcher=torchrun"),
+        (["launcher=torchrun", "launcher.nnodes=2"], "launcher.rdzv_endpoint=None: launcher.nnodes=2 needs"),
+        (["launcher=torchrun", "launcher.rdzv_endpoint=node0"], "launcher.rdzv_endpoint='node0': must be host:port"),
+        (["launcher=torchrun", "launcher.rdzv_endpoint=node0:0"], "port=0: must be between 1 and 65535"),
+        (["resume=/no/such/step_00000010"], "resume='/no/such/step_00000010': must be 'latest' or an existing"),
+        (["checkpoint.buffer_slots=0"], "checkpoint.buffer_slots"),
+        (["checkpoint.host_buffer_mb=0"], "checkpoint.host_buffer_mb"),
+        (["log_every=0"], "log_every"),
+    ],
+)
 def test_bad_launcher_and_checkpoint_values_fail_at_composition(override, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
         compose("lm_train", override)
 
 
 def test_a_good_multi_node_launcher_composes():
-    cfg = compose("lm_train", ["launcher=torchrun", "launcher.nnodes=2", "launcher.rdzv_endpoint=node0:29400",
-                               "launcher.strategy=fsdp"])
+    cfg = compose(
+        "lm_train",
+        ["launcher=torchrun", "launcher.nnodes=2", "launcher.rdzv_endpoint=node0:29400", "launcher.strategy=fsdp"],
+    )
     assert (cfg.launcher.nproc, cfg.launcher.nnodes, cfg.launcher.strategy) == (2, 2, "fsdp")
 
 
-def test_fresh_run_failing_before_its_first_checkpoint_keeps_the_earlier_run(prefect_harness, flow_overrides,
-                                                                              tmp_path):
+def test_fresh_run_failing_before_its_first_checkpoint_keeps_the_earlier_run(prefect_harness, flow_overrides, tmp_path):
     """Before: a fresh run moved the earlier run's checkpoints aside first, then failed (here: its
     checkpoint does not fit a 1 MB host buffer), so `resume=latest` found nothing and started at 0."""
     run(compose("lm_train", flow_overrides + TINY))

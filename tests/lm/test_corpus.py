@@ -1,4 +1,5 @@
 """Corpus: deterministic file selection, seeded document-level split, one-time memory-mapped tokens."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The draft's head start: SmolLM2's embedding projected onto its principal directions."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,7 +18,9 @@ def test_projection_keeps_the_geometry_of_a_low_rank_embedding():
     assert projected.shape == (200, 8)
     # An orthonormal projection onto a space holding every row keeps all inner products, hence logits.
     torch.testing.assert_close(projected @ projected.T, low_rank @ low_rank.T, rtol=1e-4, atol=1e-3)
-    assert (project_embeddings(low_rank, 3) @ project_embeddings(low_rank, 3).T - low_rank @ low_rank.T).abs().max() > 1e-2
+    assert (
+        project_embeddings(low_rank, 3) @ project_embeddings(low_rank, 3).T - low_rank @ low_rank.T
+    ).abs().max() > 1e-2
 
 
 def test_student_embedding_and_tied_head_start_from_the_teacher():
@@ -33,7 +36,9 @@ def test_student_embedding_and_tied_head_start_from_the_teacher():
 def test_mismatched_or_wrong_students_are_refused():
     teacher = tiny_llama(vocab_size=64, hidden=32, dtype=torch.float32)
     with pytest.raises(ValueError, match="vocabularies differ"):
-        init_from_teacher_embedding(GPT(GPTConfig(vocab_size=80, block_size=8, n_layer=1, n_head=2, n_embd=16)), teacher)
+        init_from_teacher_embedding(
+            GPT(GPTConfig(vocab_size=80, block_size=8, n_layer=1, n_head=2, n_embd=16)), teacher
+        )
     with pytest.raises(ValueError, match="GPT draft"):
         init_from_teacher_embedding(tiny_llama(vocab_size=64, hidden=32), teacher)
     with pytest.raises(ValueError, match="exceeds the teacher"):

@@ -1,5 +1,6 @@
 """lm_train on 2 processes under torchrun (gloo): train, checkpoint, SIGKILL the whole job after a
 committed checkpoint, resume=latest, and the resumed job ends bit for bit where an uninterrupted one does."""
+
 from __future__ import annotations
 
 import json
@@ -37,15 +38,46 @@ def tiny_corpus(folder: Path) -> Path:
 
 def write_job(tmp: Path, name: str, corpus: Path, strategy: str, resume: str | None = None) -> Path:
     job = TrainJob(
-        model={"kind": "gpt", "vocab_size": VOCAB, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 24,
-               "dropout": 0.1, "bias": True, "tie_embeddings": True, "dtype": "float32"},  # dropout: RNG matters
-        train={"iters": ITERS, "batch_size": 2, "block_size": 16, "warmup_iters": 3, "eval_every": 10_000,
-               "eval_batches": 1, "lr": 1e-2},
-        checkpoint={"every": EVERY, "keep_last": 2, "buffer_slots": 2, "host_buffer_mb": None, "flush_threads": 1,
-                    "fsync": True, "checksum": False},
-        corpus_folder=str(corpus), run_dir=str(tmp / name / "model"), checkpoint_dir=str(tmp / name / "ckpt"),
-        resume=resume, seed=3, device="cpu", strategy=strategy,
-        metrics_file=str(tmp / name / "metrics.jsonl"), result_file=str(tmp / name / "result.json"))
+        model={
+            "kind": "gpt",
+            "vocab_size": VOCAB,
+            "block_size": 16,
+            "n_layer": 2,
+            "n_head": 2,
+            "n_embd": 24,
+            "dropout": 0.1,
+            "bias": True,
+            "tie_embeddings": True,
+            "dtype": "float32",
+        },  # dropout: RNG matters
+        train={
+            "iters": ITERS,
+            "batch_size": 2,
+            "block_size": 16,
+            "warmup_iters": 3,
+            "eval_every": 10_000,
+            "eval_batches": 1,
+            "lr": 1e-2,
+        },
+        checkpoint={
+            "every": EVERY,
+            "keep_last": 2,
+            "buffer_slots": 2,
+            "host_buffer_mb": None,
+            "flush_threads": 1,
+            "fsync": True,
+            "checksum": False,
+        },
+        corpus_folder=str(corpus),
+        run_dir=str(tmp / name / "model"),
+        checkpoint_dir=str(tmp / name / "ckpt"),
+        resume=resume,
+        seed=3,
+        device="cpu",
+        strategy=strategy,
+        metrics_file=str(tmp / name / "metrics.jsonl"),
+        result_file=str(tmp / name / "result.json"),
+    )
     path = tmp / name / f"job{'_resume' if resume else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(job)))
@@ -55,8 +87,14 @@ def write_job(tmp: Path, name: str, corpus: Path, strategy: str, resume: str | N
 def start(job_file: Path) -> subprocess.Popen:
     log = open(job_file.with_suffix(".log"), "w")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(torchrun_command(TorchrunSettings(nproc=2), job_file), cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        torchrun_command(TorchrunSettings(nproc=2), job_file),
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen, job_file: Path) -> dict:
@@ -119,12 +157,15 @@ def run_kill_resume(tmp_path: Path, strategy: str) -> None:
     ref_result = finish(reference, reference_job)
     assert ref_result["world_size"] == 2 and ref_result["strategy"] == strategy
     assert sorted(p.name for p in (list_checkpoints(tmp_path / "reference" / "ckpt")[-1]).glob("*.shard")) == [
-        "rank00000.shard", "rank00001.shard"]
+        "rank00000.shard",
+        "rank00001.shard",
+    ]
 
     resumed = finish(start(write_job(tmp_path, "killed", corpus, strategy, resume="latest")), killed_job)
     assert resumed["start_step"] >= killed_step and resumed["resumed_from"].endswith(final.name)
-    assert_same_checkpoint(latest_checkpoint(tmp_path / "reference" / "ckpt"),
-                           latest_checkpoint(tmp_path / "killed" / "ckpt"))
+    assert_same_checkpoint(
+        latest_checkpoint(tmp_path / "reference" / "ckpt"), latest_checkpoint(tmp_path / "killed" / "ckpt")
+    )
     assert latest_checkpoint(tmp_path / "killed" / "ckpt").name == f"step_{ITERS:08d}"
     for name in ("model.safetensors", "config.json"):
         reference_file, resumed_file = (tmp_path / run / "model" / name for run in ("reference", "killed"))
@@ -161,8 +202,17 @@ def test_fsdp2_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_p
 
 def test_torchrun_command_for_one_node_and_for_a_rendezvous():
     one = torchrun_command(TorchrunSettings(nproc=3), "job.json", python="/venv/bin/python")
-    assert one == ["/venv/bin/python", "-m", "torch.distributed.run", "--nproc-per-node=3", "--max-restarts=0",
-                   "--standalone", "-m", "components.lm.worker", "job.json"]
+    assert one == [
+        "/venv/bin/python",
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=3",
+        "--max-restarts=0",
+        "--standalone",
+        "-m",
+        "components.lm.worker",
+        "job.json",
+    ]
     many = torchrun_command(TorchrunSettings(nproc=4, nnodes=2, rdzv_endpoint="node0:29400", rdzv_id="draft"), "j")
     assert many[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--standalone" not in many
     assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400", "--rdzv-id=draft"} <= set(many)
@@ -179,8 +229,17 @@ def test_two_nodes_meet_at_a_rendezvous_endpoint(tmp_path):
     job = write_job(tmp_path, "nodes", tiny_corpus(tmp_path / "corpus"), "ddp")
     settings = TorchrunSettings(nproc=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}", rdzv_id="two-nodes")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    agents = [subprocess.Popen(torchrun_command(settings, job), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    agents = [
+        subprocess.Popen(
+            torchrun_command(settings, job),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [agent.communicate(timeout=300)[0] for agent in agents]
     assert [a.returncode for a in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     result = json.loads((tmp_path / "nodes" / "result.json").read_text())

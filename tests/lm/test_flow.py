@@ -1,4 +1,5 @@
 """lm_train end to end through Hydra + Prefect + MLflow on a tiny config, then resume=latest."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,26 @@ import torch
 
 from flows.platform import compose, get_spec, run
 
-TINY = ["corpus.roots=[stdlib]", "corpus.max_chars=200000", "corpus.val_fraction=0.2", "train.iters=6",
-        "train.batch_size=2", "train.block_size=32", "train.warmup_iters=2", "train.eval_every=6",
-        "train.eval_batches=1", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32",
-        "run_name=tiny", "sample_tokens=4", "log_every=2", "checkpoint.keep_last=2", "checkpoint.every=1"]
+TINY = [
+    "corpus.roots=[stdlib]",
+    "corpus.max_chars=200000",
+    "corpus.val_fraction=0.2",
+    "train.iters=6",
+    "train.batch_size=2",
+    "train.block_size=32",
+    "train.warmup_iters=2",
+    "train.eval_every=6",
+    "train.eval_batches=1",
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.block_size=32",
+    "run_name=tiny",
+    "sample_tokens=4",
+    "log_every=2",
+    "checkpoint.keep_last=2",
+    "checkpoint.every=1",
+]
 
 
 def test_flow_end_to_end_with_mlflow_and_resume(prefect_harness, flow_overrides, mlflow_uri, tmp_path):
@@ -27,8 +44,10 @@ def test_flow_end_to_end_with_mlflow_and_resume(prefect_harness, flow_overrides,
     assert len(client.get_metric_history(result["run_id"], "train_loss")) == 3  # steps 2, 4, 6
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"model", "samples", "summary.json"} <= artifacts
-    assert {a.path for a in client.list_artifacts(result["run_id"], "model")} == {"model/config.json",
-                                                                                  "model/model.safetensors"}
+    assert {a.path for a in client.list_artifacts(result["run_id"], "model")} == {
+        "model/config.json",
+        "model/model.safetensors",
+    }
     versions = client.search_model_versions("name='lm-draft'")
     assert [v.run_id for v in versions] == [result["run_id"]]
     checkpoints = sorted(p.name for p in (tmp_path / "lm_train" / "checkpoints" / "tiny").iterdir())
@@ -39,8 +58,10 @@ def test_flow_end_to_end_with_mlflow_and_resume(prefect_harness, flow_overrides,
     second = client.get_run(resumed["run_id"])
     assert second.data.metrics["start_step"] == 6 and second.data.metrics["checkpoints"] == 2
     assert second.data.tags["resumed_from"].endswith("step_00000006")
-    summary = json.loads(client.download_artifacts(resumed["run_id"], "summary.json", str(tmp_path)) and
-                         (tmp_path / "summary.json").read_text())
+    summary = json.loads(
+        client.download_artifacts(resumed["run_id"], "summary.json", str(tmp_path))
+        and (tmp_path / "summary.json").read_text()
+    )
     assert summary["train"]["final_step"] == 8
 
     # A fresh run in the same folder sets the earlier run's checkpoints aside instead of mixing with them.
@@ -54,10 +75,25 @@ def test_flow_end_to_end_with_mlflow_and_resume(prefect_harness, flow_overrides,
     from components.lm.model import GPT
 
     source = tmp_path / "lm_train" / "tiny"
-    run(compose("lm_train", flow_overrides + TINY + [f"train.init_from={source}", "run_name=tiny_warm", "train.lr=1e-12",
-                                                     "train.min_lr=1e-13", "train.iters=2", "checkpoint.every=2"]))
-    for (name, got), want in zip(GPT.from_folder(tmp_path / "lm_train" / "tiny_warm").state_dict().items(),
-                                 GPT.from_folder(source).state_dict().values()):
+    run(
+        compose(
+            "lm_train",
+            flow_overrides
+            + TINY
+            + [
+                f"train.init_from={source}",
+                "run_name=tiny_warm",
+                "train.lr=1e-12",
+                "train.min_lr=1e-13",
+                "train.iters=2",
+                "checkpoint.every=2",
+            ],
+        )
+    )
+    for (name, got), want in zip(
+        GPT.from_folder(tmp_path / "lm_train" / "tiny_warm").state_dict().items(),
+        GPT.from_folder(source).state_dict().values(),
+    ):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-9, msg=name)
 
 
@@ -82,14 +118,17 @@ def test_init_from_a_different_architecture_is_named(tmp_path):
 
     GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)).save(tmp_path / "small")
     with pytest.raises(ValueError, match="n_embd=16.*set the model.\\* overrides"):
-        warm_start(GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)), str(tmp_path / "small"))
+        warm_start(
+            GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)), str(tmp_path / "small")
+        )
     with pytest.raises(ValueError, match="init_from and train.init_from_teacher"):
-        compose("lm_train", ["train.init_from=x", "train.init_from_teacher=true", "train.distill_alpha=1"]).train
+        compose("lm_train", ["train.init_from=x", "train.init_from_teacher=true", "train.distill_alpha=1"])
 
 
 @pytest.mark.slow
-def test_flow_under_torchrun_two_processes_logs_rank0_metrics_and_resumes(prefect_harness, flow_overrides,
-                                                                           mlflow_uri, tmp_path):
+def test_flow_under_torchrun_two_processes_logs_rank0_metrics_and_resumes(
+    prefect_harness, flow_overrides, mlflow_uri, tmp_path
+):
     from mlflow.tracking import MlflowClient
 
     two = ["launcher=torchrun", "launcher.nproc=2"]
@@ -101,8 +140,10 @@ def test_flow_under_torchrun_two_processes_logs_rank0_metrics_and_resumes(prefec
     assert data.metrics["checkpoints"] == 6 and data.metrics["val_perplexity"] > 1
     last = tmp_path / "lm_train" / "checkpoints" / "tiny" / "step_00000006"
     assert sorted(p.name for p in last.glob("*.shard")) == ["rank00000.shard", "rank00001.shard"]
-    assert {a.path for a in client.list_artifacts(result["run_id"], "model")} == {"model/config.json",
-                                                                                  "model/model.safetensors"}
+    assert {a.path for a in client.list_artifacts(result["run_id"], "model")} == {
+        "model/config.json",
+        "model/model.safetensors",
+    }
     resumed = run(compose("lm_train", flow_overrides + TINY + two + ["resume=latest", "train.iters=8"]))
     assert client.get_run(resumed["run_id"]).data.metrics["start_step"] == 6
 

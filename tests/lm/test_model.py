@@ -1,4 +1,5 @@
 """GPT: KV-cache decoding equals the full forward, rollback by slicing, persistence, config errors."""
+
 from __future__ import annotations
 
 import pytest

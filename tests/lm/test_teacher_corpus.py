@@ -1,4 +1,5 @@
 """The teacher-corpus prompt pool: disjoint from the decoding benchmark, deterministic, sliceable."""
+
 from __future__ import annotations
 
 from components.decoding.prompts import CHAT_PROMPTS, CODE_PROMPTS
@@ -36,7 +37,12 @@ def test_documented_functions_are_public_documented_and_exclude_the_benchmarks_s
     found = teacher_corpus.documented_functions([_tree(tmp_path)])
     # first-seen wins across files; tests/ and private modules are skipped
     assert [f.name for f in found] == ["parse_header", "merge_init", "merge_util"]
-    assert found[0] == ("pkg", "parse_header", "line, strict=False", "Split an HTTP header line into its name and value.")
+    assert found[0] == (
+        "pkg",
+        "parse_header",
+        "line, strict=False",
+        "Split an HTTP header line into its name and value.",
+    )
     assert found[2].module == "pkg.util"
 
 

@@ -1,4 +1,5 @@
 """Training pieces: distillation loss, a teacher-distilled run, settings validation, SmolLM2 fine-tuning."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,11 +20,27 @@ def test_distilled_training_moves_the_student_towards_the_teacher():
     torch.manual_seed(3)
     teacher = GPT(GPTConfig(vocab_size=_tiny.VOCAB, block_size=16, n_layer=1, n_head=2, n_embd=32)).eval()
     model, optimizer, scheduler, gen = _tiny.fresh(40)
-    s = TrainSettings(iters=40, batch_size=4, block_size=16, warmup_iters=2, lr=1e-2, eval_every=1000,
-                      distill_alpha=1.0, distill_temperature=1.0)
+    s = TrainSettings(
+        iters=40,
+        batch_size=4,
+        block_size=16,
+        warmup_iters=2,
+        lr=1e-2,
+        eval_every=1000,
+        distill_alpha=1.0,
+        distill_temperature=1.0,
+    )
     kls = []
-    train_loop(model, optimizer, scheduler, _tiny.InMemoryCorpus(), s, data_generator=gen, teacher=teacher,
-               on_metrics=lambda step, m: kls.append(m["distill_kl"]))
+    train_loop(
+        model,
+        optimizer,
+        scheduler,
+        _tiny.InMemoryCorpus(),
+        s,
+        data_generator=gen,
+        teacher=teacher,
+        on_metrics=lambda step, m: kls.append(m["distill_kl"]),
+    )
     assert len(kls) == 40 and sum(kls[-5:]) / 5 < 0.5 * sum(kls[:5]) / 5
 
 
@@ -40,10 +57,28 @@ def test_smollm2_fine_tuning_flow(prefect_harness, flow_overrides, mlflow_uri):
 
     from flows.platform import compose, run
 
-    result = run(compose("lm_train", flow_overrides + [
-        "model=smollm2_135m", "corpus.roots=[stdlib]", "corpus.max_chars=200000", "corpus.val_fraction=0.2",
-        "train.iters=2", "train.batch_size=1", "train.block_size=32", "train.warmup_iters=1", "train.lr=2e-5",
-        "train.eval_every=2", "train.eval_batches=1", "run_name=ft", "sample_tokens=4", "checkpoint.every=1"]))
+    result = run(
+        compose(
+            "lm_train",
+            flow_overrides
+            + [
+                "model=smollm2_135m",
+                "corpus.roots=[stdlib]",
+                "corpus.max_chars=200000",
+                "corpus.val_fraction=0.2",
+                "train.iters=2",
+                "train.batch_size=1",
+                "train.block_size=32",
+                "train.warmup_iters=1",
+                "train.lr=2e-5",
+                "train.eval_every=2",
+                "train.eval_batches=1",
+                "run_name=ft",
+                "sample_tokens=4",
+                "checkpoint.every=1",
+            ],
+        )
+    )
     client = MlflowClient(mlflow_uri)
     run_data = client.get_run(result["run_id"]).data
     assert run_data.metrics["ckpt_bytes"] > 1.5e9  # weights + two AdamW moments in fp32

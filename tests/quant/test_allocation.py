@@ -1,4 +1,5 @@
 """Model-wide Fisher allocation of the 4-bit groups under an exact bit budget."""
+
 import pytest
 import torch
 
@@ -8,18 +9,20 @@ from components.quant.allocation import allocate_high_groups, fisher_gains, layo
 from components.quant.linear import unpack_layer
 from components.quant.model import calibrate, fisher_diagonal, model_bits, quantize_model, target_linears
 from components.quant.quantizer import layout_for
-
 from tests.quant.test_quantizer import llm_like_weight
 
 
 def test_layout_bits_with_a_per_layer_count_match_a_hand_count():
     # 32 x 128 layer, group 32 -> 4 groups per row, 64 per 16-row tile, 2 tiles; 5 of 64 at 4 bits.
     layout = layout_for((32, 128), QuantSpec(group_size=32, score="fisher", bit_budget=2.9), high_per_tile=5)
-    per_tile = (59 * 32 * 2        # 2-bit codes: 3776 bits = 118 words exactly
-                + 5 * 32 * 4       # 4-bit codes: 640 bits = 20 words
-                + 64 * 8 + 64 * 8  # 8-bit scale code and 8-bit minimum code per group
-                + 64)              # precision map, one bit per group
-    per_row = 16 + 32              # fp16 scale base; fp16 (lowest, step) of the minima
+    per_tile = (
+        59 * 32 * 2  # 2-bit codes: 3776 bits = 118 words exactly
+        + 5 * 32 * 4  # 4-bit codes: 640 bits = 20 words
+        + 64 * 8
+        + 64 * 8  # 8-bit scale code and 8-bit minimum code per group
+        + 64
+    )  # precision map, one bit per group
+    per_row = 16 + 32  # fp16 scale base; fp16 (lowest, step) of the minima
     assert layout_bits(layout, 5) == 2 * per_tile + 32 * per_row
     # a uniform tile stores no map
     assert layout_bits(layout, 0) == 2 * (64 * 32 * 2 + 64 * 16) + 32 * per_row
@@ -50,8 +53,11 @@ def test_allocation_stays_within_the_exact_budget_and_favours_the_sensitive_laye
         used = sum(layout_bits(lay, k[name]) for name in k)
         assert used <= budget * weights
         # one more group per tile in either layer would break the budget (greedy fills it)
-        assert all(used - layout_bits(lay, k[n]) + layout_bits(lay, k[n] + 1) > budget * weights
-                   for n in k if k[n] < lay.groups_per_tile)
+        assert all(
+            used - layout_bits(lay, k[n]) + layout_bits(lay, k[n] + 1) > budget * weights
+            for n in k
+            if k[n] < lay.groups_per_tile
+        )
         assert k["a"] >= k["b"]
     assert allocate_high_groups(layers, 3.0)["b"] == 0 < allocate_high_groups(layers, 3.0)["a"]
 

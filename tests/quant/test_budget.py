@@ -1,19 +1,26 @@
 """Whole-model bit budgets (head included), the alignment rule at every budget, the default-budget rule."""
+
 import dataclasses
 import math
 
 import pytest
 import torch
 
+from components.checks import ConfigError
 from components.lm.model import GPT, GPTConfig
 from components.quant import QuantLinear, QuantSpec, reference_dequantize
-from components.quant.budget import (apply_head_bits, budget_range, default_budget, head_layout, plan_budget,
-                                     whole_model_bits)
+from components.quant.budget import (
+    apply_head_bits,
+    budget_range,
+    default_budget,
+    head_layout,
+    plan_budget,
+    whole_model_bits,
+)
 from components.quant.evaluation import bootstrap_ppl_ci, bootstrap_ratio_ci
 from components.quant.linear import unpack_layer
 from components.quant.model import calibrate, quantizable_linears, quantize_model, target_linears
 from components.quant.quantizer import bits_breakdown, fake_quantize_uniform, group_scores, quantize_weight
-from components.checks import ConfigError
 from flows.platform import compose
 
 RANGE = QuantSpec(name="mixed_range", group_size=32, score="range", frac_high=0.125)
@@ -35,8 +42,9 @@ def small_gpt():
 @pytest.fixture(scope="module")
 def stats(small_gpt):
     batches = [torch.randint(0, 1024, (1, 32), generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    return calibrate(small_gpt, batches, list(target_linears(small_gpt, include_lm_head=True)), hessian=False,
-                     fisher=True)
+    return calibrate(
+        small_gpt, batches, list(target_linears(small_gpt, include_lm_head=True)), hessian=False, fisher=True
+    )
 
 
 def _quantized(model, spec, stats, budget):
@@ -84,8 +92,12 @@ def test_every_tile_keeps_the_same_four_bit_count_at_every_budget(small_gpt, sta
         scores = scores.reshape(lay.n_tiles, lay.groups_per_tile)
         flat = high.reshape(lay.n_tiles, lay.groups_per_tile)
         if 0 < lay.high_per_tile < lay.groups_per_tile:
-            assert bool((scores[flat].reshape(lay.n_tiles, -1).min(1).values
-                         >= scores[~flat].reshape(lay.n_tiles, -1).max(1).values).all())
+            assert bool(
+                (
+                    scores[flat].reshape(lay.n_tiles, -1).min(1).values
+                    >= scores[~flat].reshape(lay.n_tiles, -1).max(1).values
+                ).all()
+            )
 
 
 def test_head_bits_are_counted_exactly(small_gpt):
@@ -138,9 +150,13 @@ def test_fake_uniform_quantization_is_the_packed_one_at_packed_widths_and_any_wi
 
 
 def test_default_budget_is_the_least_bits_within_tolerance():
-    frontier = [{"bits_per_weight": 2.8, "perplexity": 40.0}, {"bits_per_weight": 3.3, "perplexity": 10.9},
-                {"bits_per_weight": 3.6, "perplexity": 11.2},  # noisy: worse than the 3.3 point
-                {"bits_per_weight": 4.2, "perplexity": 10.2}, {"bits_per_weight": 4.5, "perplexity": 10.0}]
+    frontier = [
+        {"bits_per_weight": 2.8, "perplexity": 40.0},
+        {"bits_per_weight": 3.3, "perplexity": 10.9},
+        {"bits_per_weight": 3.6, "perplexity": 11.2},  # noisy: worse than the 3.3 point
+        {"bits_per_weight": 4.2, "perplexity": 10.2},
+        {"bits_per_weight": 4.5, "perplexity": 10.0},
+    ]
     assert default_budget(frontier, 10.0)["bits_per_weight"] == 3.3
     assert default_budget(frontier, 10.0, tolerance=0.05)["bits_per_weight"] == 4.2
     assert default_budget(list(reversed(frontier)), 10.0)["bits_per_weight"] == 3.3  # order does not matter
@@ -165,12 +181,17 @@ def test_bootstrap_intervals_cover_the_point_and_are_paired():
         bootstrap_ratio_ci(nll, nll[:2], tokens)
 
 
-@pytest.mark.parametrize("override, key", [(["quant.budget=1.5"], "quant.budget"),
-                                           (["quant.budget=9"], "quant.budget"),
-                                           (["quant.budget=3.2", "layers=layers"], "quant.budget"),
-                                           (["quant_method.head_bits=3"], "head_bits"),
-                                           (["forward_mode=fast"], "forward_mode"),
-                                           (["quant.budget=null", "layers='x['"], "not a regular expression")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        (["quant.budget=1.5"], "quant.budget"),
+        (["quant.budget=9"], "quant.budget"),
+        (["quant.budget=3.2", "layers=layers"], "quant.budget"),
+        (["quant_method.head_bits=3"], "head_bits"),
+        (["forward_mode=fast"], "forward_mode"),
+        (["quant.budget=null", "layers='x['"], "not a regular expression"),
+    ],
+)
 def test_config_errors_name_the_key(flow_overrides, override, key):
     with pytest.raises(ConfigError, match=key):
         compose("quantize", flow_overrides + override)

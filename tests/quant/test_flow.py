@@ -1,4 +1,5 @@
 """End to end: the quantize flow through Hydra compose + Prefect + MLflow on a tiny GPT."""
+
 import json
 from pathlib import Path
 
@@ -21,11 +22,24 @@ def tiny_gpt(tmp_path):
 def test_quantize_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri, tiny_gpt):
     from mlflow.tracking import MlflowClient
 
-    cfg = compose("quantize", flow_overrides + [
-        f"source={tiny_gpt}", "baselines=[fp32,rtn2,rtn4]", "quant_method=gptq_mixed", "quant.budget=null",
-        "quant_method.bit_budget=3.5",  # a 64-wide toy: the group-32 metadata alone costs 1.25 bits/weight
-        "eval.context=32", "eval.windows=2", "eval.calibration_windows=2",
-        "speed.matvec_repeats=2", "speed.decode_tokens=2", "speed.bandwidth_mib=16", "registered_name=test-gpt-mixed"])
+    cfg = compose(
+        "quantize",
+        flow_overrides
+        + [
+            f"source={tiny_gpt}",
+            "baselines=[fp32,rtn2,rtn4]",
+            "quant_method=gptq_mixed",
+            "quant.budget=null",
+            "quant_method.bit_budget=3.5",  # a 64-wide toy: the group-32 metadata alone costs 1.25 bits/weight
+            "eval.context=32",
+            "eval.windows=2",
+            "eval.calibration_windows=2",
+            "speed.matvec_repeats=2",
+            "speed.decode_tokens=2",
+            "speed.bandwidth_mib=16",
+            "registered_name=test-gpt-mixed",
+        ],
+    )
     result = run(cfg)
     metrics = result["metrics"]
     assert 3.25 < metrics["bits_per_weight"] <= 3.5  # above plain 2-bit, within the budget
@@ -37,8 +51,10 @@ def test_quantize_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri, t
     assert run_.data.tags["registered_model"] == "test-gpt-mixed"
     artifacts = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(result["run_id"], "tables")}
     assert {"tables/quantize.json", "tables/quantize.md"} <= artifacts
-    table = json.loads(MlflowClient(mlflow_uri).download_artifacts(result["run_id"], "tables/quantize.json")
-                       and Path(MlflowClient(mlflow_uri).download_artifacts(result["run_id"], "tables/quantize.json")).read_text())
+    table = json.loads(
+        MlflowClient(mlflow_uri).download_artifacts(result["run_id"], "tables/quantize.json")
+        and Path(MlflowClient(mlflow_uri).download_artifacts(result["run_id"], "tables/quantize.json")).read_text()
+    )
     methods = [row["method"] for row in table["perplexity"]]
     assert methods == ["fp32", "rtn2", "rtn4", "gptq_mixed"]
     bits = {row["method"]: row["bits_per_weight"] for row in table["perplexity"]}
@@ -52,12 +68,26 @@ def test_quantize_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri, t
     assert any(isinstance(m, QuantLinear) for m in model.modules())
 
 
-def test_quantize_flow_spends_a_whole_model_budget_and_saves_the_head_bits(prefect_harness, flow_overrides,
-                                                                            mlflow_uri, tiny_gpt):
-    cfg = compose("quantize", flow_overrides + [
-        f"source={tiny_gpt}", "baselines=[rtn4]", "quant_method=mixed", "quant.budget=3.71",
-        "eval.context=32", "eval.windows=2", "eval.calibration_windows=2",
-        "speed.matvec_repeats=1", "speed.decode_tokens=0", "speed.bandwidth_mib=16", "registered_name=test-gpt-budget"])
+def test_quantize_flow_spends_a_whole_model_budget_and_saves_the_head_bits(
+    prefect_harness, flow_overrides, mlflow_uri, tiny_gpt
+):
+    cfg = compose(
+        "quantize",
+        flow_overrides
+        + [
+            f"source={tiny_gpt}",
+            "baselines=[rtn4]",
+            "quant_method=mixed",
+            "quant.budget=3.71",
+            "eval.context=32",
+            "eval.windows=2",
+            "eval.calibration_windows=2",
+            "speed.matvec_repeats=1",
+            "speed.decode_tokens=0",
+            "speed.bandwidth_mib=16",
+            "registered_name=test-gpt-budget",
+        ],
+    )
     result = run(cfg)
     metrics = result["metrics"]
     # the tied 49152 x 64 head is 97% of this toy: the budget counts it, the packed-layer figure does not. A 4-bit

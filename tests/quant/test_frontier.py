@@ -1,4 +1,5 @@
 """The frontier benchmark's comparisons on synthetic rows: uniform at the same bits, the targets, the default."""
+
 import json
 import math
 
@@ -12,9 +13,19 @@ from flows.platform import compose
 def _row(label, bits, ppl, scheme, windows=4, budget=None, head_bits=4, spread=0.0):
     nll = math.log(ppl) * 100
     window_nll = [nll + spread * (i - (windows - 1) / 2) for i in range(windows)]
-    return {"label": label, "bits_per_weight": bits, "perplexity": ppl, "window_nll": window_nll,
-            "window_tokens": [100] * windows, "tokens": 100 * windows, "perplexity_ci95": (ppl * 0.9, ppl * 1.1),
-            "scheme": scheme, "budget": budget, "head_bits": head_bits, "spec": {"frac_high": 0.5}}
+    return {
+        "label": label,
+        "bits_per_weight": bits,
+        "perplexity": ppl,
+        "window_nll": window_nll,
+        "window_tokens": [100] * windows,
+        "tokens": 100 * windows,
+        "perplexity_ci95": (ppl * 0.9, ppl * 1.1),
+        "scheme": scheme,
+        "budget": budget,
+        "head_bits": head_bits,
+        "spec": {"frac_high": 0.5},
+    }
 
 
 def test_uniform_at_interpolates_log_perplexity_between_the_nearest_widths():
@@ -26,10 +37,12 @@ def test_uniform_at_interpolates_log_perplexity_between_the_nearest_widths():
 
 
 def _frontier(range_ppl, fisher_ppl):
-    rows = {"fp32": _row("fp32", 32.0, 20.0, "reference", head_bits=None),
-            "uniform2": _row("uniform2", 2.5, 1000.0, "uniform", head_bits=2),
-            "uniform3": _row("uniform3", 3.5, 100.0, "uniform", head_bits=3),
-            "uniform4": _row("uniform4", 4.5, 21.0, "uniform")}
+    rows = {
+        "fp32": _row("fp32", 32.0, 20.0, "reference", head_bits=None),
+        "uniform2": _row("uniform2", 2.5, 1000.0, "uniform", head_bits=2),
+        "uniform3": _row("uniform3", 3.5, 100.0, "uniform", head_bits=3),
+        "uniform4": _row("uniform4", 4.5, 21.0, "uniform"),
+    }
     budgets = sorted(range_ppl)
     for b in budgets:
         rows[f"range@{b}"] = _row(f"range@{b}", b, range_ppl[b], "range", budget=b)

@@ -4,6 +4,7 @@ Bound: activations are rounded per block of 32 to d * a with d = max|x| / 127, s
 (d / 508 with the residual level); the minimum's term uses the exact block sums. Hence per output
 |y - x W_hat^T| <= sum_j (d_block(j) / 2) * |s_j q_j|, plus float rounding (tested with a relative slack).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,9 @@ import torch
 from components.quant import QuantLinear, QuantSpec, int_kernel, quantize_weight, reference_dequantize
 from components.quant.packed_matrix import PackedMatrix
 
-pytestmark = pytest.mark.skipif(not int_kernel.available(), reason=f"no C++ toolchain: {int_kernel.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    not int_kernel.available(), reason=f"no C++ toolchain: {int_kernel.unavailable_reason()}"
+)
 
 SPECS = {
     "mixed_2_4_g32": QuantSpec(frac_high=0.25, group_size=32),
@@ -116,8 +119,10 @@ def test_gguf_blocks_are_read_exactly():
     from gguf import GGMLQuantizationType, quants
 
     w = np.random.default_rng(0).standard_normal((32, 128)).astype(np.float32)
-    for kind, build in ((GGMLQuantizationType.Q4_1, PackedMatrix.from_gguf_q4_1),
-                        (GGMLQuantizationType.Q8_0, PackedMatrix.from_gguf_q8_0)):
+    for kind, build in (
+        (GGMLQuantizationType.Q4_1, PackedMatrix.from_gguf_q4_1),
+        (GGMLQuantizationType.Q8_0, PackedMatrix.from_gguf_q8_0),
+    ):
         blocks = quants.quantize(w, kind)
         expected = torch.from_numpy(quants.dequantize(blocks, kind).reshape(32, 128).astype(np.float32))
         matrix = build(blocks, 32, 128)

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from components.quant import QuantLinear, QuantSpec, quantize_weight, reference_dequantize
-from components.quant import fused_cpu
+from components.quant import QuantLinear, QuantSpec, fused_cpu, quantize_weight, reference_dequantize
 from tests.quant.test_quantizer import llm_like_weight
 
 SPECS = {
@@ -77,7 +76,8 @@ def test_gptq_lowers_the_output_error_on_correlated_inputs():
 
     for zero_format in ("u8", "int"):
         assert out_err(QuantSpec(method="gptq", frac_high=0.25, zero_format=zero_format)) < out_err(
-            QuantSpec(method="rtn", frac_high=0.25, zero_format=zero_format))
+            QuantSpec(method="rtn", frac_high=0.25, zero_format=zero_format)
+        )
 
 
 def test_hqq_fits_if_installed():

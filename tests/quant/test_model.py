@@ -5,8 +5,15 @@ import torch
 
 from components.lm.model import GPT, GPTConfig
 from components.quant import QuantLinear, QuantSpec
-from components.quant.model import (calibrate, load_base_model, load_quantized, model_bits, quantize_model,
-                                    save_quantized, target_linears)
+from components.quant.model import (
+    calibrate,
+    load_base_model,
+    load_quantized,
+    model_bits,
+    quantize_model,
+    save_quantized,
+    target_linears,
+)
 
 TINY = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=2, n_embd=64)
 
@@ -57,8 +64,15 @@ def test_unknown_model_source_is_named(tmp_path):
 def test_transformers_llama_round_trip(tmp_path):
     """The SmolLM2 path (a transformers Llama), on a tiny random Llama: what `serve` loads."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    config = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
     model, base = load_base_model(str(tmp_path / "llama"))

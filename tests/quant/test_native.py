@@ -1,4 +1,5 @@
 """The lean Llama forward, its rollback cache, the GGUF loader (q/k row order) and the decoding hook."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,9 @@ from components.decoding.models import native_causal_lm, tiny_llama
 from components.quant import int_kernel
 from components.quant.native import DenseMatrix, LeanLlama, load_native_smollm2
 
-needs_kernel = pytest.mark.skipif(not int_kernel.available(), reason=f"no C++ toolchain: {int_kernel.unavailable_reason()}")
+needs_kernel = pytest.mark.skipif(
+    not int_kernel.available(), reason=f"no C++ toolchain: {int_kernel.unavailable_reason()}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +83,13 @@ def _write_gguf(path, hf, q4_1: bool):
         writer.add_tensor(p + "ffn_norm.weight", sd[h + "post_attention_layernorm.weight"])
         mat(p + "attn_q.weight", permute(sd[h + "self_attn.q_proj.weight"], cfg.num_attention_heads))
         mat(p + "attn_k.weight", permute(sd[h + "self_attn.k_proj.weight"], cfg.num_key_value_heads))
-        for ours, theirs in (("attn_v", "self_attn.v_proj"), ("attn_output", "self_attn.o_proj"),
-                             ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"), ("ffn_down", "mlp.down_proj")):
+        for ours, theirs in (
+            ("attn_v", "self_attn.v_proj"),
+            ("attn_output", "self_attn.o_proj"),
+            ("ffn_gate", "mlp.gate_proj"),
+            ("ffn_up", "mlp.up_proj"),
+            ("ffn_down", "mlp.down_proj"),
+        ):
             mat(p + ours + ".weight", sd[h + theirs + ".weight"])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -97,11 +105,23 @@ def test_gguf_loader_restores_row_order_and_matches_the_dequantized_model(tmp_pa
     _write_gguf(path, hf, q4_1)
     native = load_native_smollm2(str(path))
     # the same model with every matrix dequantized to fp32, through the same forward
-    dense = LeanLlama(native.shape, [type(layer)(layer.attn_norm, DenseMatrix(layer.qkv.dequantize()),
-                                                 DenseMatrix(layer.o.dequantize()), layer.ffn_norm,
-                                                 DenseMatrix(layer.gate_up.dequantize()),
-                                                 DenseMatrix(layer.down.dequantize())) for layer in native.layers],
-                      native.final_norm, DenseMatrix(native.head.dequantize()), "dense")
+    dense = LeanLlama(
+        native.shape,
+        [
+            type(layer)(
+                layer.attn_norm,
+                DenseMatrix(layer.qkv.dequantize()),
+                DenseMatrix(layer.o.dequantize()),
+                layer.ffn_norm,
+                DenseMatrix(layer.gate_up.dequantize()),
+                DenseMatrix(layer.down.dequantize()),
+            )
+            for layer in native.layers
+        ],
+        native.final_norm,
+        DenseMatrix(native.head.dequantize()),
+        "dense",
+    )
     attn = hf.model.layers[1].self_attn
     wanted = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
     step = wanted.abs().max() / (7 if q4_1 else 64)
@@ -124,7 +144,7 @@ def test_native_smollm2_agrees_with_the_fp32_copy():
 
     native = load_native_smollm2()
     fp32 = LeanLlama.from_hf(smollm2.load_model())
-    text = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):"
+    text = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    a, b = 0, 1\n    for _ in range(n):'
     ids = torch.tensor(smollm2.load_tokenizer()(text)["input_ids"])
     agree = (native.forward(ids)[0][0].argmax(-1) == fp32.forward(ids)[0][0].argmax(-1)).float().mean()
     assert agree >= 0.99
@@ -132,4 +152,4 @@ def test_native_smollm2_agrees_with_the_fp32_copy():
     tokens = ids.tolist()
     for _ in range(8):
         tokens.append(int(runner.logits_for(tokens)[-1].argmax()))
-    assert tokens[len(ids):] == native.greedy(ids.tolist(), 8)
+    assert tokens[len(ids) :] == native.greedy(ids.tolist(), 8)

@@ -7,8 +7,8 @@ from components.quant.packing import pack_bits, pack_codes, unpack_bits, unpack_
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_pack_unpack_round_trips_exactly(bits):
     gen = torch.Generator().manual_seed(bits)
-    codes = torch.randint(0, 2 ** bits, (3, 5, 64), generator=gen, dtype=torch.int64).to(torch.uint8)
-    codes[0, 0, :] = 2 ** bits - 1  # all-ones words exercise the int32 sign bit
+    codes = torch.randint(0, 2**bits, (3, 5, 64), generator=gen, dtype=torch.int64).to(torch.uint8)
+    codes[0, 0, :] = 2**bits - 1  # all-ones words exercise the int32 sign bit
     words = pack_codes(codes, bits)
     assert words.dtype == torch.int32 and words.shape == (3, 5, 64 * bits // 32)
     assert torch.equal(unpack_codes(words, bits), codes)

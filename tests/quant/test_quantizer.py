@@ -21,12 +21,14 @@ def test_bits_per_weight_matches_a_hand_count():
     # round(0.25 * 32) = 8 of them at 4 bits, 24 at 2 bits; 2 tiles.
     spec = QuantSpec(group_size=64, tile_rows=16, frac_high=0.25, scale_format="u8", zero_format="int")
     packed = quantize_weight(llm_like_weight(32, 128), spec)
-    per_tile = (24 * 64 * 2        # 2-bit codes
-                + 8 * 64 * 4       # 4-bit codes
-                + 64               # 24 two-bit zeros = 48 bits, padded to two int32 words
-                + 32               # 8 four-bit zeros = one word
-                + 32 * 8           # one 8-bit scale code per group (second order)
-                + 32)              # precision map: one bit per group
+    per_tile = (
+        24 * 64 * 2  # 2-bit codes
+        + 8 * 64 * 4  # 4-bit codes
+        + 64  # 24 two-bit zeros = 48 bits, padded to two int32 words
+        + 32  # 8 four-bit zeros = one word
+        + 32 * 8  # one 8-bit scale code per group (second order)
+        + 32
+    )  # precision map: one bit per group
     total = 2 * per_tile + 32 * 16  # + one fp16 scale base per row
     assert sum(packed.bits().values()) == total
     assert packed.bits_per_weight() == pytest.approx(total / (32 * 128))
@@ -62,8 +64,8 @@ def test_four_bit_groups_are_the_top_ranked_ones_of_each_tile(tile_rows):
     k = packed.layout.high_per_tile
     assert k == round(0.25 * tile_rows * 4)
     for t in range(64 // tile_rows):
-        tile_high = high[t * tile_rows:(t + 1) * tile_rows].flatten()
-        tile_scores = scores[t * tile_rows:(t + 1) * tile_rows].flatten()
+        tile_high = high[t * tile_rows : (t + 1) * tile_rows].flatten()
+        tile_scores = scores[t * tile_rows : (t + 1) * tile_rows].flatten()
         assert int(tile_high.sum()) == k  # the alignment constraint: same count in every tile
         assert tile_scores[tile_high].min() >= tile_scores[~tile_high].max()
 
@@ -85,8 +87,11 @@ def test_range_aware_beats_plain_and_random_two_bit():
         codes, scale, zero, _ = unpack_layer(packed.layout, packed.tensors)
         return float((((codes.float() - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(w.shape) - w).pow(2).mean())
 
-    rtn2, mixed, random = mse(QuantSpec(frac_high=0)), mse(QuantSpec(frac_high=0.25)), mse(
-        QuantSpec(frac_high=0.25, score="random"))
+    rtn2, mixed, random = (
+        mse(QuantSpec(frac_high=0)),
+        mse(QuantSpec(frac_high=0.25)),
+        mse(QuantSpec(frac_high=0.25, score="random")),
+    )
     assert mixed < random < rtn2
 
 

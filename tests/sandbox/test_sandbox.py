@@ -1,4 +1,5 @@
 """The sandbox's guarantees, checked with a battery of hostile snippets (see docs/sandbox.md)."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,17 @@ pytestmark = pytest.mark.skipif(isolation_mode() is None, reason="no namespace s
 @pytest.fixture(scope="module")
 def box() -> Sandbox:
     # Tight limits keep the battery fast; each hostile case must hit one of them.
-    return Sandbox(SandboxLimits(wall_seconds=4, cpu_seconds=2, memory_bytes=512 << 20, max_processes=32,
-                                 file_bytes=1 << 20, output_bytes=64 << 10, tmp_bytes=8 << 20))
+    return Sandbox(
+        SandboxLimits(
+            wall_seconds=4,
+            cpu_seconds=2,
+            memory_bytes=512 << 20,
+            max_processes=32,
+            file_bytes=1 << 20,
+            output_bytes=64 << 10,
+            tmp_bytes=8 << 20,
+        )
+    )
 
 
 def processes_of(uid: int | None) -> list[int]:
@@ -63,8 +73,9 @@ def test_cannot_write_outside_its_folder(box, tmp_path):
     result = box.run_python(f"open({str(target)!r}, 'w').write('x')")
     # Read-only root (EROFS); for a checkout under /tmp, the root-owned mount-point folder (EACCES); or, when
     # the venv is a symlink into another tree (bound at its real path), the project folder is not there (ENOENT).
-    assert result.returncode == 1 and any(e in result.stderr for e in (
-        "Read-only file system", "Permission denied", "No such file or directory"))
+    assert result.returncode == 1 and any(
+        e in result.stderr for e in ("Read-only file system", "Permission denied", "No such file or directory")
+    )
     assert not target.exists()
     etc = box.run_command("echo x >> /etc/passwd || echo refused")
     assert "refused" in etc.stdout

@@ -3,6 +3,7 @@ working folder, no nested user namespaces, no host paths in the mount table, wor
 whatever the payload built, and no base site-packages when packages are not exposed.
 
 Each case is bounded (wall clock, tmpfs sizes, the cgroup) and touches no network."""
+
 from __future__ import annotations
 
 import os
@@ -117,13 +118,16 @@ def test_the_working_folder_limit_is_checked_in_the_config():
         SandboxLimits(max_processes=1)
 
 
-@pytest.mark.parametrize("command", [
-    "unshare -U -r id",
-    "unshare -U -r -m sh -c 'mount -t tmpfs x /tmp && echo mounted'",
-    "python3 -S -c 'import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); "
-    "print(\"in a user namespace\") if libc.unshare(0x10000000) == 0 else "
-    "sys.exit(os.strerror(ctypes.get_errno()))'",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "unshare -U -r id",
+        "unshare -U -r -m sh -c 'mount -t tmpfs x /tmp && echo mounted'",
+        "python3 -S -c 'import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); "
+        'print("in a user namespace") if libc.unshare(0x10000000) == 0 else '
+        "sys.exit(os.strerror(ctypes.get_errno()))'",
+    ],
+)
 def test_nested_user_namespaces_are_denied(command):
     result = Sandbox(SandboxLimits(wall_seconds=10)).run_command(command)
     assert result.returncode != 0
@@ -133,8 +137,10 @@ def test_nested_user_namespaces_are_denied(command):
 
 
 def test_threads_and_subprocesses_still_work_under_the_filter():
-    code = ("import subprocess, threading; t = threading.Thread(target=print, args=('thread',)); t.start(); "
-            "t.join(); print(subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout.strip())")
+    code = (
+        "import subprocess, threading; t = threading.Thread(target=print, args=('thread',)); t.start(); "
+        "t.join(); print(subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout.strip())"
+    )
     result = Sandbox(SandboxLimits(wall_seconds=15)).run_python(code)
     assert result.stdout.split() == ["thread", "child"], result.stderr
 

@@ -1,4 +1,5 @@
 """Bring your own snippets (files, folders, globs, bad files) and the value-search tuning data."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,12 +29,15 @@ def test_a_folder_a_file_and_a_glob_of_user_snippets(tmp_path):
     assert len(user_snippets(str(tmp_path / "**" / "*.py"))) == 2
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("x = 1\ndef f(:\n    pass\n", r"bad\.py.*line 2"),
-    (b"print('\xff\xfe')\n", r"bad\.py is not UTF-8"),
-    ("   \n", r"bad\.py is empty"),
-    ("async def f():\n    await g()\n", r"bad\.py.*async"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("x = 1\ndef f(:\n    pass\n", r"bad\.py.*line 2"),
+        (b"print('\xff\xfe')\n", r"bad\.py is not UTF-8"),
+        ("   \n", r"bad\.py is empty"),
+        ("async def f():\n    await g()\n", r"bad\.py.*async"),
+    ],
+)
 def test_a_bad_user_file_is_named_with_the_problem(tmp_path, content, expected):
     path = tmp_path / "bad.py"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -55,8 +59,9 @@ def test_a_bad_snippets_key_fails_at_composition(tmp_path, flow_overrides):
 def test_the_flow_runs_a_users_snippets(tmp_path, prefect_harness, flow_overrides, mlflow_uri):
     folder = tmp_path / "mine"
     folder.mkdir()
-    (folder / "orders.py").write_text("for order in orders:\n    total += order['qty'] * order['price']\n"
-                                      "print(round(total, 2))\n")
+    (folder / "orders.py").write_text(
+        "for order in orders:\n    total += order['qty'] * order['price']\nprint(round(total, 2))\n"
+    )
     (folder / "method.py").write_text("self.count += 1\nreturn self.count\n")
     result = run(compose("selfpico", flow_overrides + [f"snippets={folder}", "sp_predictor@predictor=rule_based"]))
     assert result["metrics"]["snippets"] == 2 and result["metrics"]["line_coverage"] == 1.0

@@ -1,4 +1,5 @@
 """Each executor bug found on unseen snippets, as a two-line regression test; and the trace channel."""
+
 from __future__ import annotations
 
 import hmac
@@ -52,22 +53,30 @@ def test_method_body_reading_and_updating_self(sandbox):
 
 
 def test_augmented_subscript_and_slice_targets(sandbox):
-    report = run(sandbox, "counts = {}\ncounts['a'] = 1\ncounts['a'] += step\nbuf = [0, 0, 0]\nbuf[0:2] += [9]\n"
-                          "print(counts, buf)\n")
+    report = run(
+        sandbox,
+        "counts = {}\ncounts['a'] = 1\ncounts['a'] += step\nbuf = [0, 0, 0]\nbuf[0:2] += [9]\nprint(counts, buf)\n",
+    )
     assert report.coverage == 1.0 and not report.errors
 
 
 def test_unpacking_with_and_comprehension_targets_get_fitting_values(sandbox):
-    code = ("for key, value in pairs:\n    print(key, value)\nwith lock:\n    x, y = point\n"
-            "names = [u.name.upper() for u in users]\nprint(x + y, names)\n")
+    code = (
+        "for key, value in pairs:\n    print(key, value)\nwith lock:\n    x, y = point\n"
+        "names = [u.name.upper() for u in users]\nprint(x + y, names)\n"
+    )
     report = run(sandbox, code)
     assert report.coverage == 1.0 and not report.errors, report
 
 
 def test_the_llm_falls_back_to_the_rule_based_value_when_its_retries_run_out(sandbox):
     llm = ScriptedLLM(lambda messages: "1/0")
-    report = run(sandbox, "for row in rows:\n    print(row['price'] * 2)\n",
-                 LLMPredictor(llm, fallback=RuleBasedPredictor()), max_retries=2)
+    report = run(
+        sandbox,
+        "for row in rows:\n    print(row['price'] * 2)\n",
+        LLMPredictor(llm, fallback=RuleBasedPredictor()),
+        max_retries=2,
+    )
     assert report.coverage == 1.0 and report.fallbacks == 1 and report.final_status == "ok"
     assert report.retries == 2 and not report.errors
 

@@ -1,4 +1,5 @@
 """SelfPiCo: instrumentation keeps semantics, values are injected and cached, feedback retries, coverage."""
+
 from __future__ import annotations
 
 import types
@@ -9,8 +10,14 @@ from components.llm import ScriptedLLM
 from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.executor import Snippet, execute_snippet, run_once
 from components.selfpico.instrument import InstrumentationError, instrument
-from components.selfpico.predictors import (AsIsPredictor, LLMPredictor, NaivePredictor, PredictionRequest,
-                                            RuleBasedPredictor, parse_value_code)
+from components.selfpico.predictors import (
+    AsIsPredictor,
+    LLMPredictor,
+    NaivePredictor,
+    PredictionRequest,
+    RuleBasedPredictor,
+    parse_value_code,
+)
 from components.selfpico.snippets import package_function_snippets, written_snippets
 
 
@@ -25,8 +32,10 @@ COMPLETE_PROGRAMS = [
     "class A:\n    k = 2\n    j = k + 1\n    def f(self, x):\n        return self.k * x\nprint(A().f(3), A.j)\n",
     "def gen(n):\n    for i in range(n):\n        yield i\nprint(sum(gen(10)))\n",
     "d = {'a': 1}\ntry:\n    d['b']\nexcept KeyError as e:\n    print('missing', e)\nfinally:\n    print('done')\n",
-    "from collections import Counter\nc = Counter('hello')\nprint(sorted(c.items()))\nx = 0\nwhile x < 3:\n    x += 1\nelse:\n    print(x)\n",
-    "import os.path\nprint(os.path.join('a', 'b'), (lambda y: y + 1)(1))\nmatch 3:\n    case 3:\n        print('three')\n",
+    "from collections import Counter\nc = Counter('hello')\nprint(sorted(c.items()))\n"
+    "x = 0\nwhile x < 3:\n    x += 1\nelse:\n    print(x)\n",
+    "import os.path\nprint(os.path.join('a', 'b'), (lambda y: y + 1)(1))\n"
+    "match 3:\n    case 3:\n        print('three')\n",
 ]
 
 
@@ -72,6 +81,7 @@ def test_a_name_keeps_one_value_for_the_whole_run(sandbox):
 def test_rule_based_uses_usage_then_names():
     rule = RuleBasedPredictor()
     snippet = "words = text.lower().split()\nfor r in records:\n    print(r)\nhandler(1)\nprint(n + 1)\n"
+
     def value(name, code=snippet):
         return eval(rule.predict(PredictionRequest(f"name#{name}", code, "")), {"types": types})
 
@@ -122,8 +132,11 @@ def test_hostile_snippet_stays_inside_the_sandbox(sandbox, tmp_path):
     snippet = Snippet("hostile", f"open({str(marker)!r}, 'w').write('x')\nprint(open('/work/main/README.md').read())\n")
     report = execute_snippet(snippet, RuleBasedPredictor(), sandbox)
     assert not marker.exists()
-    assert report.coverage < 1.0 and report.errors and report.errors[0].error_type in {"FileNotFoundError", "OSError",
-                                                                                         "PermissionError"}
+    assert (
+        report.coverage < 1.0
+        and report.errors
+        and report.errors[0].error_type in {"FileNotFoundError", "OSError", "PermissionError"}
+    )
 
 
 def test_package_snippets_are_extracted_from_installed_source():
@@ -142,7 +155,9 @@ def test_parse_value_code_finds_python_in_prose_and_repairs_a_dropped_quote():
 
 
 def test_llm_prompt_is_few_shot_turns_ending_with_the_request():
-    messages = LLMPredictor(ScriptedLLM(["1"])).build_messages(PredictionRequest("name#rows", "print(rows)", "print(rows)"))
+    messages = LLMPredictor(ScriptedLLM(["1"])).build_messages(
+        PredictionRequest("name#rows", "print(rows)", "print(rows)")
+    )
     assert messages[0]["role"] == "system" and messages[-1]["role"] == "user"
     assert [m["role"] for m in messages[1:-1]] == ["user", "assistant"] * 3
     assert "`rows`" in messages[-1]["content"] and "print(rows)" in messages[-1]["content"]

@@ -1,12 +1,18 @@
 """The selfpico flow end to end on a tiny config, through compose/run, checked in MLflow."""
+
 from mlflow.tracking import MlflowClient
 
 from flows.platform import compose, run
 
 
 def test_selfpico_flow_logs_coverage_and_tables(prefect_harness, flow_overrides, mlflow_uri):
-    result = run(compose("selfpico", flow_overrides + ["written_limit=4", "package_count=2", "batch_size=3",
-                                                        "sp_predictor@predictor=rule_based"]))
+    result = run(
+        compose(
+            "selfpico",
+            flow_overrides
+            + ["written_limit=4", "package_count=2", "batch_size=3", "sp_predictor@predictor=rule_based"],
+        )
+    )
     metrics = result["metrics"]
     assert metrics["snippets"] == 6 and 0 < metrics["line_coverage"] <= 1
     client = MlflowClient(tracking_uri=mlflow_uri)

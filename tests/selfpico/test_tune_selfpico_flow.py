@@ -1,6 +1,7 @@
 """`tune_selfpico` end to end at demo scale (the real SmolLM2, a step on its top layer): value search
 in the sandbox -> chats -> tuning -> only the tuned tensors saved -> registered -> usable as the
 LLM-guided predictor's model."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def test_tune_selfpico_flow_saves_registers_and_predicts(prefect_harness, flow_o
     assert not set(summary["modules"]) & {"textwrap", "difflib", "shlex", "fractions", "statistics", "html"}
     client = MlflowClient(tracking_uri=mlflow_uri)
     assert [v.run_id for v in client.search_model_versions("name='lm-selfpico-demo'")] == [result["run_id"]]
-    predictor = LLMPredictor(factory.embedded(model_path=str(folder)), max_tokens=24, few_shot=False,
-                             fallback=RuleBasedPredictor())
+    predictor = LLMPredictor(
+        factory.embedded(model_path=str(folder)), max_tokens=24, few_shot=False, fallback=RuleBasedPredictor()
+    )
     assert predictor.predict(PredictionRequest("name#rows", "for r in rows:\n    print(r['a'])\n", "")) is not None
 
 

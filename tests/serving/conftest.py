@@ -1,4 +1,5 @@
 """A loopback server over tiny random models (byte-level text), started and stopped by the tests."""
+
 from __future__ import annotations
 
 import pytest

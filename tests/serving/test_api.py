@@ -1,4 +1,5 @@
 """The HTTP API through the official `openai` client, malformed requests, the API key."""
+
 from __future__ import annotations
 
 import httpx
@@ -16,7 +17,7 @@ def test_completion_with_usage_and_greedy_determinism(client):
     first = client.completions.create(model=MODEL, prompt="def add(a, b):", max_tokens=12, temperature=0)
     again = client.completions.create(model=MODEL, prompt="def add(a, b):", max_tokens=12, temperature=0)
     assert first.choices[0].text == again.choices[0].text
-    assert first.usage.prompt_tokens == len("def add(a, b):".encode())
+    assert first.usage.prompt_tokens == len(b"def add(a, b):")
     assert 0 < first.usage.completion_tokens <= 12
     assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
     assert first.choices[0].finish_reason in ("stop", "length")
@@ -27,8 +28,14 @@ def test_chat_completion_and_streaming_agree(client):
     whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0)
     assert whole.choices[0].message.role == "assistant"
     pieces, finish, usage = [], None, None
-    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     for event in stream:
         if event.usage is not None:
             usage = event.usage
@@ -56,23 +63,29 @@ def test_stop_sequence_cuts_the_text(client):
     assert cut.choices[0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    (b"{not json", 400, "malformed JSON"),
-    ({"model": MODEL}, 400, "prompt"),
-    ({"model": MODEL, "prompt": "hi", "temperature": 5}, 400, "temperature"),
-    ({"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p"),
-    ({"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
-    ({"model": MODEL, "prompt": "hi", "n": 3}, 400, "n"),
-    ({"model": MODEL, "prompt": ""}, 400, "empty"),
-    ({"model": "gpt-5", "prompt": "hi"}, 404, "does not exist"),
-    ({"model": MODEL, "prompt": "hi", "max_tokens": 100000}, 400, "exceeds the context"),
-    ({"model": MODEL, "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        (b"{not json", 400, "malformed JSON"),
+        ({"model": MODEL}, 400, "prompt"),
+        ({"model": MODEL, "prompt": "hi", "temperature": 5}, 400, "temperature"),
+        ({"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p"),
+        ({"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": MODEL, "prompt": "hi", "n": 3}, 400, "n"),
+        ({"model": MODEL, "prompt": ""}, 400, "empty"),
+        ({"model": "gpt-5", "prompt": "hi"}, 404, "does not exist"),
+        ({"model": MODEL, "prompt": "hi", "max_tokens": 100000}, 400, "exceeds the context"),
+        ({"model": MODEL, "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ],
+)
 def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, client, body, status, fragment):
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     url = server.base_url + "/completions"
-    response = httpx.post(url, content=body, headers=headers) if isinstance(body, bytes) else \
-        httpx.post(url, json=body, headers=headers)
+    response = (
+        httpx.post(url, content=body, headers=headers)
+        if isinstance(body, bytes)
+        else httpx.post(url, json=body, headers=headers)
+    )
     assert response.status_code == status
     assert fragment in response.json()["error"]["message"]
     assert client.completions.create(model=MODEL, prompt="ok", max_tokens=2).usage.completion_tokens >= 1
@@ -119,10 +132,20 @@ def test_a_stream_dropped_before_its_first_byte_gives_its_admission_back():
         async def send(message):
             await asyncio.sleep(0.05)  # the disconnect is noticed while the headers are on their way
 
-        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.0"}, "http_version": "1.1",
-                 "method": "POST", "scheme": "http", "path": "/v1/completions", "raw_path": b"/v1/completions",
-                 "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/completions",
+            "raw_path": b"/v1/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
         await app(scope, receive, send)
 
     try:

@@ -1,4 +1,5 @@
 """The `serve` and `decode_bench` flows end to end (Hydra compose -> Prefect -> MLflow) on tiny models."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,20 @@ TINY = ["models.target=tiny_random", "models.draft=layerskip", "models.draft_lay
 
 
 def test_serve_flow_serves_checks_itself_and_logs(prefect_harness, flow_overrides, mlflow_uri):
-    cfg = compose("serve", flow_overrides + TINY + ["models.served_name=tiny", "port=0", "duration_s=0",
-                                                    "load_test_requests=10", "smoke_max_tokens=8",
-                                                    "decoding=pearl", "decoding.gamma=3"])
+    cfg = compose(
+        "serve",
+        flow_overrides
+        + TINY
+        + [
+            "models.served_name=tiny",
+            "port=0",
+            "duration_s=0",
+            "load_test_requests=10",
+            "smoke_max_tokens=8",
+            "decoding=pearl",
+            "decoding.gamma=3",
+        ],
+    )
     assert cfg.host == "127.0.0.1" and cfg.decoding.method == "pearl"
     result = run(cfg)
     client = MlflowClient(tracking_uri=mlflow_uri)
@@ -33,28 +45,52 @@ def test_decode_bench_flow_logs_every_method(prefect_harness, flow_overrides, ml
     result = run(compose("decode_bench", flow_overrides + get_spec("decode_bench").demo_overrides))
     metrics = MlflowClient(tracking_uri=mlflow_uri).get_run(result["run_id"]).data.metrics
     assert metrics["greedy_mismatches"] == 0  # every speculative method reproduced AR's greedy tokens
-    for key in ("ar_tokens_per_s", "pearl_speedup_vs_ar", "pearl_speedup_vs_sd", "leviathan_bound_sd_best_gamma",
-                "pearl_model_vs_ar", "sd_model_vs_ar", "pearl_no_pre_speedup_vs_ar", "pearl_no_post_speedup_vs_ar",
-                "hf_assisted_speedup_vs_ar"):
+    for key in (
+        "ar_tokens_per_s",
+        "pearl_speedup_vs_ar",
+        "pearl_speedup_vs_sd",
+        "leviathan_bound_sd_best_gamma",
+        "pearl_model_vs_ar",
+        "sd_model_vs_ar",
+        "pearl_no_pre_speedup_vs_ar",
+        "pearl_no_post_speedup_vs_ar",
+        "hf_assisted_speedup_vs_ar",
+    ):
         assert key in metrics and metrics[key] > 0, key
     path = MlflowClient(tracking_uri=mlflow_uri).download_artifacts(result["run_id"], "decode_bench.json")
     methods = json.load(open(path))["methods"]
     assert set(methods) >= {"ar", "sd_g2", "sd_g4", "pearl", "pearl_no_pre", "pearl_no_post", "hf_assisted"}
-    assert methods["pearl"]["target_forwards"] < methods["ar"]["target_forwards"] or \
-        methods["pearl"]["acceptance_rate"] == 0
-    alpha_map = json.load(open(MlflowClient(tracking_uri=mlflow_uri).download_artifacts(result["run_id"],
-                                                                                      "alpha_map.json")))
+    assert (
+        methods["pearl"]["target_forwards"] < methods["ar"]["target_forwards"]
+        or methods["pearl"]["acceptance_rate"] == 0
+    )
+    alpha_map = json.load(
+        open(MlflowClient(tracking_uri=mlflow_uri).download_artifacts(result["run_id"], "alpha_map.json"))
+    )
     assert alpha_map["goal_vs_ar"] == 2.0 and len(alpha_map["curve"]) >= 10
     assert all(set(point["measured"]) == {"pearl_vs_ar", "pearl_vs_sd", "both"} for point in alpha_map["curve"])
 
 
-@pytest.mark.parametrize("bad, fragment", [
-    (["decoding=beam"], "beam"), (["models.nonsense=1"], "nonsense"), (["port=abc"], "port"),
-    (["port=-5"], "port=-5: must be 1-65535"), (["port=65536"], "port=65536"), (["max_queue=-1"], "max_queue=-1"),
-    (["max_queue=0"], "max_queue=0"), (["max_connections=0"], "max_connections"), (["drain_s=-1"], "drain_s"),
-    (["decoding.method=beam"], "decoding.method"), (["decoding.gamma=0"], "decoding.gamma"),
-    (["models.target=gpt9"], "models.target"), (["load_test_requests=300", "max_queue=10"], "load_test_requests"),
-    (["max_body_bytes=10"], "max_body_bytes"), (["header_timeout_s=0"], "header_timeout_s")])
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        (["decoding=beam"], "beam"),
+        (["models.nonsense=1"], "nonsense"),
+        (["port=abc"], "port"),
+        (["port=-5"], "port=-5: must be 1-65535"),
+        (["port=65536"], "port=65536"),
+        (["max_queue=-1"], "max_queue=-1"),
+        (["max_queue=0"], "max_queue=0"),
+        (["max_connections=0"], "max_connections"),
+        (["drain_s=-1"], "drain_s"),
+        (["decoding.method=beam"], "decoding.method"),
+        (["decoding.gamma=0"], "decoding.gamma"),
+        (["models.target=gpt9"], "models.target"),
+        (["load_test_requests=300", "max_queue=10"], "load_test_requests"),
+        (["max_body_bytes=10"], "max_body_bytes"),
+        (["header_timeout_s=0"], "header_timeout_s"),
+    ],
+)
 def test_bad_config_fails_at_composition(bad, fragment):
     with pytest.raises(Exception, match=fragment):
         compose("serve", bad)
@@ -98,10 +134,23 @@ def test_serve_decodes_a_quantized_target_losslessly(prefect_harness, flow_overr
     tracker.log_model_dir(folder, "quantized_model", registered_name="tiny-quantized")
     close_run(tracker)
     prompt = "Write a Python function that reverses a string."
-    cfg = compose("serve", flow_overrides + [
-        "models.target=quantized", "models.target_registered_name=tiny-quantized@candidate", "models.draft=gpt_folder",
-        f"models.draft_path={gpt}", "models.served_name=tiny-quantized", "port=0", "duration_s=0",
-        f"smoke_prompt='{prompt}'", "smoke_max_tokens=12", "decoding=pearl", "decoding.gamma=2"])
+    cfg = compose(
+        "serve",
+        flow_overrides
+        + [
+            "models.target=quantized",
+            "models.target_registered_name=tiny-quantized@candidate",
+            "models.draft=gpt_folder",
+            f"models.draft_path={gpt}",
+            "models.served_name=tiny-quantized",
+            "port=0",
+            "duration_s=0",
+            f"smoke_prompt='{prompt}'",
+            "smoke_max_tokens=12",
+            "decoding=pearl",
+            "decoding.gamma=2",
+        ],
+    )
     result = run(cfg)
     client = MlflowClient(tracking_uri=mlflow_uri)
     served = open(client.download_artifacts(result["run_id"], "smoke/reply.txt", str(tmp_path))).read()

@@ -1,6 +1,7 @@
 """Hostile clients against the loopback server: every invalid request a 4xx in OpenAI's error shape,
 nothing slow on the event loop, abandoned requests cancelled, slow and idle sockets cut off,
 a connection cap, a drain on stop, and a port that cannot be bound says why."""
+
 from __future__ import annotations
 
 import json
@@ -80,15 +81,16 @@ def raw_exchange(port: int, data: bytes, wait_s: float = 15.0) -> bytes:
         try:
             while chunk := sock.recv(65536):
                 received += chunk
-        except socket.timeout:
+        except TimeoutError:
             received += b"<still open>"
         return received
 
 
 @pytest.mark.parametrize("seed", [2**70, -(2**70), 2**63])
 def test_seed_outside_int64_is_a_400_not_a_500(hostile, seed):
-    error = assert_openai_error(post(hostile, "/completions", {"model": MODEL, "prompt": "hi", "seed": seed}),
-                                400, "seed")
+    error = assert_openai_error(
+        post(hostile, "/completions", {"model": MODEL, "prompt": "hi", "seed": seed}), 400, "seed"
+    )
     assert error["param"] == "seed"
     still_serves(hostile)
 
@@ -101,11 +103,17 @@ def test_seed_at_the_int64_edges_decodes(hostile, seed):
     assert first.json()["choices"][0]["text"] == again.json()["choices"][0]["text"]
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/chat/completions", b'{"model": "%s", "messages": [{"role": "user", "content": "a\\ud800b"}]}' % MODEL.encode()),
-    ("/completions", b'{"model": "%s", "prompt": "\\udfff"}' % MODEL.encode()),
-    ("/completions", b'{"model": "%s", "prompt": "hi", "stop": ["\\ud83d"]}' % MODEL.encode()),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        (
+            "/chat/completions",
+            b'{"model": "%s", "messages": [{"role": "user", "content": "a\\ud800b"}]}' % MODEL.encode(),
+        ),
+        ("/completions", b'{"model": "%s", "prompt": "\\udfff"}' % MODEL.encode()),
+        ("/completions", b'{"model": "%s", "prompt": "hi", "stop": ["\\ud83d"]}' % MODEL.encode()),
+    ],
+)
 def test_lone_surrogate_is_a_400_invalid_unicode(hostile, path, body):
     error = assert_openai_error(post(hostile, path, body), 400, "lone surrogate")
     assert error["code"] == "invalid_unicode"
@@ -127,8 +135,9 @@ def test_json_nested_past_the_depth_limit_but_under_the_recursion_limit_is_a_400
     nested: object = "x"
     for _ in range(LIMITS.max_json_depth + 5):
         nested = {"k": nested}
-    assert_openai_error(post(hostile, "/completions", {"model": MODEL, "prompt": "hi", "metadata": nested}),
-                        400, "nests deeper")
+    assert_openai_error(
+        post(hostile, "/completions", {"model": MODEL, "prompt": "hi", "metadata": nested}), 400, "nests deeper"
+    )
 
 
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
@@ -147,8 +156,10 @@ def test_body_not_utf8_is_a_400(hostile):
 
 
 def test_body_over_the_limit_is_refused_from_its_declared_length_before_reading(hostile):
-    head = (f"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            f"content-length: {10 * 1024 * 1024}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"content-length: {10 * 1024 * 1024}\r\n\r\n"
+    ).encode()
     reply = raw_exchange(hostile.port, head)  # no body at all: the answer comes from the header alone
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert b"body_too_large" in reply
@@ -177,8 +188,17 @@ def test_prompt_longer_than_the_context_can_hold_is_refused_before_tokenizing(ho
     response = post(hostile, "/completions", {"model": MODEL, "prompt": "a" * (limit + 1)})
     error = assert_openai_error(response, 400, "characters")
     assert error["code"] == "context_length_exceeded"
-    chat = post(hostile, "/chat/completions", {"model": MODEL, "messages": [
-        {"role": "user", "content": "b" * (limit // 2 + 1)}, {"role": "user", "content": "c" * (limit // 2 + 1)}]})
+    chat = post(
+        hostile,
+        "/chat/completions",
+        {
+            "model": MODEL,
+            "messages": [
+                {"role": "user", "content": "b" * (limit // 2 + 1)},
+                {"role": "user", "content": "c" * (limit // 2 + 1)},
+            ],
+        },
+    )
     assert_openai_error(chat, 400, "characters")
     assert len(codec.encode_threads) == before  # neither prompt reached the tokenizer
 
@@ -206,8 +226,11 @@ def test_a_slow_tokenizer_does_not_stall_other_requests():
     try:
         with BackgroundServer(create_app(service)) as srv:
             result = {}
-            worker = threading.Thread(target=lambda: result.update(r=post(srv, "/completions", {
-                "model": MODEL, "prompt": "slow", "max_tokens": 2})))
+            worker = threading.Thread(
+                target=lambda: result.update(
+                    r=post(srv, "/completions", {"model": MODEL, "prompt": "slow", "max_tokens": 2})
+                )
+            )
             worker.start()
             assert started.wait(20)
             assert httpx.get(f"http://127.0.0.1:{srv.port}/health", timeout=30).status_code == 200
@@ -223,8 +246,10 @@ def _abandon(port: int, body: dict) -> None:
     """Send a whole request and hang up without reading the answer."""
     data = json.dumps(body).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     b"content-length: %d\r\n\r\n" % len(data) + data)
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(data) + data
+        )
         time.sleep(0.05)  # let the server read it before the close
 
 
@@ -236,8 +261,16 @@ def test_abandoned_requests_are_cancelled_not_decoded_to_completion(stream):
         with BackgroundServer(create_app(service, max_queue=64)) as srv:
             abandoned = 12
             for i in range(abandoned):
-                _abandon(srv.port, {"model": MODEL, "prompt": f"abandoned {i}", "max_tokens": max_tokens,
-                                    "stream": stream, "temperature": 0.9})
+                _abandon(
+                    srv.port,
+                    {
+                        "model": MODEL,
+                        "prompt": f"abandoned {i}",
+                        "max_tokens": max_tokens,
+                        "stream": stream,
+                        "temperature": 0.9,
+                    },
+                )
             # queued behind the abandoned ones: answered once they are skipped or stopped
             still_serves(srv)
             counters = service.counters
@@ -261,8 +294,10 @@ def test_a_connection_that_never_sends_is_closed(hostile):
 
 def test_an_idle_keep_alive_connection_is_closed(hostile):
     body = json.dumps({"model": MODEL, "prompt": "ok", "max_tokens": 1}).encode()
-    request = (b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-               b"content-length: %d\r\n\r\n" % len(body) + body)
+    request = (
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(body) + body
+    )
     reply = raw_exchange(hostile.port, request)  # one answer, then the idle connection is closed
     assert reply.startswith(b"HTTP/1.1 200") and not reply.endswith(b"<still open>")
 
@@ -299,9 +334,12 @@ def test_stop_drains_an_in_flight_stream_to_its_end():
     try:
         srv = BackgroundServer(create_app(service), limits=ConnectionLimits(drain_s=60)).start()
         events = []
-        with httpx.stream("POST", srv.base_url + "/completions", timeout=60,
-                          json={"model": MODEL, "prompt": "drain", "max_tokens": 120, "stream": True,
-                                "temperature": 0.9}) as response:
+        with httpx.stream(
+            "POST",
+            srv.base_url + "/completions",
+            timeout=60,
+            json={"model": MODEL, "prompt": "drain", "max_tokens": 120, "stream": True, "temperature": 0.9},
+        ) as response:
             lines = response.iter_lines()
             events.append(next(lines))
             stopper = threading.Thread(target=srv.stop)
@@ -325,8 +363,14 @@ def test_port_in_use_says_it_is_in_use():
             BackgroundServer(object(), "127.0.0.1", port)
 
 
-@pytest.mark.parametrize("host, port, fragment", [("127.0.0.1", -5, "1-65535"), ("127.0.0.1", 70000, "1-65535"),
-                                                  ("203.0.113.7", 0, "not an address of this machine")])
+@pytest.mark.parametrize(
+    "host, port, fragment",
+    [
+        ("127.0.0.1", -5, "1-65535"),
+        ("127.0.0.1", 70000, "1-65535"),
+        ("203.0.113.7", 0, "not an address of this machine"),
+    ],
+)
 def test_a_port_that_cannot_be_bound_says_why(host, port, fragment):
     with pytest.raises(ServerStartError, match=fragment):
         BackgroundServer(object(), host, port)

@@ -1,4 +1,5 @@
 """200 concurrent requests on loopback: zero errors, every request answered."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,12 +30,16 @@ def test_a_full_queue_answers_503_not_a_crash():
         assert run_load(srv.base_url, MODEL, requests=1, max_tokens=2)["errors"] == 0
 
 
-@pytest.mark.parametrize("requests, malformed, abandoned, slow", [
-    (40, 24, 12, 4),  # every kind of hostile client, in the default run
-    pytest.param(200, 36, 30, 10, marks=pytest.mark.slow),  # the benchmark's size (~80 s here)
-])
+@pytest.mark.parametrize(
+    "requests, malformed, abandoned, slow",
+    [
+        (40, 24, 12, 4),  # every kind of hostile client, in the default run
+        pytest.param(200, 36, 30, 10, marks=pytest.mark.slow),  # the benchmark's size (~80 s here)
+    ],
+)
 def test_concurrent_requests_beside_malformed_abandoned_and_slow_clients_zero_errors_and_no_5xx(
-        requests, malformed, abandoned, slow):
+    requests, malformed, abandoned, slow
+):
     from components.serving.app import RequestLimits, create_app
     from components.serving.loadtest import run_hostile_load
     from components.serving.server import BackgroundServer, ConnectionLimits
@@ -43,11 +48,20 @@ def test_concurrent_requests_beside_malformed_abandoned_and_slow_clients_zero_er
     service = tiny_service()
     limits = RequestLimits(max_body_bytes=256 * 1024, body_timeout_s=1.0)
     try:
-        with BackgroundServer(create_app(service, max_queue=400, limits=limits),
-                              limits=ConnectionLimits(header_timeout_s=5.0)) as srv:
-            report = run_hostile_load(srv.base_url, MODEL, requests=requests, max_tokens=4, malformed=malformed,
-                                      abandoned=abandoned, slow=slow, max_body_bytes=limits.max_body_bytes,
-                                      client_timeout_s=30)
+        with BackgroundServer(
+            create_app(service, max_queue=400, limits=limits), limits=ConnectionLimits(header_timeout_s=5.0)
+        ) as srv:
+            report = run_hostile_load(
+                srv.base_url,
+                MODEL,
+                requests=requests,
+                max_tokens=4,
+                malformed=malformed,
+                abandoned=abandoned,
+                slow=slow,
+                max_body_bytes=limits.max_body_bytes,
+                client_timeout_s=30,
+            )
             assert report["errors"] == 0, report["error_samples"]
             assert report["status_5xx"] == 0 and report["malformed_not_4xx"] == 0, report["statuses"]
             assert sum(report["statuses"]["malformed"].values()) == malformed, report["hostile_failure_samples"]

@@ -1,6 +1,7 @@
 """SIGTERM to `python -m flows run serve`: the in-flight request is drained to its end, the Prefect
 run ends Completed, MLflow's FINISHED, and every process the flow started (the temporary Prefect
 server included) is gone."""
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,23 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow  # the flow's temporary Prefect server takes 15-60 s to start on this machine
 def test_sigterm_drains_the_request_ends_completed_and_stops_the_temporary_prefect_server(tmp_path):
     port = free_port()
-    command = [sys.executable, "-m", "flows", "run", "serve", "models.target=tiny_random", "models.draft=layerskip",
-               "models.draft_layers=1", "models.served_name=tiny", f"port={port}", "smoke_test=false",
-               "decoding=ar", "drain_s=60", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-               f"work_dir={tmp_path / 'work'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows",
+        "run",
+        "serve",
+        "models.target=tiny_random",
+        "models.draft=layerskip",
+        "models.draft_layers=1",
+        "models.served_name=tiny",
+        f"port={port}",
+        "smoke_test=false",
+        "decoding=ar",
+        "drain_s=60",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"work_dir={tmp_path / 'work'}",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own temporary server
     with open(tmp_path / "flow.log", "w") as log:  # the child keeps its own copy of the descriptor
         flow = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -1,4 +1,5 @@
 """The real target (SmolLM2-135M-Instruct): PEARL's greedy output equals AR's, through the server."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,9 @@ def test_smollm2_pearl_server_matches_autoregressive():
         assert got == expected
         with BackgroundServer(create_app(GenerationService(decoder, codec, "SmolLM2-135M-Instruct"))) as srv:
             client = OpenAI(base_url=srv.base_url, api_key="none", max_retries=0, timeout=600)
-            reply = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=messages,
-                                                   max_tokens=12, temperature=0)
+            reply = client.chat.completions.create(
+                model="SmolLM2-135M-Instruct", messages=messages, max_tokens=12, temperature=0
+            )
         assert reply.choices[0].message.content == codec.decode([t for t in expected if t not in codec.eos_ids])
     finally:
         decoder.close()

@@ -1,4 +1,5 @@
 """Text codecs: byte-level round trip and incremental detokenization of split characters."""
+
 from __future__ import annotations
 
 from components.serving.text import ByteCodec, IncrementalDetokenizer
