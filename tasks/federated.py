@@ -15,10 +15,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.federated import task as fl_task
-from components.federated.federation import (
+from components.federated.federation import (  # noqa: F401 - build_scheduler, build_speeds: used by the flow
     Federation,
     build_federation,
-    build_scheduler,  # noqa: F401
+    build_scheduler,
+    build_speeds,
     set_torch_threads,
 )
 from components.federated.simulator import TrainJob

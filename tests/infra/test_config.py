@@ -70,11 +70,15 @@ def _build_or_check(target_node: dict):
     return instantiate(target_node) if not runtime_inputs else target
 
 
+# Options that need the user's own input to compose at all (the config refuses them empty).
+OPTION_INPUTS = {("fed_speed", "given"): ["clients=3", "fed_speed.step_times=[0.5,1.0,2.0]"]}
+
+
 @pytest.mark.parametrize("flow,group,option", CASES, ids=[f"{f}-{g}={o}" for f, g, o in CASES])
 def test_every_group_option_composes_and_instantiates(flow, group, option, tmp_path):
     from dataclasses import asdict
 
-    shrink = SHRINK.get(_group_key(group), [])
+    shrink = SHRINK.get(_group_key(group), []) + OPTION_INPUTS.get((group, option), [])
     cfg = compose(flow, get_spec(flow).demo_overrides + shrink + [f"{group}={option}", f"work_dir={tmp_path}"])
     node = asdict(cfg)
     for key in _group_key(group).split("/"):
