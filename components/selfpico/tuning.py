@@ -25,32 +25,6 @@ from components.selfpico.predictors import LLMPredictor, PredictionRequest, Rule
 
 # Modules the benchmark's development set samples from: never tuned on.
 BENCHMARK_MODULES = ("textwrap", "difflib", "shlex", "fractions", "statistics", "html", "calendar", "colorsys")
-TRAINING_MODULES = (
-    "email.utils",
-    "urllib.parse",
-    "configparser",
-    "csv",
-    "string",
-    "pprint",
-    "ipaddress",
-    "gettext",
-    "mimetypes",
-    "http.cookies",
-    "json.encoder",
-    "argparse",
-    "tokenize",
-    "locale",
-    "quopri",
-    "netrc",
-    "plistlib",
-    "smtplib",
-    "ftplib",
-    "cgi",
-    "optparse",
-    "bisect",
-    "heapq",
-    "base64",
-)
 
 
 @dataclass
