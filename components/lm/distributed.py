@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from components.lm.training import capture_state, restore_state
+from components.processes import descendants
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -242,22 +243,7 @@ def torchrun_command(settings: TorchrunSettings, job_file: str | Path, python: s
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (torchrun starts each worker in a session of its own, so a
     signal to torchrun's process group does not reach them). Linux /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # exited while we looked
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])  # the name in parentheses may hold spaces
-        children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
+    return [pid, *descendants(pid)]
 
 
 def signal_job(pid: int, sig: int) -> list[int]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from components.checks import at_least
+from components.processes import descendants
 from components.sandbox import _jail
 from components.sandbox.cgroup import CgroupSupport, SandboxCgroup
 
@@ -625,7 +626,7 @@ def _real(path: str) -> str:
 def _over_budget(launcher: int, limits: SandboxLimits) -> Optional[str]:
     """The supervisor's whole-sandbox budget where no cgroup is available: the resident memory and
     the number of every process under the launcher."""
-    tree = _descendants(launcher)
+    tree = descendants(launcher)
     if len(tree) > limits.max_processes + 2:  # + unshare and the jail helper
         return "process limit"
     page = os.sysconf("SC_PAGE_SIZE")
@@ -636,24 +637,6 @@ def _over_budget(launcher: int, limits: SandboxLimits) -> Optional[str]:
         except (OSError, ValueError, IndexError):
             continue
     return "memory limit" if resident > limits.memory_bytes else None
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        children.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _feed(pipe, data: bytes) -> None:

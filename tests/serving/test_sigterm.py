@@ -15,24 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from components.processes import descendants
 from components.serving.server import free_port
 from tasks.environment import PROJECT_ROOT
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -75,7 +60,7 @@ def test_sigterm_drains_the_request_ends_completed_and_stops_the_temporary_prefe
                     break
             except httpx.TransportError:
                 time.sleep(1)
-        started = _descendants(flow.pid)
+        started = set(descendants(flow.pid))
         assert started, "the flow started no temporary Prefect server?"
         events = []
         body = {"model": "tiny", "prompt": "drain me", "max_tokens": 200, "stream": True, "temperature": 0.9}
