@@ -51,6 +51,11 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def _is_scalar(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
@@ -68,24 +73,21 @@ def _source_line(result: dict) -> str:
 
 
 def targets_table(result: dict) -> str:
-    rows = ["| target | measured | goal | met |", "|---|---|---|---|"]
-    for t in result.get("targets", []):
-        rows.append(
-            f"| `{t['name']}` | {_number(t['value'])} | {t['op']} {_number(t['goal'])} "
-            f"| {'yes' if t['met'] else '**no**'} |"
-        )
-    if len(rows) == 2:
-        rows.append("| (this benchmark lists no targets) | | | |")
-    return "\n".join([_source_line(result), "", *rows])
+    rows = [
+        [f"`{t['name']}`", _number(t["value"]), f"{t['op']} {_number(t['goal'])}", "yes" if t["met"] else "**no**"]
+        for t in result.get("targets", [])
+    ] or [["(this benchmark lists no targets)", "", "", ""]]
+    return "\n".join([_source_line(result), "", _table(["target", "measured", "goal", "met"], rows)])
 
 
 def summary_table(results: dict[str, dict]) -> str:
-    rows = ["| benchmark | command | targets met |", "|---|---|---|"]
+    rows = []
     for name, result in results.items():
         targets = result.get("targets", [])
-        met = sum(t["met"] for t in targets)
-        rows.append(f"| `{name}` | `{result.get('command', '?')}` | {met} of {len(targets)} |")
-    return "\n".join(rows)
+        rows.append(
+            [f"`{name}`", f"`{result.get('command', '?')}`", f"{sum(t['met'] for t in targets)} of {len(targets)}"]
+        )
+    return _table(["benchmark", "command", "targets met"], rows)
 
 
 def _get(row: dict, dotted: str):
@@ -118,9 +120,7 @@ def part_table(result: dict, path: list[str], columns: list[str]) -> str:
         node = node[key]
     if isinstance(node, list) and all(isinstance(v, dict) for v in node):  # rows without a key column
         columns = columns or [c for c, x in node[0].items() if _is_scalar(x)]
-        rows = ["| " + " | ".join(_headers(columns)) + " |", "|" + "---|" * len(columns)]
-        rows += ["| " + " | ".join(_format(_get(r, c)) for c in columns) + " |" for r in node]
-        return "\n".join(rows)
+        return _table(_headers(columns), [[_format(_get(r, c)) for c in columns] for r in node])
     if not isinstance(node, dict):
         raise KeyError(f"results/{'/'.join(path)} is a {type(node).__name__}, not a table")
     table_rows = {k: v for k, v in node.items() if isinstance(v, dict)}
@@ -130,13 +130,11 @@ def part_table(result: dict, path: list[str], columns: list[str]) -> str:
         missing = [k for k in keys if k not in node]
         if missing:
             raise KeyError(f"results/{'/'.join(path)} has no {', '.join(missing)}")
-        return "\n".join(["| name | value |", "|---|---|", *(f"| `{k}` | {_format(node[k])} |" for k in keys)])
+        return _table(["name", "value"], [[f"`{k}`", _format(node[k])] for k in keys])
     if not columns:
         columns = list(dict.fromkeys(c for v in table_rows.values() for c, x in v.items() if _is_scalar(x)))
-    rows = ["| " + " | ".join([path[-1], *_headers(columns)]) + " |", "|" + "---|" * (len(columns) + 1)]
-    for key, value in table_rows.items():
-        rows.append("| " + " | ".join([f"`{key}`", *(_format(_get(value, c)) for c in columns)]) + " |")
-    return "\n".join(rows)
+    rows = [[f"`{key}`", *(_format(_get(value, c)) for c in columns)] for key, value in table_rows.items()]
+    return _table([path[-1], *_headers(columns)], rows)
 
 
 def render(text: str, results: dict[str, dict], source: str = "") -> str:
