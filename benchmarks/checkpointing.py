@@ -359,6 +359,8 @@ def _rank_main(rank: int, world: int, port: int, folder: str, results: str) -> N
 
     import torch.distributed as dist
 
+    from components.lm.distributed import close_process_group
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     torch.manual_seed(rank)
@@ -398,7 +400,7 @@ def _rank_main(rank: int, world: int, port: int, folder: str, results: str) -> N
             },
             fh,
         )
-    dist.destroy_process_group()
+    close_process_group()  # barrier first: a rank tearing down early aborts its peer at exit
 
 
 def distributed_check(world: int = 2) -> dict:

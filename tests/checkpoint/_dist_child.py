@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, load_checkpoint
+from components.lm.distributed import close_process_group
 from components.lm.training import restore_state, train_loop
 from tests.checkpoint import _tiny
 
@@ -65,4 +66,4 @@ json.dump(
     {"rank": rank, "latest": latest.name, "restore": ok_restore, "rng": ok_rng, "continue": ok_continue},
     open(result_file, "w"),
 )
-dist.destroy_process_group()
+close_process_group()  # barrier first: a rank tearing down early aborts its peer at exit
