@@ -3,4 +3,6 @@
 # The environment defaults must be in place before any benchmark imports torch: libgomp reads
 # OMP_WAIT_POLICY once, when torch loads it, and spinning OpenMP threads of a background copy steal
 # the 2 cores from training.
-import tasks  # noqa: F401
+from mlsys.environment import apply_environment_defaults
+
+apply_environment_defaults()

@@ -18,7 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import tasks  # noqa: F401  (environment defaults)
+from mlsys.environment import apply_environment_defaults
+
+apply_environment_defaults()  # environment defaults
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -126,7 +128,7 @@ def _metric_name(name: str) -> str:
 
 
 def _log_to_mlflow(name: str, payload: dict, files: list[Path], tracking_uri: str | None) -> None:
-    from tasks.tracking import close_run, flatten, open_run
+    from mlsys.tracking import close_run, flatten, open_run
 
     tracker = open_run(tracking_uri, "benchmarks", run_name=name, tags={"benchmark": name, "mode": payload["mode"]})
     try:

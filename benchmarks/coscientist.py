@@ -345,7 +345,7 @@ def speedup_component(base_url: str, workers: list[int], budget: int, repeats: i
 
 
 def speedup_flow(base_url: str, workers: list[int], budget: int, repeats: int, tracking_uri: str) -> dict:
-    from flows.platform import compose, run
+    from mlsys.flow import compose, run
 
     times: dict[int, list[float]] = {w: [] for w in workers}
     for _ in range(repeats):
@@ -381,7 +381,7 @@ def speedup_flow(base_url: str, workers: list[int], budget: int, repeats: int, t
 def embedded_run(budget: int, tracking_uri: str) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from flows.platform import compose, run
+    from mlsys.flow import compose, run
 
     with tempfile.TemporaryDirectory(prefix="cosci-emb-") as work:
         cfg = compose(
@@ -515,7 +515,7 @@ def main(argv=None) -> None:
 
     latency, workers, budget = 0.3, [1, 2, 4, 8], 40 if quick else 80
     results["parallel"] = {"latency_s": latency, "budget_calls": budget}
-    from tasks.tracking import default_tracking_uri
+    from mlsys.tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     with FakeOpenAIServer(latency) as server:

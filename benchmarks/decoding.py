@@ -260,7 +260,7 @@ def main(argv=None) -> None:
     from components.decoding.models import load_draft, load_target
     from components.lm.smollm2 import load_tokenizer
     from components.serving.text import HFTextCodec
-    from tasks.environment import PROJECT_ROOT
+    from mlsys.environment import PROJECT_ROOT
 
     draft_source, draft_path = own.draft, own.draft_path
     if own.draft in ("auto", "mlflow"):  # the same resolution as the flows (needs Prefect and MLflow)

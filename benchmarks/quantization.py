@@ -40,7 +40,7 @@ from components.quant.model import (
     target_linears,
 )
 from components.quant.speed import decode_speed, matvec_by_shape, memory_bandwidth
-from tasks.environment import PROJECT_ROOT
+from mlsys.environment import PROJECT_ROOT
 from tasks.quantize import method_spec, needs_calibration
 
 QUICK_METHODS = ["fp32", "rtn4", "rtn2", "mixed", "mixed_range", "mixed_random"]
@@ -81,7 +81,7 @@ def find_draft() -> tuple[str, dict] | None:
     try:
         from mlflow.tracking import MlflowClient
 
-        from tasks.tracking import default_tracking_uri
+        from mlsys.tracking import default_tracking_uri
 
         versions = MlflowClient(default_tracking_uri()).search_model_versions("name='lm-draft'")
         if versions:
@@ -104,7 +104,7 @@ def find_draft() -> tuple[str, dict] | None:
         )
         return str(folder), info
     try:
-        from tasks.tracking import load_registered_model_dir
+        from mlsys.tracking import load_registered_model_dir
 
         info["path"] = "registered:lm-draft"
         return str(load_registered_model_dir("lm-draft")), info

@@ -1,3 +1,1 @@
-"""Prefect flows, one module per system; `flows.platform` is the shared path CLI -> Hydra -> Prefect -> MLflow."""
-
-import tasks  # noqa: F401  (applies the environment defaults before Prefect/MLflow import)
+"""Prefect flows, one module per system; `mlsys.flow` is the shared path CLI -> Hydra -> Prefect -> MLflow."""

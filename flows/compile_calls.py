@@ -8,10 +8,10 @@ from typing import Optional
 
 from components.checks import ConfigError, at_least
 from components.compiler.evaluation import METHODS, AgentSettings
-from flows.platform import FlowConfig, system_flow
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.tracking import Tracker
 from tasks.compile_calls import ToolsConfig, prefect_submit, tool_descriptions, warm_up
 from tasks.llm import LLMConfig, build_llm, log_llm_usage
-from tasks.tracking import Tracker
 
 
 @dataclass
@@ -35,15 +35,6 @@ class CompileCallsConfig(FlowConfig):
 @system_flow(
     name="compile_calls",
     config=CompileCallsConfig,
-    # suite demo: one question with the embedded model, both methods, short generations
-    demo=[
-        "questions=1",
-        "agent.planner_max_tokens=128",
-        "agent.react_max_steps=4",
-        "agent.react_step_max_tokens=48",
-        "agent.joiner_max_tokens=48",
-        "agent.max_replans=0",
-    ],
     summary_metric="speedup",
     order=60,
 )

@@ -14,7 +14,7 @@ from components.coscientist.elo import EloConfig
 from components.coscientist.proximity import Proximity, ProximityConfig
 from components.coscientist.state import TournamentState
 from components.coscientist.supervisor import Budget, Supervisor, SupervisorConfig
-from flows.platform import FlowConfig, system_flow
+from mlsys.flow import FlowConfig, system_flow
 from tasks.coscientist import AgentSpec, agent_suite, prefect_submit, write_report
 from tasks.llm import LLMConfig
 
@@ -76,13 +76,6 @@ def _set_aside(path: Path) -> Path | None:
 @system_flow(
     name="coscientist",
     config=CoscientistConfig,
-    demo=[
-        "budget.calls=6",
-        "supervisor.initial_hypotheses=2",
-        "supervisor.max_parallel=1",
-        "agents.max_tokens=48",
-        "report_top=3",
-    ],
     summary_metric="top_elo",
     order=60,
 )

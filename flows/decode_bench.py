@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from components.checks import ConfigError, at_least
-from flows.platform import FlowConfig, system_flow
 from flows.serve import ServeModelsConfig
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.tracking import Tracker
 from tasks.serve import benchmark_decoding, resolve_models
-from tasks.tracking import Tracker
 
 
 @dataclass
@@ -55,16 +55,6 @@ class DecodeBenchConfig(FlowConfig):
     config=DecodeBenchConfig,
     order=31,
     summary_metric="pearl_speedup_vs_ar",
-    demo=[
-        "models.target=tiny_random",
-        "models.draft=layerskip",
-        "models.draft_layers=1",
-        "bench.code_prompts=1",
-        "bench.chat_prompts=1",
-        "bench.max_new_tokens=16",
-        "bench.sd_gammas=[2,4]",
-        "bench.repeats=1",
-    ],
 )
 def decode_bench(cfg: DecodeBenchConfig, tracker: Tracker) -> dict[str, float]:
     """Decoding benchmark: AR vs SD vs PEARL (+ ablations, HF assisted) with equal cores."""

@@ -5,8 +5,10 @@ discovers every flow and exposes it under the flow's name. The deployment runs t
 (no wrapper): its parameters are the typed `config` form, `overrides` and `multirun`.
 """
 
-import tasks  # noqa: F401  (environment defaults before Prefect/MLflow import, also when loaded by path)
-from flows.platform import discover_flows
+from mlsys.environment import apply_environment_defaults
+
+apply_environment_defaults()  # environment defaults before Prefect/MLflow import, also when loaded by path
+from mlsys.flow import discover_flows  # noqa: E402  (after the environment defaults)
 
 for _name, _spec in discover_flows().items():
     globals()[_name] = _spec.flow

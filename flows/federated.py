@@ -20,8 +20,8 @@ from components.federated.partitions import PARTITIONS
 from components.federated.schedulers import SCHEDULERS
 from components.federated.speeds import GIVEN, SPEED_MODELS, check_step_times, read_step_times
 from components.federated.task import DATASETS
-from flows.platform import FlowConfig, system_flow
-from tasks.tracking import Tracker
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.tracking import Tracker
 
 
 @dataclass
@@ -206,7 +206,6 @@ def _check(cfg: FederatedConfig) -> None:
 @system_flow(
     name="federated",
     config=FederatedConfig,
-    demo=["rounds=12", "clients=5", "fed_strategy.q_max=20", "fed_strategy.q_min=4", "fed_strategy.local_steps=20"],
     summary_metric="top_accuracy",
     order=50,
 )

@@ -7,8 +7,8 @@ from typing import Optional
 
 from components.checks import ConfigError, at_least, positive
 from components.graph.generator import SyntheticGraphSpec
-from flows.platform import FlowConfig, system_flow
-from tasks.tracking import Tracker
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.tracking import Tracker
 
 
 @dataclass
@@ -157,7 +157,6 @@ def _train(cfg: GcnTrainConfig, tracker: Tracker, data, model, label: str, prefi
     config=GcnTrainConfig,
     summary_metric="test_accuracy",
     order=40,
-    demo=["graph.num_nodes=10000", "epochs=2", "batch_size=1024", "eval_batch_size=4096", "progress=false"],
 )
 def gcn_train(cfg: GcnTrainConfig, tracker: Tracker) -> dict[str, float]:
     """GCN/GraphSAGE with neighbour sampling; loader=zero_copy gathers features into aligned, reused batches."""

@@ -12,10 +12,10 @@ from typing import Optional
 
 from components.checks import ConfigError, one_of
 from components.intercode.rewards import SQL_ORDERS
-from flows.platform import FlowConfig, system_flow
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.runners import fan_out
+from mlsys.tracking import Tracker
 from tasks.llm import LLMConfig
-from tasks.runners import fan_out
-from tasks.tracking import Tracker
 
 
 @dataclass
@@ -77,7 +77,6 @@ class InterCodeConfig(FlowConfig):
 @system_flow(
     name="intercode",
     config=InterCodeConfig,
-    demo=["ic_policy=gold", "tasks_per_env=4"],
     summary_metric="success_rate",
     order=80,
 )

@@ -17,9 +17,9 @@ from components.checks import ConfigError, at_least, in_range, one_of, writable_
 from components.lm.corpus import CorpusSpec
 from components.lm.trainer import MODEL_KINDS
 from components.lm.training import TrainSettings
-from flows.platform import FlowConfig, system_flow
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.tracking import Tracker
 from tasks.lm_train import evaluate_model, prepare_corpus, train_model
-from tasks.tracking import Tracker
 
 
 @dataclass
@@ -137,22 +137,6 @@ def registered_name_for(cfg: LMTrainConfig) -> str:
     order=10,
     summary_metric="val_perplexity",
     quality="val_perplexity<=500",  # a draft this good may become lm-draft@serving
-    demo=[
-        "corpus.max_chars=400000",
-        "corpus.val_fraction=0.1",
-        "train.iters=30",
-        "train.batch_size=4",
-        "train.block_size=64",
-        "train.warmup_iters=5",
-        "train.eval_every=30",
-        "train.eval_batches=2",
-        "model.n_layer=2",
-        "model.n_embd=64",
-        "model.n_head=2",
-        "model.block_size=64",
-        "run_name=demo",
-        "sample_tokens=16",
-    ],
 )
 def lm_train(cfg: LMTrainConfig, tracker: Tracker) -> dict[str, float]:
     """Train a causal LM with DataStates lazy async checkpointing; register it in MLflow."""

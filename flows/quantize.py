@@ -16,7 +16,8 @@ from typing import Optional
 
 from components.checks import ConfigError, in_range, one_of
 from components.quant.linear import MODES
-from flows.platform import FlowConfig, system_flow
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.tracking import Tracker
 from tasks.quantize import (
     budget_spec,
     calibration_stats,
@@ -28,7 +29,6 @@ from tasks.quantize import (
     save_and_register,
     speed,
 )
-from tasks.tracking import Tracker
 
 
 @dataclass
@@ -133,16 +133,6 @@ def registered_name_for(cfg: QuantizeConfig) -> str:
     config=QuantizeConfig,
     order=20,
     summary_metric="bits_per_weight",
-    demo=[
-        "quant.budget=null",
-        "eval.windows=2",
-        "eval.context=128",
-        "eval.calibration_windows=1",
-        "layers='layers\\.[0-3]\\.'",
-        "speed.matvec_repeats=3",
-        "speed.decode_tokens=4",
-        "speed.bandwidth_mib=128",
-    ],
 )
 def quantize(cfg: QuantizeConfig, tracker: Tracker) -> dict[str, float]:
     """Quantize a causal LM to mixed 2/4 bits, compare with baselines, save and register it."""

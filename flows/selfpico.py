@@ -8,11 +8,11 @@ from typing import Optional
 from components.checks import ConfigError, at_least
 from components.selfpico.executor import summarize
 from components.selfpico.snippets import user_snippets
-from flows.platform import FlowConfig, system_flow
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.runners import fan_out
+from mlsys.tracking import Tracker
 from tasks.llm import LLMConfig
-from tasks.runners import fan_out
 from tasks.selfpico import execute_batch, load_snippets
-from tasks.tracking import Tracker
 
 DEFAULT_MODULES = ["textwrap", "difflib", "shlex", "fractions", "statistics", "html", "calendar", "colorsys"]
 
@@ -71,7 +71,6 @@ def _coverage_figure(reports: list[dict], predictor: str):
 @system_flow(
     name="selfpico",
     config=SelfPicoConfig,
-    demo=["written_limit=8", "package_count=4"],
     summary_metric="line_coverage",
     order=90,
 )

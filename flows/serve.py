@@ -13,9 +13,9 @@ from typing import Optional
 
 from components.checks import ConfigError, at_least, in_range, one_of
 from components.serving.server import stop_on_signals
-from flows.platform import FlowConfig, system_flow
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.tracking import Tracker
 from tasks.serve import resolve_models, serve_endpoint, warm_up
-from tasks.tracking import Tracker
 
 
 @dataclass
@@ -120,16 +120,6 @@ class ServeConfig(FlowConfig):
     config=ServeConfig,
     order=30,
     summary_metric="served_mean_accepted_tokens",
-    demo=[
-        "models.target=tiny_random",
-        "models.draft=layerskip",
-        "models.draft_layers=1",
-        "models.served_name=tiny-random",
-        "port=0",
-        "duration_s=0",
-        "load_test_requests=20",
-        "smoke_max_tokens=16",
-    ],
 )
 def serve(cfg: ServeConfig, tracker: Tracker) -> dict[str, float]:
     """OpenAI-compatible server decoding with PEARL (or AR / vanilla SD / the ablations)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from flows.platform import FlowConfig, compose, discover_flows, run, system_flow
-from tasks.tracking import Tracker
+from mlsys.flow import FlowConfig, compose, discover_flows, run, system_flow
+from mlsys.tracking import Tracker
 
 
 @dataclass

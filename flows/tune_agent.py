@@ -14,8 +14,8 @@ from typing import Optional
 
 from components.checks import at_least
 from components.compiler.tuning import TuneSettings
-from flows.platform import FlowConfig, system_flow
-from tasks.tracking import Tracker
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.tracking import Tracker
 from tasks.tune_agent import TranscriptConfig, collect_transcripts, folder_size_mb, smoke_plans, tune_agent_model
 
 
@@ -40,18 +40,6 @@ class TuneAgentConfig(FlowConfig):
     config=TuneAgentConfig,
     order=59,
     summary_metric="final_reply_loss",
-    # suite demo: one knowledge base, one question per template, ~2 steps on the top layer
-    demo=[
-        "transcripts.kb_seeds=[1]",
-        "transcripts.per_template=1",
-        "transcripts.react_steps=2",
-        "train.train_layers=1",
-        "train.epochs=0.15",
-        "train.warmup_steps=1",
-        "run_name=agent_model_demo",
-        "registered_name=lm-agent-demo",
-        "smoke_questions=1",
-    ],
 )
 def tune_agent(cfg: TuneAgentConfig, tracker: Tracker) -> dict[str, float]:
     """Fine-tune SmolLM2 on oracle transcripts of LLMCompiler and ReAct; register the tuned layers."""

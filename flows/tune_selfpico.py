@@ -14,8 +14,8 @@ from typing import Optional
 
 from components.checks import at_least
 from components.compiler.tuning import TuneSettings
-from flows.platform import FlowConfig, system_flow
-from tasks.tracking import Tracker
+from mlsys.flow import FlowConfig, system_flow
+from mlsys.tracking import Tracker
 from tasks.tune_agent import folder_size_mb
 from tasks.tune_selfpico import ValueDataConfig, collect_value_chats, tune_value_model
 
@@ -45,15 +45,6 @@ class TuneSelfPicoConfig(FlowConfig):
     config=TuneSelfPicoConfig,
     order=91,
     summary_metric="final_reply_loss",
-    demo=[
-        "data.count=3",
-        "data.per_key=2",
-        "train.train_layers=1",
-        "train.epochs=0.2",
-        "train.warmup_steps=1",
-        "run_name=selfpico_model_demo",
-        "registered_name=lm-selfpico-demo",
-    ],
 )
 def tune_selfpico(cfg: TuneSelfPicoConfig, tracker: Tracker) -> dict[str, float]:
     """Tune SmolLM2 on values found by search with execution feedback; register the tuned layers."""

@@ -32,7 +32,9 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import tasks  # noqa: E402,F401  (environment defaults before torch loads)
+from mlsys.environment import apply_environment_defaults  # noqa: E402  (after sys.path)
+
+apply_environment_defaults()  # noqa: E402  (environment defaults before torch loads)
 
 CHAT_TEMPLATES = [
     "Explain {t} in two sentences.",

@@ -1,5 +1,1 @@
-"""Prefect tasks: each adapts one unit of component work (an epoch, a benchmark, a client's round)."""
-
-from tasks.environment import apply_environment_defaults
-
-apply_environment_defaults()
+"""Prefect tasks: each adapts one coarse unit of component work (an epoch, a benchmark, a client's round)."""

@@ -23,7 +23,7 @@ from components.federated.federation import (  # noqa: F401 - build_scheduler, b
     set_torch_threads,
 )
 from components.federated.simulator import TrainJob
-from tasks.runners import fan_out
+from mlsys.runners import fan_out
 
 
 @task(name="train-client", task_run_name="client-{client}-round-{round_index}", cache_policy=NO_CACHE)

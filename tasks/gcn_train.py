@@ -19,7 +19,7 @@ from components.graph.data import GraphData, load_or_generate
 from components.graph.generator import SyntheticGraphSpec
 from components.graph.loaders import FeatureLoader
 from components.graph.training import EpochStats, evaluate, train_epoch
-from tasks.tracking import Tracker
+from mlsys.tracking import Tracker
 
 
 def _options(cfg: Any) -> dict:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from tasks.environment import PROJECT_ROOT
+from mlsys.environment import PROJECT_ROOT
 
 
 @dataclass

@@ -17,9 +17,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from tasks.environment import PROJECT_ROOT
-from tasks.progress import Progress
-from tasks.tracking import Tracker
+from mlsys.environment import PROJECT_ROOT
+from mlsys.progress import Progress
+from mlsys.tracking import Tracker
 
 
 @task(name="lm-prepare-corpus")

@@ -33,8 +33,8 @@ from components.quant.model import (
     target_linears,
 )
 from components.quant.speed import decode_speed, matvec_by_shape, memory_bandwidth
-from tasks.environment import PROJECT_ROOT
-from tasks.tracking import Tracker, load_registered_model_dir
+from mlsys.environment import PROJECT_ROOT
+from mlsys.tracking import Tracker, load_registered_model_dir
 
 METHOD_DIR = PROJECT_ROOT / "conf" / "quant_method"
 

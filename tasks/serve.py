@@ -17,7 +17,7 @@ from typing import Any, Optional
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.tracking import Tracker
+from mlsys.tracking import Tracker
 
 
 @dataclass
@@ -35,7 +35,7 @@ def _resolve_draft_source(models_cfg: Any, work_dir: Path, tracking_uri: Optiona
     """`auto`: the trained draft folder, else the registered MLflow model, else a layer-skip draft."""
     source, path = models_cfg.draft, models_cfg.draft_path
     if source == "mlflow":
-        from tasks.tracking import load_registered_model_dir
+        from mlsys.tracking import load_registered_model_dir
 
         return "gpt_folder", str(load_registered_model_dir(models_cfg.draft_registered_name, tracking_uri))
     if source != "auto":
@@ -44,7 +44,7 @@ def _resolve_draft_source(models_cfg: Any, work_dir: Path, tracking_uri: Optiona
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return "gpt_folder", str(folder)
     try:
-        from tasks.tracking import load_registered_model_dir
+        from mlsys.tracking import load_registered_model_dir
 
         return "gpt_folder", str(load_registered_model_dir(models_cfg.draft_registered_name, tracking_uri))
     except Exception:  # no trained draft anywhere yet: self-speculative fallback
@@ -62,7 +62,7 @@ def resolve_models(
     logger = get_run_logger()
     target_path = models_cfg.target_path
     if target_path is None and models_cfg.target_registered_name:
-        from tasks.tracking import load_registered_model_dir
+        from mlsys.tracking import load_registered_model_dir
 
         target_path = str(load_registered_model_dir(models_cfg.target_registered_name, tracking_uri))
         logger.info("target %s from MLflow model %s", target_path, models_cfg.target_registered_name)

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from prefect import get_run_logger, task
 
-from tasks.tracking import Tracker
+from mlsys.tracking import Tracker
 
 EVAL_KB_SEED = 0  # the knowledge base compile_calls and the benchmark ask about: never tuned on
 

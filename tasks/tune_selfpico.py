@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 
 from components.checks import ConfigError, at_least
 from components.selfpico.tuning import BENCHMARK_MODULES
-from tasks.tracking import Tracker
+from mlsys.tracking import Tracker
 from tasks.tune_agent import tune_and_save
 
 

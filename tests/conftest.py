@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import tasks  # noqa: F401  (environment defaults before Prefect/MLflow import)
+from mlsys.environment import apply_environment_defaults
+
+apply_environment_defaults()  # environment defaults before Prefect/MLflow import
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from types import ModuleType
 
-from tasks.environment import PROJECT_ROOT
+from mlsys.environment import PROJECT_ROOT
 
 
 def load_script(name: str) -> ModuleType:

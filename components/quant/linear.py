@@ -193,7 +193,7 @@ class QuantLinear(nn.Module):
         x_t = x2.t()
         # A worker thread per call, ended on return: a thread that stays alive after running torch
         # ops keeps its own OpenMP team, whose threads (under libgomp's default spin-wait, i.e. where
-        # torch was imported before tasks.environment set OMP_WAIT_POLICY=passive) spin after each
+        # torch was imported before mlsys.environment set OMP_WAIT_POLICY=passive) spin after each
         # region; on 2 cores that slowed every later fp32 matvec and fused call of the main thread 1.5-2x.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-dequant") as pool:
             pending = pool.submit(self.dequantize_tiles, *chunks[0])

@@ -1,10 +1,10 @@
-"""`compile_calls` end to end through flows.platform.compose/run on a tiny config (scripted LLM: the
+"""`compile_calls` end to end through mlsys.flow.compose/run on a tiny config (scripted LLM: the
 flow's plumbing, not a model): MLflow params/metrics/artifacts, and every tool call a Prefect task run."""
 
 import json
 import time
 
-from flows.platform import compose, run
+from mlsys.flow import compose, run
 
 
 def test_compile_calls_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri):

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from flows.platform import compose, get_spec, run
+from mlsys.flow import compose, get_spec, run
 
 
 def test_tune_agent_flow_saves_registers_and_loads_the_tuned_layers(

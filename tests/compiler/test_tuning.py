@@ -128,8 +128,8 @@ def test_react_subsample_keeps_every_plan_and_join_and_each_final_step(chats):
 
 def test_flow_config_runs_a_tuned_model_without_examples():
     from components.compiler.evaluation import build_agent
-    from flows.platform import compose
-    from tasks.environment import PROJECT_ROOT
+    from mlsys.environment import PROJECT_ROOT
+    from mlsys.flow import compose
     from tasks.llm import build_llm
 
     cfg = compose("compile_calls", ["agent.few_shot=false", "llm.model_path=data/no_such_model", "llm.threads=null"])

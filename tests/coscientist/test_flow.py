@@ -6,7 +6,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.platform import compose, run
+from mlsys.flow import compose, run
 
 SCRIPTED = [
     "llm=scripted",

@@ -20,7 +20,7 @@ from components.federated import loopback
 from components.federated.flower_driver import FederationSettings
 from components.federated.loopback import RunFiles, run_on_loopback
 from flows.federated import FedDataConfig, FedModelConfig, FedSpeedConfig, FedStrategyConfig
-from flows.platform import compose
+from mlsys.flow import compose
 
 SCALE = 0.02  # wall seconds per virtual second
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.platform import compose, run
+from mlsys.flow import compose, run
 
 TINY = ["rounds=4", "clients=3", "fed_strategy.q_max=8", "fed_strategy.q_min=2", "model.width=4"]
 

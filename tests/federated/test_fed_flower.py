@@ -6,7 +6,7 @@ Slow (Ray start-up): `pytest -m slow tests/federated/test_fed_flower.py`.
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.platform import compose, run
+from mlsys.flow import compose, run
 
 
 @pytest.mark.slow

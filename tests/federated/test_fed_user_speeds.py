@@ -11,7 +11,7 @@ from components.federated.federation import build_speeds
 from components.federated.schedulers import SCHEDULERS
 from components.federated.simulator import LocalTrainer, Simulator, VirtualClock
 from components.federated.speeds import StepTimesError, read_step_times
-from flows.platform import compose
+from mlsys.flow import compose
 
 
 def test_step_times_file_one_per_line_or_json(tmp_path, flow_overrides):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.platform import compose, run
+from mlsys.flow import compose, run
 
 TINY = [
     "graph.num_nodes=3000",

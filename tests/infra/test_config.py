@@ -9,7 +9,7 @@ import yaml
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from flows.platform import CONF_DIR, FlowConfig, compose, discover_flows, get_spec
+from mlsys.flow import CONF_DIR, FlowConfig, compose, discover_flows, get_spec
 
 FLOWS = sorted(discover_flows())
 

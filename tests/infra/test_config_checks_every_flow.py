@@ -3,7 +3,7 @@
 import pytest
 
 from components.checks import ConfigError
-from flows.platform import compose, discover_flows
+from mlsys.flow import compose, discover_flows
 
 BAD = [
     ("gcn_train", ["epochs=0"], "epochs=0"),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.environment import PROJECT_ROOT
+from mlsys.environment import PROJECT_ROOT
 from tests.infra.flow_under_test import FAST_OVERRIDES, FLOW
 
 PREFECT = [sys.executable, "-m", "prefect"]

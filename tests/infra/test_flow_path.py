@@ -7,8 +7,8 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from flows.cli import main as cli_main
-from flows.platform import compose, run
+from mlsys.cli import main as cli_main
+from mlsys.flow import compose, run
 from tests.infra.flow_under_test import FAST_OVERRIDES, FLOW, METRIC
 
 
@@ -48,7 +48,7 @@ def test_runner_dask_sends_tasks_to_the_cluster(prefect_harness, flow_overrides,
     assert executed > 0, "no task reached the Dask scheduler"
     _, runs = _runs(mlflow_uri)
     dask_run = next(r for r in runs if r.info.run_id == result["run_id"])
-    assert dask_run.data.params["runner._target_"] == "tasks.runners.dask_runner"
+    assert dask_run.data.params["runner._target_"] == "mlsys.runners.dask_runner"
 
 
 def test_sweep_nests_members_under_one_parent(prefect_harness, flow_overrides, mlflow_uri):
@@ -72,7 +72,7 @@ def test_suite_nests_member_runs(prefect_harness, flow_overrides, mlflow_uri):
 
 def test_cli_rejects_unknown_key_with_its_name():
     proc = subprocess.run(
-        [sys.executable, "-m", "flows", "run", FLOW, "definitely_not_a_key=1"],
+        [sys.executable, "-m", "mlsys", "run", FLOW, "definitely_not_a_key=1"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -83,7 +83,7 @@ def test_cli_rejects_unknown_key_with_its_name():
 
 def test_cli_prints_composed_config_without_running():
     proc = subprocess.run(
-        [sys.executable, "-m", "flows", "run", FLOW, "--cfg", "job", "seed=5"],
+        [sys.executable, "-m", "mlsys", "run", FLOW, "--cfg", "job", "seed=5"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -93,5 +93,5 @@ def test_cli_prints_composed_config_without_running():
 
 
 def test_cli_lists_flows_and_groups():
-    proc = subprocess.run([sys.executable, "-m", "flows", "list"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "mlsys", "list"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and FLOW in proc.stdout and "runner" in proc.stdout

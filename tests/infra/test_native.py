@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from flows.platform import (
+from mlsys.flow import (
     InvalidConfig,
     compose,
     compose_parameters,
@@ -22,8 +22,8 @@ from flows.platform import (
     get_spec,
     sweep_members,
 )
-from flows.schema import changed, field_docs
-from tasks.tracking import (
+from mlsys.schema import changed, field_docs
+from mlsys.tracking import (
     evaluate_quality,
     load_registered_model_dir,
     open_run,
@@ -64,7 +64,7 @@ def test_form_descriptions_come_from_field_comments():
     docs = field_docs(get_spec(FLOW).config_cls)
     assert docs["rounds"] and form["properties"]["rounds"]["description"] == docs["rounds"]
     runner = definitions[form["properties"]["runner"]["$ref"].rsplit("/", 1)[1]]
-    assert runner["properties"]["_target_"]["default"] == "tasks.runners.thread_runner"
+    assert runner["properties"]["_target_"]["default"] == "mlsys.runners.thread_runner"
     assert "threads for runner=local" in runner["properties"]["max_workers"]["description"]
 
 
@@ -200,7 +200,7 @@ def test_dask_workers_use_the_flow_runs_prefect_api(prefect_harness):
     from prefect import flow, task
     from prefect.settings import PREFECT_API_URL
 
-    from tasks.runners import dask_runner, fan_out
+    from mlsys.runners import dask_runner, fan_out
 
     @task
     def where() -> dict:
@@ -288,7 +288,7 @@ def test_quality_check_rejects_a_malformed_rule():
 
 def _cli(*args, env=None, timeout=180):
     return subprocess.run(
-        [sys.executable, "-m", "flows", *args],
+        [sys.executable, "-m", "mlsys", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -316,7 +316,7 @@ def test_shell_completion_completes_a_flows_groups():
 
 
 def test_ui_command_runs_one_worker_without_the_job_runner():
-    from flows.cli import mlflow_ui_command
+    from mlsys.cli import mlflow_ui_command
 
     command, env = mlflow_ui_command([])
     assert command[command.index("--workers") + 1] == "1"
@@ -325,7 +325,7 @@ def test_ui_command_runs_one_worker_without_the_job_runner():
 
 def test_every_config_dataclass_field_of_every_flow_is_documented_or_nested():
     """The help and the form read meanings from comments: list what lacks one (none of the platform's)."""
-    from flows.platform import FlowConfig, RunnerConfig, TrackingConfig
+    from mlsys.flow import FlowConfig, RunnerConfig, TrackingConfig
 
     for cls in (RunnerConfig, TrackingConfig, FlowConfig):
         docs = field_docs(cls)

@@ -7,8 +7,8 @@ import os
 import pytest
 import yaml
 
-from flows.platform import discover_flows
-from tasks.environment import PROJECT_ROOT
+from mlsys.environment import PROJECT_ROOT
+from mlsys.flow import discover_flows
 
 CONFIG = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
 

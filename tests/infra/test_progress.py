@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.progress import Progress, format_duration
+from mlsys.progress import Progress, format_duration
 
 
 def _clocked(total, every, start=0):

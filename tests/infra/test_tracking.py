@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from mlflow.tracking import MlflowClient
 
-from tasks.tracking import close_run, flatten, load_registered_model_dir, open_run
+from mlsys.tracking import close_run, flatten, load_registered_model_dir, open_run
 
 
 @dataclass

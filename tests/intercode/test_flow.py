@@ -7,7 +7,7 @@ import json
 import pytest
 
 from components.sandbox import isolation_mode
-from flows.platform import compose, run
+from mlsys.flow import compose, run
 
 pytestmark = pytest.mark.skipif(isolation_mode() is None, reason="needs the namespace sandbox")
 

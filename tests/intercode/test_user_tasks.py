@@ -11,7 +11,7 @@ import pytest
 from components.intercode import fsdiff
 from components.intercode.user_tasks import TaskFileError, load_task_file
 from components.sandbox import isolation_mode
-from flows.platform import compose, run
+from mlsys.flow import compose, run
 
 GOOD_SQL = {"id": "q1", "query": "How many users?", "gold": "SELECT COUNT(*) FROM users", "db": "shop"}
 GOOD_BASH = {"id": "b1", "query": "Count the .txt files in docs", "gold": "ls docs | wc -l", "fixture": "home"}

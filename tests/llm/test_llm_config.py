@@ -3,7 +3,7 @@ build_llm / log_llm_usage work from it."""
 
 import pytest
 
-from flows.platform import compose
+from mlsys.flow import compose
 from tasks.llm import LLMConfig, build_llm, log_llm_usage, redacted
 from tests.llm.fake_openai import FakeOpenAI
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from components.checks import ConfigError
-from flows.platform import compose, run
+from mlsys.flow import compose, run
 from tests.lm.test_flow import TINY
 
 

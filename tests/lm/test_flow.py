@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from flows.platform import compose, get_spec, run
+from mlsys.flow import compose, get_spec, run
 
 TINY = [
     "corpus.roots=[stdlib]",

@@ -55,7 +55,7 @@ def test_bad_settings_are_named():
 def test_smollm2_fine_tuning_flow(prefect_harness, flow_overrides, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
-    from flows.platform import compose, run
+    from mlsys.flow import compose, run
 
     result = run(
         compose(

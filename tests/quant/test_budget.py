@@ -21,7 +21,7 @@ from components.quant.evaluation import bootstrap_ppl_ci, bootstrap_ratio_ci
 from components.quant.linear import unpack_layer
 from components.quant.model import calibrate, quantizable_linears, quantize_model, target_linears
 from components.quant.quantizer import bits_breakdown, fake_quantize_uniform, group_scores, quantize_weight
-from flows.platform import compose
+from mlsys.flow import compose
 
 RANGE = QuantSpec(name="mixed_range", group_size=32, score="range", frac_high=0.125)
 FISHER = QuantSpec(name="mixed", group_size=32, score="fisher", bit_budget=2.9)

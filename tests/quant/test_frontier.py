@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.common import RESULTS_DIR
 from benchmarks.quant_frontier import FLOW_SCHEME, summarize, uniform_at
-from flows.platform import compose
+from mlsys.flow import compose
 
 
 def _row(label, bits, ppl, scheme, windows=4, budget=None, head_bits=4, spread=0.0):

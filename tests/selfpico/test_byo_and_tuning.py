@@ -11,7 +11,7 @@ from components.selfpico.executor import Snippet
 from components.selfpico.predictors import PredictionRequest, RuleBasedPredictor
 from components.selfpico.snippets import heldout_snippets, statement_lines, user_snippets
 from components.selfpico.tuning import candidates, search_values, value_chats
-from flows.platform import compose, run
+from mlsys.flow import compose, run
 
 
 @pytest.fixture(scope="module")

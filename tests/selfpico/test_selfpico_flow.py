@@ -2,7 +2,7 @@
 
 from mlflow.tracking import MlflowClient
 
-from flows.platform import compose, run
+from mlsys.flow import compose, run
 
 
 def test_selfpico_flow_logs_coverage_and_tables(prefect_harness, flow_overrides, mlflow_uri):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from flows.platform import compose, get_spec, run
+from mlsys.flow import compose, get_spec, run
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.platform import compose, get_spec, run
+from mlsys.flow import compose, get_spec, run
 
 TINY = ["models.target=tiny_random", "models.draft=layerskip", "models.draft_layers=1"]
 
@@ -122,7 +122,7 @@ def test_serve_decodes_a_quantized_target_losslessly(prefect_harness, flow_overr
     from components.quant import QuantLinear, QuantSpec
     from components.quant.model import load_base_model, load_quantized, quantize_model, save_quantized
     from components.serving.text import HFTextCodec
-    from tasks.tracking import close_run, open_run
+    from mlsys.tracking import close_run, open_run
 
     torch.manual_seed(0)  # SmolLM2's vocabulary (the served tokenizer), a tiny body
     gpt = GPT(GPTConfig(vocab_size=49152, block_size=128, n_layer=2, n_head=2, n_embd=64)).save(tmp_path / "gpt")

@@ -1,4 +1,4 @@
-"""SIGTERM to `python -m flows run serve`: the in-flight request is drained to its end, the Prefect
+"""SIGTERM to `python -m mlsys run serve`: the in-flight request is drained to its end, the Prefect
 run ends Completed, MLflow's FINISHED, and every process the flow started (the temporary Prefect
 server included) is gone."""
 
@@ -17,7 +17,7 @@ import pytest
 
 from components.processes import descendants
 from components.serving.server import free_port
-from tasks.environment import PROJECT_ROOT
+from mlsys.environment import PROJECT_ROOT
 
 
 def _alive(pid: int) -> bool:

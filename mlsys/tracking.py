@@ -15,7 +15,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.environment import PROJECT_ROOT
+from mlsys.environment import PROJECT_ROOT
 
 DEFAULT_STORE_DIR = PROJECT_ROOT / "mlflow"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value

@@ -79,7 +79,7 @@ def build_task_runner(runner_cfg: Any):
 def fan_out(task: Task | Callable, calls: Sequence[dict]) -> list:
     """Run `task(**kwargs)` for every kwargs in `calls` in parallel on the flow's task runner.
 
-    The runner is the one `runner=` configured (`flows.platform` sets it for the flow run): threads
+    The runner is the one `runner=` configured (`mlsys.flow` sets it for the flow run): threads
     in this process, or Dask workers. Results come back in the order of `calls`; the first failure
     raises.
     """

@@ -36,10 +36,10 @@ from prefect import Flow, flow, get_run_logger
 from prefect.runtime import flow_run
 
 from components.checks import ConfigError, writable_folder
-from flows.schema import as_plain, changed, dotted, parameter_model
-from tasks.environment import PROJECT_ROOT
-from tasks.runners import build_task_runner
-from tasks.tracking import (
+from mlsys.environment import PROJECT_ROOT
+from mlsys.runners import build_task_runner
+from mlsys.schema import as_plain, changed, dotted, parameter_model
+from mlsys.tracking import (
     Tracker,
     close_run,
     evaluate_quality,
@@ -55,7 +55,7 @@ CONF_DIR = PROJECT_ROOT / "conf"
 class RunnerConfig:
     """Where fanned-out tasks run: conf/runner/local.yaml (threads) or conf/runner/dask.yaml."""
 
-    _target_: str = "tasks.runners.thread_runner"
+    _target_: str = "mlsys.runners.thread_runner"
     max_workers: int = 4  # threads for runner=local; tasks are I/O- or torch-bound, 2 cores here
     address: Optional[str] = None  # runner=dask: tcp://host:port of an existing scheduler
     n_workers: int = 2  # runner=dask LocalCluster: one worker process per core of this machine
@@ -110,7 +110,6 @@ class FlowSpec:
     name: str
     config_cls: type
     body: Callable[[Any, Tracker], dict]
-    demo_overrides: list[str]
     summary_metric: Optional[str]
     order: int
     flow: Flow  # the Prefect flow: parameters `config` (typed form), `overrides`, `multirun`
@@ -118,6 +117,12 @@ class FlowSpec:
     parameters: type  # the pydantic model of `config` (the deployment's parameter form)
     claim: Optional[str] = None  # the paper's claim the summary metric measures (suite table)
     quality: Optional[str] = None  # `metric<=goal` a registered model must pass to become @serving
+
+    @property
+    def demo_overrides(self) -> list[str]:
+        """The flow at demo scale (what `suite` runs): conf/experiment/demo/<name>.yaml when it exists."""
+        demo = CONF_DIR / "experiment" / "demo" / f"{self.name}.yaml"
+        return [f"+experiment=demo/{self.name}"] if demo.exists() else []
 
     @property
     def entry(self) -> Flow:
@@ -130,7 +135,7 @@ class InvalidConfig(ValueError):
 
 
 REGISTRY: dict[str, FlowSpec] = {}
-_PLATFORM_MODULES = {"platform", "cli", "entries", "__main__", "schema"}
+_PLATFORM_MODULES = {"entries"}  # flows/ modules that declare no flow
 _compose_lock = threading.Lock()
 # `run(cfg)` hands its already-typed config to the flow run it starts (same thread, same context).
 _PRECOMPOSED: ContextVar[Optional[FlowConfig]] = ContextVar("precomposed_config", default=None)
@@ -141,7 +146,6 @@ _PLACEMENT_KEYS = ("tracking.", "work_dir", "runner.address")
 def system_flow(
     name: str,
     config: type,
-    demo: Sequence[str] = (),
     summary_metric: str | None = None,
     order: int = 100,
     description: str | None = None,
@@ -173,9 +177,7 @@ def system_flow(
             log_prints=True,
             flow_run_name=lambda: _run_label(REGISTRY[name], flow_run.parameters),
         )
-        REGISTRY[name] = FlowSpec(
-            name, config, body, list(demo), summary_metric, order, typed_flow, defaults, form, claim, quality
-        )
+        REGISTRY[name] = FlowSpec(name, config, body, summary_metric, order, typed_flow, defaults, form, claim, quality)
         return typed_flow
 
     return decorate
@@ -360,7 +362,7 @@ def run(cfg: FlowConfig, overrides: Sequence[str] = ()) -> dict:
 
 def _masked(params: dict) -> dict:
     """Flow-run parameters are visible in the Prefect UI: credentials are shown as ***."""
-    from tasks.tracking import is_secret_key
+    from mlsys.tracking import is_secret_key
 
     def walk(node, prefix=""):
         if isinstance(node, dict):

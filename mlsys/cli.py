@@ -18,15 +18,14 @@ import shlex
 import subprocess
 import sys
 
-import tasks  # noqa: F401  (environment defaults)
-from tasks.environment import PROJECT_ROOT
+from mlsys.environment import PROJECT_ROOT
 
 USAGE = __doc__
 COMMANDS = ["list", "run", "promote", "deployments", "server", "ui"]
 
 
 def _config_groups() -> dict[str, list[str]]:
-    from flows.platform import CONF_DIR
+    from mlsys.flow import CONF_DIR
 
     groups: dict[str, list[str]] = {}
     for folder in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir()):
@@ -40,7 +39,7 @@ def flow_groups(name: str) -> list[tuple[str, str, list[str]]]:
     """(group as overridden, default option, options) for the groups in conf/<name>.yaml's defaults."""
     import yaml
 
-    from flows.platform import CONF_DIR
+    from mlsys.flow import CONF_DIR
 
     defaults = yaml.safe_load((CONF_DIR / f"{name}.yaml").read_text()).get("defaults", [])
     rows = []
@@ -55,7 +54,7 @@ def flow_groups(name: str) -> list[tuple[str, str, list[str]]]:
 
 
 def list_flows() -> None:
-    from flows.platform import discover_flows
+    from mlsys.flow import discover_flows
 
     specs = sorted(discover_flows().values(), key=lambda s: (s.order, s.name))
     print("Flows (mlsys run <flow> key=value ...; mlsys run <flow> --help for its keys):")
@@ -68,8 +67,8 @@ def list_flows() -> None:
 
 def flow_help(name: str) -> str:
     """What `mlsys run <flow> --help` prints: this flow's groups and keys, with defaults and meanings."""
-    from flows.platform import get_spec
-    from flows.schema import describe_fields
+    from mlsys.flow import get_spec
+    from mlsys.schema import describe_fields
 
     spec = get_spec(name)
     lines = [
@@ -103,7 +102,7 @@ def run_flow(name: str, argv: list[str]) -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from flows.platform import CONF_DIR, get_spec, run, to_typed
+    from mlsys.flow import CONF_DIR, get_spec, run, to_typed
 
     spec = get_spec(name)  # unknown flow: clear error before Hydra starts
     if any(a in {"--help", "-h"} for a in argv):
@@ -113,7 +112,7 @@ def run_flow(name: str, argv: list[str]) -> None:
     overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
     options = [a for a in argv if a not in overrides]
     if options and set(options) <= {"-m", "--multirun"}:
-        from flows.platform import InvalidConfig
+        from mlsys.flow import InvalidConfig
 
         try:
             result = spec.flow(overrides=overrides, multirun=True)
@@ -159,7 +158,7 @@ def complete(argv: list[str]) -> None:
     groups and keys by Hydra (given the line after `mlsys run <flow>`)."""
     import hydra
 
-    from flows.platform import CONF_DIR, discover_flows
+    from mlsys.flow import CONF_DIR, discover_flows
 
     query = " ".join(argv)
     if "install=" in query or "uninstall=" in query:
@@ -192,7 +191,7 @@ def complete(argv: list[str]) -> None:
 def promote_model(argv: list[str]) -> None:
     import argparse
 
-    from tasks.tracking import promote
+    from mlsys.tracking import promote
 
     parser = argparse.ArgumentParser(
         prog="mlsys promote",
@@ -218,7 +217,7 @@ def serve_deployments() -> None:
     from prefect.deployments.runner import EntrypointType
 
     import flows.entries  # noqa: F401  (module-path entrypoints)
-    from flows.platform import discover_flows
+    from mlsys.flow import discover_flows
 
     if not os.environ.get("PREFECT_API_URL"):
         sys.exit("mlsys deployments: set PREFECT_API_URL to a Prefect server (start one with `mlsys server`)")
