@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mlsys.environment import apply_environment_defaults
 
@@ -12,7 +13,8 @@ apply_environment_defaults()  # environment defaults before Prefect/MLflow impor
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API for the whole session: its 15-27 s start-up is paid once."""
-    from prefect.testing.utilities import prefect_test_harness
+    # Prefect reads its settings when first imported: only after the environment defaults above.
+    from prefect.testing.utilities import prefect_test_harness  # noqa: PLC0415
 
     with prefect_test_harness(server_startup_timeout=300):
         yield
@@ -22,7 +24,6 @@ def prefect_harness():
 def one_torch_thread():
     """One intra-op thread for a module of tiny models: on the shared 2-core machine oversubscribed
     threads make their forwards ~15-20x slower. Restored afterwards, so other modules keep theirs."""
-    import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
