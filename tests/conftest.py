@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from mlsys.environment import apply_environment_defaults
 
@@ -24,6 +23,7 @@ def prefect_harness():
 def one_torch_thread():
     """One intra-op thread for a module of tiny models: on the shared 2-core machine oversubscribed
     threads make their forwards ~15-20x slower. Restored afterwards, so other modules keep theirs."""
+    import torch  # noqa: PLC0415  (libgomp reads OMP_WAIT_POLICY when torch loads: after the defaults above)
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
