@@ -29,8 +29,10 @@ from typing import Optional
 
 import torch
 
+from components.dgl_compat import import_dgl
 from components.graph.data import GraphData
 from components.graph.sampling import NeighborBatches, SampledBatch
+from components.graph.uva import UvaFeatureTable
 
 ALIGNMENT_BYTES = 128  # PCIe read packets / GPU memory transactions are 128 B; two CPU cache lines
 
@@ -251,8 +253,6 @@ class ZeroCopyFeatureLoader(FeatureLoader):
         self._gather = self._cpu_gather
         self._stream = None
         if self.device.type == "cuda":
-            from components.graph.uva import UvaFeatureTable
-
             self._uva = UvaFeatureTable(self.features, self.device)  # pins + maps the host table once
             self._stream = torch.cuda.Stream(self.device)
             self._gather = self._uva_gather
@@ -462,8 +462,6 @@ class DglStandardLoader(FeatureLoader):
         **common,
     ):
         super().__init__(data, seeds, fanouts, batch_size, **common)
-        from components.dgl_compat import import_dgl
-
         dgl = import_dgl()
         if "feat" not in data.graph.ndata or "label" not in data.graph.ndata:
             raise ValueError("the DGL loader needs graph.ndata['feat'] and ['label'] (GraphData sets them)")

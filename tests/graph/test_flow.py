@@ -88,10 +88,10 @@ def test_flow_end_to_end_logs_metrics_params_and_plots(prefect_harness, flow_ove
 def test_cuda_without_a_cuda_dgl_is_refused_and_auto_means_cpu():
     import torch
 
-    from flows.gcn_train import training_device
+    from components.graph.training import training_device
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU; the refusal is for CPU-only DGL installs")
-    assert training_device(compose("gcn_train", ["device=auto"])) == "cpu"
+    assert training_device(compose("gcn_train", ["device=auto"]).device) == "cpu"
     with pytest.raises(ValueError, match="CUDA build of DGL"):
-        training_device(compose("gcn_train", ["device=cuda"]))
+        training_device(compose("gcn_train", ["device=cuda"]).device)
