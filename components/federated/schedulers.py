@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
+from components.federated import aggregators as agg
 from components.federated.aggregators import WeightedUpdate
+from components.federated.config import FedStrategyConfig
 
 Clock = Callable[[], float]
+DEFAULTS = FedStrategyConfig  # the hyperparameters' defaults are FedStrategyConfig's (written once, there)
 
 
 @dataclass
@@ -66,6 +69,14 @@ class Scheduler:
     """Global model, version counter t, client timestamps tau, records; subclasses add the policy."""
 
     name = "base"
+    aggregator_class: type = agg.StalenessWeightedAggregator  # the server step this policy takes
+
+    @classmethod
+    def make_aggregator(
+        cls, client_weights: Sequence[float], alpha: float, staleness_fn: agg.StalenessFn
+    ) -> agg.StalenessWeightedAggregator | agg.FedAvgAggregator:
+        """The policy's server step: alpha * s(staleness) * p_i weighted deltas (FedAvg overrides)."""
+        return cls.aggregator_class(client_weights, alpha=alpha, staleness_fn=staleness_fn)
 
     def __init__(self, n_clients: int, aggregator, initial_weights: dict, clock: Clock):
         self.n_clients = n_clients
@@ -146,15 +157,20 @@ class FedAvgScheduler(Scheduler):
 
     name = "fedavg"
 
+    @classmethod
+    def make_aggregator(cls, client_weights, alpha, staleness_fn) -> agg.FedAvgAggregator:
+        """The sample-weighted mean of the local models: no mixing rate, no staleness in synchronous rounds."""
+        return agg.FedAvgAggregator()
+
     def __init__(
         self,
         n_clients,
         aggregator,
         initial_weights,
         clock,
-        local_steps: int = 100,
-        round_timeout: Optional[float] = None,
-        min_clients: int = 2,
+        local_steps: int = DEFAULTS.local_steps,
+        round_timeout: Optional[float] = DEFAULTS.round_timeout,
+        min_clients: int = DEFAULTS.min_clients,
     ):
         super().__init__(n_clients, aggregator, initial_weights, clock)
         self.local_steps = local_steps
@@ -233,8 +249,9 @@ class FedAsyncScheduler(Scheduler):
     """FedAsync: every arrival updates the global model at once (mixing alpha * s(staleness))."""
 
     name = "fedasync"
+    aggregator_class = agg.FedAsyncAggregator
 
-    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = 100):
+    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = DEFAULTS.local_steps):
         super().__init__(n_clients, aggregator, initial_weights, clock)
         self.local_steps = local_steps
 
@@ -254,8 +271,17 @@ class FedBuffScheduler(Scheduler):
     every `buffer_size` arrivals make one global update."""
 
     name = "fedbuff"
+    aggregator_class = agg.FedBuffAggregator
 
-    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = 100, buffer_size: int = 3):
+    def __init__(
+        self,
+        n_clients,
+        aggregator,
+        initial_weights,
+        clock,
+        local_steps: int = DEFAULTS.local_steps,
+        buffer_size: int = DEFAULTS.buffer_size,
+    ):
         super().__init__(n_clients, aggregator, initial_weights, clock)
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
@@ -281,6 +307,7 @@ class CompassScheduler(Scheduler):
     """FedCompass's computing-power-aware scheduler (see the module docstring and the paper page)."""
 
     name = "fedcompass"
+    aggregator_class = agg.FedCompassAggregator
 
     def __init__(
         self,
@@ -288,10 +315,10 @@ class CompassScheduler(Scheduler):
         aggregator,
         initial_weights,
         clock,
-        q_max: int = 100,
-        q_min: int = 20,
-        speed_momentum: float = 0.9,
-        latest_time_factor: float = 1.5,
+        q_max: int = DEFAULTS.q_max,
+        q_min: int = DEFAULTS.q_min,
+        speed_momentum: float = DEFAULTS.speed_momentum,
+        latest_time_factor: float = DEFAULTS.latest_time_factor,
     ):
         super().__init__(n_clients, aggregator, initial_weights, clock)
         if not 0 < q_min <= q_max:
