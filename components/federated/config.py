@@ -13,7 +13,7 @@ from __future__ import annotations
 import pydoc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from components.checks import ConfigError, at_least, in_range, one_of
 from components.federated import speeds
@@ -21,20 +21,37 @@ from components.federated.aggregators import STALENESS_FUNCTIONS
 from components.federated.partitions import PARTITIONS
 
 
-def resolve_target(key: str, target: str, accept: Callable[[Any], bool], what: str) -> Any:
-    """The object a `_target_` dotted path names; a ConfigError naming `key` when it is not `what`."""
-    found = pydoc.locate(target)
-    if found is None or not accept(found):
-        raise ConfigError(key, target, f"unknown {what}: not an importable {what} (see the conf/ options)")
-    return found
+def _is_scheduler(found: Any) -> bool:
+    return isinstance(found, type) and callable(getattr(found, "on_arrival", None))
 
 
-def _short_name(target: str, prefix: str = "", suffix: str = "") -> str:
-    return target.rsplit(".", 1)[-1].removeprefix(prefix).removesuffix(suffix)
+class _Choice:
+    """A group option whose `_target_` names the class or function it selects (resolved when built)."""
+
+    _target_: str
+    _group: ClassVar[str]  # the config group, for error messages
+    _what: ClassVar[str]  # what `_target_` must name
+    _accept: ClassVar[Callable[[Any], bool]] = callable
+    _affixes: ClassVar[tuple[str, str]] = ("", "")  # stripped from the target's name for `short_name`
+
+    @property
+    def target(self) -> Any:
+        """The object `_target_` names; a ConfigError naming the key when it is not what the group takes."""
+        found = pydoc.locate(self._target_)
+        if found is None or not type(self)._accept(found):
+            raise ConfigError(
+                f"{self._group}._target_", self._target_, f"unknown {self._what}: not an importable {self._what}"
+            )
+        return found
+
+    @property
+    def short_name(self) -> str:
+        prefix, suffix = self._affixes
+        return self._target_.rsplit(".", 1)[-1].removeprefix(prefix).removesuffix(suffix)
 
 
 @dataclass
-class FedStrategyConfig:
+class FedStrategyConfig(_Choice):
     """conf/fed_strategy/<name>.yaml: the server's scheduler and its hyperparameters (each takes its own)."""
 
     _target_: str = "components.federated.schedulers.CompassScheduler"  # the scheduler class
@@ -55,8 +72,10 @@ class FedStrategyConfig:
     round_timeout: Optional[float] = None
     min_clients: int = 2
 
+    _group, _what, _accept = "fed_strategy", "strategy", _is_scheduler
+
     def __post_init__(self) -> None:
-        self.scheduler_class  # noqa: B018 - resolves and checks _target_ now
+        self.target  # noqa: B018 - resolves and checks _target_ now
         in_range("fed_strategy.alpha", self.alpha, 1e-9, 1.0)
         one_of("fed_strategy.staleness", self.staleness, STALENESS_FUNCTIONS)
         at_least("fed_strategy.staleness_a", self.staleness_a, 0.0)
@@ -74,21 +93,16 @@ class FedStrategyConfig:
     @property
     def scheduler_class(self) -> type:
         """The scheduler class `_target_` names (a class with the Scheduler event interface)."""
-        return resolve_target(
-            "fed_strategy._target_",
-            self._target_,
-            lambda c: isinstance(c, type) and callable(getattr(c, "on_arrival", None)),
-            "strategy",
-        )
+        return self.target
 
     @property
     def name(self) -> str:
         """The strategy's short name (fedcompass | fedavg | fedasync | fedbuff), for logs and file names."""
-        return self.scheduler_class.name
+        return self.target.name
 
 
 @dataclass
-class FedSpeedConfig:
+class FedSpeedConfig(_Choice):
     """conf/fed_speed/<kind>.yaml: virtual seconds per local step of each client."""
 
     _target_: str = "components.federated.speeds.exponential_step_times"  # how each client's step time is drawn
@@ -102,6 +116,7 @@ class FedSpeedConfig:
     # list, or one number per line); the file is read when the run settings are built
     step_times: list[float] = field(default_factory=list)
     step_times_file: Optional[str] = None
+    _group, _what, _affixes = "fed_speed", "speed model", ("", "_step_times")
 
     def __post_init__(self) -> None:
         given = self.sampler is speeds.given_step_times
@@ -128,16 +143,16 @@ class FedSpeedConfig:
     @property
     def sampler(self) -> speeds.StepTimeSampler:
         """The step-time sampler `_target_` names (a function of `components.federated.speeds`' shape)."""
-        return resolve_target("fed_speed._target_", self._target_, callable, "speed model")
+        return self.target
 
     @property
     def kind(self) -> str:
         """homogeneous | normal | exponential | given: the sampler's short name."""
-        return _short_name(self._target_, suffix="_step_times")
+        return self.short_name
 
 
 @dataclass
-class FedDataConfig:
+class FedDataConfig(_Choice):
     """conf/fed_data/<name>.yaml: the dataset and how it is split over clients."""
 
     _target_: str = "components.federated.task.load_digits"  # the dataset loader: load_digits | load_mnist1d
@@ -147,9 +162,10 @@ class FedDataConfig:
     alpha: float = 0.5  # dirichlet: per-class concentration (smaller = more skewed)
     alpha_clients: float = 2.0  # dual_dirichlet: spread of client sizes
     alpha_classes: float = 2.0  # dual_dirichlet: spread of each client's class mix
+    _group, _what, _affixes = "fed_data", "dataset", ("load_", "")
 
     def __post_init__(self) -> None:
-        self.loader  # noqa: B018 - resolves and checks _target_ now
+        self.target  # noqa: B018 - resolves and checks _target_ now
         one_of("fed_data.partition", self.partition, PARTITIONS)
         if not 0 < self.test_fraction < 1:
             raise ConfigError("fed_data.test_fraction", self.test_fraction, "must be between 0 and 1 (exclusive)")
@@ -161,12 +177,12 @@ class FedDataConfig:
     @property
     def loader(self) -> Callable[..., Any]:
         """The dataset loader `_target_` names: `(seed, test_fraction) -> Dataset`."""
-        return resolve_target("fed_data._target_", self._target_, callable, "dataset")
+        return self.target
 
     @property
     def name(self) -> str:
         """digits | mnist1d: the loader's short name, for logs and the registered model's name."""
-        return _short_name(self._target_, prefix="load_")
+        return self.short_name
 
 
 @dataclass

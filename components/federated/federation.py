@@ -89,9 +89,6 @@ def build_speeds(speed_cfg: FedSpeedConfig, n_clients: int, seed: int) -> speeds
     )
 
 
-_RUNTIME_ARGUMENTS = {"self", "n_clients", "aggregator", "initial_weights", "clock"}
-
-
 def build_scheduler(
     strategy_cfg: FedStrategyConfig,
     n_clients: int,
@@ -107,7 +104,8 @@ def build_scheduler(
         strategy_cfg.alpha,
         agg.make_staleness_fn(strategy_cfg.staleness, strategy_cfg.staleness_a, strategy_cfg.staleness_b),
     )
-    accepted = set(inspect.signature(cls.__init__).parameters) - _RUNTIME_ARGUMENTS
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    accepted = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]  # after *runtime: its hyperparameters
     return cls(n_clients, aggregator, initial_weights, clock, **{k: getattr(strategy_cfg, k) for k in accepted})
 
 

@@ -164,18 +164,15 @@ class FedAvgScheduler(Scheduler):
 
     def __init__(
         self,
-        n_clients,
-        aggregator,
-        initial_weights,
-        clock,
+        *runtime,  # n_clients, aggregator, initial_weights, clock (see Scheduler)
         local_steps: int = DEFAULTS.local_steps,
         round_timeout: Optional[float] = DEFAULTS.round_timeout,
         min_clients: int = DEFAULTS.min_clients,
     ):
-        super().__init__(n_clients, aggregator, initial_weights, clock)
+        super().__init__(*runtime)
         self.local_steps = local_steps
         self.round_timeout = round_timeout  # None: wait for every live client however long it takes
-        self.min_clients = max(1, min(min_clients, n_clients))  # Flower's min_fit_clients, capped at N
+        self.min_clients = max(1, min(min_clients, self.n_clients))  # Flower's min_fit_clients, capped at N
         self._round: dict[int, dict] = {}
         self._expected: set[int] = set()  # clients working on the current round
         self._round_started = 0.0
@@ -251,8 +248,8 @@ class FedAsyncScheduler(Scheduler):
     name = "fedasync"
     aggregator_class = agg.FedAsyncAggregator
 
-    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = DEFAULTS.local_steps):
-        super().__init__(n_clients, aggregator, initial_weights, clock)
+    def __init__(self, *runtime, local_steps: int = DEFAULTS.local_steps):
+        super().__init__(*runtime)
         self.local_steps = local_steps
 
     def initial_steps(self) -> int:
@@ -273,16 +270,8 @@ class FedBuffScheduler(Scheduler):
     name = "fedbuff"
     aggregator_class = agg.FedBuffAggregator
 
-    def __init__(
-        self,
-        n_clients,
-        aggregator,
-        initial_weights,
-        clock,
-        local_steps: int = DEFAULTS.local_steps,
-        buffer_size: int = DEFAULTS.buffer_size,
-    ):
-        super().__init__(n_clients, aggregator, initial_weights, clock)
+    def __init__(self, *runtime, local_steps: int = DEFAULTS.local_steps, buffer_size: int = DEFAULTS.buffer_size):
+        super().__init__(*runtime)
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self.local_steps = local_steps
@@ -311,16 +300,13 @@ class CompassScheduler(Scheduler):
 
     def __init__(
         self,
-        n_clients,
-        aggregator,
-        initial_weights,
-        clock,
+        *runtime,  # n_clients, aggregator, initial_weights, clock (see Scheduler)
         q_max: int = DEFAULTS.q_max,
         q_min: int = DEFAULTS.q_min,
         speed_momentum: float = DEFAULTS.speed_momentum,
         latest_time_factor: float = DEFAULTS.latest_time_factor,
     ):
-        super().__init__(n_clients, aggregator, initial_weights, clock)
+        super().__init__(*runtime)
         if not 0 < q_min <= q_max:
             raise ValueError(f"need 0 < q_min <= q_max, got q_min={q_min}, q_max={q_max}")
         if latest_time_factor < 1:
@@ -329,8 +315,8 @@ class CompassScheduler(Scheduler):
         self.beta = speed_momentum
         self.lam = latest_time_factor
         self.speed: dict[int, float] = {}  # estimated seconds per local step
-        self.steps = [q_max] * n_clients  # Q_c of the current local round
-        self.start_time = [0.0] * n_clients
+        self.steps = [q_max] * self.n_clients  # Q_c of the current local round
+        self.start_time = [0.0] * self.n_clients
         self.group_of: dict[int, int] = {}
         self.groups: dict[int, _Group] = {}
         self.timers: dict[int, float] = {}  # group id -> T_l while its timer is armed

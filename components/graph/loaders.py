@@ -226,17 +226,13 @@ class ZeroCopyFeatureLoader(FeatureLoader):
 
     def __init__(
         self,
-        data: GraphData,
-        seeds: torch.Tensor,
-        fanouts: Sequence[int],
-        batch_size: int,
-        *,
+        *args,  # data, seeds, fanouts, batch_size (see FeatureLoader)
         align_rows: bool = True,
         prefetch: bool = True,
         worker_threads: Optional[int] = None,
         **common,
     ):
-        super().__init__(data, seeds, fanouts, batch_size, **common)
+        super().__init__(*args, **common)
         self.align_rows = align_rows
         self.prefetch = prefetch
         # torch intra-op threads of the prefetch worker's gather; None keeps torch's setting. On a
@@ -451,18 +447,10 @@ class DglStandardLoader(FeatureLoader):
 
     name = "dgl"
 
-    def __init__(
-        self,
-        data: GraphData,
-        seeds: torch.Tensor,
-        fanouts: Sequence[int],
-        batch_size: int,
-        *,
-        num_workers: int = 0,
-        **common,
-    ):
-        super().__init__(data, seeds, fanouts, batch_size, **common)
+    def __init__(self, *args, num_workers: int = 0, **common):  # args: data, seeds, fanouts, batch_size
+        super().__init__(*args, **common)
         dgl = import_dgl()
+        data = self.data
         if "feat" not in data.graph.ndata or "label" not in data.graph.ndata:
             raise ValueError("the DGL loader needs graph.ndata['feat'] and ['label'] (GraphData sets them)")
         self.num_workers = int(num_workers)

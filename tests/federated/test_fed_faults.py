@@ -17,8 +17,8 @@ import pytest
 
 from components.checks import ConfigError
 from components.federated import loopback
-from components.federated.flower_driver import FederationSettings
 from components.federated.config import FedDataConfig, FedModelConfig, FedSpeedConfig, FedStrategyConfig
+from components.federated.flower_driver import FederationSettings
 from components.federated.loopback import RunFiles, run_on_loopback
 from components.federated.schedulers import SCHEDULERS
 from mlsys.flow import compose
