@@ -11,6 +11,7 @@ Model: the MLP on scikit-learn digits (the CNN is ~5x slower per step; 144 runs 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -18,6 +19,16 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from itertools import product
+
+import torch
+from matplotlib.figure import Figure
+
+from benchmarks.common import RESULTS_DIR, parse_mode, target, write_result
+from components.federated import task as fl_task
+from components.federated.config import FedDataConfig, FedModelConfig, FedSpeedConfig, FedStrategyConfig
+from components.federated.federation import build_federation, build_scheduler, build_speeds
+from components.federated.schedulers import SCHEDULERS
+from components.federated.simulator import LocalTrainer, Simulator, VirtualClock
 
 METHODS = ("fedcompass", "fedavg", "fedasync", "fedbuff")
 PARTITIONS = ("class", "dual_dirichlet")
@@ -34,47 +45,20 @@ WEIGHTING = "samples"  # p_i = n_i / n for every method (FedAvg weights by sampl
 
 def run_one(setting: dict) -> dict:
     """One simulated run; returns its summary and its accuracy-vs-time curve."""
-    import torch
-
     torch.set_num_threads(1)
-    from types import SimpleNamespace
-
-    from components.federated import task as fl_task
-    from components.federated.federation import build_federation, build_scheduler, build_speeds
-    from components.federated.simulator import LocalTrainer, Simulator, VirtualClock
-
-    data = SimpleNamespace(
-        name="digits",
-        partition=setting["partition"],
-        test_fraction=0.2,
-        classes_per_client=3,
-        alpha=0.5,
-        alpha_clients=2.0,
-        alpha_classes=2.0,
+    fed = build_federation(
+        FedDataConfig(partition=setting["partition"]), FedModelConfig(kind="mlp"), setting["clients"], setting["seed"]
     )
-    fed = build_federation(data, SimpleNamespace(kind="mlp", width=16), setting["clients"], setting["seed"])
-    strategy = SimpleNamespace(
-        name=setting["method"],
+    scheduler_class = SCHEDULERS[setting["method"]]
+    strategy = FedStrategyConfig(
+        _target_=f"{scheduler_class.__module__}.{scheduler_class.__name__}",
         alpha=ALPHA,
-        staleness="polynomial",
-        staleness_a=0.5,
-        staleness_b=4,
         q_max=Q_MAX,
         q_min=Q_MIN,
-        speed_momentum=0.9,
-        latest_time_factor=1.5,
         local_steps=Q_MAX,
         buffer_size=BUFFER_SIZE,
     )
-    speed = SimpleNamespace(
-        kind=setting["speed"],
-        mean=1.0,
-        sigma_ratio=0.3,
-        jitter=0.0,
-        drift_time=None,
-        drift_fraction=0.0,
-        drift_factor=1.0,
-    )
+    speed = FedSpeedConfig(_target_=f"components.federated.speeds.{setting['speed']}_step_times")
     clock = VirtualClock()
     scheduler = build_scheduler(strategy, setting["clients"], fed.num_examples, fed.initial_weights, clock, WEIGHTING)
     trainer = LocalTrainer(fl_task.local_train, fed.client_data, spec=fed.spec, lr=LR, batch_size=BATCH)
@@ -164,13 +148,9 @@ def paired_ratios(runs: list[dict], speed: str) -> dict:
     return out
 
 
-def figure(runs: list[dict], table: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+def figure(runs: list[dict], table: dict) -> Figure:
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
     m = max(r["clients"] for r in runs)
     shown = {"seed": 0, "partition": runs[0]["partition"], "speed": "exponential", "clients": m}
     for r in runs:
@@ -206,8 +186,6 @@ def figure(runs: list[dict], table: dict):
 
 
 def main(argv=None) -> None:
-    from benchmarks.common import parse_mode
-
     argv = list(sys.argv[1:] if argv is None else argv)
     rescore = "--rescore" in argv  # recompute tables/targets from the runs in the existing JSON
     args = parse_mode(__doc__.split("\n")[0], [a for a in argv if a != "--rescore"])
@@ -237,8 +215,6 @@ def main(argv=None) -> None:
 
 def score(runs: list[dict], args, grid: dict, wall_seconds: float) -> None:
     """Tables, paired ratios, targets, JSON + plot + MLflow from the finished runs."""
-    from benchmarks.common import target, write_result
-
     table = aggregate(runs)
     ratios = paired_ratios(runs, "exponential")
     exp_cells = [table["exponential"][k] for k in table.get("exponential", {})]
@@ -301,10 +277,6 @@ def json_safe(obj):
 
 def rescore_saved(args) -> None:
     """Rebuild the runs (summaries + seed-0 curves) from benchmarks/results/federated.json and score again."""
-    import json
-
-    from benchmarks.common import RESULTS_DIR
-
     saved = json.loads((RESULTS_DIR / "federated.json").read_text())
     res = saved["results"]
     curves = res.get("curves_seed0") or {

@@ -24,18 +24,26 @@ PyG's NeighborLoader is not run: it needs pyg-lib (no wheel for this torch) or t
 
 from __future__ import annotations
 
-import os
+# benchmarks.common applies the environment defaults on import: OMP_WAIT_POLICY=passive must be set before
+# torch loads OpenMP (spinning workers steal the shared cores from the sampling/prefetch threads).
+from benchmarks.common import parse_mode, target, write_result
 
-# Spinning OpenMP workers (libgomp's default) steal the 2 shared cores from the sampling/prefetch
-# threads; must be set before torch initialises OpenMP. Applies to every method alike.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# isort: split
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
-import statistics  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import torch
+from matplotlib.figure import Figure
 
-from benchmarks.common import parse_mode, target, write_result  # noqa: E402
+from components.graph.config import GnnModelConfig, LoaderConfig, TrainingSettings
+from components.graph.data import load_graph_folder
+from components.graph.generator import SyntheticGraphSpec, cached_graph_dir
+from components.graph.loaders import AlignedRowBuffer, StagedFeatureLoader
+from components.graph.models import GCN
+from components.graph.training import evaluate, process_max_rss_mb, train_epoch
+from tasks.gcn_train import make_loader
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CACHE = PROJECT_ROOT / "data" / "gcn_loader" / "graphs"
@@ -63,31 +71,24 @@ QUICK = Mode(
     fanouts=(10, 10),
     gather_repeats=3,
 )
-FULL = Mode(
-    num_nodes=2_200_000,
-    feat_dim=256,
-    train_fraction=0.01,
-    test_fraction=0.005,
-    rounds=6,
-    batch_size=1024,
-    fanouts=(10, 10),
-    gather_repeats=3,
-)
+FULL = replace(QUICK, num_nodes=2_200_000, train_fraction=0.01, test_fraction=0.005, rounds=6)
 
-METHODS = {
-    "dgl": ("DglStandardLoader", {"num_workers": 0}),
-    "staged": ("StagedFeatureLoader", {}),
-    "zero_copy": ("ZeroCopyFeatureLoader", {"align_rows": True, "prefetch": True}),
-    "zero_copy_inline": ("ZeroCopyFeatureLoader", {"align_rows": True, "prefetch": False}),
-    "zero_copy_unaligned": ("ZeroCopyFeatureLoader", {"align_rows": False, "prefetch": True}),
-    "zero_copy_1thread": ("ZeroCopyFeatureLoader", {"align_rows": True, "prefetch": True, "worker_threads": 1}),
+_LOADERS = "components.graph.loaders."
+METHODS = {  # the flow's loader configs (conf/loader/*.yaml), with the ablations' overrides
+    "dgl": LoaderConfig(_target_=_LOADERS + "DglStandardLoader", num_workers=0),
+    "staged": LoaderConfig(_target_=_LOADERS + "StagedFeatureLoader"),
+    "zero_copy": LoaderConfig(_target_=_LOADERS + "ZeroCopyFeatureLoader", align_rows=True, prefetch=True),
+    "zero_copy_inline": LoaderConfig(_target_=_LOADERS + "ZeroCopyFeatureLoader", align_rows=True, prefetch=False),
+    "zero_copy_unaligned": LoaderConfig(_target_=_LOADERS + "ZeroCopyFeatureLoader", align_rows=False, prefetch=True),
+    "zero_copy_1thread": LoaderConfig(
+        _target_=_LOADERS + "ZeroCopyFeatureLoader", align_rows=True, prefetch=True, worker_threads=1
+    ),
 }
+MODEL = GnnModelConfig()  # GCN, the flow's default width and dropout
+TRAINING = TrainingSettings()  # the flow's optimiser settings (Adam lr, weight decay)
 
 
 def _graph(mode: Mode):
-    from components.graph.data import load_graph_folder
-    from components.graph.generator import SyntheticGraphSpec, cached_graph_dir
-
     spec = SyntheticGraphSpec(
         num_nodes=mode.num_nodes,
         feat_dim=mode.feat_dim,
@@ -105,10 +106,6 @@ def _graph(mode: Mode):
 
 def _gather_microbench(data, index_sets, repeats: int) -> dict:
     """Gather-only GB/s for the three styles on the same sampled index sets, alternating."""
-    import torch
-
-    from components.graph.loaders import AlignedRowBuffer
-
     x = data.features
     aligned = AlignedRowBuffer(x.shape[1], x.dtype, "cpu", align_rows=True)
     plain = AlignedRowBuffer(x.shape[1], x.dtype, "cpu", align_rows=False)
@@ -138,33 +135,49 @@ def _gather_microbench(data, index_sets, repeats: int) -> dict:
     return out
 
 
-def run(mode: Mode) -> tuple[dict, list]:
-    import torch
+NOTES = [
+    "machine shared with ~9 other engineers' jobs on 2 cores: absolute times are noisy; "
+    "compare the ratios of methods measured side by side in rotating order",
+    "CPU-only: the CUDA path (pinned host table read by the GPU over UVA) is in "
+    "benchmarks/gcn_loader_cuda.py and was not run here (no GPU)",
+    "PyG NeighborLoader not run: needs pyg-lib (no wheel for torch 2.13) or torch-sparse (~40 min source build)",
+    "OMP_WAIT_POLICY=passive for all methods (spinning OpenMP workers starve the "
+    "sampling/prefetch threads on 2 shared cores)",
+    "peak_rss_mb is the whole process (all methods' models, the graph, and the page-cache "
+    "pages of the memory-mapped table it touched); loader_memory_mb = anonymous memory an "
+    "epoch added at its peak + buffers the loader pre-allocated",
+    "our loaders sample on one DGL thread (reproducible batches); DGL's path samples with its default OpenMP threads",
+]
 
-    from components.graph import loaders
-    from components.graph.models import GCN
-    from components.graph.training import evaluate, process_max_rss_mb, train_epoch
 
-    data, graph_info = _graph(mode)
-    print(f"graph: {data.describe()} ({graph_info})", flush=True)
-    common = dict(shuffle=True, seed=0, device="cpu", sampling_threads=1)
+def _build_methods(data, mode: Mode) -> dict[str, dict]:
+    """Every method's loader, model (the same initial weights) and optimiser."""
     runs = {}
-    for name, (cls_name, options) in METHODS.items():
+    for name, loader_cfg in METHODS.items():
         torch.manual_seed(0)  # the same initial weights for every method
-        model = GCN(data.feat_dim, 64, data.num_classes, num_layers=len(mode.fanouts), dropout=0.5)
-        loader = getattr(loaders, cls_name)(
-            data, data.train_idx, list(mode.fanouts), mode.batch_size, **common, **options
+        model = GCN(data.feat_dim, MODEL.hidden, data.num_classes, num_layers=len(mode.fanouts), dropout=MODEL.dropout)
+        loader = make_loader(
+            loader_cfg,
+            data,
+            data.train_idx,
+            mode.fanouts,
+            mode.batch_size,
+            seed=0,
+            device="cpu",
+            shuffle=True,
+            max_batches=None,
+            sampling_threads=1,
         )
-        runs[name] = {
-            "loader": loader,
-            "model": model,
-            "epochs": [],
-            "optimizer": torch.optim.Adam(model.parameters(), lr=0.005, weight_decay=5e-4),
-        }
+        optimizer = torch.optim.Adam(model.parameters(), lr=TRAINING.lr, weight_decay=TRAINING.weight_decay)
+        runs[name] = {"loader": loader, "model": model, "epochs": [], "optimizer": optimizer}
+    return runs
+
+
+def _train_rounds(runs: dict[str, dict], rounds: int) -> None:
+    """One epoch of every method per round, in a rotating order."""
     names = list(runs)
-    for rnd in range(mode.rounds):
-        order = names[rnd % len(names) :] + names[: rnd % len(names)]
-        for name in order:
+    for rnd in range(rounds):
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
             r = runs[name]
             stats = train_epoch(r["model"], r["optimizer"], r["loader"], rnd)
             r["epochs"].append(stats)
@@ -174,85 +187,79 @@ def run(mode: Mode) -> tuple[dict, list]:
                 flush=True,
             )
 
-    eval_loader = loaders.StagedFeatureLoader(data, data.test_idx, list(mode.fanouts), 4096, shuffle=False, seed=0)
-    results = {
-        "graph": data.describe() | graph_info,
-        "mode": mode.__dict__,
-        "methods": {},
-        "notes": [
-            "machine shared with ~9 other engineers' jobs on 2 cores: absolute times are noisy; "
-            "compare the ratios of methods measured side by side in rotating order",
-            "CPU-only: the CUDA path (pinned host table read by the GPU over UVA) is in "
-            "benchmarks/gcn_loader_cuda.py and was not run here (no GPU)",
-            "PyG NeighborLoader not run: needs pyg-lib (no wheel for torch 2.13) or torch-sparse "
-            "(~40 min source build)",
-            "OMP_WAIT_POLICY=passive for all methods (spinning OpenMP workers starve the "
-            "sampling/prefetch threads on 2 shared cores)",
-            "peak_rss_mb is the whole process (all methods' models, the graph, and the page-cache "
-            "pages of the memory-mapped table it touched); loader_memory_mb = anonymous memory an "
-            "epoch added at its peak + buffers the loader pre-allocated",
-            "our loaders sample on one DGL thread (reproducible batches); DGL's path samples with "
-            "its default OpenMP threads",
-        ],
-    }
-    for name, r in runs.items():
-        steady = r["epochs"][1:]
-        med = lambda key: statistics.median(getattr(s, key) for s in steady)  # noqa: E731
-        gathers = [s.gather_gbps for s in steady if s.gather_gbps is not None]
-        results["methods"][name] = {
-            "epoch_seconds": med("epoch_seconds"),
-            "stall_fraction": med("stall_fraction"),
-            "stall_seconds": med("stall_seconds"),
-            "compute_seconds": med("compute_seconds"),
-            "prep_ms_median": med("prep_ms_median"),
-            "prep_ms_p90": med("prep_ms_p90"),
-            "sample_ms_median": med("sample_ms_median"),
-            "gather_gbps": statistics.median(gathers) if gathers else None,
-            "feed_gbps": med("feed_gbps"),
-            "gathered_gb_per_epoch": med("gathered_gb"),
-            "batches_per_epoch": steady[0].batches,
-            "peak_rss_mb": max(s.peak_rss_mb for s in r["epochs"]),
-            "peak_anon_growth_mb": max(s.peak_anon_growth_mb for s in r["epochs"]),
-            # zero_copy's buffers are allocated once, before the epochs: count them as its memory too.
-            "preallocated_buffers_mb": getattr(r["loader"], "buffer_bytes", 0) / 2**20,
-            "loader_memory_mb": max(s.peak_anon_growth_mb for s in r["epochs"])
-            + getattr(r["loader"], "buffer_bytes", 0) / 2**20,
-            "epoch_seconds_all": [s.epoch_seconds for s in r["epochs"]],
-            "test_accuracy": evaluate(r["model"], eval_loader),
-            "final_train_loss": r["epochs"][-1].loss,
-        }
-        r["loader"].close()
-    m = results["methods"]
-    results["ratios"] = {
-        "zero_copy_epoch_vs_dgl": m["zero_copy"]["epoch_seconds"] / m["dgl"]["epoch_seconds"],
-        "zero_copy_epoch_vs_staged": m["zero_copy"]["epoch_seconds"] / m["staged"]["epoch_seconds"],
-        "staged_epoch_vs_dgl": m["staged"]["epoch_seconds"] / m["dgl"]["epoch_seconds"],
-        "zero_copy_inline_epoch_vs_staged": m["zero_copy_inline"]["epoch_seconds"] / m["staged"]["epoch_seconds"],
-        "zero_copy_unaligned_epoch_vs_zero_copy": m["zero_copy_unaligned"]["epoch_seconds"]
-        / m["zero_copy"]["epoch_seconds"],
-        # The best any loader can do against DGL when data prep is fully hidden behind compute (the
-        # compute is the same model on the same batches): on a CPU, compute and data share the cores.
-        "overlap_bound_vs_dgl": m["dgl"]["compute_seconds"] / m["dgl"]["epoch_seconds"],
+
+def _method_result(r: dict, eval_loader) -> dict:
+    """Medians over the steady rounds (round 0 is warm-up), memory, and test accuracy of one method."""
+    steady = r["epochs"][1:]
+    med = lambda key: statistics.median(getattr(s, key) for s in steady)  # noqa: E731
+    gathers = [s.gather_gbps for s in steady if s.gather_gbps is not None]
+    peak_anon = max(s.peak_anon_growth_mb for s in r["epochs"])
+    buffers_mb = getattr(r["loader"], "buffer_bytes", 0) / 2**20
+    return {
+        **{key: med(key) for key in ("epoch_seconds", "stall_fraction", "stall_seconds", "compute_seconds")},
+        **{key: med(key) for key in ("prep_ms_median", "prep_ms_p90", "sample_ms_median")},
+        "gather_gbps": statistics.median(gathers) if gathers else None,
+        "feed_gbps": med("feed_gbps"),
+        "gathered_gb_per_epoch": med("gathered_gb"),
+        "batches_per_epoch": steady[0].batches,
+        "peak_rss_mb": max(s.peak_rss_mb for s in r["epochs"]),
+        "peak_anon_growth_mb": peak_anon,
+        # zero_copy's buffers are allocated once, before the epochs: count them as its memory too.
+        "preallocated_buffers_mb": buffers_mb,
+        "loader_memory_mb": peak_anon + buffers_mb,
+        "epoch_seconds_all": [s.epoch_seconds for s in r["epochs"]],
+        "test_accuracy": evaluate(r["model"], eval_loader),
+        "final_train_loss": r["epochs"][-1].loss,
     }
 
-    # Paired per-round ratios: both epochs ran back to back in the same round, so slow phases of the
-    # shared machine hit both; the median of these is steadier than a ratio of medians.
+
+def _ratios(m: dict) -> dict:
+    epoch = {name: m[name]["epoch_seconds"] for name in m}
+    return {
+        "zero_copy_epoch_vs_dgl": epoch["zero_copy"] / epoch["dgl"],
+        "zero_copy_epoch_vs_staged": epoch["zero_copy"] / epoch["staged"],
+        "staged_epoch_vs_dgl": epoch["staged"] / epoch["dgl"],
+        "zero_copy_inline_epoch_vs_staged": epoch["zero_copy_inline"] / epoch["staged"],
+        "zero_copy_unaligned_epoch_vs_zero_copy": epoch["zero_copy_unaligned"] / epoch["zero_copy"],
+        # The best any loader can do against DGL when data prep is fully hidden behind compute (the
+        # compute is the same model on the same batches): on a CPU, compute and data share the cores.
+        "overlap_bound_vs_dgl": m["dgl"]["compute_seconds"] / epoch["dgl"],
+    }
+
+
+def _paired_ratios(runs: dict[str, dict]) -> dict:
+    """Per-round ratios: both epochs ran back to back in the same round, so slow phases of the shared
+    machine hit both; the median of these is steadier than a ratio of medians."""
+
     def paired(a: str, b: str) -> float:
         return statistics.median(
             x.epoch_seconds / y.epoch_seconds for x, y in zip(runs[a]["epochs"][1:], runs[b]["epochs"][1:])
         )
 
-    results["paired_ratios"] = {
-        f"{a}_vs_{b}": paired(a, b)
-        for a, b in [
-            ("zero_copy", "dgl"),
-            ("zero_copy", "staged"),
-            ("staged", "dgl"),
-            ("zero_copy_inline", "dgl"),
-            ("zero_copy_1thread", "dgl"),
-            ("zero_copy_unaligned", "zero_copy"),
-        ]
-    }
+    pairs = [
+        ("zero_copy", "dgl"),
+        ("zero_copy", "staged"),
+        ("staged", "dgl"),
+        ("zero_copy_inline", "dgl"),
+        ("zero_copy_1thread", "dgl"),
+        ("zero_copy_unaligned", "zero_copy"),
+    ]
+    return {f"{a}_vs_{b}": paired(a, b) for a, b in pairs}
+
+
+def run(mode: Mode) -> tuple[dict, list]:
+    data, graph_info = _graph(mode)
+    print(f"graph: {data.describe()} ({graph_info})", flush=True)
+    runs = _build_methods(data, mode)
+    _train_rounds(runs, mode.rounds)
+    eval_loader = StagedFeatureLoader(data, data.test_idx, list(mode.fanouts), 4096, shuffle=False, seed=0)
+    results = {"graph": data.describe() | graph_info, "mode": asdict(mode), "methods": {}, "notes": NOTES}
+    for name, r in runs.items():
+        results["methods"][name] = _method_result(r, eval_loader)
+        r["loader"].close()
+    m = results["methods"]
+    results["ratios"] = _ratios(m)
+    results["paired_ratios"] = _paired_ratios(runs)
     # Replay the index sets of a few sampled batches through the gather styles.
     sampler_batches = runs["staged"]["loader"].batches
     index_sets = [
@@ -260,7 +267,6 @@ def run(mode: Mode) -> tuple[dict, list]:
     ]
     results["gather_only"] = _gather_microbench(data, index_sets, mode.gather_repeats)
     results["process_max_rss_mb"] = process_max_rss_mb()
-
     targets = [
         target("feature_table_gb", data.feature_bytes / 1e9, 2.0, ">="),
         target("epoch_time_zero_copy_vs_dgl", results["paired_ratios"]["zero_copy_vs_dgl"], 0.55, "<="),
@@ -275,15 +281,11 @@ def run(mode: Mode) -> tuple[dict, list]:
     return results, targets
 
 
-def plot(results: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(results: dict) -> Figure:
     m = results["methods"]
     names = list(m)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig = Figure(figsize=(16, 4.5))
+    axes = fig.subplots(1, 3)
     compute = [m[n]["compute_seconds"] for n in names]
     stall = [m[n]["stall_seconds"] for n in names]
     axes[0].bar(names, compute, label="compute")

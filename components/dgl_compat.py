@@ -24,6 +24,8 @@ import warnings
 from types import ModuleType
 from typing import Optional
 
+import torch
+
 _GRAPHBOLT = "dgl.graphbolt"
 _lock = threading.Lock()
 GRAPHBOLT_LOADED: Optional[bool] = None  # None until import_dgl() ran; then whether libgraphbolt loaded
@@ -86,9 +88,9 @@ def import_dgl() -> ModuleType:
         finder = _GraphboltFinder()
         sys.meta_path.insert(0, finder)
         try:
-            import dgl  # noqa: F401  (the import under the shim)
-            import dgl.dataloading  # noqa: F401
-            import dgl.nn  # noqa: F401
+            import dgl  # noqa: F401, PLC0415  (imported under the graphbolt shim)
+            import dgl.dataloading  # noqa: F401, PLC0415  (under the shim)
+            import dgl.nn  # noqa: F401, PLC0415  (under the shim)
         finally:
             sys.meta_path.remove(finder)
     return sys.modules["dgl"]
@@ -96,8 +98,6 @@ def import_dgl() -> ModuleType:
 
 def dgl_supports_cuda() -> bool:
     """Whether DGL graphs can move to a GPU here (the PyPI DGL 2.1.0 build cannot)."""
-    import torch
-
     if not torch.cuda.is_available():
         return False
     dgl = import_dgl()

@@ -1,29 +1,27 @@
-"""Prefect tasks of the `federated` flow: build the federation, train one client's local round.
+"""Prefect tasks of the `federated` flow: build the federation, run it (simulator or Flower), log the result.
 
-`train_client` is the coarse unit that fans out: one client's local round (tens of SGD steps). It is
-module-level and takes only picklable values (numpy arrays, a frozen ModelSpec), so `runner=dask`
-ships it to Dask workers.
+`train_client` is the coarse unit that fans out: one client's local round (tens of SGD steps), mapped
+over the jobs of one scheduling point with `train_client.map` on the flow's task runner (threads, or
+Dask workers with runner=dask). It is module-level and takes only picklable values (numpy arrays, a
+frozen ModelSpec), so Dask ships it to its workers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 import numpy as np
-from prefect import task
+from prefect import task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from components.federated import task as fl_task
-from components.federated.federation import (  # noqa: F401 - build_scheduler, build_speeds: used by the flow
-    Federation,
-    build_federation,
-    build_scheduler,
-    build_speeds,
-    set_torch_threads,
-)
-from components.federated.simulator import TrainJob
-from mlsys.runners import fan_out
+from components.federated.config import FedDataConfig, FederatedRunSettings, FedModelConfig
+from components.federated.federation import Federation, build_federation, save_model, set_torch_threads, simulate
+from components.federated.flower_driver import run_flower
+from components.federated.plots import curve_figure
+from components.federated.simulator import SimulationResult, TrainJob
+from mlsys.tracking import Tracker
 
 
 @task(name="train-client", task_run_name="client-{client}-round-{round_index}", cache_policy=NO_CACHE)
@@ -45,131 +43,85 @@ def train_client(
     return fl_task.local_train(weights, x, y, steps, spec, lr=lr, batch_size=batch_size, seed=seed)
 
 
-class FanOutTrainer:
-    """The simulator's trainer inside a flow: the jobs of one scheduling point train in parallel as
-    `train_client` tasks on the flow's task runner (threads, or Dask workers with runner=dask)."""
-
-    def __init__(self, federation: Federation, lr: float, batch_size: int, torch_threads: int = 1):
-        self.federation = federation
-        self.lr, self.batch_size, self.torch_threads = lr, batch_size, torch_threads
-        self._rounds: dict[int, int] = {}
-
-    def __call__(self, jobs: Sequence[TrainJob]) -> list[dict]:
-        calls = []
-        for job in jobs:
-            x, y = self.federation.client_data[job.client]
-            k = self._rounds.get(job.client, 0)
-            self._rounds[job.client] = k + 1
-            calls.append(
-                dict(
-                    client=job.client,
-                    round_index=k,
-                    weights=job.weights,
-                    x=x,
-                    y=y,
-                    steps=job.steps,
-                    spec=self.federation.spec,
-                    lr=self.lr,
-                    batch_size=self.batch_size,
-                    seed=job.seed,
-                    torch_threads=self.torch_threads,
-                )
-            )
-        return fan_out(train_client, calls)
-
-
 @task(name="prepare-federation", cache_policy=NO_CACHE)
-def prepare_federation(data_cfg: Any, model_cfg: Any, n_clients: int, seed: int) -> Federation:
+def prepare_federation(
+    data: FedDataConfig, model: FedModelConfig, n_clients: int, seed: int, torch_threads: int, tracker: Tracker
+) -> Federation:
     """Load the dataset, partition it over the clients, build the model and its initial weights."""
-    return build_federation(data_cfg, model_cfg, n_clients, seed)
+    set_torch_threads(torch_threads)
+    federation = build_federation(data, model, n_clients, seed)
+    tracker.log_params({"data.client_sizes": federation.num_examples})
+    return federation
 
 
-def curve_figure(history: Sequence[dict], title: str):
-    """Accuracy against (virtual) time, one line per run name in `history` rows' "run" key."""
-    import matplotlib
+def _row_logger(tracker: Tracker):
+    def log_row(row: dict) -> None:
+        metrics = {
+            "accuracy": row["accuracy"],
+            "loss": row["loss"],
+            "virtual_time": row["time"],
+            "aggregated_updates": row["aggregated_updates"],
+            "mean_staleness": row["mean_staleness"],
+        }
+        tracker.log_metrics(metrics, step=row["version"])
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    runs: dict[str, list[dict]] = {}
-    for row in history:
-        runs.setdefault(row.get("run", "global model"), []).append(row)
-    for name, rows in runs.items():
-        ax.plot([r["time"] for r in rows], [r["accuracy"] for r in rows], label=name)
-    ax.set_xlabel("time (virtual seconds)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
+    return log_row
 
 
-def run_flower(cfg: Any, federation: Federation, on_event) -> Any:
-    """driver=flower: the configured scheduler over real Flower ClientApps (simulation engine)."""
-    from dataclasses import asdict, replace
+@task(name="federated-run", cache_policy=NO_CACHE)
+def run_federation(
+    run: FederatedRunSettings, seed: int, federation: Federation, loopback_dir: Path, tracker: Tracker
+) -> SimulationResult:
+    """The configured scheduler on the configured driver; accuracy per aggregation goes to MLflow live.
 
-    from components.federated import flower_driver
+    driver=simulator: virtual time, each scheduling point's local rounds as mapped `train_client` tasks;
+    driver=flower: real Flower ClientApps (simulation engine, or a loopback deployment in `loopback_dir`).
+    """
+    if run.driver == "flower":
+        return run_flower(run, seed, federation, loopback_dir, _row_logger(tracker))
+    rounds = [0] * run.clients  # local rounds per client so far: names the task runs
 
-    if cfg.flower.backend not in ("simulation", "deployment"):
-        raise ValueError(f"flower.backend must be simulation or deployment, got {cfg.flower.backend!r}")
-    clock = flower_driver.VirtualWallClock(cfg.flower.seconds_per_virtual_second)
-    strategy = replace(cfg.fed_strategy)  # the round timeout in virtual seconds, at least the wall floor
-    if strategy.round_timeout is not None:
-        strategy.round_timeout = max(
-            strategy.round_timeout, cfg.flower.round_timeout_floor / cfg.flower.seconds_per_virtual_second
+    def train(jobs: Sequence[TrainJob]) -> list[dict]:
+        round_index = []
+        for job in jobs:
+            round_index.append(rounds[job.client])
+            rounds[job.client] += 1
+        futures = train_client.map(
+            client=[job.client for job in jobs],
+            round_index=round_index,
+            weights=[job.weights for job in jobs],
+            x=[federation.client_data[job.client][0] for job in jobs],
+            y=[federation.client_data[job.client][1] for job in jobs],
+            steps=[job.steps for job in jobs],
+            spec=unmapped(federation.spec),
+            lr=unmapped(run.lr),
+            batch_size=unmapped(run.batch_size),
+            seed=[job.seed for job in jobs],
+            torch_threads=unmapped(run.torch_threads),
         )
-    scheduler = build_scheduler(
-        strategy, cfg.clients, federation.num_examples, federation.initial_weights, clock, cfg.client_weighting
-    )
-    settings = flower_driver.FederationSettings(
-        data=asdict(cfg.fed_data),
-        model=asdict(cfg.model),
-        speed=asdict(cfg.fed_speed),
-        n_clients=cfg.clients,
-        seed=cfg.seed,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        seconds_per_virtual_second=cfg.flower.seconds_per_virtual_second,
-        crash_clients=list(cfg.crash_clients),
-        crash_at=cfg.crash_at,
-    )
-    if cfg.flower.backend == "deployment":
-        return _run_loopback_deployment(cfg, settings, strategy, on_event)
-    run = flower_driver.FlowerRun(
-        scheduler,
-        settings,
-        federation.evaluate,
-        max_updates=cfg.rounds,
-        target_accuracy=cfg.target_accuracy,
-        timeout=cfg.flower.timeout,
-        on_event=on_event,
-    )
-    return flower_driver.run_in_simulation(run)
+        return futures.result()
+
+    return simulate(run, seed, federation, train, _row_logger(tracker))
 
 
-def _run_loopback_deployment(cfg: Any, settings, strategy, on_event) -> Any:
-    """flower.backend=deployment: SuperLink + one SuperNode per client on 127.0.0.1 (stopped afterwards), in a
-    fresh folder under work_dir/federated/loopback/ per run; history rows are logged as they arrive."""
-    import json
-    import math
-    from dataclasses import asdict
-
-    from components.federated.loopback import run_on_loopback
-    from components.federated.schedulers import AggregationRecord
-    from components.federated.simulator import SimulationResult
-
-    out = run_on_loopback(
-        settings.to_json(),
-        json.dumps(asdict(strategy)),
-        cfg.rounds,
-        cfg.clients,
-        cfg.target_accuracy,
-        cfg.client_weighting,
-        cfg.flower.timeout,
-        workdir=str(cfg.work_path("federated", "loopback")),
-        on_event=on_event,
-    )
-    summary = {k: (math.inf if v is None else v) for k, v in out["summary"].items()}
-    records = [AggregationRecord(**r) for r in out["records"]]
-    return SimulationResult(out["history"], records, out["weights"], summary, 0, out["lost"], out["lost_clients"])
+@task(name="federated-log-result", cache_policy=NO_CACHE)
+def log_result(
+    run: FederatedRunSettings,
+    federation: Federation,
+    result: SimulationResult,
+    model_dir: Path,
+    register_model: bool,
+    tracker: Tracker,
+) -> dict[str, float]:
+    """History, aggregations, the accuracy curve and the final model to MLflow; returns the summary."""
+    strategy, dataset = run.fed_strategy.name, run.fed_data.name
+    tracker.log_params({"fed_strategy.name": strategy, "fed_data.name": dataset, "fed_speed.kind": run.fed_speed.kind})
+    if result.lost_clients:  # the run went on without them: say so beside the figures
+        tracker.log_params({"lost_client_ids": ",".join(map(str, result.lost_clients))})
+    tracker.log_dict(result.history, "federated/history.json")
+    tracker.log_dict([r.__dict__ for r in result.records], "federated/aggregations.json")
+    tracker.log_figure(curve_figure(result.history, f"{strategy} on {dataset}"), "federated/accuracy_vs_time.png")
+    save_model(model_dir, result.weights, federation.spec, dataset, strategy)
+    name = f"federated-{dataset}-{federation.spec.kind}" if register_model else None
+    tracker.log_model_dir(model_dir, "model", registered_name=name)
+    return dict(result.summary) | {"lost_clients": float(len(result.lost_clients))}

@@ -1,38 +1,36 @@
-"""Prefect tasks of the gcn_train flow: build/load the graph, one training epoch, evaluation, plots.
+"""Prefect tasks of the gcn_train flow: the graph, a model trained and evaluated, the training plots.
 
-Tasks take live objects (graph, model, loader) and run in the flow's process; NO_CACHE keeps
-Prefect from hashing multi-GB tensors for cache keys.
+Tasks take live objects (graph, model) and run in the flow's process; NO_CACHE keeps Prefect from
+hashing multi-GB tensors for cache keys. Loader and model choices are `_target_` configs, built with
+`hydra.utils.instantiate` here (components import no orchestrator).
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from components.graph.config import GnnModelConfig, GraphSource, LoaderConfig, TrainingSettings
 from components.graph.data import GraphData, load_or_generate
-from components.graph.generator import SyntheticGraphSpec
 from components.graph.loaders import FeatureLoader
-from components.graph.training import EpochStats, evaluate, train_epoch
+from components.graph.models import FeatureMLP
+from components.graph.plots import training_figure
+from components.graph.training import EpochStats, FitResult, fit
 from mlsys.tracking import Tracker
 
 
-def _options(cfg: Any) -> dict:
-    """A config dataclass as kwargs, without the unset (None) options of other variants."""
-    return {k: v for k, v in asdict(cfg).items() if v is not None}
-
-
-def build_component(cfg: Any, group: str, **runtime):
-    """`hydra.utils.instantiate` a group config; an option the target does not take is named clearly."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    options = _options(cfg)
+def build_component(cfg: LoaderConfig | GnnModelConfig, group: str, **runtime: Any) -> Any:
+    """Instantiate a `_target_` config without its unset (None) options; an option the class does not
+    take is named with the group."""
+    options = {k: v for k, v in asdict(cfg).items() if v is not None}
     try:
         return instantiate(options, **runtime)
     except InstantiationException as exc:
@@ -42,20 +40,10 @@ def build_component(cfg: Any, group: str, **runtime):
         raise
 
 
-@task(name="gcn-prepare-graph", cache_policy=NO_CACHE)
-def prepare_graph(graph_cfg: Any, seed: int, cache_dir: Path) -> GraphData:
-    """The user's graph (graph.path) or the cached synthetic graph; generated in chunks if missing."""
-    if graph_cfg.path:
-        return load_or_generate(path=graph_cfg.path, seed=seed)
-    fields = {k: v for k, v in asdict(graph_cfg).items() if k != "path"}
-    spec = SyntheticGraphSpec(seed=seed, **fields)
-    return load_or_generate(spec=spec, cache_root=cache_dir)
-
-
 def make_loader(
-    loader_cfg: Any,
+    loader_cfg: LoaderConfig,
     data: GraphData,
-    seeds,
+    seeds: torch.Tensor,
     fanouts: Sequence[int],
     batch_size: int,
     *,
@@ -65,6 +53,7 @@ def make_loader(
     max_batches: Optional[int],
     sampling_threads: int,
 ) -> FeatureLoader:
+    """The configured loader over `seeds` (conf/loader/*.yaml)."""
     return build_component(
         loader_cfg,
         "loader",
@@ -80,69 +69,65 @@ def make_loader(
     )
 
 
-@task(name="gcn-train-epoch", cache_policy=NO_CACHE)
-def train_one_epoch(model, optimizer, loader: FeatureLoader, epoch: int, label: str, progress: bool) -> EpochStats:
-    """One epoch with a progress bar (loss in the postfix)."""
-    from tqdm.auto import tqdm
+@task(name="gcn-prepare-graph", cache_policy=NO_CACHE)
+def prepare_graph(graph: GraphSource, seed: int, cache_dir: Path, tracker: Tracker) -> GraphData:
+    """The user's graph (graph.path) or the cached synthetic graph (generated in chunks if missing); its
+    description goes to MLflow."""
+    if graph.path:
+        data = load_or_generate(path=graph.path, seed=seed)
+    else:
+        data = load_or_generate(spec=graph.synthetic_spec(seed), cache_root=cache_dir)
+    tracker.log_dict(data.describe(), "graph.json")
+    tracker.log_metrics({f"graph.{k}": v for k, v in data.describe().items() if isinstance(v, (int, float))})
+    return data
 
-    with tqdm(total=len(loader), desc=f"{label} epoch {epoch}", disable=not progress, leave=True) as bar:
 
-        def step(_index: int, loss: float) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
+@task(name="gcn-train-and-evaluate", cache_policy=NO_CACHE)
+def train_and_evaluate(
+    data: GraphData,
+    model_cfg: GnnModelConfig,
+    loader_cfg: LoaderConfig,
+    settings: TrainingSettings,
+    seed: int,
+    device: str,
+    tracker: Tracker,
+    baseline: bool = False,
+) -> FitResult:
+    """Train the configured GNN (or, `baseline=True`, the MLP on the same features: what the graph adds)
+    from the run's seed, logging each epoch's metrics (the baseline's under `mlp.`), then test it."""
+    torch.manual_seed(seed)
+    num_layers = len(settings.fanouts)
+    if baseline:
+        model = FeatureMLP(data.feat_dim, model_cfg.hidden, data.num_classes, num_layers, model_cfg.dropout)
+    else:
+        model = build_component(
+            model_cfg, "gnn_model", in_feats=data.feat_dim, num_classes=data.num_classes, num_layers=num_layers
+        )
+    prefix = "mlp." if baseline else ""
 
-        return train_epoch(model, optimizer, loader, epoch, progress=step)
+    def loader(seeds: torch.Tensor, batch_size: int, shuffle: bool, max_batches: Optional[int]) -> FeatureLoader:
+        return make_loader(
+            loader_cfg,
+            data,
+            seeds,
+            settings.fanouts,
+            batch_size,
+            seed=seed,
+            device=device,
+            shuffle=shuffle,
+            max_batches=max_batches,
+            sampling_threads=settings.sampling_threads,
+        )
 
+    def log_epoch(stats: EpochStats, val_accuracy: float) -> None:
+        metrics = {f"{prefix}{k}": v for k, v in stats.metrics().items() if k != "epoch"}
+        tracker.log_metrics(metrics | {f"{prefix}val_accuracy": val_accuracy}, step=stats.epoch)
 
-@task(name="gcn-evaluate", cache_policy=NO_CACHE)
-def evaluate_model(model, loader: FeatureLoader) -> float:
-    return evaluate(model, loader)
+    return fit(model.to(device), data, loader, settings, "mlp" if baseline else "gnn", log_epoch)
 
 
 @task(name="gcn-log-plots", cache_policy=NO_CACHE)
-def log_training_plots(
-    tracker: Tracker, history: list[EpochStats], val_accuracy: list[float], loader_name: str
-) -> None:
-    """Loss/accuracy per epoch, where each epoch's time went, and the per-batch data-prep latency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [s.epoch for s in history]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(epochs, [s.loss for s in history], "o-", label="train loss")
-    ax2 = axes[0].twinx()
-    ax2.plot(epochs, val_accuracy, "s--", color="tab:green", label="val accuracy")
-    axes[0].set(xlabel="epoch", ylabel="loss", title="training")
-    ax2.set_ylabel("val accuracy")
-    axes[1].bar(epochs, [s.compute_seconds for s in history], label="compute")
-    axes[1].bar(
-        epochs, [s.stall_seconds for s in history], bottom=[s.compute_seconds for s in history], label="stalled on data"
-    )
-    axes[1].set(xlabel="epoch", ylabel="seconds", title=f"epoch time ({loader_name})")
-    axes[1].legend()
-    prep = [p for s in history for p in s.prep_ms]
-    axes[2].hist(prep, bins=30)
-    axes[2].set(xlabel="ms", ylabel="batches", title="per-batch data-prep latency")
-    fig.tight_layout()
-    tracker.log_figure(fig, "plots/training.png")
-    plt.close(fig)
-    tracker.log_dict([{k: v for k, v in asdict(s).items()} for s in history], "tables/epochs.json")
-
-
-def summarise(history: list[EpochStats]) -> dict[str, float]:
-    """Medians over epochs after the first (which pays page-cache and allocator warm-up) when possible."""
-    steady = history[1:] if len(history) > 1 else history
-    out = {
-        "epoch_seconds": statistics.median(s.epoch_seconds for s in steady),
-        "stall_fraction": statistics.median(s.stall_fraction for s in steady),
-        "prep_ms_median": statistics.median(s.prep_ms_median for s in steady),
-        "feed_gbps": statistics.median(s.feed_gbps for s in steady),
-        "peak_rss_mb": max(s.peak_rss_mb for s in history),
-        "peak_anon_growth_mb": max(s.peak_anon_growth_mb for s in history),
-    }
-    gathers = [s.gather_gbps for s in steady if s.gather_gbps is not None]
-    if gathers:
-        out["gather_gbps"] = statistics.median(gathers)
-    return out
+def log_training_plots(tracker: Tracker, result: FitResult, loader_name: str) -> None:
+    """Loss/accuracy per epoch, where each epoch's time went, the per-batch data-prep latency; the epochs' table."""
+    tracker.log_figure(training_figure(result, loader_name), "plots/training.png")
+    tracker.log_dict([asdict(s) for s in result.history], "tables/epochs.json")

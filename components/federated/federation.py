@@ -1,22 +1,34 @@
-"""Building a run from plain settings: the federation (data split, model), speeds, the scheduler.
+"""Building a run from its config dataclasses: the federation (data split, model), speeds, the scheduler,
+the simulated run, the saved model.
 
-Shared by the flow's tasks, the benchmark and the Flower apps (which rebuild a run from their
-run config). Settings objects only need the attributes named (config dataclasses, SimpleNamespace).
+Shared by the flow's tasks, the benchmark and the Flower apps (which rebuild a run from their run config).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import json
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import torch
 
 from components.federated import aggregators as agg
 from components.federated import partitions, speeds
 from components.federated import task as fl_task
-from components.federated.schedulers import SCHEDULERS, Scheduler
+from components.federated.config import (
+    FedDataConfig,
+    FederatedRunSettings,
+    FedModelConfig,
+    FedSpeedConfig,
+    FedStrategyConfig,
+)
+from components.federated.schedulers import Scheduler
+from components.federated.simulator import SimulationResult, Simulator, Trainer, VirtualClock
 
 
 @dataclass
@@ -40,14 +52,13 @@ class Federation:
 def set_torch_threads(threads: int) -> None:
     """Clients run in parallel as tasks; each uses `threads` intra-op threads (1: the 2-core machine
     is shared, and oversubscribed torch threads are ~20x slower here)."""
-    import torch
-
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
 
-def build_federation(data_cfg: Any, model_cfg: Any, n_clients: int, seed: int) -> Federation:
-    dataset = fl_task.load_dataset(data_cfg.name, seed=seed, test_fraction=data_cfg.test_fraction)
+def build_federation(data_cfg: FedDataConfig, model_cfg: FedModelConfig, n_clients: int, seed: int) -> Federation:
+    """Load the dataset, partition it over the clients, build the model spec and its initial weights."""
+    dataset = data_cfg.loader(seed=seed, test_fraction=data_cfg.test_fraction)
     parts = partitions.make_partition(
         data_cfg.partition,
         dataset.y_train,
@@ -63,9 +74,9 @@ def build_federation(data_cfg: Any, model_cfg: Any, n_clients: int, seed: int) -
     return Federation(dataset, client_data, spec, fl_task.initial_weights(spec, seed))
 
 
-def build_speeds(speed_cfg: Any, n_clients: int, seed: int) -> speeds.ClientSpeeds:
+def build_speeds(speed_cfg: FedSpeedConfig, n_clients: int, seed: int) -> speeds.ClientSpeeds:
     return speeds.make_speeds(
-        speed_cfg.kind,
+        speed_cfg.sampler,
         n_clients,
         speed_cfg.mean,
         seed,
@@ -74,43 +85,68 @@ def build_speeds(speed_cfg: Any, n_clients: int, seed: int) -> speeds.ClientSpee
         drift_time=speed_cfg.drift_time,
         drift_fraction=speed_cfg.drift_fraction,
         drift_factor=speed_cfg.drift_factor,
-        step_times=getattr(speed_cfg, "step_times", None),
+        step_times=speed_cfg.step_times,
     )
 
 
 def build_scheduler(
-    strategy_cfg: Any,
+    strategy_cfg: FedStrategyConfig,
     n_clients: int,
     num_examples: Sequence[int],
     initial_weights: dict,
     clock,
     client_weighting: str = "equal",
 ) -> Scheduler:
-    """The scheduler `strategy_cfg.name` names, with its aggregator and the hyperparameters it takes."""
-    if strategy_cfg.name not in SCHEDULERS:
-        raise ValueError(f"unknown strategy {strategy_cfg.name!r}; choose one of {sorted(SCHEDULERS)}")
-    cls = SCHEDULERS[strategy_cfg.name]
-    if strategy_cfg.name == "fedavg":
-        aggregator = agg.FedAvgAggregator()
-    else:
-        aggregator_cls = {
-            "fedasync": agg.FedAsyncAggregator,
-            "fedbuff": agg.FedBuffAggregator,
-            "fedcompass": agg.FedCompassAggregator,
-        }[strategy_cfg.name]
-        aggregator = aggregator_cls(
-            agg.client_weights(num_examples, client_weighting),
-            alpha=strategy_cfg.alpha,
-            staleness_fn=agg.make_staleness_fn(
-                strategy_cfg.staleness, strategy_cfg.staleness_a, strategy_cfg.staleness_b
-            ),
-        )
-    accepted = set(inspect.signature(cls.__init__).parameters) - {
-        "self",
-        "n_clients",
-        "aggregator",
-        "initial_weights",
-        "clock",
+    """The scheduler class `strategy_cfg._target_` names, with its server step and the hyperparameters it takes."""
+    cls = strategy_cfg.scheduler_class
+    aggregator = cls.make_aggregator(
+        agg.client_weights(num_examples, client_weighting),
+        strategy_cfg.alpha,
+        agg.make_staleness_fn(strategy_cfg.staleness, strategy_cfg.staleness_a, strategy_cfg.staleness_b),
+    )
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    accepted = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]  # after *runtime: its hyperparameters
+    return cls(n_clients, aggregator, initial_weights, clock, **{k: getattr(strategy_cfg, k) for k in accepted})
+
+
+def simulate(
+    run: FederatedRunSettings,
+    seed: int,
+    federation: Federation,
+    trainer: Trainer,
+    on_event: Optional[Callable[[dict], None]] = None,
+) -> SimulationResult:
+    """driver=simulator: the configured scheduler in virtual time; `trainer` trains each batch of jobs."""
+    clock = VirtualClock()
+    scheduler = build_scheduler(
+        run.fed_strategy, run.clients, federation.num_examples, federation.initial_weights, clock, run.client_weighting
+    )
+    simulator = Simulator(
+        scheduler,
+        clock,
+        build_speeds(run.fed_speed, run.clients, seed),
+        trainer,
+        federation.evaluate,
+        seed=seed,
+        time_budget=run.time_budget if run.time_budget is not None else math.inf,
+        max_updates=run.rounds,
+        target_accuracy=run.target_accuracy,
+        crash_at={c: run.crash_at for c in run.crash_clients},
+        on_event=on_event,
+    )
+    return simulator.run()
+
+
+def save_model(folder: Path, weights: dict, spec: fl_task.ModelSpec, dataset: str, strategy: str) -> Path:
+    """The global model as `weights.npz` + `model.json` (architecture, dataset, strategy) in `folder`."""
+    np.savez(folder / "weights.npz", **weights)
+    description = {
+        "kind": spec.kind,
+        "input_shape": list(spec.input_shape),
+        "n_classes": spec.n_classes,
+        "width": spec.width,
+        "dataset": dataset,
+        "strategy": strategy,
     }
-    kwargs = {k: getattr(strategy_cfg, k) for k in accepted}
-    return cls(n_clients, aggregator, initial_weights, clock, **kwargs)
+    (folder / "model.json").write_text(json.dumps(description))
+    return folder

@@ -18,15 +18,30 @@ ClientApp serves the simulation engine and SuperNodes.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from components.federated.schedulers import Assignment, Scheduler
+from components.federated import task as fl_task
+from components.federated.config import (
+    FedDataConfig,
+    FederatedRunSettings,
+    FedModelConfig,
+    FedSpeedConfig,
+    FedStrategyConfig,
+)
+from components.federated.federation import Federation, build_federation, build_scheduler, build_speeds
+from components.federated.loopback import run_on_loopback
+from components.federated.schedulers import AggregationRecord, Assignment, Scheduler
 from components.federated.simulator import SimulationResult, history_row, require_complete, summarize
 
 TRAIN = "train"
@@ -34,9 +49,7 @@ WARMUP = "query"  # before the clock starts: every ClientApp loads its data and 
 
 
 # --- codec: numpy weight dicts <-> Flower records --------------------------------------------
-def to_array_record(weights: dict):
-    from flwr.app import Array, ArrayRecord
-
+def to_array_record(weights: dict) -> ArrayRecord:
     return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
 
 
@@ -66,19 +79,13 @@ class FederationSettings:
 @functools.lru_cache(maxsize=4)
 def _client_side(settings_json: str):
     """Per process (Ray actor / SuperNode): dataset split, model spec and speeds, built once."""
-    from types import SimpleNamespace
-
-    from components.federated.federation import build_federation, build_speeds
-
     s = json.loads(settings_json)
-    fed = build_federation(SimpleNamespace(**s["data"]), SimpleNamespace(**s["model"]), s["n_clients"], s["seed"])
-    return fed.client_data, fed.spec, build_speeds(SimpleNamespace(**s["speed"]), s["n_clients"], s["seed"]), s
+    fed = build_federation(FedDataConfig(**s["data"]), FedModelConfig(**s["model"]), s["n_clients"], s["seed"])
+    return fed.client_data, fed.spec, build_speeds(FedSpeedConfig(**s["speed"]), s["n_clients"], s["seed"]), s
 
 
 def client_train(content_config: dict, weights: dict) -> dict:
     """The ClientApp's work for one "train" message: sleep out the emulated speed, then train."""
-    import torch
-
     torch.set_num_threads(1)  # many clients share two cores
     client_data, spec, client_speeds, s = _client_side(content_config["settings"])
     client, steps = int(content_config["client"]), int(content_config["steps"])
@@ -88,8 +95,6 @@ def client_train(content_config: dict, weights: dict) -> dict:
     rng = np.random.default_rng([s["seed"], client, int(content_config["round"]), 1])
     started = time.monotonic()
     x, y = client_data[client]
-    from components.federated import task as fl_task
-
     update = fl_task.local_train(
         weights, x, y, steps, spec, lr=s["lr"], batch_size=s["batch_size"], seed=int(content_config["seed"])
     )
@@ -129,10 +134,17 @@ class VirtualWallClock:
 
 def serve(grid, run: FlowerRun) -> SimulationResult:
     """Drive `run.scheduler` over the Grid's nodes until `max_updates` global updates (or timeout)."""
-    from flwr.app import ConfigRecord, Message, RecordDict
-
-    n = run.scheduler.n_clients
     deadline = time.monotonic() + run.timeout
+    node_of = _connected_nodes(grid, run.scheduler.n_clients, deadline)
+    _warm_up(grid, node_of, run.settings.to_json(), deadline)
+    if run.on_started is not None:
+        run.on_started()
+    run.result = _ServerLoop(grid, run, node_of, deadline).run()
+    return run.result
+
+
+def _connected_nodes(grid, n: int, deadline: float) -> dict[int, int]:
+    """Client id -> Flower node id, once all `n` nodes have connected."""
     nodes: list[int] = []
     while len(nodes) < n:
         nodes = sorted(grid.get_node_ids())
@@ -140,100 +152,113 @@ def serve(grid, run: FlowerRun) -> SimulationResult:
             raise TimeoutError(f"only {len(nodes)} of {n} Flower nodes connected")
         if len(nodes) < n:
             time.sleep(0.2)
-    node_of = {c: nodes[c] for c in range(n)}
-    _warm_up(grid, node_of, run.settings.to_json(), deadline)
-    if run.on_started is not None:
-        run.on_started()
-    lost_clients: set[int] = set()
-    in_flight: dict[str, int] = {}  # message id -> client
-    rounds = [0] * n
-    waiting_since: dict[int, float] = {}
-    idle = 0.0
-    history: list[dict] = []
-    settings_json = run.settings.to_json()
-    scheduler = run.scheduler
+    return {c: nodes[c] for c in range(n)}
 
-    def push(assignments: list[Assignment]) -> None:
-        nonlocal idle
-        messages, clients = [], []
-        for a in assignments:
-            idle += scheduler.now() - waiting_since.pop(a.client, scheduler.now())
-            seed = int(np.random.SeedSequence([run.settings.seed, a.client, rounds[a.client]]).generate_state(1)[0])
-            config = ConfigRecord(
-                {
-                    "client": a.client,
-                    "steps": a.steps,
-                    "round": rounds[a.client],
-                    "seed": seed,
-                    "virtual_now": float(scheduler.now()),
-                    "settings": settings_json,
-                }
-            )
-            rounds[a.client] += 1
-            content = RecordDict({"arrays": to_array_record(a.weights), "config": config})
-            messages.append(Message(content=content, dst_node_id=node_of[a.client], message_type=TRAIN))
-            clients.append(a.client)
-        if messages:
-            for mid, client in zip(grid.push_messages(messages), clients):
-                in_flight[mid] = client
 
-    def record(before: int) -> None:
-        if scheduler.version != before:
-            row = history_row(scheduler, before, scheduler.now(), run.evaluate)
-            history.append(row)
-            if run.on_event is not None:
-                run.on_event(row)
+class _ServerLoop:
+    """The ServerApp's main loop: assignments out as "train" messages, replies in as arrivals, timers fired."""
 
-    push(scheduler.start())
-    while scheduler.version < run.max_updates and time.monotonic() < deadline and scheduler.failure is None:
-        due = scheduler.next_deadline()
-        if due is not None and scheduler.now() >= due:
-            before = scheduler.version
-            push(scheduler.on_timer())
-            record(before)
-        if not in_flight and scheduler.next_deadline() is None:
-            break  # nothing can happen any more (every client lost)
-        for reply in grid.pull_messages(list(in_flight)):
-            client = in_flight.pop(reply.metadata.reply_to_message_id)
-            if reply.has_error():  # its ClientApp failed, or its node is gone (Flower's NODE_UNAVAILABLE)
-                run.lost += 1
-                lost_clients.add(client)
-                before = scheduler.version
-                push(scheduler.on_failure(client))
-                record(before)
-                continue
-            lost_clients.discard(client)
-            update = {
-                "delta": from_array_record(reply.content["delta"]),
-                "buffers": from_array_record(reply.content["buffers"]) if "buffers" in reply.content else {},
-                **{k: v for k, v in reply.content["metrics"].items()},
+    def __init__(self, grid, run: FlowerRun, node_of: dict[int, int], deadline: float):
+        self.grid, self.run_spec, self.node_of, self.deadline = grid, run, node_of, deadline
+        self.scheduler = run.scheduler
+        self.settings_json = run.settings.to_json()
+        n = self.scheduler.n_clients
+        self.lost_clients: set[int] = set()
+        self.in_flight: dict[str, int] = {}  # message id -> client
+        self.rounds = [0] * n
+        self.waiting_since: dict[int, float] = {}
+        self.idle = 0.0
+        self.history: list[dict] = []
+
+    def _message(self, a: Assignment) -> Message:
+        seed = int(
+            np.random.SeedSequence([self.run_spec.settings.seed, a.client, self.rounds[a.client]]).generate_state(1)[0]
+        )
+        config = ConfigRecord(
+            {
+                "client": a.client,
+                "steps": a.steps,
+                "round": self.rounds[a.client],
+                "seed": seed,
+                "virtual_now": float(self.scheduler.now()),
+                "settings": self.settings_json,
             }
-            waiting_since[client] = scheduler.now()
-            before = scheduler.version
-            push(scheduler.on_arrival(client, update))
-            record(before)
-        time.sleep(run.poll_interval)
-    end = scheduler.now()
-    idle += sum(end - since for since in waiting_since.values())
-    lost = sorted(lost_clients | scheduler.lost)
-    stopped_by = (
-        f"the server loop's timeout of {run.timeout:g} s"
-        if time.monotonic() >= deadline
-        else "no client could answer any more"
-    )
-    require_complete(scheduler, run.max_updates, lost, stopped_by)
-    summary = summarize(scheduler, history, end, idle, n - len(lost), run.target_accuracy)
-    run.result = SimulationResult(
-        history, list(scheduler.records), scheduler.weights, summary, sum(rounds), run.lost, lost
-    )
-    return run.result
+        )
+        self.rounds[a.client] += 1
+        content = RecordDict({"arrays": to_array_record(a.weights), "config": config})
+        return Message(content=content, dst_node_id=self.node_of[a.client], message_type=TRAIN)
+
+    def push(self, assignments: list[Assignment]) -> None:
+        now = self.scheduler.now()
+        messages = []
+        for a in assignments:
+            self.idle += now - self.waiting_since.pop(a.client, now)
+            messages.append(self._message(a))
+        if messages:
+            for mid, a in zip(self.grid.push_messages(messages), assignments):
+                self.in_flight[mid] = a.client
+
+    def event(self, handle: Callable[[], list[Assignment]]) -> None:
+        """Hand one event to the scheduler, send what it assigns, evaluate when the global model changed."""
+        before = self.scheduler.version
+        self.push(handle())
+        if self.scheduler.version != before:
+            row = history_row(self.scheduler, before, self.scheduler.now(), self.run_spec.evaluate)
+            self.history.append(row)
+            if self.run_spec.on_event is not None:
+                self.run_spec.on_event(row)
+
+    def reply(self, reply) -> None:
+        client = self.in_flight.pop(reply.metadata.reply_to_message_id)
+        if reply.has_error():  # its ClientApp failed, or its node is gone (Flower's NODE_UNAVAILABLE)
+            self.run_spec.lost += 1
+            self.lost_clients.add(client)
+            self.event(lambda: self.scheduler.on_failure(client))
+            return
+        self.lost_clients.discard(client)
+        update = {
+            "delta": from_array_record(reply.content["delta"]),
+            "buffers": from_array_record(reply.content["buffers"]) if "buffers" in reply.content else {},
+            **{k: v for k, v in reply.content["metrics"].items()},
+        }
+        self.waiting_since[client] = self.scheduler.now()
+        self.event(lambda: self.scheduler.on_arrival(client, update))
+
+    def run(self) -> SimulationResult:
+        scheduler, run = self.scheduler, self.run_spec
+        self.push(scheduler.start())
+        while scheduler.version < run.max_updates and time.monotonic() < self.deadline and scheduler.failure is None:
+            due = scheduler.next_deadline()
+            if due is not None and scheduler.now() >= due:
+                self.event(scheduler.on_timer)
+            if not self.in_flight and scheduler.next_deadline() is None:
+                break  # nothing can happen any more (every client lost)
+            for reply in self.grid.pull_messages(list(self.in_flight)):
+                self.reply(reply)
+            time.sleep(run.poll_interval)
+        return self.result()
+
+    def result(self) -> SimulationResult:
+        scheduler, run = self.scheduler, self.run_spec
+        end = scheduler.now()
+        idle = self.idle + sum(end - since for since in self.waiting_since.values())
+        lost = sorted(self.lost_clients | scheduler.lost)
+        stopped_by = (
+            f"the server loop's timeout of {run.timeout:g} s"
+            if time.monotonic() >= self.deadline
+            else "no client could answer any more"
+        )
+        require_complete(scheduler, run.max_updates, lost, stopped_by)
+        n = scheduler.n_clients
+        summary = summarize(scheduler, self.history, end, idle, n - len(lost), run.target_accuracy)
+        return SimulationResult(
+            self.history, list(scheduler.records), scheduler.weights, summary, sum(self.rounds), run.lost, lost
+        )
 
 
 def _warm_up(grid, node_of: dict[int, int], settings_json: str, deadline: float) -> None:
     """Have every ClientApp build its partition before the scheduler's clock starts: otherwise actor
     start-up (seconds of imports) would be mistaken for slow training by the speed estimates."""
-    from flwr.app import ConfigRecord, Message, RecordDict
-
     messages = [
         Message(
             content=RecordDict({"config": ConfigRecord({"client": c, "settings": settings_json})}),
@@ -264,13 +289,11 @@ def client_warm_up(content_config: dict) -> int:
 
 def run_in_simulation(run: FlowerRun, client_app_module: str = "components.federated.client_app") -> SimulationResult:
     """Run the loop in Flower's simulation engine (Ray): one SuperNode per client, ClientApps as actors."""
-    import importlib
+    from flwr.simulation import run_simulation  # noqa: PLC0415  (start-up cost: Ray, only for this driver)
 
-    from flwr.simulation import run_simulation
+    from components.federated.server_app import make_server_app  # noqa: PLC0415  (import cycle: it imports us)
 
-    from components.federated.server_app import make_server_app
-
-    client_app = importlib.import_module(client_app_module).app
+    client_app = importlib.import_module(client_app_module).app  # the ClientApp module imports this one
     run_simulation(
         server_app=make_server_app(run),
         client_app=client_app,
@@ -289,14 +312,10 @@ def run_in_simulation(run: FlowerRun, client_app_module: str = "components.feder
 
 def flower_run_from_run_config(run_config: dict) -> FlowerRun:
     """A deployment ServerApp's run, rebuilt from plain run-config values (JSON strings)."""
-    from types import SimpleNamespace
-
-    from components.federated.federation import build_federation, build_scheduler
-
     settings = FederationSettings(**json.loads(run_config["settings"]))
-    strategy = SimpleNamespace(**json.loads(run_config["strategy"]))
+    strategy = FedStrategyConfig(**json.loads(run_config["strategy"]))
     fed = build_federation(
-        SimpleNamespace(**settings.data), SimpleNamespace(**settings.model), settings.n_clients, settings.seed
+        FedDataConfig(**settings.data), FedModelConfig(**settings.model), settings.n_clients, settings.seed
     )
     clock = VirtualWallClock(settings.seconds_per_virtual_second)
     scheduler = build_scheduler(
@@ -316,3 +335,77 @@ def flower_run_from_run_config(run_config: dict) -> FlowerRun:
         target_accuracy=target if target >= 0 else None,
         timeout=float(run_config.get("timeout", 600.0)),
     )
+
+
+def federation_settings(run: FederatedRunSettings, seed: int) -> FederationSettings:
+    """What every ClientApp rebuilds its side from (the user's step times already read from their file)."""
+    return FederationSettings(
+        data=asdict(run.fed_data),
+        model=asdict(run.model),
+        speed=asdict(replace(run.fed_speed, step_times_file=None)),
+        n_clients=run.clients,
+        seed=seed,
+        lr=run.lr,
+        batch_size=run.batch_size,
+        seconds_per_virtual_second=run.flower.seconds_per_virtual_second,
+        crash_clients=list(run.crash_clients),
+        crash_at=run.crash_at,
+    )
+
+
+def run_flower(
+    run: FederatedRunSettings,
+    seed: int,
+    federation: Federation,
+    workdir: Path,
+    on_event: Optional[Callable[[dict], None]] = None,
+) -> SimulationResult:
+    """driver=flower: the configured scheduler over real Flower ClientApps, in Flower's simulation engine
+    (flower.backend=simulation) or on a loopback SuperLink + SuperNodes (deployment, a run folder in `workdir`)."""
+    strategy = replace(run.fed_strategy)  # the round timeout in virtual seconds, at least the wall floor
+    if strategy.round_timeout is not None:
+        strategy.round_timeout = max(
+            strategy.round_timeout, run.flower.round_timeout_floor / run.flower.seconds_per_virtual_second
+        )
+    settings = federation_settings(run, seed)
+    if run.flower.backend == "deployment":
+        return _run_loopback_deployment(run, settings, strategy, workdir, on_event)
+    clock = VirtualWallClock(run.flower.seconds_per_virtual_second)
+    scheduler = build_scheduler(
+        strategy, run.clients, federation.num_examples, federation.initial_weights, clock, run.client_weighting
+    )
+    flower_run = FlowerRun(
+        scheduler,
+        settings,
+        federation.evaluate,
+        max_updates=run.rounds,
+        target_accuracy=run.target_accuracy,
+        timeout=run.flower.timeout,
+        on_event=on_event,
+    )
+    return run_in_simulation(flower_run)
+
+
+def _run_loopback_deployment(
+    run: FederatedRunSettings,
+    settings: FederationSettings,
+    strategy: FedStrategyConfig,
+    workdir: Path,
+    on_event: Optional[Callable[[dict], None]],
+) -> SimulationResult:
+    """SuperLink + one SuperNode per client on 127.0.0.1 (stopped afterwards), in a fresh folder under
+    `workdir` per run; history rows are handed to `on_event` as they arrive."""
+    out = run_on_loopback(
+        settings.to_json(),
+        json.dumps(asdict(strategy)),
+        run.rounds,
+        run.clients,
+        run.target_accuracy,
+        run.client_weighting,
+        run.flower.timeout,
+        workdir=str(workdir),
+        on_event=on_event,
+    )
+    summary = {k: (math.inf if v is None else v) for k, v in out["summary"].items()}
+    records = [AggregationRecord(**r) for r in out["records"]]
+    return SimulationResult(out["history"], records, out["weights"], summary, 0, out["lost"], out["lost_clients"])

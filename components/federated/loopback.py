@@ -17,6 +17,7 @@ before the run started, the ServerApp writing an error, or Flower marking the Se
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -32,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,10 +119,6 @@ class RunFiles:
             handle.write(json.dumps({"nonce": self.nonce, **event}, default=_plain_number) + "\n")
 
     def write_result(self, result) -> None:
-        import math
-
-        import numpy as np
-
         partial = self.folder / "result.partial.npz"
         np.savez(partial, **result.weights)
         os.replace(partial, self.result_path.with_suffix(".npz"))
@@ -210,6 +209,210 @@ def new_run_name() -> str:
     return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+FLOWER_EXECUTABLES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr")
+
+
+@dataclass
+class _Ports:
+    """The loopback ports of one run: the SuperLink's three APIs and each SuperNode's ClientAppIo API."""
+
+    fleet: int
+    serverappio: int
+    control: int
+    clientappio: list[int]
+
+    @classmethod
+    def free(cls, n_clients: int) -> _Ports:
+        return cls(_free_port(), _free_port(), _free_port(), [_free_port() for _ in range(n_clients)])
+
+    @property
+    def app_addresses(self) -> list[str]:
+        """The addresses the run's app processes (flwr-serverapp / flwr-clientapp) attach to."""
+        return [f"127.0.0.1:{port}" for port in (self.serverappio, *self.clientappio)]
+
+
+def _flower_bin() -> Path:
+    """The folder of Flower's executables: next to sys.executable (the SuperLink starts them by name)."""
+    bin_dir = Path(sys.executable).parent
+    missing = [name for name in FLOWER_EXECUTABLES if not (bin_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"Flower executables {missing} are not in {bin_dir} (next to {sys.executable}): "
+            "install flwr into this environment"
+        )
+    return bin_dir
+
+
+def _prepare_run_folder(work: Path, ports: _Ports, run_config: dict, bin_dir: Path) -> dict[str, str]:
+    """The app folder and FLWR_HOME of the run in `work`; returns the processes' environment."""
+    (work / "app").mkdir()
+    home = work / "flwr_home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{ports.control}"\n'
+        "insecure = true\n"
+    )
+    write_app(work / "app", run_config)
+    return {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
+    }
+
+
+class _LoopbackProcesses:
+    """The SuperLink and SuperNodes of one run, each in its own session; all stopped on exit."""
+
+    def __init__(self, work: Path, env: dict[str, str], ports: _Ports, bin_dir: Path):
+        self.work, self.env, self.ports, self.bin_dir = work, env, ports, bin_dir
+        self.log_path = work / "processes.log"
+        self.log = open(self.log_path, "ab")
+        self.procs: list[subprocess.Popen] = []
+        self.superlink: Optional[subprocess.Popen] = None
+        self.supernodes: list[subprocess.Popen] = []
+        self.started = False  # set once the ServerApp reported that every ClientApp answered
+
+    def __enter__(self) -> _LoopbackProcesses:
+        return self
+
+    def _start(self, cmd: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            cmd, env=self.env, cwd=self.work, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start(self, n_clients: int) -> None:
+        ports, loopback = self.ports, "127.0.0.1"
+        self.superlink = self._start(
+            [
+                str(self.bin_dir / "flower-superlink"),
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--fleet-api-address",
+                f"{loopback}:{ports.fleet}",
+                "--serverappio-api-address",
+                f"{loopback}:{ports.serverappio}",
+                "--control-api-address",
+                f"{loopback}:{ports.control}",
+                "--database",
+                str(self.work / "state.db"),
+            ]
+        )
+        self.supernodes = [
+            self._start(
+                [
+                    str(self.bin_dir / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"{loopback}:{ports.fleet}",
+                    "--clientappio-api-address",
+                    f"{loopback}:{ports.clientappio[client]}",
+                    "--node-config",
+                    f"partition-id={client}",
+                ]
+            )
+            for client in range(n_clients)
+        ]
+
+    def fail(self, reason: str) -> RuntimeError:
+        return RuntimeError(
+            f"Flower deployment run {self.work.name}: {reason}\n"
+            f"  last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
+        )
+
+    def check(self) -> None:
+        """Raise at once when the SuperLink exited, or a SuperNode did before the run started."""
+        if self.superlink.poll() is not None:
+            raise self.fail(f"the SuperLink exited with code {self.superlink.returncode}")
+        if not self.started:  # after the start, a lost node is the server's business (round timeouts)
+            for client, node in enumerate(self.supernodes):
+                if node.poll() is not None:
+                    raise self.fail(
+                        f"the SuperNode of client {client} exited with code {node.returncode} before the run started"
+                    )
+
+    def submit(self, deadline: float, timeout: float) -> int:
+        """`flwr run` the app until the SuperLink accepts it; returns Flower's run id."""
+        while True:
+            self.check()
+            if time.monotonic() > deadline:
+                raise self.fail(f"flwr run was not accepted within {timeout:g} s")
+            time.sleep(1)  # the SuperLink needs a moment to listen
+            submit = subprocess.run(
+                [str(self.bin_dir / "flwr"), "run", str(self.work / "app"), "loopback"],
+                env=self.env,
+                cwd=self.work,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            self.log.write((submit.stdout + submit.stderr).encode())
+            self.log.flush()
+            found = re.search(r"started run (\d+)", submit.stdout + submit.stderr)
+            if submit.returncode == 0 and found:
+                return int(found.group(1))
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:  # each started in its own session: stop it and its app subprocesses
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        # App processes (flwr-serverapp / flwr-clientapp) may outlive their parents: stop the ones
+        # attached to this run's own API addresses, by pid.
+        _stop_app_processes(self.ports.app_addresses)
+        self.log.close()
+
+
+def _wait_for_result(
+    files: RunFiles,
+    procs: _LoopbackProcesses,
+    flower_run_id: int,
+    deadline: float,
+    timeout: float,
+    on_event: Optional[Callable[[dict], None]],
+) -> dict:
+    """Follow the run's events until the ServerApp's result; raise at once on any reason it cannot come."""
+    seen = 0
+
+    def follow() -> None:
+        nonlocal seen
+        for event in files.read_events(seen):
+            seen += 1
+            if event["event"] == "started":
+                procs.started = True
+            elif event["event"] == "row" and on_event is not None:
+                on_event(event["row"])
+
+    while (result := files.read_result()) is None:
+        error = files.read_error()
+        if error is not None:
+            raise procs.fail(f"the ServerApp failed: {error}")
+        follow()
+        procs.check()
+        status = _serverapp_task_status(procs.work / "state.db", flower_run_id)
+        if status is not None and files.read_result() is None and files.read_error() is None:
+            sub_status, details = status
+            raise procs.fail(
+                f"the ServerApp ended ({sub_status or 'finished'}) without a result"
+                + (f": {details}" if details else "")
+            )
+        if time.monotonic() > deadline:
+            raise procs.fail(f"no result from the ServerApp after {timeout:g} s")
+        time.sleep(0.5)
+    follow()
+    with np.load(files.result_path.with_suffix(".npz")) as arrays:
+        result["weights"] = {k: arrays[k] for k in arrays.files}
+    return result
+
+
 def run_on_loopback(
     settings_json: str,
     strategy_json: str,
@@ -228,168 +431,21 @@ def run_on_loopback(
     work = base / (run_name or new_run_name())
     work.mkdir(parents=True, exist_ok=False)  # never a folder another run has written to
     files = RunFiles(work, secrets.token_hex(8))
-    (work / "app").mkdir()
-    home = work / "flwr_home"
-    home.mkdir()
-    fleet, serverappio, control = _free_port(), _free_port(), _free_port()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{control}"\ninsecure = true\n'
-    )
-    write_app(
-        work / "app",
-        {
-            "settings": settings_json,
-            "strategy": strategy_json,
-            "rounds": int(rounds),
-            "target-accuracy": float(target_accuracy),
-            "client-weighting": client_weighting,
-            "timeout": float(timeout),
-            "run-folder": str(work),
-            "run-nonce": files.nonce,
-        },
-    )
-    bin_dir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
+    ports = _Ports.free(n_clients)
+    run_config = {
+        "settings": settings_json,
+        "strategy": strategy_json,
+        "rounds": int(rounds),
+        "target-accuracy": float(target_accuracy),
+        "client-weighting": client_weighting,
+        "timeout": float(timeout),
+        "run-folder": str(work),
+        "run-nonce": files.nonce,
     }
-    missing = [
-        name
-        for name in ("flower-superlink", "flower-supernode", "flower-superexec", "flwr")
-        if not (bin_dir / name).exists()
-    ]
-    if missing:
-        raise FileNotFoundError(
-            f"Flower executables {missing} are not in {bin_dir} (next to {sys.executable}): "
-            "install flwr into this environment"
-        )
-    procs: list[subprocess.Popen] = []
-    clientappio: list[int] = []
-    log_path = work / "processes.log"
-    log = open(log_path, "ab")
-
-    def start(cmd: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
-
-    def fail(reason: str) -> RuntimeError:
-        return RuntimeError(
-            f"Flower deployment run {work.name}: {reason}\n  last lines of {log_path}:\n{_log_tail(log_path)}"
-        )
-
-    try:
-        superlink = start(
-            [
-                str(bin_dir / "flower-superlink"),
-                "--insecure",
-                "--disable-runtime-dependency-installation",
-                "--fleet-api-address",
-                f"127.0.0.1:{fleet}",
-                "--serverappio-api-address",
-                f"127.0.0.1:{serverappio}",
-                "--control-api-address",
-                f"127.0.0.1:{control}",
-                "--database",
-                str(work / "state.db"),
-            ]
-        )
-        clientappio = [_free_port() for _ in range(n_clients)]
-        supernodes = [
-            start(
-                [
-                    str(bin_dir / "flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    f"127.0.0.1:{fleet}",
-                    "--clientappio-api-address",
-                    f"127.0.0.1:{clientappio[client]}",
-                    "--node-config",
-                    f"partition-id={client}",
-                ]
-            )
-            for client in range(n_clients)
-        ]
-        started = False
-
-        def check_processes() -> None:
-            if superlink.poll() is not None:
-                raise fail(f"the SuperLink exited with code {superlink.returncode}")
-            if not started:  # after the start, a lost node is the server's business (round timeouts)
-                for client, node in enumerate(supernodes):
-                    if node.poll() is not None:
-                        raise fail(
-                            f"the SuperNode of client {client} exited with code {node.returncode} "
-                            "before the run started"
-                        )
-
+    bin_dir = _flower_bin()
+    env = _prepare_run_folder(work, ports, run_config, bin_dir)
+    with _LoopbackProcesses(work, env, ports, bin_dir) as procs:
+        procs.start(n_clients)
         deadline = time.monotonic() + timeout
-        flower_run_id = None
-        while flower_run_id is None:
-            check_processes()
-            if time.monotonic() > deadline:
-                raise fail(f"flwr run was not accepted within {timeout:g} s")
-            time.sleep(1)  # the SuperLink needs a moment to listen
-            submit = subprocess.run(
-                [str(bin_dir / "flwr"), "run", str(work / "app"), "loopback"],
-                env=env,
-                cwd=work,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            log.write((submit.stdout + submit.stderr).encode())
-            log.flush()
-            found = re.search(r"started run (\d+)", submit.stdout + submit.stderr)
-            if submit.returncode == 0 and found:
-                flower_run_id = int(found.group(1))
-        seen = 0
-        while True:
-            result = files.read_result()
-            if result is not None:
-                break
-            error = files.read_error()
-            if error is not None:
-                raise fail(f"the ServerApp failed: {error}")
-            for event in files.read_events(seen):
-                seen += 1
-                if event["event"] == "started":
-                    started = True
-                elif event["event"] == "row" and on_event is not None:
-                    on_event(event["row"])
-            check_processes()
-            status = _serverapp_task_status(work / "state.db", flower_run_id)
-            if status is not None and files.read_result() is None and files.read_error() is None:
-                sub_status, details = status
-                raise fail(
-                    f"the ServerApp ended ({sub_status or 'finished'}) without a result"
-                    + (f": {details}" if details else "")
-                )
-            if time.monotonic() > deadline:
-                raise fail(f"no result from the ServerApp after {timeout:g} s")
-            time.sleep(0.5)
-        for event in files.read_events(seen):
-            if event["event"] == "row" and on_event is not None:
-                on_event(event["row"])
-        import numpy as np
-
-        with np.load(files.result_path.with_suffix(".npz")) as arrays:
-            result["weights"] = {k: arrays[k] for k in arrays.files}
-        return result
-    finally:
-        for proc in procs:  # each started in its own session: stop it and its app subprocesses
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        # App processes (flwr-serverapp / flwr-clientapp) may outlive their parents: stop the ones
-        # attached to this run's own API addresses, by pid.
-        _stop_app_processes([f"127.0.0.1:{port}" for port in (serverappio, *clientappio)])
-        log.close()
+        flower_run_id = procs.submit(deadline, timeout)
+        return _wait_for_result(files, procs, flower_run_id, deadline, timeout, on_event)

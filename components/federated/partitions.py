@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 PARTITIONS = ("iid", "class", "dirichlet", "dual_dirichlet")
@@ -85,25 +87,25 @@ def dual_dirichlet_partition(
     return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
 
 
-def make_partition(
-    name: str,
-    labels: np.ndarray,
-    n_clients: int,
-    seed: int = 0,
-    *,
-    classes_per_client: int = 3,
-    alpha: float = 0.5,
-    alpha_clients: float = 2.0,
-    alpha_classes: float = 2.0,
-) -> list[np.ndarray]:
+def make_partition(name: str, labels: np.ndarray, n_clients: int, seed: int = 0, **options: float) -> list[np.ndarray]:
+    """Split `labels`' indices over `n_clients` with the partition `name`; `options` are the partitions'
+    parameters (classes_per_client, alpha, alpha_clients, alpha_classes), each passed to the one that takes it."""
     if n_clients < 1:
         raise ValueError(f"need at least one client, got {n_clients}")
-    if name == "iid":
-        return iid_partition(labels, n_clients, seed)
-    if name == "class":
-        return class_partition(labels, n_clients, classes_per_client, seed)
-    if name == "dirichlet":
-        return dirichlet_partition(labels, n_clients, alpha, seed)
-    if name == "dual_dirichlet":
-        return dual_dirichlet_partition(labels, n_clients, alpha_clients, alpha_classes, seed)
-    raise ValueError(f"unknown partition {name!r}; choose one of {PARTITIONS}")
+    if name not in _BY_NAME:
+        raise ValueError(f"unknown partition {name!r}; choose one of {PARTITIONS}")
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise TypeError(f"make_partition got unknown options {sorted(unknown)}; known: {sorted(_OPTIONS)}")
+    partition = _BY_NAME[name]
+    taken = inspect.signature(partition).parameters
+    return partition(labels, n_clients, seed=seed, **{k: v for k, v in options.items() if k in taken})
+
+
+_BY_NAME = {
+    "iid": iid_partition,
+    "class": class_partition,
+    "dirichlet": dirichlet_partition,
+    "dual_dirichlet": dual_dirichlet_partition,
+}
+_OPTIONS = {"classes_per_client", "alpha", "alpha_clients", "alpha_classes"}

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
+from components.federated import aggregators as agg
 from components.federated.aggregators import WeightedUpdate
+from components.federated.config import FedStrategyConfig
 
 Clock = Callable[[], float]
+DEFAULTS = FedStrategyConfig  # the hyperparameters' defaults are FedStrategyConfig's (written once, there)
 
 
 @dataclass
@@ -66,6 +69,14 @@ class Scheduler:
     """Global model, version counter t, client timestamps tau, records; subclasses add the policy."""
 
     name = "base"
+    aggregator_class: type = agg.StalenessWeightedAggregator  # the server step this policy takes
+
+    @classmethod
+    def make_aggregator(
+        cls, client_weights: Sequence[float], alpha: float, staleness_fn: agg.StalenessFn
+    ) -> agg.StalenessWeightedAggregator | agg.FedAvgAggregator:
+        """The policy's server step: alpha * s(staleness) * p_i weighted deltas (FedAvg overrides)."""
+        return cls.aggregator_class(client_weights, alpha=alpha, staleness_fn=staleness_fn)
 
     def __init__(self, n_clients: int, aggregator, initial_weights: dict, clock: Clock):
         self.n_clients = n_clients
@@ -146,20 +157,22 @@ class FedAvgScheduler(Scheduler):
 
     name = "fedavg"
 
+    @classmethod
+    def make_aggregator(cls, client_weights, alpha, staleness_fn) -> agg.FedAvgAggregator:
+        """The sample-weighted mean of the local models: no mixing rate, no staleness in synchronous rounds."""
+        return agg.FedAvgAggregator()
+
     def __init__(
         self,
-        n_clients,
-        aggregator,
-        initial_weights,
-        clock,
-        local_steps: int = 100,
-        round_timeout: Optional[float] = None,
-        min_clients: int = 2,
+        *runtime,  # n_clients, aggregator, initial_weights, clock (see Scheduler)
+        local_steps: int = DEFAULTS.local_steps,
+        round_timeout: Optional[float] = DEFAULTS.round_timeout,
+        min_clients: int = DEFAULTS.min_clients,
     ):
-        super().__init__(n_clients, aggregator, initial_weights, clock)
+        super().__init__(*runtime)
         self.local_steps = local_steps
         self.round_timeout = round_timeout  # None: wait for every live client however long it takes
-        self.min_clients = max(1, min(min_clients, n_clients))  # Flower's min_fit_clients, capped at N
+        self.min_clients = max(1, min(min_clients, self.n_clients))  # Flower's min_fit_clients, capped at N
         self._round: dict[int, dict] = {}
         self._expected: set[int] = set()  # clients working on the current round
         self._round_started = 0.0
@@ -233,9 +246,10 @@ class FedAsyncScheduler(Scheduler):
     """FedAsync: every arrival updates the global model at once (mixing alpha * s(staleness))."""
 
     name = "fedasync"
+    aggregator_class = agg.FedAsyncAggregator
 
-    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = 100):
-        super().__init__(n_clients, aggregator, initial_weights, clock)
+    def __init__(self, *runtime, local_steps: int = DEFAULTS.local_steps):
+        super().__init__(*runtime)
         self.local_steps = local_steps
 
     def initial_steps(self) -> int:
@@ -254,9 +268,10 @@ class FedBuffScheduler(Scheduler):
     every `buffer_size` arrivals make one global update."""
 
     name = "fedbuff"
+    aggregator_class = agg.FedBuffAggregator
 
-    def __init__(self, n_clients, aggregator, initial_weights, clock, local_steps: int = 100, buffer_size: int = 3):
-        super().__init__(n_clients, aggregator, initial_weights, clock)
+    def __init__(self, *runtime, local_steps: int = DEFAULTS.local_steps, buffer_size: int = DEFAULTS.buffer_size):
+        super().__init__(*runtime)
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self.local_steps = local_steps
@@ -281,19 +296,17 @@ class CompassScheduler(Scheduler):
     """FedCompass's computing-power-aware scheduler (see the module docstring and the paper page)."""
 
     name = "fedcompass"
+    aggregator_class = agg.FedCompassAggregator
 
     def __init__(
         self,
-        n_clients,
-        aggregator,
-        initial_weights,
-        clock,
-        q_max: int = 100,
-        q_min: int = 20,
-        speed_momentum: float = 0.9,
-        latest_time_factor: float = 1.5,
+        *runtime,  # n_clients, aggregator, initial_weights, clock (see Scheduler)
+        q_max: int = DEFAULTS.q_max,
+        q_min: int = DEFAULTS.q_min,
+        speed_momentum: float = DEFAULTS.speed_momentum,
+        latest_time_factor: float = DEFAULTS.latest_time_factor,
     ):
-        super().__init__(n_clients, aggregator, initial_weights, clock)
+        super().__init__(*runtime)
         if not 0 < q_min <= q_max:
             raise ValueError(f"need 0 < q_min <= q_max, got q_min={q_min}, q_max={q_max}")
         if latest_time_factor < 1:
@@ -302,8 +315,8 @@ class CompassScheduler(Scheduler):
         self.beta = speed_momentum
         self.lam = latest_time_factor
         self.speed: dict[int, float] = {}  # estimated seconds per local step
-        self.steps = [q_max] * n_clients  # Q_c of the current local round
-        self.start_time = [0.0] * n_clients
+        self.steps = [q_max] * self.n_clients  # Q_c of the current local round
+        self.start_time = [0.0] * self.n_clients
         self.group_of: dict[int, int] = {}
         self.groups: dict[int, _Group] = {}
         self.timers: dict[int, float] = {}  # group id -> T_l while its timer is armed

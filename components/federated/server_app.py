@@ -4,6 +4,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from components.federated.flower_driver import FlowerRun, flower_run_from_run_config, serve
+from components.federated.loopback import RunFiles
 
 
 def make_server_app(run: FlowerRun) -> ServerApp:
@@ -24,8 +25,6 @@ app = ServerApp()
 
 @app.main()
 def deployment_main(grid: Grid, context: Context) -> None:
-    from components.federated.loopback import RunFiles
-
     files = RunFiles.from_run_config(dict(context.run_config))
     try:
         run = flower_run_from_run_config(dict(context.run_config))

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-SPEED_MODELS = ("homogeneous", "normal", "exponential")
 GIVEN = "given"  # the user's own per-client seconds per step (a list, or a file: see read_step_times)
 
 
@@ -86,24 +85,57 @@ class ClientSpeeds:
         return steps * self.step_time(client, now) * noise
 
 
+# A speed model: (n_clients, mean, rng, sigma_ratio, given step times) -> seconds per local step per client.
+# conf/fed_speed/*.yaml names one of the four below as `_target_`.
+StepTimeSampler = Callable[[int, float, np.random.Generator, float, Sequence[float]], np.ndarray]
+FLOOR_RATIO = 0.1  # drawn step times stay above 0.1 x mean: no client is free
+
+
+def homogeneous_step_times(n_clients: int, mean: float, rng, sigma_ratio: float = 0.3, given=()) -> np.ndarray:
+    """Every client takes `mean` seconds per step."""
+    return np.full(n_clients, float(mean))
+
+
+def normal_step_times(n_clients: int, mean: float, rng, sigma_ratio: float = 0.3, given=()) -> np.ndarray:
+    """N(mean, (sigma_ratio * mean)^2) per client, as the paper (sigma = 0.3 mu)."""
+    return np.maximum(rng.normal(mean, sigma_ratio * mean, n_clients), FLOOR_RATIO * mean)
+
+
+def exponential_step_times(n_clients: int, mean: float, rng, sigma_ratio: float = 0.3, given=()) -> np.ndarray:
+    """Exponential with mean `mean` per client: a few very slow clients."""
+    return np.maximum(rng.exponential(mean, n_clients), FLOOR_RATIO * mean)
+
+
+def given_step_times(n_clients: int, mean: float, rng, sigma_ratio: float = 0.3, given=()) -> np.ndarray:
+    """The user's own seconds per step (`given`), one per client; nothing is drawn."""
+    return np.asarray(check_step_times(list(given), n_clients), dtype=np.float64)
+
+
+SAMPLERS: dict[str, StepTimeSampler] = {
+    "homogeneous": homogeneous_step_times,
+    "normal": normal_step_times,
+    "exponential": exponential_step_times,
+    GIVEN: given_step_times,
+}
+
+
+def _sampler(kind: str | StepTimeSampler) -> StepTimeSampler:
+    if callable(kind):
+        return kind
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown speed model {kind!r}; choose one of {tuple(SAMPLERS)}")
+    return SAMPLERS[kind]
+
+
 def sample_step_times(
-    kind: str, n_clients: int, mean: float = 1.0, seed: int = 0, sigma_ratio: float = 0.3, floor_ratio: float = 0.1
+    kind: str | StepTimeSampler, n_clients: int, mean: float = 1.0, seed: int = 0, sigma_ratio: float = 0.3
 ) -> np.ndarray:
-    """Per-client seconds per step with mean `mean`; kept above `floor_ratio * mean` (no free clients)."""
-    rng = np.random.default_rng(seed)
-    if kind == "homogeneous":
-        times = np.full(n_clients, mean)
-    elif kind == "normal":
-        times = rng.normal(mean, sigma_ratio * mean, n_clients)
-    elif kind == "exponential":
-        times = rng.exponential(mean, n_clients)
-    else:
-        raise ValueError(f"unknown speed model {kind!r}; choose one of {SPEED_MODELS}")
-    return np.maximum(times, floor_ratio * mean)
+    """Per-client seconds per step with mean `mean` from a speed model (a name or a sampler)."""
+    return _sampler(kind)(n_clients, mean, np.random.default_rng(seed), sigma_ratio, ())
 
 
 def make_speeds(
-    kind: str,
+    kind: str | StepTimeSampler,
     n_clients: int,
     mean: float = 1.0,
     seed: int = 0,
@@ -117,10 +149,7 @@ def make_speeds(
 ) -> ClientSpeeds:
     """Sample a speed model (or take the `step_times` given, kind "given"); with `drift_time`, the fastest
     `drift_fraction` of clients slow down by `drift_factor`."""
-    if kind == GIVEN:
-        times = np.asarray(check_step_times(list(step_times or []), n_clients), dtype=np.float64)
-    else:
-        times = sample_step_times(kind, n_clients, mean, seed, sigma_ratio)
+    times = _sampler(kind)(n_clients, mean, np.random.default_rng(seed), sigma_ratio, step_times or ())
     drifting: Sequence[int] = ()
     if drift_time is not None and drift_fraction > 0:
         count = max(1, int(round(drift_fraction * n_clients)))

@@ -16,8 +16,6 @@ from torch import nn
 
 Weights = dict[str, np.ndarray]
 
-DATASETS = ("digits", "mnist1d")
-
 
 @dataclass(frozen=True)
 class Dataset:
@@ -42,38 +40,48 @@ class ModelSpec:
     width: int = 16  # channels of the first conv layer; the second has twice as many
 
 
+def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1797 images, shipped with the package), a seeded test split."""
+    from sklearn.datasets import load_digits as sklearn_digits  # noqa: PLC0415  (start-up cost: scikit-learn)
+
+    digits = sklearn_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]  # (n, 1, 8, 8) in [0, 1]
+    y = digits.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    n_test = int(round(test_fraction * len(y)))
+    test, train = order[:n_test], order[n_test:]
+    return Dataset(x[train], y[train], x[test], y[test], n_classes=10)
+
+
+def load_mnist1d(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """MNIST-1D (Greydanus 2020): digit templates as 1-D signals with random shifts, scaling, shear,
+    correlated noise. Generated procedurally (no download); much harder than digits for small models, so
+    non-IID effects and staleness show. It has its own test split (`test_fraction` is not used)."""
+    from mnist1d.data import get_dataset_args, make_dataset  # noqa: PLC0415  (optional dependency)
+
+    args = get_dataset_args()
+    args.seed = 42 + seed
+    data = make_dataset(args)
+    mean, std = data["x"].mean(), data["x"].std()
+    norm = lambda a: ((a - mean) / std).astype(np.float32)[:, None, :]  # noqa: E731
+    return Dataset(
+        norm(data["x"]),
+        data["y"].astype(np.int64),
+        norm(data["x_test"]),
+        data["y_test"].astype(np.int64),
+        n_classes=10,
+    )
+
+
+DATASETS = {"digits": load_digits, "mnist1d": load_mnist1d}  # conf/fed_data/*.yaml names the loader itself
+
+
 def load_dataset(name: str, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
-    """A dataset available offline: scikit-learn's digits (8x8 images) or MNIST-1D (generated)."""
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]  # (n, 1, 8, 8) in [0, 1]
-        y = digits.target.astype(np.int64)
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(y))
-        n_test = int(round(test_fraction * len(y)))
-        test, train = order[:n_test], order[n_test:]
-        return Dataset(x[train], y[train], x[test], y[test], n_classes=10)
-    if name == "mnist1d":
-        # MNIST-1D (Greydanus 2020): digit templates as 1-D signals with random shifts, scaling,
-        # shear, correlated noise. Generated procedurally (no download); much harder than digits
-        # for small models, so non-IID effects and staleness show.
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        args = get_dataset_args()
-        args.seed = 42 + seed
-        data = make_dataset(args)
-        mean, std = data["x"].mean(), data["x"].std()
-        norm = lambda a: ((a - mean) / std).astype(np.float32)[:, None, :]  # noqa: E731
-        return Dataset(
-            norm(data["x"]),
-            data["y"].astype(np.int64),
-            norm(data["x_test"]),
-            data["y_test"].astype(np.int64),
-            n_classes=10,
-        )
-    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    """A dataset available offline, by its short name (digits | mnist1d)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {tuple(DATASETS)}")
+    return DATASETS[name](seed=seed, test_fraction=test_fraction)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:

@@ -2,10 +2,7 @@
 
 OpenMP threads that spin while idle (libgomp's default) steal the cores from the sampling and
 prefetch threads on a small shared machine: the conventional loader's compute ran 5-20x slower
-with them in measurements here. Passive waiting is set as a default (it only takes effect when this
-package is imported before torch initialises OpenMP; the benchmark sets it for its own process).
+with them. The entry points (`mlsys.environment.apply_environment_defaults`, also applied by the
+benchmarks and the tests) set passive waiting before torch initialises OpenMP; importing this
+package changes nothing.
 """
-
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from components.dgl_compat import import_dgl
+from components.graph.generator import SyntheticGraphSpec, cached_graph_dir
 
 
 @dataclass
@@ -238,11 +239,13 @@ def _load_dgl_binary(path: Path, seed: int) -> GraphData:
 
 
 def load_or_generate(
-    spec=None, cache_root: Optional[str | Path] = None, path: Optional[str | Path] = None, seed: int = 0, progress=None
+    spec: Optional[SyntheticGraphSpec] = None,
+    cache_root: Optional[str | Path] = None,
+    path: Optional[str | Path] = None,
+    seed: int = 0,
+    progress=None,
 ) -> GraphData:
     """A user graph when `path` is given, else the cached synthetic graph for `spec`."""
     if path:
         return load_user_graph(path, seed=seed)
-    from components.graph.generator import cached_graph_dir
-
     return load_graph_folder(cached_graph_dir(spec, cache_root, progress))

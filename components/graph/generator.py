@@ -35,9 +35,11 @@ import numpy as np
 FORMAT_VERSION = 1  # bump when the generated content for a given spec changes
 
 
-@dataclass(frozen=True)
+@dataclass
 class SyntheticGraphSpec:
-    num_nodes: int = 20_000  # 10k-100k for tests and demos; >= 2.1M with feat_dim 256 gives a >= 2 GB table
+    """A synthetic graph: its size, community structure and splits (the flow's `graph.*`)."""
+
+    num_nodes: int = 50_000  # a CPU epoch in seconds; >= 2.1M with feat_dim 256 gives a >= 2 GB table
     num_classes: int = 8  # one community per class
     feat_dim: int = 64  # row width; row bytes = 4 * feat_dim
     avg_degree: float = 10.0  # mean undirected degree before self-loops, typical of citation graphs
@@ -45,10 +47,10 @@ class SyntheticGraphSpec:
     homophily: float = 0.8  # fraction of edges inside a community: neighbours mostly share the label
     class_separation: float = 1.0  # centroid distance in noise-std units: own features are weakly informative
     train_fraction: float = 0.6  # of all nodes; large graphs use a small fraction to keep epochs short
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    seed: int = 0
-    chunk_rows: int = 131_072  # rows generated at once: 32 MB of float32 at feat_dim 64
+    val_fraction: float = 0.2  # of all nodes
+    test_fraction: float = 0.2  # of all nodes
+    seed: int = 0  # the generator's random streams
+    chunk_rows: int = 131_072  # rows generated at once (32 MB at feat_dim 64): the table is never in RAM at once
 
     def validate(self) -> None:
         problems = []

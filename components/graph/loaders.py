@@ -29,8 +29,10 @@ from typing import Optional
 
 import torch
 
+from components.dgl_compat import import_dgl
 from components.graph.data import GraphData
 from components.graph.sampling import NeighborBatches, SampledBatch
+from components.graph.uva import UvaFeatureTable
 
 ALIGNMENT_BYTES = 128  # PCIe read packets / GPU memory transactions are 128 B; two CPU cache lines
 
@@ -224,17 +226,13 @@ class ZeroCopyFeatureLoader(FeatureLoader):
 
     def __init__(
         self,
-        data: GraphData,
-        seeds: torch.Tensor,
-        fanouts: Sequence[int],
-        batch_size: int,
-        *,
+        *args,  # data, seeds, fanouts, batch_size (see FeatureLoader)
         align_rows: bool = True,
         prefetch: bool = True,
         worker_threads: Optional[int] = None,
         **common,
     ):
-        super().__init__(data, seeds, fanouts, batch_size, **common)
+        super().__init__(*args, **common)
         self.align_rows = align_rows
         self.prefetch = prefetch
         # torch intra-op threads of the prefetch worker's gather; None keeps torch's setting. On a
@@ -251,8 +249,6 @@ class ZeroCopyFeatureLoader(FeatureLoader):
         self._gather = self._cpu_gather
         self._stream = None
         if self.device.type == "cuda":
-            from components.graph.uva import UvaFeatureTable
-
             self._uva = UvaFeatureTable(self.features, self.device)  # pins + maps the host table once
             self._stream = torch.cuda.Stream(self.device)
             self._gather = self._uva_gather
@@ -451,20 +447,10 @@ class DglStandardLoader(FeatureLoader):
 
     name = "dgl"
 
-    def __init__(
-        self,
-        data: GraphData,
-        seeds: torch.Tensor,
-        fanouts: Sequence[int],
-        batch_size: int,
-        *,
-        num_workers: int = 0,
-        **common,
-    ):
-        super().__init__(data, seeds, fanouts, batch_size, **common)
-        from components.dgl_compat import import_dgl
-
+    def __init__(self, *args, num_workers: int = 0, **common):  # args: data, seeds, fanouts, batch_size
+        super().__init__(*args, **common)
         dgl = import_dgl()
+        data = self.data
         if "feat" not in data.graph.ndata or "label" not in data.graph.ndata:
             raise ValueError("the DGL loader needs graph.ndata['feat'] and ['label'] (GraphData sets them)")
         self.num_workers = int(num_workers)

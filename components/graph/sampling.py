@@ -11,6 +11,7 @@ blocks whichever loader asked and whether or not it prefetches.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,8 +93,6 @@ class NeighborBatches:
         return _sampling_thread().submit(self._sample_here, epoch, index, seeds).result()
 
     def _sample_here(self, epoch: int, index: int, seeds: torch.Tensor) -> SampledBatch:
-        import time
-
         dgl = import_dgl()
         dgl.utils.set_num_threads(self.sampling_threads)  # affects this thread's OpenMP regions only
         dgl.seed(self.batch_seed(epoch, index))

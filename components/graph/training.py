@@ -19,7 +19,11 @@ from typing import Optional
 
 import torch
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
+from components.dgl_compat import dgl_supports_cuda
+from components.graph.config import TrainingSettings
+from components.graph.data import GraphData
 from components.graph.loaders import Batch, FeatureLoader
 
 
@@ -215,3 +219,93 @@ def evaluate(model: torch.nn.Module, loader: FeatureLoader, epoch: int = 0) -> f
             correct += int((logits.argmax(1) == batch.labels).sum())
             seen += int(batch.labels.numel())
     return correct / max(1, seen)
+
+
+def training_device(requested: str) -> str:
+    """The device to train on for `device=requested` (auto | cpu | cuda[:i]).
+
+    DGL blocks can only live on a GPU with a CUDA build of DGL. The PyPI DGL is CPU-only, so `auto`
+    means CPU unless DGL can use the GPU; an explicit `cuda` without it is refused (the GPU gather
+    comparison is benchmarks/gcn_loader_cuda.py).
+    """
+    device = requested if requested != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not dgl_supports_cuda():
+        if requested == "auto":
+            return "cpu"
+        raise ValueError(
+            f"device={requested!r} needs a CUDA build of DGL (the installed DGL is CPU-only); "
+            "use device=cpu, or benchmarks/gcn_loader_cuda.py for the GPU gather comparison"
+        )
+    return device
+
+
+# (seed nodes, batch size, shuffle, max batches) -> a loader over them
+LoaderFactory = Callable[[torch.Tensor, int, bool, Optional[int]], FeatureLoader]
+
+
+@dataclass
+class FitResult:
+    """A model trained for `settings.epochs` epochs: per-epoch stats, validation and test accuracy."""
+
+    history: list[EpochStats]
+    val_accuracy: list[float]
+    test_accuracy: float
+
+    def summary(self) -> dict[str, float]:
+        """Medians over epochs after the first (which pays page-cache and allocator warm-up) when possible."""
+        steady = self.history[1:] if len(self.history) > 1 else self.history
+        out = {
+            "epoch_seconds": statistics.median(s.epoch_seconds for s in steady),
+            "stall_fraction": statistics.median(s.stall_fraction for s in steady),
+            "prep_ms_median": statistics.median(s.prep_ms_median for s in steady),
+            "feed_gbps": statistics.median(s.feed_gbps for s in steady),
+            "peak_rss_mb": max(s.peak_rss_mb for s in self.history),
+            "peak_anon_growth_mb": max(s.peak_anon_growth_mb for s in self.history),
+        }
+        gathers = [s.gather_gbps for s in steady if s.gather_gbps is not None]
+        if gathers:
+            out["gather_gbps"] = statistics.median(gathers)
+        return out | {"test_accuracy": self.test_accuracy, "final_val_accuracy": self.val_accuracy[-1]}
+
+
+def _epoch_with_bar(model, optimizer, loader: FeatureLoader, epoch: int, label: str, show: bool) -> EpochStats:
+    """One epoch with a progress bar (loss in the postfix) that stays on screen."""
+    with tqdm(total=len(loader), desc=f"{label} epoch {epoch}", disable=not show, leave=True) as bar:
+
+        def step(_index: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        return train_epoch(model, optimizer, loader, epoch, progress=step)
+
+
+def fit(
+    model: torch.nn.Module,
+    data: GraphData,
+    make_loader: LoaderFactory,
+    settings: TrainingSettings,
+    label: str = "gnn",
+    on_epoch: Optional[Callable[[EpochStats, float], None]] = None,
+) -> FitResult:
+    """Adam for `settings.epochs` epochs on the training nodes, validation accuracy after each epoch
+    (`on_epoch(stats, val_accuracy)`), then test accuracy; every loader is closed, whatever happens."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    train_loader = make_loader(data.train_idx, settings.batch_size, True, settings.max_batches_per_epoch)
+    val_loader = make_loader(data.val_idx, settings.eval_batch_size, False, None)
+    history: list[EpochStats] = []
+    val_accuracy: list[float] = []
+    try:
+        for epoch in range(settings.epochs):
+            history.append(_epoch_with_bar(model, optimizer, train_loader, epoch, label, settings.progress))
+            val_accuracy.append(evaluate(model, val_loader))
+            if on_epoch is not None:
+                on_epoch(history[-1], val_accuracy[-1])
+        test_loader = make_loader(data.test_idx, settings.eval_batch_size, False, None)
+        try:
+            test_accuracy = evaluate(model, test_loader)
+        finally:
+            test_loader.close()
+    finally:
+        train_loader.close()
+        val_loader.close()
+    return FitResult(history, val_accuracy, test_accuracy)

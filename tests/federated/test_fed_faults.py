@@ -17,9 +17,10 @@ import pytest
 
 from components.checks import ConfigError
 from components.federated import loopback
+from components.federated.config import FedDataConfig, FedModelConfig, FedSpeedConfig, FedStrategyConfig
 from components.federated.flower_driver import FederationSettings
 from components.federated.loopback import RunFiles, run_on_loopback
-from flows.federated import FedDataConfig, FedModelConfig, FedSpeedConfig, FedStrategyConfig
+from components.federated.schedulers import SCHEDULERS
 from mlsys.flow import compose
 
 SCALE = 0.02  # wall seconds per virtual second
@@ -29,7 +30,7 @@ def _settings(n_clients: int = 3) -> str:
     return FederationSettings(
         data=asdict(FedDataConfig()),
         model=asdict(FedModelConfig(kind="mlp", width=4)),
-        speed=asdict(FedSpeedConfig(kind="homogeneous")),
+        speed=asdict(FedSpeedConfig(_target_="components.federated.speeds.homogeneous_step_times")),
         n_clients=n_clients,
         seed=0,
         lr=0.05,
@@ -42,7 +43,13 @@ def _strategy(name: str) -> str:
     return json.dumps(
         asdict(
             FedStrategyConfig(
-                name=name, q_max=8, q_min=2, local_steps=8, buffer_size=2, round_timeout=60.0 / SCALE, min_clients=2
+                _target_=f"components.federated.schedulers.{SCHEDULERS[name].__name__}",
+                q_max=8,
+                q_min=2,
+                local_steps=8,
+                buffer_size=2,
+                round_timeout=60.0 / SCALE,
+                min_clients=2,
             )
         )
     )
@@ -116,9 +123,11 @@ def test_two_deployment_runs_in_a_row_in_one_work_dir(tmp_path):
 @pytest.mark.slow
 def test_serverapp_failure_reaches_the_user_with_its_reason(tmp_path):
     bad = json.loads(_strategy("fedavg"))
-    bad["name"] = "fedprox"  # the ServerApp raises while building its scheduler
+    bad["_target_"] = "components.federated.schedulers.FedProxScheduler"  # the ServerApp raises building it
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match="the ServerApp failed: ValueError: unknown strategy 'fedprox'"):
+    with pytest.raises(
+        RuntimeError, match=r"the ServerApp failed: ConfigError: fed_strategy._target_=.*FedProx.*unknown strategy"
+    ):
         run_on_loopback(_settings(2), json.dumps(bad), 2, 2, timeout=500, workdir=str(tmp_path))
     assert time.monotonic() - started < 400  # well before the 500 s timeout
 

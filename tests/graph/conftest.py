@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # see components/graph/__init__.py
-
 import pytest
+
+from components.graph.data import load_graph_folder
+from components.graph.generator import SyntheticGraphSpec, cached_graph_dir
 
 
 @pytest.fixture(scope="session")
@@ -17,8 +16,5 @@ def graph_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_graph(graph_cache):
     """10k nodes, 8 communities, 32-dim features: trains in seconds, MLP clearly worse than GCN."""
-    from components.graph.data import load_graph_folder
-    from components.graph.generator import SyntheticGraphSpec, cached_graph_dir
-
     spec = SyntheticGraphSpec(num_nodes=10_000, feat_dim=32, chunk_rows=4096, seed=3)
     return load_graph_folder(cached_graph_dir(spec, graph_cache))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from mlflow.tracking import MlflowClient
 
+from components.graph.training import training_device
 from mlsys.flow import compose, run
+from tasks.gcn_train import build_component, make_loader
 
 TINY = [
     "graph.num_nodes=3000",
@@ -17,16 +21,11 @@ TINY = [
 ]
 
 
-@pytest.mark.parametrize("loader", ["zero_copy", "staged", "dgl"])
-@pytest.mark.parametrize("model", ["gcn", "sage"])
-def test_every_loader_and_model_option_instantiates(loader, model, small_graph):
-    from tasks.gcn_train import build_component, make_loader
-
-    cfg = compose("gcn_train", [f"loader={loader}", f"gnn_model={model}"])
-    built = make_loader(
+def _one_batch_loader(cfg, graph):
+    return make_loader(
         cfg.loader,
-        small_graph,
-        small_graph.val_idx,
+        graph,
+        graph.val_idx,
         cfg.fanouts,
         256,
         seed=0,
@@ -35,6 +34,13 @@ def test_every_loader_and_model_option_instantiates(loader, model, small_graph):
         max_batches=1,
         sampling_threads=1,
     )
+
+
+@pytest.mark.parametrize("loader", ["zero_copy", "staged", "dgl"])
+@pytest.mark.parametrize("model", ["gcn", "sage"])
+def test_every_loader_and_model_option_instantiates(loader, model, small_graph):
+    cfg = compose("gcn_train", [f"loader={loader}", f"gnn_model={model}"])
+    built = _one_batch_loader(cfg, small_graph)
     assert built.name == loader
     net = build_component(
         cfg.gnn_model,
@@ -47,27 +53,12 @@ def test_every_loader_and_model_option_instantiates(loader, model, small_graph):
 
 
 def test_option_of_another_loader_is_rejected_by_name(small_graph):
-    from tasks.gcn_train import make_loader
-
     cfg = compose("gcn_train", ["loader=staged", "loader.prefetch=true"])
     with pytest.raises(ValueError, match="prefetch"):
-        make_loader(
-            cfg.loader,
-            small_graph,
-            small_graph.val_idx,
-            cfg.fanouts,
-            256,
-            seed=0,
-            device="cpu",
-            shuffle=False,
-            max_batches=1,
-            sampling_threads=1,
-        )
+        _one_batch_loader(cfg, small_graph)
 
 
 def test_flow_end_to_end_logs_metrics_params_and_plots(prefect_harness, flow_overrides, mlflow_uri):
-    from mlflow.tracking import MlflowClient
-
     result = run(compose("gcn_train", flow_overrides + TINY))
     metrics = result["metrics"]
     assert metrics["test_accuracy"] > metrics["mlp_test_accuracy"]
@@ -86,12 +77,8 @@ def test_flow_end_to_end_logs_metrics_params_and_plots(prefect_harness, flow_ove
 
 
 def test_cuda_without_a_cuda_dgl_is_refused_and_auto_means_cpu():
-    import torch
-
-    from flows.gcn_train import training_device
-
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU; the refusal is for CPU-only DGL installs")
-    assert training_device(compose("gcn_train", ["device=auto"])) == "cpu"
+    assert training_device(compose("gcn_train", ["device=auto"]).device) == "cpu"
     with pytest.raises(ValueError, match="CUDA build of DGL"):
-        training_device(compose("gcn_train", ["device=cuda"]))
+        training_device(compose("gcn_train", ["device=cuda"]).device)

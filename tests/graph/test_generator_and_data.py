@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from components.dgl_compat import import_dgl
 from components.graph.data import GraphInputError, load_graph_folder, load_user_graph
 from components.graph.generator import SyntheticGraphSpec, cached_graph_dir, generate_graph
 from components.graph.training import PeakMemoryMonitor
@@ -101,8 +102,6 @@ def test_user_graph_errors_name_the_file_and_problem(tmp_path):
 
 
 def test_dgl_binary_roundtrip_keeps_features_labels_and_masks(tmp_path):
-    from components.dgl_compat import import_dgl
-
     dgl = import_dgl()
     g = dgl.graph((torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3])), num_nodes=6)
     g.ndata["feat"] = torch.randn(6, 4)
