@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from benchmarks.common import parse_mode, target, write_result
+from components.intercode import assets
+from components.intercode.env import make_env
+from components.intercode.metrics import summarize
+from components.intercode.policies import GoldReplay, PolicyConfig, build_policy
+from components.intercode.tasksets import TASK_SETS, select_tasks
+from tasks.llm import LLMConfig, build_llm
 
 PAPER_REFERENCE = {  # upstream trajectories (Spider dev / NL2Bash on MySQL / Docker): context, not targets
     "sql": {
@@ -35,7 +44,18 @@ PAPER_REFERENCE = {  # upstream trajectories (Spider dev / NL2Bash on MySQL / Do
     },
     "bash": {"gpt-4 try again 10 turns": 0.485, "gpt-3.5 react": 0.205},
 }
-POLICIES = ["single_turn", "try_again", "react", "plan_solve"]
+POLICY_CLASSES = {  # the `_target_` of conf/ic_policy/<name>.yaml; single_turn is TryAgain with one turn
+    "single_turn": "components.intercode.policies.TryAgain",
+    "try_again": "components.intercode.policies.TryAgain",
+    "react": "components.intercode.policies.ReAct",
+    "plan_solve": "components.intercode.policies.PlanAndSolve",
+}
+POLICIES = list(POLICY_CLASSES)
+
+
+def policy_config(name: str, turns: int, max_tokens: int) -> PolicyConfig:
+    """The policy at the benchmark's budget: every policy gets `turns` turns (single_turn: one)."""
+    return PolicyConfig(POLICY_CLASSES[name], max_turns=1 if name == "single_turn" else turns, max_tokens=max_tokens)
 
 
 def own_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -47,11 +67,6 @@ def own_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def gold_phase(asset_dir: Path) -> dict:
-    from components.intercode.env import make_env
-    from components.intercode.metrics import summarize
-    from components.intercode.policies import GoldReplay
-    from components.intercode.tasksets import TASK_SETS
-
     out = {}
     for kind, tasks in TASK_SETS.items():
         env = make_env(kind, tasks, asset_dir)
@@ -72,11 +87,6 @@ def llm_phase(asset_dir: Path, llm, n_sql: int, n_bash: int, turns: int, max_tok
     """Round k plays the k-th selected task of each environment with every policy, interleaved
     policy by policy across the environments (sql/single, bash/single, sql/try_again, ...), so a
     budget that runs out leaves every policy and environment equally short, not the last ones empty."""
-    from components.intercode.env import make_env
-    from components.intercode.metrics import summarize
-    from components.intercode.policies import build_policy
-    from components.intercode.tasksets import TASK_SETS, select_tasks
-
     start = time.monotonic()
     envs = {kind: make_env(kind, TASK_SETS[kind], asset_dir) for kind in ("sql", "bash")}
     chosen = {"sql": select_tasks(TASK_SETS["sql"], n_sql), "bash": select_tasks(TASK_SETS["bash"], n_bash)}
@@ -93,7 +103,7 @@ def llm_phase(asset_dir: Path, llm, n_sql: int, n_bash: int, turns: int, max_tok
                         continue
                     index = chosen[kind][round_]
                     try:
-                        episode = build_policy(name, llm, turns, max_tokens).run(env, index).as_dict()
+                        episode = build_policy(policy_config(name, turns, max_tokens), llm).run(env, index).as_dict()
                     except KeyboardInterrupt:  # SIGINT/SIGTERM: stop playing, keep what was measured
                         print("interrupted: the remaining episodes count as unplayed", flush=True)
                         budget_s = -1.0
@@ -137,12 +147,8 @@ def _short(episode: dict) -> dict:
 
 
 def plot(results: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig = Figure(figsize=(11, 4))  # no pyplot: no GUI backend, nothing left open
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, kind in zip(axes, ("sql", "bash")):
         names = ["gold"] + POLICIES
         blocks = [results["gold"][kind]] + [results["llm"].get(kind, {}).get(p, {}) for p in POLICIES]
@@ -159,14 +165,9 @@ def plot(results: dict):
 
 
 def main(argv: list[str] | None = None) -> None:
-    import signal
-
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` ends the LLM phase gracefully
     extra, rest = own_args(list(sys.argv[1:] if argv is None else argv))
     args = parse_mode(__doc__.split("\n")[0], rest)
-    from components.intercode import assets
-    from tasks.llm import LLMConfig, build_llm
-
     sizes = (
         {"n_sql": 8, "n_bash": 6, "turns": 3, "max_tokens": 128}
         if args.full

@@ -7,6 +7,7 @@ folder or checkpoint has been touched yet.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,3 +55,15 @@ def writable_folder(key: str, path: str | os.PathLike) -> None:
         raise ConfigError(key, str(path), f"{probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(key, str(path), f"{probe} is not writable")
+
+
+def class_named(key: str, dotted: str, base: type) -> type:
+    """The class a `_target_` names (module.Class), which must be `base` or a subclass of it."""
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attr) if module_name else None
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(key, dotted, f"names no {base.__name__} class ({err})") from None
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ConfigError(key, dotted, f"names no {base.__name__} class (module.Class expected)")
+    return found

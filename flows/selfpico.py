@@ -1,27 +1,33 @@
-"""`selfpico`: SelfPiCo partial code execution — predict undefined values, run snippets as far as possible."""
+"""`selfpico`: SelfPiCo partial code execution — predict undefined values, run snippets as far as possible.
+
+snippets (the user's, the held-out set, or the written ones + installed packages' function bodies)
+-> batches executed in the sandbox with one predictor (one Prefect task per batch) -> line coverage,
+errors found, a table and a histogram in MLflow. Compare predictors with a sweep:
+`mlsys run selfpico -m sp_predictor@predictor=as_is,naive,rule_based,llm`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
+from prefect import unmapped
+
 from components.checks import ConfigError, at_least
-from components.selfpico.executor import summarize
+from components.sandbox import SandboxLimits
+from components.selfpico.config import PredictorConfig
 from components.selfpico.snippets import user_snippets
 from mlsys.flow import FlowConfig, system_flow
-from mlsys.runners import fan_out
 from mlsys.tracking import Tracker
 from tasks.llm import LLMConfig
-from tasks.selfpico import execute_batch, load_snippets
+from tasks.selfpico import execute_batch, load_snippets, report_coverage
 
 DEFAULT_MODULES = ["textwrap", "difflib", "shlex", "fractions", "statistics", "html", "calendar", "colorsys"]
 
 
-@dataclass
-class PredictorConfig:
-    _target_: str = "components.selfpico.predictors.RuleBasedPredictor"
-    max_tokens: Optional[int] = None  # LLM-guided only: a value is one short expression
-    few_shot: Optional[bool] = None  # LLM-guided only; None: few-shot for the packaged model, zero-shot for a tuned one
+def execution_limits() -> SandboxLimits:
+    """One sandboxed execution of a snippet."""
+    return SandboxLimits(wall_seconds=10.0, cpu_seconds=5)
 
 
 @dataclass
@@ -37,16 +43,14 @@ class SelfPicoConfig(FlowConfig):
     max_runs: int = 30  # sandboxed executions per snippet: one new value per run
     max_retries: int = 3  # SelfPiCo's feedback retries per value
     batch_size: int = 8  # snippets per Prefect task (a task is a coarse unit: a batch, not a run)
-    wall_seconds: float = 10.0  # sandbox limits per execution
-    cpu_seconds: int = 5
-    memory_mb: int = 1024
+    sandbox: SandboxLimits = field(default_factory=execution_limits)  # limits of one execution (docs/sandbox.md)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         at_least("max_runs", self.max_runs, 1)
         at_least("max_retries", self.max_retries, 0)
         at_least("batch_size", self.batch_size, 1)
-        at_least("wall_seconds", self.wall_seconds, 0.5)
+        at_least("sandbox.wall_seconds", self.sandbox.wall_seconds, 0.5)
         if self.snippets is not None:
             try:  # every file is read and parsed now, so a bad one fails before anything runs
                 user_snippets(self.snippets)
@@ -54,70 +58,13 @@ class SelfPicoConfig(FlowConfig):
                 raise ConfigError("snippets", self.snippets, str(err).removeprefix("selfpico: ")) from err
 
 
-def _coverage_figure(reports: list[dict], predictor: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist([r["coverage"] for r in reports], bins=10, range=(0, 1), color="tab:blue")
-    ax.set_xlabel("line coverage per snippet")
-    ax.set_ylabel("snippets")
-    ax.set_title(f"SelfPiCo, predictor {predictor}")
-    return fig
-
-
-@system_flow(
-    name="selfpico",
-    config=SelfPicoConfig,
-    summary_metric="line_coverage",
-    order=90,
-)
+@system_flow(name="selfpico", config=SelfPicoConfig, summary_metric="line_coverage", order=90)
 def selfpico(cfg: SelfPicoConfig, tracker: Tracker) -> dict[str, float]:
     """SelfPiCo: run partial code by predicting undefined values (sandboxed), measure line coverage."""
     snippets = load_snippets(
-        cfg.written,
-        cfg.written_limit,
-        cfg.package_modules,
-        cfg.package_count,
-        cfg.seed,
-        user=cfg.snippets,
-        heldout=cfg.heldout,
+        cfg.written, cfg.written_limit, cfg.package_modules, cfg.package_count, cfg.seed, cfg.snippets, cfg.heldout
     )
     batches = [snippets[i : i + cfg.batch_size] for i in range(0, len(snippets), cfg.batch_size)]
-    limits = {"wall_seconds": cfg.wall_seconds, "cpu_seconds": cfg.cpu_seconds, "memory_bytes": cfg.memory_mb << 20}
-    results = fan_out(
-        execute_batch,
-        [
-            {
-                "snippets": batch,
-                "predictor_cfg": cfg.predictor,
-                "llm_cfg": cfg.llm,
-                "limits": limits,
-                "max_runs": cfg.max_runs,
-                "max_retries": cfg.max_retries,
-            }
-            for batch in batches
-        ],
-    )
-    reports = [report for batch in results for report in batch]
-    predictor = cfg.predictor._target_.rsplit(".", 1)[-1]
-    for step, report in enumerate(reports):
-        tracker.log_metrics({"snippet_coverage": report["coverage"]}, step=step)
-    usage = {}
-    for batch in results:
-        for key, value in (batch[0]["batch_llm_usage"] if batch else {}).items():
-            usage[f"llm.{key}"] = usage.get(f"llm.{key}", 0) + value
-    table = "| snippet | origin | coverage | runs | predictions | status | errors |\n|---|---|---|---|---|---|---|\n"
-    table += "\n".join(
-        f"| {r['snippet_id']} | {r['origin']} | {r['coverage']:.2f} | {r['runs']} | {r['predictions']} | "
-        f"{r['final_status']} | {', '.join(e['error_type'] for e in r['errors']) or '-'} |"
-        for r in reports
-    )
-    tracker.log_text(table, "selfpico/snippets.md")
-    tracker.log_dict([{k: v for k, v in r.items() if k != "batch_llm_usage"} for r in reports], "selfpico/reports.json")
-    tracker.log_figure(_coverage_figure(reports, predictor), "selfpico/coverage_hist.png")
-    summary = summarize(reports) | usage
-    print(f"selfpico[{predictor}]: line coverage {summary['line_coverage']:.1%} over {len(reports)} snippets")
-    return summary
+    settings = (cfg.predictor, cfg.llm, cfg.sandbox, cfg.max_runs, cfg.max_retries)
+    executed = execute_batch.map(batches, *(unmapped(value) for value in settings))
+    return report_coverage(executed.result(), cfg.predictor, tracker)

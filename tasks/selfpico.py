@@ -1,33 +1,17 @@
-"""Prefect tasks of the `selfpico` flow: gather snippets, execute a batch of them in the sandbox."""
+"""Prefect tasks of the `selfpico` flow: gather snippets, execute a batch of them in the sandbox, report."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
-from typing import Any
-
+from matplotlib.figure import Figure
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from components.sandbox import Sandbox, SandboxLimits
-from components.selfpico.executor import Snippet, execute_snippet
-from components.selfpico.predictors import Predictor, RuleBasedPredictor
+from components.selfpico.config import PredictorConfig, build_predictor, predictor_needs_llm
+from components.selfpico.executor import Snippet, execute_snippet, summarize
 from components.selfpico.snippets import heldout_snippets, package_function_snippets, user_snippets, written_snippets
-from tasks.llm import build_llm
-
-_LLM_PREDICTOR = "components.selfpico.predictors.LLMPredictor"
-
-
-def build_predictor(predictor_cfg: Any, llm_cfg: Any = None) -> Predictor:
-    """Instantiate the predictor `_target_` names; the LLM-guided one gets the configured LLM."""
-    from hydra.utils import instantiate
-
-    values = asdict(predictor_cfg) if is_dataclass(predictor_cfg) else dict(predictor_cfg)
-    values = {k: v for k, v in values.items() if v is not None}
-    if values["_target_"] == _LLM_PREDICTOR:
-        values["llm"] = build_llm(llm_cfg)
-        if "few_shot" not in values:  # a tuned model was trained zero-shot: examples would only be copied
-            values["few_shot"] = not getattr(llm_cfg, "model_path", None)
-        values["fallback"] = RuleBasedPredictor()  # a reply with no code at all still yields a value
-    return instantiate(values)
+from mlsys.tracking import Tracker
+from tasks.llm import LLMConfig, build_llm
 
 
 @task(name="selfpico-load-snippets")
@@ -56,17 +40,63 @@ def load_snippets(
 
 @task(name="selfpico-execute-batch")
 def execute_batch(
-    snippets: list[Snippet], predictor_cfg: Any, llm_cfg: Any, limits: dict, max_runs: int, max_retries: int
+    snippets: list[Snippet],
+    predictor_cfg: PredictorConfig,
+    llm_cfg: LLMConfig,
+    sandbox: SandboxLimits,
+    max_runs: int,
+    max_retries: int,
 ) -> list[dict]:
-    """Execute a batch of snippets with one predictor; every run happens in the sandbox."""
-    predictor = build_predictor(predictor_cfg, llm_cfg)
-    sandbox = Sandbox(SandboxLimits(**limits))
+    """Execute a batch of snippets with one predictor; every run happens in the sandbox. The LLM is built
+    here from its config, so the task also runs on a Dask worker."""
+    llm = build_llm(llm_cfg) if predictor_needs_llm(predictor_cfg) else None
+    predictor = build_predictor(predictor_cfg, llm, tuned_model=bool(llm_cfg.model_path))
+    box = Sandbox(sandbox)
     reports = [
-        execute_snippet(s, predictor, sandbox, max_runs=max_runs, max_retries=max_retries).as_dict() for s in snippets
+        execute_snippet(s, predictor, box, max_runs=max_runs, max_retries=max_retries).as_dict() for s in snippets
     ]
-    llm = getattr(predictor, "llm", None)
     usage = llm.usage.as_dict() if llm is not None else {}
     for report in reports:
         report["origin"] = next(s.origin for s in snippets if s.id == report["snippet_id"])
         report["expected_error"] = next(s.expected_error for s in snippets if s.id == report["snippet_id"])
     return [{**r, "batch_llm_usage": usage} for r in reports]
+
+
+def snippet_table(reports: list[dict]) -> str:
+    rows = "\n".join(
+        f"| {r['snippet_id']} | {r['origin']} | {r['coverage']:.2f} | {r['runs']} | {r['predictions']} | "
+        f"{r['final_status']} | {', '.join(e['error_type'] for e in r['errors']) or '-'} |"
+        for r in reports
+    )
+    header = "| snippet | origin | coverage | runs | predictions | status | errors |\n" + "|---" * 7 + "|\n"
+    return header + rows
+
+
+def coverage_figure(reports: list[dict], predictor: str):
+    fig = Figure(figsize=(6, 3.5))  # no pyplot: no GUI backend, nothing left open
+    ax = fig.subplots()
+    ax.hist([r["coverage"] for r in reports], bins=10, range=(0, 1), color="tab:blue")
+    ax.set_xlabel("line coverage per snippet")
+    ax.set_ylabel("snippets")
+    ax.set_title(f"SelfPiCo, predictor {predictor}")
+    return fig
+
+
+@task(name="selfpico-report", cache_policy=NO_CACHE)
+def report_coverage(batches: list[list[dict]], predictor_cfg: PredictorConfig, tracker: Tracker) -> dict[str, float]:
+    """Per-snippet coverage curve, the snippet table, the reports and a histogram to MLflow; the summary
+    (line coverage, errors found, LLM usage summed over the batches) back."""
+    reports = [report for batch in batches for report in batch]
+    predictor = predictor_cfg._target_.rsplit(".", 1)[-1]
+    for step, report in enumerate(reports):
+        tracker.log_metrics({"snippet_coverage": report["coverage"]}, step=step)
+    usage: dict[str, float] = {}
+    for batch in batches:
+        for key, value in (batch[0]["batch_llm_usage"] if batch else {}).items():
+            usage[f"llm.{key}"] = usage.get(f"llm.{key}", 0) + value
+    tracker.log_text(snippet_table(reports), "selfpico/snippets.md")
+    tracker.log_dict([{k: v for k, v in r.items() if k != "batch_llm_usage"} for r in reports], "selfpico/reports.json")
+    tracker.log_figure(coverage_figure(reports, predictor), "selfpico/coverage_hist.png")
+    summary = summarize(reports) | usage
+    print(f"selfpico[{predictor}]: line coverage {summary['line_coverage']:.1%} over {len(reports)} snippets")
+    return summary

@@ -345,7 +345,7 @@ def make_env(
     `server_url` (SQL only): run on that database server instead of SQLite (see sql_server.py)."""
     server_url = kwargs.pop("server_url", None)
     if kind == "sql" and server_url:
-        from components.intercode.sql_server import ServerSqlEnv
+        from components.intercode.sql_server import ServerSqlEnv  # noqa: PLC0415  (import cycle: it subclasses SqlEnv)
 
         return ServerSqlEnv(tasks, server_url, **kwargs)
     if kind == "sql":

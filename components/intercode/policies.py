@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from components.checks import at_least, class_named
 from components.intercode.env import SKIP, SUBMIT, InterCodeEnv
 from components.llm.base import LLM
 
@@ -96,8 +97,23 @@ def _clip(observation: str) -> str:
     return observation if len(observation) <= OBSERVATION_CHARS else observation[:OBSERVATION_CHARS] + " ..."
 
 
+@dataclass
+class PolicyConfig:
+    """conf/ic_policy/<option>.yaml: which agent policy (`_target_`, a Policy class) and its budget."""
+
+    _target_: str = "components.intercode.policies.TryAgain"  # GoldReplay | TryAgain | ReAct | PlanAndSolve
+    max_turns: int = 10  # TryAgain/ReAct: turns; PlanAndSolve: plan steps executed (the paper: 10 turns)
+    max_tokens: int = 256  # per model response: one query or command
+
+    def __post_init__(self) -> None:
+        policy_class(self)  # an unknown `_target_` fails at composition, naming the key
+        at_least("max_turns", self.max_turns, 1)
+        at_least("max_tokens", self.max_tokens, 1)
+
+
 class Policy:
     name = "policy"
+    uses_llm = True  # the flow builds an LLM only for the policies that ask for one
 
     def run(self, env: InterCodeEnv, index: int) -> Episode:
         query, info = env.reset(index)
@@ -127,9 +143,23 @@ class Policy:
         reward = env.evaluate()[0] if score else None
         return Turn(code, observation, reward, bool(info.get("action_executed")))
 
+    def _scored_turn(self, env: InterCodeEnv, episode: Episode, response: str) -> Optional[Turn]:
+        """Execute and score the command in `response` and keep the episode's best reward; a response
+        with no command is recorded as an invalid turn, and None is returned for it."""
+        code = extract_code(response, env.language)
+        found = code is not None and code.strip() not in (SUBMIT, SKIP)
+        turn = self._act(env, code, score=True) if found else Turn(response.strip(), "", 0.0, False)
+        episode.turns.append(turn)
+        episode.reward = max(episode.reward, turn.reward or 0.0)
+        return turn if found else None
+
 
 class GoldReplay(Policy):
     name = "gold"
+    uses_llm = False
+
+    def __init__(self, max_turns: int = 1, max_tokens: int = 256):
+        """A replay needs no budget: the arguments are taken so every ic_policy option builds alike."""
 
     def _play(self, env: InterCodeEnv, episode: Episode) -> None:
         episode.turns.append(self._act(env, env.task.gold, score=False))
@@ -167,21 +197,17 @@ class TryAgain(Policy):
         ]
         for _ in range(self.max_turns):
             response = self.llm.chat(messages, max_tokens=self.max_tokens).text
-            code = extract_code(response, lang)
-            if code is None or code.strip() in (SUBMIT, SKIP):
-                turn = Turn(response.strip(), "", 0.0, False)
+            turn = self._scored_turn(env, episode, response)
+            if turn is None:
                 feedback = (
                     f"No {lang.upper()} code was found in your last response. Your response should be a "
                     f"{lang.upper()} command formatted as:\n```{lang}\nYour code here\n```"
                 )
             else:
-                turn = self._act(env, code, score=True)
                 feedback = (
                     f"Output: {_clip(turn.observation)}\nReward: {turn.reward:.2f}\n"
                     f'Here is the query again: "{episode.query}"\nTry something different to get a reward of 1.'
                 )
-            episode.turns.append(turn)
-            episode.reward = max(episode.reward, turn.reward or 0.0)
             if episode.reward == 1.0:
                 break
             messages += [{"role": "assistant", "content": response}, {"role": "user", "content": feedback}]
@@ -276,8 +302,8 @@ class ReAct(Policy):
 class PlanAndSolve(Policy):
     """A numbered plan first, then one command per step (executed and scored), best reward kept."""
 
-    def __init__(self, llm: LLM, max_steps: int = 5, max_tokens: int = 256):
-        self.llm, self.max_steps, self.max_tokens = llm, max_steps, max_tokens
+    def __init__(self, llm: LLM, max_turns: int = 5, max_tokens: int = 256):
+        self.llm, self.max_steps, self.max_tokens = llm, max_turns, max_tokens  # a turn is one plan step
         self.name = "plan_solve"
 
     def _play(self, env: InterCodeEnv, episode: Episode) -> None:
@@ -308,32 +334,25 @@ class PlanAndSolve(Policy):
             messages.append({"role": "user", "content": prompt})
             response = self.llm.chat(messages, max_tokens=self.max_tokens).text
             messages.append({"role": "assistant", "content": response})
-            code = extract_code(response, lang)
-            if code is None or code.strip() in (SUBMIT, SKIP):
-                turn = Turn(response.strip(), "", 0.0, False)
-                observation = f"No {lang.upper()} code was found in your last response."
-            else:
-                turn = self._act(env, code, score=True)
-                observation = turn.observation
-            episode.turns.append(turn)
-            episode.reward = max(episode.reward, turn.reward or 0.0)
+            turn = self._scored_turn(env, episode, response)
+            no_code = f"No {lang.upper()} code was found in your last response."
+            observation = no_code if turn is None else turn.observation
             if episode.reward == 1.0:
                 break
         env.step(SUBMIT)
 
 
-def build_policy(name: str, llm: Optional[LLM], max_turns: int = 10, max_tokens: int = 256) -> Policy:
-    """'gold' | 'single_turn' | 'try_again' | 'react' | 'plan_solve'."""
-    if name == "gold":
-        return GoldReplay()
+def policy_class(cfg: PolicyConfig) -> type[Policy]:
+    """The Policy class `cfg._target_` names."""
+    return class_named("ic_policy._target_", cfg._target_, Policy)
+
+
+def build_policy(cfg: PolicyConfig, llm: Optional[LLM] = None) -> Policy:
+    """The policy `cfg` configures; `llm` is required by every policy but the gold replay."""
+    chosen = policy_class(cfg)
+    budget = {"max_turns": cfg.max_turns, "max_tokens": cfg.max_tokens}
+    if not chosen.uses_llm:
+        return chosen(**budget)
     if llm is None:
-        raise ValueError(f"policy {name!r} needs an LLM")
-    builders = {
-        "single_turn": lambda: SingleTurn(llm, max_tokens),
-        "try_again": lambda: TryAgain(llm, max_turns, max_tokens),
-        "react": lambda: ReAct(llm, max_turns, max_tokens),
-        "plan_solve": lambda: PlanAndSolve(llm, max_steps=max_turns, max_tokens=max_tokens),
-    }
-    if name not in builders:
-        raise ValueError(f"unknown policy {name!r}; choose from gold, {', '.join(builders)}")
-    return builders[name]()
+        raise ValueError(f"policy {cfg._target_} needs an LLM")
+    return chosen(llm, **budget)

@@ -39,7 +39,7 @@ def kendall_tau(first: Sequence[Any], second: Sequence[Any]) -> float:
         return math.nan
     # Ranks of the values (equal values share a rank) so that any comparable type works, strings included.
     levels = {value: rank for rank, value in enumerate(sorted(set(first) | set(second)))}
-    from scipy.stats import kendalltau  # scipy.stats costs ~0.3 s to import: only when a reward is computed
+    from scipy.stats import kendalltau  # noqa: PLC0415  (start-up cost: scipy.stats ~0.3 s, only when scored)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN, which is the answer
@@ -113,7 +113,7 @@ Change = tuple[str, str]  # (path, status) with status "A" added, "M" modified, 
 def tfidf_cosine(first: str, second: str) -> float:
     """Cosine similarity of the two texts' TF-IDF vectors fitted on the pair (upstream's measure);
     texts with no word at all fall back to exact equality."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: PLC0415  (start-up cost: sklearn)
 
     try:
         matrix = TfidfVectorizer().fit_transform([first, second])

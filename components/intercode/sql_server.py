@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Optional
 
+from sqlalchemy import create_engine, inspect, text
+
 from components.intercode.databases import DATABASES, generate
 from components.intercode.env import SqlEnv
 from components.intercode.tasksets import Task
@@ -40,8 +42,6 @@ class ServerSqlEnv(SqlEnv):
         max_steps: Optional[int] = None,
         sql_order: str = "upstream",
     ):
-        from sqlalchemy import create_engine
-
         super(SqlEnv, self).__init__(tasks, sandbox=_NoSandbox(), max_steps=max_steps)  # no local files
         self.max_rows = max_rows
         self.sql_order = sql_order
@@ -54,13 +54,9 @@ class ServerSqlEnv(SqlEnv):
         self._tables_at_reset: set[str] = set()
 
     def _tables(self) -> set[str]:
-        from sqlalchemy import inspect
-
         return set(inspect(self.engine).get_table_names())
 
     def _reset_state(self) -> None:
-        from sqlalchemy import text
-
         with self.engine.begin() as con:
             for table in (self._tables() - self._tables_at_reset) | (self._tables() & self._own_tables):
                 con.execute(text(f"DROP TABLE {table}"))  # ours, or created by the last episode's agent
@@ -77,8 +73,6 @@ class ServerSqlEnv(SqlEnv):
         self.gold_rows()  # computed on the freshly loaded state, before the agent can change it
 
     def run_query(self, query: str, workspace: Optional[Workspace]) -> dict:
-        from sqlalchemy import text
-
         try:
             with self.engine.begin() as con:
                 timeout = _TIMEOUT_SQL.get(self.engine.dialect.name)

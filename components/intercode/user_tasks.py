@@ -54,26 +54,7 @@ def load_task_file(
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskFileError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise TaskFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        unknown = sorted(set(record) - set(FIELDS))
-        if unknown:
-            raise TaskFileError(f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(FIELDS)})")
-        for field in ("id", "query", "gold"):
-            if field not in record:
-                raise TaskFileError(f"{where}: missing field {field!r}")
-        for field, value in record.items():
-            if not isinstance(value, FIELDS[field]):
-                raise TaskFileError(
-                    f"{where}: field {field!r} must be a string, got {type(value).__name__} {json.dumps(value)[:60]}"
-                )
-        for field in ("id", "query", "gold"):
-            if not record[field].strip():
-                raise TaskFileError(f"{where}: field {field!r} is empty")
+        record = _parse_record(line, where)
         if record["id"] in seen:
             raise TaskFileError(f"{where}: field 'id': {record['id']!r} is already used on line {seen[record['id']]}")
         seen[record["id"]] = number
@@ -104,6 +85,31 @@ def load_task_file(
     if not tasks["sql"] and not tasks["bash"]:
         raise TaskFileError(f"{path}: no tasks (one JSON object per line)")
     return tasks
+
+
+def _parse_record(line: str, where: str) -> dict:
+    """One line as a task record: a JSON object of known string fields, id, query and gold non-empty."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise TaskFileError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise TaskFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    unknown = sorted(set(record) - set(FIELDS))
+    if unknown:
+        raise TaskFileError(f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(FIELDS)})")
+    for field in ("id", "query", "gold"):
+        if field not in record:
+            raise TaskFileError(f"{where}: missing field {field!r}")
+    for field, value in record.items():
+        if not isinstance(value, FIELDS[field]):
+            raise TaskFileError(
+                f"{where}: field {field!r} must be a string, got {type(value).__name__} {json.dumps(value)[:60]}"
+            )
+    for field in ("id", "query", "gold"):
+        if not record[field].strip():
+            raise TaskFileError(f"{where}: field {field!r} is empty")
+    return record
 
 
 def _check_database(file: Path, where: str) -> None:

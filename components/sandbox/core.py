@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -490,8 +491,6 @@ class Sandbox:
 
     def _run_unisolated(self, argv, stdin, work: Path, env: dict, files: dict) -> SandboxResult:
         """Fallback without namespaces (only when allow_unisolated): rlimits + wall clock only."""
-        import resource
-
         limits = self._rlimits()
 
         def limit() -> None:  # runs in the child before exec

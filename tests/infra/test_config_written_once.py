@@ -91,7 +91,10 @@ def problems(node: Any, schema: type, default: Any, where: str) -> list[str]:
         f = fields[key]
         here = _field_default(f) if default is None else getattr(default, key, _field_default(f))
         inner = _dataclass_of(hints.get(key))
-        if inner is not None and isinstance(value, dict):
+        if inner is not None and isinstance(value, dict) and typing.get_origin(hints.get(key)) is dict:
+            for name, item in value.items():  # dict[str, X]: each value is an X of its own
+                out.extend(problems(item, inner, None, f"{where}{key}.{name}."))
+        elif inner is not None and isinstance(value, dict):
             base = here if dataclasses.is_dataclass(here) else None
             out.extend(problems(value, inner, base, f"{where}{key}."))
         elif key != "_target_" and _same(value, here):
@@ -175,3 +178,17 @@ def test_checker_passes_values_that_differ():
         "inner._target_: not a key of _Inner"
     ]
     assert problems({"flag": 0}, _Outer, None, "") == []  # 0 is not False: a type change is a difference
+
+
+@dataclasses.dataclass
+class _Named:
+    members: dict[str, _Inner] = dataclasses.field(default_factory=dict)
+
+
+def test_checker_reads_each_value_of_a_dict_of_dataclasses_as_one_of_them():
+    found = problems({"members": {"a": {"width": 8}, "b": {"width": 9, "colour": "red"}}}, _Named, None, "")
+    assert found == [
+        "members.a.width: 8 is the schema's default (_Inner.width)",
+        "members.b.colour: not a key of _Inner",
+    ]
+    assert problems({"members": {"a": {"width": 9, "kind": "b"}}}, _Named, None, "") == []

@@ -14,20 +14,6 @@ from components.intercode.tasksets import BASH_TASKS, SQL_TASKS
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def sql_env(asset_dir):
-    env = make_env("sql", SQL_TASKS, asset_dir)
-    yield env
-    env.close()
-
-
-@pytest.fixture(scope="module")
-def bash_env(asset_dir):
-    env = make_env("bash", BASH_TASKS, asset_dir)
-    yield env
-    env.close()
-
-
 def test_task_sets_are_large_and_varied():
     assert len(SQL_TASKS) >= 60 and len({t.db for t in SQL_TASKS}) >= 3
     assert {t.hardness for t in SQL_TASKS} == {"easy", "medium", "hard", "extra"}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from omegaconf import OmegaConf
 
 from components.intercode.env import make_env
 from components.intercode.metrics import summarize
 from components.intercode.policies import (
     GoldReplay,
     PlanAndSolve,
+    PolicyConfig,
     ReAct,
     SingleTurn,
     TryAgain,
@@ -18,14 +22,9 @@ from components.intercode.policies import (
 from components.intercode.tasksets import BASH_TASKS, SQL_TASKS, select_tasks
 from components.llm.base import ScriptedLLM
 
+POLICIES = "components.intercode.policies"
+CONF_POLICIES = Path(__file__).resolve().parents[2] / "conf" / "ic_policy"
 CS_INSTRUCTORS = 5  # "List the names of the instructors of the Computer Science department."
-
-
-@pytest.fixture(scope="module")
-def sql_env(asset_dir):
-    env = make_env("sql", SQL_TASKS, asset_dir)
-    yield env
-    env.close()
 
 
 def test_extract_code():
@@ -104,12 +103,29 @@ def test_gold_replay_and_summary(asset_dir):
 
 
 def test_build_policy_names():
-    assert build_policy("gold", None).name == "gold"
-    assert build_policy("try_again", ScriptedLLM(["x"]), max_turns=3).name == "try_again_3"
+    assert build_policy(PolicyConfig(f"{POLICIES}.GoldReplay"), None).name == "gold"
+    assert build_policy(PolicyConfig(max_turns=3), ScriptedLLM(["x"])).name == "try_again_3"
+    assert build_policy(PolicyConfig(max_turns=1), ScriptedLLM(["x"])).name == "single_turn"
     with pytest.raises(ValueError, match="needs an LLM"):
-        build_policy("react", None)
-    with pytest.raises(ValueError, match="unknown policy"):
-        build_policy("reflexion", ScriptedLLM(["x"]))
+        build_policy(PolicyConfig(f"{POLICIES}.ReAct"), None)
+    with pytest.raises(ValueError, match="ic_policy._target_=.*Reflexion.*names no Policy class"):
+        PolicyConfig(f"{POLICIES}.Reflexion")
+    with pytest.raises(ValueError, match="names no Policy class"):
+        PolicyConfig("components.intercode.env.SqlEnv")  # a class, but not a policy
+
+
+def test_every_ic_policy_option_builds_its_policy():
+    names = {}
+    for option in sorted(CONF_POLICIES.glob("*.yaml")):
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PolicyConfig), OmegaConf.load(option)))
+        names[option.stem] = build_policy(cfg, ScriptedLLM(["x"])).name
+    assert names == {
+        "gold": "gold",
+        "plan_solve": "plan_solve",
+        "react": "react",
+        "single_turn": "single_turn",
+        "try_again": "try_again_10",
+    }
 
 
 def test_extract_code_from_a_response_cut_at_max_tokens():

@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 
 from components.intercode import fsdiff
+from components.intercode.episodes import user_episodes
 from components.intercode.user_tasks import TaskFileError, load_task_file
 from components.sandbox import isolation_mode
 from mlsys.flow import compose, run
@@ -140,15 +141,16 @@ def test_flow_plays_a_users_task_file(material, prefect_harness, flow_overrides)
 
 
 def test_task_ids_and_envs_pick_from_a_users_task_file(material, flow_overrides):
-    from flows.intercode import _user_task_calls
+    def episodes_of(cfg):
+        return user_episodes(cfg.task_file, cfg.envs, cfg.task_ids, cfg.db_dir, cfg.fixture_dir)
 
     path = write(material, GOOD_SQL, GOOD_BASH, {**GOOD_SQL, "id": "q2"})
     cfg = compose("intercode", flow_overrides + [f"task_file={path}", "task_ids=[b1,q2]"])
-    calls = _user_task_calls(cfg, {})
-    assert [(c["kind"], c["task"]["id"]) for c in calls] == [("sql", "q2"), ("bash", "b1")]
-    assert calls[0]["db_dir"] == str(material) and calls[1]["fixture_dir"] == str(material)
+    episodes = episodes_of(cfg)
+    assert [(e.kind, e.task.id) for e in episodes] == [("sql", "q2"), ("bash", "b1")]
+    assert episodes[0].data_dir == str(material) and episodes[1].data_dir == str(material)
     cfg = compose("intercode", flow_overrides + [f"task_file={path}", "envs=[bash]"])
-    assert [c["task"]["id"] for c in _user_task_calls(cfg, {})] == ["b1"]
+    assert [e.task.id for e in episodes_of(cfg)] == ["b1"]
     cfg = compose("intercode", flow_overrides + [f"task_file={path}", "task_ids=[nope]"])
     with pytest.raises(ValueError, match=r"task_ids \['nope'\] are not in task_file"):
-        _user_task_calls(cfg, {})
+        episodes_of(cfg)
