@@ -3,7 +3,10 @@
 The weights load once per process (shared by every EmbeddedLLM, guarded by a lock) and decoding is
 a manual KV-cached loop, so streaming is real (one piece per token), stop sequences end generation
 early (the model does not waste time past a stop), and a deadline can be checked between tokens.
-Greedy by default; `temperature > 0` samples with a seeded generator.
+Greedy by default; `temperature > 0` samples with a generator seeded by `seed` and the prompt: the
+same request gives the same answer (reruns, the response cache), and two different prompts draw
+independent samples (one fixed stream for every request made similar prompts answer alike: the
+co-scientist's generations all restated one hypothesis).
 
 Prompt prefixes are cached: agent prompts repeat a long system prompt and few-shot examples (and
 ReAct re-sends its whole trajectory every step), and on a CPU the prefill of ~1000 prompt tokens
@@ -14,6 +17,7 @@ and a new prompt only prefills what follows its longest cached prefix.
 from __future__ import annotations
 
 import copy
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -153,7 +157,7 @@ class EmbeddedLLM(LLM):
         stats.prompt_tokens = len(prompt_ids)
         stats.model = self.model
         stats.finish_reason = "length"
-        generator = torch.Generator().manual_seed(self.seed) if temperature > 0 else None
+        generator = torch.Generator().manual_seed(sampling_seed(self.seed, prompt_ids)) if temperature > 0 else None
         deadline = time.monotonic() + self.timeout_s if self.timeout_s else None
         generated: list[int] = []
         shown = ""  # text already yielded (decoded from all generated ids: multi-byte tokens stay whole)
@@ -191,6 +195,12 @@ class EmbeddedLLM(LLM):
                 if stop and cut_at_stop(text, stop)[1]:
                     stats.finish_reason = "stop"
                     break
+
+
+def sampling_seed(seed: int, prompt_ids: Sequence[int]) -> int:
+    """The sampler's seed for one request: `seed` mixed with the prompt's tokens (stable across processes)."""
+    digest = hashlib.blake2b(f"{seed}:{','.join(map(str, prompt_ids))}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
 
 
 def _resolve_device(device: str) -> str:
