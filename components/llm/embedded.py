@@ -23,7 +23,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
+import torch
+
 from components.llm.base import LLM, Completion, LLMTimeoutError, Messages, cut_at_stop
+from components.lm.smollm2 import is_model_folder, load_model, load_tokenizer
 
 _MODELS: dict[tuple[str, str, str | None], tuple[object, object]] = {}  # (dtype, device, folder)
 _load_lock = threading.Lock()
@@ -35,8 +38,6 @@ def load_smollm2(dtype: str = "float32", device: str = "cpu", path: str | None =
     key = (dtype, device, path)
     with _load_lock:
         if key not in _MODELS:
-            from components.lm.smollm2 import is_model_folder, load_model, load_tokenizer
-
             if path is not None and not is_model_folder(path):
                 raise FileNotFoundError(
                     f"llm.model_path={path!r} is not a saved model folder (no config.json or tuned.safetensors)"
@@ -128,8 +129,6 @@ class EmbeddedLLM(LLM):
         self.timeout_s = timeout_s  # wall-clock budget of one request; None: unbounded
         self.seed = seed
         if threads:
-            import torch
-
             # Process-wide: on a busy CPU, torch's intra-op threads wait on each other at every op
             # (measured here: 1 thread was ~20x faster than 2 with the machine oversubscribed).
             torch.set_num_threads(threads)
@@ -148,8 +147,6 @@ class EmbeddedLLM(LLM):
     def _stream(
         self, messages: Messages, max_tokens: int, temperature: float, stop: Sequence[str] | None, stats: Completion
     ) -> Iterator[str]:
-        import torch
-
         tok = self._tokenizer
         prompt_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
             "input_ids"
@@ -206,6 +203,4 @@ def sampling_seed(seed: int, prompt_ids: Sequence[int]) -> int:
 def _resolve_device(device: str) -> str:
     if device != "auto":
         return device
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"

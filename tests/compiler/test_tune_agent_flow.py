@@ -46,7 +46,8 @@ def test_tuned_folders_reject_foreign_tensors_and_seed_zero(tmp_path):
     from safetensors.torch import save_file
 
     from components.lm import smollm2
-    from tasks.tune_agent import TranscriptConfig, collect_transcripts
+    from components.compiler.tuning import TranscriptConfig
+    from tasks.tune_agent import collect_transcripts
 
     save_file({"model.layers.99.mlp.up_proj.weight": torch.zeros(2, 2)}, str(tmp_path / smollm2.TUNED_WEIGHTS))
     with pytest.raises(ValueError, match="layers.99"):

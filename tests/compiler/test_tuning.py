@@ -130,7 +130,7 @@ def test_flow_config_runs_a_tuned_model_without_examples():
     from components.compiler.evaluation import build_agent
     from mlsys.environment import PROJECT_ROOT
     from mlsys.flow import compose
-    from tasks.llm import build_llm
+    from components.llm.factory import build_llm
 
     cfg = compose("compile_calls", ["agent.few_shot=false", "llm.model_path=data/no_such_model", "llm.threads=null"])
     agent = build_agent("react", llm=None, tools={}, submit=None, settings=cfg.agent)

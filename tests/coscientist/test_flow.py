@@ -59,12 +59,12 @@ def test_wrong_config_keys_and_values_fail_at_composition():
 
 
 def test_resume_false_sets_the_old_state_aside_instead_of_deleting_it(tmp_path):
-    from flows.coscientist import _set_aside
+    from components.coscientist.state import set_aside
 
     state = tmp_path / "s.sqlite"
     state.write_text("saved")
     (tmp_path / "s.sqlite-wal").write_text("wal")
-    moved = _set_aside(state)
+    moved = set_aside(state)
     assert not state.exists() and moved.read_text() == "saved"
     assert (tmp_path / f"{moved.name}-wal").read_text() == "wal"
-    assert _set_aside(state) is None  # nothing to set aside
+    assert set_aside(state) is None  # nothing to set aside

@@ -4,7 +4,9 @@ build_llm / log_llm_usage work from it."""
 import pytest
 
 from mlsys.flow import compose
-from tasks.llm import LLMConfig, build_llm, log_llm_usage, redacted
+from components.llm.base import log_llm_usage
+from components.llm.config import LLMConfig, redacted
+from components.llm.factory import build_llm
 from tests.llm.fake_openai import FakeOpenAI
 
 TARGETS = {
