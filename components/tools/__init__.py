@@ -38,6 +38,16 @@ class ToolsConfig:
     python_latency_s: float = 0.0  # the sandbox's own start-up (~0.2 s) is real latency already
     python_wall_s: float = 10.0  # a snippet is killed past this
 
+    def build(self) -> Toolbox:
+        """A new toolbox with these tools (toolbox_for: one per process and config)."""
+        return build_toolbox(
+            self.kb_seed,
+            self.search_latency_s,
+            self.calculate_latency_s,
+            self.python_latency_s,
+            python_wall_seconds=self.python_wall_s,
+        )
+
 
 def toolbox_for(tools: ToolsConfig) -> Toolbox:
     """The toolbox `tools` describes, built once per process and config (the knowledge base too):
@@ -46,10 +56,8 @@ def toolbox_for(tools: ToolsConfig) -> Toolbox:
 
 
 @functools.lru_cache(maxsize=8)
-def _toolbox(kb_seed, search_latency_s, calculate_latency_s, python_latency_s, python_wall_s) -> Toolbox:
-    return build_toolbox(
-        kb_seed, search_latency_s, calculate_latency_s, python_latency_s, python_wall_seconds=python_wall_s
-    )
+def _toolbox(*fields) -> Toolbox:
+    return ToolsConfig(*fields).build()
 
 
 __all__ = [
