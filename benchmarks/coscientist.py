@@ -359,46 +359,44 @@ def speedup_flow(base_url: str, workers: list[int], budget: int, repeats: int, t
     for _ in range(repeats):
         for w in workers:
             with tempfile.TemporaryDirectory(prefix="cosci-flow-") as work:
-                cfg = compose(
-                    "coscientist",
-                    [
-                        "llm=openai",
-                        f"llm.base_url={base_url}",
-                        "llm.model=fake",
-                        f"llm.max_concurrency={w}",
-                        f"supervisor.max_parallel={w}",
-                        f"runner.max_workers={w}",
-                        f"budget.calls={budget}",
-                        "proximity.backend=tfidf",
-                        f"tracking.uri={tracking_uri}",
-                        f"work_dir={work}",
-                        "tracking.experiment=coscientist-benchmark",
-                    ],
-                )
-                result = run(cfg)
+                overrides = [
+                    "llm=openai",
+                    f"llm.base_url={base_url}",
+                    "llm.model=fake",
+                    f"llm.max_concurrency={w}",
+                    f"supervisor.max_parallel={w}",
+                    f"runner.max_workers={w}",
+                    f"budget.calls={budget}",
+                    "proximity.backend=tfidf",
+                ]
+                result, _ = _run_flow(overrides, work, tracking_uri)
             times[w].append(result["metrics"]["wall_s"])  # the supervisor loop, as the flow measures it
     return _speedups(workers, times)
 
 
+def _run_flow(overrides: list[str], work: str, tracking_uri: str) -> tuple[dict, float]:
+    """The coscientist flow with `overrides`, its state in `work`, its run in the benchmark's
+    experiment; (the run's result, seconds the run took after composition)."""
+    cfg = compose(
+        "coscientist",
+        [*overrides, f"tracking.uri={tracking_uri}", f"work_dir={work}", "tracking.experiment=coscientist-benchmark"],
+    )
+    start = time.perf_counter()
+    result = run(cfg)
+    return result, time.perf_counter() - start
+
+
 def embedded_run(budget: int, tracking_uri: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="cosci-emb-") as work:
-        cfg = compose(
-            "coscientist",
-            [
-                "llm=embedded",
-                f"budget.calls={budget}",
-                "supervisor.initial_hypotheses=3",
-                "supervisor.max_parallel=1",
-                "agents.max_tokens=96",
-                "report_top=5",
-                f"tracking.uri={tracking_uri}",
-                f"work_dir={work}",
-                "tracking.experiment=coscientist-benchmark",
-            ],
-        )
-        start = time.perf_counter()
-        result = run(cfg)
-        elapsed = time.perf_counter() - start
+        overrides = [
+            "llm=embedded",
+            f"budget.calls={budget}",
+            "supervisor.initial_hypotheses=3",
+            "supervisor.max_parallel=1",
+            "agents.max_tokens=96",
+            "report_top=5",
+        ]
+        result, elapsed = _run_flow(overrides, work, tracking_uri)
     client = MlflowClient(tracking_uri)
     report = Path(client.download_artifacts(result["run_id"], "report/report.md")).read_text()
     out = RESULTS_DIR / "coscientist_embedded_report.md"

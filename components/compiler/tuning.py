@@ -54,14 +54,12 @@ class TranscriptConfig:
     react_steps: Optional[int] = None  # ReAct calls kept per question (Finish always); None: all of them
 
     def __post_init__(self) -> None:
-        if EVAL_KB_SEED in self.kb_seeds:
-            raise ConfigError(
-                "transcripts.kb_seeds",
-                self.kb_seeds,
-                f"must not include {EVAL_KB_SEED}: compile_calls and the benchmark evaluate on that knowledge base",
+        if not self.kb_seeds or EVAL_KB_SEED in self.kb_seeds:
+            evaluated = (
+                f"must not include {EVAL_KB_SEED}: compile_calls and the benchmark evaluate on that knowledge base"
             )
-        if not self.kb_seeds:
-            raise ConfigError("transcripts.kb_seeds", self.kb_seeds, "is empty: nothing to tune on")
+            reason = evaluated if self.kb_seeds else "is empty: nothing to tune on"
+            raise ConfigError("transcripts.kb_seeds", self.kb_seeds, reason)
         at_least("transcripts.per_template", self.per_template, 1)
         if self.react_steps is not None:
             at_least("transcripts.react_steps", self.react_steps, 1)
@@ -215,7 +213,6 @@ def tune(
     """Fine-tune the top `train_layers` decoder layers of a transformers causal LM in place on
     (ids, reply_start) examples; cross-entropy on reply tokens only. `on_step(step, metrics)` after
     every optimizer step (reply_loss, lr, tokens_per_s)."""
-
 
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
