@@ -6,6 +6,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from components.coscientist.state import set_aside
 from mlsys.flow import compose, run
 
 SCRIPTED = [
@@ -59,8 +60,6 @@ def test_wrong_config_keys_and_values_fail_at_composition():
 
 
 def test_resume_false_sets_the_old_state_aside_instead_of_deleting_it(tmp_path):
-    from components.coscientist.state import set_aside
-
     state = tmp_path / "s.sqlite"
     state.write_text("saved")
     (tmp_path / "s.sqlite-wal").write_text("wal")

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from components.llm.embedded import EmbeddedLLM, load_smollm2, sampling_seed
+from components.llm.embedded import EmbeddedLLM, PrefixCache, load_smollm2, sampling_seed
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
@@ -67,8 +67,6 @@ class FakeKV:
 
 
 def test_prefix_cache_lookup_crops_to_the_shared_prefix_and_subsumes_extended_prompts():
-    from components.llm.embedded import PrefixCache
-
     cache = PrefixCache(max_entries=2, min_prefix=2)
     cache.store([1, 2, 3, 4], FakeKV(4))
     kv, n = cache.lookup([1, 2, 3, 9, 9])
