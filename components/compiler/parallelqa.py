@@ -65,12 +65,117 @@ def build_questions(kb: KnowledgeBase, per_template: int = 6, seed: int = 0) -> 
 
 
 def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
-    """The templates in TEMPLATES' order (the draws of one seeded generator depend on it)."""
+    """The 16 templates in a fixed order (the draws of one seeded generator depend on it)."""
     make = _Templates(kb, per_template, seed)
-    for method, kind, args in TEMPLATES:
-        template, *rest = args
-        method(make, template, kb.of_kind(kind), *rest)
+    _narrow_templates(make, kb)
+    _wide_templates(make, kb)
+    make.headquarters_population(kb.of_kind("company"))
     return make.out
+
+
+def _narrow_templates(make: _Templates, kb: KnowledgeBase) -> None:
+    """Two to four independent lookups, then arithmetic or a comparison."""
+    cities, mountains = kb.of_kind("city"), kb.of_kind("mountain")
+    rivers, companies = kb.of_kind("river"), kb.of_kind("company")
+    make.pair(
+        "sum_population",
+        cities,
+        "What is the combined population of {a} and {b}?",
+        ("population", "population"),
+        "$1 + $2",
+        lambda a, b: a.attributes["population"] + b.attributes["population"],
+    )
+    make.pair(
+        "height_difference",
+        mountains,
+        "How many meters taller is {a} than {b}?",
+        ("height", "height"),
+        "$1 - $2",
+        lambda a, b: a.attributes["height_m"] - b.attributes["height_m"],
+        order=lambda m: -m.attributes["height_m"],
+    )
+    make.pair(
+        "area_ratio",
+        cities,
+        "How many times the area of {b} is the area of {a}?",
+        ("area", "area"),
+        "$1 / $2",
+        lambda a, b: a.attributes["area_km2"] / b.attributes["area_km2"],
+    )
+    make.aggregate(
+        "mean_elevation",
+        cities,
+        3,
+        "elevation_m",
+        "elevation",
+        "mean",
+        "What is the average elevation in meters of {names}?",
+    )
+    make.aggregate(
+        "total_employees", companies, 4, "employees", "employees", "sum", "How many employees do {names} have in total?"
+    )
+    make.superlative("longest_river", rivers, 3, "length_km", "length", "max", "Which river is the longest")
+    make.pair(
+        "founding_gap",
+        companies,
+        "How many years apart were {a} and {b} founded?",
+        ("founding year", "founding year"),
+        "abs($1 - $2)",
+        lambda a, b: abs(a.attributes["founded"] - b.attributes["founded"]),
+    )
+    make.pair(
+        "population_density",
+        cities,
+        "What is the population density of {a} in people per square kilometer?",
+        ("population", "area"),
+        "$1 / $2",
+        lambda a, b: a.attributes["population"] / a.attributes["area_km2"],
+        same_entity=True,
+    )
+    make.aggregate(
+        "total_revenue",
+        companies,
+        3,
+        "revenue_musd",
+        "revenue",
+        "sum",
+        "What is the total revenue in million USD of {names}?",
+    )
+
+
+def _wide_templates(make: _Templates, kb: KnowledgeBase) -> None:
+    """Wider fan-out (5-8 independent lookups): where planning once instead of once per call matters most."""
+    cities, mountains = kb.of_kind("city"), kb.of_kind("mountain")
+    rivers, companies = kb.of_kind("river"), kb.of_kind("company")
+    make.superlative(
+        "most_employees", companies, 5, "employees", "employees", "max", "Which company has the most employees", True
+    )
+    make.aggregate(
+        "mean_height", mountains, 6, "height_m", "height", "mean", "What is the average height in meters of {names}?"
+    )
+    make.superlative("oldest_city", cities, 5, "founded", "founding year", "min", "Which city was founded first", True)
+    make.aggregate(
+        "total_discharge",
+        rivers,
+        6,
+        "discharge_m3s",
+        "discharge",
+        "sum",
+        "What is the total discharge in m3/s of {names}?",
+    )
+    # The paper's widest case: Movie Recommendation's 8 parallel searches (its 3.74x).
+    make.aggregate(
+        "population_of_eight",
+        cities,
+        8,
+        "population",
+        "population",
+        "sum",
+        "What is the combined population of {names}?",
+    )
+    make.superlative(
+        "highest_revenue", companies, 8, "revenue_musd", "revenue", "max", "Which company has the highest revenue", True
+    )
 
 
 def _listed(names: list[str]) -> str:
@@ -132,13 +237,14 @@ class _Templates:
             losers = [n for n in names if n != winner]
             self.out.append(_q(f"{template}-{i}", template, text, winner, plan, k, distractors=losers))
 
-    def headquarters_population(self, template: str, companies: list) -> None:
+    def headquarters_population(self, companies: list) -> None:
         """A chain: find the company's headquarters, then look up that city's population."""
         for i in range(self.per_template):
-            (c,) = self.pick(template, companies, 1)
+            (c,) = self.pick("headquarters_population", companies, 1)
             hq = self.kb.get(c.attributes["headquarters"])
             text = f"What is the population of the city where {c.name} is headquartered?"
             plan = [_search("headquarters", c.name), 'search("population of $1")']
+            template = "headquarters_population"
             self.out.append(_q(f"{template}-{i}", template, text, hq.attributes["population"], plan, 1, parallel=False))
 
 
@@ -186,122 +292,3 @@ def is_correct(
         return True
     contains = lambda name: re.search(rf"\b{re.escape(normalize(name))}\b", a) is not None  # noqa: E731
     return contains(gold) and not any(contains(d) for d in distractors)
-
-
-# (how the template is built, the kind of entity it asks about, its arguments), in build order.
-TEMPLATES = [
-    (
-        _Templates.pair,
-        "city",
-        (
-            "sum_population",
-            "What is the combined population of {a} and {b}?",
-            ("population", "population"),
-            "$1 + $2",
-            lambda a, b: a.attributes["population"] + b.attributes["population"],
-        ),
-    ),
-    (
-        _Templates.pair,
-        "mountain",
-        (
-            "height_difference",
-            "How many meters taller is {a} than {b}?",
-            ("height", "height"),
-            "$1 - $2",
-            lambda a, b: a.attributes["height_m"] - b.attributes["height_m"],
-            lambda m: -m.attributes["height_m"],
-        ),
-    ),
-    (
-        _Templates.pair,
-        "city",
-        (
-            "area_ratio",
-            "How many times the area of {b} is the area of {a}?",
-            ("area", "area"),
-            "$1 / $2",
-            lambda a, b: a.attributes["area_km2"] / b.attributes["area_km2"],
-        ),
-    ),
-    (
-        _Templates.aggregate,
-        "city",
-        (
-            "mean_elevation",
-            3,
-            "elevation_m",
-            "elevation",
-            "mean",
-            "What is the average elevation in meters of {names}?",
-        ),
-    ),
-    (
-        _Templates.aggregate,
-        "company",
-        ("total_employees", 4, "employees", "employees", "sum", "How many employees do {names} have in total?"),
-    ),
-    (_Templates.superlative, "river", ("longest_river", 3, "length_km", "length", "max", "Which river is the longest")),
-    (
-        _Templates.pair,
-        "company",
-        (
-            "founding_gap",
-            "How many years apart were {a} and {b} founded?",
-            ("founding year", "founding year"),
-            "abs($1 - $2)",
-            lambda a, b: abs(a.attributes["founded"] - b.attributes["founded"]),
-        ),
-    ),
-    (
-        _Templates.pair,
-        "city",
-        (
-            "population_density",
-            "What is the population density of {a} in people per square kilometer?",
-            ("population", "area"),
-            "$1 / $2",
-            lambda a, b: a.attributes["population"] / a.attributes["area_km2"],
-            None,
-            True,
-        ),
-    ),
-    (
-        _Templates.aggregate,
-        "company",
-        ("total_revenue", 3, "revenue_musd", "revenue", "sum", "What is the total revenue in million USD of {names}?"),
-    ),
-    # Wider fan-out (5-6 independent lookups): where planning once instead of once per call matters most.
-    (
-        _Templates.superlative,
-        "company",
-        ("most_employees", 5, "employees", "employees", "max", "Which company has the most employees", True),
-    ),
-    (
-        _Templates.aggregate,
-        "mountain",
-        ("mean_height", 6, "height_m", "height", "mean", "What is the average height in meters of {names}?"),
-    ),
-    (
-        _Templates.superlative,
-        "city",
-        ("oldest_city", 5, "founded", "founding year", "min", "Which city was founded first", True),
-    ),
-    (
-        _Templates.aggregate,
-        "river",
-        ("total_discharge", 6, "discharge_m3s", "discharge", "sum", "What is the total discharge in m3/s of {names}?"),
-    ),
-    # The paper's widest case: Movie Recommendation's 8 parallel searches (its 3.74x).
-    (
-        _Templates.aggregate,
-        "city",
-        ("population_of_eight", 8, "population", "population", "sum", "What is the combined population of {names}?"),
-    ),
-    (
-        _Templates.superlative,
-        "company",
-        ("highest_revenue", 8, "revenue_musd", "revenue", "max", "Which company has the highest revenue", True),
-    ),
-    (_Templates.headquarters_population, "company", ("headquarters_population",)),
-]
