@@ -39,13 +39,24 @@ from dataclasses import asdict, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, parse_mode, target, write_result
-from components.coscientist.agents import AgentSuite
-from components.coscientist.elo import EloConfig
-from components.coscientist.proximity import Proximity, ProximityConfig
-from components.coscientist.state import TournamentState
-from components.coscientist.supervisor import Budget, Supervisor, SupervisorConfig, WorkWeights
-from components.coscientist.synthetic import SyntheticLLM, SyntheticScience
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
+from mlflow.tracking import MlflowClient  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
+from scipy.stats import t as student_t  # noqa: E402
+
+from benchmarks.common import RESULTS_DIR, parse_mode, target, write_result  # noqa: E402
+from components.coscientist.agents import AgentSuite  # noqa: E402
+from components.coscientist.elo import EloConfig  # noqa: E402
+from components.coscientist.proximity import Proximity, ProximityConfig  # noqa: E402
+from components.coscientist.state import TournamentState  # noqa: E402
+from components.coscientist.supervisor import Budget, Supervisor, SupervisorConfig, WorkWeights  # noqa: E402
+from components.coscientist.synthetic import SyntheticLLM, SyntheticScience  # noqa: E402
+from components.llm.openai_compat import OpenAICompatibleLLM  # noqa: E402
+from mlsys.flow import compose, run  # noqa: E402
+from mlsys.tracking import default_tracking_uri  # noqa: E402
 
 GOAL = "Find the catalyst system that maximises the yield of the reaction."
 POOL = 12  # hypotheses in the ranking experiment
@@ -108,12 +119,10 @@ def run_tournament(
 
 def spread(values: list[float], goal: float | None = None) -> dict:
     """Mean, std, a 95% t-interval for the mean, median, min/max and the fraction reaching `goal`."""
-    from scipy.stats import t
-
     n = len(values)
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if n > 1 else 0.0
-    half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else float("nan")
+    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else float("nan")
     out = {
         "n": n,
         "mean": mean,
@@ -130,8 +139,6 @@ def spread(values: list[float], goal: float | None = None) -> dict:
 
 def rank_once(seed: int, budget: int, elo: EloConfig, proximity: Proximity) -> dict:
     """One tournament on task `seed` (its own hidden truth and judge); how well the final Elo order ranks."""
-    from scipy.stats import kendalltau
-
     science = SyntheticScience(seed)
     llm = SyntheticLLM(science, judge_noise=NOISE, seed=seed)
     with tempfile.TemporaryDirectory(prefix="cosci-rank-", dir=SCRATCH) as tmp:
@@ -321,9 +328,18 @@ class FakeOpenAIServer:
         self.server.server_close()
 
 
-def speedup_component(base_url: str, workers: list[int], budget: int, repeats: int) -> dict:
-    from components.llm.openai_compat import OpenAICompatibleLLM
+def _speedups(workers: list[int], times: dict[int, list[float]]) -> dict:
+    """Median wall time per worker count and the speedup over the first count."""
+    med = {w: statistics.median(values) for w, values in times.items()}
+    return {
+        "workers": workers,
+        "wall_s_median": med,
+        "wall_s": times,
+        "speedup": {w: med[workers[0]] / med[w] for w in workers},
+    }
 
+
+def speedup_component(base_url: str, workers: list[int], budget: int, repeats: int) -> dict:
     proximity = Proximity(ProximityConfig(backend="tfidf"))
     times: dict[int, list[float]] = {w: [] for w in workers}
     for _ in range(repeats):
@@ -335,72 +351,52 @@ def speedup_component(base_url: str, workers: list[int], budget: int, repeats: i
                 _, summary = run_tournament(0, budget, EloConfig(), llm, cfg, proximity, state_dir=Path(tmp))
                 times[w].append(time.perf_counter() - start)
             assert summary["spent"]["calls"] <= budget
-    med = {w: statistics.median(t) for w, t in times.items()}
-    return {
-        "workers": workers,
-        "wall_s_median": med,
-        "wall_s": times,
-        "speedup": {w: med[workers[0]] / med[w] for w in workers},
-    }
+    return _speedups(workers, times)
 
 
 def speedup_flow(base_url: str, workers: list[int], budget: int, repeats: int, tracking_uri: str) -> dict:
-    from mlsys.flow import compose, run
-
     times: dict[int, list[float]] = {w: [] for w in workers}
     for _ in range(repeats):
         for w in workers:
             with tempfile.TemporaryDirectory(prefix="cosci-flow-") as work:
-                cfg = compose(
-                    "coscientist",
-                    [
-                        "llm=openai",
-                        f"llm.base_url={base_url}",
-                        "llm.model=fake",
-                        f"llm.max_concurrency={w}",
-                        f"supervisor.max_parallel={w}",
-                        f"runner.max_workers={w}",
-                        f"budget.calls={budget}",
-                        "proximity.backend=tfidf",
-                        f"tracking.uri={tracking_uri}",
-                        f"work_dir={work}",
-                        "tracking.experiment=coscientist-benchmark",
-                    ],
-                )
-                result = run(cfg)
+                overrides = [
+                    "llm=openai",
+                    f"llm.base_url={base_url}",
+                    "llm.model=fake",
+                    f"llm.max_concurrency={w}",
+                    f"supervisor.max_parallel={w}",
+                    f"runner.max_workers={w}",
+                    f"budget.calls={budget}",
+                    "proximity.backend=tfidf",
+                ]
+                result, _ = _run_flow(overrides, work, tracking_uri)
             times[w].append(result["metrics"]["wall_s"])  # the supervisor loop, as the flow measures it
-    med = {w: statistics.median(t) for w, t in times.items()}
-    return {
-        "workers": workers,
-        "wall_s_median": med,
-        "wall_s": times,
-        "speedup": {w: med[workers[0]] / med[w] for w in workers},
-    }
+    return _speedups(workers, times)
+
+
+def _run_flow(overrides: list[str], work: str, tracking_uri: str) -> tuple[dict, float]:
+    """The coscientist flow with `overrides`, its state in `work`, its run in the benchmark's
+    experiment; (the run's result, seconds the run took after composition)."""
+    cfg = compose(
+        "coscientist",
+        [*overrides, f"tracking.uri={tracking_uri}", f"work_dir={work}", "tracking.experiment=coscientist-benchmark"],
+    )
+    start = time.perf_counter()
+    result = run(cfg)
+    return result, time.perf_counter() - start
 
 
 def embedded_run(budget: int, tracking_uri: str) -> dict:
-    from mlflow.tracking import MlflowClient
-
-    from mlsys.flow import compose, run
-
     with tempfile.TemporaryDirectory(prefix="cosci-emb-") as work:
-        cfg = compose(
-            "coscientist",
-            [
-                "llm=embedded",
-                f"budget.calls={budget}",
-                "supervisor.initial_hypotheses=3",
-                "supervisor.max_parallel=1",
-                "agents.max_tokens=96",
-                "report_top=5",
-                f"tracking.uri={tracking_uri}",
-                f"work_dir={work}",
-                "tracking.experiment=coscientist-benchmark",
-            ],
-        )
-        start = time.perf_counter()
-        result = run(cfg)
-        elapsed = time.perf_counter() - start
+        overrides = [
+            "llm=embedded",
+            f"budget.calls={budget}",
+            "supervisor.initial_hypotheses=3",
+            "supervisor.max_parallel=1",
+            "agents.max_tokens=96",
+            "report_top=5",
+        ]
+        result, elapsed = _run_flow(overrides, work, tracking_uri)
     client = MlflowClient(tracking_uri)
     report = Path(client.download_artifacts(result["run_id"], "report/report.md")).read_text()
     out = RESULTS_DIR / "coscientist_embedded_report.md"
@@ -412,11 +408,6 @@ def embedded_run(budget: int, tracking_uri: str) -> dict:
 
 
 def plot(results: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
     ax = axes[0]
     for name, rows in results["ranking"].items():
@@ -484,7 +475,7 @@ def main(argv=None) -> None:
     mode = "quick" if quick else "full"
     tuning_seeds, heldout = TUNING_SEEDS[mode], HELDOUT_SEEDS[mode]
     budgets = [60, 120, 240] if quick else [60, 120, 240, 480]
-    tracking_uri = args.tracking_uri or None
+    uri = args.tracking_uri or default_tracking_uri()
     started = time.perf_counter()
     tfidf = Proximity(ProximityConfig(backend="tfidf"))  # the ranking pool has no restatements: cheap backend
     results: dict = {
@@ -512,29 +503,40 @@ def main(argv=None) -> None:
         "ci95_lower": first_budget_reaching(configured, lambda tau: tau["ci95"][0]),
     }
     results["duplicates"] = duplicates(seeds=2 if quick else 5, budget=100 if quick else 160)
-
-    latency, workers, budget = 0.3, [1, 2, 4, 8], 40 if quick else 80
-    results["parallel"] = {"latency_s": latency, "budget_calls": budget}
-    from mlsys.tracking import default_tracking_uri
-
-    uri = tracking_uri or default_tracking_uri()
-    with FakeOpenAIServer(latency) as server:
-        results["parallel"]["component"] = speedup_component(
-            server.base_url, workers, budget, repeats=2 if quick else 3
-        )
-        print("parallel (component):", results["parallel"]["component"]["speedup"], flush=True)
-        results["parallel"]["flow"] = speedup_flow(
-            server.base_url, [1, 4], budget, repeats=1 if quick else 2, tracking_uri=uri
-        )
-        print("parallel (flow):", results["parallel"]["flow"]["speedup"], flush=True)
+    results["parallel"] = parallel_speedups(quick, uri)
     results["embedded"] = embedded_run(budget=8 if quick else 16, tracking_uri=uri)
     print("embedded:", results["embedded"]["metrics"], flush=True)
     results["total_wall_s"] = time.perf_counter() - started
+    write_result(
+        "coscientist",
+        results,
+        _targets(results),
+        figure=plot(results),
+        args=args,
+        extra_artifacts=[Path(results["embedded"]["report"])],
+    )
 
-    row = next(r for r in configured if r["budget_calls"] == MODERATE_BUDGET)
+
+def parallel_speedups(quick: bool, tracking_uri: str) -> dict:
+    """Wall time of a tournament against a fake remote LLM with 1-8 agent calls in flight, through
+    the component and through the Prefect flow."""
+    latency, workers, budget = 0.3, [1, 2, 4, 8], 40 if quick else 80
+    out: dict = {"latency_s": latency, "budget_calls": budget}
+    with FakeOpenAIServer(latency) as server:
+        out["component"] = speedup_component(server.base_url, workers, budget, repeats=2 if quick else 3)
+        print("parallel (component):", out["component"]["speedup"], flush=True)
+        out["flow"] = speedup_flow(
+            server.base_url, [1, 4], budget, repeats=1 if quick else 2, tracking_uri=tracking_uri
+        )
+        print("parallel (flow):", out["flow"]["speedup"], flush=True)
+    return out
+
+
+def _targets(results: dict) -> list[dict]:
+    row = next(r for r in results["ranking"]["configured"] if r["budget_calls"] == MODERATE_BUDGET)
     comp = results["parallel"]["component"]
     top_w = max(comp["workers"])
-    targets = [
+    return [
         # the mean over the held-out seeds; its 95% interval and the fraction of seeds reaching 0.8 are in results
         target(
             f"kendall_tau_at_{MODERATE_BUDGET}_calls_20pct_noisy_judge_heldout_mean", row["tau"]["mean"], TAU_GOAL, ">="
@@ -552,14 +554,6 @@ def main(argv=None) -> None:
             "duplicate_rate_after_proximity_minilm", results["duplicates"]["minilm"]["rate_after_proximity"], 0.02, "<="
         ),
     ]
-    write_result(
-        "coscientist",
-        results,
-        targets,
-        figure=plot(results),
-        args=args,
-        extra_artifacts=[Path(results["embedded"]["report"])],
-    )
 
 
 if __name__ == "__main__":

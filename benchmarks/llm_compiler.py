@@ -29,22 +29,37 @@ benchmarks.llm_compiler --quick` (a few minutes) or `--full`.
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
 
-from benchmarks.common import parse_mode, target, write_result
+import matplotlib
 
-SEARCH_LATENCY_S = 0.5  # a remote search API's round trip (the paper's tools are web/Wikipedia calls)
-CALCULATE_LATENCY_S = 0.05
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
+
+from benchmarks.common import parse_mode, target, write_result  # noqa: E402
+from components.compiler.evaluation import AgentSettings, build_agent, evaluate, summarize  # noqa: E402
+from components.compiler.fetching import ThreadSubmit  # noqa: E402
+from components.compiler.parallelqa import build_questions  # noqa: E402
+from components.compiler.scripted import ServedModelLatency, SimulatedServedLLM, parallelqa_oracle  # noqa: E402
+from components.llm.embedded import EmbeddedLLM  # noqa: E402
+from components.lm.smollm2 import load_tokenizer  # noqa: E402
+from components.tools import ToolsConfig, build_knowledge_base  # noqa: E402
+
+TOOLS = ToolsConfig()  # the flow's tools: search 0.5 s (a remote API's round trip), calculator 0.05 s
+SEARCH_LATENCY_S = TOOLS.search_latency_s
 GOAL_SPEEDUP = 3.0  # the issue: >= 3x lower latency than ReAct at equal accuracy on parallel questions
 GOAL_QUESTIONS = 50  # the issue: >= 50 questions
 EMBEDDED_SETTINGS = ("embedded", "embedded_tuned")
 
 
 def _extra_args(argv):
-    from components.compiler.scripted import ServedModelLatency
-
     default = ServedModelLatency()
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
@@ -116,13 +131,9 @@ def _within(questions, budget_s, log):
         yield q
 
 
-def _run_setting(name, questions, llm, toolbox_kwargs, settings, methods, budget_s=None, log=print):
-    from components.compiler.evaluation import build_agent, evaluate, summarize
-    from components.compiler.fetching import ThreadSubmit
-    from components.tools import build_toolbox
-
-    toolbox = build_toolbox(0, **toolbox_kwargs)
-    tools = {n: t.description for n, t in toolbox.tools.items()}
+def _run_setting(name, questions, llm, tools_cfg: ToolsConfig, settings, methods, budget_s=None, log=print):
+    toolbox = tools_cfg.build()
+    tools = toolbox.descriptions()
     submit = ThreadSubmit(toolbox, max_workers=8)
     agents = {m: build_agent(m, llm, tools, submit, settings) for m in methods}
     try:
@@ -143,27 +154,22 @@ def _run_setting(name, questions, llm, toolbox_kwargs, settings, methods, budget
         "questions": len({r["qid"] for r in rows}),
         "questions_asked": len(questions) - 1,
         "wall_s": time.perf_counter() - start,
-        "tools": toolbox_kwargs,
+        "tools": {"search_latency_s": tools_cfg.search_latency_s, "calculate_latency_s": tools_cfg.calculate_latency_s},
         "summary": summary,
         "summary_parallel_questions": summarize(rows, parallel_only=True),
         "speedup_by_lookups": _by_lookups(rows),
     }, rows
 
 
-def _embedded_setting(name, questions, toolbox_kwargs, settings, budget_min, model_path=None):
+def _embedded_setting(name, questions, tools_cfg, settings, budget_min, model_path=None):
     """SmolLM2-135M (or its tuned copy at `model_path`) really planning, joining and acting (run in
     a worker process)."""
-    import json
-    from pathlib import Path
-
-    from components.llm.embedded import EmbeddedLLM
-
     model = EmbeddedLLM(threads=1, model_path=model_path)  # see conf/llm/embedded.yaml: 1 thread on a shared CPU
     result, rows = _run_setting(
         name,
         questions,
         model,
-        toolbox_kwargs,
+        tools_cfg,
         settings,
         TUNED_METHODS,
         budget_s=60 * budget_min,
@@ -206,37 +212,21 @@ def main(argv=None) -> None:
     extra, rest = _extra_args(sys.argv[1:] if argv is None else argv)
     args = parse_mode(__doc__.split("\n")[0], rest)
     full = bool(args.full)
-    from dataclasses import asdict, replace
-
-    from components.compiler.evaluation import AgentSettings, summarize
-    from components.compiler.parallelqa import build_questions
-    from components.compiler.scripted import ServedModelLatency, SimulatedServedLLM, parallelqa_oracle
-    from components.lm.smollm2 import load_tokenizer
-    from components.tools import build_knowledge_base
-
     questions = build_questions(build_knowledge_base(0))
     templates = len({q.template for q in questions})
     settings = AgentSettings()
     latency = ServedModelLatency(extra.ttft, extra.prefill_per_token, extra.decode_per_token)
     tokenizer = load_tokenizer()
-    base_tools = {"search_latency_s": SEARCH_LATENCY_S, "calculate_latency_s": CALCULATE_LATENCY_S}
     results: dict = {
         "note": "shared 2-core machine (other engineers' jobs running): compare ratios within a "
         "setting, not absolute seconds across runs",
         "settings": {
             "agent": vars(settings),
-            "search_latency_s": SEARCH_LATENCY_S,
-            "calculate_latency_s": CALCULATE_LATENCY_S,
+            "search_latency_s": TOOLS.search_latency_s,
+            "calculate_latency_s": TOOLS.calculate_latency_s,
             "scripted_llm": asdict(latency),
         },
-        "question_set": {
-            "questions": len(questions),
-            "templates": templates,
-            "by_lookups": {
-                str(n): sum(q.lookups == n for q in questions) for n in sorted({q.lookups for q in questions})
-            },
-            "parallel": sum(q.parallel for q in questions),
-        },
+        "question_set": _question_set(questions, templates),
     }
     all_rows = {}
 
@@ -247,51 +237,88 @@ def main(argv=None) -> None:
     # (simulated model and tool latency), so they run at the same time, in separate processes:
     # the full run then fits the shared machine's afternoon. Within each setting the methods
     # still alternate question by question, so whatever the other process costs hits both.
-    embedded_specs = {}  # setting name -> (model folder, agent settings)
-    if not extra.skip_embedded:
-        embedded_specs["embedded"] = (None, settings)
-    if extra.tuned_model:
-        embedded_specs["embedded_tuned"] = (extra.tuned_model, replace(settings, few_shot=False))
-    embedded_runs, embedded_pool = {}, None
-    if embedded_specs:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        n_embedded = extra.embedded_questions or (GOAL_QUESTIONS if full else 4)
-        budget_min = extra.embedded_budget_min or (110 if full else 15)
-        embedded_pool = ProcessPoolExecutor(len(embedded_specs), mp_context=multiprocessing.get_context("spawn"))
-        for name, (model_path, agent_settings) in embedded_specs.items():
-            embedded_runs[name] = embedded_pool.submit(
-                _embedded_setting, name, questions[: n_embedded + 1], base_tools, agent_settings, budget_min, model_path
-            )
+    embedded_pool, embedded_runs = _start_embedded(extra, settings, questions, full)
 
     # 1. scripted plans: the executor's speedup
     n_scripted = extra.scripted_questions or (len(questions) if full else 2 * templates)
     results["scripted"], all_rows["scripted"] = _run_setting(
-        "scripted", questions[: n_scripted + 1], oracle(latency), base_tools, settings, SCRIPTED_METHODS
+        "scripted", questions[: n_scripted + 1], oracle(latency), TOOLS, settings, SCRIPTED_METHODS
     )
-
     # 1b. sensitivity (one question per template + the warm-up): tool latency and time to first token
-    subset = questions[: templates + 1]
+    results.update(_sensitivity(questions[: templates + 1], all_rows["scripted"], oracle, latency, settings, full))
+
+    # 2./3. the embedded model end to end: each in its own process, started first and collected last
+    for name, run in embedded_runs.items():
+        results[name], all_rows[name] = run.result()
+    if embedded_pool is not None:
+        embedded_pool.shutdown()
+    results["rows"] = {k: [{key: r[key] for key in ROW_KEYS} for r in rows] for k, rows in all_rows.items()}
+    write_result("llm_compiler", results, _targets(results), figure=_plot(results), args=args)
+
+
+ROW_KEYS = (
+    "qid",
+    "method",
+    "lookups",
+    "answer",
+    "gold",
+    "correct",
+    "latency_s",
+    "llm_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "tool_calls",
+    "replans",
+    "errors",
+)  # what the result file keeps of each answer
+
+
+def _question_set(questions, templates: int) -> dict:
+    by_lookups = {str(n): sum(q.lookups == n for q in questions) for n in sorted({q.lookups for q in questions})}
+    return {
+        "questions": len(questions),
+        "templates": templates,
+        "by_lookups": by_lookups,
+        "parallel": sum(q.parallel for q in questions),
+    }
+
+
+def _start_embedded(extra, settings: AgentSettings, questions, full: bool):
+    """Settings 2 and 3 started in worker processes: (the pool or None, setting name -> future)."""
+    specs = {}  # setting name -> (model folder, agent settings)
+    if not extra.skip_embedded:
+        specs["embedded"] = (None, settings)
+    if extra.tuned_model:
+        specs["embedded_tuned"] = (extra.tuned_model, replace(settings, few_shot=False))
+    if not specs:
+        return None, {}
+    n_embedded = extra.embedded_questions or (GOAL_QUESTIONS if full else 4)
+    budget_min = extra.embedded_budget_min or (110 if full else 15)
+    pool = ProcessPoolExecutor(len(specs), mp_context=multiprocessing.get_context("spawn"))
+    runs = {
+        name: pool.submit(
+            _embedded_setting, name, questions[: n_embedded + 1], TOOLS, agent_settings, budget_min, model_path
+        )
+        for name, (model_path, agent_settings) in specs.items()
+    }
+    return pool, runs
+
+
+def _sensitivity(subset, main_rows, oracle, latency: ServedModelLatency, settings: AgentSettings, full: bool) -> dict:
+    """The speedups with another search latency or time to first token, on one question per template;
+    the main setting's point is its own rows on the same questions."""
     sweep_search = {str(SEARCH_LATENCY_S): None}
     for search in (0.1, 1.0) if full else (1.0,):
-        res, _ = _run_setting(
-            f"sweep-search-{search}",
-            subset,
-            oracle(latency),
-            {**base_tools, "search_latency_s": search},
-            settings,
-            SCRIPTED_METHODS,
-        )
+        tools = replace(TOOLS, search_latency_s=search)
+        res, _ = _run_setting(f"sweep-search-{search}", subset, oracle(latency), tools, settings, SCRIPTED_METHODS)
         sweep_search[str(search)] = _sweep_point(res)
     sweep_ttft = {str(latency.ttft_s): None}
     for ttft in (0.05, 1.0) if full else (1.0,):
         res, _ = _run_setting(
-            f"sweep-ttft-{ttft}", subset, oracle(replace(latency, ttft_s=ttft)), base_tools, settings, SCRIPTED_METHODS
+            f"sweep-ttft-{ttft}", subset, oracle(replace(latency, ttft_s=ttft)), TOOLS, settings, SCRIPTED_METHODS
         )
         sweep_ttft[str(ttft)] = _sweep_point(res)
-    # the main setting's point, on the same subset of questions
-    main_subset = [r for r in all_rows["scripted"] if r["qid"] in {q.qid for q in subset[1:]}]
+    main_subset = [r for r in main_rows if r["qid"] in {q.qid for q in subset[1:]}]
     main_point = _sweep_point(
         {
             "summary": summarize(main_subset),
@@ -300,14 +327,13 @@ def main(argv=None) -> None:
         }
     )
     sweep_search[str(SEARCH_LATENCY_S)] = sweep_ttft[str(latency.ttft_s)] = main_point
-    results["scripted_sweep_search_latency"] = dict(sorted(sweep_search.items(), key=lambda kv: float(kv[0])))
-    results["scripted_sweep_ttft"] = dict(sorted(sweep_ttft.items(), key=lambda kv: float(kv[0])))
+    return {
+        "scripted_sweep_search_latency": dict(sorted(sweep_search.items(), key=lambda kv: float(kv[0]))),
+        "scripted_sweep_ttft": dict(sorted(sweep_ttft.items(), key=lambda kv: float(kv[0]))),
+    }
 
-    # 2./3. the embedded model end to end: each in its own process, started first and collected last
-    for name, run in embedded_runs.items():
-        results[name], all_rows[name] = run.result()
-    if embedded_pool is not None:
-        embedded_pool.shutdown()
+
+def _targets(results: dict) -> list[dict]:
     targets = []
     for name in ("scripted", *EMBEDDED_SETTINGS):
         if name not in results:
@@ -316,39 +342,10 @@ def main(argv=None) -> None:
         targets.append(target(f"{name}_questions", results[name]["questions"], GOAL_QUESTIONS, ">="))
         targets.append(target(f"{name}_speedup_parallel_questions", s["speedup_median"], GOAL_SPEEDUP, ">="))
         targets.append(target(f"{name}_accuracy_llmcompiler_minus_react", s["accuracy_delta"], 0.0, ">="))
-    results["rows"] = {
-        k: [
-            {
-                key: r[key]
-                for key in (
-                    "qid",
-                    "method",
-                    "lookups",
-                    "answer",
-                    "gold",
-                    "correct",
-                    "latency_s",
-                    "llm_calls",
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "tool_calls",
-                    "replans",
-                    "errors",
-                )
-            }
-            for r in rows
-        ]
-        for k, rows in all_rows.items()
-    }
-    write_result("llm_compiler", results, targets, figure=_plot(results), args=args)
+    return targets
 
 
 def _plot(results):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     settings = [k for k in ("scripted", *EMBEDDED_SETTINGS) if k in results]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     width = 0.27

@@ -4,29 +4,22 @@ runs each agent call as a Prefect task; state persists in SQLite so a stopped ru
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 
 from components.checks import at_least
+from components.coscientist.agents import AgentSettings, AgentSpec, agent_suite
 from components.coscientist.elo import EloConfig
 from components.coscientist.proximity import Proximity, ProximityConfig
-from components.coscientist.state import TournamentState
-from components.coscientist.supervisor import Budget, Supervisor, SupervisorConfig
+from components.coscientist.report import run_metrics
+from components.coscientist.state import TournamentState, set_aside, state_path
+from components.coscientist.supervisor import Budget, FutureBridge, Supervisor, SupervisorConfig
+from components.llm.base import log_llm_usage
+from components.llm.config import LLMConfig
 from mlsys.flow import FlowConfig, system_flow
-from tasks.coscientist import AgentSpec, agent_suite, prefect_submit, write_report
-from tasks.llm import LLMConfig
-
-
-@dataclass
-class AgentSettings:
-    max_tokens: int = 160  # one hypothesis paragraph or one verdict; SmolLM2 runs ~14 tok/s on 2 cores
-    temperature: float = 0.7  # some diversity between generations; verdicts are parsed, not sampled twice
-
-    def __post_init__(self) -> None:
-        at_least("agents.max_tokens", self.max_tokens, 1)
-        at_least("agents.temperature", self.temperature, 0)
+from mlsys.tracking import Tracker
+from tasks.coscientist import agent_call, write_report
 
 
 @dataclass
@@ -44,7 +37,7 @@ class CoscientistConfig(FlowConfig):
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     proximity: ProximityConfig = field(default_factory=ProximityConfig)
     state_file: str | None = None  # SQLite state; null: <work_dir>/coscientist/<goal hash>-seed<seed>.sqlite
-    resume: bool = True  # continue the saved state of this goal; false: set it aside (renamed) and start over
+    resume: bool = True  # continue the saved state of this goal (the budget counts all spent so far); false: start over
     report_top: int = 10  # hypotheses shown in the report
 
     def __post_init__(self) -> None:
@@ -52,104 +45,36 @@ class CoscientistConfig(FlowConfig):
         at_least("report_top", self.report_top, 1)
 
 
-def state_path(cfg: CoscientistConfig) -> Path:
-    if cfg.state_file:
-        path = Path(cfg.state_file)
-        return path if path.is_absolute() else cfg.work_path("coscientist") / path
-    digest = hashlib.sha256(cfg.goal.strip().encode()).hexdigest()[:12]
-    return cfg.work_path("coscientist") / f"{digest}-seed{cfg.seed}.sqlite"
-
-
-def _set_aside(path: Path) -> Path | None:
-    """resume=false keeps the old state under a new name: nothing saved is lost."""
-    if not path.exists():
-        return None
-    moved = path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
-    path.rename(moved)
-    for suffix in ("-wal", "-shm"):
-        side = Path(str(path) + suffix)
-        if side.exists():
-            side.rename(Path(str(moved) + suffix))
-    return moved
-
-
 @system_flow(
     name="coscientist",
     config=CoscientistConfig,
     summary_metric="top_elo",
     order=60,
+    claim="an Elo tournament of debated hypotheses ranks the better ones first: the top rises above 1200",
 )
-def coscientist(cfg: CoscientistConfig, tracker) -> dict[str, float]:
+def coscientist(cfg: CoscientistConfig, tracker: Tracker) -> dict[str, float]:
     """Generate, debate and evolve hypotheses in an Elo tournament under a compute budget."""
-    path = state_path(cfg)
-    if not cfg.resume and (moved := _set_aside(path)):
+    path = state_path(cfg.work_path("coscientist"), cfg.goal, cfg.seed, cfg.state_file)
+    if not cfg.resume and (moved := set_aside(path)):  # nothing saved is lost: the old state is renamed
         tracker.set_tags({"coscientist.previous_state": str(moved)})
     state = TournamentState(path, cfg.goal, cfg.elo)
-    resumed_tasks = state.spent()["tasks"]
-    tracker.set_tags({"coscientist.state_file": str(path), "coscientist.resumed_tasks": resumed_tasks})
-    spec = AgentSpec(
-        cfg.goal,
-        cfg.constraints,
-        list(cfg.prior_ideas),
-        cfg.agents.max_tokens,
-        cfg.agents.temperature,
-        cfg.llm,
-        str(cfg.work_path()),
-    )
-    proximity = Proximity(cfg.proximity)
-    submit = prefect_submit(spec, cfg.supervisor.max_parallel)
-    usage_before = agent_suite(spec).llm.usage.as_dict()  # the LLM is cached per process: log this run's share
+    tracker.set_tags({"coscientist.state_file": str(path), "coscientist.resumed_tasks": state.spent()["tasks"]})
+    spec = AgentSpec(cfg.goal, cfg.constraints, list(cfg.prior_ideas), cfg.agents, cfg.llm, str(cfg.work_path()))
+    llm, proximity = agent_suite(spec).llm, Proximity(cfg.proximity)
+    usage_before = llm.usage.as_dict()  # the LLM is cached per process: log this run's share
     started = time.perf_counter()
-
-    def log_progress(work, result, effect) -> None:
-        spent = state.spent()
-        active = state.hypotheses(statuses=("active",))
-        tracker.log_metrics(
-            {
-                "spent_calls": spent["calls"],
-                "spent_tokens": spent["tokens"],
-                "hypotheses": len(state.hypotheses()),
-                "active": len(active),
-                "top_elo": max((h["elo"] for h in active), default=cfg.elo.initial),
-            },
-            step=spent["tasks"],
+    with FutureBridge(partial(agent_call.submit, spec), cfg.supervisor.max_parallel) as submit:
+        supervisor = Supervisor(
+            state, agent_suite(spec), proximity, cfg.budget, cfg.supervisor, cfg.elo, submit=submit, seed=cfg.seed
         )
-
-    supervisor = Supervisor(
-        state,
-        agent_suite(spec),
-        proximity,
-        cfg.budget,
-        cfg.supervisor,
-        cfg.elo,
-        submit=submit,
-        on_commit=log_progress,
-        seed=cfg.seed,
-    )
-    try:
+        supervisor.on_commit = lambda *_: tracker.log_metrics(supervisor.progress(), step=state.spent()["tasks"])
         summary = supervisor.run()
-    finally:
-        submit.close()
     wall = time.perf_counter() - started
     # Called, not submitted: the report reads the state file and reuses the loaded embedder, both of
     # which live in this process (a Dask worker could have neither).
     write_report(state, proximity, cfg.goal, summary, tracker, cfg.report_top)
     if cfg.runner._target_.endswith("thread_runner"):  # workers share this process's LLM (Dask: their own)
-        usage = agent_suite(spec).llm.usage.as_dict()
-        tracker.log_metrics({f"llm.{k}": v - usage_before.get(k, 0) for k, v in usage.items()})
-    ranking = supervisor.ranking()
+        log_llm_usage(tracker, llm, since=usage_before)
+    metrics = run_metrics(summary, supervisor.ranking(), cfg.elo.initial)
     state.close()
-    spent = summary["spent"]
-    return {
-        "top_elo": ranking[0]["elo"] if ranking else cfg.elo.initial,
-        "hypotheses": summary["hypotheses"],
-        "active_hypotheses": summary["by_status"].get("active", 0),
-        "duplicates": summary["by_status"].get("duplicate", 0),
-        "matches": summary["matches"],
-        "debates": summary["debates"],
-        "void_matches": summary["void_matches"],
-        "llm_calls": spent["calls"],
-        "tokens": spent["tokens"],
-        "malformed_outputs": spent["malformed"],
-        "wall_s": wall,
-    }
+    return {**metrics, "wall_s": wall}

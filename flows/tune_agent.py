@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from components.checks import at_least
-from components.compiler.tuning import TuneSettings
+from components.compiler.tuning import TranscriptConfig, TuneSettings, transcript_provenance, tuning_metrics
 from mlsys.flow import FlowConfig, system_flow
 from mlsys.tracking import Tracker
-from tasks.tune_agent import TranscriptConfig, collect_transcripts, folder_size_mb, smoke_plans, tune_agent_model
+from tasks.llm import register_tuned, tune_on_chats
+from tasks.tune_agent import collect_transcripts, smoke_plans
 
 
 @dataclass
@@ -43,28 +44,11 @@ class TuneAgentConfig(FlowConfig):
 )
 def tune_agent(cfg: TuneAgentConfig, tracker: Tracker) -> dict[str, float]:
     """Fine-tune SmolLM2 on oracle transcripts of LLMCompiler and ReAct; register the tuned layers."""
-    import torch
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     chats = collect_transcripts(cfg.transcripts)
-    tuned = tune_agent_model(chats, cfg.transcripts, cfg.train, str(cfg.work_path(cfg.run_name)), tracker)
-    summary, folder = tuned["summary"], tuned["folder"]
-    tracker.log_dict(summary, "tuning.json")
-    if cfg.registered_name:
-        version = tracker.log_model_dir(folder, "model", registered_name=cfg.registered_name)
-        tracker.set_tags({"registered_model": f"{cfg.registered_name}/{version}"})
+    provenance = transcript_provenance(cfg.transcripts, chats)
+    tuned = tune_on_chats(chats, cfg.train, str(cfg.work_path(cfg.run_name)), tracker, provenance, threads=cfg.threads)
+    register_tuned(tuned["folder"], cfg.registered_name, tracker)
     if cfg.smoke_questions:
-        tracker.log_text(smoke_plans(folder, cfg.smoke_questions), "samples/plans.txt")
-    report = summary["report"]
-    losses = report["losses"]
-    tail = losses[-max(1, len(losses) // 10) :]  # the last tenth of the steps: less noisy than one step
-    return {
-        "transcripts": float(len(chats)),
-        "tokens": float(summary["tokens"]),
-        "steps": float(report["steps"]),
-        "first_reply_loss": losses[0] if losses else float("nan"),
-        "final_reply_loss": sum(tail) / len(tail) if tail else float("nan"),
-        "minutes": report["seconds"] / 60,
-        "saved_mb": folder_size_mb(folder),
-    }
+        tracker.log_text(smoke_plans(tuned["folder"], cfg.smoke_questions), "samples/plans.txt")
+    minutes = tuned["summary"]["report"]["seconds"] / 60
+    return {"transcripts": float(len(chats)), **tuning_metrics(tuned["summary"], tuned["folder"]), "minutes": minutes}

@@ -19,7 +19,7 @@ from components.compiler.parallelqa import Question, is_correct
 from components.compiler.prompts import EXAMPLES
 from components.llm.base import LLM
 
-METHODS = ("llmcompiler", "react", "parallel_fc")
+METHODS = ("llmcompiler", "react", "parallel_fc")  # what build_agent builds
 BASELINES = ("react", "parallel_fc")  # what LLMCompiler's speedup is reported against
 
 
@@ -49,43 +49,24 @@ class AgentSettings:
         at_least("agent.temperature", self.temperature, 0)
 
 
-METHODS = ("llmcompiler", "react", "parallel_fc")  # what build_agent builds
-
-
 def build_agent(method: str, llm: LLM, tools: dict[str, str], submit: Submit, settings: AgentSettings):
-    examples = EXAMPLES if settings.few_shot else ()  # the same for both methods
+    """The agent `method` names (one of METHODS), with the same examples and temperature for all."""
+    common = {"temperature": settings.temperature, "examples": EXAMPLES if settings.few_shot else ()}
     if method == "llmcompiler":
-        return LLMCompiler(
-            llm,
-            tools,
-            submit,
-            max_replans=settings.max_replans,
-            planner_max_tokens=settings.planner_max_tokens,
-            joiner_max_tokens=settings.joiner_max_tokens,
-            temperature=settings.temperature,
-            examples=examples,
-        )
-    if method == "react":
-        return ReActAgent(
-            llm,
-            tools,
-            submit,
-            max_steps=settings.react_max_steps,
-            step_max_tokens=settings.react_step_max_tokens,
-            temperature=settings.temperature,
-            examples=examples,
-        )
-    if method == "parallel_fc":
-        return ParallelFunctionCalling(
-            llm,
-            tools,
-            submit,
-            max_steps=settings.parallel_fc_max_turns,
-            step_max_tokens=settings.parallel_fc_turn_max_tokens,
-            temperature=settings.temperature,
-            examples=examples,
-        )
-    raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+        limits = {
+            "max_replans": settings.max_replans,
+            "planner_max_tokens": settings.planner_max_tokens,
+            "joiner_max_tokens": settings.joiner_max_tokens,
+        }
+        return LLMCompiler(llm, tools, submit, **limits, **common)
+    step_agents = {  # one LLM call per step, each answered by tool observations
+        "react": (ReActAgent, settings.react_max_steps, settings.react_step_max_tokens),
+        "parallel_fc": (ParallelFunctionCalling, settings.parallel_fc_max_turns, settings.parallel_fc_turn_max_tokens),
+    }
+    if method not in step_agents:
+        raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    agent_cls, steps, step_tokens = step_agents[method]
+    return agent_cls(llm, tools, submit, max_steps=steps, step_max_tokens=step_tokens, **common)
 
 
 def evaluate(
@@ -160,3 +141,19 @@ def _paired(rows: list[dict], baseline: str) -> list[tuple[float, float]]:
         for v in by_q.values()
         if "llmcompiler" in v and baseline in v and v["llmcompiler"] > 0
     ]
+
+
+def headline_metrics(summary: dict, rows: list[dict], methods: Iterable[str]) -> dict[str, float]:
+    """The figures a run reports: per method accuracy, median latency, LLM calls, tokens, replan rate;
+    LLMCompiler's speedup and accuracy difference against each baseline it ran beside."""
+    metrics: dict[str, float] = {}
+    for method in methods:
+        for key in ("accuracy", "latency_median_s", "llm_calls_mean", "tokens_mean", "replan_rate"):
+            metrics[f"{method}_{key}"] = summary[method][key]
+    for suffix in ("", "_vs_parallel_fc"):
+        if f"speedup_median{suffix}" in summary:
+            metrics[f"speedup{suffix}"] = summary[f"speedup_median{suffix}"]
+            metrics[f"accuracy_delta{suffix}"] = summary[f"accuracy_delta{suffix}"]
+    metrics["questions"] = float(len({r["qid"] for r in rows}))
+    metrics["latency_median_all_s"] = statistics.median(r["latency_s"] for r in rows)
+    return metrics

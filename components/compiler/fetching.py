@@ -73,97 +73,112 @@ def render_observation(value: Any) -> str:
 class TaskFetchingUnit:
     def __init__(self, submit: Submit) -> None:
         self.submit = submit
+        self.plan_error: BaseException | None = None
 
     def run(self, tasks: Iterable[Task], known: dict[int, ToolResult] | None = None) -> dict[int, TaskRecord]:
         """Dispatch `tasks` (consumed on a helper thread, as the planner produces them) as their
         dependencies finish; return a record per task once the plan has ended and every task is done.
         `known`: results of earlier rounds that `$N` may refer to."""
-        start = time.perf_counter()
-        now = lambda: time.perf_counter() - start  # noqa: E731
-        events: queue.Queue = queue.Queue()
-        finished: dict[int, ToolResult] = dict(known or {})
-        records: dict[int, TaskRecord] = {}
-        waiting: list[int] = []  # parsed, not yet dispatched, in plan order
-        in_flight = 0
-        plan_ended = False
-        plan_error: BaseException | None = None
-
-        def produce() -> None:
-            try:
-                for task in tasks:
-                    events.put(("task", task))
-            except BaseException as err:  # the planner failed (LLM error): finish what was dispatched
-                events.put(("plan_error", err))
-            finally:
-                events.put(("plan_end", None))
-
-        threading.Thread(target=produce, name="plan-stream", daemon=True).start()
-
-        def await_result(idx: int, handle: Any) -> None:
-            try:
-                result = resolve(handle)
-            except BaseException as err:  # e.g. a cancelled future: the loop must still hear back
-                result = ToolResult(error=f"{type(err).__name__}: {err}")
-            events.put(("done", (idx, result)))
-
-        def dispatch_ready() -> None:
-            nonlocal in_flight
-            for idx in list(waiting):
-                record = records[idx]
-                task = record.task
-                if not all(d in finished for d in task.deps):
-                    continue
-                waiting.remove(idx)
-                record.dispatched_at = now()
-                failed = [d for d in task.deps if not finished[d].ok]
-                if task.is_join:
-                    record.finished_at = record.dispatched_at
-                    continue
-                if failed:  # no point calling a tool with an error message as its input
-                    self._finish(
-                        record, ToolResult(error=f"skipped: depends on ${failed[0]}, which failed"), finished, now()
-                    )
-                    continue
-                values = {d: finished[d].value for d in task.deps}
-                record.call_args = substitute(task.args, values, render_observation)
-                record.call_kwargs = substitute(task.kwargs, values, render_observation)
-                try:
-                    handle = self.submit(task.tool, record.call_args, record.call_kwargs)
-                except BaseException as err:
-                    self._finish(
-                        record, ToolResult(error=f"could not dispatch: {type(err).__name__}: {err}"), finished, now()
-                    )
-                    continue
-                record.submitted = True
-                in_flight += 1
-                threading.Thread(target=await_result, args=(idx, handle), daemon=True, name=f"await-task-{idx}").start()
-
-        while not plan_ended or in_flight or waiting:
-            if plan_ended and not in_flight and waiting:
-                dispatch_ready()
-                if not in_flight and waiting:  # can only happen with a dependency that never came
-                    for idx in waiting:
-                        self._finish(records[idx], ToolResult(error="never became ready"), finished, now())
-                    waiting.clear()
+        dispatch = _Dispatch(self.submit, known)
+        threading.Thread(target=dispatch.read_plan, args=(tasks,), name="plan-stream", daemon=True).start()
+        while not dispatch.plan_ended or dispatch.in_flight or dispatch.waiting:
+            if dispatch.plan_ended and not dispatch.in_flight and dispatch.waiting:
+                dispatch.finish_stragglers()
                 continue
-            kind, payload = events.get()
-            if kind == "task":
-                records[payload.idx] = TaskRecord(payload, parsed_at=now())
-                waiting.append(payload.idx)
-            elif kind == "done":
-                idx, result = payload
-                in_flight -= 1
-                self._finish(records[idx], result, finished, now())
-            elif kind == "plan_error":
-                plan_error = payload
-            elif kind == "plan_end":
-                plan_ended = True
-            dispatch_ready()
-        self.plan_error = plan_error
-        return records
+            dispatch.handle(*dispatch.events.get())
+            dispatch.dispatch_ready()
+        self.plan_error = dispatch.plan_error
+        return dispatch.records
 
-    @staticmethod
-    def _finish(record: TaskRecord, result: ToolResult, finished: dict, at: float) -> None:
+
+class _Dispatch:
+    """One `TaskFetchingUnit.run`: the event queue its helper threads feed, and the tasks' records."""
+
+    def __init__(self, submit: Submit, known: dict[int, ToolResult] | None) -> None:
+        self.submit = submit
+        self.start = time.perf_counter()
+        self.events: queue.Queue = queue.Queue()
+        self.finished: dict[int, ToolResult] = dict(known or {})
+        self.records: dict[int, TaskRecord] = {}
+        self.waiting: list[int] = []  # parsed, not yet dispatched, in plan order
+        self.in_flight = 0
+        self.plan_ended = False
+        self.plan_error: BaseException | None = None
+
+    def now(self) -> float:
+        return time.perf_counter() - self.start
+
+    def read_plan(self, tasks: Iterable[Task]) -> None:
+        """On the plan-stream thread: every task the planner yields becomes an event."""
+        try:
+            for task in tasks:
+                self.events.put(("task", task))
+        except BaseException as err:  # the planner failed (LLM error): finish what was dispatched
+            self.events.put(("plan_error", err))
+        finally:
+            self.events.put(("plan_end", None))
+
+    def await_result(self, idx: int, handle: Any) -> None:
+        """On a waiter thread: the call's result becomes an event."""
+        try:
+            result = resolve(handle)
+        except BaseException as err:  # e.g. a cancelled future: the loop must still hear back
+            result = ToolResult(error=f"{type(err).__name__}: {err}")
+        self.events.put(("done", (idx, result)))
+
+    def handle(self, kind: str, payload: Any) -> None:
+        if kind == "task":
+            self.records[payload.idx] = TaskRecord(payload, parsed_at=self.now())
+            self.waiting.append(payload.idx)
+        elif kind == "done":
+            idx, result = payload
+            self.in_flight -= 1
+            self.finish(self.records[idx], result)
+        elif kind == "plan_error":
+            self.plan_error = payload
+        elif kind == "plan_end":
+            self.plan_ended = True
+
+    def dispatch_ready(self) -> None:
+        for idx in list(self.waiting):
+            if all(d in self.finished for d in self.records[idx].task.deps):
+                self.waiting.remove(idx)
+                self.dispatch(self.records[idx])
+
+    def dispatch(self, record: TaskRecord) -> None:
+        """Submit one ready task (`$N` substituted); a join ends here, a task on a failed input is skipped."""
+        task = record.task
+        record.dispatched_at = self.now()
+        failed = [d for d in task.deps if not self.finished[d].ok]
+        if task.is_join:
+            record.finished_at = record.dispatched_at
+            return
+        if failed:  # no point calling a tool with an error message as its input
+            self.finish(record, ToolResult(error=f"skipped: depends on ${failed[0]}, which failed"))
+            return
+        values = {d: self.finished[d].value for d in task.deps}
+        record.call_args = substitute(task.args, values, render_observation)
+        record.call_kwargs = substitute(task.kwargs, values, render_observation)
+        try:
+            handle = self.submit(task.tool, record.call_args, record.call_kwargs)
+        except BaseException as err:
+            self.finish(record, ToolResult(error=f"could not dispatch: {type(err).__name__}: {err}"))
+            return
+        record.submitted = True
+        self.in_flight += 1
+        name = f"await-task-{task.idx}"
+        threading.Thread(target=self.await_result, args=(task.idx, handle), daemon=True, name=name).start()
+
+    def finish_stragglers(self) -> None:
+        """The plan has ended and nothing is in flight: dispatch what is ready; what is still
+        waiting depends on a task that never came."""
+        self.dispatch_ready()
+        if not self.in_flight and self.waiting:
+            for idx in self.waiting:
+                self.finish(self.records[idx], ToolResult(error="never became ready"))
+            self.waiting.clear()
+
+    def finish(self, record: TaskRecord, result: ToolResult) -> None:
         record.result = result
-        record.finished_at = at
-        finished[record.task.idx] = result
+        record.finished_at = self.now()
+        self.finished[record.task.idx] = result

@@ -65,100 +65,44 @@ def build_questions(kb: KnowledgeBase, per_template: int = 6, seed: int = 0) -> 
 
 
 def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
-    rng = random.Random(seed)
+    """The 16 templates in a fixed order (the draws of one seeded generator depend on it)."""
+    make = _Templates(kb, per_template, seed)
+    _narrow_templates(make, kb)
+    _wide_templates(make, kb)
+    make.headquarters_population(kb.of_kind("company"))
+    return make.out
+
+
+def _narrow_templates(make: _Templates, kb: KnowledgeBase) -> None:
+    """Two to four independent lookups, then arithmetic or a comparison."""
     cities, mountains = kb.of_kind("city"), kb.of_kind("mountain")
     rivers, companies = kb.of_kind("river"), kb.of_kind("company")
-    out: list[Question] = []
-
-    drawn: set[tuple] = set()
-
-    def pick(template, pool, k, distinct: str | None = None):
-        """k distinct entities, never the same set twice for the same template; with `distinct`,
-        no two share that attribute's value (a max/min question must have one right answer)."""
-        for _ in range(1000):
-            chosen = rng.sample(pool, k)
-            key = (template, frozenset(e.name for e in chosen))
-            if distinct and len({e.attributes[distinct] for e in chosen}) < k:
-                continue
-            if key not in drawn:
-                drawn.add(key)
-                return chosen
-        raise ValueError(f"not enough entities for {per_template} distinct questions")
-
-    def aggregate(template, pool, k, attribute, words, kind, question):
-        """'<question with {names}>': k lookups of `attribute`, then their sum or mean by the calculator."""
-        for i in range(per_template):
-            chosen = pick(template, pool, k)
-            names = [e.name for e in chosen]
-            total = sum(e.attributes[attribute] for e in chosen)
-            step = _calculate_mean(k) if kind == "mean" else f'calculate("{_sum_of_results(k)}")'
-            out.append(
-                _q(
-                    f"{template}-{i}",
-                    template,
-                    question.format(names=f"{', '.join(names[:-1])} and {names[-1]}"),
-                    total / k if kind == "mean" else total,
-                    [_search(words, n) for n in names] + [step],
-                    k,
-                )
-            )
-
-    def superlative(template, pool, k, attribute, words, best, question, distinct=False):
-        """'<question>: A, B or C?': k lookups of `attribute`, then a sandboxed max/min picks the name."""
-        for i in range(per_template):
-            chosen = pick(template, pool, k, distinct=attribute if distinct else None)
-            names = [e.name for e in chosen]
-            winner = (max if best == "max" else min)(chosen, key=lambda e: e.attributes[attribute]).name
-            out.append(
-                _q(
-                    f"{template}-{i}",
-                    template,
-                    f"{question}: {', '.join(names[:-1])} or {names[-1]}?",
-                    winner,
-                    [_search(words, n) for n in names] + [_python_pick(names, best)],
-                    k,
-                    distractors=[n for n in names if n != winner],
-                )
-            )
-
-    for i in range(per_template):
-        a, b = pick("sum_population", cities, 2)
-        pa, pb = a.attributes["population"], b.attributes["population"]
-        out.append(
-            _q(
-                f"sum_population-{i}",
-                "sum_population",
-                f"What is the combined population of {a.name} and {b.name}?",
-                pa + pb,
-                [_search("population", a.name), _search("population", b.name), 'calculate("$1 + $2")'],
-                2,
-            )
-        )
-    for i in range(per_template):
-        a, b = sorted(pick("height_difference", mountains, 2), key=lambda m: -m.attributes["height_m"])
-        out.append(
-            _q(
-                f"height_difference-{i}",
-                "height_difference",
-                f"How many meters taller is {a.name} than {b.name}?",
-                a.attributes["height_m"] - b.attributes["height_m"],
-                [_search("height", a.name), _search("height", b.name), 'calculate("$1 - $2")'],
-                2,
-            )
-        )
-    for i in range(per_template):
-        a, b = pick("area_ratio", cities, 2)
-        out.append(
-            _q(
-                f"area_ratio-{i}",
-                "area_ratio",
-                f"How many times the area of {b.name} is the area of {a.name}?",
-                a.attributes["area_km2"] / b.attributes["area_km2"],
-                [_search("area", a.name), _search("area", b.name), 'calculate("$1 / $2")'],
-                2,
-            )
-        )
-    aggregate(
+    make.pair(
+        "sum_population",
+        cities,
+        "What is the combined population of {a} and {b}?",
+        ("population", "population"),
+        "$1 + $2",
+        lambda a, b: a.attributes["population"] + b.attributes["population"],
+    )
+    make.pair(
+        "height_difference",
+        mountains,
+        "How many meters taller is {a} than {b}?",
+        ("height", "height"),
+        "$1 - $2",
+        lambda a, b: a.attributes["height_m"] - b.attributes["height_m"],
+        order=lambda m: -m.attributes["height_m"],
+    )
+    make.pair(
+        "area_ratio",
+        cities,
+        "How many times the area of {b} is the area of {a}?",
+        ("area", "area"),
+        "$1 / $2",
+        lambda a, b: a.attributes["area_km2"] / b.attributes["area_km2"],
+    )
+    make.aggregate(
         "mean_elevation",
         cities,
         3,
@@ -167,36 +111,28 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
         "mean",
         "What is the average elevation in meters of {names}?",
     )
-    aggregate(
+    make.aggregate(
         "total_employees", companies, 4, "employees", "employees", "sum", "How many employees do {names} have in total?"
     )
-    superlative("longest_river", rivers, 3, "length_km", "length", "max", "Which river is the longest")
-    for i in range(per_template):
-        a, b = pick("founding_gap", companies, 2)
-        ya, yb = a.attributes["founded"], b.attributes["founded"]
-        out.append(
-            _q(
-                f"founding_gap-{i}",
-                "founding_gap",
-                f"How many years apart were {a.name} and {b.name} founded?",
-                abs(ya - yb),
-                [_search("founding year", a.name), _search("founding year", b.name), 'calculate("abs($1 - $2)")'],
-                2,
-            )
-        )
-    for i in range(per_template):
-        (a,) = pick("population_density", cities, 1)
-        out.append(
-            _q(
-                f"population_density-{i}",
-                "population_density",
-                f"What is the population density of {a.name} in people per square kilometer?",
-                a.attributes["population"] / a.attributes["area_km2"],
-                [_search("population", a.name), _search("area", a.name), 'calculate("$1 / $2")'],
-                2,
-            )
-        )
-    aggregate(
+    make.superlative("longest_river", rivers, 3, "length_km", "length", "max", "Which river is the longest")
+    make.pair(
+        "founding_gap",
+        companies,
+        "How many years apart were {a} and {b} founded?",
+        ("founding year", "founding year"),
+        "abs($1 - $2)",
+        lambda a, b: abs(a.attributes["founded"] - b.attributes["founded"]),
+    )
+    make.pair(
+        "population_density",
+        cities,
+        "What is the population density of {a} in people per square kilometer?",
+        ("population", "area"),
+        "$1 / $2",
+        lambda a, b: a.attributes["population"] / a.attributes["area_km2"],
+        same_entity=True,
+    )
+    make.aggregate(
         "total_revenue",
         companies,
         3,
@@ -205,24 +141,20 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
         "sum",
         "What is the total revenue in million USD of {names}?",
     )
-    # Wider fan-out (5-6 independent lookups): where planning once instead of once per call matters most.
-    superlative(
-        "most_employees",
-        companies,
-        5,
-        "employees",
-        "employees",
-        "max",
-        "Which company has the most employees",
-        distinct=True,
+
+
+def _wide_templates(make: _Templates, kb: KnowledgeBase) -> None:
+    """Wider fan-out (5-8 independent lookups): where planning once instead of once per call matters most."""
+    cities, mountains = kb.of_kind("city"), kb.of_kind("mountain")
+    rivers, companies = kb.of_kind("river"), kb.of_kind("company")
+    make.superlative(
+        "most_employees", companies, 5, "employees", "employees", "max", "Which company has the most employees", True
     )
-    aggregate(
+    make.aggregate(
         "mean_height", mountains, 6, "height_m", "height", "mean", "What is the average height in meters of {names}?"
     )
-    superlative(
-        "oldest_city", cities, 5, "founded", "founding year", "min", "Which city was founded first", distinct=True
-    )
-    aggregate(
+    make.superlative("oldest_city", cities, 5, "founded", "founding year", "min", "Which city was founded first", True)
+    make.aggregate(
         "total_discharge",
         rivers,
         6,
@@ -232,7 +164,7 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
         "What is the total discharge in m3/s of {names}?",
     )
     # The paper's widest case: Movie Recommendation's 8 parallel searches (its 3.74x).
-    aggregate(
+    make.aggregate(
         "population_of_eight",
         cities,
         8,
@@ -241,31 +173,79 @@ def _build(kb: KnowledgeBase, per_template: int, seed: int) -> list[Question]:
         "sum",
         "What is the combined population of {names}?",
     )
-    superlative(
-        "highest_revenue",
-        companies,
-        8,
-        "revenue_musd",
-        "revenue",
-        "max",
-        "Which company has the highest revenue",
-        distinct=True,
+    make.superlative(
+        "highest_revenue", companies, 8, "revenue_musd", "revenue", "max", "Which company has the highest revenue", True
     )
-    for i in range(per_template):
-        (c,) = pick("headquarters_population", companies, 1)
-        hq = kb.get(c.attributes["headquarters"])
-        out.append(
-            _q(
-                f"headquarters_population-{i}",
-                "headquarters_population",
-                f"What is the population of the city where {c.name} is headquartered?",
-                hq.attributes["population"],
-                [_search("headquarters", c.name), 'search("population of $1")'],
-                1,
-                parallel=False,
-            )
-        )
-    return out
+
+
+def _listed(names: list[str]) -> str:
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+class _Templates:
+    """Builds `per_template` questions per template from one seeded generator, never drawing the
+    same entities twice for a template."""
+
+    def __init__(self, kb: KnowledgeBase, per_template: int, seed: int) -> None:
+        self.kb, self.per_template = kb, per_template
+        self.rng = random.Random(seed)
+        self.drawn: set[tuple] = set()
+        self.out: list[Question] = []
+
+    def pick(self, template: str, pool: list, k: int, distinct: str | None = None) -> list:
+        """k distinct entities, never the same set twice for the same template; with `distinct`,
+        no two share that attribute's value (a max/min question must have one right answer)."""
+        for _ in range(1000):
+            chosen = self.rng.sample(pool, k)
+            key = (template, frozenset(e.name for e in chosen))
+            if distinct and len({e.attributes[distinct] for e in chosen}) < k:
+                continue
+            if key not in self.drawn:
+                self.drawn.add(key)
+                return chosen
+        raise ValueError(f"not enough entities for {self.per_template} distinct questions")
+
+    def pair(self, template, pool, question, words, expression, answer, order=None, same_entity=False) -> None:
+        """Two lookups and one calculation: '{a}'/'{b}' in `question`, `answer(a, b)` the gold value.
+        `order` sorts the drawn pair; `same_entity`: both lookups are about one entity (a is b)."""
+        for i in range(self.per_template):
+            chosen = self.pick(template, pool, 1 if same_entity else 2)
+            a, b = (chosen[0], chosen[0]) if same_entity else sorted(chosen, key=order) if order else chosen
+            plan = [_search(words[0], a.name), _search(words[1], b.name), f'calculate("{expression}")']
+            text = question.format(a=a.name, b=b.name)
+            self.out.append(_q(f"{template}-{i}", template, text, answer(a, b), plan, 2))
+
+    def aggregate(self, template, pool, k, attribute, words, kind, question) -> None:
+        """'<question with {names}>': k lookups of `attribute`, then their sum or mean by the calculator."""
+        for i in range(self.per_template):
+            chosen = self.pick(template, pool, k)
+            names = [e.name for e in chosen]
+            total = sum(e.attributes[attribute] for e in chosen)
+            step = _calculate_mean(k) if kind == "mean" else f'calculate("{_sum_of_results(k)}")'
+            plan = [_search(words, n) for n in names] + [step]
+            text = question.format(names=_listed(names))
+            self.out.append(_q(f"{template}-{i}", template, text, total / k if kind == "mean" else total, plan, k))
+
+    def superlative(self, template, pool, k, attribute, words, best, question, distinct=False) -> None:
+        """'<question>: A, B or C?': k lookups of `attribute`, then a sandboxed max/min picks the name."""
+        for i in range(self.per_template):
+            chosen = self.pick(template, pool, k, distinct=attribute if distinct else None)
+            names = [e.name for e in chosen]
+            winner = (max if best == "max" else min)(chosen, key=lambda e: e.attributes[attribute]).name
+            plan = [_search(words, n) for n in names] + [_python_pick(names, best)]
+            text = f"{question}: {', '.join(names[:-1])} or {names[-1]}?"
+            losers = [n for n in names if n != winner]
+            self.out.append(_q(f"{template}-{i}", template, text, winner, plan, k, distractors=losers))
+
+    def headquarters_population(self, companies: list) -> None:
+        """A chain: find the company's headquarters, then look up that city's population."""
+        for i in range(self.per_template):
+            (c,) = self.pick("headquarters_population", companies, 1)
+            hq = self.kb.get(c.attributes["headquarters"])
+            text = f"What is the population of the city where {c.name} is headquartered?"
+            plan = [_search("headquarters", c.name), 'search("population of $1")']
+            template = "headquarters_population"
+            self.out.append(_q(f"{template}-{i}", template, text, hq.attributes["population"], plan, 1, parallel=False))
 
 
 def reference_plan_text(question: Question, start: int = 1) -> str:

@@ -8,6 +8,7 @@ and ReAct, written in each one's format, so neither method sees more help than t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from components.compiler.plan import END_OF_PLAN, dependency_levels, substitute
@@ -187,17 +188,21 @@ def joiner_messages(question: str, steps: list[tuple[str, str]], examples: tuple
 def react_messages(
     question: str, tool_descriptions: list[str], trajectory: str, examples: tuple[Example, ...] = EXAMPLES
 ) -> Messages:
-    system = REACT_SYSTEM.format(tools=_numbered(tool_descriptions), finish_n=len(tool_descriptions) + 1)
-    user = f"Question: {question}" + (f"\n{trajectory}" if trajectory else "")
-    return _few_shot(system, examples, _react_text, user)
+    return _step_messages(REACT_SYSTEM, _react_text, question, tool_descriptions, trajectory, examples)
 
 
 def parallel_fc_messages(
     question: str, tool_descriptions: list[str], trajectory: str, examples: tuple[Example, ...] = EXAMPLES
 ) -> Messages:
-    system = PARALLEL_FC_SYSTEM.format(tools=_numbered(tool_descriptions), finish_n=len(tool_descriptions) + 1)
+    return _step_messages(PARALLEL_FC_SYSTEM, _parallel_fc_text, question, tool_descriptions, trajectory, examples)
+
+
+def _step_messages(system_template, example_text, question, tool_descriptions, trajectory, examples) -> Messages:
+    """The chat of an agent that acts step by step (ReAct, parallel function calling): its system
+    prompt over the tools, the worked examples, the question with the trajectory so far."""
+    system = system_template.format(tools=_numbered(tool_descriptions), finish_n=len(tool_descriptions) + 1)
     user = f"Question: {question}" + (f"\n{trajectory}" if trajectory else "")
-    return _few_shot(system, examples, _parallel_fc_text, user)
+    return _few_shot(system, examples, example_text, user)
 
 
 def _parallel_fc_text(example: Example) -> str:
@@ -233,8 +238,6 @@ def _react_text(example: Example) -> str:
 
 def _react_thought(call: str) -> str:
     """A thought that says what the step is for (a small model copies 'I need step 1' forever)."""
-    import re
-
     search = re.match(r'search\("(.*)"\)', call)
     if search:
         return f"I need the {search.group(1)}."

@@ -19,6 +19,7 @@ from components.compiler.parallelqa import REGISTRY, Question
 from components.compiler.plan import dependency_levels, substitute
 from components.compiler.prompts import prompt_kind
 from components.llm.base import Completion, ScriptedLLM, cut_at_stop
+from components.lm.smollm2 import load_tokenizer
 
 _OBS = re.compile(r"^Observation:\s*(.*)$", re.MULTILINE)
 _IDS = re.compile(r"^(\d+)\.\s", re.MULTILINE)
@@ -132,8 +133,6 @@ class SimulatedServedLLM(ScriptedLLM):
         super().__init__(script)
         self.latency = latency
         if tokenizer is None:
-            from components.lm.smollm2 import load_tokenizer
-
             tokenizer = load_tokenizer()
         self._tokenizer = tokenizer
 

@@ -20,14 +20,49 @@ specialised planner/actor, as TinyAgent's are, and is evaluated on entities it n
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
 
-from components.checks import at_least, positive
+import torch
+
+from components.checks import ConfigError, at_least, positive
+from components.compiler.evaluation import AgentSettings, build_agent
+from components.compiler.fetching import ThreadSubmit
+from components.compiler.parallelqa import build_questions
+from components.compiler.prompts import prompt_kind
+from components.compiler.scripted import parallelqa_oracle
+from components.llm.base import ScriptedLLM
+from components.lm import smollm2
+from components.lm.training import warmup_cosine
+from components.tools import build_knowledge_base, build_toolbox
 
 Messages = list[dict[str, str]]
+EVAL_KB_SEED = 0  # the knowledge base compile_calls and the benchmark ask about: never tuned on
+
+
+@dataclass
+class TranscriptConfig:
+    """Which questions the oracle answers to make the training chats."""
+
+    kb_seeds: list[int] = field(default_factory=lambda: list(range(1, 9)))  # other invented names and numbers
+    per_template: int = 2  # questions per template and knowledge base: 16 x 2 x 8 = 256 questions
+    react_steps: Optional[int] = None  # ReAct calls kept per question (Finish always); None: all of them
+
+    def __post_init__(self) -> None:
+        if not self.kb_seeds or EVAL_KB_SEED in self.kb_seeds:
+            evaluated = (
+                f"must not include {EVAL_KB_SEED}: compile_calls and the benchmark evaluate on that knowledge base"
+            )
+            reason = evaluated if self.kb_seeds else "is empty: nothing to tune on"
+            raise ConfigError("transcripts.kb_seeds", self.kb_seeds, reason)
+        at_least("transcripts.per_template", self.per_template, 1)
+        if self.react_steps is not None:
+            at_least("transcripts.react_steps", self.react_steps, 1)
 
 
 def oracle_transcripts(
@@ -36,13 +71,6 @@ def oracle_transcripts(
     """Every LLM call both agents make on questions over each knowledge base `kb_seeds`, answered by
     the oracle, as chats ending with the assistant's reply. Questions naming any of `exclude_names`
     (the evaluation knowledge base's entities) are skipped."""
-    from components.compiler.evaluation import AgentSettings, build_agent
-    from components.compiler.fetching import ThreadSubmit
-    from components.compiler.parallelqa import build_questions
-    from components.compiler.scripted import parallelqa_oracle
-    from components.llm.base import ScriptedLLM
-    from components.tools import build_knowledge_base, build_toolbox
-
     chats: list[Messages] = []
 
     def recording(messages: Messages) -> str:
@@ -71,16 +99,25 @@ def oracle_transcripts(
 
 def count_kinds(chats: Sequence[Messages]) -> dict[str, int]:
     """How many chats are planner, joiner and ReAct calls."""
-    from components.compiler.prompts import prompt_kind
 
     kinds = [prompt_kind(c) for c in chats]
     return {k: kinds.count(k) for k in ("planner", "joiner", "react")}
 
 
+def transcript_provenance(spec: TranscriptConfig, chats: list) -> dict:
+    """Where the chats came from, for tuning.json."""
+    return {
+        "kb_seeds": list(spec.kb_seeds),
+        "per_template": spec.per_template,
+        "react_steps_per_question": spec.react_steps or "all",
+        "transcripts": count_kinds(chats),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def subsample_react(chats: Sequence[Messages], keep: int, rng: random.Random) -> list[Messages]:
     """Every planner and joiner chat; of each ReAct episode `keep` calls, always including the last
     (Finish). An episode's calls share the question and grow one step at a time."""
-    from components.compiler.prompts import prompt_kind
 
     out: list[Messages] = []
     episode: list[Messages] = []
@@ -176,9 +213,6 @@ def tune(
     """Fine-tune the top `train_layers` decoder layers of a transformers causal LM in place on
     (ids, reply_start) examples; cross-entropy on reply tokens only. `on_step(step, metrics)` after
     every optimizer step (reply_loss, lr, tokens_per_s)."""
-    import torch
-
-    from components.lm.training import warmup_cosine
 
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
@@ -252,7 +286,6 @@ def tune_smollm2_on_chats(
 ) -> dict:
     """SmolLM2's top layers tuned on the chats' replies; only the tuned tensors saved to `out_dir`.
     Returns the folder, the report and the token counts (for the caller's tuning.json)."""
-    from components.lm import smollm2  # loads transformers: only when a tuning run starts
 
     tokenizer = smollm2.load_tokenizer()
     examples = [encode_chat(tokenizer, chat) for chat in chats]
@@ -268,3 +301,47 @@ def tune_smollm2_on_chats(
         "reply_tokens": sum(len(ids) - start for ids, start in examples),
         "base": f"SmolLM2-135M-Instruct ({smollm2.GGUF_NAME}, dequantized)",
     }
+
+
+def tune_and_save(
+    chats: Sequence[Messages],
+    settings: TuneSettings,
+    out_dir,
+    provenance: dict,
+    log: Callable[[str], None],
+    on_step: Callable[[int, dict], None],
+) -> dict:
+    """What both tune flows do: SmolLM2's top layers tuned on the chats' replies, the tuned tensors
+    saved with tuning.json (`provenance`: where the chats came from; settings; the loss curve).
+    Returns {"folder", "summary"} (the summary is tuning.json's content)."""
+    tuned = tune_smollm2_on_chats(chats, settings, out_dir, log=log, on_step=on_step)
+    report, folder = tuned["report"], tuned["folder"]
+    summary = {
+        "base": tuned["base"],
+        **provenance,
+        "tokens": tuned["tokens"],
+        "reply_tokens": tuned["reply_tokens"],
+        "settings": asdict(settings),
+        "report": {**asdict(report), "losses": [round(x, 4) for x in report.losses]},
+    }
+    (Path(folder) / "tuning.json").write_text(json.dumps(summary, indent=1))
+    return {"folder": str(folder), "summary": summary}
+
+
+def tuning_metrics(summary: dict, folder: str) -> dict[str, float]:
+    """The figures both tune flows report: tokens, steps, the reply loss at the start and at the end
+    (mean of the last tenth of the steps: less noisy than one step), the saved size."""
+    report = summary["report"]
+    losses = report["losses"]
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "tokens": float(summary["tokens"]),
+        "steps": float(report["steps"]),
+        "first_reply_loss": losses[0] if losses else float("nan"),
+        "final_reply_loss": sum(tail) / len(tail) if tail else float("nan"),
+        "saved_mb": folder_size_mb(folder),
+    }
+
+
+def folder_size_mb(folder: str) -> float:
+    return sum(p.stat().st_size for p in Path(folder).iterdir()) / 2**20

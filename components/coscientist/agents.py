@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass, field
+import threading
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from components.checks import at_least
 from components.llm.base import LLM
+from components.llm.config import LLMConfig
+from components.llm.factory import build_llm
 
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 KINDS = ("generate", "reflect", "rank", "evolve", "meta_review")
@@ -51,6 +55,30 @@ def _template(name: str) -> string.Template:
 def render(name: str, **fields: Any) -> str:
     """Fill prompts/<name>.md; a missing field raises KeyError naming it."""
     return _template(name).substitute({k: ("" if v is None else str(v)) for k, v in fields.items()})
+
+
+@dataclass
+class AgentSettings:
+    """What every agent call asks of the LLM."""
+
+    max_tokens: int = 160  # one hypothesis paragraph or one verdict; SmolLM2 runs ~14 tok/s on 2 cores
+    temperature: float = 0.7  # some diversity between generations; verdicts are parsed, not sampled twice
+
+    def __post_init__(self) -> None:
+        at_least("agents.max_tokens", self.max_tokens, 1)
+        at_least("agents.temperature", self.temperature, 0)
+
+
+@dataclass
+class AgentSpec:
+    """Everything a worker needs to play the agents: the goal and the LLM's config (picklable)."""
+
+    goal: str
+    constraints: str = ""
+    prior_ideas: list[str] = field(default_factory=list)
+    agents: AgentSettings = field(default_factory=AgentSettings)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    base_dir: str | None = None  # where a relative llm.cache_dir lands
 
 
 @dataclass
@@ -277,3 +305,21 @@ class AgentSuite:
         feedback = (m.group(1) if m else text).strip()[:1200]
         result.output = {"feedback": feedback or None}
         result.malformed = not feedback
+
+
+_suites: dict[str, AgentSuite] = {}
+_suites_lock = threading.Lock()
+
+
+def agent_suite(spec: AgentSpec) -> AgentSuite:
+    """The AgentSuite for `spec` in this process, built once (the embedded model loads once; a Dask
+    worker builds its own from the picklable spec instead of receiving a pickled model)."""
+    key = repr(asdict(spec))
+    with _suites_lock:
+        if key not in _suites:
+            llm = build_llm(spec.llm, base_dir=spec.base_dir)
+            settings = spec.agents
+            _suites[key] = AgentSuite(
+                llm, spec.goal, spec.constraints, spec.prior_ideas, settings.max_tokens, settings.temperature
+            )
+        return _suites[key]

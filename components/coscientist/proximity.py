@@ -47,13 +47,13 @@ class MiniLMEmbedder:
     _lock = threading.Lock()
 
     def __init__(self, model_dir: Path):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415  (optional heavy dependency)
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
+        import torch  # noqa: PLC0415  (optional heavy dependency: only the MiniLM backend needs it)
 
         with self._lock, torch.no_grad():
             batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
@@ -74,7 +74,7 @@ class TfidfEmbedder:
         self.corpus: list[str] = []
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: PLC0415  (start-up cost)
 
         self.corpus.extend(texts)
         vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english").fit(self.corpus)

@@ -22,6 +22,26 @@ class Report:
     clusters: list[list[str]]
 
 
+def run_metrics(summary: dict, ranking: list[dict], initial_elo: float) -> dict[str, float]:
+    """A run's figures: the tournament's outcome (top Elo, the spread of the active ratings, matches
+    played) and what it cost."""
+    elos = [h["elo"] for h in ranking]
+    spent = summary["spent"]
+    return {
+        "top_elo": elos[0] if elos else initial_elo,
+        "elo_spread": max(elos) - min(elos) if elos else 0.0,
+        "hypotheses": summary["hypotheses"],
+        "active_hypotheses": summary["by_status"].get("active", 0),
+        "duplicates": summary["by_status"].get("duplicate", 0),
+        "matches": summary["matches"],
+        "debates": summary["debates"],
+        "void_matches": summary["void_matches"],
+        "llm_calls": spent["calls"],
+        "tokens": spent["tokens"],
+        "malformed_outputs": spent["malformed"],
+    }
+
+
 def elo_history(state: TournamentState) -> dict[str, list[tuple[int, float]]]:
     """Per hypothesis: (match number, rating after it), starting from its initial rating."""
     history: dict[str, list[tuple[int, float]]] = {}
@@ -36,10 +56,10 @@ def elo_history(state: TournamentState) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_elo_history(state: TournamentState, highlight: list[str]):
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (start-up cost: only a report draws)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (after choosing the Agg backend)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for hyp, series in elo_history(state).items():
@@ -92,7 +112,8 @@ def build_report(state: TournamentState, proximity: Proximity, goal: str, summar
         f"{summary['hypotheses']} hypotheses ({_statuses(summary['by_status'])}), {summary['matches']} matches "
         f"({summary['debates']} debates, {summary['void_matches']} void: unparseable verdicts), "
         f"{summary['spent']['calls']} LLM calls, {summary['spent']['tokens']} tokens, "
-        f"proximity by {summary['proximity_backend']}.",
+        f"proximity by {summary['proximity_backend']}."
+        + (f" Active ratings span Elo {rows[-1]['elo']:.0f} to {rows[0]['elo']:.0f}." if rows else ""),
         "",
         "## Top hypotheses",
         "",

@@ -11,9 +11,11 @@ comes from a persisted counter. So after a crash or a kill:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,29 @@ CREATE TABLE IF NOT EXISTS matches (
   winner TEXT, reason TEXT, elo_a_before REAL, elo_b_before REAL, elo_a_after REAL, elo_b_after REAL);
 CREATE TABLE IF NOT EXISTS meta_reviews (task_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, feedback TEXT NOT NULL);
 """
+
+
+def state_path(folder: Path, goal: str, seed: int, state_file: str | None = None) -> Path:
+    """Where a goal's state lives: `state_file` (relative: under `folder`), else
+    <folder>/<goal hash>-seed<seed>.sqlite, so the same goal and seed resume the same tournament."""
+    if state_file:
+        path = Path(state_file)
+        return path if path.is_absolute() else folder / path
+    digest = hashlib.sha256(goal.strip().encode()).hexdigest()[:12]
+    return folder / f"{digest}-seed{seed}.sqlite"
+
+
+def set_aside(path: Path) -> Path | None:
+    """Start over without losing anything: the old state (and its WAL files) get a timestamped name."""
+    if not path.exists():
+        return None
+    moved = path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+    path.rename(moved)
+    for suffix in ("-wal", "-shm"):
+        side = Path(str(path) + suffix)
+        if side.exists():
+            side.rename(Path(str(moved) + suffix))
+    return moved
 
 
 class TournamentState:

@@ -34,6 +34,28 @@ from components.coscientist.state import TournamentState
 Submit = Callable[[Work], cf.Future]
 
 
+class FutureBridge:
+    """A `Submit` over an orchestrator's own submit (`work -> a future with .result()`, e.g. a Prefect
+    task's `.submit`): a small pool of waiter threads turns its futures into concurrent.futures ones,
+    which the supervisor's loop waits on. Use as a context manager (the waiters finish on exit)."""
+
+    def __init__(self, submit: Callable[[Work], Any], max_parallel: int) -> None:
+        self._submit = submit
+        self._waiters = cf.ThreadPoolExecutor(max_parallel, thread_name_prefix="cosci-wait")
+
+    def __call__(self, work: Work) -> cf.Future:
+        return self._waiters.submit(self._submit(work).result)
+
+    def close(self) -> None:
+        self._waiters.shutdown(wait=True)
+
+    def __enter__(self) -> FutureBridge:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclass
 class Budget:
     calls: int | None = 60  # LLM calls for the whole run (a debate spends turns + 1)
@@ -278,6 +300,18 @@ class Supervisor:
     def ranking(self) -> list[dict]:
         active = self.state.hypotheses(statuses=("active",))
         return sorted(active, key=lambda h: (-h["elo"], h["id"]))
+
+    def progress(self) -> dict[str, float]:
+        """What the run has spent and how the pool stands, after each committed result."""
+        spent = self.state.spent()
+        active = self.state.hypotheses(statuses=("active",))
+        return {
+            "spent_calls": spent["calls"],
+            "spent_tokens": spent["tokens"],
+            "hypotheses": len(self.state.hypotheses()),
+            "active": len(active),
+            "top_elo": max((h["elo"] for h in active), default=self.elo.initial),
+        }
 
     def summary(self) -> dict[str, Any]:
         hyps = self.state.hypotheses()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,17 @@ class Usage:
             "cached_calls": self.cached_calls,
             "seconds": round(self.seconds, 4),
         }
+
+
+def log_llm_usage(
+    tracker, llm: LLM, prefix: str = "llm", step: int | None = None, since: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Log the LLM's calls and token counts to a run (`tracker.log_metrics`: `<prefix>.calls`, ...);
+    `since`: an earlier `usage.as_dict()`, to log only what was spent after it (an LLM shared by runs)."""
+    before = since or {}
+    metrics = {f"{prefix}.{key}": value - before.get(key, 0) for key, value in llm.usage.as_dict().items()}
+    tracker.log_metrics(metrics, step=step)
+    return metrics
 
 
 def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
@@ -145,8 +157,6 @@ class LLM:
         if hit is not None:
             self._account(hit, 0.0)
             return hit
-        import time
-
         start = time.perf_counter()
         with self._slot():
             result = self._chat(messages, max_tokens, temperature, stop)
@@ -176,8 +186,6 @@ class LLM:
             self._account(hit, 0.0)
             yield hit.text
             return
-        import time
-
         stats = Completion("", model=self.model)
         stop_filter = StopFilter(stop)
         emitted: list[str] = []
@@ -291,8 +299,6 @@ class ScriptedLLM(LLM):
         text = self._next_text(messages)
         delay = self.delay_s + self.token_delay_s * len(cut_at_stop(text, stop)[0].split())
         if delay:
-            import time
-
             time.sleep(delay)
         prompt_words = sum(len(m["content"].split()) for m in messages)
         return Completion(text, prompt_tokens=prompt_words, completion_tokens=len(text.split()), model="scripted")
@@ -300,8 +306,6 @@ class ScriptedLLM(LLM):
     def _stream(self, messages, max_tokens, temperature, stop, stats) -> Iterator[str]:
         """Line by line: `delay_s` before the first line, `token_delay_s` per word of each line, so
         a consumer sees lines arrive as a decoding model would send them."""
-        import time
-
         text = self._next_text(messages)
         stats.prompt_tokens = sum(len(m["content"].split()) for m in messages)
         stats.model = "scripted"

@@ -3,7 +3,10 @@
 The weights load once per process (shared by every EmbeddedLLM, guarded by a lock) and decoding is
 a manual KV-cached loop, so streaming is real (one piece per token), stop sequences end generation
 early (the model does not waste time past a stop), and a deadline can be checked between tokens.
-Greedy by default; `temperature > 0` samples with a seeded generator.
+Greedy by default; `temperature > 0` samples with a generator seeded by `seed` and the prompt: the
+same request gives the same answer (reruns, the response cache), and two different prompts draw
+independent samples (one fixed stream for every request made similar prompts answer alike: the
+co-scientist's generations all restated one hypothesis).
 
 Prompt prefixes are cached: agent prompts repeat a long system prompt and few-shot examples (and
 ReAct re-sends its whole trajectory every step), and on a CPU the prefill of ~1000 prompt tokens
@@ -14,12 +17,16 @@ and a new prompt only prefills what follows its longest cached prefix.
 from __future__ import annotations
 
 import copy
+import hashlib
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
+import torch
+
 from components.llm.base import LLM, Completion, LLMTimeoutError, Messages, cut_at_stop
+from components.lm.smollm2 import is_model_folder, load_model, load_tokenizer
 
 _MODELS: dict[tuple[str, str, str | None], tuple[object, object]] = {}  # (dtype, device, folder)
 _load_lock = threading.Lock()
@@ -31,8 +38,6 @@ def load_smollm2(dtype: str = "float32", device: str = "cpu", path: str | None =
     key = (dtype, device, path)
     with _load_lock:
         if key not in _MODELS:
-            from components.lm.smollm2 import is_model_folder, load_model, load_tokenizer
-
             if path is not None and not is_model_folder(path):
                 raise FileNotFoundError(
                     f"llm.model_path={path!r} is not a saved model folder (no config.json or tuned.safetensors)"
@@ -124,8 +129,6 @@ class EmbeddedLLM(LLM):
         self.timeout_s = timeout_s  # wall-clock budget of one request; None: unbounded
         self.seed = seed
         if threads:
-            import torch
-
             # Process-wide: on a busy CPU, torch's intra-op threads wait on each other at every op
             # (measured here: 1 thread was ~20x faster than 2 with the machine oversubscribed).
             torch.set_num_threads(threads)
@@ -144,8 +147,6 @@ class EmbeddedLLM(LLM):
     def _stream(
         self, messages: Messages, max_tokens: int, temperature: float, stop: Sequence[str] | None, stats: Completion
     ) -> Iterator[str]:
-        import torch
-
         tok = self._tokenizer
         prompt_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
             "input_ids"
@@ -153,7 +154,7 @@ class EmbeddedLLM(LLM):
         stats.prompt_tokens = len(prompt_ids)
         stats.model = self.model
         stats.finish_reason = "length"
-        generator = torch.Generator().manual_seed(self.seed) if temperature > 0 else None
+        generator = torch.Generator().manual_seed(sampling_seed(self.seed, prompt_ids)) if temperature > 0 else None
         deadline = time.monotonic() + self.timeout_s if self.timeout_s else None
         generated: list[int] = []
         shown = ""  # text already yielded (decoded from all generated ids: multi-byte tokens stay whole)
@@ -193,9 +194,13 @@ class EmbeddedLLM(LLM):
                     break
 
 
+def sampling_seed(seed: int, prompt_ids: Sequence[int]) -> int:
+    """The sampler's seed for one request: `seed` mixed with the prompt's tokens (stable across processes)."""
+    digest = hashlib.blake2b(f"{seed}:{','.join(map(str, prompt_ids))}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
 def _resolve_device(device: str) -> str:
     if device != "auto":
         return device
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"

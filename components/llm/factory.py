@@ -1,85 +1,67 @@
-"""Factories named by `_target_` in conf/llm/*.yaml; each takes every field of `tasks.llm.LLMConfig`.
+"""Build an LLM from the `llm` config group: `build_llm` calls the factory `_target_` names.
 
-All three options share one config type (so `llm=embedded|openai|scripted` swaps cleanly and a wrong
-key fails at composition); each factory reads the fields that concern its backend and ignores the
-rest. No Hydra here: `tasks.llm.build_llm` instantiates these.
+The factories (the `_target_`s of conf/llm/*.yaml) each take every field of `LLMConfig` and pass on
+the ones their backend's constructor accepts, so `llm=embedded|openai|scripted` swaps cleanly and a
+wrong key fails at composition. Called directly, each falls back to its backend's own defaults.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from components.llm.base import LLM, ScriptedLLM
 from components.llm.cache import ResponseCache
+from components.llm.config import LLMConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # a relative model_path (data/agent_model) is under it
+
+
+def build_llm(llm_cfg: LLMConfig | dict, base_dir: str | Path | None = None) -> LLM:
+    """Instantiate the backend `llm_cfg._target_` names; a relative cache_dir lands under `base_dir`."""
+    values = asdict(llm_cfg) if is_dataclass(llm_cfg) else dict(llm_cfg)
+    target = values.pop("_target_")
+    if values.get("cache_dir"):
+        cache = Path(values["cache_dir"])
+        values["cache_dir"] = str(cache if cache.is_absolute() else Path(base_dir or PROJECT_ROOT) / cache)
+    if values.get("model_path") and not Path(values["model_path"]).is_absolute():
+        values["model_path"] = str(PROJECT_ROOT / values["model_path"])  # data/agent_model from anywhere
+    try:
+        factory = resolve_callable(target)
+    except ValueError as err:
+        raise ValueError(f"llm._target_={target!r} is not an importable factory: {err}") from err
+    return factory(**values)
 
 
 def _cache(cache_dir: str | None) -> ResponseCache | None:
     return ResponseCache(Path(cache_dir)) if cache_dir else None
 
 
-def embedded(
-    *,
-    model: str = "SmolLM2-135M-Instruct",
-    dtype: str = "float32",
-    device: str = "cpu",
-    timeout_s: float | None = None,
-    seed: int = 0,
-    max_concurrency: int | None = 1,
-    cache_dir: str | None = None,
-    threads: int | None = None,
-    prefix_cache_entries: int = 4,
-    model_path: str | None = None,
-    **_other_backends: Any,
-) -> LLM:
-    from components.llm.embedded import EmbeddedLLM
-
-    return EmbeddedLLM(
-        model=model,
-        dtype=dtype,
-        device=device,
-        timeout_s=timeout_s,
-        seed=seed,
-        cache=_cache(cache_dir),
-        max_concurrency=max_concurrency,
-        threads=threads,
-        prefix_cache_entries=prefix_cache_entries,
-        model_path=model_path,
-    )
+def _construct(backend: type, settings: dict[str, Any]) -> LLM:
+    """`backend(...)` with the settings its constructor takes (the other backends' are ignored)."""
+    accepted = inspect.signature(backend).parameters
+    kwargs = {key: value for key, value in settings.items() if key in accepted}
+    return backend(**kwargs, cache=_cache(settings.get("cache_dir")))
 
 
-def openai_compatible(
-    *,
-    model: str,
-    base_url: str | None = None,
-    api_key: str | None = None,
-    base_url_env: str = "OPENAI_BASE_URL",
-    api_key_env: str = "OPENAI_API_KEY",
-    timeout_s: float | None = 60.0,
-    retries: int = 3,
-    backoff_s: float = 0.5,
-    seed: int | None = None,
-    max_concurrency: int | None = 4,
-    cache_dir: str | None = None,
-    **_other_backends: Any,
-) -> LLM:
-    from components.llm.openai_compat import OpenAICompatibleLLM
+def embedded(**settings: Any) -> LLM:
+    """SmolLM2-135M-Instruct in this process (`EmbeddedLLM`)."""
+    from components.llm.embedded import EmbeddedLLM  # noqa: PLC0415  (start-up cost: torch and transformers)
 
-    return OpenAICompatibleLLM(
-        model=model,
-        base_url=base_url,
-        api_key=api_key,
-        base_url_env=base_url_env,
-        api_key_env=api_key_env,
-        timeout_s=timeout_s or 60.0,
-        retries=retries,
-        backoff_s=backoff_s,
-        seed=seed,
-        cache=_cache(cache_dir),
-        max_concurrency=max_concurrency,
-    )
+    return _construct(EmbeddedLLM, settings)
+
+
+def openai_compatible(**settings: Any) -> LLM:
+    """Any OpenAI-compatible endpoint (`OpenAICompatibleLLM`); `model` is required."""
+    from components.llm.openai_compat import OpenAICompatibleLLM  # noqa: PLC0415  (start-up cost: the openai client)
+
+    if settings.get("timeout_s", 60.0) is None:
+        settings["timeout_s"] = 60.0  # an endpoint that never answers must not hang the run
+    return _construct(OpenAICompatibleLLM, settings)
 
 
 def scripted(

@@ -14,6 +14,8 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 
+import openai
+
 from components.llm.base import LLM, Completion, LLMError, LLMTimeoutError, Messages
 
 
@@ -36,8 +38,6 @@ class OpenAICompatibleLLM(LLM):
         max_concurrency: int | None = 4,
     ) -> None:
         super().__init__(cache=cache, max_concurrency=max_concurrency)
-        import openai
-
         self.base_url = base_url or os.environ.get(base_url_env)
         if not self.base_url:
             raise LLMError(

@@ -61,6 +61,10 @@ class Toolbox:
     def names(self) -> list[str]:
         return list(self.tools)
 
+    def descriptions(self) -> dict[str, str]:
+        """Each tool's name -> its description (what the planner's prompt lists)."""
+        return {name: tool.description for name, tool in self.tools.items()}
+
     def describe(self) -> str:
         return "\n".join(f"{i}. {t.description}" for i, t in enumerate(self.tools.values(), 1))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from components.sandbox import Sandbox, SandboxLimits
 from components.tools.base import Tool, ToolResult
 
 
@@ -19,8 +20,6 @@ class PythonRunner(Protocol):
 
 
 def default_runner(wall_seconds: float = 10.0, memory_bytes: int = 512 << 20) -> PythonRunner:
-    from components.sandbox import Sandbox, SandboxLimits
-
     # No site-packages: arithmetic and the standard library are all an agent snippet needs here.
     return Sandbox(
         SandboxLimits(

@@ -2,12 +2,17 @@
 (plumbing, not model quality): answers, replanning, malformed plans, and that LLMCompiler overlaps
 the calls ReAct serializes."""
 
+from concurrent.futures import ThreadPoolExecutor
+from threading import Barrier
+
 import pytest
 
 from components.compiler import LLMCompiler, ReActAgent, ThreadSubmit, parse_final
 from components.compiler.agents import ParallelFunctionCalling
 from components.compiler.evaluation import AgentSettings, build_agent, evaluate, summarize
 from components.compiler.parallelqa import build_questions, is_correct
+from components.compiler.plan import dependency_levels
+from components.compiler.prompts import parallel_fc_messages, prompt_kind
 from components.compiler.scripted import ServedModelLatency, SimulatedServedLLM, observed_value, parallelqa_oracle
 from components.llm import ScriptedLLM
 from components.tools import build_knowledge_base, build_toolbox
@@ -68,8 +73,6 @@ def test_wide_fan_out_templates_answer_from_the_knowledge_base(setup):
 
 
 def test_every_agent_answers_every_template_correctly_with_the_oracle(setup):
-    from components.compiler.plan import dependency_levels
-
     _, questions, tools, submit = setup
     llm = ScriptedLLM(parallelqa_oracle)
     agents = {m: build_agent(m, llm, tools, submit, AgentSettings()) for m in ("llmcompiler", "react", "parallel_fc")}
@@ -91,8 +94,6 @@ def test_every_agent_answers_every_template_correctly_with_the_oracle(setup):
 def test_parallel_function_calling_runs_a_turns_calls_together_and_reports_bad_ones(setup):
     """Every Action line of a turn is submitted before any is awaited; a malformed or unknown one
     becomes its own observation, in order, and the others still run."""
-    from concurrent.futures import ThreadPoolExecutor
-    from threading import Barrier
 
     kb, _, tools, _ = setup
     toolbox, pool, started = build_toolbox(0), ThreadPoolExecutor(4), []
@@ -131,8 +132,6 @@ def test_parallel_function_calling_runs_a_turns_calls_together_and_reports_bad_o
 
 
 def test_parallel_function_calling_prompt_shows_examples_in_waves():
-    from components.compiler.prompts import parallel_fc_messages, prompt_kind
-
     messages = parallel_fc_messages("Q?", ["search(q)", "calculate(e)"], "")
     assert prompt_kind(messages) == "parallel_fc"
     combined = messages[-2]["content"]  # the last example: two parallel searches, then the sum

@@ -7,6 +7,7 @@ import time
 from components.compiler.fetching import TaskFetchingUnit, ThreadSubmit
 from components.compiler.plan import StreamingPlanParser, iter_tasks, parse_plan
 from components.tools.base import Tool, Toolbox, ToolResult
+from components.tools.calculator import evaluate
 
 TOOLS = ["search", "calculate", "python"]
 
@@ -37,7 +38,6 @@ class RecordingTools:
         with self.lock:
             self.events.append(("start", expression))
             self.events.append(("end", expression))
-        from components.tools.calculator import evaluate
 
         value = evaluate(expression)
         return ToolResult(value=value, text=str(value))

@@ -4,6 +4,10 @@ flow's plumbing, not a model): MLflow params/metrics/artifacts, and every tool c
 import json
 import time
 
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
 from mlsys.flow import compose, run
 
 
@@ -22,8 +26,6 @@ def test_compile_calls_flow_end_to_end(prefect_harness, flow_overrides, mlflow_u
     assert metrics["llmcompiler_llm_calls_mean"] == 2 and metrics["speedup"] > 0
     assert metrics["speedup_vs_parallel_fc"] > 0 and metrics["accuracy_delta_vs_parallel_fc"] == 0
 
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=mlflow_uri)
     mlrun = client.get_run(result["run_id"])
     assert mlrun.data.params["llm._target_"] == "components.llm.factory.scripted"
@@ -40,8 +42,6 @@ def test_compile_calls_flow_end_to_end(prefect_harness, flow_overrides, mlflow_u
     assert "1. search(" in trace["trace"][0]["plan"] and trace["trace"][0]["tasks"][2]["ok"]
 
     # Every dispatched tool call ran as a Prefect task run of this flow run.
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     flow_run_id = mlrun.data.tags["prefect.flow_run_id"]
     expected = sum(a["tool_calls"] for a in answers)

@@ -5,6 +5,7 @@ import pytest
 from components.compiler.plan import (
     PlanParseError,
     StreamingPlanParser,
+    dependency_levels,
     iter_tasks,
     parse_call,
     parse_plan,
@@ -119,8 +120,6 @@ def test_unterminated_last_line_is_parsed_at_stream_end_and_replan_numbering_con
 
 
 def test_dependency_levels_group_steps_into_waves():
-    from components.compiler.plan import dependency_levels
-
     assert dependency_levels(['search("a")', 'search("b")', 'calculate("$1 + $2")']) == [[0, 1], [2]]
     assert dependency_levels(['search("a")', 'search("x of $1")', 'search("c")', 'calculate("${2} * $3")']) == [
         [0, 2],

@@ -8,16 +8,18 @@ import json
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import save_file
 
+from components.compiler.tuning import TranscriptConfig
+from components.lm import smollm2
 from mlsys.flow import compose, get_spec, run
+from tasks.tune_agent import collect_transcripts
 
 
 def test_tune_agent_flow_saves_registers_and_loads_the_tuned_layers(
     prefect_harness, flow_overrides, mlflow_uri, tmp_path
 ):
-    from mlflow.tracking import MlflowClient
-
-    from components.lm import smollm2
 
     result = run(compose("tune_agent", get_spec("tune_agent").demo_overrides + flow_overrides))
     metrics = result["metrics"]
@@ -43,11 +45,6 @@ def test_tune_agent_flow_saves_registers_and_loads_the_tuned_layers(
 
 
 def test_tuned_folders_reject_foreign_tensors_and_seed_zero(tmp_path):
-    from safetensors.torch import save_file
-
-    from components.lm import smollm2
-    from tasks.tune_agent import TranscriptConfig, collect_transcripts
-
     save_file({"model.layers.99.mlp.up_proj.weight": torch.zeros(2, 2)}, str(tmp_path / smollm2.TUNED_WEIGHTS))
     with pytest.raises(ValueError, match="layers.99"):
         smollm2.load_model(folder=tmp_path)

@@ -3,13 +3,24 @@ and loading the tuned folder through the embedded backend."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
+from components.compiler.evaluation import build_agent
+from components.compiler.parallelqa import build_questions
 from components.compiler.plan import END_OF_PLAN
 from components.compiler.prompts import prompt_kind
-from components.compiler.tuning import TuneSettings, encode_chat, oracle_transcripts, tune
+from components.compiler.tuning import TuneSettings, encode_chat, oracle_transcripts, subsample_react, tune
+from components.decoding.models import tiny_llama
+from components.llm.embedded import EmbeddedLLM
+from components.llm.factory import build_llm
 from components.lm.smollm2 import load_tokenizer
+from components.tools import build_knowledge_base
+from mlsys.environment import PROJECT_ROOT
+from mlsys.flow import compose
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +29,6 @@ def chats():
 
 
 def test_transcripts_record_every_call_of_both_agents_without_examples(chats):
-    from components.compiler.parallelqa import build_questions
-    from components.tools import build_knowledge_base
-
     questions = build_questions(build_knowledge_base(3), per_template=1, seed=3)
     kinds = [prompt_kind(c) for c in chats]
     # one plan and one join per question (the oracle never replans); ReAct: one call per plan step
@@ -36,8 +44,6 @@ def test_transcripts_record_every_call_of_both_agents_without_examples(chats):
 
 
 def test_questions_naming_excluded_entities_are_skipped():
-    from components.tools import build_knowledge_base
-
     names = [e.name for e in build_knowledge_base(3).entities.values()]
     assert oracle_transcripts([3], per_template=1, exclude_names=names) == []
 
@@ -51,8 +57,6 @@ def test_encoding_puts_the_reply_and_its_end_of_turn_after_the_prompt(chats):
 
 
 def test_tuning_lowers_the_reply_loss_and_trains_only_the_top_layers():
-    from components.decoding.models import tiny_llama
-
     model = tiny_llama(vocab_size=64, hidden=32, layers=3, dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)
     examples = [(torch.randint(3, 64, (24,), generator=gen).tolist(), 12) for _ in range(4)]
@@ -85,10 +89,6 @@ def test_tuning_lowers_the_reply_loss_and_trains_only_the_top_layers():
 
 
 def test_embedded_backend_loads_a_tuned_folder(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from components.llm.embedded import EmbeddedLLM
-
     tokenizer = load_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -112,10 +112,6 @@ def test_embedded_backend_loads_a_tuned_folder(tmp_path):
 
 
 def test_react_subsample_keeps_every_plan_and_join_and_each_final_step(chats):
-    import random
-
-    from components.compiler.tuning import subsample_react
-
     kept = subsample_react(chats, 2, random.Random(0))
     kinds = [prompt_kind(c) for c in chats]
     kept_kinds = [prompt_kind(c) for c in kept]
@@ -127,11 +123,6 @@ def test_react_subsample_keeps_every_plan_and_join_and_each_final_step(chats):
 
 
 def test_flow_config_runs_a_tuned_model_without_examples():
-    from components.compiler.evaluation import build_agent
-    from mlsys.environment import PROJECT_ROOT
-    from mlsys.flow import compose
-    from tasks.llm import build_llm
-
     cfg = compose("compile_calls", ["agent.few_shot=false", "llm.model_path=data/no_such_model", "llm.threads=null"])
     agent = build_agent("react", llm=None, tools={}, submit=None, settings=cfg.agent)
     assert agent.examples == ()

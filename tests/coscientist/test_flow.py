@@ -6,7 +6,11 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlsys.flow import compose, run
+from components.coscientist.agents import AgentSpec, agent_suite
+from components.coscientist.proximity import Proximity
+from components.coscientist.state import TournamentState, set_aside
+from components.coscientist.supervisor import Supervisor
+from mlsys.flow import compose, get_spec, run
 
 SCRIPTED = [
     "llm=scripted",
@@ -34,6 +38,7 @@ def test_flow_runs_logs_report_and_resumes(prefect_harness, flow_overrides, mlfl
     metrics = mlrun.data.metrics
     assert 21 <= metrics["llm_calls"] <= 24 and metrics["llm.calls"] == metrics["llm_calls"]
     assert metrics["hypotheses"] >= 4 and metrics["matches"] >= 1 and metrics["top_elo"] > 1200
+    assert metrics["elo_spread"] > 0  # ratings moved apart: matches were decided
     assert len(client.get_metric_history(first["run_id"], "spent_calls")) > 5  # progress per finished task
     files = _artifacts(client, first["run_id"])
     assert {"report/report.md", "report/report.html", "report/elo_history.png", "report/ranking.json"} <= set(files)
@@ -59,12 +64,28 @@ def test_wrong_config_keys_and_values_fail_at_composition():
 
 
 def test_resume_false_sets_the_old_state_aside_instead_of_deleting_it(tmp_path):
-    from flows.coscientist import _set_aside
-
     state = tmp_path / "s.sqlite"
     state.write_text("saved")
     (tmp_path / "s.sqlite-wal").write_text("wal")
-    moved = _set_aside(state)
+    moved = set_aside(state)
     assert not state.exists() and moved.read_text() == "saved"
     assert (tmp_path / f"{moved.name}-wal").read_text() == "wal"
-    assert _set_aside(state) is None  # nothing to set aside
+    assert set_aside(state) is None  # nothing to set aside
+
+
+def test_demo_settings_leave_budget_for_a_tournament(tmp_path):
+    """The suite's demo (conf/experiment/demo/coscientist.yaml) with distinct hypotheses (the synthetic
+    task): its budget seeds the pool and still plays several matches, so Elo moves off 1200."""
+    demo = get_spec("coscientist").demo_overrides
+    cfg = compose("coscientist", demo + SCRIPTED[:3] + [f"work_dir={tmp_path}"])
+    assert cfg.budget.calls <= 16  # still a demo: seconds per call with the embedded model
+    state = TournamentState(tmp_path / "demo.sqlite", cfg.goal, cfg.elo)
+    spec = AgentSpec(cfg.goal, agents=cfg.agents, llm=cfg.llm)
+    supervisor = Supervisor(
+        state, agent_suite(spec), Proximity(cfg.proximity), cfg.budget, cfg.supervisor, cfg.elo, seed=cfg.seed
+    )
+    summary = supervisor.run()
+    assert summary["matches"] >= 3 and summary["spent"]["calls"] <= cfg.budget.calls
+    elos = [h["elo"] for h in supervisor.ranking()]
+    assert max(elos) > cfg.elo.initial > min(elos)
+    state.close()

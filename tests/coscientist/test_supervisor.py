@@ -7,6 +7,7 @@ import pytest
 from components.coscientist.agents import AgentSuite
 from components.coscientist.elo import EloConfig
 from components.coscientist.proximity import Proximity, ProximityConfig
+from components.coscientist.report import build_report, elo_history
 from components.coscientist.state import TournamentState
 from components.coscientist.supervisor import Budget, Supervisor, SupervisorConfig, WorkWeights
 from components.coscientist.synthetic import SyntheticLLM, SyntheticScience
@@ -159,8 +160,6 @@ def test_budget_and_state_validation(tmp_path):
 
 
 def test_report_lists_top_hypotheses_with_reviews_history_and_clusters(tmp_path):
-    from components.coscientist.report import build_report, elo_history
-
     sup, state, _ = make(tmp_path, Budget(calls=40))
     summary = sup.run()
     report = build_report(state, sup.proximity, GOAL + " <script>", summary, top_n=3)

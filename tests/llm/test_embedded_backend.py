@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from components.llm.embedded import EmbeddedLLM, load_smollm2
+from components.llm.embedded import EmbeddedLLM, PrefixCache, load_smollm2, sampling_seed
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
@@ -67,8 +67,6 @@ class FakeKV:
 
 
 def test_prefix_cache_lookup_crops_to_the_shared_prefix_and_subsumes_extended_prompts():
-    from components.llm.embedded import PrefixCache
-
     cache = PrefixCache(max_entries=2, min_prefix=2)
     cache.store([1, 2, 3, 4], FakeKV(4))
     kv, n = cache.lookup([1, 2, 3, 9, 9])
@@ -79,3 +77,19 @@ def test_prefix_cache_lookup_crops_to_the_shared_prefix_and_subsumes_extended_pr
     cache.store([1, 2, 3, 4, 5, 6], FakeKV(6))  # extends the first entry: replaces it
     cache.store([5, 5, 5], FakeKV(3))
     assert len(cache._entries) == 2 and cache.lookup([1, 2, 3, 4, 5, 6, 7])[1] == 6
+
+
+def test_sampling_is_reproducible_per_prompt_and_independent_across_prompts(llm):
+    """temperature > 0: the same request answers the same; two prompts that differ only in a few
+    tokens do not share one random stream (they did: the co-scientist's generations all came out alike)."""
+    a = [{"role": "user", "content": "Propose one hypothesis about gut bacteria and immunotherapy (angle A)."}]
+    b = [{"role": "user", "content": "Propose one hypothesis about gut bacteria and immunotherapy (angle B)."}]
+    first = llm.chat(a, max_tokens=24, temperature=1.0).text
+    assert llm.chat(a, max_tokens=24, temperature=1.0).text == first
+    assert llm.chat(b, max_tokens=24, temperature=1.0).text != first
+
+
+def test_sampling_seed_mixes_the_seed_and_every_prompt_token():
+    base = sampling_seed(0, [1, 2, 3])
+    assert sampling_seed(0, [1, 2, 3]) == base and 0 <= base < 2**63
+    assert len({base, sampling_seed(1, [1, 2, 3]), sampling_seed(0, [1, 2, 4]), sampling_seed(0, [12, 3])}) == 4

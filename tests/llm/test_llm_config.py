@@ -3,8 +3,10 @@ build_llm / log_llm_usage work from it."""
 
 import pytest
 
+from components.llm.base import log_llm_usage
+from components.llm.config import LLMConfig, redacted
+from components.llm.factory import build_llm
 from mlsys.flow import compose
-from tasks.llm import LLMConfig, build_llm, log_llm_usage, redacted
 from tests.llm.fake_openai import FakeOpenAI
 
 TARGETS = {
