@@ -49,7 +49,7 @@ from components.quant.evaluation import bootstrap_ppl_ci, bootstrap_ratio_ci, en
 from components.quant.evaluation import perplexity as perplexity_of
 from components.quant.model import calibrate, dequantized_once, load_base_model, quantizable_linears, quantize_model
 from components.quant.quantizer import bits_breakdown, fake_quantize_uniform
-from tasks.quantize import method_spec
+from components.quant.spec import method_spec
 
 CONTEXT = 256
 FULL = {"budgets": [2.9, 3.3, 3.6, 3.9, 4.2, 4.35, 4.45], "windows": 8, "calibration_windows": 8, "peers": True}

@@ -39,7 +39,6 @@ def tiny_corpus(folder: Path) -> Path:
 def write_job(tmp: Path, name: str, corpus: Path, strategy: str, resume: str | None = None) -> Path:
     job = TrainJob(
         model={
-            "kind": "gpt",
             "vocab_size": VOCAB,
             "block_size": 16,
             "n_layer": 2,
