@@ -28,8 +28,10 @@ restore of both ranks).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import socket
 import statistics
 import tempfile
 import threading
@@ -38,10 +40,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
 
 from benchmarks.common import parse_mode, target, write_result
 from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, load_checkpoint
+from components.checkpoint.layout import split_state
+from components.lm import smollm2
+from components.lm.distributed import close_process_group
+from components.lm.model import GPT, GPTConfig, lm_loss
+from components.lm.training import TrainSettings, build_optimizer, forward_logits
 
 BASELINES = ["torch_save", "naive_async", "dcp_async"]
 LAZY_VARIANTS = {  # name -> LazyAsyncCheckpointer options
@@ -156,8 +168,6 @@ class DCPAsync:
         self._future = None
 
     def save(self, step: int, state: dict) -> None:
-        import torch.distributed.checkpoint as dcp
-
         start = time.perf_counter()
         if self._future is not None:  # DCP allows one save in flight
             self._future.result()
@@ -223,18 +233,12 @@ class PeakRSS:
 
 def build_workload(model_kind: str, batch: int, block: int, device: str):
     """Model, AdamW (state initialised), and one training iteration (forward, backward, step)."""
-    from components.lm.model import lm_loss
-    from components.lm.training import TrainSettings, build_optimizer, forward_logits
 
     torch.manual_seed(0)
     if model_kind == "smollm2":
-        from components.lm import smollm2
-
         model = smollm2.load_model(device=device).train()
         vocab = model.config.vocab_size
     else:
-        from components.lm.model import GPT, GPTConfig
-
         vocab = WORKLOAD["vocab"]
         model = (
             GPT(
@@ -260,8 +264,6 @@ def build_workload(model_kind: str, batch: int, block: int, device: str):
 
 
 def checkpoint_bytes(state: dict) -> int:
-    from components.checkpoint.layout import split_state
-
     return sum(t.numel() * t.element_size() for _, t in split_state(state)[1])
 
 
@@ -355,11 +357,6 @@ def run_one(
 # ----------------------------------------------------------------------------- 2 ranks
 def _rank_main(rank: int, world: int, port: int, folder: str, results: str) -> None:
     """One gloo rank: its own shard of a model, trained with a lazy checkpoint every step, then restored."""
-    import json
-
-    import torch.distributed as dist
-
-    from components.lm.distributed import close_process_group
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -404,11 +401,6 @@ def _rank_main(rank: int, world: int, port: int, folder: str, results: str) -> N
 
 
 def distributed_check(world: int = 2) -> dict:
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -613,16 +605,12 @@ def report(
     partial_args = args if final else argparse.Namespace(**{**vars(args), "no_mlflow": True})
     figure = _plot(summary, bounds, done_ks, nbytes, setup["model"])
     write_result("checkpointing", results, targets, figure=figure, args=partial_args, device=setup["device"])
-    import matplotlib.pyplot as plt
 
     plt.close(figure)
 
 
 def _plot(summary: dict, bounds: dict, ks: list[int], nbytes: int, model_kind: str):
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     for name in summary:

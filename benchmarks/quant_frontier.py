@@ -33,8 +33,11 @@ import os
 import time
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from benchmarks.common import parse_mode, target, write_result
 from components.quant.budget import (
@@ -60,8 +63,6 @@ FLOW_SCHEME = "fisher"  # what the quantize flow's default method (`mixed`) uses
 
 
 def heldout(model_base: dict, n_windows: int, n_calibration: int):
-    from tokenizers import Tokenizer
-
     tokenizer = Tokenizer.from_file(str(Path(model_base["tokenizer_dir"]) / "tokenizer.json"))
     calib_text, eval_text = python_docs_split(0)
     return (
@@ -136,8 +137,8 @@ def rtn_uniform(bits: int, spec):
 
 
 def gguf_quant(kind: str):
-    import gguf.quants as gq
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    import gguf.quants as gq  # noqa: PLC0415  (optional dependency)
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # noqa: PLC0415  (optional dependency)
 
     qtype = GGMLQuantizationType[kind]
     block, nbytes = GGML_QUANT_SIZES[qtype]
@@ -433,10 +434,7 @@ def why_notes(rows: dict, comparisons: dict, cfg: dict, chosen: dict, q4: dict) 
 
 
 def plot(results: dict):
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     table = results["table"]

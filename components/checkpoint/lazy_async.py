@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 
 from components.checkpoint import layout
 from components.checkpoint.host_pool import HostBufferPool, Region
@@ -796,8 +797,6 @@ def _header_with_absolute_offsets(entries: list[dict]) -> tuple[bytes, int]:
 
 
 def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
-    import torch.distributed as dist
-
     if rank is None or world_size is None:
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
@@ -807,7 +806,6 @@ def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple[int
 
 def _agree_on_session(world_size: int) -> str:
     """One id per run, the same on every rank: names this run's temporary folders."""
-    import torch.distributed as dist
 
     session = uuid.uuid4().hex[:12]
     if world_size > 1:

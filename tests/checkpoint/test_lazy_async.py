@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -161,8 +163,6 @@ def test_a_fresh_run_sets_the_earlier_runs_checkpoints_aside(tmp_path):
 
 
 def test_hostile_state_file_is_refused(tmp_path):
-    import pickle
-
     model, optimizer, scheduler, gen = _tiny.fresh()
     with LazyAsyncCheckpointer(tmp_path, fsync=False) as ckpt:
         ckpt.save(1, capture_state(1, model, optimizer, scheduler, gen))
@@ -334,8 +334,6 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
 
 
 def test_two_rank_gloo_save_and_restore(tmp_path):
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from components.checks import ConfigError
+from components.lm.launch import MetricsTail
 from mlsys.flow import compose, run
 from tests.lm.test_flow import TINY
 
@@ -85,8 +86,6 @@ def test_fresh_run_failing_before_its_first_checkpoint_keeps_the_earlier_run(pre
 
 
 def test_metrics_tail_forwards_complete_lines_only(tmp_path):
-    from components.lm.launch import MetricsTail
-
     path = tmp_path / "metrics.jsonl"
     got = []
     tail = MetricsTail(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,8 +19,9 @@ import torch
 
 from components.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from components.checkpoint.layout import split_state
-from components.lm.distributed import TorchrunSettings, signal_job, torchrun_command
-from components.lm.trainer import TrainJob
+from components.lm.distributed import Ranks, TorchrunSettings, restore_checkpoint, signal_job, torchrun_command
+from components.lm.trainer import TrainJob, build_model
+from components.lm.training import TrainSettings, build_optimizer, build_scheduler
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 301  # odd: uneven FSDP2 shards of the embedding (151 + 150 rows)
@@ -180,9 +182,6 @@ def test_ddp_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_pat
     assert load_checkpoint(last, rank=1)["model"] == {} and load_checkpoint(last, rank=0)["model"]
 
     # Loaded into a single process it would silently drop rank 1's state: refused, both layouts named.
-    from components.lm.distributed import Ranks, restore_checkpoint
-    from components.lm.trainer import build_model
-    from components.lm.training import TrainSettings, build_optimizer, build_scheduler
 
     model = build_model(json.loads((tmp_path / "reference" / "job.json").read_text())["model"])
     settings = TrainSettings(iters=ITERS, batch_size=2, block_size=16)
@@ -220,7 +219,6 @@ def test_torchrun_command_for_one_node_and_for_a_rendezvous():
 @pytest.mark.slow
 def test_two_nodes_meet_at_a_rendezvous_endpoint(tmp_path):
     """Two torchrun agents on loopback, one process each, joined by launcher.nnodes=2 + an endpoint."""
-    import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
