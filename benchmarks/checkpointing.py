@@ -514,75 +514,16 @@ def report(
 ) -> None:
     """Medians over repeats, the bound per k, ratios and targets; written after every round."""
     nbytes = setup["checkpoint_bytes"]
-    methods = list(runs)
-    done_ks = [k for k in ks if all(runs[m][str(k)] for m in methods)]
-    best_bw = max(_median([b["direct"] for b in bandwidth]), _median([b["buffered"] for b in bandwidth]))
-    summary: dict[str, dict[str, dict]] = {m: {} for m in methods}
-    for m in methods:
-        for k in map(str, done_ks):
-            rs = runs[m][k]
-            med = {key: _median([r[key] for r in rs]) for key in rs[0] if isinstance(rs[0][key], (int, float))}
-            summary[m][k] = med
-    bounds, ratios, targets = {}, {}, []
-    for k in map(str, done_ks):
-        none = summary["none"][k]
-        compute = none["end_to_end_s"]
-        n_ckpt = summary["lazy_async"][k]["checkpoints"]
-        disk = n_ckpt * nbytes / best_bw
-        bounds[k] = {
-            "compute_only_s": compute,
-            "disk_s": disk,
-            "bound_s": max(compute, disk),
-            "checkpoints": n_ckpt,
-            "write_bandwidth_gbps": best_bw / 1e9,
-        }
-        for m in methods[1:]:
-            s = summary[m][k]
-            s["steady_overhead_per_iter_s"] = (s["loop_s"] - none["loop_s"]) / s["iters"]
-            s["end_to_end_vs_no_checkpoint"] = s["end_to_end_s"] / compute
-            s["end_to_end_vs_bound"] = s["end_to_end_s"] / bounds[k]["bound_s"]
-            s["perceived_throughput_gbps"] = (
-                nbytes / s["blocked_per_checkpoint_s"] / 1e9 if s["blocked_per_checkpoint_s"] > 0 else float("inf")
-            )
-        others = {m: summary[m][k]["end_to_end_s"] for m in BASELINES if m in summary}
-        best_other = min(others, key=others.get) if others else None
-        lazy = summary["lazy_async"][k]
-        ratios[k] = {
-            "best_other": best_other,
-            "lazy_async_vs_best_other": lazy["end_to_end_s"] / others[best_other] if others else float("nan"),
-            "lazy_async_vs_bound": lazy["end_to_end_s"] / bounds[k]["bound_s"],
-            **{
-                f"{m}_vs_lazy_async": summary[m][k]["end_to_end_s"] / lazy["end_to_end_s"]
-                for m in methods
-                if m.startswith("lazy_async_")
-            },
-        }
-        targets.append(target(f"lazy_async_vs_best_other_k{k}", ratios[k]["lazy_async_vs_best_other"], 1.0, "<="))
-        targets.append(target(f"lazy_async_vs_bound_k{k}", ratios[k]["lazy_async_vs_bound"], 1.10, "<="))
-    if "1" in summary["lazy_async"] and "torch_save" in summary:
-        targets.append(
-            target(
-                "blocked_time_vs_torch_save_k1",
-                summary["lazy_async"]["1"]["blocked_per_checkpoint_s"]
-                / summary["torch_save"]["1"]["blocked_per_checkpoint_s"],
-                0.05,
-                "<=",
-            )
-        )
-    lazy_any = summary["lazy_async"][str(done_ks[0])] if done_ks else {}
+    done_ks = [k for k in ks if all(runs[m][str(k)] for m in runs)]
     if not done_ks:
         return
-    if lazy_any:
-        targets.append(
-            target(
-                "host_buffer_vs_checkpoint_size",
-                lazy_any["host_buffer_bytes"] / lazy_any["checkpoint_file_bytes"],
-                1.0,
-                "<=",
-            )
-        )
-    if dist is not None:
-        targets.append(target("distributed_ranks_tested", dist["ranks_restored_bitwise"], 2, ">="))
+    best_bw = max(_median([b["direct"] for b in bandwidth]), _median([b["buffered"] for b in bandwidth]))
+    summary = _medians(runs, done_ks)
+    bounds = {k: _bound(summary, k, nbytes, best_bw) for k in map(str, done_ks)}
+    for k in map(str, done_ks):
+        _add_overheads(summary, k, nbytes, bounds[k]["bound_s"])
+    ratios = {k: _ratios(summary, k, bounds[k]["bound_s"]) for k in map(str, done_ks)}
+    targets = _targets(summary, ratios, done_ks, dist)
     results = {
         **setup,
         "ks": done_ks,
@@ -607,6 +548,92 @@ def report(
     write_result("checkpointing", results, targets, figure=figure, args=partial_args, device=setup["device"])
 
     plt.close(figure)
+
+
+def _medians(runs: dict, done_ks: list[int]) -> dict[str, dict[str, dict]]:
+    """method -> k -> the median over repeats of every numeric field."""
+    summary: dict[str, dict[str, dict]] = {m: {} for m in runs}
+    for m in runs:
+        for k in map(str, done_ks):
+            rs = runs[m][k]
+            summary[m][k] = {
+                key: _median([r[key] for r in rs]) for key in rs[0] if isinstance(rs[0][key], (int, float))
+            }
+    return summary
+
+
+def _bound(summary: dict, k: str, nbytes: int, best_bw: float) -> dict:
+    """The physical bound at k: max(compute-only time, bytes written / the folder's write bandwidth)."""
+    compute = summary["none"][k]["end_to_end_s"]
+    n_ckpt = summary["lazy_async"][k]["checkpoints"]
+    disk = n_ckpt * nbytes / best_bw
+    return {
+        "compute_only_s": compute,
+        "disk_s": disk,
+        "bound_s": max(compute, disk),
+        "checkpoints": n_ckpt,
+        "write_bandwidth_gbps": best_bw / 1e9,
+    }
+
+
+def _add_overheads(summary: dict, k: str, nbytes: int, bound_s: float) -> None:
+    """Each checkpointing method's cost at k against the run without checkpoints and the bound."""
+    none = summary["none"][k]
+    for m in list(summary)[1:]:
+        s = summary[m][k]
+        s["steady_overhead_per_iter_s"] = (s["loop_s"] - none["loop_s"]) / s["iters"]
+        s["end_to_end_vs_no_checkpoint"] = s["end_to_end_s"] / none["end_to_end_s"]
+        s["end_to_end_vs_bound"] = s["end_to_end_s"] / bound_s
+        s["perceived_throughput_gbps"] = (
+            nbytes / s["blocked_per_checkpoint_s"] / 1e9 if s["blocked_per_checkpoint_s"] > 0 else float("inf")
+        )
+
+
+def _ratios(summary: dict, k: str, bound_s: float) -> dict:
+    """lazy_async at k against the fastest baseline, the bound, and its own variants."""
+    others = {m: summary[m][k]["end_to_end_s"] for m in BASELINES if m in summary}
+    best_other = min(others, key=others.get) if others else None
+    lazy = summary["lazy_async"][k]
+    return {
+        "best_other": best_other,
+        "lazy_async_vs_best_other": lazy["end_to_end_s"] / others[best_other] if others else float("nan"),
+        "lazy_async_vs_bound": lazy["end_to_end_s"] / bound_s,
+        **{
+            f"{m}_vs_lazy_async": summary[m][k]["end_to_end_s"] / lazy["end_to_end_s"]
+            for m in summary
+            if m.startswith("lazy_async_")
+        },
+    }
+
+
+def _targets(summary: dict, ratios: dict, done_ks: list[int], dist: dict | None) -> list[dict]:
+    targets = []
+    for k in map(str, done_ks):
+        targets.append(target(f"lazy_async_vs_best_other_k{k}", ratios[k]["lazy_async_vs_best_other"], 1.0, "<="))
+        targets.append(target(f"lazy_async_vs_bound_k{k}", ratios[k]["lazy_async_vs_bound"], 1.10, "<="))
+    if "1" in summary["lazy_async"] and "torch_save" in summary:
+        targets.append(
+            target(
+                "blocked_time_vs_torch_save_k1",
+                summary["lazy_async"]["1"]["blocked_per_checkpoint_s"]
+                / summary["torch_save"]["1"]["blocked_per_checkpoint_s"],
+                0.05,
+                "<=",
+            )
+        )
+    lazy_any = summary["lazy_async"][str(done_ks[0])]
+    if lazy_any:
+        targets.append(
+            target(
+                "host_buffer_vs_checkpoint_size",
+                lazy_any["host_buffer_bytes"] / lazy_any["checkpoint_file_bytes"],
+                1.0,
+                "<=",
+            )
+        )
+    if dist is not None:
+        targets.append(target("distributed_ranks_tested", dist["ranks_restored_bitwise"], 2, ">="))
+    return targets
 
 
 def _plot(summary: dict, bounds: dict, ks: list[int], nbytes: int, model_kind: str):

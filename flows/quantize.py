@@ -91,7 +91,7 @@ def quantize(cfg: QuantizeConfig, tracker: Tracker) -> dict[str, float]:
     tracker.set_tags({"model_source": base["source"], "heldout_text": text["source"], "note": Q4_NOTE})
     calib = calibration_stats(model, text["calibration"], specs, heads or budget is not None)
     if budget is not None:
-        specs[-1] = budget_spec(model, specs[-1], budget, calib, heads, cfg.layers)
+        specs[-1] = budget_spec(model, specs[-1], cfg.quant, calib, heads, cfg.layers)
     rows, chosen = compare_methods(model, specs, calib, text["eval"], heads, cfg.layers, cfg.forward_mode, tracker)
     folder = str(cfg.work_path("quantize", cfg.model_name()))
     extra = {"perplexity_table": rows, "context": cfg.eval.context}  # saved beside the weights

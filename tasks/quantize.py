@@ -18,7 +18,7 @@ from torch import nn
 from components.quant import QuantSpec
 from components.quant import report as quant_report
 from components.quant.compare import calibration_needs, plan_for_budget, quantize_and_evaluate
-from components.quant.config import EvalSettings, SpeedSettings
+from components.quant.config import BudgetSettings, EvalSettings, SpeedSettings
 from components.quant.evaluation import encode, python_docs_split, windows
 from components.quant.model import (
     calibrate,
@@ -71,18 +71,14 @@ def calibration_stats(model: nn.Module, batches: list, specs: list[QuantSpec], i
 
 @task(name="quantize-plan-budget", cache_policy=NO_CACHE)
 def budget_spec(
-    model: nn.Module,
-    spec: QuantSpec,
-    budget: float,
-    calibration: Optional[dict],
-    include_lm_head: bool,
-    layers: Optional[str],
+    model: nn.Module, spec: QuantSpec, settings: BudgetSettings, calibration: Optional[dict], heads: bool, layers
 ) -> QuantSpec:
-    """`spec` re-planned to spend `budget` bits/weight over ALL weights, the head included (budget.py)."""
-    planned = plan_for_budget(model, spec, budget, calibration, include_lm_head, layers)
+    """`spec` re-planned to spend settings.budget bits/weight over ALL weights, the head included
+    (budget.py); `heads`: the LM head is quantized with the layers."""
+    planned = plan_for_budget(model, spec, settings.budget, calibration, heads, layers)
     get_run_logger().info(
         "budget %.3f bits/weight: head at %s bits, %s",
-        budget,
+        settings.budget,
         planned.head_bits,
         f"layers at {planned.bit_budget:.3f}" if planned.bit_budget else f"share {planned.frac_high:.3f}",
     )

@@ -7,7 +7,7 @@ import torch
 
 from components.lm.corpus import TokenCorpus
 from components.lm.model import GPT, GPTConfig
-from components.lm.training import TrainSettings, build_optimizer, build_scheduler
+from components.lm.training import TrainSettings, build_optimizer, build_scheduler, train_loop
 
 VOCAB = 512
 
@@ -38,6 +38,22 @@ def fresh(iters: int = 8, n_embd: int = 32, seed: int = 0):
     s = settings(iters)
     optimizer = build_optimizer(model, s)
     return model, optimizer, build_scheduler(optimizer, s), torch.Generator().manual_seed(seed + 1)
+
+
+def train(model, optimizer, scheduler, gen, iters: int, start: int = 0, stop=None, checkpointer=None, every: int = 0):
+    """Steps start..stop (default: iters) of the tiny setup, checkpointing every `every` steps."""
+    return train_loop(
+        model,
+        optimizer,
+        scheduler,
+        InMemoryCorpus(),
+        settings(iters),
+        data_generator=gen,
+        start_step=start,
+        stop_step=stop,
+        checkpointer=checkpointer,
+        checkpoint_every=every,
+    )
 
 
 def flat_state(model, optimizer) -> dict[str, torch.Tensor]:

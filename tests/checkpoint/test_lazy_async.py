@@ -28,25 +28,14 @@ from components.checkpoint import (
 )
 from components.checkpoint.host_pool import HostBufferPool
 from components.checkpoint.layout import COMMIT_FILE, state_name
-from components.lm.training import capture_state, restore_state, train_loop
+from components.lm.training import capture_state, restore_state
 from tests.checkpoint import _tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train(model, optimizer, scheduler, gen, start, stop, ckpt=None, every=0):
-    train_loop(
-        model,
-        optimizer,
-        scheduler,
-        _tiny.InMemoryCorpus(),
-        _tiny.settings(8),
-        data_generator=gen,
-        start_step=start,
-        stop_step=stop,
-        checkpointer=ckpt,
-        checkpoint_every=every,
-    )
+    _tiny.train(model, optimizer, scheduler, gen, 8, start, stop, checkpointer=ckpt, every=every)
 
 
 def test_restore_is_bitwise_and_training_continues_exactly(tmp_path):
@@ -258,16 +247,7 @@ def _reference_states(iters: int, n_embd: int) -> dict[int, dict]:
         model, optimizer, scheduler, gen = _tiny.fresh(iters, n_embd)
         states = {}
         for step in range(iters):
-            train_loop(
-                model,
-                optimizer,
-                scheduler,
-                _tiny.InMemoryCorpus(),
-                _tiny.settings(iters),
-                data_generator=gen,
-                start_step=step,
-                stop_step=step + 1,
-            )
+            _tiny.train(model, optimizer, scheduler, gen, iters, step, step + 1)
             states[step + 1] = _tiny.flat_state(model, optimizer)
     finally:
         torch.set_num_threads(threads)
