@@ -32,8 +32,6 @@ from pathlib import Path
 
 import torch
 
-from components.quant.allocation import fisher_gains
-from components.quant.gptq import gptq_quantize
 from components.quant.packing import pack_bits, pack_codes
 from components.quant.spec import QuantSpec
 
@@ -169,6 +167,8 @@ def group_scores(
                 "score='fisher' needs calibration gradients: set eval.calibration_windows > 0 in the "
                 "quantize flow or use score=range"
             )
+
+        from components.quant.allocation import fisher_gains  # noqa: PLC0415  (import cycle: allocation uses this module)
 
         return fisher_gains(weight, fisher, spec)
     if act_sq is None:
@@ -369,6 +369,8 @@ def quantize_weight(
     high = select_high_groups(group_scores(W, spec, act_sq, fisher), layout.high_per_tile, layout.tile_rows)
     bits = torch.where(high, spec.bits_high, spec.bits_low)
     if spec.method == "gptq":
+        from components.quant.gptq import gptq_quantize  # noqa: PLC0415  (import cycle: gptq uses this module)
+
         if hessian is None:
             raise ValueError(
                 "method=gptq needs the calibration Hessian: set eval.calibration_windows > 0 in the quantize flow"
