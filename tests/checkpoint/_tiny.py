@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -10,6 +15,26 @@ from components.lm.model import GPT, GPTConfig
 from components.lm.training import TrainSettings, build_optimizer, build_scheduler, train_loop
 
 VOCAB = 512
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for a rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def spawn(command: list[str], merge_output: bool = False) -> subprocess.Popen:
+    """A child process of the project on one thread; stderr apart, or merged into stdout."""
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+    )
 
 
 class InMemoryCorpus(TokenCorpus):

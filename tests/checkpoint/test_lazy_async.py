@@ -7,7 +7,6 @@ import os
 import pickle
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -314,13 +313,10 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
 
 
 def test_two_rank_gloo_save_and_restore(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    port = _tiny.free_port()
     folder = tmp_path / "ckpt"
     procs = [
-        subprocess.Popen(
+        _tiny.spawn(
             [
                 sys.executable,
                 str(ROOT / "tests/checkpoint/_dist_child.py"),
@@ -329,12 +325,7 @@ def test_two_rank_gloo_save_and_restore(tmp_path):
                 str(port),
                 str(folder),
                 str(tmp_path / f"rank{rank}.json"),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            ]
         )
         for rank in range(2)
     ]
