@@ -19,9 +19,9 @@ import torch
 from components.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from components.checkpoint.layout import split_state
 from components.lm.distributed import Ranks, TorchrunSettings, restore_checkpoint, signal_job, torchrun_command
-from components.lm.trainer import TrainJob
+from components.lm.trainer import TrainJob, build_model
 from components.lm.training import TrainSettings, build_optimizer, build_scheduler
-from tests.checkpoint import _tiny, build_model
+from tests.checkpoint import _tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 301  # odd: uneven FSDP2 shards of the embedding (151 + 150 rows)
