@@ -28,8 +28,10 @@ restore of both ranks).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import socket
 import statistics
 import tempfile
 import threading
@@ -38,10 +40,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
 
 from benchmarks.common import parse_mode, target, write_result
 from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, load_checkpoint
+from components.checkpoint.layout import split_state
+from components.lm import smollm2
+from components.lm.distributed import close_process_group
+from components.lm.model import GPT, GPTConfig, lm_loss
+from components.lm.training import TrainSettings, build_optimizer, forward_logits
 
 BASELINES = ["torch_save", "naive_async", "dcp_async"]
 LAZY_VARIANTS = {  # name -> LazyAsyncCheckpointer options
@@ -156,8 +168,6 @@ class DCPAsync:
         self._future = None
 
     def save(self, step: int, state: dict) -> None:
-        import torch.distributed.checkpoint as dcp
-
         start = time.perf_counter()
         if self._future is not None:  # DCP allows one save in flight
             self._future.result()
@@ -223,18 +233,12 @@ class PeakRSS:
 
 def build_workload(model_kind: str, batch: int, block: int, device: str):
     """Model, AdamW (state initialised), and one training iteration (forward, backward, step)."""
-    from components.lm.model import lm_loss
-    from components.lm.training import TrainSettings, build_optimizer, forward_logits
 
     torch.manual_seed(0)
     if model_kind == "smollm2":
-        from components.lm import smollm2
-
         model = smollm2.load_model(device=device).train()
         vocab = model.config.vocab_size
     else:
-        from components.lm.model import GPT, GPTConfig
-
         vocab = WORKLOAD["vocab"]
         model = (
             GPT(
@@ -260,8 +264,6 @@ def build_workload(model_kind: str, batch: int, block: int, device: str):
 
 
 def checkpoint_bytes(state: dict) -> int:
-    from components.checkpoint.layout import split_state
-
     return sum(t.numel() * t.element_size() for _, t in split_state(state)[1])
 
 
@@ -355,11 +357,6 @@ def run_one(
 # ----------------------------------------------------------------------------- 2 ranks
 def _rank_main(rank: int, world: int, port: int, folder: str, results: str) -> None:
     """One gloo rank: its own shard of a model, trained with a lazy checkpoint every step, then restored."""
-    import json
-
-    import torch.distributed as dist
-
-    from components.lm.distributed import close_process_group
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -404,11 +401,6 @@ def _rank_main(rank: int, world: int, port: int, folder: str, results: str) -> N
 
 
 def distributed_check(world: int = 2) -> dict:
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -522,75 +514,16 @@ def report(
 ) -> None:
     """Medians over repeats, the bound per k, ratios and targets; written after every round."""
     nbytes = setup["checkpoint_bytes"]
-    methods = list(runs)
-    done_ks = [k for k in ks if all(runs[m][str(k)] for m in methods)]
-    best_bw = max(_median([b["direct"] for b in bandwidth]), _median([b["buffered"] for b in bandwidth]))
-    summary: dict[str, dict[str, dict]] = {m: {} for m in methods}
-    for m in methods:
-        for k in map(str, done_ks):
-            rs = runs[m][k]
-            med = {key: _median([r[key] for r in rs]) for key in rs[0] if isinstance(rs[0][key], (int, float))}
-            summary[m][k] = med
-    bounds, ratios, targets = {}, {}, []
-    for k in map(str, done_ks):
-        none = summary["none"][k]
-        compute = none["end_to_end_s"]
-        n_ckpt = summary["lazy_async"][k]["checkpoints"]
-        disk = n_ckpt * nbytes / best_bw
-        bounds[k] = {
-            "compute_only_s": compute,
-            "disk_s": disk,
-            "bound_s": max(compute, disk),
-            "checkpoints": n_ckpt,
-            "write_bandwidth_gbps": best_bw / 1e9,
-        }
-        for m in methods[1:]:
-            s = summary[m][k]
-            s["steady_overhead_per_iter_s"] = (s["loop_s"] - none["loop_s"]) / s["iters"]
-            s["end_to_end_vs_no_checkpoint"] = s["end_to_end_s"] / compute
-            s["end_to_end_vs_bound"] = s["end_to_end_s"] / bounds[k]["bound_s"]
-            s["perceived_throughput_gbps"] = (
-                nbytes / s["blocked_per_checkpoint_s"] / 1e9 if s["blocked_per_checkpoint_s"] > 0 else float("inf")
-            )
-        others = {m: summary[m][k]["end_to_end_s"] for m in BASELINES if m in summary}
-        best_other = min(others, key=others.get) if others else None
-        lazy = summary["lazy_async"][k]
-        ratios[k] = {
-            "best_other": best_other,
-            "lazy_async_vs_best_other": lazy["end_to_end_s"] / others[best_other] if others else float("nan"),
-            "lazy_async_vs_bound": lazy["end_to_end_s"] / bounds[k]["bound_s"],
-            **{
-                f"{m}_vs_lazy_async": summary[m][k]["end_to_end_s"] / lazy["end_to_end_s"]
-                for m in methods
-                if m.startswith("lazy_async_")
-            },
-        }
-        targets.append(target(f"lazy_async_vs_best_other_k{k}", ratios[k]["lazy_async_vs_best_other"], 1.0, "<="))
-        targets.append(target(f"lazy_async_vs_bound_k{k}", ratios[k]["lazy_async_vs_bound"], 1.10, "<="))
-    if "1" in summary["lazy_async"] and "torch_save" in summary:
-        targets.append(
-            target(
-                "blocked_time_vs_torch_save_k1",
-                summary["lazy_async"]["1"]["blocked_per_checkpoint_s"]
-                / summary["torch_save"]["1"]["blocked_per_checkpoint_s"],
-                0.05,
-                "<=",
-            )
-        )
-    lazy_any = summary["lazy_async"][str(done_ks[0])] if done_ks else {}
+    done_ks = [k for k in ks if all(runs[m][str(k)] for m in runs)]
     if not done_ks:
         return
-    if lazy_any:
-        targets.append(
-            target(
-                "host_buffer_vs_checkpoint_size",
-                lazy_any["host_buffer_bytes"] / lazy_any["checkpoint_file_bytes"],
-                1.0,
-                "<=",
-            )
-        )
-    if dist is not None:
-        targets.append(target("distributed_ranks_tested", dist["ranks_restored_bitwise"], 2, ">="))
+    best_bw = max(_median([b["direct"] for b in bandwidth]), _median([b["buffered"] for b in bandwidth]))
+    summary = _medians(runs, done_ks)
+    bounds = {k: _bound(summary, k, nbytes, best_bw) for k in map(str, done_ks)}
+    for k in map(str, done_ks):
+        _add_overheads(summary, k, nbytes, bounds[k]["bound_s"])
+    ratios = {k: _ratios(summary, k, bounds[k]["bound_s"]) for k in map(str, done_ks)}
+    targets = _targets(summary, ratios, done_ks, dist)
     results = {
         **setup,
         "ks": done_ks,
@@ -613,16 +546,98 @@ def report(
     partial_args = args if final else argparse.Namespace(**{**vars(args), "no_mlflow": True})
     figure = _plot(summary, bounds, done_ks, nbytes, setup["model"])
     write_result("checkpointing", results, targets, figure=figure, args=partial_args, device=setup["device"])
-    import matplotlib.pyplot as plt
 
     plt.close(figure)
 
 
-def _plot(summary: dict, bounds: dict, ks: list[int], nbytes: int, model_kind: str):
-    import matplotlib
+def _medians(runs: dict, done_ks: list[int]) -> dict[str, dict[str, dict]]:
+    """method -> k -> the median over repeats of every numeric field."""
+    summary: dict[str, dict[str, dict]] = {m: {} for m in runs}
+    for m in runs:
+        for k in map(str, done_ks):
+            rs = runs[m][k]
+            summary[m][k] = {
+                key: _median([r[key] for r in rs]) for key in rs[0] if isinstance(rs[0][key], (int, float))
+            }
+    return summary
 
+
+def _bound(summary: dict, k: str, nbytes: int, best_bw: float) -> dict:
+    """The physical bound at k: max(compute-only time, bytes written / the folder's write bandwidth)."""
+    compute = summary["none"][k]["end_to_end_s"]
+    n_ckpt = summary["lazy_async"][k]["checkpoints"]
+    disk = n_ckpt * nbytes / best_bw
+    return {
+        "compute_only_s": compute,
+        "disk_s": disk,
+        "bound_s": max(compute, disk),
+        "checkpoints": n_ckpt,
+        "write_bandwidth_gbps": best_bw / 1e9,
+    }
+
+
+def _add_overheads(summary: dict, k: str, nbytes: int, bound_s: float) -> None:
+    """Each checkpointing method's cost at k against the run without checkpoints and the bound."""
+    none = summary["none"][k]
+    for m in list(summary)[1:]:
+        s = summary[m][k]
+        s["steady_overhead_per_iter_s"] = (s["loop_s"] - none["loop_s"]) / s["iters"]
+        s["end_to_end_vs_no_checkpoint"] = s["end_to_end_s"] / none["end_to_end_s"]
+        s["end_to_end_vs_bound"] = s["end_to_end_s"] / bound_s
+        s["perceived_throughput_gbps"] = (
+            nbytes / s["blocked_per_checkpoint_s"] / 1e9 if s["blocked_per_checkpoint_s"] > 0 else float("inf")
+        )
+
+
+def _ratios(summary: dict, k: str, bound_s: float) -> dict:
+    """lazy_async at k against the fastest baseline, the bound, and its own variants."""
+    others = {m: summary[m][k]["end_to_end_s"] for m in BASELINES if m in summary}
+    best_other = min(others, key=others.get) if others else None
+    lazy = summary["lazy_async"][k]
+    return {
+        "best_other": best_other,
+        "lazy_async_vs_best_other": lazy["end_to_end_s"] / others[best_other] if others else float("nan"),
+        "lazy_async_vs_bound": lazy["end_to_end_s"] / bound_s,
+        **{
+            f"{m}_vs_lazy_async": summary[m][k]["end_to_end_s"] / lazy["end_to_end_s"]
+            for m in summary
+            if m.startswith("lazy_async_")
+        },
+    }
+
+
+def _targets(summary: dict, ratios: dict, done_ks: list[int], dist: dict | None) -> list[dict]:
+    targets = []
+    for k in map(str, done_ks):
+        targets.append(target(f"lazy_async_vs_best_other_k{k}", ratios[k]["lazy_async_vs_best_other"], 1.0, "<="))
+        targets.append(target(f"lazy_async_vs_bound_k{k}", ratios[k]["lazy_async_vs_bound"], 1.10, "<="))
+    if "1" in summary["lazy_async"] and "torch_save" in summary:
+        targets.append(
+            target(
+                "blocked_time_vs_torch_save_k1",
+                summary["lazy_async"]["1"]["blocked_per_checkpoint_s"]
+                / summary["torch_save"]["1"]["blocked_per_checkpoint_s"],
+                0.05,
+                "<=",
+            )
+        )
+    lazy_any = summary["lazy_async"][str(done_ks[0])]
+    if lazy_any:
+        targets.append(
+            target(
+                "host_buffer_vs_checkpoint_size",
+                lazy_any["host_buffer_bytes"] / lazy_any["checkpoint_file_bytes"],
+                1.0,
+                "<=",
+            )
+        )
+    if dist is not None:
+        targets.append(target("distributed_ranks_tested", dist["ranks_restored_bitwise"], 2, ">="))
+    return targets
+
+
+def _plot(summary: dict, bounds: dict, ks: list[int], nbytes: int, model_kind: str):
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     for name in summary:

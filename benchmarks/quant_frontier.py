@@ -33,8 +33,11 @@ import os
 import time
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from benchmarks.common import parse_mode, target, write_result
 from components.quant.budget import (
@@ -49,7 +52,7 @@ from components.quant.evaluation import bootstrap_ppl_ci, bootstrap_ratio_ci, en
 from components.quant.evaluation import perplexity as perplexity_of
 from components.quant.model import calibrate, dequantized_once, load_base_model, quantizable_linears, quantize_model
 from components.quant.quantizer import bits_breakdown, fake_quantize_uniform
-from tasks.quantize import method_spec
+from components.quant.spec import method_spec
 
 CONTEXT = 256
 FULL = {"budgets": [2.9, 3.3, 3.6, 3.9, 4.2, 4.35, 4.45], "windows": 8, "calibration_windows": 8, "peers": True}
@@ -60,8 +63,6 @@ FLOW_SCHEME = "fisher"  # what the quantize flow's default method (`mixed`) uses
 
 
 def heldout(model_base: dict, n_windows: int, n_calibration: int):
-    from tokenizers import Tokenizer
-
     tokenizer = Tokenizer.from_file(str(Path(model_base["tokenizer_dir"]) / "tokenizer.json"))
     calib_text, eval_text = python_docs_split(0)
     return (
@@ -136,8 +137,8 @@ def rtn_uniform(bits: int, spec):
 
 
 def gguf_quant(kind: str):
-    import gguf.quants as gq
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    import gguf.quants as gq  # noqa: PLC0415  (optional dependency)
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # noqa: PLC0415  (optional dependency)
 
     qtype = GGMLQuantizationType[kind]
     block, nbytes = GGML_QUANT_SIZES[qtype]
@@ -201,6 +202,15 @@ def run_frontier(args) -> tuple[dict, list]:
     print(f"calibration ({len(calib_batches)} windows): {calibration_seconds:.0f} s", flush=True)
 
     rows = Rows(os.environ.get("QUANT_FRONTIER_ROWS"), cfg)
+    _uniform_rows(rows, model, eval_batches)
+    _budget_rows(rows, model, calib, eval_batches, cfg["budgets"], head_name)
+    if cfg["peers"]:
+        _peer_rows(rows, model, calib, eval_batches)
+    return summarize(rows, cfg, calibration_seconds)
+
+
+def _uniform_rows(rows: Rows, model, eval_batches: list) -> None:
+    """The reference (the packaged Q4_1 model) and uniform 2-, 3- and 4-bit RTN, the head included."""
     rtn2, rtn4 = method_spec("rtn2"), method_spec("rtn4")
     cached(
         rows,
@@ -239,9 +249,13 @@ def run_frontier(args) -> tuple[dict, list]:
             note="the 4-bit model: requantized Q4_1 grid, head at 4 bits",
         ),
     )
-    layers = quantizable_linears(model, rtn2)
+
+
+def _budget_rows(rows: Rows, model, calib: dict, eval_batches: list, budgets: list[float], head_name: str) -> None:
+    """Every mixed scheme at every whole-model budget (random: range's share and head, random groups)."""
+    layers = quantizable_linears(model, method_spec("rtn2"))
     fisher = {name: calib[name]["fisher"] for name in layers}
-    for budget in cfg["budgets"]:
+    for budget in budgets:
         for scheme, method in SCHEMES.items():
             spec = plan_budget(model, layers, method_spec(method), budget, fisher, calib[head_name]["fisher"])
             if scheme == "random":  # the same per-layer share and head as range: the same bits
@@ -258,37 +272,38 @@ def run_frontier(args) -> tuple[dict, list]:
                     label, model, spec, calib, eval_batches, scheme=scheme, budget=budget
                 ),
             )
-    if cfg["peers"]:
-        hqq2 = method_spec("hqq2")
-        gptq2 = method_spec("gptq2")
-        peers = {
-            "hqq2": dataclasses.replace(hqq2, head_bits=2),
-            "hqq4": dataclasses.replace(hqq2, name="hqq4", frac_high=1.0, head_bits=4),
-            "gptq2": dataclasses.replace(gptq2, head_bits=2),
-            "gptq4": dataclasses.replace(gptq2, name="gptq4", frac_high=1.0, head_bits=4),
-        }
-        for label, spec in peers.items():
-            cached(
-                rows,
-                label,
-                lambda label=label, spec=spec: packed_row(label, model, spec, calib, eval_batches, scheme=label[:-1]),
-            )
+
+
+def _peer_rows(rows: Rows, model, calib: dict, eval_batches: list) -> None:
+    """HQQ and GPTQ at 2 and 4 bits, and llama.cpp's Q4_0 through the gguf package."""
+    hqq2 = method_spec("hqq2")
+    gptq2 = method_spec("gptq2")
+    peers = {
+        "hqq2": dataclasses.replace(hqq2, head_bits=2),
+        "hqq4": dataclasses.replace(hqq2, name="hqq4", frac_high=1.0, head_bits=4),
+        "gptq2": dataclasses.replace(gptq2, head_bits=2),
+        "gptq4": dataclasses.replace(gptq2, name="gptq4", frac_high=1.0, head_bits=4),
+    }
+    for label, spec in peers.items():
         cached(
             rows,
-            "gguf_q4_0",
-            lambda: dequantized_row(
-                "gguf_q4_0", model, gguf_quant("Q4_0"), eval_batches, scheme="gguf", head_bits="Q4_0"
-            ),
+            label,
+            lambda label=label, spec=spec: packed_row(label, model, spec, calib, eval_batches, scheme=label[:-1]),
         )
-    return summarize(rows, cfg, calibration_seconds)
+    cached(
+        rows,
+        "gguf_q4_0",
+        lambda: dequantized_row("gguf_q4_0", model, gguf_quant("Q4_0"), eval_batches, scheme="gguf", head_bits="Q4_0"),
+    )
 
 
-def summarize(rows: dict[str, dict], cfg: dict, calibration_seconds: float) -> tuple[dict, list]:
+def compare_at_budgets(rows: dict[str, dict], budgets: list[float]) -> dict[str, dict]:
+    """budget -> scheme -> its perplexity against uniform RTN at the same bits, random mixing and Q4_1."""
     uniform = [rows[k] for k in ("uniform2", "uniform3", "uniform4")]
     uniform_2_4 = [rows["uniform2"], rows["uniform4"]]  # only the widths the mixed schemes mix
     q4 = rows["fp32"]  # the 4-bit model itself: the packaged Q4_1 weights, exactly (their fp32 dequantization)
     comparisons = {}
-    for budget in cfg["budgets"]:
+    for budget in budgets:
         per = {}
         for scheme in SCHEMES:
             row = rows[f"{scheme}@{budget}"]
@@ -309,15 +324,12 @@ def summarize(rows: dict[str, dict], cfg: dict, calibration_seconds: float) -> t
                 "ratio_vs_q4": row["perplexity"] / q4["perplexity"],
             }
         comparisons[str(budget)] = per
+    return comparisons
 
-    def every(scheme: str, key: str) -> int:
-        return int(all(comparisons[str(b)][scheme][key] < 1.0 for b in cfg["budgets"]))
 
-    flow_frontier = [rows[f"{FLOW_SCHEME}@{b}"] for b in cfg["budgets"]] + [rows["uniform4"]]
-    chosen = default_budget(flow_frontier, q4["perplexity"], DEFAULT_TOLERANCE)
-    chosen_ratio = chosen["perplexity"] / q4["perplexity"]
-    chosen_ci = bootstrap_ratio_ci(chosen["window_nll"], q4["window_nll"], q4["window_tokens"])
-    table = [
+def frontier_table(rows: dict[str, dict]) -> list[dict]:
+    """One rounded line per measured row (the markdown table's source)."""
+    return [
         {
             "label": r["label"],
             "scheme": r.get("scheme"),
@@ -329,6 +341,19 @@ def summarize(rows: dict[str, dict], cfg: dict, calibration_seconds: float) -> t
         }
         for r in rows.values()
     ]
+
+
+def summarize(rows: dict[str, dict], cfg: dict, calibration_seconds: float) -> tuple[dict, list]:
+    q4 = rows["fp32"]  # the 4-bit model itself: the packaged Q4_1 weights, exactly (their fp32 dequantization)
+    comparisons = compare_at_budgets(rows, cfg["budgets"])
+
+    def every(scheme: str, key: str) -> int:
+        return int(all(comparisons[str(b)][scheme][key] < 1.0 for b in cfg["budgets"]))
+
+    flow_frontier = [rows[f"{FLOW_SCHEME}@{b}"] for b in cfg["budgets"]] + [rows["uniform4"]]
+    chosen = default_budget(flow_frontier, q4["perplexity"], DEFAULT_TOLERANCE)
+    chosen_ratio = chosen["perplexity"] / q4["perplexity"]
+    chosen_ci = bootstrap_ratio_ci(chosen["window_nll"], q4["window_nll"], q4["window_tokens"])
     results = {
         "context": CONTEXT,
         "eval_windows": cfg["windows"],
@@ -372,7 +397,7 @@ def summarize(rows: dict[str, dict], cfg: dict, calibration_seconds: float) -> t
         "fisher_beats_random_at_every_budget": every("fisher", "ratio_vs_random"),
         "range_beats_uniform_2_4_at_every_budget": every("range", "ratio_vs_uniform_2_4"),
         "comparisons": comparisons,
-        "table": table,
+        "table": frontier_table(rows),
         "rows": dict(rows),
         "notes": notes(comparisons, cfg) + why_notes(rows, comparisons, cfg, chosen, q4),
         "rows_file": "rows already measured with the same settings are reused from $QUANT_FRONTIER_ROWS when set",
@@ -433,10 +458,7 @@ def why_notes(rows: dict, comparisons: dict, cfg: dict, chosen: dict, q4: dict) 
 
 
 def plot(results: dict):
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     table = results["table"]

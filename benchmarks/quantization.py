@@ -39,9 +39,9 @@ from components.quant.model import (
     save_quantized,
     target_linears,
 )
+from components.quant.spec import method_spec
 from components.quant.speed import decode_speed, matvec_by_shape, memory_bandwidth
 from mlsys.environment import PROJECT_ROOT
-from tasks.quantize import method_spec, needs_calibration
 
 QUICK_METHODS = ["fp32", "rtn4", "rtn2", "mixed", "mixed_range", "mixed_random"]
 FULL_METHODS = QUICK_METHODS + ["hqq2"]
@@ -179,7 +179,7 @@ def bench_model(
     calib_all = windows(encode(tokenizer, calib_text), ctx, 10**6)
     calib_batches, heldout_calib = calib_all[:CALIBRATION_WINDOWS], calib_all[-SENSITIVITY_WINDOWS:]
     specs = [s for s in methods(full) if s.method != "hqq" or hqq_available()]
-    need = [needs_calibration(s) for s in specs]
+    need = [s.calibration_needs() for s in specs]
     calib, calib_s = None, 0.0
     if any(n[0] for n in need):
         start = time.perf_counter()

@@ -1,34 +1,25 @@
-"""Prefect tasks of the `lm_train` flow: prepare the corpus, train (checkpointed, resumable), evaluate."""
+"""Prefect tasks of the `lm_train` flow: prepare the corpus, train (checkpointed, resumable), evaluate, record."""
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import json
-import os
-import shutil
-import signal
-import subprocess
-import threading
-import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from mlsys.environment import PROJECT_ROOT
+from components.lm.corpus import CorpusSpec, TokenCorpus, build_corpus
+from components.lm.launch import LaunchSettings
+from components.lm.model import GPTConfig
+from components.lm.tokenizer import end_of_text_id, load_tokenizer, tokenizer_name
+from components.lm.trainer import TrainJob, evaluate_saved
+from components.lm.training import TrainSettings
 from mlsys.progress import Progress
 from mlsys.tracking import Tracker
 
 
 @task(name="lm-prepare-corpus")
-def prepare_corpus(corpus_cfg: Any, cache_root: str) -> dict:
+def prepare_corpus(spec: CorpusSpec, cache_root: str) -> dict:
     """Tokenize the on-machine text once (cached by settings); return its folder and sizes."""
-    from components.lm.corpus import CorpusSpec, TokenCorpus, build_corpus
-    from components.lm.tokenizer import end_of_text_id, load_tokenizer, tokenizer_name
-
-    spec = CorpusSpec(**asdict(corpus_cfg))
     tokenizer = load_tokenizer()
     folder = build_corpus(spec, Path(cache_root), tokenizer, tokenizer_name(), end_of_text_id(tokenizer))
     corpus = TokenCorpus(folder)
@@ -42,167 +33,58 @@ def prepare_corpus(corpus_cfg: Any, cache_root: str) -> dict:
     return info
 
 
-@task(name="lm-train")
-def train_model(cfg: Any, corpus_folder: str, run_dir: str, checkpoint_dir: str, tracker: Tracker) -> dict:
-    """Train to cfg.train.iters with a lazy async checkpoint every cfg.checkpoint.every steps, in this
-    process (launcher=local) or on launcher.nproc x launcher.nnodes processes started by torchrun.
+@task(name="lm-train", cache_policy=NO_CACHE)
+def train_model(job: TrainJob, launcher: LaunchSettings, tracker: Tracker, log_every: int) -> dict:
+    """Train to job.train.iters with a lazy async checkpoint every job.checkpoint.every steps, where
+    `launcher` says: in this process, or on launcher.nproc x launcher.nnodes processes under torchrun.
 
-    `cfg.resume='latest'` (or a checkpoint folder) restores model, optimizer, LR schedule, RNG and data
-    position from the newest committed checkpoint and continues from there.
+    `job.resume='latest'` (or a checkpoint folder) restores model, optimizer, LR schedule, RNG and data
+    position from the newest committed checkpoint and continues from there. Progress (rate, ETA) goes
+    to the console and the Prefect log; metrics every `log_every` steps to MLflow.
     """
-    from components.lm.trainer import (  # imports torch: only when a task runs
-        TrainJob,
-        run_training,
-    )
-
-    logger = get_run_logger()
-    launcher = cfg.launcher
-    job = TrainJob(
-        model=asdict(cfg.model),
-        train=asdict(cfg.train),
-        checkpoint=asdict(cfg.checkpoint),
-        corpus_folder=corpus_folder,
-        run_dir=run_dir,
-        checkpoint_dir=checkpoint_dir,
-        resume=cfg.resume,
-        seed=cfg.seed,
-        device=cfg.torch_device() if launcher.kind == "local" else cfg.device,
-        strategy="none" if launcher.kind == "local" else launcher.strategy,
-    )
-
     progress: list[Progress] = []  # made at the first step, so that a resumed run's rate counts from there
 
     def log(step: int, metrics: dict) -> None:
         if not progress:
-            progress.append(Progress(cfg.train.iters, "lm-train", every=cfg.log_every, start=step - 1))
-        progress[0].update(step, metrics)  # console + Prefect logs, with rate and ETA
-        if step % cfg.log_every == 0 or "val_loss" in metrics:
+            progress.append(Progress(job.train.iters, "lm-train", every=log_every, start=step - 1))
+        progress[0].update(step, metrics)
+        if step % log_every == 0 or "val_loss" in metrics:
             tracker.log_metrics(metrics, step=step)
 
-    if launcher.kind == "local":
-        return run_training(job, on_metrics=log, logger=logger)
-    return _train_under_torchrun(job, launcher, Path(run_dir).parent / f"{Path(run_dir).name}.launch", log, logger)
-
-
-def _train_under_torchrun(job: Any, launcher: Any, launch_dir: Path, log, logger) -> dict:
-    """Start torchrun, stream its output to the Prefect log, tail rank 0's metrics into MLflow."""
-    from components.lm.distributed import TorchrunSettings, process_tree, torchrun_command
-
-    if launch_dir.exists():
-        shutil.rmtree(launch_dir)  # the previous launch's job, metrics and result: this run writes its own
-    launch_dir.mkdir(parents=True)
-    job.metrics_file, job.result_file = str(launch_dir / "metrics.jsonl"), str(launch_dir / "result.json")
-    job_file = launch_dir / "job.json"
-    job_file.write_text(json.dumps(asdict(job), indent=1))
-    settings = TorchrunSettings(
-        nproc=launcher.nproc,
-        nnodes=launcher.nnodes,
-        rdzv_endpoint=launcher.rdzv_endpoint,
-        rdzv_id=launcher.rdzv_id or Path(job.run_dir).name,
-    )
-    command = torchrun_command(settings, job_file)
-    logger.info("starting %s", " ".join(command))
-    if launcher.nnodes > 1:
-        logger.info(
-            "on each other node (this work_dir on shared storage, the project at the same path) run: "
-            "cd %s && PYTHONPATH=%s %s",
-            PROJECT_ROOT,
-            PROJECT_ROOT,
-            " ".join(command),
-        )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(
-        command,
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        start_new_session=True,
-    )
-    tail: collections.deque = collections.deque(maxlen=40)
-
-    def stream() -> None:
-        for line in proc.stdout:
-            tail.append(line.rstrip())
-            logger.info("%s", line.rstrip())
-
-    reader = threading.Thread(target=stream, name="torchrun-log", daemon=True)
-    reader.start()
-    metrics = MetricsTail(Path(job.metrics_file))
-    try:
-        while proc.poll() is None:
-            metrics.forward(log)
-            time.sleep(0.25)
-        reader.join(timeout=10)
-        metrics.forward(log)
-    finally:
-        if proc.poll() is None:  # the flow was cancelled or failed: stop every rank
-            workers = process_tree(proc.pid)  # before torchrun exits and its workers lose their parent
-            proc.terminate()  # torchrun forwards SIGTERM to its workers
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            for pid in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-    result_file = Path(job.result_file)
-    if proc.returncode != 0 or not result_file.exists():
-        missing = "" if result_file.exists() else " without a result"
-        raise RuntimeError(
-            f"torchrun ({launcher.nproc} x {launcher.nnodes} processes) exited with "
-            f"{proc.returncode}{missing}; its last lines:\n" + "\n".join(tail)
-        )
-    return json.loads(result_file.read_text())
-
-
-class MetricsTail:
-    """Reads the JSON lines rank 0 appends, complete lines only."""
-
-    def __init__(self, path: Path):
-        self.path, self.offset, self.partial = path, 0, ""
-
-    def forward(self, log) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, encoding="utf-8") as fh:
-            fh.seek(self.offset)
-            chunk = fh.read()
-            self.offset = fh.tell()
-        lines = (self.partial + chunk).split("\n")
-        self.partial = lines.pop()
-        for line in lines:
-            if line.strip():
-                record = json.loads(line)
-                log(int(record["step"]), record["metrics"])
+    return launcher.build().run(job, log, get_run_logger())
 
 
 @task(name="lm-evaluate")
-def evaluate_model(cfg: Any, model_dir: str, corpus_folder: str) -> dict:
+def evaluate_model(
+    model: GPTConfig, train: TrainSettings, model_dir: str, corpus_folder: str, prompt: str, sample_tokens: int
+) -> dict:
     """Validation loss/perplexity of the saved model and a greedy sample of text."""
-    import torch
+    return evaluate_saved(model, model_dir, corpus_folder, train, prompt, sample_tokens)
 
-    from components.lm.corpus import TokenCorpus
-    from components.lm.model import GPT
-    from components.lm.tokenizer import load_tokenizer
-    from components.lm.training import TrainSettings, evaluate
 
-    settings = TrainSettings(**asdict(cfg.train))
-    if cfg.model.kind == "gpt":
-        model = GPT.from_folder(model_dir)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    metrics = evaluate(model, TokenCorpus(corpus_folder), settings)
-    tokenizer = load_tokenizer()
-    prompt_ids = torch.tensor([tokenizer.encode(cfg.sample_prompt).ids])
-    with torch.no_grad():
-        if isinstance(model, GPT):
-            out = model.generate(prompt_ids, cfg.sample_tokens, temperature=0.0)
-        else:
-            out = model.generate(prompt_ids, max_new_tokens=cfg.sample_tokens, do_sample=False)
-    sample = tokenizer.decode(out[0].tolist())
-    return {"metrics": metrics, "sample": sample, "parameters": sum(p.numel() for p in model.parameters())}
+@task(name="lm-record", cache_policy=NO_CACHE)
+def record_run(tracker: Tracker, corpus: dict, trained: dict, evaluated: dict, registered_name: str) -> dict:
+    """Metrics, sample, summary and the model to MLflow (registered as `registered_name`); returns
+    the run's summary figures (validation perplexity before and after training among them)."""
+    initial = {f"initial_{k}": v for k, v in trained["initial"].items()}  # empty for a resumed run
+    if trained["initial"]:
+        tracker.log_metrics(trained["initial"], step=0)  # the validation curve starts at the untrained model
+    tracker.log_params({f"corpus_{k}": v for k, v in corpus.items() if k != "folder"})
+    tracker.log_metrics({f"ckpt_{k}": v for k, v in trained["checkpoints"].items()})
+    tracker.set_tags({"resumed_from": trained["resumed_from"], "checkpoint_dir": trained["checkpoint_dir"]})
+    final = {**evaluated["metrics"], "parameters": evaluated["parameters"]}
+    tracker.log_metrics(final, step=trained["final_step"])
+    tracker.log_text(evaluated["sample"], "samples/greedy.txt")
+    tracker.log_dict({"corpus": corpus, "train": trained, "eval": evaluated}, "summary.json")
+    version = tracker.log_model_dir(trained["model_dir"], "model", registered_name=registered_name)
+    tracker.set_tags({"registered_model": f"{registered_name}/{version}"})
+    if initial:
+        get_run_logger().info(
+            "validation perplexity %.1f -> %.1f", initial["initial_val_perplexity"], final["val_perplexity"]
+        )
+    return {
+        **evaluated["metrics"],
+        **initial,
+        "start_step": float(trained["start_step"]),
+        "checkpoints": float(trained["checkpoints"]["count"]),
+    }

@@ -1,4 +1,4 @@
-"""Prefect tasks of the `quantize` flow: load, calibrate, quantize + evaluate, save + register, speed.
+"""Prefect tasks of the `quantize` flow: load, calibrate, plan, compare methods, save + register, speed, report.
 
 Each task is one coarse step over a whole model; models pass between them in process
 (cache_policy=NO_CACHE: hashing a model's tensors for a cache key would cost more than the step).
@@ -6,60 +6,35 @@ Each task is one coarse step over a whole model; models pass between them in pro
 
 from __future__ import annotations
 
-import copy
-import re
-import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from tokenizers import Tokenizer
+from torch import nn
 
 from components.quant import QuantSpec
-from components.quant.budget import apply_head_bits, head_linear, plan_budget, whole_model_bits
+from components.quant import report as quant_report
+from components.quant.compare import calibration_needs, plan_for_budget, quantize_and_evaluate
+from components.quant.config import BudgetSettings, EvalSettings, SpeedSettings
 from components.quant.evaluation import encode, python_docs_split, windows
-from components.quant.evaluation import perplexity as perplexity_of
 from components.quant.model import (
     calibrate,
-    dequantized_once,
     load_base_model,
     load_quantized,
     logits_of,
-    model_bits,
-    quantizable_linears,
-    quantize_model,
     save_quantized,
     set_mode,
     target_linears,
 )
 from components.quant.speed import decode_speed, matvec_by_shape, memory_bandwidth
-from mlsys.environment import PROJECT_ROOT
 from mlsys.tracking import Tracker, load_registered_model_dir
-
-METHOD_DIR = PROJECT_ROOT / "conf" / "quant_method"
-
-
-def method_spec(name: str) -> QuantSpec:
-    """A conf/quant_method/<name>.yaml option, instantiated (used for the side-by-side baselines)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    path = METHOD_DIR / f"{name}.yaml"
-    if not path.exists():
-        options = sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown quant method {name!r}; conf/quant_method has {options}")
-    return instantiate(OmegaConf.load(path))
-
-
-def needs_calibration(spec: QuantSpec) -> tuple[bool, bool, bool]:
-    """(a calibration pass needed, layer Hessians needed, the loss's Fisher diagonal needed)."""
-    hessian = spec.quantizes and spec.method == "gptq"
-    fisher = spec.quantizes and spec.score == "fisher"
-    return spec.quantizes and (hessian or fisher or spec.score in ("range_act", "hessian_error")), hessian, fisher
 
 
 @task(name="quantize-load-model", cache_policy=NO_CACHE, retries=1)
-def load_model(source: str, tracking_uri: str | None):
+def load_model(source: str, tracking_uri: Optional[str]) -> tuple[nn.Module, dict]:
     """'smollm2', a model folder, or an MLflow registered model name (e.g. lm-draft)."""
     if source != "smollm2" and not Path(source).exists():
         get_run_logger().info("model source %r is not a folder: fetching the registered model", source)
@@ -71,102 +46,77 @@ def load_model(source: str, tracking_uri: str | None):
 
 
 @task(name="quantize-heldout-text", cache_policy=NO_CACHE)
-def heldout_windows(
-    tokenizer_dir: str | None, context: int, eval_windows: int, calibration_windows: int, seed: int
-) -> dict:
-    from tokenizers import Tokenizer
-
+def heldout_windows(tokenizer_dir: Optional[str], settings: EvalSettings) -> dict:
+    """Evaluation and calibration windows from disjoint, seeded sets of CPython doc topics."""
     if tokenizer_dir is None:
         raise FileNotFoundError("no tokenizer.json beside the model nor in the SmolLM2 cache")
     tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
-    calib_text, eval_text = python_docs_split(seed)
+    calib_text, eval_text = python_docs_split(settings.text_seed)
     return {
-        "eval": windows(encode(tokenizer, eval_text), context, eval_windows),
-        "calibration": windows(encode(tokenizer, calib_text), context, max(1, calibration_windows)),
+        "eval": windows(encode(tokenizer, eval_text), settings.context, settings.windows),
+        "calibration": windows(encode(tokenizer, calib_text), settings.context, max(1, settings.calibration_windows)),
         "source": "pydoc_data.topics (CPython docs), seeded topic split",
-        "context": context,
+        "context": settings.context,
     }
 
 
 @task(name="quantize-calibrate", cache_policy=NO_CACHE)
-def calibration_stats(model, batches: list, hessian: bool, fisher: bool, include_lm_head: bool) -> dict:
+def calibration_stats(model: nn.Module, batches: list, specs: list[QuantSpec], include_lm_head: bool) -> Optional[dict]:
+    """Activation statistics, Hessians and Fisher diagonals as far as `specs` need them (None: none do)."""
+    need_pass, hessian, fisher = calibration_needs(specs)
+    if not need_pass:
+        return None
     return calibrate(model, batches, list(target_linears(model, include_lm_head)), hessian=hessian, fisher=fisher)
 
 
 @task(name="quantize-plan-budget", cache_policy=NO_CACHE)
 def budget_spec(
-    model, spec: QuantSpec, budget: float, calibration: dict | None, include_lm_head: bool, layers: str | None
+    model: nn.Module, spec: QuantSpec, settings: BudgetSettings, calibration: Optional[dict], heads: bool, layers
 ) -> QuantSpec:
-    """`spec` re-planned to spend `budget` bits/weight over ALL weights, the head included (budget.py)."""
-    if not spec.quantizes:
-        raise ValueError(f"quant.budget={budget} needs a quantizing method, but quant_method={spec.name!r} keeps fp32")
-    pattern = re.compile(layers) if layers else None
-    chosen = (lambda n: bool(pattern.search(n))) if pattern else None
-    linears = quantizable_linears(model, spec, include_lm_head, chosen)
-    stats = calibration or {}
-    head = head_linear(model)
-    fisher = {name: stats[name]["fisher"] for name in linears if "fisher" in stats.get(name, {})}
-    head_fisher = stats.get(head[0], {}).get("fisher") if head else None
-    planned = plan_budget(model, linears, spec, budget, fisher, head_fisher)
+    """`spec` re-planned to spend settings.budget bits/weight over ALL weights, the head included
+    (budget.py); `heads`: the LM head is quantized with the layers."""
+    planned = plan_for_budget(model, spec, settings.budget, calibration, heads, layers)
     get_run_logger().info(
         "budget %.3f bits/weight: head at %s bits, %s",
-        budget,
+        settings.budget,
         planned.head_bits,
         f"layers at {planned.bit_budget:.3f}" if planned.bit_budget else f"share {planned.frac_high:.3f}",
     )
     return planned
 
 
-@task(name="quantize-method", task_run_name="quantize-{spec.name}", cache_policy=NO_CACHE)
-def quantize_and_evaluate(
-    model,
-    spec: QuantSpec,
-    calibration: dict | None,
+@task(name="quantize-methods", cache_policy=NO_CACHE)
+def compare_methods(
+    model: nn.Module,
+    specs: list[QuantSpec],
+    calibration: Optional[dict],
     eval_batches: list,
     include_lm_head: bool,
-    layers: str | None,
+    layers: Optional[str],
     mode: str,
-):
-    """Quantize a copy of `model` with `spec` and measure its perplexity; returns (model, table row)."""
-    qmodel = copy.deepcopy(model) if spec.quantizes else model
-    start = time.perf_counter()
-    pattern = re.compile(layers) if layers else None
-    layouts = quantize_model(
-        qmodel,
-        spec,
-        calibration,
-        mode=mode,
-        include_lm_head=include_lm_head,
-        layer_filter=(lambda n: bool(pattern.search(n))) if pattern else None,
-    )
-    head = head_linear(qmodel)
-    packed_head = apply_head_bits(qmodel, spec, (calibration or {}).get(head[0]) if head else None)
-    quant_s = time.perf_counter() - start
-    with dequantized_once(qmodel):  # evaluation feeds whole windows: dequantize once + GEMM is the fast path
-        ppl = perplexity_of(qmodel, eval_batches)
-    bits = model_bits(qmodel)
-    row = {
-        "method": spec.name,
-        "quantized_layers": len(layouts),
-        "quantize_seconds": quant_s,
-        **{k: v for k, v in ppl.items() if not k.startswith("window_")},
-        "bits_per_weight": bits["bits_per_weight"] if layouts else 32.0,
-        "head_bits": spec.head_bits,
-        "bits_per_weight_all": whole_model_bits(qmodel, packed_head)["bits_per_weight_all"],
-        "model_mb": bits["model_bytes"] / 1e6,
-        **{k: v for k, v in bits.items() if k.startswith("bits_")},
-    }
-    return qmodel, row
+    tracker: Tracker,
+) -> tuple[list[dict], nn.Module]:
+    """Every spec side by side on the same held-out windows; returns the table rows and the last
+    spec's (the chosen method's) quantized model."""
+    rows, chosen = [], model
+    for step, spec in enumerate(specs):
+        chosen, row = quantize_and_evaluate(model, spec, calibration, eval_batches, include_lm_head, layers, mode)
+        rows.append(row)
+        tracker.log_metrics({"perplexity": row["perplexity"], "bits_per_weight": row["bits_per_weight"]}, step=step)
+        get_run_logger().info(
+            "%s: %.3f bits/weight, perplexity %.3f", spec.name, row["bits_per_weight"], row["perplexity"]
+        )
+    return rows, chosen
 
 
 @task(name="quantize-save-register", cache_policy=NO_CACHE, retries=1)
 def save_and_register(
-    qmodel,
+    qmodel: nn.Module,
     spec: QuantSpec,
     base: dict,
     folder: str,
     tracker: Tracker,
-    registered_name: str | None,
+    registered_name: Optional[str],
     check_batch: torch.Tensor,
     extra: dict,
 ) -> dict:
@@ -189,10 +139,38 @@ def save_and_register(
 
 
 @task(name="quantize-speed", cache_policy=NO_CACHE)
-def speed(fp_model, qmodel, prompt: torch.Tensor, decode_tokens: int, matvec_repeats: int, bandwidth_mib: int) -> dict:
+def speed(fp_model: nn.Module, qmodel: nn.Module, prompt: torch.Tensor, settings: SpeedSettings) -> dict:
     """Matvec latency per quantized layer shape (all methods, cache-cold), decode tokens/s, memory GB/s."""
-    shapes, working_sets = matvec_by_shape(fp_model, qmodel, repeats=matvec_repeats, working_set_mib=bandwidth_mib)
-    result = {"matvec": shapes, "matvec_working_sets": working_sets, "memory_gb_per_s": memory_bandwidth(bandwidth_mib)}
-    if decode_tokens > 0:
-        result["decode_tokens_per_s"] = decode_speed(fp_model, qmodel, prompt, decode_tokens)
+    shapes, working_sets = matvec_by_shape(
+        fp_model, qmodel, repeats=settings.matvec_repeats, working_set_mib=settings.bandwidth_mib
+    )
+    result = {
+        "matvec": shapes,
+        "matvec_working_sets": working_sets,
+        "memory_gb_per_s": memory_bandwidth(settings.bandwidth_mib),
+    }
+    if settings.decode_tokens > 0:
+        result["decode_tokens_per_s"] = decode_speed(fp_model, qmodel, prompt, settings.decode_tokens)
     return result
+
+
+@task(name="quantize-report", cache_policy=NO_CACHE)
+def report_results(
+    tracker: Tracker, rows: list[dict], timing: dict, saved: dict, main: str, context: int, registered_name: str
+) -> dict[str, float]:
+    """Table, plot and JSON to MLflow; returns the run's summary figures."""
+    tracker.log_dict({"perplexity": rows, "speed": timing, "context": context}, "tables/quantize.json")
+    tracker.log_text(quant_report.markdown_table(rows, main, context), "tables/quantize.md")
+    tracker.log_figure(quant_report.figure(rows, timing, context), "plots/quantize.png")
+    tracker.set_tags(
+        {
+            "registered_model": registered_name,
+            "registered_version": saved["registered_version"],
+            "quantized_folder": saved["folder"],
+        }
+    )
+    return {
+        **quant_report.summary(rows, main),
+        **{k: v for k, v in saved.items() if isinstance(v, float)},
+        **quant_report.speed_summary(timing),
+    }

@@ -9,10 +9,12 @@ from components.checkpoint.lazy_async import (
     load_checkpoint,
     set_aside_earlier_run,
 )
+from components.checkpoint.settings import CheckpointSettings
 
 __all__ = [
     "CheckpointError",
     "CheckpointRecord",
+    "CheckpointSettings",
     "LazyAsyncCheckpointer",
     "latest_checkpoint",
     "list_checkpoints",

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 
 from components.checkpoint import layout
 from components.checkpoint.host_pool import HostBufferPool, Region
@@ -234,6 +235,39 @@ class LazyAsyncCheckpointer:
         if self._last_step is not None and step <= self._last_step:
             raise ValueError(f"checkpoint steps must increase: {step} after {self._last_step}")
         skeleton, tensors = layout.split_state(state)
+        specs, entries, data_bytes = self._tensor_layout(tensors)
+        header, data_start = _header_with_absolute_offsets(entries)
+        file_size = data_start + data_bytes
+        name = layout.step_dirname(step)
+        record = CheckpointRecord(step, file_size, requested_at=start, direct_io=self.direct_io)
+        job = _Job(
+            step,
+            record,
+            layout.dumps_skeleton(skeleton),
+            tmp_dir=self.directory / f"{name}.tmp-{self.session}",
+            final_dir=self.directory / name,
+            file_size=file_size,
+        )
+        runs, eager_pieces = self._plan_pieces(job, specs, data_start)
+        job.pool = self._host_pool(file_size)
+        largest = max([p.nbytes for p in job.lazy] + [sum(p.nbytes for p in runs), sum(p.nbytes for p in eager_pieces)])
+        if largest > self.pool.capacity:
+            raise CheckpointError(
+                f"checkpoint of step {step}: a {largest}-byte piece does not fit the host buffer "
+                f"of {self.pool.capacity} bytes: raise host_buffer_bytes"
+            )
+        self._enqueue(job)
+        # Edge blocks (header, tensors' partial blocks, small tensors) and tensors no optimizer
+        # guards are staged now: the caller may change them as soon as save() returns.
+        edge_runs = [p for p in job.pieces if p.src is None]
+        self._stage(job, edge_runs, lambda run: self._compose_edges(run, header), zero=True)
+        self._stage(job, eager_pieces, lambda piece: piece.host.copy_(piece.src))
+        record.request_blocked_s = time.perf_counter() - start
+        return record
+
+    def _tensor_layout(self, tensors: list) -> tuple[list, list[dict], int]:
+        """Where each tensor goes in the file: (raw bytes, offset, nbytes, copied eagerly) per tensor,
+        the header entries, and the data section's size."""
         lazy_ok = self._optimizer_owned_storages()
         specs, entries, cursor = [], [], 0
         for key, tensor in tensors:
@@ -256,20 +290,12 @@ class LazyAsyncCheckpointer:
             )
             specs.append((raw, rel, nbytes, eager))
             cursor = _up(rel + nbytes) if nbytes else cursor
-        header, data_start = _header_with_absolute_offsets(entries)
-        file_size = data_start + cursor
-        name = layout.step_dirname(step)
-        record = CheckpointRecord(step, file_size, requested_at=start, direct_io=self.direct_io)
-        job = _Job(
-            step,
-            record,
-            layout.dumps_skeleton(skeleton),
-            tmp_dir=self.directory / f"{name}.tmp-{self.session}",
-            final_dir=self.directory / name,
-            file_size=file_size,
-        )
-        # Blocks staged in the host buffer at save(): the header, each tensor's partial first and
-        # last blocks, tensors smaller than their blocks. A tensor's whole blocks are pieces.
+        return specs, entries, cursor
+
+    def _plan_pieces(self, job: _Job, specs: list, data_start: int) -> tuple[list[_Piece], list[_Piece]]:
+        """Split the file into pieces: edge runs staged at save() (the header, each tensor's partial
+        first and last blocks, tensors smaller than their blocks), whole-block pieces copied lazily
+        (into `job.lazy`) or eagerly. Returns (edge runs, eager pieces); sets `job.pieces`."""
         edges, tensor_edges, eager_pieces = [(0, data_start)], [], []
         for raw, rel, nbytes, eager in specs:
             if not nbytes:
@@ -302,40 +328,33 @@ class LazyAsyncCheckpointer:
         job.back = len(job.lazy) - 1
         job.new_bytes = sum(p.nbytes for p in job.lazy)
         job.on_cpu = not job.lazy or job.lazy[0].src.device.type == "cpu"
+        return runs, eager_pieces
+
+    def _host_pool(self, file_size: int) -> HostBufferPool:
+        """The host buffer, sized from the first checkpoint and reused for the whole run; a larger
+        state (the optimizer's moments appear after its first step) replaces it once it is drained."""
         capacity = self.host_buffer_bytes or file_size * self.buffer_slots
         if self.pool is None or (not self.host_buffer_bytes and self.pool.capacity < capacity):
-            # Sized from the first checkpoint and reused for the whole run; a larger state (the
-            # optimizer's moments appear after its first step) replaces it once it is drained.
             if self.pool is not None:
                 self.pool.wait_idle()
                 self.pool = None
             self.pool = HostBufferPool(capacity, pin_memory=self.use_cuda, alignment=BLOCK)
-        job.pool = self.pool
-        largest = max([p.nbytes for p in job.lazy] + [sum(p.nbytes for p in runs), sum(p.nbytes for p in eager_pieces)])
-        if largest > self.pool.capacity:
-            raise CheckpointError(
-                f"checkpoint of step {step}: a {largest}-byte piece does not fit the host buffer "
-                f"of {self.pool.capacity} bytes: raise host_buffer_bytes"
-            )
+        return self.pool
+
+    def _enqueue(self, job: _Job) -> None:
+        """Hand the job to the flush threads; from here they write whatever reaches the host buffer."""
         if self.use_cuda:  # the copy stream must read values the compute stream has finished
             job.compute_event = torch.cuda.Event()
             job.compute_event.record(torch.cuda.current_stream())
         with self._inflight_cond:
             self._inflight += 1
         self._pending = job
-        self._last_step = step
-        self.records.append(record)
-        with self._cond:  # from here the flush threads write whatever reaches the host buffer
+        self._last_step = job.step
+        self.records.append(job.record)
+        with self._cond:
             self._jobs.append(job)
             if not job.lazy:
                 self._snapshot_complete(job)
-        # Edge blocks (header, tensors' partial blocks, small tensors) and tensors no optimizer
-        # guards are staged now: the caller may change them as soon as save() returns.
-        edge_runs = [p for p in job.pieces if p.src is None]
-        self._stage(job, edge_runs, lambda run: self._compose_edges(run, header), zero=True)
-        self._stage(job, eager_pieces, lambda piece: piece.host.copy_(piece.src))
-        record.request_blocked_s = time.perf_counter() - start
-        return record
 
     def wait_for_snapshot(self) -> None:
         """Block until the pending checkpoint is captured (the pre-update hook): what is not yet
@@ -796,8 +815,6 @@ def _header_with_absolute_offsets(entries: list[dict]) -> tuple[bytes, int]:
 
 
 def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
-    import torch.distributed as dist
-
     if rank is None or world_size is None:
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
@@ -807,7 +824,6 @@ def _rank_and_world(rank: Optional[int], world_size: Optional[int]) -> tuple[int
 
 def _agree_on_session(world_size: int) -> str:
     """One id per run, the same on every rank: names this run's temporary folders."""
-    import torch.distributed as dist
 
     session = uuid.uuid4().hex[:12]
     if world_size > 1:

@@ -25,8 +25,12 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
 
+from components.checkpoint import load_checkpoint
 from components.lm.training import capture_state, restore_state
 from components.processes import descendants
 
@@ -111,13 +115,8 @@ def transformer_blocks(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
 def wrap_model(model: torch.nn.Module, ranks: Ranks, device: str) -> torch.nn.Module:
     """DDP replica or FSDP2-sharded model (build the optimizer on what this returns)."""
     if ranks.strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model, device_ids=[ranks.local_rank] if device.startswith("cuda") else None)
     if ranks.strategy == "fsdp":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
         mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (ranks.world_size,))
         for block in transformer_blocks(model):
             fully_shard(block, mesh=mesh)
@@ -127,7 +126,6 @@ def wrap_model(model: torch.nn.Module, ranks: Ranks, device: str) -> torch.nn.Mo
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module whose state_dict keys match a single-process model's (DDP adds 'module.')."""
-    from torch.nn.parallel import DistributedDataParallel
 
     return model.module if isinstance(model, DistributedDataParallel) else model
 
@@ -164,7 +162,6 @@ def _check_layout(path: Path, state: dict, ranks: Ranks) -> None:
 
 def restore_checkpoint(path: Path, model, optimizer, scheduler, data_generator: torch.Generator, ranks: Ranks) -> int:
     """Load this rank's part of a committed checkpoint into the live objects; returns its step."""
-    from components.checkpoint import load_checkpoint
 
     state = load_checkpoint(path, rank=ranks.rank)
     _check_layout(path, state, ranks)

@@ -22,8 +22,14 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from components.checks import one_of
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+# the models a GPTConfig can build (`_target_`): each takes (config, device) and returns a torch module
+MODEL_BUILDERS = ("components.lm.model.build_gpt", "components.lm.smollm2.build_for_training")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -39,8 +45,14 @@ class GPTConfig:
     dropout: float = 0.0  # small models on a few million tokens: regularise by early stopping instead
     bias: bool = False  # no biases in Linear/LayerNorm: slightly better and faster (nanoGPT)
     tie_embeddings: bool = True  # lm_head shares the token embedding: halves the parameters
+    dtype: str = "float32"  # parameters' dtype when trained (float32 | bfloat16 | float16)
+    # which model lm_train builds from these fields: build_gpt (this GPT, from scratch) or
+    # components.lm.smollm2.build_for_training (SmolLM2-135M fine-tuning; the fields must match it)
+    _target_: str = "components.lm.model.build_gpt"
 
     def __post_init__(self) -> None:
+        one_of("model._target_", self._target_, MODEL_BUILDERS)
+        one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -218,8 +230,6 @@ class GPT(nn.Module):
 
     # --- persistence: config.json + model.safetensors ---------------------------------------
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -234,8 +244,6 @@ class GPT(nn.Module):
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> GPT:
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         if not (folder / CONFIG_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
             raise FileNotFoundError(f"{folder} needs {CONFIG_FILE} and {WEIGHTS_FILE} (written by GPT.save)")
@@ -247,6 +255,11 @@ class GPT(nn.Module):
             state["lm_head.weight"] = state["wte.weight"]
         model.load_state_dict(state, strict=True)
         return model.to(device).eval()
+
+
+def build_gpt(config: GPTConfig, device: str = "cpu") -> GPT:
+    """This GPT from scratch (the `_target_` GPTConfig names by default)."""
+    return GPT(config).to(device=device, dtype=getattr(torch, config.dtype))
 
 
 def truncate_cache(cache: KVCache, length: int) -> KVCache:

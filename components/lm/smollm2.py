@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import threading
 from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEFAULT_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "smollm2-135m-instruct"
@@ -40,7 +44,7 @@ def ensure_safetensors_cache() -> Path:
     with _lock:
         if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
             return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415  (start-up cost: ~5 s)
 
         gguf = gguf_path()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -53,8 +57,6 @@ def ensure_safetensors_cache() -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if target.exists():
-            import shutil
-
             shutil.rmtree(target)
         tmp.rename(target)  # atomic: a half-written cache is never picked up
         return target
@@ -70,7 +72,7 @@ def is_model_folder(folder: str | Path) -> bool:
 
 def load_tokenizer(folder: str | Path | None = None):
     """SmolLM2's tokenizer, or the one saved beside a fine-tuned copy in `folder` (if it has one)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415  (start-up cost: ~5 s)
 
     if folder is not None and not (Path(folder) / "tokenizer.json").exists():
         folder = None  # a `save_tuned` folder: the packaged tokenizer
@@ -81,15 +83,12 @@ def load_model(dtype: str = "float32", device: str = "cpu", folder: str | Path |
     """SmolLM2-135M-Instruct as a transformers LlamaForCausalLM in eval mode; `folder`: a fine-tuned
     copy instead, either a whole one (save_pretrained) or the packaged weights with the tensors a
     `save_tuned` folder holds put in their place."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415  (start-up cost: ~5 s)
 
     tuned = folder is not None and (Path(folder) / TUNED_WEIGHTS).exists()
     source = ensure_safetensors_cache() if folder is None or tuned else folder
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
     if tuned:
-        from safetensors.torch import load_file
-
         state = load_file(str(Path(folder) / TUNED_WEIGHTS))
         unknown = sorted(set(state) - set(model.state_dict()))
         if unknown:
@@ -102,10 +101,6 @@ def save_tuned(model, folder: str | Path, names: list[str]) -> Path:
     """Write only the named parameters (the ones fine-tuning changed) to `folder`/tuned.safetensors:
     a 12-of-30-layer tuning is 170 MB instead of 540 MB, and `load_model(folder=...)` rebuilds the
     model from the packaged weights. The folder is written beside and renamed into place."""
-    import shutil
-
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     params = dict(model.named_parameters())
     missing = [n for n in names if n not in params]
@@ -123,3 +118,31 @@ def save_tuned(model, folder: str | Path, names: list[str]) -> Path:
         shutil.rmtree(folder)
     tmp.rename(folder)  # a half-written folder is never picked up
     return folder
+
+
+# GPTConfig fields that describe the packaged model; build_for_training checks them against it
+_ARCHITECTURE = {
+    "vocab_size": "vocab_size",
+    "block_size": "max_position_embeddings",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_embd": "hidden_size",
+}
+
+
+def build_for_training(config, device: str = "cpu"):
+    """SmolLM2-135M in train mode for fine-tuning (the `_target_` conf/model/smollm2_135m.yaml names).
+
+    `config` (a GPTConfig) states the packaged model's architecture; a field that disagrees with it
+    is an error rather than a silently ignored value.
+    """
+    model = load_model(dtype=config.dtype, device=device)
+    wrong = {
+        field: (getattr(config, field), getattr(model.config, hf_field))
+        for field, hf_field in _ARCHITECTURE.items()
+        if getattr(config, field) != getattr(model.config, hf_field)
+    }
+    if wrong:
+        raise ValueError(f"model.* disagrees with the packaged SmolLM2 (given, actual): {wrong}")
+    model.config.use_cache = False
+    return model.train()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 
+from tokenizers import Tokenizer
+
 from components.lm import smollm2
 
 END_OF_TEXT = "<|endoftext|>"  # separates documents in the corpus
@@ -16,7 +18,6 @@ END_OF_TEXT = "<|endoftext|>"  # separates documents in the corpus
 @functools.lru_cache(maxsize=1)
 def load_tokenizer():
     """A `tokenizers.Tokenizer` for SmolLM2 (converts the packaged GGUF once if the cache is missing)."""
-    from tokenizers import Tokenizer
 
     folder = smollm2.cache_dir()
     if not (folder / "tokenizer.json").exists():

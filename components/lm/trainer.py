@@ -14,6 +14,8 @@ checkpoints where `resume=latest` finds them.
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import math
 import os
@@ -22,7 +24,7 @@ import shutil
 import statistics
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional
@@ -31,33 +33,38 @@ import numpy as np
 import torch
 
 from components.checkpoint import (
+    CheckpointSettings,
     LazyAsyncCheckpointer,
     latest_checkpoint,
     list_checkpoints,
     set_aside_earlier_run,
 )
 from components.checkpoint.layout import fsync_dir
-from components.lm import distributed
+from components.lm import distributed, smollm2
 from components.lm.corpus import TokenCorpus
+from components.lm.distill import init_from_teacher_embedding
 from components.lm.distributed import Ranks
+from components.lm.model import GPT, GPTConfig
+from components.lm.tokenizer import load_tokenizer
 from components.lm.training import (
     TrainSettings,
     build_optimizer,
     build_scheduler,
+    evaluate,
     train_loop,
 )
 
-MODEL_KINDS = ("gpt", "smollm2")
 STAGING_MARK = ".incoming-"
+GPT_BUILDER = GPTConfig._target_  # the default model: this project's GPT
 
 
 @dataclass
 class TrainJob:
-    """Everything a training run needs, as plain values (written as JSON for torchrun's workers)."""
+    """Everything a training run needs (written as JSON for torchrun's workers)."""
 
-    model: dict  # LMModelConfig's fields
-    train: dict  # TrainSettings' fields
-    checkpoint: dict  # every, keep_last, buffer_slots, host_buffer_mb, flush_threads, fsync, checksum
+    model: GPTConfig
+    train: TrainSettings
+    checkpoint: CheckpointSettings
     corpus_folder: str
     run_dir: str  # the trained model's folder
     checkpoint_dir: str
@@ -69,54 +76,82 @@ class TrainJob:
     result_file: Optional[str] = None  # worker: rank 0 writes the result dict here
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:  # from JSON (torchrun's workers) the settings arrive as dicts
+        if isinstance(self.model, dict):
+            self.model = GPTConfig.from_dict(self.model)
+        if isinstance(self.train, dict):
+            self.train = TrainSettings(**self.train)
+        if isinstance(self.checkpoint, dict):
+            self.checkpoint = CheckpointSettings(**self.checkpoint)
 
-def build_model(model_cfg: Any, device: str = "cpu"):
-    """Our GPT from its config fields, or SmolLM2-135M (transformers) for fine-tuning."""
-    kind = _get(model_cfg, "kind")
-    if kind == "gpt":
-        from components.lm.model import GPT, GPTConfig
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
 
-        fields = {k: _get(model_cfg, k) for k in GPTConfig.__dataclass_fields__}
-        return GPT(GPTConfig(**fields)).to(device)
-    if kind == "smollm2":
-        from components.lm import smollm2
-
-        model = smollm2.load_model(dtype=_get(model_cfg, "dtype"), device=device)
-        model.config.use_cache = False
-        return model.train()
-    raise ValueError(f"model.kind must be 'gpt' or 'smollm2', got {kind!r}")
+    @classmethod
+    def from_json(cls, text: str) -> TrainJob:
+        return cls(**json.loads(text))
 
 
-def _get(cfg: Any, key: str) -> Any:
-    return cfg[key] if isinstance(cfg, dict) else getattr(cfg, key)
+def locate(dotted: str) -> Callable:
+    """The function or class a `_target_` names (module.attribute)."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_model(config: GPTConfig | dict, device: str = "cpu") -> torch.nn.Module:
+    """The model `config._target_` builds: our GPT from scratch, or SmolLM2-135M for fine-tuning."""
+    config = GPTConfig.from_dict(config) if isinstance(config, dict) else config
+    return locate(config._target_)(config, device)
+
+
+def is_gpt(config: GPTConfig) -> bool:
+    return config._target_ == GPT_BUILDER
 
 
 def model_block_size(model: Any) -> int:
-    from components.lm.model import GPT
-
     return model.config.block_size if isinstance(model, GPT) else model.config.max_position_embeddings
 
 
 def save_model(model: Any, folder: Path) -> Path:
     """GPT -> config.json + model.safetensors; SmolLM2 -> a transformers folder (+ tokenizer)."""
-    from components.lm.model import GPT
-
     if isinstance(model, GPT):
         return model.save(folder)
-    from components.lm import smollm2
-
     model.save_pretrained(folder, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(smollm2.cache_dir() / name, folder / name)
     return folder
 
 
+def load_trained(config: GPTConfig, folder: str) -> torch.nn.Module:
+    """The model `save_model` wrote to `folder`, in eval mode."""
+    return GPT.from_folder(folder) if is_gpt(config) else smollm2.load_model(folder=folder)
+
+
+@torch.no_grad()
+def evaluate_saved(
+    config: GPTConfig, folder: str, corpus_folder: str, settings: TrainSettings, prompt: str, sample_tokens: int
+) -> dict:
+    """Validation loss / perplexity of the model saved in `folder`, a greedy sample after `prompt`,
+    and its parameter count."""
+    model = load_trained(config, folder)
+    metrics = evaluate(model, TokenCorpus(corpus_folder), settings)
+    tokenizer = load_tokenizer()
+    prompt_ids = torch.tensor([tokenizer.encode(prompt).ids])
+    if isinstance(model, GPT):
+        out = model.generate(prompt_ids, sample_tokens, temperature=0.0)
+    else:
+        out = model.generate(prompt_ids, max_new_tokens=sample_tokens, do_sample=False)
+    return {
+        "metrics": metrics,
+        "sample": tokenizer.decode(out[0].tolist()),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
 def warm_start(model, folder: str) -> None:
     """Copy a saved GPT's weights into `model` (the same architecture), e.g. to train a draft further."""
-    from components.lm.model import GPT
-
     if not isinstance(model, GPT):
-        raise ValueError("train.init_from needs model.kind=gpt (a GPT folder written by this flow)")
+        raise ValueError("train.init_from needs the GPT model (model=gpt_small): a GPT folder written by this flow")
     source = GPT.from_folder(folder)
     if source.config != model.config:
         raise ValueError(
@@ -131,9 +166,16 @@ class RunCheckpointer:
     folder still holds an earlier run's checkpoints (see the module docstring)."""
 
     def __init__(
-        self, folder: Path, options: dict, optimizer, ranks: Ranks, device: str, replace_earlier: bool, logger
+        self,
+        folder: Path,
+        settings: CheckpointSettings,
+        optimizer,
+        ranks: Ranks,
+        device: str,
+        replace_earlier: bool,
+        logger,
     ):
-        self.folder, self.options, self.optimizer, self.ranks, self.device = folder, options, optimizer, ranks, device
+        self.folder, self.settings, self.optimizer, self.ranks, self.device = folder, settings, optimizer, ranks, device
         self.logger = logger
         self.records: list = []
         self._staged_host_bytes = 0
@@ -148,20 +190,7 @@ class RunCheckpointer:
         self.inner = self._open(self.staging or folder)
 
     def _open(self, folder: Path) -> LazyAsyncCheckpointer:
-        o = self.options
-        host_bytes = o["host_buffer_mb"] * 2**20 if o.get("host_buffer_mb") else None
-        ckpt = LazyAsyncCheckpointer(
-            folder,
-            keep_last=o["keep_last"],
-            host_buffer_bytes=host_bytes,
-            buffer_slots=o["buffer_slots"],
-            flush_threads=o["flush_threads"],
-            fsync=o["fsync"],
-            checksum=o["checksum"],
-            device=self.device,
-            rank=self.ranks.rank,
-            world_size=self.ranks.world_size,
-        )
+        ckpt = self.settings.open(folder, device=self.device, rank=self.ranks.rank, world_size=self.ranks.world_size)
         ckpt.attach(self.optimizer)
         return ckpt
 
@@ -223,68 +252,29 @@ def resolve_resume(job: TrainJob, ranks: Ranks, logger) -> Optional[Path]:
 def run_training(
     job: TrainJob, on_metrics: Optional[Callable[[int, dict], Any]] = None, logger=None, ranks: Optional[Ranks] = None
 ) -> dict:
-    """Train to job.train['iters'] with a lazy async checkpoint every job.checkpoint['every'] steps
+    """Train to job.train.iters with a lazy async checkpoint every job.checkpoint.every steps
     (`ranks`: this process's place under torchrun; None: a single process)."""
     logger = logger or logging.getLogger("lm_train")
     ranks = ranks or Ranks()
-    device = job.device
-    torch.manual_seed(job.seed)
-    random.seed(job.seed + ranks.rank)  # every RNG a checkpoint restores starts from the seed: runs are repeatable
-    np.random.seed(job.seed + ranks.rank)
-    settings = TrainSettings(**job.train)
+    settings = job.train
+    _seed_everything(job.seed, ranks)
     resume_path = resolve_resume(job, ranks, logger)
-    model = build_model(job.model, device)
-    if settings.block_size > model_block_size(model):
-        raise ValueError(
-            f"train.block_size={settings.block_size} exceeds the model's context {model_block_size(model)}"
-        )
     corpus = TokenCorpus(job.corpus_folder)
-    if corpus.vocab_size > model.config.vocab_size:
-        raise ValueError(f"corpus vocabulary {corpus.vocab_size} exceeds the model's {model.config.vocab_size}")
-    if settings.init_from and resume_path is None:  # a resumed run keeps its own trained weights
-        warm_start(model, settings.init_from)
-        logger.info("weights initialised from %s", settings.init_from)
-    teacher = None
-    if settings.distill_alpha > 0:
-        from components.lm import smollm2
-
-        teacher = smollm2.load_model(dtype="float32", device=device)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        if settings.init_from_teacher and resume_path is None:  # a resumed run keeps its trained embedding
-            from components.lm.distill import init_from_teacher_embedding
-
-            kept = init_from_teacher_embedding(model, teacher)
-            logger.info("draft embedding initialised from SmolLM2's (PCA keeps %.1f%% of its energy)", 100 * kept)
-
+    model, teacher = build_models(job, corpus, fresh=resume_path is None, logger=logger)
     if ranks.distributed:
-        model = distributed.wrap_model(model, ranks, device)
+        model = distributed.wrap_model(model, ranks, job.device)
         torch.manual_seed(job.seed + 1 + ranks.rank)  # each rank its own dropout stream
     optimizer = build_optimizer(model, settings)
     scheduler = build_scheduler(optimizer, settings)
     # each rank draws its own batches: train.batch_size is per rank
     data_generator = torch.Generator().manual_seed(job.seed + ranks.rank)
-
     start_step = 0
     if resume_path is not None:
         start_step = distributed.restore_checkpoint(resume_path, model, optimizer, scheduler, data_generator, ranks)
         logger.info("resumed from %s at step %d", resume_path, start_step)
-
-    folder = Path(job.checkpoint_dir)
-    earlier = False
-    if ranks.rank == 0 and resume_path is None:
-        _remove_torn_staging(folder)
-        earlier = bool(list_checkpoints(folder))
-    earlier = distributed.from_rank0(earlier, ranks)
-    checkpointer = RunCheckpointer(folder, job.checkpoint, optimizer, ranks, device, earlier, logger)
-
-    def report(step: int, metrics: dict) -> None:
-        if ranks.distributed:  # the job's loss and throughput, not rank 0's alone
-            averaged = distributed.mean_over_ranks({k: metrics[k] for k in ("train_loss", "tokens_per_s")}, ranks)
-            metrics = {**metrics, **averaged, "tokens_per_s": averaged["tokens_per_s"] * ranks.world_size}
-        if on_metrics is not None and ranks.rank == 0:
-            on_metrics(step, metrics)
-
+    # the untrained model's validation loss: what training brings it down from
+    initial = evaluate(model, corpus, settings, job.device) if start_step == 0 else {}
+    checkpointer = open_run_checkpointer(job, optimizer, ranks, fresh=resume_path is None, logger=logger)
     try:
         summary = train_loop(
             model,
@@ -295,27 +285,80 @@ def run_training(
             data_generator=data_generator,
             start_step=start_step,
             checkpointer=checkpointer,
-            checkpoint_every=job.checkpoint["every"],
+            checkpoint_every=job.checkpoint.every,
             teacher=teacher,
-            device=device,
-            on_metrics=report,
+            device=job.device,
+            on_metrics=partial(_report, ranks=ranks, on_metrics=on_metrics),
             capture=partial(distributed.checkpoint_state, ranks=ranks),
         )
     finally:
         checkpointer.close()
-    model_dir = _save_final_model(job, model, ranks)
     return {
-        "model_dir": str(model_dir),
+        "model_dir": str(_save_final_model(job, model, ranks)),
         "start_step": start_step,
         "resumed_from": None if resume_path is None else str(resume_path),
         "final_step": settings.iters,
+        "initial": initial,
         "summary": summary,
         "checkpoints": checkpoint_stats(checkpointer),
-        "checkpoint_dir": str(folder),
+        "checkpoint_dir": job.checkpoint_dir,
         "world_size": ranks.world_size,
         "strategy": ranks.strategy,
         "earlier_run_moved_to": None if checkpointer.set_aside is None else str(checkpointer.set_aside),
     }
+
+
+def _seed_everything(seed: int, ranks: Ranks) -> None:
+    """Every RNG a checkpoint restores starts from the seed: runs are repeatable."""
+    torch.manual_seed(seed)
+    random.seed(seed + ranks.rank)
+    np.random.seed(seed + ranks.rank)
+
+
+def build_models(job: TrainJob, corpus: TokenCorpus, fresh: bool, logger) -> tuple[torch.nn.Module, Any]:
+    """The model to train (checked against the corpus and the training length, warm-started when
+    asked) and the distillation teacher (None without distillation). `fresh`: not resumed, so the
+    initial weights come from `train.init_from` / the teacher; a resumed run keeps its own."""
+    settings = job.train
+    model = build_model(job.model, job.device)
+    if settings.block_size > model_block_size(model):
+        raise ValueError(
+            f"train.block_size={settings.block_size} exceeds the model's context {model_block_size(model)}"
+        )
+    if corpus.vocab_size > model.config.vocab_size:
+        raise ValueError(f"corpus vocabulary {corpus.vocab_size} exceeds the model's {model.config.vocab_size}")
+    if settings.init_from and fresh:
+        warm_start(model, settings.init_from)
+        logger.info("weights initialised from %s", settings.init_from)
+    if settings.distill_alpha <= 0:
+        return model, None
+    teacher = smollm2.load_model(dtype="float32", device=job.device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if settings.init_from_teacher and fresh:
+        kept = init_from_teacher_embedding(model, teacher)
+        logger.info("draft embedding initialised from SmolLM2's (PCA keeps %.1f%% of its energy)", 100 * kept)
+    return model, teacher
+
+
+def open_run_checkpointer(job: TrainJob, optimizer, ranks: Ranks, fresh: bool, logger) -> RunCheckpointer:
+    """The run's checkpointer; a fresh run stages its checkpoints beside an earlier run's (rank 0 decides)."""
+    folder = Path(job.checkpoint_dir)
+    earlier = False
+    if ranks.rank == 0 and fresh:
+        _remove_torn_staging(folder)
+        earlier = bool(list_checkpoints(folder))
+    earlier = distributed.from_rank0(earlier, ranks)
+    return RunCheckpointer(folder, job.checkpoint, optimizer, ranks, job.device, earlier, logger)
+
+
+def _report(step: int, metrics: dict, ranks: Ranks, on_metrics: Optional[Callable[[int, dict], Any]]) -> None:
+    """A step's metrics to `on_metrics` on rank 0: under torch.distributed the job's loss and throughput."""
+    if ranks.distributed:
+        averaged = distributed.mean_over_ranks({k: metrics[k] for k in ("train_loss", "tokens_per_s")}, ranks)
+        metrics = {**metrics, **averaged, "tokens_per_s": averaged["tokens_per_s"] * ranks.world_size}
+    if on_metrics is not None and ranks.rank == 0:
+        on_metrics(step, metrics)
 
 
 def _save_final_model(job: TrainJob, model, ranks: Ranks) -> Path:

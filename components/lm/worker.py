@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m torch.distributed.run ... -m components.lm.worker JOB.json", file=sys.stderr)
         return 2
-    job = TrainJob(**json.loads(Path(argv[0]).read_text()))
+    job = TrainJob.from_json(Path(argv[0]).read_text())
     ranks, device = distributed.init_process_group(job.strategy, job.device)
     job.device = device
     logging.basicConfig(level=logging.INFO, format=f"[rank{ranks.rank}] %(levelname)s %(message)s")

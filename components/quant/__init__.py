@@ -5,17 +5,9 @@ The public surface: `QuantSpec` (what a method is), `quantize_weight` / `QuantLi
 """
 
 from components.quant.linear import QuantLinear, reference_dequantize
+from components.quant.model import load_quantized, model_bits, quantize_model, save_quantized
 from components.quant.quantizer import LayerLayout, PackedWeight, quantize_weight
 from components.quant.spec import QuantSpec
-
-
-def __getattr__(name):  # model-level helpers import transformers lazily
-    if name in {"quantize_model", "save_quantized", "load_quantized", "model_bits"}:
-        from components.quant import model
-
-        return getattr(model, name)
-    raise AttributeError(name)
-
 
 __all__ = [
     "QuantSpec",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from pydoc_data.topics import topics
 
 import torch
 from torch import nn
@@ -19,7 +20,6 @@ from components.quant.model import logits_of
 
 def python_docs_split(seed: int = 0, eval_fraction: float = 0.5) -> tuple[str, str]:
     """(calibration text, evaluation text): disjoint sets of pydoc topics, chosen by `seed`."""
-    from pydoc_data.topics import topics
 
     keys = sorted(topics)
     random.Random(seed).shuffle(keys)

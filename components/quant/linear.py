@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from components.quant import fused_cpu
+from components.quant.packed_matrix import PackedMatrix
 from components.quant.packing import unpack_bits, unpack_codes
 from components.quant.quantizer import (
     LayerLayout,
@@ -232,7 +233,6 @@ class QuantLinear(nn.Module):
         Not chosen by `auto`: on this machine it is no faster than the float fused kernel
         (benchmarks/quant_kernel.py) and it adds the int8 activation error.
         """
-        from components.quant.packed_matrix import PackedMatrix  # builds the integer kernel on first use
 
         if not PackedMatrix.supports(self.layout):
             raise RuntimeError(

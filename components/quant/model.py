@@ -16,11 +16,16 @@ import json
 import shutil
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from components.lm import smollm2
+from components.lm.model import GPT, GPTConfig
+from components.quant.allocation import allocate_high_groups, fisher_gains
 from components.quant.linear import QuantLinear
 from components.quant.quantizer import LayerLayout, layout_for, quantize_weight
 from components.quant.spec import QuantSpec
@@ -43,8 +48,6 @@ TOKENIZER_FILES = (
 def load_base_model(source: str) -> tuple[nn.Module, dict]:
     """('smollm2' | a folder of the project's GPT | a transformers folder) -> (model, base info)."""
     if source == "smollm2":
-        from components.lm import smollm2
-
         model = smollm2.load_model()
         return model, {"kind": "hf", "source": "smollm2", "tokenizer_dir": str(smollm2.cache_dir())}
     folder = Path(source)
@@ -53,10 +56,8 @@ def load_base_model(source: str) -> tuple[nn.Module, dict]:
         raise FileNotFoundError(f"model source {source!r} is neither 'smollm2' nor a folder with config.json")
     config = json.loads(config_file.read_text())
     if config.get("model_type") == "gpt":
-        from components.lm.model import GPT
-
         return GPT.from_folder(folder), {"kind": "gpt", "source": str(folder), "tokenizer_dir": _tokenizer_dir(folder)}
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415  (start-up cost: ~5 s, only when a transformers model loads)
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return model, {"kind": "hf", "source": str(folder), "tokenizer_dir": _tokenizer_dir(folder)}
@@ -65,7 +66,6 @@ def load_base_model(source: str) -> tuple[nn.Module, dict]:
 def _tokenizer_dir(folder: Path) -> str | None:
     if (folder / "tokenizer.json").exists():
         return str(folder)
-    from components.lm import smollm2  # the project's models share SmolLM2's vocabulary
 
     return str(smollm2.cache_dir()) if (smollm2.cache_dir() / "tokenizer.json").exists() else None
 
@@ -230,8 +230,6 @@ def quantize_model(
 
 
 def _allocate(linears: dict[str, nn.Linear], stats: dict[str, dict], spec: QuantSpec) -> dict[str, int]:
-    from components.quant.allocation import allocate_high_groups, fisher_gains
-
     missing = [name for name in linears if stats[name].get("fisher") is None]
     if missing:
         raise ValueError(
@@ -318,7 +316,6 @@ def save_quantized(
     model: nn.Module, folder: str | Path, spec: QuantSpec, base: dict, extra: dict | None = None
 ) -> Path:
     """Write the folder described in the module docstring (atomically: a temp folder, then rename)."""
-    from safetensors.torch import save_file
 
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -340,8 +337,6 @@ def save_quantized(
     if kind == "hf":
         model.config.save_pretrained(tmp)
     else:
-        from dataclasses import asdict
-
         (tmp / "config.json").write_text(json.dumps({"model_type": "gpt", **asdict(model.config)}, indent=2))
     if base.get("tokenizer_dir"):
         for fname in TOKENIZER_FILES:
@@ -376,12 +371,10 @@ def read_meta(folder: str | Path) -> dict:
 
 def _skeleton(folder: Path, base: dict) -> nn.Module:
     if base["kind"] == "gpt":
-        from components.lm.model import GPT, GPTConfig
-
         data = json.loads((folder / "config.json").read_text())
         data.pop("model_type", None)
         return GPT(GPTConfig.from_dict(data))
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415  (start-up cost: ~5 s, only when a transformers model loads)
 
     return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
 
@@ -389,7 +382,6 @@ def _skeleton(folder: Path, base: dict) -> nn.Module:
 @torch.no_grad()
 def load_quantized(folder: str | Path, mode: str = "auto") -> nn.Module:
     """The saved quantized model, in eval mode, with QuantLinear layers in `mode` (auto: fused for decode)."""
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     meta = read_meta(folder)

@@ -167,7 +167,8 @@ def group_scores(
                 "score='fisher' needs calibration gradients: set eval.calibration_windows > 0 in the "
                 "quantize flow or use score=range"
             )
-        from components.quant.allocation import fisher_gains
+
+        from components.quant.allocation import fisher_gains  # noqa: PLC0415  (import cycle: allocation uses this module)
 
         return fisher_gains(weight, fisher, spec)
     if act_sq is None:
@@ -270,8 +271,8 @@ def hqq_params(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
     an empty value disables the cache). A cached fit is the same numbers the fit would produce again.
     """
     try:
-        import hqq
-        from hqq.core.quantize import Quantizer
+        import hqq  # noqa: PLC0415  (optional dependency)
+        from hqq.core.quantize import Quantizer  # noqa: PLC0415  (optional dependency)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "method=hqq needs the `hqq` package: pip install -c constraints.txt hqq==0.2.8.post1"
@@ -368,7 +369,7 @@ def quantize_weight(
     high = select_high_groups(group_scores(W, spec, act_sq, fisher), layout.high_per_tile, layout.tile_rows)
     bits = torch.where(high, spec.bits_high, spec.bits_low)
     if spec.method == "gptq":
-        from components.quant.gptq import gptq_quantize
+        from components.quant.gptq import gptq_quantize  # noqa: PLC0415  (import cycle: gptq uses this module)
 
         if hessian is None:
             raise ValueError(

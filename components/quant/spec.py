@@ -1,8 +1,16 @@
-"""What a quantization method is: one dataclass that every conf/quant_method/*.yaml instantiates."""
+"""What a quantization method is: one dataclass, the schema of every conf/quant_method/*.yaml option."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from components.checks import ConfigError
+
+# the named methods (the quantize flow's `quant_method=<name>` and `baselines`, the benchmarks' rows)
+METHOD_DIR = Path(__file__).resolve().parents[2] / "conf" / "quant_method"
 
 METHODS = ("none", "rtn", "hqq", "gptq")
 SCORES = ("range", "range_act", "hessian_error", "fisher", "random")
@@ -42,8 +50,8 @@ class QuantSpec:
         self.validate()
 
     def validate(self) -> None:
-        def bad(field: str, allowed) -> ValueError:
-            return ValueError(f"QuantSpec.{field}={getattr(self, field)!r} is not one of {allowed}")
+        def bad(field: str, allowed) -> ConfigError:
+            return ConfigError(f"QuantSpec.{field}", getattr(self, field), f"is not one of {allowed}")
 
         if self.method not in METHODS:
             raise bad("method", METHODS)
@@ -85,3 +93,19 @@ class QuantSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def calibration_needs(self) -> tuple[bool, bool, bool]:
+        """(a calibration pass needed, layer Hessians needed, the loss's Fisher diagonal needed)."""
+        hessian = self.quantizes and self.method == "gptq"
+        fisher = self.quantizes and self.score == "fisher"
+        activations = self.score in ("range_act", "hessian_error")
+        return self.quantizes and (hessian or fisher or activations), hessian, fisher
+
+
+def method_spec(name: str, folder: Path = METHOD_DIR) -> QuantSpec:
+    """The named method: conf/quant_method/<name>.yaml's values over QuantSpec's defaults."""
+    path = folder / f"{name}.yaml"
+    if not path.exists():
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ValueError(f"unknown quant method {name!r}; {folder} has {options}")
+    return QuantSpec(**(yaml.safe_load(path.read_text()) or {}))

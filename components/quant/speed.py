@@ -19,7 +19,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from components.lm.model import GPT
+from components.quant import fused_cpu
 from components.quant.linear import QuantLinear
+from components.quant.model import set_mode
 
 MATVEC_METHODS = ("fp32", "naive", "pipelined", "fused")
 
@@ -51,7 +54,6 @@ def matvec_latency(
     so every method starts with nothing of its own in cache, whichever method ran before it. Also
     reports the bytes each method reads and the GB/s achieved.
     """
-    from components.quant import fused_cpu
 
     out_f, in_f = weights[0].shape
     x = torch.randn(1, in_f, generator=torch.Generator().manual_seed(seed))
@@ -131,7 +133,6 @@ def memory_bandwidth(mib: int = 512, repeats: int = 5) -> float:
 @torch.no_grad()
 def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
     """Greedy decode with the KV cache (batch 1): generated tokens per second, prefill excluded."""
-    from components.lm.model import GPT
 
     is_gpt = isinstance(model, GPT)
 
@@ -158,7 +159,6 @@ def decode_tokens_per_s(model: nn.Module, prompt: torch.Tensor, new_tokens: int)
 
 def decode_speed(fp_model: nn.Module, q_model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> dict[str, float]:
     """Decode tokens/s of the fp32 and the quantized model (auto path), alternating, the better of two each."""
-    from components.quant.model import set_mode
 
     tps: dict[str, float] = {}
     for _ in range(2):  # a shared machine: keep each model's better run

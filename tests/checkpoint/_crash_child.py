@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, load_checkpoint
-from components.lm.training import restore_state, train_loop
+from components.lm.training import restore_state
 from tests.checkpoint import _tiny
 
 ckpt_dir, iters, n_embd, resume = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
@@ -32,17 +32,7 @@ class WithTail:
 
 
 print("started", flush=True)
-train_loop(
-    model,
-    optimizer,
-    scheduler,
-    _tiny.InMemoryCorpus(),
-    _tiny.settings(iters),
-    data_generator=gen,
-    start_step=start,
-    checkpointer=WithTail() if unaligned else ckpt,
-    checkpoint_every=1,
-)
+_tiny.train(model, optimizer, scheduler, gen, iters, start, checkpointer=WithTail() if unaligned else ckpt, every=1)
 ckpt.close()
 if len(sys.argv) > 6:
     Path(sys.argv[6]).write_text("done")

@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, load_checkpoint
 from components.lm.distributed import close_process_group
-from components.lm.training import restore_state, train_loop
+from components.lm.training import restore_state
 from tests.checkpoint import _tiny
 
 rank, world, port, folder, result_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
@@ -29,18 +29,7 @@ def fresh():
 
 
 def run(state, start, stop, ckpt=None):
-    train_loop(
-        state[0],
-        state[1],
-        state[2],
-        _tiny.InMemoryCorpus(),
-        _tiny.settings(6),
-        data_generator=state[3],
-        start_step=start,
-        stop_step=stop,
-        checkpointer=ckpt,
-        checkpoint_every=1 if ckpt else 0,
-    )
+    _tiny.train(*state, 6, start, stop, checkpointer=ckpt, every=1 if ckpt else 0)
 
 
 first = fresh()

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from components.lm.corpus import TokenCorpus
 from components.lm.model import GPT, GPTConfig
-from components.lm.training import TrainSettings, build_optimizer, build_scheduler
+from components.lm.training import TrainSettings, build_optimizer, build_scheduler, train_loop
 
 VOCAB = 512
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for a rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def spawn(command: list[str], merge_output: bool = False) -> subprocess.Popen:
+    """A child process of the project on one thread; stderr apart, or merged into stdout."""
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+        text=True,
+    )
 
 
 class InMemoryCorpus(TokenCorpus):
@@ -38,6 +63,22 @@ def fresh(iters: int = 8, n_embd: int = 32, seed: int = 0):
     s = settings(iters)
     optimizer = build_optimizer(model, s)
     return model, optimizer, build_scheduler(optimizer, s), torch.Generator().manual_seed(seed + 1)
+
+
+def train(model, optimizer, scheduler, gen, iters: int, start: int = 0, stop=None, checkpointer=None, every: int = 0):
+    """Steps start..stop (default: iters) of the tiny setup, checkpointing every `every` steps."""
+    return train_loop(
+        model,
+        optimizer,
+        scheduler,
+        InMemoryCorpus(),
+        settings(iters),
+        data_generator=gen,
+        start_step=start,
+        stop_step=stop,
+        checkpointer=checkpointer,
+        checkpoint_every=every,
+    )
 
 
 def flat_state(model, optimizer) -> dict[str, torch.Tensor]:

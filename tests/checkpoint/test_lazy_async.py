@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -26,25 +27,14 @@ from components.checkpoint import (
 )
 from components.checkpoint.host_pool import HostBufferPool
 from components.checkpoint.layout import COMMIT_FILE, state_name
-from components.lm.training import capture_state, restore_state, train_loop
+from components.lm.training import capture_state, restore_state
 from tests.checkpoint import _tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train(model, optimizer, scheduler, gen, start, stop, ckpt=None, every=0):
-    train_loop(
-        model,
-        optimizer,
-        scheduler,
-        _tiny.InMemoryCorpus(),
-        _tiny.settings(8),
-        data_generator=gen,
-        start_step=start,
-        stop_step=stop,
-        checkpointer=ckpt,
-        checkpoint_every=every,
-    )
+    _tiny.train(model, optimizer, scheduler, gen, 8, start, stop, checkpointer=ckpt, every=every)
 
 
 def test_restore_is_bitwise_and_training_continues_exactly(tmp_path):
@@ -161,8 +151,6 @@ def test_a_fresh_run_sets_the_earlier_runs_checkpoints_aside(tmp_path):
 
 
 def test_hostile_state_file_is_refused(tmp_path):
-    import pickle
-
     model, optimizer, scheduler, gen = _tiny.fresh()
     with LazyAsyncCheckpointer(tmp_path, fsync=False) as ckpt:
         ckpt.save(1, capture_state(1, model, optimizer, scheduler, gen))
@@ -258,16 +246,7 @@ def _reference_states(iters: int, n_embd: int) -> dict[int, dict]:
         model, optimizer, scheduler, gen = _tiny.fresh(iters, n_embd)
         states = {}
         for step in range(iters):
-            train_loop(
-                model,
-                optimizer,
-                scheduler,
-                _tiny.InMemoryCorpus(),
-                _tiny.settings(iters),
-                data_generator=gen,
-                start_step=step,
-                stop_step=step + 1,
-            )
+            _tiny.train(model, optimizer, scheduler, gen, iters, step, step + 1)
             states[step + 1] = _tiny.flat_state(model, optimizer)
     finally:
         torch.set_num_threads(threads)
@@ -334,15 +313,10 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
 
 
 def test_two_rank_gloo_save_and_restore(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    port = _tiny.free_port()
     folder = tmp_path / "ckpt"
     procs = [
-        subprocess.Popen(
+        _tiny.spawn(
             [
                 sys.executable,
                 str(ROOT / "tests/checkpoint/_dist_child.py"),
@@ -351,12 +325,7 @@ def test_two_rank_gloo_save_and_restore(tmp_path):
                 str(port),
                 str(folder),
                 str(tmp_path / f"rank{rank}.json"),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            ]
         )
         for rank in range(2)
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from components.checks import ConfigError
+from components.lm.launch import MetricsTail
 from mlsys.flow import compose, run
 from tests.lm.test_flow import TINY
 
@@ -34,9 +35,13 @@ def test_work_dir_that_is_a_file_fails_at_composition(tmp_path):
         compose("lm_train", [f"checkpoint.dir={inside_a_file}"])
 
 
-def test_unknown_model_kind_fails_at_composition():
-    with pytest.raises(ConfigError, match=r"model.kind='rnn': must be one of 'gpt', 'smollm2'"):
-        compose("lm_train", ["model.kind=rnn"])
+def test_unknown_model_fails_at_composition():
+    with pytest.raises(
+        ConfigError,
+        match=r"model._target_='components.lm.model.build_rnn': must be one of "
+        r"'components.lm.model.build_gpt', 'components.lm.smollm2.build_for_training'",
+    ):
+        compose("lm_train", ["model._target_=components.lm.model.build_rnn"])
 
 
 @pytest.mark.parametrize(
@@ -81,8 +86,6 @@ def test_fresh_run_failing_before_its_first_checkpoint_keeps_the_earlier_run(pre
 
 
 def test_metrics_tail_forwards_complete_lines_only(tmp_path):
-    from tasks.lm_train import MetricsTail
-
     path = tmp_path / "metrics.jsonl"
     got = []
     tail = MetricsTail(path)

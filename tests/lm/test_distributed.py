@@ -18,8 +18,10 @@ import torch
 
 from components.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from components.checkpoint.layout import split_state
-from components.lm.distributed import TorchrunSettings, signal_job, torchrun_command
-from components.lm.trainer import TrainJob
+from components.lm.distributed import Ranks, TorchrunSettings, restore_checkpoint, signal_job, torchrun_command
+from components.lm.trainer import TrainJob, build_model
+from components.lm.training import TrainSettings, build_optimizer, build_scheduler
+from tests.checkpoint import _tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 301  # odd: uneven FSDP2 shards of the embedding (151 + 150 rows)
@@ -39,7 +41,6 @@ def tiny_corpus(folder: Path) -> Path:
 def write_job(tmp: Path, name: str, corpus: Path, strategy: str, resume: str | None = None) -> Path:
     job = TrainJob(
         model={
-            "kind": "gpt",
             "vocab_size": VOCAB,
             "block_size": 16,
             "n_layer": 2,
@@ -181,9 +182,6 @@ def test_ddp_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_pat
     assert load_checkpoint(last, rank=1)["model"] == {} and load_checkpoint(last, rank=0)["model"]
 
     # Loaded into a single process it would silently drop rank 1's state: refused, both layouts named.
-    from components.lm.distributed import Ranks, restore_checkpoint
-    from components.lm.trainer import build_model
-    from components.lm.training import TrainSettings, build_optimizer, build_scheduler
 
     model = build_model(json.loads((tmp_path / "reference" / "job.json").read_text())["model"])
     settings = TrainSettings(iters=ITERS, batch_size=2, block_size=16)
@@ -221,25 +219,10 @@ def test_torchrun_command_for_one_node_and_for_a_rendezvous():
 @pytest.mark.slow
 def test_two_nodes_meet_at_a_rendezvous_endpoint(tmp_path):
     """Two torchrun agents on loopback, one process each, joined by launcher.nnodes=2 + an endpoint."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     job = write_job(tmp_path, "nodes", tiny_corpus(tmp_path / "corpus"), "ddp")
-    settings = TorchrunSettings(nproc=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}", rdzv_id="two-nodes")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    agents = [
-        subprocess.Popen(
-            torchrun_command(settings, job),
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    endpoint = f"127.0.0.1:{_tiny.free_port()}"
+    settings = TorchrunSettings(nproc=1, nnodes=2, rdzv_endpoint=endpoint, rdzv_id="two-nodes")
+    agents = [_tiny.spawn(torchrun_command(settings, job), merge_output=True) for _ in range(2)]
     outputs = [agent.communicate(timeout=300)[0] for agent in agents]
     assert [a.returncode for a in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     result = json.loads((tmp_path / "nodes" / "result.json").read_text())

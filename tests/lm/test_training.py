@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from components.lm.model import GPT, GPTConfig
 from components.lm.training import TrainSettings, distillation_loss, train_loop
+from mlsys.flow import compose, run
 from tests.checkpoint import _tiny
 
 
@@ -53,10 +55,6 @@ def test_bad_settings_are_named():
 
 @pytest.mark.slow
 def test_smollm2_fine_tuning_flow(prefect_harness, flow_overrides, mlflow_uri):
-    from mlflow.tracking import MlflowClient
-
-    from mlsys.flow import compose, run
-
     result = run(
         compose(
             "lm_train",

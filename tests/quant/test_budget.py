@@ -1,5 +1,6 @@
 """Whole-model bit budgets (head included), the alignment rule at every budget, the default-budget rule."""
 
+import copy
 import dataclasses
 import math
 
@@ -51,7 +52,6 @@ def _quantized(model, spec, stats, budget):
     layers = quantizable_linears(model, spec)
     fisher = {name: stats[name]["fisher"] for name in layers}
     planned = plan_budget(model, layers, spec, budget, fisher, stats["lm_head"]["fisher"])
-    import copy
 
     qmodel = copy.deepcopy(model)
     quantize_model(qmodel, planned, stats)
@@ -114,8 +114,6 @@ def test_head_bits_are_counted_exactly(small_gpt):
 
 
 def test_head_quantization_writes_the_dequantized_tied_weight(small_gpt):
-    import copy
-
     model = copy.deepcopy(small_gpt)
     spec = dataclasses.replace(RANGE, head_bits=4)
     original = model.lm_head.weight.detach().clone()

@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from components.lm.model import GPT, GPTConfig
 from components.quant import QuantLinear
 from components.quant.model import load_quantized
 from mlsys.flow import compose, run
+from mlsys.tracking import load_registered_model_dir
 
 
 @pytest.fixture
@@ -20,8 +22,6 @@ def tiny_gpt(tmp_path):
 
 
 def test_quantize_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri, tiny_gpt):
-    from mlflow.tracking import MlflowClient
-
     cfg = compose(
         "quantize",
         flow_overrides
@@ -61,7 +61,6 @@ def test_quantize_flow_end_to_end(prefect_harness, flow_overrides, mlflow_uri, t
     assert bits["rtn2"] < bits["gptq_mixed"] <= 3.5 < bits["rtn4"] < bits["fp32"]
     assert run_.data.params["quant_method.score"] == "fisher"
     # the registered model loads back as a QuantLinear model (what `serve` does)
-    from mlsys.tracking import load_registered_model_dir
 
     folder = load_registered_model_dir("test-gpt-mixed@candidate", mlflow_uri)  # not promoted: load the candidate
     model = load_quantized(folder)
@@ -94,7 +93,6 @@ def test_quantize_flow_spends_a_whole_model_budget_and_saves_the_head_bits(
     # head (5.25 bits/weight with its row bases) does not fit, so the head takes 2 bits and every layer 4 bits.
     assert 3.25 < metrics["bits_per_weight_all"] <= 3.71
     assert metrics["bits_per_weight"] > 4.5
-    from mlsys.tracking import load_registered_model_dir
 
     folder = load_registered_model_dir("test-gpt-budget@candidate", mlflow_uri)  # not promoted: the candidate
     meta = json.loads((Path(folder) / "quant_meta.json").read_text())

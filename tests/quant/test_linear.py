@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from components.quant import QuantLinear, QuantSpec, fused_cpu, quantize_weight, reference_dequantize
+from components.quant.quantizer import hqq_params
 from tests.quant.test_quantizer import llm_like_weight
 
 SPECS = {
@@ -91,7 +92,6 @@ def test_hqq_fits_if_installed():
 
 def test_hqq_fit_cache_returns_the_fresh_fit(tmp_path, monkeypatch):
     pytest.importorskip("hqq")
-    from components.quant.quantizer import hqq_params
 
     groups = llm_like_weight(32, 128).reshape(-1, 64)
     monkeypatch.setenv("QUANT_HQQ_CACHE", "")

@@ -7,6 +7,7 @@ from components.lm.model import GPT, GPTConfig
 from components.quant import QuantLinear, QuantSpec
 from components.quant.model import (
     calibrate,
+    dequantized_once,
     load_base_model,
     load_quantized,
     model_bits,
@@ -90,8 +91,6 @@ def test_transformers_llama_round_trip(tmp_path):
 
 
 def test_dequantized_once_gives_the_naive_outputs_and_cleans_up(tiny_gpt_folder):
-    from components.quant.model import dequantized_once
-
     model, _ = load_base_model(str(tiny_gpt_folder))
     quantize_model(model, QuantSpec(frac_high=0.25), mode="auto")
     ids = torch.randint(0, TINY.vocab_size, (1, 16), generator=torch.Generator().manual_seed(2))
