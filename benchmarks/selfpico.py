@@ -19,10 +19,19 @@ import argparse
 import sys
 import time
 
+from matplotlib.figure import Figure
+
 from benchmarks.common import target, write_result
+from components.llm import factory
 from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.executor import execute_snippet, summarize
-from components.selfpico.predictors import AsIsPredictor, LLMPredictor, NaivePredictor, RuleBasedPredictor
+from components.selfpico.predictors import (
+    AsIsPredictor,
+    LLMPredictor,
+    NaivePredictor,
+    PredictionRequest,
+    RuleBasedPredictor,
+)
 from components.selfpico.snippets import heldout_snippets, package_function_snippets, written_snippets
 
 
@@ -44,8 +53,6 @@ def _args() -> argparse.Namespace:
 
 
 def _build_llm(args):
-    from components.llm import factory
-
     if args.llm_base_url:
         return factory.openai_compatible(model=args.llm_model, base_url=args.llm_base_url), args.llm_model
     if args.llm_model_path:
@@ -75,6 +82,20 @@ def type_error_judgement(reports: list[dict], snippets) -> dict[str, float]:
         "misattributed_type_errors": float(misattributed),
         "type_errors_blamed_on_injected_values": float(blamed_on_injection),
     }
+
+
+def values_of_rule_based(reports: list[dict], snippets) -> dict[str, int]:
+    """How many of the LLM-guided run's final values are the rule-based predictor's own value for
+    that key (chosen by execution, or after the retries): the rest are the model's."""
+    rule, code = RuleBasedPredictor(), {s.id: s.code for s in snippets}
+    same = sum(
+        value == rule.predict(PredictionRequest(key, code[r["snippet_id"]], ""))
+        for r in reports
+        for key, value in r["values"].items()
+        if not key.startswith("import#")
+    )
+    kept = sum(not key.startswith("import#") for r in reports for key in r["values"])
+    return {"llm_values_kept": kept, "llm_values_equal_to_rule_based": same}
 
 
 def run_set(snippets, predictors: dict, sandbox, label: str) -> dict[str, list[dict]]:
@@ -128,19 +149,18 @@ def main() -> None:
         results["llm_unparseable_replies"] = predictors["llm"].unparseable_replies
         results["llm_refused_replies"] = predictors["llm"].refused_replies  # no value: asked again on the host
         results["llm_fallback_values"] = predictors["llm"].fallback_values  # rule-based value after refusals
+        # values finally kept per snippet, and of those the rule-based fallback's (chosen by execution or
+        # after the retries): the rest are the model's own
+        results.update(values_of_rule_based(reports["llm"], heldout))
     results["seconds_total"] = time.perf_counter() - start
     results["per_snippet"] = reports
     results["note"] = (
         "coverage = distinct executed lines where an ast.stmt starts / such lines (best run); "
         "held-out snippets only in the targets. 2 CPU cores shared with other work while measured."
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(predictors)
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig = Figure(figsize=(7, 3.8))
+    ax = fig.subplots()
     ax.bar(names, [results["heldout"][n]["line_coverage"] for n in names], color="tab:blue")
     for i, n in enumerate(names):
         ax.text(

@@ -156,6 +156,7 @@ class Shape:
     parts: dict[int, Shape] = field(default_factory=dict)  # a, b = x (position -> shape)
     arity: int | None = None
     returns: Shape | None = None  # x(...)
+    passed_to: set[str] = field(default_factory=set)  # f(x): the callees (a hint in words, not a constraint)
 
     def element(self) -> Shape:
         if self.elem is None:
@@ -408,6 +409,11 @@ class _ShapeBuilder:
 
     def _call(self, node: ast.Call) -> None:
         func = node.func
+        callee = path_of(func)
+        if callee is not None:
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                if (shape := self.shape_of(arg)) is not None:
+                    shape.passed_to.add(f"{callee}()")
         if isinstance(func, ast.Attribute):
             owner = self.shape_of(func.value)
             if owner is not None:
@@ -541,6 +547,7 @@ def _merge(into: Shape, other: Shape) -> None:
     if other.returns is not None:
         _merge(into.result(), other.returns)
     into.arity = into.arity or other.arity
+    into.passed_to |= other.passed_to
 
 
 # -- shapes to values -----------------------------------------------------------------------------
@@ -641,6 +648,8 @@ def describe(shape: Shape, depth: int = 0) -> str:
     plain = sorted({v for v in shape.votes if v in ("str", "int", "float", "number", "bool", "context")})
     if plain:
         parts.append("used as " + "/".join(plain))
+    if shape.passed_to:
+        parts.append("passed to " + ", ".join(sorted(shape.passed_to)[:3]))
     return "; ".join(parts)
 
 

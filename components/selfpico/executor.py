@@ -27,9 +27,9 @@ from pathlib import Path
 from components.selfpico.analysis import DataFlow, _reads, describe, involves_injected, parse_any, shape_for
 from components.selfpico.instrument import InstrumentationError, Instrumented, instrument
 from components.selfpico.predictors import PredictionRequest, Predictor
+from components.selfpico.runtime import TRACE_PREFIX
 
 _RUNTIME = (Path(__file__).parent / "runtime.py").read_text()
-TRACE_PREFIX = "@@pico-trace@@"
 MAX_TRACE_CHARS = 1 << 20
 MAX_TRACE_DEPTH = 8
 
@@ -220,7 +220,13 @@ class _SelfGuidedLoop:
     refine a blamed value with feedback."""
 
     def __init__(
-        self, snippet: Snippet, instrumented: Instrumented, predictor: Predictor, sandbox, max_retries: int, select: bool
+        self,
+        snippet: Snippet,
+        instrumented: Instrumented,
+        predictor: Predictor,
+        sandbox,
+        max_retries: int,
+        select: bool,
     ):
         self.snippet, self.instrumented, self.predictor, self.sandbox = snippet, instrumented, predictor, sandbox
         self.max_retries = max_retries
