@@ -187,6 +187,19 @@ class Shape:
         )
 
 
+def _get_key(call: ast.Call) -> str | None:
+    """The string key of `x.get("k", ...)`, else None."""
+    if (
+        isinstance(call.func, ast.Attribute)
+        and call.func.attr == "get"
+        and call.args
+        and isinstance(call.args[0], ast.Constant)
+        and isinstance(call.args[0].value, str)
+    ):
+        return call.args[0].value
+    return None
+
+
 def parse_any(code: str) -> ast.Module:
     """Module-level code, or a function body (return/yield at top level) as a module of its statements."""
     try:
@@ -277,13 +290,8 @@ class _ShapeBuilder:
                 owner = self.shape_of(func.value)
                 if owner is None:
                     return None
-                if (
-                    func.attr == "get"
-                    and node.args
-                    and isinstance(node.args[0], ast.Constant)
-                    and isinstance(node.args[0].value, str)
-                ):
-                    return owner.key(node.args[0].value)
+                if (key := _get_key(node)) is not None:
+                    return owner.key(key)
                 if func.attr in ("items", "values", "keys", "copy") and not node.args:
                     return None
                 owner.methods.add(func.attr)
@@ -427,13 +435,8 @@ class _ShapeBuilder:
                     if func.attr in _DICT_METHODS
                     else None
                 )
-                if (
-                    func.attr == "get"
-                    and node.args
-                    and isinstance(node.args[0], ast.Constant)
-                    and isinstance(node.args[0].value, str)
-                ):
-                    owner.key(node.args[0].value)
+                if (key := _get_key(node)) is not None:
+                    owner.key(key)
                 if vote:
                     owner.votes.append(vote)
             if func.attr == "join" and node.args and (shape := self.shape_of(node.args[0])) is not None:
