@@ -99,7 +99,7 @@ _SEQUENCE_ARGS = {
     "filter",
 }
 _MUTATORS = {"append", "extend", "insert", "add", "update", "setdefault", "appendleft", "extendleft", "push"}
-_STRING_ARGS = {"int": "str", "float": "str", "open": "str", "ord": "str"}
+_STRING_ARGS = {"int": "digits", "float": "digits", "open": "str", "ord": "str"}  # int(x): x a number as text
 
 # Naming conventions (LExecutor-style): a value class from the name alone.
 NAME_RULES = [
@@ -491,10 +491,13 @@ class _ShapeBuilder:
                     container.votes.append("dict")
                     container.key(left.value)
                 continue
+            ordering = isinstance(op, (ast.Lt, ast.LtE, ast.Gt, ast.GtE))
             for side, other in ((left, right), (right, left)):
                 shape = self.shape_of(side)
                 if shape is not None and isinstance(other, ast.Constant) and other.value is not None:
                     shape.votes.append(_literal_class(other.value))
+                elif shape is not None and ordering and not isinstance(other, ast.Constant):
+                    shape.votes.append("number")  # a < b between two values: numbers, most often
 
 
 def _literal_class(value) -> str:
@@ -554,8 +557,8 @@ def _merge(into: Shape, other: Shape) -> None:
 
 
 # -- shapes to values -----------------------------------------------------------------------------
-_LEAVES = {"bool": "True", "int": "2", "number": "2", "float": "1.5", "str": "'text'", "none": "None"}
-_PREFERENCE = ("callable", "dict", "list", "str", "float", "int", "number", "bool", "context", "object")
+_LEAVES = {"bool": "True", "int": "2", "number": "2", "float": "1.5", "digits": "'42'", "str": "'text'", "none": "None"}
+_PREFERENCE = ("callable", "dict", "list", "digits", "str", "float", "int", "number", "bool", "context", "object")
 
 
 def value_class(shape: Shape, name: str) -> str:
@@ -569,6 +572,8 @@ def value_class(shape: Shape, name: str) -> str:
         votes.add("callable")
     if "int" in votes and "float" in votes:
         votes.discard("int")
+    if "digits" in votes and votes & {"int", "float", "number"}:
+        votes.discard("digits")  # int(x) takes a number too, and x is also computed with
     if "str" in votes and "list" in votes and (shape.methods & _STR_METHODS) and not shape.elem:
         votes.discard("list")
     for preferred in _PREFERENCE:

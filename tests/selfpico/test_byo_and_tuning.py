@@ -88,8 +88,10 @@ def test_value_search_prefers_the_candidate_that_runs_more_lines(sandbox):
     chats = value_chats([found])
     assert chats[0][-1] == {"role": "assistant", "content": found.target}
     assert all(m["role"] != "user" or "Code:" in m["content"] or "failed" in m["content"] for m in chats[0])
-    if found.failures:  # the rule-based 'text' fails in int(): a feedback chat leads from it to the target
-        assert "ValueError" in chats[1][-2]["content"] and chats[1][-1]["content"] == found.target
+    assert found.failures  # a list or an object fails in int(): a feedback chat leads from it to the target
+    failed_value, failure = found.failures[0]
+    assert chats[1][-3]["content"] == failed_value and "int()" in failure
+    assert failure in chats[1][-2]["content"] and chats[1][-1]["content"] == found.target
 
 
 def _three_line_runs(code: str) -> set[tuple[str, ...]]:
