@@ -44,6 +44,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint for the LLM-guided predictor")
     parser.add_argument("--llm-model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out snippets")
+    parser.add_argument("--max-retries", type=int, default=2, help="feedback retries per value (LLM-guided)")
     parser.add_argument("--dev", action="store_true", help="also the development set (rule-based predictors)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--no-mlflow", action="store_true")
@@ -98,11 +99,11 @@ def values_of_rule_based(reports: list[dict], snippets) -> dict[str, int]:
     return {"llm_values_kept": kept, "llm_values_equal_to_rule_based": same}
 
 
-def run_set(snippets, predictors: dict, sandbox, label: str) -> dict[str, list[dict]]:
+def run_set(snippets, predictors: dict, sandbox, label: str, max_retries: int = 3) -> dict[str, list[dict]]:
     reports: dict[str, list[dict]] = {name: [] for name in predictors}
     for i, snippet in enumerate(snippets):
         for name, predictor in predictors.items():
-            report = execute_snippet(snippet, predictor, sandbox).as_dict()
+            report = execute_snippet(snippet, predictor, sandbox, max_retries=max_retries).as_dict()
             report.update(origin=snippet.origin, expected_error=snippet.expected_error)
             reports[name].append(report)
         print(
@@ -121,12 +122,15 @@ def main() -> None:
     if not args.no_llm:
         llm, llm_name = _build_llm(args)
         tuned = bool(args.llm_model_path)
-        predictors["llm"] = LLMPredictor(llm, max_tokens=64, fallback=RuleBasedPredictor(), few_shot=not tuned)
+        predictors["llm"] = LLMPredictor(
+            llm, max_tokens=64, fallback=RuleBasedPredictor(), few_shot=not tuned, host_checks=1
+        )
     sandbox = Sandbox(SandboxLimits(wall_seconds=10, cpu_seconds=5))
     start = time.perf_counter()
-    reports = run_set(heldout, predictors, sandbox, "heldout")
+    reports = run_set(heldout, predictors, sandbox, "heldout", args.max_retries)
     results: dict = {
-        "heldout": {name: summarize(rows) | type_error_judgement(rows, heldout) for name, rows in reports.items()}
+        "heldout": {name: summarize(rows) | type_error_judgement(rows, heldout) for name, rows in reports.items()},
+        "max_retries": args.max_retries,
     }
     results["heldout_snippets"] = len(heldout)
     results["heldout_latent_type_errors_listed"] = [

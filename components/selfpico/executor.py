@@ -378,9 +378,10 @@ class _SelfGuidedLoop:
             if status == "error":
                 found = self.blame(trace)
                 frame_marker = trace["_frame_marker"]
-                suspect = next((k for k in reversed(found.blamed) if k in self.values), None)
                 message = f"{found.error_type}: {found.message} (line `{self.line_text(frame_marker).strip()}`)"
-                if suspect is not None and self.refine(suspect, message, frame_marker, self.score(trace, suspect)):
+                # the blamed values in turn, the latest first: a settled one gives the next its chance
+                suspects = [k for k in reversed(found.blamed) if k in self.values]
+                if any(self.refine(k, message, frame_marker, self.score(trace, k)) for k in suspects):
                     continue
                 self.errors.append(found)
                 break
