@@ -232,6 +232,7 @@ class _SelfGuidedLoop:
         self.max_retries = max_retries
         self.fallback: Predictor | None = getattr(predictor, "fallback", None)
         self.select = select and self.fallback is not None  # pick the value that runs furthest
+        self.lookahead = 2  # further (fallback) values a choice's run is carried on for
         self.lines = snippet.code.splitlines()
         self.original = parse_any(snippet.code)
         self.flow = DataFlow(self.original)
@@ -247,12 +248,12 @@ class _SelfGuidedLoop:
         self.pending: dict | None = None  # a run already made with the current values
 
     # -- running and reading a run ---------------------------------------------------------------
-    def run(self) -> dict:
-        if self.pending is not None:
+    def run(self, values: dict[str, str] | None = None) -> dict:
+        if self.pending is not None and values is None:
             trace, self.pending = self.pending, None
             return trace
         self.runs += 1
-        trace, _ = run_once(self.instrumented, self.values, self.sandbox)
+        trace, _ = run_once(self.instrumented, self.values if values is None else values, self.sandbox)
         executed = set(trace["executed"]) & set(self.instrumented.marker_lines)
         if len(executed) > len(self.best):
             self.best = executed
@@ -310,9 +311,10 @@ class _SelfGuidedLoop:
         if alternative is None or alternative == code:
             return True
         first = self.run()
+        first_score = self.reach(first, key)
         self.values[key] = alternative
         second = self.run()
-        first_score, second_score = self.score(first, key), self.score(second, key)
+        second_score = self.reach(second, key)
         self.scores[key] = {code: first_score, alternative: second_score}
         if second_score > first_score:
             self.fallbacks += 1
@@ -321,6 +323,24 @@ class _SelfGuidedLoop:
             self.values[key] = code
             self.pending = first
         return True
+
+    def reach(self, trace: dict, key: str) -> tuple[int, int]:
+        """`score`, with the lines counted over the run carried on for `lookahead` more values (the
+        fallback's): a value that only stops where the next one is asked for is judged by where
+        the run goes after it."""
+        lines, rank = self.score(trace, key)
+        carried = dict(self.values)
+        for _ in range(self.lookahead):
+            wanted = trace.get("key")
+            if trace["status"] != "missing" or not isinstance(wanted, str) or wanted in carried:
+                break
+            guess = self.fallback.predict(self.request(wanted, trace.get("marker")))
+            if guess is None:
+                break
+            carried[wanted] = guess
+            trace = self.run(carried)
+            lines = max(lines, trace["_lines"])
+        return lines, rank
 
     def refine(self, key: str, message: str, marker, score: tuple[int, int]) -> bool:
         """Another value for `key` after it failed with `message`: the predictor again with the
@@ -359,7 +379,7 @@ class _SelfGuidedLoop:
     def loop(self, max_runs: int) -> tuple[str, str]:
         """Run until the snippet finishes, fails on its own, or no value is left to try."""
         status, note = "ok", ""
-        while self.runs < max_runs:
+        for _ in range(max_runs):  # rounds: each adds or replaces one value
             trace = self.run()
             status, key, marker = trace["status"], trace.get("key"), trace.get("marker")
             if status == "missing" and isinstance(key, str) and key not in self.values:
