@@ -44,7 +44,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint for the LLM-guided predictor")
     parser.add_argument("--llm-model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out snippets")
-    parser.add_argument("--max-retries", type=int, default=2, help="feedback retries per value (LLM-guided)")
+    parser.add_argument("--max-retries", type=int, default=3, help="feedback retries per value (LLM-guided)")
     parser.add_argument("--dev", action="store_true", help="also the development set (rule-based predictors)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--no-mlflow", action="store_true")
