@@ -19,10 +19,19 @@ import argparse
 import sys
 import time
 
+from matplotlib.figure import Figure
+
 from benchmarks.common import target, write_result
+from components.llm import factory
 from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.executor import execute_snippet, summarize
-from components.selfpico.predictors import AsIsPredictor, LLMPredictor, NaivePredictor, RuleBasedPredictor
+from components.selfpico.predictors import (
+    AsIsPredictor,
+    LLMPredictor,
+    NaivePredictor,
+    PredictionRequest,
+    RuleBasedPredictor,
+)
 from components.selfpico.snippets import heldout_snippets, package_function_snippets, written_snippets
 
 
@@ -35,6 +44,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint for the LLM-guided predictor")
     parser.add_argument("--llm-model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out snippets")
+    parser.add_argument("--max-retries", type=int, default=3, help="feedback retries per value (LLM-guided)")
     parser.add_argument("--dev", action="store_true", help="also the development set (rule-based predictors)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--no-mlflow", action="store_true")
@@ -44,8 +54,6 @@ def _args() -> argparse.Namespace:
 
 
 def _build_llm(args):
-    from components.llm import factory
-
     if args.llm_base_url:
         return factory.openai_compatible(model=args.llm_model, base_url=args.llm_base_url), args.llm_model
     if args.llm_model_path:
@@ -77,11 +85,25 @@ def type_error_judgement(reports: list[dict], snippets) -> dict[str, float]:
     }
 
 
-def run_set(snippets, predictors: dict, sandbox, label: str) -> dict[str, list[dict]]:
+def values_of_rule_based(reports: list[dict], snippets) -> dict[str, int]:
+    """How many of the LLM-guided run's final values are the rule-based predictor's own value for
+    that key (chosen by execution, or after the retries): the rest are the model's."""
+    rule, code = RuleBasedPredictor(), {s.id: s.code for s in snippets}
+    same = sum(
+        value == rule.predict(PredictionRequest(key, code[r["snippet_id"]], ""))
+        for r in reports
+        for key, value in r["values"].items()
+        if not key.startswith("import#")
+    )
+    kept = sum(not key.startswith("import#") for r in reports for key in r["values"])
+    return {"llm_values_kept": kept, "llm_values_equal_to_rule_based": same}
+
+
+def run_set(snippets, predictors: dict, sandbox, label: str, max_retries: int = 3) -> dict[str, list[dict]]:
     reports: dict[str, list[dict]] = {name: [] for name in predictors}
     for i, snippet in enumerate(snippets):
         for name, predictor in predictors.items():
-            report = execute_snippet(snippet, predictor, sandbox).as_dict()
+            report = execute_snippet(snippet, predictor, sandbox, max_retries=max_retries).as_dict()
             report.update(origin=snippet.origin, expected_error=snippet.expected_error)
             reports[name].append(report)
         print(
@@ -100,12 +122,15 @@ def main() -> None:
     if not args.no_llm:
         llm, llm_name = _build_llm(args)
         tuned = bool(args.llm_model_path)
-        predictors["llm"] = LLMPredictor(llm, max_tokens=64, fallback=RuleBasedPredictor(), few_shot=not tuned)
+        predictors["llm"] = LLMPredictor(
+            llm, max_tokens=64, fallback=RuleBasedPredictor(), few_shot=not tuned, host_checks=1
+        )
     sandbox = Sandbox(SandboxLimits(wall_seconds=10, cpu_seconds=5))
     start = time.perf_counter()
-    reports = run_set(heldout, predictors, sandbox, "heldout")
+    reports = run_set(heldout, predictors, sandbox, "heldout", args.max_retries)
     results: dict = {
-        "heldout": {name: summarize(rows) | type_error_judgement(rows, heldout) for name, rows in reports.items()}
+        "heldout": {name: summarize(rows) | type_error_judgement(rows, heldout) for name, rows in reports.items()},
+        "max_retries": args.max_retries,
     }
     results["heldout_snippets"] = len(heldout)
     results["heldout_latent_type_errors_listed"] = [
@@ -128,19 +153,18 @@ def main() -> None:
         results["llm_unparseable_replies"] = predictors["llm"].unparseable_replies
         results["llm_refused_replies"] = predictors["llm"].refused_replies  # no value: asked again on the host
         results["llm_fallback_values"] = predictors["llm"].fallback_values  # rule-based value after refusals
+        # values finally kept per snippet, and of those the rule-based fallback's (chosen by execution or
+        # after the retries): the rest are the model's own
+        results.update(values_of_rule_based(reports["llm"], heldout))
     results["seconds_total"] = time.perf_counter() - start
     results["per_snippet"] = reports
     results["note"] = (
         "coverage = distinct executed lines where an ast.stmt starts / such lines (best run); "
         "held-out snippets only in the targets. 2 CPU cores shared with other work while measured."
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(predictors)
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig = Figure(figsize=(7, 3.8))
+    ax = fig.subplots()
     ax.bar(names, [results["heldout"][n]["line_coverage"] for n in names], color="tab:blue")
     for i, n in enumerate(names):
         ax.text(

@@ -14,20 +14,21 @@ from typing import Optional
 
 from components.checks import at_least
 from components.compiler.tuning import TuneSettings
+from components.sandbox import SandboxLimits
+from components.selfpico.tuning import ValueDataConfig
 from mlsys.flow import FlowConfig, system_flow
 from mlsys.tracking import Tracker
-from tasks.tune_agent import folder_size_mb
-from tasks.tune_selfpico import ValueDataConfig, collect_value_chats, tune_value_model
+from tasks.tune_selfpico import collect_value_chats, tune_value_model
 
 
 def _value_tune_settings() -> TuneSettings:
-    return TuneSettings(train_layers=8, lr=2e-4, warmup_steps=5, epochs=2.0, batch_tokens=2048)
+    return TuneSettings(train_layers=8, lr=2e-4, warmup_steps=5, epochs=2.0, batch_tokens=2048, minutes=15)
 
 
 @dataclass
 class TuneSelfPicoConfig(FlowConfig):
     data: ValueDataConfig = field(default_factory=ValueDataConfig)
-    train: TuneSettings = field(default_factory=_value_tune_settings)
+    train: TuneSettings = field(default_factory=_value_tune_settings)  # top 8 of 30 layers, <= 15 min
     threads: Optional[int] = None  # torch CPU threads; None: torch's default (all cores)
     run_name: str = "selfpico_model"  # -> <work_dir>/selfpico_model, loaded by llm.model_path=data/selfpico_model
     registered_name: Optional[str] = "lm-selfpico"  # MLflow registry name; None: not registered
@@ -48,39 +49,7 @@ class TuneSelfPicoConfig(FlowConfig):
 )
 def tune_selfpico(cfg: TuneSelfPicoConfig, tracker: Tracker) -> dict[str, float]:
     """Tune SmolLM2 on values found by search with execution feedback; register the tuned layers."""
-    import torch
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    data = collect_value_chats(cfg.data, {"wall_seconds": cfg.wall_seconds, "cpu_seconds": cfg.cpu_seconds})
-    if not data["chats"]:
-        raise ValueError("tune_selfpico: the value search produced no chats (no snippet asked for a value)")
-    tracker.log_dict(data["examples"], "search_examples.json")
-    provenance = {
-        "modules": list(cfg.data.modules),
-        "snippets": data["snippets"],
-        "values": data["values"],
-        "chats": len(data["chats"]),
-        "feedback_chats": data["feedback_chats"],
-    }
-    tuned = tune_value_model(data["chats"], cfg.train, str(cfg.work_path(cfg.run_name)), tracker, provenance)
-    summary, folder = tuned["summary"], tuned["folder"]
-    tracker.log_dict(summary, "tuning.json")
-    if cfg.registered_name:
-        version = tracker.log_model_dir(folder, "model", registered_name=cfg.registered_name)
-        tracker.set_tags({"registered_model": f"{cfg.registered_name}/{version}"})
-    losses = summary["report"]["losses"]
-    tail = losses[-max(1, len(losses) // 10) :]
-    return {
-        "snippets": float(data["snippets"]),
-        "values": float(data["values"]),
-        "chats": float(len(data["chats"])),
-        "feedback_chats": float(data["feedback_chats"]),
-        "search_minutes": data["search_seconds"] / 60,
-        "tokens": float(summary["tokens"]),
-        "steps": float(summary["report"]["steps"]),
-        "first_reply_loss": losses[0] if losses else float("nan"),
-        "final_reply_loss": sum(tail) / len(tail) if tail else float("nan"),
-        "train_minutes": summary["report"]["seconds"] / 60,
-        "saved_mb": folder_size_mb(folder),
-    }
+    limits = SandboxLimits(wall_seconds=cfg.wall_seconds, cpu_seconds=cfg.cpu_seconds)
+    data = collect_value_chats(cfg.data, limits, tracker)
+    out_dir = str(cfg.work_path(cfg.run_name))
+    return tune_value_model(data, cfg.train, out_dir, cfg.data.modules, tracker, cfg.threads, cfg.registered_name)

@@ -99,7 +99,7 @@ _SEQUENCE_ARGS = {
     "filter",
 }
 _MUTATORS = {"append", "extend", "insert", "add", "update", "setdefault", "appendleft", "extendleft", "push"}
-_STRING_ARGS = {"int": "str", "float": "str", "open": "str", "ord": "str"}
+_STRING_ARGS = {"int": "digits", "float": "digits", "open": "str", "ord": "str"}  # int(x): x a number as text
 
 # Naming conventions (LExecutor-style): a value class from the name alone.
 NAME_RULES = [
@@ -156,6 +156,7 @@ class Shape:
     parts: dict[int, Shape] = field(default_factory=dict)  # a, b = x (position -> shape)
     arity: int | None = None
     returns: Shape | None = None  # x(...)
+    passed_to: set[str] = field(default_factory=set)  # f(x): the callees (a hint in words, not a constraint)
 
     def element(self) -> Shape:
         if self.elem is None:
@@ -184,6 +185,19 @@ class Shape:
             or self.returns
             or self.arity
         )
+
+
+def _get_key(call: ast.Call) -> str | None:
+    """The string key of `x.get("k", ...)`, else None."""
+    if (
+        isinstance(call.func, ast.Attribute)
+        and call.func.attr == "get"
+        and call.args
+        and isinstance(call.args[0], ast.Constant)
+        and isinstance(call.args[0].value, str)
+    ):
+        return call.args[0].value
+    return None
 
 
 def parse_any(code: str) -> ast.Module:
@@ -276,13 +290,8 @@ class _ShapeBuilder:
                 owner = self.shape_of(func.value)
                 if owner is None:
                     return None
-                if (
-                    func.attr == "get"
-                    and node.args
-                    and isinstance(node.args[0], ast.Constant)
-                    and isinstance(node.args[0].value, str)
-                ):
-                    return owner.key(node.args[0].value)
+                if (key := _get_key(node)) is not None:
+                    return owner.key(key)
                 if func.attr in ("items", "values", "keys", "copy") and not node.args:
                     return None
                 owner.methods.add(func.attr)
@@ -408,6 +417,11 @@ class _ShapeBuilder:
 
     def _call(self, node: ast.Call) -> None:
         func = node.func
+        callee = path_of(func)
+        if callee is not None:
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                if (shape := self.shape_of(arg)) is not None:
+                    shape.passed_to.add(f"{callee}()")
         if isinstance(func, ast.Attribute):
             owner = self.shape_of(func.value)
             if owner is not None:
@@ -421,13 +435,8 @@ class _ShapeBuilder:
                     if func.attr in _DICT_METHODS
                     else None
                 )
-                if (
-                    func.attr == "get"
-                    and node.args
-                    and isinstance(node.args[0], ast.Constant)
-                    and isinstance(node.args[0].value, str)
-                ):
-                    owner.key(node.args[0].value)
+                if (key := _get_key(node)) is not None:
+                    owner.key(key)
                 if vote:
                     owner.votes.append(vote)
             if func.attr == "join" and node.args and (shape := self.shape_of(node.args[0])) is not None:
@@ -482,10 +491,13 @@ class _ShapeBuilder:
                     container.votes.append("dict")
                     container.key(left.value)
                 continue
+            ordering = isinstance(op, (ast.Lt, ast.LtE, ast.Gt, ast.GtE))
             for side, other in ((left, right), (right, left)):
                 shape = self.shape_of(side)
                 if shape is not None and isinstance(other, ast.Constant) and other.value is not None:
                     shape.votes.append(_literal_class(other.value))
+                elif shape is not None and ordering and not isinstance(other, ast.Constant):
+                    shape.votes.append("number")  # a < b between two values: numbers, most often
 
 
 def _literal_class(value) -> str:
@@ -541,11 +553,12 @@ def _merge(into: Shape, other: Shape) -> None:
     if other.returns is not None:
         _merge(into.result(), other.returns)
     into.arity = into.arity or other.arity
+    into.passed_to |= other.passed_to
 
 
 # -- shapes to values -----------------------------------------------------------------------------
-_LEAVES = {"bool": "True", "int": "2", "number": "2", "float": "1.5", "str": "'text'", "none": "None"}
-_PREFERENCE = ("callable", "dict", "list", "str", "float", "int", "number", "bool", "context", "object")
+_LEAVES = {"bool": "True", "int": "2", "number": "2", "float": "1.5", "digits": "'42'", "str": "'text'", "none": "None"}
+_PREFERENCE = ("callable", "dict", "list", "digits", "str", "float", "int", "number", "bool", "context", "object")
 
 
 def value_class(shape: Shape, name: str) -> str:
@@ -559,6 +572,8 @@ def value_class(shape: Shape, name: str) -> str:
         votes.add("callable")
     if "int" in votes and "float" in votes:
         votes.discard("int")
+    if "digits" in votes and votes & {"int", "float", "number"}:
+        votes.discard("digits")  # int(x) takes a number too, and x is also computed with
     if "str" in votes and "list" in votes and (shape.methods & _STR_METHODS) and not shape.elem:
         votes.discard("list")
     for preferred in _PREFERENCE:
@@ -641,6 +656,8 @@ def describe(shape: Shape, depth: int = 0) -> str:
     plain = sorted({v for v in shape.votes if v in ("str", "int", "float", "number", "bool", "context")})
     if plain:
         parts.append("used as " + "/".join(plain))
+    if shape.passed_to:
+        parts.append("passed to " + ", ".join(sorted(shape.passed_to)[:3]))
     return "; ".join(parts)
 
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from components.selfpico.analysis import DataFlow, _reads, describe, involves_injected, parse_any, shape_for
 from components.selfpico.instrument import InstrumentationError, Instrumented, instrument
 from components.selfpico.predictors import PredictionRequest, Predictor
+from components.selfpico.runtime import TRACE_PREFIX
 
 _RUNTIME = (Path(__file__).parent / "runtime.py").read_text()
-TRACE_PREFIX = "@@pico-trace@@"
 MAX_TRACE_CHARS = 1 << 20
 MAX_TRACE_DEPTH = 8
 
@@ -209,129 +209,253 @@ def _statement_reads(original: ast.Module, line: int | None) -> set[str]:
     return reads
 
 
+def _not_instrumentable(snippet: Snippet, predictor: Predictor, note: str) -> SnippetReport:
+    return SnippetReport(snippet.id, predictor.name, 0, 0, 0.0, 0, 0, 0, 0, "not_instrumentable", note=note)
+
+
+class _SelfGuidedLoop:
+    """One snippet's SelfPiCo loop: the state the steps share (values so far, attempts per value,
+    the best run's markers, counters) and the steps themselves: run, predict a missing value,
+    choose between the predictor's and the fallback's value by execution, blame an exception,
+    refine a blamed value with feedback."""
+
+    def __init__(
+        self,
+        snippet: Snippet,
+        instrumented: Instrumented,
+        predictor: Predictor,
+        sandbox,
+        max_retries: int,
+        select: bool,
+    ):
+        self.snippet, self.instrumented, self.predictor, self.sandbox = snippet, instrumented, predictor, sandbox
+        self.max_retries = max_retries
+        self.fallback: Predictor | None = getattr(predictor, "fallback", None)
+        self.select = select and self.fallback is not None  # pick the value that runs furthest
+        self.lookahead = 2  # further (fallback) values a choice's run is carried on for
+        self.lines = snippet.code.splitlines()
+        self.original = parse_any(snippet.code)
+        self.flow = DataFlow(self.original)
+        self.values: dict[str, str] = {}
+        self.attempts: dict[str, list[tuple[str, str]]] = {}  # key -> (value, what happened): the feedback
+        self.scores: dict[str, dict[str, tuple[int, int]]] = {}  # key -> value -> how far its run got
+        self.settled: set[str] = set()  # keys whose best value is chosen: no more refinement
+        self.retried: dict[str, int] = {}  # key -> feedback retries spent on it
+        self.fell_back: set[str] = set()  # keys whose fallback value was tried after the retries
+        self.best: set[int] = set()
+        self.errors: list[RuntimeErrorFound] = []
+        self.calls = self.retries = self.runs = self.fallbacks = 0
+        self.pending: dict | None = None  # a run already made with the current values
+
+    # -- running and reading a run ---------------------------------------------------------------
+    def run(self, values: dict[str, str] | None = None) -> dict:
+        if self.pending is not None and values is None:
+            trace, self.pending = self.pending, None
+            return trace
+        self.runs += 1
+        trace, _ = run_once(self.instrumented, self.values if values is None else values, self.sandbox)
+        executed = set(trace["executed"]) & set(self.instrumented.marker_lines)
+        if len(executed) > len(self.best):
+            self.best = executed
+        trace["_lines"] = len({self.instrumented.marker_lines[m] for m in executed})
+        return trace
+
+    def line_text(self, marker: int | None) -> str:
+        line = self.instrumented.marker_lines.get(marker) if marker else None
+        return self.lines[line - 1] if line and 0 < line <= len(self.lines) else ""
+
+    def request(self, key: str, marker, attempts=()) -> PredictionRequest:
+        kind, name = key.split("#", 1)
+        usage = describe(shape_for(self.snippet.code, kind, name)) if kind != "import" else ""
+        return PredictionRequest(key, self.snippet.code, self.line_text(marker), list(attempts), usage)
+
+    def blame(self, trace: dict) -> RuntimeErrorFound:
+        """The exception of an `error` run, attributed by data flow: the injected values the failing
+        expression reads, transitively (none: the snippet's own error)."""
+        frame_marker = self.instrumented.line_markers.get(trace.get("snippet_frame_line"), trace.get("marker"))
+        line = self.instrumented.marker_lines.get(frame_marker)
+        reads = failing_reads(self.instrumented, trace, self.original)
+        if reads is None:
+            reads = _statement_reads(self.original, line)
+        injected = [k for k in self.values if k in trace.get("used", [])] or list(self.values)
+        blamed = involves_injected(self.flow, reads, injected)
+        trace["_frame_marker"] = frame_marker
+        return RuntimeErrorFound(str(trace.get("error_type")), str(trace.get("error")), line, bool(blamed), blamed)
+
+    def score(self, trace: dict, key: str) -> tuple[int, int]:
+        """How far a run got with `key`'s current value: lines executed, then how it ended (finished;
+        stopped for another value; an error not caused by this value; this value failed)."""
+        status = trace["status"]
+        if status in ("ok", "exit"):
+            rank = 3
+        elif status == "missing":
+            rank = 2
+        elif status == "error":
+            rank = 0 if key in self.blame(trace).blamed else 1
+        else:
+            rank = 0 if trace.get("key") == key else 1
+        return trace["_lines"], rank
+
+    # -- the steps -------------------------------------------------------------------------------
+    def predict_missing(self, key: str, marker) -> bool:
+        """A value for a key no run had yet; with a fallback, both values run and the one that runs
+        further is kept (ties: the predictor's)."""
+        self.calls += 1
+        code = self.predictor.predict(self.request(key, marker))
+        if code is None:
+            return False
+        self.values[key] = code
+        if not self.select:
+            return True
+        alternative = self.fallback.predict(self.request(key, marker))
+        if alternative is None or alternative == code:
+            return True
+        first = self.run()
+        first_score = self.reach(first, key)
+        self.values[key] = alternative
+        second = self.run()
+        second_score = self.reach(second, key)
+        self.scores[key] = {code: first_score, alternative: second_score}
+        if second_score > first_score:
+            self.fallbacks += 1
+            self.pending = second
+        else:
+            self.values[key] = code
+            self.pending = first
+        return True
+
+    def reach(self, trace: dict, key: str) -> tuple[int, int]:
+        """`score`, with the lines counted over the run carried on for `lookahead` more values (the
+        fallback's): a value that only stops where the next one is asked for is judged by where
+        the run goes after it."""
+        lines, rank = self.score(trace, key)
+        carried = dict(self.values)
+        for _ in range(self.lookahead):
+            wanted = trace.get("key")
+            if trace["status"] != "missing" or not isinstance(wanted, str) or wanted in carried:
+                break
+            guess = self.fallback.predict(self.request(wanted, trace.get("marker")))
+            if guess is None:
+                break
+            carried[wanted] = guess
+            trace = self.run(carried)
+            lines = max(lines, trace["_lines"])
+        return lines, rank
+
+    def refine(self, key: str, message: str, marker, score: tuple[int, int]) -> bool:
+        """Another value for `key` after it failed with `message`: the predictor again with the
+        feedback of every earlier value, then the fallback once; when both are spent, the value
+        whose run got furthest is kept (and the key is settled). False: nothing left to try."""
+        if key in self.settled:
+            return False
+        self.scores.setdefault(key, {})[self.values[key]] = score
+        self.attempts.setdefault(key, []).append((self.values[key], message))
+        tried = [code for code, _ in self.attempts[key]] + list(self.scores[key])
+        while self.predictor.uses_feedback and self.retried.get(key, 0) < self.max_retries:
+            self.calls += 1
+            self.retries += 1
+            self.retried[key] = self.retried.get(key, 0) + 1
+            code = self.predictor.predict(self.request(key, marker, self.attempts[key]))
+            if code is None:
+                break
+            if code not in tried:
+                self.values[key] = code
+                return True
+            self.attempts[key].append((code, "this value was tried already and failed"))
+        if self.fallback is not None and key not in self.fell_back:
+            self.fell_back.add(key)
+            code = self.fallback.predict(self.request(key, marker))
+            if code is not None and code not in tried:
+                self.fallbacks += 1
+                self.values[key] = code
+                return True
+        self.settled.add(key)
+        best = max(self.scores[key], key=lambda code: self.scores[key][code])
+        if self.scores[key][best] > score and best != self.values[key]:
+            self.values[key] = best
+            return True
+        return False
+
+    def loop(self, max_runs: int) -> tuple[str, str]:
+        """Run until the snippet finishes, fails on its own, or no value is left to try."""
+        status, note = "ok", ""
+        for _ in range(max_runs):  # rounds: each adds or replaces one value
+            trace = self.run()
+            status, key, marker = trace["status"], trace.get("key"), trace.get("marker")
+            if status == "missing" and isinstance(key, str) and key not in self.values:
+                if self.predict_missing(key, marker):
+                    continue
+                break
+            if status == "bad_value" and key in self.values:
+                message = f"{trace.get('error')} (line `{self.line_text(marker).strip()}`)"
+                if self.refine(key, message, marker, self.score(trace, key)):
+                    continue
+                tried = "; ".join(f"{code!r} -> {error}" for code, error in self.attempts[key])
+                note = f"no working value for {key} after {len(self.attempts[key])} attempts: {tried}"
+                line = self.instrumented.marker_lines.get(marker)
+                self.errors.append(RuntimeErrorFound("BadValue", note, line, True, [key]))
+                break
+            if status == "error":
+                found = self.blame(trace)
+                frame_marker = trace["_frame_marker"]
+                message = f"{found.error_type}: {found.message} (line `{self.line_text(frame_marker).strip()}`)"
+                # the blamed values in turn, the latest first: a settled one gives the next its chance
+                suspects = [k for k in reversed(found.blamed) if k in self.values]
+                if any(self.refine(k, message, frame_marker, self.score(trace, k)) for k in suspects):
+                    continue
+                self.errors.append(found)
+                break
+            if status == "no_trace":
+                note = f"no verifiable trace from the sandbox ({trace.get('reason')})"
+            break
+        return status, note
+
+    def report(self, status: str, note: str, seconds: float) -> SnippetReport:
+        # Coverage counts lines, as the paper's outside tester does: distinct lines where a statement starts.
+        n_lines = len(set(self.instrumented.marker_lines.values()))
+        executed_lines = len({self.instrumented.marker_lines[m] for m in self.best})
+        return SnippetReport(
+            self.snippet.id,
+            self.predictor.name,
+            self.instrumented.n_markers,
+            len(self.best),
+            executed_lines / n_lines if n_lines else 0.0,
+            self.runs,
+            len(self.values),
+            self.calls,
+            self.retries,
+            status,
+            self.errors,
+            dict(self.values),
+            seconds,
+            note,
+            self.fallbacks,
+            n_lines,
+            executed_lines,
+        )
+
+
 def execute_snippet(
-    snippet: Snippet, predictor: Predictor, sandbox, max_runs: int = 30, max_retries: int = 3
+    snippet: Snippet,
+    predictor: Predictor,
+    sandbox,
+    max_runs: int = 30,
+    max_retries: int = 3,
+    select_by_execution: bool = True,
 ) -> SnippetReport:
+    """SelfPiCo on one snippet. `select_by_execution`: where the predictor has a fallback, both
+    values of a key are run and the one that runs further is kept (the self-guided refinement's
+    choice of the value that executes the most lines)."""
     start = time.perf_counter()
     try:
         instrumented = instrument(snippet.code)
     except InstrumentationError as err:
-        return SnippetReport(snippet.id, predictor.name, 0, 0, 0.0, 0, 0, 0, 0, "not_instrumentable", note=str(err))
+        return _not_instrumentable(snippet, predictor, str(err))
     except Exception as err:  # noqa: BLE001 - one snippet the instrumentation cannot handle fails alone
-        return SnippetReport(
-            snippet.id, predictor.name, 0, 0, 0.0, 0, 0, 0, 0, "not_instrumentable", note=f"{type(err).__name__}: {err}"
-        )
-    lines = snippet.code.splitlines()
-    original = parse_any(snippet.code)
-    flow = DataFlow(original)
-    fallback: Predictor | None = getattr(predictor, "fallback", None)
-
-    def line_text(marker: int | None) -> str:
-        line = instrumented.marker_lines.get(marker) if marker else None
-        return lines[line - 1] if line and 0 < line <= len(lines) else ""
-
-    def request(key: str, marker, attempts=()) -> PredictionRequest:
-        kind, name = key.split("#", 1)
-        usage = describe(shape_for(snippet.code, kind, name)) if kind != "import" else ""
-        return PredictionRequest(key, snippet.code, line_text(marker), list(attempts), usage)
-
-    values: dict[str, str] = {}
-    attempts: dict[str, list[tuple[str, str]]] = {}
-    fell_back: set[str] = set()
-    best: set[int] = set()
-    errors: list[RuntimeErrorFound] = []
-    calls = retries = runs = fallbacks = 0
-    status, note = "ok", ""
-
-    def refine(key: str, message: str, marker) -> bool:
-        """Another value for `key` after `message`: feedback retry, else the fallback once."""
-        nonlocal calls, retries, fallbacks
-        attempts.setdefault(key, []).append((values[key], message))
-        while predictor.uses_feedback and len(attempts[key]) <= max_retries:
-            calls += 1
-            retries += 1
-            code = predictor.predict(request(key, marker, attempts[key]))
-            if code is None:
-                break
-            if code not in [c for c, _ in attempts[key]]:
-                values[key] = code
-                return True
-            attempts[key].append((code, "this value was tried already and failed"))
-        if fallback is not None and key not in fell_back:
-            fell_back.add(key)
-            code = fallback.predict(request(key, marker))
-            if code is not None and code not in [c for c, _ in attempts[key]]:
-                fallbacks += 1
-                values[key] = code
-                return True
-        return False
-
-    for runs in range(1, max_runs + 1):  # noqa: B007 - the count is read after the loop
-        trace, _ = run_once(instrumented, values, sandbox)
-        executed = set(trace["executed"]) & set(instrumented.marker_lines)
-        if len(executed) > len(best):
-            best = executed
-        status = trace["status"]
-        key = trace.get("key")
-        marker = trace.get("marker")
-        if status == "missing" and isinstance(key, str) and key not in values:
-            calls += 1
-            code = predictor.predict(request(key, marker))
-            if code is None:
-                break
-            values[key] = code
-            continue
-        if status == "bad_value" and key in values:
-            message = f"{trace.get('error')} (line `{line_text(marker).strip()}`)"
-            if refine(key, message, marker):
-                continue
-            tried = "; ".join(f"{code!r} -> {error}" for code, error in attempts[key])
-            note = f"no working value for {key} after {len(attempts[key])} attempts: {tried}"
-            errors.append(RuntimeErrorFound("BadValue", note, instrumented.marker_lines.get(marker), True, [key]))
-            break
-        if status == "error":
-            frame_marker = instrumented.line_markers.get(trace.get("snippet_frame_line"), marker)
-            line = instrumented.marker_lines.get(frame_marker)
-            reads = failing_reads(instrumented, trace, original)
-            if reads is None:
-                reads = _statement_reads(original, line)
-            injected = [k for k in values if k in trace.get("used", [])] or list(values)
-            blamed = involves_injected(flow, reads, injected)
-            message = f"{trace.get('error_type')}: {trace.get('error')}"
-            suspect = next((k for k in reversed(blamed) if k in values), None)
-            if suspect is not None and refine(
-                suspect, f"{message} (line `{line_text(frame_marker).strip()}`)", frame_marker
-            ):
-                continue
-            errors.append(
-                RuntimeErrorFound(str(trace.get("error_type")), str(trace.get("error")), line, bool(blamed), blamed)
-            )
-            break
-        if status == "no_trace":
-            note = f"no verifiable trace from the sandbox ({trace.get('reason')})"
-        break
-    # Coverage counts lines, as the paper's outside tester does: distinct lines where a statement starts.
-    n_lines = len(set(instrumented.marker_lines.values()))
-    executed_lines = len({instrumented.marker_lines[m] for m in best})
-    return SnippetReport(
-        snippet.id,
-        predictor.name,
-        instrumented.n_markers,
-        len(best),
-        executed_lines / n_lines if n_lines else 0.0,
-        runs,
-        len(values),
-        calls,
-        retries,
-        status,
-        errors,
-        dict(values),
-        time.perf_counter() - start,
-        note,
-        fallbacks,
-        n_lines,
-        executed_lines,
-    )
+        return _not_instrumentable(snippet, predictor, f"{type(err).__name__}: {err}")
+    session = _SelfGuidedLoop(snippet, instrumented, predictor, sandbox, max_retries, select_by_execution)
+    status, note = session.loop(max_runs)
+    return session.report(status, note, time.perf_counter() - start)
 
 
 def summarize(reports: list[dict]) -> dict[str, float]:

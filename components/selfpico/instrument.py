@@ -23,16 +23,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-HOOK_NAMES = (
-    "_pico_l_",
-    "_pico_n_",
-    "_pico_a_",
-    "_pico_import_",
-    "_pico_from_",
-    "_pico_aug_",
-    "_pico_aug_attr_",
-    "_pico_aug_item_",
-)
+from components.selfpico.runtime import HOOK_NAMES
+
 _INPLACE = {
     ast.Add: "iadd",
     ast.Sub: "isub",

@@ -1,5 +1,6 @@
-"""The hook side of the instrumentation. This file runs ONLY inside the sandbox, as the payload's
-prelude: it must import nothing from the project (the project's files are not visible there).
+"""The hook side of the instrumentation. This file runs inside the sandbox, as the payload's
+prelude: it must import nothing from the project (the project's files are not visible there). The
+host imports it only for `HOOK_NAMES` (the instrumentation's reserved names).
 
 `_pico_main_(source, values)` executes the instrumented snippet with the predicted values
 (key -> Python code; an expression, or statements that assign `value`) and prints, last, one line
@@ -14,6 +15,7 @@ snippet is not evidence; the host only guarantees such a snippet fails alone.)
 
 import builtins
 import hmac
+import importlib
 import json
 import operator
 import os
@@ -22,6 +24,17 @@ import traceback
 import types
 
 TRACE_PREFIX = "@@pico-trace@@"
+# The hooks the instrumented snippet calls (and so the names a snippet may not use itself).
+HOOK_NAMES = (
+    "_pico_l_",
+    "_pico_n_",
+    "_pico_a_",
+    "_pico_import_",
+    "_pico_from_",
+    "_pico_aug_",
+    "_pico_aug_attr_",
+    "_pico_aug_item_",
+)
 
 _STATE = {"executed": [], "seen": set(), "line": None, "used_on_line": [], "values": {}, "cache": {}, "used": []}
 
@@ -107,8 +120,6 @@ def _pico_aug_item_(obj, key, op, value_thunk):
 
 
 def _pico_import_(iid, module, as_name):
-    import importlib
-
     try:
         imported = importlib.import_module(module)
         return imported if as_name else importlib.import_module(module.split(".")[0])
@@ -117,8 +128,6 @@ def _pico_import_(iid, module, as_name):
 
 
 def _pico_from_(iid, module, name, level):
-    import importlib
-
     try:
         if level:
             raise ImportError("relative import in a snippet")
@@ -185,21 +194,7 @@ def _pico_main_(source, values):
     sign = _pico_read_key_()
     _STATE["values"] = dict(values)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
-    namespace.update(
-        {
-            name: globals()[name]
-            for name in (
-                "_pico_l_",
-                "_pico_n_",
-                "_pico_a_",
-                "_pico_import_",
-                "_pico_from_",
-                "_pico_aug_",
-                "_pico_aug_attr_",
-                "_pico_aug_item_",
-            )
-        }
-    )
+    namespace.update({name: globals()[name] for name in HOOK_NAMES})
     trace = {"status": "ok"}
     try:
         exec(compile(source, "<snippet>", "exec"), namespace)

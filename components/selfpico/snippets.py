@@ -13,7 +13,9 @@ import re
 import textwrap
 from pathlib import Path
 
+from components.selfpico.analysis import parse_any
 from components.selfpico.executor import Snippet
+from components.selfpico.instrument import InstrumentationError, instrument
 
 # Question-style fragments: names come from the asker's program and are never defined here.
 # `expected_error` marks the ones whose question is about a genuine runtime type error.
@@ -339,8 +341,6 @@ def heldout_snippets(path: Path = HELDOUT_FILE) -> list[Snippet]:
 
 def statement_lines(code: str) -> int:
     """Distinct lines on which an `ast.stmt` starts (a function body's wrapper not counted)."""
-    from components.selfpico.analysis import parse_any
-
     return len({node.lineno for node in ast.walk(parse_any(code)) if isinstance(node, ast.stmt)})
 
 
@@ -348,8 +348,6 @@ def user_snippets(pattern: str, max_bytes: int = 200_000) -> list[Snippet]:
     """Snippets a user brings: a folder (every *.py in it, recursively), a file, or a glob. Each file
     must be UTF-8 text that parses as Python (module code or a function body); a bad one raises
     ValueError naming the file (and the line of a syntax error)."""
-    from components.selfpico.instrument import InstrumentationError, instrument
-
     root = Path(pattern).expanduser()
     if root.is_dir():
         files = sorted(p for p in root.rglob("*.py") if p.is_file())

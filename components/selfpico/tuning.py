@@ -3,28 +3,82 @@
 SelfPiCo fine-tunes Code Llama on value predictions; here SmolLM2-135M is tuned on data this
 project generates:
 - snippets: function bodies from installed packages (`package_function_snippets`), from modules
-  none of the benchmark's sets use, and never a body equal to a benchmark snippet;
+  none of the benchmark's sets use, and generated partial-code snippets (`synthetic.py`: records,
+  JSON, objects, method bodies); never a snippet equal to a benchmark snippet;
 - targets: for each value a run asks for, candidate values (the usage-shaped rule-based one, and
-  alternatives of other kinds: numbers, digit strings, lists, dicts with the keys read, objects with
-  the attributes read, callables) are each executed in the sandbox; the candidate that executes the
-  most lines is the target (ties: the earlier candidate);
-- chats: the LLM-guided predictor's own zero-shot prompt -> the target; and, where an earlier
-  candidate failed, the prompt with that failure as feedback -> the target (the self-guided loop).
+  alternatives of other kinds: numbers, digit and date strings, lists, dicts with the keys read,
+  objects with the attributes read, callables) are each executed in the sandbox, and the run is
+  carried on for a few more values (rule-based ones); the candidate whose runs execute the most
+  lines is the target (then: one that does not fail; ties: the earlier candidate);
+- chats: the LLM-guided predictor's own zero-shot prompt -> the target; and, for the candidates
+  that failed, the prompt with that failure as feedback (the exception and the line) -> the target
+  (the self-guided loop).
 The fine-tuning loop and the save/load of tuned layers are `components.compiler.tuning.tune` and
 `components.lm.smollm2.save_tuned`.
 """
 
 from __future__ import annotations
 
+import ast
+import json
+import time
+import types
 from dataclasses import dataclass, field
 
-from components.selfpico.analysis import build_value, describe, shape_for
+from components.checks import ConfigError, at_least
+from components.selfpico.analysis import build_value, describe, parse_any, shape_for
 from components.selfpico.executor import Snippet, run_once
 from components.selfpico.instrument import InstrumentationError, instrument
 from components.selfpico.predictors import LLMPredictor, PredictionRequest, RuleBasedPredictor
+from components.selfpico.snippets import package_function_snippets
+from components.selfpico.synthetic import synthetic_snippets
 
 # Modules the benchmark's development set samples from: never tuned on.
 BENCHMARK_MODULES = ("textwrap", "difflib", "shlex", "fractions", "statistics", "html", "calendar", "colorsys")
+
+
+@dataclass
+class ValueDataConfig:
+    """Which snippets the value search runs on, and how hard it searches."""
+
+    modules: list[str] = field(
+        default_factory=lambda: [
+            "email.utils",
+            "urllib.parse",
+            "configparser",
+            "csv",
+            "string",
+            "pprint",
+            "ipaddress",
+            "gettext",
+            "mimetypes",
+            "http.cookies",
+            "argparse",
+            "tokenize",
+            "optparse",
+        ]
+    )  # package modules to take function bodies from: never the benchmark's (textwrap, difflib, ...)
+    count: int = 32  # function bodies sampled (seeded) from those modules' source
+    synthetic: int = 64  # generated partial-code snippets (records, JSON, objects, method bodies)
+    max_lines: int = 20  # longer bodies make long prompts for a 135M model
+    per_key: int = 6  # candidate values executed per requested value; the most lines executed wins
+    rollout: int = 2  # further values (rule-based) each candidate's run is carried on for
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        overlap = sorted(set(self.modules) & set(BENCHMARK_MODULES))
+        if overlap:
+            raise ConfigError(
+                "data.modules",
+                self.modules,
+                f"{overlap} are sampled by the benchmark's development set: never tune on them",
+            )
+        if not self.modules and not self.synthetic:
+            raise ConfigError("data.modules", self.modules, "empty, and data.synthetic=0: nothing to tune on")
+        at_least("data.count", self.count, 0)
+        at_least("data.synthetic", self.synthetic, 0)
+        at_least("data.per_key", self.per_key, 1)
+        at_least("data.rollout", self.rollout, 0)
 
 
 @dataclass
@@ -45,6 +99,7 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
     attrs = [a for a in shape.attrs if a.isidentifier() and not a.startswith("__")]
     element = build_value(shape.elem, request.name) if shape.elem is not None else "'item'"
     values = [build_value(shape, request.name)]
+    values += _json_texts(request)
     if keys:
         values.append("{" + ", ".join(f"{k!r}: {build_value(shape.keys[k], k)}" for k in keys) + "}")
     if attrs:
@@ -57,6 +112,7 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
         "3",
         "2.5",
         "'sample text'",
+        "'2024-03-15'",
         "lambda *args, **kwargs: 1",
         "{'key': 'value'}",
         "True",
@@ -70,13 +126,41 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
     return unique[:limit]
 
 
-def search_values(snippet: Snippet, sandbox, max_keys: int = 8, per_key: int = 6) -> list[SearchedValue]:
-    """Greedy search: at each value a run asks for, keep the candidate executing the most lines."""
+def _json_texts(request: PredictionRequest) -> list[str]:
+    """For `data = json.loads(x)`: x as JSON text of the shape the code reads from `data`."""
+    texts = []
+    for node in ast.walk(parse_any(request.snippet)):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        call = node.value
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, (ast.Attribute, ast.Name))
+            and (call.func.attr if isinstance(call.func, ast.Attribute) else call.func.id) == "loads"
+            and call.args
+            and isinstance(call.args[0], ast.Name)
+            and call.args[0].id == request.name
+        ):
+            code = build_value(shape_for(request.snippet, "name", node.targets[0].id), node.targets[0].id)
+            try:
+                value = eval(code, {"__builtins__": {}, "types": types})  # noqa: S307 - code built by build_value
+                texts.append(repr(json.dumps(value, default=lambda _: "text")))
+            except Exception:  # noqa: BLE001, S112 - a shape JSON cannot hold: no such candidate
+                continue
+    return texts
+
+
+def search_values(
+    snippet: Snippet, sandbox, max_keys: int = 8, per_key: int = 6, rollout: int = 2
+) -> list[SearchedValue]:
+    """Greedy search: at each value a run asks for, keep the candidate whose run (carried on for
+    `rollout` more rule-based values) executes the most lines."""
     try:
         instrumented = instrument(snippet.code)
     except InstrumentationError:
         return []
     lines = snippet.code.splitlines()
+    rule = RuleBasedPredictor()
 
     def executed_lines(trace) -> int:
         return len({instrumented.marker_lines[m] for m in trace["executed"] if m in instrumented.marker_lines})
@@ -85,6 +169,32 @@ def search_values(snippet: Snippet, sandbox, max_keys: int = 8, per_key: int = 6
         line = instrumented.marker_lines.get(marker)
         return lines[line - 1] if line and 0 < line <= len(lines) else ""
 
+    def request_for(key: str, marker) -> PredictionRequest:
+        kind, name = key.split("#", 1)
+        usage = describe(shape_for(snippet.code, kind, name)) if kind != "import" else ""
+        return PredictionRequest(key, snippet.code, line_text(marker), [], usage)
+
+    def reach(values: dict[str, str]) -> tuple[int, bool, str]:
+        """Lines the run executes, carried on with rule-based values; whether its first run failed, and how."""
+        result, _ = run_once(instrumented, values, sandbox)
+        failed = result["status"] in ("error", "bad_value", "no_trace")
+        message = ""
+        if failed:  # worded as the executor's feedback: the exception, the line (the traceback's, for an error)
+            marker = result.get("marker")
+            if result["status"] == "error":
+                marker = instrumented.line_markers.get(result.get("snippet_frame_line"), marker)
+            error = f"{result['error_type']}: {result.get('error')}" if "error_type" in result else result.get("error")
+            message = f"{error or result.get('reason')} (line `{line_text(marker).strip()}`)"
+        best, carried = executed_lines(result), dict(values)
+        for _ in range(rollout):
+            key = result.get("key")
+            if result["status"] != "missing" or not isinstance(key, str) or key in carried:
+                break
+            carried[key] = rule.predict(request_for(key, result.get("marker")))
+            result, _ = run_once(instrumented, carried, sandbox)
+            best = max(best, executed_lines(result))
+        return best, failed, message
+
     values: dict[str, str] = {}
     found: list[SearchedValue] = []
     for _ in range(max_keys):
@@ -92,25 +202,14 @@ def search_values(snippet: Snippet, sandbox, max_keys: int = 8, per_key: int = 6
         key = trace.get("key")
         if trace["status"] != "missing" or not isinstance(key, str) or key in values:
             break
-        kind, name = key.split("#", 1)
-        usage = describe(shape_for(snippet.code, kind, name)) if kind != "import" else ""
-        request = PredictionRequest(key, snippet.code, line_text(trace.get("marker")), [], usage)
+        request = request_for(key, trace.get("marker"))
         scored = []
         for rank, value in enumerate(candidates(request, per_key)):
-            result, _ = run_once(instrumented, {**values, key: value}, sandbox)
-            failed = result["status"] in ("error", "bad_value", "no_trace")
-            message = (
-                (
-                    f"{result.get('error_type', 'BadValue')}: {result.get('error')}"
-                    f" (line `{line_text(result.get('marker')).strip()}`)"
-                )
-                if failed
-                else ""
-            )
-            scored.append((executed_lines(result), not failed, -rank, value, message))
+            reached, failed, message = reach({**values, key: value})
+            scored.append((reached, not failed, -rank, value, message))
         best = max(scored)
-        failures = [(value, message) for _, _, _, value, message in scored if message and value != best[3]]
-        found.append(SearchedValue(key, request, best[3], best[0], failures[:1]))
+        failures = [(value, message) for reached, _, _, value, message in scored if message and reached < best[0]]
+        found.append(SearchedValue(key, request, best[3], best[0], failures[:2]))
         values[key] = best[3]
     return found
 
@@ -130,3 +229,37 @@ def value_chats(found: list[SearchedValue]) -> list[list[dict[str, str]]]:
             )
             chats.append(prompt.build_messages(request) + [{"role": "assistant", "content": item.target}])
     return chats
+
+
+@dataclass
+class ValueData:
+    """What the value search produced: the chats to tune on and where they came from."""
+
+    chats: list[list[dict[str, str]]]
+    snippets: int  # snippets searched (package bodies + generated)
+    values: int  # values searched
+    search_seconds: float
+    examples: list[dict] = field(default_factory=list)  # the first searched values, for the run's artifacts
+
+    @property
+    def feedback_chats(self) -> int:
+        return sum(len(c) > 4 for c in self.chats)
+
+
+def tuning_snippets(spec: ValueDataConfig, exclude: set[str]) -> list[Snippet]:
+    """Package function bodies and generated snippets, minus any whose code is in `exclude` (the
+    benchmark's held-out and development snippets)."""
+    snippets = package_function_snippets(spec.modules, spec.count, seed=spec.seed, max_lines=spec.max_lines)
+    snippets += synthetic_snippets(spec.synthetic, seed=spec.seed)
+    return [s for s in snippets if s.code.strip() not in exclude]
+
+
+def collect_value_data(spec: ValueDataConfig, sandbox, exclude: set[str]) -> ValueData:
+    """Search values for every tuning snippet in the sandbox; the chats to tune on."""
+    snippets = tuning_snippets(spec, exclude)
+    start = time.perf_counter()
+    found: list[SearchedValue] = []
+    for snippet in snippets:
+        found += search_values(snippet, sandbox, per_key=spec.per_key, rollout=spec.rollout)
+    examples = [{"key": f.key, "target": f.target, "lines": f.lines, "failures": f.failures} for f in found[:40]]
+    return ValueData(value_chats(found), len(snippets), len(found), time.perf_counter() - start, examples)

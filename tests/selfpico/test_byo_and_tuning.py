@@ -7,10 +7,12 @@ from mlflow.tracking import MlflowClient
 
 from components.checks import ConfigError
 from components.sandbox import Sandbox, SandboxLimits
-from components.selfpico.executor import Snippet
+from components.selfpico.analysis import describe, shape_for
+from components.selfpico.executor import Snippet, execute_snippet
 from components.selfpico.predictors import PredictionRequest, RuleBasedPredictor
 from components.selfpico.snippets import heldout_snippets, statement_lines, user_snippets
-from components.selfpico.tuning import candidates, search_values, value_chats
+from components.selfpico.synthetic import synthetic_snippets
+from components.selfpico.tuning import ValueDataConfig, candidates, search_values, tuning_snippets, value_chats
 from mlsys.flow import compose, run
 
 
@@ -86,5 +88,49 @@ def test_value_search_prefers_the_candidate_that_runs_more_lines(sandbox):
     chats = value_chats([found])
     assert chats[0][-1] == {"role": "assistant", "content": found.target}
     assert all(m["role"] != "user" or "Code:" in m["content"] or "failed" in m["content"] for m in chats[0])
-    if found.failures:  # the rule-based 'text' fails in int(): a feedback chat leads from it to the target
-        assert "ValueError" in chats[1][-2]["content"] and chats[1][-1]["content"] == found.target
+    assert found.failures  # a list or an object fails in int(): a feedback chat leads from it to the target
+    failed_value, failure = found.failures[0]
+    assert chats[1][-3]["content"] == failed_value and "int()" in failure
+    assert failure in chats[1][-2]["content"] and chats[1][-1]["content"] == found.target
+
+
+def _three_line_runs(code: str) -> set[tuple[str, ...]]:
+    lines = [line.strip() for line in code.splitlines() if line.strip()]
+    return {tuple(lines[i : i + 3]) for i in range(len(lines) - 2)}
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_tuning_data_shares_no_snippet_with_the_heldout_set(seed):
+    spec = ValueDataConfig(count=40, synthetic=80, seed=seed)
+    tuning = tuning_snippets(spec, exclude=set())
+    heldout = heldout_snippets()
+    assert {s.origin.split(":")[0] for s in tuning} == {"package", "synthetic"}
+    assert not {s.code.strip() for s in tuning} & {s.code.strip() for s in heldout}
+    heldout_runs = set().union(*[_three_line_runs(s.code) for s in heldout])
+    shared = {s.id: run for s in tuning for run in _three_line_runs(s.code) if run in heldout_runs}
+    assert not shared
+    # and the exclusion the flow applies drops a snippet equal to a benchmark one
+    first = tuning[0].code.strip()
+    assert first not in {s.code.strip() for s in tuning_snippets(spec, exclude={first})}
+
+
+def test_generated_snippets_are_distinct_instrumentable_and_ask_for_values(sandbox):
+    snippets = synthetic_snippets(20, seed=3)
+    assert len({s.code for s in snippets}) == 20
+    report = execute_snippet(snippets[2], RuleBasedPredictor(), sandbox)
+    assert report.predictions >= 1 and report.n_lines >= 5
+
+
+def test_json_text_is_a_candidate_shaped_by_what_the_code_reads(sandbox):
+    code = "import json\ndata = json.loads(raw)\nfor r in data['rows']:\n    print(r['id'] + 1)\n"
+    request = PredictionRequest("name#raw", code, "data = json.loads(raw)")
+    texts = [c for c in candidates(request, limit=8) if c.startswith("'{")]
+    assert texts and "rows" in eval(texts[0]) and "id" in eval(texts[0])
+    [found] = [f for f in search_values(Snippet("j", code), sandbox) if f.key == "name#raw"]
+    assert found.lines == 4 and found.target == texts[0]
+
+
+def test_the_usage_names_the_calls_a_value_is_passed_to():
+    code = "import json\ndata = json.loads(raw)\nn = int(count)\n"
+    assert "passed to json.loads()" in describe(shape_for(code, "name", "raw"))
+    assert "passed to int()" in describe(shape_for(code, "name", "count"))

@@ -76,9 +76,20 @@ def test_the_llm_falls_back_to_the_rule_based_value_when_its_retries_run_out(san
         "for row in rows:\n    print(row['price'] * 2)\n",
         LLMPredictor(llm, fallback=RuleBasedPredictor()),
         max_retries=2,
+        select_by_execution=False,
     )
     assert report.coverage == 1.0 and report.fallbacks == 1 and report.final_status == "ok"
     assert report.retries == 2 and not report.errors
+
+
+def test_the_value_that_runs_further_is_kept_and_a_tie_keeps_the_llms(sandbox):
+    code = "total = 0\nfor row in rows:\n    total += row['price'] * 2\nprint(total, label.upper())\n"
+    scripted = {"name#rows": "[1, 2]", "name#label": "'fine'"}
+    llm = ScriptedLLM(lambda messages: next(v for k, v in scripted.items() if f"`{k[5:]}`" in messages[-1]["content"]))
+    report = run(sandbox, code, LLMPredictor(llm, fallback=RuleBasedPredictor(), host_checks=0), max_retries=0)
+    assert report.coverage == 1.0 and report.final_status == "ok" and report.fallbacks == 1
+    assert "price" in report.values["name#rows"]  # the rule-based rows ran the loop body; [1, 2] did not
+    assert report.values["name#label"] == "'fine'"  # both ran to the end: the LLM's value stays
 
 
 def test_bad_value_names_the_value_its_attempts_and_exceptions(sandbox):
@@ -166,3 +177,10 @@ def test_a_signed_but_deeply_nested_trace_is_refused_without_recursion():
     line = f"{TRACE_PREFIX} {hmac.new(key.encode(), good.encode(), 'sha256').hexdigest()} {good}"
     assert parse_trace(line, key)["executed"] == [1]
     assert parse_trace(line, "other" * 8) is None
+
+
+def test_a_value_passed_to_int_is_a_number_as_text_and_ordering_implies_numbers(sandbox):
+    report = run(sandbox, "ids = [int(r['id']) for r in records]\nprint(sum(ids) + 1)\n")
+    assert report.coverage == 1.0 and not report.errors
+    report = run(sandbox, "best = 0\nfor g in games:\n    if g['points'] >= limit:\n        best = g['points']\n")
+    assert report.coverage == 1.0 and not report.errors  # limit a number, not an object `>=` refuses

@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from mlflow.tracking import MlflowClient
 
+from components.checks import ConfigError
+from components.llm import factory
+from components.selfpico.predictors import LLMPredictor, PredictionRequest, RuleBasedPredictor
 from mlsys.flow import compose, get_spec, run
 
 
 @pytest.mark.slow
 def test_tune_selfpico_flow_saves_registers_and_predicts(prefect_harness, flow_overrides, mlflow_uri, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from components.llm import factory
-    from components.selfpico.predictors import LLMPredictor, PredictionRequest, RuleBasedPredictor
-
     result = run(compose("tune_selfpico", get_spec("tune_selfpico").demo_overrides + flow_overrides))
     metrics = result["metrics"]
     assert metrics["values"] >= 1 and metrics["chats"] >= 1 and metrics["steps"] >= 1
@@ -35,7 +34,5 @@ def test_tune_selfpico_flow_saves_registers_and_predicts(prefect_harness, flow_o
 
 
 def test_benchmark_modules_are_refused_for_tuning(flow_overrides):
-    from components.checks import ConfigError
-
     with pytest.raises(ConfigError, match="data.modules.*textwrap"):
         compose("tune_selfpico", flow_overrides + ["data.modules=[textwrap,csv]"])
