@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+from mlsys.artifacts import publish_markdown
 from mlsys.flow import FlowConfig, compose, discover_flows, run, system_flow
 from mlsys.tracking import Tracker
 
 
 @dataclass
 class SuiteConfig(FlowConfig):
-    flows: list[str] = field(default_factory=list)  # empty: every flow, in pipeline order
+    flows: list[str] = field(default_factory=list)  # empty: every flow, in pipeline order; e.g. flows=[federated]
     skip: list[str] = field(default_factory=list)  # flows to leave out
     fail_fast: bool = False  # stop at the first failing flow instead of reporting all
     # flow -> the paper's claim its summary metric measures (conf/suite.yaml); shown beside the value
@@ -48,18 +49,6 @@ def _claim_cell(claim: str | None, metric: str) -> str:
     """The paper's claim beside what this run measured (`claims` in conf/suite.yaml, else the flow's
     `claim=` in @system_flow)."""
     return f"{claim} -> {metric}" if claim else "-"
-
-
-def _publish_summary(table: str) -> None:
-    """The summary table as a Prefect markdown artifact (the flow run's Artifacts tab)."""
-    from prefect.artifacts import create_markdown_artifact
-
-    try:
-        create_markdown_artifact(
-            markdown="# Suite summary\n\n" + table, key="suite-summary", description="every system flow at demo scale"
-        )
-    except Exception as err:  # the table is already logged to MLflow: never fail the suite for the view
-        print(f"suite: Prefect artifact not created: {err}")
 
 
 @system_flow(name="suite", config=SuiteConfig, order=1000)
@@ -106,7 +95,7 @@ def suite(cfg: SuiteConfig, tracker: Tracker) -> dict[str, float]:
     print("\n" + table)
     tracker.log_text(table, "suite_summary.md")
     tracker.log_dict(rows, "suite_summary.json")
-    _publish_summary(table)
+    publish_markdown("suite-summary", "# Suite summary\n\n" + table, "every system flow at demo scale")
     if failed:
         raise RuntimeError(f"suite: {len(failed)} flow(s) failed: {', '.join(failed)} (table above)")
     return {"flows_ok": float(len(rows)), "seconds": float(sum(r["seconds"] for r in rows))}

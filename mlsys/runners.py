@@ -13,7 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from hydra.utils import instantiate
 from prefect import Task
+from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
 
@@ -31,9 +34,6 @@ def thread_runner(
 
 def current_api_url() -> str | None:
     """The Prefect API this process talks to: PREFECT_API_URL, else the flow run's temporary server."""
-    from prefect.context import FlowRunContext
-    from prefect.settings import PREFECT_API_URL
-
     url = PREFECT_API_URL.value()
     if url:
         return str(url)
@@ -51,7 +51,7 @@ def dask_runner(
     dashboard: bool = True,
 ):
     """A prefect-dask runner: an existing cluster at `address`, else a LocalCluster for the run."""
-    from prefect_dask import DaskTaskRunner
+    from prefect_dask import DaskTaskRunner  # noqa: PLC0415  (optional heavy dependency: 2 s, only for runner=dask)
 
     if address:
         return DaskTaskRunner(address=address)
@@ -71,8 +71,6 @@ def dask_runner(
 
 def build_task_runner(runner_cfg: Any):
     """Instantiate the runner that `runner_cfg` (a RunnerConfig with `_target_`) names."""
-    from hydra.utils import instantiate
-
     return instantiate(runner_cfg)
 
 

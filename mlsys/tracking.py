@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import json
 import math
+import operator
+import re
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
+
+import mlflow.artifacts
+from matplotlib.figure import Figure
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from mlsys.environment import PROJECT_ROOT
 
@@ -76,8 +85,6 @@ class Tracker:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
@@ -89,18 +96,12 @@ class Tracker:
         return f"{ui_base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
         flat = flatten(dict(params))
         batch = [Param(k, "***" if is_secret_key(k) and v else str(v)[:_MAX_PARAM_CHARS]) for k, v in flat.items()]
         for start in range(0, len(batch), 100):  # MLflow accepts at most 100 params per batch
             self.client.log_batch(self.run_id, params=batch[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         batch = [
             Metric(k, float(v), now, step or 0)
@@ -149,8 +150,6 @@ class Tracker:
         self.log_artifact(local_dir, artifact_path)
         if registered_name is None:
             return None
-        from mlflow.exceptions import MlflowException
-
         try:
             self.client.create_registered_model(
                 registered_name, description="Registered by the project's flows; load `@serving` (see mlsys promote)."
@@ -218,21 +217,16 @@ class Tracker:
         metric = summary_metric if any(summary_metric in r for r in rows) else None
         if metric is None:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         labels = [" ".join(f"{k}={r.get(k)}" for k in swept) or str(r["member"]) for r in rows]
         values = [float(r.get(metric, float("nan"))) for r in rows]
-        figure, axis = plt.subplots(figsize=(max(4.0, 1.2 * len(rows)), 3.2))
+        figure = Figure(figsize=(max(4.0, 1.2 * len(rows)), 3.2))  # no pyplot: no GUI backend, no global state
+        axis = figure.subplots()
         axis.bar(range(len(rows)), values, color="#4a7ab5")
         axis.set_xticks(range(len(rows)), labels, rotation=20, ha="right", fontsize=8)
         axis.set_ylabel(metric)
         axis.set_title(f"sweep: {metric} per member")
         figure.tight_layout()
         self.log_figure(figure, "sweep/comparison.png")
-        plt.close(figure)
 
     def iter_metric_history(self, key: str) -> Iterator[tuple[int, float]]:
         for m in self.client.get_metric_history(self.run_id, key):
@@ -246,9 +240,6 @@ def resolve_model_version(name: str, tracking_uri: str | None = None, version: s
     There is no "newest version" fallback: a small run registers a `@candidate`, and only a
     promotion (`promote`, `mlsys promote`) changes what `@serving` loaders get.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     if "@" in name:
         name, alias = name.split("@", 1)
     elif "/" in name and version is None:
@@ -278,8 +269,6 @@ def load_registered_model_dir(
     name: str, tracking_uri: str | None = None, version: str | None = None, alias: str = SERVING
 ) -> Path:
     """Download the files of a registered model version (`@serving` by default) and return the folder."""
-    import mlflow.artifacts
-
     uri = tracking_uri or default_tracking_uri()
     chosen = resolve_model_version(name, uri, version, alias)
     dest = tempfile.mkdtemp(prefix=f"model-{chosen.name}-")
@@ -288,9 +277,6 @@ def load_registered_model_dir(
 
 def evaluate_quality(check: str, metrics: Mapping[str, Any]) -> tuple[bool, str]:
     """`val_perplexity<=500` against a run's metrics -> (passed, what was compared)."""
-    import operator
-    import re
-
     match = re.fullmatch(r"\s*([\w.\-/]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*", check or "")
     if not match:
         raise ValueError(f"quality check {check!r}: expected <metric><op><number>, e.g. val_perplexity<=500")
@@ -316,8 +302,6 @@ def promote(
     evaluated on the metrics of the run that logged it. Without any check only `force` promotes.
     Returns (version, reason); raises ValueError (nothing changed) when the check fails.
     """
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(tracking_uri=uri)
     chosen = resolve_model_version(name, uri, version, CANDIDATE)
@@ -341,8 +325,6 @@ def open_run(
     parent_run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
 ) -> Tracker:
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
