@@ -22,14 +22,17 @@ import mlflow.artifacts
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from mlsys.environment import PROJECT_ROOT
+from mlsys.models import ARTIFACT, causal_lm_kind, stage_pyfunc
 
 DEFAULT_STORE_DIR = PROJECT_ROOT / "mlflow"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 # The classic training view (runs, charts, models) rather than MLflow 3's GenAI traces page.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+MLMODEL_FILE = "MLmodel"  # marks an MLflow model folder
 CANDIDATE, SERVING = "candidate", "serving"  # registry aliases: newest registration / promoted for use
 
 
@@ -139,15 +142,24 @@ class Tracker:
         description: str | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> str | None:
-        """Log a saved model folder (safetensors + config) and optionally register it by name.
+        """Log a saved model folder and optionally register it by name; returns the registered version.
 
-        The new version gets the `@candidate` alias, a description and tags (the flow, the run); the
-        `@serving` alias, which loaders resolve, moves only on promotion (`promote`), so a small run
-        never changes what other flows load. Returns the registered version. Models are logged as
-        plain files (not MLflow's pickled flavours): fast, and no inferred requirements that would
-        swap the CPU torch build for a CUDA one.
+        A causal LM's folder is logged as an MLflow pyfunc model (`mlsys.models`: `predict(prompts)`
+        with a signature and an input example; its weights copied once, into the store); any other
+        folder as plain files. The new version gets the `@candidate` alias, a description and tags
+        (the flow, the run, the format); the `@serving` alias, which loaders resolve, moves only on
+        promotion (`promote`), so a small run never changes what other flows load.
         """
-        self.log_artifact(local_dir, artifact_path)
+        run = self.client.get_run(self.run_id)
+        flow = run.data.tags.get("flow", "")
+        description = description or f"{artifact_path} of run {run.info.run_name or self.run_id} ({flow or 'flow'})"
+        kind = causal_lm_kind(local_dir)
+        if kind is None:
+            self.log_artifact(local_dir, artifact_path)
+        else:
+            with tempfile.TemporaryDirectory(prefix="pyfunc-") as staging:
+                stage_pyfunc(local_dir, Path(staging) / "model", description)
+                self.client.log_artifacts(self.run_id, str(Path(staging) / "model"), artifact_path)
         if registered_name is None:
             return None
         try:
@@ -156,20 +168,18 @@ class Tracker:
             )
         except MlflowException:
             pass  # already registered: add a version
-        run = self.client.get_run(self.run_id)
-        flow = run.data.tags.get("flow", "")
         version_tags = {
             "flow": flow,
             "run_name": run.info.run_name or "",
+            "format": f"mlflow pyfunc ({kind})" if kind else "files",
             **{k: str(v) for k, v in (tags or {}).items()},
         }
-        source = f"{run.info.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(
             registered_name,
-            source=source,
+            source=f"{run.info.artifact_uri}/{artifact_path}",
             run_id=self.run_id,
             tags=version_tags,
-            description=description or f"{artifact_path} of run {run.info.run_name or self.run_id} ({flow or 'flow'})",
+            description=description,
         )
         self.client.set_registered_model_alias(registered_name, CANDIDATE, version.version)
         self.registered.append((registered_name, str(version.version)))
@@ -268,11 +278,18 @@ def resolve_model_version(name: str, tracking_uri: str | None = None, version: s
 def load_registered_model_dir(
     name: str, tracking_uri: str | None = None, version: str | None = None, alias: str = SERVING
 ) -> Path:
-    """Download the files of a registered model version (`@serving` by default) and return the folder."""
+    """Download a registered model version (`@serving` by default) and return the saved folder: the
+    files as the flow saved them (inside a pyfunc model, its `model` artifact)."""
     uri = tracking_uri or default_tracking_uri()
     chosen = resolve_model_version(name, uri, version, alias)
     dest = tempfile.mkdtemp(prefix=f"model-{chosen.name}-")
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=chosen.source, dst_path=dest, tracking_uri=uri))
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=chosen.source, dst_path=dest, tracking_uri=uri))
+    if (folder / MLMODEL_FILE).exists():
+        flavor = Model.load(str(folder)).flavors.get("python_function", {})
+        saved = flavor.get("artifacts", {}).get(ARTIFACT)
+        if saved:
+            return folder / saved["path"]
+    return folder
 
 
 def evaluate_quality(check: str, metrics: Mapping[str, Any]) -> tuple[bool, str]:
