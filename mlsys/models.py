@@ -23,6 +23,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import torch
 from mlflow.models import Model
 from mlflow.models.signature import ModelSignature
@@ -108,11 +109,12 @@ class CausalLMText(PythonModel):
         self.model = load_causal_lm(folder)
         self.codec = codec_for(self.model, folder)
 
-    def predict(self, context, model_input, params=None):
-        """Greedy continuations of the prompts. No type hints on purpose: with them MLflow replaces the
-        signature below by one without `max_new_tokens` and runs predict (loading the weights) on the
-        input example at registration."""
-        if hasattr(model_input, "iloc"):  # MLflow hands a list of strings in as a one-column DataFrame
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> list[str]:
+        """Greedy continuations of the prompts, which MLflow hands in as a one-column DataFrame (the
+        signature's). A DataFrame hint is one MLflow infers no schema from: a `list[str]` hint would
+        replace the signature below by one without `max_new_tokens` and make registration load the
+        weights to run the input example."""
+        if isinstance(model_input, pd.DataFrame):
             model_input = model_input.iloc[:, 0].tolist()
         prompts = [model_input] if isinstance(model_input, str) else list(model_input)
         steps = int((params or {}).get("max_new_tokens", MAX_NEW_TOKENS))

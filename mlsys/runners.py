@@ -51,7 +51,10 @@ def dask_runner(
     dashboard: bool = True,
 ):
     """A prefect-dask runner: an existing cluster at `address`, else a LocalCluster for the run."""
-    from prefect_dask import DaskTaskRunner  # noqa: PLC0415  (optional heavy dependency: 2 s, only for runner=dask)
+    # Optional heavy dependencies (prefect-dask and distributed: ~2 s), imported only for runner=dask.
+    from prefect_dask import DaskTaskRunner  # noqa: PLC0415  (optional heavy dependency, see above)
+
+    from mlsys.dask_cluster import GracefulLocalCluster  # noqa: PLC0415  (optional heavy dependency, see above)
 
     if address:
         return DaskTaskRunner(address=address)
@@ -66,7 +69,7 @@ def dask_runner(
     api_url = current_api_url()
     if processes and api_url:
         cluster_kwargs["env"] = {"PREFECT_API_URL": api_url}  # workers reuse this run's Prefect server
-    return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
+    return DaskTaskRunner(cluster_class=GracefulLocalCluster, cluster_kwargs=cluster_kwargs)
 
 
 def build_task_runner(runner_cfg: Any):

@@ -88,7 +88,7 @@ class Tracker:
     @property
     def client(self):
         if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
     @property
@@ -255,7 +255,7 @@ def resolve_model_version(name: str, tracking_uri: str | None = None, version: s
     elif "/" in name and version is None:
         name, version = name.rsplit("/", 1)
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # never a registry set globally elsewhere
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
         raise LookupError(f"no registered model named {name!r} in the MLflow store at {uri}")
@@ -320,7 +320,7 @@ def promote(
     Returns (version, reason); raises ValueError (nothing changed) when the check fails.
     """
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # never a registry set globally elsewhere
     chosen = resolve_model_version(name, uri, version, CANDIDATE)
     check = check or (chosen.tags or {}).get("quality.check")
     if check:
@@ -343,7 +343,7 @@ def open_run(
     tags: Mapping[str, Any] | None = None,
 ) -> Tracker:
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # never a registry set globally elsewhere
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         artifact_location = _artifact_root_for(uri) + f"/{experiment}" if uri.startswith("sqlite:///") else None

@@ -3,9 +3,12 @@ sweeps as nested flow runs; Hydra help/completion; registry aliases; Dask worker
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import asdict, fields, is_dataclass
 from types import SimpleNamespace
 
@@ -207,6 +210,30 @@ def test_dask_workers_use_the_flow_runs_prefect_api(prefect_harness):
     assert all(s["pid"] != os.getpid() for s in seen), "tasks did not run in a worker process"
     assert {s["api"] for s in seen} == {str(PREFECT_API_URL.value())}
     assert all(s["own_servers"] == [] for s in seen)
+
+
+def _linger() -> int:
+    """Keep the worker process from exiting for 6 s after it is told to stop (a non-daemon thread),
+    longer than the 4 s a nanny waits by default before it kills the process."""
+    threading.Thread(target=time.sleep, args=(6.0,), daemon=False).start()
+    return os.getpid()
+
+
+def test_a_dask_runs_teardown_kills_no_worker(prefect_harness, capfd, caplog):
+    """The LocalCluster waits for its worker processes to exit: no "still alive ... killing" at the end."""
+    linger = task(_linger)
+
+    @flow
+    def short_dask_run() -> list:
+        with dask_runner(n_workers=1, dashboard=False) as runner:
+            with FlowRunContext.get().model_copy(update={"task_runner": runner}):
+                return fan_out(linger, [{}])
+
+    with caplog.at_level(logging.INFO, logger="distributed"):
+        [worker_pid] = short_dask_run()
+    output = "\n".join([*capfd.readouterr(), caplog.text])
+    assert worker_pid != os.getpid()
+    assert "still alive" not in output and "killed by signal" not in output, output[-2000:]
 
 
 # --- registry aliases ----------------------------------------------------------------------------

@@ -19,15 +19,13 @@ from mlsys.tracking import close_run, load_registered_model_dir, open_run, promo
 
 
 @pytest.fixture
-def registry(tmp_path):
-    """A throw-away store that `models:/` URIs resolve against; the global URIs are restored after."""
+def registry(tmp_path, monkeypatch):
+    """A throw-away store that `models:/` URIs resolve against (through the environment, which
+    monkeypatch restores; mlflow.set_*_uri would pin a global for every later test)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    before_tracking, before_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(before_tracking)
-    mlflow.set_registry_uri(before_registry)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    return uri
 
 
 def _tiny_gpt(folder: Path, seed: int) -> GPT:
@@ -53,6 +51,7 @@ def test_a_registered_lm_loads_by_alias_through_pyfunc_and_generates_its_text(re
     _register(registry, tmp_path / "small", "tiny-draft", 9000.0)  # a later @candidate
 
     loaded = mlflow.pyfunc.load_model("models:/tiny-draft@serving")
+    assert mlflow.get_registry_uri() == registry
     prompts = ["héllo | wörld", ""]  # non-ASCII bytes, and an empty prompt
     replies = loaded.predict(prompts, params={"max_new_tokens": 6})
 
