@@ -27,7 +27,7 @@ from mlsys.cli import mlflow_ui_command
 from mlsys.compose import InvalidConfig, compose_parameters, sweep_members
 from mlsys.config import FlowConfig, RunnerConfig, TrackingConfig
 from mlsys.flow import compose, discover_flows, get_spec
-from mlsys.runners import dask_runner, fan_out
+from mlsys.runners import dask_runner
 from mlsys.schema import changed, field_docs
 from mlsys.tracking import (
     evaluate_quality,
@@ -203,7 +203,7 @@ def test_dask_workers_use_the_flow_runs_prefect_api(prefect_harness):
     def probe() -> list:
         with dask_runner(n_workers=1, dashboard=False) as runner:
             with FlowRunContext.get().model_copy(update={"task_runner": runner}):
-                return fan_out(where, [{}, {}])
+                return [future.result() for future in [where.submit(), where.submit()]]
 
     assert "PREFECT_API_URL" not in os.environ  # the harness sets it for this process only
     seen = probe()
@@ -227,7 +227,7 @@ def test_a_dask_runs_teardown_kills_no_worker(prefect_harness, capfd, caplog):
     def short_dask_run() -> list:
         with dask_runner(n_workers=1, dashboard=False) as runner:
             with FlowRunContext.get().model_copy(update={"task_runner": runner}):
-                return fan_out(linger, [{}])
+                return [linger.submit().result()]
 
     with caplog.at_level(logging.INFO, logger="distributed"):
         [worker_pid] = short_dask_run()
