@@ -20,7 +20,10 @@ from typing import Any
 
 from mlsys.environment import apply_environment_defaults
 
-apply_environment_defaults()  # environment defaults
+apply_environment_defaults()  # environment defaults, before MLflow (and what it imports) reads them
+import torch  # noqa: E402  (after the environment defaults)
+
+from mlsys.tracking import close_run, flatten, open_run  # noqa: E402  (after the environment defaults)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -32,8 +35,6 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
-    import torch
-
     cpu_model = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -128,8 +129,6 @@ def _metric_name(name: str) -> str:
 
 
 def _log_to_mlflow(name: str, payload: dict, files: list[Path], tracking_uri: str | None) -> None:
-    from mlsys.tracking import close_run, flatten, open_run
-
     tracker = open_run(tracking_uri, "benchmarks", run_name=name, tags={"benchmark": name, "mode": payload["mode"]})
     try:
         tracker.log_params({"command": payload["command"], "machine": payload["machine"]})

@@ -18,6 +18,8 @@ import tempfile
 import time
 import urllib.request
 
+from matplotlib.figure import Figure
+
 from benchmarks.common import parse_mode, write_result
 
 SNIPPET = """
@@ -103,12 +105,8 @@ def main() -> None:
         "ratio_ephemeral_vs_running_server": median["ephemeral_server"] / median["running_server"],
         "note": "each sample is a fresh process: import + one flow with two tasks; 2 shared cores",
     }
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))  # no pyplot: no GUI backend, no global figure state
+    ax = fig.subplots()
     ax.bar(list(median), list(median.values()), color=["tab:red", "tab:blue", "tab:gray"])
     ax.set_ylabel("seconds per process (median)")
     ax.set_title("Prefect start-up cost of one `mlsys run`-shaped process")

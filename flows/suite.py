@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from mlsys.flow import FlowConfig, compose, discover_flows, run, system_flow
+from mlsys.artifacts import publish_markdown
+from mlsys.flow import FlowConfig, FlowSpec, compose, discover_flows, run, system_flow
 from mlsys.tracking import Tracker
 
 
 @dataclass
 class SuiteConfig(FlowConfig):
-    flows: list[str] = field(default_factory=list)  # empty: every flow, in pipeline order
+    flows: list[str] = field(default_factory=list)  # empty: every flow, in pipeline order; e.g. flows=[federated]
     skip: list[str] = field(default_factory=list)  # flows to leave out
     fail_fast: bool = False  # stop at the first failing flow instead of reporting all
     # flow -> the paper's claim its summary metric measures (conf/suite.yaml); shown beside the value
@@ -50,63 +51,51 @@ def _claim_cell(claim: str | None, metric: str) -> str:
     return f"{claim} -> {metric}" if claim else "-"
 
 
-def _publish_summary(table: str) -> None:
-    """The summary table as a Prefect markdown artifact (the flow run's Artifacts tab)."""
-    from prefect.artifacts import create_markdown_artifact
+def _chosen(cfg: SuiteConfig) -> list[FlowSpec]:
+    """The member flows `flows`/`skip` pick, in pipeline order; an unknown name is an error."""
+    specs = sorted((s for s in discover_flows().values() if s.name != "suite"), key=lambda s: (s.order, s.name))
+    unknown = set(cfg.flows + cfg.skip) - {s.name for s in specs}
+    if unknown:
+        raise ValueError(f"suite: unknown flow(s) {sorted(unknown)}; flows: {[s.name for s in specs]}")
+    return [s for s in specs if (not cfg.flows or s.name in cfg.flows) and s.name not in cfg.skip]
 
+
+def _run_member(spec: FlowSpec, cfg: SuiteConfig, parent_run_id: str) -> dict:
+    """One member at demo scale, nested under the suite's run: its row of the summary table."""
+    start = time.perf_counter()
+    claim = cfg.claims.get(spec.name) or spec.claim
     try:
-        create_markdown_artifact(
-            markdown="# Suite summary\n\n" + table, key="suite-summary", description="every system flow at demo scale"
-        )
-    except Exception as err:  # the table is already logged to MLflow: never fail the suite for the view
-        print(f"suite: Prefect artifact not created: {err}")
+        result = run(compose(spec.name, spec.demo_overrides + _member_overrides(cfg, parent_run_id)))
+    except Exception as err:  # one broken member must not hide the others' results
+        status, metric, link = f"FAILED: {type(err).__name__}: {str(err)[:120]}", "-", "-"
+    else:
+        value = result["metrics"].get(spec.summary_metric) if spec.summary_metric else None
+        metric = f"{spec.summary_metric}={value:.4g}" if isinstance(value, (int, float)) else "-"
+        status, link = "ok", result["link"]
+    row = {"flow": spec.name, "status": status, "metric": metric, "link": link, "claim": _claim_cell(claim, metric)}
+    return {**row, "seconds": time.perf_counter() - start}
+
+
+def _report(rows: list[dict], tracker: Tracker) -> None:
+    """The summary table on the console, in MLflow (markdown + JSON) and as a Prefect artifact."""
+    table = _format_table(rows)
+    print("\n" + table)
+    tracker.log_text(table, "suite_summary.md")
+    tracker.log_dict(rows, "suite_summary.json")
+    publish_markdown("suite-summary", "# Suite summary\n\n" + table, "every system flow at demo scale")
 
 
 @system_flow(name="suite", config=SuiteConfig, order=1000)
 def suite(cfg: SuiteConfig, tracker: Tracker) -> dict[str, float]:
     """All system flows at demo scale as nested MLflow runs, with a summary table."""
-    specs = sorted((s for s in discover_flows().values() if s.name != "suite"), key=lambda s: (s.order, s.name))
-    unknown = set(cfg.flows + cfg.skip) - {s.name for s in specs}
-    if unknown:
-        raise ValueError(f"suite: unknown flow(s) {sorted(unknown)}; flows: {[s.name for s in specs]}")
-    chosen = [s for s in specs if (not cfg.flows or s.name in cfg.flows) and s.name not in cfg.skip]
-    rows, failed = [], []
-    for spec in chosen:
-        start = time.perf_counter()
-        try:
-            result = run(compose(spec.name, spec.demo_overrides + _member_overrides(cfg, tracker.run_id)))
-            value = result["metrics"].get(spec.summary_metric) if spec.summary_metric else None
-            metric = f"{spec.summary_metric}={value:.4g}" if isinstance(value, (int, float)) else "-"
-            rows.append(
-                {
-                    "flow": spec.name,
-                    "status": "ok",
-                    "metric": metric,
-                    "link": result["link"],
-                    "claim": _claim_cell(cfg.claims.get(spec.name) or spec.claim, metric),
-                }
-            )
-        except Exception as err:  # one broken member must not hide the others' results
-            failed.append(spec.name)
-            rows.append(
-                {
-                    "flow": spec.name,
-                    "status": f"FAILED: {type(err).__name__}: {str(err)[:120]}",
-                    "metric": "-",
-                    "link": "-",
-                    "claim": _claim_cell(cfg.claims.get(spec.name) or spec.claim, "-"),
-                }
-            )
-            if cfg.fail_fast:
-                rows[-1]["seconds"] = time.perf_counter() - start
-                break
-        rows[-1]["seconds"] = time.perf_counter() - start
+    rows = []
+    for spec in _chosen(cfg):
+        rows.append(_run_member(spec, cfg, tracker.run_id))
+        if cfg.fail_fast and rows[-1]["status"] != "ok":
+            break
         tracker.log_metrics({f"{spec.name}.seconds": rows[-1]["seconds"]})
-    table = _format_table(rows)
-    print("\n" + table)
-    tracker.log_text(table, "suite_summary.md")
-    tracker.log_dict(rows, "suite_summary.json")
-    _publish_summary(table)
+    _report(rows, tracker)
+    failed = [r["flow"] for r in rows if r["status"] != "ok"]
     if failed:
         raise RuntimeError(f"suite: {len(failed)} flow(s) failed: {', '.join(failed)} (table above)")
     return {"flows_ok": float(len(rows)), "seconds": float(sum(r["seconds"] for r in rows))}

@@ -13,20 +13,29 @@ mlsys -sc install=bash                  tab completion: eval "$(mlsys -sc instal
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import subprocess
 import sys
 
+import hydra
+import yaml
+from omegaconf import DictConfig
+from prefect import serve
+from prefect.deployments.runner import EntrypointType
+
+from mlsys.compose import CONF_DIR, InvalidConfig, to_typed
 from mlsys.environment import PROJECT_ROOT
+from mlsys.flow import discover_flows, get_spec, run
+from mlsys.schema import describe_fields
+from mlsys.tracking import promote
 
 USAGE = __doc__
 COMMANDS = ["list", "run", "promote", "deployments", "server", "ui"]
 
 
 def _config_groups() -> dict[str, list[str]]:
-    from mlsys.flow import CONF_DIR
-
     groups: dict[str, list[str]] = {}
     for folder in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir()):
         options = sorted(f.stem for f in folder.glob("*.yaml"))
@@ -37,10 +46,6 @@ def _config_groups() -> dict[str, list[str]]:
 
 def flow_groups(name: str) -> list[tuple[str, str, list[str]]]:
     """(group as overridden, default option, options) for the groups in conf/<name>.yaml's defaults."""
-    import yaml
-
-    from mlsys.flow import CONF_DIR
-
     defaults = yaml.safe_load((CONF_DIR / f"{name}.yaml").read_text()).get("defaults", [])
     rows = []
     for entry in defaults:
@@ -54,8 +59,6 @@ def flow_groups(name: str) -> list[tuple[str, str, list[str]]]:
 
 
 def list_flows() -> None:
-    from mlsys.flow import discover_flows
-
     specs = sorted(discover_flows().values(), key=lambda s: (s.order, s.name))
     print("Flows (mlsys run <flow> key=value ...; mlsys run <flow> --help for its keys):")
     for spec in specs:
@@ -67,9 +70,6 @@ def list_flows() -> None:
 
 def flow_help(name: str) -> str:
     """What `mlsys run <flow> --help` prints: this flow's groups and keys, with defaults and meanings."""
-    from mlsys.flow import get_spec
-    from mlsys.schema import describe_fields
-
     spec = get_spec(name)
     lines = [
         f"{name}: {spec.flow.description or ''}",
@@ -99,11 +99,6 @@ def flow_help(name: str) -> str:
 def run_flow(name: str, argv: list[str]) -> None:
     """Hand the rest of the command line to Hydra (overrides, --cfg, --info, -sc) for conf/<name>.yaml;
     `-m` sweeps run as one Prefect flow with nested member runs; `--help` prints the flow's keys."""
-    import hydra
-    from omegaconf import DictConfig
-
-    from mlsys.flow import CONF_DIR, get_spec, run, to_typed
-
     spec = get_spec(name)  # unknown flow: clear error before Hydra starts
     if any(a in {"--help", "-h"} for a in argv):
         print(flow_help(name))
@@ -112,8 +107,6 @@ def run_flow(name: str, argv: list[str]) -> None:
     overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
     options = [a for a in argv if a not in overrides]
     if options and set(options) <= {"-m", "--multirun"}:
-        from mlsys.flow import InvalidConfig
-
         try:
             result = spec.flow(overrides=overrides, multirun=True)
         except InvalidConfig as err:
@@ -156,10 +149,6 @@ def _print_sweep(result: dict) -> None:
 def complete(argv: list[str]) -> None:
     """Shell completion (`-sc install=bash` / `-sc query=bash`): commands and flows here, a flow's
     groups and keys by Hydra (given the line after `mlsys run <flow>`)."""
-    import hydra
-
-    from mlsys.flow import CONF_DIR, discover_flows
-
     query = " ".join(argv)
     if "install=" in query or "uninstall=" in query:
         sys.argv = ["mlsys", *argv]  # Hydra names the completed program after argv[0]
@@ -189,10 +178,6 @@ def complete(argv: list[str]) -> None:
 
 
 def promote_model(argv: list[str]) -> None:
-    import argparse
-
-    from mlsys.tracking import promote
-
     parser = argparse.ArgumentParser(
         prog="mlsys promote",
         description="Move @serving to a model version that "
@@ -213,11 +198,7 @@ def promote_model(argv: list[str]) -> None:
 
 def serve_deployments() -> None:
     """Serve one deployment per flow (`<flow>/default`) from this process; needs PREFECT_API_URL."""
-    from prefect import serve
-    from prefect.deployments.runner import EntrypointType
-
-    import flows.entries  # noqa: F401  (module-path entrypoints)
-    from mlsys.flow import discover_flows
+    import flows.entries  # noqa: F401, PLC0415  (module-path entrypoints; importing it imports every flow)
 
     if not os.environ.get("PREFECT_API_URL"):
         sys.exit("mlsys deployments: set PREFECT_API_URL to a Prefect server (start one with `mlsys server`)")

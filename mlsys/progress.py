@@ -12,6 +12,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+
 
 def format_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
@@ -21,9 +24,6 @@ def format_duration(seconds: float) -> str:
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
     try:
         return get_run_logger()
     except MissingContextError:

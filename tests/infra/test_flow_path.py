@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from distributed import LocalCluster
 from mlflow.tracking import MlflowClient
 
 from mlsys.cli import main as cli_main
@@ -34,8 +35,6 @@ def test_cli_run_with_overrides_logs_params_metrics_artifacts(prefect_harness, f
 
 
 def test_runner_dask_sends_tasks_to_the_cluster(prefect_harness, flow_overrides, mlflow_uri):
-    from distributed import LocalCluster
-
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         cfg = compose(
             FLOW, FAST_OVERRIDES + flow_overrides + ["runner=dask", f"runner.address={cluster.scheduler_address}"]

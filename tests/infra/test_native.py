@@ -3,9 +3,12 @@ sweeps as nested flow runs; Hydra help/completion; registry aliases; Dask worker
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import asdict, fields, is_dataclass
 from types import SimpleNamespace
 
@@ -13,15 +16,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
+from prefect import flow, get_client, task
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.context import FlowRunContext
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import PREFECT_API_URL
+from prefect.utilities.callables import parameter_schema
 
-from mlsys.flow import (
-    InvalidConfig,
-    compose,
-    compose_parameters,
-    discover_flows,
-    get_spec,
-    sweep_members,
-)
+from mlsys.cli import mlflow_ui_command
+from mlsys.compose import InvalidConfig, compose_parameters, sweep_members
+from mlsys.config import FlowConfig, RunnerConfig, TrackingConfig
+from mlsys.flow import compose, discover_flows, get_spec
+from mlsys.runners import dask_runner
 from mlsys.schema import changed, field_docs
 from mlsys.tracking import (
     evaluate_quality,
@@ -30,6 +36,7 @@ from mlsys.tracking import (
     promote,
     resolve_model_version,
 )
+from tasks.serve import _resolve_draft_source
 from tests.infra.flow_under_test import FAST_OVERRIDES, FLOW, METRIC
 
 FLOWS = sorted(discover_flows())
@@ -37,8 +44,6 @@ FLOWS = sorted(discover_flows())
 
 def _form_schema(name: str) -> tuple[dict, dict]:
     """(the `config` parameter's schema, its definitions) as Prefect sends them to the UI."""
-    from prefect.utilities.callables import parameter_schema
-
     schema = parameter_schema(get_spec(name).flow.fn).model_dump()
     definitions = schema["definitions"]
     ref = schema["properties"]["config"]
@@ -127,12 +132,6 @@ def test_sweep_members_expand_like_hydra():
 
 
 def test_deployment_style_run_is_one_flow_run_whose_id_is_the_mlflow_tag(prefect_harness, flow_overrides, mlflow_uri):
-    from prefect import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
-    )
-
     spec = get_spec(FLOW)
     state = spec.flow(overrides=FAST_OVERRIDES + flow_overrides + ["seed=21"], return_state=True)
     assert state.is_completed(), state.message
@@ -162,12 +161,6 @@ def test_bad_override_fails_the_flow_run_with_the_key_in_its_message(prefect_har
 
 
 def test_multirun_parameter_runs_members_as_nested_flow_runs(prefect_harness, flow_overrides, mlflow_uri):
-    from prefect import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
-    )
-
     state = get_spec(FLOW).flow(
         overrides=FAST_OVERRIDES + flow_overrides + ["seed=31,32"], multirun=True, return_state=True
     )
@@ -197,15 +190,9 @@ def test_multirun_parameter_runs_members_as_nested_flow_runs(prefect_harness, fl
 
 def test_dask_workers_use_the_flow_runs_prefect_api(prefect_harness):
     """With no PREFECT_API_URL in the environment, a LocalCluster worker would start its own server."""
-    from prefect import flow, task
-    from prefect.settings import PREFECT_API_URL
-
-    from mlsys.runners import dask_runner, fan_out
 
     @task
     def where() -> dict:
-        from prefect.server.api.server import SubprocessASGIServer
-
         return {
             "pid": os.getpid(),
             "api": os.environ.get("PREFECT_API_URL"),
@@ -214,17 +201,39 @@ def test_dask_workers_use_the_flow_runs_prefect_api(prefect_harness):
 
     @flow
     def probe() -> list:
-        from prefect.context import FlowRunContext
-
         with dask_runner(n_workers=1, dashboard=False) as runner:
             with FlowRunContext.get().model_copy(update={"task_runner": runner}):
-                return fan_out(where, [{}, {}])
+                return [future.result() for future in [where.submit(), where.submit()]]
 
     assert "PREFECT_API_URL" not in os.environ  # the harness sets it for this process only
     seen = probe()
     assert all(s["pid"] != os.getpid() for s in seen), "tasks did not run in a worker process"
     assert {s["api"] for s in seen} == {str(PREFECT_API_URL.value())}
     assert all(s["own_servers"] == [] for s in seen)
+
+
+def _linger() -> int:
+    """Keep the worker process from exiting for 6 s after it is told to stop (a non-daemon thread),
+    longer than the 4 s a nanny waits by default before it kills the process."""
+    threading.Thread(target=time.sleep, args=(6.0,), daemon=False).start()
+    return os.getpid()
+
+
+def test_a_dask_runs_teardown_kills_no_worker(prefect_harness, capfd, caplog):
+    """The LocalCluster waits for its worker processes to exit: no "still alive ... killing" at the end."""
+    linger = task(_linger)
+
+    @flow
+    def short_dask_run() -> list:
+        with dask_runner(n_workers=1, dashboard=False) as runner:
+            with FlowRunContext.get().model_copy(update={"task_runner": runner}):
+                return [linger.submit().result()]
+
+    with caplog.at_level(logging.INFO, logger="distributed"):
+        [worker_pid] = short_dask_run()
+    output = "\n".join([*capfd.readouterr(), caplog.text])
+    assert worker_pid != os.getpid()
+    assert "still alive" not in output and "killed by signal" not in output, output[-2000:]
 
 
 # --- registry aliases ----------------------------------------------------------------------------
@@ -240,8 +249,6 @@ def _register(uri: str, name: str, payload: str, tmp_path, run_name: str) -> str
 
 
 def test_small_run_does_not_change_what_serve_loads(tmp_path):
-    from tasks.serve import _resolve_draft_source
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     good = _register(uri, "lm-draft", "42.0", tmp_path, "full")
     assert promote("lm-draft", good, "val_perplexity<=100", uri) == (good, "val_perplexity=42 <= 100: passed")
@@ -316,8 +323,6 @@ def test_shell_completion_completes_a_flows_groups():
 
 
 def test_ui_command_runs_one_worker_without_the_job_runner():
-    from mlsys.cli import mlflow_ui_command
-
     command, env = mlflow_ui_command([])
     assert command[command.index("--workers") + 1] == "1"
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false" and "127.0.0.1" in command
@@ -325,15 +330,11 @@ def test_ui_command_runs_one_worker_without_the_job_runner():
 
 def test_every_config_dataclass_field_of_every_flow_is_documented_or_nested():
     """The help and the form read meanings from comments: list what lacks one (none of the platform's)."""
-    from mlsys.flow import FlowConfig, RunnerConfig, TrackingConfig
-
     for cls in (RunnerConfig, TrackingConfig, FlowConfig):
         docs = field_docs(cls)
         missing = [
             f.name
             for f in fields(cls)
-            if f.name not in docs
-            and not is_dataclass(f.type)
-            and f.name not in {"_target_", "runner", "tracking", "run_name", "seed", "threads_per_worker"}
+            if f.name not in docs and not is_dataclass(f.type) and f.name not in {"runner", "tracking"}
         ]
         assert missing == [], (cls.__name__, missing)

@@ -6,6 +6,9 @@ import os
 
 import pytest
 import yaml
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.flows import load_flow_from_entrypoint
+from prefect.settings import Settings
 
 from mlsys.environment import PROJECT_ROOT
 from mlsys.flow import discover_flows
@@ -14,8 +17,6 @@ CONFIG = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
 
 
 def test_every_flow_has_a_default_deployment_whose_entrypoint_is_the_flow():
-    from prefect.flows import load_flow_from_entrypoint
-
     defaults = {d["entrypoint"]: d for d in CONFIG["deployments"] if d["name"] == "default"}
     assert set(defaults) == {f"flows/entries.py:{name}" for name in discover_flows()}
     loaded = load_flow_from_entrypoint(str(PROJECT_ROOT / "flows/entries.py:federated"))
@@ -23,8 +24,6 @@ def test_every_flow_has_a_default_deployment_whose_entrypoint_is_the_flow():
 
 
 def test_deployments_use_the_process_pool_and_the_nightly_schedule_is_a_valid_cron():
-    from prefect.client.schemas.schedules import CronSchedule
-
     assert {d["work_pool"]["name"] for d in CONFIG["deployments"]} == {"mlsys-process"}
     [nightly] = [d for d in CONFIG["deployments"] if d["name"] == "nightly"]
     for schedule in nightly["schedules"]:
@@ -34,8 +33,6 @@ def test_deployments_use_the_process_pool_and_the_nightly_schedule_is_a_valid_cr
 @pytest.mark.parametrize("variable", sorted(CONFIG["definitions"]["work_pool"]["job_variables"]["env"]))
 def test_deployment_environment_names_real_prefect_settings(variable, monkeypatch):
     """A misspelt PREFECT_* variable is silently ignored by Prefect: check each one changes a setting."""
-    from prefect.settings import Settings
-
     value = CONFIG["definitions"]["work_pool"]["job_variables"]["env"][variable]
     monkeypatch.delitem(os.environ, variable, raising=False)
     before = Settings().to_environment_variables(exclude_unset=False)
