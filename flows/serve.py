@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from components.checks import ConfigError, at_least, in_range, one_of
+from components.checks import ConfigError, at_least
+from components.decoding.config import DecodingConfig, ModelsConfig
 from components.serving.server import stop_on_signals
 from mlsys.flow import FlowConfig, system_flow
 from mlsys.tracking import Tracker
@@ -19,59 +20,12 @@ from tasks.serve import resolve_models, serve_endpoint, warm_up
 
 
 @dataclass
-class ServeModelsConfig:
-    target: str = "smollm2"  # smollm2 (the packaged SmolLM2-135M-Instruct) | quantized | hf_folder | tiny_random
-    target_path: Optional[str] = None  # folder for quantized / hf_folder
-    target_registered_name: Optional[str] = (
-        None  # quantized / hf_folder without a path: this MLflow model (newest version)
-    )
-    dtype: str = "float32"  # the GGUF's weights are dequantized 4-bit ones; fp32 keeps greedy exact
-    # auto: the trained draft folder, else MLflow `lm-draft@serving`, else layerskip;
-    # or gpt_folder | mlflow | layerskip | tiny_random | none
-    draft: str = "auto"
-    draft_path: Optional[str] = None  # gpt_folder: a folder written by GPT.save
-    draft_registered_name: str = "lm-draft"  # the lm_train flow registers the draft under this name
-    draft_layers: int = 8  # layerskip: first 8 of SmolLM2's 30 layers (+ shared lm_head): c ≈ 3, usable α
-    served_name: str = "SmolLM2-135M-Instruct"  # the `model` clients ask for (conf/llm/openai.yaml uses it)
-
-    def __post_init__(self):
-        one_of("models.target", self.target, ("smollm2", "quantized", "hf_folder", "tiny_random"))
-        one_of("models.draft", self.draft, ("auto", "gpt_folder", "mlflow", "layerskip", "tiny_random", "none"))
-        at_least("models.draft_layers", self.draft_layers, 1)
-        if not self.served_name:
-            raise ConfigError("models.served_name", self.served_name, "clients need a model name to ask for")
-
-
-@dataclass
-class DecodingConfig:
-    """conf/decoding/*.yaml: which decoding method, and how it splits the cores."""
-
-    method: str = "pearl"  # ar | sd | pearl | pearl_no_pre | pearl_no_post
-    gamma: Optional[int] = None  # draft tokens per round; None: round(c) measured at warm-up (PEARL's rule)
-    max_gamma: int = 8  # cap on the measured γ: a long draft wastes work on every rejection
-    parallel: bool = True  # draft and target on two workers at once (PEARL); False: same outputs, one thread
-    threads: Optional[int] = None  # total torch threads; None: torch's default (the machine's cores)
-    draft_share: float = 0.5  # fraction of the threads the draft worker gets in parallel rounds
-
-    def __post_init__(self):
-        one_of("decoding.method", self.method, ("ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post"))
-        if self.gamma is not None:
-            at_least("decoding.gamma", self.gamma, 1)
-        at_least("decoding.max_gamma", self.max_gamma, 1)
-        if self.threads is not None:
-            at_least("decoding.threads", self.threads, 1)
-        in_range("decoding.draft_share", self.draft_share, 0.0, 1.0)
-
-
-@dataclass
 class ServeConfig(FlowConfig):
-    models: ServeModelsConfig = field(default_factory=ServeModelsConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     host: str = "127.0.0.1"  # loopback by default: expose deliberately (host=0.0.0.0) behind an API key
     port: int = 8000  # 0: any free port
-    api_key_env: Optional[str] = (
-        "SERVE_API_KEY"  # the key is read from this variable (never a logged param); unset: no key
-    )
+    api_key_env: Optional[str] = "SERVE_API_KEY"  # the key is read from this variable (never logged); unset: no key
     max_queue: int = 256  # requests admitted (decoding or waiting); more get 503 instead of crashing the server
     default_max_tokens: int = 256  # for chat requests that give no max_tokens
     duration_s: Optional[float] = None  # None: serve until stopped (deployment); a number: stop after it (tests, demo)

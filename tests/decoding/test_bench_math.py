@@ -5,21 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.decoding.bench import (
+from components.decoding.bench import greedy_agreement
+from components.decoding.cache import CausalLM, SequenceRunner, wrap_model
+from components.decoding.engine import build_decoder
+from components.decoding.models import layer_skip_draft, tiny_llama
+from components.decoding.roundmodel import (
     StepCosts,
     alpha_needed,
     alpha_needed_at_cost,
     best_over_gamma,
     expected_tokens,
-    greedy_agreement,
     leviathan_speedup,
     pearl_tokens_per_s,
     requirement_map,
+    scaled_draft,
     sd_tokens_per_s,
+    step_costs,
 )
-from components.decoding.cache import CausalLM
-from components.decoding.engine import build_decoder
-from components.decoding.models import layer_skip_draft, tiny_llama
 
 
 def test_leviathan_formula():
@@ -145,8 +147,6 @@ def test_greedy_agreement_on_a_real_model_matches_step_by_step_decoding():
     ar = build_decoder("ar", target)
     sequences = [(p, ar.generate(p, 30)[0]) for p in ([1, 5, 9], [2, 7], [3, 3, 3, 4])]
     assert greedy_agreement(target, sequences) == 1.0
-    from components.decoding.cache import SequenceRunner, wrap_model
-
     hits = total = 0
     for prompt, generated in sequences:
         runner, seq = SequenceRunner(wrap_model(draft)), list(prompt)
@@ -181,8 +181,6 @@ def test_alpha_needed_at_cost_is_the_least_alpha_meeting_the_goals():
 
 def test_alpha_needed_at_cost_checks_against_the_round_models():
     """At the returned α PEARL meets 2x AR with this draft cost; 0.01 less does not."""
-    from components.decoding.bench import scaled_draft, step_costs
-
     c = 0.1
     split, full = scaled_draft(step_costs(_CPU_COSTS, True), c), scaled_draft(step_costs(_CPU_COSTS, False), c)
     alpha = alpha_needed_at_cost(_CPU_COSTS, c, 2.0, 1.0)["pearl_vs_ar"]

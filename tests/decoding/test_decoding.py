@@ -4,6 +4,7 @@ KV-cache rollback."""
 from __future__ import annotations
 
 import collections
+import threading
 
 import pytest
 import torch
@@ -12,8 +13,11 @@ from scipy import stats
 from components.decoding import engine
 from components.decoding.cache import SequenceRunner, wrap_model
 from components.decoding.engine import METHODS, AutoregressiveDecoder, build_decoder, measure_cost_ratio
-from components.decoding.models import layer_skip_draft, tiny_llama
+from components.decoding.hf_peers import transformers_draft
+from components.decoding.models import gpt_as_hf, layer_skip_draft, tiny_llama
 from components.decoding.sampling import SamplingParams, accept_draft_token, residual_distribution, warp
+from components.decoding.workers import ThreadPair
+from components.lm.model import GPT, GPTConfig
 from tests.decoding.conftest import tiny_gpt
 
 SPECULATIVE = [m for m in METHODS if m != "ar"]
@@ -230,10 +234,6 @@ def test_cost_ratio_and_unknown_method(llama_pair):
 
 
 def test_thread_pair_runs_draft_and_target_at_the_same_time_with_their_own_budgets():
-    import threading
-
-    from components.decoding.workers import ThreadPair
-
     meeting = threading.Barrier(2, timeout=30)  # only passable if both jobs are running at once
 
     def job():
@@ -252,14 +252,9 @@ def test_thread_pair_runs_draft_and_target_at_the_same_time_with_their_own_budge
 
 def test_gpt_converted_to_transformers_gives_the_same_logits_and_greedy_text():
     """The HF assisted-generation row uses the trained GPT draft through `gpt_as_hf`: same model."""
-    from components.decoding.bench import transformers_draft
-    from components.decoding.models import gpt_as_hf
-
     for bias in (False, True):
         gpt = tiny_gpt(vocab_size=48, n_layer=2, n_embd=32, seed=2, scale=10)
         if bias:  # the rarely used bias=True variant: every bias must land in the copy
-            from components.lm.model import GPT, GPTConfig
-
             torch.manual_seed(5)
             gpt = GPT(GPTConfig(vocab_size=48, block_size=64, n_layer=2, n_head=2, n_embd=32, bias=True)).double()
             with torch.no_grad():

@@ -42,7 +42,8 @@ def test_serve_flow_serves_checks_itself_and_logs(prefect_harness, flow_override
 
 
 def test_decode_bench_flow_logs_every_method(prefect_harness, flow_overrides, mlflow_uri):
-    result = run(compose("decode_bench", flow_overrides + get_spec("decode_bench").demo_overrides))
+    small = ["bench.code_prompts=1", "bench.chat_prompts=1", "bench.max_new_tokens=16", "bench.sd_gammas=[2,4]"]
+    result = run(compose("decode_bench", flow_overrides + TINY + small + ["bench.repeats=1"]))
     metrics = MlflowClient(tracking_uri=mlflow_uri).get_run(result["run_id"]).data.metrics
     assert metrics["greedy_mismatches"] == 0  # every speculative method reproduced AR's greedy tokens
     for key in (
@@ -164,3 +165,10 @@ def test_serve_decodes_a_quantized_target_losslessly(prefect_harness, flow_overr
     finally:
         decoder.close()
     assert served == codec.decode(ids) and served
+
+
+def test_decode_bench_demo_decodes_the_real_target_with_prompt_lookup():
+    """The suite's demo benchmarks the served native Q4_1 target, not a tiny stand-in."""
+    cfg = compose("decode_bench", get_spec("decode_bench").demo_overrides)
+    assert cfg.models.target == "smollm2_q4_native" and cfg.models.draft == "prompt_lookup"
+    assert cfg.bench.edit_prompts >= 1 and cfg.bench.repeats == 1
