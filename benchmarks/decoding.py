@@ -98,6 +98,7 @@ def _own_args(argv):
     return parser.parse_known_args(argv)
 
 
+MODEL_ARGS = ("target", "target_path", "draft", "draft_path", "draft_layers")  # options named as ModelsConfig's fields
 LOAD_TEST_TARGETS = ("load_test_errors_200_concurrent", "load_test_5xx")
 
 
@@ -344,13 +345,7 @@ def main(argv=None) -> None:
         size["code"] = size["chat"] = size["edit"] = own.prompts
     size["max_new"] = own.max_new or size["max_new"]
     size["repeats"] = own.repeats or size["repeats"]
-    models_cfg = ModelsConfig(
-        target=own.target,
-        target_path=own.target_path,
-        draft=own.draft,
-        draft_path=own.draft_path,
-        draft_layers=own.draft_layers,
-    )
+    models_cfg = ModelsConfig(**{key: getattr(own, key) for key in MODEL_ARGS})  # the flows' dataclass
     draft_source, draft_path = models_cfg.draft, models_cfg.draft_path
     if models_cfg.draft in ("auto", "mlflow"):  # the same resolution as the flows (needs Prefect and MLflow)
         from tasks.serve import _resolve_draft_source  # noqa: PLC0415  (start-up cost: Prefect only for auto/mlflow)

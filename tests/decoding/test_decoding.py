@@ -37,23 +37,29 @@ def llama_pair():
     return target, layer_skip_draft(target, 2)
 
 
-@pytest.mark.parametrize("method", SPECULATIVE)
-@pytest.mark.parametrize("gamma", [1, 4])
-def test_greedy_speculative_equals_autoregressive(llama_pair, method, gamma):
-    target, draft = llama_pair
+def greedy_accepts_matching_ar(target, draft, method: str, gamma: int, prompts, new_tokens: int = 32) -> int:
+    """Asserts `method` reproduces AR's greedy tokens on every prompt; returns the draft tokens accepted."""
     reference = AutoregressiveDecoder(target)
     decoder = build_decoder(method, target, draft, gamma=gamma, parallel=True)
     try:
         accepted = 0
-        for prompt in PROMPTS:
-            expected, _ = reference.generate(prompt, 32)
-            got, st = decoder.generate(prompt, 32)
+        for prompt in prompts:
+            expected, _ = reference.generate(prompt, new_tokens)
+            got, st = decoder.generate(prompt, new_tokens)
             assert got == expected, f"{method} γ={gamma} diverged from AR on prompt {prompt}"
-            assert st.new_tokens == 32 and st.target_forwards <= 32
+            assert st.new_tokens == new_tokens and st.target_forwards <= new_tokens
             accepted += st.draft_tokens_accepted
-        assert accepted > 0  # the layer-skip draft does get tokens accepted: the verify path is exercised
+        return accepted
     finally:
         decoder.close()
+
+
+@pytest.mark.parametrize("method", SPECULATIVE)
+@pytest.mark.parametrize("gamma", [1, 4])
+def test_greedy_speculative_equals_autoregressive(llama_pair, method, gamma):
+    target, draft = llama_pair
+    accepted = greedy_accepts_matching_ar(target, draft, method, gamma, PROMPTS)
+    assert accepted > 0  # the layer-skip draft does get tokens accepted: the verify path is exercised
 
 
 @pytest.mark.parametrize("method", SPECULATIVE)

@@ -13,7 +13,7 @@ from components.decoding.lookup import LookupCache, PromptLookupDraft
 from components.decoding.models import load_draft, load_target, tiny_llama
 from components.decoding.sampling import SamplingParams
 from tests.decoding.conftest import tiny_gpt
-from tests.decoding.test_decoding import SAMPLES, _chi_square_p, _exact_joint
+from tests.decoding.test_decoding import SAMPLES, _chi_square_p, _exact_joint, greedy_accepts_matching_ar
 
 SPECULATIVE = [m for m in METHODS if m != "ar"]
 
@@ -66,18 +66,8 @@ REPETITIVE = [[1, 5, 9, 3, 1, 5, 9], [1, 7, 7, 7], [1, 20, 21, 22, 1, 20, 21], [
 def test_greedy_with_prompt_lookup_equals_autoregressive(method):
     target = tiny_llama(vocab_size=32, hidden=32, layers=2, seed=3)
     draft = load_draft("prompt_lookup", target, ngram=3)
-    reference = AutoregressiveDecoder(target)
-    decoder = build_decoder(method, target, draft, gamma=4, parallel=True)
-    try:
-        accepted = 0
-        for prompt in REPETITIVE:
-            expected, _ = reference.generate(prompt, 40)
-            got, stats = decoder.generate(prompt, 40)
-            assert got == expected, f"{method} with prompt lookup diverged from AR on {prompt}"
-            accepted += stats.draft_tokens_accepted
-        assert accepted > 0  # a random model falls into loops: copying from the context gets accepted
-    finally:
-        decoder.close()
+    accepted = greedy_accepts_matching_ar(target, draft, method, 4, REPETITIVE, new_tokens=40)
+    assert accepted > 0  # a random model falls into loops: copying from the context gets accepted
 
 
 def test_sampled_output_with_a_point_mass_draft_follows_the_target():

@@ -5,9 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from components.decoding.engine import build_decoder
+from components.decoding.models import layer_skip_draft, tiny_llama
+from components.lm.model import GPT, GPTConfig
+from components.lm.smollm2 import load_tokenizer
+from components.quant import QuantLinear, QuantSpec
+from components.quant.model import load_base_model, load_quantized, quantize_model, save_quantized
+from components.serving.text import HFTextCodec
 from mlsys.flow import compose, get_spec, run
+from mlsys.tracking import close_run, open_run
 
 TINY = ["models.target=tiny_random", "models.draft=layerskip", "models.draft_layers=1"]
 
@@ -99,9 +108,6 @@ def test_bad_config_fails_at_composition(bad, fragment):
 
 @pytest.mark.parametrize("option", ["ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post"])
 def test_every_decoding_option_composes_and_builds(option):
-    from components.decoding.engine import build_decoder
-    from components.decoding.models import layer_skip_draft, tiny_llama
-
     cfg = compose("serve", [f"decoding={option}"])
     assert cfg.decoding.method == option
     target = tiny_llama(vocab_size=32, layers=2)
@@ -115,15 +121,6 @@ def test_every_decoding_option_composes_and_builds(option):
 def test_serve_decodes_a_quantized_target_losslessly(prefect_harness, flow_overrides, mlflow_uri, tmp_path):
     """The quantize flow's registered model as the served target, resolved by name; PEARL's greedy reply
     equals AR on the same quantized model."""
-    import torch
-
-    from components.decoding.engine import build_decoder
-    from components.lm.model import GPT, GPTConfig
-    from components.lm.smollm2 import load_tokenizer
-    from components.quant import QuantLinear, QuantSpec
-    from components.quant.model import load_base_model, load_quantized, quantize_model, save_quantized
-    from components.serving.text import HFTextCodec
-    from mlsys.tracking import close_run, open_run
 
     torch.manual_seed(0)  # SmolLM2's vocabulary (the served tokenizer), a tiny body
     gpt = GPT(GPTConfig(vocab_size=49152, block_size=128, n_layer=2, n_head=2, n_embd=64)).save(tmp_path / "gpt")
