@@ -22,6 +22,7 @@ from components.decoding.roundmodel import (
     sd_tokens_per_s,
     step_costs,
 )
+from components.decoding.summary import draft_shortfall
 
 
 def test_leviathan_formula():
@@ -200,3 +201,23 @@ def test_requirement_map_reports_the_least_alpha_over_costs():
     assert result["least_alpha_both_gpu_like"] < result["least_alpha_both_measured"]
     cheapest = result["curve"][0]
     assert cheapest["c"] == 0.01 and cheapest["measured"]["pearl_vs_sd"] is None is cheapest["gpu_like"]["pearl_vs_sd"]
+
+
+def _result(pearl_rate: float, alpha: float, c: float) -> dict:
+    costs = {**_CPU_COSTS, "c": c}
+    return {
+        "costs": costs,
+        "methods": {"ar": {"tokens_per_s": 10.0}, "pearl": {"tokens_per_s": pearl_rate, "acceptance_rate": alpha}},
+    }
+
+
+def test_draft_shortfall_says_what_the_draft_would_need():
+    short = draft_shortfall(_result(8.0, 0.3, 0.1), 2.0, 1.3)
+    need = alpha_needed_at_cost(_CPU_COSTS, 0.1, 2.0, 1.3)["pearl_vs_ar"]
+    assert short["alpha_needed_pearl_vs_ar_at_draft_cost"] == need and need > 0.3
+    assert f"alpha>={need:.2f}" in short["why"] and "0.80x AR" in short["why"]
+    hopeless = draft_shortfall(_result(8.0, 0.3, 0.5), 20.0, 1.0)  # 20x: no draft of this cost gets there
+    assert hopeless["alpha_needed_pearl_vs_ar_at_draft_cost"] is None and "never wrong reaches only" in hopeless["why"]
+    assert "9 tokens costs 1.70x" in hopeless["why"]  # 0.085 s / 0.05 s, from the costs given
+    met = draft_shortfall(_result(25.0, 0.9, 0.1), 2.0, 1.3)
+    assert met["why"].startswith("PEARL runs 2.50x AR")
