@@ -13,7 +13,8 @@ from typing import Optional
 
 from components.checks import ConfigError, at_least
 from components.decoding.config import DecodingConfig, ModelsConfig
-from components.serving.server import stop_on_signals
+from components.serving.app import RequestLimits
+from components.serving.server import ConnectionLimits, stop_on_signals
 from mlsys.flow import FlowConfig, system_flow
 from mlsys.tracking import Tracker
 from tasks.serve import resolve_models, serve_endpoint, warm_up
@@ -35,12 +36,8 @@ class ServeConfig(FlowConfig):
     load_test_requests: int = 0  # >0: that many concurrent loopback requests at start; p50/p99 to MLflow
     load_test_max_tokens: int = 8
     metrics_every_s: float = 60.0  # served counters to MLflow this often while serving
-    max_body_bytes: int = 1 << 20  # larger request bodies get 413 before they are read
-    body_timeout_s: float = 30.0  # a request body must arrive within this (else 408)
-    header_timeout_s: float = 10.0  # request headers must be complete this long after a connection opens (else 408)
-    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
-    max_connections: int = 1024  # open connections at once; more get 503 and are closed
-    drain_s: float = 30.0  # on SIGTERM/SIGINT or the end of duration_s: in-flight requests get this long
+    requests: RequestLimits = field(default_factory=RequestLimits)  # body size and time, JSON depth, prompt length
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # open sockets, header time, drain
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -55,11 +52,6 @@ class ServeConfig(FlowConfig):
         at_least("load_test_requests", self.load_test_requests, 0)
         at_least("load_test_max_tokens", self.load_test_max_tokens, 1)
         at_least("metrics_every_s", self.metrics_every_s, 0.1)
-        at_least("max_body_bytes", self.max_body_bytes, 1024)
-        for key in ("body_timeout_s", "header_timeout_s", "keep_alive_s"):
-            at_least(key, getattr(self, key), 0.01)
-        at_least("max_connections", self.max_connections, 1)
-        at_least("drain_s", self.drain_s, 0)
         if self.load_test_requests > self.max_queue:
             raise ConfigError(
                 "load_test_requests",

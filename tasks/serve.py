@@ -28,9 +28,9 @@ from components.decoding.roundmodel import GOAL_VS_AR, GOAL_VS_SD, requirement_m
 from components.decoding.summary import draft_shortfall, summarize
 from components.decoding.workers import split_threads
 from components.lm.smollm2 import load_tokenizer
-from components.serving.app import RequestLimits, create_app
+from components.serving.app import create_app
 from components.serving.loadtest import run_load
-from components.serving.server import BackgroundServer, ConnectionLimits
+from components.serving.server import BackgroundServer
 from components.serving.service import GenerationService
 from components.serving.text import ByteCodec, HFTextCodec
 from mlsys.tracking import Tracker, load_registered_model_dir
@@ -155,7 +155,7 @@ def serve_endpoint(
     models: ServingModels, decoder: Decoder, cfg: ServeConfig, tracker: Tracker, stop: Optional[threading.Event] = None
 ) -> dict:
     """Serve the OpenAI-compatible API on cfg.host:cfg.port until `stop` is set (SIGTERM/SIGINT) or
-    duration_s has passed, then drain: in-flight requests get cfg.drain_s to finish.
+    duration_s has passed, then drain: in-flight requests get cfg.connections.drain_s to finish.
 
     Right after start it checks itself through the official `openai` client (and fires the
     configured loopback load), so a deployment that cannot answer fails at once, not at first use.
@@ -173,15 +173,9 @@ def serve_endpoint(
         api_key=api_key,
         max_queue=cfg.max_queue,
         default_max_tokens=cfg.default_max_tokens,
-        limits=RequestLimits(max_body_bytes=cfg.max_body_bytes, body_timeout_s=cfg.body_timeout_s),
+        limits=cfg.requests,
     )
-    limits = ConnectionLimits(
-        max_connections=cfg.max_connections,
-        header_timeout_s=cfg.header_timeout_s,
-        keep_alive_s=cfg.keep_alive_s,
-        drain_s=cfg.drain_s,
-    )
-    server = BackgroundServer(app, cfg.host, cfg.port, log_level="warning", limits=limits).start()
+    server = BackgroundServer(app, cfg.host, cfg.port, log_level="warning", limits=cfg.connections).start()
     try:
         logger.info("serving %s with %s at %s", models.served_name, decoder.method, server.base_url)
         tracker.set_tags({"endpoint": server.base_url, "served_model": models.served_name})
@@ -222,7 +216,7 @@ def serve_endpoint(
             logger.info(
                 "stop requested: draining %d in-flight requests for up to %.0f s",
                 app.state.queue_state["admitted"],
-                cfg.drain_s,
+                cfg.connections.drain_s,
             )
         server.stop()
     metrics.update({f"served_{k}": float(v) for k, v in service.counters.as_dict().items()})
@@ -247,6 +241,7 @@ def benchmark_decoding(models: ServingModels, bench_cfg: BenchConfig, threads: i
         repeats=bench_cfg.repeats,
         eos=models.codec.eos_ids,
         hf_assisted=bench_cfg.hf_assisted,
+        cost_rounds=bench_cfg.cost_rounds,
         log=logger.info,
     )
 

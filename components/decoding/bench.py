@@ -16,10 +16,10 @@ from typing import Optional
 import torch
 
 from components.decoding.cache import SequenceRunner, wrap_model
-from components.decoding.engine import DecodeStats, build_decoder, measure_cost_ratio, step_seconds
+from components.decoding.engine import DecodeStats, build_decoder, measure_cost_ratio
 from components.decoding.hf_peers import hf_assisted_generate, transformers_draft
 from components.decoding.roundmodel import alpha_needed_at_cost
-from components.decoding.timing import COST_ROUNDS, interleaved_medians, measure_costs
+from components.decoding.timing import COST_ROUNDS, PrefilledTimer, interleaved_medians, measure_costs
 from components.decoding.workers import split_threads
 
 
@@ -57,12 +57,10 @@ def draft_frontier(
     all cores over the target's, timed now like `measure_costs`), its greedy α on the target's own
     outputs (`greedy_agreement`), and the α a draft of that cost needs (`alpha_needed_at_cost`)."""
     prompt = sequences[0][0]
-    probes = {
-        name: (lambda d=draft: step_seconds(d, prompt, steps=1, threads=threads)) for name, draft in drafts.items()
-    }
-    steps = interleaved_medians(
-        {**probes, "_target": lambda: step_seconds(target, prompt, steps=1, threads=threads)}, COST_ROUNDS
-    )
+    timers = {name: PrefilledTimer(draft, prompt) for name, draft in drafts.items()}
+    probes = {name: (lambda t=timer: t.seconds(1, threads)) for name, timer in timers.items()}
+    target_timer = PrefilledTimer(target, prompt)
+    steps = interleaved_medians({**probes, "_target": lambda: target_timer.seconds(1, threads)}, COST_ROUNDS)
     out = {}
     for name, draft in drafts.items():
         c = steps[name] / steps["_target"]
@@ -108,6 +106,7 @@ def compare_methods(
     repeats: int = 2,
     eos: Sequence[int] = (),
     hf_assisted: bool = True,
+    cost_rounds: int = COST_ROUNDS,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Greedy decode every prompt with every method; median tokens/s over repeats, stats per method."""
@@ -164,7 +163,7 @@ def compare_methods(
         torch.set_num_threads(previous)
         for decoder in decoders.values():
             decoder.close()
-    costs = measure_costs(target, draft, prompts[0], threads, draft_threads, target_threads)
+    costs = measure_costs(target, draft, prompts[0], threads, draft_threads, target_threads, cost_rounds)
     methods = {}
     for name in names:
         reps = per_repeat[name]

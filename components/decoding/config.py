@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from components.checks import ConfigError, at_least, in_range, one_of
+from components.decoding.timing import COST_ROUNDS
 
 METHODS = ("ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post")
 TARGET_SOURCES = ("smollm2_q4_native", "smollm2", "quantized", "hf_folder", "tiny_random")
@@ -82,6 +83,7 @@ class BenchConfig:
     max_gamma: int = 8  # cap on the measured γ
     sd_gammas: list[int] = field(default_factory=lambda: [2, 4, 6])  # SD is reported at its best γ
     repeats: int = 2  # medians over repeats; methods rotate order each repeat
+    cost_rounds: int = COST_ROUNDS  # 9 interleaved samples of every per-forward cost (the round models' inputs)
     hf_assisted: bool = True  # transformers generate(assistant_model=draft) (transformers targets and drafts only)
 
     def __post_init__(self) -> None:
@@ -93,6 +95,7 @@ class BenchConfig:
         at_least("bench.max_new_tokens", self.max_new_tokens, 1)
         at_least("bench.repeats", self.repeats, 1)
         at_least("bench.max_gamma", self.max_gamma, 1)
+        at_least("bench.cost_rounds", self.cost_rounds, 1)
         if not self.sd_gammas or min(self.sd_gammas) < 1:
             raise ConfigError("bench.sd_gammas", self.sd_gammas, "must list draft lengths >= 1")
         if self.pearl_gamma is not None:

@@ -11,30 +11,33 @@ from collections.abc import Callable, Sequence
 import torch
 
 from components.decoding.cache import SequenceRunner, wrap_model
-from components.decoding.engine import step_seconds
 
 VERIFY_BLOCKS = (2, 3, 5, 9, 17)  # block sizes whose target forward is timed (1 = the one-token step)
 COST_ROUNDS = 9  # samples of every cost, interleaved (`interleaved_medians`)
 
 
-def verify_seconds(model, prompt: Sequence[int], block: int, threads: int, steps: int = 3) -> float:
-    """Median seconds of a forward over `block` new tokens (the target's verification pass)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        samples = []
-        for _ in range(steps):
-            runner = SequenceRunner(wrap_model(model))
-            seq = list(prompt)
-            runner.logits_for(seq)
-            seq.append(seq[-1])
-            runner.logits_for(seq)  # the first incremental forward pays one-off allocations: not timed
+class PrefilledTimer:
+    """One model with the prompt and one more token already in its cache: each call times a forward over
+    `block` new tokens on `threads` and rolls the cache back, so no sample pays the prompt's prefill again
+    (on the native Q4_1 target a 100-token prefill costs ~30 steps). The first incremental forward,
+    which pays one-off allocations, happens here, untimed."""
+
+    def __init__(self, model, prompt: Sequence[int]):
+        self.runner = SequenceRunner(wrap_model(model))
+        self.seq = list(prompt) + [prompt[-1]]
+        self.runner.logits_for(self.seq[:-1])
+        self.runner.logits_for(self.seq)
+
+    def seconds(self, block: int, threads: int) -> float:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
             start = time.perf_counter()
-            runner.logits_for(seq + [seq[-1]] * block)
-            samples.append(time.perf_counter() - start)
-        return statistics.median(samples)
-    finally:
-        torch.set_num_threads(before)
+            self.runner.logits_for(self.seq + [self.seq[-1]] * block)
+            return time.perf_counter() - start
+        finally:
+            torch.set_num_threads(before)
+            self.runner.rollback(len(self.seq))
 
 
 def interleaved_medians(probes: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
@@ -52,16 +55,18 @@ def measure_costs(
     target, draft, prompt, threads: int, draft_threads: int, target_threads: int, rounds: int = COST_ROUNDS
 ) -> dict:
     """Per-forward seconds with all cores and with the PEARL split: the inputs of the round models."""
+    tgt = PrefilledTimer(target, prompt)
     probes = {
-        "target_step_s": lambda: step_seconds(target, prompt, steps=1, threads=threads),
-        "target_step_split_s": lambda: step_seconds(target, prompt, steps=1, threads=target_threads),
+        "target_step_s": lambda: tgt.seconds(1, threads),
+        "target_step_split_s": lambda: tgt.seconds(1, target_threads),
     }
     for k in VERIFY_BLOCKS:
-        probes[f"block_{k}"] = lambda k=k: verify_seconds(target, prompt, k, threads, steps=1)
-        probes[f"block_split_{k}"] = lambda k=k: verify_seconds(target, prompt, k, target_threads, steps=1)
+        probes[f"block_{k}"] = lambda k=k: tgt.seconds(k, threads)
+        probes[f"block_split_{k}"] = lambda k=k: tgt.seconds(k, target_threads)
     if draft is not None:
-        probes["draft_step_s"] = lambda: step_seconds(draft, prompt, steps=1, threads=threads)
-        probes["draft_step_split_s"] = lambda: step_seconds(draft, prompt, steps=1, threads=draft_threads)
+        drf = PrefilledTimer(draft, prompt)
+        probes["draft_step_s"] = lambda: drf.seconds(1, threads)
+        probes["draft_step_split_s"] = lambda: drf.seconds(1, draft_threads)
     medians = interleaved_medians(probes, rounds)
     costs = {
         key: medians[key]

@@ -44,7 +44,7 @@ MAX_STOP_CHARS = 256
 INT64 = (-(2**63), 2**63 - 1)
 
 
-@dataclass(frozen=True)
+@dataclass
 class RequestLimits:
     max_body_bytes: int = 1 << 20  # 1 MiB: far above any prompt the context holds
     body_timeout_s: float = 30.0  # the whole body must arrive within this

@@ -91,14 +91,14 @@ def test_decode_bench_flow_logs_every_method(prefect_harness, flow_overrides, ml
         (["port=65536"], "port=65536"),
         (["max_queue=-1"], "max_queue=-1"),
         (["max_queue=0"], "max_queue=0"),
-        (["max_connections=0"], "max_connections"),
-        (["drain_s=-1"], "drain_s"),
+        (["connections.max_connections=0"], "max_connections"),
+        (["connections.drain_s=-1"], "drain_s"),
         (["decoding.method=beam"], "decoding.method"),
         (["decoding.gamma=0"], "decoding.gamma"),
         (["models.target=gpt9"], "models.target"),
         (["load_test_requests=300", "max_queue=10"], "load_test_requests"),
-        (["max_body_bytes=10"], "max_body_bytes"),
-        (["header_timeout_s=0"], "header_timeout_s"),
+        (["requests.max_body_bytes=10"], "max_body_bytes"),
+        (["connections.header_timeout_s=0"], "header_timeout_s"),
     ],
 )
 def test_bad_config_fails_at_composition(bad, fragment):

@@ -44,7 +44,7 @@ def test_sigterm_drains_the_request_ends_completed_and_stops_the_temporary_prefe
         f"port={port}",
         "smoke_test=false",
         "decoding=ar",
-        "drain_s=60",
+        "connections.drain_s=60",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"work_dir={tmp_path / 'work'}",
     ]
