@@ -328,6 +328,33 @@ def plot(methods: dict, summary: dict, requirements: dict, frontier: dict):
     return fig
 
 
+def bench_size(full: bool, own) -> dict:
+    """Prompts per kind, tokens, SD's γs and repeats of --quick / --full, with the command line's overrides."""
+    if full:
+        size = dict(code=3, chat=2, edit=3, max_new=64, gammas=[2, 3, 4, 6], repeats=3)
+    else:
+        size = dict(code=1, chat=1, edit=2, max_new=32, gammas=[2, 4], repeats=2)
+    if own.prompts:
+        size["code"] = size["chat"] = size["edit"] = own.prompts
+    size["max_new"] = own.max_new or size["max_new"]
+    size["repeats"] = own.repeats or size["repeats"]
+    return size
+
+
+def result_targets(summary: dict, peers: dict | None, load: dict | None) -> list[dict]:
+    """The issue's goals with the measured values (`met` computed by benchmarks.common.target)."""
+    targets = [
+        target("pearl_speedup_vs_sd", summary["pearl_speedup_vs_sd"], GOAL_VS_SD, ">="),
+        target("pearl_speedup_vs_ar", summary["pearl_speedup_vs_ar"], GOAL_VS_AR, ">="),
+        target("greedy_mismatches_vs_ar", summary["greedy_mismatches"], 0, "<="),
+    ]
+    if peers is not None:
+        targets.append(target("served_ar_speedup_vs_fp32_ar", summary["served_ar_speedup_vs_fp32_ar"], 2.5, ">="))
+    if load is not None:
+        targets.extend(load_test_targets(load))
+    return targets
+
+
 def main(argv=None) -> None:
     own, rest = _own_args(sys.argv[1:] if argv is None else argv)
     args = parse_mode(__doc__.splitlines()[0], rest)
@@ -337,14 +364,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     threads = own.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    if args.full:
-        size = dict(code=3, chat=2, edit=3, max_new=64, gammas=[2, 3, 4, 6], repeats=3)
-    else:
-        size = dict(code=1, chat=1, edit=2, max_new=32, gammas=[2, 4], repeats=2)
-    if own.prompts:
-        size["code"] = size["chat"] = size["edit"] = own.prompts
-    size["max_new"] = own.max_new or size["max_new"]
-    size["repeats"] = own.repeats or size["repeats"]
+    size = bench_size(args.full, own)
     models_cfg = ModelsConfig(**{key: getattr(own, key) for key in MODEL_ARGS})  # the flows' dataclass
     draft_source, draft_path = models_cfg.draft, models_cfg.draft_path
     if models_cfg.draft in ("auto", "mlflow"):  # the same resolution as the flows (needs Prefect and MLflow)
@@ -418,19 +438,10 @@ def main(argv=None) -> None:
         "alpha_needed": requirements,
         "draft_frontier": frontier,
     }
-    targets = [
-        target("pearl_speedup_vs_sd", summary["pearl_speedup_vs_sd"], GOAL_VS_SD, ">="),
-        target("pearl_speedup_vs_ar", summary["pearl_speedup_vs_ar"], GOAL_VS_AR, ">="),
-        target("greedy_mismatches_vs_ar", summary["greedy_mismatches"], 0, "<="),
-    ]
-    if peers is not None:
-        targets.append(target("served_ar_speedup_vs_fp32_ar", summary["served_ar_speedup_vs_fp32_ar"], 2.5, ">="))
-    if load is not None:
-        targets.extend(load_test_targets(load))
     write_result(
         "decoding",
         results,
-        targets,
+        result_targets(summary, peers, load),
         figure=plot(result["methods"], summary, requirements, frontier),
         args=args,
         device=own.device,

@@ -92,6 +92,45 @@ def _aggregate(runs: list[DecodeStats]) -> dict:
     }
 
 
+def method_configs(sd_gammas: Sequence[int], pearl_gamma: int, ablation_gamma: int) -> dict[str, dict]:
+    """The benchmark's rows: AR, SD at each γ, PEARL and its two ablations, each with its method and γ."""
+    configs: dict[str, dict] = {"ar": {"method": "ar", "gamma": 0}}
+    for g in sd_gammas:
+        configs[f"sd_g{g}"] = {"method": "sd", "gamma": g}
+    configs["pearl"] = {"method": "pearl", "gamma": pearl_gamma}
+    configs["pearl_no_pre"] = {"method": "pearl_no_pre", "gamma": ablation_gamma}
+    configs["pearl_no_post"] = {"method": "pearl_no_post", "gamma": ablation_gamma}
+    return configs
+
+
+def _timed_repeats(
+    names: list[str],
+    decode: Callable[[str, Sequence[int]], tuple[Optional[list[int]], DecodeStats]],
+    prompts: Sequence[Sequence[int]],
+    repeats: int,
+    log: Callable[[str], None],
+) -> tuple[dict[str, list[dict]], dict[str, int], dict[int, list[int]]]:
+    """Every method over every prompt, method order rotated each repeat; per repeat the aggregate
+    figures, per method the prompts whose greedy tokens differ from AR's, and AR's tokens."""
+    per_repeat: dict[str, list[dict]] = {n: [] for n in names}
+    reference: dict[int, list[int]] = {}
+    mismatches: dict[str, int] = {n: 0 for n in names}
+    for rep in range(repeats):
+        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no method always first
+        for name in order:
+            runs = []
+            for i, prompt in enumerate(prompts):
+                tokens, stats = decode(name, prompt)
+                if name == "ar":
+                    reference.setdefault(i, tokens)
+                elif tokens is not None and i in reference and tokens != reference[i]:
+                    mismatches[name] += 1
+                runs.append(stats)
+            per_repeat[name].append(_aggregate(runs))
+            log(f"repeat {rep} {name}: {per_repeat[name][-1]['tokens_per_s']:.2f} tok/s")
+    return per_repeat, mismatches, reference
+
+
 def compare_methods(
     target,
     draft,
@@ -114,13 +153,7 @@ def compare_methods(
     if pearl_gamma is None:  # PEARL's rule: γ = round(c), c = t_target / t_draft, measured here
         pearl_gamma = min(max_gamma, int(measure_cost_ratio(target, draft, prompts[0])["gamma"]))
         log(f"pearl gamma from the measured cost ratio: {pearl_gamma}")
-    ablation_gamma = ablation_gamma or pearl_gamma
-    configs: dict[str, dict] = {"ar": {"method": "ar", "gamma": 0}}
-    for g in sd_gammas:
-        configs[f"sd_g{g}"] = {"method": "sd", "gamma": g}
-    configs["pearl"] = {"method": "pearl", "gamma": pearl_gamma}
-    configs["pearl_no_pre"] = {"method": "pearl_no_pre", "gamma": ablation_gamma}
-    configs["pearl_no_post"] = {"method": "pearl_no_post", "gamma": ablation_gamma}
+    configs = method_configs(sd_gammas, pearl_gamma, ablation_gamma or pearl_gamma)
     decoders = {
         name: build_decoder(
             c["method"],
@@ -134,31 +167,19 @@ def compare_methods(
         for name, c in configs.items()
     }
     hf_draft = transformers_draft(draft) if hf_assisted and hasattr(target, "generate") else None
+
+    def decode(name: str, prompt: Sequence[int]) -> tuple[Optional[list[int]], DecodeStats]:
+        if name == "hf_assisted":
+            return None, hf_assisted_generate(target, hf_draft, prompt, max_new_tokens, eos)
+        return decoders[name].generate(prompt, max_new_tokens, stop_ids=eos)
+
     names = list(decoders) + (["hf_assisted"] if hf_draft is not None else [])
-    per_repeat: dict[str, list[dict]] = {n: [] for n in names}
-    reference: dict[int, list[int]] = {}
-    mismatches: dict[str, int] = {n: 0 for n in names}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # sequential methods and the coordinating thread get every core
     try:
         for decoder in decoders.values():  # warm-up: one short generation each
             decoder.generate(prompts[0], 4)
-        for rep in range(repeats):
-            order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no method always first
-            for name in order:
-                runs = []
-                for i, prompt in enumerate(prompts):
-                    if name == "hf_assisted":
-                        runs.append(hf_assisted_generate(target, hf_draft, prompt, max_new_tokens, eos))
-                        continue
-                    tokens, stats = decoders[name].generate(prompt, max_new_tokens, stop_ids=eos)
-                    if name == "ar":
-                        reference.setdefault(i, tokens)
-                    elif i in reference and tokens != reference[i]:
-                        mismatches[name] += 1
-                    runs.append(stats)
-                per_repeat[name].append(_aggregate(runs))
-                log(f"repeat {rep} {name}: {per_repeat[name][-1]['tokens_per_s']:.2f} tok/s")
+        per_repeat, mismatches, reference = _timed_repeats(names, decode, prompts, repeats, log)
     finally:
         torch.set_num_threads(previous)
         for decoder in decoders.values():
