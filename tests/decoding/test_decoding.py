@@ -199,6 +199,17 @@ def _chi_square_p(samples, law):
 SAMPLES = 1500
 
 
+def sample_two_tokens(decoder, prompt: list[int], params: SamplingParams) -> tuple[list[tuple[int, ...]], float]:
+    """SAMPLES two-token continuations (seeds 0..SAMPLES-1) and the share of verified draft tokens accepted."""
+    samples, verified, accepted = [], 0, 0
+    for seed in range(SAMPLES):
+        tokens, st = decoder.generate(prompt, 2, params, seed=seed)
+        samples.append(tuple(tokens))
+        verified += st.draft_tokens_verified
+        accepted += st.draft_tokens_accepted
+    return samples, accepted / verified
+
+
 @pytest.mark.parametrize("method", ["pearl"])
 def test_sampled_output_follows_the_target_distribution(method, monkeypatch):
     target = tiny_gpt(vocab_size=16, n_layer=2, seed=0, scale=12)
@@ -207,13 +218,8 @@ def test_sampled_output_follows_the_target_distribution(method, monkeypatch):
     prompt = [1, 2, 3]
     law = _exact_joint(target, prompt, params)
     decoder = build_decoder(method, target, draft, gamma=2, parallel=False)
-    samples, verified, accepted = [], 0, 0
-    for seed in range(SAMPLES):
-        tokens, st = decoder.generate(prompt, 2, params, seed=seed)
-        samples.append(tuple(tokens))
-        verified += st.draft_tokens_verified
-        accepted += st.draft_tokens_accepted
-    assert 0.1 < accepted / verified < 0.95  # rejections (residual sampling) really happen
+    samples, acceptance = sample_two_tokens(decoder, prompt, params)
+    assert 0.1 < acceptance < 0.95  # rejections (residual sampling) really happen
     assert _chi_square_p(samples, law) > 1e-3
     # Negative control: the classic bug (resample a rejected position from p instead of the
     # residual) fails the same test, so the test can tell the laws apart.

@@ -13,7 +13,7 @@ from components.decoding.lookup import LookupCache, PromptLookupDraft
 from components.decoding.models import load_draft, load_target, tiny_llama
 from components.decoding.sampling import SamplingParams
 from tests.decoding.conftest import tiny_gpt
-from tests.decoding.test_decoding import SAMPLES, _chi_square_p, _exact_joint, greedy_accepts_matching_ar
+from tests.decoding.test_decoding import _chi_square_p, _exact_joint, greedy_accepts_matching_ar, sample_two_tokens
 
 SPECULATIVE = [m for m in METHODS if m != "ar"]
 
@@ -77,13 +77,8 @@ def test_sampled_output_with_a_point_mass_draft_follows_the_target():
     prompt = [1, 2, 3, 1, 2]
     law = _exact_joint(target, prompt, params)
     decoder = build_decoder("pearl", target, PromptLookupDraft(16, max_ngram=2), gamma=2, parallel=False)
-    samples, verified, accepted = [], 0, 0
-    for seed in range(SAMPLES):
-        tokens, stats = decoder.generate(prompt, 2, params, seed=seed)
-        samples.append(tuple(tokens))
-        verified += stats.draft_tokens_verified
-        accepted += stats.draft_tokens_accepted
-    assert 0.01 < accepted / verified < 0.99  # both verdicts happen
+    samples, acceptance = sample_two_tokens(decoder, prompt, params)
+    assert 0.01 < acceptance < 0.99  # both verdicts happen
     assert _chi_square_p(samples, law) > 1e-3
 
 
