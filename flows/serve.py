@@ -11,67 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from components.checks import ConfigError, at_least, in_range, one_of
-from components.serving.server import stop_on_signals
+from components.checks import ConfigError, at_least
+from components.decoding.config import DecodingConfig, ModelsConfig
+from components.serving.app import RequestLimits
+from components.serving.server import ConnectionLimits, stop_on_signals
 from mlsys.flow import FlowConfig, system_flow
 from mlsys.tracking import Tracker
 from tasks.serve import resolve_models, serve_endpoint, warm_up
 
 
 @dataclass
-class ServeModelsConfig:
-    target: str = "smollm2"  # smollm2 (the packaged SmolLM2-135M-Instruct) | quantized | hf_folder | tiny_random
-    target_path: Optional[str] = None  # folder for quantized / hf_folder
-    target_registered_name: Optional[str] = (
-        None  # quantized / hf_folder without a path: this MLflow model (newest version)
-    )
-    dtype: str = "float32"  # the GGUF's weights are dequantized 4-bit ones; fp32 keeps greedy exact
-    # auto: the trained draft folder, else MLflow `lm-draft@serving`, else layerskip;
-    # or gpt_folder | mlflow | layerskip | tiny_random | none
-    draft: str = "auto"
-    draft_path: Optional[str] = None  # gpt_folder: a folder written by GPT.save
-    draft_registered_name: str = "lm-draft"  # the lm_train flow registers the draft under this name
-    draft_layers: int = 8  # layerskip: first 8 of SmolLM2's 30 layers (+ shared lm_head): c ≈ 3, usable α
-    served_name: str = "SmolLM2-135M-Instruct"  # the `model` clients ask for (conf/llm/openai.yaml uses it)
-
-    def __post_init__(self):
-        one_of("models.target", self.target, ("smollm2", "quantized", "hf_folder", "tiny_random"))
-        one_of("models.draft", self.draft, ("auto", "gpt_folder", "mlflow", "layerskip", "tiny_random", "none"))
-        at_least("models.draft_layers", self.draft_layers, 1)
-        if not self.served_name:
-            raise ConfigError("models.served_name", self.served_name, "clients need a model name to ask for")
-
-
-@dataclass
-class DecodingConfig:
-    """conf/decoding/*.yaml: which decoding method, and how it splits the cores."""
-
-    method: str = "pearl"  # ar | sd | pearl | pearl_no_pre | pearl_no_post
-    gamma: Optional[int] = None  # draft tokens per round; None: round(c) measured at warm-up (PEARL's rule)
-    max_gamma: int = 8  # cap on the measured γ: a long draft wastes work on every rejection
-    parallel: bool = True  # draft and target on two workers at once (PEARL); False: same outputs, one thread
-    threads: Optional[int] = None  # total torch threads; None: torch's default (the machine's cores)
-    draft_share: float = 0.5  # fraction of the threads the draft worker gets in parallel rounds
-
-    def __post_init__(self):
-        one_of("decoding.method", self.method, ("ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post"))
-        if self.gamma is not None:
-            at_least("decoding.gamma", self.gamma, 1)
-        at_least("decoding.max_gamma", self.max_gamma, 1)
-        if self.threads is not None:
-            at_least("decoding.threads", self.threads, 1)
-        in_range("decoding.draft_share", self.draft_share, 0.0, 1.0)
-
-
-@dataclass
 class ServeConfig(FlowConfig):
-    models: ServeModelsConfig = field(default_factory=ServeModelsConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     host: str = "127.0.0.1"  # loopback by default: expose deliberately (host=0.0.0.0) behind an API key
     port: int = 8000  # 0: any free port
-    api_key_env: Optional[str] = (
-        "SERVE_API_KEY"  # the key is read from this variable (never a logged param); unset: no key
-    )
+    api_key_env: Optional[str] = "SERVE_API_KEY"  # the key is read from this variable (never logged); unset: no key
     max_queue: int = 256  # requests admitted (decoding or waiting); more get 503 instead of crashing the server
     default_max_tokens: int = 256  # for chat requests that give no max_tokens
     duration_s: Optional[float] = None  # None: serve until stopped (deployment); a number: stop after it (tests, demo)
@@ -81,12 +36,8 @@ class ServeConfig(FlowConfig):
     load_test_requests: int = 0  # >0: that many concurrent loopback requests at start; p50/p99 to MLflow
     load_test_max_tokens: int = 8
     metrics_every_s: float = 60.0  # served counters to MLflow this often while serving
-    max_body_bytes: int = 1 << 20  # larger request bodies get 413 before they are read
-    body_timeout_s: float = 30.0  # a request body must arrive within this (else 408)
-    header_timeout_s: float = 10.0  # request headers must be complete this long after a connection opens (else 408)
-    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
-    max_connections: int = 1024  # open connections at once; more get 503 and are closed
-    drain_s: float = 30.0  # on SIGTERM/SIGINT or the end of duration_s: in-flight requests get this long
+    requests: RequestLimits = field(default_factory=RequestLimits)  # body size and time, JSON depth, prompt length
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # open sockets, header time, drain
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -101,11 +52,6 @@ class ServeConfig(FlowConfig):
         at_least("load_test_requests", self.load_test_requests, 0)
         at_least("load_test_max_tokens", self.load_test_max_tokens, 1)
         at_least("metrics_every_s", self.metrics_every_s, 0.1)
-        at_least("max_body_bytes", self.max_body_bytes, 1024)
-        for key in ("body_timeout_s", "header_timeout_s", "keep_alive_s"):
-            at_least(key, getattr(self, key), 0.01)
-        at_least("max_connections", self.max_connections, 1)
-        at_least("drain_s", self.drain_s, 0)
         if self.load_test_requests > self.max_queue:
             raise ConfigError(
                 "load_test_requests",

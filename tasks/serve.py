@@ -12,31 +12,50 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+import torch
+from openai import OpenAI
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mlsys.tracking import Tracker
+from components.decoding.bench import compare_methods
+from components.decoding.config import BenchConfig, DecodingConfig, ModelsConfig
+from components.decoding.engine import Decoder, build_decoder, measure_cost_ratio
+from components.decoding.models import load_draft, load_target
+from components.decoding.prompts import benchmark_prompts
+from components.decoding.roundmodel import GOAL_VS_AR, GOAL_VS_SD, requirement_map
+from components.decoding.summary import draft_shortfall, summarize
+from components.decoding.workers import split_threads
+from components.lm.smollm2 import load_tokenizer
+from components.serving.app import create_app
+from components.serving.loadtest import run_load
+from components.serving.server import BackgroundServer
+from components.serving.service import GenerationService
+from components.serving.text import ByteCodec, HFTextCodec
+from mlsys.tracking import Tracker, load_registered_model_dir
+
+if TYPE_CHECKING:  # the flow module imports these tasks: its config class is only a type here
+    from flows.serve import ServeConfig
 
 
 @dataclass
 class ServingModels:
-    target: Any
-    draft: Any
-    codec: Any
+    target: Any  # a transformers causal LM or a components.decoding CausalLM (native Q4_1, ...)
+    draft: Any  # the same kinds, a PromptLookupDraft, a GPT, or None
+    codec: HFTextCodec | ByteCodec
     served_name: str
     target_source: str
     draft_source: str  # what `draft=auto` resolved to
     draft_location: str
 
 
-def _resolve_draft_source(models_cfg: Any, work_dir: Path, tracking_uri: Optional[str]) -> tuple[str, Optional[str]]:
-    """`auto`: the trained draft folder, else the registered MLflow model, else a layer-skip draft."""
+def _resolve_draft_source(
+    models_cfg: ModelsConfig, work_dir: Path, tracking_uri: Optional[str]
+) -> tuple[str, Optional[str]]:
+    """`auto`: the trained draft folder, else the registered MLflow model (`@serving`), else prompt lookup."""
     source, path = models_cfg.draft, models_cfg.draft_path
     if source == "mlflow":
-        from mlsys.tracking import load_registered_model_dir
-
         return "gpt_folder", str(load_registered_model_dir(models_cfg.draft_registered_name, tracking_uri))
     if source != "auto":
         return source, path
@@ -44,65 +63,61 @@ def _resolve_draft_source(models_cfg: Any, work_dir: Path, tracking_uri: Optiona
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return "gpt_folder", str(folder)
     try:
-        from mlsys.tracking import load_registered_model_dir
-
         return "gpt_folder", str(load_registered_model_dir(models_cfg.draft_registered_name, tracking_uri))
-    except Exception:  # no trained draft anywhere yet: self-speculative fallback
-        return "layerskip", None
+    except Exception:  # no trained draft anywhere yet: n-gram copy from the context (no weights, ~no cost)
+        return "prompt_lookup", None
 
 
 @task(name="serve-resolve-models", cache_policy=NO_CACHE)
 def resolve_models(
-    models_cfg: Any, work_dir: str, tracking_uri: Optional[str], device: str, need_draft: bool = True
+    models_cfg: ModelsConfig, work_dir: str, tracking_uri: Optional[str], device: str, need_draft: bool = True
 ) -> ServingModels:
-    """Load the target (SmolLM2 / quantized / folder / tiny random), the draft, and the text codec."""
-    from components.decoding.models import load_draft, load_target
-    from components.serving.text import ByteCodec, HFTextCodec
-
+    """Load the target (native Q4_1 SmolLM2 / fp32 copy / quantized / folder / tiny), the draft, the codec."""
     logger = get_run_logger()
     target_path = models_cfg.target_path
     if target_path is None and models_cfg.target_registered_name:
-        from mlsys.tracking import load_registered_model_dir
-
         target_path = str(load_registered_model_dir(models_cfg.target_registered_name, tracking_uri))
         logger.info("target %s from MLflow model %s", target_path, models_cfg.target_registered_name)
     target = load_target(models_cfg.target, target_path, models_cfg.dtype, device)
     draft_source, draft_path = ("none", None)
     if need_draft:
         draft_source, draft_path = _resolve_draft_source(models_cfg, Path(work_dir), tracking_uri)
-    draft = load_draft(draft_source, target, draft_path, models_cfg.draft_layers, device)
-    if draft is not None and getattr(draft.config, "vocab_size", None) != target.config.vocab_size:
+    draft = load_draft(
+        draft_source,
+        target,
+        draft_path,
+        models_cfg.draft_layers,
+        device,
+        ngram=models_cfg.draft_ngram,
+        bits=models_cfg.draft_bits,
+    )
+    vocab = _vocab_size(target)
+    if draft is not None and _vocab_size(draft) != vocab:
         raise ValueError(
-            f"draft vocabulary {draft.config.vocab_size} != target vocabulary "
-            f"{target.config.vocab_size}: the draft must share the target's tokenizer"
+            f"draft vocabulary {_vocab_size(draft)} != target vocabulary {vocab}: "
+            "the draft must share the target's tokenizer"
         )
-    if models_cfg.target == "tiny_random":
-        codec = ByteCodec(target.config.vocab_size)
-    else:
-        from components.lm.smollm2 import load_tokenizer
-
-        codec = HFTextCodec(load_tokenizer())
-    where = draft_path or (f"first {models_cfg.draft_layers} target layers" if draft_source == "layerskip" else "-")
+    codec = ByteCodec(vocab) if models_cfg.target == "tiny_random" else HFTextCodec(load_tokenizer())
+    where = draft_path or {
+        "layerskip": f"first {models_cfg.draft_layers} target layers",
+        "prompt_lookup": f"n-grams up to {models_cfg.draft_ngram} from the context",
+        "requantized": f"the target at {models_cfg.draft_bits} bits",
+    }.get(draft_source, "-")
     logger.info("target=%s draft=%s (%s)", models_cfg.target, draft_source, where)
     return ServingModels(target, draft, codec, models_cfg.served_name, models_cfg.target, draft_source, where)
 
 
-def thread_budget(decoding_cfg: Any) -> int:
-    import torch
-
-    return decoding_cfg.threads or torch.get_num_threads()
+def _vocab_size(model) -> int:
+    """The vocabulary of a transformers model, the project's GPT or a decoding CausalLM."""
+    config = getattr(model, "config", None)
+    return int(config.vocab_size) if config is not None else int(model.vocab_size)
 
 
 @task(name="serve-warm-up", cache_policy=NO_CACHE)
-def warm_up(models: ServingModels, decoding_cfg: Any) -> dict:
+def warm_up(models: ServingModels, decoding_cfg: DecodingConfig) -> dict:
     """Measure the draft/target cost ratio c, set γ from it unless configured, build the decoder."""
-    import torch
-
-    from components.decoding.engine import build_decoder, measure_cost_ratio
-    from components.decoding.workers import split_threads
-
     logger = get_run_logger()
-    threads = thread_budget(decoding_cfg)
+    threads = decoding_cfg.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     prompt = models.codec.chat_prompt([{"role": "user", "content": "Hello"}])
     info: dict[str, float] = {"threads": float(threads)}
@@ -137,19 +152,14 @@ def warm_up(models: ServingModels, decoding_cfg: Any) -> dict:
 
 @task(name="serve-endpoint", cache_policy=NO_CACHE)
 def serve_endpoint(
-    models: ServingModels, decoder: Any, cfg: Any, tracker: Tracker, stop: Optional[threading.Event] = None
+    models: ServingModels, decoder: Decoder, cfg: ServeConfig, tracker: Tracker, stop: Optional[threading.Event] = None
 ) -> dict:
     """Serve the OpenAI-compatible API on cfg.host:cfg.port until `stop` is set (SIGTERM/SIGINT) or
-    duration_s has passed, then drain: in-flight requests get cfg.drain_s to finish.
+    duration_s has passed, then drain: in-flight requests get cfg.connections.drain_s to finish.
 
     Right after start it checks itself through the official `openai` client (and fires the
     configured loopback load), so a deployment that cannot answer fails at once, not at first use.
     """
-    from components.serving.app import RequestLimits, create_app
-    from components.serving.loadtest import run_load
-    from components.serving.server import BackgroundServer, ConnectionLimits
-    from components.serving.service import GenerationService
-
     logger = get_run_logger()
     stop = stop or threading.Event()
     metrics: dict[str, float] = {}
@@ -163,21 +173,13 @@ def serve_endpoint(
         api_key=api_key,
         max_queue=cfg.max_queue,
         default_max_tokens=cfg.default_max_tokens,
-        limits=RequestLimits(max_body_bytes=cfg.max_body_bytes, body_timeout_s=cfg.body_timeout_s),
+        limits=cfg.requests,
     )
-    limits = ConnectionLimits(
-        max_connections=cfg.max_connections,
-        header_timeout_s=cfg.header_timeout_s,
-        keep_alive_s=cfg.keep_alive_s,
-        drain_s=cfg.drain_s,
-    )
-    server = BackgroundServer(app, cfg.host, cfg.port, log_level="warning", limits=limits).start()
+    server = BackgroundServer(app, cfg.host, cfg.port, log_level="warning", limits=cfg.connections).start()
     try:
         logger.info("serving %s with %s at %s", models.served_name, decoder.method, server.base_url)
         tracker.set_tags({"endpoint": server.base_url, "served_model": models.served_name})
         if cfg.smoke_test:
-            from openai import OpenAI
-
             client = OpenAI(base_url=server.base_url, api_key=api_key or "none", max_retries=0, timeout=300)
             reply = client.chat.completions.create(
                 model=models.served_name,
@@ -214,7 +216,7 @@ def serve_endpoint(
             logger.info(
                 "stop requested: draining %d in-flight requests for up to %.0f s",
                 app.state.queue_state["admitted"],
-                cfg.drain_s,
+                cfg.connections.drain_s,
             )
         server.stop()
     metrics.update({f"served_{k}": float(v) for k, v in service.counters.as_dict().items()})
@@ -222,13 +224,11 @@ def serve_endpoint(
 
 
 @task(name="decode-benchmark", cache_policy=NO_CACHE)
-def benchmark_decoding(models: ServingModels, bench_cfg: Any, threads: int) -> dict:
+def benchmark_decoding(models: ServingModels, bench_cfg: BenchConfig, threads: int) -> dict:
     """AR, SD at each γ, PEARL, the ablations, HF assisted generation: side by side (greedy)."""
-    from components.decoding.bench import compare_methods
-    from components.decoding.prompts import benchmark_prompts
-
     logger = get_run_logger()
-    prompts = [ids for _, ids in benchmark_prompts(models.codec, bench_cfg.code_prompts, bench_cfg.chat_prompts)]
+    counts = (bench_cfg.code_prompts, bench_cfg.chat_prompts, bench_cfg.edit_prompts)
+    prompts = [ids for _, ids in benchmark_prompts(models.codec, *counts)]
     return compare_methods(
         models.target,
         models.draft,
@@ -237,8 +237,29 @@ def benchmark_decoding(models: ServingModels, bench_cfg: Any, threads: int) -> d
         threads=threads,
         pearl_gamma=bench_cfg.pearl_gamma,
         sd_gammas=list(bench_cfg.sd_gammas),
+        max_gamma=bench_cfg.max_gamma,
         repeats=bench_cfg.repeats,
         eos=models.codec.eos_ids,
         hf_assisted=bench_cfg.hf_assisted,
+        cost_rounds=bench_cfg.cost_rounds,
         log=logger.info,
     )
+
+
+@task(name="decode-summary", cache_policy=NO_CACHE)
+def summarize_decoding(result: dict, tracker: Tracker) -> dict[str, float]:
+    """Speedups, α, the round models and the α map (what a draft of each cost would need) to MLflow;
+    where PEARL misses the goals, the summary says by how much the draft's α falls short."""
+    summary = summarize(result)
+    if "draft_step_s" in result["costs"]:
+        alpha_map = requirement_map(result["costs"], GOAL_VS_AR, GOAL_VS_SD)
+        tracker.log_dict(alpha_map, "alpha_map.json")
+        summary.update({k: v for k, v in alpha_map.items() if k.startswith("least_alpha") and v is not None})
+        shortfall = draft_shortfall(result, GOAL_VS_AR, GOAL_VS_SD)
+        summary.update({k: v for k, v in shortfall.items() if isinstance(v, float)})
+        tracker.log_text(shortfall["why"], "why.txt")
+        get_run_logger().info("%s", shortfall["why"])
+    for i, name in enumerate(result["methods"]):
+        tracker.log_metrics({"tokens_per_s": result["methods"][name]["tokens_per_s"]}, step=i)
+    tracker.log_dict(result, "decode_bench.json")
+    return summary

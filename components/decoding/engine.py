@@ -24,7 +24,7 @@ lets two processes reach the same verdict without exchanging it; here one coordi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -125,15 +125,8 @@ class Decoder:
         """The target's context: past the draft's (shorter) context, decoding continues without drafting."""
         return self.target.max_context
 
-    def stream(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        params: SamplingParams = SamplingParams(),
-        seed: int = 0,
-        stop_ids: Iterable[int] = (),
-        stats: Optional[DecodeStats] = None,
-    ) -> Iterator[list[int]]:
+    def stream(self, prompt_ids, max_new_tokens, params=SamplingParams(), seed=0, stop_ids=(), stats=None):
+        """Yields each round's newly committed tokens (`generate`'s arguments, `stats` filled as it goes)."""
         raise NotImplementedError
 
     def generate(
@@ -242,97 +235,123 @@ class SpeculativeDecoder(Decoder):
         self._check_prompt(prompt_ids)
         stats = stats if stats is not None else DecodeStats(method=self.method)
         stats.prompt_tokens = len(prompt_ids)
-        out = _Output(prompt_ids, max_new_tokens, stop_ids)
-        target, draft = SequenceRunner(self.target), SequenceRunner(self.draft)
-        draft_rng = torch.Generator().manual_seed(seed)
-        verdict_rng = torch.Generator()
-        block: list[int] = []  # draft tokens after out.seq awaiting the target's verdict
-        block_q: list[torch.Tensor] = []
-        start = time.perf_counter()
-
-        def emit(tokens: list[int]) -> list[int]:
-            chunk = out.commit(tokens)
-            stats.new_tokens += len(chunk)
-            return chunk
-
-        def verdict(token: int, p: torch.Tensor, q: torch.Tensor) -> Optional[int]:
-            """None when the draft token stands, else the token resampled from the residual."""
-            stats.draft_tokens_verified += 1
-            if accept_draft_token(token, p, q, verdict_rng):
-                stats.draft_tokens_accepted += 1
-                return None
-            return sample(residual_distribution(p, q), verdict_rng)
-
+        run = _SpeculativeRun(self, _Output(prompt_ids, max_new_tokens, stop_ids), params, seed, stats)
         try:
-            while not out.done:
-                stats.rounds += 1
-                verdict_rng.manual_seed(seed * 1_000_003 + stats.rounds)  # same reseed on every worker
-                if not block:
-                    gamma = self._draft_budget(out, 0)
-                    if gamma == 0:  # no room to draft (end of budget or context): one target step
-                        yield emit([sample(warp(target.logits_for(out.seq)[-1], params), verdict_rng)])
-                        continue
-                    seq = list(out.seq)
-                    if not self.pre_verify:  # the draft drafts alone; the target waits
-                        block, block_q = self._propose(draft, seq, gamma, params, draft_rng)
-                        continue
-                    # Pre-verify: the target's pass over the prefix end yields p for the first draft token.
-                    (drafted, qs), logits = self.workers.run(
-                        lambda: self._propose(draft, seq, gamma, params, draft_rng), lambda: target.logits_for(seq)[-1]
-                    )
-                    resampled = verdict(drafted[0], warp(logits, params), qs[0])
-                    if resampled is None:
-                        yield emit([drafted[0]])
-                        block, block_q = drafted[1:], qs[1:]
-                    else:
-                        yield emit([resampled])
-                        draft.rollback(len(out.seq) - 1)
-                    continue
-
-                # Verify the block; with post-verify the draft drafts the next γ tokens meanwhile.
-                seq, pending, pending_q = list(out.seq), block, block_q
-                block, block_q = [], []
-                gamma = self._draft_budget(out, len(pending)) if self.post_verify else 0
-                if gamma > 0:
-                    (next_block, next_q), logits = self.workers.run(
-                        lambda: self._propose(draft, seq + pending, gamma, params, draft_rng),
-                        lambda: target.logits_for(seq + pending),
-                    )
-                else:
-                    next_block, next_q = [], []
-                    logits = target.logits_for(seq + pending)
-                ps = warp(logits[-(len(pending) + 1) :], params)  # p for each block token, then the next
-                accepted, resampled = 0, None
-                for i, tok in enumerate(pending):
-                    resampled = verdict(tok, ps[i], pending_q[i])
-                    if resampled is not None:
-                        break
-                    accepted += 1
-                if resampled is not None:  # first reject: keep the accepted prefix, roll both caches back
-                    yield emit(pending[:accepted] + [resampled])
-                    target.rollback(len(out.seq) - 1)
-                    draft.rollback(len(out.seq) - 1)
-                    continue
-                chunk = emit(pending)
-                if out.done:
+            while not run.out.done:
+                chunk = run.round()
+                if chunk is not None:
                     yield chunk
-                    break
-                if not next_block:  # vanilla SD / no post-verify: the bonus token from the last p
-                    yield chunk + emit([sample(ps[-1], verdict_rng)])
-                    continue
-                # Post-verify: the target's last p verifies the draft's first new token right away.
-                resampled = verdict(next_block[0], ps[-1], next_q[0])
-                if resampled is None:
-                    yield chunk + emit([next_block[0]])
-                    block, block_q = next_block[1:], next_q[1:]
-                else:
-                    yield chunk + emit([resampled])
-                    draft.rollback(len(out.seq) - 1)
         finally:
-            stats.seconds = time.perf_counter() - start
-            stats.target_forwards, stats.target_seconds = target.forwards, target.forward_seconds
-            stats.draft_forwards, stats.draft_seconds = draft.forwards, draft.forward_seconds
-            stats.finish_reason = out.finish_reason
+            run.finish()
+
+
+class _SpeculativeRun:
+    """One generation of `SpeculativeDecoder`: the committed output, both runners and the pending block.
+
+    Each `round()` is one synchronisation of the two workers: a pre-verify round when no draft block is
+    pending (or the draft drafting alone without pre-verify), else a verification round of the block.
+    """
+
+    def __init__(
+        self, decoder: SpeculativeDecoder, out: _Output, params: SamplingParams, seed: int, stats: DecodeStats
+    ):
+        self.decoder, self.out, self.params, self.seed, self.stats = decoder, out, params, seed, stats
+        self.target, self.draft = SequenceRunner(decoder.target), SequenceRunner(decoder.draft)
+        self.draft_rng = torch.Generator().manual_seed(seed)
+        self.verdict_rng = torch.Generator()
+        self.block: list[int] = []  # draft tokens after out.seq awaiting the target's verdict
+        self.block_q: list[torch.Tensor] = []
+        self.start = time.perf_counter()
+
+    def emit(self, tokens: list[int]) -> list[int]:
+        chunk = self.out.commit(tokens)
+        self.stats.new_tokens += len(chunk)
+        return chunk
+
+    def verdict(self, token: int, p: torch.Tensor, q: torch.Tensor) -> Optional[int]:
+        """None when the draft token stands, else the token resampled from the residual."""
+        self.stats.draft_tokens_verified += 1
+        if accept_draft_token(token, p, q, self.verdict_rng):
+            self.stats.draft_tokens_accepted += 1
+            return None
+        return sample(residual_distribution(p, q), self.verdict_rng)
+
+    def propose(self, context: list[int], gamma: int) -> tuple[list[int], list[torch.Tensor]]:
+        return self.decoder._propose(self.draft, context, gamma, self.params, self.draft_rng)
+
+    def round(self) -> Optional[list[int]]:
+        """One round; the tokens it committed (None: the draft drafted alone, nothing committed yet)."""
+        self.stats.rounds += 1
+        self.verdict_rng.manual_seed(self.seed * 1_000_003 + self.stats.rounds)  # same reseed on every worker
+        return self.verify_block() if self.block else self.start_block()
+
+    def start_block(self) -> Optional[list[int]]:
+        """No block pending: draft γ tokens; with pre-verify the target's pass over the prefix end
+        meanwhile yields p for the first of them, verified at once."""
+        out, decoder = self.out, self.decoder
+        gamma = decoder._draft_budget(out, 0)
+        if gamma == 0:  # no room to draft (end of budget or context): one target step
+            return self.emit([sample(warp(self.target.logits_for(out.seq)[-1], self.params), self.verdict_rng)])
+        seq = list(out.seq)
+        if not decoder.pre_verify:  # the draft drafts alone; the target waits
+            self.block, self.block_q = self.propose(seq, gamma)
+            return None
+        (drafted, qs), logits = decoder.workers.run(
+            lambda: self.propose(seq, gamma), lambda: self.target.logits_for(seq)[-1]
+        )
+        resampled = self.verdict(drafted[0], warp(logits, self.params), qs[0])
+        if resampled is None:
+            self.block, self.block_q = drafted[1:], qs[1:]
+            return self.emit([drafted[0]])
+        chunk = self.emit([resampled])
+        self.draft.rollback(len(out.seq) - 1)
+        return chunk
+
+    def verify_block(self) -> list[int]:
+        """Verify the pending block; with post-verify the draft drafts the next γ tokens meanwhile."""
+        out, decoder = self.out, self.decoder
+        seq, pending, pending_q = list(out.seq), self.block, self.block_q
+        self.block, self.block_q = [], []
+        gamma = decoder._draft_budget(out, len(pending)) if decoder.post_verify else 0
+        if gamma > 0:
+            (next_block, next_q), logits = decoder.workers.run(
+                lambda: self.propose(seq + pending, gamma), lambda: self.target.logits_for(seq + pending)
+            )
+        else:
+            next_block, next_q = [], []
+            logits = self.target.logits_for(seq + pending)
+        ps = warp(logits[-(len(pending) + 1) :], self.params)  # p for each block token, then the next
+        accepted, resampled = 0, None
+        for i, tok in enumerate(pending):
+            resampled = self.verdict(tok, ps[i], pending_q[i])
+            if resampled is not None:
+                break
+            accepted += 1
+        if resampled is not None:  # first reject: keep the accepted prefix, roll both caches back
+            chunk = self.emit(pending[:accepted] + [resampled])
+            self.target.rollback(len(out.seq) - 1)
+            self.draft.rollback(len(out.seq) - 1)
+            return chunk
+        chunk = self.emit(pending)
+        if out.done:
+            return chunk
+        if not next_block:  # vanilla SD / no post-verify: the bonus token from the last p
+            return chunk + self.emit([sample(ps[-1], self.verdict_rng)])
+        # Post-verify: the target's last p verifies the draft's first new token right away.
+        resampled = self.verdict(next_block[0], ps[-1], next_q[0])
+        if resampled is None:
+            self.block, self.block_q = next_block[1:], next_q[1:]
+            return chunk + self.emit([next_block[0]])
+        chunk = chunk + self.emit([resampled])
+        self.draft.rollback(len(out.seq) - 1)
+        return chunk
+
+    def finish(self) -> None:
+        stats = self.stats
+        stats.seconds = time.perf_counter() - self.start
+        stats.target_forwards, stats.target_seconds = self.target.forwards, self.target.forward_seconds
+        stats.draft_forwards, stats.draft_seconds = self.draft.forwards, self.draft.forward_seconds
+        stats.finish_reason = self.out.finish_reason
 
 
 def build_decoder(

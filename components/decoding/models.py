@@ -5,23 +5,34 @@
   the tokenizer by construction: the fallback when no trained draft exists.
 - `tiny_llama(...)`: a randomly initialised Llama with a small vocabulary, for exactness tests and
   the loopback load test (fast; its outputs are noise, never presented as model output).
+- `native_first_layers`, `native_requantized`: drafts built from the native Q4_1 target (its first
+  layers; all of it requantized to fewer bits), sharing or re-packing its weights.
+- `PromptLookupDraft` (lookup.py): n-gram copy from the context, no weights.
 - `load_target` / `load_draft`: resolve a configured source to a model object.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
 import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from components.decoding.cache import CausalLM, wrap_model
+from components.decoding.config import DRAFT_SOURCES, TARGET_SOURCES
+from components.decoding.lookup import PromptLookupDraft
+from components.lm import smollm2
+from components.lm.model import GPT
+from components.quant import load_quantized  # the quantize flow's loader
+from components.quant.native import LeanLayer, LeanLlama, load_native_smollm2
+from components.quant.packed_matrix import PackedMatrix
 
 
 def layer_skip_draft(target, n_layers: int):
     """A LlamaForCausalLM-like draft made of the target's first `n_layers` layers (shared weights)."""
-    import copy
-
-    from transformers import AutoModelForCausalLM
-
     total = target.config.num_hidden_layers
     if not 1 <= n_layers < total:
         raise ValueError(f"layer-skip draft needs 1 <= n_layers < {total} (the target's depth), got {n_layers}")
@@ -47,8 +58,6 @@ def gpt_as_hf(gpt):
     weights stored [in, out]). transformers' `generate(assistant_model=...)` needs a transformers
     model: this lets the benchmark's HF assisted-generation row use the same trained draft.
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     cfg = gpt.config
     config = GPT2Config(
         vocab_size=cfg.vocab_size,
@@ -107,8 +116,6 @@ def tiny_llama(
     dtype: torch.dtype = torch.float64,
 ):
     """A random Llama small enough for thousands of decode steps per second (tests, load test)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -130,69 +137,102 @@ def tiny_llama(
     return model.to(dtype).eval()
 
 
-def load_target(source: str = "smollm2", path: Optional[str] = None, dtype: str = "float32", device: str = "cpu"):
-    """The model being served: SmolLM2-135M-Instruct, a quantized folder, or a saved HF folder."""
+def load_target(
+    source: str = "smollm2_q4_native", path: Optional[str] = None, dtype: str = "float32", device: str = "cpu"
+):
+    """The model being served: native Q4_1 SmolLM2, its fp32 copy, a quantized folder, a saved HF folder, tiny."""
+    if source == "smollm2_q4_native":
+        return native_causal_lm(load_native_smollm2(path))
     if source == "smollm2":
-        from components.lm.smollm2 import load_model
-
-        return load_model(dtype=dtype, device=device)
+        return smollm2.load_model(dtype=dtype, device=device)
     if source == "quantized":
         if not path:
             raise ValueError("target source 'quantized' needs a folder path (the quantize flow's output)")
-        from components.quant import load_quantized  # the quantize flow's loader
-
         return load_quantized(path).to(device).eval()
     if source == "hf_folder":
-        from components.lm.smollm2 import load_model
-
         if not path or not Path(path).exists():
             raise FileNotFoundError(f"target source 'hf_folder' needs an existing folder, got {path!r}")
-        return load_model(dtype=dtype, device=device, folder=path)
+        return smollm2.load_model(dtype=dtype, device=device, folder=path)
     if source == "tiny_random":
         return tiny_llama(vocab_size=512, hidden=64, layers=4, dtype=torch.float32)
-    if source == "smollm2_q4_native":
-        from components.quant.native import load_native_smollm2  # the GGUF's own 4-bit blocks, integer kernel
-
-        return native_causal_lm(load_native_smollm2(path))
-    raise ValueError(
-        f"unknown target source {source!r}; use smollm2, smollm2_q4_native, quantized, hf_folder or tiny_random"
-    )
+    raise ValueError(f"unknown target source {source!r}; use one of {', '.join(TARGET_SOURCES)}")
 
 
-def native_causal_lm(model):
+class NativeCausalLM(CausalLM):
     """A `components.quant.native.LeanLlama` as the engine's CausalLM (its cache rolls back by length)."""
-    from components.decoding.cache import CausalLM
 
-    class NativeCausalLM(CausalLM):
-        def __init__(self, lean):
-            self.lean, self.name = lean, lean.name
-            self.vocab_size, self.max_context, self.device = lean.vocab_size, lean.max_context, lean.device
+    def __init__(self, lean: LeanLlama):
+        self.lean, self.name = lean, lean.name
+        self.vocab_size, self.max_context, self.device = lean.vocab_size, lean.max_context, lean.device
 
-        def forward(self, ids, cache):
-            return self.lean.forward(ids, cache)
+    def forward(self, ids, cache):
+        return self.lean.forward(ids, cache)
 
-        def crop(self, cache, length):
-            return self.lean.crop(cache, length)
+    def crop(self, cache, length):
+        return self.lean.crop(cache, length)
 
-        @staticmethod
-        def cache_length(cache):
-            return 0 if cache is None else cache.length
+    @staticmethod
+    def cache_length(cache):
+        return 0 if cache is None else cache.length
 
+
+def native_causal_lm(model: LeanLlama) -> NativeCausalLM:
     return NativeCausalLM(model)
 
 
-def load_draft(source: str, target, path: Optional[str] = None, layers: int = 4, device: str = "cpu"):
-    """The draft: a trained GPT folder, the target's first layers, or none (autoregressive)."""
+def native_first_layers(target: NativeCausalLM, n_layers: int) -> NativeCausalLM:
+    """The native target's first `n_layers` layers + its final norm and head (shared packed weights)."""
+    lean = target.lean
+    total = lean.shape.layers
+    if not 1 <= n_layers < total:
+        raise ValueError(f"layer-skip draft needs 1 <= n_layers < {total} (the target's depth), got {n_layers}")
+    shape = dataclasses.replace(lean.shape, layers=n_layers)
+    draft = LeanLlama(shape, lean.layers[:n_layers], lean.final_norm, lean.head, f"{lean.name}-L{n_layers}", lean.embed)
+    return NativeCausalLM(draft)
+
+
+def native_requantized(target: NativeCausalLM, bits: int) -> NativeCausalLM:
+    """The native target with every projection and the head requantized to `bits` (RTN, groups of 32,
+    fp16 scale and minimum: bits + 1 bits/weight): the quantized target at a lower budget, as a draft."""
+    lean = target.lean
+
+    def low(matrix):
+        return PackedMatrix.quantize_asymmetric(matrix.dequantize(), bits)
+
+    layers = [
+        LeanLayer(layer.attn_norm, low(layer.qkv), low(layer.o), layer.ffn_norm, low(layer.gate_up), low(layer.down))
+        for layer in lean.layers
+    ]
+    head = low(lean.head)
+    for matrix in [head] + [m for layer in layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)]:
+        matrix.act_levels = 1  # a draft: int8 activations alone are enough (the verdict keeps the output exact)
+    return NativeCausalLM(LeanLlama(lean.shape, layers, lean.final_norm, head, f"{lean.name}-rtn{bits}"))
+
+
+def load_draft(
+    source: str, target, path: Optional[str] = None, layers: int = 4, device: str = "cpu", ngram: int = 3, bits: int = 2
+):
+    """The draft: prompt lookup, the target's first layers, the target requantized, a trained GPT folder,
+    tiny random, or none (autoregressive)."""
     if source == "none":
         return None
+    if source == "prompt_lookup":
+        return PromptLookupDraft(wrap_model(target).vocab_size, ngram)
     if source == "layerskip":
-        return layer_skip_draft(target, layers)
+        return (
+            native_first_layers(target, layers)
+            if isinstance(target, NativeCausalLM)
+            else layer_skip_draft(target, layers)
+        )
+    if source == "requantized":
+        if not isinstance(target, NativeCausalLM):
+            raise ValueError("draft source 'requantized' needs the native target (models.target=smollm2_q4_native)")
+        return native_requantized(target, bits)
     if source == "gpt_folder":
-        from components.lm.model import GPT
-
         if not path or not Path(path).exists():
             raise FileNotFoundError(f"draft source 'gpt_folder' needs the folder of a saved GPT, got {path!r}")
         return GPT.from_folder(path, device=device)
     if source == "tiny_random":
-        return tiny_llama(vocab_size=target.config.vocab_size, hidden=32, layers=1, seed=1, dtype=torch.float32)
-    raise ValueError(f"unknown draft source {source!r}; use layerskip, gpt_folder, tiny_random or none")
+        vocab = wrap_model(target).vocab_size
+        return tiny_llama(vocab_size=vocab, hidden=32, layers=1, seed=1, dtype=torch.float32)
+    raise ValueError(f"unknown draft source {source!r}; use one of {', '.join(DRAFT_SOURCES)}")

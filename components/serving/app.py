@@ -44,7 +44,7 @@ MAX_STOP_CHARS = 256
 INT64 = (-(2**63), 2**63 - 1)
 
 
-@dataclass(frozen=True)
+@dataclass
 class RequestLimits:
     max_body_bytes: int = 1 << 20  # 1 MiB: far above any prompt the context holds
     body_timeout_s: float = 30.0  # the whole body must arrive within this
@@ -138,43 +138,67 @@ class ChatRequest(_Sampling):
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
 
 
-def create_app(
-    service: GenerationService,
-    api_key: Optional[str] = None,
-    max_queue: int = 256,
-    default_max_tokens: int = 256,
-    limits: Optional[RequestLimits] = None,
-) -> FastAPI:
-    """The app for one served model; `service` decodes, this layer validates, queues and formats."""
-    at_least("max_queue", max_queue, 1)
-    at_least("default_max_tokens", default_max_tokens, 1)
-    limits = limits or RequestLimits()
-    app = FastAPI(title="mlsys serve (PEARL)", docs_url=None, redoc_url=None)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
-    tokenizer_pool = ThreadPoolExecutor(max_workers=limits.tokenize_threads, thread_name_prefix="tokenize")
-    state = {"admitted": 0, "rejected_busy": 0, "cancelled": 0, "created": int(time.time())}
-    app.state.service, app.state.queue_state, app.state.executor = service, state, executor
-    max_prompt_chars = service.max_context * limits.max_chars_per_token
+class OpenAIRoutes:
+    """The route handlers of one served model: `service` decodes; this layer validates, queues and formats."""
 
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError):
-        return _error(exc.status, exc.message, exc.param, exc.code, exc.kind)
+    def __init__(
+        self,
+        service: GenerationService,
+        api_key: Optional[str],
+        max_queue: int,
+        default_max_tokens: int,
+        limits: RequestLimits,
+    ):
+        at_least("max_queue", max_queue, 1)
+        at_least("default_max_tokens", default_max_tokens, 1)
+        self.service, self.api_key, self.limits = service, api_key, limits
+        self.max_queue, self.default_max_tokens = max_queue, default_max_tokens
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self.tokenizer_pool = ThreadPoolExecutor(max_workers=limits.tokenize_threads, thread_name_prefix="tokenize")
+        self.state = {"admitted": 0, "rejected_busy": 0, "cancelled": 0, "created": int(time.time())}
+        self.max_prompt_chars = service.max_context * limits.max_chars_per_token
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError):
-        return _validation_response(exc.errors())
+    # --- the routes ------------------------------------------------------------------------------
+    async def health(self):
+        return {"status": "ok", "queued": self.state["admitted"]}
 
-    @app.on_event("shutdown")
-    async def _shutdown():
-        executor.shutdown(wait=False, cancel_futures=True)
-        tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+    async def models(self, request: Request):
+        self.check_key(request)
+        model = {
+            "id": self.service.model_name,
+            "object": "model",
+            "created": self.state["created"],
+            "owned_by": "mlsys",
+        }
+        return {"object": "list", "data": [model]}
 
-    def check_key(request: Request) -> None:
-        if api_key is None:
+    async def completions(self, request: Request):
+        self.check_key(request)
+        body = await self.read_body(request, CompletionRequest)
+        self.check_model_and_length(body, len(body.prompt), "prompt")
+        prompt_ids = await _off_loop(self.tokenizer_pool, self.service.codec.encode, body.prompt)
+        return await self.respond(request, body, self.resolve(body, prompt_ids, body.max_tokens), chat=False)
+
+    async def chat_completions(self, request: Request):
+        self.check_key(request)
+        body = await self.read_body(request, ChatRequest)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        self.check_model_and_length(body, sum(len(m["content"]) for m in messages), "messages")
+        prompt_ids = await _off_loop(self.tokenizer_pool, self.service.codec.chat_prompt, messages)
+        gen = self.resolve(body, prompt_ids, body.max_completion_tokens or body.max_tokens)
+        return await self.respond(request, body, gen, chat=True)
+
+    async def shutdown(self):
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- the checks, cheapest first --------------------------------------------------------------
+    def check_key(self, request: Request) -> None:
+        if self.api_key is None:
             return
         header = request.headers.get("authorization", "")
         given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not secrets.compare_digest(given.encode("utf-8", "replace"), api_key.encode()):
+        if not secrets.compare_digest(given.encode("utf-8", "replace"), self.api_key.encode()):
             raise APIError(
                 401,
                 "invalid or missing API key (send 'Authorization: Bearer <key>')",
@@ -182,56 +206,42 @@ def create_app(
                 kind="authentication_error",
             )
 
-    async def read_body(request: Request, model: type[BaseModel]) -> Any:
+    async def read_body(self, request: Request, model: type[BaseModel]) -> Any:
         """Size (declared, then counted), arrival time, JSON, depth and unicode, then the fields."""
+        limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > limits.max_body_bytes:
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             raise APIError(
-                413,
-                f"the body is {int(declared)} bytes; at most {limits.max_body_bytes} are accepted",
-                code="body_too_large",
+                413, f"the body is {int(declared)} bytes; at most {limit} are accepted", code="body_too_large"
             )
         chunks: list[bytes] = []
-        size = 0
 
         async def pull() -> None:
-            nonlocal size
+            size = 0
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > limits.max_body_bytes:
-                    raise APIError(413, f"the body is over {limits.max_body_bytes} bytes", code="body_too_large")
+                if size > limit:
+                    raise APIError(413, f"the body is over {limit} bytes", code="body_too_large")
                 chunks.append(chunk)
 
         try:
-            await asyncio.wait_for(pull(), limits.body_timeout_s)
+            await asyncio.wait_for(pull(), self.limits.body_timeout_s)
         except TimeoutError:
             raise APIError(
-                408, f"the body did not arrive within {limits.body_timeout_s} s", code="request_timeout"
+                408, f"the body did not arrive within {self.limits.body_timeout_s} s", code="request_timeout"
             ) from None
         except ClientDisconnect:
             raise APIError(
                 400, "the client disconnected before sending the whole body", code="client_disconnected"
             ) from None
-        payload = parse_json(b"".join(chunks), limits.max_json_depth)
+        payload = parse_json(b"".join(chunks), self.limits.max_json_depth)
         try:
             return model.model_validate(payload)
         except ValidationError as exc:
             raise _validation_api_error(exc.errors()) from None
 
-    def resolve(body: _Sampling, prompt_ids: list[int], max_tokens: Optional[int]) -> GenerationRequest:
-        max_tokens = max_tokens or default_max_tokens
-        if len(prompt_ids) + max_tokens > service.max_context:
-            raise APIError(
-                400,
-                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds "
-                f"the context of {service.max_context} tokens",
-                "max_tokens",
-                "context_length_exceeded",
-            )
-        params = SamplingParams(temperature=body.temperature, top_p=body.top_p)
-        return GenerationRequest(prompt_ids, max_tokens, params, list(body.stop or []), body.seed)
-
-    def check_model_and_length(body: _Sampling, prompt_chars: int, param: str) -> None:
+    def check_model_and_length(self, body: _Sampling, prompt_chars: int, param: str) -> None:
+        service = self.service
         if body.model != service.model_name:
             raise APIError(
                 404,
@@ -239,67 +249,53 @@ def create_app(
                 "model",
                 "model_not_found",
             )
-        if prompt_chars > max_prompt_chars:
+        if prompt_chars > self.max_prompt_chars:
             raise APIError(
                 400,
                 f"the prompt has {prompt_chars} characters; the context of {service.max_context} "
-                f"tokens holds at most {max_prompt_chars}",
+                f"tokens holds at most {self.max_prompt_chars}",
                 param,
                 "context_length_exceeded",
             )
 
-    async def off_loop(pool: ThreadPoolExecutor, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    def resolve(self, body: _Sampling, prompt_ids: list[int], max_tokens: Optional[int]) -> GenerationRequest:
+        max_tokens = max_tokens or self.default_max_tokens
+        if len(prompt_ids) + max_tokens > self.service.max_context:
+            raise APIError(
+                400,
+                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds "
+                f"the context of {self.service.max_context} tokens",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        params = SamplingParams(temperature=body.temperature, top_p=body.top_p)
+        return GenerationRequest(prompt_ids, max_tokens, params, list(body.stop or []), body.seed)
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "queued": state["admitted"]}
-
-    @app.get("/v1/models")
-    async def models(request: Request):
-        check_key(request)
-        return {
-            "object": "list",
-            "data": [{"id": service.model_name, "object": "model", "created": state["created"], "owned_by": "mlsys"}],
-        }
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        check_key(request)
-        body = await read_body(request, CompletionRequest)
-        check_model_and_length(body, len(body.prompt), "prompt")
-        prompt_ids = await off_loop(tokenizer_pool, service.codec.encode, body.prompt)
-        return await respond(request, body, resolve(body, prompt_ids, body.max_tokens), chat=False)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        check_key(request)
-        body = await read_body(request, ChatRequest)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        check_model_and_length(body, sum(len(m["content"]) for m in messages), "messages")
-        prompt_ids = await off_loop(tokenizer_pool, service.codec.chat_prompt, messages)
-        gen = resolve(body, prompt_ids, body.max_completion_tokens or body.max_tokens)
-        return await respond(request, body, gen, chat=True)
-
-    async def respond(request: Request, body: _Sampling, gen: GenerationRequest, chat: bool):
-        if state["admitted"] >= max_queue:
-            state["rejected_busy"] += 1
+    def admit(self) -> _Release:
+        """A place in the bounded queue, or 503 at once when it is full."""
+        if self.state["admitted"] >= self.max_queue:
+            self.state["rejected_busy"] += 1
             raise APIError(
                 503,
-                f"server busy: {max_queue} requests already queued, retry later",
+                f"server busy: {self.max_queue} requests already queued, retry later",
                 code="queue_full",
                 kind="server_error",
             )
-        state["admitted"] += 1
-        release = _Release(state)
+        self.state["admitted"] += 1
+        return _Release(self.state)
+
+    # --- answering -------------------------------------------------------------------------------
+    async def respond(self, request: Request, body: _Sampling, gen: GenerationRequest, chat: bool):
+        release = self.admit()
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return _AdmittedStream(sse(gen, rid, chat, include_usage, release), release, media_type="text/event-stream")
+            events = self.sse(gen, rid, chat, include_usage, release)
+            return _AdmittedStream(events, release, media_type="text/event-stream")
         cancelled = threading.Event()
         watcher = asyncio.ensure_future(_wait_for_disconnect(request, cancelled))
         try:
-            text, stats = await off_loop(executor, service.complete, gen, cancelled.is_set)
+            text, stats = await _off_loop(self.executor, self.service.complete, gen, cancelled.is_set)
         except asyncio.CancelledError:  # the server is stopping (drain time over) or the task was cancelled
             cancelled.set()
             raise
@@ -307,7 +303,7 @@ def create_app(
             watcher.cancel()
             release()
         if cancelled.is_set():
-            state["cancelled"] += 1
+            self.state["cancelled"] += 1
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": stats.finish_reason}
             if chat
@@ -317,46 +313,35 @@ def create_app(
             "id": rid,
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
-            "model": service.model_name,
+            "model": self.service.model_name,
             "choices": [choice],
             "usage": _usage(stats),
             "decoding": _decoding(stats),
         }
 
-    async def sse(gen: GenerationRequest, rid: str, chat: bool, include_usage: bool, release: _Release):
+    async def sse(self, gen: GenerationRequest, rid: str, chat: bool, include_usage: bool, release: _Release):
+        """Server-sent events: the decode thread hands each text delta to the loop through a queue."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        stats = DecodeStats(method=service.decoder.method)
+        stats = DecodeStats(method=self.service.decoder.method)
         cancelled = threading.Event()
         done = object()
 
         def work():
             try:
-                for delta in service.stream(gen, stats, cancelled=cancelled.is_set):
+                for delta in self.service.stream(gen, stats, cancelled=cancelled.is_set):
                     loop.call_soon_threadsafe(queue.put_nowait, delta)
             except BaseException as exc:  # surfaced to the client as an error event
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, done)
 
-        created = int(time.time())
-        kind = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(delta: Optional[str], finish: Optional[str] = None, first: bool = False) -> str:
-            if chat:
-                d = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta is not None else {})
-                choice = {"index": 0, "delta": d, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-            return _event(
-                {"id": rid, "object": kind, "created": created, "model": service.model_name, "choices": [choice]}
-            )
-
-        future = loop.run_in_executor(executor, work)
+        chunks = _ChunkFormat(rid, chat, self.service.model_name)
+        future = loop.run_in_executor(self.executor, work)
         finished = False
         try:
             if chat:
-                yield chunk(None, first=True)
+                yield chunks.delta(None, first=True)
             while True:
                 item = await queue.get()
                 if item is done:
@@ -364,29 +349,74 @@ def create_app(
                 if isinstance(item, BaseException):
                     yield _event({"error": {"message": f"decoding failed: {item}", "type": "server_error"}})
                     break
-                yield chunk(item)
-            yield chunk(None, finish=stats.finish_reason)
+                yield chunks.delta(item)
+            yield chunks.delta(None, finish=stats.finish_reason)
             if include_usage:
-                yield _event(
-                    {
-                        "id": rid,
-                        "object": kind,
-                        "created": created,
-                        "model": service.model_name,
-                        "choices": [],
-                        "usage": _usage(stats),
-                    }
-                )
+                yield chunks.usage(stats)
             yield "data: [DONE]\n\n"
             finished = True
         finally:
             if not finished:
                 cancelled.set()  # a client that went away: skipped if still queued, else stops at the next round
-                state["cancelled"] += 1
+                self.state["cancelled"] += 1
             release()
             future.add_done_callback(lambda f: f.cancelled() or f.exception())  # never an unobserved exception
 
+
+class _ChunkFormat:
+    """The streamed chunks of one response, in OpenAI's completion or chat-completion shape."""
+
+    def __init__(self, rid: str, chat: bool, model: str):
+        self.head = {
+            "id": rid,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+        }
+        self.chat = chat
+
+    def delta(self, text: Optional[str], finish: Optional[str] = None, first: bool = False) -> str:
+        if self.chat:
+            d = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
+            choice = {"index": 0, "delta": d, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        return _event({**self.head, "choices": [choice]})
+
+    def usage(self, stats: DecodeStats) -> str:
+        return _event({**self.head, "choices": [], "usage": _usage(stats)})
+
+
+def create_app(
+    service: GenerationService,
+    api_key: Optional[str] = None,
+    max_queue: int = 256,
+    default_max_tokens: int = 256,
+    limits: Optional[RequestLimits] = None,
+) -> FastAPI:
+    """The app for one served model: `OpenAIRoutes`' handlers on their paths, OpenAI-shaped errors."""
+    routes = OpenAIRoutes(service, api_key, max_queue, default_max_tokens, limits or RequestLimits())
+    app = FastAPI(title="mlsys serve (PEARL)", docs_url=None, redoc_url=None, on_shutdown=[routes.shutdown])
+    app.state.service, app.state.queue_state, app.state.executor = service, routes.state, routes.executor
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_api_route("/health", routes.health, methods=["GET"])
+    app.add_api_route("/v1/models", routes.models, methods=["GET"])
+    app.add_api_route("/v1/completions", routes.completions, methods=["POST"])
+    app.add_api_route("/v1/chat/completions", routes.chat_completions, methods=["POST"])
     return app
+
+
+async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    return _error(exc.status, exc.message, exc.param, exc.code, exc.kind)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return _validation_response(exc.errors())
+
+
+async def _off_loop(pool: ThreadPoolExecutor, fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
 async def _wait_for_disconnect(request: Request, cancelled: threading.Event) -> None:

@@ -10,6 +10,9 @@ import time
 from typing import Optional
 from urllib.parse import urlsplit
 
+import httpx
+from openai import AsyncOpenAI
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -20,9 +23,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def _load(base_url: str, model: str, requests: int, max_tokens: int, api_key: str, chat: bool) -> dict:
-    import httpx
-    from openai import AsyncOpenAI
-
     limits = httpx.Limits(max_connections=requests, max_keepalive_connections=requests)
     async with httpx.AsyncClient(limits=limits, timeout=600) as http:
         client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, http_client=http)

@@ -21,6 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 from components.checks import at_least
 
 
@@ -84,8 +88,6 @@ def _json_error_response(status: int, reason: str, message: str, code: str, kind
 
 def guarded_protocol(limits: ConnectionLimits):
     """uvicorn's h11 protocol with a header-read timeout and a cap on open connections."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer = None
@@ -158,8 +160,6 @@ class BackgroundServer:
         backlog: int = 2048,
         limits: Optional[ConnectionLimits] = None,
     ):
-        import uvicorn
-
         self.limits = limits or ConnectionLimits()
         self.host = host
         self.socket = bind_listener(host, port)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from components.lm.model import GPT, GPTConfig
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _tiny_models(one_torch_thread):
@@ -14,8 +16,6 @@ def _tiny_models(one_torch_thread):
 def tiny_gpt(
     vocab_size: int = 16, n_layer: int = 2, n_embd: int = 16, seed: int = 0, scale: float = 1.0, block_size: int = 128
 ):
-    from components.lm.model import GPT, GPTConfig
-
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=2, n_embd=n_embd))
     with torch.no_grad():

@@ -5,21 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.decoding.bench import (
+from components.decoding.bench import greedy_agreement
+from components.decoding.cache import CausalLM, SequenceRunner, wrap_model
+from components.decoding.engine import build_decoder
+from components.decoding.models import layer_skip_draft, tiny_llama
+from components.decoding.roundmodel import (
     StepCosts,
     alpha_needed,
     alpha_needed_at_cost,
     best_over_gamma,
     expected_tokens,
-    greedy_agreement,
     leviathan_speedup,
     pearl_tokens_per_s,
     requirement_map,
+    scaled_draft,
     sd_tokens_per_s,
+    step_costs,
 )
-from components.decoding.cache import CausalLM
-from components.decoding.engine import build_decoder
-from components.decoding.models import layer_skip_draft, tiny_llama
+from components.decoding.summary import draft_shortfall
 
 
 def test_leviathan_formula():
@@ -145,8 +148,6 @@ def test_greedy_agreement_on_a_real_model_matches_step_by_step_decoding():
     ar = build_decoder("ar", target)
     sequences = [(p, ar.generate(p, 30)[0]) for p in ([1, 5, 9], [2, 7], [3, 3, 3, 4])]
     assert greedy_agreement(target, sequences) == 1.0
-    from components.decoding.cache import SequenceRunner, wrap_model
-
     hits = total = 0
     for prompt, generated in sequences:
         runner, seq = SequenceRunner(wrap_model(draft)), list(prompt)
@@ -181,8 +182,6 @@ def test_alpha_needed_at_cost_is_the_least_alpha_meeting_the_goals():
 
 def test_alpha_needed_at_cost_checks_against_the_round_models():
     """At the returned α PEARL meets 2x AR with this draft cost; 0.01 less does not."""
-    from components.decoding.bench import scaled_draft, step_costs
-
     c = 0.1
     split, full = scaled_draft(step_costs(_CPU_COSTS, True), c), scaled_draft(step_costs(_CPU_COSTS, False), c)
     alpha = alpha_needed_at_cost(_CPU_COSTS, c, 2.0, 1.0)["pearl_vs_ar"]
@@ -202,3 +201,23 @@ def test_requirement_map_reports_the_least_alpha_over_costs():
     assert result["least_alpha_both_gpu_like"] < result["least_alpha_both_measured"]
     cheapest = result["curve"][0]
     assert cheapest["c"] == 0.01 and cheapest["measured"]["pearl_vs_sd"] is None is cheapest["gpu_like"]["pearl_vs_sd"]
+
+
+def _result(pearl_rate: float, alpha: float, c: float) -> dict:
+    costs = {**_CPU_COSTS, "c": c}
+    return {
+        "costs": costs,
+        "methods": {"ar": {"tokens_per_s": 10.0}, "pearl": {"tokens_per_s": pearl_rate, "acceptance_rate": alpha}},
+    }
+
+
+def test_draft_shortfall_says_what_the_draft_would_need():
+    short = draft_shortfall(_result(8.0, 0.3, 0.1), 2.0, 1.3)
+    need = alpha_needed_at_cost(_CPU_COSTS, 0.1, 2.0, 1.3)["pearl_vs_ar"]
+    assert short["alpha_needed_pearl_vs_ar_at_draft_cost"] == need and need > 0.3
+    assert f"alpha>={need:.2f}" in short["why"] and "0.80x AR" in short["why"]
+    hopeless = draft_shortfall(_result(8.0, 0.3, 0.5), 20.0, 1.0)  # 20x: no draft of this cost gets there
+    assert hopeless["alpha_needed_pearl_vs_ar_at_draft_cost"] is None and "never wrong reaches only" in hopeless["why"]
+    assert "9 tokens costs 1.70x" in hopeless["why"]  # 0.085 s / 0.05 s, from the costs given
+    met = draft_shortfall(_result(25.0, 0.9, 0.1), 2.0, 1.3)
+    assert met["why"].startswith("PEARL runs 2.50x AR")

@@ -4,6 +4,7 @@ KV-cache rollback."""
 from __future__ import annotations
 
 import collections
+import threading
 
 import pytest
 import torch
@@ -12,8 +13,11 @@ from scipy import stats
 from components.decoding import engine
 from components.decoding.cache import SequenceRunner, wrap_model
 from components.decoding.engine import METHODS, AutoregressiveDecoder, build_decoder, measure_cost_ratio
-from components.decoding.models import layer_skip_draft, tiny_llama
+from components.decoding.hf_peers import transformers_draft
+from components.decoding.models import gpt_as_hf, layer_skip_draft, tiny_llama
 from components.decoding.sampling import SamplingParams, accept_draft_token, residual_distribution, warp
+from components.decoding.workers import ThreadPair
+from components.lm.model import GPT, GPTConfig
 from tests.decoding.conftest import tiny_gpt
 
 SPECULATIVE = [m for m in METHODS if m != "ar"]
@@ -33,23 +37,29 @@ def llama_pair():
     return target, layer_skip_draft(target, 2)
 
 
-@pytest.mark.parametrize("method", SPECULATIVE)
-@pytest.mark.parametrize("gamma", [1, 4])
-def test_greedy_speculative_equals_autoregressive(llama_pair, method, gamma):
-    target, draft = llama_pair
+def greedy_accepts_matching_ar(target, draft, method: str, gamma: int, prompts, new_tokens: int = 32) -> int:
+    """Asserts `method` reproduces AR's greedy tokens on every prompt; returns the draft tokens accepted."""
     reference = AutoregressiveDecoder(target)
     decoder = build_decoder(method, target, draft, gamma=gamma, parallel=True)
     try:
         accepted = 0
-        for prompt in PROMPTS:
-            expected, _ = reference.generate(prompt, 32)
-            got, st = decoder.generate(prompt, 32)
+        for prompt in prompts:
+            expected, _ = reference.generate(prompt, new_tokens)
+            got, st = decoder.generate(prompt, new_tokens)
             assert got == expected, f"{method} γ={gamma} diverged from AR on prompt {prompt}"
-            assert st.new_tokens == 32 and st.target_forwards <= 32
+            assert st.new_tokens == new_tokens and st.target_forwards <= new_tokens
             accepted += st.draft_tokens_accepted
-        assert accepted > 0  # the layer-skip draft does get tokens accepted: the verify path is exercised
+        return accepted
     finally:
         decoder.close()
+
+
+@pytest.mark.parametrize("method", SPECULATIVE)
+@pytest.mark.parametrize("gamma", [1, 4])
+def test_greedy_speculative_equals_autoregressive(llama_pair, method, gamma):
+    target, draft = llama_pair
+    accepted = greedy_accepts_matching_ar(target, draft, method, gamma, PROMPTS)
+    assert accepted > 0  # the layer-skip draft does get tokens accepted: the verify path is exercised
 
 
 @pytest.mark.parametrize("method", SPECULATIVE)
@@ -189,6 +199,17 @@ def _chi_square_p(samples, law):
 SAMPLES = 1500
 
 
+def sample_two_tokens(decoder, prompt: list[int], params: SamplingParams) -> tuple[list[tuple[int, ...]], float]:
+    """SAMPLES two-token continuations (seeds 0..SAMPLES-1) and the share of verified draft tokens accepted."""
+    samples, verified, accepted = [], 0, 0
+    for seed in range(SAMPLES):
+        tokens, st = decoder.generate(prompt, 2, params, seed=seed)
+        samples.append(tuple(tokens))
+        verified += st.draft_tokens_verified
+        accepted += st.draft_tokens_accepted
+    return samples, accepted / verified
+
+
 @pytest.mark.parametrize("method", ["pearl"])
 def test_sampled_output_follows_the_target_distribution(method, monkeypatch):
     target = tiny_gpt(vocab_size=16, n_layer=2, seed=0, scale=12)
@@ -197,13 +218,8 @@ def test_sampled_output_follows_the_target_distribution(method, monkeypatch):
     prompt = [1, 2, 3]
     law = _exact_joint(target, prompt, params)
     decoder = build_decoder(method, target, draft, gamma=2, parallel=False)
-    samples, verified, accepted = [], 0, 0
-    for seed in range(SAMPLES):
-        tokens, st = decoder.generate(prompt, 2, params, seed=seed)
-        samples.append(tuple(tokens))
-        verified += st.draft_tokens_verified
-        accepted += st.draft_tokens_accepted
-    assert 0.1 < accepted / verified < 0.95  # rejections (residual sampling) really happen
+    samples, acceptance = sample_two_tokens(decoder, prompt, params)
+    assert 0.1 < acceptance < 0.95  # rejections (residual sampling) really happen
     assert _chi_square_p(samples, law) > 1e-3
     # Negative control: the classic bug (resample a rejected position from p instead of the
     # residual) fails the same test, so the test can tell the laws apart.
@@ -230,10 +246,6 @@ def test_cost_ratio_and_unknown_method(llama_pair):
 
 
 def test_thread_pair_runs_draft_and_target_at_the_same_time_with_their_own_budgets():
-    import threading
-
-    from components.decoding.workers import ThreadPair
-
     meeting = threading.Barrier(2, timeout=30)  # only passable if both jobs are running at once
 
     def job():
@@ -252,14 +264,9 @@ def test_thread_pair_runs_draft_and_target_at_the_same_time_with_their_own_budge
 
 def test_gpt_converted_to_transformers_gives_the_same_logits_and_greedy_text():
     """The HF assisted-generation row uses the trained GPT draft through `gpt_as_hf`: same model."""
-    from components.decoding.bench import transformers_draft
-    from components.decoding.models import gpt_as_hf
-
     for bias in (False, True):
         gpt = tiny_gpt(vocab_size=48, n_layer=2, n_embd=32, seed=2, scale=10)
         if bias:  # the rarely used bias=True variant: every bias must land in the copy
-            from components.lm.model import GPT, GPTConfig
-
             torch.manual_seed(5)
             gpt = GPT(GPTConfig(vocab_size=48, block_size=64, n_layer=2, n_head=2, n_embd=32, bias=True)).double()
             with torch.no_grad():

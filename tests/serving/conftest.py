@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from openai import OpenAI
 
 from components.decoding.engine import build_decoder
 from components.decoding.models import layer_skip_draft, tiny_llama
@@ -34,6 +35,4 @@ def server():
 
 @pytest.fixture
 def client(server):
-    from openai import OpenAI
-
     return OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=60)

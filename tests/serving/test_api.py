@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import openai
 import pytest
+from openai import OpenAI
 
-from tests.serving.conftest import API_KEY, MODEL
+from components.serving.app import create_app
+from tests.serving.conftest import API_KEY, MODEL, tiny_service
 
 
 def test_models_lists_the_served_model(client):
@@ -101,8 +106,6 @@ def test_chat_validation(server):
 
 
 def test_api_key_is_required(server):
-    from openai import OpenAI
-
     intruder = OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         intruder.models.list()
@@ -111,11 +114,6 @@ def test_api_key_is_required(server):
 
 def test_a_stream_dropped_before_its_first_byte_gives_its_admission_back():
     """The client hangs up at once: the response task is cancelled before the body generator runs."""
-    import asyncio
-    import json
-
-    from components.serving.app import create_app
-    from tests.serving.conftest import tiny_service
 
     service = tiny_service()
     app = create_app(service, max_queue=4)

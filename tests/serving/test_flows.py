@@ -5,9 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from components.decoding.engine import build_decoder
+from components.decoding.models import layer_skip_draft, tiny_llama
+from components.lm.model import GPT, GPTConfig
+from components.lm.smollm2 import load_tokenizer
+from components.quant import QuantLinear, QuantSpec
+from components.quant.model import load_base_model, load_quantized, quantize_model, save_quantized
+from components.serving.text import HFTextCodec
 from mlsys.flow import compose, get_spec, run
+from mlsys.tracking import close_run, open_run
 
 TINY = ["models.target=tiny_random", "models.draft=layerskip", "models.draft_layers=1"]
 
@@ -42,7 +51,8 @@ def test_serve_flow_serves_checks_itself_and_logs(prefect_harness, flow_override
 
 
 def test_decode_bench_flow_logs_every_method(prefect_harness, flow_overrides, mlflow_uri):
-    result = run(compose("decode_bench", flow_overrides + get_spec("decode_bench").demo_overrides))
+    small = ["bench.code_prompts=1", "bench.chat_prompts=1", "bench.max_new_tokens=16", "bench.sd_gammas=[2,4]"]
+    result = run(compose("decode_bench", flow_overrides + TINY + small + ["bench.repeats=1"]))
     metrics = MlflowClient(tracking_uri=mlflow_uri).get_run(result["run_id"]).data.metrics
     assert metrics["greedy_mismatches"] == 0  # every speculative method reproduced AR's greedy tokens
     for key in (
@@ -81,14 +91,14 @@ def test_decode_bench_flow_logs_every_method(prefect_harness, flow_overrides, ml
         (["port=65536"], "port=65536"),
         (["max_queue=-1"], "max_queue=-1"),
         (["max_queue=0"], "max_queue=0"),
-        (["max_connections=0"], "max_connections"),
-        (["drain_s=-1"], "drain_s"),
+        (["connections.max_connections=0"], "max_connections"),
+        (["connections.drain_s=-1"], "drain_s"),
         (["decoding.method=beam"], "decoding.method"),
         (["decoding.gamma=0"], "decoding.gamma"),
         (["models.target=gpt9"], "models.target"),
         (["load_test_requests=300", "max_queue=10"], "load_test_requests"),
-        (["max_body_bytes=10"], "max_body_bytes"),
-        (["header_timeout_s=0"], "header_timeout_s"),
+        (["requests.max_body_bytes=10"], "max_body_bytes"),
+        (["connections.header_timeout_s=0"], "header_timeout_s"),
     ],
 )
 def test_bad_config_fails_at_composition(bad, fragment):
@@ -98,9 +108,6 @@ def test_bad_config_fails_at_composition(bad, fragment):
 
 @pytest.mark.parametrize("option", ["ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post"])
 def test_every_decoding_option_composes_and_builds(option):
-    from components.decoding.engine import build_decoder
-    from components.decoding.models import layer_skip_draft, tiny_llama
-
     cfg = compose("serve", [f"decoding={option}"])
     assert cfg.decoding.method == option
     target = tiny_llama(vocab_size=32, layers=2)
@@ -114,15 +121,6 @@ def test_every_decoding_option_composes_and_builds(option):
 def test_serve_decodes_a_quantized_target_losslessly(prefect_harness, flow_overrides, mlflow_uri, tmp_path):
     """The quantize flow's registered model as the served target, resolved by name; PEARL's greedy reply
     equals AR on the same quantized model."""
-    import torch
-
-    from components.decoding.engine import build_decoder
-    from components.lm.model import GPT, GPTConfig
-    from components.lm.smollm2 import load_tokenizer
-    from components.quant import QuantLinear, QuantSpec
-    from components.quant.model import load_base_model, load_quantized, quantize_model, save_quantized
-    from components.serving.text import HFTextCodec
-    from mlsys.tracking import close_run, open_run
 
     torch.manual_seed(0)  # SmolLM2's vocabulary (the served tokenizer), a tiny body
     gpt = GPT(GPTConfig(vocab_size=49152, block_size=128, n_layer=2, n_head=2, n_embd=64)).save(tmp_path / "gpt")
@@ -164,3 +162,10 @@ def test_serve_decodes_a_quantized_target_losslessly(prefect_harness, flow_overr
     finally:
         decoder.close()
     assert served == codec.decode(ids) and served
+
+
+def test_decode_bench_demo_decodes_the_real_target_with_prompt_lookup():
+    """The suite's demo benchmarks the served native Q4_1 target, not a tiny stand-in."""
+    cfg = compose("decode_bench", get_spec("decode_bench").demo_overrides)
+    assert cfg.models.target == "smollm2_q4_native" and cfg.models.draft == "prompt_lookup"
+    assert cfg.bench.edit_prompts >= 1 and cfg.bench.repeats == 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from components.serving.loadtest import run_load
-from tests.serving.conftest import API_KEY, MODEL
+from components.serving.app import RequestLimits, create_app
+from components.serving.loadtest import run_hostile_load, run_load
+from components.serving.server import BackgroundServer, ConnectionLimits
+from tests.serving.conftest import API_KEY, MODEL, tiny_service
 
 
 def test_200_concurrent_requests_zero_errors(server):
@@ -17,10 +19,6 @@ def test_200_concurrent_requests_zero_errors(server):
 
 
 def test_a_full_queue_answers_503_not_a_crash():
-    from components.serving.app import create_app
-    from components.serving.server import BackgroundServer
-    from tests.serving.conftest import tiny_service
-
     service = tiny_service("ar")
     with BackgroundServer(create_app(service, max_queue=2)) as srv:
         report = run_load(srv.base_url, MODEL, requests=12, max_tokens=24)
@@ -40,11 +38,6 @@ def test_a_full_queue_answers_503_not_a_crash():
 def test_concurrent_requests_beside_malformed_abandoned_and_slow_clients_zero_errors_and_no_5xx(
     requests, malformed, abandoned, slow
 ):
-    from components.serving.app import RequestLimits, create_app
-    from components.serving.loadtest import run_hostile_load
-    from components.serving.server import BackgroundServer, ConnectionLimits
-    from tests.serving.conftest import tiny_service
-
     service = tiny_service()
     limits = RequestLimits(max_body_bytes=256 * 1024, body_timeout_s=1.0)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from mlflow.tracking import MlflowClient
 
 from components.processes import descendants
 from components.serving.server import free_port
@@ -43,7 +44,7 @@ def test_sigterm_drains_the_request_ends_completed_and_stops_the_temporary_prefe
         f"port={port}",
         "smoke_test=false",
         "decoding=ar",
-        "drain_s=60",
+        "connections.drain_s=60",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"work_dir={tmp_path / 'work'}",
     ]
@@ -81,7 +82,6 @@ def test_sigterm_drains_the_request_ends_completed_and_stops_the_temporary_prefe
     assert "Flow run" in output and "Finished in state Completed()" in output.split("stop requested")[-1]
     assert "Crashed" not in output
     assert not [pid for pid in started if _alive(pid)], "processes the flow started outlived it"
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from openai import OpenAI
+
+from components.decoding.engine import build_decoder
+from components.decoding.models import layer_skip_draft
+from components.lm.smollm2 import load_model, load_tokenizer
+from components.serving.app import create_app
+from components.serving.server import BackgroundServer
+from components.serving.service import GenerationService
+from components.serving.text import HFTextCodec
 
 pytestmark = pytest.mark.slow  # loads the 135M model and decodes on CPU: minutes on the shared machine
 
 
 def test_smollm2_pearl_server_matches_autoregressive():
-    import torch
-    from openai import OpenAI
-
-    from components.decoding.engine import build_decoder
-    from components.decoding.models import layer_skip_draft
-    from components.lm.smollm2 import load_model, load_tokenizer
-    from components.serving.app import create_app
-    from components.serving.server import BackgroundServer
-    from components.serving.service import GenerationService
-    from components.serving.text import HFTextCodec
-
     torch.set_num_threads(1)
     target = load_model()
     codec = HFTextCodec(load_tokenizer())
