@@ -247,14 +247,83 @@ static inline __m256i dot_add(__m256i src, __m256i w, __m256i a) {
 #endif
 }
 
+template <int DOT, int NB, bool RES>
+static inline __attribute__((always_inline)) void codes_acc(const __m256i w, const int8_t* a, int64_t K, int64_t res,
+                                                            const float* sd, int64_t nblk, Acc* acc) {
+  for (int n = 0; n < NB; ++n) {
+    __m256i dot = dot_add<DOT>(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i*)(a + n * K)));
+    if (RES) dot = dot_add<DOT>(_mm256_slli_epi32(dot, 8), w, _mm256_loadu_si256((const __m256i*)(a + res + n * K)));
+    acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(sd + n * nblk), acc[n]);
+  }
+}
+
 template <int BITS, int NB, bool RES>
 static inline __attribute__((always_inline)) void block_acc(const uint8_t* p, const int8_t* a, int64_t K, int64_t res,
                                                             const float* sd, int64_t nblk, Acc* acc) {
-  const __m256i w = load_codes<BITS>(p);
+  codes_acc<BITS, NB, RES>(load_codes<BITS>(p), a, K, res, sd, nblk, acc);
+}
+
+// 32 codes at their true values, in the activation order (the mixed rows' merged walk).
+template <int BITS>
+static inline __m256i load_true(const uint8_t* p) {
+#if defined(ISA_AVX2)
+  return load_codes<BITS>(p);
+#else
+  if constexpr (BITS == 8) {
+    return _mm256_loadu_si256((const __m256i*)p);
+  } else if constexpr (BITS == 4) {
+#if defined(ISA_VNNI512)
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)p));
+    return _mm256_and_si256(_mm256_srlv_epi16(v, _mm256_set_m128i(_mm_set1_epi16(4), _mm_setzero_si128())),
+                            _mm256_set1_epi8(0x0f));
+#else
+    const __m128i v = _mm_loadu_si128((const __m128i*)p), low = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));
+#endif
+  } else {
+    int64_t word; std::memcpy(&word, p, 8);
+    const __m256i v = _mm256_srlv_epi64(_mm256_set1_epi64x(word), _mm256_set_epi64x(6, 4, 2, 0));
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x03));
+  }
+#endif
+}
+
+static inline __m256i select_codes(int high, __m256i lo, __m256i hi) {
+#if defined(ISA_VNNI512)
+  return _mm256_mask_blend_epi8((__mmask32)(0u - (unsigned)high), lo, hi);
+#else
+  return _mm256_blendv_epi8(lo, hi, _mm256_set1_epi8((char)(0 - high)));
+#endif
+}
+
+// One mixed row, its groups (of 32) in column order: both streams' next blocks are expanded and the
+// map bit picks one, so the walk has no data-dependent branch. A stream's pointer stops at its last
+// block (reads past it are discarded by the select).
+template <int LO, int HI, int NB, bool RES>
+static inline __attribute__((always_inline)) void merged_dot(const uint8_t*& plo, const uint8_t* lo_last, const uint8_t*& phi, const uint8_t* hi_last,
+                              const uint8_t* tmap, int64_t map_bytes, int64_t r, int64_t G, const int8_t* alo,
+                              const int8_t* ahi, int64_t K, int64_t res, const float* sd, int64_t nblk, Acc* out) {
+  constexpr int U = NB >= 4 ? 1 : 4 / NB;
+  constexpr int64_t blo = 32 * LO / 8, bhi = 32 * HI / 8;
+  Acc acc[U][NB];
+  for (int u = 0; u < U; ++u) for (int n = 0; n < NB; ++n) acc_zero(acc[u][n]);
+  auto block = [&](int64_t c, int high, Acc* a) __attribute__((always_inline)) {
+    const __m256i w = select_codes(high, load_true<LO>(std::min(plo, lo_last)), load_true<HI>(std::min(phi, hi_last)));
+    codes_acc<HI, NB, RES>(w, (high ? ahi : alo) + c * 32, K, res, sd + c, nblk, a);
+    plo += (1 - high) * blo; phi += high * bhi;
+  };
+  for (int64_t c0 = 0; c0 < G; c0 += 56) {
+    const int nb = (int)std::min<int64_t>(56, G - c0);
+    uint64_t bits = map_bits(tmap, map_bytes, r * G + c0, nb);
+    int j = 0;
+    for (; j + U <= nb; j += U) {
+      for (int u = 0; u < U; ++u) { block(c0 + j + u, (int)(bits & 1), acc[u]); bits >>= 1; }
+    }
+    for (; j < nb; ++j) { block(c0 + j, (int)(bits & 1), acc[0]); bits >>= 1; }
+  }
   for (int n = 0; n < NB; ++n) {
-    __m256i dot = dot_add<BITS>(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i*)(a + n * K)));
-    if (RES) dot = dot_add<BITS>(_mm256_slli_epi32(dot, 8), w, _mm256_loadu_si256((const __m256i*)(a + res + n * K)));
-    acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(sd + n * nblk), acc[n]);
+    out[n] = acc[0][n];
+    for (int u = 1; u < U; ++u) out[n] = _mm256_add_ps(out[n], acc[u][n]);
   }
 }
 #endif
@@ -263,7 +332,7 @@ static inline __attribute__((always_inline)) void block_acc(const uint8_t* p, co
 // `count` blocks read in stream order from p; block i of the stream is block blocks[i] of the row.
 // U independent accumulators per batch row (U * NB >= 4) hide the FMA latency at small batches.
 template <int BITS, int NB, bool RES>
-static inline void stream_dot(const uint8_t* __restrict p, const int32_t* __restrict blocks, int64_t count,
+static inline __attribute__((always_inline)) void stream_dot(const uint8_t* __restrict p, const int32_t* __restrict blocks, int64_t count,
                               const int8_t* __restrict acts, int64_t K, int64_t res, const float* __restrict sd,
                               int64_t nblk, Acc* out) {
   constexpr int U = NB >= 4 ? 1 : 4 / NB;
@@ -295,8 +364,10 @@ static inline void stream_dot(const uint8_t* __restrict p, const int32_t* __rest
 
 #if defined(ISA_PORTABLE)
 #define HALF(h) half_to_float(h)
+constexpr bool PORTABLE = true;
 #else
 #define HALF(h) _cvtsh_ss(h)  // F16C
+constexpr bool PORTABLE = false;
 #endif
 
 struct Scratch {  // per thread: one row's block lists, group metadata, per-block scales
@@ -409,9 +480,41 @@ static inline void row_scales(const float* __restrict s, const float* __restrict
   }
 }
 
+#if defined(ISA_VNNI512)
+// Groups of 32 on AVX-512: the row's metadata, per-block scales and minimum term in one pass of 8
+// groups per step, the last step under a load mask (no scalar tail).
+template <int NB>
+static inline __attribute__((always_inline)) void row_setup_masked(const Meta& M, int64_t row, const float* __restrict dsc,
+                                    const float* __restrict gsum, int64_t G, float* __restrict sd, MinAcc* macc) {
+  const int64_t o = row * G;
+  const __m256 one = _mm256_set1_ps(1.f);
+  const __m256 sbase = M.scale_kind == 0 ? _mm256_set1_ps(M.scale_base[row]) : one;
+  const __m256 moff = M.min_kind == 0 ? _mm256_set1_ps(M.min_base[2 * row]) : one;
+  const __m256 mstep = M.min_kind == 0 ? _mm256_set1_ps(M.min_base[2 * row + 1]) : one;
+  for (int n = 0; n < NB; ++n) macc[n] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < G; j += 8) {
+    const __mmask8 k = (__mmask8)(G - j >= 8 ? 0xff : ((1u << (G - j)) - 1));
+    __m256 sv, mv;
+    if (M.scale_kind == 0)
+      sv = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, M.scale_u8 + o + j))), one), sbase);
+    else
+      sv = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(k, M.scale_f16 + o + j));
+    if (M.min_kind == 0)
+      mv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, M.min_u8 + o + j))), mstep, moff);
+    else
+      mv = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(k, M.min_f16 + o + j));
+    for (int n = 0; n < NB; ++n) {
+      _mm256_mask_storeu_ps(sd + n * G + j, k, _mm256_mul_ps(sv, _mm256_maskz_loadu_ps(k, dsc + n * G + j)));
+      macc[n] = _mm256_fmadd_ps(mv, _mm256_maskz_loadu_ps(k, gsum + n * G + j), macc[n]);
+    }
+  }
+}
+#endif
+
 // NB batch rows of every row of tile t.
 template <int LO, int HI, int NB, bool RES>
-static void tile_rows(const uint8_t* lo, const uint8_t* hi, const uint8_t* tmap, int64_t map_bytes, int all_high,
+static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, int64_t hi_bytes, const uint8_t* tmap,
+                      int64_t map_bytes, int all_high,
                       int64_t t, int64_t R, int64_t G, int64_t g, const Meta& M, const Acts& A, int64_t n0,
                       const int8_t* acts_lo, const int8_t* acts_hi, int64_t out, float* y, Scratch& S) {
   const int64_t K = A.K, nblk = A.B, sub = g / 32;
@@ -420,18 +523,38 @@ static void tile_rows(const uint8_t* lo, const uint8_t* hi, const uint8_t* tmap,
   const int8_t* alo = acts_lo + n0 * K;
   const int8_t* ahi = acts_hi + n0 * K;
   float* s = S.s.data(); float* m = S.m.data(); float* sd = S.sd.data();
+  // mixed tiles of 32-code groups walk both streams at once (see merged_dot), others one stream at a time
+  const bool merged = !PORTABLE && tmap && sub == 1 && lo_bytes && hi_bytes;
+  const uint8_t* lo_last = lo + lo_bytes - 32 * LO / 8;
+  const uint8_t* hi_last = hi + hi_bytes - 32 * HI / 8;
   for (int64_t r = 0; r < R; ++r) {
     const int64_t row = t * R + r;
     const int32_t *blo = S.lo.data(), *bhi = S.hi.data();
     int64_t nlo = 0, nhi = 0;
-    if (tmap) row_blocks(tmap, map_bytes, r, G, sub, S.lo.data(), S.hi.data(), nlo, nhi);
+    if (merged) {}
+    else if (tmap) row_blocks(tmap, map_bytes, r, G, sub, S.lo.data(), S.hi.data(), nlo, nhi);
     else if (all_high) { bhi = S.identity.data(); nhi = nblk; }
     else { blo = S.identity.data(); nlo = nblk; }
-    row_meta(M, row, s, m);
     MinAcc macc[NB];
     float mtail[NB];
-    row_scales<NB>(s, m, dsc, gsum, nblk, G, sub, sd, macc, mtail);
+#if defined(ISA_VNNI512)
+    if (sub == 1) {
+      row_setup_masked<NB>(M, row, dsc, gsum, G, sd, macc);
+      for (int n = 0; n < NB; ++n) mtail[n] = 0.f;
+    } else
+#endif
+    {
+      row_meta(M, row, s, m);
+      row_scales<NB>(s, m, dsc, gsum, nblk, G, sub, sd, macc, mtail);
+    }
     Acc acc_lo[NB], acc_hi[NB];
+#if !defined(ISA_PORTABLE)
+    if (merged) {
+      merged_dot<LO, HI, NB, RES>(lo, lo_last, hi, hi_last, tmap, map_bytes, r, G, alo, ahi, K, A.res, sd, nblk, acc_hi);
+      for (int n = 0; n < NB; ++n) y[(n0 + n) * out + row] = hsum(_mm256_add_ps(acc_hi[n], macc[n])) + mtail[n];
+      continue;
+    }
+#endif
     if (nlo) { stream_dot<LO, NB, RES>(lo, blo, nlo, alo, K, A.res, sd, nblk, acc_lo); lo += nlo * 32 * LO / 8; }
     if (nhi) { stream_dot<HI, NB, RES>(hi, bhi, nhi, ahi, K, A.res, sd, nblk, acc_hi); hi += nhi * 32 * HI / 8; }
     for (int n = 0; n < NB; ++n) {
@@ -463,12 +586,13 @@ static void tiles(const uint8_t* codes_lo, int64_t stride_lo, const uint8_t* cod
       const uint8_t* lo = codes_lo + t * stride_lo;
       const uint8_t* hi = codes_hi + t * stride_hi;
       const uint8_t* tmap = map ? map + t * map_bytes : nullptr;
+      const int64_t lo_bytes = stride_lo, hi_bytes = stride_hi;
       // batch rows in passes of 8, 4, 2, 1 (the codes of the tile are re-read per pass, from cache)
       int64_t n0 = 0;
-      for (; n0 + 8 <= N; n0 += 8) tile_rows<LO, HI, 8, RES>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S);
-      if (n0 + 4 <= N) { tile_rows<LO, HI, 4, RES>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S); n0 += 4; }
-      if (n0 + 2 <= N) { tile_rows<LO, HI, 2, RES>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S); n0 += 2; }
-      if (n0 < N) tile_rows<LO, HI, 1, RES>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S);
+      for (; n0 + 8 <= N; n0 += 8) tile_rows<LO, HI, 8, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S);
+      if (n0 + 4 <= N) { tile_rows<LO, HI, 4, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S); n0 += 4; }
+      if (n0 + 2 <= N) { tile_rows<LO, HI, 2, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S); n0 += 2; }
+      if (n0 < N) tile_rows<LO, HI, 1, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S);
     }
   }
 }
@@ -560,7 +684,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v7",
+    "quant_int_kernel_v10",
     _source,
     ["int_matmul", "path_supported"],
     ["-O3", "-fopenmp"],
