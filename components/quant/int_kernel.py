@@ -710,6 +710,15 @@ def paths() -> list[str]:
     return list(_paths)
 
 
+def matmul_function():
+    """(int_matmul, path) for a product: the compiled function and `best_path()` (read per call: tests force it)."""
+    module = _EXTENSION.module if _EXTENSION.module is not None else load()
+    if module is None:
+        raise RuntimeError(f"integer kernel unavailable: {unavailable_reason()}")
+    forced = os.environ.get("QUANT_INT_PATH")
+    return module.int_matmul, (best_path() if forced or not _paths else _paths[0])
+
+
 def best_path() -> str:
     """QUANT_INT_PATH forces a path (tests, benchmarks); otherwise the fastest this CPU runs."""
     forced = os.environ.get("QUANT_INT_PATH")
