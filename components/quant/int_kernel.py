@@ -10,26 +10,34 @@ d = max|x| / 127, a = round(x / d), and the block's exact float sum is kept. Per
     y += s * d_k * sum_j(q_j * a_j)   (an int32 dot product: vpdpbusd, u8 codes x s8 activations)
        + m * sum_j(x_j)               (the group minimum times the block's float sum, once per group)
 
-so only the packed codes and the group's metadata are read. Codes are expanded to bytes in registers
-(4-bit: one 16-byte load, a nibble mask and a shift; 2-bit: one 8-byte broadcast and four shifts).
-The project's packing puts codes 2b, 2b+1 in byte b (4-bit) and 4b..4b+3 (2-bit), so instead of
-shuffling the codes the activation block is stored once per call in the matching order.
+so only the packed codes and the group's metadata are read. The project's packing puts codes 2b, 2b+1
+in byte b (4-bit) and 4b..4b+3 (2-bit), so instead of shuffling the codes the activation block is
+stored once per call in the matching order. On the VNNI paths a one-precision stream's codes stay
+where they sit in their byte: one broadcast load and one mask per block (a 4-bit high nibble counts
+16x, a 2-bit field at bit 2s counts 4^s; vpdpbusd does not saturate and every int32 lane sums one field
+position, so the accumulator's lanes are rescaled once per row). Per block that leaves a mask, one
+vpdpbusd, one convert and one FMA (four independent accumulators at batch 1 hide the FMA latency).
 
 Error bound (tested): the only approximation is the activation rounding, |x - d a| <= d / 2 per
 element, and the minimum's term uses the exact sum, so per output |y - x W_hat^T| <= sum over blocks
-of d_k / 2 * sum_j |s q_j| (plus float rounding).
+of d_k / 2 * sum_j |s q_j| (plus float rounding). act_levels=2 adds the rounding residual as a second
+int8 level r in steps of d / 256 (clamped to +-127), combined exactly in int32 as 256 dot(q, a) +
+dot(q, r): per element |x - d (a + r / 256)| <= d / 256.
 
 Layout (the paper's alignment): tiles of R output rows; every tile's low-bit and high-bit codes are
 two streams of equal length per tile, tile t starting at t * stride, and a per-tile bit map says
-which group (row-major in the tile) is high-bit. A kernel thread takes whole tiles; within a row
-the low groups and the high groups are each visited with a bit scan of the row's map bits, so the
-mixed layer has no per-group branch. Metadata: scales as u8 codes with a per-row base
-(s = (c + 1) * base, the project's second-order format) or fp16; minimums as u8 codes with a
-per-row (offset, step) or fp16 (GGUF Q4_1's d and m are fp16).
+which group (row-major in the tile) is high-bit. A kernel thread takes whole tiles. A mixed row of
+32-code groups is walked in column order with both streams' next blocks expanded and the map bit
+selecting one (no data-dependent branch: the number of high groups differs per row, so per-stream
+loops would mispredict their exits every row); other layouts walk each stream with a block list.
+Metadata: scales as u8 codes with a per-row base (s = (c + 1) * base, the project's second-order
+format) or fp16; minimums as u8 codes with a per-row (offset, step) or fp16 (GGUF Q4_1's d and m are
+fp16), converted 8 groups per step together with the per-block scales s * d and the minimum's term.
 
 Paths, chosen at run time by CPU feature (`paths()`, `best_path()`): avx512_vnni (EVEX vpdpbusd on
-256-bit blocks, zmm for two batch rows at once), avx_vnni (VEX vpdpbusd), avx2 (vpmaddubsw + vpmaddwd),
-portable (scalar C). All share one source, compiled once per path with a GCC target pragma.
+256-bit blocks, masked loads, vpcompressd block lists), avx_vnni (VEX vpdpbusd), avx2 (vpmaddubsw +
+vpmaddwd on true code values: vpmaddubsw saturates), portable (scalar C). All share one source,
+compiled once per path with a GCC target pragma.
 """
 
 from __future__ import annotations

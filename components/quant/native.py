@@ -30,7 +30,7 @@ from components.quant.packed_matrix import PackedMatrix
 # One decode position's attention in one call (rotary on q and k, the cache write, grouped-query
 # attention over the cached positions): at T = 1 this replaces ~20 small torch ops per layer, which
 # cost more than the layer's matrix products once those run at the memory wall.
-_ATTEND_SOURCE = r'''
+_ATTEND_SOURCE = r"""
 #include <torch/extension.h>
 #include <cmath>
 #include <vector>
@@ -82,7 +82,7 @@ torch::Tensor attend_one(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin
   }
   return y;
 }
-'''
+"""
 _ATTEND = InlineExtension("lean_attend_v1", _ATTEND_SOURCE, ["attend_one"], ["-O3"], disable_env="QUANT_INT_KERNEL")
 
 
@@ -353,10 +353,10 @@ def load_native_smollm2(path: str | None = None, head_bits: int | None = None, a
     act_levels: 2 (default) feeds the kernel int8 activations plus their int8 residual; 1: int8 only
     (faster, but SmolLM2's greedy choice then flips on ~7% of positions, see docs/flows/quantize.md).
     """
-    import gguf
+    import gguf  # noqa: PLC0415  (reason: optional heavy dependency, only to read a GGUF)
 
     if path is None:
-        from components.lm import smollm2
+        from components.lm import smollm2  # noqa: PLC0415  (reason: start-up cost: transformers)
 
         path = str(smollm2.gguf_path())
     if head_bits not in (None, 2, 4, 8):

@@ -1,8 +1,9 @@
 """The integer kernel against the dequantized reference, within the bound int8 activations allow.
 
 Bound: activations are rounded per block of 32 to d * a with d = max|x| / 127, so |x_j - d a_j| <= d / 2
-(with the residual level, steps of d / 256 clamped to +-127: |x_j - d (a_j + r_j / 256)| <= d / 256); the minimum's term uses the exact block sums. Hence per output
-|y - x W_hat^T| <= sum_j (d_block(j) / 2) * |s_j q_j|, plus float rounding (tested with a relative slack).
+(d / 256 with the residual level: steps of d / 256 clamped to +-127); the minimum's term uses the exact
+block sums. Hence per output |y - x W_hat^T| <= sum_j step_j * |s_j q_j|, plus float rounding (tested
+with a relative slack).
 """
 
 from __future__ import annotations
