@@ -535,8 +535,20 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
   const bool merged = !PORTABLE && tmap && sub == 1 && lo_bytes && hi_bytes;
   const uint8_t* lo_last = lo + lo_bytes - 32 * LO / 8;
   const uint8_t* hi_last = hi + hi_bytes - 32 * HI / 8;
+  const int64_t lo_row = lo_bytes / R, hi_row = hi_bytes / R;  // a row's share of each stream (bytes)
   for (int64_t r = 0; r < R; ++r) {
     const int64_t row = t * R + r;
+#if !defined(ISA_PORTABLE)
+    // Cache-cold weights: fetch a few rows ahead (codes and metadata); prefetches past the end are dropped.
+    constexpr int64_t AHEAD = 4;
+    for (int64_t o = 0; o < lo_row; o += 64) _mm_prefetch((const char*)(lo + AHEAD * lo_row + o), _MM_HINT_T0);
+    for (int64_t o = 0; o < hi_row; o += 64) _mm_prefetch((const char*)(hi + AHEAD * hi_row + o), _MM_HINT_T0);
+    {
+      const int64_t i = (row + AHEAD) * G;
+      _mm_prefetch((const char*)(M.scale_kind == 0 ? (const void*)(M.scale_u8 + i) : (const void*)(M.scale_f16 + i)), _MM_HINT_T0);
+      _mm_prefetch((const char*)(M.min_kind == 0 ? (const void*)(M.min_u8 + i) : (const void*)(M.min_f16 + i)), _MM_HINT_T0);
+    }
+#endif
     const int32_t *blo = S.lo.data(), *bhi = S.hi.data();
     int64_t nlo = 0, nhi = 0;
     if (merged) {}
@@ -692,7 +704,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v10",
+    "quant_int_kernel_v11",
     _source,
     ["int_matmul", "path_supported"],
     ["-O3", "-fopenmp"],
