@@ -192,10 +192,9 @@ static inline float hsum(const __m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-#if defined(ISA_AVX2)
-// vpmaddubsw saturates at int16: the codes are expanded to their true values (shift, mask, insert).
+// 32 codes at their true values, in the activation order: a shift, a mask (and an insert for 4-bit).
 template <int BITS>
-static inline __m256i load_codes(const uint8_t* p) {
+static inline __m256i expand_codes(const uint8_t* p) {
   if constexpr (BITS == 8) {
     return _mm256_loadu_si256((const __m256i*)p);
   } else if constexpr (BITS == 4) {
@@ -207,6 +206,11 @@ static inline __m256i load_codes(const uint8_t* p) {
     return _mm256_and_si256(v, _mm256_set1_epi8(0x03));
   }
 }
+
+#if defined(ISA_AVX2)
+// vpmaddubsw saturates at int16: the codes are expanded to their true values (shift, mask, insert).
+template <int BITS>
+static inline __m256i load_codes(const uint8_t* p) { return expand_codes<BITS>(p); }
 template <int BITS> static inline __m256 acc_scaled(const Acc& v, __m256 into) { return _mm256_add_ps(v, into); }
 #else
 // VNNI: the codes stay where they sit in their byte (one broadcast load and one mask): a 4-bit high
@@ -274,26 +278,14 @@ static inline __attribute__((always_inline)) void block_acc(const uint8_t* p, co
 // 32 codes at their true values, in the activation order (the mixed rows' merged walk).
 template <int BITS>
 static inline __m256i load_true(const uint8_t* p) {
-#if defined(ISA_AVX2)
-  return load_codes<BITS>(p);
-#else
-  if constexpr (BITS == 8) {
-    return _mm256_loadu_si256((const __m256i*)p);
-  } else if constexpr (BITS == 4) {
 #if defined(ISA_VNNI512)
+  if constexpr (BITS == 4) {  // AVX-512BW: one broadcast and a per-half word shift instead of the insert
     const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)p));
     return _mm256_and_si256(_mm256_srlv_epi16(v, _mm256_set_m128i(_mm_set1_epi16(4), _mm_setzero_si128())),
                             _mm256_set1_epi8(0x0f));
-#else
-    const __m128i v = _mm_loadu_si128((const __m128i*)p), low = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));
-#endif
-  } else {
-    int64_t word; std::memcpy(&word, p, 8);
-    const __m256i v = _mm256_srlv_epi64(_mm256_set1_epi64x(word), _mm256_set_epi64x(6, 4, 2, 0));
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x03));
   }
 #endif
+  return expand_codes<BITS>(p);
 }
 
 static inline __m256i select_codes(int high, __m256i lo, __m256i hi) {
@@ -704,7 +696,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v11",
+    "quant_int_kernel_v12",
     _source,
     ["int_matmul", "path_supported"],
     ["-O3", "-fopenmp"],
