@@ -37,9 +37,9 @@ MIXED_SPEC = QuantSpec(name="mixed29", frac_high=0.2, group_size=32)  # 2.9 bits
 
 def ort_matmulnbits(out_f: int, in_f: int, bits: int, copies: int, threads: int, block: int = 32):
     """A session with `copies` MatMulNBits nodes on one input (random codes of the right sizes); run() -> outputs."""
-    import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np  # noqa: PLC0415  (reason: optional benchmark dependency, with onnxruntime)
+    import onnxruntime as ort  # noqa: PLC0415  (reason: optional benchmark dependency)
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415  (reason: optional benchmark dependency)
 
     rng = np.random.default_rng(0)
     n_blocks = in_f // block
@@ -88,7 +88,7 @@ def _fused_float_bytes(layer: QuantLinear) -> int:
 
 
 @torch.no_grad()
-def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool) -> dict:
+def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool, batch: int = 1) -> dict:
     out_f, in_f = (int(v) for v in shape.split("x"))
     copies = max(2, math.ceil(WORKING_SET_MIB * 2**20 / (out_f * in_f * 4)))
     gen = torch.Generator().manual_seed(out_f + in_f)
@@ -98,7 +98,7 @@ def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool) -> dict
     mixed_layers = [copy.deepcopy(layer) for _ in range(copies)]
     mixed = [PackedMatrix.from_quant_linear(q) for q in mixed_layers]
     q4 = [PackedMatrix.quantize_asymmetric(base, 4) for _ in range(copies)]
-    x = torch.randn(1, in_f, generator=gen)
+    x = torch.randn(batch, in_f, generator=gen)
     calls = {
         "fp32": (lambda: [torch.nn.functional.linear(x, w) for w in dense], out_f * in_f * 4),
         "fused_float_mixed": (lambda: [q.forward_fused(x) for q in mixed_layers], _fused_float_bytes(layer)),
@@ -193,9 +193,9 @@ def _time(fn) -> float:
 
 
 def run(full: bool) -> tuple[dict, list[dict]]:
-    from components.lm import smollm2
-    from components.quant.evaluation import python_docs_split
-    from components.quant.native import LeanLlama, load_native_smollm2
+    from components.lm import smollm2  # noqa: PLC0415  (reason: start-up cost: transformers)
+    from components.quant.evaluation import python_docs_split  # noqa: PLC0415  (reason: start-up cost)
+    from components.quant.native import LeanLlama, load_native_smollm2  # noqa: PLC0415  (reason: start-up cost)
 
     repeats = 9 if full else 5
     results: dict = {
@@ -221,6 +221,15 @@ def run(full: bool) -> tuple[dict, list[dict]]:
                 flush=True,
             )
     torch.set_num_threads(2)
+    results["matvec_batch"] = {}  # decode blocks of speculative verification: the codes are read once per batch
+    for batch in (4, 16):
+        table = matvec_table("1536x576", 2, repeats, with_ort=False, batch=batch)
+        for row in table.values():
+            if isinstance(row, dict):
+                row["speedup_vs_fp32"] = table["fp32"]["seconds"] / row["seconds"]
+        results["matvec_batch"][f"1536x576@2t_batch{batch}"] = table
+        cells = ", ".join(f"{k} {v['seconds'] * 1e6:.0f}us" for k, v in table.items() if isinstance(v, dict))
+        print(f"matvec 1536x576 2t batch {batch}: {cells}", flush=True)
     native = load_native_smollm2()
     hf = smollm2.load_model()
     lean_fp32 = LeanLlama.from_hf(hf)
@@ -290,10 +299,10 @@ def _loadavg() -> str:
 
 
 def plot(results: dict):
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (reason: start-up cost, only when plotting)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (reason: after matplotlib.use)
 
     fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
     keys = [k for k in results["matvec"] if k.endswith("@2t")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import tempfile
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import parse_mode, target, write_result
+from benchmarks.common import RESULTS_DIR, parse_mode, target, write_result
 from components.quant import QuantLinear, QuantSpec, fused_cpu
 from components.quant.evaluation import encode, python_docs_split, windows
 from components.quant.evaluation import perplexity as perplexity_of
@@ -327,6 +328,17 @@ def plot(results: dict):
     return fig
 
 
+def frontier_targets(results: dict) -> list[dict]:
+    """The frontier's targets from its own result file (its perplexity sweep is a separate, longer run)."""
+    path = RESULTS_DIR / "quant_frontier.json"
+    if not path.exists():
+        results["frontier_source"] = f"{path.name} missing: run python -m benchmarks.quant_frontier --full"
+        return []
+    frontier = json.loads(path.read_text())
+    results["frontier_source"] = f"{path.name}, written by: {frontier.get('command', 'benchmarks.quant_frontier')}"
+    return [target(t["name"], t["value"], t["goal"], t["op"]) for t in frontier.get("targets", [])]
+
+
 def main(argv=None) -> None:
     args = parse_mode(__doc__.splitlines()[0], argv)
     full = bool(args.full)
@@ -396,6 +408,7 @@ def main(argv=None) -> None:
 
         results["kernel"], kernel_targets = quant_kernel.run(True)
         targets += kernel_targets
+        targets += frontier_targets(results)
     write_result("quantization", results, targets, figure=plot(results), args=args)
 
 

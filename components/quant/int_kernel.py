@@ -10,26 +10,34 @@ d = max|x| / 127, a = round(x / d), and the block's exact float sum is kept. Per
     y += s * d_k * sum_j(q_j * a_j)   (an int32 dot product: vpdpbusd, u8 codes x s8 activations)
        + m * sum_j(x_j)               (the group minimum times the block's float sum, once per group)
 
-so only the packed codes and the group's metadata are read. Codes are expanded to bytes in registers
-(4-bit: one 16-byte load, a nibble mask and a shift; 2-bit: one 8-byte broadcast and four shifts).
-The project's packing puts codes 2b, 2b+1 in byte b (4-bit) and 4b..4b+3 (2-bit), so instead of
-shuffling the codes the activation block is stored once per call in the matching order.
+so only the packed codes and the group's metadata are read. The project's packing puts codes 2b, 2b+1
+in byte b (4-bit) and 4b..4b+3 (2-bit), so instead of shuffling the codes the activation block is
+stored once per call in the matching order. On the VNNI paths a one-precision stream's codes stay
+where they sit in their byte: one broadcast load and one mask per block (a 4-bit high nibble counts
+16x, a 2-bit field at bit 2s counts 4^s; vpdpbusd does not saturate and every int32 lane sums one field
+position, so the accumulator's lanes are rescaled once per row). Per block that leaves a mask, one
+vpdpbusd, one convert and one FMA (four independent accumulators at batch 1 hide the FMA latency).
 
 Error bound (tested): the only approximation is the activation rounding, |x - d a| <= d / 2 per
 element, and the minimum's term uses the exact sum, so per output |y - x W_hat^T| <= sum over blocks
-of d_k / 2 * sum_j |s q_j| (plus float rounding).
+of d_k / 2 * sum_j |s q_j| (plus float rounding). act_levels=2 adds the rounding residual as a second
+int8 level r in steps of d / 256 (clamped to +-127), combined exactly in int32 as 256 dot(q, a) +
+dot(q, r): per element |x - d (a + r / 256)| <= d / 256.
 
 Layout (the paper's alignment): tiles of R output rows; every tile's low-bit and high-bit codes are
 two streams of equal length per tile, tile t starting at t * stride, and a per-tile bit map says
-which group (row-major in the tile) is high-bit. A kernel thread takes whole tiles; within a row
-the low groups and the high groups are each visited with a bit scan of the row's map bits, so the
-mixed layer has no per-group branch. Metadata: scales as u8 codes with a per-row base
-(s = (c + 1) * base, the project's second-order format) or fp16; minimums as u8 codes with a
-per-row (offset, step) or fp16 (GGUF Q4_1's d and m are fp16).
+which group (row-major in the tile) is high-bit. A kernel thread takes whole tiles. A mixed row of
+32-code groups is walked in column order with both streams' next blocks expanded and the map bit
+selecting one (no data-dependent branch: the number of high groups differs per row, so per-stream
+loops would mispredict their exits every row); other layouts walk each stream with a block list.
+Metadata: scales as u8 codes with a per-row base (s = (c + 1) * base, the project's second-order
+format) or fp16; minimums as u8 codes with a per-row (offset, step) or fp16 (GGUF Q4_1's d and m are
+fp16), converted 8 groups per step together with the per-block scales s * d and the minimum's term.
 
 Paths, chosen at run time by CPU feature (`paths()`, `best_path()`): avx512_vnni (EVEX vpdpbusd on
-256-bit blocks, zmm for two batch rows at once), avx_vnni (VEX vpdpbusd), avx2 (vpmaddubsw + vpmaddwd),
-portable (scalar C). All share one source, compiled once per path with a GCC target pragma.
+256-bit blocks, masked loads, vpcompressd block lists), avx_vnni (VEX vpdpbusd), avx2 (vpmaddubsw +
+vpmaddwd on true code values: vpmaddubsw saturates), portable (scalar C). All share one source,
+compiled once per path with a GCC target pragma.
 """
 
 from __future__ import annotations
@@ -78,10 +86,23 @@ struct Meta {  // a layer's per-group scale and minimum, in one of two formats e
 // (8-bit codes: natural; 4-bit: evens then odds; 2-bit: position 8 s + j holds element 4 j + s).
 struct Acts {
   int64_t N, K, B;  // rows, features, 32-blocks per row
-  int64_t res;      // 0, or N * K: offset of the residual codes (second int8 level, step d / 254)
+  int64_t res;      // 0, or N * K: offset of the residual codes (second int8 level, step d / 256)
   std::vector<float> d, sum;
   std::vector<int8_t> a8, a4, a2;
+  int64_t G = 0;            // weight groups per row (set by group_activations)
+  std::vector<float> dsc;   // d, times 1/256 with the residual level (the combined dot is 256 a + r)
+  std::vector<float> gsum;  // per weight group: the float sum of its activations (the minimum's term)
 };
+
+static void group_activations(Acts& A, int64_t g) {
+  const int64_t sub = g / 32;
+  A.G = A.K / g;
+  A.dsc.resize(A.N * A.B); A.gsum.assign(A.N * A.G, 0.f);
+  const float rs = A.res ? 1.f / 256.f : 1.f;
+  for (int64_t i = 0; i < A.N * A.B; ++i) A.dsc[i] = A.d[i] * rs;
+  for (int64_t n = 0; n < A.N; ++n)
+    for (int64_t b = 0; b < A.B; ++b) A.gsum[n * A.G + b / sub] += A.sum[n * A.B + b];
+}
 
 static Acts quantize_acts(const float* x, int64_t N, int64_t K, bool need8, bool need4, bool need2, bool residual) {
   Acts A; A.N = N; A.K = K; A.B = K / 32; A.res = residual ? N * K : 0;
@@ -100,8 +121,8 @@ static Acts quantize_acts(const float* x, int64_t N, int64_t K, bool need8, bool
       for (int j = 0; j < 32; ++j) {
         const float v = std::min(127.f, std::max(-127.f, std::nearbyint(xb[j] * inv)));
         q[0][j] = (int8_t)v;
-        // second level: the rounding residual, |x - d a| <= d / 2, in steps of d / 254
-        const float r = amax > 0.f ? (xb[j] - d * v) * (254.f / d) : 0.f;
+        // second level: the rounding residual, |x - d a| <= d / 2, in steps of d / 256 (clamped to +-127)
+        const float r = amax > 0.f ? (xb[j] - d * v) * (256.f / d) : 0.f;
         q[1][j] = (int8_t)std::min(127.f, std::max(-127.f, std::nearbyint(r)));
       }
       A.d[n * A.B + b] = d; A.sum[n * A.B + b] = s;
@@ -131,10 +152,12 @@ static inline uint64_t map_bits(const uint8_t* map, int64_t map_bytes, int64_t b
 
 # One copy of this per path, inside `namespace <path>` under a GCC target pragma.
 _BODY = r"""
+// ---- per-ISA block products -------------------------------------------------------------------
+// block_acc<BITS, NB, RES>: one 32-code block of the weight stream times NB activation blocks,
+// acc[n] += sd[n * nblk] * dot (dot = 256 * dot(w, a1) + dot(w, a2) with the residual level).
 #if defined(ISA_PORTABLE)
 typedef float Acc;
 static inline void acc_zero(Acc& a) { a = 0.f; }
-static inline float acc_sum(const Acc& a) { return a; }
 
 template <int BITS>
 static inline void unpack_scalar(const uint8_t* p, uint8_t* w) {  // 32 codes -> bytes in the activation order
@@ -143,32 +166,35 @@ static inline void unpack_scalar(const uint8_t* p, uint8_t* w) {  // 32 codes ->
   else { for (int s = 0; s < 4; ++s) for (int j = 0; j < 8; ++j) w[8 * s + j] = (p[j] >> (2 * s)) & 3; }
 }
 
-// One 32-code block times NB activation blocks: acc[n] += s * d_n * dot (scalar, the same integers).
-template <int BITS, int NB>
-static inline void block_dot(const uint8_t* p, const int8_t* a, int64_t K, const float* d, int64_t B, float s,
-                             int64_t res, Acc* acc) {
+template <int BITS, int NB, bool RES>
+static inline void block_acc(const uint8_t* p, const int8_t* a, int64_t K, int64_t res, const float* sd,
+                             int64_t nblk, Acc* acc) {
   uint8_t w[32];
   unpack_scalar<BITS>(p, w);
   for (int n = 0; n < NB; ++n) {
-    int32_t dot = 0, dot2 = 0;
+    int32_t dot = 0;
     for (int j = 0; j < 32; ++j) dot += (int32_t)w[j] * (int32_t)a[n * K + j];
-    if (res) for (int j = 0; j < 32; ++j) dot2 += (int32_t)w[j] * (int32_t)a[res + n * K + j];
-    acc[n] += s * d[n * B] * ((float)dot + (float)dot2 * (1.f / 254.f));
+    if (RES) {
+      int32_t dot2 = 0;
+      for (int j = 0; j < 32; ++j) dot2 += (int32_t)w[j] * (int32_t)a[res + n * K + j];
+      dot = dot * 256 + dot2;
+    }
+    acc[n] += sd[n * nblk] * (float)dot;
   }
 }
 #else
 typedef __m256 Acc;
 static inline void acc_zero(Acc& a) { a = _mm256_setzero_ps(); }
-static inline float acc_sum(const Acc& v) {
+static inline float hsum(const __m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 
-// 32 codes -> 32 unsigned bytes in a ymm register, in the activation block's order.
+// 32 codes at their true values, in the activation order: a shift, a mask (and an insert for 4-bit).
 template <int BITS>
-static inline __m256i unpack32(const uint8_t* p) {
+static inline __m256i expand_codes(const uint8_t* p) {
   if constexpr (BITS == 8) {
     return _mm256_loadu_si256((const __m256i*)p);
   } else if constexpr (BITS == 4) {
@@ -181,148 +207,415 @@ static inline __m256i unpack32(const uint8_t* p) {
   }
 }
 
-// u8 codes x s8 activations summed over 4-byte lanes -> 8 int32
+#if defined(ISA_AVX2)
+// vpmaddubsw saturates at int16: the codes are expanded to their true values (shift, mask, insert).
 template <int BITS>
-static inline __m256i dot32(__m256i w, __m256i a) {
+static inline __m256i load_codes(const uint8_t* p) { return expand_codes<BITS>(p); }
+template <int BITS> static inline __m256 acc_scaled(const Acc& v, __m256 into) { return _mm256_add_ps(v, into); }
+#else
+// VNNI: the codes stay where they sit in their byte (one broadcast load and one mask): a 4-bit high
+// nibble counts 16x, a 2-bit field at bit 2 s counts 4^s. vpdpbusd does not saturate, and each
+// int32 lane sums one field position only, so the accumulator's lanes are rescaled once per row.
+template <int BITS>
+static inline __m256i load_codes(const uint8_t* p) {
+  if constexpr (BITS == 8) {
+    return _mm256_loadu_si256((const __m256i*)p);
+  } else if constexpr (BITS == 4) {
+    const __m256i mask = _mm256_set_m128i(_mm_set1_epi8((char)0xf0), _mm_set1_epi8(0x0f));
+    return _mm256_and_si256(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)p)), mask);
+  } else {
+    int64_t word; std::memcpy(&word, p, 8);
+    const __m256i mask = _mm256_set_epi64x((int64_t)0xc0c0c0c0c0c0c0c0ull, 0x3030303030303030ll,
+                                           0x0c0c0c0c0c0c0c0cll, 0x0303030303030303ll);
+    return _mm256_and_si256(_mm256_set1_epi64x(word), mask);
+  }
+}
+template <int BITS> static inline __m256 acc_scaled(const Acc& v, __m256 into) {  // into + v * lane weights
+  if constexpr (BITS == 8) return _mm256_add_ps(v, into);
+  else if constexpr (BITS == 4)
+    return _mm256_fmadd_ps(v, _mm256_set_ps(0.0625f, 0.0625f, 0.0625f, 0.0625f, 1.f, 1.f, 1.f, 1.f), into);
+  else
+    return _mm256_fmadd_ps(v, _mm256_set_ps(1.f / 64, 1.f / 64, 1.f / 16, 1.f / 16, 0.25f, 0.25f, 1.f, 1.f), into);
+}
+#endif
+
+// src + (u8 codes x s8 activations summed over 4-byte lanes) -> 8 int32
+template <int BITS>
+static inline __m256i dot_add(__m256i src, __m256i w, __m256i a) {
 #if defined(ISA_VNNI512)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a);
+  return _mm256_dpbusd_epi32(src, w, a);
 #elif defined(ISA_AVXVNNI)
-  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, a);
+  return _mm256_dpbusd_avx_epi32(src, w, a);
 #else
   const __m256i ones = _mm256_set1_epi16(1);
   if constexpr (BITS == 8) {  // u8 x s8 pairs would saturate int16: split the codes into nibbles
     const __m256i low = _mm256_set1_epi8(0x0f);
     const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low), lo = _mm256_and_si256(w, low);
-    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(hi, a), _mm256_set1_epi16(16)),
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a), ones));
+    return _mm256_add_epi32(src, _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(hi, a), _mm256_set1_epi16(16)),
+                                                  _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a), ones)));
   } else {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones);
+    return _mm256_add_epi32(src, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones));
   }
 #endif
 }
 
-template <int BITS, int NB>
-static inline __attribute__((always_inline)) void block_dot(const uint8_t* p, const int8_t* a, int64_t K,
-                                                            const float* d, int64_t B, float s, int64_t res,
-                                                            Acc* acc) {
-  const __m256i w = unpack32<BITS>(p);
-  int n = 0;
-  if (res) {  // two int8 levels: dot(w, a1) + dot(w, a2) / 254
-    for (; n < NB; ++n) {
-      const __m256i a1 = _mm256_loadu_si256((const __m256i*)(a + n * K));
-      const __m256i a2 = _mm256_loadu_si256((const __m256i*)(a + res + n * K));
-      const __m256 sd = _mm256_set1_ps(s * d[n * B]);
-      acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32<BITS>(w, a1)), sd, acc[n]);
-      acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32<BITS>(w, a2)), _mm256_mul_ps(sd, _mm256_set1_ps(1.f / 254.f)), acc[n]);
-    }
-    return;
+template <int DOT, int NB, bool RES>
+static inline __attribute__((always_inline)) void codes_acc(const __m256i w, const int8_t* a, int64_t K, int64_t res,
+                                                            const float* sd, int64_t nblk, Acc* acc) {
+  for (int n = 0; n < NB; ++n) {
+    __m256i dot = dot_add<DOT>(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i*)(a + n * K)));
+    if (RES) dot = dot_add<DOT>(_mm256_slli_epi32(dot, 8), w, _mm256_loadu_si256((const __m256i*)(a + res + n * K)));
+    acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(sd + n * nblk), acc[n]);
   }
+}
+
+template <int BITS, int NB, bool RES>
+static inline __attribute__((always_inline)) void block_acc(const uint8_t* p, const int8_t* a, int64_t K, int64_t res,
+                                                            const float* sd, int64_t nblk, Acc* acc) {
+  codes_acc<BITS, NB, RES>(load_codes<BITS>(p), a, K, res, sd, nblk, acc);
+}
+
+// 32 codes at their true values, in the activation order (the mixed rows' merged walk).
+template <int BITS>
+static inline __m256i load_true(const uint8_t* p) {
 #if defined(ISA_VNNI512)
-  // two batch rows per zmm: the codes broadcast to both halves, each half one row's activation block
-  const __m512i w2 = _mm512_broadcast_i64x4(w);
-  for (; n + 1 < NB; n += 2) {
-    const __m512i a2 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + n * K))),
-                                          _mm256_loadu_si256((const __m256i*)(a + (n + 1) * K)), 1);
-    const __m512 prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w2, a2));
-    acc[n] = _mm256_fmadd_ps(_mm512_castps512_ps256(prod), _mm256_set1_ps(s * d[n * B]), acc[n]);
-    acc[n + 1] = _mm256_fmadd_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(prod), 1)),
-                                 _mm256_set1_ps(s * d[(n + 1) * B]), acc[n + 1]);
+  if constexpr (BITS == 4) {  // AVX-512BW: one broadcast and a per-half word shift instead of the insert
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)p));
+    return _mm256_and_si256(_mm256_srlv_epi16(v, _mm256_set_m128i(_mm_set1_epi16(4), _mm_setzero_si128())),
+                            _mm256_set1_epi8(0x0f));
   }
 #endif
-  for (; n < NB; ++n) {
-    const __m256i av = _mm256_loadu_si256((const __m256i*)(a + n * K));
-    acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32<BITS>(w, av)), _mm256_set1_ps(s * d[n * B]), acc[n]);
+  return expand_codes<BITS>(p);
+}
+
+static inline __m256i select_codes(int high, __m256i lo, __m256i hi) {
+#if defined(ISA_VNNI512)
+  return _mm256_mask_blend_epi8((__mmask32)(0u - (unsigned)high), lo, hi);
+#else
+  return _mm256_blendv_epi8(lo, hi, _mm256_set1_epi8((char)(0 - high)));
+#endif
+}
+
+// One mixed row, its groups (of 32) in column order: both streams' next blocks are expanded and the
+// map bit picks one, so the walk has no data-dependent branch. A stream's pointer stops at its last
+// block (reads past it are discarded by the select).
+template <int LO, int HI, int NB, bool RES>
+static inline __attribute__((always_inline)) void merged_dot(const uint8_t*& plo, const uint8_t* lo_last, const uint8_t*& phi, const uint8_t* hi_last,
+                              const uint8_t* tmap, int64_t map_bytes, int64_t r, int64_t G, const int8_t* alo,
+                              const int8_t* ahi, int64_t K, int64_t res, const float* sd, int64_t nblk, Acc* out) {
+  constexpr int U = NB >= 4 ? 1 : 4 / NB;
+  constexpr int64_t blo = 32 * LO / 8, bhi = 32 * HI / 8;
+  Acc acc[U][NB];
+  for (int u = 0; u < U; ++u) for (int n = 0; n < NB; ++n) acc_zero(acc[u][n]);
+  auto block = [&](int64_t c, int high, Acc* a) __attribute__((always_inline)) {
+    const __m256i w = select_codes(high, load_true<LO>(std::min(plo, lo_last)), load_true<HI>(std::min(phi, hi_last)));
+    codes_acc<HI, NB, RES>(w, (high ? ahi : alo) + c * 32, K, res, sd + c, nblk, a);
+    plo += (1 - high) * blo; phi += high * bhi;
+  };
+  for (int64_t c0 = 0; c0 < G; c0 += 56) {
+    const int nb = (int)std::min<int64_t>(56, G - c0);
+    uint64_t bits = map_bits(tmap, map_bytes, r * G + c0, nb);
+    int j = 0;
+    for (; j + U <= nb; j += U) {
+      for (int u = 0; u < U; ++u) { block(c0 + j + u, (int)(bits & 1), acc[u]); bits >>= 1; }
+    }
+    for (; j < nb; ++j) { block(c0 + j, (int)(bits & 1), acc[0]); bits >>= 1; }
+  }
+  for (int n = 0; n < NB; ++n) {
+    out[n] = acc[0][n];
+    for (int u = 1; u < U; ++u) out[n] = _mm256_add_ps(out[n], acc[u][n]);
   }
 }
 #endif
+
+// ---- one code stream of one row ---------------------------------------------------------------
+// `count` blocks read in stream order from p; block i of the stream is block blocks[i] of the row.
+// U independent accumulators per batch row (U * NB >= 4) hide the FMA latency at small batches.
+template <int BITS, int NB, bool RES>
+static inline __attribute__((always_inline)) void stream_dot(const uint8_t* __restrict p, const int32_t* __restrict blocks, int64_t count,
+                              const int8_t* __restrict acts, int64_t K, int64_t res, const float* __restrict sd,
+                              int64_t nblk, Acc* out) {
+  constexpr int U = NB >= 4 ? 1 : 4 / NB;
+  constexpr int64_t bytes = 32 * BITS / 8;
+  Acc acc[U][NB];
+  for (int u = 0; u < U; ++u) for (int n = 0; n < NB; ++n) acc_zero(acc[u][n]);
+  int64_t i = 0;
+  for (; i + U <= count; i += U) {
+    for (int u = 0; u < U; ++u) {
+      const int64_t b = blocks[i + u];
+      block_acc<BITS, NB, RES>(p + (i + u) * bytes, acts + b * 32, K, res, sd + b, nblk, acc[u]);
+    }
+  }
+  for (; i < count; ++i) {
+    const int64_t b = blocks[i];
+    block_acc<BITS, NB, RES>(p + i * bytes, acts + b * 32, K, res, sd + b, nblk, acc[0]);
+  }
+  for (int n = 0; n < NB; ++n) {
+    out[n] = acc[0][n];
+    for (int u = 1; u < U; ++u) {
+#if defined(ISA_PORTABLE)
+      out[n] += acc[u][n];
+#else
+      out[n] = _mm256_add_ps(out[n], acc[u][n]);
+#endif
+    }
+  }
+}
 
 #if defined(ISA_PORTABLE)
 #define HALF(h) half_to_float(h)
+constexpr bool PORTABLE = true;
 #else
 #define HALF(h) _cvtsh_ss(h)  // F16C
+constexpr bool PORTABLE = false;
 #endif
-static inline __attribute__((always_inline)) void group_meta(const Meta& M, int64_t row, int64_t c, float& s, float& m) {
-  const int64_t i = row * M.G + c;
-  s = M.scale_kind == 0 ? ((float)M.scale_u8[i] + 1.f) * M.scale_base[row] : HALF(M.scale_f16[i]);
-  m = M.min_kind == 0 ? M.min_base[2 * row] + (float)M.min_u8[i] * M.min_base[2 * row + 1]
-                      : HALF(M.min_f16[i]);
+
+struct Scratch {  // per thread: one row's block lists, group metadata, per-block scales
+  std::vector<int32_t> lo, hi, identity;
+  std::vector<float> s, m, sd;
+  Scratch(int64_t G, int64_t nblk, int nb_max)
+      : lo(nblk + 16), hi(nblk + 16), identity(nblk), s(G + 8), m(G + 8), sd(nb_max * nblk + 8) {
+    for (int64_t b = 0; b < nblk; ++b) identity[b] = (int32_t)b;
+  }
+};
+
+static inline float scale_at(const Meta& M, int64_t row, int64_t j) {
+  const int64_t i = row * M.G + j;
+  return M.scale_kind == 0 ? ((float)M.scale_u8[i] + 1.f) * M.scale_base[row] : HALF(M.scale_f16[i]);
+}
+static inline float min_at(const Meta& M, int64_t row, int64_t j) {
+  const int64_t i = row * M.G + j;
+  return M.min_kind == 0 ? M.min_base[2 * row] + (float)M.min_u8[i] * M.min_base[2 * row + 1] : HALF(M.min_f16[i]);
+}
+
+// The row's scales and minimums in float, 8 groups per step where the ISA has vectors.
+static inline void row_meta(const Meta& M, int64_t row, float* __restrict s, float* __restrict m) {
+  const int64_t G = M.G, o = row * M.G;
+  int64_t j = 0;
+#if !defined(ISA_PORTABLE)
+  const __m256 one = _mm256_set1_ps(1.f);
+  for (; j + 8 <= G; j += 8) {
+    __m256 sv, mv;
+    if (M.scale_kind == 0) {
+      const __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(M.scale_u8 + o + j))));
+      sv = _mm256_mul_ps(_mm256_add_ps(c, one), _mm256_set1_ps(M.scale_base[row]));
+    } else {
+      sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(M.scale_f16 + o + j)));
+    }
+    if (M.min_kind == 0) {
+      const __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(M.min_u8 + o + j))));
+      mv = _mm256_fmadd_ps(c, _mm256_set1_ps(M.min_base[2 * row + 1]), _mm256_set1_ps(M.min_base[2 * row]));
+    } else {
+      mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(M.min_f16 + o + j)));
+    }
+    _mm256_storeu_ps(s + j, sv);
+    _mm256_storeu_ps(m + j, mv);
+  }
+#endif
+  for (; j < G; ++j) { s[j] = scale_at(M, row, j); m[j] = min_at(M, row, j); }
 }
 #undef HALF
 
-// Every group of one row whose bit is set in `mask` (columns c_base + bit), read in stream order.
-template <int BITS, int NB>
-static inline __attribute__((always_inline)) void row_groups(
-    const uint8_t* __restrict codes, uint64_t mask, int64_t c_base, int64_t sub, int64_t row, const Meta& M,
-    int64_t K, int64_t B, int64_t res, const float* __restrict d, const float* __restrict xs,
-    const int8_t* __restrict acts,
-    int64_t& used, Acc* acc, float* macc) {
-  constexpr int64_t bytes = 32 * BITS / 8;
-  const uint8_t* __restrict p = codes + used * sub * bytes;
-  while (mask) {
-    const int64_t c = c_base + __builtin_ctzll(mask);
-    mask &= mask - 1;
-    float s, m;
-    group_meta(M, row, c, s, m);
-    for (int64_t k = 0; k < sub; ++k) {
-      const int64_t blk = c * sub + k;
-      block_dot<BITS, NB>(p, acts + blk * 32, K, d + blk, B, s, res, acc);
-      p += bytes;
-      for (int n = 0; n < NB; ++n) macc[n] += m * xs[n * B + blk];
+// The row's stream order: which of its blocks are in the low stream and which in the high one.
+static inline void row_blocks(const uint8_t* tmap, int64_t map_bytes, int64_t r, int64_t G, int64_t sub,
+                              int32_t* lo, int32_t* hi, int64_t& nlo, int64_t& nhi) {
+  nlo = 0; nhi = 0;
+  for (int64_t c0 = 0; c0 < G; c0 += 56) {
+    const int nb = (int)std::min<int64_t>(56, G - c0);
+    const uint64_t high = map_bits(tmap, map_bytes, r * G + c0, nb);
+#if defined(ISA_VNNI512)
+    if (sub == 1) {  // 16 groups per step: vpcompressd of the column numbers under the map's bits
+      const __m512i step = _mm512_set1_epi32(16);
+      __m512i cols = _mm512_add_epi32(_mm512_set1_epi32((int)c0), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                                                                     10, 11, 12, 13, 14, 15));
+      for (int j = 0; j < nb; j += 16) {
+        const __mmask16 valid = (__mmask16)(nb - j >= 16 ? 0xffff : ((1u << (nb - j)) - 1));
+        const __mmask16 h = (__mmask16)(high >> j) & valid, l = (__mmask16)(~h) & valid;
+        _mm512_mask_compressstoreu_epi32(hi + nhi, h, cols);
+        _mm512_mask_compressstoreu_epi32(lo + nlo, l, cols);
+        nhi += __builtin_popcount(h); nlo += __builtin_popcount(l);
+        cols = _mm512_add_epi32(cols, step);
+      }
+      continue;
     }
-    ++used;
+#endif
+    for (int j = 0; j < nb; ++j) {
+      const int h = (int)((high >> j) & 1);
+      for (int64_t k = 0; k < sub; ++k) {
+        const int32_t b = (int32_t)((c0 + j) * sub + k);
+        lo[nlo] = b; hi[nhi] = b;
+        nlo += 1 - h; nhi += h;
+      }
+    }
   }
 }
+
+// Per batch row n: sd[n][b] = s(group of b) * dsc_n[b], and the minimum's term sum_c m_c * gsum_n[c].
+#if defined(ISA_PORTABLE)
+typedef float MinAcc;
+#else
+typedef __m256 MinAcc;
+#endif
+template <int NB>
+static inline void row_scales(const float* __restrict s, const float* __restrict m, const float* __restrict dsc,
+                              const float* __restrict gsum, int64_t nblk, int64_t G, int64_t sub,
+                              float* __restrict sd, MinAcc* macc, float* mtail) {
+  for (int n = 0; n < NB; ++n) {
+    const float* dn = dsc + n * nblk; const float* gn = gsum + n * G; float* sdn = sd + n * nblk;
+    int64_t b = 0, c = 0;
+    float tail = 0.f;
+#if defined(ISA_PORTABLE)
+    macc[n] = 0.f;
+#else
+    __m256 acc = _mm256_setzero_ps();
+    if (sub == 1) {
+      for (; b + 8 <= nblk; b += 8) _mm256_storeu_ps(sdn + b, _mm256_mul_ps(_mm256_loadu_ps(s + b), _mm256_loadu_ps(dn + b)));
+    }
+    for (; c + 8 <= G; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(m + c), _mm256_loadu_ps(gn + c), acc);
+    macc[n] = acc;
+#endif
+    for (; b < nblk; ++b) sdn[b] = s[b / sub] * dn[b];
+    for (; c < G; ++c) tail += m[c] * gn[c];
+    mtail[n] = tail;
+  }
+}
+
+#if defined(ISA_VNNI512)
+// Groups of 32 on AVX-512: the row's metadata, per-block scales and minimum term in one pass of 8
+// groups per step, the last step under a load mask (no scalar tail).
+template <int NB>
+static inline __attribute__((always_inline)) void row_setup_masked(const Meta& M, int64_t row, const float* __restrict dsc,
+                                    const float* __restrict gsum, int64_t G, float* __restrict sd, MinAcc* macc) {
+  const int64_t o = row * G;
+  const __m256 one = _mm256_set1_ps(1.f);
+  const __m256 sbase = M.scale_kind == 0 ? _mm256_set1_ps(M.scale_base[row]) : one;
+  const __m256 moff = M.min_kind == 0 ? _mm256_set1_ps(M.min_base[2 * row]) : one;
+  const __m256 mstep = M.min_kind == 0 ? _mm256_set1_ps(M.min_base[2 * row + 1]) : one;
+  for (int n = 0; n < NB; ++n) macc[n] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < G; j += 8) {
+    const __mmask8 k = (__mmask8)(G - j >= 8 ? 0xff : ((1u << (G - j)) - 1));
+    __m256 sv, mv;
+    if (M.scale_kind == 0)
+      sv = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, M.scale_u8 + o + j))), one), sbase);
+    else
+      sv = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(k, M.scale_f16 + o + j));
+    if (M.min_kind == 0)
+      mv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, M.min_u8 + o + j))), mstep, moff);
+    else
+      mv = _mm256_cvtph_ps(_mm_maskz_loadu_epi16(k, M.min_f16 + o + j));
+    for (int n = 0; n < NB; ++n) {
+      _mm256_mask_storeu_ps(sd + n * G + j, k, _mm256_mul_ps(sv, _mm256_maskz_loadu_ps(k, dsc + n * G + j)));
+      macc[n] = _mm256_fmadd_ps(mv, _mm256_maskz_loadu_ps(k, gsum + n * G + j), macc[n]);
+    }
+  }
+}
+#endif
 
 // NB batch rows of every row of tile t.
-template <int LO, int HI, int NB>
-static void tile_rows(const uint8_t* lo, const uint8_t* hi, const uint8_t* tmap, int64_t map_bytes, int all_high,
+template <int LO, int HI, int NB, bool RES>
+static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, int64_t hi_bytes, const uint8_t* tmap,
+                      int64_t map_bytes, int all_high,
                       int64_t t, int64_t R, int64_t G, int64_t g, const Meta& M, const Acts& A, int64_t n0,
-                      const int8_t* acts_lo, const int8_t* acts_hi, int64_t out, float* y) {
-  const int64_t K = A.K, B = A.B, sub = g / 32;
-  const float* d = A.d.data() + n0 * B;
-  const float* xs = A.sum.data() + n0 * B;
+                      const int8_t* acts_lo, const int8_t* acts_hi, int64_t out, float* y, Scratch& S) {
+  const int64_t K = A.K, nblk = A.B, sub = g / 32;
+  const float* dsc = A.dsc.data() + n0 * nblk;
+  const float* gsum = A.gsum.data() + n0 * G;
   const int8_t* alo = acts_lo + n0 * K;
   const int8_t* ahi = acts_hi + n0 * K;
-  int64_t used_lo = 0, used_hi = 0;
+  float* s = S.s.data(); float* m = S.m.data(); float* sd = S.sd.data();
+  // mixed tiles of 32-code groups walk both streams at once (see merged_dot), others one stream at a time
+  const bool merged = !PORTABLE && tmap && sub == 1 && lo_bytes && hi_bytes;
+  const uint8_t* lo_last = lo + lo_bytes - 32 * LO / 8;
+  const uint8_t* hi_last = hi + hi_bytes - 32 * HI / 8;
+  const int64_t lo_row = lo_bytes / R, hi_row = hi_bytes / R;  // a row's share of each stream (bytes)
   for (int64_t r = 0; r < R; ++r) {
     const int64_t row = t * R + r;
-    Acc acc[NB];
-    float macc[NB];
-    for (int n = 0; n < NB; ++n) { acc_zero(acc[n]); macc[n] = 0.f; }
-    for (int64_t c0 = 0; c0 < G; c0 += 56) {
-      const int nb = (int)std::min<int64_t>(56, G - c0);
-      const uint64_t full = (1ull << nb) - 1;
-      const uint64_t high = tmap ? map_bits(tmap, map_bytes, r * G + c0, nb) : (all_high ? full : 0);
-      if (~high & full) row_groups<LO, NB>(lo, ~high & full, c0, sub, row, M, K, B, A.res, d, xs, alo, used_lo, acc, macc);
-      if (high) row_groups<HI, NB>(hi, high, c0, sub, row, M, K, B, A.res, d, xs, ahi, used_hi, acc, macc);
+#if !defined(ISA_PORTABLE)
+    // Cache-cold weights: fetch a few rows ahead (codes and metadata); prefetches past the end are dropped.
+    constexpr int64_t AHEAD = 4;
+    for (int64_t o = 0; o < lo_row; o += 64) _mm_prefetch((const char*)(lo + AHEAD * lo_row + o), _MM_HINT_T0);
+    for (int64_t o = 0; o < hi_row; o += 64) _mm_prefetch((const char*)(hi + AHEAD * hi_row + o), _MM_HINT_T0);
+    {
+      const int64_t i = (row + AHEAD) * G;
+      _mm_prefetch((const char*)(M.scale_kind == 0 ? (const void*)(M.scale_u8 + i) : (const void*)(M.scale_f16 + i)), _MM_HINT_T0);
+      _mm_prefetch((const char*)(M.min_kind == 0 ? (const void*)(M.min_u8 + i) : (const void*)(M.min_f16 + i)), _MM_HINT_T0);
     }
-    for (int n = 0; n < NB; ++n) y[(n0 + n) * out + row] = acc_sum(acc[n]) + macc[n];
+#endif
+    const int32_t *blo = S.lo.data(), *bhi = S.hi.data();
+    int64_t nlo = 0, nhi = 0;
+    if (merged) {}
+    else if (tmap) row_blocks(tmap, map_bytes, r, G, sub, S.lo.data(), S.hi.data(), nlo, nhi);
+    else if (all_high) { bhi = S.identity.data(); nhi = nblk; }
+    else { blo = S.identity.data(); nlo = nblk; }
+    MinAcc macc[NB];
+    float mtail[NB];
+#if defined(ISA_VNNI512)
+    if (sub == 1) {
+      row_setup_masked<NB>(M, row, dsc, gsum, G, sd, macc);
+      for (int n = 0; n < NB; ++n) mtail[n] = 0.f;
+    } else
+#endif
+    {
+      row_meta(M, row, s, m);
+      row_scales<NB>(s, m, dsc, gsum, nblk, G, sub, sd, macc, mtail);
+    }
+    Acc acc_lo[NB], acc_hi[NB];
+#if !defined(ISA_PORTABLE)
+    if (merged) {
+      merged_dot<LO, HI, NB, RES>(lo, lo_last, hi, hi_last, tmap, map_bytes, r, G, alo, ahi, K, A.res, sd, nblk, acc_hi);
+      for (int n = 0; n < NB; ++n) y[(n0 + n) * out + row] = hsum(_mm256_add_ps(acc_hi[n], macc[n])) + mtail[n];
+      continue;
+    }
+#endif
+    if (nlo) { stream_dot<LO, NB, RES>(lo, blo, nlo, alo, K, A.res, sd, nblk, acc_lo); lo += nlo * 32 * LO / 8; }
+    if (nhi) { stream_dot<HI, NB, RES>(hi, bhi, nhi, ahi, K, A.res, sd, nblk, acc_hi); hi += nhi * 32 * HI / 8; }
+    for (int n = 0; n < NB; ++n) {
+      MinAcc v = macc[n];
+#if defined(ISA_PORTABLE)
+      if (nlo) v += acc_lo[n];
+      if (nhi) v += acc_hi[n];
+      y[(n0 + n) * out + row] = v + mtail[n];
+#else
+      if (nlo) v = acc_scaled<LO>(acc_lo[n], v);
+      if (nhi) v = acc_scaled<HI>(acc_hi[n], v);
+      y[(n0 + n) * out + row] = hsum(v) + mtail[n];
+#endif
+    }
   }
 }
 
-template <int LO, int HI>
+template <int LO, int HI, bool RES>
 static void tiles(const uint8_t* codes_lo, int64_t stride_lo, const uint8_t* codes_hi, int64_t stride_hi,
                   const uint8_t* map, int64_t map_bytes, int all_high, int64_t T, int64_t R, int64_t G, int64_t g,
                   const Meta& M, const Acts& A, const int8_t* acts_lo, const int8_t* acts_hi, float* y) {
   const int64_t out = T * R, N = A.N;
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < T; ++t) {
-    const uint8_t* lo = codes_lo + t * stride_lo;
-    const uint8_t* hi = codes_hi + t * stride_hi;
-    const uint8_t* tmap = map ? map + t * map_bytes : nullptr;
-    // batch rows in passes of 8, 4, 2, 1 (the codes of the tile are re-read per pass, from cache)
-    int64_t n0 = 0;
-    for (; n0 + 8 <= N; n0 += 8) tile_rows<LO, HI, 8>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y);
-    if (n0 + 4 <= N) { tile_rows<LO, HI, 4>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y); n0 += 4; }
-    if (n0 + 2 <= N) { tile_rows<LO, HI, 2>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y); n0 += 2; }
-    if (n0 < N) tile_rows<LO, HI, 1>(lo, hi, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y);
+  const int threads = (int)std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), T));
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch S(G, A.B, 8);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+      const uint8_t* lo = codes_lo + t * stride_lo;
+      const uint8_t* hi = codes_hi + t * stride_hi;
+      const uint8_t* tmap = map ? map + t * map_bytes : nullptr;
+      const int64_t lo_bytes = stride_lo, hi_bytes = stride_hi;
+      // batch rows in passes of 8, 4, 2, 1 (the codes of the tile are re-read per pass, from cache)
+      int64_t n0 = 0;
+      for (; n0 + 8 <= N; n0 += 8) tile_rows<LO, HI, 8, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S);
+      if (n0 + 4 <= N) { tile_rows<LO, HI, 4, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S); n0 += 4; }
+      if (n0 + 2 <= N) { tile_rows<LO, HI, 2, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S); n0 += 2; }
+      if (n0 < N) tile_rows<LO, HI, 1, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S);
+    }
   }
 }
 
 static void run(int bits_lo, int bits_hi, const uint8_t* cl, int64_t sl, const uint8_t* ch, int64_t sh,
                 const uint8_t* map, int64_t mb, int all_high, int64_t T, int64_t R, int64_t G, int64_t g,
                 const Meta& M, const Acts& A, const int8_t* alo, const int8_t* ahi, float* y) {
-#define CASE(L, H) if (bits_lo == L && bits_hi == H) { tiles<L, H>(cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, alo, ahi, y); return; }
+#define CASE(L, H) if (bits_lo == L && bits_hi == H) { \
+    if (A.res) tiles<L, H, true>(cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, alo, ahi, y); \
+    else tiles<L, H, false>(cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, alo, ahi, y); \
+    return; }
   CASE(2, 4) CASE(2, 2) CASE(4, 4) CASE(8, 8) CASE(2, 8) CASE(4, 8)
 #undef CASE
   TORCH_CHECK(false, "unsupported bits pair ", bits_lo, "/", bits_hi, " (low bits must not exceed high bits)");
@@ -361,6 +654,7 @@ torch::Tensor int_matmul(torch::Tensor x, torch::Tensor codes_lo, torch::Tensor 
                         false, false, false, bits_lo == 8 || bits_hi == 8};
   TORCH_CHECK(act_levels == 1 || act_levels == 2, "act_levels must be 1 (int8) or 2 (int8 + int8 residual)");
   Acts A = quantize_acts(x.data_ptr<float>(), N, K, need[8], need[4], need[2], act_levels == 2);
+  group_activations(A, g);
   auto acts_of = [&](int64_t bits) -> const int8_t* {
     return bits == 8 ? A.a8.data() : bits == 4 ? A.a4.data() : A.a2.data();
   };
@@ -402,7 +696,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v5",
+    "quant_int_kernel_v12",
     _source,
     ["int_matmul", "path_supported"],
     ["-O3", "-fopenmp"],
@@ -426,6 +720,15 @@ def paths() -> list[str]:
         module = load()
         _paths.extend(p for p in PATHS if module is not None and module.path_supported(p))
     return list(_paths)
+
+
+def matmul_function():
+    """(int_matmul, path) for a product: the compiled function and `best_path()` (read per call: tests force it)."""
+    module = _EXTENSION.module if _EXTENSION.module is not None else load()
+    if module is None:
+        raise RuntimeError(f"integer kernel unavailable: {unavailable_reason()}")
+    forced = os.environ.get("QUANT_INT_PATH")
+    return module.int_matmul, (best_path() if forced or not _paths else _paths[0])
 
 
 def best_path() -> str:

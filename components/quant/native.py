@@ -24,7 +24,66 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from components.quant.extension import InlineExtension
 from components.quant.packed_matrix import PackedMatrix
+
+# One decode position's attention in one call (rotary on q and k, the cache write, grouped-query
+# attention over the cached positions): at T = 1 this replaces ~20 small torch ops per layer, which
+# cost more than the layer's matrix products once those run at the memory wall.
+_ATTEND_SOURCE = r"""
+#include <torch/extension.h>
+#include <cmath>
+#include <vector>
+
+torch::Tensor attend_one(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor kc, torch::Tensor vc,
+                         int64_t pos, int64_t heads, int64_t kv_heads) {
+  const int64_t hd = kc.size(2), half = hd / 2, cap = kc.size(1), nq = heads * hd, nkv = kv_heads * hd;
+  TORCH_CHECK(qkv.dtype() == torch::kFloat32 && qkv.is_contiguous() && qkv.numel() == nq + 2 * nkv, "qkv [1, q+k+v]");
+  TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.size(0) == kv_heads && pos < cap, "cache layout");
+  const float* x = qkv.data_ptr<float>();
+  const float* c = cos.data_ptr<float>();
+  const float* s = sin.data_ptr<float>();
+  float* K = kc.data_ptr<float>();
+  float* V = vc.data_ptr<float>();
+  auto rope = [&](const float* in, float* out) {
+    for (int64_t i = 0; i < half; ++i) {
+      out[i] = in[i] * c[i] - in[i + half] * s[i];
+      out[i + half] = in[i + half] * c[i + half] + in[i] * s[i + half];
+    }
+  };
+  for (int64_t h = 0; h < kv_heads; ++h) {
+    rope(x + nq + h * hd, K + (h * cap + pos) * hd);
+    std::copy(x + nq + nkv + h * hd, x + nq + nkv + (h + 1) * hd, V + (h * cap + pos) * hd);
+  }
+  auto y = torch::empty({1, nq}, qkv.options());
+  float* out = y.data_ptr<float>();
+  const int64_t L = pos + 1, group = heads / kv_heads;
+  const float scale = 1.f / std::sqrt((float)hd);
+  std::vector<float> q(hd), w(L);
+  for (int64_t h = 0; h < heads; ++h) {
+    rope(x + h * hd, q.data());
+    const float* Kh = K + (h / group) * cap * hd;
+    const float* Vh = V + (h / group) * cap * hd;
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < L; ++t) {
+      float dot = 0.f;
+      for (int64_t i = 0; i < hd; ++i) dot += q[i] * Kh[t * hd + i];
+      w[t] = dot * scale;
+      mx = std::max(mx, w[t]);
+    }
+    float total = 0.f;
+    for (int64_t t = 0; t < L; ++t) { w[t] = std::exp(w[t] - mx); total += w[t]; }
+    float* o = out + h * hd;
+    for (int64_t i = 0; i < hd; ++i) o[i] = 0.f;
+    for (int64_t t = 0; t < L; ++t) {
+      const float p = w[t] / total;
+      for (int64_t i = 0; i < hd; ++i) o[i] += p * Vh[t * hd + i];
+    }
+  }
+  return y;
+}
+"""
+_ATTEND = InlineExtension("lean_attend_v1", _ATTEND_SOURCE, ["attend_one"], ["-O3"], disable_env="QUANT_INT_KERNEL")
 
 
 class DenseMatrix:
@@ -175,6 +234,9 @@ class LeanLlama:
         mask = None
         if T > 1:  # query i sees every cached position and the block's positions up to its own
             mask = torch.arange(pos + T)[None, :] <= (pos + torch.arange(T))[:, None]
+        attend = _ATTEND.load() if T == 1 else None
+        if attend is not None:
+            return self._step(x, cache, pos, attend.attend_one)
         for li, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.attn_norm, sh.eps)
             qkv = layer.qkv.matmul(h)
@@ -198,6 +260,20 @@ class LeanLlama:
         return logits.unsqueeze(0), cache
 
     __call__ = forward
+
+    def _step(self, x: torch.Tensor, cache: KVCache, pos: int, attend) -> tuple[torch.Tensor, KVCache]:
+        """One position (T = 1): the same computation as `forward`, attention in one compiled call per layer."""
+        sh = self.shape
+        cos, sin = self.cos[pos], self.sin[pos]
+        eps, inter = sh.eps, sh.intermediate
+        for li, layer in enumerate(self.layers):
+            qkv = layer.qkv.matmul(F.rms_norm(x, (sh.hidden,), layer.attn_norm, eps))
+            x = x + layer.o.matmul(attend(qkv, cos, sin, cache.k[li], cache.v[li], pos, sh.heads, sh.kv_heads))
+            gu = layer.gate_up.matmul(F.rms_norm(x, (sh.hidden,), layer.ffn_norm, eps))
+            x = x + layer.down.matmul(F.silu(gu[:, :inter]) * gu[:, inter:])
+        cache.length = pos + 1
+        logits = self.head.matmul(F.rms_norm(x, (sh.hidden,), self.final_norm, eps))
+        return logits.unsqueeze(0), cache
 
     def crop(self, cache: KVCache | None, length: int) -> KVCache | None:
         if cache is not None and length < cache.length:
@@ -277,10 +353,10 @@ def load_native_smollm2(path: str | None = None, head_bits: int | None = None, a
     act_levels: 2 (default) feeds the kernel int8 activations plus their int8 residual; 1: int8 only
     (faster, but SmolLM2's greedy choice then flips on ~7% of positions, see docs/flows/quantize.md).
     """
-    import gguf
+    import gguf  # noqa: PLC0415  (reason: optional heavy dependency, only to read a GGUF)
 
     if path is None:
-        from components.lm import smollm2
+        from components.lm import smollm2  # noqa: PLC0415  (reason: start-up cost: transformers)
 
         path = str(smollm2.gguf_path())
     if head_bits not in (None, 2, 4, 8):

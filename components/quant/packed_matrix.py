@@ -258,14 +258,12 @@ class PackedMatrix:
         act_levels (default: the matrix's `act_levels`): 2 adds the int8 rounding residual, a second
         dot product per block that shrinks the activation error 254x.
         """
-        kernel = int_kernel.load()
-        if kernel is None:
-            raise RuntimeError(f"integer kernel unavailable: {int_kernel.unavailable_reason()}")
+        int_matmul, best = int_kernel.matmul_function()
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x must be [N, {self.in_features}], got {tuple(x.shape)}")
         if x.dtype != torch.float32 or not x.is_contiguous():
             x = x.contiguous().float()
-        return kernel.int_matmul(
+        return int_matmul(
             x,
             self.codes_lo,
             self.codes_hi,
@@ -281,7 +279,7 @@ class PackedMatrix:
             self.min_kind,
             self.min_codes,
             self.min_base,
-            path or int_kernel.best_path(),
+            path or best,
             act_levels or self.act_levels,
         )
 

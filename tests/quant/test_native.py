@@ -153,3 +153,19 @@ def test_native_smollm2_agrees_with_the_fp32_copy():
     for _ in range(8):
         tokens.append(int(runner.logits_for(tokens)[-1].argmax()))
     assert tokens[len(ids) :] == native.greedy(ids.tolist(), 8)
+
+
+def test_one_position_steps_equal_the_block_forward(tiny):
+    """T = 1 goes through the compiled attention step; it must compute what the block forward computes."""
+    lean = LeanLlama.from_hf(tiny)
+    ids = torch.randint(0, 96, (1, 11), generator=torch.Generator().manual_seed(5))
+    full, _ = lean.forward(ids)
+    logits, cache = lean.forward(ids[:, :3])
+    steps = [logits]
+    for t in range(3, 11):
+        logits, cache = lean.forward(ids[:, t : t + 1], cache)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+    lean.crop(cache, 6)  # roll back, then step again over the same positions
+    again, cache = lean.forward(ids[:, 6:7], cache)
+    torch.testing.assert_close(again[0, 0], full[0, 6], rtol=1e-4, atol=1e-4)
