@@ -32,7 +32,8 @@ from components.intercode.env import make_env
 from components.intercode.metrics import summarize
 from components.intercode.policies import GoldReplay, PolicyConfig, build_policy
 from components.intercode.tasksets import TASK_SETS, select_tasks
-from tasks.llm import LLMConfig, build_llm
+from components.llm.config import LLMConfig
+from components.llm.factory import build_llm
 
 PAPER_REFERENCE = {  # upstream trajectories (Spider dev / NL2Bash on MySQL / Docker): context, not targets
     "sql": {

@@ -26,8 +26,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import save_model
+from tokenizers import Tokenizer
 
+from benchmarks import quant_kernel
 from benchmarks.common import RESULTS_DIR, parse_mode, target, write_result
+from components.lm import smollm2
 from components.quant import QuantLinear, QuantSpec, fused_cpu
 from components.quant.evaluation import encode, python_docs_split, windows
 from components.quant.evaluation import perplexity as perplexity_of
@@ -43,6 +48,7 @@ from components.quant.model import (
 from components.quant.spec import method_spec
 from components.quant.speed import decode_speed, matvec_by_shape, memory_bandwidth
 from mlsys.environment import PROJECT_ROOT
+from mlsys.tracking import default_tracking_uri, load_registered_model_dir
 
 QUICK_METHODS = ["fp32", "rtn4", "rtn2", "mixed", "mixed_range", "mixed_random"]
 FULL_METHODS = QUICK_METHODS + ["hqq2"]
@@ -68,7 +74,7 @@ def methods(full: bool) -> list[QuantSpec]:
 
 def hqq_available() -> bool:
     try:
-        import hqq.core.quantize  # noqa: F401
+        import hqq.core.quantize  # noqa: F401, PLC0415  (optional dependency: probing whether it is installed)
 
         return True
     except Exception:
@@ -80,10 +86,6 @@ def find_draft() -> tuple[str, dict] | None:
     folder = PROJECT_ROOT / "data" / "lm_train" / "draft"
     info: dict = {}
     try:
-        from mlflow.tracking import MlflowClient
-
-        from mlsys.tracking import default_tracking_uri
-
         versions = MlflowClient(default_tracking_uri()).search_model_versions("name='lm-draft'")
         if versions:
             newest = max(versions, key=lambda v: int(v.version))
@@ -105,8 +107,6 @@ def find_draft() -> tuple[str, dict] | None:
         )
         return str(folder), info
     try:
-        from mlsys.tracking import load_registered_model_dir
-
         info["path"] = "registered:lm-draft"
         return str(load_registered_model_dir("lm-draft")), info
     except Exception:
@@ -166,10 +166,6 @@ def bench_model(
     matvec_repeats: int,
     bandwidth_gbs: float,
 ) -> dict:
-    from tokenizers import Tokenizer
-
-    from components.lm import smollm2
-
     model, base = load_base_model(source)
     tok_dir = base.get("tokenizer_dir") or str(smollm2.cache_dir())
     tokenizer = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
@@ -230,8 +226,6 @@ def bench_model(
     # fp32 on disk: the same model saved as plain safetensors
     fp_dir = tmp / "fp32"
     fp_dir.mkdir()
-    from safetensors.torch import save_model
-
     save_model(model, str(fp_dir / "model.safetensors"))
     rows["fp32"]["disk_mb"] = folder_mb(fp_dir)
 
@@ -291,10 +285,10 @@ def largest_shapes(matvec: dict) -> list[str]:
 
 
 def plot(results: dict):
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (start-up cost, only when plotting)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (after matplotlib.use)
 
     models = list(results["models"])
     fig, axes = plt.subplots(2, max(2, len(models)), figsize=(6 * max(2, len(models)), 9), squeeze=False)
@@ -404,8 +398,6 @@ def main(argv=None) -> None:
         res["largest_layer_best_path"] = best
         targets.append(target(f"matvec_speedup_largest_layers{sfx}", speedup, 1.5, ">="))
     if full:  # the integer kernel, ONNX Runtime's MatMulNBits and the native Q4_1 decode (benchmarks/quant_kernel.py)
-        from benchmarks import quant_kernel
-
         results["kernel"], kernel_targets = quant_kernel.run(True)
         targets += kernel_targets
         targets += frontier_targets(results)

@@ -20,11 +20,11 @@ from components.intercode.episodes import builtin_episodes, user_episodes
 from components.intercode.policies import PolicyConfig
 from components.intercode.rewards import SQL_ORDERS
 from components.intercode.user_tasks import load_task_file
+from components.llm.config import LLMConfig
 from components.sandbox import SandboxLimits
 from mlsys.flow import FlowConfig, system_flow
 from mlsys.tracking import Tracker
 from tasks.intercode import prepare_assets, report, run_episode
-from tasks.llm import LLMConfig
 
 RESERVED_LABELS = ("overall", "sql", "bash", "compared")  # metric scopes a compared policy's key would shadow
 

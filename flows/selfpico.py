@@ -14,12 +14,12 @@ from typing import Optional
 from prefect import unmapped
 
 from components.checks import ConfigError, at_least
+from components.llm.config import LLMConfig
 from components.sandbox import SandboxLimits
 from components.selfpico.config import PredictorConfig
 from components.selfpico.snippets import user_snippets
 from mlsys.flow import FlowConfig, system_flow
 from mlsys.tracking import Tracker
-from tasks.llm import LLMConfig
 from tasks.selfpico import execute_batch, load_snippets, report_coverage
 
 DEFAULT_MODULES = ["textwrap", "difflib", "shlex", "fractions", "statistics", "html", "calendar", "colorsys"]

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from components.checks import at_least
-from components.compiler.tuning import TuneSettings
+from components.compiler.tuning import TuneSettings, tuning_metrics
 from components.sandbox import SandboxLimits
 from components.selfpico.tuning import ValueDataConfig
 from mlsys.flow import FlowConfig, system_flow
 from mlsys.tracking import Tracker
-from tasks.tune_selfpico import collect_value_chats, tune_value_model
+from tasks.llm import register_tuned, tune_on_chats
+from tasks.tune_selfpico import collect_value_chats
 
 
 def _value_tune_settings() -> TuneSettings:
@@ -51,5 +52,10 @@ def tune_selfpico(cfg: TuneSelfPicoConfig, tracker: Tracker) -> dict[str, float]
     """Tune SmolLM2 on values found by search with execution feedback; register the tuned layers."""
     limits = SandboxLimits(wall_seconds=cfg.wall_seconds, cpu_seconds=cfg.cpu_seconds)
     data = collect_value_chats(cfg.data, limits, tracker)
-    out_dir = str(cfg.work_path(cfg.run_name))
-    return tune_value_model(data, cfg.train, out_dir, cfg.data.modules, tracker, cfg.threads, cfg.registered_name)
+    provenance = data.provenance(cfg.data.modules)
+    tuned = tune_on_chats(
+        data.chats, cfg.train, str(cfg.work_path(cfg.run_name)), tracker, provenance, threads=cfg.threads
+    )
+    register_tuned(tuned["folder"], cfg.registered_name, tracker)
+    minutes = tuned["summary"]["report"]["seconds"] / 60
+    return data.metrics() | tuning_metrics(tuned["summary"], tuned["folder"]) | {"train_minutes": minutes}

@@ -10,11 +10,9 @@ each here), so the runner passes the URL of the one the flow run already uses.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from hydra.utils import instantiate
-from prefect import Task
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -68,16 +66,3 @@ def dask_runner(**fields: Any):
 def build_task_runner(runner_cfg: RunnerConfig):
     """Instantiate the runner that `runner_cfg` (a RunnerConfig with `_target_`) names."""
     return instantiate(runner_cfg)
-
-
-def fan_out(task: Task | Callable, calls: Sequence[dict]) -> list:
-    """Run `task(**kwargs)` for every kwargs in `calls` in parallel on the flow's task runner.
-
-    The runner is the one `runner=` configured (`mlsys.flow` sets it for the flow run): threads
-    in this process, or Dask workers. Results come back in the order of `calls`; the first failure
-    raises.
-    """
-    if not isinstance(task, Task):
-        raise TypeError(f"fan_out needs a Prefect @task, got {task!r}")
-    futures = [task.submit(**kwargs) for kwargs in calls]
-    return [future.result() for future in futures]

@@ -14,9 +14,10 @@ from components.intercode import assets
 from components.intercode.episodes import EpisodeSpec, episode_env
 from components.intercode.metrics import flat_metrics, markdown_table, policy_summary
 from components.intercode.policies import PolicyConfig, build_policy, policy_class
+from components.llm.config import LLMConfig
+from components.llm.factory import build_llm
 from components.sandbox import SandboxLimits
 from mlsys.tracking import Tracker
-from tasks.llm import LLMConfig, build_llm
 
 
 @task(name="intercode-assets")

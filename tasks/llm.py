@@ -1,8 +1,7 @@
 """Prefect tasks every LLM flow shares: tuning SmolLM2 on chats, registering the tuned layers.
 
 The `llm` config group's type and its builder live in components.llm (`LLMConfig` in
-components/llm/config.py, `build_llm` in components/llm/factory.py); they are also importable from
-here, where the intercode and selfpico flows import them.
+components/llm/config.py, `build_llm` in components/llm/factory.py).
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ import torch
 from prefect import get_run_logger, task
 
 from components.compiler.tuning import TuneSettings, tune_and_save
-from components.llm.config import LLMConfig  # noqa: F401  (imported from here by the intercode/selfpico flows)
-from components.llm.factory import build_llm  # noqa: F401  (imported from here by tasks/intercode, tasks/selfpico)
 from mlsys.tracking import Tracker
 
 

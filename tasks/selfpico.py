@@ -6,12 +6,13 @@ from matplotlib.figure import Figure
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from components.llm.config import LLMConfig
+from components.llm.factory import build_llm
 from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.config import PredictorConfig, build_predictor, predictor_needs_llm
 from components.selfpico.executor import Snippet, execute_snippet, summarize
 from components.selfpico.snippets import heldout_snippets, package_function_snippets, user_snippets, written_snippets
 from mlsys.tracking import Tracker
-from tasks.llm import LLMConfig, build_llm
 
 
 @task(name="selfpico-load-snippets")

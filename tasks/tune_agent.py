@@ -13,16 +13,11 @@ from components.compiler.tuning import (
     EVAL_KB_SEED,
     TranscriptConfig,
     count_kinds,
-    folder_size_mb,  # noqa: F401  (flows/tune_selfpico imports it from here)
     oracle_transcripts,
     subsample_react,
 )
 from components.llm.embedded import EmbeddedLLM
 from components.tools import build_knowledge_base, build_toolbox
-from tasks.llm import tune_on_chats
-
-# tasks/tune_selfpico calls the shared tuning under this name inside its own task.
-tune_and_save = tune_on_chats.fn
 
 
 @task(name="agent-transcripts")

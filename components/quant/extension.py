@@ -36,7 +36,7 @@ class InlineExtension:
                 self.reason = f"disabled by {self.disable_env}=0"
                 return None
             try:
-                from torch.utils.cpp_extension import load_inline  # heavy: only when a kernel is first needed
+                from torch.utils.cpp_extension import load_inline  # noqa: PLC0415  (heavy: only when a kernel is first needed)
 
                 source = self.source() if callable(self.source) else self.source
                 self.module = load_inline(

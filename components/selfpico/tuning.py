@@ -245,6 +245,25 @@ class ValueData:
     def feedback_chats(self) -> int:
         return sum(len(c) > 4 for c in self.chats)
 
+    def provenance(self, modules: list[str]) -> dict:
+        """Where the chats came from, written into the tuned model's tuning.json."""
+        return {
+            "modules": list(modules),
+            "snippets": self.snippets,
+            "values": self.values,
+            "chats": len(self.chats),
+            "feedback_chats": self.feedback_chats,
+        }
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "snippets": float(self.snippets),
+            "values": float(self.values),
+            "chats": float(len(self.chats)),
+            "feedback_chats": float(self.feedback_chats),
+            "search_minutes": self.search_seconds / 60,
+        }
+
 
 def tuning_snippets(spec: ValueDataConfig, exclude: set[str]) -> list[Snippet]:
     """Package function bodies and generated snippets, minus any whose code is in `exclude` (the

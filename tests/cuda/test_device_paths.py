@@ -10,15 +10,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, load_checkpoint
+from components.decoding.engine import build_decoder
+from components.decoding.models import layer_skip_draft, tiny_llama
+from components.lm.training import restore_state, train_loop
+from tests.checkpoint import _tiny
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_lazy_checkpoint_restores_exactly_and_training_continues(device, tmp_path):
-    from components.checkpoint import LazyAsyncCheckpointer, latest_checkpoint, load_checkpoint
-    from components.lm.training import restore_state, train_loop
-    from tests.checkpoint import _tiny
-
     def trained(start, stop, parts, ckpt=None):
         model, optimizer, scheduler, gen = parts
         train_loop(
@@ -67,9 +69,6 @@ def test_lazy_checkpoint_restores_exactly_and_training_continues(device, tmp_pat
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["sd", "pearl"])
 def test_greedy_speculative_decoding_matches_autoregressive(device, method):
-    from components.decoding.engine import build_decoder
-    from components.decoding.models import layer_skip_draft, tiny_llama
-
     target = tiny_llama(vocab_size=64, hidden=32, layers=3, dtype=torch.float32).to(device)
     draft = layer_skip_draft(target, 1)
     prompts = [[1, 5, 9, 3], [2, 7, 7, 7, 11], [4]]

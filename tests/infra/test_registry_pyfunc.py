@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-import mlflow
 from components.lm.model import GPT, GPTConfig
 from components.serving.text import ByteCodec
 from mlsys.models import INPUT_EXAMPLE, causal_lm_kind

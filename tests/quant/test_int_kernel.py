@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType, quants
 
 from components.quant import QuantLinear, QuantSpec, int_kernel, quantize_weight, reference_dequantize
 from components.quant.packed_matrix import PackedMatrix
@@ -117,8 +118,6 @@ def test_forcing_a_path(monkeypatch):
 
 def test_gguf_blocks_are_read_exactly():
     """Q4_1 and Q8_0 bytes written by the gguf package's own quantizer decode to its own dequantization."""
-    from gguf import GGMLQuantizationType, quants
-
     w = np.random.default_rng(0).standard_normal((32, 128)).astype(np.float32)
     for kind, build in (
         (GGMLQuantizationType.Q4_1, PackedMatrix.from_gguf_q4_1),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType, quants
 
 from components.decoding.cache import SequenceRunner
 from components.decoding.models import native_causal_lm, tiny_llama
+from components.lm import smollm2
 from components.quant import int_kernel
 from components.quant.native import DenseMatrix, LeanLlama, load_native_smollm2
 
@@ -53,9 +56,6 @@ def test_engine_runner_drives_the_lean_model(tiny):
 
 def _write_gguf(path, hf, q4_1: bool):
     """A GGUF like llama.cpp's converter writes: q/k rows permuted for its rotary layout, Q4_1 or Q8_0 blocks."""
-    import gguf
-    from gguf import GGMLQuantizationType, quants
-
     cfg = hf.config
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(cfg.num_hidden_layers)
@@ -140,8 +140,6 @@ def test_bad_head_bits_is_refused():
 @needs_kernel
 @pytest.mark.slow
 def test_native_smollm2_agrees_with_the_fp32_copy():
-    from components.lm import smollm2
-
     native = load_native_smollm2()
     fp32 = LeanLlama.from_hf(smollm2.load_model())
     text = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    a, b = 0, 1\n    for _ in range(n):'
