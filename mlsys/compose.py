@@ -87,7 +87,11 @@ def compose_parameters(spec: FlowSpec, config: Any = None, overrides: Sequence[s
         node = compose_node(spec.name, overrides)
         changes = changed(given, spec.defaults)
         if changes:
+            # Struct mode off for the merge so a form may add entries to a dict field (compare_policies.<key>);
+            # keys a dataclass lacks are still refused, named, by to_typed below.
+            OmegaConf.set_struct(node, False)
             node = OmegaConf.merge(node, changes)
+            OmegaConf.set_struct(node, True)
     except Exception as err:
         if not is_config_error(err):
             raise

@@ -73,12 +73,15 @@ def _build_or_check(target_node: dict):
     return instantiate(target_node) if not runtime_inputs else target
 
 
-# Groups whose one schema holds every option's fields (the federated schedulers, speed models, datasets): each
+# Groups built from their typed config rather than by instantiating the node: one schema holding every
+# option's fields (the federated schedulers, speed models, datasets), or a builder taking the config: each
 # option's class takes the subset it names, so the check is that the component's builder builds it.
 BUILT_BY = {
     "fed_strategy": lambda cfg: build_scheduler(cfg.fed_strategy, 3, [10, 10, 10], {"w": np.zeros(2)}, VirtualClock()),
     "fed_speed": lambda cfg: build_speeds(cfg.fed_speed, cfg.clients, 0),
     "fed_data": lambda cfg: cfg.fed_data.loader(seed=0, test_fraction=cfg.fed_data.test_fraction),
+    # The model's `_target_` is a builder taking the GPTConfig itself (build_gpt, SmolLM2's loader).
+    "model": lambda cfg: get_object(cfg.model._target_),  # resolved (SmolLM2 refuses the demo's tiny sizes)
 }
 
 # Options that need the user's own input to compose at all (the config refuses them empty).
