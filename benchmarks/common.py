@@ -140,3 +140,21 @@ def _log_to_mlflow(name: str, payload: dict, files: list[Path], tracking_uri: st
             tracker.log_artifact(path)
     finally:
         close_run(tracker)
+
+
+def bandwidth_bars(ax, table: dict[str, dict[str, Any]], bandwidth_gbs: float, title: str) -> None:
+    """Grouped bars of achieved GB/s (`table[shape][method]["gb_per_s"]`) beside the memory bandwidth
+    measured in the same run (the matvec kernels' physical bound)."""
+    shapes = list(table)
+    methods = [m for m, row in table[shapes[0]].items() if isinstance(row, dict) and "gb_per_s" in row]
+    width = 0.8 / max(1, len(methods))
+    for j, method in enumerate(methods):
+        ax.bar(
+            [i + j * width for i in range(len(shapes))],
+            [table[s][method]["gb_per_s"] for s in shapes],
+            width,
+            label=method,
+        )
+    ax.axhline(bandwidth_gbs, ls="--", c="k", label="memory bandwidth (sum of 512 MiB)")
+    ax.set_xticks([i + (len(methods) - 1) * width / 2 for i in range(len(shapes))], shapes)
+    ax.set(title=title, ylabel="GB/s")

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from benchmarks.common import parse_mode, target, write_result
+from benchmarks.common import bandwidth_bars, parse_mode, target, write_result
 from components.quant import QuantLinear, QuantSpec, int_kernel, quantize_weight
 from components.quant.packed_matrix import PackedMatrix
 from components.quant.speed import memory_bandwidth
@@ -305,19 +305,10 @@ def plot(results: dict):
     import matplotlib.pyplot as plt  # noqa: PLC0415  (reason: after matplotlib.use)
 
     fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
-    keys = [k for k in results["matvec"] if k.endswith("@2t")]
-    methods = [m for m in results["matvec"][keys[0]] if m != "copies"]
+    two_threads = {k: row for k, row in results["matvec"].items() if k.endswith("@2t")}
+    title = "batch-1 matvec, cache-cold, 2 threads: GB/s of bytes actually read"
     ax = axes[0]
-    for j, m in enumerate(methods):
-        ax.bar(
-            [i + j * 0.1 for i in range(len(keys))],
-            [results["matvec"][k][m]["gb_per_s"] for k in keys],
-            width=0.1,
-            label=m,
-        )
-    ax.axhline(results["memory_gb_per_s"], ls="--", c="k", label="memory bandwidth (sum of 512 MiB)")
-    ax.set_xticks([i + 0.35 for i in range(len(keys))], keys)
-    ax.set(title="batch-1 matvec, cache-cold, 2 threads: GB/s of bytes actually read", ylabel="GB/s")
+    bandwidth_bars(ax, two_threads, results["memory_gb_per_s"], title)
     ax.legend(fontsize=7)
     ax = axes[1]
     rates = results["decode_tokens_per_s"]

@@ -31,7 +31,7 @@ from safetensors.torch import save_model
 from tokenizers import Tokenizer
 
 from benchmarks import quant_kernel
-from benchmarks.common import RESULTS_DIR, parse_mode, target, write_result
+from benchmarks.common import RESULTS_DIR, bandwidth_bars, parse_mode, target, write_result
 from components.lm import smollm2
 from components.quant import QuantLinear, QuantSpec, fused_cpu
 from components.quant.evaluation import encode, python_docs_split, windows
@@ -304,18 +304,9 @@ def plot(results: dict):
         ax.set(title=f"{label}: perplexity (context {res['context']})", xlabel="bits / weight (all included)")
         ax.legend()
         ax = axes[1][i]
-        shapes = list(res["matvec"])
-        meths = list(res["matvec"][shapes[0]])
-        for j, m in enumerate(meths):
-            ax.bar(
-                [k + j * 0.2 for k in range(len(shapes))],
-                [res["matvec"][s][m]["gb_per_s"] for s in shapes],
-                width=0.2,
-                label=m,
-            )
-        ax.axhline(results["memory_gb_per_s"], ls="--", c="k", label="memory bandwidth (sum of 512 MiB)")
-        ax.set_xticks([k + 0.3 for k in range(len(shapes))], shapes)
-        ax.set(title=f"{label}: batch-1 matvec, achieved GB/s of weights read", ylabel="GB/s")
+        bandwidth_bars(
+            ax, res["matvec"], results["memory_gb_per_s"], f"{label}: batch-1 matvec, achieved GB/s of weights read"
+        )
         ax.legend(fontsize=8)
     fig.suptitle("SmolLM2 'fp32' = dequantized Q4_1 GGUF weights; shared 2-core machine")
     fig.tight_layout()

@@ -42,12 +42,7 @@ class TuneSelfPicoConfig(FlowConfig):
         at_least("cpu_seconds", self.cpu_seconds, 1)
 
 
-@system_flow(
-    name="tune_selfpico",
-    config=TuneSelfPicoConfig,
-    order=91,
-    summary_metric="final_reply_loss",
-)
+@system_flow(name="tune_selfpico", config=TuneSelfPicoConfig, order=91, summary_metric="final_reply_loss")
 def tune_selfpico(cfg: TuneSelfPicoConfig, tracker: Tracker) -> dict[str, float]:
     """Tune SmolLM2 on values found by search with execution feedback; register the tuned layers."""
     limits = SandboxLimits(wall_seconds=cfg.wall_seconds, cpu_seconds=cfg.cpu_seconds)

@@ -114,6 +114,8 @@ def tiny_llama(
     seed: int = 0,
     max_positions: int = 512,
     dtype: torch.dtype = torch.float64,
+    kv_heads: Optional[int] = None,
+    tie_embeddings: bool = False,
 ):
     """A random Llama small enough for thousands of decode steps per second (tests, load test)."""
     torch.manual_seed(seed)
@@ -123,9 +125,9 @@ def tiny_llama(
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=heads,
+        num_key_value_heads=kv_heads or heads,  # fewer than heads: grouped-query attention, as SmolLM2
         max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_embeddings,
         # std 0.3 (not 0.02): peaked, input-dependent logits, so greedy argmax ties are
         # rare and a layer-skip draft agrees with the target only part of the time.
         initializer_range=0.3,

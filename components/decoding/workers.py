@@ -19,23 +19,16 @@ from typing import Any, Optional
 
 import torch
 
+from components.closeable import Closeable
+
 Job = Optional[Callable[[], Any]]
 
 
-class InlinePair:
+class InlinePair(Closeable):
     parallel = False
 
     def run(self, draft_job: Job, target_job: Job) -> tuple[Any, Any]:
         return (draft_job() if draft_job else None), (target_job() if target_job else None)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class ThreadPair(InlinePair):

@@ -29,6 +29,7 @@ from typing import Optional
 
 import torch
 
+from components.closeable import Closeable
 from components.dgl_compat import import_dgl
 from components.graph.data import GraphData
 from components.graph.sampling import NeighborBatches, SampledBatch
@@ -147,7 +148,7 @@ class FeatureLoader:
         """Release buffers / workers; loaders are reusable across epochs until closed."""
 
 
-class BatchIterator:
+class BatchIterator(Closeable):
     """Iterator over one epoch's batches; a context manager so its worker (if any) always stops."""
 
     def __iter__(self) -> Iterator[Batch]:
@@ -155,15 +156,6 @@ class BatchIterator:
 
     def __next__(self) -> Batch:
         raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class _SyncIterator(BatchIterator):

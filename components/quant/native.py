@@ -108,16 +108,18 @@ class DenseMatrix:
 
 @dataclass
 class LlamaShape:
-    layers: int = 30
-    hidden: int = 576
-    intermediate: int = 1536
-    heads: int = 9
-    kv_heads: int = 3
-    head_dim: int = 64
-    vocab: int = 49152
-    rope_theta: float = 100000.0
-    eps: float = 1e-5
-    max_positions: int = 8192
+    """A Llama's sizes, read from the model's own metadata (GGUF fields or the transformers config)."""
+
+    layers: int
+    hidden: int
+    intermediate: int  # the MLP's width
+    heads: int
+    kv_heads: int  # fewer than heads: grouped-query attention
+    head_dim: int
+    vocab: int
+    rope_theta: float
+    eps: float  # RMSNorm's epsilon
+    max_positions: int
 
 
 @dataclass

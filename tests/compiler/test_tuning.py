@@ -7,7 +7,6 @@ import random
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from components.compiler.evaluation import build_agent
 from components.compiler.parallelqa import build_questions
@@ -90,18 +89,8 @@ def test_tuning_lowers_the_reply_loss_and_trains_only_the_top_layers():
 
 def test_embedded_backend_loads_a_tuned_folder(tmp_path):
     tokenizer = load_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "tuned")
+    model = tiny_llama(len(tokenizer), hidden=16, layers=1, heads=2, dtype=torch.float32)
+    model.save_pretrained(tmp_path / "tuned")
     tokenizer.save_pretrained(tmp_path / "tuned")
     llm = EmbeddedLLM(model_path=str(tmp_path / "tuned"), prefix_cache_entries=0)
     out = llm.chat([{"role": "user", "content": "hi"}], max_tokens=4)

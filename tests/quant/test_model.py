@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from components.decoding.models import tiny_llama
 from components.lm.model import GPT, GPTConfig
 from components.quant import QuantLinear, QuantSpec
 from components.quant.model import (
@@ -64,18 +65,8 @@ def test_unknown_model_source_is_named(tmp_path):
 
 def test_transformers_llama_round_trip(tmp_path):
     """The SmolLM2 path (a transformers Llama), on a tiny random Llama: what `serve` loads."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    model = tiny_llama(128, hidden=64, heads=4, kv_heads=2, dtype=torch.float32, tie_embeddings=True)
+    model.save_pretrained(tmp_path / "llama")
     model, base = load_base_model(str(tmp_path / "llama"))
     spec = QuantSpec(frac_high=0.25)
     layouts = quantize_model(model, spec, mode="naive")
