@@ -47,11 +47,7 @@ def compile_calls(cfg: CompileCallsConfig, tracker: Tracker) -> dict[str, float]
     llm = build_llm(cfg.llm, base_dir=cfg.work_path("compile_calls"))
     tools, submit = toolbox_for(cfg.tools).descriptions(), partial(call_tool.submit, tools=cfg.tools)
     agents = {m: build_agent(m, llm, tools, submit, cfg.agent) for m in cfg.methods}
-    # Start the runner's workers and build their tools before anything is timed: a fresh Dask cluster
-    # otherwise charges its start-up to the first question.
-    workers = ["calculate"] * max(cfg.runner.max_workers, cfg.runner.n_workers)
-    warm_up = call_tool.with_options(task_run_name="warm-up")
-    warm_up.map(workers, unmapped(("1 + 1",)), unmapped({}), unmapped(cfg.tools)).result()
+    _warm_up_workers(cfg)
     entities = {e.name: e.attributes for e in kb.entities.values()}
     tracker.log_dict({"questions": [asdict(q) for q in questions], "knowledge_base": entities}, "inputs.json")
     rows = evaluate(questions, agents, on_result=partial(_log_answer, tracker))
@@ -60,6 +56,14 @@ def compile_calls(cfg: CompileCallsConfig, tracker: Tracker) -> dict[str, float]
     tracker.log_dict(summary, "results/summary.json")
     log_llm_usage(tracker, llm)
     return headline_metrics(summary, rows, cfg.methods)
+
+
+def _warm_up_workers(cfg: CompileCallsConfig) -> None:
+    """Start the runner's workers and build their tools before anything is timed: a fresh Dask cluster
+    otherwise charges its start-up to the first question."""
+    workers = ["calculate"] * max(cfg.runner.max_workers, cfg.runner.n_workers)
+    warm_up = call_tool.with_options(task_run_name="warm-up")
+    warm_up.map(workers, unmapped(("1 + 1",)), unmapped({}), unmapped(cfg.tools)).result()
 
 
 def _questions(cfg: CompileCallsConfig, kb) -> list[Question]:

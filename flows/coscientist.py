@@ -54,14 +54,32 @@ class CoscientistConfig(FlowConfig):
 )
 def coscientist(cfg: CoscientistConfig, tracker: Tracker) -> dict[str, float]:
     """Generate, debate and evolve hypotheses in an Elo tournament under a compute budget."""
-    path = state_path(cfg.work_path("coscientist"), cfg.goal, cfg.seed, cfg.state_file)
-    if not cfg.resume and (moved := set_aside(path)):  # nothing saved is lost: the old state is renamed
-        tracker.set_tags({"coscientist.previous_state": str(moved)})
-    state = TournamentState(path, cfg.goal, cfg.elo)
-    tracker.set_tags({"coscientist.state_file": str(path), "coscientist.resumed_tasks": state.spent()["tasks"]})
+    state = _open_state(cfg, tracker)
     spec = AgentSpec(cfg.goal, cfg.constraints, list(cfg.prior_ideas), cfg.agents, cfg.llm, str(cfg.work_path()))
     llm, proximity = agent_suite(spec).llm, Proximity(cfg.proximity)
     usage_before = llm.usage.as_dict()  # the LLM is cached per process: log this run's share
+    summary, ranking, wall = _play_tournament(cfg, tracker, state, spec, proximity)
+    # Called, not submitted: the report reads the state file and reuses the loaded embedder, both of
+    # which live in this process (a Dask worker could have neither).
+    write_report(state, proximity, cfg.goal, summary, tracker, cfg.report_top)
+    if cfg.runner._target_.endswith("thread_runner"):  # workers share this process's LLM (Dask: their own)
+        log_llm_usage(tracker, llm, since=usage_before)
+    state.close()
+    return {**run_metrics(summary, ranking, cfg.elo.initial), "wall_s": wall}
+
+
+def _open_state(cfg: CoscientistConfig, tracker: Tracker) -> TournamentState:
+    """The tournament's state file: resumed, or a fresh one with the earlier file set aside (never lost)."""
+    path = state_path(cfg.work_path("coscientist"), cfg.goal, cfg.seed, cfg.state_file)
+    if not cfg.resume and (moved := set_aside(path)):
+        tracker.set_tags({"coscientist.previous_state": str(moved)})
+    state = TournamentState(path, cfg.goal, cfg.elo)
+    tracker.set_tags({"coscientist.state_file": str(path), "coscientist.resumed_tasks": state.spent()["tasks"]})
+    return state
+
+
+def _play_tournament(cfg: CoscientistConfig, tracker: Tracker, state, spec, proximity):
+    """The supervisor's loop, every agent call a Prefect task: (summary, ranking, wall seconds)."""
     started = time.perf_counter()
     with FutureBridge(partial(agent_call.submit, spec), cfg.supervisor.max_parallel) as submit:
         supervisor = Supervisor(
@@ -69,12 +87,4 @@ def coscientist(cfg: CoscientistConfig, tracker: Tracker) -> dict[str, float]:
         )
         supervisor.on_commit = lambda *_: tracker.log_metrics(supervisor.progress(), step=state.spent()["tasks"])
         summary = supervisor.run()
-    wall = time.perf_counter() - started
-    # Called, not submitted: the report reads the state file and reuses the loaded embedder, both of
-    # which live in this process (a Dask worker could have neither).
-    write_report(state, proximity, cfg.goal, summary, tracker, cfg.report_top)
-    if cfg.runner._target_.endswith("thread_runner"):  # workers share this process's LLM (Dask: their own)
-        log_llm_usage(tracker, llm, since=usage_before)
-    metrics = run_metrics(summary, supervisor.ranking(), cfg.elo.initial)
-    state.close()
-    return {**metrics, "wall_s": wall}
+    return summary, supervisor.ranking(), time.perf_counter() - started
