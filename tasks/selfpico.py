@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from matplotlib.figure import Figure
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -11,6 +10,7 @@ from components.llm.factory import build_llm
 from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.config import PredictorConfig, build_predictor, predictor_needs_llm
 from components.selfpico.executor import Snippet, execute_snippet, summarize
+from components.selfpico.report import coverage_figure, snippet_table
 from components.selfpico.snippets import heldout_snippets, package_function_snippets, user_snippets, written_snippets
 from mlsys.tracking import Tracker
 
@@ -61,26 +61,6 @@ def execute_batch(
         report["origin"] = next(s.origin for s in snippets if s.id == report["snippet_id"])
         report["expected_error"] = next(s.expected_error for s in snippets if s.id == report["snippet_id"])
     return [{**r, "batch_llm_usage": usage} for r in reports]
-
-
-def snippet_table(reports: list[dict]) -> str:
-    rows = "\n".join(
-        f"| {r['snippet_id']} | {r['origin']} | {r['coverage']:.2f} | {r['runs']} | {r['predictions']} | "
-        f"{r['final_status']} | {', '.join(e['error_type'] for e in r['errors']) or '-'} |"
-        for r in reports
-    )
-    header = "| snippet | origin | coverage | runs | predictions | status | errors |\n" + "|---" * 7 + "|\n"
-    return header + rows
-
-
-def coverage_figure(reports: list[dict], predictor: str):
-    fig = Figure(figsize=(6, 3.5))  # no pyplot: no GUI backend, nothing left open
-    ax = fig.subplots()
-    ax.hist([r["coverage"] for r in reports], bins=10, range=(0, 1), color="tab:blue")
-    ax.set_xlabel("line coverage per snippet")
-    ax.set_ylabel("snippets")
-    ax.set_title(f"SelfPiCo, predictor {predictor}")
-    return fig
 
 
 @task(name="selfpico-report", cache_policy=NO_CACHE)
