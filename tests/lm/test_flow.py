@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from components.lm.model import GPT, GPTConfig
 from components.lm.trainer import warm_start
 from mlsys.flow import compose, get_spec, run
+from mlsys.tracking import load_registered_model_dir
 
 TINY = [
     "corpus.roots=[stdlib]",
@@ -45,12 +46,11 @@ def test_flow_end_to_end_with_mlflow_and_resume(prefect_harness, flow_overrides,
     assert len(client.get_metric_history(result["run_id"], "train_loss")) == 3  # steps 2, 4, 6
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"model", "samples", "summary.json"} <= artifacts
-    assert {a.path for a in client.list_artifacts(result["run_id"], "model")} == {
-        "model/config.json",
-        "model/model.safetensors",
-    }
+    assert "model/MLmodel" in {a.path for a in client.list_artifacts(result["run_id"], "model")}  # a pyfunc model
     versions = client.search_model_versions("name='lm-draft'")
     assert [v.run_id for v in versions] == [result["run_id"]]
+    saved = load_registered_model_dir("lm-draft", mlflow_uri, version=versions[0].version)
+    assert {p.name for p in saved.iterdir()} == {"config.json", "model.safetensors"}  # the folder, as saved
     checkpoints = sorted(p.name for p in (tmp_path / "lm_train" / "checkpoints" / "tiny").iterdir())
     assert checkpoints == ["step_00000005", "step_00000006"]
 
