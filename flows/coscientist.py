@@ -51,6 +51,7 @@ class CoscientistConfig(FlowConfig):
     summary_metric="top_elo",
     order=60,
     claim="an Elo tournament of debated hypotheses ranks the better ones first: the top rises above 1200",
+    measured="{matches:.0f} matches, top Elo {top_elo:.0f} (spread {elo_spread:.0f})",
 )
 def coscientist(cfg: CoscientistConfig, tracker: Tracker) -> dict[str, float]:
     """Generate, debate and evolve hypotheses in an Elo tournament under a compute budget."""

@@ -29,7 +29,13 @@ class DecodeBenchConfig(FlowConfig):
             at_least("threads", self.threads, 1)
 
 
-@system_flow(name="decode_bench", config=DecodeBenchConfig, order=31, summary_metric="pearl_speedup_vs_ar")
+@system_flow(
+    name="decode_bench",
+    config=DecodeBenchConfig,
+    order=31,
+    summary_metric="pearl_speedup_vs_ar",
+    claim="PEARL: up to ~4x faster than autoregressive decoding",
+)
 def decode_bench(cfg: DecodeBenchConfig, tracker: Tracker) -> dict[str, float]:
     """Decoding benchmark: AR vs SD vs PEARL (+ ablations, HF assisted) with equal cores."""
     models = resolve_models(cfg.models, str(cfg.work_path()), cfg.tracking.uri, cfg.torch_device())

@@ -26,7 +26,13 @@ class FederatedConfig(FederatedRunSettings, FlowConfig):
         FederatedRunSettings.__post_init__(self)
 
 
-@system_flow(name="federated", config=FederatedConfig, summary_metric="top_accuracy", order=50)
+@system_flow(
+    name="federated",
+    config=FederatedConfig,
+    summary_metric="top_accuracy",
+    order=50,
+    claim="FedCompass: higher top accuracy, sooner, than FedAvg/FedAsync/FedBuff",
+)
 def federated(cfg: FederatedConfig, tracker: Tracker) -> dict[str, float]:
     """Federated training under FedCompass / FedAvg / FedAsync / FedBuff; accuracy vs virtual time."""
     federation = prepare_federation(cfg.fed_data, cfg.model, cfg.clients, cfg.seed, cfg.torch_threads, tracker)

@@ -58,7 +58,13 @@ class SelfPicoConfig(FlowConfig):
                 raise ConfigError("snippets", self.snippets, str(err).removeprefix("selfpico: ")) from err
 
 
-@system_flow(name="selfpico", config=SelfPicoConfig, summary_metric="line_coverage", order=90)
+@system_flow(
+    name="selfpico",
+    config=SelfPicoConfig,
+    summary_metric="line_coverage",
+    order=90,
+    claim="SelfPiCo: 72.7% of lines executed on open-source functions",
+)
 def selfpico(cfg: SelfPicoConfig, tracker: Tracker) -> dict[str, float]:
     """SelfPiCo: run partial code by predicting undefined values (sandboxed), measure line coverage."""
     snippets = load_snippets(

@@ -15,8 +15,6 @@ class SuiteConfig(FlowConfig):
     flows: list[str] = field(default_factory=list)  # empty: every flow, in pipeline order; e.g. flows=[federated]
     skip: list[str] = field(default_factory=list)  # flows to leave out
     fail_fast: bool = False  # stop at the first failing flow instead of reporting all
-    # flow -> the paper's claim its summary metric measures (conf/suite.yaml); shown beside the value
-    claims: dict[str, str] = field(default_factory=dict)
 
 
 def _member_overrides(cfg: SuiteConfig, parent_run_id: str) -> list[str]:
@@ -45,10 +43,15 @@ def _format_table(rows: list[dict]) -> str:
     )
 
 
-def _claim_cell(claim: str | None, metric: str) -> str:
-    """The paper's claim beside what this run measured (`claims` in conf/suite.yaml, else the flow's
-    `claim=` in @system_flow)."""
-    return f"{claim} -> {metric}" if claim else "-"
+def _claim_cell(spec: FlowSpec, metric: str, metrics: dict) -> str:
+    """The paper's claim beside what this run measured (the flow's `claim=` and `measured=`)."""
+    if not spec.claim:
+        return "-"
+    try:
+        measured = spec.measured.format_map(metrics) if spec.measured else metric
+    except (KeyError, ValueError):  # a metric the run did not report: the summary metric instead
+        measured = metric
+    return f"{spec.claim} -> {measured}"
 
 
 def _chosen(cfg: SuiteConfig) -> list[FlowSpec]:
@@ -63,16 +66,23 @@ def _chosen(cfg: SuiteConfig) -> list[FlowSpec]:
 def _run_member(spec: FlowSpec, cfg: SuiteConfig, parent_run_id: str) -> dict:
     """One member at demo scale, nested under the suite's run: its row of the summary table."""
     start = time.perf_counter()
-    claim = cfg.claims.get(spec.name) or spec.claim
+    metrics: dict = {}
     try:
         result = run(compose(spec.name, spec.demo_overrides + _member_overrides(cfg, parent_run_id)))
     except Exception as err:  # one broken member must not hide the others' results
         status, metric, link = f"FAILED: {type(err).__name__}: {str(err)[:120]}", "-", "-"
     else:
-        value = result["metrics"].get(spec.summary_metric) if spec.summary_metric else None
+        metrics = result["metrics"]
+        value = metrics.get(spec.summary_metric) if spec.summary_metric else None
         metric = f"{spec.summary_metric}={value:.4g}" if isinstance(value, (int, float)) else "-"
         status, link = "ok", result["link"]
-    row = {"flow": spec.name, "status": status, "metric": metric, "link": link, "claim": _claim_cell(claim, metric)}
+    row = {
+        "flow": spec.name,
+        "status": status,
+        "metric": metric,
+        "link": link,
+        "claim": _claim_cell(spec, metric, metrics),
+    }
     return {**row, "seconds": time.perf_counter() - start}
 
 

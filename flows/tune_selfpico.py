@@ -42,7 +42,13 @@ class TuneSelfPicoConfig(FlowConfig):
         at_least("cpu_seconds", self.cpu_seconds, 1)
 
 
-@system_flow(name="tune_selfpico", config=TuneSelfPicoConfig, order=91, summary_metric="final_reply_loss")
+@system_flow(
+    name="tune_selfpico",
+    config=TuneSelfPicoConfig,
+    order=91,
+    summary_metric="final_reply_loss",
+    claim="SelfPiCo tunes its value predictor on execution-guided values: lower reply loss after tuning",
+)
 def tune_selfpico(cfg: TuneSelfPicoConfig, tracker: Tracker) -> dict[str, float]:
     """Tune SmolLM2 on values found by search with execution feedback; register the tuned layers."""
     limits = SandboxLimits(wall_seconds=cfg.wall_seconds, cpu_seconds=cfg.cpu_seconds)

@@ -58,6 +58,7 @@ class FlowSpec:
     defaults: dict  # conf/<name>.yaml composed with no override, as plain values
     parameters: type  # the pydantic model of `config` (the deployment's parameter form)
     claim: Optional[str] = None  # the paper's claim the summary metric measures (suite table)
+    measured: Optional[str] = None  # what a run measured, formatted from its metrics (suite table)
     quality: Optional[str] = None  # `metric<=goal` a registered model must pass to become @serving
 
     @property
@@ -87,11 +88,13 @@ def system_flow(
     order: int = 100,
     description: str | None = None,
     claim: str | None = None,
+    measured: str | None = None,
     quality: str | None = None,
 ):
     """Declare `body(cfg, tracker) -> metrics` as the Prefect flow `name` configured by conf/<name>.yaml.
 
-    `claim` states the paper's claim that `summary_metric` measures (shown by `suite` beside the value).
+    `claim` states the paper's claim that `summary_metric` measures (shown by `suite` beside the value);
+    `measured` says what a run measured, a format string over its metrics (default: the summary metric).
     `quality` (`metric<=goal` on the returned metrics) gates promotion of the models the run registers:
     they always get `@candidate`; `@serving` moves only when the check passes.
     """
@@ -112,7 +115,9 @@ def system_flow(
             log_prints=True,
             flow_run_name=lambda: _run_label(REGISTRY[name], flow_run.parameters),
         )
-        REGISTRY[name] = FlowSpec(name, config, body, summary_metric, order, typed_flow, defaults, form, claim, quality)
+        REGISTRY[name] = FlowSpec(
+            name, config, body, summary_metric, order, typed_flow, defaults, form, claim, measured, quality
+        )
         return typed_flow
 
     return decorate
