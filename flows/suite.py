@@ -95,7 +95,7 @@ def _report(rows: list[dict], tracker: Tracker) -> None:
     publish_markdown("suite-summary", "# Suite summary\n\n" + table, "every system flow at demo scale")
 
 
-@system_flow(name="suite", config=SuiteConfig, order=1000)
+@system_flow("suite", SuiteConfig, order=1000)
 def suite(cfg: SuiteConfig, tracker: Tracker) -> dict[str, float]:
     """All system flows at demo scale as nested MLflow runs, with a summary table."""
     rows = []
