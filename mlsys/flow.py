@@ -67,11 +67,6 @@ class FlowSpec:
         demo = CONF_DIR / "experiment" / "demo" / f"{self.name}.yaml"
         return [f"+experiment=demo/{self.name}"] if demo.exists() else []
 
-    @property
-    def entry(self) -> Flow:
-        """The deployment entrypoint is the flow itself (kept for callers of the former wrapper)."""
-        return self.flow
-
 
 REGISTRY: dict[str, FlowSpec] = {}
 _PLATFORM_MODULES = {"entries"}  # flows/ modules that declare no flow

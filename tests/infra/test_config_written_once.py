@@ -104,8 +104,7 @@ def problems(node: Any, schema: type, default: Any, where: str) -> list[str]:
 
 def _schema_at(flow_cls: type, dotted: str) -> tuple[type | None, Any]:
     """The dataclass and default instance at a dotted path of the flow's schema."""
-    schema, default = flow_cls, flow_cls
-    instance = None
+    schema, instance = flow_cls, None
     for part in dotted.split("."):
         hints = typing.get_type_hints(schema)
         fields = {f.name: f for f in dataclasses.fields(schema)}
@@ -115,7 +114,6 @@ def _schema_at(flow_cls: type, dotted: str) -> tuple[type | None, Any]:
         schema, instance = _dataclass_of(hints.get(part)), value
         if schema is None:
             return None, None
-    del default
     return schema, instance if dataclasses.is_dataclass(instance) else None
 
 
