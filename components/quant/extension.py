@@ -17,11 +17,12 @@ class InlineExtension:
         self,
         name: str,
         source: Union[str, Callable[[], str]],
-        functions: Sequence[str],
+        functions: Sequence[str] | None,  # None: the source has its own PYBIND11_MODULE
         cflags: Sequence[str],
         disable_env: str,
     ):
-        self.name, self.source, self.functions = name, source, list(functions)
+        self.name, self.source = name, source
+        self.functions = list(functions) if functions is not None else None
         self.cflags, self.disable_env = list(cflags), disable_env
         self._lock = threading.Lock()
         self._tried, self.module, self.reason = False, None, "not built yet"

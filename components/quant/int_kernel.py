@@ -63,6 +63,8 @@ _HEADER = r"""
 #include <cmath>
 #include <vector>
 #include <omp.h>
+#include <atomic>
+#include <sched.h>
 
 static inline float half_to_float(uint16_t h) {  // IEEE binary16 -> float, subnormals included
   const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
@@ -104,8 +106,9 @@ static void group_activations(Acts& A, int64_t g) {
     for (int64_t b = 0; b < A.B; ++b) A.gsum[n * A.G + b / sub] += A.sum[n * A.B + b];
 }
 
-static Acts quantize_acts(const float* x, int64_t N, int64_t K, bool need8, bool need4, bool need2, bool residual) {
-  Acts A; A.N = N; A.K = K; A.B = K / 32; A.res = residual ? N * K : 0;
+// Fills A (its buffers are reused across calls: the whole-model forward keeps one).
+static void quantize_acts(Acts& A, const float* x, int64_t N, int64_t K, bool need8, bool need4, bool need2, bool residual) {
+  A.N = N; A.K = K; A.B = K / 32; A.res = residual ? N * K : 0;
   const int64_t levels = residual ? 2 : 1;
   A.d.resize(N * A.B); A.sum.resize(N * A.B);
   if (need8) A.a8.resize(levels * N * K);
@@ -135,8 +138,16 @@ static Acts quantize_acts(const float* x, int64_t N, int64_t K, bool need8, bool
       }
     }
   }
-  return A;
 }
+
+struct Scratch {  // per thread: one row's block lists, group metadata, per-block scales
+  std::vector<int32_t> lo, hi, identity;
+  std::vector<float> s, m, sd;
+  Scratch(int64_t G, int64_t nblk, int nb_max)
+      : lo(nblk + 16), hi(nblk + 16), identity(nblk), s(G + 8), m(G + 8), sd(nb_max * nblk + 8) {
+    for (int64_t b = 0; b < nblk; ++b) identity[b] = (int32_t)b;
+  }
+};
 
 static inline uint64_t map_bits(const uint8_t* map, int64_t map_bytes, int64_t bitpos, int n) {
   // n <= 56 bits of a tile's map from bit `bitpos`, never reading past the tile's bytes
@@ -370,14 +381,6 @@ constexpr bool PORTABLE = true;
 constexpr bool PORTABLE = false;
 #endif
 
-struct Scratch {  // per thread: one row's block lists, group metadata, per-block scales
-  std::vector<int32_t> lo, hi, identity;
-  std::vector<float> s, m, sd;
-  Scratch(int64_t G, int64_t nblk, int nb_max)
-      : lo(nblk + 16), hi(nblk + 16), identity(nblk), s(G + 8), m(G + 8), sd(nb_max * nblk + 8) {
-    for (int64_t b = 0; b < nblk; ++b) identity[b] = (int32_t)b;
-  }
-};
 
 static inline float scale_at(const Meta& M, int64_t row, int64_t j) {
   const int64_t i = row * M.G + j;
@@ -584,37 +587,46 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
   }
 }
 
+// The tiles of one product. With S given the caller is inside its own parallel region (the
+// whole-model forward) and this thread takes its static share `part` of `parts`; otherwise it opens one.
 template <int LO, int HI, bool RES>
 static void tiles(const uint8_t* codes_lo, int64_t stride_lo, const uint8_t* codes_hi, int64_t stride_hi,
                   const uint8_t* map, int64_t map_bytes, int all_high, int64_t T, int64_t R, int64_t G, int64_t g,
-                  const Meta& M, const Acts& A, const int8_t* acts_lo, const int8_t* acts_hi, float* y) {
+                  const Meta& M, const Acts& A, const int8_t* acts_lo, const int8_t* acts_hi, float* y, Scratch* S,
+                  int part, int parts) {
   const int64_t out = T * R, N = A.N;
+  auto tile = [&](int64_t t, Scratch& scratch) {
+    const uint8_t* lo = codes_lo + t * stride_lo;
+    const uint8_t* hi = codes_hi + t * stride_hi;
+    const uint8_t* tmap = map ? map + t * map_bytes : nullptr;
+    const int64_t lo_bytes = stride_lo, hi_bytes = stride_hi;
+    // batch rows in passes of 8, 4, 2, 1 (the codes of the tile are re-read per pass, from cache)
+    int64_t n0 = 0;
+    for (; n0 + 8 <= N; n0 += 8) tile_rows<LO, HI, 8, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch);
+    if (n0 + 4 <= N) { tile_rows<LO, HI, 4, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch); n0 += 4; }
+    if (n0 + 2 <= N) { tile_rows<LO, HI, 2, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch); n0 += 2; }
+    if (n0 < N) tile_rows<LO, HI, 1, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch);
+  };
+  if (S) {
+    for (int64_t t = T * part / parts; t < T * (part + 1) / parts; ++t) tile(t, *S);
+    return;
+  }
   const int threads = (int)std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), T));
 #pragma omp parallel num_threads(threads)
   {
-    Scratch S(G, A.B, 8);
+    Scratch scratch(G, A.B, 8);
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; ++t) {
-      const uint8_t* lo = codes_lo + t * stride_lo;
-      const uint8_t* hi = codes_hi + t * stride_hi;
-      const uint8_t* tmap = map ? map + t * map_bytes : nullptr;
-      const int64_t lo_bytes = stride_lo, hi_bytes = stride_hi;
-      // batch rows in passes of 8, 4, 2, 1 (the codes of the tile are re-read per pass, from cache)
-      int64_t n0 = 0;
-      for (; n0 + 8 <= N; n0 += 8) tile_rows<LO, HI, 8, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S);
-      if (n0 + 4 <= N) { tile_rows<LO, HI, 4, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S); n0 += 4; }
-      if (n0 + 2 <= N) { tile_rows<LO, HI, 2, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S); n0 += 2; }
-      if (n0 < N) tile_rows<LO, HI, 1, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, S);
-    }
+    for (int64_t t = 0; t < T; ++t) tile(t, scratch);
   }
 }
 
 static void run(int bits_lo, int bits_hi, const uint8_t* cl, int64_t sl, const uint8_t* ch, int64_t sh,
                 const uint8_t* map, int64_t mb, int all_high, int64_t T, int64_t R, int64_t G, int64_t g,
-                const Meta& M, const Acts& A, const int8_t* alo, const int8_t* ahi, float* y) {
+                const Meta& M, const Acts& A, const int8_t* alo, const int8_t* ahi, float* y, Scratch* S,
+                int part, int parts) {
 #define CASE(L, H) if (bits_lo == L && bits_hi == H) { \
-    if (A.res) tiles<L, H, true>(cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, alo, ahi, y); \
-    else tiles<L, H, false>(cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, alo, ahi, y); \
+    if (A.res) tiles<L, H, true>(cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, alo, ahi, y, S, part, parts); \
+    else tiles<L, H, false>(cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, alo, ahi, y, S, part, parts); \
     return; }
   CASE(2, 4) CASE(2, 2) CASE(4, 4) CASE(8, 8) CASE(2, 8) CASE(4, 8)
 #undef CASE
@@ -638,46 +650,288 @@ bool path_supported(std::string path) { return cpu_has(path); }
 
 static const uint8_t* bytes_of(const torch::Tensor& t) { return t.numel() ? (const uint8_t*)t.data_ptr() : nullptr; }
 
+typedef void (*RunFn)(int, int, const uint8_t*, int64_t, const uint8_t*, int64_t, const uint8_t*, int64_t, int, int64_t,
+                      int64_t, int64_t, int64_t, const Meta&, const Acts&, const int8_t*, const int8_t*, float*, Scratch*,
+                      int, int);
+
+static RunFn run_of(const std::string& path) {
+  TORCH_CHECK(cpu_has(path), "kernel path ", path, " is not supported by this CPU");
+  if (path == "avx512_vnni") return isa_avx512_vnni::run;
+  if (path == "avx_vnni") return isa_avx_vnni::run;
+  if (path == "avx2") return isa_avx2::run;
+  return isa_portable::run;
+}
+
+// One matrix's kernel arguments, checked and converted once (the tensors stay owned by the caller).
+struct Product {
+  int bits_lo, bits_hi, all_high, act_levels;
+  const uint8_t *cl, *ch, *map;
+  int64_t sl, sh, mb, T, R, G, g, in, out;
+  Meta M;
+
+  Product(const torch::Tensor& codes_lo, const torch::Tensor& codes_hi, const torch::Tensor& group_map,
+          int64_t all_high_, int64_t R_, int64_t g_, int64_t bits_lo_, int64_t bits_hi_, int64_t scale_kind,
+          const torch::Tensor& scale_codes, const torch::Tensor& scale_base, int64_t min_kind,
+          const torch::Tensor& min_codes, const torch::Tensor& min_base, int64_t act_levels_) {
+    TORCH_CHECK(g_ % 32 == 0 && g_ > 0, "the integer kernel needs groups of a multiple of 32 codes, got ", g_);
+    TORCH_CHECK(act_levels_ == 1 || act_levels_ == 2, "act_levels must be 1 (int8) or 2 (int8 + int8 residual)");
+    bits_lo = (int)bits_lo_; bits_hi = (int)bits_hi_; all_high = (int)all_high_; act_levels = (int)act_levels_;
+    R = R_; g = g_; T = codes_lo.size(0); out = T * R;
+    TORCH_CHECK(scale_codes.dim() == 2 && scale_codes.size(0) == out, "scales must be [", out, ", groups]");
+    G = scale_codes.size(1); in = G * g;
+    cl = bytes_of(codes_lo); ch = bytes_of(codes_hi);
+    sl = codes_lo.numel() ? codes_lo.size(1) * 4 : 0; sh = codes_hi.numel() ? codes_hi.size(1) * 4 : 0;
+    mb = group_map.numel() ? group_map.size(1) : 0;
+    map = group_map.numel() ? group_map.data_ptr<uint8_t>() : nullptr;
+    M.G = G; M.scale_kind = (int)scale_kind; M.min_kind = (int)min_kind;
+    M.scale_u8 = scale_kind == 0 ? scale_codes.data_ptr<uint8_t>() : nullptr;
+    M.scale_f16 = scale_kind == 1 ? (const uint16_t*)scale_codes.data_ptr() : nullptr;
+    M.scale_base = scale_kind == 0 ? scale_base.data_ptr<float>() : nullptr;
+    M.min_u8 = min_kind == 0 ? min_codes.data_ptr<uint8_t>() : nullptr;
+    M.min_f16 = min_kind == 1 ? (const uint16_t*)min_codes.data_ptr() : nullptr;
+    M.min_base = min_kind == 0 ? min_base.data_ptr<float>() : nullptr;
+  }
+
+  // x [N, in] -> A (int8 blocks in the orders this matrix's streams need)
+  void quantize(Acts& A, const float* x, int64_t N) const {
+    const bool need2 = bits_lo == 2 || bits_hi == 2, need4 = bits_lo == 4 || bits_hi == 4;
+    const bool need8 = bits_lo == 8 || bits_hi == 8;
+    quantize_acts(A, x, N, in, need8, need4, need2, act_levels == 2);
+    group_activations(A, g);
+  }
+
+  // y = x W^T for the quantized x in A: all of it (S null: opens its own parallel region), or this
+  // thread's share `part` of `parts` of the tiles inside the caller's region.
+  void multiply(RunFn run, const Acts& A, float* y, Scratch* S = nullptr, int part = 0, int parts = 1) const {
+    auto acts_of = [&](int bits) -> const int8_t* { return bits == 8 ? A.a8.data() : bits == 4 ? A.a4.data() : A.a2.data(); };
+    run(bits_lo, bits_hi, cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, acts_of(bits_lo), acts_of(bits_hi), y, S,
+        part, parts);
+  }
+};
+
 torch::Tensor int_matmul(torch::Tensor x, torch::Tensor codes_lo, torch::Tensor codes_hi, torch::Tensor group_map,
                          int64_t all_high, int64_t R, int64_t g, int64_t bits_lo, int64_t bits_hi,
                          int64_t scale_kind, torch::Tensor scale_codes, torch::Tensor scale_base,
                          int64_t min_kind, torch::Tensor min_codes, torch::Tensor min_base, std::string path,
                          int64_t act_levels) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(), "x must be contiguous float32 [N, in]");
-  TORCH_CHECK(g % 32 == 0 && g > 0, "the integer kernel needs groups of a multiple of 32 codes, got ", g);
-  TORCH_CHECK(cpu_has(path), "kernel path ", path, " is not supported by this CPU");
-  const int64_t N = x.size(0), K = x.size(1), T = codes_lo.size(0), G = K / g;
-  TORCH_CHECK(K % g == 0, "x has ", K, " features, not a multiple of the group size ", g);
-  const int64_t out = T * R;
-  TORCH_CHECK(scale_codes.size(0) == out && scale_codes.size(1) == G, "scales must be [", out, ", ", G, "]");
-  const bool need[9] = {false, false, bits_lo == 2 || bits_hi == 2, false, bits_lo == 4 || bits_hi == 4,
-                        false, false, false, bits_lo == 8 || bits_hi == 8};
-  TORCH_CHECK(act_levels == 1 || act_levels == 2, "act_levels must be 1 (int8) or 2 (int8 + int8 residual)");
-  Acts A = quantize_acts(x.data_ptr<float>(), N, K, need[8], need[4], need[2], act_levels == 2);
-  group_activations(A, g);
-  auto acts_of = [&](int64_t bits) -> const int8_t* {
-    return bits == 8 ? A.a8.data() : bits == 4 ? A.a4.data() : A.a2.data();
-  };
-  Meta M;
-  M.G = G; M.scale_kind = (int)scale_kind; M.min_kind = (int)min_kind;
-  M.scale_u8 = scale_kind == 0 ? scale_codes.data_ptr<uint8_t>() : nullptr;
-  M.scale_f16 = scale_kind == 1 ? (const uint16_t*)scale_codes.data_ptr() : nullptr;
-  M.scale_base = scale_kind == 0 ? scale_base.data_ptr<float>() : nullptr;
-  M.min_u8 = min_kind == 0 ? min_codes.data_ptr<uint8_t>() : nullptr;
-  M.min_f16 = min_kind == 1 ? (const uint16_t*)min_codes.data_ptr() : nullptr;
-  M.min_base = min_kind == 0 ? min_base.data_ptr<float>() : nullptr;
-  auto y = torch::empty({N, out}, x.options());
-  const int64_t sl = codes_lo.numel() ? codes_lo.size(1) * 4 : 0, sh = codes_hi.numel() ? codes_hi.size(1) * 4 : 0;
-  const int64_t mb = group_map.numel() ? group_map.size(1) : 0;
-  const uint8_t* map = group_map.numel() ? group_map.data_ptr<uint8_t>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  const int bl = (int)bits_lo, bh = (int)bits_hi;
-  const int8_t *alo = acts_of(bits_lo), *ahi = acts_of(bits_hi);
-  if (path == "avx512_vnni") isa_avx512_vnni::run(bl, bh, bytes_of(codes_lo), sl, bytes_of(codes_hi), sh, map, mb, (int)all_high, T, R, G, g, M, A, alo, ahi, yp);
-  else if (path == "avx_vnni") isa_avx_vnni::run(bl, bh, bytes_of(codes_lo), sl, bytes_of(codes_hi), sh, map, mb, (int)all_high, T, R, G, g, M, A, alo, ahi, yp);
-  else if (path == "avx2") isa_avx2::run(bl, bh, bytes_of(codes_lo), sl, bytes_of(codes_hi), sh, map, mb, (int)all_high, T, R, G, g, M, A, alo, ahi, yp);
-  else isa_portable::run(bl, bh, bytes_of(codes_lo), sl, bytes_of(codes_hi), sh, map, mb, (int)all_high, T, R, G, g, M, A, alo, ahi, yp);
+  const RunFn run = run_of(path);
+  const Product P(codes_lo, codes_hi, group_map, all_high, R, g, bits_lo, bits_hi, scale_kind, scale_codes, scale_base,
+                  min_kind, min_codes, min_base, act_levels);
+  TORCH_CHECK(x.size(1) == P.in, "x has ", x.size(1), " features, the matrix ", P.in, " (groups of ", g, ")");
+  auto y = torch::empty({x.size(0), P.out}, x.options());
+  Acts A;
+  P.quantize(A, x.data_ptr<float>(), x.size(0));
+  P.multiply(run, A, y.data_ptr<float>());
   return y;
+}
+
+// ---- a whole Llama forward in one call ---------------------------------------------------------
+// Per layer: RMSNorm, q|k|v, rotary + cache write, grouped-query attention, o, RMSNorm, gate|up,
+// SiLU gate, down; then the final norm and the head. One OpenMP region spans the call: the products
+// split their tiles over its threads (an orphaned `omp for`), the small vector steps run on one
+// thread or split by (position, head), with a barrier between phases. Python (with its ~12 torch ops
+// and 4 kernel calls per layer) then costs nothing per layer, and the GIL is released for the call.
+static void rms_norm_rows(const float* x, const float* w, float* out, int64_t T, int64_t H, float eps) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * H;
+    float ss = 0.f;
+    for (int64_t i = 0; i < H; ++i) ss += xr[i] * xr[i];
+    const float r = 1.f / std::sqrt(ss / (float)H + eps);
+    for (int64_t i = 0; i < H; ++i) out[t * H + i] = w[i] * (xr[i] * r);
+  }
+}
+
+static inline void rope(const float* in, float* out, const float* c, const float* s, int64_t half) {
+  for (int64_t i = 0; i < half; ++i) {
+    out[i] = in[i] * c[i] - in[i + half] * s[i];
+    out[i + half] = in[i + half] * c[i + half] + in[i] * s[i + half];
+  }
+}
+
+// A sense-reversing barrier that spins briefly, then yields. The project runs OpenMP with
+// OMP_WAIT_POLICY=passive (spinning teams starve each other on a shared 2-core machine), which makes
+// every OpenMP barrier a futex sleep and wake-up; a forward has ~8 barriers per layer, and a phase
+// imbalance is microseconds, so a short spin is both fast here and harmless when oversubscribed.
+struct SpinBarrier {
+  std::atomic<int> arrived{0}, phase{0};
+  int parties = 1;
+  void wait(int& sense) {
+    if (parties == 1) return;
+    sense ^= 1;
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == parties - 1) {
+      arrived.store(0, std::memory_order_relaxed);
+      phase.store(sense, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; phase.load(std::memory_order_acquire) != sense; ++spins) {
+      if (spins < 20000) _mm_pause(); else sched_yield();
+    }
+  }
+};
+
+class LeanPlan {
+ public:
+  LeanPlan(std::string path, int64_t layers, int64_t hidden, int64_t inter, int64_t heads, int64_t kv_heads,
+           int64_t head_dim, int64_t vocab, double eps, torch::Tensor cos, torch::Tensor sin)
+      : run_(run_of(path)), L_(layers), H_(hidden), I_(inter), heads_(heads), kvh_(kv_heads), hd_(head_dim),
+        V_(vocab), eps_((float)eps), cos_(cos.contiguous()), sin_(sin.contiguous()) {
+    TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0, "heads must be a multiple of kv_heads, head_dim even");
+    TORCH_CHECK(cos_.dim() == 2 && cos_.size(1) == head_dim && sin_.sizes() == cos_.sizes(), "rotary tables [positions, head_dim]");
+  }
+
+  // Order: per layer q|k|v, o, gate|up, down; then the head.
+  void add_matrix(torch::Tensor codes_lo, torch::Tensor codes_hi, torch::Tensor group_map, int64_t all_high,
+                  int64_t R, int64_t g, int64_t bits_lo, int64_t bits_hi, int64_t scale_kind, torch::Tensor scale_codes,
+                  torch::Tensor scale_base, int64_t min_kind, torch::Tensor min_codes, torch::Tensor min_base,
+                  int64_t act_levels) {
+    keep_.insert(keep_.end(), {codes_lo, codes_hi, group_map, scale_codes, scale_base, min_codes, min_base});
+    mats_.emplace_back(codes_lo, codes_hi, group_map, all_high, R, g, bits_lo, bits_hi, scale_kind, scale_codes,
+                       scale_base, min_kind, min_codes, min_base, act_levels);
+    const Product& P = mats_.back();
+    maxG_ = std::max(maxG_, P.G); maxB_ = std::max(maxB_, P.in / 32);
+  }
+
+  // Order: per layer the attention norm and the MLP norm; then the final norm.
+  void add_norm(torch::Tensor w) {
+    TORCH_CHECK(w.dtype() == torch::kFloat32 && w.numel() == H_, "norm weights must be float32 [", H_, "]");
+    keep_.push_back(w.contiguous());
+    norms_.push_back(keep_.back().data_ptr<float>());
+  }
+
+  // x [T, hidden] (the embedded tokens) at positions pos.. -> logits [T, vocab]; k/v caches
+  // [layers, kv_heads, capacity, head_dim] get positions pos..pos+T-1.
+  torch::Tensor forward(torch::Tensor x_in, int64_t pos, torch::Tensor kc, torch::Tensor vc) {
+    TORCH_CHECK((int64_t)mats_.size() == 4 * L_ + 1 && (int64_t)norms_.size() == 2 * L_ + 1, "plan is incomplete");
+    TORCH_CHECK(x_in.dtype() == torch::kFloat32 && x_in.dim() == 2 && x_in.size(1) == H_, "x must be float32 [T, ", H_, "]");
+    TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.dim() == 4 && kc.size(0) == L_ && kc.size(1) == kvh_ &&
+                kc.size(3) == hd_ && vc.sizes() == kc.sizes(), "caches must be contiguous [layers, kv_heads, capacity, head_dim]");
+    const int64_t T = x_in.size(0), cap = kc.size(2), half = hd_ / 2;
+    const int64_t nq = heads_ * hd_, nkv = kvh_ * hd_, group = heads_ / kvh_;
+    TORCH_CHECK(pos >= 0 && pos + T <= cap && pos + T <= cos_.size(0), "positions ", pos, "..", pos + T, " exceed the cache or the rotary table");
+    auto x_c = x_in.contiguous();
+    std::vector<float> x(x_c.data_ptr<float>(), x_c.data_ptr<float>() + T * H_), h(T * H_), tmp(T * H_);
+    std::vector<float> qkv(T * (nq + 2 * nkv)), att(T * nq), gu(T * 2 * I_), act(T * I_);
+    auto logits = torch::empty({T, V_}, x_c.options());
+    float* K = kc.data_ptr<float>();
+    float* Vc = vc.data_ptr<float>();
+    const float* cs = cos_.data_ptr<float>();
+    const float* sn = sin_.data_ptr<float>();
+    const float scale = 1.f / std::sqrt((float)hd_);
+    Acts A;
+    SpinBarrier barrier;
+    const int threads = std::max(1, omp_get_max_threads());
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp single
+      barrier.parties = omp_get_num_threads();
+      const int me = omp_get_thread_num(), n_threads = omp_get_num_threads();
+      int sense = 0;
+      auto sync = [&] { barrier.wait(sense); };
+      auto share = [&](int64_t total, auto&& body) {  // this thread's static share of [0, total)
+        for (int64_t i = total * me / n_threads; i < total * (me + 1) / n_threads; ++i) body(i);
+      };
+      Scratch S(maxG_, maxB_, 8);
+      std::vector<float> q(hd_), w(pos + T);
+      for (int64_t l = 0; l < L_; ++l) {
+        const Product &Pqkv = mats_[4 * l], &Po = mats_[4 * l + 1], &Pgu = mats_[4 * l + 2], &Pd = mats_[4 * l + 3];
+        float* Kl = K + l * kvh_ * cap * hd_;
+        float* Vl = Vc + l * kvh_ * cap * hd_;
+        if (me == 0) {
+          if (l > 0) for (int64_t i = 0; i < T * H_; ++i) x[i] += tmp[i];  // the previous layer's MLP output
+          rms_norm_rows(x.data(), norms_[2 * l], h.data(), T, H_, eps_);
+          Pqkv.quantize(A, h.data(), T);
+        }
+        sync();
+        Pqkv.multiply(run_, A, qkv.data(), &S, me, n_threads);
+        sync();
+        share(T * kvh_, [&](int64_t i) {  // rotary on k and the cache write of k and v
+          const int64_t t = i / kvh_, kh = i % kvh_, p = pos + t;
+          const float* row = qkv.data() + t * (nq + 2 * nkv);
+          rope(row + nq + kh * hd_, Kl + (kh * cap + p) * hd_, cs + p * hd_, sn + p * hd_, half);
+          std::copy(row + nq + nkv + kh * hd_, row + nq + nkv + (kh + 1) * hd_, Vl + (kh * cap + p) * hd_);
+        });
+        sync();
+        share(T * heads_, [&](int64_t i) {  // query (t, head) over positions 0..pos+t
+          const int64_t t = i / heads_, hh = i % heads_, p = pos + t, n = p + 1;
+          rope(qkv.data() + t * (nq + 2 * nkv) + hh * hd_, q.data(), cs + p * hd_, sn + p * hd_, half);
+          const float* Kh = Kl + (hh / group) * cap * hd_;
+          const float* Vh = Vl + (hh / group) * cap * hd_;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < n; ++j) {
+            float dot = 0.f;
+            for (int64_t e = 0; e < hd_; ++e) dot += q[e] * Kh[j * hd_ + e];
+            w[j] = dot * scale;
+            mx = std::max(mx, w[j]);
+          }
+          float total = 0.f;
+          for (int64_t j = 0; j < n; ++j) { w[j] = std::exp(w[j] - mx); total += w[j]; }
+          float* o = att.data() + t * nq + hh * hd_;
+          std::fill(o, o + hd_, 0.f);
+          for (int64_t j = 0; j < n; ++j) {
+            const float pj = w[j] / total;
+            for (int64_t e = 0; e < hd_; ++e) o[e] += pj * Vh[j * hd_ + e];
+          }
+        });
+        sync();
+        if (me == 0) Po.quantize(A, att.data(), T);
+        sync();
+        Po.multiply(run_, A, tmp.data(), &S, me, n_threads);
+        sync();
+        if (me == 0) {
+          for (int64_t i = 0; i < T * H_; ++i) x[i] += tmp[i];
+          rms_norm_rows(x.data(), norms_[2 * l + 1], h.data(), T, H_, eps_);
+          Pgu.quantize(A, h.data(), T);
+        }
+        sync();
+        Pgu.multiply(run_, A, gu.data(), &S, me, n_threads);
+        sync();
+        if (me == 0) {
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t i = 0; i < I_; ++i) {
+              const float gate = gu[t * 2 * I_ + i];
+              act[t * I_ + i] = gate / (1.f + std::exp(-gate)) * gu[t * 2 * I_ + I_ + i];
+            }
+          Pd.quantize(A, act.data(), T);
+        }
+        sync();
+        Pd.multiply(run_, A, tmp.data(), &S, me, n_threads);
+        sync();
+      }
+      const Product& Ph = mats_[4 * L_];
+      if (me == 0) {
+        if (L_ > 0) for (int64_t i = 0; i < T * H_; ++i) x[i] += tmp[i];
+        rms_norm_rows(x.data(), norms_[2 * L_], h.data(), T, H_, eps_);
+        Ph.quantize(A, h.data(), T);
+      }
+      sync();
+      Ph.multiply(run_, A, logits.data_ptr<float>(), &S, me, n_threads);
+    }
+    return logits;
+  }
+
+ private:
+  RunFn run_;
+  int64_t L_, H_, I_, heads_, kvh_, hd_, V_;
+  float eps_;
+  torch::Tensor cos_, sin_;
+  std::vector<torch::Tensor> keep_;  // owners of every pointer below
+  std::vector<Product> mats_;
+  std::vector<const float*> norms_;
+  int64_t maxG_ = 1, maxB_ = 1;
+};
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  // The GIL is released inside both: a draft and a target on two Python threads (PEARL) run at once.
+  m.def("int_matmul", &int_matmul, py::call_guard<py::gil_scoped_release>());
+  m.def("path_supported", &path_supported);
+  py::class_<LeanPlan>(m, "LeanPlan")
+      .def(py::init<std::string, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, torch::Tensor,
+                    torch::Tensor>())
+      .def("add_matrix", &LeanPlan::add_matrix)
+      .def("add_norm", &LeanPlan::add_norm)
+      .def("forward", &LeanPlan::forward, py::call_guard<py::gil_scoped_release>());
 }
 """
 
@@ -696,9 +950,9 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v12",
+    "quant_int_kernel_v14",
     _source,
-    ["int_matmul", "path_supported"],
+    None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],
     disable_env="QUANT_INT_KERNEL",
 )

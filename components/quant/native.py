@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from components.quant import int_kernel
 from components.quant.extension import InlineExtension
 from components.quant.packed_matrix import PackedMatrix
 
@@ -167,6 +168,8 @@ class LeanLlama:
         angles = torch.outer(torch.arange(shape.max_positions, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], -1)
         self.cos, self.sin = angles.cos(), angles.sin()
+        self.fused = True  # False: the torch path even where the compiled forward could run (comparisons)
+        self._plan = None  # the compiled forward, built on first use (see `_compiled_plan`)
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
@@ -236,6 +239,11 @@ class LeanLlama:
         mask = None
         if T > 1:  # query i sees every cached position and the block's positions up to its own
             mask = torch.arange(pos + T)[None, :] <= (pos + torch.arange(T))[:, None]
+        plan = self._compiled_plan()
+        if plan is not None:
+            logits = plan.forward(x.contiguous(), pos, cache.k, cache.v)
+            cache.length = pos + T
+            return logits.unsqueeze(0), cache
         attend = _ATTEND.load() if T == 1 else None
         if attend is not None:
             return self._step(x, cache, pos, attend.attend_one)
@@ -262,6 +270,16 @@ class LeanLlama:
         return logits.unsqueeze(0), cache
 
     __call__ = forward
+
+    def _compiled_plan(self):
+        """The whole forward as one compiled call (`int_kernel.LeanPlan`) when every matrix is a
+        PackedMatrix and the kernel builds here; None otherwise (the torch path below runs instead).
+        Built on the first forward: the matrices and their `act_levels` are read then."""
+        if not self.fused or self._plan is False:
+            return None
+        if self._plan is None:
+            self._plan = _build_plan(self) or False
+        return self._plan or None
 
     def _step(self, x: torch.Tensor, cache: KVCache, pos: int, attend) -> tuple[torch.Tensor, KVCache]:
         """One position (T = 1): the same computation as `forward`, attention in one compiled call per layer."""
@@ -296,6 +314,35 @@ class LeanLlama:
             out.append(nxt)
             logits, cache = self.forward(torch.tensor([nxt]), cache)
         return out
+
+
+def _build_plan(model: LeanLlama):
+    """`int_kernel`'s LeanPlan over the model's matrices and norms, or None where it cannot run."""
+    matrices = [m for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [model.head]
+    module = int_kernel.load()
+    if module is None or not all(isinstance(m, PackedMatrix) for m in matrices):
+        return None
+    sh = model.shape
+    plan = module.LeanPlan(
+        int_kernel.best_path(),
+        sh.layers,
+        sh.hidden,
+        sh.intermediate,
+        sh.heads,
+        sh.kv_heads,
+        sh.head_dim,
+        sh.vocab,
+        sh.eps,
+        model.cos,
+        model.sin,
+    )
+    for m in matrices:
+        plan.add_matrix(*m.kernel_arguments())
+    for layer in model.layers:
+        plan.add_norm(layer.attn_norm.float().contiguous())
+        plan.add_norm(layer.ffn_norm.float().contiguous())
+    plan.add_norm(model.final_norm.float().contiguous())
+    return plan
 
 
 def _rope_theta(cfg) -> float:

@@ -170,7 +170,9 @@ class PackedMatrix:
             )
         groups = weight.float().reshape(out_f, in_f // group_size, group_size)
         lo = groups.amin(-1).to(torch.float16)
-        scale = ((groups.amax(-1) - lo.float()) / (2**bits - 1)).clamp(min=1e-8).to(torch.float16)
+        # the floor is fp16's smallest normal: a smaller one rounds to 0 in fp16 (a constant group, e.g. a
+        # padding row of zeros, would then divide by zero); its codes are 0 and it dequantizes to its minimum
+        scale = ((groups.amax(-1) - lo.float()) / (2**bits - 1)).clamp(min=2.0**-14).to(torch.float16)
         q = torch.round((groups - lo.float()[..., None]) / scale.float()[..., None]).clamp(0, 2**bits - 1)
         return cls.uniform(q.to(torch.int32).reshape(out_f, in_f), scale, lo, bits)
 
@@ -263,8 +265,12 @@ class PackedMatrix:
             raise ValueError(f"x must be [N, {self.in_features}], got {tuple(x.shape)}")
         if x.dtype != torch.float32 or not x.is_contiguous():
             x = x.contiguous().float()
-        return int_matmul(
-            x,
+        *arguments, levels = self.kernel_arguments()
+        return int_matmul(x, *arguments, path or best, act_levels or levels)
+
+    def kernel_arguments(self) -> tuple:
+        """The kernel's description of this matrix (`int_matmul` after x, before the path; `LeanPlan.add_matrix`)."""
+        return (
             self.codes_lo,
             self.codes_hi,
             self.group_map,
@@ -279,8 +285,7 @@ class PackedMatrix:
             self.min_kind,
             self.min_codes,
             self.min_base,
-            path or best,
-            act_levels or self.act_levels,
+            self.act_levels,
         )
 
     def __repr__(self) -> str:

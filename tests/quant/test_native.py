@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import gguf
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import torch
 from gguf import GGMLQuantizationType, quants
 
 from components.decoding.cache import SequenceRunner
-from components.decoding.models import native_causal_lm, tiny_llama
+from components.decoding.models import native_causal_lm, native_requantized, tiny_llama
 from components.lm import smollm2
 from components.quant import int_kernel
 from components.quant.native import DenseMatrix, LeanLlama, load_native_smollm2
@@ -167,3 +169,83 @@ def test_one_position_steps_equal_the_block_forward(tiny):
     lean.crop(cache, 6)  # roll back, then step again over the same positions
     again, cache = lean.forward(ids[:, 6:7], cache)
     torch.testing.assert_close(again[0, 0], full[0, 6], rtol=1e-4, atol=1e-4)
+
+
+def _native_tiny(tmp_path, **shape):
+    hf = tiny_llama(dtype=torch.float32, **shape)
+    path = tmp_path / "tiny.gguf"
+    _write_gguf(path, hf, q4_1=True)
+    return load_native_smollm2(str(path))
+
+
+def _decode_calls(model, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Prefill, single steps, a speculative block rolled back, then a block to the end: every call's logits."""
+    outs = []
+    logits, cache = model.forward(ids[:, :9])
+    outs.append(logits)
+    for t in range(9, 13):
+        logits, cache = model.forward(ids[:, t : t + 1], cache)
+        outs.append(logits)
+    logits, cache = model.forward(ids[:, 13:18], cache)
+    outs.append(logits)
+    model.crop(cache, 15)
+    logits, cache = model.forward(ids[:, 15:], cache)
+    outs.append(logits)
+    assert model.cache_length(cache) == ids.shape[1]
+    return outs
+
+
+def _assert_logits_close(got: list[torch.Tensor], ref: list[torch.Tensor]) -> None:
+    # Both paths quantize the same activations; their float sums differ in order, which can move
+    # an activation across an int8 rounding boundary: a difference of one activation step.
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-3 * float(b.abs().max()))
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(vocab_size=64, hidden=64, layers=2, heads=4),
+        dict(vocab_size=80, hidden=96, layers=3, heads=6, kv_heads=2),  # grouped-query, head_dim 16
+    ],
+)
+def test_compiled_forward_equals_the_torch_forward(tmp_path, shape):
+    """The whole-model compiled call (native 4-bit, and the 2-bit requantized draft) computes what the
+    torch path computes, through prefill, single steps, a rolled-back block and a block after it."""
+    native = _native_tiny(tmp_path, **shape)
+    low = native_requantized(native_causal_lm(native), 2).lean
+    for m in [low.head] + [m for layer in low.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)]:
+        # int8 + residual: with int8 alone one rounding flip in the first layer of this random (chaotic)
+        # model moves later logits by several percent, which would hide a real difference between paths
+        m.act_levels = 2
+    ids = torch.randint(0, shape["vocab_size"], (1, 23), generator=torch.Generator().manual_seed(3))
+    for model in (native, low):
+        model.fused = True
+        got = _decode_calls(model, ids)
+        assert model._plan, "the compiled forward did not run"
+        model.fused = False
+        ref = _decode_calls(model, ids)
+        _assert_logits_close(got, ref)
+
+
+@needs_kernel
+def test_compiled_forward_runs_two_callers_at_once(tmp_path):
+    """The compiled call releases the GIL (a draft and a target decode on two threads): two threads on
+    one model, each with its own cache, get what each gets alone."""
+    native = _native_tiny(tmp_path, vocab_size=64, hidden=64, layers=2, heads=4)
+    gen = torch.Generator().manual_seed(7)
+    seqs = [torch.randint(0, 64, (1, 23), generator=gen) for _ in range(2)]
+    alone = [_decode_calls(native, s) for s in seqs]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda s: _decode_calls(native, s), seqs * 3))
+    for i, outs in enumerate(together):
+        for a, b in zip(outs, alone[i % 2]):
+            assert torch.equal(a, b)
+
+
+@needs_kernel
+def test_compiled_forward_refuses_positions_past_the_context(tmp_path):
+    native = _native_tiny(tmp_path, vocab_size=64, hidden=64, layers=2, heads=4, max_positions=16)
+    with pytest.raises(ValueError, match="exceed the context"):
+        native.forward(torch.zeros(1, 17, dtype=torch.long))
