@@ -127,7 +127,7 @@ def warm_up(models: ServingModels, decoding_cfg: DecodingConfig) -> dict:
         info.update({k: float(v) for k, v in ratio.items()})
         gamma = gamma or min(decoding_cfg.max_gamma, int(ratio["gamma"]))
     gamma = gamma or 1
-    draft_threads, target_threads = split_threads(threads, decoding_cfg.draft_share)
+    draft_threads, target_threads = split_threads(threads, decoding_cfg.draft_share, models.draft)
     decoder = build_decoder(
         decoding_cfg.method,
         models.target,

@@ -149,7 +149,7 @@ def compare_methods(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Greedy decode every prompt with every method; median tokens/s over repeats, stats per method."""
-    draft_threads, target_threads = split_threads(threads)
+    draft_threads, target_threads = split_threads(threads, draft=draft)
     if pearl_gamma is None:  # PEARL's rule: γ = round(c), c = t_target / t_draft, measured here
         pearl_gamma = min(max_gamma, int(measure_cost_ratio(target, draft, prompts[0])["gamma"]))
         log(f"pearl gamma from the measured cost ratio: {pearl_gamma}")

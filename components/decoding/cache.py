@@ -27,6 +27,9 @@ class CausalLM:
     max_context: int = 1 << 30
     vocab_size: int = 0
     device: torch.device = torch.device("cpu")
+    # False for a draft that computes nothing worth a core (prompt lookup): PEARL then leaves every
+    # core to the target instead of parking one on a draft thread that would sit idle
+    uses_cores: bool = True
 
     def forward(self, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError

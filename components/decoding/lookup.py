@@ -65,6 +65,7 @@ class PromptLookupDraft(CausalLM):
             max_context,
         )
         self.device = torch.device("cpu")
+        self.uses_cores = False  # a table lookup per token
 
     def forward(self, ids: torch.Tensor, cache: Optional[LookupCache]) -> tuple[torch.Tensor, LookupCache]:
         cache = cache if cache is not None else LookupCache(self.max_ngram)

@@ -67,8 +67,11 @@ def _init_worker(threads: int, cuda: bool) -> None:
         torch.cuda.set_stream(torch.cuda.Stream())  # the current stream is per thread
 
 
-def split_threads(total: int, draft_share: float = 0.5) -> tuple[int, int]:
-    """Split a core budget between draft and target (each gets at least one thread)."""
+def split_threads(total: int, draft_share: float = 0.5, draft=None) -> tuple[int, int]:
+    """Split a core budget between draft and target (each gets at least one thread); a draft whose
+    `uses_cores` is False (prompt lookup) gets a thread of its own but no core: the target gets all."""
+    if draft is not None and not getattr(draft, "uses_cores", True):
+        return 1, max(1, total)
     total = max(2, total)
     draft = min(total - 1, max(1, round(total * draft_share)))
     return draft, total - draft

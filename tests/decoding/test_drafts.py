@@ -7,11 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.decoding.cache import SequenceRunner
+from components.decoding.cache import SequenceRunner, wrap_model
 from components.decoding.engine import METHODS, AutoregressiveDecoder, build_decoder
 from components.decoding.lookup import LookupCache, PromptLookupDraft
 from components.decoding.models import load_draft, load_target, tiny_llama
 from components.decoding.sampling import SamplingParams
+from components.decoding.workers import split_threads
 from tests.decoding.conftest import tiny_gpt
 from tests.decoding.test_decoding import _chi_square_p, _exact_joint, greedy_accepts_matching_ar, sample_two_tokens
 
@@ -106,3 +107,12 @@ def test_native_target_decodes_every_method_like_autoregressive(draft_source):
             decoder.close()
     runner = SequenceRunner(draft)
     assert runner.logits_for(prompt).shape == (len(prompt), 49152)
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 8])
+def test_a_draft_that_needs_no_core_leaves_every_core_to_the_target(total):
+    lookup = PromptLookupDraft(vocab_size=50)
+    assert split_threads(total, 0.5, lookup) == (1, total)
+    model_draft = tiny_llama(vocab_size=50, hidden=32, layers=1)
+    draft, target = split_threads(total, 0.5, wrap_model(model_draft))
+    assert draft >= 1 and target >= 1 and draft + target == max(2, total)
