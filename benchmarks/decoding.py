@@ -426,7 +426,8 @@ def main(argv=None) -> None:
             "load_average_at_end": os.getloadavg()[0],
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "note": "2-core machine (see load_average_*): absolute tokens/s are noisy; compare ratios within "
-            "this run. PEARL's workers split the same cores that AR/SD use whole.",
+            "this run. PEARL's workers split the cores that AR/SD use whole (a draft that needs no core, "
+            "prompt lookup, leaves them all to the target).",
         },
         "summary": summary,
         "why": shortfall["why"],
