@@ -236,8 +236,8 @@ class LazyAsyncCheckpointer:
         self._live_bw: float | None = None  # bytes/s the flush writes while it has work, measured
         self._copy_stream = torch.cuda.Stream() if self.use_cuda else None
         self._prepare_directory()
+        self._copier: threading.Thread | None = None  # started by the first checkpoint that needs it
         self._threads = [
-            threading.Thread(target=self._background, args=(self._copy_loop,), name="ckpt-copy", daemon=True),
             threading.Thread(target=self._background, args=(self._commit_loop,), name="ckpt-commit", daemon=True),
         ]
         self._threads += [
@@ -384,6 +384,14 @@ class LazyAsyncCheckpointer:
         if self.use_cuda:  # the copy stream must read values the compute stream has finished
             job.compute_event = torch.cuda.Event()
             job.compute_event.record(torch.cuda.current_stream())
+        if self._copier is None and job.lazy and (not job.on_cpu or self.copy_policy != "at_step"):
+            # Only then is there anything to copy before the step; an idle copier would still wake
+            # (and take the GIL) at every write.
+            self._copier = threading.Thread(
+                target=self._background, args=(self._copy_loop,), name="ckpt-copy", daemon=True
+            )
+            self._threads.append(self._copier)
+            self._copier.start()
         with self._inflight_cond:
             self._inflight += 1
         self._pending = job
