@@ -13,11 +13,12 @@ writing checkpoint-sized files with and without O_DIRECT before every round (the
 Every method trains the same model with the same AdamW state and data, writes the same state
 (model + optimizer state_dicts) and makes it durable (fsync) in the same folder. Repeats x ks x
 methods alternate: every round runs each method once, in an order rotated per round. Variants of
-the lazy checkpointer measure its choices against each other: `lazy_async_copy_ahead` copies the
-whole state to the host buffer at once and `lazy_async_copy_at_step` only what is left when the step
-is due (instead of only what the flush will not reach before the next step, as predicted from the
-measured bandwidth and window), `lazy_async_buffered_io` writes through the page cache (instead of O_DIRECT), and
-`lazy_async_normal_priority` runs its threads at the training's priority (instead of nice +10).
+the lazy checkpointer measure its choices against each other: `lazy_async_copy_just_in_time` copies
+in a background thread what the flush will not reach before the next step (predicted from its
+measured bandwidth and the window) and `lazy_async_copy_ahead` the whole state at once (instead of
+only what is left when the step is due, in the step's own pre-hook), `lazy_async_buffered_io` writes
+through the page cache (instead of O_DIRECT), and `lazy_async_normal_priority` runs its threads at
+the training's priority (instead of nice +10).
 The same checkpointer also runs on 2 gloo ranks (each writes its shard, two-phase commit, bitwise
 restore of both ranks).
 
@@ -58,18 +59,20 @@ from components.lm.training import TrainSettings, build_optimizer, forward_logit
 BASELINES = ["torch_save", "naive_async", "dcp_async"]
 LAZY_VARIANTS = {  # name -> LazyAsyncCheckpointer options
     "lazy_async": {},
+    "lazy_async_copy_just_in_time": {"copy_policy": "just_in_time"},
     "lazy_async_copy_ahead": {"copy_policy": "ahead"},
-    "lazy_async_copy_at_step": {"copy_policy": "at_step"},
     "lazy_async_buffered_io": {"direct_io": False},
     "lazy_async_normal_priority": {"thread_nice": 0},
 }
 METHODS = ["none", *BASELINES, *LAZY_VARIANTS]
 PAGE = os.sysconf("SC_PAGE_SIZE")
+WARMUP_ITERS = 10
 # The full run's workload: a 7.4M-parameter GPT (16384-token vocabulary, 4 layers x 256), batch 2 x 64:
-# ~88 MB of checkpoint (fp32 weights + AdamW moments) per ~55 ms iteration on 2 cores, so that writing
-# one checkpoint costs about one iteration at this disk's speed (k=1 sits at the edge of disk-bound)
-# and 3 repeats x 4 ks x 9 methods x 50 iterations fit in ~7 minutes (the 1.6 GB SmolLM2 state,
-# `--model smollm2`, needs ~1.5 s per iteration and several minutes per torch.save run at k=1).
+# ~88 MB of checkpoint (fp32 weights + AdamW moments) per iteration of tens of milliseconds on 2 cores,
+# so that at k=1 writing a checkpoint costs the same order of time as an iteration (the result's bounds
+# say which of the two is larger on the machine it ran on) and 3 repeats x 4 ks x 9 methods x 50
+# iterations fit in minutes (the 1.6 GB SmolLM2 state, `--model smollm2`, needs seconds per iteration
+# and several minutes per torch.save run at k=1).
 WORKLOAD = {"vocab": 16384, "n_layer": 4, "n_embd": 256, "batch": 2, "block": 64}
 
 
@@ -449,6 +452,8 @@ def main(argv=None) -> None:
     folder = Path(known.dir or Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "checkpointing")
 
     model, optimizer, iteration = build_workload(known.model, known.batch, known.block, device)
+    for _ in range(WARMUP_ITERS):  # a process's first iterations are slower: no method's run should pay for them
+        iteration()
     nbytes = checkpoint_bytes({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
     params = sum(p.numel() for p in model.parameters())
     print(

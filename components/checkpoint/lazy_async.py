@@ -5,13 +5,16 @@ optimizer step mutates them. So a checkpoint requested at an iteration boundary 
 there. `save()` lays the state out (header of dtype/shape/offset, each tensor at the same offset
 within a 4 KiB block in the file as in memory) and returns; flush threads then write each tensor's
 whole blocks straight from its own memory with O_DIRECT while the next forward/backward runs (no
-CPU copy, no page cache; buffered writes where the file system refuses O_DIRECT). Only what the
-flush has not reached when the next step is due is copied to the host buffer: a copier thread
-copies, from the end of the state, just the bytes the measured bandwidth will not write in the
-measured window, and a pre-step hook on the optimizer (`attach`) copies whatever is still left and
-waits for live reads in flight. So no tensor is mutated before it is captured. Tensors that are not
-an attached optimizer's parameters or state (BatchNorm statistics, which forward updates; anything
-when no optimizer is attached) and every tensor's partial edge blocks are copied at save().
+CPU copy, no page cache; buffered writes where the file system refuses O_DIRECT), consecutive
+pieces of the file in one pwritev, so that a state of many small tensors costs few system calls
+and little Python (which would hold the GIL the training needs). Only what the flush has not
+reached when the next step is due is copied to the host buffer, by a pre-step hook on the optimizer
+(`attach`), which also waits for live reads in flight; so no tensor is mutated before it is
+captured. (A copier thread can instead copy ahead of the step: on a CPU that takes the training's
+cores, see `copy_policy`.) Tensors that are not an attached optimizer's parameters or state
+(BatchNorm statistics, which forward updates; anything when no optimizer is attached) and every
+tensor's partial edge blocks are copied at save(). The layout is planned once and reused while the
+state's tensors stay the same memory, as they do from one checkpoint of a training run to the next.
 
 When every block is written the shard is fsynced, the rank votes, and rank 0 commits (COMMIT
 marker, fsync, atomic rename) once all ranks voted; then the oldest checkpoints beyond `keep_last`
@@ -25,6 +28,7 @@ closes them.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import errno
 import json
 import os
@@ -48,8 +52,10 @@ from components.checkpoint.layout import CheckpointError
 
 _STOP = object()
 BLOCK = 4096  # direct I/O granularity: every write covers whole blocks at block-aligned file offsets
-COPY_POLICIES = ("just_in_time", "ahead", "at_step")
-NEW, LIVE, COPYING, HOST, DONE = range(5)  # a piece's life: read live, or copied to the host buffer first
+COPY_POLICIES = ("at_step", "just_in_time", "ahead")
+NEW, LIVE, COPYING, HOST, WRITING, DONE = range(6)  # a piece's life: read live, or copied to the host buffer first
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one pwritev may take
+EDGES, LAZY, EAGER = range(3)  # planned pieces: edge runs and eager pieces are staged at save(), lazy ones read later
 
 
 def _up(n: int, to: int = BLOCK) -> int:
@@ -68,10 +74,25 @@ class _Piece:
     nbytes: int
     src: torch.Tensor | None = None  # uint8 view of the live tensor bytes these blocks hold
     state: int = NEW
+    lazy: bool = False  # may be read from the live tensor (optimizer-owned, whole blocks)
     region: Region | None = None  # host-buffer region (edges, eager and copied pieces)
     host: torch.Tensor | None = None  # uint8 view of that region
-    edges: list = field(default_factory=list)  # edge runs: (file start, file end, tensor bytes, tensor offset)
+    edges: list = field(default_factory=list)  # edge runs: (offset in the run, source address or tensor, bytes)
     shared: _Shared | None = None  # a region staged together with other pieces
+
+
+@dataclass(eq=False)
+class _Plan:
+    """Where a state's tensors go in the shard and the pieces that write them (see _layout_plan).
+    It holds views of the tensors, so the memory its addresses point to stays valid."""
+
+    signature: list
+    header: bytes
+    data_start: int
+    file_size: int
+    pieces: list = field(default_factory=list)  # (EDGES/LAZY/EAGER, file offset, nbytes, edges or source view)
+    largest: int = 0  # the largest host-buffer allocation a checkpoint with this plan makes
+    sources: list = field(default_factory=list)  # each tensor's bytes: edges hold their addresses
 
 
 @dataclass(eq=False)
@@ -111,7 +132,7 @@ class _Job:
     file_size: int
     pieces: list[_Piece] = field(default_factory=list)  # every write, file order
     lazy: list[_Piece] = field(default_factory=list)  # read from live tensors (NEW at save), file order
-    host_fifo: deque = field(default_factory=deque)  # pieces in the host buffer, waiting to be written
+    cursor: int = 0  # pieces[:cursor] are written: the flush looks from here
     front: int = 0  # lazy[front:back + 1] may still be NEW: flush takes the front, the copier the back
     back: int = -1
     new_bytes: int = 0
@@ -120,6 +141,9 @@ class _Job:
     frozen: bool = False  # the step is due: nothing more is read live
     on_cpu: bool = True  # the lazily read tensors are in host memory (else: copied to the host buffer)
     written_in_window: int = 0
+    writing_s: float = 0.0  # wall time in that window while a write was in flight
+    writes_in_flight: int = 0
+    writes_since: float = 0.0  # when writes_in_flight last rose from 0
     compute_event: Any = None
     snapshot_done: threading.Event = field(default_factory=threading.Event)
     opened: threading.Lock = field(default_factory=threading.Lock)
@@ -128,6 +152,7 @@ class _Job:
     error: BaseException | None = None
     crc: dict = field(default_factory=dict)
     pool: Any = None  # the host buffer its pieces were staged in
+    plan: _Plan | None = None  # keeps the sources of its pieces alive
 
 
 class LazyAsyncCheckpointer:
@@ -141,9 +166,11 @@ class LazyAsyncCheckpointer:
 
     Only the parameters and state tensors of an `attach`ed optimizer are read lazily; every other
     tensor (buffers that forward updates, anything without an attached optimizer) is copied at save().
-    `copy_policy`: what the background copier moves to the host buffer before the step:
-    "just_in_time" (what the flush will not reach in time, from measured bandwidth and window),
-    "ahead" (everything, at once), "at_step" (nothing: the pre-step hook copies the rest).
+    `copy_policy`: what a background copier moves to the host buffer before the step, for tensors in
+    host memory (device tensors are always copied out at once): "at_step" (nothing: the pre-step
+    hook copies what the flush has not written yet), "just_in_time" (what the flush will not reach
+    in time, from its measured bandwidth and the save-to-step window), "ahead" (everything, at once).
+    On a CPU a background copy takes the training's cores, so "at_step" is the default.
     `direct_io`: O_DIRECT writes where the file system accepts them (buffered writes otherwise).
     `thread_nice`: the background threads' niceness above the caller's (they yield to compute);
     `background_cpus`: optional CPU set for them.
@@ -166,7 +193,7 @@ class LazyAsyncCheckpointer:
         device: str | None = None,
         session: str | None = None,
         direct_io: bool = True,
-        copy_policy: str = "just_in_time",
+        copy_policy: str = "at_step",
         thread_nice: int = 10,
         background_cpus: set[int] | None = None,
     ):
@@ -195,6 +222,7 @@ class LazyAsyncCheckpointer:
         self.pool: HostBufferPool | None = None
         self._error: BaseException | None = None
         self._pending: _Job | None = None
+        self._plan: _Plan | None = None  # the last layout, reused while the tensors are the same
         self._last_step: int | None = None
         self._hook_handles: list = []
         self._optimizers: list[torch.optim.Optimizer] = []
@@ -205,11 +233,11 @@ class LazyAsyncCheckpointer:
         self._inflight = 0
         self._inflight_cond = threading.Condition()
         self._window_s: float | None = None  # save() -> next step, measured
-        self._live_bw: float | None = None  # bytes/s the flush wrote in that window, measured
+        self._live_bw: float | None = None  # bytes/s the flush writes while it has work, measured
         self._copy_stream = torch.cuda.Stream() if self.use_cuda else None
         self._prepare_directory()
+        self._copier: threading.Thread | None = None  # started by the first checkpoint that needs it
         self._threads = [
-            threading.Thread(target=self._background, args=(self._copy_loop,), name="ckpt-copy", daemon=True),
             threading.Thread(target=self._background, args=(self._commit_loop,), name="ckpt-commit", daemon=True),
         ]
         self._threads += [
@@ -235,68 +263,58 @@ class LazyAsyncCheckpointer:
         if self._last_step is not None and step <= self._last_step:
             raise ValueError(f"checkpoint steps must increase: {step} after {self._last_step}")
         skeleton, tensors = layout.split_state(state)
-        specs, entries, data_bytes = self._tensor_layout(tensors)
-        header, data_start = _header_with_absolute_offsets(entries)
-        file_size = data_start + data_bytes
+        plan = self._layout_plan(tensors)
         name = layout.step_dirname(step)
-        record = CheckpointRecord(step, file_size, requested_at=start, direct_io=self.direct_io)
+        record = CheckpointRecord(step, plan.file_size, requested_at=start, direct_io=self.direct_io)
         job = _Job(
             step,
             record,
             layout.dumps_skeleton(skeleton),
             tmp_dir=self.directory / f"{name}.tmp-{self.session}",
             final_dir=self.directory / name,
-            file_size=file_size,
+            file_size=plan.file_size,
+            plan=plan,
         )
-        runs, eager_pieces = self._plan_pieces(job, specs, data_start)
-        job.pool = self._host_pool(file_size)
-        largest = max([p.nbytes for p in job.lazy] + [sum(p.nbytes for p in runs), sum(p.nbytes for p in eager_pieces)])
-        if largest > self.pool.capacity:
+        runs, eager_pieces = self._instantiate(job, plan)
+        job.pool = self._host_pool(plan.file_size)
+        if plan.largest > self.pool.capacity:
             raise CheckpointError(
-                f"checkpoint of step {step}: a {largest}-byte piece does not fit the host buffer "
+                f"checkpoint of step {step}: a {plan.largest}-byte piece does not fit the host buffer "
                 f"of {self.pool.capacity} bytes: raise host_buffer_bytes"
             )
         self._enqueue(job)
         # Edge blocks (header, tensors' partial blocks, small tensors) and tensors no optimizer
         # guards are staged now: the caller may change them as soon as save() returns.
-        edge_runs = [p for p in job.pieces if p.src is None]
-        self._stage(job, edge_runs, lambda run: self._compose_edges(run, header), zero=True)
+        self._stage(job, runs, lambda run: _compose_edges(run, plan.header), zero=True)
         self._stage(job, eager_pieces, lambda piece: piece.host.copy_(piece.src))
         record.request_blocked_s = time.perf_counter() - start
         return record
 
-    def _tensor_layout(self, tensors: list) -> tuple[list, list[dict], int]:
-        """Where each tensor goes in the file: (raw bytes, offset, nbytes, copied eagerly) per tensor,
-        the header entries, and the data section's size."""
+    def _layout_plan(self, tensors: list) -> _Plan:
+        """The shard layout of these tensors: the previous checkpoint's when they are the same memory
+        with the same dtypes, shapes and owners (every checkpoint of a training run), else a new one."""
         lazy_ok = self._optimizer_owned_storages()
-        specs, entries, cursor = [], [], 0
-        for key, tensor in tensors:
-            nbytes = tensor.numel() * tensor.element_size()
-            eager = not tensor.is_contiguous() or _storage_key(tensor) not in lazy_ok
-            flat = tensor.reshape(-1)  # a private copy when not contiguous
-            raw = flat.view(torch.uint8) if nbytes else flat
-            # Same offset within a block in memory and in the file: the tensor's whole blocks can be
-            # written by direct I/O straight from its own memory.
-            phase = raw.data_ptr() % BLOCK if raw.device.type == "cpu" and nbytes else 0
-            rel = cursor + phase
-            entries.append(
-                {
-                    "key": key,
-                    "dtype": layout.dtype_name(tensor.dtype),
-                    "shape": list(tensor.shape),
-                    "offset": rel,
-                    "nbytes": nbytes,
-                }
-            )
-            specs.append((raw, rel, nbytes, eager))
-            cursor = _up(rel + nbytes) if nbytes else cursor
-        return specs, entries, cursor
+        signature = [
+            (key, t.device, t.dtype, t.shape, t.data_ptr(), t.is_contiguous(), _storage_key(t) in lazy_ok)
+            for key, t in tensors
+        ]
+        if self._plan is not None and self._plan.signature == signature:
+            return self._plan
+        specs, entries, data_bytes = _tensor_layout(tensors, [lazy for *_, lazy in signature])
+        header, data_start = _header_with_absolute_offsets(entries)
+        plan = _Plan(signature, header, data_start, data_start + data_bytes)
+        self._plan_pieces(plan, specs)
+        # A non-contiguous tensor was flattened into a private copy made now: never reused.
+        self._plan = plan if all(contiguous for *_, contiguous, _ in signature) else None
+        return plan
 
-    def _plan_pieces(self, job: _Job, specs: list, data_start: int) -> tuple[list[_Piece], list[_Piece]]:
+    def _plan_pieces(self, plan: _Plan, specs: list) -> None:
         """Split the file into pieces: edge runs staged at save() (the header, each tensor's partial
-        first and last blocks, tensors smaller than their blocks), whole-block pieces copied lazily
-        (into `job.lazy`) or eagerly. Returns (edge runs, eager pieces); sets `job.pieces`."""
-        edges, tensor_edges, eager_pieces = [(0, data_start)], [], []
+        first and last blocks, tensors smaller than their blocks), whole-block pieces read lazily or
+        copied at save(). Sets `plan.pieces` (file order) and `plan.largest`."""
+        data_start = plan.data_start
+        plan.sources = [raw for raw, *_ in specs]  # private copies of non-contiguous tensors among them
+        edges, tensor_edges, chunks = [(0, data_start)], [], []
         for raw, rel, nbytes, eager in specs:
             if not nbytes:
                 continue
@@ -314,21 +332,41 @@ class LazyAsyncCheckpointer:
                 tensor_edges.append((hi, end, raw, f))
             for a in range(lo, hi, self.chunk_bytes):
                 b = min(hi, a + self.chunk_bytes)
-                (eager_pieces if eager else job.lazy).append(_Piece(a, b - a, src=raw[a - f : b - f]))
-        runs: list[_Piece] = []
+                chunks.append((EAGER if eager else LAZY, a, b - a, raw[a - f : b - f]))
+        runs: list[list] = []
         for a, b in sorted(edges):  # adjacent edge blocks are written together
-            if runs and runs[-1].file_offset + runs[-1].nbytes == a:
-                runs[-1].nbytes = b - runs[-1].file_offset
+            if runs and runs[-1][1] + runs[-1][2] == a:
+                runs[-1][2] = b - runs[-1][1]
             else:
-                runs.append(_Piece(a, b - a))
-        starts = [run.file_offset for run in runs]
-        for edge in tensor_edges:
-            runs[bisect.bisect_right(starts, edge[0]) - 1].edges.append(edge)
-        job.pieces = sorted(runs + eager_pieces + job.lazy, key=lambda p: p.file_offset)
+                runs.append([EDGES, a, b - a, []])
+        starts = [run[1] for run in runs]
+        for a, b, raw, f in tensor_edges:  # each edge: (offset in its run, source, bytes)
+            run = runs[bisect.bisect_right(starts, a) - 1]
+            src = raw[a - f : b - f]
+            run[3].append((a - run[1], src.data_ptr() if src.device.type == "cpu" else src, b - a))
+        plan.pieces = sorted([tuple(r) for r in runs] + chunks, key=lambda p: p[1])
+        plan.largest = max(
+            [n for kind, _, n, _ in chunks if kind == LAZY]
+            + [sum(r[2] for r in runs), sum(n for kind, _, n, _ in chunks if kind == EAGER)]
+        )
+
+    @staticmethod
+    def _instantiate(job: _Job, plan: _Plan) -> tuple[list[_Piece], list[_Piece]]:
+        """This checkpoint's pieces from the plan: sets `job.pieces` and `job.lazy`; returns the
+        edge runs and the eager pieces, which save() stages."""
+        runs, eager = [], []
+        for kind, offset, nbytes, extra in plan.pieces:
+            if kind == EDGES:
+                piece = _Piece(offset, nbytes, edges=extra)
+                runs.append(piece)
+            else:
+                piece = _Piece(offset, nbytes, src=extra, lazy=kind == LAZY)
+                (job.lazy if kind == LAZY else eager).append(piece)
+            job.pieces.append(piece)
         job.back = len(job.lazy) - 1
         job.new_bytes = sum(p.nbytes for p in job.lazy)
         job.on_cpu = not job.lazy or job.lazy[0].src.device.type == "cpu"
-        return runs, eager_pieces
+        return runs, eager
 
     def _host_pool(self, file_size: int) -> HostBufferPool:
         """The host buffer, sized from the first checkpoint and reused for the whole run; a larger
@@ -346,6 +384,14 @@ class LazyAsyncCheckpointer:
         if self.use_cuda:  # the copy stream must read values the compute stream has finished
             job.compute_event = torch.cuda.Event()
             job.compute_event.record(torch.cuda.current_stream())
+        if self._copier is None and job.lazy and (not job.on_cpu or self.copy_policy != "at_step"):
+            # Only then is there anything to copy before the step; an idle copier would still wake
+            # (and take the GIL) at every write.
+            self._copier = threading.Thread(
+                target=self._background, args=(self._copy_loop,), name="ckpt-copy", daemon=True
+            )
+            self._threads.append(self._copier)
+            self._copier.start()
         with self._inflight_cond:
             self._inflight += 1
         self._pending = job
@@ -366,7 +412,11 @@ class LazyAsyncCheckpointer:
         with self._cond:
             job.frozen = True
             self._window_s = _ema(self._window_s, start - job.record.requested_at)
-            self._live_bw = _ema(self._live_bw, job.written_in_window / max(start - job.record.requested_at, 1e-6))
+            # The flush's rate while it was writing, not over the whole window: a flush that finished
+            # early would otherwise look slow, and the copier would copy what it did not need to.
+            writing_s = job.writing_s + (start - job.writes_since if job.writes_in_flight else 0.0)
+            if job.written_in_window and writing_s > 0:
+                self._live_bw = _ema(self._live_bw, job.written_in_window / writing_s)
             todo = self._claim_new(job, from_back=False, count=None)
         self._copy(job, todo)
         with self._cond:
@@ -392,6 +442,7 @@ class LazyAsyncCheckpointer:
             self.wait()
         finally:
             self._closed = True
+            self._plan = None  # its views keep the last state's tensors alive
             for handle in self._hook_handles:
                 handle.remove()
             with self._cond:
@@ -434,16 +485,8 @@ class LazyAsyncCheckpointer:
         with self._cond:
             for piece in pieces:
                 piece.state = HOST
-                job.host_fifo.append(piece)
             job.record.copied_bytes += offset
             self._cond.notify_all()
-
-    @staticmethod
-    def _compose_edges(run: _Piece, header: bytes) -> None:
-        if run.file_offset == 0:
-            run.host[: len(header)].copy_(torch.frombuffer(bytearray(header), dtype=torch.uint8))
-        for a, b, raw, f in run.edges:  # the bytes of each tensor that fall into this run's blocks
-            run.host[a - run.file_offset : b - run.file_offset].copy_(raw[a - f : b - f])
 
     def _claim_new(self, job: _Job, from_back: bool, count: int | None) -> list[_Piece]:
         """Under self._cond: take NEW pieces for copying (the copier from the back, the hook all)."""
@@ -482,7 +525,6 @@ class LazyAsyncCheckpointer:
             with self._cond:
                 piece.state = HOST
                 job.busy -= 1
-                job.host_fifo.append(piece)
                 job.record.copied_bytes += piece.nbytes
                 self._maybe_captured(job)
                 self._cond.notify_all()
@@ -521,62 +563,82 @@ class LazyAsyncCheckpointer:
             self._copy(job, todo)
 
     # ---------------------------------------------------------------- flush
-    def _next_write(self) -> tuple[_Job, _Piece] | None:
-        """Under self._cond: the oldest checkpoint's next piece; live reads first while the step is not due."""
+    def _next_batch(self) -> tuple[_Job, list[_Piece]] | None:
+        """Under self._cond: the oldest checkpoint's first run of consecutive pieces that can be
+        written now (staged in the host buffer, or read live while the step is not due), up to
+        chunk_bytes: one system call writes them all, so small tensors cost no Python each."""
         for job in self._jobs:
-            if not job.frozen:
-                while job.front <= job.back and job.lazy[job.front].state != NEW:
-                    job.front += 1
-                if job.front <= job.back:
-                    piece = job.lazy[job.front]
-                    job.front += 1
-                    piece.state = LIVE
-                    job.busy += 1
-                    job.new_bytes -= piece.nbytes
-                    return job, piece
-            if job.host_fifo:
-                return job, job.host_fifo.popleft()
+            pieces, i = job.pieces, job.cursor
+            while i < len(pieces) and pieces[i].state == DONE:
+                i += 1
+            job.cursor = i
+            batch, nbytes = [], 0
+            for piece in pieces[i:]:
+                ready = piece.state == HOST or (piece.state == NEW and piece.lazy and not job.frozen)
+                if not ready:
+                    if batch:
+                        break
+                    continue
+                if batch and (nbytes + piece.nbytes > self.chunk_bytes or len(batch) == IOV_MAX):
+                    break
+                batch.append(piece)
+                nbytes += piece.nbytes
+            if batch:
+                for piece in batch:
+                    if piece.state == NEW:
+                        piece.state = LIVE
+                        job.busy += 1
+                        job.new_bytes -= piece.nbytes
+                    else:
+                        piece.state = WRITING
+                return job, batch
         return None
 
     def _flush_loop(self) -> None:
         while True:
             with self._cond:
-                while (item := self._next_write()) is None:
+                while (item := self._next_batch()) is None:
                     if self._stopping:
                         return
                     self._cond.wait()
-            job, piece = item
-            live = piece.state == LIVE
+            job, batch = item
+            with self._cond:
+                if not job.writes_in_flight:
+                    job.writes_since = time.perf_counter()
+                job.writes_in_flight += 1
             try:
                 if job.error is None:
                     self._open(job)
-                    self._write(job, piece)
+                    self._write(job, batch)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(job, exc)
+            released, nbytes = [], sum(p.nbytes for p in batch)
             with self._cond:
-                if live:
-                    job.busy -= 1
-                    job.record.live_bytes += piece.nbytes
-                    if not job.frozen:
-                        job.written_in_window += piece.nbytes
-                elif not job.frozen:
-                    job.written_in_window += piece.nbytes
-                piece.state = DONE
-                piece.src = None  # drop the reference to the live tensor
-                job.done += 1
+                for piece in batch:
+                    if piece.state == LIVE:
+                        job.busy -= 1
+                        job.record.live_bytes += piece.nbytes
+                    piece.state = DONE
+                    piece.src = None  # drop the reference to the live tensor
+                    if piece.region is not None:
+                        released.append(piece.region)
+                    elif piece.shared is not None:
+                        piece.shared.pieces_left -= 1
+                        if piece.shared.pieces_left == 0:
+                            released.append(piece.shared.region)
+                job.writes_in_flight -= 1
+                if not job.frozen:
+                    job.written_in_window += nbytes
+                    if not job.writes_in_flight:
+                        job.writing_s += time.perf_counter() - job.writes_since
+                job.done += len(batch)
                 self._maybe_captured(job)
                 finished = job.done == len(job.pieces)
                 if finished:
                     self._jobs.remove(job)
                 self._cond.notify_all()
-            if piece.region is not None:
-                job.pool.release(piece.region)
-            elif piece.shared is not None:
-                with self._cond:
-                    piece.shared.pieces_left -= 1
-                    last = piece.shared.pieces_left == 0
-                if last:
-                    job.pool.release(piece.shared.region)
+            for region in released:  # oldest first: the ring releases in allocation order anyway
+                job.pool.release(region)
             if finished:
                 self._commit_q.put(job)
 
@@ -633,13 +695,15 @@ class LazyAsyncCheckpointer:
             f"checkpoint needs {needed / 1e6:.1f} MB"
         )
 
-    def _write(self, job: _Job, piece: _Piece) -> None:
-        data = (piece.host if piece.host is not None else piece.src).numpy()
-        view, done = memoryview(data), 0
-        while done < piece.nbytes:
+    def _write(self, job: _Job, batch: list[_Piece]) -> None:
+        """Write consecutive pieces with one pwritev (each from the host buffer or its live tensor)."""
+        views = [memoryview((p.host if p.host is not None else p.src).numpy()) for p in batch]
+        offset, left = batch[0].file_offset, sum(p.nbytes for p in batch)
+        pending = list(views)
+        while left:
             fd = job.fd_direct if job.fd_direct is not None else job.fd
             try:
-                written = os.pwrite(fd, view[done:], piece.file_offset + done)
+                written = os.pwritev(fd, pending, offset)
             except OSError as exc:
                 if exc.errno == errno.EINVAL and fd == job.fd_direct:  # alignment the file system refuses
                     job.fd_direct, self.direct_io, job.record.direct_io = None, False, False
@@ -649,12 +713,19 @@ class LazyAsyncCheckpointer:
                     raise self._no_space(job.file_size + len(job.skeleton)) from exc
                 raise
             if written <= 0:
-                raise OSError(f"pwrite wrote {written} of {piece.nbytes - done} bytes at {piece.file_offset + done}")
-            done += written
+                raise OSError(f"pwritev wrote {written} of {left} bytes at {offset}")
+            offset, left = offset + written, left - written
+            while written:  # drop what was written; a partly written view goes on from where it stopped
+                head = pending[0]
+                if written >= len(head):
+                    written -= len(head)
+                    pending.pop(0)
+                else:
+                    pending[0], written = head[written:], 0
         if self.checksum:
-            crc = zlib.crc32(data)
+            crcs = {p.file_offset: (p.nbytes, zlib.crc32(v)) for p, v in zip(batch, views)}
             with self._cond:
-                job.crc[piece.file_offset] = (piece.nbytes, crc)
+                job.crc.update(crcs)
 
     # ---------------------------------------------------------------- commit
     def _commit_loop(self) -> None:
@@ -790,6 +861,47 @@ class LazyAsyncCheckpointer:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+def _tensor_layout(tensors: list, lazy: list[bool]) -> tuple[list, list[dict], int]:
+    """Where each tensor goes in the file: (raw bytes, offset, nbytes, copied eagerly) per tensor,
+    the header entries, and the data section's size."""
+    specs, entries, cursor = [], [], 0
+    for (key, tensor), lazy_ok in zip(tensors, lazy):
+        nbytes = tensor.numel() * tensor.element_size()
+        eager = not tensor.is_contiguous() or not lazy_ok
+        flat = tensor.reshape(-1)  # a private copy when not contiguous
+        raw = flat.view(torch.uint8) if nbytes else flat
+        # Same offset within a block in memory and in the file: the tensor's whole blocks can be
+        # written by direct I/O straight from its own memory.
+        phase = raw.data_ptr() % BLOCK if raw.device.type == "cpu" and nbytes else 0
+        rel = cursor + phase
+        entries.append(
+            {
+                "key": key,
+                "dtype": layout.dtype_name(tensor.dtype),
+                "shape": list(tensor.shape),
+                "offset": rel,
+                "nbytes": nbytes,
+            }
+        )
+        specs.append((raw, rel, nbytes, eager))
+        cursor = _up(rel + nbytes) if nbytes else cursor
+    return specs, entries, cursor
+
+
+def _compose_edges(run: _Piece, header: bytes) -> None:
+    """Fill an edge run's host bytes: the header (in the first run) and each tensor's bytes that
+    fall into its blocks. CPU sources are copied by address: a few hundred small copies per
+    checkpoint, each far cheaper than a tensor slice and copy."""
+    base = run.host.data_ptr()
+    if run.file_offset == 0:
+        ctypes.memmove(base, header, len(header))
+    for offset, src, nbytes in run.edges:
+        if isinstance(src, int):
+            ctypes.memmove(base + offset, src, nbytes)
+        else:  # a device tensor's bytes
+            run.host[offset : offset + nbytes].copy_(src)
 
 
 def _ema(old: float | None, new: float, weight: float = 0.5) -> float:

@@ -174,3 +174,26 @@ def test_batchnorm_model_every_checkpoint_equals_the_state_at_save(tmp_path, opt
     for step, state in expected.items():
         assert_same(state, load_checkpoint(tmp_path / f"step_{step:08d}"), f"step {step}")
     assert expected[1]["model"]["bn.num_batches_tracked"] != expected[steps]["model"]["bn.num_batches_tracked"]
+
+
+def test_each_checkpoint_holds_its_own_tensors_when_the_state_changes_between_saves(tmp_path):
+    """A run reuses the previous checkpoint's layout while its tensors are the same memory; a state
+    whose tensors were replaced, reshaped, retyped, transposed, added or dropped gets its own."""
+    base = torch.arange(4096 * 3, dtype=torch.float32).reshape(3, 4096)
+    states = [
+        {"w": base, "b": torch.ones(5)},
+        {"w": base, "b": torch.ones(5)},  # the same memory: the layout is reused, the values are read again
+        {"w": base.view(4096, 3), "b": torch.ones(5)},  # same memory, another shape
+        {"w": base.view(torch.int32), "b": torch.ones(5)},  # same memory, another dtype
+        {"w": base.t(), "b": torch.ones(5)},  # not contiguous: a private copy at save()
+        {"w": base.clone() * 2},  # replaced and a key dropped
+        {"w": base, "b": torch.ones(5), "c": torch.zeros(3, dtype=torch.int64)},  # a key added
+    ]
+    expected = {}
+    with LazyAsyncCheckpointer(tmp_path, keep_last=len(states)) as ckpt:
+        for step, state in enumerate(states, start=1):
+            expected[step] = copy.deepcopy(state)
+            ckpt.save(step, state)
+            base.add_(1)  # changed right after save(): no optimizer guards it, so save() captured it
+    for step, state in expected.items():
+        assert_same(state, load_checkpoint(tmp_path / f"step_{step:08d}"), f"step {step}")
