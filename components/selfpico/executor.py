@@ -209,6 +209,18 @@ def _statement_reads(original: ast.Module, line: int | None) -> set[str]:
     return reads
 
 
+def _where(error: RuntimeErrorFound) -> tuple[str, int | None]:
+    return error.error_type, error.line
+
+
+def unique_errors(errors: list[RuntimeErrorFound]) -> list[RuntimeErrorFound]:
+    """One error per (type, line), the first met."""
+    seen: dict[tuple[str, int | None], RuntimeErrorFound] = {}
+    for error in errors:
+        seen.setdefault(_where(error), error)
+    return list(seen.values())
+
+
 def first_unrun_line(instrumented: Instrumented, lines: list[str], executed: set[int]) -> str:
     """The text of the first statement line not in `executed` ('' when every one ran)."""
     for line in sorted(set(instrumented.marker_lines.values())):
@@ -256,6 +268,8 @@ class _SelfGuidedLoop:
         self.fell_back: set[str] = set()  # keys whose fallback value was tried after the retries
         self.best: set[int] = set()
         self.errors: list[RuntimeErrorFound] = []
+        # the snippet's own exceptions met in the run of a candidate that was not kept: found all the same
+        self.errors_on_the_way: list[RuntimeErrorFound] = []
         self.calls = self.retries = self.runs = self.fallbacks = 0
         self.pending: dict | None = None  # a run already made with the current values
 
@@ -293,7 +307,9 @@ class _SelfGuidedLoop:
         injected = [k for k in self.values if k in trace.get("used", [])] or list(self.values)
         blamed = involves_injected(self.flow, reads, injected)
         trace["_frame_marker"] = frame_marker
-        return RuntimeErrorFound(str(trace.get("error_type")), str(trace.get("error")), line, bool(blamed), blamed)
+        found = RuntimeErrorFound(str(trace.get("error_type")), str(trace.get("error")), line, bool(blamed), blamed)
+        trace["_found"] = found
+        return found
 
     def score(self, trace: dict, key: str) -> tuple[int, int]:
         """How far a run got with `key`'s current value: lines executed, then how it ended (finished;
@@ -350,6 +366,8 @@ class _SelfGuidedLoop:
         self.values[key] = code
         first = self.run()
         score, executed = self.reach(first, key)
+        if first["status"] == "error" and not first["_found"].involves_injected:
+            self.errors_on_the_way.append(first["_found"])
         if score[1] == 0:  # this value failed
             if first["status"] == "error":
                 error, marker = f"{first.get('error_type')}: {first.get('error')}", first["_frame_marker"]
@@ -467,7 +485,8 @@ class _SelfGuidedLoop:
             self.calls,
             self.retries,
             status,
-            self.errors,
+            self.errors
+            + [e for e in unique_errors(self.errors_on_the_way) if _where(e) not in map(_where, self.errors)],
             dict(self.values),
             seconds,
             note,

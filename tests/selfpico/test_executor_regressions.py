@@ -102,6 +102,15 @@ def test_more_values_are_asked_with_how_far_the_earlier_ran_and_the_furthest_is_
     assert "4 of the 5 lines" in feedback and "`n += 1` never ran" in feedback
 
 
+def test_the_snippets_own_error_met_by_a_value_not_kept_is_still_reported(sandbox):
+    code = "if mode == 'text':\n    print('n: ' + 5)\nprint(mode)\nx = 1\ny = 2\n"
+    llm = ScriptedLLM(["'text'", "'plain'"])
+    report = run(sandbox, code, LLMPredictor(llm, fallback=RuleBasedPredictor(), host_checks=0, candidates=2))
+    assert report.final_status == "ok" and report.values["name#mode"] == "'plain'"
+    [error] = report.errors
+    assert (error.error_type, error.line, error.involves_injected) == ("TypeError", 2, False)
+
+
 def test_one_candidate_keeps_the_first_value_or_the_fallbacks(sandbox):
     code = "n = 0\nfor row in rows:\n    if row['size'] > 10:\n        n += 1\nprint(n)\n"
     llm = ScriptedLLM(["[{'size': 1}]", "[{'size': 50}]"])
