@@ -16,8 +16,10 @@ and package function bodies) for the rule-based predictors.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 from matplotlib.figure import Figure
 
@@ -41,10 +43,18 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-llm", action="store_true", help="only the non-learned predictors")
     parser.add_argument("--llm-model-path", default=None, help="a tuned SmolLM2 folder (tune_selfpico's)")
+    parser.add_argument(
+        "--llm-model-made-by",
+        default="mlsys run tune_selfpico",
+        help="the command that made --llm-model-path's model (recorded in the result)",
+    )
     parser.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint for the LLM-guided predictor")
     parser.add_argument("--llm-model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out snippets")
     parser.add_argument("--max-retries", type=int, default=3, help="feedback retries per value (LLM-guided)")
+    parser.add_argument(
+        "--candidates", type=int, default=3, help="LLM values asked per name, the furthest-running kept (LLM-guided)"
+    )
     parser.add_argument("--dev", action="store_true", help="also the development set (rule-based predictors)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--no-mlflow", action="store_true")
@@ -59,6 +69,16 @@ def _build_llm(args):
     if args.llm_model_path:
         return factory.embedded(model_path=args.llm_model_path), f"SmolLM2-135M-Instruct tuned ({args.llm_model_path})"
     return factory.embedded(), "embedded SmolLM2-135M-Instruct (Q4_1 dequantized), few-shot"
+
+
+def _tuning_record(model_path: str) -> dict:
+    """What the tuned model's tuning.json says of how it was made (data, settings, loss; no curve)."""
+    path = Path(model_path) / "tuning.json"
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    report = {k: v for k, v in summary.get("report", {}).items() if k != "losses"}
+    return {**{k: v for k, v in summary.items() if k != "report"}, "report": report}
 
 
 def type_error_judgement(reports: list[dict], snippets) -> dict[str, float]:
@@ -123,7 +143,12 @@ def main() -> None:
         llm, llm_name = _build_llm(args)
         tuned = bool(args.llm_model_path)
         predictors["llm"] = LLMPredictor(
-            llm, max_tokens=64, fallback=RuleBasedPredictor(), few_shot=not tuned, host_checks=1
+            llm,
+            max_tokens=64,
+            fallback=RuleBasedPredictor(),
+            few_shot=not tuned,
+            host_checks=1,
+            candidates=args.candidates,
         )
     sandbox = Sandbox(SandboxLimits(wall_seconds=10, cpu_seconds=5))
     start = time.perf_counter()
@@ -131,6 +156,7 @@ def main() -> None:
     results: dict = {
         "heldout": {name: summarize(rows) | type_error_judgement(rows, heldout) for name, rows in reports.items()},
         "max_retries": args.max_retries,
+        "llm_candidates": args.candidates,
     }
     results["heldout_snippets"] = len(heldout)
     results["heldout_latent_type_errors_listed"] = [
@@ -149,6 +175,8 @@ def main() -> None:
         results["development_per_snippet"] = dev_reports
     if llm is not None:
         results["llm_model"] = llm_name
+        if args.llm_model_path:
+            results["llm_model_made_by"] = {"command": args.llm_model_made_by, **_tuning_record(args.llm_model_path)}
         results["llm_usage"] = llm.usage.as_dict()
         results["llm_unparseable_replies"] = predictors["llm"].unparseable_replies
         results["llm_refused_replies"] = predictors["llm"].refused_replies  # no value: asked again on the host

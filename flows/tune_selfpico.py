@@ -51,7 +51,7 @@ def tune_selfpico(cfg: TuneSelfPicoConfig, tracker: Tracker) -> dict[str, float]
     """Tune SmolLM2 on values found by search with execution feedback; register the tuned layers."""
     limits = SandboxLimits(wall_seconds=cfg.wall_seconds, cpu_seconds=cfg.cpu_seconds)
     data = collect_value_chats(cfg.data, limits, tracker)
-    provenance = data.provenance(cfg.data.modules)
+    provenance = data.provenance(cfg.data)
     tuned = tune_on_chats(
         data.chats, cfg.train, str(cfg.work_path(cfg.run_name)), tracker, provenance, threads=cfg.threads
     )

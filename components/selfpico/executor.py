@@ -26,7 +26,7 @@ from pathlib import Path
 
 from components.selfpico.analysis import DataFlow, _reads, describe, involves_injected, parse_any, shape_for
 from components.selfpico.instrument import InstrumentationError, Instrumented, instrument
-from components.selfpico.predictors import PredictionRequest, Predictor
+from components.selfpico.predictors import PredictionRequest, Predictor, ran_feedback
 from components.selfpico.runtime import TRACE_PREFIX
 
 _RUNTIME = (Path(__file__).parent / "runtime.py").read_text()
@@ -209,6 +209,26 @@ def _statement_reads(original: ast.Module, line: int | None) -> set[str]:
     return reads
 
 
+def _where(error: RuntimeErrorFound) -> tuple[str, int | None]:
+    return error.error_type, error.line
+
+
+def unique_errors(errors: list[RuntimeErrorFound]) -> list[RuntimeErrorFound]:
+    """One error per (type, line), the first met."""
+    seen: dict[tuple[str, int | None], RuntimeErrorFound] = {}
+    for error in errors:
+        seen.setdefault(_where(error), error)
+    return list(seen.values())
+
+
+def first_unrun_line(instrumented: Instrumented, lines: list[str], executed: set[int]) -> str:
+    """The text of the first statement line not in `executed` ('' when every one ran)."""
+    for line in sorted(set(instrumented.marker_lines.values())):
+        if line not in executed and 0 < line <= len(lines):
+            return lines[line - 1]
+    return ""
+
+
 def _not_instrumentable(snippet: Snippet, predictor: Predictor, note: str) -> SnippetReport:
     return SnippetReport(snippet.id, predictor.name, 0, 0, 0.0, 0, 0, 0, 0, "not_instrumentable", note=note)
 
@@ -233,6 +253,10 @@ class _SelfGuidedLoop:
         self.fallback: Predictor | None = getattr(predictor, "fallback", None)
         self.select = select and self.fallback is not None  # pick the value that runs furthest
         self.lookahead = 2  # further (fallback) values a choice's run is carried on for
+        # values the predictor is asked for per new key, each run and the furthest kept (feedback-using
+        # predictors only: the later ones are asked with what the earlier ones did)
+        self.candidates = max(1, getattr(predictor, "candidates", 1)) if predictor.uses_feedback else 1
+        self.n_lines = len(set(instrumented.marker_lines.values()))
         self.lines = snippet.code.splitlines()
         self.original = parse_any(snippet.code)
         self.flow = DataFlow(self.original)
@@ -244,6 +268,8 @@ class _SelfGuidedLoop:
         self.fell_back: set[str] = set()  # keys whose fallback value was tried after the retries
         self.best: set[int] = set()
         self.errors: list[RuntimeErrorFound] = []
+        # the snippet's own exceptions met in the run of a candidate that was not kept: found all the same
+        self.errors_on_the_way: list[RuntimeErrorFound] = []
         self.calls = self.retries = self.runs = self.fallbacks = 0
         self.pending: dict | None = None  # a run already made with the current values
 
@@ -257,7 +283,8 @@ class _SelfGuidedLoop:
         executed = set(trace["executed"]) & set(self.instrumented.marker_lines)
         if len(executed) > len(self.best):
             self.best = executed
-        trace["_lines"] = len({self.instrumented.marker_lines[m] for m in executed})
+        trace["_line_set"] = {self.instrumented.marker_lines[m] for m in executed}
+        trace["_lines"] = len(trace["_line_set"])
         return trace
 
     def line_text(self, marker: int | None) -> str:
@@ -280,7 +307,9 @@ class _SelfGuidedLoop:
         injected = [k for k in self.values if k in trace.get("used", [])] or list(self.values)
         blamed = involves_injected(self.flow, reads, injected)
         trace["_frame_marker"] = frame_marker
-        return RuntimeErrorFound(str(trace.get("error_type")), str(trace.get("error")), line, bool(blamed), blamed)
+        found = RuntimeErrorFound(str(trace.get("error_type")), str(trace.get("error")), line, bool(blamed), blamed)
+        trace["_found"] = found
+        return found
 
     def score(self, trace: dict, key: str) -> tuple[int, int]:
         """How far a run got with `key`'s current value: lines executed, then how it ended (finished;
@@ -298,8 +327,10 @@ class _SelfGuidedLoop:
 
     # -- the steps -------------------------------------------------------------------------------
     def predict_missing(self, key: str, marker) -> bool:
-        """A value for a key no run had yet; with a fallback, both values run and the one that runs
-        further is kept (ties: the predictor's)."""
+        """A value for a key no run had yet. With a fallback, the predictor's value and the fallback's
+        both run; a predictor that takes feedback is then asked for up to `candidates - 1` more values,
+        each with what the earlier ones did (their exception, or how many lines ran and the first line
+        that never ran); the value whose run reaches furthest is kept (ties: the earlier asked)."""
         self.calls += 1
         code = self.predictor.predict(self.request(key, marker))
         if code is None:
@@ -307,28 +338,56 @@ class _SelfGuidedLoop:
         self.values[key] = code
         if not self.select:
             return True
+        tried: dict[str, tuple[tuple[int, int], dict, str]] = {}  # value -> (reach, its first run, feedback)
+        self.try_value(key, code, tried)
         alternative = self.fallback.predict(self.request(key, marker))
-        if alternative is None or alternative == code:
-            return True
-        first = self.run()
-        first_score = self.reach(first, key)
-        self.values[key] = alternative
-        second = self.run()
-        second_score = self.reach(second, key)
-        self.scores[key] = {code: first_score, alternative: second_score}
-        if second_score > first_score:
+        if alternative is not None and alternative not in tried:
+            self.try_value(key, alternative, tried)
+        asked = 1
+        while asked < self.candidates and self.best_lines(tried) < self.n_lines:
+            attempts = [(value, feedback) for value, (_, _, feedback) in tried.items()]
+            self.calls += 1
+            asked += 1
+            code = self.predictor.predict(self.request(key, marker, attempts))
+            if code is None or code in tried:
+                break
+            self.try_value(key, code, tried)
+        self.scores[key] = {value: score for value, (score, _, _) in tried.items()}
+        best = max(tried, key=lambda value: tried[value][0])  # the first of the best: ties keep the earlier
+        if best == alternative and best != next(iter(tried)):
             self.fallbacks += 1
-            self.pending = second
-        else:
-            self.values[key] = code
-            self.pending = first
+        self.values[key] = best
+        self.pending = tried[best][1]
         return True
 
-    def reach(self, trace: dict, key: str) -> tuple[int, int]:
+    def try_value(self, key: str, code: str, tried: dict) -> None:
+        """Run the values so far with `code` as `key`'s value; record how far it got and, in words,
+        what happened (the feedback for the next value asked)."""
+        self.values[key] = code
+        first = self.run()
+        score, executed = self.reach(first, key)
+        if first["status"] == "error" and not first["_found"].involves_injected:
+            self.errors_on_the_way.append(first["_found"])
+        if score[1] == 0:  # this value failed
+            if first["status"] == "error":
+                error, marker = f"{first.get('error_type')}: {first.get('error')}", first["_frame_marker"]
+            else:
+                error, marker = first.get("error") or first.get("reason"), first.get("marker")
+            feedback = f"{error} (line `{self.line_text(marker).strip()}`)"
+        else:
+            unrun = first_unrun_line(self.instrumented, self.lines, executed)
+            feedback = ran_feedback(len(executed), self.n_lines, unrun)
+        tried[code] = (score, first, feedback)
+
+    def best_lines(self, tried: dict) -> int:
+        return max((score[0] for score, _, _ in tried.values()), default=0)
+
+    def reach(self, trace: dict, key: str) -> tuple[tuple[int, int], set[int]]:
         """`score`, with the lines counted over the run carried on for `lookahead` more values (the
         fallback's): a value that only stops where the next one is asked for is judged by where
-        the run goes after it."""
+        the run goes after it. Also the lines the furthest of those runs executed."""
         lines, rank = self.score(trace, key)
+        executed = trace["_line_set"]
         carried = dict(self.values)
         for _ in range(self.lookahead):
             wanted = trace.get("key")
@@ -339,8 +398,9 @@ class _SelfGuidedLoop:
                 break
             carried[wanted] = guess
             trace = self.run(carried)
-            lines = max(lines, trace["_lines"])
-        return lines, rank
+            if trace["_lines"] > lines:
+                lines, executed = trace["_lines"], trace["_line_set"]
+        return (lines, rank), executed
 
     def refine(self, key: str, message: str, marker, score: tuple[int, int]) -> bool:
         """Another value for `key` after it failed with `message`: the predictor again with the
@@ -425,7 +485,8 @@ class _SelfGuidedLoop:
             self.calls,
             self.retries,
             status,
-            self.errors,
+            self.errors
+            + [e for e in unique_errors(self.errors_on_the_way) if _where(e) not in map(_where, self.errors)],
             dict(self.values),
             seconds,
             note,

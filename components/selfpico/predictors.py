@@ -168,13 +168,22 @@ class LLMPredictor(Predictor):
     uses_feedback = True
 
     def __init__(
-        self, llm, max_tokens: int = 96, fallback: Predictor | None = None, few_shot: bool = True, host_checks: int = 2
+        self,
+        llm,
+        max_tokens: int = 96,
+        fallback: Predictor | None = None,
+        few_shot: bool = True,
+        host_checks: int = 2,
+        candidates: int = 3,
     ):
         self.llm = llm
         self.max_tokens = max_tokens
         self.fallback = fallback  # the value when replies hold none, and after the retries (executor)
         self.few_shot = few_shot
         self.host_checks = host_checks  # replies refused on the host (no value) re-asked at most this often
+        # values asked per new name (the later ones with what the earlier did); the executor runs them
+        # all, with the fallback's, and keeps the one that runs furthest
+        self.candidates = candidates
         self.unparseable_replies = 0
         self.refused_replies = 0
         self.fallback_values = 0
@@ -186,11 +195,8 @@ class LLMPredictor(Predictor):
             for question, answer in zip(_PROMPT_PARTS[1::2], _PROMPT_PARTS[2::2]):
                 messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         messages.append({"role": "user", "content": request_text(request)})
-        for code, error in request.attempts:  # SelfPiCo's feedback: the failed answer and what happened
-            messages += [
-                {"role": "assistant", "content": code},
-                {"role": "user", "content": f"That value failed: {error}\nGive a different value."},
-            ]
+        for code, outcome in request.attempts:  # SelfPiCo's feedback: the earlier answer and what happened
+            messages += [{"role": "assistant", "content": code}, {"role": "user", "content": feedback_turn(outcome)}]
         return messages
 
     def predict(self, request: PredictionRequest) -> str | None:
@@ -215,6 +221,23 @@ class LLMPredictor(Predictor):
             return None
         self.fallback_values += 1
         return self.fallback.predict(request)
+
+
+_RAN = "it ran "  # an outcome that is no failure: how far the value's run got (`ran_feedback`)
+
+
+def ran_feedback(lines: int, total: int, first_unrun: str = "") -> str:
+    """The outcome of a value that did not fail, in words: how many lines ran, and the first that never did."""
+    missed = f"; line `{first_unrun.strip()}` never ran" if first_unrun.strip() else ""
+    return f"{_RAN}{lines} of the {total} lines{missed}"
+
+
+def feedback_turn(outcome: str) -> str:
+    """The user turn after an earlier value (shared by the predictor and the tuning data): its
+    exception and line, or how far its run got (`ran_feedback`)."""
+    if outcome.startswith(_RAN):
+        return f"With that value {outcome}.\nGive a different value that runs more of the code."
+    return f"That value failed: {outcome}\nGive a different value."
 
 
 def request_text(request: PredictionRequest) -> str:

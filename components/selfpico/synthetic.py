@@ -166,6 +166,84 @@ for row in {grid}:
     totals.append(row_total)
 print(max(totals), len(totals), {grid}[0][-1])
 """,
+    # ranges of a number: if / elif / else
+    """
+labels = []
+for {one} in {many}:
+    if {one}["{num}"] < {thr}:
+        labels.append("low")
+    elif {one}["{num}"] < {thr} * 2:
+        labels.append("mid")
+    else:
+        labels.append("high")
+print(labels.count("high"), "of", len(labels))
+""",
+    # text records split on a separator, bad ones skipped
+    """
+parsed = []
+for line in {text}.split("\\n"):
+    parts = line.split("{sep}")
+    if len(parts) != 2:
+        continue
+    name, raw = parts
+    try:
+        parsed.append((name.strip(), float(raw)))
+    except ValueError:
+        print("skipping", name)
+print(sum(v for _, v in parsed))
+""",
+    # lists grouped in a dict with setdefault
+    """
+by_{txt} = {{}}
+for {one} in {many}:
+    by_{txt}.setdefault({one}.{txt}, []).append({one})
+for key, members in sorted(by_{txt}.items()):
+    total = sum(m.{num} for m in members)
+    print(key, len(members), total)
+""",
+    # a while loop consuming a budget
+    """
+spent = 0
+index = 0
+while index < len({many}) and spent + {many}[index] <= {thr}:
+    spent += {many}[index]
+    index += 1
+left = {thr} - spent
+print(index, "taken,", left, "left")
+""",
+    # two lists walked together
+    """
+changes = []
+for old, new in zip({many}, {many2}):
+    delta = new - old
+    if delta:
+        changes.append(delta)
+ratio = len(changes) / max(len({many}), 1)
+print(changes, ratio)
+""",
+    # de-duplication with a set of keys
+    """
+seen = set()
+unique = []
+for {one} in {many}:
+    marker = ({one}["{txt}"], {one}["{num}"])
+    if marker in seen:
+        continue
+    seen.add(marker)
+    unique.append({one})
+print(len({many}) - len(unique), "duplicates")
+""",
+    # a method body validating its argument and updating self
+    """
+if not isinstance({num}, (int, float)):
+    raise TypeError("{num} must be a number")
+if {num} > self.{thr}:
+    self.rejected += 1
+    return False
+self.{store}[{ident}] = {num}
+self.{acc} = sum(self.{store}.values())
+return True
+""",
     # a stack or queue held by self
     """
 if not self.{store}:
@@ -183,9 +261,11 @@ def _fill(template: str, rng: random.Random) -> str:
     many = rng.choice(_COLLECTIONS)
     one = rng.choice(_OBJECTS)
     num, num2 = rng.sample(_NUMERIC_KEYS, 2)
+    many2 = rng.choice([c for c in _COLLECTIONS if c != many])
     return template.format(
         acc=rng.choice(["total", "running", "acc", "sum_value", "balance", "points"]),
         many=many,
+        many2=many2,
         one=one,
         num=num,
         num2=num2,
@@ -202,6 +282,8 @@ def _fill(template: str, rng: random.Random) -> str:
         pairs=rng.choice(["pairs", "totals", "stock_levels", "quantities"]),
         date=rng.choice(["since", "start_date", "from_date", "day"]),
         grid=rng.choice(["grid", "matrix", "table", "board"]),
+        sep=rng.choice([":", "=", ";", "|", "->"]),
+        ident=rng.choice(["user_id", "key", "name", "ident", "slug"]),
     )
 
 

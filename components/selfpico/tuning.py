@@ -23,13 +23,13 @@ import ast
 import json
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from components.checks import ConfigError, at_least
-from components.selfpico.analysis import build_value, describe, parse_any, shape_for
-from components.selfpico.executor import Snippet, run_once
+from components.selfpico.analysis import _STR_METHODS, build_value, describe, parse_any, shape_for, value_class
+from components.selfpico.executor import Snippet, first_unrun_line, run_once
 from components.selfpico.instrument import InstrumentationError, instrument
-from components.selfpico.predictors import LLMPredictor, PredictionRequest, RuleBasedPredictor
+from components.selfpico.predictors import LLMPredictor, PredictionRequest, RuleBasedPredictor, ran_feedback
 from components.selfpico.snippets import package_function_snippets
 from components.selfpico.synthetic import synthetic_snippets
 
@@ -58,10 +58,10 @@ class ValueDataConfig:
             "optparse",
         ]
     )  # package modules to take function bodies from: never the benchmark's (textwrap, difflib, ...)
-    count: int = 32  # function bodies sampled (seeded) from those modules' source
-    synthetic: int = 64  # generated partial-code snippets (records, JSON, objects, method bodies)
+    count: int = 40  # function bodies sampled (seeded) from those modules' source
+    synthetic: int = 96  # generated partial-code snippets (records, JSON, objects, method bodies)
     max_lines: int = 20  # longer bodies make long prompts for a 135M model
-    per_key: int = 6  # candidate values executed per requested value; the most lines executed wins
+    per_key: int = 8  # candidate values executed per requested value; the most lines executed wins
     rollout: int = 2  # further values (rule-based) each candidate's run is carried on for
     seed: int = 0
 
@@ -87,7 +87,7 @@ class SearchedValue:
     request: PredictionRequest
     target: str
     lines: int
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (candidate, what happened), worse ones
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (worse candidate, what happened): feedback turns
 
 
 def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
@@ -99,6 +99,9 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
     attrs = [a for a in shape.attrs if a.isidentifier() and not a.startswith("__")]
     element = build_value(shape.elem, request.name) if shape.elem is not None else "'item'"
     values = [build_value(shape, request.name)]
+    values.append(varied(values[0]))
+    if value_class(shape, request.name) == "str" or shape.elem is not None and shape.elem.methods & _STR_METHODS:
+        values += _literal_texts(request.snippet)
     values += _json_texts(request)
     if keys:
         values.append("{" + ", ".join(f"{k!r}: {build_value(shape.keys[k], k)}" for k in keys) + "}")
@@ -107,7 +110,7 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
             "types.SimpleNamespace(" + ", ".join(f"{a}={build_value(shape.attrs[a], a)}" for a in attrs) + ")"
         )
     values += [
-        f"[{element}, {element}]",
+        f"[{element}, {varied(element)}]",
         "'42'",
         "3",
         "2.5",
@@ -124,6 +127,60 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
         if value not in unique:
             unique.append(value)
     return unique[:limit]
+
+
+def _literal_texts(code: str) -> list[str]:
+    """Text made of the snippet's own short string constants (separators, prefixes, markers: what
+    its string methods and `in` tests look for) between words: on one line, and on lines of their own."""
+    found = []
+    for node in ast.walk(parse_any(code)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and 0 < len(node.value) <= 8:
+            text = node.value
+            if not text.isalnum() and not text.isspace() and text not in found:
+                found.append(text)
+    if not found:
+        return []
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma"]
+    seps = found[:5]
+    one_line = words[0] + "".join(sep + words[i + 1] for i, sep in enumerate(seps))
+    # per constant: a line that starts with it, and one that holds it between two words
+    per_line = "\n".join(f"{sep}{words[i]}\n{words[i]}{sep}{words[i + 1]}" for i, sep in enumerate(seps))
+    return [repr(one_line), repr(per_line)]
+
+
+class _Vary(ast.NodeTransformer):
+    """Other numbers, words and truth values in the same structure (dates and digit strings keep
+    their form): a second element that takes the other side of the code's comparisons."""
+
+    def visit_Constant(self, node: ast.Constant) -> ast.Constant:
+        value = node.value
+        if isinstance(value, bool):
+            return ast.Constant(not value)
+        if isinstance(value, int):
+            return ast.Constant(value * 7 + 3)
+        if isinstance(value, float):
+            return ast.Constant(round(value * 9.5 + 0.25, 2))
+        if isinstance(value, str) and value.isdigit():
+            return ast.Constant(str(int(value) * 7 + 3))
+        if isinstance(value, str) and value.isidentifier():
+            return ast.Constant(value + "_b")
+        return node
+
+    def visit_Dict(self, node: ast.Dict) -> ast.Dict:
+        node.values = [self.visit(v) for v in node.values]  # the keys are what the code reads: they stay
+        return node
+
+    def visit_keyword(self, node: ast.keyword) -> ast.keyword:
+        node.value = self.visit(node.value)
+        return node
+
+
+def varied(code: str) -> str:
+    """`code` (a value built by `build_value`) with its constants changed, not its keys or shape."""
+    try:
+        return ast.unparse(_Vary().visit(ast.parse(code, mode="eval")))
+    except SyntaxError:
+        return code
 
 
 def _json_texts(request: PredictionRequest) -> list[str]:
@@ -160,10 +217,11 @@ def search_values(
     except InstrumentationError:
         return []
     lines = snippet.code.splitlines()
+    n_lines = len(set(instrumented.marker_lines.values()))
     rule = RuleBasedPredictor()
 
-    def executed_lines(trace) -> int:
-        return len({instrumented.marker_lines[m] for m in trace["executed"] if m in instrumented.marker_lines})
+    def executed_lines(trace) -> set[int]:
+        return {instrumented.marker_lines[m] for m in trace["executed"] if m in instrumented.marker_lines}
 
     def line_text(marker) -> str:
         line = instrumented.marker_lines.get(marker)
@@ -175,11 +233,12 @@ def search_values(
         return PredictionRequest(key, snippet.code, line_text(marker), [], usage)
 
     def reach(values: dict[str, str]) -> tuple[int, bool, str]:
-        """Lines the run executes, carried on with rule-based values; whether its first run failed, and how."""
+        """Lines the run executes, carried on with rule-based values; whether its first run failed; what
+        happened, worded as the executor's feedback (the exception and line, or how far it ran)."""
         result, _ = run_once(instrumented, values, sandbox)
         failed = result["status"] in ("error", "bad_value", "no_trace")
         message = ""
-        if failed:  # worded as the executor's feedback: the exception, the line (the traceback's, for an error)
+        if failed:  # the exception, the line (the traceback's, for an error)
             marker = result.get("marker")
             if result["status"] == "error":
                 marker = instrumented.line_markers.get(result.get("snippet_frame_line"), marker)
@@ -192,8 +251,10 @@ def search_values(
                 break
             carried[key] = rule.predict(request_for(key, result.get("marker")))
             result, _ = run_once(instrumented, carried, sandbox)
-            best = max(best, executed_lines(result))
-        return best, failed, message
+            best = max(best, executed_lines(result), key=len)
+        if not failed:
+            message = ran_feedback(len(best), n_lines, first_unrun_line(instrumented, lines, best))
+        return len(best), failed, message
 
     values: dict[str, str] = {}
     found: list[SearchedValue] = []
@@ -208,24 +269,29 @@ def search_values(
             reached, failed, message = reach({**values, key: value})
             scored.append((reached, not failed, -rank, value, message))
         best = max(scored)
-        failures = [(value, message) for reached, _, _, value, message in scored if message and reached < best[0]]
-        found.append(SearchedValue(key, request, best[3], best[0], failures[:2]))
+        worse = [(value, message, ok) for reached, ok, _, value, message in scored if reached < best[0]]
+        # the feedback turns: up to two candidates that failed, and one that ran but not as far
+        failures = [(v, m) for v, m, ok in worse if not ok][:2] + [(v, m) for v, m, ok in worse if ok][:1]
+        found.append(SearchedValue(key, request, best[3], best[0], failures))
         values[key] = best[3]
     return found
 
 
 def value_chats(found: list[SearchedValue]) -> list[list[dict[str, str]]]:
-    """Each searched value as the LLM-guided predictor's zero-shot chat; with a failed candidate,
-    also the feedback turn that leads from it to the target."""
+    """Each searched value as the LLM-guided predictor's zero-shot chat; for each worse candidate,
+    also the feedback turn that leads from it (its exception, or how far it ran) to the target; and
+    with several, all of them in turn, as the executor asks after several values were run."""
     prompt = LLMPredictor(llm=None, few_shot=False)
     chats = []
     for item in found:
         if item.key.startswith("import#"):
             continue  # modules are stubbed by the runtime, not predicted by the model
-        chats.append(prompt.build_messages(item.request) + [{"role": "assistant", "content": item.target}])
-        for failure in item.failures:
+        turns = [[]] + [[failure] for failure in item.failures]
+        if len(item.failures) > 1:
+            turns.append(list(item.failures))
+        for attempts in turns:
             request = PredictionRequest(
-                item.request.key, item.request.snippet, item.request.line, [failure], item.request.usage
+                item.request.key, item.request.snippet, item.request.line, attempts, item.request.usage
             )
             chats.append(prompt.build_messages(request) + [{"role": "assistant", "content": item.target}])
     return chats
@@ -245,10 +311,12 @@ class ValueData:
     def feedback_chats(self) -> int:
         return sum(len(c) > 4 for c in self.chats)
 
-    def provenance(self, modules: list[str]) -> dict:
-        """Where the chats came from, written into the tuned model's tuning.json."""
+    def provenance(self, spec: ValueDataConfig) -> dict:
+        """Where the chats came from, written into the tuned model's tuning.json (with the search's
+        settings: the model can be made again from them)."""
         return {
-            "modules": list(modules),
+            "data": asdict(spec),
+            "modules": list(spec.modules),
             "snippets": self.snippets,
             "values": self.values,
             "chats": len(self.chats),

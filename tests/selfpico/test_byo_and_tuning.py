@@ -12,7 +12,14 @@ from components.selfpico.executor import Snippet, execute_snippet
 from components.selfpico.predictors import PredictionRequest, RuleBasedPredictor
 from components.selfpico.snippets import heldout_snippets, statement_lines, user_snippets
 from components.selfpico.synthetic import synthetic_snippets
-from components.selfpico.tuning import ValueDataConfig, candidates, search_values, tuning_snippets, value_chats
+from components.selfpico.tuning import (
+    ValueDataConfig,
+    candidates,
+    search_values,
+    tuning_snippets,
+    value_chats,
+    varied,
+)
 from mlsys.flow import compose, run
 
 
@@ -92,6 +99,29 @@ def test_value_search_prefers_the_candidate_that_runs_more_lines(sandbox):
     failed_value, failure = found.failures[0]
     assert chats[1][-3]["content"] == failed_value and "int()" in failure
     assert failure in chats[1][-2]["content"] and chats[1][-1]["content"] == found.target
+
+
+def test_a_candidate_that_ran_less_far_teaches_the_value_that_takes_the_branch(sandbox):
+    code = "n = 0\nfor row in rows:\n    if row['size'] > 10:\n        n += 1\nprint(n)\n"
+    [found] = search_values(Snippet("b", code), sandbox, per_key=4)
+    rule = RuleBasedPredictor().predict(PredictionRequest("name#rows", code, ""))
+    assert found.lines == 5 and found.target != rule  # the rule-based rows never enter the `if`
+    [(value, outcome)] = [f for f in found.failures if f[0] == rule]
+    assert outcome == "it ran 4 of the 5 lines; line `n += 1` never ran"
+    chat = next(c for c in value_chats([found]) if c[-3]["content"] == rule)
+    assert "runs more of the code" in chat[-2]["content"] and chat[-1]["content"] == found.target
+
+
+def test_varied_values_keep_keys_and_shape_and_literal_texts_hold_the_codes_separators():
+    value = eval(varied("[{'price': 2, 'name': 'text', 'ok': True, 'day': '2024-01-31'}]"))
+    assert value == [{"price": 17, "name": "text_b", "ok": False, "day": "2024-01-31"}]
+    assert varied("types.SimpleNamespace(size=2)") == "types.SimpleNamespace(size=17)"
+    code = (
+        "for line in text.splitlines():\n    if line.startswith('#'):\n        continue\n    k, v = line.split('=')\n"
+    )
+    texts = [eval(c) for c in candidates(PredictionRequest("name#text", code, ""), limit=8) if c.startswith("'")]
+    lines = [line for text in texts for line in text.splitlines()]
+    assert any(line.startswith("#") for line in lines) and any(line.count("=") == 1 for line in lines)
 
 
 def _three_line_runs(code: str) -> set[tuple[str, ...]]:

@@ -92,6 +92,32 @@ def test_the_value_that_runs_further_is_kept_and_a_tie_keeps_the_llms(sandbox):
     assert report.values["name#label"] == "'fine'"  # both ran to the end: the LLM's value stays
 
 
+def test_more_values_are_asked_with_how_far_the_earlier_ran_and_the_furthest_is_kept(sandbox):
+    code = "n = 0\nfor row in rows:\n    if row['size'] > 10:\n        n += 1\nprint(n)\n"
+    llm = ScriptedLLM(["[{'size': 1}]", "[{'size': 50}]", "[{'size': 99}]"])
+    report = run(sandbox, code, LLMPredictor(llm, fallback=RuleBasedPredictor(), host_checks=0, candidates=3))
+    assert report.coverage == 1.0 and report.values["name#rows"] == "[{'size': 50}]"
+    assert len(llm.requests) == 2  # every line ran with the second value: no third is asked
+    feedback = llm.requests[1][-1]["content"]
+    assert "4 of the 5 lines" in feedback and "`n += 1` never ran" in feedback
+
+
+def test_the_snippets_own_error_met_by_a_value_not_kept_is_still_reported(sandbox):
+    code = "if mode == 'text':\n    print('n: ' + 5)\nprint(mode)\nx = 1\ny = 2\n"
+    llm = ScriptedLLM(["'text'", "'plain'"])
+    report = run(sandbox, code, LLMPredictor(llm, fallback=RuleBasedPredictor(), host_checks=0, candidates=2))
+    assert report.final_status == "ok" and report.values["name#mode"] == "'plain'"
+    [error] = report.errors
+    assert (error.error_type, error.line, error.involves_injected) == ("TypeError", 2, False)
+
+
+def test_one_candidate_keeps_the_first_value_or_the_fallbacks(sandbox):
+    code = "n = 0\nfor row in rows:\n    if row['size'] > 10:\n        n += 1\nprint(n)\n"
+    llm = ScriptedLLM(["[{'size': 1}]", "[{'size': 50}]"])
+    report = run(sandbox, code, LLMPredictor(llm, fallback=RuleBasedPredictor(), host_checks=0, candidates=1))
+    assert len(llm.requests) == 1 and report.coverage == 0.8
+
+
 def test_bad_value_names_the_value_its_attempts_and_exceptions(sandbox):
     llm = ScriptedLLM(["1/0", "undefined_thing()", "int('x')"])
     report = run(sandbox, "print(v)\n", LLMPredictor(llm, host_checks=0), max_retries=2)

@@ -25,6 +25,7 @@ def test_tune_selfpico_flow_saves_registers_and_predicts(prefect_harness, flow_o
     summary = json.loads((folder / "tuning.json").read_text())
     assert all(n.startswith(("model.layers.29.", "model.norm.")) for n in summary["report"]["trained"])
     assert not set(summary["modules"]) & {"textwrap", "difflib", "shlex", "fractions", "statistics", "html"}
+    assert summary["data"]["per_key"] == 2 and summary["data"]["synthetic"] == 1  # how to make it again
     client = MlflowClient(tracking_uri=mlflow_uri)
     assert [v.run_id for v in client.search_model_versions("name='lm-selfpico-demo'")] == [result["run_id"]]
     predictor = LLMPredictor(
