@@ -749,6 +749,56 @@ static inline void rope(const float* in, float* out, const float* c, const float
   }
 }
 
+// One query head over the n cached positions of its kv head: o = softmax(q K^T / sqrt(hd)) V
+// (w: n floats of scratch).
+static void attend_head(const float* q, const float* Kh, const float* Vh, int64_t n, int64_t hd, float scale, float* w,
+                        float* o) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    float dot = 0.f;
+    for (int64_t e = 0; e < hd; ++e) dot += q[e] * Kh[j * hd + e];
+    w[j] = dot * scale;
+    mx = std::max(mx, w[j]);
+  }
+  float total = 0.f;
+  for (int64_t j = 0; j < n; ++j) { w[j] = std::exp(w[j] - mx); total += w[j]; }
+  std::fill(o, o + hd, 0.f);
+  for (int64_t j = 0; j < n; ++j) {
+    const float pj = w[j] / total;
+    for (int64_t e = 0; e < hd; ++e) o[e] += pj * Vh[j * hd + e];
+  }
+}
+
+// One decode position's attention for the torch-path forward (dense matrices: the fp32 copy): rotary
+// on q and k, the cache write, grouped-query attention over the cached positions. At T = 1 this
+// replaces ~20 small torch ops per layer. qkv [1, q+k+v]; cos/sin: position pos's rows [head_dim];
+// kc/vc: one layer's cache [kv_heads, capacity, head_dim].
+torch::Tensor attend_one(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor kc, torch::Tensor vc,
+                         int64_t pos, int64_t heads, int64_t kv_heads) {
+  const int64_t hd = kc.size(2), half = hd / 2, cap = kc.size(1), nq = heads * hd, nkv = kv_heads * hd;
+  TORCH_CHECK(qkv.dtype() == torch::kFloat32 && qkv.is_contiguous() && qkv.numel() == nq + 2 * nkv, "qkv [1, q+k+v]");
+  TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.size(0) == kv_heads && pos < cap, "cache layout");
+  const float* x = qkv.data_ptr<float>();
+  const float* c = cos.data_ptr<float>();
+  const float* s = sin.data_ptr<float>();
+  float* K = kc.data_ptr<float>();
+  float* V = vc.data_ptr<float>();
+  for (int64_t h = 0; h < kv_heads; ++h) {
+    rope(x + nq + h * hd, K + (h * cap + pos) * hd, c, s, half);
+    std::copy(x + nq + nkv + h * hd, x + nq + nkv + (h + 1) * hd, V + (h * cap + pos) * hd);
+  }
+  auto y = torch::empty({1, nq}, qkv.options());
+  const int64_t group = heads / kv_heads;
+  const float scale = 1.f / std::sqrt((float)hd);
+  std::vector<float> q(hd), w(pos + 1);
+  for (int64_t h = 0; h < heads; ++h) {
+    rope(x + h * hd, q.data(), c, s, half);
+    attend_head(q.data(), K + (h / group) * cap * hd, V + (h / group) * cap * hd, pos + 1, hd, scale, w.data(),
+                y.data_ptr<float>() + h * hd);
+  }
+  return y;
+}
+
 // A sense-reversing barrier that spins briefly, then yields. The project runs OpenMP with
 // OMP_WAIT_POLICY=passive (spinning teams starve each other on a shared 2-core machine), which makes
 // every OpenMP barrier a futex sleep and wake-up; a forward has ~8 barriers per layer, and a phase
@@ -855,23 +905,8 @@ class LeanPlan {
         share(T * heads_, [&](int64_t i) {  // query (t, head) over positions 0..pos+t
           const int64_t t = i / heads_, hh = i % heads_, p = pos + t, n = p + 1;
           rope(qkv.data() + t * (nq + 2 * nkv) + hh * hd_, q.data(), cs + p * hd_, sn + p * hd_, half);
-          const float* Kh = Kl + (hh / group) * cap * hd_;
-          const float* Vh = Vl + (hh / group) * cap * hd_;
-          float mx = -INFINITY;
-          for (int64_t j = 0; j < n; ++j) {
-            float dot = 0.f;
-            for (int64_t e = 0; e < hd_; ++e) dot += q[e] * Kh[j * hd_ + e];
-            w[j] = dot * scale;
-            mx = std::max(mx, w[j]);
-          }
-          float total = 0.f;
-          for (int64_t j = 0; j < n; ++j) { w[j] = std::exp(w[j] - mx); total += w[j]; }
-          float* o = att.data() + t * nq + hh * hd_;
-          std::fill(o, o + hd_, 0.f);
-          for (int64_t j = 0; j < n; ++j) {
-            const float pj = w[j] / total;
-            for (int64_t e = 0; e < hd_; ++e) o[e] += pj * Vh[j * hd_ + e];
-          }
+          attend_head(q.data(), Kl + (hh / group) * cap * hd_, Vl + (hh / group) * cap * hd_, n, hd_, scale, w.data(),
+                      att.data() + t * nq + hh * hd_);
         });
         sync();
         if (me == 0) Po.quantize(A, att.data(), T);
@@ -926,6 +961,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The GIL is released inside both: a draft and a target on two Python threads (PEARL) run at once.
   m.def("int_matmul", &int_matmul, py::call_guard<py::gil_scoped_release>());
   m.def("path_supported", &path_supported);
+  m.def("attend_one", &attend_one, py::call_guard<py::gil_scoped_release>());
   py::class_<LeanPlan>(m, "LeanPlan")
       .def(py::init<std::string, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, torch::Tensor,
                     torch::Tensor>())
@@ -950,7 +986,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v14",
+    "quant_int_kernel_v15",
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],

@@ -25,66 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from components.quant import int_kernel
-from components.quant.extension import InlineExtension
 from components.quant.packed_matrix import PackedMatrix
 
-# One decode position's attention in one call (rotary on q and k, the cache write, grouped-query
-# attention over the cached positions): at T = 1 this replaces ~20 small torch ops per layer, which
-# cost more than the layer's matrix products once those run at the memory wall.
-_ATTEND_SOURCE = r"""
-#include <torch/extension.h>
-#include <cmath>
-#include <vector>
-
-torch::Tensor attend_one(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor kc, torch::Tensor vc,
-                         int64_t pos, int64_t heads, int64_t kv_heads) {
-  const int64_t hd = kc.size(2), half = hd / 2, cap = kc.size(1), nq = heads * hd, nkv = kv_heads * hd;
-  TORCH_CHECK(qkv.dtype() == torch::kFloat32 && qkv.is_contiguous() && qkv.numel() == nq + 2 * nkv, "qkv [1, q+k+v]");
-  TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.size(0) == kv_heads && pos < cap, "cache layout");
-  const float* x = qkv.data_ptr<float>();
-  const float* c = cos.data_ptr<float>();
-  const float* s = sin.data_ptr<float>();
-  float* K = kc.data_ptr<float>();
-  float* V = vc.data_ptr<float>();
-  auto rope = [&](const float* in, float* out) {
-    for (int64_t i = 0; i < half; ++i) {
-      out[i] = in[i] * c[i] - in[i + half] * s[i];
-      out[i + half] = in[i + half] * c[i + half] + in[i] * s[i + half];
-    }
-  };
-  for (int64_t h = 0; h < kv_heads; ++h) {
-    rope(x + nq + h * hd, K + (h * cap + pos) * hd);
-    std::copy(x + nq + nkv + h * hd, x + nq + nkv + (h + 1) * hd, V + (h * cap + pos) * hd);
-  }
-  auto y = torch::empty({1, nq}, qkv.options());
-  float* out = y.data_ptr<float>();
-  const int64_t L = pos + 1, group = heads / kv_heads;
-  const float scale = 1.f / std::sqrt((float)hd);
-  std::vector<float> q(hd), w(L);
-  for (int64_t h = 0; h < heads; ++h) {
-    rope(x + h * hd, q.data());
-    const float* Kh = K + (h / group) * cap * hd;
-    const float* Vh = V + (h / group) * cap * hd;
-    float mx = -INFINITY;
-    for (int64_t t = 0; t < L; ++t) {
-      float dot = 0.f;
-      for (int64_t i = 0; i < hd; ++i) dot += q[i] * Kh[t * hd + i];
-      w[t] = dot * scale;
-      mx = std::max(mx, w[t]);
-    }
-    float total = 0.f;
-    for (int64_t t = 0; t < L; ++t) { w[t] = std::exp(w[t] - mx); total += w[t]; }
-    float* o = out + h * hd;
-    for (int64_t i = 0; i < hd; ++i) o[i] = 0.f;
-    for (int64_t t = 0; t < L; ++t) {
-      const float p = w[t] / total;
-      for (int64_t i = 0; i < hd; ++i) o[i] += p * Vh[t * hd + i];
-    }
-  }
-  return y;
-}
-"""
-_ATTEND = InlineExtension("lean_attend_v1", _ATTEND_SOURCE, ["attend_one"], ["-O3"], disable_env="QUANT_INT_KERNEL")
 
 
 class DenseMatrix:
@@ -244,9 +186,9 @@ class LeanLlama:
             logits = plan.forward(x.contiguous(), pos, cache.k, cache.v)
             cache.length = pos + T
             return logits.unsqueeze(0), cache
-        attend = _ATTEND.load() if T == 1 else None
-        if attend is not None:
-            return self._step(x, cache, pos, attend.attend_one)
+        kernels = int_kernel.load() if T == 1 else None
+        if kernels is not None:  # one position: attention in one compiled call per layer
+            return self._step(x, cache, pos, kernels.attend_one)
         for li, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.attn_norm, sh.eps)
             qkv = layer.qkv.matmul(h)
