@@ -220,7 +220,8 @@ class LazyAsyncCheckpointer:
         self.session = session or _agree_on_session(self.world_size)
         self.records: list[CheckpointRecord] = []
         self.pool: HostBufferPool | None = None
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None  # the first failure not yet raised to the caller
+        self._error_lock = threading.Lock()
         self._pending: _Job | None = None
         self._plan: _Plan | None = None  # the last layout, reused while the tensors are the same
         self._last_step: int | None = None
@@ -848,9 +849,12 @@ class LazyAsyncCheckpointer:
         loop()
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
-        if job.error is None:
+        with self._error_lock:
+            if job.error is not None:  # reported once per checkpoint: its other threads then fail too
+                return
             job.error = exc
-        if self._error is None:
+            if self._error is not None:
+                return
             cause = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
             self._error = CheckpointError(
                 f"checkpoint of step {job.step} to {self.directory} failed: {cause}; earlier checkpoints are intact"
