@@ -28,7 +28,6 @@ from components.quant import int_kernel
 from components.quant.packed_matrix import PackedMatrix
 
 
-
 class DenseMatrix:
     """A float32 weight with PackedMatrix's interface (the fp32 reference path)."""
 
