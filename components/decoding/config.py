@@ -59,7 +59,7 @@ class DecodingConfig:
     max_gamma: int = 8  # cap on the measured γ: a long draft wastes work on every rejection
     parallel: bool = True  # draft and target on two workers at once (PEARL); False: same outputs, one thread
     threads: Optional[int] = None  # total torch threads; None: torch's default (the machine's cores)
-    draft_share: float = 0.5  # fraction of the threads the draft worker gets in parallel rounds (none for prompt lookup)
+    draft_share: float = 0.5  # the draft worker's share of the threads in parallel rounds (prompt lookup: none)
 
     def __post_init__(self) -> None:
         one_of("decoding.method", self.method, METHODS)
