@@ -8,10 +8,11 @@ are put back in transformers' order (llama.cpp's converter permutes them for its
 row permutation moves whole rows of codes, nothing is requantized), so the model computes what
 transformers' dequantized copy computes, up to the int8 activations.
 
-`LeanLlama` is the forward: per layer one kernel call for q|k|v (rows stacked), one for o, one for
-gate|up, one for down, and a handful of torch ops (RMSNorm, rotary, SDPA with grouped KV heads)
-on a preallocated KV cache. The same class runs the fp32 copy (`LeanLlama.from_hf`, dense matrices),
-so a speed comparison between the two differs only in the matrix products. Its interface is the
+`LeanLlama` is the forward over q|k|v (rows stacked), o, gate|up and down per layer on a
+preallocated KV cache. Over packed matrices the whole forward is one compiled call
+(`int_kernel.LeanPlan`: norms, products, rotary, attention and the head in one OpenMP region, the GIL
+released); otherwise (the fp32 copy, `LeanLlama.from_hf`, or `fused = False`) it is torch ops (RMSNorm,
+rotary, SDPA with grouped KV heads) around one product per matrix. Its interface is the
 one components/decoding drives: `forward(ids [1, T], cache) -> (logits [1, T, V], cache)`,
 `crop(cache, n)`, `cache_length(cache)`; a cache is a `KVCache` that rolls back by length.
 """
@@ -177,9 +178,6 @@ class LeanLlama:
         x = self.embed.rows(ids).float()
         cos, sin = self.cos[pos : pos + T], self.sin[pos : pos + T]
         nq, nkv, hd = sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim, sh.head_dim
-        mask = None
-        if T > 1:  # query i sees every cached position and the block's positions up to its own
-            mask = torch.arange(pos + T)[None, :] <= (pos + torch.arange(T))[:, None]
         plan = self._compiled_plan()
         if plan is not None:
             logits = plan.forward(x.contiguous(), pos, cache.k, cache.v)
@@ -188,6 +186,9 @@ class LeanLlama:
         kernels = int_kernel.load() if T == 1 else None
         if kernels is not None:  # one position: attention in one compiled call per layer
             return self._step(x, cache, pos, kernels.attend_one)
+        mask = None
+        if T > 1:  # query i sees every cached position and the block's positions up to its own
+            mask = torch.arange(pos + T)[None, :] <= (pos + torch.arange(T))[:, None]
         for li, layer in enumerate(self.layers):
             h = _rms_norm(x, layer.attn_norm, sh.eps)
             qkv = layer.qkv.matmul(h)
