@@ -176,8 +176,6 @@ class LeanLlama:
             raise ValueError(f"{self.name}: {pos + T} positions exceed the context of {sh.max_positions}")
         cache.reserve(pos + T)
         x = self.embed.rows(ids).float()
-        cos, sin = self.cos[pos : pos + T], self.sin[pos : pos + T]
-        nq, nkv, hd = sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim, sh.head_dim
         plan = self._compiled_plan()
         if plan is not None:
             logits = plan.forward(x.contiguous(), pos, cache.k, cache.v)
@@ -186,6 +184,8 @@ class LeanLlama:
         kernels = int_kernel.load() if T == 1 else None
         if kernels is not None:  # one position: attention in one compiled call per layer
             return self._step(x, cache, pos, kernels.attend_one)
+        cos, sin = self.cos[pos : pos + T], self.sin[pos : pos + T]
+        nq, nkv, hd = sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim, sh.head_dim
         mask = None
         if T > 1:  # query i sees every cached position and the block's positions up to its own
             mask = torch.arange(pos + T)[None, :] <= (pos + torch.arange(T))[:, None]
