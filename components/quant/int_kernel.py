@@ -99,21 +99,28 @@ struct Acts {
 static void group_activations(Acts& A, int64_t g) {
   const int64_t sub = g / 32;
   A.G = A.K / g;
-  A.dsc.resize(A.N * A.B); A.gsum.assign(A.N * A.G, 0.f);
+  // 8 floats of padding: the AVX2 row loop reads its metadata 8 groups at a time (the tail masked)
+  A.dsc.resize(A.N * A.B + 8); A.gsum.assign(A.N * A.G + 8, 0.f);
   const float rs = A.res ? 1.f / 256.f : 1.f;
   for (int64_t i = 0; i < A.N * A.B; ++i) A.dsc[i] = A.d[i] * rs;
   for (int64_t n = 0; n < A.N; ++n)
     for (int64_t b = 0; b < A.B; ++b) A.gsum[n * A.G + b / sub] += A.sum[n * A.B + b];
 }
 
-// Fills A (its buffers are reused across calls: the whole-model forward keeps one).
-static void quantize_acts(Acts& A, const float* x, int64_t N, int64_t K, bool need8, bool need4, bool need2, bool residual) {
+// Sizes A's buffers for x [N, K] (they are reused across calls: the whole-model forward keeps one).
+static void size_acts(Acts& A, int64_t N, int64_t K, bool need8, bool need4, bool need2, bool residual) {
   A.N = N; A.K = K; A.B = K / 32; A.res = residual ? N * K : 0;
   const int64_t levels = residual ? 2 : 1;
   A.d.resize(N * A.B); A.sum.resize(N * A.B);
   if (need8) A.a8.resize(levels * N * K);
   if (need4) A.a4.resize(levels * N * K);
   if (need2) A.a2.resize(levels * N * K);
+}
+
+// The scalar quantizer (the portable path; the vector paths compute the same codes, 8 lanes at a time).
+static void quantize_acts_scalar(Acts& A, const float* x, int64_t N, int64_t K, bool need8, bool need4, bool need2, bool residual) {
+  size_acts(A, N, K, need8, need4, need2, residual);
+  const int64_t levels = residual ? 2 : 1;
   int8_t q[2][32];
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t b = 0; b < A.B; ++b) {
@@ -339,6 +346,69 @@ static inline __attribute__((always_inline)) void merged_dot(const uint8_t*& plo
 }
 #endif
 
+// ---- activations -> int8 blocks ----------------------------------------------------------------
+#if defined(ISA_PORTABLE)
+static void quantize_acts(Acts& A, const float* x, int64_t N, int64_t K, bool need8, bool need4, bool need2, bool residual) {
+  quantize_acts_scalar(A, x, N, K, need8, need4, need2, residual);
+}
+#else
+// The scalar quantizer's codes, a block of 32 per step: the same d, 1/d and round-to-nearest-even
+// (only the block's float sum is added in another order). The scalar loop calls nearbyint per
+// element and costs about as much as the product of a short row.
+static void quantize_acts(Acts& A, const float* x, int64_t N, int64_t K, bool need8, bool need4, bool need2, bool residual) {
+  size_acts(A, N, K, need8, need4, need2, residual);
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 top = _mm256_set1_ps(127.f), bottom = _mm256_set1_ps(-127.f);
+  const __m256i natural = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undoes the packs' lane interleave
+  // 4-bit order (evens, then odds) and 2-bit order (position 8 s + j: element 4 j + s), per 128-bit lane
+  const __m256i even_odd = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m256i by_field = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const int64_t levels = residual ? 2 : 1;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t b = 0; b < A.B; ++b) {
+      const float* xb = x + n * K + b * 32;
+      __m256 v[4];
+      for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
+      const __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask), _mm256_and_ps(v[1], absmask)),
+                                      _mm256_max_ps(_mm256_and_ps(v[2], absmask), _mm256_and_ps(v[3], absmask)));
+      __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+      m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+      const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+      const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+      A.d[n * A.B + b] = d;
+      A.sum[n * A.B + b] = hsum(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])));
+      __m256 qf[4];
+      for (int i = 0; i < 4; ++i)
+        qf[i] = _mm256_min_ps(top, _mm256_max_ps(bottom, _mm256_round_ps(_mm256_mul_ps(v[i], _mm256_set1_ps(inv)),
+                                                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+      for (int64_t l = 0; l < levels; ++l) {
+        __m256i q32[4];
+        if (l == 0) {
+          for (int i = 0; i < 4; ++i) q32[i] = _mm256_cvtps_epi32(qf[i]);
+        } else {  // the rounding residual in steps of d / 256 (zero for an all-zero block)
+          const __m256 step = _mm256_set1_ps(amax > 0.f ? 256.f / d : 0.f), dv = _mm256_set1_ps(d);
+          for (int i = 0; i < 4; ++i)
+            q32[i] = _mm256_cvtps_epi32(_mm256_min_ps(top, _mm256_max_ps(bottom, _mm256_round_ps(
+                _mm256_mul_ps(_mm256_sub_ps(v[i], _mm256_mul_ps(dv, qf[i])), step), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))));
+        }
+        const __m256i q8 = _mm256_permutevar8x32_epi32(
+            _mm256_packs_epi16(_mm256_packs_epi32(q32[0], q32[1]), _mm256_packs_epi32(q32[2], q32[3])), natural);
+        const int64_t o = l * N * K + n * K + b * 32;
+        if (need8) _mm256_storeu_si256((__m256i*)(A.a8.data() + o), q8);
+        if (need4)
+          _mm256_storeu_si256((__m256i*)(A.a4.data() + o),
+                              _mm256_permute4x64_epi64(_mm256_shuffle_epi8(q8, even_odd), _MM_SHUFFLE(3, 1, 2, 0)));
+        if (need2)
+          _mm256_storeu_si256((__m256i*)(A.a2.data() + o),
+                              _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(q8, by_field), natural));
+      }
+    }
+  }
+}
+#endif
+
 // ---- one code stream of one row ---------------------------------------------------------------
 // `count` blocks read in stream order from p; block i of the stream is block blocks[i] of the row.
 // U independent accumulators per batch row (U * NB >= 4) hide the FMA latency at small batches.
@@ -514,6 +584,85 @@ static inline __attribute__((always_inline)) void row_setup_masked(const Meta& M
 }
 #endif
 
+
+#if defined(ISA_AVX2)
+// ---- rows of 32-code groups on AVX2 -----------------------------------------------------------
+// The row's metadata is read 8 groups at a time inside the block loop (scales times the activation
+// blocks' d, and the minimum's term), so a short row (K = 576: 18 blocks) makes no separate passes
+// over its metadata and keeps no per-block list. Acts' d and group sums carry 8 floats of padding;
+// a last, partial chunk's minimums are masked.
+static inline __attribute__((always_inline)) void meta8(const Meta& M, int64_t row, int64_t c0, int nb, __m256& sv, __m256& mv) {
+  const int64_t o = row * M.G + c0;
+  // a partial last chunk reads the 8 groups that end where the row does (G >= 8), then moves them down
+  const int64_t at = nb == 8 || c0 < 8 ? o : o + nb - 8;
+  const __m256 one = _mm256_set1_ps(1.f);
+  __m128i sraw, mraw;
+  if (nb == 8 || c0 >= 8) {
+    sraw = M.scale_kind == 0 ? _mm_loadl_epi64((const __m128i*)(M.scale_u8 + at)) : _mm_loadu_si128((const __m128i*)(M.scale_f16 + at));
+    mraw = M.min_kind == 0 ? _mm_loadl_epi64((const __m128i*)(M.min_u8 + at)) : _mm_loadu_si128((const __m128i*)(M.min_f16 + at));
+  } else {  // a row of fewer than 8 groups: copied, so nothing past the matrix is read
+    alignas(16) uint8_t sb[16] = {0}, mb[16] = {0};
+    std::memcpy(sb, M.scale_kind == 0 ? (const void*)(M.scale_u8 + o) : (const void*)(M.scale_f16 + o), nb * (M.scale_kind == 0 ? 1 : 2));
+    std::memcpy(mb, M.min_kind == 0 ? (const void*)(M.min_u8 + o) : (const void*)(M.min_f16 + o), nb * (M.min_kind == 0 ? 1 : 2));
+    sraw = _mm_load_si128((const __m128i*)sb); mraw = _mm_load_si128((const __m128i*)mb);
+  }
+  sv = M.scale_kind == 0
+           ? _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sraw)), one), _mm256_set1_ps(M.scale_base[row]))
+           : _mm256_cvtph_ps(sraw);
+  mv = M.min_kind == 0 ? _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mraw)), _mm256_set1_ps(M.min_base[2 * row + 1]),
+                                         _mm256_set1_ps(M.min_base[2 * row]))
+                       : _mm256_cvtph_ps(mraw);
+  if (nb < 8) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    if (c0 >= 8) {
+      const __m256i from = _mm256_add_epi32(lane, _mm256_set1_epi32(8 - nb));
+      sv = _mm256_permutevar8x32_ps(sv, from); mv = _mm256_permutevar8x32_ps(mv, from);
+    }
+    mv = _mm256_and_ps(mv, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nb), lane)));
+  }
+}
+
+// One row times NB batch rows: out[n] = sum over groups (codes . acts) * s * d + m * group sum.
+// next(c, a) returns group c's 32 codes at their true values and sets a to its activation block
+// (the row's code streams advance inside it).
+template <int DOT, int NB, bool RES, typename Next>
+static inline __attribute__((always_inline)) void row_g32(const Meta& M, int64_t row, int64_t G, const float* __restrict dsc,
+                                                          const float* __restrict gsum, int64_t nblk, int64_t K, int64_t res,
+                                                          Next&& next, float* out) {
+  constexpr int U = NB >= 4 ? 1 : 4 / NB;  // independent accumulators per batch row hide the FMA latency
+  Acc acc[U][NB];
+  MinAcc macc[NB];
+  for (int n = 0; n < NB; ++n) { macc[n] = _mm256_setzero_ps(); for (int u = 0; u < U; ++u) acc_zero(acc[u][n]); }
+  alignas(32) float sd[NB][8];
+  for (int64_t c0 = 0; c0 < G; c0 += 8) {
+    const int nb = (int)std::min<int64_t>(8, G - c0);
+    __m256 sv, mv;
+    meta8(M, row, c0, nb, sv, mv);
+    for (int n = 0; n < NB; ++n) {
+      _mm256_store_ps(sd[n], _mm256_mul_ps(sv, _mm256_loadu_ps(dsc + n * nblk + c0)));
+      macc[n] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(gsum + n * G + c0), macc[n]);
+    }
+    const int8_t* a;
+    int j = 0;
+    for (; j + U <= nb; j += U)
+      for (int u = 0; u < U; ++u) {
+        const __m256i w = next(c0 + j + u, a);
+        codes_acc<DOT, NB, RES>(w, a, K, res, &sd[0][j + u], 8, acc[u]);
+      }
+    for (; j < nb; ++j) {
+      const __m256i w = next(c0 + j, a);
+      codes_acc<DOT, NB, RES>(w, a, K, res, &sd[0][j], 8, acc[0]);
+    }
+  }
+  for (int n = 0; n < NB; ++n) {
+    __m256 v = macc[n];
+    for (int u = 0; u < U; ++u) v = _mm256_add_ps(v, acc[u][n]);
+    out[n] = hsum(v);
+  }
+}
+
+#endif
+
 // NB batch rows of every row of tile t.
 template <int LO, int HI, int NB, bool RES>
 static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, int64_t hi_bytes, const uint8_t* tmap,
@@ -542,6 +691,37 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
       const int64_t i = (row + AHEAD) * G;
       _mm_prefetch((const char*)(M.scale_kind == 0 ? (const void*)(M.scale_u8 + i) : (const void*)(M.scale_f16 + i)), _MM_HINT_T0);
       _mm_prefetch((const char*)(M.min_kind == 0 ? (const void*)(M.min_u8 + i) : (const void*)(M.min_f16 + i)), _MM_HINT_T0);
+    }
+#endif
+#if defined(ISA_AVX2)
+    if (sub == 1 && (merged || !tmap)) {
+      float yr[NB];
+      if (merged) {  // both streams' next blocks expanded, the map bit picks one (see merged_dot)
+        uint64_t bits = 0;
+        auto next = [&](int64_t c, const int8_t*& a) __attribute__((always_inline)) {
+          if ((c & 7) == 0) bits = map_bits(tmap, map_bytes, r * G + c, (int)std::min<int64_t>(8, G - c));
+          const int high = (int)((bits >> (c & 7)) & 1);
+          const __m256i w = select_codes(high, load_true<LO>(std::min(lo, lo_last)), load_true<HI>(std::min(hi, hi_last)));
+          a = (high ? ahi : alo) + c * 32;
+          lo += (1 - high) * (32 * LO / 8); hi += high * (32 * HI / 8);
+          return w;
+        };
+        row_g32<HI, NB, RES>(M, row, G, dsc, gsum, nblk, K, A.res, next, yr);
+      } else if (all_high) {
+        auto next = [&](int64_t c, const int8_t*& a) __attribute__((always_inline)) {
+          a = ahi + c * 32; return load_codes<HI>(hi + c * (32 * HI / 8));
+        };
+        row_g32<HI, NB, RES>(M, row, G, dsc, gsum, nblk, K, A.res, next, yr);
+        hi += nblk * 32 * HI / 8;
+      } else {
+        auto next = [&](int64_t c, const int8_t*& a) __attribute__((always_inline)) {
+          a = alo + c * 32; return load_codes<LO>(lo + c * (32 * LO / 8));
+        };
+        row_g32<LO, NB, RES>(M, row, G, dsc, gsum, nblk, K, A.res, next, yr);
+        lo += nblk * 32 * LO / 8;
+      }
+      for (int n = 0; n < NB; ++n) y[(n0 + n) * out + row] = yr[n];
+      continue;
     }
 #endif
     const int32_t *blo = S.lo.data(), *bhi = S.hi.data();
@@ -654,12 +834,19 @@ typedef void (*RunFn)(int, int, const uint8_t*, int64_t, const uint8_t*, int64_t
                       int64_t, int64_t, int64_t, const Meta&, const Acts&, const int8_t*, const int8_t*, float*, Scratch*,
                       int, int);
 
-static RunFn run_of(const std::string& path) {
+typedef void (*QuantFn)(Acts&, const float*, int64_t, int64_t, bool, bool, bool, bool);
+
+struct Kernel {  // one path's product and activation quantizer
+  RunFn run;
+  QuantFn quantize;
+};
+
+static Kernel kernel_of(const std::string& path) {
   TORCH_CHECK(cpu_has(path), "kernel path ", path, " is not supported by this CPU");
-  if (path == "avx512_vnni") return isa_avx512_vnni::run;
-  if (path == "avx_vnni") return isa_avx_vnni::run;
-  if (path == "avx2") return isa_avx2::run;
-  return isa_portable::run;
+  if (path == "avx512_vnni") return {isa_avx512_vnni::run, isa_avx512_vnni::quantize_acts};
+  if (path == "avx_vnni") return {isa_avx_vnni::run, isa_avx_vnni::quantize_acts};
+  if (path == "avx2") return {isa_avx2::run, isa_avx2::quantize_acts};
+  return {isa_portable::run, isa_portable::quantize_acts};
 }
 
 // One matrix's kernel arguments, checked and converted once (the tensors stay owned by the caller).
@@ -693,18 +880,18 @@ struct Product {
   }
 
   // x [N, in] -> A (int8 blocks in the orders this matrix's streams need)
-  void quantize(Acts& A, const float* x, int64_t N) const {
+  void quantize(const Kernel& k, Acts& A, const float* x, int64_t N) const {
     const bool need2 = bits_lo == 2 || bits_hi == 2, need4 = bits_lo == 4 || bits_hi == 4;
     const bool need8 = bits_lo == 8 || bits_hi == 8;
-    quantize_acts(A, x, N, in, need8, need4, need2, act_levels == 2);
+    k.quantize(A, x, N, in, need8, need4, need2, act_levels == 2);
     group_activations(A, g);
   }
 
   // y = x W^T for the quantized x in A: all of it (S null: opens its own parallel region), or this
   // thread's share `part` of `parts` of the tiles inside the caller's region.
-  void multiply(RunFn run, const Acts& A, float* y, Scratch* S = nullptr, int part = 0, int parts = 1) const {
+  void multiply(const Kernel& k, const Acts& A, float* y, Scratch* S = nullptr, int part = 0, int parts = 1) const {
     auto acts_of = [&](int bits) -> const int8_t* { return bits == 8 ? A.a8.data() : bits == 4 ? A.a4.data() : A.a2.data(); };
-    run(bits_lo, bits_hi, cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, acts_of(bits_lo), acts_of(bits_hi), y, S,
+    k.run(bits_lo, bits_hi, cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, acts_of(bits_lo), acts_of(bits_hi), y, S,
         part, parts);
   }
 };
@@ -715,14 +902,14 @@ torch::Tensor int_matmul(torch::Tensor x, torch::Tensor codes_lo, torch::Tensor 
                          int64_t min_kind, torch::Tensor min_codes, torch::Tensor min_base, std::string path,
                          int64_t act_levels) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(), "x must be contiguous float32 [N, in]");
-  const RunFn run = run_of(path);
+  const Kernel kernel = kernel_of(path);
   const Product P(codes_lo, codes_hi, group_map, all_high, R, g, bits_lo, bits_hi, scale_kind, scale_codes, scale_base,
                   min_kind, min_codes, min_base, act_levels);
   TORCH_CHECK(x.size(1) == P.in, "x has ", x.size(1), " features, the matrix ", P.in, " (groups of ", g, ")");
   auto y = torch::empty({x.size(0), P.out}, x.options());
   Acts A;
-  P.quantize(A, x.data_ptr<float>(), x.size(0));
-  P.multiply(run, A, y.data_ptr<float>());
+  P.quantize(kernel, A, x.data_ptr<float>(), x.size(0));
+  P.multiply(kernel, A, y.data_ptr<float>());
   return y;
 }
 
@@ -820,17 +1007,9 @@ struct SpinBarrier {
   }
 };
 
-class LeanPlan {
+// Matrices added to a compiled caller (LeanPlan, ProductChain): each checked once, its tensors kept.
+class Products {
  public:
-  LeanPlan(std::string path, int64_t layers, int64_t hidden, int64_t inter, int64_t heads, int64_t kv_heads,
-           int64_t head_dim, int64_t vocab, double eps, torch::Tensor cos, torch::Tensor sin)
-      : run_(run_of(path)), L_(layers), H_(hidden), I_(inter), heads_(heads), kvh_(kv_heads), hd_(head_dim),
-        V_(vocab), eps_((float)eps), cos_(cos.contiguous()), sin_(sin.contiguous()) {
-    TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0, "heads must be a multiple of kv_heads, head_dim even");
-    TORCH_CHECK(cos_.dim() == 2 && cos_.size(1) == head_dim && sin_.sizes() == cos_.sizes(), "rotary tables [positions, head_dim]");
-  }
-
-  // Order: per layer q|k|v, o, gate|up, down; then the head.
   void add_matrix(torch::Tensor codes_lo, torch::Tensor codes_hi, torch::Tensor group_map, int64_t all_high,
                   int64_t R, int64_t g, int64_t bits_lo, int64_t bits_hi, int64_t scale_kind, torch::Tensor scale_codes,
                   torch::Tensor scale_base, int64_t min_kind, torch::Tensor min_codes, torch::Tensor min_base,
@@ -841,6 +1020,61 @@ class LeanPlan {
     const Product& P = mats_.back();
     maxG_ = std::max(maxG_, P.G); maxB_ = std::max(maxB_, P.in / 32);
   }
+
+ protected:
+  std::vector<torch::Tensor> keep_;  // owners of every pointer in mats_ (and of the subclasses' weights)
+  std::vector<Product> mats_;
+  int64_t maxG_ = 1, maxB_ = 1;
+};
+
+// Several products of one input in one call and one OpenMP region, each thread taking its share of
+// every product's tiles: how a graph runtime runs several nodes (ONNX Runtime's session.run) and how
+// the whole-model forward calls the kernel, so the threads wake once per call, not once per product.
+class ProductChain : public Products {
+ public:
+  explicit ProductChain(std::string path) : kernel_(kernel_of(path)) {}
+
+  std::vector<torch::Tensor> forward(torch::Tensor x) {
+    TORCH_CHECK(!mats_.empty(), "the chain has no matrices");
+    TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(), "x must be contiguous float32 [N, in]");
+    const Product& first = mats_.front();
+    bool need8 = false, need4 = false, need2 = false;
+    for (const Product& P : mats_) {
+      TORCH_CHECK(P.in == x.size(1) && P.g == first.g && P.act_levels == first.act_levels,
+                  "every matrix of a chain takes x's ", x.size(1), " features, one group size and one act_levels");
+      need8 |= P.bits_lo == 8 || P.bits_hi == 8; need4 |= P.bits_lo == 4 || P.bits_hi == 4;
+      need2 |= P.bits_lo == 2 || P.bits_hi == 2;
+    }
+    const int64_t N = x.size(0);
+    std::vector<torch::Tensor> ys;
+    for (const Product& P : mats_) ys.push_back(torch::empty({N, P.out}, x.options()));
+    Acts A;
+    kernel_.quantize(A, x.data_ptr<float>(), N, first.in, need8, need4, need2, first.act_levels == 2);
+    group_activations(A, first.g);
+#pragma omp parallel num_threads(std::max(1, omp_get_max_threads()))
+    {
+      Scratch S(maxG_, maxB_, 8);
+      const int me = omp_get_thread_num(), n_threads = omp_get_num_threads();
+      for (size_t i = 0; i < mats_.size(); ++i) mats_[i].multiply(kernel_, A, ys[i].data_ptr<float>(), &S, me, n_threads);
+    }
+    return ys;
+  }
+
+ private:
+  Kernel kernel_;
+};
+
+class LeanPlan : public Products {
+ public:
+  LeanPlan(std::string path, int64_t layers, int64_t hidden, int64_t inter, int64_t heads, int64_t kv_heads,
+           int64_t head_dim, int64_t vocab, double eps, torch::Tensor cos, torch::Tensor sin)
+      : kernel_(kernel_of(path)), L_(layers), H_(hidden), I_(inter), heads_(heads), kvh_(kv_heads), hd_(head_dim),
+        V_(vocab), eps_((float)eps), cos_(cos.contiguous()), sin_(sin.contiguous()) {
+    TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0, "heads must be a multiple of kv_heads, head_dim even");
+    TORCH_CHECK(cos_.dim() == 2 && cos_.size(1) == head_dim && sin_.sizes() == cos_.sizes(), "rotary tables [positions, head_dim]");
+  }
+
+  // add_matrix order: per layer q|k|v, o, gate|up, down; then the head.
 
   // Order: per layer the attention norm and the MLP norm; then the final norm.
   void add_norm(torch::Tensor w) {
@@ -890,10 +1124,10 @@ class LeanPlan {
         if (me == 0) {
           if (l > 0) for (int64_t i = 0; i < T * H_; ++i) x[i] += tmp[i];  // the previous layer's MLP output
           rms_norm_rows(x.data(), norms_[2 * l], h.data(), T, H_, eps_);
-          Pqkv.quantize(A, h.data(), T);
+          Pqkv.quantize(kernel_, A, h.data(), T);
         }
         sync();
-        Pqkv.multiply(run_, A, qkv.data(), &S, me, n_threads);
+        Pqkv.multiply(kernel_, A, qkv.data(), &S, me, n_threads);
         sync();
         share(T * kvh_, [&](int64_t i) {  // rotary on k and the cache write of k and v
           const int64_t t = i / kvh_, kh = i % kvh_, p = pos + t;
@@ -909,17 +1143,17 @@ class LeanPlan {
                       att.data() + t * nq + hh * hd_);
         });
         sync();
-        if (me == 0) Po.quantize(A, att.data(), T);
+        if (me == 0) Po.quantize(kernel_, A, att.data(), T);
         sync();
-        Po.multiply(run_, A, tmp.data(), &S, me, n_threads);
+        Po.multiply(kernel_, A, tmp.data(), &S, me, n_threads);
         sync();
         if (me == 0) {
           for (int64_t i = 0; i < T * H_; ++i) x[i] += tmp[i];
           rms_norm_rows(x.data(), norms_[2 * l + 1], h.data(), T, H_, eps_);
-          Pgu.quantize(A, h.data(), T);
+          Pgu.quantize(kernel_, A, h.data(), T);
         }
         sync();
-        Pgu.multiply(run_, A, gu.data(), &S, me, n_threads);
+        Pgu.multiply(kernel_, A, gu.data(), &S, me, n_threads);
         sync();
         if (me == 0) {
           for (int64_t t = 0; t < T; ++t)
@@ -927,45 +1161,45 @@ class LeanPlan {
               const float gate = gu[t * 2 * I_ + i];
               act[t * I_ + i] = gate / (1.f + std::exp(-gate)) * gu[t * 2 * I_ + I_ + i];
             }
-          Pd.quantize(A, act.data(), T);
+          Pd.quantize(kernel_, A, act.data(), T);
         }
         sync();
-        Pd.multiply(run_, A, tmp.data(), &S, me, n_threads);
+        Pd.multiply(kernel_, A, tmp.data(), &S, me, n_threads);
         sync();
       }
       const Product& Ph = mats_[4 * L_];
       if (me == 0) {
         if (L_ > 0) for (int64_t i = 0; i < T * H_; ++i) x[i] += tmp[i];
         rms_norm_rows(x.data(), norms_[2 * L_], h.data(), T, H_, eps_);
-        Ph.quantize(A, h.data(), T);
+        Ph.quantize(kernel_, A, h.data(), T);
       }
       sync();
-      Ph.multiply(run_, A, logits.data_ptr<float>(), &S, me, n_threads);
+      Ph.multiply(kernel_, A, logits.data_ptr<float>(), &S, me, n_threads);
     }
     return logits;
   }
 
  private:
-  RunFn run_;
+  Kernel kernel_;
   int64_t L_, H_, I_, heads_, kvh_, hd_, V_;
   float eps_;
   torch::Tensor cos_, sin_;
-  std::vector<torch::Tensor> keep_;  // owners of every pointer below
-  std::vector<Product> mats_;
-  std::vector<const float*> norms_;
-  int64_t maxG_ = 1, maxB_ = 1;
+  std::vector<const float*> norms_;  // owned by keep_
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
-  // The GIL is released inside both: a draft and a target on two Python threads (PEARL) run at once.
+  // The GIL is released inside these: a draft and a target on two Python threads (PEARL) run at once.
   m.def("int_matmul", &int_matmul, py::call_guard<py::gil_scoped_release>());
   m.def("path_supported", &path_supported);
   m.def("attend_one", &attend_one, py::call_guard<py::gil_scoped_release>());
-  py::class_<LeanPlan>(m, "LeanPlan")
+  py::class_<Products>(m, "Products").def("add_matrix", &Products::add_matrix);
+  py::class_<ProductChain, Products>(m, "ProductChain")
+      .def(py::init<std::string>())
+      .def("forward", &ProductChain::forward, py::call_guard<py::gil_scoped_release>());
+  py::class_<LeanPlan, Products>(m, "LeanPlan")
       .def(py::init<std::string, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, torch::Tensor,
                     torch::Tensor>())
-      .def("add_matrix", &LeanPlan::add_matrix)
       .def("add_norm", &LeanPlan::add_norm)
       .def("forward", &LeanPlan::forward, py::call_guard<py::gil_scoped_release>());
 }
@@ -986,7 +1220,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v15",
+    "quant_int_kernel_v16",
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],

@@ -18,6 +18,7 @@ Built three ways, every one without a float copy of the weight:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -293,3 +294,19 @@ class PackedMatrix:
             f"PackedMatrix({self.out_features}x{self.in_features}, bits {self.bits_low}/{self.bits_high}, "
             f"group {self.group_size}, {self.bits_per_weight():.3f} bits/weight read)"
         )
+
+
+def product_chain(matrices: Sequence[PackedMatrix], path: str | None = None):
+    """A compiled caller of several products of one input: chain.forward(x) -> [x @ W_i.T].
+
+    One call and one OpenMP region for all of them (int_kernel's ProductChain), as a graph runtime
+    runs several nodes or the whole-model forward its layers; the matrices must share the input
+    width, group size and act_levels.
+    """
+    module = int_kernel.load()
+    if module is None:
+        raise RuntimeError(f"integer kernel unavailable: {int_kernel.unavailable_reason()}")
+    chain = module.ProductChain(path or int_kernel.best_path())
+    for matrix in matrices:
+        chain.add_matrix(*matrix.kernel_arguments())
+    return chain

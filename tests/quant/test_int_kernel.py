@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType, quants
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from components.quant import QuantLinear, QuantSpec, int_kernel, quantize_weight, reference_dequantize
-from components.quant.packed_matrix import PackedMatrix
+from components.quant.packed_matrix import PackedMatrix, product_chain
 
 pytestmark = pytest.mark.skipif(
     not int_kernel.available(), reason=f"no C++ toolchain: {int_kernel.unavailable_reason()}"
@@ -142,3 +144,73 @@ def test_quant_linear_int8_mode_is_within_the_bound():
     assert bool(((layer(x) - ref).abs() <= bound + 1e-4).all())
     with pytest.raises(RuntimeError, match="multiple of 32"):
         QuantLinear.from_packed(quantize_weight(w, QuantSpec(group_size=16)), mode="int8")(x)
+
+
+def assert_paths_agree(matrix: PackedMatrix, x: torch.Tensor) -> None:
+    """Every path within the int8 bound, and equal to the portable path up to float summation order
+    (relative to the size of the terms summed: the scale and minimum terms can cancel)."""
+    outs = {path: check_within_bound(matrix, x, path) for path in int_kernel.paths()}
+    terms = float((x.abs() @ matrix.dequantize().abs().t()).max())
+    for path, y in outs.items():
+        torch.testing.assert_close(y, outs["portable"], rtol=1e-5, atol=1e-5 * terms + 1e-6, msg=path)
+
+
+@pytest.mark.parametrize("in_features", [288, 544, 1056])  # 9, 17, 33 groups: a partial last chunk of 8
+@pytest.mark.parametrize("name", ["mixed_2_4_g32", "rtn4_fp16_scales", "mixed_2_8_g32_tile8"])
+def test_rows_whose_groups_end_in_a_partial_chunk(name, in_features):
+    """The AVX2 row loop reads metadata 8 groups at a time; a row's last chunk of 1-7 groups is shifted
+    and masked (groups of 32; the other layouts were covered above)."""
+    w = torch.randn(40, in_features, generator=torch.Generator().manual_seed(in_features)) * 0.05
+    matrix = PackedMatrix.from_quant_linear(QuantLinear.from_packed(quantize_weight(w, SPECS[name])))
+    x = torch.randn(3, in_features, generator=torch.Generator().manual_seed(7))
+    assert_paths_agree(matrix, x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    groups=st.integers(1, 40),
+    tiles=st.integers(1, 3),
+    batch=st.integers(1, 17),
+    bits=st.sampled_from([2, 4]),
+    seed=st.integers(0, 2**16),
+)
+def test_uniform_matrices_of_any_width_agree_on_every_path(groups, tiles, batch, bits, seed):
+    gen = torch.Generator().manual_seed(seed)
+    matrix = PackedMatrix.quantize_asymmetric(torch.randn(16 * tiles, 32 * groups, generator=gen), bits)
+    x = torch.randn(batch, 32 * groups, generator=gen) * torch.rand(1, 32 * groups, generator=gen) * 10
+    assert_paths_agree(matrix, x)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_chain_of_products_equals_its_products_one_by_one(threads):
+    gen = torch.Generator().manual_seed(11)
+    w = torch.randn(48, 576, generator=gen) * 0.05
+    matrices = [
+        PackedMatrix.from_quant_linear(QuantLinear.from_packed(quantize_weight(w, SPECS["mixed_2_4_g32"]))),
+        PackedMatrix.quantize_asymmetric(w, 4),
+        PackedMatrix.quantize_asymmetric(w[:16], 2),
+    ]
+    x = torch.randn(3, 576, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ys = product_chain(matrices).forward(x)
+    finally:
+        torch.set_num_threads(before)
+    assert [tuple(y.shape) for y in ys] == [(3, 48), (3, 48), (3, 16)]
+    for matrix, y in zip(matrices, ys):
+        assert torch.equal(y, matrix.matmul(x))
+
+
+def test_a_chain_refuses_mismatched_matrices():
+    chain = product_chain([PackedMatrix.quantize_asymmetric(torch.randn(16, 64), 4)])
+    with pytest.raises(RuntimeError, match="x's 32 features"):
+        chain.forward(torch.randn(1, 64)[:, :32].contiguous())
+    mixed_widths = product_chain(
+        [
+            PackedMatrix.quantize_asymmetric(torch.randn(16, 64), 4),
+            PackedMatrix.quantize_asymmetric(torch.randn(16, 96), 4),
+        ]
+    )
+    with pytest.raises(RuntimeError, match="every matrix of a chain"):
+        mixed_widths.forward(torch.randn(1, 64))
