@@ -149,6 +149,7 @@ class _Job:
     opened: threading.Lock = field(default_factory=threading.Lock)
     fd: int | None = None
     fd_direct: int | None = None
+    retired_fds: list[int] = field(default_factory=list)  # direct handles given up mid-write: closed at commit
     error: BaseException | None = None
     crc: dict = field(default_factory=dict)
     pool: Any = None  # the host buffer its pieces were staged in
@@ -184,7 +185,7 @@ class LazyAsyncCheckpointer:
         host_buffer_bytes: int | None = None,
         buffer_slots: int = 1,
         flush_threads: int = 2,
-        chunk_bytes: int = 4 << 20,
+        chunk_bytes: int = 16 << 20,
         fsync: bool = True,
         checksum: bool = False,
         rank: int | None = None,
@@ -689,6 +690,16 @@ class LazyAsyncCheckpointer:
                 raise
         os.ftruncate(fd, job.file_size)  # the vote's size, whatever the last tensor's length
 
+    def _give_up_direct_io(self, job: _Job, fd: int) -> None:
+        """Write the rest of the job (and later jobs) buffered. The direct handle is not closed here:
+        another flush thread may be inside a pwritev on it, and a closed number can be reused by the
+        next open, which would then receive that thread's bytes. The commit closes it."""
+        with job.opened:
+            if job.fd_direct == fd:
+                job.fd_direct = None
+                job.retired_fds.append(fd)
+            self.direct_io = job.record.direct_io = False
+
     def _no_space(self, needed: int) -> CheckpointError:
         st = os.statvfs(self.directory)
         return CheckpointError(
@@ -706,9 +717,8 @@ class LazyAsyncCheckpointer:
             try:
                 written = os.pwritev(fd, pending, offset)
             except OSError as exc:
-                if exc.errno == errno.EINVAL and fd == job.fd_direct:  # alignment the file system refuses
-                    job.fd_direct, self.direct_io, job.record.direct_io = None, False, False
-                    os.close(fd)
+                if exc.errno == errno.EINVAL and fd != job.fd:  # alignment the file system refuses
+                    self._give_up_direct_io(job, fd)
                     continue
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise self._no_space(job.file_size + len(job.skeleton)) from exc
@@ -734,16 +744,18 @@ class LazyAsyncCheckpointer:
             try:
                 job.snapshot_done.wait()
                 if job.error is None:
-                    self._persist_and_vote(job)
+                    vote = self._persist_and_vote(job)
                     if self.rank == 0:
-                        self._commit(job)
+                        self._commit(job, vote)
                         self._apply_retention()
                     job.record.durable_s = time.perf_counter() - job.record.requested_at
                     job.record.path = str(job.final_dir)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(job, exc)
             finally:
-                for fd in (job.fd, job.fd_direct):
+                # Every write of the job has returned by now (it is queued for commit once all its
+                # pieces are done), so no flush thread can still be using these handles.
+                for fd in (job.fd, job.fd_direct, *job.retired_fds):
                     if fd is not None:
                         os.close(fd)
                 if job.error is not None and self.rank == 0:
@@ -752,11 +764,15 @@ class LazyAsyncCheckpointer:
                     self._inflight -= 1
                     self._inflight_cond.notify_all()
 
-    def _persist_and_vote(self, job: _Job) -> None:
+    def _persist_and_vote(self, job: _Job) -> dict:
+        """Make this rank's shard and state durable and vote for the checkpoint; returns the vote.
+        A single rank keeps its vote in memory (it goes into COMMIT): one file and two fsyncs fewer
+        per checkpoint, the commit thread's system calls being CPU time taken from the training."""
         if self.fsync:
-            os.fsync(job.fd)
-        state_path = job.tmp_dir / layout.state_name(self.rank)
-        layout.write_durable(state_path, job.skeleton)
+            os.fdatasync(job.fd)  # data and size: all a reader needs (no mtime flush)
+        # The folder is not visible under its final name before the commit, so the state file is
+        # written in place (no temporary name and rename): only the COMMIT decides what is read.
+        _write_file(job.tmp_dir / layout.state_name(self.rank), job.skeleton, self.fsync)
         vote = {
             "rank": self.rank,
             "step": job.step,
@@ -767,32 +783,30 @@ class LazyAsyncCheckpointer:
         if self.checksum:
             vote["shard_crc"] = {str(k): v for k, v in sorted(job.crc.items())}
             vote["state_crc"] = zlib.crc32(job.skeleton)
+        if self.world_size == 1:  # rank 0's fsync of the folder after COMMIT covers shard and state
+            return vote
         if self.fsync:  # shard and state entries are durable before this rank votes
             layout.fsync_dir(job.tmp_dir)
         # The vote goes last. Rank 0 may rename the folder as soon as it sees the vote, so the
         # directory entry of the vote is made durable by rank 0's fsync of the folder (_commit).
         layout.write_durable(job.tmp_dir / layout.vote_name(self.rank), json.dumps(vote).encode())
+        return vote
 
-    def _commit(self, job: _Job) -> None:
+    def _commit(self, job: _Job, own_vote: dict) -> None:
         """Rank 0: wait for every rank's vote, then COMMIT and rename atomically (two-phase)."""
-        deadline = time.monotonic() + self.commit_timeout_s
-        votes = [job.tmp_dir / layout.vote_name(r) for r in range(self.world_size)]
-        while not all(v.exists() for v in votes):
-            if time.monotonic() > deadline:
-                missing = [v.name for v in votes if not v.exists()]
-                raise CheckpointError(
-                    f"step {job.step}: ranks did not commit within {self.commit_timeout_s} s (missing {missing})"
-                )
-            time.sleep(0.01)
+        if self.world_size == 1:
+            votes = [own_vote]
+        else:
+            votes = self._collect_votes(job)
         commit = {
             "step": job.step,
             "world_size": self.world_size,
             "session": self.session,
-            "votes": [json.loads(v.read_text()) for v in votes],
+            "votes": votes,
             "committed_at": time.time(),
         }
-        layout.write_durable(job.tmp_dir / layout.COMMIT_FILE, json.dumps(commit).encode())
-        if self.fsync:  # every vote and the COMMIT marker are durable before the rename publishes them
+        _write_file(job.tmp_dir / layout.COMMIT_FILE, json.dumps(commit).encode(), self.fsync)
+        if self.fsync:  # shards, states, votes and the COMMIT marker are durable before the rename publishes them
             layout.fsync_dir(job.tmp_dir)
         if job.final_dir.exists():  # a checkpoint of this step from an earlier run: replace it
             stale = job.final_dir.with_name(job.final_dir.name + f".old-{self.session}")
@@ -803,6 +817,18 @@ class LazyAsyncCheckpointer:
             layout.fsync_dir(self.directory)
         if _valid_commit(job.final_dir) is None:  # what the loader checks, checked once by the writer
             raise CheckpointError(f"{job.final_dir} was written but does not validate as a committed checkpoint")
+
+    def _collect_votes(self, job: _Job) -> list[dict]:
+        deadline = time.monotonic() + self.commit_timeout_s
+        votes = [job.tmp_dir / layout.vote_name(r) for r in range(self.world_size)]
+        while not all(v.exists() for v in votes):
+            if time.monotonic() > deadline:
+                missing = [v.name for v in votes if not v.exists()]
+                raise CheckpointError(
+                    f"step {job.step}: ranks did not commit within {self.commit_timeout_s} s (missing {missing})"
+                )
+            time.sleep(0.01)
+        return [json.loads(v.read_text()) for v in votes]
 
     def _apply_retention(self) -> None:
         committed = list_checkpoints(self.directory)
@@ -906,6 +932,19 @@ def _compose_edges(run: _Piece, header: bytes) -> None:
             ctypes.memmove(base + offset, src, nbytes)
         else:  # a device tensor's bytes
             run.host[offset : offset + nbytes].copy_(src)
+
+
+def _write_file(path: Path, data: bytes, durable: bool) -> None:
+    """Write a small file inside a checkpoint's temporary folder, fdatasync'd when `durable`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _ema(old: float | None, new: float, weight: float = 0.5) -> float:
