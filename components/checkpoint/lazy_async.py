@@ -77,6 +77,8 @@ class _Piece:
     lazy: bool = False  # may be read from the live tensor (optimizer-owned, whole blocks)
     region: Region | None = None  # host-buffer region (edges, eager and copied pieces)
     host: torch.Tensor | None = None  # uint8 view of that region
+    host_bytes: memoryview | None = None  # the same bytes, as the write takes them
+    live_bytes: memoryview | None = None  # src's bytes (CPU tensors), from the plan
     edges: list = field(default_factory=list)  # edge runs: (offset in the run, source address or tensor, bytes)
     shared: _Shared | None = None  # a region staged together with other pieces
 
@@ -90,7 +92,9 @@ class _Plan:
     header: bytes
     data_start: int
     file_size: int
-    pieces: list = field(default_factory=list)  # (EDGES/LAZY/EAGER, file offset, nbytes, edges or source view)
+    pieces: list = field(
+        default_factory=list
+    )  # (EDGES/LAZY/EAGER, file offset, nbytes, edges or source view, its bytes)
     largest: int = 0  # the largest host-buffer allocation a checkpoint with this plan makes
     sources: list = field(default_factory=list)  # each tensor's bytes: edges hold their addresses
 
@@ -334,13 +338,17 @@ class LazyAsyncCheckpointer:
                 tensor_edges.append((hi, end, raw, f))
             for a in range(lo, hi, self.chunk_bytes):
                 b = min(hi, a + self.chunk_bytes)
-                chunks.append((EAGER if eager else LAZY, a, b - a, raw[a - f : b - f]))
+                src = raw[a - f : b - f]
+                # The memoryview is made once per plan: per write it would cost Python in a thread
+                # that shares the GIL with the training.
+                live = memoryview(src.numpy()) if src.device.type == "cpu" else None
+                chunks.append((EAGER if eager else LAZY, a, b - a, src, live))
         runs: list[list] = []
         for a, b in sorted(edges):  # adjacent edge blocks are written together
             if runs and runs[-1][1] + runs[-1][2] == a:
                 runs[-1][2] = b - runs[-1][1]
             else:
-                runs.append([EDGES, a, b - a, []])
+                runs.append([EDGES, a, b - a, [], None])
         starts = [run[1] for run in runs]
         for a, b, raw, f in tensor_edges:  # each edge: (offset in its run, source, bytes)
             run = runs[bisect.bisect_right(starts, a) - 1]
@@ -348,8 +356,8 @@ class LazyAsyncCheckpointer:
             run[3].append((a - run[1], src.data_ptr() if src.device.type == "cpu" else src, b - a))
         plan.pieces = sorted([tuple(r) for r in runs] + chunks, key=lambda p: p[1])
         plan.largest = max(
-            [n for kind, _, n, _ in chunks if kind == LAZY]
-            + [sum(r[2] for r in runs), sum(n for kind, _, n, _ in chunks if kind == EAGER)]
+            [n for kind, _, n, *_ in chunks if kind == LAZY]
+            + [sum(r[2] for r in runs), sum(n for kind, _, n, *_ in chunks if kind == EAGER)]
         )
 
     @staticmethod
@@ -357,12 +365,12 @@ class LazyAsyncCheckpointer:
         """This checkpoint's pieces from the plan: sets `job.pieces` and `job.lazy`; returns the
         edge runs and the eager pieces, which save() stages."""
         runs, eager = [], []
-        for kind, offset, nbytes, extra in plan.pieces:
+        for kind, offset, nbytes, extra, live in plan.pieces:
             if kind == EDGES:
                 piece = _Piece(offset, nbytes, edges=extra)
                 runs.append(piece)
             else:
-                piece = _Piece(offset, nbytes, src=extra, lazy=kind == LAZY)
+                piece = _Piece(offset, nbytes, src=extra, lazy=kind == LAZY, live_bytes=live)
                 (job.lazy if kind == LAZY else eager).append(piece)
             job.pieces.append(piece)
         job.back = len(job.lazy) - 1
@@ -478,6 +486,7 @@ class LazyAsyncCheckpointer:
             host.zero_()
         for piece in pieces:
             piece.shared, piece.host = shared, host[offset : offset + piece.nbytes]
+            piece.host_bytes = job.pool.bytes_of(shared.region, offset, piece.nbytes)
             offset += piece.nbytes
             if job.error is None:
                 try:
@@ -512,6 +521,7 @@ class LazyAsyncCheckpointer:
         for piece in pieces:
             piece.region = job.pool.allocate(piece.nbytes)
             piece.host = job.pool.view(piece.region)
+            piece.host_bytes = job.pool.bytes_of(piece.region, 0, piece.nbytes)
             if job.error is None:
                 try:
                     if piece.src.device.type == "cuda":
@@ -565,7 +575,7 @@ class LazyAsyncCheckpointer:
             self._copy(job, todo)
 
     # ---------------------------------------------------------------- flush
-    def _next_batch(self) -> tuple[_Job, list[_Piece]] | None:
+    def _next_batch(self) -> tuple[_Job, list[_Piece], int] | None:
         """Under self._cond: the oldest checkpoint's first run of consecutive pieces that can be
         written now (staged in the host buffer, or read live while the step is not due), up to
         chunk_bytes: one system call writes them all, so small tensors cost no Python each."""
@@ -593,7 +603,7 @@ class LazyAsyncCheckpointer:
                         job.new_bytes -= piece.nbytes
                     else:
                         piece.state = WRITING
-                return job, batch
+                return job, batch, nbytes
         return None
 
     def _flush_loop(self) -> None:
@@ -603,25 +613,24 @@ class LazyAsyncCheckpointer:
                     if self._stopping:
                         return
                     self._cond.wait()
-            job, batch = item
-            with self._cond:
+                job, batch, nbytes = item
                 if not job.writes_in_flight:
                     job.writes_since = time.perf_counter()
                 job.writes_in_flight += 1
             try:
                 if job.error is None:
                     self._open(job)
-                    self._write(job, batch)
+                    self._write(job, batch, nbytes)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(job, exc)
-            released, nbytes = [], sum(p.nbytes for p in batch)
+            released = []
             with self._cond:
                 for piece in batch:
                     if piece.state == LIVE:
                         job.busy -= 1
                         job.record.live_bytes += piece.nbytes
                     piece.state = DONE
-                    piece.src = None  # drop the reference to the live tensor
+                    piece.src = piece.live_bytes = piece.host_bytes = None  # drop the references to the memory
                     if piece.region is not None:
                         released.append(piece.region)
                     elif piece.shared is not None:
@@ -707,10 +716,10 @@ class LazyAsyncCheckpointer:
             f"checkpoint needs {needed / 1e6:.1f} MB"
         )
 
-    def _write(self, job: _Job, batch: list[_Piece]) -> None:
+    def _write(self, job: _Job, batch: list[_Piece], nbytes: int) -> None:
         """Write consecutive pieces with one pwritev (each from the host buffer or its live tensor)."""
-        views = [memoryview((p.host if p.host is not None else p.src).numpy()) for p in batch]
-        offset, left = batch[0].file_offset, sum(p.nbytes for p in batch)
+        views = [p.host_bytes if p.host_bytes is not None else _live_bytes(p) for p in batch]
+        offset, left = batch[0].file_offset, nbytes
         pending = list(views)
         while left:
             fd = job.fd_direct if job.fd_direct is not None else job.fd
@@ -726,7 +735,7 @@ class LazyAsyncCheckpointer:
             if written <= 0:
                 raise OSError(f"pwritev wrote {written} of {left} bytes at {offset}")
             offset, left = offset + written, left - written
-            while written:  # drop what was written; a partly written view goes on from where it stopped
+            while written and left:  # drop what was written; a partly written view goes on from where it stopped
                 head = pending[0]
                 if written >= len(head):
                     written -= len(head)
@@ -945,6 +954,10 @@ def _write_file(path: Path, data: bytes, durable: bool) -> None:
             os.fdatasync(fd)
     finally:
         os.close(fd)
+
+
+def _live_bytes(piece: _Piece) -> memoryview:
+    return piece.live_bytes if piece.live_bytes is not None else memoryview(piece.src.numpy())
 
 
 def _ema(old: float | None, new: float, weight: float = 0.5) -> float:
