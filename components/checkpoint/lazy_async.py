@@ -55,6 +55,7 @@ BLOCK = 4096  # direct I/O granularity: every write covers whole blocks at block
 COPY_POLICIES = ("at_step", "just_in_time", "ahead")
 NEW, LIVE, COPYING, HOST, WRITING, DONE = range(6)  # a piece's life: read live, or copied to the host buffer first
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one pwritev may take
+_datasync = getattr(os, "fdatasync", os.fsync)  # data and size, all a reader needs (no mtime flush)
 EDGES, LAZY, EAGER = range(3)  # planned pieces: edge runs and eager pieces are staged at save(), lazy ones read later
 
 
@@ -92,9 +93,7 @@ class _Plan:
     header: bytes
     data_start: int
     file_size: int
-    pieces: list = field(
-        default_factory=list
-    )  # (EDGES/LAZY/EAGER, file offset, nbytes, edges or source view, its bytes)
+    pieces: list = field(default_factory=list)  # (kind, file offset, nbytes, edges or source, its bytes)
     largest: int = 0  # the largest host-buffer allocation a checkpoint with this plan makes
     sources: list = field(default_factory=list)  # each tensor's bytes: edges hold their addresses
 
@@ -778,7 +777,7 @@ class LazyAsyncCheckpointer:
         A single rank keeps its vote in memory (it goes into COMMIT): one file and two fsyncs fewer
         per checkpoint, the commit thread's system calls being CPU time taken from the training."""
         if self.fsync:
-            os.fdatasync(job.fd)  # data and size: all a reader needs (no mtime flush)
+            _datasync(job.fd)
         # The folder is not visible under its final name before the commit, so the state file is
         # written in place (no temporary name and rename): only the COMMIT decides what is read.
         _write_file(job.tmp_dir / layout.state_name(self.rank), job.skeleton, self.fsync)
@@ -951,7 +950,7 @@ def _write_file(path: Path, data: bytes, durable: bool) -> None:
         while view:
             view = view[os.write(fd, view) :]
         if durable:
-            os.fdatasync(fd)
+            _datasync(fd)
     finally:
         os.close(fd)
 
