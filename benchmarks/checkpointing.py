@@ -17,8 +17,13 @@ the lazy checkpointer measure its choices against each other: `lazy_async_copy_j
 in a background thread what the flush will not reach before the next step (predicted from its
 measured bandwidth and the window) and `lazy_async_copy_ahead` the whole state at once (instead of
 only what is left when the step is due, in the step's own pre-hook), `lazy_async_buffered_io` writes
-through the page cache (instead of O_DIRECT), and `lazy_async_normal_priority` runs its threads at
-the training's priority (instead of nice +10).
+through the page cache (instead of O_DIRECT), `lazy_async_normal_priority` runs its threads at
+the training's priority (instead of nice +10), and `lazy_async_4mb_writes` writes at most 4 MB per
+system call (instead of 16 MB).
+
+Every ratio is paired within a round (a round: one k in one repeat, every method once, back to back):
+a method's time over the same round's compute-only time and bound, lazy_async over the fastest
+baseline of the same round; the targets are the medians of these ratios over the rounds.
 The same checkpointer also runs on 2 gloo ranks (each writes its shard, two-phase commit, bitwise
 restore of both ranks).
 
@@ -63,6 +68,7 @@ LAZY_VARIANTS = {  # name -> LazyAsyncCheckpointer options
     "lazy_async_copy_ahead": {"copy_policy": "ahead"},
     "lazy_async_buffered_io": {"direct_io": False},
     "lazy_async_normal_priority": {"thread_nice": 0},
+    "lazy_async_4mb_writes": {"chunk_bytes": 4 << 20},
 }
 METHODS = ["none", *BASELINES, *LAZY_VARIANTS]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -481,9 +487,10 @@ def main(argv=None) -> None:
     for rep in range(repeats):
         for ki, k in enumerate(ks):
             bw = {"direct": write_bandwidth(folder, nbytes, True), "buffered": write_bandwidth(folder, nbytes, False)}
-            bandwidth.append(bw)
             shift = (rep * len(ks) + ki) % len(methods)
-            for name in methods[shift:] + methods[:shift]:  # rotated: no method always first
+            order = methods[shift:] + methods[:shift]  # rotated: no method always first
+            bandwidth.append({**bw, "rep": rep, "k": k, "order": order})
+            for name in order:
                 result = run_one(name, k, iters, model, optimizer, iteration, folder / name, device)
                 runs[name][str(k)].append(result)
                 print(
@@ -517,17 +524,19 @@ def report(
     args: argparse.Namespace,
     final: bool,
 ) -> None:
-    """Medians over repeats, the bound per k, ratios and targets; written after every round."""
+    """Per-round paired ratios, their medians over the rounds, the bound per k and the targets;
+    written after every round."""
     nbytes = setup["checkpoint_bytes"]
     done_ks = [k for k in ks if all(runs[m][str(k)] for m in runs)]
     if not done_ks:
         return
-    best_bw = max(_median([b["direct"] for b in bandwidth]), _median([b["buffered"] for b in bandwidth]))
     summary = _medians(runs, done_ks)
-    bounds = {k: _bound(summary, k, nbytes, best_bw) for k in map(str, done_ks)}
+    rounds = {k: _paired_rounds(runs, k, nbytes, bandwidth) for k in map(str, done_ks)}
+    bounds = {k: _bound(rounds[k]) for k in map(str, done_ks)}
     for k in map(str, done_ks):
-        _add_overheads(summary, k, nbytes, bounds[k]["bound_s"])
-    ratios = {k: _ratios(summary, k, bounds[k]["bound_s"]) for k in map(str, done_ks)}
+        _add_overheads(summary, k, nbytes, rounds[k])
+    ratios = {k: _ratios(summary, k, rounds[k]) for k in map(str, done_ks)}
+    unpaired = _unpaired(runs, summary, done_ks, nbytes, bandwidth)
     targets = _targets(summary, ratios, done_ks, dist)
     results = {
         **setup,
@@ -541,12 +550,22 @@ def report(
         "bounds": bounds,
         "summary": summary,
         "ratios": ratios,
+        "rounds": rounds,
+        "unpaired": unpaired,
         "runs": runs,
         "distributed": dist,
         "fairness": "same model, AdamW state, data and threads for every method; every method fsyncs; every round "
-        "runs every method once, rotated order; medians over the rounds",
-        "notes": f"shared machine ({os.cpu_count()} cores): compare ratios within this run; load at start/end "
-        "recorded. On a CPU the flush and any host copy share the training's 2 cores and memory bandwidth.",
+        "runs every method once, rotated order",
+        "notes": f"shared machine ({os.cpu_count()} cores), load at start/end recorded. A round is one k in one "
+        "repeat: every method once, back to back (about a minute and a half). The run without checkpoints "
+        "drifts by tens of percent between rounds on this machine, more than the differences measured, so every "
+        "ratio is paired: a method's end-to-end time over the same round's compute-only ('none') time, over that "
+        "round's bound max(compute-only, checkpoints x bytes / the fsync'd bandwidth measured just before the "
+        "round), and lazy_async over the fastest baseline of the same round; the targets are the medians of "
+        "these per-round ratios (`rounds` holds every one). Pooling the compute-only runs of all ks (compute does "
+        "not depend on k) gives more samples but pairs a method with runs minutes away, so it is only reported "
+        "for comparison (`unpaired`: medians of absolute times, their ratios, the compute-only spread). "
+        "On a CPU the flush and any host copy share the training's 2 cores and memory bandwidth.",
     }
     partial_args = args if final else argparse.Namespace(**{**vars(args), "no_mlflow": True})
     figure = _plot(summary, bounds, done_ks, nbytes, setup["model"])
@@ -567,48 +586,101 @@ def _medians(runs: dict, done_ks: list[int]) -> dict[str, dict[str, dict]]:
     return summary
 
 
-def _bound(summary: dict, k: str, nbytes: int, best_bw: float) -> dict:
-    """The physical bound at k: max(compute-only time, bytes written / the folder's write bandwidth)."""
-    compute = summary["none"][k]["end_to_end_s"]
-    n_ckpt = summary["lazy_async"][k]["checkpoints"]
-    disk = n_ckpt * nbytes / best_bw
+def _paired_rounds(runs: dict, k: str, nbytes: int, bandwidth: list[dict]) -> list[dict]:
+    """Every round at k: its compute-only time, bandwidth, bound, and each method's time over them."""
+    rows = []
+    measured = [b for b in bandwidth if str(b.get("k")) == k]
+    for i, none in enumerate(runs["none"][k]):
+        bw = measured[i] if i < len(measured) else {}
+        best_bw = max((v for v in (bw.get("direct"), bw.get("buffered")) if v is not None and v == v), default=None)
+        n_ckpt = runs["lazy_async"][k][i]["checkpoints"]
+        compute = none["end_to_end_s"]
+        disk = n_ckpt * nbytes / best_bw if best_bw else float("nan")
+        bound = max(compute, disk) if disk == disk else compute
+        e2e = {m: runs[m][k][i]["end_to_end_s"] for m in runs}
+        others = {m: e2e[m] for m in BASELINES if m in e2e}
+        best_other = min(others, key=others.get) if others else None
+        rows.append(
+            {
+                "round": i,
+                "compute_only_s": compute,
+                "disk_s": disk,
+                "bound_s": bound,
+                "checkpoints": n_ckpt,
+                "write_bandwidth_gbps": best_bw / 1e9 if best_bw else float("nan"),
+                "best_other": best_other,
+                "lazy_async_vs_best_other": e2e["lazy_async"] / others[best_other] if others else float("nan"),
+                "vs_no_checkpoint": {m: e2e[m] / compute for m in e2e if m != "none"},
+                "vs_bound": {m: e2e[m] / bound for m in e2e if m != "none"},
+                "steady_overhead_per_iter_s": {
+                    m: (runs[m][k][i]["loop_s"] - none["loop_s"]) / none["iters"] for m in e2e if m != "none"
+                },
+            }
+        )
+    return rows
+
+
+def _bound(rounds: list[dict]) -> dict:
+    """The physical bound at k, max(compute-only time, bytes written / the folder's write bandwidth),
+    per round; the medians over the rounds."""
     return {
-        "compute_only_s": compute,
-        "disk_s": disk,
-        "bound_s": max(compute, disk),
-        "checkpoints": n_ckpt,
-        "write_bandwidth_gbps": best_bw / 1e9,
+        "compute_only_s": _median([r["compute_only_s"] for r in rounds]),
+        "disk_s": _median([r["disk_s"] for r in rounds]),
+        "bound_s": _median([r["bound_s"] for r in rounds]),
+        "checkpoints": rounds[0]["checkpoints"],
+        "write_bandwidth_gbps": _median([r["write_bandwidth_gbps"] for r in rounds]),
+        "disk_bound_rounds": sum(r["disk_s"] > r["compute_only_s"] for r in rounds),
     }
 
 
-def _add_overheads(summary: dict, k: str, nbytes: int, bound_s: float) -> None:
-    """Each checkpointing method's cost at k against the run without checkpoints and the bound."""
-    none = summary["none"][k]
-    for m in list(summary)[1:]:
+def _add_overheads(summary: dict, k: str, nbytes: int, rounds: list[dict]) -> None:
+    """Each checkpointing method's cost at k against the run without checkpoints and the bound
+    (medians of the per-round paired ratios)."""
+    for m in [m for m in summary if m != "none"]:
         s = summary[m][k]
-        s["steady_overhead_per_iter_s"] = (s["loop_s"] - none["loop_s"]) / s["iters"]
-        s["end_to_end_vs_no_checkpoint"] = s["end_to_end_s"] / none["end_to_end_s"]
-        s["end_to_end_vs_bound"] = s["end_to_end_s"] / bound_s
+        s["steady_overhead_per_iter_s"] = _median([r["steady_overhead_per_iter_s"][m] for r in rounds])
+        s["end_to_end_vs_no_checkpoint"] = _median([r["vs_no_checkpoint"][m] for r in rounds])
+        s["end_to_end_vs_bound"] = _median([r["vs_bound"][m] for r in rounds])
         s["perceived_throughput_gbps"] = (
             nbytes / s["blocked_per_checkpoint_s"] / 1e9 if s["blocked_per_checkpoint_s"] > 0 else float("inf")
         )
 
 
-def _ratios(summary: dict, k: str, bound_s: float) -> dict:
-    """lazy_async at k against the fastest baseline, the bound, and its own variants."""
-    others = {m: summary[m][k]["end_to_end_s"] for m in BASELINES if m in summary}
-    best_other = min(others, key=others.get) if others else None
-    lazy = summary["lazy_async"][k]
+def _ratios(summary: dict, k: str, rounds: list[dict]) -> dict:
+    """lazy_async at k against the fastest baseline of each round, the bound, and its own variants
+    (medians over the rounds of paired ratios)."""
+    best = [r["best_other"] for r in rounds if r["best_other"]]
+    variants = [m for m in summary if m.startswith("lazy_async_")]
     return {
-        "best_other": best_other,
-        "lazy_async_vs_best_other": lazy["end_to_end_s"] / others[best_other] if others else float("nan"),
-        "lazy_async_vs_bound": lazy["end_to_end_s"] / bound_s,
+        "best_other": max(set(best), key=best.count) if best else None,  # the most frequent per round
+        "lazy_async_vs_best_other": _median([r["lazy_async_vs_best_other"] for r in rounds]),
+        "lazy_async_vs_bound": _median([r["vs_bound"]["lazy_async"] for r in rounds]),
+        "lazy_async_vs_no_checkpoint": _median([r["vs_no_checkpoint"]["lazy_async"] for r in rounds]),
         **{
-            f"{m}_vs_lazy_async": summary[m][k]["end_to_end_s"] / lazy["end_to_end_s"]
-            for m in summary
-            if m.startswith("lazy_async_")
+            f"{m}_vs_lazy_async": _median(
+                [r["vs_no_checkpoint"][m] / r["vs_no_checkpoint"]["lazy_async"] for r in rounds]
+            )
+            for m in variants
         },
     }
+
+
+def _unpaired(runs: dict, summary: dict, done_ks: list[int], nbytes: int, bandwidth: list[dict]) -> dict:
+    """For comparison only: ratios of medians of absolute times, with the compute-only time pooled over
+    every k (it does not depend on k), and the spread that makes them unreliable."""
+    nones = [r["end_to_end_s"] for k in map(str, done_ks) for r in runs["none"][k]]
+    best_bw = max(_median([b["direct"] for b in bandwidth]), _median([b["buffered"] for b in bandwidth]))
+    out = {"compute_only_s": {"median": _median(nones), "min": min(nones), "max": max(nones), "runs": len(nones)}}
+    for k in map(str, done_ks):
+        bound = max(_median(nones), summary["lazy_async"][k]["checkpoints"] * nbytes / best_bw)
+        lazy = summary["lazy_async"][k]["end_to_end_s"]
+        others = [summary[m][k]["end_to_end_s"] for m in BASELINES if m in summary]
+        out[k] = {
+            "pooled_bound_s": bound,
+            "lazy_async_vs_pooled_bound": lazy / bound,
+            "lazy_async_vs_best_other_of_medians": lazy / min(others) if others else float("nan"),
+        }
+    return out
 
 
 def _targets(summary: dict, ratios: dict, done_ks: list[int], dist: dict | None) -> list[dict]:

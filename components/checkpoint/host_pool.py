@@ -40,6 +40,7 @@ class HostBufferPool:
         self.buffer = raw[skew : skew + self.capacity]
         # Touch every page now, so the first checkpoint does not pay the page faults.
         self.buffer.zero_()
+        self.bytes = memoryview(self.buffer.numpy())  # what a write takes: slicing it costs no tensor op
         self._live: deque[Region] = deque()
         self._cond = threading.Condition()
         self.wait_s = 0.0  # total time allocate() blocked on a full ring
@@ -92,6 +93,11 @@ class HostBufferPool:
 
     def view(self, region: Region) -> torch.Tensor:
         return self.buffer[region.offset : region.offset + region.nbytes]
+
+    def bytes_of(self, region: Region, start: int = 0, nbytes: int | None = None) -> memoryview:
+        """`nbytes` bytes of the region from `start` (the rest of it when None), as a memoryview."""
+        a = region.offset + start
+        return self.bytes[a : a + (region.nbytes - start if nbytes is None else nbytes)]
 
     @property
     def bytes_in_use(self) -> int:

@@ -55,6 +55,7 @@ BLOCK = 4096  # direct I/O granularity: every write covers whole blocks at block
 COPY_POLICIES = ("at_step", "just_in_time", "ahead")
 NEW, LIVE, COPYING, HOST, WRITING, DONE = range(6)  # a piece's life: read live, or copied to the host buffer first
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one pwritev may take
+_datasync = getattr(os, "fdatasync", os.fsync)  # data and size, all a reader needs (no mtime flush)
 EDGES, LAZY, EAGER = range(3)  # planned pieces: edge runs and eager pieces are staged at save(), lazy ones read later
 
 
@@ -77,6 +78,8 @@ class _Piece:
     lazy: bool = False  # may be read from the live tensor (optimizer-owned, whole blocks)
     region: Region | None = None  # host-buffer region (edges, eager and copied pieces)
     host: torch.Tensor | None = None  # uint8 view of that region
+    host_bytes: memoryview | None = None  # the same bytes, as the write takes them
+    live_bytes: memoryview | None = None  # src's bytes (CPU tensors), from the plan
     edges: list = field(default_factory=list)  # edge runs: (offset in the run, source address or tensor, bytes)
     shared: _Shared | None = None  # a region staged together with other pieces
 
@@ -90,7 +93,7 @@ class _Plan:
     header: bytes
     data_start: int
     file_size: int
-    pieces: list = field(default_factory=list)  # (EDGES/LAZY/EAGER, file offset, nbytes, edges or source view)
+    pieces: list = field(default_factory=list)  # (kind, file offset, nbytes, edges or source, its bytes)
     largest: int = 0  # the largest host-buffer allocation a checkpoint with this plan makes
     sources: list = field(default_factory=list)  # each tensor's bytes: edges hold their addresses
 
@@ -149,6 +152,7 @@ class _Job:
     opened: threading.Lock = field(default_factory=threading.Lock)
     fd: int | None = None
     fd_direct: int | None = None
+    retired_fds: list[int] = field(default_factory=list)  # direct handles given up mid-write: closed at commit
     error: BaseException | None = None
     crc: dict = field(default_factory=dict)
     pool: Any = None  # the host buffer its pieces were staged in
@@ -184,7 +188,7 @@ class LazyAsyncCheckpointer:
         host_buffer_bytes: int | None = None,
         buffer_slots: int = 1,
         flush_threads: int = 2,
-        chunk_bytes: int = 4 << 20,
+        chunk_bytes: int = 16 << 20,
         fsync: bool = True,
         checksum: bool = False,
         rank: int | None = None,
@@ -333,13 +337,17 @@ class LazyAsyncCheckpointer:
                 tensor_edges.append((hi, end, raw, f))
             for a in range(lo, hi, self.chunk_bytes):
                 b = min(hi, a + self.chunk_bytes)
-                chunks.append((EAGER if eager else LAZY, a, b - a, raw[a - f : b - f]))
+                src = raw[a - f : b - f]
+                # The memoryview is made once per plan: per write it would cost Python in a thread
+                # that shares the GIL with the training.
+                live = memoryview(src.numpy()) if src.device.type == "cpu" else None
+                chunks.append((EAGER if eager else LAZY, a, b - a, src, live))
         runs: list[list] = []
         for a, b in sorted(edges):  # adjacent edge blocks are written together
             if runs and runs[-1][1] + runs[-1][2] == a:
                 runs[-1][2] = b - runs[-1][1]
             else:
-                runs.append([EDGES, a, b - a, []])
+                runs.append([EDGES, a, b - a, [], None])
         starts = [run[1] for run in runs]
         for a, b, raw, f in tensor_edges:  # each edge: (offset in its run, source, bytes)
             run = runs[bisect.bisect_right(starts, a) - 1]
@@ -347,8 +355,8 @@ class LazyAsyncCheckpointer:
             run[3].append((a - run[1], src.data_ptr() if src.device.type == "cpu" else src, b - a))
         plan.pieces = sorted([tuple(r) for r in runs] + chunks, key=lambda p: p[1])
         plan.largest = max(
-            [n for kind, _, n, _ in chunks if kind == LAZY]
-            + [sum(r[2] for r in runs), sum(n for kind, _, n, _ in chunks if kind == EAGER)]
+            [n for kind, _, n, *_ in chunks if kind == LAZY]
+            + [sum(r[2] for r in runs), sum(n for kind, _, n, *_ in chunks if kind == EAGER)]
         )
 
     @staticmethod
@@ -356,12 +364,12 @@ class LazyAsyncCheckpointer:
         """This checkpoint's pieces from the plan: sets `job.pieces` and `job.lazy`; returns the
         edge runs and the eager pieces, which save() stages."""
         runs, eager = [], []
-        for kind, offset, nbytes, extra in plan.pieces:
+        for kind, offset, nbytes, extra, live in plan.pieces:
             if kind == EDGES:
                 piece = _Piece(offset, nbytes, edges=extra)
                 runs.append(piece)
             else:
-                piece = _Piece(offset, nbytes, src=extra, lazy=kind == LAZY)
+                piece = _Piece(offset, nbytes, src=extra, lazy=kind == LAZY, live_bytes=live)
                 (job.lazy if kind == LAZY else eager).append(piece)
             job.pieces.append(piece)
         job.back = len(job.lazy) - 1
@@ -477,6 +485,7 @@ class LazyAsyncCheckpointer:
             host.zero_()
         for piece in pieces:
             piece.shared, piece.host = shared, host[offset : offset + piece.nbytes]
+            piece.host_bytes = job.pool.bytes_of(shared.region, offset, piece.nbytes)
             offset += piece.nbytes
             if job.error is None:
                 try:
@@ -511,6 +520,7 @@ class LazyAsyncCheckpointer:
         for piece in pieces:
             piece.region = job.pool.allocate(piece.nbytes)
             piece.host = job.pool.view(piece.region)
+            piece.host_bytes = job.pool.bytes_of(piece.region, 0, piece.nbytes)
             if job.error is None:
                 try:
                     if piece.src.device.type == "cuda":
@@ -564,7 +574,7 @@ class LazyAsyncCheckpointer:
             self._copy(job, todo)
 
     # ---------------------------------------------------------------- flush
-    def _next_batch(self) -> tuple[_Job, list[_Piece]] | None:
+    def _next_batch(self) -> tuple[_Job, list[_Piece], int] | None:
         """Under self._cond: the oldest checkpoint's first run of consecutive pieces that can be
         written now (staged in the host buffer, or read live while the step is not due), up to
         chunk_bytes: one system call writes them all, so small tensors cost no Python each."""
@@ -592,7 +602,7 @@ class LazyAsyncCheckpointer:
                         job.new_bytes -= piece.nbytes
                     else:
                         piece.state = WRITING
-                return job, batch
+                return job, batch, nbytes
         return None
 
     def _flush_loop(self) -> None:
@@ -602,25 +612,24 @@ class LazyAsyncCheckpointer:
                     if self._stopping:
                         return
                     self._cond.wait()
-            job, batch = item
-            with self._cond:
+                job, batch, nbytes = item
                 if not job.writes_in_flight:
                     job.writes_since = time.perf_counter()
                 job.writes_in_flight += 1
             try:
                 if job.error is None:
                     self._open(job)
-                    self._write(job, batch)
+                    self._write(job, batch, nbytes)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(job, exc)
-            released, nbytes = [], sum(p.nbytes for p in batch)
+            released = []
             with self._cond:
                 for piece in batch:
                     if piece.state == LIVE:
                         job.busy -= 1
                         job.record.live_bytes += piece.nbytes
                     piece.state = DONE
-                    piece.src = None  # drop the reference to the live tensor
+                    piece.src = piece.live_bytes = piece.host_bytes = None  # drop the references to the memory
                     if piece.region is not None:
                         released.append(piece.region)
                     elif piece.shared is not None:
@@ -689,6 +698,16 @@ class LazyAsyncCheckpointer:
                 raise
         os.ftruncate(fd, job.file_size)  # the vote's size, whatever the last tensor's length
 
+    def _give_up_direct_io(self, job: _Job, fd: int) -> None:
+        """Write the rest of the job (and later jobs) buffered. The direct handle is not closed here:
+        another flush thread may be inside a pwritev on it, and a closed number can be reused by the
+        next open, which would then receive that thread's bytes. The commit closes it."""
+        with job.opened:
+            if job.fd_direct == fd:
+                job.fd_direct = None
+                job.retired_fds.append(fd)
+            self.direct_io = job.record.direct_io = False
+
     def _no_space(self, needed: int) -> CheckpointError:
         st = os.statvfs(self.directory)
         return CheckpointError(
@@ -696,19 +715,18 @@ class LazyAsyncCheckpointer:
             f"checkpoint needs {needed / 1e6:.1f} MB"
         )
 
-    def _write(self, job: _Job, batch: list[_Piece]) -> None:
+    def _write(self, job: _Job, batch: list[_Piece], nbytes: int) -> None:
         """Write consecutive pieces with one pwritev (each from the host buffer or its live tensor)."""
-        views = [memoryview((p.host if p.host is not None else p.src).numpy()) for p in batch]
-        offset, left = batch[0].file_offset, sum(p.nbytes for p in batch)
+        views = [p.host_bytes if p.host_bytes is not None else _live_bytes(p) for p in batch]
+        offset, left = batch[0].file_offset, nbytes
         pending = list(views)
         while left:
             fd = job.fd_direct if job.fd_direct is not None else job.fd
             try:
                 written = os.pwritev(fd, pending, offset)
             except OSError as exc:
-                if exc.errno == errno.EINVAL and fd == job.fd_direct:  # alignment the file system refuses
-                    job.fd_direct, self.direct_io, job.record.direct_io = None, False, False
-                    os.close(fd)
+                if exc.errno == errno.EINVAL and fd != job.fd:  # alignment the file system refuses
+                    self._give_up_direct_io(job, fd)
                     continue
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise self._no_space(job.file_size + len(job.skeleton)) from exc
@@ -716,7 +734,7 @@ class LazyAsyncCheckpointer:
             if written <= 0:
                 raise OSError(f"pwritev wrote {written} of {left} bytes at {offset}")
             offset, left = offset + written, left - written
-            while written:  # drop what was written; a partly written view goes on from where it stopped
+            while written and left:  # drop what was written; a partly written view goes on from where it stopped
                 head = pending[0]
                 if written >= len(head):
                     written -= len(head)
@@ -734,16 +752,18 @@ class LazyAsyncCheckpointer:
             try:
                 job.snapshot_done.wait()
                 if job.error is None:
-                    self._persist_and_vote(job)
+                    vote = self._persist_and_vote(job)
                     if self.rank == 0:
-                        self._commit(job)
+                        self._commit(job, vote)
                         self._apply_retention()
                     job.record.durable_s = time.perf_counter() - job.record.requested_at
                     job.record.path = str(job.final_dir)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(job, exc)
             finally:
-                for fd in (job.fd, job.fd_direct):
+                # Every write of the job has returned by now (it is queued for commit once all its
+                # pieces are done), so no flush thread can still be using these handles.
+                for fd in (job.fd, job.fd_direct, *job.retired_fds):
                     if fd is not None:
                         os.close(fd)
                 if job.error is not None and self.rank == 0:
@@ -752,11 +772,15 @@ class LazyAsyncCheckpointer:
                     self._inflight -= 1
                     self._inflight_cond.notify_all()
 
-    def _persist_and_vote(self, job: _Job) -> None:
+    def _persist_and_vote(self, job: _Job) -> dict:
+        """Make this rank's shard and state durable and vote for the checkpoint; returns the vote.
+        A single rank keeps its vote in memory (it goes into COMMIT): one file and two fsyncs fewer
+        per checkpoint, the commit thread's system calls being CPU time taken from the training."""
         if self.fsync:
-            os.fsync(job.fd)
-        state_path = job.tmp_dir / layout.state_name(self.rank)
-        layout.write_durable(state_path, job.skeleton)
+            _datasync(job.fd)
+        # The folder is not visible under its final name before the commit, so the state file is
+        # written in place (no temporary name and rename): only the COMMIT decides what is read.
+        _write_file(job.tmp_dir / layout.state_name(self.rank), job.skeleton, self.fsync)
         vote = {
             "rank": self.rank,
             "step": job.step,
@@ -767,32 +791,30 @@ class LazyAsyncCheckpointer:
         if self.checksum:
             vote["shard_crc"] = {str(k): v for k, v in sorted(job.crc.items())}
             vote["state_crc"] = zlib.crc32(job.skeleton)
+        if self.world_size == 1:  # rank 0's fsync of the folder after COMMIT covers shard and state
+            return vote
         if self.fsync:  # shard and state entries are durable before this rank votes
             layout.fsync_dir(job.tmp_dir)
         # The vote goes last. Rank 0 may rename the folder as soon as it sees the vote, so the
         # directory entry of the vote is made durable by rank 0's fsync of the folder (_commit).
         layout.write_durable(job.tmp_dir / layout.vote_name(self.rank), json.dumps(vote).encode())
+        return vote
 
-    def _commit(self, job: _Job) -> None:
+    def _commit(self, job: _Job, own_vote: dict) -> None:
         """Rank 0: wait for every rank's vote, then COMMIT and rename atomically (two-phase)."""
-        deadline = time.monotonic() + self.commit_timeout_s
-        votes = [job.tmp_dir / layout.vote_name(r) for r in range(self.world_size)]
-        while not all(v.exists() for v in votes):
-            if time.monotonic() > deadline:
-                missing = [v.name for v in votes if not v.exists()]
-                raise CheckpointError(
-                    f"step {job.step}: ranks did not commit within {self.commit_timeout_s} s (missing {missing})"
-                )
-            time.sleep(0.01)
+        if self.world_size == 1:
+            votes = [own_vote]
+        else:
+            votes = self._collect_votes(job)
         commit = {
             "step": job.step,
             "world_size": self.world_size,
             "session": self.session,
-            "votes": [json.loads(v.read_text()) for v in votes],
+            "votes": votes,
             "committed_at": time.time(),
         }
-        layout.write_durable(job.tmp_dir / layout.COMMIT_FILE, json.dumps(commit).encode())
-        if self.fsync:  # every vote and the COMMIT marker are durable before the rename publishes them
+        _write_file(job.tmp_dir / layout.COMMIT_FILE, json.dumps(commit).encode(), self.fsync)
+        if self.fsync:  # shards, states, votes and the COMMIT marker are durable before the rename publishes them
             layout.fsync_dir(job.tmp_dir)
         if job.final_dir.exists():  # a checkpoint of this step from an earlier run: replace it
             stale = job.final_dir.with_name(job.final_dir.name + f".old-{self.session}")
@@ -803,6 +825,18 @@ class LazyAsyncCheckpointer:
             layout.fsync_dir(self.directory)
         if _valid_commit(job.final_dir) is None:  # what the loader checks, checked once by the writer
             raise CheckpointError(f"{job.final_dir} was written but does not validate as a committed checkpoint")
+
+    def _collect_votes(self, job: _Job) -> list[dict]:
+        deadline = time.monotonic() + self.commit_timeout_s
+        votes = [job.tmp_dir / layout.vote_name(r) for r in range(self.world_size)]
+        while not all(v.exists() for v in votes):
+            if time.monotonic() > deadline:
+                missing = [v.name for v in votes if not v.exists()]
+                raise CheckpointError(
+                    f"step {job.step}: ranks did not commit within {self.commit_timeout_s} s (missing {missing})"
+                )
+            time.sleep(0.01)
+        return [json.loads(v.read_text()) for v in votes]
 
     def _apply_retention(self) -> None:
         committed = list_checkpoints(self.directory)
@@ -906,6 +940,23 @@ def _compose_edges(run: _Piece, header: bytes) -> None:
             ctypes.memmove(base + offset, src, nbytes)
         else:  # a device tensor's bytes
             run.host[offset : offset + nbytes].copy_(src)
+
+
+def _write_file(path: Path, data: bytes, durable: bool) -> None:
+    """Write a small file inside a checkpoint's temporary folder, fdatasync'd when `durable`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            _datasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _live_bytes(piece: _Piece) -> memoryview:
+    return piece.live_bytes if piece.live_bytes is not None else memoryview(piece.src.numpy())
 
 
 def _ema(old: float | None, new: float, weight: float = 0.5) -> float:

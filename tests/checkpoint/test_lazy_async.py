@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -264,9 +265,10 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
     child = [sys.executable, str(ROOT / "tests/checkpoint/_crash_child.py"), str(folder), str(iters), str(n_embd)]
     reference = _reference_states(iters, n_embd)
     torn_seen, restored_steps = 0, []
-    # At least 3 kills; more (up to 12) until one has landed mid-flush: on a quiet machine a flush
-    # is a small part of each step, so a fixed count of random kills could all miss it.
-    for kill in range(12):
+    # At least 3 kills; more (up to 30) until one has landed mid-flush: on a quiet machine a flush
+    # and its commit are a small part of each step (12 kills all missed in about 1 run of 4), so a
+    # fixed count of random kills could all miss it.
+    for kill in range(30):
         if kill >= 3 and torn_seen:
             break
         proc = subprocess.Popen(
@@ -375,3 +377,60 @@ def test_no_space_left_names_the_folder_free_and_needed_sizes(tmp_path):
         assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_direct_io_refused_mid_write_never_closes_a_handle_in_use(tmp_path, monkeypatch):
+    """One flush thread is told EINVAL by the direct handle while the other is writing through it:
+    the handle stays open until that write returns (a closed number can be reused by the next open,
+    which would then get the other thread's bytes), the rest goes buffered, and the checkpoint is whole."""
+    real_open, real_pwritev, real_close = os.open, os.pwritev, os.close
+    lock = threading.Lock()
+    direct, in_flight, closed_in_use, closes = set(), {}, [], []
+    calls, slow_write_started = [0], threading.Event()
+
+    def fake_open(path, flags, *args):
+        if flags & getattr(os, "O_DIRECT", 0):  # a plain handle stands in, on any file system
+            fd = real_open(path, flags & ~os.O_DIRECT, *args)
+            direct.add(fd)
+            return fd
+        return real_open(path, flags, *args)
+
+    def fake_pwritev(fd, buffers, offset):
+        if fd not in direct:
+            return real_pwritev(fd, buffers, offset)
+        with lock:
+            calls[0] += 1
+            call = calls[0]
+            in_flight[fd] = in_flight.get(fd, 0) + 1
+        try:
+            if call == 1:  # a slow write in flight on the direct handle
+                slow_write_started.set()
+                time.sleep(0.3)
+            elif call == 2:  # meanwhile the other thread's write is refused
+                slow_write_started.wait(5)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_pwritev(fd, buffers, offset)
+        finally:
+            with lock:
+                in_flight[fd] -= 1
+
+    def fake_close(fd):
+        with lock:
+            if in_flight.get(fd):
+                closed_in_use.append(fd)
+            if fd in direct:
+                closes.append(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "pwritev", fake_pwritev)
+    monkeypatch.setattr(os, "close", fake_close)
+    state = {"w": torch.randn(64, 1024), "b": torch.arange(100, dtype=torch.int64)}
+    expected = {k: v.clone() for k, v in state.items()}
+    ckpt = LazyAsyncCheckpointer(tmp_path, flush_threads=2, chunk_bytes=8192, direct_io=True)
+    record = ckpt.save(1, state)  # no optimizer attached: everything is staged, both threads write at once
+    ckpt.close()
+    assert calls[0] >= 2 and not closed_in_use
+    assert closes == sorted(direct) and not record.direct_io and not ckpt.direct_io
+    loaded = load_checkpoint(latest_checkpoint(tmp_path))
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())
