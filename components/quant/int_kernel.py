@@ -936,6 +936,14 @@ static inline void rope(const float* in, float* out, const float* c, const float
   }
 }
 
+// Key/value head kh of one position's q|k|v row into the caches [kv_heads, capacity, head_dim] at
+// position p: rotary on k (c, s: position p's rows), v as it is.
+static inline void write_kv(const float* row, int64_t nq, int64_t nkv, int64_t kh, int64_t hd, float* K, float* V,
+                            int64_t cap, int64_t p, const float* c, const float* s) {
+  rope(row + nq + kh * hd, K + (kh * cap + p) * hd, c, s, hd / 2);
+  std::copy(row + nq + nkv + kh * hd, row + nq + nkv + (kh + 1) * hd, V + (kh * cap + p) * hd);
+}
+
 // One query head over the n cached positions of its kv head: o = softmax(q K^T / sqrt(hd)) V
 // (w: n floats of scratch).
 static void attend_head(const float* q, const float* Kh, const float* Vh, int64_t n, int64_t hd, float scale, float* w,
@@ -970,10 +978,7 @@ torch::Tensor attend_one(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin
   const float* s = sin.data_ptr<float>();
   float* K = kc.data_ptr<float>();
   float* V = vc.data_ptr<float>();
-  for (int64_t h = 0; h < kv_heads; ++h) {
-    rope(x + nq + h * hd, K + (h * cap + pos) * hd, c, s, half);
-    std::copy(x + nq + nkv + h * hd, x + nq + nkv + (h + 1) * hd, V + (h * cap + pos) * hd);
-  }
+  for (int64_t h = 0; h < kv_heads; ++h) write_kv(x, nq, nkv, h, hd, K, V, cap, pos, c, s);
   auto y = torch::empty({1, nq}, qkv.options());
   const int64_t group = heads / kv_heads;
   const float scale = 1.f / std::sqrt((float)hd);
@@ -1130,10 +1135,8 @@ class LeanPlan : public Products {
         Pqkv.multiply(kernel_, A, qkv.data(), &S, me, n_threads);
         sync();
         share(T * kvh_, [&](int64_t i) {  // rotary on k and the cache write of k and v
-          const int64_t t = i / kvh_, kh = i % kvh_, p = pos + t;
-          const float* row = qkv.data() + t * (nq + 2 * nkv);
-          rope(row + nq + kh * hd_, Kl + (kh * cap + p) * hd_, cs + p * hd_, sn + p * hd_, half);
-          std::copy(row + nq + nkv + kh * hd_, row + nq + nkv + (kh + 1) * hd_, Vl + (kh * cap + p) * hd_);
+          const int64_t t = i / kvh_, p = pos + t;
+          write_kv(qkv.data() + t * (nq + 2 * nkv), nq, nkv, i % kvh_, hd_, Kl, Vl, cap, p, cs + p * hd_, sn + p * hd_);
         });
         sync();
         share(T * heads_, [&](int64_t i) {  // query (t, head) over positions 0..pos+t
