@@ -13,6 +13,7 @@ from typing import Optional
 from components.checks import ConfigError, at_least, in_range, one_of
 from components.decoding.timing import COST_ROUNDS
 
+EXIT_ADAPTER_NAME = "exit-adapter"  # the MLflow model the draft_train flow registers and `serve` loads
 METHODS = ("ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post")
 TARGET_SOURCES = ("smollm2_q4_native", "smollm2", "quantized", "hf_folder", "tiny_random")
 DRAFT_SOURCES = (
@@ -47,7 +48,7 @@ class ModelsConfig:
     # output under work_dir, else the MLflow model `draft_adapter_registered_name`)
     draft_path: Optional[str] = None
     draft_registered_name: str = "lm-draft"  # the lm_train flow registers the draft under this name
-    draft_adapter_registered_name: str = "exit-adapter"  # the draft_train flow registers the adapter under this name
+    draft_adapter_registered_name: str = EXIT_ADAPTER_NAME  # the draft_train flow registers the adapter under it
     draft_layers: int = 8  # layerskip: first 8 of SmolLM2's 30 layers (+ the shared head)
     draft_ngram: int = 3  # prompt_lookup: longest n-gram matched (then shorter ones), as HF's max_matching_ngram_size
     draft_bits: int = 2  # requantized: bits per weight of every projection and the head (2: ~3 bits with metadata)

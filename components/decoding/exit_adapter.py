@@ -56,7 +56,6 @@ class ExitAdapterTraining:
     lr: float = 2.0e-3  # peak learning rate (cosine to lr/10); the adapter starts at the identity
     weight_decay: float = 0.0  # the adapter is tiny and starts at zero: nothing to regularise towards
     val_fraction: float = 0.1  # sequences held out for the teacher-forced greedy agreement (α)
-    seed: int = 0  # batch order and the train/validation split
 
     def __post_init__(self) -> None:
         at_least("train.steps", self.steps, 1)
@@ -168,6 +167,36 @@ def exit_states(target: LeanLlama, layers: int, sequences: Sequence[Sequence[int
     return states
 
 
+@dataclass
+class TeacherReplies:
+    """Where the sequences the adapter learns on come from: teacher replies on disk, or written now."""
+
+    # a folder of scripts/teacher_corpus.py's files (prompt + SmolLM2's greedy reply, one .txt each);
+    # None: the target answers `count` of the teacher prompts (components/lm/teacher_prompts.py) now
+    corpus: Optional[str] = None
+    count: int = 96  # replies written now (corpus=None): ~96 x 64 tokens, ~4 min at ~25 tokens/s on 2 cores
+    new_tokens: int = 64  # longest reply written now (the benchmark decodes 48-64 tokens)
+    max_files: int = 2000  # corpus: at most this many files, in name order
+    max_tokens: int = 256  # each sequence cut to this many tokens (the states of one prefill)
+
+    def __post_init__(self) -> None:
+        at_least("replies.count", self.count, 2)
+        at_least("replies.new_tokens", self.new_tokens, 1)
+        at_least("replies.max_files", self.max_files, 2)
+        at_least("replies.max_tokens", self.max_tokens, 2)
+
+
+def corpus_sequences(folder: str | Path, encode: Callable[[str], list[int]], max_files: int, max_tokens: int):
+    """Token ids of the teacher-reply files (`*.txt`) in `folder`, each cut to `max_tokens`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"replies.corpus: {folder} is not a folder of teacher replies (teacher_corpus.py's)")
+    files = sorted(folder.glob("*.txt"))[:max_files]
+    if len(files) < 2:
+        raise ValueError(f"replies.corpus: {folder} holds {len(files)} .txt files; the adapter needs at least 2")
+    return [encode(f.read_text(encoding="utf-8"))[:max_tokens] for f in files]
+
+
 def split_states(states: list, val_fraction: float, seed: int) -> tuple[list, list]:
     """Whole sequences to train and validation (no sequence straddles the split); at least one each."""
     if len(states) < 2:
@@ -223,12 +252,14 @@ def train_exit_adapter(
     train_states: list,
     head: ReadOut,
     settings: ExitAdapterTraining,
+    seed: int = 0,
     log: Optional[Callable[[int, dict], None]] = None,
     log_every: int = 25,
 ) -> list[float]:
-    """AdamW on the KL at random training positions (cosine schedule); returns the loss of every step."""
+    """AdamW on the KL at random training positions (cosine schedule, batches drawn from `seed`);
+    returns the loss of every step."""
     exit_x, last_x = _stack(train_states)
-    gen = torch.Generator().manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(seed)
     params = [p for p in adapter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     losses = []

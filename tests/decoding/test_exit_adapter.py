@@ -53,7 +53,8 @@ def trained(native_tiny, tmp_path_factory):
     head = ReadOut.of(native_tiny.lean)
     adapter = ExitAdapter(64, 32)
     before = evaluate_exit(adapter, val, head)
-    losses = train_exit_adapter(adapter, train, head, ExitAdapterTraining(steps=150, batch_positions=32, lr=3e-3))
+    settings = ExitAdapterTraining(steps=150, batch_positions=32, lr=3e-3)
+    losses = train_exit_adapter(adapter, train, head, settings, seed=0)
     after = evaluate_exit(adapter, val, head)
     folder = save_exit_adapter(adapter, 1, tmp_path_factory.mktemp("adapter"), {"target": native_tiny.name})
     return folder, losses, before, after
