@@ -48,7 +48,7 @@ CLAIM = "Kangaroo / LayerSkip: a shallow exit + a small adapter drafts cheaply w
     summary_metric="val_agreement",
     quality="val_agreement_gain>=0",  # an adapter no better than no adapter never becomes @serving
     claim=CLAIM,
-    measured="greedy agreement {val_agreement_layerskip:.3f} -> {val_agreement:.3f} at c {cost_ratio:.2f}",
+    measured="greedy agreement {val_agreement_layerskip:.3f} -> {val_agreement:.3f} at c {draft_cost_c:.2f}",
 )
 def draft_train(cfg: DraftTrainConfig, tracker: Tracker) -> dict[str, float]:
     """Train the early-exit draft's adapter on the target's states over its replies; register it in MLflow."""

@@ -115,7 +115,7 @@ def train_adapter(
         "train_kl_last": sum(losses[-25:]) / len(losses[-25:]),
         "train_positions": float(sum(s[0].shape[0] for s in train)),
         "val_positions": after["positions"],
-        "cost_ratio": cost["cost_ratio"],
+        "draft_cost_c": cost["draft_step_s"] / cost["target_step_s"],  # the α map's c: draft step / target step
     }
     meta = {"target": target.name, "sequences": len(sequences), **metrics}
     save_exit_adapter(adapter, adapter_cfg.layers, out_dir, meta)
@@ -124,7 +124,7 @@ def train_adapter(
         adapter_cfg.layers,
         after["agreement"],
         before["agreement"],
-        cost["cost_ratio"],
+        metrics["draft_cost_c"],
         out_dir,
     )
     return {"metrics": metrics, "folder": out_dir}
