@@ -16,6 +16,8 @@ from components.decoding.exit_adapter import (
     ExitAdapterSettings,
     ExitAdapterTraining,
     ReadOut,
+    TeacherReplies,
+    corpus_sequences,
     evaluate_exit,
     exit_states,
     exit_trunk,
@@ -139,6 +141,8 @@ def test_the_exit_adapter_needs_the_native_target():
         (lambda: ExitAdapterTraining(steps=0), "train.steps=0"),
         (lambda: ExitAdapterTraining(lr=0.0), "train.lr=0.0"),
         (lambda: ExitAdapterTraining(val_fraction=0.9), "train.val_fraction=0.9"),
+        (lambda: TeacherReplies(count=1), "replies.count=1"),
+        (lambda: TeacherReplies(max_tokens=1), "replies.max_tokens=1"),
     ],
 )
 def test_bad_settings_are_named(build, named):
@@ -154,3 +158,15 @@ def test_split_keeps_whole_sequences_on_each_side():
     assert {float(s[0][0, 0]) for s in train}.isdisjoint({float(s[0][0, 0]) for s in val})
     with pytest.raises(ValueError, match="at least 2 sequences"):
         split_states(states[:1], 0.2, seed=1)
+
+
+def test_teacher_reply_files_are_read_in_name_order_and_cut(tmp_path):
+    for i, text in enumerate(["a b c d e", "f g", "h i j"]):
+        (tmp_path / f"sample_{i:06d}.txt").write_text(text)
+    (tmp_path / "notes.md").write_text("not a reply")
+    got = corpus_sequences(tmp_path, lambda text: [ord(ch) for ch in text.split()[0]] * 9, 2, 4)
+    assert got == [[ord("a")] * 4, [ord("f")] * 4]
+    with pytest.raises(FileNotFoundError, match="replies.corpus: .*nowhere"):
+        corpus_sequences(tmp_path / "nowhere", list, 10, 10)
+    with pytest.raises(ValueError, match="holds 1 .txt files"):
+        corpus_sequences(tmp_path, list, 1, 10)
