@@ -55,5 +55,6 @@ def draft_train(cfg: DraftTrainConfig, tracker: Tracker) -> dict[str, float]:
     target = load_target(cfg.target_path)
     replies = teacher_sequences(target, cfg.replies, str(cfg.work_path("draft_train", "teacher_replies")))
     out_dir = str(cfg.work_path("draft_train", cfg.run_name))
-    trained = train_adapter(target, replies["sequences"], cfg.adapter, cfg.train, cfg.seed, out_dir, tracker)
+    sequences, starts = replies["sequences"], replies["starts"]
+    trained = train_adapter(target, sequences, starts, cfg.adapter, cfg.train, cfg.seed, out_dir, tracker)
     return record_adapter(tracker, trained, replies["source"], cfg.registered_name)

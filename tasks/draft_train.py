@@ -25,6 +25,8 @@ from components.decoding.exit_adapter import (
     corpus_sequences,
     evaluate_exit,
     exit_states,
+    reply_start,
+    reply_states,
     save_exit_adapter,
     split_states,
     teacher_replies,
@@ -37,6 +39,8 @@ from components.quant.native import LeanLlama, load_native_smollm2
 from components.serving.text import HFTextCodec
 from mlsys.progress import Progress
 from mlsys.tracking import Tracker
+
+ASSISTANT_HEADER = "<|im_start|>assistant\n"  # SmolLM2's chat template opens the reply with it
 
 
 @task(name="draft-load-target", cache_policy=NO_CACHE)
@@ -56,8 +60,9 @@ def teacher_sequences(target: LeanLlama, replies: TeacherReplies, out_dir: str) 
 
     if replies.corpus:
         sequences = corpus_sequences(replies.corpus, encode, replies.max_files, replies.max_tokens)
+        header = encode(ASSISTANT_HEADER)
         get_run_logger().info("%d teacher replies read from %s", len(sequences), replies.corpus)
-        return {"sequences": sequences, "source": replies.corpus}
+        return {"sequences": sequences, "starts": [reply_start(s, header) for s in sequences], "source": replies.corpus}
     chats = topical_chats()
     chats = chats[:: max(1, len(chats) // replies.count)][: replies.count]  # spread over the topics
     prompts = [
@@ -66,31 +71,35 @@ def teacher_sequences(target: LeanLlama, replies: TeacherReplies, out_dir: str) 
     ]
     stop_ids = HFTextCodec(tokenizer).eos_ids
     progress = Progress(len(prompts), "teacher-replies", every=8)
-    sequences, folder = [], Path(out_dir)
+    sequences, starts, folder = [], [], Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(prompts):
-        seq = teacher_replies(target, [encode(prompt)], replies.new_tokens, stop_ids)[0][: replies.max_tokens]
+        prompt_ids = encode(prompt)
+        seq = teacher_replies(target, [prompt_ids], replies.new_tokens, stop_ids)[0][: replies.max_tokens]
         sequences.append(seq)
+        starts.append(len(prompt_ids))
         (folder / f"sample_{i:06d}.txt").write_text(tokenizer.decode(seq), encoding="utf-8")
         progress.update(i + 1, {"tokens": float(sum(map(len, sequences)))})
-    return {"sequences": sequences, "source": str(folder)}
+    return {"sequences": sequences, "starts": starts, "source": str(folder)}
 
 
 @task(name="draft-train-adapter", cache_policy=NO_CACHE)
 def train_adapter(
     target: LeanLlama,
     sequences: list[list[int]],
+    starts: list[int],
     adapter_cfg: ExitAdapterSettings,
     train_cfg: ExitAdapterTraining,
     seed: int,
     out_dir: str,
     tracker: Tracker,
 ) -> dict:
-    """The target's states at the exit layer and its last layer over `sequences`, the adapter trained on
+    """The target's states at the exit layer and its last layer over the replies of `sequences` (from
+    `starts` on), the adapter trained on
     the KL there, evaluated on held-out sequences against the untrained adapter (the plain layer-skip
     draft), its cost c measured, and saved to `out_dir`."""
     torch.manual_seed(seed)
-    states = exit_states(target, adapter_cfg.layers, sequences)
+    states = reply_states(exit_states(target, adapter_cfg.layers, sequences), starts)
     train, val = split_states(states, train_cfg.val_fraction, seed)
     head = ReadOut.of(target)
     adapter = ExitAdapter(target.shape.hidden, adapter_cfg.width, target.shape.eps)

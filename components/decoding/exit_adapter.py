@@ -197,6 +197,26 @@ def corpus_sequences(folder: str | Path, encode: Callable[[str], list[int]], max
     return [encode(f.read_text(encoding="utf-8"))[:max_tokens] for f in files]
 
 
+def reply_start(ids: Sequence[int], header: Sequence[int]) -> int:
+    """Where the reply begins in a teacher file's tokens: after the last chat header (`header`, the
+    assistant turn's opening tokens), else 0 (a code prompt: the whole file is code)."""
+    n = len(header)
+    for i in range(len(ids) - n, -1, -1):
+        if n and list(ids[i : i + n]) == list(header):
+            return i + n
+    return 0
+
+
+def reply_states(states: list, starts: Sequence[int]) -> list:
+    """Each sequence's states from the position that predicts its reply's first token on: the prompt's
+    chat template is the same in every file, so its positions would teach (and score) copying it."""
+    out = []
+    for (exit_x, last_x), start in zip(states, starts):
+        first = max(0, min(start, exit_x.shape[0]) - 1)
+        out.append((exit_x[first:], last_x[first:]))
+    return out
+
+
 def split_states(states: list, val_fraction: float, seed: int) -> tuple[list, list]:
     """Whole sequences to train and validation (no sequence straddles the split); at least one each."""
     if len(states) < 2:

@@ -21,6 +21,8 @@ from components.decoding.exit_adapter import (
     evaluate_exit,
     exit_states,
     exit_trunk,
+    reply_start,
+    reply_states,
     save_exit_adapter,
     split_states,
     teacher_replies,
@@ -170,3 +172,13 @@ def test_teacher_reply_files_are_read_in_name_order_and_cut(tmp_path):
         corpus_sequences(tmp_path / "nowhere", list, 10, 10)
     with pytest.raises(ValueError, match="holds 1 .txt files"):
         corpus_sequences(tmp_path, list, 1, 10)
+
+
+def test_only_reply_positions_are_kept():
+    header = [7, 8]
+    assert reply_start([1, 7, 8, 3, 7, 8, 5, 6], header) == 6  # after the last header: the assistant's turn
+    assert reply_start([1, 2, 3], header) == 0  # no chat header (a code prompt): the whole file
+    states = [(torch.arange(8.0)[:, None], torch.zeros(8, 1)), (torch.arange(3.0)[:, None], torch.zeros(3, 1))]
+    kept = reply_states(states, [6, 0])
+    assert kept[0][0].flatten().tolist() == [5.0, 6.0, 7.0]  # position 5 predicts the reply's first token
+    assert kept[1][0].shape[0] == 3 and kept[0][1].shape[0] == 3
