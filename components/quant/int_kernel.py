@@ -992,7 +992,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v16",
+    "quant_int_kernel_v16_headless",  # v16 + the plan without a head (the exit draft)
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],
