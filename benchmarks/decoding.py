@@ -3,7 +3,7 @@ equal total cores, on the served target (SmolLM2's native Q4_1 weights through t
 AR on the fp32 copy and transformers' own generate (plain and prompt lookup) beside it; the
 200-request loopback load test; and the α map: the acceptance a draft of each cost would need for the
 targets, with the drafts the pipeline builds (prompt lookup, the target's first layers, the target
-requantized, trained GPTs) placed on it.
+requantized, the first layers + a trained exit adapter, trained GPTs) placed on it.
 
     python -m benchmarks.decoding --quick                 # CPU, a few minutes
     python -m benchmarks.decoding --full                  # what the docs quote
@@ -12,8 +12,8 @@ requantized, trained GPTs) placed on it.
                                                           # slow clients), updating just its part of decoding.json
 
 Options: --target smollm2_q4_native|smollm2|quantized --target-path DIR --draft prompt_lookup|auto|layerskip|
-requantized|gpt_folder --draft-path DIR --draft-layers N --threads N --frontier-drafts DIR,DIR
---frontier-layers 1,2,4,... --no-fp32-peer
+requantized|exit_adapter|gpt_folder --draft-path DIR --draft-layers N --threads N --frontier-drafts DIR,DIR
+--frontier-layers 1,2,4,... --exit-adapters DIR,DIR|none --no-fp32-peer
 Writes benchmarks/results/decoding.json + decoding.png, logs to MLflow.
 """
 
@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 # Before torch loads OpenMP: on a shared, oversubscribed CPU, spinning OpenMP workers made a 2-thread
 # SmolLM2 step ~30x slower than a 1-thread one (7 s vs 0.24 s measured here); passive waiting fixes it.
@@ -40,6 +41,7 @@ from benchmarks.common import RESULTS_DIR, _log_to_mlflow, machine_info, parse_m
 from components.decoding.bench import compare_methods, draft_frontier  # noqa: E402
 from components.decoding.config import ModelsConfig  # noqa: E402
 from components.decoding.engine import build_decoder  # noqa: E402
+from components.decoding.exit_adapter import META_FILE as EXIT_META_FILE  # noqa: E402
 from components.decoding.hf_peers import hf_generate  # noqa: E402
 from components.decoding.models import layer_skip_draft, load_draft, load_target, tiny_llama  # noqa: E402
 from components.decoding.prompts import benchmark_prompts  # noqa: E402
@@ -68,7 +70,9 @@ def _own_args(argv):
     parser.add_argument("--target", default="smollm2_q4_native")
     parser.add_argument("--target-path", default=None)
     parser.add_argument(
-        "--draft", default="prompt_lookup", help="prompt_lookup | auto | layerskip | requantized | gpt_folder | mlflow"
+        "--draft",
+        default="prompt_lookup",
+        help="prompt_lookup | auto | layerskip | requantized | exit_adapter | gpt_folder | mlflow",
     )
     parser.add_argument("--draft-path", default=None)
     parser.add_argument("--draft-layers", type=int, default=8)
@@ -88,6 +92,12 @@ def _own_args(argv):
         "--frontier-layers",
         default="1,2,4,8,16",
         help="layer-skip drafts (the target's first N layers) to place on the map; '' for none",
+    )
+    parser.add_argument(
+        "--exit-adapters",
+        default="",
+        help="exit-adapter folders (draft_train's) to place on the map; default: every one under data/draft_train; "
+        "'none' for none",
     )
     parser.add_argument(
         "--prompts", type=int, default=None, help="prompts per kind (code, chat); default 1 quick, 3 full"
@@ -197,6 +207,9 @@ def draft_map(own, tgt, drf, draft_source: str, prompts, result: dict, threads: 
         drafts[f"layerskip_{int(layers)}"] = load_draft("layerskip", tgt, layers=int(layers))
     if own.target == "smollm2_q4_native" and draft_source != "requantized":
         drafts["requantized_2bit"] = load_draft("requantized", tgt, bits=2)
+    if own.target == "smollm2_q4_native":
+        for folder in exit_adapter_folders(own.exit_adapters):
+            drafts[f"exit_adapter:{folder.name}"] = load_draft("exit_adapter", tgt, str(folder))
     sequences = [(ids, out) for (_, ids), out in zip(prompts, result["ar_outputs"])]
     frontier = draft_frontier(tgt, drafts, sequences, threads, result["costs"], GOAL_VS_AR, GOAL_VS_SD)
     split = step_costs(result["costs"], split=True)
@@ -210,6 +223,15 @@ def draft_map(own, tgt, drf, draft_source: str, prompts, result: dict, threads: 
             f"{GOAL_VS_AR:g}x AR, {point['alpha_needed']['both']} for both goals"
         )
     return requirements, frontier
+
+
+def exit_adapter_folders(option: str) -> list[Path]:
+    """The exit adapters to measure: the folders named, or every one the draft_train flow saved under data/."""
+    if option == "none":
+        return []
+    if option:
+        return [Path(folder) for folder in option.split(",") if folder]
+    return sorted(meta.parent for meta in (PROJECT_ROOT / "data" / "draft_train").glob(f"*/{EXIT_META_FILE}"))
 
 
 def best_draft(frontier: dict) -> dict:
@@ -367,7 +389,8 @@ def main(argv=None) -> None:
     size = bench_size(args.full, own)
     models_cfg = ModelsConfig(**{key: getattr(own, key) for key in MODEL_ARGS})  # the flows' dataclass
     draft_source, draft_path = models_cfg.draft, models_cfg.draft_path
-    if models_cfg.draft in ("auto", "mlflow"):  # the same resolution as the flows (needs Prefect and MLflow)
+    if models_cfg.draft in ("auto", "mlflow") or (models_cfg.draft == "exit_adapter" and not draft_path):
+        # the same resolution as the flows (needs Prefect and MLflow)
         from tasks.serve import _resolve_draft_source  # noqa: PLC0415  (start-up cost: Prefect only for auto/mlflow)
 
         draft_source, draft_path = _resolve_draft_source(models_cfg, PROJECT_ROOT / "data", args.tracking_uri)

@@ -38,147 +38,12 @@ apply_environment_defaults()  # noqa: E402  (environment defaults before torch l
 import torch  # noqa: E402  (after the environment defaults)
 
 from components.lm.smollm2 import load_model, load_tokenizer  # noqa: E402  (after the environment defaults)
-from components.serving.text import HFTextCodec  # noqa: E402  (after the environment defaults)
-
-CHAT_TEMPLATES = [
-    "Explain {t} in two sentences.",
-    "What is {t}?",
-    "Give three facts about {t}.",
-    "Describe {t} to a beginner.",
-    "Write a short poem about {t}.",
-    "Why does {t} matter? Answer briefly.",
-    "Summarize {t} in one paragraph.",
-    "List some common uses of {t}.",
-]
-TOPICS = [
-    "photosynthesis",
-    "the water cycle",
-    "volcanoes",
-    "the Roman Empire",
-    "democracy",
-    "gravity",
-    "electricity",
-    "the human heart",
-    "vaccines",
-    "climate change",
-    "the internet",
-    "recycling",
-    "honey bees",
-    "the moon",
-    "rainbows",
-    "earthquakes",
-    "the printing press",
-    "coffee",
-    "chess",
-    "music theory",
-    "the Olympic Games",
-    "rain forests",
-    "deserts",
-    "glaciers",
-    "the stock market",
-    "inflation",
-    "renewable energy",
-    "batteries",
-    "magnets",
-    "DNA",
-    "evolution",
-    "dinosaurs",
-    "the immune system",
-    "sleep",
-    "exercise",
-    "nutrition",
-    "friendship",
-    "time management",
-    "public speaking",
-    "learning a language",
-    "cooking pasta",
-    "gardening",
-    "bicycles",
-    "trains",
-    "airplanes",
-    "bridges",
-    "skyscrapers",
-    "lighthouses",
-    "maps",
-    "calendars",
-    "recursion",
-    "sorting algorithms",
-    "databases",
-    "unit tests",
-    "version control",
-    "operating systems",
-    "encryption",
-    "computer networks",
-    "cloud computing",
-    "machine learning",
-    "neural networks",
-    "regular expressions",
-    "JSON",
-    "HTTP",
-    "spreadsheets",
-    "open source software",
-    "the command line",
-    "debugging",
-    "code reviews",
-    "linked lists",
-    "binary trees",
-    "graphs",
-    "queues",
-    "caching",
-    "multithreading",
-    "memory management",
-    "garbage collection",
-    "floating point numbers",
-    "prime numbers",
-    "fractions",
-    "probability",
-    "statistics",
-    "geometry",
-    "the Pythagorean theorem",
-    "algebra",
-    "calculus",
-    "the ocean",
-    "whales",
-    "penguins",
-    "elephants",
-    "forests",
-    "mountains",
-    "rivers",
-    "the Sahara",
-    "the Amazon river",
-    "ancient Egypt",
-    "the Renaissance",
-    "the Industrial Revolution",
-    "libraries",
-    "museums",
-    "newspapers",
-    "photography",
-    "painting",
-    "poetry",
-    "theater",
-    "football",
-    "tennis",
-]
-# subjects of the benchmark's own prompts (components/decoding/prompts.py): never trained on
-HELD_OUT = (
-    "hash table",
-    "readable",
-    "tuple",
-    "compiler",
-    "haiku",
-    "sky",
-    "planet",
-    "fibonacci",
-    "load_config",
-    "stack",
-    "is_prime",
-    "binary_search",
-    "word_count",
+from components.lm.teacher_prompts import (  # noqa: E402  (after the environment defaults)
+    CHAT_TEMPLATES,
+    TOPICS,
+    held_out,
 )
-
-
-def _held_out(text: str) -> bool:
-    return any(h in text.lower() for h in HELD_OUT)
+from components.serving.text import HFTextCodec  # noqa: E402  (after the environment defaults)
 
 
 def source_roots() -> list[Path]:
@@ -215,11 +80,11 @@ def documented_functions(roots: list[Path]) -> list[Function]:
                 if not isinstance(node, ast.FunctionDef) or node.name.startswith("_") or node.name in seen:
                     continue
                 doc = (ast.get_docstring(node) or "").strip()
-                if not doc or _held_out(node.name):
+                if not doc or held_out(node.name):
                     continue
                 args = ast.unparse(node.args)
                 line = doc.splitlines()[0].strip()
-                if len(args) > 60 or not 10 <= len(line) <= 90 or '"""' in line or _held_out(line):
+                if len(args) > 60 or not 10 <= len(line) <= 90 or '"""' in line or held_out(line):
                     continue
                 seen.add(node.name)
                 out.append(Function(module, node.name, args, line))
@@ -232,7 +97,7 @@ def chat_prompts(functions: list[Function], seed: int) -> list[str]:
     topical = [tpl.format(t=topic) for topic in TOPICS for tpl in CHAT_TEMPLATES]
     about_code = [f"What does the function `{f.name}` in Python's `{f.module}` module do?" for f in functions]
     random.Random(seed).shuffle(about_code)
-    return [p for p in topical + about_code if not _held_out(p)]
+    return [p for p in topical + about_code if not held_out(p)]
 
 
 def code_prompts(functions: list[Function]) -> list[str]:

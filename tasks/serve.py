@@ -53,10 +53,16 @@ class ServingModels:
 def _resolve_draft_source(
     models_cfg: ModelsConfig, work_dir: Path, tracking_uri: Optional[str]
 ) -> tuple[str, Optional[str]]:
-    """`auto`: the trained draft folder, else the registered MLflow model (`@serving`), else prompt lookup."""
+    """`auto`: the trained draft folder, else the registered MLflow model (`@serving`), else prompt lookup;
+    `exit_adapter` without a path: the draft_train flow's folder, else its registered adapter (`@serving`)."""
     source, path = models_cfg.draft, models_cfg.draft_path
     if source == "mlflow":
         return "gpt_folder", str(load_registered_model_dir(models_cfg.draft_registered_name, tracking_uri))
+    if source == "exit_adapter" and not path:  # the draft_train flow's output, else its registered adapter
+        folder = work_dir / "draft_train" / "exit_adapter"
+        if folder.is_dir():
+            return source, str(folder)
+        return source, str(load_registered_model_dir(models_cfg.draft_adapter_registered_name, tracking_uri))
     if source != "auto":
         return source, path
     folder = work_dir / "lm_train" / "draft"

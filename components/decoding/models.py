@@ -7,6 +7,7 @@
   the loopback load test (fast; its outputs are noise, never presented as model output).
 - `native_first_layers`, `native_requantized`: drafts built from the native Q4_1 target (its first
   layers; all of it requantized to fewer bits), sharing or re-packing its weights.
+- `exit_adapter.ExitAdapterDraft`: the native target's first layers + a trained adapter (Kangaroo style).
 - `PromptLookupDraft` (lookup.py): n-gram copy from the context, no weights.
 - `load_target` / `load_draft`: resolve a configured source to a model object.
 """
@@ -23,6 +24,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Llam
 
 from components.decoding.cache import CausalLM, wrap_model
 from components.decoding.config import DRAFT_SOURCES, TARGET_SOURCES
+from components.decoding.exit_adapter import ExitAdapterDraft, load_exit_adapter
 from components.decoding.lookup import PromptLookupDraft
 from components.lm import smollm2
 from components.lm.model import GPT
@@ -211,11 +213,26 @@ def native_requantized(target: NativeCausalLM, bits: int) -> NativeCausalLM:
     return NativeCausalLM(LeanLlama(lean.shape, layers, lean.final_norm, head, f"{lean.name}-rtn{bits}"))
 
 
+def native_exit_adapter(target: NativeCausalLM, folder: Optional[str]) -> ExitAdapterDraft:
+    """The native target's first layers + the exit adapter saved in `folder` (the layers it was trained on)."""
+    if not isinstance(target, NativeCausalLM):
+        raise ValueError("draft source 'exit_adapter' needs the native target (models.target=smollm2_q4_native)")
+    if not folder:
+        raise FileNotFoundError("draft source 'exit_adapter' needs the adapter's folder (draft_train's output)")
+    adapter, meta = load_exit_adapter(folder)
+    if adapter.hidden != target.lean.shape.hidden or int(meta["layers"]) >= target.lean.shape.layers:
+        raise ValueError(
+            f"exit-adapter draft: {folder} was trained for hidden size {adapter.hidden} at layer {meta['layers']}, "
+            f"the target has hidden size {target.lean.shape.hidden} and {target.lean.shape.layers} layers"
+        )
+    return ExitAdapterDraft(target.lean, adapter, int(meta["layers"]))
+
+
 def load_draft(
     source: str, target, path: Optional[str] = None, layers: int = 4, device: str = "cpu", ngram: int = 3, bits: int = 2
 ):
-    """The draft: prompt lookup, the target's first layers, the target requantized, a trained GPT folder,
-    tiny random, or none (autoregressive)."""
+    """The draft: prompt lookup, the target's first layers, the target requantized, the target's first layers
+    + a trained exit adapter (folder `path`), a trained GPT folder, tiny random, or none (autoregressive)."""
     if source == "none":
         return None
     if source == "prompt_lookup":
@@ -230,6 +247,8 @@ def load_draft(
         if not isinstance(target, NativeCausalLM):
             raise ValueError("draft source 'requantized' needs the native target (models.target=smollm2_q4_native)")
         return native_requantized(target, bits)
+    if source == "exit_adapter":
+        return native_exit_adapter(target, path)
     if source == "gpt_folder":
         if not path or not Path(path).exists():
             raise FileNotFoundError(f"draft source 'gpt_folder' needs the folder of a saved GPT, got {path!r}")

@@ -1089,9 +1089,12 @@ class LeanPlan : public Products {
   }
 
   // x [T, hidden] (the embedded tokens) at positions pos.. -> logits [T, vocab]; k/v caches
-  // [layers, kv_heads, capacity, head_dim] get positions pos..pos+T-1.
+  // [layers, kv_heads, capacity, head_dim] get positions pos..pos+T-1. A plan given no head and no
+  // final norm returns the residual stream after its layers instead, [T, hidden] (an early exit).
   torch::Tensor forward(torch::Tensor x_in, int64_t pos, torch::Tensor kc, torch::Tensor vc) {
-    TORCH_CHECK((int64_t)mats_.size() == 4 * L_ + 1 && (int64_t)norms_.size() == 2 * L_ + 1, "plan is incomplete");
+    const bool with_head = (int64_t)mats_.size() == 4 * L_ + 1;
+    TORCH_CHECK((int64_t)mats_.size() == 4 * L_ + with_head && (int64_t)norms_.size() == 2 * L_ + with_head,
+                "plan is incomplete");
     TORCH_CHECK(x_in.dtype() == torch::kFloat32 && x_in.dim() == 2 && x_in.size(1) == H_, "x must be float32 [T, ", H_, "]");
     TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous() && kc.dim() == 4 && kc.size(0) == L_ && kc.size(1) == kvh_ &&
                 kc.size(3) == hd_ && vc.sizes() == kc.sizes(), "caches must be contiguous [layers, kv_heads, capacity, head_dim]");
@@ -1101,7 +1104,7 @@ class LeanPlan : public Products {
     auto x_c = x_in.contiguous();
     std::vector<float> x(x_c.data_ptr<float>(), x_c.data_ptr<float>() + T * H_), h(T * H_), tmp(T * H_);
     std::vector<float> qkv(T * (nq + 2 * nkv)), att(T * nq), gu(T * 2 * I_), act(T * I_);
-    auto logits = torch::empty({T, V_}, x_c.options());
+    auto logits = torch::empty({T, with_head ? V_ : H_}, x_c.options());
     float* K = kc.data_ptr<float>();
     float* Vc = vc.data_ptr<float>();
     const float* cs = cos_.data_ptr<float>();
@@ -1170,15 +1173,18 @@ class LeanPlan : public Products {
         Pd.multiply(kernel_, A, tmp.data(), &S, me, n_threads);
         sync();
       }
-      const Product& Ph = mats_[4 * L_];
-      if (me == 0) {
-        if (L_ > 0) for (int64_t i = 0; i < T * H_; ++i) x[i] += tmp[i];
-        rms_norm_rows(x.data(), norms_[2 * L_], h.data(), T, H_, eps_);
-        Ph.quantize(kernel_, A, h.data(), T);
+      if (me == 0 && L_ > 0) for (int64_t i = 0; i < T * H_; ++i) x[i] += tmp[i];
+      if (with_head) {
+        const Product& Ph = mats_[4 * L_];
+        if (me == 0) {
+          rms_norm_rows(x.data(), norms_[2 * L_], h.data(), T, H_, eps_);
+          Ph.quantize(kernel_, A, h.data(), T);
+        }
+        sync();
+        Ph.multiply(kernel_, A, logits.data_ptr<float>(), &S, me, n_threads);
       }
-      sync();
-      Ph.multiply(kernel_, A, logits.data_ptr<float>(), &S, me, n_threads);
     }
+    if (!with_head) std::copy(x.begin(), x.end(), logits.data_ptr<float>());
     return logits;
   }
 
@@ -1223,7 +1229,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v16",
+    "quant_int_kernel_v17",
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],

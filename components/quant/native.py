@@ -95,13 +95,19 @@ class KVCache:
 
 
 class LeanLlama:
-    """A Llama decoder (SmolLM2's architecture) over matrices with `.matmul`; see the module doc."""
+    """A Llama decoder (SmolLM2's architecture) over matrices with `.matmul`; see the module doc.
+
+    Built with `head=None` (and its `embed` given) it is an early exit: `forward` returns the residual
+    stream after its layers [1, T, hidden], before any final norm (what an exit adapter reads).
+    """
 
     def __init__(
         self, shape: LlamaShape, layers: list[LeanLayer], final_norm: torch.Tensor, head, name: str, embed=None
     ):
         self.shape, self.layers, self.final_norm, self.head, self.name = shape, layers, final_norm, head, name
         self.embed = embed if embed is not None else head  # tied by default (SmolLM2)
+        if self.embed is None:
+            raise ValueError(f"{name}: a LeanLlama without a head needs its embedding (embed=...)")
         self.vocab_size = shape.vocab
         self.max_context = shape.max_positions
         self.device = torch.device("cpu")
@@ -159,7 +165,7 @@ class LeanLlama:
 
     def weight_bytes(self) -> int:
         """Bytes of weights one decode step reads: every matrix once (the embedding row is negligible)."""
-        total = self.head.nbytes()
+        total = self.head.nbytes() if self.head is not None else 0
         for layer in self.layers:
             total += sum(m.nbytes() for m in (layer.qkv, layer.o, layer.gate_up, layer.down))
         return total
@@ -167,7 +173,8 @@ class LeanLlama:
     # --- the decoding interface --------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
-        """Logits [1, T, V] of `ids` [1, T] (or [T]) after the cached positions; the cache is extended in place."""
+        """Logits [1, T, V] of `ids` [1, T] (or [T]) after the cached positions; the cache is extended in place.
+        Without a head: the residual stream after the last layer [1, T, hidden] instead."""
         ids = ids.reshape(-1)
         cache = cache if cache is not None else self.new_cache()
         sh = self.shape
@@ -208,8 +215,7 @@ class LeanLlama:
             gu = layer.gate_up.matmul(h)
             x = x + layer.down.matmul(F.silu(gu[:, : sh.intermediate]) * gu[:, sh.intermediate :])
         cache.length = pos + T
-        logits = self.head.matmul(_rms_norm(x, self.final_norm, sh.eps))
-        return logits.unsqueeze(0), cache
+        return self._read_out(x).unsqueeze(0), cache
 
     __call__ = forward
 
@@ -234,8 +240,13 @@ class LeanLlama:
             gu = layer.gate_up.matmul(F.rms_norm(x, (sh.hidden,), layer.ffn_norm, eps))
             x = x + layer.down.matmul(F.silu(gu[:, :inter]) * gu[:, inter:])
         cache.length = pos + 1
-        logits = self.head.matmul(F.rms_norm(x, (sh.hidden,), self.final_norm, eps))
-        return logits.unsqueeze(0), cache
+        return self._read_out(x).unsqueeze(0), cache
+
+    def _read_out(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the residual stream x [T, hidden]; x itself for a model without a head."""
+        if self.head is None:
+            return x
+        return self.head.matmul(F.rms_norm(x, (self.shape.hidden,), self.final_norm, self.shape.eps))
 
     def crop(self, cache: KVCache | None, length: int) -> KVCache | None:
         if cache is not None and length < cache.length:
@@ -260,7 +271,8 @@ class LeanLlama:
 
 def _build_plan(model: LeanLlama):
     """`int_kernel`'s LeanPlan over the model's matrices and norms, or None where it cannot run."""
-    matrices = [m for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [model.head]
+    matrices = [m for layer in model.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    matrices += [model.head] if model.head is not None else []  # no head: the plan returns the residual stream
     module = int_kernel.load()
     if module is None or not all(isinstance(m, PackedMatrix) for m in matrices):
         return None
@@ -283,7 +295,8 @@ def _build_plan(model: LeanLlama):
     for layer in model.layers:
         plan.add_norm(layer.attn_norm.float().contiguous())
         plan.add_norm(layer.ffn_norm.float().contiguous())
-    plan.add_norm(model.final_norm.float().contiguous())
+    if model.head is not None:
+        plan.add_norm(model.final_norm.float().contiguous())
     return plan
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from components.decoding.prompts import CHAT_PROMPTS, CODE_PROMPTS
+from components.lm.teacher_prompts import HELD_OUT
 from tests.scripts_module import load_script
 
 teacher_corpus = load_script("teacher_corpus")
@@ -58,6 +59,6 @@ def test_the_pool_alternates_kinds_never_names_a_benchmark_prompts_subject_and_i
     assert any("merge_util" in c and "`pkg.util`" in c for c in chats)
     benchmark = [p.lower() for p in CHAT_PROMPTS + CODE_PROMPTS]
     assert not set(p.lower() for p in pool) & set(benchmark)
-    assert not any(subject in p.lower() for p in pool for subject in teacher_corpus.HELD_OUT)
+    assert not any(subject in p.lower() for p in pool for subject in HELD_OUT)
     assert teacher_corpus.prompt_pool(chats, codes, seed=0) == pool
     assert teacher_corpus.prompt_pool(chats, codes, seed=1) != pool
