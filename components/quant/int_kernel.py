@@ -37,7 +37,12 @@ fp16), converted 8 groups per step together with the per-block scales s * d and 
 Paths, chosen at run time by CPU feature (`paths()`, `best_path()`): avx512_vnni (EVEX vpdpbusd on
 256-bit blocks, masked loads, vpcompressd block lists), avx_vnni (VEX vpdpbusd), avx2 (vpmaddubsw +
 vpmaddwd on true code values: vpmaddubsw saturates), portable (scalar C). All share one source,
-compiled once per path with a GCC target pragma.
+compiled once per path with a GCC target pragma. On avx2, rows of 32-code groups convert their
+metadata 8 groups at a time inside the block loop (`row_g32`), and every vector path quantizes the
+activations 32 per step.
+
+Callers: `int_matmul` (one product, its own OpenMP region), `ProductChain` (several products of one
+input in one call and one region) and `LeanPlan` (a whole Llama forward in one call).
 """
 
 from __future__ import annotations
