@@ -601,16 +601,16 @@ static inline __attribute__((always_inline)) void meta8(const Meta& M, int64_t r
   // a partial last chunk reads the 8 groups that end where the row does (G >= 8), then moves them down
   const int64_t at = nb == 8 || c0 < 8 ? o : o + nb - 8;
   const __m256 one = _mm256_set1_ps(1.f);
-  __m128i sraw, mraw;
-  if (nb == 8 || c0 >= 8) {
-    sraw = M.scale_kind == 0 ? _mm_loadl_epi64((const __m128i*)(M.scale_u8 + at)) : _mm_loadu_si128((const __m128i*)(M.scale_f16 + at));
-    mraw = M.min_kind == 0 ? _mm_loadl_epi64((const __m128i*)(M.min_u8 + at)) : _mm_loadu_si128((const __m128i*)(M.min_f16 + at));
-  } else {  // a row of fewer than 8 groups: copied, so nothing past the matrix is read
-    alignas(16) uint8_t sb[16] = {0}, mb[16] = {0};
-    std::memcpy(sb, M.scale_kind == 0 ? (const void*)(M.scale_u8 + o) : (const void*)(M.scale_f16 + o), nb * (M.scale_kind == 0 ? 1 : 2));
-    std::memcpy(mb, M.min_kind == 0 ? (const void*)(M.min_u8 + o) : (const void*)(M.min_f16 + o), nb * (M.min_kind == 0 ? 1 : 2));
-    sraw = _mm_load_si128((const __m128i*)sb); mraw = _mm_load_si128((const __m128i*)mb);
-  }
+  // 8 entries of one metadata array (kind 0: u8 codes, 1: fp16) from `at`; a row of fewer than 8
+  // groups is copied, so nothing past the matrix is read
+  auto raw8 = [&](int kind, const uint8_t* u8, const uint16_t* f16) __attribute__((always_inline)) {
+    const uint8_t* from = kind == 0 ? u8 + at : (const uint8_t*)(f16 + at);
+    if (nb == 8 || c0 >= 8) return kind == 0 ? _mm_loadl_epi64((const __m128i*)from) : _mm_loadu_si128((const __m128i*)from);
+    alignas(16) uint8_t copy[16] = {0};
+    std::memcpy(copy, from, nb * (kind == 0 ? 1 : 2));
+    return _mm_load_si128((const __m128i*)copy);
+  };
+  const __m128i sraw = raw8(M.scale_kind, M.scale_u8, M.scale_f16), mraw = raw8(M.min_kind, M.min_u8, M.min_f16);
   sv = M.scale_kind == 0
            ? _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sraw)), one), _mm256_set1_ps(M.scale_base[row]))
            : _mm256_cvtph_ps(sraw);
@@ -884,11 +884,12 @@ struct Product {
     M.min_base = min_kind == 0 ? min_base.data_ptr<float>() : nullptr;
   }
 
+  // whether a stream of this many bits is in the matrix (its codes need the activations in that order)
+  bool uses(int bits) const { return bits_lo == bits || bits_hi == bits; }
+
   // x [N, in] -> A (int8 blocks in the orders this matrix's streams need)
   void quantize(const Kernel& k, Acts& A, const float* x, int64_t N) const {
-    const bool need2 = bits_lo == 2 || bits_hi == 2, need4 = bits_lo == 4 || bits_hi == 4;
-    const bool need8 = bits_lo == 8 || bits_hi == 8;
-    k.quantize(A, x, N, in, need8, need4, need2, act_levels == 2);
+    k.quantize(A, x, N, in, uses(8), uses(4), uses(2), act_levels == 2);
     group_activations(A, g);
   }
 
@@ -1052,8 +1053,7 @@ class ProductChain : public Products {
     for (const Product& P : mats_) {
       TORCH_CHECK(P.in == x.size(1) && P.g == first.g && P.act_levels == first.act_levels,
                   "every matrix of a chain takes x's ", x.size(1), " features, one group size and one act_levels");
-      need8 |= P.bits_lo == 8 || P.bits_hi == 8; need4 |= P.bits_lo == 4 || P.bits_hi == 4;
-      need2 |= P.bits_lo == 2 || P.bits_hi == 2;
+      need8 |= P.uses(8); need4 |= P.uses(4); need2 |= P.uses(2);
     }
     const int64_t N = x.size(0);
     std::vector<torch::Tensor> ys;
@@ -1234,7 +1234,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v17",
+    "quant_int_kernel_v18",
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],
@@ -1255,18 +1255,24 @@ def unavailable_reason() -> str:
 def paths() -> list[str]:
     """The kernel paths this CPU can run, fastest first."""
     if not _paths:
-        module = load()
-        _paths.extend(p for p in PATHS if module is not None and module.path_supported(p))
+        built = load()
+        _paths.extend(p for p in PATHS if built is not None and built.path_supported(p))
     return list(_paths)
+
+
+def module():
+    """The compiled extension (built on first call); RuntimeError naming why where it cannot be built."""
+    built = _EXTENSION.module if _EXTENSION.module is not None else load()
+    if built is None:
+        raise RuntimeError(f"integer kernel unavailable: {unavailable_reason()}")
+    return built
 
 
 def matmul_function():
     """(int_matmul, path) for a product: the compiled function and `best_path()` (read per call: tests force it)."""
-    module = _EXTENSION.module if _EXTENSION.module is not None else load()
-    if module is None:
-        raise RuntimeError(f"integer kernel unavailable: {unavailable_reason()}")
+    int_matmul = module().int_matmul
     forced = os.environ.get("QUANT_INT_PATH")
-    return module.int_matmul, (best_path() if forced or not _paths else _paths[0])
+    return int_matmul, (best_path() if forced or not _paths else _paths[0])
 
 
 def best_path() -> str:

@@ -303,10 +303,7 @@ def product_chain(matrices: Sequence[PackedMatrix], path: str | None = None):
     runs several nodes or the whole-model forward its layers; the matrices must share the input
     width, group size and act_levels.
     """
-    module = int_kernel.load()
-    if module is None:
-        raise RuntimeError(f"integer kernel unavailable: {int_kernel.unavailable_reason()}")
-    chain = module.ProductChain(path or int_kernel.best_path())
+    chain = int_kernel.module().ProductChain(path or int_kernel.best_path())
     for matrix in matrices:
         chain.add_matrix(*matrix.kernel_arguments())
     return chain
