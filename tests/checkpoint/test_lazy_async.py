@@ -254,6 +254,21 @@ def _reference_states(iters: int, n_embd: int) -> dict[int, dict]:
     return states
 
 
+def _in_flight(folder: Path) -> bool:
+    """A checkpoint folder not yet renamed to its final name (written, or being committed)."""
+    try:
+        return any(".tmp-" in entry.name for entry in os.scandir(folder))
+    except FileNotFoundError:
+        return False
+
+
+def _wait_until(condition, proc: subprocess.Popen, timeout_s: float, poll_s: float = 0.02) -> None:
+    """Polls until the condition holds, the child exits or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(poll_s)
+
+
 @pytest.mark.parametrize("unaligned", [False, True], ids=["aligned", "unaligned"])
 def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unaligned):
     # ~11 MB checkpoints, one per step: long enough that no kill finds it done. Unaligned: an odd
@@ -265,9 +280,9 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
     child = [sys.executable, str(ROOT / "tests/checkpoint/_crash_child.py"), str(folder), str(iters), str(n_embd)]
     reference = _reference_states(iters, n_embd)
     torn_seen, restored_steps = 0, []
-    # At least 3 kills; more (up to 30) until one has landed mid-flush: on a quiet machine a flush
-    # and its commit are a small part of each step (12 kills all missed in about 1 run of 4), so a
-    # fixed count of random kills could all miss it.
+    # Three kills at random moments (mid-copy, mid-flush or mid-commit), then kills aimed at a
+    # checkpoint in flight until one lands there: on a quiet machine a flush and its commit are a
+    # small part of each step, so random kills alone can all miss them.
     for kill in range(30):
         if kill >= 3 and torn_seen:
             break
@@ -281,10 +296,12 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
         )
         assert proc.stdout.readline().strip() == "started", proc.stderr.read()
         if kill >= 2 and not restored_steps:  # a loaded machine: let one checkpoint commit first
-            deadline = time.monotonic() + 120
-            while latest_checkpoint(folder) is None and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-        time.sleep(rng.uniform(0.1, 0.8))  # somewhere in training: mid-copy, mid-flush or mid-commit
+            _wait_until(lambda: latest_checkpoint(folder) is not None, proc, timeout_s=120)
+        if kill < 3:
+            time.sleep(rng.uniform(0.1, 0.8))
+        else:  # a few steps in, then the moment a temporary folder appears
+            time.sleep(rng.uniform(0.05, 0.3))
+            _wait_until(lambda: _in_flight(folder), proc, timeout_s=60, poll_s=0.0005)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         torn_seen += any(".tmp-" in p.name for p in folder.iterdir())
