@@ -3,7 +3,8 @@ equal total cores, on the served target (SmolLM2's native Q4_1 weights through t
 AR on the fp32 copy and transformers' own generate (plain and prompt lookup) beside it; the
 200-request loopback load test; and the α map: the acceptance a draft of each cost would need for the
 targets, with the drafts the pipeline builds (prompt lookup, the target's first layers, the target
-requantized, the first layers + a trained exit adapter, trained GPTs) placed on it.
+requantized, the first layers + a trained exit adapter, the EAGLE head, trained GPTs) placed on it, the
+trained ones also in PEARL runs (their in-run α).
 
     python -m benchmarks.decoding --quick                 # CPU, a few minutes
     python -m benchmarks.decoding --full                  # what the docs quote
@@ -12,8 +13,8 @@ requantized, the first layers + a trained exit adapter, trained GPTs) placed on 
                                                           # slow clients), updating just its part of decoding.json
 
 Options: --target smollm2_q4_native|smollm2|quantized --target-path DIR --draft prompt_lookup|auto|layerskip|
-requantized|exit_adapter|gpt_folder --draft-path DIR --draft-layers N --threads N --frontier-drafts DIR,DIR
---frontier-layers 1,2,4,... --exit-adapters DIR,DIR|none --no-fp32-peer
+requantized|exit_adapter|eagle_head|gpt_folder --draft-path DIR --draft-layers N --threads N --frontier-drafts DIR,DIR
+--frontier-layers 1,2,4,... --exit-adapters DIR,DIR|none --eagle-heads DIR,DIR|none --no-fp32-peer
 Writes benchmarks/results/decoding.json + decoding.png, logs to MLflow.
 """
 
@@ -38,8 +39,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import RESULTS_DIR, _log_to_mlflow, machine_info, parse_mode, target, write_result  # noqa: E402
-from components.decoding.bench import compare_methods, draft_frontier  # noqa: E402
+from components.decoding.bench import compare_methods, draft_frontier, in_run_alpha  # noqa: E402
 from components.decoding.config import ModelsConfig  # noqa: E402
+from components.decoding.eagle_head import META_FILE as EAGLE_META_FILE  # noqa: E402
 from components.decoding.engine import build_decoder  # noqa: E402
 from components.decoding.exit_adapter import META_FILE as EXIT_META_FILE  # noqa: E402
 from components.decoding.hf_peers import hf_generate  # noqa: E402
@@ -72,7 +74,7 @@ def _own_args(argv):
     parser.add_argument(
         "--draft",
         default="prompt_lookup",
-        help="prompt_lookup | auto | layerskip | requantized | exit_adapter | gpt_folder | mlflow",
+        help="prompt_lookup | auto | layerskip | requantized | exit_adapter | eagle_head | gpt_folder | mlflow",
     )
     parser.add_argument("--draft-path", default=None)
     parser.add_argument("--draft-layers", type=int, default=8)
@@ -98,6 +100,12 @@ def _own_args(argv):
         default="",
         help="exit-adapter folders (draft_train's) to place on the map; default: every one under data/draft_train; "
         "'none' for none",
+    )
+    parser.add_argument(
+        "--eagle-heads",
+        default="",
+        help="EAGLE-head folders (draft_train draft=eagle_head) to place on the map; default: every one under "
+        "data/draft_train; 'none' for none",
     )
     parser.add_argument(
         "--prompts", type=int, default=None, help="prompts per kind (code, chat); default 1 quick, 3 full"
@@ -207,11 +215,23 @@ def draft_map(own, tgt, drf, draft_source: str, prompts, result: dict, threads: 
         drafts[f"layerskip_{int(layers)}"] = load_draft("layerskip", tgt, layers=int(layers))
     if own.target == "smollm2_q4_native" and draft_source != "requantized":
         drafts["requantized_2bit"] = load_draft("requantized", tgt, bits=2)
+    trained = []  # the drafts trained on the target's states: also measured in PEARL runs (in-run α)
     if own.target == "smollm2_q4_native":
-        for folder in exit_adapter_folders(own.exit_adapters):
-            drafts[f"exit_adapter:{folder.name}"] = load_draft("exit_adapter", tgt, str(folder))
+        for folder in trained_folders(own.exit_adapters, EXIT_META_FILE):
+            trained.append(f"exit_adapter:{folder.name}")
+            drafts[trained[-1]] = load_draft("exit_adapter", tgt, str(folder))
+        for folder in trained_folders(own.eagle_heads, EAGLE_META_FILE):
+            trained.append(f"eagle_head:{folder.name}")
+            drafts[trained[-1]] = load_draft("eagle_head", tgt, str(folder))
     sequences = [(ids, out) for (_, ids), out in zip(prompts, result["ar_outputs"])]
     frontier = draft_frontier(tgt, drafts, sequences, threads, result["costs"], GOAL_VS_AR, GOAL_VS_SD)
+    for name in trained:
+        frontier[name].update(in_run_alpha(tgt, drafts[name], sequences, frontier[name]["c"], threads))
+        print(
+            f"{name}: PEARL at gamma {frontier[name]['gamma']:.0f}: in-run alpha {frontier[name]['alpha_in_run']:.3f}, "
+            f"{frontier[name]['mean_accepted_tokens']:.2f} tokens per target forward, "
+            f"{frontier[name]['greedy_mismatches']:.0f} prompts differing from AR"
+        )
     split = step_costs(result["costs"], split=True)
     ar_rate = 1 / step_costs(result["costs"], split=False).target(1)
     for name, point in frontier.items():  # PEARL's round model at this draft's greedy α and cost
@@ -225,13 +245,14 @@ def draft_map(own, tgt, drf, draft_source: str, prompts, result: dict, threads: 
     return requirements, frontier
 
 
-def exit_adapter_folders(option: str) -> list[Path]:
-    """The exit adapters to measure: the folders named, or every one the draft_train flow saved under data/."""
+def trained_folders(option: str, meta_file: str) -> list[Path]:
+    """The trained drafts to measure: the folders named, or every one the draft_train flow saved under data/
+    (a folder holding `meta_file`)."""
     if option == "none":
         return []
     if option:
         return [Path(folder) for folder in option.split(",") if folder]
-    return sorted(meta.parent for meta in (PROJECT_ROOT / "data" / "draft_train").glob(f"*/{EXIT_META_FILE}"))
+    return sorted(meta.parent for meta in (PROJECT_ROOT / "data" / "draft_train").glob(f"*/{meta_file}"))
 
 
 def best_draft(frontier: dict) -> dict:
@@ -389,7 +410,8 @@ def main(argv=None) -> None:
     size = bench_size(args.full, own)
     models_cfg = ModelsConfig(**{key: getattr(own, key) for key in MODEL_ARGS})  # the flows' dataclass
     draft_source, draft_path = models_cfg.draft, models_cfg.draft_path
-    if models_cfg.draft in ("auto", "mlflow") or (models_cfg.draft == "exit_adapter" and not draft_path):
+    trained_draft = models_cfg.draft in ("exit_adapter", "eagle_head")
+    if models_cfg.draft in ("auto", "mlflow") or (trained_draft and not draft_path):
         # the same resolution as the flows (needs Prefect and MLflow)
         from tasks.serve import _resolve_draft_source  # noqa: PLC0415  (start-up cost: Prefect only for auto/mlflow)
 

@@ -1,11 +1,13 @@
-"""`draft_train`: train the exit adapter of the early-exit draft (Kangaroo / LayerSkip style) on the
-served target's own states over its replies, and register it for `serve` (`models.draft=exit_adapter`).
+"""`draft_train`: train a draft that reads the served target itself, on the target's own states over its
+replies, and register it for `serve`: the early-exit draft's adapter (Kangaroo / LayerSkip style,
+`draft=exit_adapter`, serve's `models.draft=exit_adapter`) or the EAGLE-style head (`draft=eagle_head`,
+serve's `models.draft=eagle_head`).
 
 load the native target -> teacher replies (the teacher-reply corpus, or the target's greedy replies to
-the teacher prompts, written now) -> the target's states at the exit layer and its last layer -> train the
-adapter on the KL to the target's next-token distribution; held-out greedy agreement (the draft's
-teacher-forced α) against the same layers with no adapter; the draft's cost c -> save to
-<work_dir>/draft_train/<run_name>/ and register in MLflow.
+the teacher prompts, written now) -> the target's states over them -> train the draft's module (the
+adapter: KL to the target's next-token distribution; the EAGLE head: smooth L1 on the target's next
+state + cross-entropy); held-out greedy agreement (the draft's teacher-forced α) against the untrained
+module; the draft's cost c -> save to <work_dir>/draft_train/<run_name>/ and register in MLflow.
 """
 
 from __future__ import annotations
@@ -13,32 +15,61 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from components.checks import ConfigError
-from components.decoding.config import EXIT_ADAPTER_NAME
-from components.decoding.exit_adapter import ExitAdapterSettings, ExitAdapterTraining, TeacherReplies
+from components.checks import ConfigError, one_of
+from components.decoding.config import EAGLE_HEAD_NAME, EXIT_ADAPTER_NAME
+from components.decoding.draft_data import DraftTraining, TeacherReplies
+from components.decoding.eagle_head import EagleHeadSettings
+from components.decoding.exit_adapter import ExitAdapterSettings
 from mlsys.flow import FlowConfig, system_flow
 from mlsys.tracking import Tracker
-from tasks.draft_train import load_target, record_adapter, teacher_sequences, train_adapter
+from tasks.draft_train import load_target, record_draft, teacher_sequences, train_adapter, train_eagle
+
+# per draft: the MLflow model it is registered as (serve loads it when the folder is absent), its artifact
+DRAFTS = {"exit_adapter": (EXIT_ADAPTER_NAME, "adapter"), "eagle_head": (EAGLE_HEAD_NAME, "eagle_head")}
+
+
+@dataclass
+class DraftChoice:
+    """conf/draft/*.yaml: which draft the flow trains."""
+
+    # exit_adapter: the target's first `adapter.layers` layers + a small adapter (`adapter.*`);
+    # eagle_head: one decoder layer over the target's last hidden state and the next token (`eagle.*`)
+    kind: str = "exit_adapter"
+
+    def __post_init__(self) -> None:
+        one_of("draft.kind", self.kind, tuple(DRAFTS))
 
 
 @dataclass
 class DraftTrainConfig(FlowConfig):
     target_path: Optional[str] = None  # the native target's GGUF; None: the packaged SmolLM2 Q4_1 (what serve decodes)
+    draft: DraftChoice = field(default_factory=DraftChoice)
     replies: TeacherReplies = field(default_factory=TeacherReplies)
     adapter: ExitAdapterSettings = field(default_factory=ExitAdapterSettings)
-    train: ExitAdapterTraining = field(default_factory=ExitAdapterTraining)
-    # the adapter -> <work_dir>/draft_train/<run_name>/ (exit_adapter: where serve's models.draft=exit_adapter looks)
-    run_name: str = "exit_adapter"
-    registered_name: str = EXIT_ADAPTER_NAME  # the MLflow model serve loads when that folder is absent
+    eagle: EagleHeadSettings = field(default_factory=EagleHeadSettings)
+    train: DraftTraining = field(default_factory=DraftTraining)
+    # the draft -> <work_dir>/draft_train/<run_name>/; None: the draft's kind (exit_adapter | eagle_head:
+    # where serve's models.draft=<kind> looks)
+    run_name: Optional[str] = None
+    registered_name: Optional[str] = None  # the MLflow model serve loads when that folder is absent; None: per kind
 
     def __post_init__(self) -> None:
         super().__post_init__()  # work_dir writable, device: checked before anything is trained
         for key in ("run_name", "registered_name"):
-            if not getattr(self, key) or "/" in getattr(self, key):
-                raise ConfigError(key, getattr(self, key), "must be a non-empty name without '/'")
+            value = getattr(self, key)
+            if value is not None and (not value or "/" in value):
+                raise ConfigError(key, value, "must be a non-empty name without '/'")
+
+    @property
+    def folder_name(self) -> str:
+        return self.run_name or self.draft.kind
+
+    @property
+    def model_name(self) -> str:
+        return self.registered_name or DRAFTS[self.draft.kind][0]
 
 
-CLAIM = "Kangaroo / LayerSkip: a shallow exit + a small adapter drafts cheaply with the target's own head"
+CLAIM = "Kangaroo / LayerSkip / EAGLE: drafts built on the target's own states draft cheaply with its own head"
 
 
 @system_flow(
@@ -46,15 +77,18 @@ CLAIM = "Kangaroo / LayerSkip: a shallow exit + a small adapter drafts cheaply w
     DraftTrainConfig,
     order=25,
     summary_metric="val_agreement",
-    quality="val_agreement_gain>=0",  # an adapter no better than no adapter never becomes @serving
+    quality="val_agreement_gain>=0",  # a draft no better than its untrained module never becomes @serving
     claim=CLAIM,
-    measured="greedy agreement {val_agreement_layerskip:.3f} -> {val_agreement:.3f} at c {draft_cost_c:.2f}",
+    measured="greedy agreement {val_agreement:.3f} (gain {val_agreement_gain:+.3f}) at c {draft_cost_c:.2f}",
 )
 def draft_train(cfg: DraftTrainConfig, tracker: Tracker) -> dict[str, float]:
-    """Train the early-exit draft's adapter on the target's states over its replies; register it in MLflow."""
+    """Train the exit adapter or the EAGLE head on the target's states over its replies; register it in MLflow."""
     target = load_target(cfg.target_path)
     replies = teacher_sequences(target, cfg.replies, str(cfg.work_path("draft_train", "teacher_replies")))
-    out_dir = str(cfg.work_path("draft_train", cfg.run_name))
+    out_dir = str(cfg.work_path("draft_train", cfg.folder_name))
     sequences, starts = replies["sequences"], replies["starts"]
-    trained = train_adapter(target, sequences, starts, cfg.adapter, cfg.train, cfg.seed, out_dir, tracker)
-    return record_adapter(tracker, trained, replies["source"], cfg.registered_name)
+    if cfg.draft.kind == "eagle_head":
+        trained = train_eagle(target, sequences, starts, cfg.eagle, cfg.train, cfg.seed, out_dir, tracker)
+    else:
+        trained = train_adapter(target, sequences, starts, cfg.adapter, cfg.train, cfg.seed, out_dir, tracker)
+    return record_draft(tracker, trained, replies["source"], cfg.model_name, DRAFTS[cfg.draft.kind][1])

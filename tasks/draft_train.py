@@ -1,5 +1,5 @@
 """Prefect tasks of the `draft_train` flow: teacher replies, the target's states over them, train the
-exit adapter, record and register it.
+exit adapter or the EAGLE head, record and register it.
 
 The target (a LeanLlama over packed weights) and the states pass between tasks in process
 (cache_policy=NO_CACHE: hashing tensors for a cache key would cost more than the step).
@@ -14,22 +14,34 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from components.decoding.draft_data import (
+    DraftTraining,
+    ReadOut,
+    TeacherReplies,
+    corpus_sequences,
+    reply_start,
+    split_states,
+    teacher_replies,
+)
+from components.decoding.eagle_head import (
+    EagleHead,
+    EagleHeadDraft,
+    EagleHeadSettings,
+    eagle_sequences,
+    evaluate_eagle,
+    frequent_tokens,
+    save_eagle_head,
+    train_eagle_head,
+)
 from components.decoding.engine import measure_cost_ratio
 from components.decoding.exit_adapter import (
     ExitAdapter,
     ExitAdapterDraft,
     ExitAdapterSettings,
-    ExitAdapterTraining,
-    ReadOut,
-    TeacherReplies,
-    corpus_sequences,
     evaluate_exit,
     exit_states,
-    reply_start,
     reply_states,
     save_exit_adapter,
-    split_states,
-    teacher_replies,
     train_exit_adapter,
 )
 from components.decoding.models import native_causal_lm
@@ -89,7 +101,7 @@ def train_adapter(
     sequences: list[list[int]],
     starts: list[int],
     adapter_cfg: ExitAdapterSettings,
-    train_cfg: ExitAdapterTraining,
+    train_cfg: DraftTraining,
     seed: int,
     out_dir: str,
     tracker: Tracker,
@@ -139,11 +151,73 @@ def train_adapter(
     return {"metrics": metrics, "folder": out_dir}
 
 
+@task(name="draft-train-eagle", cache_policy=NO_CACHE)
+def train_eagle(
+    target: LeanLlama,
+    sequences: list[list[int]],
+    starts: list[int],
+    eagle_cfg: EagleHeadSettings,
+    train_cfg: DraftTraining,
+    seed: int,
+    out_dir: str,
+    tracker: Tracker,
+) -> dict:
+    """The target's states (last layer, final norm) over the replies of `sequences`, the EAGLE head trained on
+    them (smooth L1 on the next state + cross-entropy to the target's next-token distribution), evaluated on
+    held-out sequences against the untrained head, its cost c measured, and saved to `out_dir`."""
+    torch.manual_seed(seed)
+    data = eagle_sequences(target, sequences, starts)
+    train, val = split_states(data, train_cfg.val_fraction, seed)
+    vocab_ids = None
+    if eagle_cfg.vocab:  # the read-out tokens: the most frequent in the training replies only
+        vocab_ids = frequent_tokens(
+            [s.tokens.tolist() for s in train], [s.start for s in train], eagle_cfg.vocab, target.vocab_size
+        )
+    head = EagleHead(target.shape, vocab_ids)
+    head_weight = target.head.dequantize().float()
+    before = evaluate_eagle(head, val, head_weight)
+    progress = Progress(train_cfg.steps, "eagle-head", every=25)
+
+    def log(step: int, metrics: dict) -> None:
+        progress.update(step, metrics)
+        tracker.log_metrics(metrics, step=step)
+
+    losses = train_eagle_head(head, train, head_weight, train_cfg, eagle_cfg, seed=seed, log=log)
+    after = evaluate_eagle(head, val, head_weight)
+    draft = EagleHeadDraft(target, head)
+    cost = measure_cost_ratio(native_causal_lm(target), draft, sequences[0][:32], steps=5)
+    metrics = {
+        "val_agreement": after["agreement"],  # teacher-forced greedy α of the head (one step, the target's states)
+        "val_agreement_untrained": before["agreement"],
+        "val_agreement_gain": after["agreement"] - before["agreement"],
+        "val_smooth_l1": after["smooth_l1"],
+        "val_ce": after["ce"],
+        "train_loss_first": sum(losses[:25]) / len(losses[:25]),
+        "train_loss_last": sum(losses[-25:]) / len(losses[-25:]),
+        "train_positions": float(sum(s.positions for s in train)),
+        "val_positions": after["positions"],
+        "read_out_tokens": float(head.vocab_ids.numel() or target.vocab_size),
+        "draft_cost_c": cost["draft_step_s"] / cost["target_step_s"],  # the α map's c: draft step / target step
+    }
+    save_eagle_head(head, out_dir, {"target": target.name, "sequences": len(sequences), **metrics})
+    get_run_logger().info(
+        "EAGLE head: greedy agreement %.3f (untrained: %.3f), c %.2f, %d read-out tokens -> %s",
+        after["agreement"],
+        before["agreement"],
+        metrics["draft_cost_c"],
+        int(metrics["read_out_tokens"]),
+        out_dir,
+    )
+    return {"metrics": metrics, "folder": out_dir}
+
+
 @task(name="draft-record", cache_policy=NO_CACHE)
-def record_adapter(tracker: Tracker, trained: dict, replies_source: str, registered_name: str) -> dict[str, float]:
-    """Final figures to MLflow and the adapter folder registered as `registered_name`."""
+def record_draft(
+    tracker: Tracker, trained: dict, replies_source: str, registered_name: str, artifact: str
+) -> dict[str, float]:
+    """Final figures to MLflow and the draft's folder registered as `registered_name`."""
     tracker.log_metrics(trained["metrics"])
     tracker.set_tags({"teacher_replies": replies_source})
-    version = tracker.log_model_dir(trained["folder"], "adapter", registered_name=registered_name)
+    version = tracker.log_model_dir(trained["folder"], artifact, registered_name=registered_name)
     tracker.set_tags({"registered_model": f"{registered_name}/{version}"})
     return trained["metrics"]

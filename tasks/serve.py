@@ -54,15 +54,20 @@ def _resolve_draft_source(
     models_cfg: ModelsConfig, work_dir: Path, tracking_uri: Optional[str]
 ) -> tuple[str, Optional[str]]:
     """`auto`: the trained draft folder, else the registered MLflow model (`@serving`), else prompt lookup;
-    `exit_adapter` without a path: the draft_train flow's folder, else its registered adapter (`@serving`)."""
+    `exit_adapter` / `eagle_head` without a path: the draft_train flow's folder, else its registered model
+    (`@serving`)."""
     source, path = models_cfg.draft, models_cfg.draft_path
     if source == "mlflow":
         return "gpt_folder", str(load_registered_model_dir(models_cfg.draft_registered_name, tracking_uri))
-    if source == "exit_adapter" and not path:  # the draft_train flow's output, else its registered adapter
-        folder = work_dir / "draft_train" / "exit_adapter"
+    registered = {
+        "exit_adapter": models_cfg.draft_adapter_registered_name,
+        "eagle_head": models_cfg.draft_eagle_registered_name,
+    }
+    if source in registered and not path:  # the draft_train flow's output, else its registered model
+        folder = work_dir / "draft_train" / source
         if folder.is_dir():
             return source, str(folder)
-        return source, str(load_registered_model_dir(models_cfg.draft_adapter_registered_name, tracking_uri))
+        return source, str(load_registered_model_dir(registered[source], tracking_uri))
     if source != "auto":
         return source, path
     folder = work_dir / "lm_train" / "draft"

@@ -23,21 +23,30 @@ from components.decoding.timing import COST_ROUNDS, PrefilledTimer, interleaved_
 from components.decoding.workers import split_threads
 
 
-def greedy_agreement(draft, sequences: Sequence[tuple[Sequence[int], Sequence[int]]]) -> float:
+def greedy_agreement(draft, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], target=None) -> float:
     """Teacher-forced greedy α: the share of the target's greedy tokens that the draft's argmax
     predicts after the same prefix. Greedy SD accepts a proposal exactly when it is this argmax, so
     this is the acceptance rate over every generated position, measured with one draft forward per
     sequence; the engine's measured α averages over the positions where rounds happen to propose.
+    A draft that reads the target's states (EAGLE) gets them over the same prefix from `target` first
+    (its one-step α: in a round only its first proposal has the target's state right before it).
 
     `sequences`: (prompt, the target's greedy continuation) pairs.
     """
     hits = total = 0
     model = wrap_model(draft)
+    if model.reads_target_states and target is None:
+        raise ValueError(f"{model.name} reads the target's states: its greedy agreement needs the target")
     for prompt, generated in sequences:
         if not generated:
             continue
         tokens = list(prompt) + list(generated)
-        logits = SequenceRunner(model).logits_for(tokens[:-1])  # row i predicts token i + 1
+        runner = SequenceRunner(model)
+        if model.reads_target_states:
+            states = SequenceRunner(wrap_model(target), keep_states=True)
+            states.logits_for(tokens[:-1])
+            states.hand_states(runner)
+        logits = runner.logits_for(tokens[:-1])  # row i predicts token i + 1
         predicted = logits[len(prompt) - 1 :].argmax(-1)
         hits += int((predicted == torch.tensor(list(generated))).sum())
         total += len(generated)
@@ -66,10 +75,36 @@ def draft_frontier(
         c = steps[name] / steps["_target"]
         out[name] = {
             "c": c,
-            "alpha_greedy": greedy_agreement(draft, sequences),
+            "alpha_greedy": greedy_agreement(draft, sequences, target),
             "alpha_needed": alpha_needed_at_cost(costs, c, goal_vs_ar, goal_vs_sd),
         }
     return out
+
+
+def in_run_alpha(
+    target, draft, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], c: float, threads: int, max_gamma: int = 8
+) -> dict[str, float]:
+    """PEARL with `draft` over the same prompts, greedy, γ = round(1/c) capped at `max_gamma` (PEARL's rule):
+    the engine's α (the draft's proposals after its own earlier ones included), tokens per target forward,
+    and the prompts whose output differs from the target's greedy continuation (must be 0)."""
+    gamma = min(max_gamma, max(1, round(1 / max(c, 1e-9))))
+    draft_threads, target_threads = split_threads(threads, draft=draft)
+    decoder = build_decoder("pearl", target, draft, gamma, True, draft_threads, target_threads)
+    runs, mismatches = [], 0
+    try:
+        for prompt, generated in sequences:
+            tokens, stats = decoder.generate(prompt, len(generated))
+            mismatches += int(tokens != list(generated))
+            runs.append(stats)
+    finally:
+        decoder.close()
+    verified = sum(r.draft_tokens_verified for r in runs)
+    return {
+        "gamma": float(gamma),
+        "alpha_in_run": sum(r.draft_tokens_accepted for r in runs) / verified if verified else 0.0,
+        "mean_accepted_tokens": sum(r.new_tokens for r in runs) / max(1, sum(r.target_forwards for r in runs)),
+        "greedy_mismatches": float(mismatches),
+    }
 
 
 def _aggregate(runs: list[DecodeStats]) -> dict:

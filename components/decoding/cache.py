@@ -30,8 +30,20 @@ class CausalLM:
     # False for a draft that computes nothing worth a core (prompt lookup): PEARL then leaves every
     # core to the target instead of parking one on a draft thread that would sit idle
     uses_cores: bool = True
+    # True for a draft that reads the target's hidden states (EAGLE): the decoders run the target through
+    # `forward_states` and hand each pass's states to the draft's `take_target_states` between rounds
+    reads_target_states: bool = False
 
     def forward(self, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def forward_states(self, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """A target that can hand its states: `forward`'s logits, the states its head reads [T, hidden], the cache."""
+        raise NotImplementedError(f"{self.name} does not hand its hidden states to a draft")
+
+    def take_target_states(self, cache: Any, tokens: Sequence[int], start: int, states: torch.Tensor) -> Any:
+        """A draft that reads them: the target's states [n, hidden] at positions start.. of `tokens` (the
+        sequence the target was fed); returns the draft's cache for this sequence, holding them."""
         raise NotImplementedError
 
     def crop(self, cache: Any, length: int) -> Any:
@@ -109,12 +121,15 @@ def wrap_model(model, name: Optional[str] = None) -> CausalLM:
 class SequenceRunner:
     """One model decoding one sequence, with a rollback-able KV cache and forward accounting."""
 
-    def __init__(self, model: CausalLM):
+    def __init__(self, model: CausalLM, keep_states: bool = False):
         self.model = model
         self.cache: Any = None
         self.cached = 0  # tokens of the sequence whose keys/values the cache holds
         self.forwards = 0  # forward passes (one per call, whatever the number of tokens)
         self.forward_seconds = 0.0
+        # keep_states: each forward also keeps the states the head read, (first position, tokens fed, [n, hidden])
+        self.keep_states = keep_states
+        self.states: Optional[tuple[int, list[int], torch.Tensor]] = None
 
     def logits_for(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed `tokens[cached:]` (at least one) and return their logits [n_fed, V]."""
@@ -123,14 +138,29 @@ class SequenceRunner:
         if len(tokens) > self.model.max_context:
             raise ValueError(f"{self.model.name}: {len(tokens)} tokens exceed its context of {self.model.max_context}")
         new = torch.tensor([list(tokens[self.cached :])], dtype=torch.long, device=self.model.device)
-        start = time.perf_counter()
-        logits, self.cache = self.model.forward(new, self.cache)
+        start, first = time.perf_counter(), self.cached
+        if self.keep_states:
+            logits, states, self.cache = self.model.forward_states(new, self.cache)
+            if self.states is not None and self.states[0] <= first:  # not handed over yet: keep what still holds
+                states = torch.cat([self.states[2][: first - self.states[0]], states])
+                first = self.states[0]
+            self.states = (first, list(tokens), states)
+        else:
+            logits, self.cache = self.model.forward(new, self.cache)
         self.forward_seconds += time.perf_counter() - start
         self.forwards += 1
         self.cached = len(tokens)
         # Sampling and verdicts run on the CPU with CPU generators (also when the model is on a GPU):
         # the rows are small ([n_fed, V]) and the verdict needs them on the host anyway.
         return logits[0].float().cpu() if logits.device.type != "cpu" else logits[0]
+
+    def hand_states(self, draft: SequenceRunner) -> None:
+        """Give the states of this runner's forwards since the last hand-over to `draft`'s model (an EAGLE
+        draft). Called between rounds, never while the draft runs: its proposals never depend on timing."""
+        if self.states is not None:
+            first, tokens, states = self.states
+            draft.cache = draft.model.take_target_states(draft.cache, tokens, first, states)
+            self.states = None
 
     def rollback(self, length: int) -> None:
         """Forget every cached position from `length` on (rejected speculative tokens)."""

@@ -14,6 +14,7 @@ from components.checks import ConfigError, at_least, in_range, one_of
 from components.decoding.timing import COST_ROUNDS
 
 EXIT_ADAPTER_NAME = "exit-adapter"  # the MLflow model the draft_train flow registers and `serve` loads
+EAGLE_HEAD_NAME = "eagle-head"  # the same for its EAGLE head (draft_train draft=eagle_head)
 METHODS = ("ar", "sd", "pearl", "pearl_no_pre", "pearl_no_post")
 TARGET_SOURCES = ("smollm2_q4_native", "smollm2", "quantized", "hf_folder", "tiny_random")
 DRAFT_SOURCES = (
@@ -22,6 +23,7 @@ DRAFT_SOURCES = (
     "layerskip",
     "requantized",
     "exit_adapter",
+    "eagle_head",
     "gpt_folder",
     "mlflow",
     "tiny_random",
@@ -42,13 +44,15 @@ class ModelsConfig:
     # auto: the trained draft folder, else MLflow `lm-draft@serving`, else prompt_lookup (native target) or
     # layerskip; prompt_lookup: n-gram copy from the context (no model); layerskip: the target's first
     # draft_layers layers + its head; requantized: the native target at draft_bits; exit_adapter: the native
-    # target's first layers + a trained adapter (the draft_train flow's); gpt_folder | mlflow | tiny_random | none
+    # target's first layers + a trained adapter (the draft_train flow's); eagle_head: one trained layer over the
+    # native target's last hidden state (draft_train draft=eagle_head); gpt_folder | mlflow | tiny_random | none
     draft: str = "auto"
-    # gpt_folder: a folder written by GPT.save; exit_adapter: the draft_train flow's adapter folder (None: its
-    # output under work_dir, else the MLflow model `draft_adapter_registered_name`)
+    # gpt_folder: a folder written by GPT.save; exit_adapter / eagle_head: the draft_train flow's folder (None:
+    # its output under work_dir, else the MLflow model `draft_adapter_registered_name` / `draft_eagle_registered_name`)
     draft_path: Optional[str] = None
     draft_registered_name: str = "lm-draft"  # the lm_train flow registers the draft under this name
     draft_adapter_registered_name: str = EXIT_ADAPTER_NAME  # the draft_train flow registers the adapter under it
+    draft_eagle_registered_name: str = EAGLE_HEAD_NAME  # ... and the EAGLE head under this one
     draft_layers: int = 8  # layerskip: first 8 of SmolLM2's 30 layers (+ the shared head)
     draft_ngram: int = 3  # prompt_lookup: longest n-gram matched (then shorter ones), as HF's max_matching_ngram_size
     draft_bits: int = 2  # requantized: bits per weight of every projection and the head (2: ~3 bits with metadata)
@@ -60,10 +64,12 @@ class ModelsConfig:
         at_least("models.draft_layers", self.draft_layers, 1)
         at_least("models.draft_ngram", self.draft_ngram, 1)
         one_of("models.draft_bits", self.draft_bits, (2, 4))
-        if self.draft == "exit_adapter" and self.target != "smollm2_q4_native":
+        if self.draft in ("exit_adapter", "eagle_head") and self.target != "smollm2_q4_native":
             raise ConfigError("models.draft", self.draft, "runs on the native target (models.target=smollm2_q4_native)")
         if not self.draft_adapter_registered_name:
             raise ConfigError("models.draft_adapter_registered_name", "", "the adapter's registered name is needed")
+        if not self.draft_eagle_registered_name:
+            raise ConfigError("models.draft_eagle_registered_name", "", "the EAGLE head's registered name is needed")
         if not self.served_name:
             raise ConfigError("models.served_name", self.served_name, "clients need a model name to ask for")
 

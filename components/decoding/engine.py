@@ -77,6 +77,11 @@ class DecodeStats:
         }
 
 
+def hands_states(model: CausalLM) -> bool:
+    """Whether `model` can run as the target of a draft that reads the target's states (EAGLE)."""
+    return type(model).forward_states is not CausalLM.forward_states
+
+
 class _Output:
     """The committed continuation: applies max_new_tokens and the stop tokens as tokens arrive."""
 
@@ -118,6 +123,11 @@ class Decoder:
             raise ValueError(
                 f"draft vocabulary ({self.draft.vocab_size}) differs from the target's "
                 f"({self.target.vocab_size}): speculative decoding needs a shared tokenizer"
+            )
+        if self.draft is not None and self.draft.reads_target_states and not hands_states(self.target):
+            raise ValueError(
+                f"the draft {self.draft.name} reads the target's hidden states; the target {self.target.name} "
+                "does not hand them (forward_states): use the native target"
             )
 
     @property
@@ -256,7 +266,8 @@ class _SpeculativeRun:
         self, decoder: SpeculativeDecoder, out: _Output, params: SamplingParams, seed: int, stats: DecodeStats
     ):
         self.decoder, self.out, self.params, self.seed, self.stats = decoder, out, params, seed, stats
-        self.target, self.draft = SequenceRunner(decoder.target), SequenceRunner(decoder.draft)
+        self.target = SequenceRunner(decoder.target, keep_states=decoder.draft.reads_target_states)
+        self.draft = SequenceRunner(decoder.draft)
         self.draft_rng = torch.Generator().manual_seed(seed)
         self.verdict_rng = torch.Generator()
         self.block: list[int] = []  # draft tokens after out.seq awaiting the target's verdict
@@ -291,7 +302,9 @@ class _SpeculativeRun:
         out, decoder = self.out, self.decoder
         gamma = decoder._draft_budget(out, 0)
         if gamma == 0:  # no room to draft (end of budget or context): one target step
-            return self.emit([sample(warp(self.target.logits_for(out.seq)[-1], self.params), self.verdict_rng)])
+            logits = self.target.logits_for(out.seq)[-1]
+            self.target.hand_states(self.draft)
+            return self.emit([sample(warp(logits, self.params), self.verdict_rng)])
         seq = list(out.seq)
         if not decoder.pre_verify:  # the draft drafts alone; the target waits
             self.block, self.block_q = self.propose(seq, gamma)
@@ -299,6 +312,7 @@ class _SpeculativeRun:
         (drafted, qs), logits = decoder.workers.run(
             lambda: self.propose(seq, gamma), lambda: self.target.logits_for(seq)[-1]
         )
+        self.target.hand_states(self.draft)  # both workers are done: an EAGLE draft reads them next round
         resampled = self.verdict(drafted[0], warp(logits, self.params), qs[0])
         if resampled is None:
             self.block, self.block_q = drafted[1:], qs[1:]
@@ -320,6 +334,7 @@ class _SpeculativeRun:
         else:
             next_block, next_q = [], []
             logits = self.target.logits_for(seq + pending)
+        self.target.hand_states(self.draft)
         ps = warp(logits[-(len(pending) + 1) :], self.params)  # p for each block token, then the next
         accepted, resampled = 0, None
         for i, tok in enumerate(pending):

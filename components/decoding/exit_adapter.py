@@ -14,9 +14,7 @@ them back and names the file when one is missing or does not fit.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +25,9 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from components.checks import at_least, in_range, positive
+from components.checks import at_least
 from components.decoding.cache import CausalLM
+from components.decoding.draft_data import DraftTraining, ReadOut, exit_trunk, layer_states, train_loop
 from components.quant.native import LeanLlama
 
 WEIGHTS_FILE = "exit_adapter.safetensors"
@@ -45,24 +44,6 @@ class ExitAdapterSettings:
     def __post_init__(self) -> None:
         at_least("adapter.layers", self.layers, 1)
         at_least("adapter.width", self.width, 1)
-
-
-@dataclass
-class ExitAdapterTraining:
-    """How the adapter is trained on the target's hidden states over the teacher replies."""
-
-    steps: int = 400  # AdamW steps; each reads `batch_positions` positions (~0.1 s on 2 cores at SmolLM2's size)
-    batch_positions: int = 128  # positions per step (their full-vocabulary KL is the step's cost)
-    lr: float = 2.0e-3  # peak learning rate (cosine to lr/10); the adapter starts at the identity
-    weight_decay: float = 0.0  # the adapter is tiny and starts at zero: nothing to regularise towards
-    val_fraction: float = 0.1  # sequences held out for the teacher-forced greedy agreement (α)
-
-    def __post_init__(self) -> None:
-        at_least("train.steps", self.steps, 1)
-        at_least("train.batch_positions", self.batch_positions, 1)
-        positive("train.lr", self.lr)
-        at_least("train.weight_decay", self.weight_decay, 0.0)
-        in_range("train.val_fraction", self.val_fraction, 0.01, 0.5)
 
 
 class ExitAdapter(torch.nn.Module):
@@ -88,21 +69,7 @@ class ExitAdapter(torch.nn.Module):
         return x + self.up(F.silu(self.down(F.rms_norm(x, (self.hidden,), self.norm, self.eps))))
 
 
-def read_out(h: torch.Tensor, final_norm: torch.Tensor, head_weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Logits of residual-stream states h [N, hidden] through a final norm and a dense head [V, hidden]."""
-    return F.linear(F.rms_norm(h, (h.shape[-1],), final_norm, eps), head_weight)
-
-
 # --- the draft -------------------------------------------------------------------------------------
-
-
-def exit_trunk(lean: LeanLlama, layers: int) -> LeanLlama:
-    """`lean`'s first `layers` layers without a head: forward gives the residual stream there (shared weights)."""
-    total = lean.shape.layers
-    if not 1 <= layers <= total:
-        raise ValueError(f"an exit needs 1 <= layers <= {total} (the target's depth), got {layers}")
-    shape = dataclasses.replace(lean.shape, layers=layers)
-    return LeanLlama(shape, lean.layers[:layers], lean.final_norm, None, f"{lean.name}-exit{layers}", lean.embed)
 
 
 class ExitAdapterDraft(CausalLM):
@@ -138,73 +105,9 @@ class ExitAdapterDraft(CausalLM):
 
 
 @torch.no_grad()
-def teacher_replies(
-    target: LeanLlama, prompts: Sequence[Sequence[int]], new_tokens: int, stop_ids: Sequence[int] = ()
-) -> list[list[int]]:
-    """Each prompt followed by the target's greedy reply (up to `new_tokens`, through the first stop token)."""
-    stops, out = set(stop_ids), []
-    for prompt in prompts:
-        logits, cache = target.forward(torch.tensor(list(prompt)))
-        seq = list(prompt)
-        for _ in range(new_tokens):
-            nxt = int(logits[0, -1].argmax())
-            seq.append(nxt)
-            if nxt in stops or len(seq) >= target.max_context:
-                break
-            logits, cache = target.forward(torch.tensor([nxt]), cache)
-        out.append(seq)
-    return out
-
-
-@torch.no_grad()
 def exit_states(target: LeanLlama, layers: int, sequences: Sequence[Sequence[int]]) -> list[tuple[torch.Tensor, ...]]:
     """Per sequence: (the residual stream after `layers` layers, after the last layer), each [T, hidden]."""
-    trunk, full = exit_trunk(target, layers), exit_trunk(target, target.shape.layers)
-    states = []
-    for seq in sequences:
-        ids = torch.tensor(list(seq)[: target.max_context])
-        states.append((trunk.forward(ids)[0][0], full.forward(ids)[0][0]))
-    return states
-
-
-@dataclass
-class TeacherReplies:
-    """Where the sequences the adapter learns on come from: teacher replies on disk, or written now."""
-
-    # a folder of scripts/teacher_corpus.py's files (prompt + SmolLM2's greedy reply, one .txt each);
-    # None: the target answers `count` of the teacher prompts (components/lm/teacher_prompts.py) now
-    corpus: Optional[str] = None
-    count: int = 96  # replies written now (corpus=None): ~96 x 64 tokens, ~4 min at ~25 tokens/s on 2 cores
-    new_tokens: int = 64  # longest reply written now (the benchmark decodes 48-64 tokens)
-    max_files: int = 2000  # corpus: at most this many files, in name order
-    max_tokens: int = 256  # each sequence cut to this many tokens (the states of one prefill)
-
-    def __post_init__(self) -> None:
-        at_least("replies.count", self.count, 2)
-        at_least("replies.new_tokens", self.new_tokens, 1)
-        at_least("replies.max_files", self.max_files, 2)
-        at_least("replies.max_tokens", self.max_tokens, 2)
-
-
-def corpus_sequences(folder: str | Path, encode: Callable[[str], list[int]], max_files: int, max_tokens: int):
-    """Token ids of the teacher-reply files (`*.txt`) in `folder`, each cut to `max_tokens`."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"replies.corpus: {folder} is not a folder of teacher replies (teacher_corpus.py's)")
-    files = sorted(folder.glob("*.txt"))[:max_files]
-    if len(files) < 2:
-        raise ValueError(f"replies.corpus: {folder} holds {len(files)} .txt files; the adapter needs at least 2")
-    return [encode(f.read_text(encoding="utf-8"))[:max_tokens] for f in files]
-
-
-def reply_start(ids: Sequence[int], header: Sequence[int]) -> int:
-    """Where the reply begins in a teacher file's tokens: after the last chat header (`header`, the
-    assistant turn's opening tokens), else 0 (a code prompt: the whole file is code)."""
-    n = len(header)
-    for i in range(len(ids) - n, -1, -1):
-        if n and list(ids[i : i + n]) == list(header):
-            return i + n
-    return 0
+    return layer_states(target, (layers, target.shape.layers), sequences)
 
 
 def reply_states(states: list, starts: Sequence[int]) -> list:
@@ -217,33 +120,8 @@ def reply_states(states: list, starts: Sequence[int]) -> list:
     return out
 
 
-def split_states(states: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """Whole sequences to train and validation (no sequence straddles the split); at least one each."""
-    if len(states) < 2:
-        raise ValueError(f"the exit adapter needs at least 2 sequences (train + validation), got {len(states)}")
-    order = torch.randperm(len(states), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = min(len(states) - 1, max(1, round(val_fraction * len(states))))
-    return [states[i] for i in order[n_val:]], [states[i] for i in order[:n_val]]
-
-
 def _stack(states: list) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([s[0] for s in states]), torch.cat([s[1] for s in states])
-
-
-@dataclass
-class ReadOut:
-    """The target's shared final norm and head (dequantized, dense) that training reads states through."""
-
-    final_norm: torch.Tensor
-    head_weight: torch.Tensor  # [V, hidden]
-    eps: float
-
-    @classmethod
-    def of(cls, target: LeanLlama) -> ReadOut:
-        return cls(target.final_norm.float(), target.head.dequantize().float(), target.shape.eps)
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        return read_out(h, self.final_norm, self.head_weight, self.eps)
 
 
 def exit_loss(adapter: ExitAdapter, exit_x: torch.Tensor, last_x: torch.Tensor, head: ReadOut) -> torch.Tensor:
@@ -271,33 +149,21 @@ def train_exit_adapter(
     adapter: ExitAdapter,
     train_states: list,
     head: ReadOut,
-    settings: ExitAdapterTraining,
+    settings: DraftTraining,
     seed: int = 0,
     log: Optional[Callable[[int, dict], None]] = None,
     log_every: int = 25,
 ) -> list[float]:
-    """AdamW on the KL at random training positions (cosine schedule, batches drawn from `seed`);
-    returns the loss of every step."""
+    """AdamW on the KL at random training positions (`train_loop`: cosine schedule, batches drawn from
+    `seed`); returns the loss of every step."""
     exit_x, last_x = _stack(train_states)
-    gen = torch.Generator().manual_seed(seed)
-    params = [p for p in adapter.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    losses = []
-    adapter.train()
-    for step in range(1, settings.steps + 1):
-        lr = settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 1) / settings.steps)))
-        for group in opt.param_groups:
-            group["lr"] = lr
+
+    def batch_loss(gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = torch.randint(0, exit_x.shape[0], (settings.batch_positions,), generator=gen)
         loss = exit_loss(adapter, exit_x[idx], last_x[idx], head)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if log is not None and (step % log_every == 0 or step == settings.steps):
-            log(step, {"train_kl": sum(losses[-log_every:]) / len(losses[-log_every:]), "lr": lr})
-    adapter.eval()
-    return losses
+        return loss, {"train_kl": float(loss.detach())}
+
+    return train_loop(adapter, settings, batch_loss, seed, log, log_every)
 
 
 # --- files -------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 - `native_first_layers`, `native_requantized`: drafts built from the native Q4_1 target (its first
   layers; all of it requantized to fewer bits), sharing or re-packing its weights.
 - `exit_adapter.ExitAdapterDraft`: the native target's first layers + a trained adapter (Kangaroo style).
+- `eagle_head.EagleHeadDraft`: one trained decoder layer over the native target's last hidden state (EAGLE).
 - `PromptLookupDraft` (lookup.py): n-gram copy from the context, no weights.
 - `load_target` / `load_draft`: resolve a configured source to a model object.
 """
@@ -24,6 +25,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Llam
 
 from components.decoding.cache import CausalLM, wrap_model
 from components.decoding.config import DRAFT_SOURCES, TARGET_SOURCES
+from components.decoding.eagle_head import EagleHeadDraft, load_eagle_head
 from components.decoding.exit_adapter import ExitAdapterDraft, load_exit_adapter
 from components.decoding.lookup import PromptLookupDraft
 from components.lm import smollm2
@@ -172,6 +174,9 @@ class NativeCausalLM(CausalLM):
     def forward(self, ids, cache):
         return self.lean.forward(ids, cache)
 
+    def forward_states(self, ids, cache):
+        return self.lean.forward_states(ids, cache)
+
     def crop(self, cache, length):
         return self.lean.crop(cache, length)
 
@@ -228,11 +233,25 @@ def native_exit_adapter(target: NativeCausalLM, folder: Optional[str]) -> ExitAd
     return ExitAdapterDraft(target.lean, adapter, int(meta["layers"]))
 
 
+def native_eagle_head(target: NativeCausalLM, folder: Optional[str]) -> EagleHeadDraft:
+    """The EAGLE head saved in `folder` over the native target (its embedding, head and hidden states)."""
+    if not isinstance(target, NativeCausalLM):
+        raise ValueError("draft source 'eagle_head' needs the native target (models.target=smollm2_q4_native)")
+    if not folder:
+        raise FileNotFoundError("draft source 'eagle_head' needs the head's folder (draft_train's output)")
+    head, _ = load_eagle_head(folder)
+    try:
+        return EagleHeadDraft(target.lean, head)
+    except ValueError as err:
+        raise ValueError(f"eagle-head draft: {folder}: {err}") from err
+
+
 def load_draft(
     source: str, target, path: Optional[str] = None, layers: int = 4, device: str = "cpu", ngram: int = 3, bits: int = 2
 ):
     """The draft: prompt lookup, the target's first layers, the target requantized, the target's first layers
-    + a trained exit adapter (folder `path`), a trained GPT folder, tiny random, or none (autoregressive)."""
+    + a trained exit adapter (folder `path`), a trained EAGLE head (folder `path`), a trained GPT folder,
+    tiny random, or none (autoregressive)."""
     if source == "none":
         return None
     if source == "prompt_lookup":
@@ -249,6 +268,8 @@ def load_draft(
         return native_requantized(target, bits)
     if source == "exit_adapter":
         return native_exit_adapter(target, path)
+    if source == "eagle_head":
+        return native_eagle_head(target, path)
     if source == "gpt_folder":
         if not path or not Path(path).exists():
             raise FileNotFoundError(f"draft source 'gpt_folder' needs the folder of a saved GPT, got {path!r}")

@@ -19,6 +19,7 @@ one components/decoding drives: `forward(ids [1, T], cache) -> (logits [1, T, V]
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,13 +112,10 @@ class LeanLlama:
         self.vocab_size = shape.vocab
         self.max_context = shape.max_positions
         self.device = torch.device("cpu")
-        half = shape.head_dim // 2
-        inv_freq = 1.0 / (shape.rope_theta ** (torch.arange(0, half, dtype=torch.float32) * 2 / shape.head_dim))
-        angles = torch.outer(torch.arange(shape.max_positions, dtype=torch.float32), inv_freq)
-        angles = torch.cat([angles, angles], -1)
-        self.cos, self.sin = angles.cos(), angles.sin()
+        self.cos, self.sin = rope_tables(shape)
         self.fused = True  # False: the torch path even where the compiled forward could run (comparisons)
         self._plan = None  # the compiled forward, built on first use (see `_compiled_plan`)
+        self._split = None  # forward_states' two parts (the layers without the head; the head alone), on first use
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod
@@ -192,30 +190,38 @@ class LeanLlama:
         if kernels is not None:  # one position: attention in one compiled call per layer
             return self._step(x, cache, pos, kernels.attend_one)
         cos, sin = self.cos[pos : pos + T], self.sin[pos : pos + T]
-        nq, nkv, hd = sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim, sh.head_dim
-        mask = None
-        if T > 1:  # query i sees every cached position and the block's positions up to its own
-            mask = torch.arange(pos + T)[None, :] <= (pos + torch.arange(T))[:, None]
         for li, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.attn_norm, sh.eps)
-            qkv = layer.qkv.matmul(h)
-            q = qkv[:, :nq].reshape(T, sh.heads, hd).transpose(0, 1)
-            k = qkv[:, nq : nq + nkv].reshape(T, sh.kv_heads, hd).transpose(0, 1)
-            v = qkv[:, nq + nkv :].reshape(T, sh.kv_heads, hd).transpose(0, 1)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            cache.k[li, :, pos : pos + T] = k
-            cache.v[li, :, pos : pos + T] = v
-            keys, values = cache.k[li, :, : pos + T], cache.v[li, :, : pos + T]
-            attn = F.scaled_dot_product_attention(
-                q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, enable_gqa=True
-            )
-            x = x + layer.o.matmul(attn[0].transpose(0, 1).reshape(T, nq))
-            h = _rms_norm(x, layer.ffn_norm, sh.eps)
-            gu = layer.gate_up.matmul(h)
-            x = x + layer.down.matmul(F.silu(gu[:, : sh.intermediate]) * gu[:, sh.intermediate :])
+            x = decoder_layer(x, layer, cache.k[li], cache.v[li], pos, cos, sin, sh)
         cache.length = pos + T
         return self._read_out(x).unsqueeze(0), cache
+
+    @torch.no_grad()
+    def forward_states(
+        self, ids: torch.Tensor, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
+        """`forward`'s logits [1, T, V] and the states its head reads [T, hidden] (the last layer's residual
+        stream after the final norm: what an EAGLE-style draft extends). The logits are `forward`'s own
+        numbers: compiled, the layers run as one call without the head, then the head as a plan of no
+        layers (the same norm and product code, on the same residual stream); on the torch path, the same
+        layers and `_read_out`."""
+        if self.head is None:
+            raise ValueError(f"{self.name}: forward_states needs a model with a head")
+        if self._split is None:
+            shape = dataclasses.replace(self.shape, layers=0)
+            trunk = LeanLlama(self.shape, self.layers, self.final_norm, None, f"{self.name}-trunk", self.embed)
+            trunk.fused = self.fused
+            self._split = (trunk, LeanLlama(shape, [], self.final_norm, self.head, f"{self.name}-head", self.embed))
+        trunk, head_only = self._split
+        x, cache = trunk.forward(ids, cache)
+        x = x[0]
+        plan = head_only._compiled_plan() if self._compiled_plan() is not None else None
+        if plan is not None:
+            empty = torch.zeros(0, self.shape.kv_heads, x.shape[0], self.shape.head_dim)
+            logits = plan.forward(x.contiguous(), 0, empty, empty)
+        else:
+            logits = self._read_out(x)
+        states = F.rms_norm(x, (self.shape.hidden,), self.final_norm.float(), self.shape.eps)
+        return logits.unsqueeze(0), states, cache
 
     __call__ = forward
 
@@ -298,6 +304,53 @@ def _build_plan(model: LeanLlama):
     if model.head is not None:
         plan.add_norm(model.final_norm.float().contiguous())
     return plan
+
+
+def rope_tables(shape: LlamaShape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary cos and sin [max_positions, head_dim] of a Llama of this shape (transformers' layout)."""
+    half = shape.head_dim // 2
+    inv_freq = 1.0 / (shape.rope_theta ** (torch.arange(0, half, dtype=torch.float32) * 2 / shape.head_dim))
+    angles = torch.outer(torch.arange(shape.max_positions, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], -1)
+    return angles.cos(), angles.sin()
+
+
+def decoder_layer(
+    x: torch.Tensor,
+    layer: LeanLayer,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pos: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    sh: LlamaShape,
+) -> torch.Tensor:
+    """One Llama decoder layer (torch ops around one product per matrix) over x [T, hidden] at positions
+    pos..pos+T-1; its keys and values go into k_cache / v_cache [kv_heads, capacity, head_dim] there.
+    `cos`/`sin`: the rotary rows of those positions. Differentiable when the matrices' products are
+    (an EAGLE head trains its layer through it)."""
+    T = x.shape[0]
+    nq, nkv, hd = sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim, sh.head_dim
+    mask = None
+    if T > 1:  # query i sees every cached position and the block's positions up to its own
+        mask = torch.arange(pos + T)[None, :] <= (pos + torch.arange(T))[:, None]
+    h = _rms_norm(x, layer.attn_norm, sh.eps)
+    qkv = layer.qkv.matmul(h)
+    q = qkv[:, :nq].reshape(T, sh.heads, hd).transpose(0, 1)
+    k = qkv[:, nq : nq + nkv].reshape(T, sh.kv_heads, hd).transpose(0, 1)
+    v = qkv[:, nq + nkv :].reshape(T, sh.kv_heads, hd).transpose(0, 1)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    k_cache[:, pos : pos + T] = k
+    v_cache[:, pos : pos + T] = v
+    keys, values = k_cache[:, : pos + T], v_cache[:, : pos + T]
+    attn = F.scaled_dot_product_attention(
+        q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, enable_gqa=True
+    )
+    x = x + layer.o.matmul(attn[0].transpose(0, 1).reshape(T, nq))
+    h = _rms_norm(x, layer.ffn_norm, sh.eps)
+    gu = layer.gate_up.matmul(h)
+    return x + layer.down.matmul(F.silu(gu[:, : sh.intermediate]) * gu[:, sh.intermediate :])
 
 
 def _rope_theta(cfg) -> float:

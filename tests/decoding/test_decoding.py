@@ -130,8 +130,8 @@ def test_caches_stay_consistent_through_a_sampled_pearl_run(llama_pair):
     runners = []
     original = SequenceRunner.__init__
 
-    def spy(self, model):
-        original(self, model)
+    def spy(self, model, **kwargs):
+        original(self, model, **kwargs)
         runners.append(self)
 
     SequenceRunner.__init__ = spy

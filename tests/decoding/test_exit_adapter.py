@@ -9,23 +9,25 @@ import torch
 
 from components.checks import ConfigError
 from components.decoding.config import ModelsConfig
+from components.decoding.draft_data import (
+    DraftTraining,
+    ReadOut,
+    TeacherReplies,
+    corpus_sequences,
+    exit_trunk,
+    reply_start,
+    split_states,
+    teacher_replies,
+)
 from components.decoding.exit_adapter import (
     META_FILE,
     WEIGHTS_FILE,
     ExitAdapter,
     ExitAdapterSettings,
-    ExitAdapterTraining,
-    ReadOut,
-    TeacherReplies,
-    corpus_sequences,
     evaluate_exit,
     exit_states,
-    exit_trunk,
-    reply_start,
     reply_states,
     save_exit_adapter,
-    split_states,
-    teacher_replies,
     train_exit_adapter,
 )
 from components.decoding.models import load_draft, load_target, native_first_layers, tiny_llama
@@ -57,7 +59,7 @@ def trained(native_tiny, tmp_path_factory):
     head = ReadOut.of(native_tiny.lean)
     adapter = ExitAdapter(64, 32)
     before = evaluate_exit(adapter, val, head)
-    settings = ExitAdapterTraining(steps=150, batch_positions=32, lr=3e-3)
+    settings = DraftTraining(steps=150, batch_positions=32, lr=3e-3)
     losses = train_exit_adapter(adapter, train, head, settings, seed=0)
     after = evaluate_exit(adapter, val, head)
     folder = save_exit_adapter(adapter, 1, tmp_path_factory.mktemp("adapter"), {"target": native_tiny.name})
@@ -140,9 +142,9 @@ def test_the_exit_adapter_needs_the_native_target():
         (lambda: ModelsConfig(draft_adapter_registered_name=""), "models.draft_adapter_registered_name"),
         (lambda: ExitAdapterSettings(layers=0), "adapter.layers=0"),
         (lambda: ExitAdapterSettings(width=0), "adapter.width=0"),
-        (lambda: ExitAdapterTraining(steps=0), "train.steps=0"),
-        (lambda: ExitAdapterTraining(lr=0.0), "train.lr=0.0"),
-        (lambda: ExitAdapterTraining(val_fraction=0.9), "train.val_fraction=0.9"),
+        (lambda: DraftTraining(steps=0), "train.steps=0"),
+        (lambda: DraftTraining(lr=0.0), "train.lr=0.0"),
+        (lambda: DraftTraining(val_fraction=0.9), "train.val_fraction=0.9"),
         (lambda: TeacherReplies(count=1), "replies.count=1"),
         (lambda: TeacherReplies(max_tokens=1), "replies.max_tokens=1"),
     ],
