@@ -55,6 +55,14 @@ def _args() -> argparse.Namespace:
     parser.add_argument(
         "--candidates", type=int, default=3, help="LLM values asked per name, the furthest-running kept (LLM-guided)"
     )
+    parser.add_argument(
+        "--explore", type=int, default=2, help="values asked after the loop for lines that never ran (LLM-guided)"
+    )
+    parser.add_argument(
+        "--no-llm-only",
+        action="store_true",
+        help="skip the LLM-only ablation (the model's values alone: no rule-based value anywhere)",
+    )
     parser.add_argument("--dev", action="store_true", help="also the development set (rule-based predictors)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--no-mlflow", action="store_true")
@@ -119,11 +127,13 @@ def values_of_rule_based(reports: list[dict], snippets) -> dict[str, int]:
     return {"llm_values_kept": kept, "llm_values_equal_to_rule_based": same}
 
 
-def run_set(snippets, predictors: dict, sandbox, label: str, max_retries: int = 3) -> dict[str, list[dict]]:
+def run_set(
+    snippets, predictors: dict, sandbox, label: str, max_retries: int = 3, explore: int = 2
+) -> dict[str, list[dict]]:
     reports: dict[str, list[dict]] = {name: [] for name in predictors}
     for i, snippet in enumerate(snippets):
         for name, predictor in predictors.items():
-            report = execute_snippet(snippet, predictor, sandbox, max_retries=max_retries).as_dict()
+            report = execute_snippet(snippet, predictor, sandbox, max_retries=max_retries, explore=explore).as_dict()
             report.update(origin=snippet.origin, expected_error=snippet.expected_error)
             reports[name].append(report)
         print(
@@ -150,13 +160,18 @@ def main() -> None:
             host_checks=1,
             candidates=args.candidates,
         )
+        if not args.no_llm_only:  # ablation: what the model does alone (no rule-based value anywhere)
+            predictors["llm_only"] = LLMPredictor(
+                llm, max_tokens=64, fallback=None, few_shot=not tuned, host_checks=1, candidates=args.candidates
+            )
     sandbox = Sandbox(SandboxLimits(wall_seconds=10, cpu_seconds=5))
     start = time.perf_counter()
-    reports = run_set(heldout, predictors, sandbox, "heldout", args.max_retries)
+    reports = run_set(heldout, predictors, sandbox, "heldout", args.max_retries, args.explore)
     results: dict = {
         "heldout": {name: summarize(rows) | type_error_judgement(rows, heldout) for name, rows in reports.items()},
         "max_retries": args.max_retries,
         "llm_candidates": args.candidates,
+        "llm_explore": args.explore,
     }
     results["heldout_snippets"] = len(heldout)
     results["heldout_latent_type_errors_listed"] = [
@@ -177,13 +192,20 @@ def main() -> None:
         results["llm_model"] = llm_name
         if args.llm_model_path:
             results["llm_model_made_by"] = {"command": args.llm_model_made_by, **_tuning_record(args.llm_model_path)}
-        results["llm_usage"] = llm.usage.as_dict()
+        results["llm_usage"] = llm.usage.as_dict()  # the LLM-guided run and the LLM-only ablation together
         results["llm_unparseable_replies"] = predictors["llm"].unparseable_replies
         results["llm_refused_replies"] = predictors["llm"].refused_replies  # no value: asked again on the host
         results["llm_fallback_values"] = predictors["llm"].fallback_values  # rule-based value after refusals
         # values finally kept per snippet, and of those the rule-based fallback's (chosen by execution or
         # after the retries): the rest are the model's own
         results.update(values_of_rule_based(reports["llm"], heldout))
+        results["llm_explored_values"] = sum(r["explored"] for r in reports["llm"])  # kept after the loop
+        if "llm_only" in reports:
+            results["llm_only_values_equal_to_rule_based"] = values_of_rule_based(reports["llm_only"], heldout)[
+                "llm_values_equal_to_rule_based"
+            ]  # the model's own values that happen to equal the rule-based predictor's
+            results["llm_only_refused_replies"] = predictors["llm_only"].refused_replies
+            results["llm_only_unparseable_replies"] = predictors["llm_only"].unparseable_replies
     results["seconds_total"] = time.perf_counter() - start
     results["per_snippet"] = reports
     results["note"] = (

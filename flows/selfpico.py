@@ -42,6 +42,7 @@ class SelfPicoConfig(FlowConfig):
     package_count: int = 16  # function bodies sampled (seeded) from those modules' source
     max_runs: int = 30  # sandboxed executions per snippet: one new value per run
     max_retries: int = 3  # SelfPiCo's feedback retries per value
+    explore: int = 2  # LLM-guided: values asked after the loop for the keys deciding lines that never ran
     batch_size: int = 8  # snippets per Prefect task (a task is a coarse unit: a batch, not a run)
     sandbox: SandboxLimits = field(default_factory=execution_limits)  # limits of one execution (docs/sandbox.md)
 
@@ -49,6 +50,7 @@ class SelfPicoConfig(FlowConfig):
         super().__post_init__()
         at_least("max_runs", self.max_runs, 1)
         at_least("max_retries", self.max_retries, 0)
+        at_least("explore", self.explore, 0)
         at_least("batch_size", self.batch_size, 1)
         at_least("sandbox.wall_seconds", self.sandbox.wall_seconds, 0.5)
         if self.snippets is not None:
@@ -69,6 +71,6 @@ def selfpico(cfg: SelfPicoConfig, tracker: Tracker) -> dict[str, float]:
         cfg.written, cfg.written_limit, cfg.package_modules, cfg.package_count, cfg.seed, cfg.snippets, cfg.heldout
     )
     batches = [snippets[i : i + cfg.batch_size] for i in range(0, len(snippets), cfg.batch_size)]
-    settings = (cfg.predictor, cfg.llm, cfg.sandbox, cfg.max_runs, cfg.max_retries)
+    settings = (cfg.predictor, cfg.llm, cfg.sandbox, cfg.max_runs, cfg.max_retries, cfg.explore)
     executed = execute_batch.map(batches, *(unmapped(value) for value in settings))
     return report_coverage(executed.result(), cfg.predictor, tracker)

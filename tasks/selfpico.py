@@ -47,6 +47,7 @@ def execute_batch(
     sandbox: SandboxLimits,
     max_runs: int,
     max_retries: int,
+    explore: int = 2,
 ) -> list[dict]:
     """Execute a batch of snippets with one predictor; every run happens in the sandbox. The LLM is built
     here from its config, so the task also runs on a Dask worker."""
@@ -54,7 +55,8 @@ def execute_batch(
     predictor = build_predictor(predictor_cfg, llm, tuned_model=bool(llm_cfg.model_path))
     box = Sandbox(sandbox)
     reports = [
-        execute_snippet(s, predictor, box, max_runs=max_runs, max_retries=max_retries).as_dict() for s in snippets
+        execute_snippet(s, predictor, box, max_runs=max_runs, max_retries=max_retries, explore=explore).as_dict()
+        for s in snippets
     ]
     usage = llm.usage.as_dict() if llm is not None else {}
     for report in reports:

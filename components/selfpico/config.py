@@ -22,6 +22,8 @@ class PredictorConfig:
     max_tokens: Optional[int] = None  # LLM-guided only: a value is one short expression; None: the class's default
     few_shot: Optional[bool] = None  # LLM-guided only; None: few-shot for the packaged model, zero-shot for a tuned one
     candidates: Optional[int] = None  # LLM-guided only: values asked per name, the furthest-running kept; None: 3
+    retry_temperature: Optional[float] = None  # LLM-guided only: a reply refused on the host is asked again
+    # sampled at this temperature (0: greedy); None: the class's default
 
     def __post_init__(self) -> None:
         predictor_class(self)  # an unknown `_target_` fails at composition, naming the key

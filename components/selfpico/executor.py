@@ -71,6 +71,7 @@ class SnippetReport:
     fallbacks: int = 0  # values taken from the fallback predictor after the retries ran out
     n_lines: int = 0  # distinct lines where a statement starts
     executed_lines: int = 0  # of those, lines whose statement ran (coverage = executed_lines / n_lines)
+    explored: int = 0  # values replaced after the loop because their run executed more lines (`explore`)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -251,11 +252,14 @@ class _SelfGuidedLoop:
         self.snippet, self.instrumented, self.predictor, self.sandbox = snippet, instrumented, predictor, sandbox
         self.max_retries = max_retries
         self.fallback: Predictor | None = getattr(predictor, "fallback", None)
-        self.select = select and self.fallback is not None  # pick the value that runs furthest
-        self.lookahead = 2  # further (fallback) values a choice's run is carried on for
         # values the predictor is asked for per new key, each run and the furthest kept (feedback-using
         # predictors only: the later ones are asked with what the earlier ones did)
         self.candidates = max(1, getattr(predictor, "candidates", 1)) if predictor.uses_feedback else 1
+        # pick the value that runs furthest: among the predictor's candidates and the fallback's value
+        self.select = select and (self.fallback is not None or self.candidates > 1)
+        # further (fallback) values a choice's run is carried on for
+        self.lookahead = 2 if self.fallback is not None else 0
+        self.asked_at: dict[str, object] = {}  # key -> the marker of the run that first asked for it
         self.n_lines = len(set(instrumented.marker_lines.values()))
         self.lines = snippet.code.splitlines()
         self.original = parse_any(snippet.code)
@@ -271,6 +275,7 @@ class _SelfGuidedLoop:
         # the snippet's own exceptions met in the run of a candidate that was not kept: found all the same
         self.errors_on_the_way: list[RuntimeErrorFound] = []
         self.calls = self.retries = self.runs = self.fallbacks = 0
+        self.explored = 0  # values replaced after the loop because their run executed more lines
         self.pending: dict | None = None  # a run already made with the current values
 
     # -- running and reading a run ---------------------------------------------------------------
@@ -325,6 +330,16 @@ class _SelfGuidedLoop:
             rank = 0 if trace.get("key") == key else 1
         return trace["_lines"], rank
 
+    def from_fallback(self) -> bool:
+        """Whether the predictor's last value was its fallback's, standing in for replies that held none."""
+        return bool(getattr(self.predictor, "last_from_fallback", False))
+
+    def ask(self, request: PredictionRequest) -> str | None:
+        """The predictor's own value for a further try (None where it gave none: its fallback's value
+        stood in, which the executor tries once itself, counted as a fallback)."""
+        code = self.predictor.predict(request)
+        return None if self.from_fallback() else code
+
     # -- the steps -------------------------------------------------------------------------------
     def predict_missing(self, key: str, marker) -> bool:
         """A value for a key no run had yet. With a fallback, the predictor's value and the fallback's
@@ -332,7 +347,9 @@ class _SelfGuidedLoop:
         each with what the earlier ones did (their exception, or how many lines ran and the first line
         that never ran); the value whose run reaches furthest is kept (ties: the earlier asked)."""
         self.calls += 1
+        self.asked_at.setdefault(key, marker)
         code = self.predictor.predict(self.request(key, marker))
+        first_from_fallback = self.from_fallback()
         if code is None:
             return False
         self.values[key] = code
@@ -340,7 +357,7 @@ class _SelfGuidedLoop:
             return True
         tried: dict[str, tuple[tuple[int, int], dict, str]] = {}  # value -> (reach, its first run, feedback)
         self.try_value(key, code, tried)
-        alternative = self.fallback.predict(self.request(key, marker))
+        alternative = self.fallback.predict(self.request(key, marker)) if self.fallback is not None else None
         if alternative is not None and alternative not in tried:
             self.try_value(key, alternative, tried)
         asked = 1
@@ -348,13 +365,13 @@ class _SelfGuidedLoop:
             attempts = [(value, feedback) for value, (_, _, feedback) in tried.items()]
             self.calls += 1
             asked += 1
-            code = self.predictor.predict(self.request(key, marker, attempts))
+            code = self.ask(self.request(key, marker, attempts))
             if code is None or code in tried:
                 break
             self.try_value(key, code, tried)
         self.scores[key] = {value: score for value, (score, _, _) in tried.items()}
         best = max(tried, key=lambda value: tried[value][0])  # the first of the best: ties keep the earlier
-        if best == alternative and best != next(iter(tried)):
+        if best == alternative and (best != next(iter(tried)) or first_from_fallback):
             self.fallbacks += 1
         self.values[key] = best
         self.pending = tried[best][1]
@@ -415,9 +432,9 @@ class _SelfGuidedLoop:
             self.calls += 1
             self.retries += 1
             self.retried[key] = self.retried.get(key, 0) + 1
-            code = self.predictor.predict(self.request(key, marker, self.attempts[key]))
+            code = self.ask(self.request(key, marker, self.attempts[key]))
             if code is None:
-                break
+                break  # the predictor holds no further value: the fallback's is next
             if code not in tried:
                 self.values[key] = code
                 return True
@@ -435,6 +452,59 @@ class _SelfGuidedLoop:
             self.values[key] = best
             return True
         return False
+
+    def deciding_keys(self, line: int) -> list[str]:
+        """The injected keys that decide whether `line` runs: those the test (or loop iterable) of the
+        innermost `if`/`while`/`for` holding it reads, by data flow; then the others, latest first."""
+        keys = [k for k in self.values if not k.startswith("import#")]
+        holders = [
+            node
+            for node in ast.walk(self.original)
+            if isinstance(node, (ast.If, ast.While, ast.For)) and node.lineno < line <= (node.end_lineno or node.lineno)
+        ]
+        deciding: list[str] = []
+        if holders:
+            inner = max(holders, key=lambda node: node.lineno)
+            reads = _reads(inner.iter if isinstance(inner, ast.For) else inner.test, cut=False)
+            deciding = [k for k in involves_injected(self.flow, reads, keys) if k in keys]
+        return deciding + [k for k in reversed(keys) if k not in deciding]
+
+    def explore(self, status: str, note: str, budget: int, max_runs: int) -> tuple[str, str]:
+        """The self-guided loop past the end of a run that left lines unexecuted: the predictor is asked
+        for another value of a key deciding the first line that never ran, with how far the values got
+        as feedback ("it ran 9 of the 12 lines; line `...` never ran"); a value whose run executes more
+        lines than any run so far, and ends without an exception, is kept (and the loop carried on
+        from it when it stops for a new value); any other is dropped.
+        At most `budget` values are asked for."""
+        if not self.predictor.uses_feedback or status in ("no_trace", "bad_value"):
+            return status, note
+        asked: set[str] = set()
+        for _ in range(budget):
+            best = {self.instrumented.marker_lines[m] for m in self.best}
+            unrun = [n for n in sorted(set(self.instrumented.marker_lines.values())) if n not in best]
+            if not unrun:
+                break
+            key = next((k for k in self.deciding_keys(unrun[0]) if k not in asked), None)
+            if key is None:
+                break
+            asked.add(key)
+            text = self.lines[unrun[0] - 1] if 0 < unrun[0] <= len(self.lines) else ""
+            feedback = ran_feedback(len(best), self.n_lines, text)
+            attempts = self.attempts.get(key, []) + [(self.values[key], feedback)]
+            self.calls += 1
+            code = self.ask(self.request(key, self.asked_at.get(key), attempts))
+            if code is None or code == self.values[key] or code in self.scores.get(key, {}):
+                continue
+            trace = self.run({**self.values, key: code})
+            self.scores.setdefault(key, {})[code] = self.score(trace, key)
+            if trace["_lines"] <= len(best) or trace["status"] not in ("ok", "exit", "missing"):
+                continue  # ran no further than before, or ended in an exception: dropped
+            self.values[key] = code
+            self.explored += 1
+            if trace["status"] == "missing":
+                self.pending = trace
+                status, note = self.loop(max_runs)
+        return status, note
 
     def loop(self, max_runs: int) -> tuple[str, str]:
         """Run until the snippet finishes, fails on its own, or no value is left to try."""
@@ -493,6 +563,7 @@ class _SelfGuidedLoop:
             self.fallbacks,
             n_lines,
             executed_lines,
+            self.explored,
         )
 
 
@@ -503,10 +574,12 @@ def execute_snippet(
     max_runs: int = 30,
     max_retries: int = 3,
     select_by_execution: bool = True,
+    explore: int = 2,
 ) -> SnippetReport:
-    """SelfPiCo on one snippet. `select_by_execution`: where the predictor has a fallback, both
-    values of a key are run and the one that runs further is kept (the self-guided refinement's
-    choice of the value that executes the most lines)."""
+    """SelfPiCo on one snippet. `select_by_execution`: where the predictor has a fallback, or is asked
+    for several candidates, the values of a key are run and the one that runs furthest is kept (the
+    self-guided refinement's choice of the value that executes the most lines). `explore`: values a
+    feedback-using predictor is asked for, after the loop, for keys deciding lines that never ran."""
     start = time.perf_counter()
     try:
         instrumented = instrument(snippet.code)
@@ -516,6 +589,7 @@ def execute_snippet(
         return _not_instrumentable(snippet, predictor, f"{type(err).__name__}: {err}")
     session = _SelfGuidedLoop(snippet, instrumented, predictor, sandbox, max_retries, select_by_execution)
     status, note = session.loop(max_runs)
+    status, note = session.explore(status, note, explore, max_runs)
     return session.report(status, note, time.perf_counter() - start)
 
 

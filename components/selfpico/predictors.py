@@ -130,10 +130,65 @@ def parse_value_code(text: str) -> str:
     raise ValueError(f"the reply holds no Python value: {text[:80]!r}")
 
 
+# The type an exception says the code could not use: "must be str, not list", "'int' object is not
+# subscriptable", "unhashable type: 'dict'", "object of type 'int' has no len()".
+_REJECTED_TYPE = re.compile(
+    r"\bnot (?:an? )?'?([A-Za-z_][\w.]*)'?\s*$|^'([A-Za-z_][\w.]*)' object (?:is not|has no|cannot|does not)"
+    r"|unhashable type: '([\w.]+)'|\bof type '([\w.]+)'"
+)
+
+
+def rejected_type(outcome: str) -> str | None:
+    """The type the exception in an outcome ("TypeError: <message> (line `...`)") says the code could
+    not use, as Python names it (`list`, `types.SimpleNamespace`); None when it names none."""
+    message = outcome.split(" (line `", 1)[0]
+    message = message.split(": ", 1)[1] if re.match(r"^[A-Z]\w*(Error|Exception): ", message) else message
+    match = _REJECTED_TYPE.search(message.strip())
+    if match is None:
+        return None
+    name = next(g for g in match.groups() if g)
+    return name.rsplit(".", 1)[-1]
+
+
+def value_type(code: str) -> str | None:
+    """The type name of the value a reply's code makes, where its syntax alone tells (a literal, a
+    lambda, a `types.SimpleNamespace(...)` call); None otherwise."""
+    try:
+        node = ast.parse(code.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+    if isinstance(node, ast.Lambda):
+        return "function"
+    if isinstance(node, ast.Call):
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+        return name if name in ("SimpleNamespace", "dict", "list", "set", "tuple", "str", "int", "float") else None
+    try:
+        return type(ast.literal_eval(node)).__name__
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def feedback_problem(code: str, request: PredictionRequest) -> str | None:
+    """Why a reply repeats what the execution feedback already ruled out: a value tried before, or
+    a value of the type an earlier value's exception rejected (that value being of that type)."""
+    kind = value_type(code)
+    for earlier, outcome in request.attempts:
+        if code.strip() == earlier.strip():
+            return "that value was tried already: give a different one"
+        rejected = rejected_type(outcome)
+        if kind is not None and rejected == kind and value_type(earlier) == kind:
+            return f"the code cannot use a {kind} there ({outcome.split(' (line `', 1)[0]}): give another type"
+    return None
+
+
 def reply_problem(code: str, request: PredictionRequest, few_shot_answers=()) -> str | None:
     """Why a parsed reply is no value for this request (checked on the host, before any run)."""
     if code.strip() in few_shot_answers and code.strip() not in request.snippet:
         return "that is the example's value, not one for this code"
+    problem = feedback_problem(code, request)
+    if problem is not None:
+        return problem
     try:
         node = ast.parse(code, mode="eval").body
     except SyntaxError:
@@ -175,6 +230,7 @@ class LLMPredictor(Predictor):
         few_shot: bool = True,
         host_checks: int = 2,
         candidates: int = 3,
+        retry_temperature: float = 0.8,
     ):
         self.llm = llm
         self.max_tokens = max_tokens
@@ -184,6 +240,9 @@ class LLMPredictor(Predictor):
         # values asked per new name (the later ones with what the earlier did); the executor runs them
         # all, with the fallback's, and keeps the one that runs furthest
         self.candidates = candidates
+        # a reply refused on the host is asked again sampled at this temperature (0: greedy again): a
+        # greedy model asked nearly the same question tends to give the refused value once more
+        self.retry_temperature = retry_temperature
         self.unparseable_replies = 0
         self.refused_replies = 0
         self.fallback_values = 0
@@ -202,17 +261,19 @@ class LLMPredictor(Predictor):
     def predict(self, request: PredictionRequest) -> str | None:
         if request.kind == "import":  # a module stub: the LLM predicts the module's attributes instead
             return _FAKE_MODULE.format(name=request.name)
+        self.last_from_fallback = False  # whether the value returned is the fallback's (no reply held one)
         attempts = list(request.attempts)
-        for _ in range(self.host_checks + 1):
+        for check in range(self.host_checks + 1):
             asked = PredictionRequest(request.key, request.snippet, request.line, attempts, request.usage)
-            reply = self.llm.chat(self.build_messages(asked), max_tokens=self.max_tokens, temperature=0.0)
+            temperature = self.retry_temperature if check else 0.0
+            reply = self.llm.chat(self.build_messages(asked), max_tokens=self.max_tokens, temperature=temperature)
             try:
                 code = parse_value_code(reply.text)
             except ValueError:
                 self.unparseable_replies += 1
                 attempts.append((reply.text.strip()[:200] or "(nothing)", "the reply holds no Python value"))
                 continue
-            problem = reply_problem(code, request, self._answers)
+            problem = reply_problem(code, asked, self._answers)
             if problem is None:
                 return code
             self.refused_replies += 1
@@ -220,6 +281,7 @@ class LLMPredictor(Predictor):
         if self.fallback is None:
             return None
         self.fallback_values += 1
+        self.last_from_fallback = True
         return self.fallback.predict(request)
 
 

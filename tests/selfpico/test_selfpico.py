@@ -109,9 +109,18 @@ def test_llm_feedback_retries_a_failing_value_with_its_error(sandbox):
 
 
 def test_llm_feedback_stops_after_max_retries(sandbox):
-    llm = ScriptedLLM(lambda messages: "1/0")
+    llm = ScriptedLLM([f"{n}/0" for n in range(1, 9)])
     report = execute_snippet(Snippet("stuck", "print(v)\n"), LLMPredictor(llm), sandbox, max_retries=3)
     assert report.retries == 3 and llm.usage.calls == 4 and report.final_status == "bad_value"
+
+
+def test_a_model_repeating_its_failed_value_is_refused_and_its_retries_end(sandbox):
+    llm = ScriptedLLM(lambda messages: "1/0")
+    predictor = LLMPredictor(llm, host_checks=2)
+    report = execute_snippet(Snippet("stuck", "print(v)\n"), predictor, sandbox, max_retries=3)
+    # the first retry's replies (greedy, then sampled twice) all repeat the failed value: no value, stop
+    assert report.retries == 1 and llm.usage.calls == 4 and predictor.refused_replies == 3
+    assert report.final_status == "bad_value"
 
 
 def test_runtime_type_error_is_recorded_with_its_line(sandbox):

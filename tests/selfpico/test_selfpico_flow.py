@@ -64,3 +64,10 @@ def test_bad_predictor_and_sandbox_values_fail_at_composition_naming_the_key(flo
         compose("selfpico", flow_overrides + ["predictor._target_=components.selfpico.predictors.NoSuchPredictor"])
     with pytest.raises(Exception, match=r"sandbox.wall_seconds=0.1"):
         compose("selfpico", flow_overrides + ["sandbox.wall_seconds=0.1"])
+
+
+def test_explore_and_the_retry_temperature_reach_the_loop_and_the_predictor(flow_overrides):
+    with pytest.raises(Exception, match=r"explore=-1"):
+        compose("selfpico", flow_overrides + ["explore=-1"])
+    cfg = PredictorConfig("components.selfpico.predictors.LLMPredictor", retry_temperature=0.3)
+    assert build_predictor(cfg, ScriptedLLM(["1"])).retry_temperature == 0.3
