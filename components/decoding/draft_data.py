@@ -9,6 +9,7 @@ target's own greedy reply) are the training data, and only reply positions count
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from components.checks import at_least, in_range, positive
 from components.quant.native import LeanLlama
@@ -186,3 +188,25 @@ def train_loop(
             log(step, {**{k: sum(f[k] for f in recent) / len(recent) for k in recent[-1]}, "lr": lr})
     module.eval()
     return losses
+
+
+def save_trained_draft(module: torch.nn.Module, folder: str | Path, files: tuple[str, str], info: dict) -> Path:
+    """A trained draft in `folder`: its weights (safetensors) and its description (JSON), `files` =
+    (weights file, description file)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights_file, meta_file = files
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(folder / weights_file))
+    (folder / meta_file).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return folder
+
+
+def trained_draft_files(folder: str | Path, files: tuple[str, str], what: str, train: str) -> tuple[Path, Path]:
+    """The description and weights paths of the draft saved in `folder`; a missing one is named in
+    the error with the command (`train`) that makes it."""
+    folder = Path(folder)
+    weights_path, meta_path = folder / files[0], folder / files[1]
+    for path in (meta_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} draft: {path} is missing (train one with `{train}`)")
+    return meta_path, weights_path

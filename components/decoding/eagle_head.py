@@ -41,11 +41,17 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from components.checks import at_least
 from components.decoding.cache import CausalLM
-from components.decoding.draft_data import DraftTraining, exit_trunk, train_loop
+from components.decoding.draft_data import (
+    DraftTraining,
+    exit_trunk,
+    save_trained_draft,
+    train_loop,
+    trained_draft_files,
+)
 from components.quant.native import LeanLayer, LeanLlama, LlamaShape, decoder_layer, rope_tables
 
 WEIGHTS_FILE = "eagle_head.safetensors"
@@ -396,26 +402,17 @@ def train_eagle_head(
 
 def save_eagle_head(head: EagleHead, folder: str | Path, meta: Optional[dict] = None) -> Path:
     """Write the head's weights (and its read-out tokens) and its sizes (and `meta`) to `folder`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
-    save_file(tensors, str(folder / WEIGHTS_FILE))
     sh = head.shape
     info = {key: getattr(sh, key) for key in SHAPE_KEYS}
     info.update({"read_out_tokens": int(head.vocab_ids.numel()), **(meta or {})})
-    (folder / META_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
-    return folder
+    return save_trained_draft(head, folder, (WEIGHTS_FILE, META_FILE), info)
 
 
 def load_eagle_head(folder: str | Path) -> tuple[EagleHead, dict]:
     """The head saved in `folder` and its metadata; a missing or unreadable file is named in the error."""
-    folder = Path(folder)
-    meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
-    for path in (meta_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"eagle-head draft: {path} is missing (train one with `mlsys run draft_train draft=eagle_head`)"
-            )
+    meta_path, weights_path = trained_draft_files(
+        folder, (WEIGHTS_FILE, META_FILE), "eagle-head", "mlsys run draft_train draft=eagle_head"
+    )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         kinds = {"rope_theta": float, "eps": float}

@@ -23,11 +23,19 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from components.checks import at_least
 from components.decoding.cache import CausalLM
-from components.decoding.draft_data import DraftTraining, ReadOut, exit_trunk, layer_states, train_loop
+from components.decoding.draft_data import (
+    DraftTraining,
+    ReadOut,
+    exit_trunk,
+    layer_states,
+    save_trained_draft,
+    train_loop,
+    trained_draft_files,
+)
 from components.quant.native import LeanLlama
 
 WEIGHTS_FILE = "exit_adapter.safetensors"
@@ -171,21 +179,15 @@ def train_exit_adapter(
 
 def save_exit_adapter(adapter: ExitAdapter, layers: int, folder: str | Path, meta: Optional[dict] = None) -> Path:
     """Write the adapter's weights and its sizes (and `meta`: target name, training figures) to `folder`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in adapter.state_dict().items()}, str(folder / WEIGHTS_FILE))
     info = {"layers": layers, "hidden": adapter.hidden, "width": adapter.width, "eps": adapter.eps, **(meta or {})}
-    (folder / META_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
-    return folder
+    return save_trained_draft(adapter, folder, (WEIGHTS_FILE, META_FILE), info)
 
 
 def load_exit_adapter(folder: str | Path) -> tuple[ExitAdapter, dict]:
     """The adapter saved in `folder` and its metadata; a missing or unreadable file is named in the error."""
-    folder = Path(folder)
-    meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
-    for path in (meta_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"exit-adapter draft: {path} is missing (train one with `mlsys run draft_train`)")
+    meta_path, weights_path = trained_draft_files(
+        folder, (WEIGHTS_FILE, META_FILE), "exit-adapter", "mlsys run draft_train draft=exit_adapter"
+    )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         adapter = ExitAdapter(int(meta["hidden"]), int(meta["width"]), float(meta.get("eps", 1e-5)))

@@ -18,6 +18,7 @@ from components.decoding.models import gpt_as_hf, layer_skip_draft, tiny_llama
 from components.decoding.sampling import SamplingParams, accept_draft_token, residual_distribution, warp
 from components.decoding.workers import ThreadPair
 from components.lm.model import GPT, GPTConfig
+from tests.decoding._sampled import assert_caches_consistent_after_sampling
 from tests.decoding.conftest import tiny_gpt
 
 SPECULATIVE = [m for m in METHODS if m != "ar"]
@@ -127,21 +128,7 @@ def test_kv_rollback_matches_a_fresh_prefill(model_factory):
 def test_caches_stay_consistent_through_a_sampled_pearl_run(llama_pair):
     target, draft = llama_pair
     decoder = build_decoder("pearl", target, draft, gamma=4, parallel=False)
-    runners = []
-    original = SequenceRunner.__init__
-
-    def spy(self, model, **kwargs):
-        original(self, model, **kwargs)
-        runners.append(self)
-
-    SequenceRunner.__init__ = spy
-    try:
-        _, st = decoder.generate(PROMPTS[2], 50, SamplingParams(temperature=1.0), seed=3)
-    finally:
-        SequenceRunner.__init__ = original
-    assert st.draft_tokens_verified > st.draft_tokens_accepted > 0  # both accepts and rejects happened
-    for runner in runners:
-        runner.check_consistent()
+    assert_caches_consistent_after_sampling(decoder, PROMPTS[2], 50)
 
 
 def test_accept_rule_and_residual():

@@ -27,9 +27,9 @@ from components.decoding.eagle_head import (
 )
 from components.decoding.engine import build_decoder
 from components.decoding.models import NativeCausalLM, load_draft, load_target, tiny_llama
-from components.decoding.sampling import SamplingParams
 from components.quant.native import LeanLlama
 from mlsys.flow import compose
+from tests.decoding._sampled import assert_caches_consistent_after_sampling
 from tests.decoding.test_decoding import greedy_accepts_matching_ar
 from tests.quant.test_native import _write_gguf
 
@@ -238,21 +238,7 @@ def test_the_benchmark_measures_it_with_the_targets_states(native_tiny, trained)
 def test_caches_stay_consistent_through_a_sampled_pearl_run(native_tiny, trained):
     draft = load_draft("eagle_head", native_tiny, str(trained[0]))
     decoder = build_decoder("pearl", native_tiny, draft, gamma=3, parallel=False)
-    runners = []
-    original = SequenceRunner.__init__
-
-    def spy(self, model, **kwargs):
-        original(self, model, **kwargs)
-        runners.append(self)
-
-    SequenceRunner.__init__ = spy
-    try:
-        _, st = decoder.generate(PROMPTS[2], 40, SamplingParams(temperature=1.0), seed=3)
-    finally:
-        SequenceRunner.__init__ = original
-    assert st.draft_tokens_verified > st.draft_tokens_accepted > 0  # both accepts and rejects happened
-    for runner in runners:
-        runner.check_consistent()
+    assert_caches_consistent_after_sampling(decoder, PROMPTS[2], 40)
 
 
 def test_serve_finds_the_flows_eagle_head_folder(tmp_path):
