@@ -218,12 +218,17 @@ def native_requantized(target: NativeCausalLM, bits: int) -> NativeCausalLM:
     return NativeCausalLM(LeanLlama(lean.shape, layers, lean.final_norm, head, f"{lean.name}-rtn{bits}"))
 
 
+def _check_trained_draft_source(source: str, whose: str, target, folder: Optional[str]) -> None:
+    """A draft_train draft reads the native target's states and needs the folder the flow wrote."""
+    if not isinstance(target, NativeCausalLM):
+        raise ValueError(f"draft source '{source}' needs the native target (models.target=smollm2_q4_native)")
+    if not folder:
+        raise FileNotFoundError(f"draft source '{source}' needs the {whose} folder (draft_train's output)")
+
+
 def native_exit_adapter(target: NativeCausalLM, folder: Optional[str]) -> ExitAdapterDraft:
     """The native target's first layers + the exit adapter saved in `folder` (the layers it was trained on)."""
-    if not isinstance(target, NativeCausalLM):
-        raise ValueError("draft source 'exit_adapter' needs the native target (models.target=smollm2_q4_native)")
-    if not folder:
-        raise FileNotFoundError("draft source 'exit_adapter' needs the adapter's folder (draft_train's output)")
+    _check_trained_draft_source("exit_adapter", "adapter's", target, folder)
     adapter, meta = load_exit_adapter(folder)
     if adapter.hidden != target.lean.shape.hidden or int(meta["layers"]) >= target.lean.shape.layers:
         raise ValueError(
@@ -235,10 +240,7 @@ def native_exit_adapter(target: NativeCausalLM, folder: Optional[str]) -> ExitAd
 
 def native_eagle_head(target: NativeCausalLM, folder: Optional[str]) -> EagleHeadDraft:
     """The EAGLE head saved in `folder` over the native target (its embedding, head and hidden states)."""
-    if not isinstance(target, NativeCausalLM):
-        raise ValueError("draft source 'eagle_head' needs the native target (models.target=smollm2_q4_native)")
-    if not folder:
-        raise FileNotFoundError("draft source 'eagle_head' needs the head's folder (draft_train's output)")
+    _check_trained_draft_source("eagle_head", "head's", target, folder)
     head, _ = load_eagle_head(folder)
     try:
         return EagleHeadDraft(target.lean, head)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from components.decoding.models import load_target, tiny_llama
 from components.lm.model import GPT, GPTConfig
+from tests.quant.test_native import _write_gguf
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -22,3 +24,12 @@ def tiny_gpt(
         for param in model.parameters():
             param.mul_(scale)  # std 0.02 * scale: peaked enough that outputs depend on the context
     return model.double().eval()
+
+
+@pytest.fixture(scope="module")
+def native_tiny(tmp_path_factory):
+    """A 3-layer random Llama written as a Q4_1 GGUF and loaded as the native target (compiled when
+    it can): what the trained drafts (exit adapter, EAGLE head) read their states from."""
+    path = tmp_path_factory.mktemp("native") / "tiny.gguf"
+    _write_gguf(path, tiny_llama(vocab_size=64, hidden=64, layers=3, heads=4, dtype=torch.float32), q4_1=True)
+    return load_target("smollm2_q4_native", str(path))

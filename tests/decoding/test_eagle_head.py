@@ -26,23 +26,12 @@ from components.decoding.eagle_head import (
     train_eagle_head,
 )
 from components.decoding.engine import build_decoder
-from components.decoding.models import NativeCausalLM, load_draft, load_target, tiny_llama
+from components.decoding.models import NativeCausalLM, load_draft, tiny_llama
 from components.quant.native import LeanLlama
 from mlsys.flow import compose
 from tests.decoding._sampled import assert_caches_consistent_after_sampling
 from tests.decoding.test_decoding import greedy_accepts_matching_ar
-from tests.quant.test_native import _write_gguf
-
-SPECULATIVE = ["sd", "pearl", "pearl_no_pre", "pearl_no_post"]
-PROMPTS = [[1, 5, 9, 3], [1, 7, 7, 7, 12], [4, 20, 21, 22, 1, 20], [30]]
-
-
-@pytest.fixture(scope="module")
-def native_tiny(tmp_path_factory):
-    """A 3-layer random Llama written as a Q4_1 GGUF and loaded as the native target (compiled when it can)."""
-    path = tmp_path_factory.mktemp("eagle") / "tiny.gguf"
-    _write_gguf(path, tiny_llama(vocab_size=64, hidden=64, layers=3, heads=4, dtype=torch.float32), q4_1=True)
-    return load_target("smollm2_q4_native", str(path))
+from tests.decoding.test_exit_adapter import PROMPTS, SPECULATIVE
 
 
 def odd_target() -> NativeCausalLM:

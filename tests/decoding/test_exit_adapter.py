@@ -30,20 +30,12 @@ from components.decoding.exit_adapter import (
     save_exit_adapter,
     train_exit_adapter,
 )
-from components.decoding.models import load_draft, load_target, native_first_layers, tiny_llama
+from components.decoding.models import load_draft, native_first_layers, tiny_llama
 from tests.decoding.test_decoding import greedy_accepts_matching_ar
-from tests.quant.test_native import _write_gguf, needs_kernel
+from tests.quant.test_native import needs_kernel
 
 SPECULATIVE = ["sd", "pearl", "pearl_no_pre", "pearl_no_post"]
 PROMPTS = [[1, 5, 9, 3], [1, 7, 7, 7, 12], [4, 20, 21, 22, 1, 20], [30]]
-
-
-@pytest.fixture(scope="module")
-def native_tiny(tmp_path_factory):
-    """A 3-layer random Llama written as a Q4_1 GGUF and loaded as the native target."""
-    path = tmp_path_factory.mktemp("exit") / "tiny.gguf"
-    _write_gguf(path, tiny_llama(vocab_size=64, hidden=64, layers=3, heads=4, dtype=torch.float32), q4_1=True)
-    return load_target("smollm2_q4_native", str(path))
 
 
 def _states(target, layers=1, n=12, tokens=24):

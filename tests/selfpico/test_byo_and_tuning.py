@@ -6,7 +6,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from components.checks import ConfigError
-from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.analysis import describe, shape_for
 from components.selfpico.executor import Snippet, execute_snippet
 from components.selfpico.predictors import PredictionRequest, RuleBasedPredictor
@@ -21,11 +20,6 @@ from components.selfpico.tuning import (
     varied,
 )
 from mlsys.flow import compose, run
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    return Sandbox(SandboxLimits(wall_seconds=15, cpu_seconds=5))
 
 
 def test_a_folder_a_file_and_a_glob_of_user_snippets(tmp_path):

@@ -6,18 +6,10 @@ import hmac
 import json
 import types
 
-import pytest
-
 from components.llm import ScriptedLLM
-from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.analysis import DataFlow, involves_injected
 from components.selfpico.executor import TRACE_PREFIX, Snippet, execute_snippet, parse_trace
 from components.selfpico.predictors import LLMPredictor, PredictionRequest, Predictor, RuleBasedPredictor
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    return Sandbox(SandboxLimits(wall_seconds=15, cpu_seconds=5))
 
 
 class FixedPredictor(Predictor):

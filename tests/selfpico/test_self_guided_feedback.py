@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from components.llm import ScriptedLLM
-from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.executor import Snippet, execute_snippet
 from components.selfpico.predictors import (
     LLMPredictor,
@@ -21,11 +20,6 @@ from components.selfpico.predictors import (
     rejected_type,
     value_type,
 )
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    return Sandbox(SandboxLimits(wall_seconds=15, cpu_seconds=5))
 
 
 def _outcome(action, value) -> str:

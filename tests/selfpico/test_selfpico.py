@@ -7,7 +7,6 @@ import types
 import pytest
 
 from components.llm import ScriptedLLM
-from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.executor import Snippet, execute_snippet, run_once
 from components.selfpico.instrument import InstrumentationError, instrument
 from components.selfpico.predictors import (
@@ -19,12 +18,6 @@ from components.selfpico.predictors import (
     parse_value_code,
 )
 from components.selfpico.snippets import package_function_snippets, written_snippets
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    return Sandbox(SandboxLimits(wall_seconds=15, cpu_seconds=5))
-
 
 # Programs with no undefined names: the instrumented version must print exactly the same.
 COMPLETE_PROGRAMS = [
