@@ -26,10 +26,13 @@ dot(q, r): per element |x - d (a + r / 256)| <= d / 256.
 
 Layout (the paper's alignment): tiles of R output rows; every tile's low-bit and high-bit codes are
 two streams of equal length per tile, tile t starting at t * stride, and a per-tile bit map says
-which group (row-major in the tile) is high-bit. A kernel thread takes whole tiles. A mixed row of
-32-code groups is walked in column order with both streams' next blocks expanded and the map bit
-selecting one (no data-dependent branch: the number of high groups differs per row, so per-stream
-loops would mispredict their exits every row); other layouts walk each stream with a block list.
+which group (row-major in the tile) is high-bit. A kernel thread takes whole tiles. A mixed row walks
+each stream with a list of its blocks' columns, built from the map 8 groups per step (a table of set
+bit positions; vpcompressd on AVX-512). Walking the row in column order with both streams' next
+blocks expanded and the map bit selecting one has no data-dependent branch, but measured on AVX2 it
+took twice as long as the two lists with their two mispredicted loop exits per row. Rows of one
+stream on AVX2 go four at a time at batch 1 (`rows4_g32`): a short row's setup and reduction cost
+about as much as its blocks.
 Metadata: scales as u8 codes with a per-row base (s = (c + 1) * base, the project's second-order
 format) or fp16; minimums as u8 codes with a per-row (offset, step) or fp16 (GGUF Q4_1's d and m are
 fp16), converted 8 groups per step together with the per-block scales s * d and the minimum's term.
@@ -37,7 +40,7 @@ fp16), converted 8 groups per step together with the per-block scales s * d and 
 Paths, chosen at run time by CPU feature (`paths()`, `best_path()`): avx512_vnni (EVEX vpdpbusd on
 256-bit blocks, masked loads, vpcompressd block lists), avx_vnni (VEX vpdpbusd), avx2 (vpmaddubsw +
 vpmaddwd on true code values: vpmaddubsw saturates), portable (scalar C). All share one source,
-compiled once per path with a GCC target pragma. On avx2, rows of 32-code groups convert their
+compiled once per path with a GCC target pragma. On avx2, rows of one stream (32-code groups) convert their
 metadata 8 groups at a time inside the block loop (`row_g32`), and every vector path quantizes the
 activations 32 per step.
 
@@ -161,12 +164,26 @@ struct Scratch {  // per thread: one row's block lists, group metadata, per-bloc
   }
 };
 
+// SET_BITS[m]: the positions of the set bits of byte m, in order (the rest 0): a row's block lists
+// are built 8 groups per step from its map.
+struct SetBits {
+  uint8_t pos[256][8];
+  constexpr SetBits() : pos() {
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int j = 0; j < 8; ++j) if (m >> j & 1) pos[m][k++] = (uint8_t)j;
+    }
+  }
+};
+alignas(64) static constexpr SetBits SET_BITS_TABLE{};
+#define SET_BITS SET_BITS_TABLE.pos
+
 static inline uint64_t map_bits(const uint8_t* map, int64_t map_bytes, int64_t bitpos, int n) {
   // n <= 56 bits of a tile's map from bit `bitpos`, never reading past the tile's bytes
   uint64_t w = 0;
   const int64_t byte = bitpos >> 3;
-  const int64_t avail = std::min<int64_t>(8, map_bytes - byte);
-  std::memcpy(&w, map + byte, (size_t)avail);
+  if (byte + 8 <= map_bytes) std::memcpy(&w, map + byte, 8);  // a fixed size: one load, no call
+  else std::memcpy(&w, map + byte, (size_t)(map_bytes - byte));
   w >>= (bitpos & 7);
   return n >= 64 ? w : (w & ((1ull << n) - 1));
 }
@@ -285,6 +302,7 @@ static inline __m256i dot_add(__m256i src, __m256i w, __m256i a) {
 template <int DOT, int NB, bool RES>
 static inline __attribute__((always_inline)) void codes_acc(const __m256i w, const int8_t* a, int64_t K, int64_t res,
                                                             const float* sd, int64_t nblk, Acc* acc) {
+#pragma GCC unroll 8
   for (int n = 0; n < NB; ++n) {
     __m256i dot = dot_add<DOT>(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i*)(a + n * K)));
     if (RES) dot = dot_add<DOT>(_mm256_slli_epi32(dot, 8), w, _mm256_loadu_si256((const __m256i*)(a + res + n * K)));
@@ -298,57 +316,6 @@ static inline __attribute__((always_inline)) void block_acc(const uint8_t* p, co
   codes_acc<BITS, NB, RES>(load_codes<BITS>(p), a, K, res, sd, nblk, acc);
 }
 
-// 32 codes at their true values, in the activation order (the mixed rows' merged walk).
-template <int BITS>
-static inline __m256i load_true(const uint8_t* p) {
-#if defined(ISA_VNNI512)
-  if constexpr (BITS == 4) {  // AVX-512BW: one broadcast and a per-half word shift instead of the insert
-    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)p));
-    return _mm256_and_si256(_mm256_srlv_epi16(v, _mm256_set_m128i(_mm_set1_epi16(4), _mm_setzero_si128())),
-                            _mm256_set1_epi8(0x0f));
-  }
-#endif
-  return expand_codes<BITS>(p);
-}
-
-static inline __m256i select_codes(int high, __m256i lo, __m256i hi) {
-#if defined(ISA_VNNI512)
-  return _mm256_mask_blend_epi8((__mmask32)(0u - (unsigned)high), lo, hi);
-#else
-  return _mm256_blendv_epi8(lo, hi, _mm256_set1_epi8((char)(0 - high)));
-#endif
-}
-
-// One mixed row, its groups (of 32) in column order: both streams' next blocks are expanded and the
-// map bit picks one, so the walk has no data-dependent branch. A stream's pointer stops at its last
-// block (reads past it are discarded by the select).
-template <int LO, int HI, int NB, bool RES>
-static inline __attribute__((always_inline)) void merged_dot(const uint8_t*& plo, const uint8_t* lo_last, const uint8_t*& phi, const uint8_t* hi_last,
-                              const uint8_t* tmap, int64_t map_bytes, int64_t r, int64_t G, const int8_t* alo,
-                              const int8_t* ahi, int64_t K, int64_t res, const float* sd, int64_t nblk, Acc* out) {
-  constexpr int U = NB >= 4 ? 1 : 4 / NB;
-  constexpr int64_t blo = 32 * LO / 8, bhi = 32 * HI / 8;
-  Acc acc[U][NB];
-  for (int u = 0; u < U; ++u) for (int n = 0; n < NB; ++n) acc_zero(acc[u][n]);
-  auto block = [&](int64_t c, int high, Acc* a) __attribute__((always_inline)) {
-    const __m256i w = select_codes(high, load_true<LO>(std::min(plo, lo_last)), load_true<HI>(std::min(phi, hi_last)));
-    codes_acc<HI, NB, RES>(w, (high ? ahi : alo) + c * 32, K, res, sd + c, nblk, a);
-    plo += (1 - high) * blo; phi += high * bhi;
-  };
-  for (int64_t c0 = 0; c0 < G; c0 += 56) {
-    const int nb = (int)std::min<int64_t>(56, G - c0);
-    uint64_t bits = map_bits(tmap, map_bytes, r * G + c0, nb);
-    int j = 0;
-    for (; j + U <= nb; j += U) {
-      for (int u = 0; u < U; ++u) { block(c0 + j + u, (int)(bits & 1), acc[u]); bits >>= 1; }
-    }
-    for (; j < nb; ++j) { block(c0 + j, (int)(bits & 1), acc[0]); bits >>= 1; }
-  }
-  for (int n = 0; n < NB; ++n) {
-    out[n] = acc[0][n];
-    for (int u = 1; u < U; ++u) out[n] = _mm256_add_ps(out[n], acc[u][n]);
-  }
-}
 #endif
 
 // ---- activations -> int8 blocks ----------------------------------------------------------------
@@ -427,7 +394,8 @@ static inline __attribute__((always_inline)) void stream_dot(const uint8_t* __re
   for (int u = 0; u < U; ++u) for (int n = 0; n < NB; ++n) acc_zero(acc[u][n]);
   int64_t i = 0;
   for (; i + U <= count; i += U) {
-    for (int u = 0; u < U; ++u) {
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {  // unrolled: the accumulators stay in registers
       const int64_t b = blocks[i + u];
       block_acc<BITS, NB, RES>(p + (i + u) * bytes, acts + b * 32, K, res, sd + b, nblk, acc[u]);
     }
@@ -513,6 +481,18 @@ static inline void row_blocks(const uint8_t* tmap, int64_t map_bytes, int64_t r,
         _mm512_mask_compressstoreu_epi32(lo + nlo, l, cols);
         nhi += __builtin_popcount(h); nlo += __builtin_popcount(l);
         cols = _mm512_add_epi32(cols, step);
+      }
+      continue;
+    }
+#elif !defined(ISA_PORTABLE)
+    if (sub == 1) {  // 8 groups per step: the columns of the chunk's set bits from a table, widened
+      for (int j = 0; j < nb; j += 8) {
+        const unsigned valid = nb - j >= 8 ? 0xffu : ((1u << (nb - j)) - 1);
+        const unsigned h = (unsigned)(high >> j) & valid, l = ~h & valid;
+        const __m256i base = _mm256_set1_epi32((int)(c0 + j));
+        _mm256_storeu_si256((__m256i*)(hi + nhi), _mm256_add_epi32(base, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)SET_BITS[h]))));
+        _mm256_storeu_si256((__m256i*)(lo + nlo), _mm256_add_epi32(base, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)SET_BITS[l]))));
+        nhi += __builtin_popcount(h); nlo += __builtin_popcount(l);
       }
       continue;
     }
@@ -650,7 +630,8 @@ static inline __attribute__((always_inline)) void row_g32(const Meta& M, int64_t
     const int8_t* a;
     int j = 0;
     for (; j + U <= nb; j += U)
-      for (int u = 0; u < U; ++u) {
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u) {  // unrolled: the accumulators stay in registers
         const __m256i w = next(c0 + j + u, a);
         codes_acc<DOT, NB, RES>(w, a, K, res, &sd[0][j + u], 8, acc[u]);
       }
@@ -664,6 +645,41 @@ static inline __attribute__((always_inline)) void row_g32(const Meta& M, int64_t
     for (int u = 0; u < U; ++u) v = _mm256_add_ps(v, acc[u][n]);
     out[n] = hsum(v);
   }
+}
+
+// Four rows of one code stream times one activation row (decode's matvec): the rows share the loop
+// and the activation loads, and their sums are reduced together. A short row (K = 576: 18 blocks)
+// otherwise spends about as long on its setup and reduction as on its blocks.
+// codes(i, c) returns row i's block c at its true values.
+template <int DOT, bool RES, typename Codes>
+static inline __attribute__((always_inline)) void rows4_g32(const Meta& M, int64_t row0, int64_t G, const float* __restrict dsc,
+                                                            const float* __restrict gsum, int64_t K, int64_t res,
+                                                            const int8_t* acts, Codes&& codes, float* out) {
+  Acc acc[4];
+  MinAcc macc[4];
+  for (int i = 0; i < 4; ++i) { acc_zero(acc[i]); macc[i] = _mm256_setzero_ps(); }
+  alignas(32) float sd[4][8];
+  for (int64_t c0 = 0; c0 < G; c0 += 8) {
+    const int nb = (int)std::min<int64_t>(8, G - c0);
+    const __m256 d = _mm256_loadu_ps(dsc + c0), gs = _mm256_loadu_ps(gsum + c0);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      __m256 sv, mv;
+      meta8(M, row0 + i, c0, nb, sv, mv);
+      _mm256_store_ps(sd[i], _mm256_mul_ps(sv, d));
+      macc[i] = _mm256_fmadd_ps(mv, gs, macc[i]);
+    }
+    for (int j = 0; j < nb; ++j) {
+      const int8_t* a = acts + (c0 + j) * 32;
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) codes_acc<DOT, 1, RES>(codes(i, c0 + j), a, K, res, &sd[i][j], 8, &acc[i]);
+    }
+  }
+  // hadd(hadd(v0, v1), hadd(v2, v3)) holds each row's two half sums; adding the halves gives all four
+  __m256 v[4];
+  for (int i = 0; i < 4; ++i) v[i] = _mm256_add_ps(acc[i], macc[i]);
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 
 #endif
@@ -680,59 +696,61 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
   const int8_t* alo = acts_lo + n0 * K;
   const int8_t* ahi = acts_hi + n0 * K;
   float* s = S.s.data(); float* m = S.m.data(); float* sd = S.sd.data();
-  // mixed tiles of 32-code groups walk both streams at once (see merged_dot), others one stream at a time
-  const bool merged = !PORTABLE && tmap && sub == 1 && lo_bytes && hi_bytes;
-  const uint8_t* lo_last = lo + lo_bytes - 32 * LO / 8;
-  const uint8_t* hi_last = hi + hi_bytes - 32 * HI / 8;
   const int64_t lo_row = lo_bytes / R, hi_row = hi_bytes / R;  // a row's share of each stream (bytes)
+  const int64_t meta_bytes = (M.scale_kind == 0 ? 1 : 2) * G, min_bytes = (M.min_kind == 0 ? 1 : 2) * G;
   for (int64_t r = 0; r < R; ++r) {
     const int64_t row = t * R + r;
+#if defined(ISA_AVX2)
+    const bool quad = NB == 1 && sub == 1 && !tmap && r + 4 <= R;  // see rows4_g32
+    const int64_t rows_now = quad ? 4 : 1;
+#else
+    const int64_t rows_now = 1;
+#endif
 #if !defined(ISA_PORTABLE)
-    // Cache-cold weights: fetch a few rows ahead (codes and metadata); prefetches past the end are dropped.
-    constexpr int64_t AHEAD = 4;
-    for (int64_t o = 0; o < lo_row; o += 64) _mm_prefetch((const char*)(lo + AHEAD * lo_row + o), _MM_HINT_T0);
-    for (int64_t o = 0; o < hi_row; o += 64) _mm_prefetch((const char*)(hi + AHEAD * hi_row + o), _MM_HINT_T0);
+    // Cache-cold weights: fetch codes and metadata about 4 KiB ahead (at least 4 rows); prefetches past
+    // the end are dropped. Four rows ahead was too close for short rows (the 49152x576 head at one
+    // thread read measurably slower).
+    const int64_t AHEAD = std::max<int64_t>(4, 4096 / (lo_row + hi_row + meta_bytes + min_bytes));
+    for (int64_t o = 0; o < rows_now * lo_row; o += 64) _mm_prefetch((const char*)(lo + AHEAD * lo_row + o), _MM_HINT_T0);
+    for (int64_t o = 0; o < rows_now * hi_row; o += 64) _mm_prefetch((const char*)(hi + AHEAD * hi_row + o), _MM_HINT_T0);
     {
-      const int64_t i = (row + AHEAD) * G;
-      _mm_prefetch((const char*)(M.scale_kind == 0 ? (const void*)(M.scale_u8 + i) : (const void*)(M.scale_f16 + i)), _MM_HINT_T0);
-      _mm_prefetch((const char*)(M.min_kind == 0 ? (const void*)(M.min_u8 + i) : (const void*)(M.min_f16 + i)), _MM_HINT_T0);
+      const uint8_t* sc = M.scale_kind == 0 ? M.scale_u8 : (const uint8_t*)M.scale_f16;
+      const uint8_t* mn = M.min_kind == 0 ? M.min_u8 : (const uint8_t*)M.min_f16;
+      for (int64_t o = 0; o < rows_now * meta_bytes; o += 64) _mm_prefetch((const char*)(sc + (row + AHEAD) * meta_bytes + o), _MM_HINT_T0);
+      for (int64_t o = 0; o < rows_now * min_bytes; o += 64) _mm_prefetch((const char*)(mn + (row + AHEAD) * min_bytes + o), _MM_HINT_T0);
     }
 #endif
 #if defined(ISA_AVX2)
-    if (sub == 1 && (merged || !tmap)) {
-      float yr[NB];
-      if (merged) {  // both streams' next blocks expanded, the map bit picks one (see merged_dot)
-        uint64_t bits = 0;
+    // rows of one stream (no map): the metadata is read inside the block loop (row_g32, rows4_g32)
+    if (sub == 1 && !tmap) {
+      const uint8_t*& p = all_high ? hi : lo;
+      const int8_t* a0 = all_high ? ahi : alo;
+      auto one_stream = [&](auto bits) __attribute__((always_inline)) {
+        constexpr int BITS = decltype(bits)::value, bytes = 32 * BITS / 8;
+        if (quad) {
+          const int64_t row_bytes = nblk * bytes;
+          auto codes = [&](int i, int64_t c) __attribute__((always_inline)) { return load_codes<BITS>(p + i * row_bytes + c * bytes); };
+          rows4_g32<BITS, RES>(M, row, G, dsc, gsum, K, A.res, a0, codes, y + n0 * out + row);
+          p += 4 * row_bytes;
+          return;
+        }
+        float yr[NB];
         auto next = [&](int64_t c, const int8_t*& a) __attribute__((always_inline)) {
-          if ((c & 7) == 0) bits = map_bits(tmap, map_bytes, r * G + c, (int)std::min<int64_t>(8, G - c));
-          const int high = (int)((bits >> (c & 7)) & 1);
-          const __m256i w = select_codes(high, load_true<LO>(std::min(lo, lo_last)), load_true<HI>(std::min(hi, hi_last)));
-          a = (high ? ahi : alo) + c * 32;
-          lo += (1 - high) * (32 * LO / 8); hi += high * (32 * HI / 8);
-          return w;
+          a = a0 + c * 32; return load_codes<BITS>(p + c * bytes);
         };
-        row_g32<HI, NB, RES>(M, row, G, dsc, gsum, nblk, K, A.res, next, yr);
-      } else if (all_high) {
-        auto next = [&](int64_t c, const int8_t*& a) __attribute__((always_inline)) {
-          a = ahi + c * 32; return load_codes<HI>(hi + c * (32 * HI / 8));
-        };
-        row_g32<HI, NB, RES>(M, row, G, dsc, gsum, nblk, K, A.res, next, yr);
-        hi += nblk * 32 * HI / 8;
-      } else {
-        auto next = [&](int64_t c, const int8_t*& a) __attribute__((always_inline)) {
-          a = alo + c * 32; return load_codes<LO>(lo + c * (32 * LO / 8));
-        };
-        row_g32<LO, NB, RES>(M, row, G, dsc, gsum, nblk, K, A.res, next, yr);
-        lo += nblk * 32 * LO / 8;
-      }
-      for (int n = 0; n < NB; ++n) y[(n0 + n) * out + row] = yr[n];
+        row_g32<BITS, NB, RES>(M, row, G, dsc, gsum, nblk, K, A.res, next, yr);
+        p += nblk * bytes;
+        for (int n = 0; n < NB; ++n) y[(n0 + n) * out + row] = yr[n];
+      };
+      if (all_high) one_stream(std::integral_constant<int, HI>{});
+      else one_stream(std::integral_constant<int, LO>{});
+      r += rows_now - 1;
       continue;
     }
 #endif
     const int32_t *blo = S.lo.data(), *bhi = S.hi.data();
     int64_t nlo = 0, nhi = 0;
-    if (merged) {}
-    else if (tmap) row_blocks(tmap, map_bytes, r, G, sub, S.lo.data(), S.hi.data(), nlo, nhi);
+    if (tmap) row_blocks(tmap, map_bytes, r, G, sub, S.lo.data(), S.hi.data(), nlo, nhi);
     else if (all_high) { bhi = S.identity.data(); nhi = nblk; }
     else { blo = S.identity.data(); nlo = nblk; }
     MinAcc macc[NB];
@@ -748,13 +766,6 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
       row_scales<NB>(s, m, dsc, gsum, nblk, G, sub, sd, macc, mtail);
     }
     Acc acc_lo[NB], acc_hi[NB];
-#if !defined(ISA_PORTABLE)
-    if (merged) {
-      merged_dot<LO, HI, NB, RES>(lo, lo_last, hi, hi_last, tmap, map_bytes, r, G, alo, ahi, K, A.res, sd, nblk, acc_hi);
-      for (int n = 0; n < NB; ++n) y[(n0 + n) * out + row] = hsum(_mm256_add_ps(acc_hi[n], macc[n])) + mtail[n];
-      continue;
-    }
-#endif
     if (nlo) { stream_dot<LO, NB, RES>(lo, blo, nlo, alo, K, A.res, sd, nblk, acc_lo); lo += nlo * 32 * LO / 8; }
     if (nhi) { stream_dot<HI, NB, RES>(hi, bhi, nhi, ahi, K, A.res, sd, nblk, acc_hi); hi += nhi * 32 * HI / 8; }
     for (int n = 0; n < NB; ++n) {
@@ -1234,7 +1245,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v18",
+    "quant_int_kernel_v20",
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],

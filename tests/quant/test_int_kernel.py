@@ -181,6 +181,46 @@ def test_uniform_matrices_of_any_width_agree_on_every_path(groups, tiles, batch,
     assert_paths_agree(matrix, x)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    tile_rows=st.sampled_from([1, 2, 3, 5, 6, 7, 8, 12, 16]),
+    tiles=st.integers(1, 3),
+    groups=st.integers(1, 40),
+    batch=st.integers(1, 3),
+    bits=st.sampled_from([2, 4]),
+    seed=st.integers(0, 2**16),
+)
+def test_uniform_tiles_of_any_height_agree_on_every_path(tile_rows, tiles, groups, batch, bits, seed):
+    """At batch 1 the AVX2 path takes a tile's rows four at a time; a tile whose height is not a
+    multiple of 4 ends with single rows."""
+    gen = torch.Generator().manual_seed(seed)
+    out_f, in_f = tile_rows * tiles, 32 * groups
+    base = PackedMatrix.quantize_asymmetric(torch.randn(out_f, in_f, generator=gen), bits)
+    scale, minimum = base.scales_and_mins()
+    matrix = PackedMatrix.uniform(base.codes().reshape(out_f, in_f), scale, minimum, bits, tile_rows)
+    assert matrix.tile_rows == tile_rows
+    assert_paths_agree(matrix, torch.randn(batch, in_f, generator=gen))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    frac_high=st.floats(0.05, 0.95),
+    groups=st.integers(1, 70),
+    tile_rows=st.sampled_from([4, 8, 16]),
+    tiles=st.integers(1, 2),
+    batch=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_mixed_matrices_of_any_width_agree_on_every_path(frac_high, groups, tile_rows, tiles, batch, seed):
+    """A mixed row's block lists are built from its map 8 groups per step; rows of more than 56 groups
+    read the map in several words."""
+    gen = torch.Generator().manual_seed(seed)
+    spec = QuantSpec(frac_high=frac_high, group_size=32, tile_rows=tile_rows)
+    w = torch.randn(tile_rows * tiles, 32 * groups, generator=gen) * 0.05
+    matrix = PackedMatrix.from_quant_linear(QuantLinear.from_packed(quantize_weight(w, spec)))
+    assert_paths_agree(matrix, torch.randn(batch, 32 * groups, generator=gen))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_chain_of_products_equals_its_products_one_by_one(threads):
     gen = torch.Generator().manual_seed(11)
