@@ -176,6 +176,8 @@ class LazyAsyncCheckpointer:
     in time, from its measured bandwidth and the save-to-step window), "ahead" (everything, at once).
     On a CPU a background copy takes the training's cores, so "at_step" is the default.
     `direct_io`: O_DIRECT writes where the file system accepts them (buffered writes otherwise).
+    `chunk_bytes`: the most one `pwritev` writes (4 MB: in `benchmarks.checkpointing`, 16 MB writes
+    were slower when a checkpoint is written every iteration).
     `thread_nice`: the background threads' niceness above the caller's (they yield to compute);
     `background_cpus`: optional CPU set for them.
     """
@@ -188,7 +190,7 @@ class LazyAsyncCheckpointer:
         host_buffer_bytes: int | None = None,
         buffer_slots: int = 1,
         flush_threads: int = 2,
-        chunk_bytes: int = 16 << 20,
+        chunk_bytes: int = 4 << 20,
         fsync: bool = True,
         checksum: bool = False,
         rank: int | None = None,
