@@ -47,7 +47,7 @@ def execute_batch(
     sandbox: SandboxLimits,
     max_runs: int,
     max_retries: int,
-    explore: int = 2,
+    explore: int,
 ) -> list[dict]:
     """Execute a batch of snippets with one predictor; every run happens in the sandbox. The LLM is built
     here from its config, so the task also runs on a Dask worker."""

@@ -40,9 +40,9 @@ fp16), converted 8 groups per step together with the per-block scales s * d and 
 Paths, chosen at run time by CPU feature (`paths()`, `best_path()`): avx512_vnni (EVEX vpdpbusd on
 256-bit blocks, masked loads, vpcompressd block lists), avx_vnni (VEX vpdpbusd), avx2 (vpmaddubsw +
 vpmaddwd on true code values: vpmaddubsw saturates), portable (scalar C). All share one source,
-compiled once per path with a GCC target pragma. On avx2, rows of one stream (32-code groups) convert their
-metadata 8 groups at a time inside the block loop (`row_g32`), and every vector path quantizes the
-activations 32 per step.
+compiled once per path with a GCC target pragma. On avx2, rows of one stream (32-code groups)
+convert their metadata 8 groups at a time inside the block loop (`row_g32`, `rows4_g32`), and every
+vector path quantizes the activations 32 per step.
 
 Callers: `int_matmul` (one product, its own OpenMP region), `ProductChain` (several products of one
 input in one call and one region) and `LeanPlan` (a whole Llama forward in one call).
@@ -164,7 +164,7 @@ struct Scratch {  // per thread: one row's block lists, group metadata, per-bloc
   }
 };
 
-// SET_BITS[m]: the positions of the set bits of byte m, in order (the rest 0): a row's block lists
+// SET_BITS.pos[m]: the positions of the set bits of byte m, in order (the rest 0): a row's block lists
 // are built 8 groups per step from its map.
 struct SetBits {
   uint8_t pos[256][8];
@@ -175,8 +175,7 @@ struct SetBits {
     }
   }
 };
-alignas(64) static constexpr SetBits SET_BITS_TABLE{};
-#define SET_BITS SET_BITS_TABLE.pos
+alignas(64) static constexpr SetBits SET_BITS{};
 
 static inline uint64_t map_bits(const uint8_t* map, int64_t map_bytes, int64_t bitpos, int n) {
   // n <= 56 bits of a tile's map from bit `bitpos`, never reading past the tile's bytes
@@ -490,8 +489,8 @@ static inline void row_blocks(const uint8_t* tmap, int64_t map_bytes, int64_t r,
         const unsigned valid = nb - j >= 8 ? 0xffu : ((1u << (nb - j)) - 1);
         const unsigned h = (unsigned)(high >> j) & valid, l = ~h & valid;
         const __m256i base = _mm256_set1_epi32((int)(c0 + j));
-        _mm256_storeu_si256((__m256i*)(hi + nhi), _mm256_add_epi32(base, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)SET_BITS[h]))));
-        _mm256_storeu_si256((__m256i*)(lo + nlo), _mm256_add_epi32(base, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)SET_BITS[l]))));
+        _mm256_storeu_si256((__m256i*)(hi + nhi), _mm256_add_epi32(base, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)SET_BITS.pos[h]))));
+        _mm256_storeu_si256((__m256i*)(lo + nlo), _mm256_add_epi32(base, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)SET_BITS.pos[l]))));
         nhi += __builtin_popcount(h); nlo += __builtin_popcount(l);
       }
       continue;
@@ -607,13 +606,13 @@ static inline __attribute__((always_inline)) void meta8(const Meta& M, int64_t r
   }
 }
 
-// One row times NB batch rows: out[n] = sum over groups (codes . acts) * s * d + m * group sum.
-// next(c, a) returns group c's 32 codes at their true values and sets a to its activation block
-// (the row's code streams advance inside it).
-template <int DOT, int NB, bool RES, typename Next>
+// One row of one code stream (`codes`: the row's blocks of BITS-bit codes) times NB batch rows:
+// out[n] = sum over groups (codes . acts) * s * d + m * group sum.
+template <int BITS, int NB, bool RES>
 static inline __attribute__((always_inline)) void row_g32(const Meta& M, int64_t row, int64_t G, const float* __restrict dsc,
                                                           const float* __restrict gsum, int64_t nblk, int64_t K, int64_t res,
-                                                          Next&& next, float* out) {
+                                                          const uint8_t* codes, const int8_t* acts, float* out) {
+  constexpr int64_t bytes = 32 * BITS / 8;
   constexpr int U = NB >= 4 ? 1 : 4 / NB;  // independent accumulators per batch row hide the FMA latency
   Acc acc[U][NB];
   MinAcc macc[NB];
@@ -627,17 +626,16 @@ static inline __attribute__((always_inline)) void row_g32(const Meta& M, int64_t
       _mm256_store_ps(sd[n], _mm256_mul_ps(sv, _mm256_loadu_ps(dsc + n * nblk + c0)));
       macc[n] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(gsum + n * G + c0), macc[n]);
     }
-    const int8_t* a;
     int j = 0;
     for (; j + U <= nb; j += U)
 #pragma GCC unroll 4
       for (int u = 0; u < U; ++u) {  // unrolled: the accumulators stay in registers
-        const __m256i w = next(c0 + j + u, a);
-        codes_acc<DOT, NB, RES>(w, a, K, res, &sd[0][j + u], 8, acc[u]);
+        const int64_t c = c0 + j + u;
+        block_acc<BITS, NB, RES>(codes + c * bytes, acts + c * 32, K, res, &sd[0][j + u], 8, acc[u]);
       }
     for (; j < nb; ++j) {
-      const __m256i w = next(c0 + j, a);
-      codes_acc<DOT, NB, RES>(w, a, K, res, &sd[0][j], 8, acc[0]);
+      const int64_t c = c0 + j;
+      block_acc<BITS, NB, RES>(codes + c * bytes, acts + c * 32, K, res, &sd[0][j], 8, acc[0]);
     }
   }
   for (int n = 0; n < NB; ++n) {
@@ -650,11 +648,13 @@ static inline __attribute__((always_inline)) void row_g32(const Meta& M, int64_t
 // Four rows of one code stream times one activation row (decode's matvec): the rows share the loop
 // and the activation loads, and their sums are reduced together. A short row (K = 576: 18 blocks)
 // otherwise spends about as long on its setup and reduction as on its blocks.
-// codes(i, c) returns row i's block c at its true values.
-template <int DOT, bool RES, typename Codes>
+// `codes`: the first row's blocks of BITS-bit codes, the next rows `row_bytes` apart.
+template <int BITS, bool RES>
 static inline __attribute__((always_inline)) void rows4_g32(const Meta& M, int64_t row0, int64_t G, const float* __restrict dsc,
                                                             const float* __restrict gsum, int64_t K, int64_t res,
-                                                            const int8_t* acts, Codes&& codes, float* out) {
+                                                            const uint8_t* codes, int64_t row_bytes, const int8_t* acts,
+                                                            float* out) {
+  constexpr int64_t bytes = 32 * BITS / 8;
   Acc acc[4];
   MinAcc macc[4];
   for (int i = 0; i < 4; ++i) { acc_zero(acc[i]); macc[i] = _mm256_setzero_ps(); }
@@ -672,7 +672,7 @@ static inline __attribute__((always_inline)) void rows4_g32(const Meta& M, int64
     for (int j = 0; j < nb; ++j) {
       const int8_t* a = acts + (c0 + j) * 32;
 #pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) codes_acc<DOT, 1, RES>(codes(i, c0 + j), a, K, res, &sd[i][j], 8, &acc[i]);
+      for (int i = 0; i < 4; ++i) block_acc<BITS, 1, RES>(codes + i * row_bytes + (c0 + j) * bytes, a, K, res, &sd[i][j], 8, &acc[i]);
     }
   }
   // hadd(hadd(v0, v1), hadd(v2, v3)) holds each row's two half sums; adding the halves gives all four
@@ -697,7 +697,7 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
   const int8_t* ahi = acts_hi + n0 * K;
   float* s = S.s.data(); float* m = S.m.data(); float* sd = S.sd.data();
   const int64_t lo_row = lo_bytes / R, hi_row = hi_bytes / R;  // a row's share of each stream (bytes)
-  const int64_t meta_bytes = (M.scale_kind == 0 ? 1 : 2) * G, min_bytes = (M.min_kind == 0 ? 1 : 2) * G;
+  const int64_t scale_bytes = (M.scale_kind == 0 ? 1 : 2) * G, min_bytes = (M.min_kind == 0 ? 1 : 2) * G;
   for (int64_t r = 0; r < R; ++r) {
     const int64_t row = t * R + r;
 #if defined(ISA_AVX2)
@@ -710,13 +710,13 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
     // Cache-cold weights: fetch codes and metadata about 4 KiB ahead (at least 4 rows); prefetches past
     // the end are dropped. Four rows ahead was too close for short rows (the 49152x576 head at one
     // thread read measurably slower).
-    const int64_t AHEAD = std::max<int64_t>(4, 4096 / (lo_row + hi_row + meta_bytes + min_bytes));
+    const int64_t AHEAD = std::max<int64_t>(4, 4096 / (lo_row + hi_row + scale_bytes + min_bytes));
     for (int64_t o = 0; o < rows_now * lo_row; o += 64) _mm_prefetch((const char*)(lo + AHEAD * lo_row + o), _MM_HINT_T0);
     for (int64_t o = 0; o < rows_now * hi_row; o += 64) _mm_prefetch((const char*)(hi + AHEAD * hi_row + o), _MM_HINT_T0);
     {
       const uint8_t* sc = M.scale_kind == 0 ? M.scale_u8 : (const uint8_t*)M.scale_f16;
       const uint8_t* mn = M.min_kind == 0 ? M.min_u8 : (const uint8_t*)M.min_f16;
-      for (int64_t o = 0; o < rows_now * meta_bytes; o += 64) _mm_prefetch((const char*)(sc + (row + AHEAD) * meta_bytes + o), _MM_HINT_T0);
+      for (int64_t o = 0; o < rows_now * scale_bytes; o += 64) _mm_prefetch((const char*)(sc + (row + AHEAD) * scale_bytes + o), _MM_HINT_T0);
       for (int64_t o = 0; o < rows_now * min_bytes; o += 64) _mm_prefetch((const char*)(mn + (row + AHEAD) * min_bytes + o), _MM_HINT_T0);
     }
 #endif
@@ -727,19 +727,15 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
       const int8_t* a0 = all_high ? ahi : alo;
       auto one_stream = [&](auto bits) __attribute__((always_inline)) {
         constexpr int BITS = decltype(bits)::value, bytes = 32 * BITS / 8;
+        const int64_t row_bytes = nblk * bytes;
         if (quad) {
-          const int64_t row_bytes = nblk * bytes;
-          auto codes = [&](int i, int64_t c) __attribute__((always_inline)) { return load_codes<BITS>(p + i * row_bytes + c * bytes); };
-          rows4_g32<BITS, RES>(M, row, G, dsc, gsum, K, A.res, a0, codes, y + n0 * out + row);
+          rows4_g32<BITS, RES>(M, row, G, dsc, gsum, K, A.res, p, row_bytes, a0, y + n0 * out + row);
           p += 4 * row_bytes;
           return;
         }
         float yr[NB];
-        auto next = [&](int64_t c, const int8_t*& a) __attribute__((always_inline)) {
-          a = a0 + c * 32; return load_codes<BITS>(p + c * bytes);
-        };
-        row_g32<BITS, NB, RES>(M, row, G, dsc, gsum, nblk, K, A.res, next, yr);
-        p += nblk * bytes;
+        row_g32<BITS, NB, RES>(M, row, G, dsc, gsum, nblk, K, A.res, p, a0, yr);
+        p += row_bytes;
         for (int n = 0; n < NB; ++n) y[(n0 + n) * out + row] = yr[n];
       };
       if (all_high) one_stream(std::integral_constant<int, HI>{});
@@ -1245,7 +1241,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v20",
+    "quant_int_kernel_v21",
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],
