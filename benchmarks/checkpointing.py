@@ -18,8 +18,9 @@ in a background thread what the flush will not reach before the next step (predi
 measured bandwidth and the window) and `lazy_async_copy_ahead` the whole state at once (instead of
 only what is left when the step is due, in the step's own pre-hook), `lazy_async_buffered_io` writes
 through the page cache (instead of O_DIRECT), `lazy_async_normal_priority` runs its threads at
-the training's priority (instead of nice +10), and `lazy_async_16mb_writes` writes up to 16 MB per
-system call (instead of 4 MB).
+the training's priority (instead of nice +10), `lazy_async_16mb_writes` writes up to 16 MB per
+system call (instead of 4 MB), and `lazy_async_new_files` writes every checkpoint into a new file
+(instead of over the shard file of the checkpoint `keep_last` retired).
 
 Every ratio is paired within a round (a round: one k in one repeat, every method once, back to back):
 a method's time over the same round's compute-only time and bound, lazy_async over the same round's
@@ -70,6 +71,7 @@ LAZY_VARIANTS = {  # name -> LazyAsyncCheckpointer options
     "lazy_async_buffered_io": {"direct_io": False},
     "lazy_async_normal_priority": {"thread_nice": 0},
     "lazy_async_16mb_writes": {"chunk_bytes": 16 << 20},
+    "lazy_async_new_files": {"recycle_shards": False},
 }
 METHODS = ["none", *BASELINES, *LAZY_VARIANTS]
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -42,8 +42,11 @@ def step_dirname(step: int) -> str:
     return f"{STEP_PREFIX}{step:08d}"
 
 
+SHARD_SUFFIX = ".shard"
+
+
 def shard_name(rank: int) -> str:
-    return f"rank{rank:05d}.shard"
+    return f"rank{rank:05d}{SHARD_SUFFIX}"
 
 
 def state_name(rank: int) -> str:

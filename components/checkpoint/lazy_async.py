@@ -56,6 +56,7 @@ COPY_POLICIES = ("at_step", "just_in_time", "ahead")
 NEW, LIVE, COPYING, HOST, WRITING, DONE = range(6)  # a piece's life: read live, or copied to the host buffer first
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one pwritev may take
 _datasync = getattr(os, "fdatasync", os.fsync)  # data and size, all a reader needs (no mtime flush)
+SPARE_PREFIX = ".spare-"  # + session: retired shards kept to be overwritten (see _keep_spare_shards)
 EDGES, LAZY, EAGER = range(3)  # planned pieces: edge runs and eager pieces are staged at save(), lazy ones read later
 
 
@@ -119,6 +120,7 @@ class CheckpointRecord:
     live_bytes: int = 0  # written straight from the tensors' own memory
     copied_bytes: int = 0  # copied to the host buffer first (edges, mutable tensors, what the step would change)
     direct_io: bool = False  # the shard was written with O_DIRECT
+    recycled: bool = False  # written over a retired checkpoint's shard (no new file, see _keep_spare_shards)
 
     @property
     def blocked_s(self) -> float:
@@ -180,6 +182,8 @@ class LazyAsyncCheckpointer:
     were slower when a checkpoint is written every iteration).
     `thread_nice`: the background threads' niceness above the caller's (they yield to compute);
     `background_cpus`: optional CPU set for them.
+    `recycle_shards`: a checkpoint retired by `keep_last` gives its shard file to the next checkpoint,
+    which overwrites it in place (see `_keep_spare_shards`); False: every checkpoint writes a new file.
     """
 
     def __init__(
@@ -202,6 +206,7 @@ class LazyAsyncCheckpointer:
         copy_policy: str = "at_step",
         thread_nice: int = 10,
         background_cpus: set[int] | None = None,
+        recycle_shards: bool = True,
     ):
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
@@ -221,6 +226,7 @@ class LazyAsyncCheckpointer:
         self.copy_policy = copy_policy
         self.thread_nice = thread_nice
         self.background_cpus = background_cpus
+        self.recycle_shards = recycle_shards
         self.rank, self.world_size = _rank_and_world(rank, world_size)
         self.use_cuda = (device or "").startswith("cuda") and torch.cuda.is_available()
         self.session = session or _agree_on_session(self.world_size)
@@ -465,6 +471,8 @@ class LazyAsyncCheckpointer:
             for thread in self._threads:
                 if thread is not threading.current_thread():
                     thread.join(timeout=60)
+            if self.rank == 0:  # spare shards only serve the checkpoints of this run
+                shutil.rmtree(self._spare_dir, ignore_errors=True)
 
     def __enter__(self) -> LazyAsyncCheckpointer:
         return self
@@ -671,7 +679,8 @@ class LazyAsyncCheckpointer:
                 return
             job.tmp_dir.mkdir(parents=True, exist_ok=True)
             path = job.tmp_dir / layout.shard_name(self.rank)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            recycled = job.record.recycled = self._take_spare_shard(path)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | (0 if recycled else os.O_TRUNC), 0o644)
             try:
                 self._reserve(fd, job)
             except BaseException:
@@ -845,7 +854,38 @@ class LazyAsyncCheckpointer:
         for path in committed[: -self.keep_last]:
             doomed = path.with_name(path.name + f".del-{self.session}")
             path.rename(doomed)  # renamed first: a crash mid-delete never leaves a half "step_" folder
+            if self.recycle_shards:
+                self._keep_spare_shards(doomed)
             shutil.rmtree(doomed, ignore_errors=True)
+
+    # A retired checkpoint's shards are overwritten by the next checkpoint instead of deleted: on
+    # ext4, O_DIRECT writes into blocks a file already has need no allocation, no unwritten-extent
+    # conversion and no journal commit at fdatasync, and the retired file is not unlinked
+    # (benchmarks.checkpointing, 88 MB at k = 1: durable 0.06 s after save() instead of 0.09 s). The spare
+    # shard is out of every committed checkpoint (its folder is renamed away first), so a crash while
+    # it is overwritten loses nothing; leftovers of a crashed run are removed at the next start.
+    @property
+    def _spare_dir(self) -> Path:
+        return self.directory / f"{SPARE_PREFIX}{self.session}"
+
+    def _keep_spare_shards(self, retired: Path) -> None:
+        """Rank 0's commit thread: move a retired checkpoint's shards aside, one spare per rank."""
+        try:
+            self._spare_dir.mkdir(exist_ok=True)
+            for shard in retired.glob(f"*{layout.SHARD_SUFFIX}"):
+                spare = self._spare_dir / shard.name
+                if not spare.exists():  # the only writer of spares is this thread
+                    os.rename(shard, spare)
+        except OSError:  # recycling is an optimisation: the retired folder is deleted either way
+            pass
+
+    def _take_spare_shard(self, path: Path) -> bool:
+        """A flush thread opening a checkpoint: take this rank's spare shard as `path`, if there is one."""
+        try:
+            os.rename(self._spare_dir / path.name, path)
+            return True
+        except OSError:  # none yet (the first keep_last checkpoints), or taken: a new file
+            return False
 
     # ---------------------------------------------------------------- helpers
     def _optimizer_owned_storages(self) -> set:
@@ -868,7 +908,7 @@ class LazyAsyncCheckpointer:
         except OSError as exc:
             raise CheckpointError(f"checkpoint directory {self.directory} is not writable: {exc}") from exc
         if self.rank == 0:  # leftovers of crashed runs: torn (uncommitted) or half-deleted folders
-            for path in self.directory.glob(f"{layout.STEP_PREFIX}*.*-*"):
+            for path in [*self.directory.glob(f"{layout.STEP_PREFIX}*.*-*"), *self.directory.glob(f"{SPARE_PREFIX}*")]:
                 if self.session not in path.name:
                     shutil.rmtree(path, ignore_errors=True)
 

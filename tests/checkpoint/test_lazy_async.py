@@ -134,6 +134,24 @@ def test_keep_last_retention(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006"]
 
 
+def test_retired_shards_are_overwritten_by_later_checkpoints(tmp_path):
+    # keep_last=1 and a drain after each save: from the third checkpoint on, each is written over the
+    # shard the previous commit retired; a state that shrinks (step 5) truncates the recycled file.
+    gen = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(300_001 if i < 4 else 999, generator=gen), "step": i} for i in range(6)]
+    (tmp_path / ".spare-crashedrun").mkdir()  # a crashed run's spare: removed at start
+    (tmp_path / ".spare-crashedrun" / "rank00000.shard").write_bytes(b"x" * 5000)
+    with LazyAsyncCheckpointer(tmp_path, keep_last=1) as ckpt:
+        assert not (tmp_path / ".spare-crashedrun").exists()
+        for i, state in enumerate(states):
+            ckpt.save(i + 1, state)
+            ckpt.wait()
+            got = load_checkpoint(latest_checkpoint(tmp_path))
+            assert torch.equal(got["w"], state["w"]) and got["step"] == i
+        assert [r.recycled for r in ckpt.records] == [False, False, True, True, True, True]
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000006"]  # no spare left behind
+
+
 def test_a_fresh_run_sets_the_earlier_runs_checkpoints_aside(tmp_path):
     folder = tmp_path / "run"
     model, optimizer, scheduler, gen = _tiny.fresh()
@@ -301,7 +319,7 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
             time.sleep(rng.uniform(0.1, 0.8))
         else:  # a few steps in, then the moment a temporary folder appears
             time.sleep(rng.uniform(0.05, 0.3))
-            _wait_until(lambda: _in_flight(folder), proc, timeout_s=60, poll_s=0.0005)
+            _wait_until(lambda: _in_flight(folder), proc, timeout_s=60, poll_s=0.0)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         torn_seen += any(".tmp-" in p.name for p in folder.iterdir())
