@@ -26,8 +26,9 @@ from matplotlib.figure import Figure
 from benchmarks.common import target, write_result
 from components.llm import factory
 from components.sandbox import Sandbox, SandboxLimits
-from components.selfpico.executor import execute_snippet, summarize
+from components.selfpico.executor import EXPLORE, MAX_RETRIES, execute_snippet, summarize
 from components.selfpico.predictors import (
+    CANDIDATES,
     AsIsPredictor,
     LLMPredictor,
     NaivePredictor,
@@ -51,12 +52,12 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--llm-base-url", default=None, help="OpenAI-compatible endpoint for the LLM-guided predictor")
     parser.add_argument("--llm-model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out snippets")
-    parser.add_argument("--max-retries", type=int, default=3, help="feedback retries per value (LLM-guided)")
+    parser.add_argument("--max-retries", type=int, default=MAX_RETRIES, help="feedback retries per value (LLM-guided)")
     parser.add_argument(
-        "--candidates", type=int, default=3, help="LLM values asked per name, the furthest-running kept (LLM-guided)"
+        "--candidates", type=int, default=CANDIDATES, help="LLM values asked per name, the furthest kept (LLM-guided)"
     )
     parser.add_argument(
-        "--explore", type=int, default=2, help="values asked after the loop for lines that never ran (LLM-guided)"
+        "--explore", type=int, default=EXPLORE, help="values asked after the loop for lines that never ran (LLM-guided)"
     )
     parser.add_argument(
         "--no-llm-only",
@@ -128,7 +129,7 @@ def values_of_rule_based(reports: list[dict], snippets) -> dict[str, int]:
 
 
 def run_set(
-    snippets, predictors: dict, sandbox, label: str, max_retries: int = 3, explore: int = 2
+    snippets, predictors: dict, sandbox, label: str, max_retries: int = MAX_RETRIES, explore: int = EXPLORE
 ) -> dict[str, list[dict]]:
     reports: dict[str, list[dict]] = {name: [] for name in predictors}
     for i, snippet in enumerate(snippets):

@@ -17,6 +17,7 @@ from components.checks import ConfigError, at_least
 from components.llm.config import LLMConfig
 from components.sandbox import SandboxLimits
 from components.selfpico.config import PredictorConfig
+from components.selfpico.executor import EXPLORE, MAX_RETRIES, MAX_RUNS
 from components.selfpico.snippets import user_snippets
 from mlsys.flow import FlowConfig, system_flow
 from mlsys.tracking import Tracker
@@ -40,9 +41,9 @@ class SelfPicoConfig(FlowConfig):
     written_limit: Optional[int] = None  # first N of them (None: all 24)
     package_modules: list[str] = field(default_factory=lambda: list(DEFAULT_MODULES))  # pure-Python, installed
     package_count: int = 16  # function bodies sampled (seeded) from those modules' source
-    max_runs: int = 30  # sandboxed executions per snippet: one new value per run
-    max_retries: int = 3  # SelfPiCo's feedback retries per value
-    explore: int = 2  # LLM-guided: values asked after the loop for the keys deciding lines that never ran
+    max_runs: int = MAX_RUNS  # sandboxed executions per snippet: one new value per run
+    max_retries: int = MAX_RETRIES  # SelfPiCo's feedback retries per value
+    explore: int = EXPLORE  # LLM-guided: values asked after the loop for the keys deciding lines that never ran
     batch_size: int = 8  # snippets per Prefect task (a task is a coarse unit: a batch, not a run)
     sandbox: SandboxLimits = field(default_factory=execution_limits)  # limits of one execution (docs/sandbox.md)
 

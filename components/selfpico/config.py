@@ -21,7 +21,7 @@ class PredictorConfig:
     _target_: str = "components.selfpico.predictors.RuleBasedPredictor"  # AsIs | Naive | RuleBased | LLM Predictor
     max_tokens: Optional[int] = None  # LLM-guided only: a value is one short expression; None: the class's default
     few_shot: Optional[bool] = None  # LLM-guided only; None: few-shot for the packaged model, zero-shot for a tuned one
-    candidates: Optional[int] = None  # LLM-guided only: values asked per name, the furthest-running kept; None: 3
+    candidates: Optional[int] = None  # LLM-guided only: values asked per name, the furthest-running kept; None: default
     retry_temperature: Optional[float] = None  # LLM-guided only: a reply refused on the host is asked again
     # sampled at this temperature (0: greedy); None: the class's default
 

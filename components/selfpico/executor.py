@@ -567,14 +567,20 @@ class _SelfGuidedLoop:
         )
 
 
+# The loop's bounds: the defaults of the selfpico flow and of the benchmark.
+MAX_RUNS = 30  # sandboxed executions per snippet: one new value per run
+MAX_RETRIES = 3  # feedback retries per value (SelfPiCo's self-guided refinement)
+EXPLORE = 2  # values a feedback-using predictor is asked after the loop, for keys deciding lines never run
+
+
 def execute_snippet(
     snippet: Snippet,
     predictor: Predictor,
     sandbox,
-    max_runs: int = 30,
-    max_retries: int = 3,
+    max_runs: int = MAX_RUNS,
+    max_retries: int = MAX_RETRIES,
     select_by_execution: bool = True,
-    explore: int = 2,
+    explore: int = EXPLORE,
 ) -> SnippetReport:
     """SelfPiCo on one snippet. `select_by_execution`: where the predictor has a fallback, or is asked
     for several candidates, the values of a key are run and the one that runs furthest is kept (the

@@ -34,6 +34,7 @@ VALUE_CLASSES = {
     "callable": "lambda *args, **kwargs: None",
     "object": "types.SimpleNamespace()",
 }
+CANDIDATES = 3  # LLM-guided: values asked per new name by default; the one that runs furthest is kept
 _FAKE_MODULE = "value = types.ModuleType({name!r})\nvalue._pico_fake_ = True"
 
 
@@ -229,7 +230,7 @@ class LLMPredictor(Predictor):
         fallback: Predictor | None = None,
         few_shot: bool = True,
         host_checks: int = 2,
-        candidates: int = 3,
+        candidates: int = CANDIDATES,
         retry_temperature: float = 0.8,
     ):
         self.llm = llm
