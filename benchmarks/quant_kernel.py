@@ -5,9 +5,11 @@
 
 Matvec: SmolLM2's largest projection shapes (1536x576, 576x1536) and the tied 49152x576 head, batch 1,
 cache-cold: each pass cycles through distinct copies of a matrix until the fp32 copies exceed 512 MiB
-(twice... the L3 is 300 MB), an unrelated 512 MiB buffer is read before every pass, methods alternate
-within each repeat, medians. Bytes read are the bytes each kernel actually reads (codes, maps, scales,
-minimums, per-row bases), so GB/s / measured bandwidth is an honest fraction of the memory wall.
+(far past the last-level cache), an unrelated 512 MiB buffer is read before every pass, medians. The
+repeats are passes over every shape at 1 and 2 threads, every method once each, so that each median
+spans the whole measurement rather than the seconds one shape takes. Bytes read are the bytes each
+kernel actually reads (codes, maps, scales, minimums, per-row bases), so GB/s / measured bandwidth is
+an honest fraction of the memory wall.
 Methods: fp32 (torch), the float fused kernel on the 2.9-bit mixed layer, the integer kernel on the same
 layer, on Q4_1 (4 bits + fp16 scale and minimum per 32: the model's own format) and on uniform 2-bit
 groups of 32, and ONNX Runtime MatMulNBits with accuracy_level=4 (int8 activations) at 4 and 2 bits,
@@ -100,8 +102,9 @@ def _one_call(matrices: list[PackedMatrix], act_levels: int, x: torch.Tensor):
     return lambda: chain.forward(x)
 
 
-@torch.no_grad()
-def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool, batch: int = 1) -> dict:
+def _matvec_calls(shape: str, thread_counts: tuple[int, ...], with_ort: bool, batch: int) -> tuple[int, dict]:
+    """(copies, {threads: {method: (call, bytes read per copy)}}) for one shape: every method's copies
+    of the same weights, all in one call each."""
     out_f, in_f = (int(v) for v in shape.split("x"))
     copies = max(2, math.ceil(WORKING_SET_MIB * 2**20 / (out_f * in_f * 4)))
     gen = torch.Generator().manual_seed(out_f + in_f)
@@ -120,31 +123,60 @@ def matvec_table(shape: str, threads: int, repeats: int, with_ort: bool, batch: 
     for name, matrices in (("mixed", mixed), ("q4_1", q4), ("q2", q2)):
         for levels, prefix in ((1, "int8"), (2, "int8x2")):
             calls[f"{prefix}_{name}"] = (_one_call(matrices, levels, x), matrices[0].nbytes())
-    if with_ort:
-        xa = x.numpy()
-        for bits in (4, 2):
-            session, per_copy = ort_matmulnbits(out_f, in_f, bits, copies, threads)
-            calls[f"onnxruntime_{bits}bit"] = (lambda s=session: s.run(None, {"A": xa}), per_copy)
+    per_threads = {}
+    for threads in thread_counts:
+        per_threads[threads] = dict(calls)
+        if with_ort:  # a session's thread pool is fixed when it is made
+            xa = x.numpy()
+            for bits in (4, 2):
+                session, per_copy = ort_matmulnbits(out_f, in_f, bits, copies, threads)
+                per_threads[threads][f"onnxruntime_{bits}bit"] = (lambda s=session: s.run(None, {"A": xa}), per_copy)
+    return copies, per_threads
+
+
+@torch.no_grad()
+def matvec_tables(
+    shapes: tuple[str, ...], thread_counts: tuple[int, ...], repeats: int, with_ort: bool, batch: int = 1
+) -> dict[str, dict]:
+    """Seconds per copy (median of `repeats`, the cache flushed before each call) of every method, for
+    every shape at every thread count: {"<shape>@<threads>t": table}. The repeats run in passes over
+    all the tables, each pass every method of every table once, so that a table's median spans the
+    whole measurement instead of the few seconds one table takes: on this shared VM the second core's
+    throughput drifts over minutes (the same 2-thread product measured 54-88 us in runs minutes apart)."""
+    setups = {shape: _matvec_calls(shape, thread_counts, with_ort, batch) for shape in shapes}
     flush = torch.ones(WORKING_SET_MIB * 2**20 // 4)
-    for fn, _ in calls.values():
-        fn()
-    samples: dict[str, list[float]] = {m: [] for m in calls}
+    samples: dict[str, dict[str, list[float]]] = {}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for shape, (_, per_threads) in setups.items():
+            samples[f"{shape}@{threads}t"] = {m: [] for m in per_threads[threads]}
+            for fn, _ in per_threads[threads].values():
+                fn()  # warm-up: thread pools, first-call allocations
     for _ in range(repeats):
-        for name, (fn, _) in calls.items():
-            flush.sum()
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) / copies)
-    out = {"copies": copies}
-    for name, (_, nbytes) in calls.items():
-        sec = statistics.median(samples[name])
-        out[name] = {
-            "seconds": sec,
-            "bytes_read": nbytes,
-            "gb_per_s": nbytes / sec / 1e9,
-            "bits_per_weight_read": nbytes * 8 / (out_f * in_f),
-        }
-    return out
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            for shape, (copies, per_threads) in setups.items():
+                for name, (fn, _) in per_threads[threads].items():
+                    flush.sum()
+                    start = time.perf_counter()
+                    fn()
+                    samples[f"{shape}@{threads}t"][name].append((time.perf_counter() - start) / copies)
+    tables = {}
+    for shape, (copies, per_threads) in setups.items():
+        out_f, in_f = (int(v) for v in shape.split("x"))
+        for threads in thread_counts:
+            key = f"{shape}@{threads}t"
+            table: dict = {"copies": copies}
+            for name, (_, nbytes) in per_threads[threads].items():
+                sec = statistics.median(samples[key][name])
+                table[name] = {
+                    "seconds": sec,
+                    "bytes_read": nbytes,
+                    "gb_per_s": nbytes / sec / 1e9,
+                    "bits_per_weight_read": nbytes * 8 / (out_f * in_f),
+                }
+            tables[key] = table
+    return tables
 
 
 @torch.no_grad()
@@ -228,25 +260,18 @@ def run(full: bool) -> tuple[dict, list[dict]]:
         "loadavg_start": _loadavg(),
     }
     results["memory_gb_per_s"] = bandwidth = memory_bandwidth(WORKING_SET_MIB)
-    results["matvec"] = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        for shape in SHAPES:
-            table = matvec_table(shape, threads, repeats, with_ort=True)
-            for row in table.values():
-                if isinstance(row, dict):
-                    row["speedup_vs_fp32"] = table["fp32"]["seconds"] / row["seconds"]
-                    row["fraction_of_memory_bandwidth"] = row["gb_per_s"] / bandwidth
-            results["matvec"][f"{shape}@{threads}t"] = table
-            print(
-                f"matvec {shape} {threads}t: "
-                + ", ".join(f"{k} {v['seconds'] * 1e6:.0f}us" for k, v in table.items() if isinstance(v, dict)),
-                flush=True,
-            )
+    results["matvec"] = matvec_tables(SHAPES, (1, 2), repeats, with_ort=True)
+    for key, table in results["matvec"].items():
+        for row in table.values():
+            if isinstance(row, dict):
+                row["speedup_vs_fp32"] = table["fp32"]["seconds"] / row["seconds"]
+                row["fraction_of_memory_bandwidth"] = row["gb_per_s"] / bandwidth
+        cells = ", ".join(f"{k} {v['seconds'] * 1e6:.0f}us" for k, v in table.items() if isinstance(v, dict))
+        print(f"matvec {key.replace('@', ' ')}: {cells}", flush=True)
     torch.set_num_threads(2)
     results["matvec_batch"] = {}  # decode blocks of speculative verification: the codes are read once per batch
     for batch in (4, 16):
-        table = matvec_table("1536x576", 2, repeats, with_ort=False, batch=batch)
+        table = matvec_tables(("1536x576",), (2,), repeats, with_ort=False, batch=batch)["1536x576@2t"]
         for row in table.values():
             if isinstance(row, dict):
                 row["speedup_vs_fp32"] = table["fp32"]["seconds"] / row["seconds"]
