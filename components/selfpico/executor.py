@@ -270,6 +270,7 @@ class _SelfGuidedLoop:
         self.settled: set[str] = set()  # keys whose best value is chosen: no more refinement
         self.retried: dict[str, int] = {}  # key -> feedback retries spent on it
         self.fell_back: set[str] = set()  # keys whose fallback value was tried after the retries
+        self.emptied: set[str] = set()  # keys replaced by their empty form after a run that never ended
         self.best: set[int] = set()
         self.errors: list[RuntimeErrorFound] = []
         # the snippet's own exceptions met in the run of a candidate that was not kept: found all the same
@@ -506,6 +507,29 @@ class _SelfGuidedLoop:
                 status, note = self.loop(max_runs)
         return status, note
 
+    def end_loop(self) -> bool:
+        """After a run the sandbox killed (time, memory or output limit) with values injected: a predicted
+        value may keep a loop going, an object whose `.next` is always another object, nodes whose
+        `.children` always have children. The values a loop's test or iterable reads (by data flow),
+        the latest first, are replaced by their empty form (None, [], {}, ...), which ends such a loop;
+        each key once. False when no such value is left."""
+        keys = [k for k in self.values if not k.startswith("import#")]
+        reads: set[str] = set()
+        for node in ast.walk(self.original):
+            if isinstance(node, ast.While):
+                reads |= _reads(node.test, cut=False)
+            elif isinstance(node, (ast.For, ast.comprehension)):
+                reads |= _reads(node.iter, cut=False)
+        looping = involves_injected(self.flow, reads, keys)
+        for key in reversed(keys):
+            if key in looping and key not in self.emptied:
+                self.emptied.add(key)
+                empty = _empty_form(self.values[key])
+                if empty != self.values[key]:
+                    self.values[key] = empty
+                    return True
+        return False
+
     def loop(self, max_runs: int) -> tuple[str, str]:
         """Run until the snippet finishes, fails on its own, or no value is left to try."""
         status, note = "ok", ""
@@ -536,6 +560,8 @@ class _SelfGuidedLoop:
                 self.errors.append(found)
                 break
             if status == "no_trace":
+                if str(trace.get("reason")).startswith("killed") and self.end_loop():
+                    continue
                 note = f"no verifiable trace from the sandbox ({trace.get('reason')})"
             break
         return status, note
@@ -565,6 +591,15 @@ class _SelfGuidedLoop:
             executed_lines,
             self.explored,
         )
+
+
+def _empty_form(code: str) -> str:
+    """The empty value of a value code's kind: what ends a loop over it or a walk through it."""
+    text = code.strip()
+    for opening, empty in (("[", "[]"), ("{", "{}"), ("(", "()"), ("'", "''"), ('"', "''")):
+        if text.startswith(opening):
+            return empty
+    return "0" if text[:1].isdigit() or text[:1] == "-" else "None"
 
 
 # The loop's bounds: the defaults of the selfpico flow and of the benchmark.

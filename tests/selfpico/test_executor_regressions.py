@@ -7,6 +7,7 @@ import json
 import types
 
 from components.llm import ScriptedLLM
+from components.sandbox import Sandbox, SandboxLimits
 from components.selfpico.analysis import DataFlow, involves_injected
 from components.selfpico.executor import TRACE_PREFIX, Snippet, execute_snippet, parse_trace
 from components.selfpico.predictors import LLMPredictor, PredictionRequest, Predictor, RuleBasedPredictor
@@ -206,3 +207,24 @@ def test_a_value_passed_to_int_is_a_number_as_text_and_ordering_implies_numbers(
     assert report.coverage == 1.0 and not report.errors
     report = run(sandbox, "best = 0\nfor g in games:\n    if g['points'] >= limit:\n        best = g['points']\n")
     assert report.coverage == 1.0 and not report.errors  # limit a number, not an object `>=` refuses
+
+
+def test_a_predicted_value_that_keeps_a_loop_going_is_replaced_by_its_empty_form():
+    # `.next` predicted as an object is always another object and `.children` always has children:
+    # the sandbox kills the run; the values the loops read are emptied, the latest first, and it ends.
+    box = Sandbox(SandboxLimits(wall_seconds=4, cpu_seconds=1))
+    linked = "total = 0\nwhile node:\n    total += node.value\n    node = node.next\nprint(total)\n"
+    report = run(box, linked)
+    assert report.final_status == "ok" and report.coverage == 1.0 and report.values["attr#next"] == "None"
+    tree = (
+        "seen = []\nstack = [root]\nwhile stack:\n    item = stack.pop()\n    seen.append(item.label)\n"
+        "    for child in item.kids:\n        stack.append(child)\nprint(len(seen))\n"
+    )
+    report = run(box, tree)
+    assert report.final_status == "ok" and report.values["attr#kids"] == "[]"
+
+
+def test_a_snippet_that_never_ends_on_its_own_is_reported_not_retried_forever():
+    box = Sandbox(SandboxLimits(wall_seconds=4, cpu_seconds=1))
+    report = run(box, "x = y + 1\nwhile True:\n    x += 1\n")  # y is injected but no loop reads it
+    assert report.final_status == "no_trace" and "time" in report.note and report.runs <= 3
