@@ -138,11 +138,12 @@ def _matvec_calls(shape: str, thread_counts: tuple[int, ...], with_ort: bool, ba
 def matvec_tables(
     shapes: tuple[str, ...], thread_counts: tuple[int, ...], repeats: int, with_ort: bool, batch: int = 1
 ) -> dict[str, dict]:
-    """Seconds per copy (median of `repeats`, the cache flushed before each call) of every method, for
-    every shape at every thread count: {"<shape>@<threads>t": table}. The repeats run in passes over
-    all the tables, each pass every method of every table once, so that a table's median spans the
-    whole measurement instead of the few seconds one table takes: on this shared VM the second core's
-    throughput drifts over minutes (the same 2-thread product measured 54-88 us in runs minutes apart)."""
+    """Seconds per copy (median of `repeats`, the cache flushed before each call) and speedup over fp32
+    of every method, for every shape at every thread count: {"<shape>@<threads>t": table}. The repeats
+    run in passes over all the tables, each pass every method of every table once, so that a table's
+    median spans the whole measurement instead of the few seconds one table takes: on this shared VM
+    the second core's throughput drifts over minutes (the same 2-thread product measured 54-90 us in
+    runs minutes apart)."""
     setups = {shape: _matvec_calls(shape, thread_counts, with_ort, batch) for shape in shapes}
     flush = torch.ones(WORKING_SET_MIB * 2**20 // 4)
     samples: dict[str, dict[str, list[float]]] = {}
@@ -175,8 +176,14 @@ def matvec_tables(
                     "gb_per_s": nbytes / sec / 1e9,
                     "bits_per_weight_read": nbytes * 8 / (out_f * in_f),
                 }
+            for name in per_threads[threads]:
+                table[name]["speedup_vs_fp32"] = table["fp32"]["seconds"] / table[name]["seconds"]
             tables[key] = table
     return tables
+
+
+def _cells(table: dict) -> str:
+    return ", ".join(f"{k} {v['seconds'] * 1e6:.0f}us" for k, v in table.items() if isinstance(v, dict))
 
 
 @torch.no_grad()
@@ -264,20 +271,14 @@ def run(full: bool) -> tuple[dict, list[dict]]:
     for key, table in results["matvec"].items():
         for row in table.values():
             if isinstance(row, dict):
-                row["speedup_vs_fp32"] = table["fp32"]["seconds"] / row["seconds"]
                 row["fraction_of_memory_bandwidth"] = row["gb_per_s"] / bandwidth
-        cells = ", ".join(f"{k} {v['seconds'] * 1e6:.0f}us" for k, v in table.items() if isinstance(v, dict))
-        print(f"matvec {key.replace('@', ' ')}: {cells}", flush=True)
+        print(f"matvec {key.replace('@', ' ')}: {_cells(table)}", flush=True)
     torch.set_num_threads(2)
     results["matvec_batch"] = {}  # decode blocks of speculative verification: the codes are read once per batch
     for batch in (4, 16):
         table = matvec_tables(("1536x576",), (2,), repeats, with_ort=False, batch=batch)["1536x576@2t"]
-        for row in table.values():
-            if isinstance(row, dict):
-                row["speedup_vs_fp32"] = table["fp32"]["seconds"] / row["seconds"]
         results["matvec_batch"][f"1536x576@2t_batch{batch}"] = table
-        cells = ", ".join(f"{k} {v['seconds'] * 1e6:.0f}us" for k, v in table.items() if isinstance(v, dict))
-        print(f"matvec 1536x576 2t batch {batch}: {cells}", flush=True)
+        print(f"matvec 1536x576 2t batch {batch}: {_cells(table)}", flush=True)
     native = load_native_smollm2()
     native_torch_path = load_native_smollm2()  # the same weights, the forward as torch ops + a kernel call per matrix
     native_torch_path.fused = False

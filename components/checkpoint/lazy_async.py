@@ -679,7 +679,7 @@ class LazyAsyncCheckpointer:
                 return
             job.tmp_dir.mkdir(parents=True, exist_ok=True)
             path = job.tmp_dir / layout.shard_name(self.rank)
-            recycled = job.record.recycled = self._take_spare_shard(path)
+            recycled = job.record.recycled = self.recycle_shards and self._take_spare_shard(path)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | (0 if recycled else os.O_TRUNC), 0o644)
             try:
                 self._reserve(fd, job)

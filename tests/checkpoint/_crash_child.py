@@ -1,10 +1,13 @@
 """Child process for the crash test: trains with a checkpoint every step until killed (or done).
 
-argv: checkpoint_dir iters n_embd resume(0/1) unaligned(0/1) [done_marker]
+argv: checkpoint_dir iters n_embd resume(0/1) unaligned(0/1) commit_delay_s [done_marker]
 unaligned=1 appends an int64 scalar as the state's last tensor (its shard does not end on 64 bytes).
+commit_delay_s > 0 holds every written checkpoint that long before it is made durable and committed,
+so a kill aimed at a checkpoint in flight cannot miss it on a fast or a busy machine.
 """
 
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -15,11 +18,22 @@ from tests.checkpoint import _tiny
 
 ckpt_dir, iters, n_embd, resume = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 unaligned = sys.argv[5] == "1"
+commit_delay_s = float(sys.argv[6])
 model, optimizer, scheduler, gen = _tiny.fresh(iters, n_embd)
 start = 0
 if resume and latest_checkpoint(ckpt_dir) is not None:  # killed before the first commit: start over
     start = restore_state(load_checkpoint(latest_checkpoint(ckpt_dir)), model, optimizer, scheduler, gen)
-ckpt = LazyAsyncCheckpointer(ckpt_dir, keep_last=3, checksum=True)
+
+
+class SlowCommit(LazyAsyncCheckpointer):
+    """Fault injection: a pause between the shard written and the checkpoint made durable."""
+
+    def _persist_and_vote(self, job):
+        time.sleep(commit_delay_s)
+        return super()._persist_and_vote(job)
+
+
+ckpt = SlowCommit(ckpt_dir, keep_last=3, checksum=True)
 ckpt.attach(optimizer)
 
 
@@ -34,5 +48,5 @@ class WithTail:
 print("started", flush=True)
 _tiny.train(model, optimizer, scheduler, gen, iters, start, checkpointer=WithTail() if unaligned else ckpt, every=1)
 ckpt.close()
-if len(sys.argv) > 6:
-    Path(sys.argv[6]).write_text("done")
+if len(sys.argv) > 7:
+    Path(sys.argv[7]).write_text("done")

@@ -300,12 +300,14 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
     torn_seen, restored_steps = 0, []
     # Three kills at random moments (mid-copy, mid-flush or mid-commit), then kills aimed at a
     # checkpoint in flight until one lands there: on a quiet machine a flush and its commit are a
-    # small part of each step, so random kills alone can all miss them.
+    # small part of each step, so random kills alone can all miss them, and a poll from this process
+    # can miss them too, so for the aimed kills the child holds each written checkpoint uncommitted.
     for kill in range(30):
         if kill >= 3 and torn_seen:
             break
+        commit_delay_s = 0.0 if kill < 3 else 0.2  # aimed kills: the in-flight window held open
         proc = subprocess.Popen(
-            child + ["1", str(int(unaligned))],
+            child + ["1", str(int(unaligned)), str(commit_delay_s)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -340,7 +342,12 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
     # Resume after the last crash and finish: identical to training that never crashed.
     done = tmp_path / "done"
     subprocess.run(
-        child + ["1", str(int(unaligned)), str(done)], cwd=ROOT, env=env, check=True, timeout=300, capture_output=True
+        child + ["1", str(int(unaligned)), "0", str(done)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
     )
     final = load_checkpoint(latest_checkpoint(folder))
     assert final["step"] == iters
