@@ -112,7 +112,13 @@ def _matvec_calls(shape: str, thread_counts: tuple[int, ...], with_ort: bool, ba
     layer = QuantLinear.from_packed(quantize_weight(base, MIXED_SPEC), mode="fused")
     dense = [base.clone() for _ in range(copies)]
     mixed_layers = [copy.deepcopy(layer) for _ in range(copies)]
-    mixed = [PackedMatrix.from_quant_linear(q) for q in mixed_layers]
+    mixed = [PackedMatrix.from_quant_linear(q) for q in mixed_layers]  # the layout chosen by row length
+    layouts = {"split": [], "streams": []}  # each layout forced, on the same matrices
+    for matrix in mixed:
+        matrix.split_streams()  # built once, shared by the shallow copies made below
+        for layout, matrices in layouts.items():
+            matrices.append(copy.copy(matrix))
+            matrices[-1].kernel_layout = layout
     q4 = [PackedMatrix.quantize_asymmetric(base, 4) for _ in range(copies)]
     q2 = [PackedMatrix.quantize_asymmetric(base, 2) for _ in range(copies)]
     x = torch.randn(batch, in_f, generator=gen)
@@ -123,6 +129,8 @@ def _matvec_calls(shape: str, thread_counts: tuple[int, ...], with_ort: bool, ba
     for name, matrices in (("mixed", mixed), ("q4_1", q4), ("q2", q2)):
         for levels, prefix in ((1, "int8"), (2, "int8x2")):
             calls[f"{prefix}_{name}"] = (_one_call(matrices, levels, x), matrices[0].nbytes())
+    for layout, matrices in layouts.items():
+        calls[f"int8_mixed_{layout}"] = (_one_call(matrices, 1, x), matrices[0].nbytes())
     per_threads = {}
     for threads in thread_counts:
         per_threads[threads] = dict(calls)

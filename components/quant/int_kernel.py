@@ -33,6 +33,12 @@ blocks expanded and the map bit selecting one has no data-dependent branch, but 
 took twice as long as the two lists with their two mispredicted loop exits per row. Rows of one
 stream on AVX2 go four at a time at batch 1 (`rows4_g32`): a short row's setup and reduction cost
 about as much as its blocks.
+Split layout (mixed 2/4-bit rows of few groups, `PackedMatrix.split_streams`): a 4-bit code is
+q = 4 h + l, so the tile's groups become one dense 2-bit stream (low groups' codes, high groups' h)
+read four rows per step like a one-precision matrix, and a stream of the high groups' l. After the
+dense pass, one flat pass over the tile's high groups (positions from the map, 8 per step) adds
+s (3 h + l) . a per group, h re-read from cache: no per-row lists, and a loop whose trip count is the
+same in every tile.
 Metadata: scales as u8 codes with a per-row base (s = (c + 1) * base, the project's second-order
 format) or fp16; minimums as u8 codes with a per-row (offset, step) or fp16 (GGUF Q4_1's d and m are
 fp16), converted 8 groups per step together with the per-block scales s * d and the minimum's term.
@@ -158,6 +164,9 @@ static void quantize_acts_scalar(Acts& A, const float* x, int64_t N, int64_t K, 
 struct Scratch {  // per thread: one row's block lists, group metadata, per-block scales
   std::vector<int32_t> lo, hi, identity;
   std::vector<float> s, m, sd;
+  std::vector<int32_t> tile_high;  // the split layout: a tile's high groups (sized on first use)
+  std::vector<float> tile_acc;     // and their sums per row, SPLIT_WAYS of 8 floats each
+  std::vector<float> tile_scale;   // the tile's group scales times their blocks' d (rows4_g32 keeps them)
   Scratch(int64_t G, int64_t nblk, int nb_max)
       : lo(nblk + 16), hi(nblk + 16), identity(nblk), s(G + 8), m(G + 8), sd(nb_max * nblk + 8) {
     for (int64_t b = 0; b < nblk; ++b) identity[b] = (int32_t)b;
@@ -182,7 +191,7 @@ static inline uint64_t map_bits(const uint8_t* map, int64_t map_bytes, int64_t b
   uint64_t w = 0;
   const int64_t byte = bitpos >> 3;
   if (byte + 8 <= map_bytes) std::memcpy(&w, map + byte, 8);  // a fixed size: one load, no call
-  else std::memcpy(&w, map + byte, (size_t)(map_bytes - byte));
+  else for (int64_t k = 0; k < map_bytes - byte; ++k) w |= (uint64_t)map[byte + k] << (8 * k);
   w >>= (bitpos & 7);
   return n >= 64 ? w : (w & ((1ull << n) - 1));
 }
@@ -648,12 +657,14 @@ static inline __attribute__((always_inline)) void row_g32(const Meta& M, int64_t
 // Four rows of one code stream times one activation row (decode's matvec): the rows share the loop
 // and the activation loads, and their sums are reduced together. A short row (K = 576: 18 blocks)
 // otherwise spends about as long on its setup and reduction as on its blocks.
-// `codes`: the first row's blocks of BITS-bit codes, the next rows `row_bytes` apart.
+// `codes`: the first row's blocks of BITS-bit codes, the next rows `row_bytes` apart. `sd_out`
+// (optional): the rows' per-group scales times the blocks' d are kept there, `sd_stride` floats per
+// row (G rounded up to 8: a partial last chunk is stored whole).
 template <int BITS, bool RES>
 static inline __attribute__((always_inline)) void rows4_g32(const Meta& M, int64_t row0, int64_t G, const float* __restrict dsc,
                                                             const float* __restrict gsum, int64_t K, int64_t res,
                                                             const uint8_t* codes, int64_t row_bytes, const int8_t* acts,
-                                                            float* out) {
+                                                            float* out, float* sd_out = nullptr, int64_t sd_stride = 0) {
   constexpr int64_t bytes = 32 * BITS / 8;
   Acc acc[4];
   MinAcc macc[4];
@@ -668,6 +679,7 @@ static inline __attribute__((always_inline)) void rows4_g32(const Meta& M, int64
       meta8(M, row0 + i, c0, nb, sv, mv);
       _mm256_store_ps(sd[i], _mm256_mul_ps(sv, d));
       macc[i] = _mm256_fmadd_ps(mv, gs, macc[i]);
+      if (sd_out) _mm256_storeu_ps(sd_out + i * sd_stride + c0, _mm256_load_ps(sd[i]));
     }
     for (int j = 0; j < nb; ++j) {
       const int8_t* a = acts + (c0 + j) * 32;
@@ -682,10 +694,71 @@ static inline __attribute__((always_inline)) void rows4_g32(const Meta& M, int64
   _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 
+// The set bits among the first `rows` rows of a tile's map (row-major, G groups per row), 8 per step
+// from a table, into list[0..n): positions p; list[cap..): the offset of the sum each goes to,
+// 8 (p / G + (e % SPLIT_WAYS) rows) for the e-th (see split_corrections); list[2 cap..): columns
+// c = p % G; list[3 cap..): (p / G) sd_stride + c, where rows4_g32 kept its scale. Returns n. Float division is exact here: p < 2^21 and (p + 0.5) / G stays 0.5 / G from integers.
+constexpr int SPLIT_WAYS = 4;
+static inline int64_t high_positions(const uint8_t* tmap, int64_t rows, int64_t G, int64_t sd_stride, int32_t* list,
+                                     int64_t cap) {
+  const int64_t bits = rows * G;
+  int64_t n = 0;
+  const __m256 inv_g = _mm256_set1_ps(1.f / (float)G), half = _mm256_set1_ps(0.5f);
+  const __m256i g = _mm256_set1_epi32((int)G), lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t k = 0; 8 * k < bits; ++k) {
+    unsigned byte = tmap[k];
+    if (8 * k + 8 > bits) byte &= (1u << (bits - 8 * k)) - 1;
+    const __m256i p = _mm256_add_epi32(_mm256_set1_epi32((int)(8 * k)),
+                                       _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)SET_BITS.pos[byte])));
+    const __m256i row = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(p), half), inv_g));
+    const __m256i way = _mm256_and_si256(_mm256_add_epi32(_mm256_set1_epi32((int)n), lane), _mm256_set1_epi32(SPLIT_WAYS - 1));
+    _mm256_storeu_si256((__m256i*)(list + n), p);
+    _mm256_storeu_si256((__m256i*)(list + cap + n),
+                        _mm256_slli_epi32(_mm256_add_epi32(row, _mm256_mullo_epi32(way, _mm256_set1_epi32((int)rows))), 3));
+    const __m256i col = _mm256_sub_epi32(p, _mm256_mullo_epi32(row, g));
+    _mm256_storeu_si256((__m256i*)(list + 2 * cap + n), col);
+    _mm256_storeu_si256((__m256i*)(list + 3 * cap + n), _mm256_add_epi32(_mm256_mullo_epi32(row, _mm256_set1_epi32((int)sd_stride)), col));
+    n += __builtin_popcount(byte);
+  }
+  return n;
+}
+
+// The split layout's high groups of a tile's first `rows` rows (groups of 32, batch 1), added to those
+// rows' outputs y[i] after rows4_g32 has read the dense stream as if every group were low-bit (scale s,
+// codes h). A high group's codes are 4 h + l, so what that pass left out is s (3 h + l): h from the
+// dense stream (block p of the tile, still in cache), l from the second stream, 3 h + l <= 12
+// (vpmaddubsw cannot saturate). One flat pass over the tile's `n` high groups (`list`), a count the
+// same in every tile, so its loop exit is predicted, unlike a set-bit loop per row; the dense pass
+// needs no map.
+template <bool RES>
+static inline void split_corrections(const uint8_t* __restrict dense, const uint8_t* __restrict corr,
+                                     const int32_t* __restrict list, int64_t cap, int64_t n, int64_t rows,
+                                     const float* __restrict sd, const int8_t* __restrict acts, int64_t K, int64_t res,
+                                     float* __restrict cacc, float* y) {
+  // SPLIT_WAYS sums per row, consecutive groups taking turns: a row's groups follow each other, and
+  // one sum in memory would chain every group's load, FMA and store on the one before
+  for (int64_t i = 0; i < SPLIT_WAYS * rows; ++i) _mm256_storeu_ps(cacc + 8 * i, _mm256_setzero_ps());
+  const int32_t *to = list + cap, *col = list + 2 * cap, *at = list + 3 * cap;
+  for (int64_t e = 0; e < n; ++e) {
+    const int64_t p = list[e];
+    const __m256i h = expand_codes<2>(dense + 8 * p);
+    const __m256i w = _mm256_add_epi8(_mm256_add_epi8(h, _mm256_add_epi8(h, h)), expand_codes<2>(corr + 8 * e));
+    float* sum = cacc + to[e];
+    Acc a = _mm256_loadu_ps(sum);
+    codes_acc<2, 1, RES>(w, acts + 32 * (int64_t)col[e], K, res, sd + at[e], 8, &a);
+    _mm256_storeu_ps(sum, a);
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    __m256 v = _mm256_loadu_ps(cacc + 8 * i);
+    for (int w = 1; w < SPLIT_WAYS; ++w) v = _mm256_add_ps(v, _mm256_loadu_ps(cacc + 8 * (i + w * rows)));
+    y[i] += hsum(v);
+  }
+}
+
 #endif
 
 // NB batch rows of every row of tile t.
-template <int LO, int HI, int NB, bool RES>
+template <int LO, int HI, int NB, bool RES, bool SPLIT>
 static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, int64_t hi_bytes, const uint8_t* tmap,
                       int64_t map_bytes, int all_high,
                       int64_t t, int64_t R, int64_t G, int64_t g, const Meta& M, const Acts& A, int64_t n0,
@@ -698,10 +771,27 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
   float* s = S.s.data(); float* m = S.m.data(); float* sd = S.sd.data();
   const int64_t lo_row = lo_bytes / R, hi_row = hi_bytes / R;  // a row's share of each stream (bytes)
   const int64_t scale_bytes = (M.scale_kind == 0 ? 1 : 2) * G, min_bytes = (M.min_kind == 0 ? 1 : 2) * G;
+#if defined(ISA_AVX2)
+  // the split layout at batch 1: rows four at a time over the dense stream, then their high groups
+  const int64_t quad_rows = SPLIT && NB == 1 && sub == 1 ? R - R % 4 : 0, sd_stride = (G + 7) / 8 * 8;
+  const uint8_t *quad_dense = lo, *quad_corr = hi;
+  int64_t quad_high = 0;
+  if (quad_rows) {
+    if ((int64_t)S.tile_high.size() < 4 * (quad_rows * G + 8)) S.tile_high.resize(4 * (quad_rows * G + 8));
+    if ((int64_t)S.tile_acc.size() < quad_rows * 8 * SPLIT_WAYS) S.tile_acc.resize(quad_rows * 8 * SPLIT_WAYS);
+    if ((int64_t)S.tile_scale.size() < quad_rows * sd_stride) S.tile_scale.resize(quad_rows * sd_stride);
+    quad_high = high_positions(tmap, quad_rows, G, sd_stride, S.tile_high.data(), quad_rows * G + 8);
+    hi += 8 * quad_high;  // the rows after them read their own
+    // this tile's and the next tile's second stream, read after the dense pass: the row loop's
+    // prefetches follow a stream that advances per row, this one does not (without these, each of its
+    // cache lines was a miss: as long as the whole dense pass of 576x1536)
+    for (int64_t o = 0; o < 2 * hi_bytes; o += 64) _mm_prefetch((const char*)(quad_corr + o), _MM_HINT_T0);
+  }
+#endif
   for (int64_t r = 0; r < R; ++r) {
     const int64_t row = t * R + r;
 #if defined(ISA_AVX2)
-    const bool quad = NB == 1 && sub == 1 && !tmap && r + 4 <= R;  // see rows4_g32
+    const bool quad = NB == 1 && sub == 1 && (SPLIT ? r + 4 <= quad_rows : !tmap && r + 4 <= R);  // see rows4_g32
     const int64_t rows_now = quad ? 4 : 1;
 #else
     const int64_t rows_now = 1;
@@ -721,6 +811,16 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
     }
 #endif
 #if defined(ISA_AVX2)
+    if constexpr (SPLIT) {
+      if (quad) {
+        const int64_t row_bytes = nblk * 8;
+        rows4_g32<2, RES>(M, row, G, dsc, gsum, K, A.res, lo, row_bytes, alo, y + n0 * out + row,
+                          S.tile_scale.data() + r * sd_stride, sd_stride);
+        lo += 4 * row_bytes;
+        r += 3;
+        continue;
+      }
+    }
     // rows of one stream (no map): the metadata is read inside the block loop (row_g32, rows4_g32)
     if (sub == 1 && !tmap) {
       const uint8_t*& p = all_high ? hi : lo;
@@ -761,6 +861,11 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
       row_meta(M, row, s, m);
       row_scales<NB>(s, m, dsc, gsum, nblk, G, sub, sd, macc, mtail);
     }
+    if constexpr (SPLIT) {  // the dense stream holds every block, a high one's top bits at 4x the scale
+      for (int n = 0; n < NB; ++n)
+        for (int64_t i = 0; i < nhi; ++i) sd[n * nblk + bhi[i]] *= 4.f;
+      blo = S.identity.data(); nlo = nblk;
+    }
     Acc acc_lo[NB], acc_hi[NB];
     if (nlo) { stream_dot<LO, NB, RES>(lo, blo, nlo, alo, K, A.res, sd, nblk, acc_lo); lo += nlo * 32 * LO / 8; }
     if (nhi) { stream_dot<HI, NB, RES>(hi, bhi, nhi, ahi, K, A.res, sd, nblk, acc_hi); hi += nhi * 32 * HI / 8; }
@@ -768,20 +873,25 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
       MinAcc v = macc[n];
 #if defined(ISA_PORTABLE)
       if (nlo) v += acc_lo[n];
-      if (nhi) v += acc_hi[n];
+      if (nhi) v += (SPLIT ? 0.25f : 1.f) * acc_hi[n];  // SPLIT: the low bits at the plain scale
       y[(n0 + n) * out + row] = v + mtail[n];
 #else
       if (nlo) v = acc_scaled<LO>(acc_lo[n], v);
-      if (nhi) v = acc_scaled<HI>(acc_hi[n], v);
+      if (nhi) v = acc_scaled<HI>(SPLIT ? _mm256_mul_ps(acc_hi[n], _mm256_set1_ps(0.25f)) : acc_hi[n], v);
       y[(n0 + n) * out + row] = hsum(v) + mtail[n];
 #endif
     }
   }
+#if defined(ISA_AVX2)
+  if (quad_rows)
+    split_corrections<RES>(quad_dense, quad_corr, S.tile_high.data(), quad_rows * G + 8, quad_high, quad_rows,
+                           S.tile_scale.data(), alo, K, A.res, S.tile_acc.data(), y + n0 * out + t * R);
+#endif
 }
 
 // The tiles of one product. With S given the caller is inside its own parallel region (the
 // whole-model forward) and this thread takes its static share `part` of `parts`; otherwise it opens one.
-template <int LO, int HI, bool RES>
+template <int LO, int HI, bool RES, bool SPLIT = false>
 static void tiles(const uint8_t* codes_lo, int64_t stride_lo, const uint8_t* codes_hi, int64_t stride_hi,
                   const uint8_t* map, int64_t map_bytes, int all_high, int64_t T, int64_t R, int64_t G, int64_t g,
                   const Meta& M, const Acts& A, const int8_t* acts_lo, const int8_t* acts_hi, float* y, Scratch* S,
@@ -794,10 +904,10 @@ static void tiles(const uint8_t* codes_lo, int64_t stride_lo, const uint8_t* cod
     const int64_t lo_bytes = stride_lo, hi_bytes = stride_hi;
     // batch rows in passes of 8, 4, 2, 1 (the codes of the tile are re-read per pass, from cache)
     int64_t n0 = 0;
-    for (; n0 + 8 <= N; n0 += 8) tile_rows<LO, HI, 8, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch);
-    if (n0 + 4 <= N) { tile_rows<LO, HI, 4, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch); n0 += 4; }
-    if (n0 + 2 <= N) { tile_rows<LO, HI, 2, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch); n0 += 2; }
-    if (n0 < N) tile_rows<LO, HI, 1, RES>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch);
+    for (; n0 + 8 <= N; n0 += 8) tile_rows<LO, HI, 8, RES, SPLIT>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch);
+    if (n0 + 4 <= N) { tile_rows<LO, HI, 4, RES, SPLIT>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch); n0 += 4; }
+    if (n0 + 2 <= N) { tile_rows<LO, HI, 2, RES, SPLIT>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch); n0 += 2; }
+    if (n0 < N) tile_rows<LO, HI, 1, RES, SPLIT>(lo, lo_bytes, hi, hi_bytes, tmap, map_bytes, all_high, t, R, G, g, M, A, n0, acts_lo, acts_hi, out, y, scratch);
   };
   if (S) {
     for (int64_t t = T * part / parts; t < T * (part + 1) / parts; ++t) tile(t, *S);
@@ -813,9 +923,14 @@ static void tiles(const uint8_t* codes_lo, int64_t stride_lo, const uint8_t* cod
 }
 
 static void run(int bits_lo, int bits_hi, const uint8_t* cl, int64_t sl, const uint8_t* ch, int64_t sh,
-                const uint8_t* map, int64_t mb, int all_high, int64_t T, int64_t R, int64_t G, int64_t g,
+                const uint8_t* map, int64_t mb, int all_high, int split, int64_t T, int64_t R, int64_t G, int64_t g,
                 const Meta& M, const Acts& A, const int8_t* alo, const int8_t* ahi, float* y, Scratch* S,
                 int part, int parts) {
+  if (split) {
+    if (A.res) tiles<2, 2, true, true>(cl, sl, ch, sh, map, mb, 0, T, R, G, g, M, A, alo, ahi, y, S, part, parts);
+    else tiles<2, 2, false, true>(cl, sl, ch, sh, map, mb, 0, T, R, G, g, M, A, alo, ahi, y, S, part, parts);
+    return;
+  }
 #define CASE(L, H) if (bits_lo == L && bits_hi == H) { \
     if (A.res) tiles<L, H, true>(cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, alo, ahi, y, S, part, parts); \
     else tiles<L, H, false>(cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, alo, ahi, y, S, part, parts); \
@@ -842,7 +957,7 @@ bool path_supported(std::string path) { return cpu_has(path); }
 
 static const uint8_t* bytes_of(const torch::Tensor& t) { return t.numel() ? (const uint8_t*)t.data_ptr() : nullptr; }
 
-typedef void (*RunFn)(int, int, const uint8_t*, int64_t, const uint8_t*, int64_t, const uint8_t*, int64_t, int, int64_t,
+typedef void (*RunFn)(int, int, const uint8_t*, int64_t, const uint8_t*, int64_t, const uint8_t*, int64_t, int, int, int64_t,
                       int64_t, int64_t, int64_t, const Meta&, const Acts&, const int8_t*, const int8_t*, float*, Scratch*,
                       int, int);
 
@@ -863,18 +978,21 @@ static Kernel kernel_of(const std::string& path) {
 
 // One matrix's kernel arguments, checked and converted once (the tensors stay owned by the caller).
 struct Product {
-  int bits_lo, bits_hi, all_high, act_levels;
+  int bits_lo, bits_hi, all_high, split, act_levels;
   const uint8_t *cl, *ch, *map;
   int64_t sl, sh, mb, T, R, G, g, in, out;
   Meta M;
 
   Product(const torch::Tensor& codes_lo, const torch::Tensor& codes_hi, const torch::Tensor& group_map,
-          int64_t all_high_, int64_t R_, int64_t g_, int64_t bits_lo_, int64_t bits_hi_, int64_t scale_kind,
+          int64_t all_high_, int64_t split_, int64_t R_, int64_t g_, int64_t bits_lo_, int64_t bits_hi_, int64_t scale_kind,
           const torch::Tensor& scale_codes, const torch::Tensor& scale_base, int64_t min_kind,
           const torch::Tensor& min_codes, const torch::Tensor& min_base, int64_t act_levels_) {
     TORCH_CHECK(g_ % 32 == 0 && g_ > 0, "the integer kernel needs groups of a multiple of 32 codes, got ", g_);
     TORCH_CHECK(act_levels_ == 1 || act_levels_ == 2, "act_levels must be 1 (int8) or 2 (int8 + int8 residual)");
-    bits_lo = (int)bits_lo_; bits_hi = (int)bits_hi_; all_high = (int)all_high_; act_levels = (int)act_levels_;
+    bits_lo = (int)bits_lo_; bits_hi = (int)bits_hi_; all_high = (int)all_high_; split = (int)split_;
+    act_levels = (int)act_levels_;
+    TORCH_CHECK(!split || (bits_lo == 2 && bits_hi == 2 && group_map.numel()),
+                "the split layout is two 2-bit streams and a map of the high groups");
     R = R_; g = g_; T = codes_lo.size(0); out = T * R;
     TORCH_CHECK(scale_codes.dim() == 2 && scale_codes.size(0) == out, "scales must be [", out, ", groups]");
     G = scale_codes.size(1); in = G * g;
@@ -904,19 +1022,19 @@ struct Product {
   // thread's share `part` of `parts` of the tiles inside the caller's region.
   void multiply(const Kernel& k, const Acts& A, float* y, Scratch* S = nullptr, int part = 0, int parts = 1) const {
     auto acts_of = [&](int bits) -> const int8_t* { return bits == 8 ? A.a8.data() : bits == 4 ? A.a4.data() : A.a2.data(); };
-    k.run(bits_lo, bits_hi, cl, sl, ch, sh, map, mb, all_high, T, R, G, g, M, A, acts_of(bits_lo), acts_of(bits_hi), y, S,
+    k.run(bits_lo, bits_hi, cl, sl, ch, sh, map, mb, all_high, split, T, R, G, g, M, A, acts_of(bits_lo), acts_of(bits_hi), y, S,
         part, parts);
   }
 };
 
 torch::Tensor int_matmul(torch::Tensor x, torch::Tensor codes_lo, torch::Tensor codes_hi, torch::Tensor group_map,
-                         int64_t all_high, int64_t R, int64_t g, int64_t bits_lo, int64_t bits_hi,
+                         int64_t all_high, int64_t split, int64_t R, int64_t g, int64_t bits_lo, int64_t bits_hi,
                          int64_t scale_kind, torch::Tensor scale_codes, torch::Tensor scale_base,
                          int64_t min_kind, torch::Tensor min_codes, torch::Tensor min_base, std::string path,
                          int64_t act_levels) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(), "x must be contiguous float32 [N, in]");
   const Kernel kernel = kernel_of(path);
-  const Product P(codes_lo, codes_hi, group_map, all_high, R, g, bits_lo, bits_hi, scale_kind, scale_codes, scale_base,
+  const Product P(codes_lo, codes_hi, group_map, all_high, split, R, g, bits_lo, bits_hi, scale_kind, scale_codes, scale_base,
                   min_kind, min_codes, min_base, act_levels);
   TORCH_CHECK(x.size(1) == P.in, "x has ", x.size(1), " features, the matrix ", P.in, " (groups of ", g, ")");
   auto y = torch::empty({x.size(0), P.out}, x.options());
@@ -1028,12 +1146,12 @@ struct SpinBarrier {
 // Matrices added to a compiled caller (LeanPlan, ProductChain): each checked once, its tensors kept.
 class Products {
  public:
-  void add_matrix(torch::Tensor codes_lo, torch::Tensor codes_hi, torch::Tensor group_map, int64_t all_high,
+  void add_matrix(torch::Tensor codes_lo, torch::Tensor codes_hi, torch::Tensor group_map, int64_t all_high, int64_t split,
                   int64_t R, int64_t g, int64_t bits_lo, int64_t bits_hi, int64_t scale_kind, torch::Tensor scale_codes,
                   torch::Tensor scale_base, int64_t min_kind, torch::Tensor min_codes, torch::Tensor min_base,
                   int64_t act_levels) {
     keep_.insert(keep_.end(), {codes_lo, codes_hi, group_map, scale_codes, scale_base, min_codes, min_base});
-    mats_.emplace_back(codes_lo, codes_hi, group_map, all_high, R, g, bits_lo, bits_hi, scale_kind, scale_codes,
+    mats_.emplace_back(codes_lo, codes_hi, group_map, all_high, split, R, g, bits_lo, bits_hi, scale_kind, scale_codes,
                        scale_base, min_kind, min_codes, min_base, act_levels);
     const Product& P = mats_.back();
     maxG_ = std::max(maxG_, P.G); maxB_ = std::max(maxB_, P.in / 32);
@@ -1241,7 +1359,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v21",
+    "quant_int_kernel_v22",
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],

@@ -111,6 +111,7 @@ class QuantLinear(nn.Module):
     def prepare(self) -> None:
         """Decode the per-group metadata once into float arrays in tile storage order (kernel inputs)."""
         lay = self.layout
+        self._int_matrix: PackedMatrix | None = None  # the integer kernel's view, built on first use
         T, n_g = lay.n_tiles, lay.groups_per_tile
         _, scale, zero, high = unpack_layer(lay, self.packed_tensors())
         pos_lo, pos_hi = tile_order(high, lay)
@@ -230,8 +231,9 @@ class QuantLinear(nn.Module):
     def forward_int8(self, x2: torch.Tensor) -> torch.Tensor:
         """The integer kernel (int8 activations, int_kernel.py) on the same packed buffers.
 
-        Not chosen by `auto`: on this machine it is no faster than the float fused kernel
-        (benchmarks/quant_kernel.py) and it adds the int8 activation error.
+        Not chosen by `auto`, although it is several times faster than the float fused kernel at
+        batch 1 (benchmarks/quant_kernel.py): it adds the int8 activation error, and `auto` keeps
+        the layer's output the float product of its stored weights.
         """
 
         if not PackedMatrix.supports(self.layout):
@@ -239,7 +241,9 @@ class QuantLinear(nn.Module):
                 f"integer kernel needs groups of a multiple of 32 and u8 minimums; this layer has "
                 f"group {self.layout.group_size}, zeros {self.layout.zero_format}"
             )
-        return PackedMatrix.from_quant_linear(self).matmul(x2)
+        if self._int_matrix is None:  # built once per prepare(): a mixed layer's split layout copies its codes
+            self._int_matrix = PackedMatrix.from_quant_linear(self)
+        return self._int_matrix.matmul(x2)
 
     def extra_repr(self) -> str:
         lay = self.layout

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from components.quant import QuantLinear, QuantSpec, int_kernel, quantize_weight, reference_dequantize
 from components.quant.packed_matrix import PackedMatrix, product_chain
+from components.quant.packing import unpack_bits, unpack_codes
 
 pytestmark = pytest.mark.skipif(
     not int_kernel.available(), reason=f"no C++ toolchain: {int_kernel.unavailable_reason()}"
@@ -142,6 +143,10 @@ def test_quant_linear_int8_mode_is_within_the_bound():
     bound = activation_bound(x.reshape(6, 128), scaled_codes(matrix), 1).reshape(2, 3, 32)
     ref = x @ matrix.dequantize().t() + bias
     assert bool(((layer(x) - ref).abs() <= bound + 1e-4).all())
+    # the kernel's view of the layer (a split copy of its codes) follows weights loaded in place
+    other = QuantLinear.from_packed(quantize_weight(-2 * w, QuantSpec(frac_high=0.25), bias=bias), mode="int8")
+    layer.load_state_dict(other.state_dict())
+    torch.testing.assert_close(layer(x), other(x))
     with pytest.raises(RuntimeError, match="multiple of 32"):
         QuantLinear.from_packed(quantize_weight(w, QuantSpec(group_size=16)), mode="int8")(x)
 
@@ -206,19 +211,62 @@ def test_uniform_tiles_of_any_height_agree_on_every_path(tile_rows, tiles, group
 @given(
     frac_high=st.floats(0.05, 0.95),
     groups=st.integers(1, 70),
-    tile_rows=st.sampled_from([4, 8, 16]),
+    tile_rows=st.sampled_from([4, 6, 8, 13, 16]),
     tiles=st.integers(1, 2),
     batch=st.integers(1, 4),
     seed=st.integers(0, 2**16),
 )
 def test_mixed_matrices_of_any_width_agree_on_every_path(frac_high, groups, tile_rows, tiles, batch, seed):
     """A mixed row's block lists are built from its map 8 groups per step; rows of more than 56 groups
-    read the map in several words."""
+    read the map in several words; the split layout's tile lists cover rows of any length."""
     gen = torch.Generator().manual_seed(seed)
     spec = QuantSpec(frac_high=frac_high, group_size=32, tile_rows=tile_rows)
     w = torch.randn(tile_rows * tiles, 32 * groups, generator=gen) * 0.05
     matrix = PackedMatrix.from_quant_linear(QuantLinear.from_packed(quantize_weight(w, spec)))
-    assert_paths_agree(matrix, torch.randn(batch, 32 * groups, generator=gen))
+    x = torch.randn(batch, 32 * groups, generator=gen)
+    # either layout is the default by row length: both on every width (split needs a map: some rounded
+    # shares leave every group of a small matrix at one precision)
+    for layout in ("split", "streams") if matrix.group_map.numel() else ("streams",):
+        matrix.kernel_layout = layout
+        assert_paths_agree(matrix, x)
+
+
+@pytest.mark.parametrize(("group_size", "tile_rows", "rows"), [(32, 16, 1), (32, 6, 3), (64, 8, 1), (64, 8, 9)])
+def test_split_layout_holds_the_same_codes_and_gives_the_stored_layouts_product(group_size, tile_rows, rows):
+    """A mixed 2/4-bit matrix goes to the kernel as a dense 2-bit stream (a high group's top bits) and
+    the high groups' low bits: the same bytes, codes 4 h + l, and on every path the product of the
+    stored two-stream layout up to float summation order."""
+    gen = torch.Generator().manual_seed(rows)
+    spec = QuantSpec(frac_high=0.3, group_size=group_size, tile_rows=tile_rows)
+    w = torch.randn(tile_rows * 5, 320, generator=gen) * 0.05
+    matrix = PackedMatrix.from_quant_linear(QuantLinear.from_packed(quantize_weight(w, spec)))
+    assert matrix.kernel_layout == "split"
+    dense, low = matrix.split_streams()
+    assert dense.numel() + low.numel() == matrix.codes_lo.numel() + matrix.codes_hi.numel()
+    T, g = matrix.out_features // tile_rows, group_size
+    codes = matrix.codes().reshape(T, -1, g)
+    high = unpack_bits(matrix.group_map, codes.shape[1])
+    h = unpack_codes(dense, 2).reshape(T, -1, g)
+    rebuilt = h.clone()
+    rebuilt[high] = h[high] * 4 + unpack_codes(low, 2).reshape(-1, g)
+    assert torch.equal(rebuilt, codes)
+    x = torch.randn(rows, 320, generator=gen)
+    for path in int_kernel.paths():
+        split = check_within_bound(matrix, x, path)
+        matrix.kernel_layout = "streams"
+        stored = matrix.matmul(x, path)
+        matrix.kernel_layout = "split"
+        torch.testing.assert_close(split, stored, rtol=1e-5, atol=1e-5, msg=path)
+
+
+def test_split_layout_is_refused_where_there_is_no_mixed_2_4_map():
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
+    for spec in (QuantSpec(frac_high=1.0), QuantSpec(frac_high=0.3, bits_high=8)):
+        matrix = PackedMatrix.from_quant_linear(QuantLinear.from_packed(quantize_weight(w, spec)))
+        assert matrix.kernel_layout == "streams"
+        matrix.kernel_layout = "split"
+        with pytest.raises(ValueError, match="split layout is for mixed 2/4-bit"):
+            matrix.matmul(torch.randn(1, 64))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
