@@ -657,10 +657,10 @@ static inline __attribute__((always_inline)) void row_g32(const Meta& M, int64_t
 // Four rows of one code stream times one activation row (decode's matvec): the rows share the loop
 // and the activation loads, and their sums are reduced together. A short row (K = 576: 18 blocks)
 // otherwise spends about as long on its setup and reduction as on its blocks.
-// `codes`: the first row's blocks of BITS-bit codes, the next rows `row_bytes` apart. `sd_out`
-// (optional): the rows' per-group scales times the blocks' d are kept there, `sd_stride` floats per
-// row (G rounded up to 8: a partial last chunk is stored whole).
-template <int BITS, bool RES>
+// `codes`: the first row's blocks of BITS-bit codes, the next rows `row_bytes` apart. KEEP_SD: the
+// rows' per-group scales times the blocks' d are kept in `sd_out`, `sd_stride` floats per row (G
+// rounded up to 8: a partial last chunk is stored whole).
+template <int BITS, bool RES, bool KEEP_SD = false>
 static inline __attribute__((always_inline)) void rows4_g32(const Meta& M, int64_t row0, int64_t G, const float* __restrict dsc,
                                                             const float* __restrict gsum, int64_t K, int64_t res,
                                                             const uint8_t* codes, int64_t row_bytes, const int8_t* acts,
@@ -679,7 +679,7 @@ static inline __attribute__((always_inline)) void rows4_g32(const Meta& M, int64
       meta8(M, row0 + i, c0, nb, sv, mv);
       _mm256_store_ps(sd[i], _mm256_mul_ps(sv, d));
       macc[i] = _mm256_fmadd_ps(mv, gs, macc[i]);
-      if (sd_out) _mm256_storeu_ps(sd_out + i * sd_stride + c0, _mm256_load_ps(sd[i]));
+      if constexpr (KEEP_SD) _mm256_storeu_ps(sd_out + i * sd_stride + c0, _mm256_load_ps(sd[i]));
     }
     for (int j = 0; j < nb; ++j) {
       const int8_t* a = acts + (c0 + j) * 32;
@@ -814,7 +814,7 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
     if constexpr (SPLIT) {
       if (quad) {
         const int64_t row_bytes = nblk * 8;
-        rows4_g32<2, RES>(M, row, G, dsc, gsum, K, A.res, lo, row_bytes, alo, y + n0 * out + row,
+        rows4_g32<2, RES, true>(M, row, G, dsc, gsum, K, A.res, lo, row_bytes, alo, y + n0 * out + row,
                           S.tile_scale.data() + r * sd_stride, sd_stride);
         lo += 4 * row_bytes;
         r += 3;
@@ -1359,7 +1359,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v22",
+    "quant_int_kernel_v23",
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],
