@@ -288,7 +288,8 @@ class PackedMatrix:
         group's h) and the correction stream the high groups' l, in the same order; the map is the
         stored one. Every row then runs at the uniform 2-bit speed (four rows per step, one list-free
         pass), and its high groups add one 2-bit block each. Tiles keep equal work, as in the paper's
-        layout: each has the same number of high groups.
+        layout: each has the same number of high groups. The streams are a copy: the matrix then holds
+        its codes twice (the stored ones stay, for `codes()` and the streams layout).
         """
         if (self.bits_low, self.bits_high) != (2, 4) or not self.group_map.numel():
             raise ValueError(
