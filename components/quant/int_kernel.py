@@ -697,7 +697,8 @@ static inline __attribute__((always_inline)) void rows4_g32(const Meta& M, int64
 // The set bits among the first `rows` rows of a tile's map (row-major, G groups per row), 8 per step
 // from a table, into list[0..n): positions p; list[cap..): the offset of the sum each goes to,
 // 8 (p / G + (e % SPLIT_WAYS) rows) for the e-th (see split_corrections); list[2 cap..): columns
-// c = p % G; list[3 cap..): (p / G) sd_stride + c, where rows4_g32 kept its scale. Returns n. Float division is exact here: p < 2^21 and (p + 0.5) / G stays 0.5 / G from integers.
+// c = p % G; list[3 cap..): (p / G) sd_stride + c, where rows4_g32 kept its scale. Returns n.
+// Float division is exact here: p < 2^21 and (p + 0.5) / G stays 0.5 / G from integers.
 constexpr int SPLIT_WAYS = 4;
 static inline int64_t high_positions(const uint8_t* tmap, int64_t rows, int64_t G, int64_t sd_stride, int32_t* list,
                                      int64_t cap) {

@@ -286,8 +286,8 @@ class PackedMatrix:
         A 4-bit code is q = 4 h + l with h, l 2-bit, so x . q = 4 (x . h) + x . l. Per tile, the dense
         stream holds every group in row-major order as 2-bit codes (a low group's codes, a high
         group's h) and the correction stream the high groups' l, in the same order; the map is the
-        stored one. Every row then runs at the uniform 2-bit speed (four rows per step, one list-free
-        pass), and its high groups add one 2-bit block each. Tiles keep equal work, as in the paper's
+        stored one. The dense stream is read like a uniform 2-bit matrix (four rows per step, no block
+        lists), and each high group adds one 2-bit block. Tiles keep equal work, as in the paper's
         layout: each has the same number of high groups. The streams are a copy: the matrix then holds
         its codes twice (the stored ones stay, for `codes()` and the streams layout).
         """
