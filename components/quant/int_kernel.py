@@ -33,12 +33,13 @@ blocks expanded and the map bit selecting one has no data-dependent branch, but 
 took twice as long as the two lists with their two mispredicted loop exits per row. Rows of one
 stream on AVX2 go four at a time at batch 1 (`rows4_g32`): a short row's setup and reduction cost
 about as much as its blocks.
-Split layout (mixed 2/4-bit rows of few groups, `PackedMatrix.split_streams`): a 4-bit code is
-q = 4 h + l, so the tile's groups become one dense 2-bit stream (low groups' codes, high groups' h)
-read four rows per step like a one-precision matrix, and a stream of the high groups' l. After the
-dense pass, one flat pass over the tile's high groups (positions from the map, 8 per step) adds
-s (3 h + l) . a per group, h re-read from cache: no per-row lists, and a loop whose trip count is the
-same in every tile.
+Split layout (mixed 2/4-bit matrices, `PackedMatrix.split_streams`): a 4-bit code is q = 4 h + l,
+so the tile's groups become one dense 2-bit stream (low groups' codes, high groups' h) read four
+rows per step like a one-precision matrix, and a stream of the high groups' l. After the dense pass
+each high group adds s (3 h + l) . a, h re-read from cache: on rows of up to 32 groups in one flat
+pass over the tile's high groups (positions from the map, 8 per step; a trip count the same in every
+tile), on longer rows row by row with a set-bit loop (one mispredicted exit per row, spread over
+its many high groups).
 Metadata: scales as u8 codes with a per-row base (s = (c + 1) * base, the project's second-order
 format) or fp16; minimums as u8 codes with a per-row (offset, step) or fp16 (GGUF Q4_1's d and m are
 fp16), converted 8 groups per step together with the per-block scales s * d and the minimum's term.
@@ -759,6 +760,34 @@ static inline void split_corrections(const uint8_t* __restrict dense, const uint
 #endif
 
 // NB batch rows of every row of tile t.
+#if defined(ISA_AVX2)
+// The same for rows of more than SPLIT_LIST_MAX_GROUPS groups, row by row: a set-bit loop over each
+// row's map bits, the row's sum in a register. Its exit mispredicts once per row, which a long row
+// spreads over its many high groups, where the tile list costs a fixed amount per map byte.
+constexpr int64_t SPLIT_LIST_MAX_GROUPS = 32;
+template <bool RES>
+static inline void split_corrections_by_row(const uint8_t* __restrict dense, const uint8_t* __restrict corr,
+                                            const uint8_t* tmap, int64_t map_bytes, int64_t rows, int64_t G,
+                                            const float* __restrict sd, int64_t sd_stride,
+                                            const int8_t* __restrict acts, int64_t K, int64_t res, float* y) {
+  for (int64_t i = 0; i < rows; ++i) {
+    Acc a;
+    acc_zero(a);
+    for (int64_t c0 = 0; c0 < G; c0 += 56) {
+      for (uint64_t high = map_bits(tmap, map_bytes, i * G + c0, (int)std::min<int64_t>(56, G - c0)); high;
+           high &= high - 1) {
+        const int64_t c = c0 + __builtin_ctzll(high);
+        const __m256i h = expand_codes<2>(dense + 8 * (i * G + c));
+        const __m256i w = _mm256_add_epi8(_mm256_add_epi8(h, _mm256_add_epi8(h, h)), expand_codes<2>(corr));
+        codes_acc<2, 1, RES>(w, acts + 32 * c, K, res, sd + i * sd_stride + c, 8, &a);
+        corr += 8;
+      }
+    }
+    y[i] += hsum(a);
+  }
+}
+#endif
+
 template <int LO, int HI, int NB, bool RES, bool SPLIT>
 static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, int64_t hi_bytes, const uint8_t* tmap,
                       int64_t map_bytes, int all_high,
@@ -781,7 +810,15 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
     if ((int64_t)S.tile_high.size() < 4 * (quad_rows * G + 8)) S.tile_high.resize(4 * (quad_rows * G + 8));
     if ((int64_t)S.tile_acc.size() < quad_rows * 8 * SPLIT_WAYS) S.tile_acc.resize(quad_rows * 8 * SPLIT_WAYS);
     if ((int64_t)S.tile_scale.size() < quad_rows * sd_stride) S.tile_scale.resize(quad_rows * sd_stride);
-    quad_high = high_positions(tmap, quad_rows, G, sd_stride, S.tile_high.data(), quad_rows * G + 8);
+    if (G <= SPLIT_LIST_MAX_GROUPS) {
+      quad_high = high_positions(tmap, quad_rows, G, sd_stride, S.tile_high.data(), quad_rows * G + 8);
+    } else {  // only the count: the rows are walked one by one after the dense pass
+      for (int64_t k = 0; 8 * k < quad_rows * G; ++k) {
+        unsigned byte = tmap[k];
+        if (8 * k + 8 > quad_rows * G) byte &= (1u << (quad_rows * G - 8 * k)) - 1;
+        quad_high += __builtin_popcount(byte);
+      }
+    }
     hi += 8 * quad_high;  // the rows after them read their own
     // this tile's and the next tile's second stream, read after the dense pass: the row loop's
     // prefetches follow a stream that advances per row, this one does not (without these, each of its
@@ -884,9 +921,12 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
     }
   }
 #if defined(ISA_AVX2)
-  if (quad_rows)
+  if (quad_rows && G <= SPLIT_LIST_MAX_GROUPS)
     split_corrections<RES>(quad_dense, quad_corr, S.tile_high.data(), quad_rows * G + 8, quad_high, quad_rows,
                            S.tile_scale.data(), alo, K, A.res, S.tile_acc.data(), y + n0 * out + t * R);
+  else if (quad_rows)
+    split_corrections_by_row<RES>(quad_dense, quad_corr, tmap, map_bytes, quad_rows, G, S.tile_scale.data(), sd_stride, alo,
+                                  K, A.res, y + n0 * out + t * R);
 #endif
 }
 
@@ -1360,7 +1400,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v23",
+    "quant_int_kernel_v24",
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],

@@ -27,7 +27,6 @@ from components.quant import int_kernel
 from components.quant.packing import pack_codes, unpack_bits, unpack_codes
 
 SCALE_U8, SCALE_F16 = 0, 1  # the kernel's metadata kinds
-SPLIT_MAX_GROUPS = 32  # mixed 2/4-bit rows of at most this many groups go to the kernel split (see __init__)
 
 
 class PackedMatrix:
@@ -69,14 +68,11 @@ class PackedMatrix:
         self.scale_codes, self.min_codes = scale_codes.contiguous(), min_codes.contiguous()
         self.act_levels = 1  # 1: int8 activations; 2: plus an int8 residual level (about 15-bit activations)
         # How the kernel reads a mixed 2/4-bit matrix. "split" (see `split_streams`): every group as 2-bit
-        # codes, four rows per step with no block lists, then the high groups' low bits in one pass per
-        # tile; "streams": the stored layout, a 2-bit and a 4-bit stream with two block lists per row.
-        # A short row spends about as long on its lists as on its blocks, a long one does not, and a
-        # split high group costs more than a listed one. Measured on AVX2, 20% high groups, batch 1:
-        # split took 0.8x the time of streams on 1536x576 (18 groups a row) and 1.1-1.2x on 576x1536 (48).
-        mixed_2_4 = (bits_low, bits_high) == (2, 4) and group_map is not None
-        short_rows = in_features // group_size <= SPLIT_MAX_GROUPS
-        self.kernel_layout = "split" if mixed_2_4 and short_rows else "streams"
+        # codes, four rows per step with no block lists, then the high groups' low bits; "streams": the
+        # stored layout, a 2-bit and a 4-bit stream with two block lists per row, kept as a choice (the
+        # benchmark measures both). On short rows (1536x576: 18 groups a row), where a row's lists cost
+        # about as much as its blocks, split is the faster; on long rows (576x1536) the two are level.
+        self.kernel_layout = "split" if (bits_low, bits_high) == (2, 4) and group_map is not None else "streams"
         self._split: tuple[torch.Tensor, torch.Tensor] | None = None
         empty = torch.empty(0)
         self.scale_base = scale_base.float().contiguous() if scale_base is not None else empty

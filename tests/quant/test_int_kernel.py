@@ -224,8 +224,8 @@ def test_mixed_matrices_of_any_width_agree_on_every_path(frac_high, groups, tile
     w = torch.randn(tile_rows * tiles, 32 * groups, generator=gen) * 0.05
     matrix = PackedMatrix.from_quant_linear(QuantLinear.from_packed(quantize_weight(w, spec)))
     x = torch.randn(batch, 32 * groups, generator=gen)
-    # either layout is the default by row length: both on every width (split needs a map: some rounded
-    # shares leave every group of a small matrix at one precision)
+    # both layouts on every width: split adds the high groups from a tile list up to 32 groups a row and
+    # row by row beyond (split needs a map: some rounded shares leave a small matrix at one precision)
     for layout in ("split", "streams") if matrix.group_map.numel() else ("streams",):
         matrix.kernel_layout = layout
         assert_paths_agree(matrix, x)
