@@ -297,15 +297,19 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     child = [sys.executable, str(ROOT / "tests/checkpoint/_crash_child.py"), str(folder), str(iters), str(n_embd)]
     reference = _reference_states(iters, n_embd)
-    torn_seen, restored_steps = 0, []
-    # Three kills at random moments (mid-copy, mid-flush or mid-commit), then kills aimed at a
-    # checkpoint in flight until one lands there: on a quiet machine a flush and its commit are a
-    # small part of each step, so random kills alone can all miss them, and a poll from this process
-    # can miss them too, so for the aimed kills the child holds each written checkpoint uncommitted.
+    torn_seen, restored_steps, outcomes = 0, [], []
+    # Kills aimed at a checkpoint in flight until one lands there, then three at random moments
+    # (mid-copy, mid-flush or mid-commit). Aimed first: training is fast enough that random kills can
+    # leave it finished, and on a quiet machine a flush and its commit are a small part of each step
+    # that a poll from this process can miss, so for the aimed kills the child holds each written
+    # checkpoint uncommitted.
+    random_kills = 0
     for kill in range(30):
-        if kill >= 3 and torn_seen:
+        if random_kills == 3:
             break
-        commit_delay_s = 0.0 if kill < 3 else 0.2  # aimed kills: the in-flight window held open
+        aimed = not torn_seen
+        random_kills += not aimed
+        commit_delay_s = 0.2 if aimed else 0.0
         proc = subprocess.Popen(
             child + ["1", str(int(unaligned)), str(commit_delay_s)],
             cwd=ROOT,
@@ -315,15 +319,18 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
             text=True,
         )
         assert proc.stdout.readline().strip() == "started", proc.stderr.read()
-        if kill >= 2 and not restored_steps:  # a loaded machine: let one checkpoint commit first
-            _wait_until(lambda: latest_checkpoint(folder) is not None, proc, timeout_s=120)
-        if kill < 3:
-            time.sleep(rng.uniform(0.1, 0.8))
-        else:  # a few steps in, then the moment a temporary folder appears
+        if aimed:  # a few steps in, then the moment a temporary folder appears
             time.sleep(rng.uniform(0.05, 0.3))
             _wait_until(lambda: _in_flight(folder), proc, timeout_s=60, poll_s=0.0)
+        else:
+            if not restored_steps:  # a loaded machine: let one checkpoint commit first
+                _wait_until(lambda: latest_checkpoint(folder) is not None, proc, timeout_s=120)
+            time.sleep(rng.uniform(0.1, 0.8))
+        ended_by_itself = proc.poll() is not None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        if ended_by_itself:  # finished, or failed: either way no kill landed, and a failure is a defect
+            outcomes.append(f"kill {kill}: exit {proc.returncode}: {proc.stderr.read()[-2000:]}")
         torn_seen += any(".tmp-" in p.name for p in folder.iterdir())
         latest = latest_checkpoint(folder)
         if latest is None:  # killed before the first commit: nothing may be listed
@@ -338,7 +345,7 @@ def test_sigkill_at_random_moments_never_yields_a_torn_checkpoint(tmp_path, unal
         _tiny.assert_bitwise_equal(reference[step], _tiny.flat_state(m, o))
         restored_steps.append(step)
     assert restored_steps and restored_steps == sorted(restored_steps)
-    assert torn_seen >= 1, "no kill landed while a checkpoint was in flight"
+    assert torn_seen >= 1, f"no kill landed while a checkpoint was in flight; steps {restored_steps}; {outcomes}"
     # Resume after the last crash and finish: identical to training that never crashed.
     done = tmp_path / "done"
     subprocess.run(
