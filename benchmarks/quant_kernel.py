@@ -112,7 +112,7 @@ def _matvec_calls(shape: str, thread_counts: tuple[int, ...], with_ort: bool, ba
     layer = QuantLinear.from_packed(quantize_weight(base, MIXED_SPEC), mode="fused")
     dense = [base.clone() for _ in range(copies)]
     mixed_layers = [copy.deepcopy(layer) for _ in range(copies)]
-    mixed = [PackedMatrix.from_quant_linear(q) for q in mixed_layers]  # the layout chosen by row length
+    mixed = [PackedMatrix.from_quant_linear(q) for q in mixed_layers]  # the default layout (split)
     layouts = {"split": [], "streams": []}  # each layout forced, on the same matrices
     for matrix in mixed:
         matrix.split_streams()  # built once, shared by the shallow copies made below
