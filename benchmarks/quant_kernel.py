@@ -4,12 +4,16 @@
     python -m benchmarks.quant_kernel --full      # what the docs quote (also run by benchmarks.quantization --full)
 
 Matvec: SmolLM2's largest projection shapes (1536x576, 576x1536) and the tied 49152x576 head, batch 1,
-cache-cold: each pass cycles through distinct copies of a matrix until the fp32 copies exceed 512 MiB
-(far past the last-level cache), an unrelated 512 MiB buffer is read before every pass, medians. The
-repeats are passes over every shape at 1 and 2 threads, every method once each, so that each median
-spans the whole measurement rather than the seconds one shape takes. Bytes read are the bytes each
-kernel actually reads (codes, maps, scales, minimums, per-row bases), so GB/s / measured bandwidth is
-an honest fraction of the memory wall.
+cache-cold: each call cycles through distinct copies of a matrix, enough that the fp32 copies exceed
+512 MiB and the 2-bit codes alone twice the last-level cache, so no call finds the previous call's
+weights cached. A method is timed as a decode loop runs it: untimed calls for WARM_S, then BURST calls
+back to back, so its own threads and cores are awake; after ONNX Runtime's calls a pause lets its threads finish
+spinning (about 55 ms of a core after each run), which otherwise took the second core from the next
+method (the integer kernel's 2-thread head measured 0.9-2.5 ms with ONNX Runtime's runs between its
+calls, 0.9 ms without them). The repeats are passes over every shape at 1 and 2 threads, every method
+once each, so that each median spans the whole measurement rather than the seconds one shape takes.
+Bytes read are the bytes each kernel actually reads (codes, maps, scales, minimums, per-row bases), so
+GB/s / measured bandwidth is an honest fraction of the memory wall.
 Methods: fp32 (torch), the float fused kernel on the 2.9-bit mixed layer, the integer kernel on the same
 layer, on Q4_1 (4 bits + fp16 scale and minimum per 32: the model's own format) and on uniform 2-bit
 groups of 32, and ONNX Runtime MatMulNBits with accuracy_level=4 (int8 activations) at 4 and 2 bits,
@@ -32,9 +36,17 @@ import torch
 from benchmarks.common import bandwidth_bars, parse_mode, target, write_result
 from components.quant import QuantLinear, QuantSpec, int_kernel, quantize_weight
 from components.quant.packed_matrix import PackedMatrix, product_chain
-from components.quant.speed import memory_bandwidth
+from components.quant.speed import last_level_cache_bytes, memory_bandwidth
 
 WORKING_SET_MIB = 512
+BURST = 3  # timed calls per method per pass, after untimed calls for at least WARM_S
+# a core that was idle (a pause, or the last method's single thread) comes back slow for tens of ms:
+# the 1-thread 2-bit head took 2.2 ms per product in the 8 calls after a 0.1 s pause, 1.4-1.7 ms after
+# 50 ms of untimed calls, 1.2 ms at best
+WARM_S = 0.1
+# ONNX Runtime's pool threads spin after a run (its default, which its own timing keeps): measured here,
+# about 55 ms of a core after each run, which would be taken from whatever method runs next
+ORT_SPIN_S = 0.1
 SHAPES = ("1536x576", "576x1536", "49152x576")
 LARGEST = ("1536x576", "576x1536")
 MIXED_SPEC = QuantSpec(name="mixed29", frac_high=0.2, group_size=32)  # 2.9 bits/weight stored (u8 scales/mins)
@@ -106,19 +118,21 @@ def _matvec_calls(shape: str, thread_counts: tuple[int, ...], with_ort: bool, ba
     """(copies, {threads: {method: (call, bytes read per copy)}}) for one shape: every method's copies
     of the same weights, all in one call each."""
     out_f, in_f = (int(v) for v in shape.split("x"))
-    copies = max(2, math.ceil(WORKING_SET_MIB * 2**20 / (out_f * in_f * 4)))
+    copies = max(
+        2,
+        math.ceil(WORKING_SET_MIB * 2**20 / (out_f * in_f * 4)),
+        math.ceil(2 * last_level_cache_bytes() / (out_f * in_f / 4)),  # the 2-bit codes: 1/4 byte a weight
+    )
     gen = torch.Generator().manual_seed(out_f + in_f)
     base = torch.randn(out_f, in_f, generator=gen) * 0.02
     layer = QuantLinear.from_packed(quantize_weight(base, MIXED_SPEC), mode="fused")
     dense = [base.clone() for _ in range(copies)]
     mixed_layers = [copy.deepcopy(layer) for _ in range(copies)]
     mixed = [PackedMatrix.from_quant_linear(q) for q in mixed_layers]  # the default layout (split)
-    layouts = {"split": [], "streams": []}  # each layout forced, on the same matrices
+    streams = []  # the stored layout forced, on the same matrices
     for matrix in mixed:
-        matrix.split_streams()  # built once, shared by the shallow copies made below
-        for layout, matrices in layouts.items():
-            matrices.append(copy.copy(matrix))
-            matrices[-1].kernel_layout = layout
+        streams.append(copy.copy(matrix))  # shares the tensors
+        streams[-1].kernel_layout = "streams"
     q4 = [PackedMatrix.quantize_asymmetric(base, 4) for _ in range(copies)]
     q2 = [PackedMatrix.quantize_asymmetric(base, 2) for _ in range(copies)]
     x = torch.randn(batch, in_f, generator=gen)
@@ -129,8 +143,7 @@ def _matvec_calls(shape: str, thread_counts: tuple[int, ...], with_ort: bool, ba
     for name, matrices in (("mixed", mixed), ("q4_1", q4), ("q2", q2)):
         for levels, prefix in ((1, "int8"), (2, "int8x2")):
             calls[f"{prefix}_{name}"] = (_one_call(matrices, levels, x), matrices[0].nbytes())
-    for layout, matrices in layouts.items():
-        calls[f"int8_mixed_{layout}"] = (_one_call(matrices, 1, x), matrices[0].nbytes())
+    calls["int8_mixed_streams"] = (_one_call(streams, 1, x), streams[0].nbytes())
     per_threads = {}
     for threads in thread_counts:
         per_threads[threads] = dict(calls)
@@ -146,14 +159,13 @@ def _matvec_calls(shape: str, thread_counts: tuple[int, ...], with_ort: bool, ba
 def matvec_tables(
     shapes: tuple[str, ...], thread_counts: tuple[int, ...], repeats: int, with_ort: bool, batch: int = 1
 ) -> dict[str, dict]:
-    """Seconds per copy (median of `repeats`, the cache flushed before each call) and speedup over fp32
-    of every method, for every shape at every thread count: {"<shape>@<threads>t": table}. The repeats
-    run in passes over all the tables, each pass every method of every table once, so that a table's
-    median spans the whole measurement instead of the few seconds one table takes: on this shared VM
-    the second core's throughput drifts over minutes (the same 2-thread product measured 54-90 us in
-    runs minutes apart)."""
+    """Seconds per copy (median of `repeats` x BURST calls, each after a call of the same method) and
+    speedup over fp32 of every method, for every shape at every thread count: {"<shape>@<threads>t":
+    table}. The repeats run in passes over all the tables, each pass every method of every table once,
+    so that a table's median spans the whole measurement instead of the few seconds one table takes:
+    on this shared VM the second core's throughput drifts over minutes (the same 2-thread product
+    measured 54-90 us in runs minutes apart)."""
     setups = {shape: _matvec_calls(shape, thread_counts, with_ort, batch) for shape in shapes}
-    flush = torch.ones(WORKING_SET_MIB * 2**20 // 4)
     samples: dict[str, dict[str, list[float]]] = {}
     for threads in thread_counts:
         torch.set_num_threads(threads)
@@ -166,10 +178,16 @@ def matvec_tables(
             torch.set_num_threads(threads)
             for shape, (copies, per_threads) in setups.items():
                 for name, (fn, _) in per_threads[threads].items():
-                    flush.sum()
-                    start = time.perf_counter()
-                    fn()
-                    samples[f"{shape}@{threads}t"][name].append((time.perf_counter() - start) / copies)
+                    warm_until = time.perf_counter() + WARM_S
+                    fn()  # wakes this method's threads; the last method's threads go idle
+                    while time.perf_counter() < warm_until:
+                        fn()
+                    for _ in range(BURST):
+                        start = time.perf_counter()
+                        fn()
+                        samples[f"{shape}@{threads}t"][name].append((time.perf_counter() - start) / copies)
+                    if name.startswith("onnxruntime"):
+                        time.sleep(ORT_SPIN_S)
     tables = {}
     for shape, (copies, per_threads) in setups.items():
         out_f, in_f = (int(v) for v in shape.split("x"))

@@ -15,6 +15,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -121,6 +122,19 @@ def matvec_by_shape(
             "quantized_mb": sum(q.bits_per_weight() * q.in_features * q.out_features / 8 for q in layers) / 1e6,
         }
     return latency, working_sets
+
+
+def last_level_cache_bytes(default: int = 32 * 2**20) -> int:
+    """The largest CPU cache's size from sysfs (Linux), or `default` where it cannot be read."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip().upper()
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        try:
+            sizes.append(int(text.rstrip("KMG")) * scale)
+        except ValueError:
+            continue
+    return max(sizes, default=default)
 
 
 def memory_bandwidth(mib: int = 512, repeats: int = 5) -> float:

@@ -151,10 +151,10 @@ def test_quant_linear_int8_mode_is_within_the_bound():
         QuantLinear.from_packed(quantize_weight(w, QuantSpec(group_size=16)), mode="int8")(x)
 
 
-def assert_paths_agree(matrix: PackedMatrix, x: torch.Tensor) -> None:
-    """Every path within the int8 bound, and equal to the portable path up to float summation order
-    (relative to the size of the terms summed: the scale and minimum terms can cancel)."""
-    outs = {path: check_within_bound(matrix, x, path) for path in int_kernel.paths()}
+def assert_paths_agree(matrix: PackedMatrix, x: torch.Tensor, levels: int = 1) -> None:
+    """Every path within the bound of `levels` int8 levels, and equal to the portable path up to float
+    summation order (relative to the size of the terms summed: the scale and minimum terms can cancel)."""
+    outs = {path: check_within_bound(matrix, x, path, levels) for path in int_kernel.paths()}
     terms = float((x.abs() @ matrix.dequantize().abs().t()).max())
     for path, y in outs.items():
         torch.testing.assert_close(y, outs["portable"], rtol=1e-5, atol=1e-5 * terms + 1e-6, msg=path)
@@ -177,13 +177,16 @@ def test_rows_whose_groups_end_in_a_partial_chunk(name, in_features):
     tiles=st.integers(1, 3),
     batch=st.integers(1, 17),
     bits=st.sampled_from([2, 4]),
+    levels=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
 )
-def test_uniform_matrices_of_any_width_agree_on_every_path(groups, tiles, batch, bits, seed):
+def test_uniform_matrices_of_any_width_agree_on_every_path(groups, tiles, batch, bits, levels, seed):
+    """Batch 1 takes AVX2's four-row loop, which reads 2-bit blocks four and 4-bit blocks two per load
+    (a row's last blocks one at a time), with the residual level too."""
     gen = torch.Generator().manual_seed(seed)
     matrix = PackedMatrix.quantize_asymmetric(torch.randn(16 * tiles, 32 * groups, generator=gen), bits)
     x = torch.randn(batch, 32 * groups, generator=gen) * torch.rand(1, 32 * groups, generator=gen) * 10
-    assert_paths_agree(matrix, x)
+    assert_paths_agree(matrix, x, levels)
 
 
 @settings(max_examples=25, deadline=None)
@@ -214,9 +217,10 @@ def test_uniform_tiles_of_any_height_agree_on_every_path(tile_rows, tiles, group
     tile_rows=st.sampled_from([4, 6, 8, 13, 16]),
     tiles=st.integers(1, 2),
     batch=st.integers(1, 4),
+    levels=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
 )
-def test_mixed_matrices_of_any_width_agree_on_every_path(frac_high, groups, tile_rows, tiles, batch, seed):
+def test_mixed_matrices_of_any_width_agree_on_every_path(frac_high, groups, tile_rows, tiles, batch, levels, seed):
     """A mixed row's block lists are built from its map 8 groups per step; rows of more than 56 groups
     read the map in several words; the split layout's tile lists cover rows of any length."""
     gen = torch.Generator().manual_seed(seed)
@@ -228,7 +232,7 @@ def test_mixed_matrices_of_any_width_agree_on_every_path(frac_high, groups, tile
     # row by row beyond (split needs a map: some rounded shares leave a small matrix at one precision)
     for layout in ("split", "streams") if matrix.group_map.numel() else ("streams",):
         matrix.kernel_layout = layout
-        assert_paths_agree(matrix, x)
+        assert_paths_agree(matrix, x, levels)
 
 
 @pytest.mark.parametrize(("group_size", "tile_rows", "rows"), [(32, 16, 1), (32, 6, 3), (64, 8, 1), (64, 8, 9)])
