@@ -7,10 +7,10 @@ Matvec: SmolLM2's largest projection shapes (1536x576, 576x1536) and the tied 49
 cache-cold: each call cycles through distinct copies of a matrix, enough that the fp32 copies exceed
 512 MiB and the 2-bit codes alone twice the last-level cache, so no call finds the previous call's
 weights cached. A method is timed as a decode loop runs it: untimed calls for WARM_S, then BURST calls
-back to back, so its own threads and cores are awake; after ONNX Runtime's calls a pause lets its threads finish
-spinning (about 55 ms of a core after each run), which otherwise took the second core from the next
-method (the integer kernel's 2-thread head measured 0.9-2.5 ms with ONNX Runtime's runs between its
-calls, 0.9 ms without them). The repeats are passes over every shape at 1 and 2 threads, every method
+back to back, so its own threads and cores are awake; after ONNX Runtime's calls a pause lets its
+threads finish spinning (about 55 ms of a core after each run), which otherwise took the second core
+from the next method (the integer kernel's 2-thread head measured 0.9-2.5 ms with ONNX Runtime's runs
+between its calls, 0.9 ms without them). The repeats are passes over every shape at 1 and 2 threads, every method
 once each, so that each median spans the whole measurement rather than the seconds one shape takes.
 Bytes read are the bytes each kernel actually reads (codes, maps, scales, minimums, per-row bases), so
 GB/s / measured bandwidth is an honest fraction of the memory wall.

@@ -338,15 +338,19 @@ static void quantize_acts(Acts& A, const float* x, int64_t N, int64_t K, bool ne
 // AVX2's four-row loop (rows4_g32) reads P blocks of one row per 32-byte load: pairs of 4-bit blocks,
 // quads of 2-bit ones. Their activations are copied into the matching order: the P blocks' s-th
 // fields (4-bit: 16 bytes, evens then odds; 2-bit: 8 bytes, the codes at bit 2 s) side by side in the
-// s-th 32 bytes. Blocks after a row's last whole pair or quad stay in order.
+// s-th 32 bytes. Blocks after a row's last whole pair or quad stay in order. Only the batch row that
+// the one-row pass reads is copied (tiles: passes of 8, 4, 2, 1 rows; the last row when N is odd),
+// at each of the `levels` activation levels.
 template <int P>
-static void interleave_blocks(const std::vector<int8_t>& from, std::vector<int8_t>& to, int64_t rows, int64_t K) {
+static void interleave_blocks(const std::vector<int8_t>& from, std::vector<int8_t>& to, int64_t N, int64_t K,
+                              int64_t levels) {
   constexpr int64_t field = 32 / P;
   to.resize(from.size());
+  if (N % 2 == 0) return;
   const int64_t B = K / 32, whole = B - B % P;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int8_t* f = from.data() + r * K;
-    int8_t* t = to.data() + r * K;
+  for (int64_t l = 0; l < levels; ++l) {
+    const int8_t* f = from.data() + (l * N + N - 1) * K;
+    int8_t* t = to.data() + (l * N + N - 1) * K;
     for (int64_t b = 0; b < whole; b += P)
       for (int s = 0; s < P; ++s)
         for (int q = 0; q < P; ++q) std::memcpy(t + b * 32 + s * 32 + q * field, f + (b + q) * 32 + s * field, field);
@@ -410,9 +414,19 @@ static void quantize_acts(Acts& A, const float* x, int64_t N, int64_t K, bool ne
     }
   }
 #if defined(ISA_AVX2)
-  if (need4) interleave_blocks<2>(A.a4, A.q4, levels * N, K);
-  if (need2) interleave_blocks<4>(A.a2, A.q2, levels * N, K);
+  if (need4) interleave_blocks<2>(A.a4, A.q4, N, K, levels);
+  if (need2) interleave_blocks<4>(A.a2, A.q2, N, K, levels);
 #endif
+}
+#endif
+
+#if defined(ISA_AVX2)
+// batch row n0's activations for rows4_g32 at BITS bits: the wide order (2, 4) or the natural one (8)
+template <int BITS>
+static inline const int8_t* wide_acts(const Acts& A, int64_t n0, const int8_t* natural) {
+  if constexpr (BITS == 4) return A.q4.data() + n0 * A.K;
+  else if constexpr (BITS == 2) return A.q2.data() + n0 * A.K;
+  else return natural;
 }
 #endif
 
@@ -920,7 +934,7 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
     if constexpr (SPLIT) {
       if (quad) {
         const int64_t row_bytes = nblk * 8;
-        rows4_g32<2, RES, true>(M, row, G, dsc, gsum, K, A.res, lo, row_bytes, A.q2.data() + n0 * K, y + n0 * out + row,
+        rows4_g32<2, RES, true>(M, row, G, dsc, gsum, K, A.res, lo, row_bytes, wide_acts<2>(A, n0, alo), y + n0 * out + row,
                           S.tile_scale.data() + r * sd_stride, sd_stride);
         lo += 4 * row_bytes;
         r += 3;
@@ -935,8 +949,7 @@ static void tile_rows(const uint8_t* lo, int64_t lo_bytes, const uint8_t* hi, in
         constexpr int BITS = decltype(bits)::value, bytes = 32 * BITS / 8;
         const int64_t row_bytes = nblk * bytes;
         if (quad) {
-          const int8_t* wide = BITS == 4 ? A.q4.data() + n0 * K : BITS == 2 ? A.q2.data() + n0 * K : a0;
-          rows4_g32<BITS, RES>(M, row, G, dsc, gsum, K, A.res, p, row_bytes, wide, y + n0 * out + row);
+          rows4_g32<BITS, RES>(M, row, G, dsc, gsum, K, A.res, p, row_bytes, wide_acts<BITS>(A, n0, a0), y + n0 * out + row);
           p += 4 * row_bytes;
           return;
         }
@@ -1469,7 +1482,7 @@ def _source() -> str:
 
 
 _EXTENSION = InlineExtension(
-    "quant_int_kernel_v29",
+    "quant_int_kernel_v33",
     _source,
     None,  # the source binds its own functions and the LeanPlan class (GIL released)
     ["-O3", "-fopenmp"],
