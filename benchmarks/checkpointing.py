@@ -9,6 +9,12 @@ fsynced on storage); host memory (peak RSS growth, and the lazy checkpointer's b
 The physical bound for each k is measured in the same run: max(compute-only time, checkpoints x
 bytes / the fsync'd sequential write bandwidth of the checkpoint folder), the bandwidth taken by
 writing checkpoint-sized files with and without O_DIRECT before every round (the faster counts).
+Beside it, `write_only` measures what the writes alone cost the training: the run saves nothing
+while a separate process (benchmarks/disk_writer.py, nice +10 as the lazy checkpointer's threads)
+writes a checkpoint-sized buffer it already holds, O_DIRECT and fsync'd, at every checkpoint step.
+No checkpointer that writes those bytes to that folder can do less; the measured bound is
+max(bound, that time). On a VM, where the host emulates the disk, the writes take time from the
+guest's cores even though the guest's own CPU time for them is a few milliseconds.
 
 Every method trains the same model with the same AdamW state and data, writes the same state
 (model + optimizer state_dicts) and makes it durable (fsync) in the same folder. Repeats x ks x
@@ -73,7 +79,10 @@ LAZY_VARIANTS = {  # name -> LazyAsyncCheckpointer options
     "lazy_async_16mb_writes": {"chunk_bytes": 16 << 20},
     "lazy_async_new_files": {"recycle_shards": False},
 }
-METHODS = ["none", *BASELINES, *LAZY_VARIANTS]
+# Not a checkpointer: training that saves nothing while another process writes the same bytes per
+# checkpoint from a buffer it already holds (benchmarks/disk_writer.py): what the writes alone cost.
+WRITE_ONLY = "write_only"
+METHODS = ["none", *BASELINES, *LAZY_VARIANTS, WRITE_ONLY]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 WARMUP_ITERS = 10
 # The full run's workload: a 7.4M-parameter GPT (16384-token vocabulary, 4 layers x 256), batch 2 x 64:
@@ -217,6 +226,40 @@ class LazyAsync:
         return [r.durable_s for r in self.ckpt.records]
 
 
+class WriteOnly:
+    """The write-only bound: save() asks a separate process (benchmarks.disk_writer) to write a
+    checkpoint-sized buffer it holds and fsync it; nothing is captured, copied or serialised."""
+
+    def __init__(self, folder: Path, nbytes: int):
+        import subprocess  # noqa: PLC0415  (reason: only this measurement starts a process)
+        import sys  # noqa: PLC0415  (reason: as above)
+
+        self.blocked: list[float] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.disk_writer", str(folder / "write_only.bin"), str(nbytes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        self.direct_io = self.process.stdout.readline().strip() == b"direct"
+
+    def save(self, step: int, state: dict) -> None:
+        start = time.perf_counter()
+        self.process.stdin.write(b"w")
+        self.process.stdin.flush()
+        self.blocked.append(time.perf_counter() - start)
+
+    def drain(self) -> None:
+        self.process.stdin.write(b"d")
+        self.process.stdin.flush()
+        if self.process.stdout.readline().strip() != b"ok":
+            raise RuntimeError(f"benchmarks.disk_writer stopped (exit code {self.process.poll()})")
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
 # ----------------------------------------------------------------------------- measurement
 class PeakRSS:
     """Samples this process's resident memory; `peak_growth` = max RSS - RSS at start."""
@@ -279,9 +322,11 @@ def checkpoint_bytes(state: dict) -> int:
     return sum(t.numel() * t.element_size() for _, t in split_state(state)[1])
 
 
-def make_method(name: str, folder: Path, optimizer, device: str):
+def make_method(name: str, folder: Path, optimizer, device: str, nbytes: int):
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    if name == WRITE_ONLY:
+        return WriteOnly(folder, nbytes)
     if name in LAZY_VARIANTS:
         return LazyAsync(folder, optimizer, device, **LAZY_VARIANTS[name])
     return {
@@ -318,10 +363,10 @@ def write_bandwidth(folder: Path, nbytes: int, direct: bool, chunk: int = 8 << 2
 def run_one(
     name: str, k: int, iters: int, model, optimizer, iteration: Callable[[], None], folder: Path, device: str
 ) -> dict:
-    method = make_method(name, folder, optimizer, device)
-
     def state() -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+    method = make_method(name, folder, optimizer, device, checkpoint_bytes(state()))
 
     # Warm-up: one iteration and one checkpoint, drained (allocates buffers, opens thread pools).
     iteration()
@@ -362,6 +407,9 @@ def run_one(
             1, sum(r.live_bytes + r.copied_bytes for r in records)
         )
         out["direct_io"] = all(r.direct_io for r in records)
+    if name == WRITE_ONLY:
+        out["direct_io"] = method.direct_io
+        method.close()
     shutil.rmtree(folder, ignore_errors=True)
     return out
 
@@ -570,7 +618,9 @@ def report(
         "only runs of all ks (compute does not depend on k) gives more samples but pairs a method with runs "
         "minutes away, so it is only reported for comparison (`unpaired`: medians of absolute times, their "
         "ratios, the compute-only spread). On a CPU the flush and any host copy share the training's 2 cores "
-        "and memory bandwidth.",
+        "and memory bandwidth. write_only is not a checkpointer: the same training saving nothing while "
+        "another process writes the checkpoint's bytes from a buffer it holds (O_DIRECT, fsync) at every "
+        "checkpoint step: what the writes alone cost; the measured bound is max(bound, write_only).",
     }
     partial_args = args if final else argparse.Namespace(**{**vars(args), "no_mlflow": True})
     figure = _plot(summary, bounds, done_ks, nbytes, setup["model"])
@@ -605,18 +655,24 @@ def _paired_rounds(runs: dict, k: str, nbytes: int, bandwidth: list[dict]) -> li
         e2e = {m: runs[m][k][i]["end_to_end_s"] for m in runs}
         others = {m: e2e[m] for m in BASELINES if m in e2e}
         fastest = min(others, key=others.get) if others else None
+        write_only = e2e.get(WRITE_ONLY, float("nan"))
         rows.append(
             {
                 "round": i,
                 "compute_only_s": compute,
                 "disk_s": disk,
                 "bound_s": bound,
+                "write_only_s": write_only,
+                "measured_bound_s": max(bound, write_only) if write_only == write_only else bound,
                 "checkpoints": n_ckpt,
                 "write_bandwidth_gbps": best_bw / 1e9 if best_bw else float("nan"),
                 "fastest_other_of_round": fastest,
                 "lazy_async_vs_fastest_other_of_round": e2e["lazy_async"] / others[fastest] if others else float("nan"),
                 "vs_no_checkpoint": {m: e2e[m] / compute for m in e2e if m != "none"},
                 "vs_bound": {m: e2e[m] / bound for m in e2e if m != "none"},
+                "lazy_async_vs_measured_bound": e2e["lazy_async"] / max(bound, write_only)
+                if write_only == write_only
+                else float("nan"),
                 "steady_overhead_per_iter_s": {
                     m: (runs[m][k][i]["loop_s"] - none["loop_s"]) / none["iters"] for m in e2e if m != "none"
                 },
@@ -627,11 +683,15 @@ def _paired_rounds(runs: dict, k: str, nbytes: int, bandwidth: list[dict]) -> li
 
 def _bound(rounds: list[dict]) -> dict:
     """The physical bound at k, max(compute-only time, bytes written / the folder's write bandwidth),
-    per round; the medians over the rounds."""
+    and the measured one, max(that, the training's time while another process only writes the bytes:
+    `write_only`), per round; the medians over the rounds."""
     return {
         "compute_only_s": _median([r["compute_only_s"] for r in rounds]),
         "disk_s": _median([r["disk_s"] for r in rounds]),
         "bound_s": _median([r["bound_s"] for r in rounds]),
+        "write_only_s": _median([r["write_only_s"] for r in rounds]),
+        "write_only_vs_compute_only": _median([r["write_only_s"] / r["compute_only_s"] for r in rounds]),
+        "measured_bound_s": _median([r["measured_bound_s"] for r in rounds]),
         "checkpoints": rounds[0]["checkpoints"],
         "write_bandwidth_gbps": _median([r["write_bandwidth_gbps"] for r in rounds]),
         "disk_bound_rounds": sum(r["disk_s"] > r["compute_only_s"] for r in rounds),
@@ -673,6 +733,8 @@ def _ratios(summary: dict, k: str, rounds: list[dict]) -> dict:
         ),
         "lazy_async_vs_fastest_other_of_round": _median([r["lazy_async_vs_fastest_other_of_round"] for r in rounds]),
         "lazy_async_vs_bound": _median([r["vs_bound"]["lazy_async"] for r in rounds]),
+        "lazy_async_vs_measured_bound": _median([r["lazy_async_vs_measured_bound"] for r in rounds]),
+        "write_only_vs_bound": _median([r["vs_bound"].get(WRITE_ONLY, float("nan")) for r in rounds]),
         "lazy_async_vs_no_checkpoint": _median([r["vs_no_checkpoint"]["lazy_async"] for r in rounds]),
         **{
             f"{m}_vs_lazy_async": _median(
@@ -741,7 +803,7 @@ def _plot(summary: dict, bounds: dict, ks: list[int], nbytes: int, model_kind: s
             [summary[name][str(k)]["end_to_end_s"] for k in ks],
             marker="o",
             label=name,
-            linestyle="--" if name.startswith("lazy_async_") else "-",
+            linestyle="--" if name.startswith("lazy_async_") else ":" if name == WRITE_ONLY else "-",
         )
     ax1.plot(
         ks,

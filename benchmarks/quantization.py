@@ -56,7 +56,7 @@ FULL_METHODS = QUICK_METHODS + ["hqq2"]
 # cost more than the rest together on the shared 2-core machine, and on held-out calibration text
 # they were worse than RTN (see docs/flows/quantize.md). Add them here to measure them.
 CALIBRATION_WINDOWS = 8  # as the flow's eval.calibration_windows
-BANDWIDTH_MIB = 512  # bandwidth probe and fp32 matvec working set: twice this CPU's 260 MB L3
+BANDWIDTH_MIB = 512  # bandwidth probe and fp32 matvec working set: past any L3 it ran on (32-260 MB)
 SENSITIVITY_WINDOWS = 2  # held-out calibration windows for the per-layer-type 2-bit sensitivity
 # (the recovery target's pairs: each mixed scheme against the uniform 2-bit one of the same method and group)
 RECOVERY_PAIRS = {

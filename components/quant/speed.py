@@ -2,10 +2,10 @@
 
 Decode-time matvecs read every weight once per token, and a whole model's fp32 weights do not stay
 in cache between tokens. Timing one layer in a hot loop would keep it in cache and flatter fp32
-(this CPU's L3 is 260 MB), so each measurement cycles through distinct layers of one shape, the
-model's own plus copies, until the fp32 working set exceeds `working_set_mib` (512 MiB, the same
-size as the bandwidth probe). The quantized copies are the same layers, so their working set is
-their real, smaller size, as it is for a whole quantized model.
+(the L3 caches of the machines this ran on hold 32 to 260 MB), so each measurement cycles through
+distinct layers of one shape, the model's own plus copies, until the fp32 working set exceeds
+`working_set_mib` (512 MiB, the same size as the bandwidth probe). The quantized copies are the
+same layers, so their working set is their real, smaller size, as it is for a whole quantized model.
 """
 
 from __future__ import annotations
