@@ -363,12 +363,20 @@ def write_bandwidth(folder: Path, nbytes: int, direct: bool, chunk: int = 8 << 2
 
 
 def run_one(
-    name: str, k: int, iters: int, model, optimizer, iteration: Callable[[], None], folder: Path, device: str
+    name: str,
+    k: int,
+    iters: int,
+    model,
+    optimizer,
+    iteration: Callable[[], None],
+    folder: Path,
+    device: str,
+    nbytes: int,
 ) -> dict:
+    method = make_method(name, folder, optimizer, device, nbytes)
+
     def state() -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-
-    method = make_method(name, folder, optimizer, device, checkpoint_bytes(state()))
 
     # Warm-up: one iteration and one checkpoint, drained (allocates buffers, opens thread pools).
     iteration()
@@ -544,7 +552,7 @@ def main(argv=None) -> None:
             order = methods[shift:] + methods[:shift]  # rotated: no method always first
             bandwidth.append({**bw, "rep": rep, "k": k, "order": order})
             for name in order:
-                result = run_one(name, k, iters, model, optimizer, iteration, folder / name, device)
+                result = run_one(name, k, iters, model, optimizer, iteration, folder / name, device, nbytes)
                 runs[name][str(k)].append(result)
                 print(
                     f"rep={rep} k={k:<3} {name:<27} e2e={result['end_to_end_s']:.2f}s "
