@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -167,6 +168,7 @@ def main() -> None:
             )
     sandbox = Sandbox(SandboxLimits(wall_seconds=10, cpu_seconds=5))
     start = time.perf_counter()
+    load_at_start = os.getloadavg()
     reports = run_set(heldout, predictors, sandbox, "heldout", args.max_retries, args.explore)
     results: dict = {
         "heldout": {name: summarize(rows) | type_error_judgement(rows, heldout) for name, rows in reports.items()},
@@ -208,10 +210,12 @@ def main() -> None:
             results["llm_only_refused_replies"] = predictors["llm_only"].refused_replies
             results["llm_only_unparseable_replies"] = predictors["llm_only"].unparseable_replies
     results["seconds_total"] = time.perf_counter() - start
+    # coverage does not depend on speed, but a loaded machine can push a run past its sandbox time limit
+    results["load_average_at_start"], results["load_average_at_end"] = load_at_start, os.getloadavg()
     results["per_snippet"] = reports
     results["note"] = (
         "coverage = distinct executed lines where an ast.stmt starts / such lines (best run); "
-        "held-out snippets only in the targets. 2 CPU cores shared with other work while measured."
+        "held-out snippets only in the targets."
     )
     names = list(predictors)
     fig = Figure(figsize=(7, 3.8))

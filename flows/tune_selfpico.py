@@ -23,13 +23,13 @@ from tasks.tune_selfpico import collect_value_chats
 
 
 def _value_tune_settings() -> TuneSettings:
-    return TuneSettings(train_layers=8, lr=2e-4, warmup_steps=5, epochs=2.0, batch_tokens=2048, minutes=15)
+    return TuneSettings(train_layers=8, lr=2e-4, warmup_steps=5, epochs=2.0, batch_tokens=2048, minutes=30)
 
 
 @dataclass
 class TuneSelfPicoConfig(FlowConfig):
     data: ValueDataConfig = field(default_factory=ValueDataConfig)
-    train: TuneSettings = field(default_factory=_value_tune_settings)  # top 8 of 30 layers, <= 15 min
+    train: TuneSettings = field(default_factory=_value_tune_settings)  # top 8 of 30 layers, <= 30 min
     threads: Optional[int] = None  # torch CPU threads; None: torch's default (all cores)
     run_name: str = "selfpico_model"  # -> <work_dir>/selfpico_model, loaded by llm.model_path=data/selfpico_model
     registered_name: Optional[str] = "lm-selfpico"  # MLflow registry name; None: not registered

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,15 +102,17 @@ _INLINE_CODE = re.compile(r"`([^`\n]+)`")
 
 
 def _compiles(code: str) -> bool:
-    try:
-        compile(code, "<value>", "eval")
-        return True
-    except SyntaxError:
+    with warnings.catch_warnings():  # a reply like `[1][0, 1]` compiles with a SyntaxWarning: not ours to print
+        warnings.simplefilter("ignore", SyntaxWarning)
         try:
-            compile(code, "<value>", "exec")
-            return "value" in code
+            compile(code, "<value>", "eval")
+            return True
         except SyntaxError:
-            return False
+            try:
+                compile(code, "<value>", "exec")
+                return "value" in code
+            except SyntaxError:
+                return False
 
 
 def parse_value_code(text: str) -> str:

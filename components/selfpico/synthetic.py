@@ -1,5 +1,6 @@
 """Generated tuning snippets in the partial-code style SelfPiCo meets: loops over records, dict and
-JSON-shaped data, objects read by attribute, method bodies on `self`, augmented assignments.
+JSON-shaped data, objects read by attribute, method bodies on `self`, augmented assignments, text
+files read line by line or whole.
 
 Each template is a small program shape; names, keys, attributes and constants are drawn (seeded)
 from vocabularies, so the model sees the same kinds of use with many different spellings. None of
@@ -244,6 +245,25 @@ self.{store}[{ident}] = {num}
 self.{acc} = sum(self.{store}.values())
 return True
 """,
+    # fields of a text file's lines
+    """
+{acc} = 0
+with open({file}) as {fh}:
+    for raw in {fh}:
+        fields = raw.strip().split("{sep}")
+        if len(fields) < 2:
+            continue
+        {acc} += len(fields[1])
+print("{file}:", {acc})
+""",
+    # a whole text file read, then its words
+    """
+with open({file}, encoding="utf-8") as {fh}:
+    body = {fh}.read()
+tokens = body.split()
+longest = max(tokens, key=len) if tokens else ""
+print(len(tokens), "tokens; longest:", longest)
+""",
     # a stack or queue held by self
     """
 if not self.{store}:
@@ -284,6 +304,8 @@ def _fill(template: str, rng: random.Random) -> str:
         grid=rng.choice(["grid", "matrix", "table", "board"]),
         sep=rng.choice([":", "=", ";", "|", "->"]),
         ident=rng.choice(["user_id", "key", "name", "ident", "slug"]),
+        file=rng.choice(["filename", "log_file", "input_path", "source_file", "csv_name", "report_path"]),
+        fh=rng.choice(["fh", "stream", "infile", "src"]),
     )
 
 

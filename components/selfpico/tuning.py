@@ -4,12 +4,13 @@ SelfPiCo fine-tunes Code Llama on value predictions; here SmolLM2-135M is tuned 
 project generates:
 - snippets: function bodies from installed packages (`package_function_snippets`), from modules
   none of the benchmark's sets use, and generated partial-code snippets (`synthetic.py`: records,
-  JSON, objects, method bodies); never a snippet equal to a benchmark snippet;
+  JSON, objects, method bodies, text files); never a snippet equal to a benchmark snippet;
 - targets: for each value a run asks for, candidate values (the usage-shaped rule-based one, and
-  alternatives of other kinds: numbers, digit and date strings, lists, dicts with the keys read,
-  objects with the attributes read, callables) are each executed in the sandbox, and the run is
-  carried on for a few more values (rule-based ones); the candidate whose runs execute the most
-  lines is the target (then: one that does not fail; ties: the earlier candidate);
+  alternatives of other kinds: numbers, digit and date strings, the path of a file the value
+  writes, lists, dicts with the keys read, objects with the attributes read, callables) are each
+  executed in the sandbox, and the run is carried on for a few more values (rule-based ones); the
+  candidate whose runs execute the most lines is the target (then: one that does not fail; ties:
+  the earlier candidate);
 - chats: the LLM-guided predictor's own zero-shot prompt -> the target; and, for the candidates
   that failed, the prompt with that failure as feedback (the exception and the line) -> the target
   (the self-guided loop).
@@ -59,7 +60,7 @@ class ValueDataConfig:
         ]
     )  # package modules to take function bodies from: never the benchmark's (textwrap, difflib, ...)
     count: int = 40  # function bodies sampled (seeded) from those modules' source
-    synthetic: int = 96  # generated partial-code snippets (records, JSON, objects, method bodies)
+    synthetic: int = 144  # generated partial-code snippets (records, JSON, objects, method bodies, files)
     max_lines: int = 20  # longer bodies make long prompts for a 135M model
     per_key: int = 8  # candidate values executed per requested value; the most lines executed wins
     rollout: int = 2  # further values (rule-based) each candidate's run is carried on for
@@ -100,8 +101,12 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
     element = build_value(shape.elem, request.name) if shape.elem is not None else "'item'"
     values = [build_value(shape, request.name)]
     values.append(varied(values[0]))
+    texts = _literal_texts(request.snippet)
+    if value_class(shape, request.name) == "str" or shape.passed_to:
+        # text of the kinds a library call may need first: a date, the path of a file that exists
+        values += ["'2024-03-15'", file_value(texts)]
     if value_class(shape, request.name) == "str" or shape.elem is not None and shape.elem.methods & _STR_METHODS:
-        values += _literal_texts(request.snippet)
+        values += texts
     values += _json_texts(request)
     if keys:
         values.append("{" + ", ".join(f"{k!r}: {build_value(shape.keys[k], k)}" for k in keys) + "}")
@@ -127,6 +132,16 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
         if value not in unique:
             unique.append(value)
     return unique[:limit]
+
+
+FILE_NAME = "input.txt"  # written in the run's throwaway folder by the value itself
+
+
+def file_value(texts: list[str] = ()) -> str:
+    """A value that is the path of a small text file it writes first (words on lines, and the
+    snippet's own separators when given): what `open(x)` and the like need."""
+    content = "alpha beta gamma\nbeta gamma delta\n" + (ast.literal_eval(texts[-1]) + "\n" if texts else "")
+    return f"__import__('pathlib').Path({FILE_NAME!r}).write_text({content!r}) and {FILE_NAME!r}"
 
 
 def _literal_texts(code: str) -> list[str]:

@@ -8,11 +8,20 @@ import random
 import pytest
 import torch
 
+from components.checks import ConfigError
 from components.compiler.evaluation import build_agent
 from components.compiler.parallelqa import build_questions
 from components.compiler.plan import END_OF_PLAN
 from components.compiler.prompts import prompt_kind
-from components.compiler.tuning import TuneSettings, encode_chat, oracle_transcripts, subsample_react, tune
+from components.compiler.tuning import (
+    TuneSettings,
+    autocast_dtype,
+    encode_chat,
+    oracle_transcripts,
+    reply_loss,
+    subsample_react,
+    tune,
+)
 from components.decoding.models import tiny_llama
 from components.llm.embedded import EmbeddedLLM
 from components.llm.factory import build_llm
@@ -85,6 +94,35 @@ def test_tuning_lowers_the_reply_loss_and_trains_only_the_top_layers():
     assert not torch.equal(model.model.layers[-1].mlp.up_proj.weight, top)
     with pytest.raises(ValueError, match="train_layers"):
         tune(model, examples, TuneSettings(train_layers=9), pad_id=0)
+
+
+@pytest.mark.parametrize("lengths", [(7, 7), (5, 11, 2), (13,)])
+def test_reply_loss_equals_the_models_own_loss_on_padded_batches(lengths):
+    # the head applied only at reply positions must give the loss the full-vocabulary head gives
+    model = tiny_llama(vocab_size=50, hidden=16, layers=2, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    longest = max(lengths)
+    ids = torch.zeros((len(lengths), longest), dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(1, 50, (n,), generator=gen)
+        labels[row, n // 2 : n] = ids[row, n // 2 : n]
+        mask[row, :n] = 1
+    expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert torch.allclose(reply_loss(model, ids, mask, labels), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_precision_is_checked_and_resolved():
+    with pytest.raises(ConfigError, match="train.precision"):
+        TuneSettings(precision="fp16")
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("auto", cpu) in (None, torch.bfloat16)
+    model = tiny_llama(vocab_size=32, hidden=16, layers=2, dtype=torch.float32)
+    examples = [(list(range(3, 19)), 8)] * 2
+    report = tune(model, examples, TuneSettings(train_layers=1, precision="bf16"), pad_id=0, log=lambda _: None)
+    assert report.matmul_dtype == "bfloat16" and report.steps == 1 and report.losses[0] > 0
 
 
 def test_embedded_backend_loads_a_tuned_folder(tmp_path):

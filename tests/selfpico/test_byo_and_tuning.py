@@ -14,6 +14,7 @@ from components.selfpico.synthetic import synthetic_snippets
 from components.selfpico.tuning import (
     ValueDataConfig,
     candidates,
+    file_value,
     search_values,
     tuning_snippets,
     value_chats,
@@ -158,3 +159,13 @@ def test_the_usage_names_the_calls_a_value_is_passed_to():
     code = "import json\ndata = json.loads(raw)\nn = int(count)\n"
     assert "passed to json.loads()" in describe(shape_for(code, "name", "raw"))
     assert "passed to int()" in describe(shape_for(code, "name", "count"))
+
+
+def test_a_file_the_value_writes_is_the_target_for_a_path_the_code_opens(sandbox):
+    # every plain string fails at open(); the path of a file the value itself writes runs the loop
+    code = 'n = 0\nwith open(where) as fh:\n    for row in fh:\n        n += len(row.split(";"))\nprint(n)\n'
+    request = PredictionRequest("name#where", code, "with open(where) as fh:", [], "passed to open()")
+    assert any(c.startswith(file_value()[:40]) for c in candidates(request, limit=8))
+    [found] = [f for f in search_values(Snippet("f", code), sandbox) if f.key == "name#where"]
+    assert "write_text" in found.target and found.lines == 5
+    assert any("FileNotFoundError" in message for _, message in found.failures)

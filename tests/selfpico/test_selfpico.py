@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+import warnings
 
 import pytest
 
@@ -127,6 +128,9 @@ def test_parse_value_code():
     assert parse_value_code("value = 'abc'") == "'abc'"
     with pytest.raises(ValueError):
         parse_value_code("   \n")
+    with warnings.catch_warnings():  # a reply Python compiles only with a SyntaxWarning prints nothing
+        warnings.simplefilter("error")
+        assert parse_value_code("[1, 2][0, 1]") == "[1, 2][0, 1]"
 
 
 def test_hostile_snippet_stays_inside_the_sandbox(sandbox, tmp_path):
