@@ -119,10 +119,11 @@ def test_precision_is_checked_and_resolved():
     cpu = torch.device("cpu")
     assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
     assert autocast_dtype("auto", cpu) in (None, torch.bfloat16)
-    model = tiny_llama(vocab_size=32, hidden=16, layers=2, dtype=torch.float32)
     examples = [(list(range(3, 19)), 8)] * 2
-    report = tune(model, examples, TuneSettings(train_layers=1, precision="bf16"), pad_id=0, log=lambda _: None)
-    assert report.matmul_dtype == "bfloat16" and report.steps == 1 and report.losses[0] > 0
+    for precision, dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
+        model = tiny_llama(vocab_size=32, hidden=16, layers=2, dtype=torch.float32)
+        report = tune(model, examples, TuneSettings(train_layers=1, precision=precision), pad_id=0, log=lambda _: None)
+        assert report.matmul_dtype == dtype and report.steps == 1 and report.losses[0] > 0
 
 
 def test_embedded_backend_loads_a_tuned_folder(tmp_path):
