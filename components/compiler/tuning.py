@@ -161,7 +161,8 @@ class TuneSettings:
     batch_tokens: int = 2048  # padded tokens per optimizer step (sequences of similar length batched)
     minutes: float | None = None  # stop early after this much training time
     # matmuls in bfloat16 under autocast (weights and AdamW stay float32): on AVX512-BF16 cores and
-    # GPUs a step takes ~60% of the float32 time. auto: bf16 where the device has fast bf16 kernels
+    # GPUs a step takes ~60% of the float32 time (benchmarks/tuning_step.py). auto: bf16 where the
+    # device has fast bf16 kernels
     precision: str = "auto"  # auto | bf16 | fp32
     seed: int = 0
 
@@ -225,7 +226,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def reply_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the reply tokens (labels != -100), as `model(..., labels=labels).loss`,
     with the LM head applied only where a label is: the replies are a few % of the tokens, and the
-    49k-word head over every prompt position would be ~40% of a step's time."""
+    49k-word head over every prompt position is about a third of a step (`benchmarks/tuning_step.py`)."""
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
     targets = labels[:, 1:]
     scored = targets != -100
