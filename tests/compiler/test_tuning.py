@@ -156,3 +156,13 @@ def test_flow_config_runs_a_tuned_model_without_examples():
     assert agent.examples == ()
     with pytest.raises(FileNotFoundError, match=str(PROJECT_ROOT / "data" / "no_such_model")):
         build_llm(cfg.llm)  # relative paths resolve under the project root, wherever the flow runs
+
+
+def test_each_tuning_flow_composes_its_own_precision_and_takes_an_override():
+    # tune_agent keeps the float32 arithmetic its benchmarked model was tuned with; tune_selfpico
+    # takes bf16 where the device has it
+    assert compose("tune_agent").train.precision == "fp32"
+    assert compose("tune_selfpico").train.precision == "auto"
+    assert compose("tune_agent", ["train.precision=auto"]).train.precision == "auto"
+    with pytest.raises(ConfigError, match="train.precision"):
+        compose("tune_selfpico", ["train.precision=half"])
