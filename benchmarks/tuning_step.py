@@ -26,7 +26,7 @@ import torch
 from matplotlib.figure import Figure
 
 from benchmarks.common import parse_mode, write_result
-from components.compiler.tuning import reply_loss
+from components.compiler.tuning import matmul_autocast, reply_loss, train_top_layers
 from components.lm import smollm2
 
 BATCH, LENGTH, REPLY = 8, 256, 16  # 2048 tokens: tune_selfpico's batch_tokens
@@ -73,11 +73,7 @@ def main() -> None:
     repeats = 2 if args.quick else 5
     torch.manual_seed(0)
     model = smollm2.load_model(dtype="float32")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    trained = [p for m in [*model.model.layers[-TRAIN_LAYERS:], model.model.norm] for p in m.parameters()]
-    for p in trained:
-        p.requires_grad_(True)
+    trained = train_top_layers(model, TRAIN_LAYERS)
     optimizer = torch.optim.AdamW(trained, lr=1e-6)  # tiny: the weights barely move across the steps
     model.train()
     ids = torch.randint(0, model.config.vocab_size, (BATCH, LENGTH))
@@ -88,17 +84,21 @@ def main() -> None:
     def step(name: str) -> tuple[float, float]:
         dtype, reply_head = METHODS[name]
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        with matmul_autocast(dtype, torch.device("cpu")):
             if reply_head:
                 loss = reply_loss(model, ids, mask, labels)
             else:
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)  # as `tune` does
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - start, float(loss.detach())
 
-    rates = {"fp32": _matmul_rate(torch.float32, 3 * repeats), "bf16": _matmul_rate(torch.bfloat16, 3 * repeats)}
+    def matmul_rates() -> dict[str, float]:
+        return {"fp32": _matmul_rate(torch.float32, 3 * repeats), "bf16": _matmul_rate(torch.bfloat16, 3 * repeats)}
+
+    rates = matmul_rates()
     for name in METHODS:  # warm-up
         step(name)
     seconds: dict[str, list[float]] = {name: [] for name in METHODS}
@@ -109,7 +109,7 @@ def main() -> None:
             s, loss = step(name)
             seconds[name].append(s)
             losses[name].append(loss)
-    rates_after = {"fp32": _matmul_rate(torch.float32, 3 * repeats), "bf16": _matmul_rate(torch.bfloat16, 3 * repeats)}
+    rates_after = matmul_rates()
 
     methods = {}
     for name, (dtype, reply_head) in METHODS.items():

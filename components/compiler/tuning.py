@@ -223,10 +223,29 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
 
 
+def matmul_autocast(dtype: torch.dtype | None, device: torch.device):
+    """The context `tune` runs a step's forward in: autocast to `dtype`, or plain float32 when None."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def train_top_layers(model, train_layers: int) -> list[torch.nn.Parameter]:
+    """Freeze a transformers causal LM except its top `train_layers` decoder layers and final norm
+    (the tied embedding stays frozen); returns the parameters left trainable."""
+    layers = model.model.layers
+    if not 1 <= train_layers <= len(layers):
+        raise ValueError(f"train_layers must be in 1..{len(layers)}, got {train_layers}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [p for module in [*layers[-train_layers:], model.model.norm] for p in module.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
 def reply_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the reply tokens (labels != -100), as `model(..., labels=labels).loss`,
     with the LM head applied only where a label is: the replies are a few % of the tokens, and the
-    49k-word head over every prompt position is about a third of a step (`benchmarks/tuning_step.py`)."""
+    49k-word head over every prompt position is over a quarter of a float32 step (`benchmarks/tuning_step.py`)."""
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
     targets = labels[:, 1:]
     scored = targets != -100
@@ -248,15 +267,7 @@ def tune(
 
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
-    layers = model.model.layers
-    if not 1 <= settings.train_layers <= len(layers):
-        raise ValueError(f"train_layers must be in 1..{len(layers)}, got {settings.train_layers}")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    trained = list(layers[-settings.train_layers :]) + [model.model.norm]
-    params = [p for module in trained for p in module.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    params = train_top_layers(model, settings.train_layers)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
 
     plan: list[list[int]] = []
@@ -294,7 +305,7 @@ def tune(
             mask[row, : len(seq)] = 1
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with matmul_autocast(dtype, device):
             loss = reply_loss(model, ids.to(device), mask.to(device), labels.to(device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -24,6 +24,7 @@ import ast
 import json
 import time
 import types
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from components.checks import ConfigError, at_least
@@ -102,10 +103,11 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
     values = [build_value(shape, request.name)]
     values.append(varied(values[0]))
     texts = _literal_texts(request.snippet)
-    if value_class(shape, request.name) == "str" or shape.passed_to:
+    is_text = value_class(shape, request.name) == "str"
+    if is_text or shape.passed_to:
         # text of the kinds a library call may need first: a date, the path of a file that exists
         values += ["'2024-03-15'", file_value(texts)]
-    if value_class(shape, request.name) == "str" or shape.elem is not None and shape.elem.methods & _STR_METHODS:
+    if is_text or shape.elem is not None and shape.elem.methods & _STR_METHODS:
         values += texts
     values += _json_texts(request)
     if keys:
@@ -137,7 +139,7 @@ def candidates(request: PredictionRequest, limit: int = 6) -> list[str]:
 FILE_NAME = "input.txt"  # written in the run's throwaway folder by the value itself
 
 
-def file_value(texts: list[str] = ()) -> str:
+def file_value(texts: Sequence[str] = ()) -> str:
     """A value that is the path of a small text file it writes first (words on lines, and the
     snippet's own separators when given): what `open(x)` and the like need."""
     content = "alpha beta gamma\nbeta gamma delta\n" + (ast.literal_eval(texts[-1]) + "\n" if texts else "")
